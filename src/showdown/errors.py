@@ -1,0 +1,20 @@
+"""Errors meant for people: one line that says what is wrong and what to do.
+
+The CLI prints a ShowdownError as that one line, without a traceback (``--debug`` shows it).
+"""
+
+
+class ShowdownError(Exception):
+    """Base of every error a user can cause and fix."""
+
+
+class DataError(ShowdownError):
+    """The dataset path, layout or images are unusable."""
+
+
+class ModelError(ShowdownError):
+    """An unknown backbone, or weights that cannot be found or loaded."""
+
+
+class ConfigError(ShowdownError):
+    """An invalid option or combination of options."""
