@@ -1,0 +1,139 @@
+"""`showdown` command line: parses flags into a RunConfig and calls the Python API. No logic lives here."""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+import yaml
+
+from .config import RunConfig
+from .errors import ConfigError, ShowdownError
+
+
+def _csv(kind):
+    def parse(text: str):
+        try:
+            return [kind(part) for part in text.split(",") if part.strip()]
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected comma-separated {kind.__name__} values, got '{text}'")
+    return parse
+
+
+def _add_run_flags(p: argparse.ArgumentParser) -> None:
+    S = argparse.SUPPRESS  # flags not given leave the config (or preset) value alone
+    g = p.add_argument_group("data")
+    g.add_argument("--data", default=S, help="dataset name (demo, tf_flowers, cifar10, cifar100), folder or archive")
+    g.add_argument("--data-root", default=S, help="where named datasets live (default $SHOWDOWN_DATA)")
+    g.add_argument("--split", type=_csv(float), default=S, help="train,val,test fractions (default 0.7,0.15,0.15)")
+    g = p.add_argument_group("models")
+    g.add_argument("--models", type=_csv(str), default=S, help="comma-separated backbones (see `showdown models`)")
+    g.add_argument("--strategy", dest="strategies", type=_csv(str), default=S, help="adaptation strategies (head)")
+    g.add_argument("--weights", action="append", default=S, metavar="[MODEL=]FILE",
+                   help="weights file (.safetensors, .pth, .tflite); MODEL=FILE when several models run")
+    g.add_argument("--weights-dir", default=S, help="folder with TFLite weights (default $SHOWDOWN_WEIGHTS)")
+    g.add_argument("--no-pretrained", dest="pretrained", action="store_false", default=S, help="random init")
+    g.add_argument("--allow-random-init", action="store_true", default=S,
+                   help="fall back to random init when no weights are found (the table marks such rows)")
+    g.add_argument("--image-size", type=int, default=S, help="override the weights' input size")
+    g = p.add_argument_group("head and training")
+    g.add_argument("--head-hidden", type=_csv(int), default=S, help="hidden layer widths, e.g. 256,128")
+    g.add_argument("--head-dropout", type=float, default=S)
+    g.add_argument("--head-bn", action="store_true", default=S, help="batch norm in the head's hidden layers")
+    g.add_argument("--optimizer", default=S, help="adamw, adam or sgd")
+    g.add_argument("--lr", type=float, default=S)
+    g.add_argument("--weight-decay", type=float, default=S)
+    g.add_argument("--momentum", type=float, default=S)
+    g.add_argument("--batch-size", type=int, default=S)
+    g.add_argument("--epochs", type=int, default=S)
+    g.add_argument("--patience", type=int, default=S, help="early-stopping patience in epochs")
+    g.add_argument("--schedule", default=S, help="plateau, cosine or onecycle")
+    g.add_argument("--label-smoothing", type=float, default=S)
+    g.add_argument("--seed", type=int, default=S)
+    g = p.add_argument_group("machinery and output")
+    g.add_argument("--precision", default=S, help="auto, fp32 or bf16")
+    g.add_argument("--workers", type=int, default=S, help="image-decoding worker processes")
+    g.add_argument("--cache-dir", default=S, help="feature cache folder")
+    g.add_argument("--out", default=S, help="run folder (default runs/<timestamp>-<name>)")
+    g.add_argument("--name", default=S)
+    g.add_argument("--config", dest="config_file", default=S, help="YAML file of config values")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="showdown", description=__doc__.splitlines()[0])
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    run = sub.add_parser("run", help="train and compare backbones on a dataset")
+    _add_run_flags(run)
+    sub.add_parser("models", help="list the short backbone names and their weight sources")
+    return parser
+
+
+def config_from_args(args: argparse.Namespace) -> RunConfig:
+    values: dict = {}
+    if hasattr(args, "config_file"):
+        try:
+            with open(args.config_file, encoding="utf-8") as handle:
+                values.update(yaml.safe_load(handle) or {})
+        except (OSError, yaml.YAMLError) as exc:
+            raise ConfigError(f"cannot read config file {args.config_file}: {exc}") from exc
+    skip = {"command", "debug", "config_file"}
+    values.update({k: v for k, v in vars(args).items() if k not in skip})
+    if "weights" in values and isinstance(values["weights"], list):
+        values["weights"] = _weights_map(values["weights"], values.get("models") or RunConfig().models)
+    return RunConfig.from_dict(values)
+
+
+def _weights_map(entries: list[str], models: list[str]) -> dict[str, str]:
+    mapping = {}
+    for entry in entries:
+        name, sep, path = entry.partition("=")
+        if sep and name in models:
+            mapping[name] = path
+        elif len(models) == 1:
+            mapping[models[0]] = entry
+        else:
+            raise ConfigError(f"--weights {entry}: with several models, write MODEL=FILE (models: {', '.join(models)})")
+    return mapping
+
+
+def cmd_run(args) -> int:
+    from .experiment import run
+
+    run(config_from_args(args))
+    return 0
+
+
+def cmd_models(args) -> int:
+    from .backbones import SHORT_NAMES
+
+    for spec in SHORT_NAMES.values():
+        source = f"package {spec.package}" if spec.package else (
+            f"TFLite in weights dir ({spec.tflite_files[0]})" if spec.tflite_files else f"hub {spec.hub_name}")
+        print(f"{spec.name:20s} {spec.timm_name:24s} {source}")
+    print("any other timm model name works too (e.g. convnext_tiny, resnet18.a1_in1k)")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else argv
+    args = parser.parse_args(argv or ["run"])
+    if args.command is None:
+        args = parser.parse_args(["run", *argv])
+    logging.basicConfig(level=logging.INFO if args.debug else logging.WARNING, format="%(levelname)s: %(message)s")
+    handler = {"run": cmd_run, "models": cmd_models}[args.command]
+    try:
+        return handler(args)
+    except ShowdownError as exc:
+        if args.debug:
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,94 @@
+"""One flat, typed configuration for a showdown run; presets and CLI flags both fill it."""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from .errors import ConfigError
+
+STRATEGIES = ("head",)
+OPTIMIZERS = ("adamw", "adam", "sgd")
+SCHEDULES = ("plateau", "cosine", "onecycle")
+PRECISIONS = ("auto", "fp32", "bf16")
+
+
+@dataclass
+class RunConfig:
+    data: str = "demo"
+    data_root: str | None = None
+    split: tuple[float, float, float] = (0.7, 0.15, 0.15)
+    models: list[str] = field(default_factory=lambda: ["efficientnet_lite0", "efficientnet_lite1"])
+    strategies: list[str] = field(default_factory=lambda: ["head"])
+    weights: dict[str, str] = field(default_factory=dict)  # model name -> weights file
+    weights_dir: str | None = None
+    pretrained: bool = True
+    allow_random_init: bool = False
+    image_size: int | None = None
+    # head
+    head_hidden: list[int] = field(default_factory=list)
+    head_dropout: float = 0.2
+    head_bn: bool = False
+    # training
+    optimizer: str = "adamw"
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    momentum: float = 0.9
+    batch_size: int = 64
+    epochs: int = 30
+    patience: int = 5
+    schedule: str = "plateau"
+    label_smoothing: float = 0.1
+    seed: int = 0
+    # machinery
+    precision: str = "auto"
+    workers: int = 2
+    cache_dir: str | None = None
+    out: str | None = None
+    name: str | None = None
+
+    def validate(self) -> "RunConfig":
+        if not self.models:
+            raise ConfigError("no models given; name at least one with --models")
+        for strategy in self.strategies:
+            if strategy not in STRATEGIES:
+                raise ConfigError(f"unknown strategy '{strategy}'; choose from {', '.join(STRATEGIES)}")
+        _choice("optimizer", self.optimizer, OPTIMIZERS)
+        _choice("schedule", self.schedule, SCHEDULES)
+        _choice("precision", self.precision, PRECISIONS)
+        if len(self.split) != 3 or any(f < 0 for f in self.split) or abs(sum(self.split) - 1) > 1e-6:
+            raise ConfigError(f"--split must be three fractions that add up to 1, e.g. 0.7,0.15,0.15 (got {self.split})")
+        if self.split[0] <= 0:
+            raise ConfigError("--split needs a training fraction above 0")
+        for name, value in (("epochs", self.epochs), ("batch-size", self.batch_size)):
+            if value < 1:
+                raise ConfigError(f"--{name} must be at least 1 (got {value})")
+        if self.lr <= 0:
+            raise ConfigError(f"--lr must be positive (got {self.lr})")
+        return self
+
+    def to_dict(self) -> dict:
+        out = dataclasses.asdict(self)
+        out["split"] = list(self.split)
+        return out
+
+    def save(self, path: Path) -> None:
+        path.write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "RunConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ConfigError(f"unknown config key(s) {', '.join(unknown)}")
+        values = dict(values)
+        if "split" in values:
+            values["split"] = tuple(values["split"])
+        return cls(**values)
+
+
+def _choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ConfigError(f"unknown {name} '{value}'; choose from {', '.join(allowed)}")

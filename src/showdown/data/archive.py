@@ -1,0 +1,106 @@
+"""Extract a dataset archive once into a cache folder, refusing anything that could escape it.
+
+Every member is checked before anything is written: no absolute path or `..` that lands outside the
+folder, no links or device files, no member or total size past the limits (an archive bomb). The tree
+is extracted into a temporary sibling and renamed into place, so a half-extracted folder is never used.
+"""
+from __future__ import annotations
+
+import hashlib
+import shutil
+import tarfile
+import zipfile
+from pathlib import Path, PurePosixPath
+
+from ..errors import DataError
+
+ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz")
+MAX_MEMBER_BYTES = 512 * 2**20
+MAX_TOTAL_BYTES = 16 * 2**30
+
+
+def is_archive(path: Path) -> bool:
+    return path.is_file() and path.name.lower().endswith(ARCHIVE_SUFFIXES)
+
+
+def extract_once(archive: Path, cache_dir: Path, *, max_member: int = MAX_MEMBER_BYTES,
+                 max_total: int = MAX_TOTAL_BYTES) -> Path:
+    """The folder holding the archive's contents, extracting it first if this archive version is new."""
+    stat = archive.stat()
+    key = hashlib.sha256(f"{archive.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()[:16]
+    target = cache_dir / f"{archive.name.split('.')[0]}-{key}"
+    if target.is_dir():
+        return target
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    partial = cache_dir / f".{target.name}.partial"
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir()
+    try:
+        if archive.name.lower().endswith(".zip"):
+            _extract_zip(archive, partial, max_member, max_total)
+        else:
+            _extract_tar(archive, partial, max_member, max_total)
+        partial.rename(target)
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)
+    return target
+
+
+def _check_name(archive: Path, name: str) -> None:
+    path = PurePosixPath(name.replace("\\", "/"))
+    depth = 0
+    for part in path.parts:
+        depth += -1 if part == ".." else (0 if part in {".", "/"} else 1)
+        if depth < 0:
+            break
+    if path.is_absolute() or depth < 0 or (len(name) > 1 and name[1] == ":"):
+        raise DataError(f"archive {archive.name} has a member '{name}' that would land outside its folder; refused")
+
+
+def _check_sizes(archive: Path, sizes: list[tuple[str, int]], max_member: int, max_total: int) -> None:
+    for name, size in sizes:
+        if size > max_member:
+            raise DataError(f"archive {archive.name}: member '{name}' is {size} bytes, over the {max_member} limit; refused")
+    total = sum(size for _, size in sizes)
+    if total > max_total:
+        raise DataError(f"archive {archive.name} unpacks to {total} bytes, over the {max_total} limit; refused")
+
+
+def _extract_zip(archive: Path, dest: Path, max_member: int, max_total: int) -> None:
+    try:
+        with zipfile.ZipFile(archive) as zf:
+            infos = zf.infolist()
+            for info in infos:
+                _check_name(archive, info.filename)
+                if (info.external_attr >> 16) & 0o170000 == 0o120000:
+                    raise DataError(f"archive {archive.name} has a symbolic link '{info.filename}'; refused")
+            _check_sizes(archive, [(i.filename, i.file_size) for i in infos], max_member, max_total)
+            written = 0
+            for info in infos:
+                if info.is_dir():
+                    continue
+                out = dest / info.filename
+                out.parent.mkdir(parents=True, exist_ok=True)
+                with zf.open(info) as src, open(out, "wb") as dst:
+                    # Count real bytes too: a header can lie about the size.
+                    while chunk := src.read(1 << 20):
+                        written += len(chunk)
+                        if written > max_total:
+                            raise DataError(f"archive {archive.name} unpacks past the {max_total} byte limit; refused")
+                        dst.write(chunk)
+    except zipfile.BadZipFile as exc:
+        raise DataError(f"{archive} is not a readable zip archive ({exc})") from exc
+
+
+def _extract_tar(archive: Path, dest: Path, max_member: int, max_total: int) -> None:
+    try:
+        with tarfile.open(archive) as tf:
+            members = tf.getmembers()
+            for member in members:
+                _check_name(archive, member.name)
+                if not (member.isfile() or member.isdir()):
+                    raise DataError(f"archive {archive.name} has a link or special file '{member.name}'; refused")
+            _check_sizes(archive, [(m.name, m.size) for m in members], max_member, max_total)
+            tf.extractall(dest, members=members, filter="data")
+    except (tarfile.TarError, EOFError, OSError) as exc:
+        raise DataError(f"{archive} is not a readable tar archive ({exc})") from exc

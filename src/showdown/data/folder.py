@@ -1,0 +1,141 @@
+"""Scan an ImageFolder tree (one sub-folder per class, optionally under train/ val/ test/) and split it."""
+from __future__ import annotations
+
+import hashlib
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..errors import DataError
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
+SPLITS = ("train", "val", "test")
+_SPLIT_ALIASES = {"train": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
+
+
+@dataclass
+class DatasetSpec:
+    """Which files, which labels, which split: everything later stages need about the data."""
+
+    name: str
+    root: Path
+    classes: list[str]
+    splits: dict[str, list[tuple[Path, int]]]
+    split_source: str  # "given" or how the split was made
+    fingerprint: str  # changes when any file is added, removed, resized or touched
+    warnings: list[str] = field(default_factory=list)
+
+    def counts(self) -> dict[str, int]:
+        return {name: len(items) for name, items in self.splits.items()}
+
+
+def _visible(name: str) -> bool:
+    """Hidden files and macOS archive debris are never data."""
+    return not name.startswith(".") and name != "__MACOSX"
+
+
+def _class_folders(root: Path) -> list[Path]:
+    return sorted((p for p in root.iterdir() if p.is_dir() and _visible(p.name)), key=lambda p: p.name)
+
+
+def _images_in(folder: Path) -> list[Path]:
+    return sorted(
+        p for p in folder.rglob("*")
+        if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and all(map(_visible, p.relative_to(folder).parts))
+    )
+
+
+def scan_classes(root: Path, warnings: list[str]) -> dict[str, list[Path]]:
+    """Class name -> image files; empty class folders are warned about and left out."""
+    found: dict[str, list[Path]] = {}
+    for folder in _class_folders(root):
+        images = _images_in(folder)
+        if images:
+            found[folder.name] = images
+        else:
+            warnings.append(f"class folder '{folder.name}' has no images and was ignored")
+    return found
+
+
+def given_splits(root: Path) -> dict[str, Path]:
+    """train/ val/ test/ sub-folders, when the tree is already split (train is required)."""
+    found = {}
+    for folder in _class_folders(root):
+        split = _SPLIT_ALIASES.get(folder.name.lower())
+        if split:
+            found[split] = folder
+    return found if "train" in found and len(found) >= 2 else {}
+
+
+def stratified_split(per_class: dict[str, list[Path]], fractions: tuple[float, float, float], seed: int,
+                     wanted: tuple[str, ...] = SPLITS) -> dict[str, dict[str, list[Path]]]:
+    """Split every class on its own with the same fractions, so each split keeps the class balance.
+
+    Deterministic for a seed; each class keeps at least one training image.
+    """
+    train_frac, val_frac, test_frac = fractions
+    rng = random.Random(seed)
+    out: dict[str, dict[str, list[Path]]] = {s: {} for s in wanted}
+    for name, files in per_class.items():
+        files = list(files)
+        rng.shuffle(files)
+        n = len(files)
+        n_test = round(n * test_frac) if "test" in wanted else 0
+        n_val = round(n * val_frac) if "val" in wanted else 0
+        while n_test + n_val > n - 1 and (n_test or n_val):  # keep one image for training
+            if n_test >= n_val:
+                n_test -= 1
+            else:
+                n_val -= 1
+        parts = {"test": files[:n_test], "val": files[n_test:n_test + n_val], "train": files[n_test + n_val:]}
+        for split in wanted:
+            out[split][name] = sorted(parts[split])
+    return out
+
+
+def fingerprint(files: list[Path]) -> str:
+    digest = hashlib.sha256()
+    for path in sorted(files):
+        stat = path.stat()
+        digest.update(f"{path}|{stat.st_size}|{stat.st_mtime_ns}\n".encode())
+    return digest.hexdigest()[:16]
+
+
+def build_spec(name: str, root: Path, fractions: tuple[float, float, float], seed: int) -> DatasetSpec:
+    warnings: list[str] = []
+    split_dirs = given_splits(root)
+    if split_dirs:
+        per_split = {split: scan_classes(folder, warnings) for split, folder in split_dirs.items()}
+        classes = sorted(set().union(*per_split.values()))
+        missing = [s for s in SPLITS if s not in per_split]
+        if missing:  # carve the missing split(s) out of train, stratified
+            rest = fractions[0] + sum(fractions[SPLITS.index(s)] for s in missing)
+            sub = tuple(f / rest if split == "train" or split in missing else 0.0 for split, f in zip(SPLITS, fractions))
+            carved = stratified_split(per_split["train"], sub, seed, wanted=tuple(["train", *missing]))
+            per_split.update(carved)
+            source = f"given {', '.join(split_dirs)}; {', '.join(missing)} carved from train (seed {seed})"
+        else:
+            source = "given"
+        for split in SPLITS:
+            absent = [c for c in classes if c not in per_split[split]]
+            if absent and split != "train":
+                warnings.append(f"split '{split}' has no images of class {', '.join(absent)}")
+    else:
+        per_class = scan_classes(root, warnings)
+        classes = sorted(per_class)
+        per_split = stratified_split(per_class, fractions, seed)
+        source = "stratified {:.0f}/{:.0f}/{:.0f}, seed {}".format(*(100 * f for f in fractions), seed)
+    if len(classes) < 2:
+        raise DataError(
+            f"{root} has {len(classes)} class folder(s) with images; a classifier needs at least 2 "
+            "(one sub-folder per class, e.g. data/cats/*.jpg and data/dogs/*.jpg)"
+        )
+    index = {c: i for i, c in enumerate(classes)}
+    splits = {
+        split: [(path, index[c]) for c in classes for path in per_split[split].get(c, [])] for split in SPLITS
+    }
+    for split, items in splits.items():
+        if not items:
+            raise DataError(f"the {split} split of {root} is empty; add images or change --split")
+    all_files = [path for items in splits.values() for path, _ in items]
+    return DatasetSpec(name, root, classes, splits, source, fingerprint(all_files), warnings)

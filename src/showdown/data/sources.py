@@ -1,0 +1,72 @@
+"""Turn `--data` (a dataset name, a folder or an archive) into a local ImageFolder tree."""
+from __future__ import annotations
+
+import os
+from importlib import resources
+from pathlib import Path
+
+from ..errors import DataError
+from .archive import extract_once, is_archive
+from .download import download_named
+
+DEMO = "demo"
+NAMED = ("tf_flowers", "cifar10", "cifar100")
+# Where a named dataset may already sit under the data root, first match wins.
+_LOCAL_NAMES = {
+    "tf_flowers": ("tf_flowers", "flower_photos", "tf_flowers.tgz", "flower_photos.tgz"),
+    "cifar10": ("cifar10", "cifar10_jpg", "cifar10-jpg.tar.gz", "cifar10.tar.gz"),
+    "cifar100": ("cifar100", "cifar100_jpg", "cifar100-jpg.tar.gz", "cifar100.tar.gz"),
+}
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("SHOWDOWN_CACHE") or Path.home() / ".cache" / "showdown")
+
+
+def data_root(explicit: str | None) -> Path:
+    return Path(explicit or os.environ.get("SHOWDOWN_DATA") or cache_root() / "data").expanduser()
+
+
+def demo_path() -> Path:
+    return Path(str(resources.files("showdown") / "demo" / "flowers"))
+
+
+def resolve_data(data: str, root: str | None) -> tuple[str, Path]:
+    """(display name, ImageFolder root) for a name, folder or archive."""
+    if data == DEMO:
+        return "demo-flowers", demo_path()
+    if data in NAMED:
+        return data, _named(data, data_root(root))
+    path = Path(data).expanduser()
+    if not path.exists():
+        hint = f" (or a name: {', '.join((DEMO, *NAMED))})" if os.sep not in data else ""
+        raise DataError(f"dataset path {data} does not exist{hint}")
+    if path.is_dir():
+        return path.name, path
+    if is_archive(path):
+        return path.name.split(".")[0], single_top_folder(extract_once(path, cache_root() / "extracted"))
+    raise DataError(f"{data} is neither a folder of class sub-folders nor a .zip/.tar/.tar.gz archive")
+
+
+def _named(name: str, root: Path) -> Path:
+    for candidate in _LOCAL_NAMES[name]:
+        path = root / candidate
+        if path.is_dir():
+            return single_top_folder(path)
+        if is_archive(path):
+            return single_top_folder(extract_once(path, cache_root() / "extracted"))
+    return download_named(name, root)
+
+
+def single_top_folder(path: Path) -> Path:
+    """Step into a lone wrapper folder (archives often hold one: cifar10_jpg/train/...)."""
+    entries = [p for p in path.iterdir() if not p.name.startswith(".") and p.name != "__MACOSX"]
+    while len(entries) == 1 and entries[0].is_dir() and not _looks_like_class_folder(entries[0]):
+        path = entries[0]
+        entries = [p for p in path.iterdir() if not p.name.startswith(".") and p.name != "__MACOSX"]
+    return path
+
+
+def _looks_like_class_folder(path: Path) -> bool:
+    """A folder that directly holds files is a class (one-class trees are caught later), not a wrapper."""
+    return any(p.is_file() for p in path.iterdir())

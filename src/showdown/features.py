@@ -1,0 +1,106 @@
+"""Pooled backbone features, computed once per image and kept on disk.
+
+A frozen backbone gives the same features every epoch, so the head trains on cached tensors instead of
+running the backbone again. The cache key covers everything that changes the features: backbone,
+weights, preprocessing, precision, and the exact files (paths, sizes, mtimes) and labels of the split.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from tqdm import tqdm
+
+from .backbones import Backbone
+from .data.images import eval_transform, image_loader
+from .precision import autocast
+
+log = logging.getLogger(__name__)
+CACHE_STATS: Counter = Counter()  # "hit" / "miss", for tests and the run log
+
+
+@dataclass
+class Features:
+    features: torch.Tensor  # (n, d) float32
+    labels: torch.Tensor  # (n,)
+    indices: torch.Tensor  # positions in the split's item list (unreadable files are missing)
+    failed: list[str]  # files that could not be decoded
+    cache_hit: bool
+
+
+def cache_key(backbone: Backbone, items: list[tuple[Path, int]], precision: str) -> str:
+    files = hashlib.sha256()
+    for path, label in items:
+        stat = path.stat()
+        files.update(f"{path}|{stat.st_size}|{stat.st_mtime_ns}|{label}\n".encode())
+    parts = {
+        "backbone": backbone.spec.timm_name,
+        "weights": backbone.source,
+        "weights_id": _weights_id(backbone.source),
+        "timm_kwargs": backbone.timm_kwargs,
+        "preprocessing": backbone.preprocessing,
+        "precision": precision,
+        "files": files.hexdigest(),
+    }
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:24]
+
+
+def _weights_id(source: str) -> str:
+    """Size and mtime of a weights file, so replacing the file invalidates the cache."""
+    if source.startswith("file "):
+        path = Path(source[5:])
+        if path.is_file():
+            stat = path.stat()
+            return f"{stat.st_size}|{stat.st_mtime_ns}"
+    return ""
+
+
+def extract_features(backbone: Backbone, items: list[tuple[Path, int]], *, precision: str, batch_size: int,
+                     workers: int, cache_dir: Path | None, desc: str = "features") -> Features:
+    key = cache_key(backbone, items, precision)
+    path = cache_dir / f"{key}.safetensors" if cache_dir else None
+    if path is not None and path.is_file():
+        CACHE_STATS["hit"] += 1
+        log.info("feature cache hit for %s (%s)", desc, path.name)
+        with safe_open(str(path), "pt") as f:
+            failed = json.loads(f.metadata()["failed"])
+            return Features(f.get_tensor("features"), f.get_tensor("labels"), f.get_tensor("indices"), failed, True)
+    CACHE_STATS["miss"] += 1
+    features = compute_features(backbone, items, precision=precision, batch_size=batch_size, workers=workers,
+                                desc=desc)
+    if path is not None:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tensors = {"features": features.features, "labels": features.labels, "indices": features.indices}
+        save_file(tensors, str(tmp), metadata={"failed": json.dumps(features.failed)})
+        tmp.replace(path)  # atomic: a reader never sees half a cache file
+    return features
+
+
+def compute_features(backbone: Backbone, items, *, precision: str, batch_size: int, workers: int,
+                     desc: str = "features") -> Features:
+    model = backbone.model.eval().to(memory_format=torch.channels_last)
+    loader = image_loader(items, eval_transform(backbone.preprocessing), batch_size=batch_size, workers=workers)
+    chunks, labels, indices, failed = [], [], [], []
+    with torch.inference_mode(), autocast(precision):
+        for images, batch_labels, batch_indices, batch_failed in tqdm(loader, desc=desc, leave=False, unit="batch", disable=None):
+            failed += [str(items[i][0]) for i in batch_failed]
+            if len(images):
+                chunks.append(model(images.contiguous(memory_format=torch.channels_last)).float())
+                labels.append(batch_labels)
+                indices.append(batch_indices)
+    dim = backbone.num_features
+    return Features(
+        torch.cat(chunks) if chunks else torch.empty(0, dim),
+        torch.cat(labels) if labels else torch.empty(0, dtype=torch.long),
+        torch.cat(indices) if indices else torch.empty(0, dtype=torch.long),
+        failed,
+        False,
+    )

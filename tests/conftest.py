@@ -1,0 +1,45 @@
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("SHOWDOWN_SHARED", REPO.parent / "shared"))
+PHOTOS = SHARED / "photos"
+DATASETS = SHARED / "datasets"
+TFLITE = SHARED / "weights" / "mobilenet-tflite"
+
+needs_photos = pytest.mark.skipif(not PHOTOS.is_dir(), reason=f"real photos not found at {PHOTOS} (../shared absent)")
+needs_flowers = pytest.mark.skipif(not (DATASETS / "tf_flowers").is_dir(),
+                                   reason=f"TF-Flowers not found under {DATASETS} (../shared absent)")
+needs_cifar10 = pytest.mark.skipif(not (DATASETS / "cifar10-jpg.tar.gz").is_file(),
+                                   reason=f"CIFAR-10 archive not found under {DATASETS} (../shared absent)")
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _offline_and_isolated(tmp_path_factory):
+    """Tests never reach a hub, and keep their caches out of the user's home."""
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    os.environ["SHOWDOWN_CACHE"] = str(tmp_path_factory.mktemp("showdown-cache"))
+    os.environ.pop("SHOWDOWN_DATA", None)
+    os.environ.pop("SHOWDOWN_WEIGHTS", None)
+    yield
+
+
+@pytest.fixture(scope="session")
+def demo_dir():
+    from showdown.data.sources import demo_path
+
+    return demo_path()
+
+
+@pytest.fixture
+def demo_copy(tmp_path, demo_dir):
+    """A writable copy of the demo dataset (3 classes × 12 images, to stay quick)."""
+    root = tmp_path / "flowers"
+    for cls in ("daisy", "roses", "sunflowers"):
+        (root / cls).mkdir(parents=True)
+        for path in sorted((demo_dir / cls).iterdir())[:12]:
+            shutil.copy(path, root / cls / path.name)
+    return root

