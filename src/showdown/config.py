@@ -20,7 +20,7 @@ class RunConfig:
     data: str = "demo"
     data_root: str | None = None
     split: tuple[float, float, float] = (0.7, 0.15, 0.15)
-    models: list[str] = field(default_factory=lambda: ["efficientnet_lite0", "efficientnet_lite1"])
+    models: list[str] = field(default_factory=lambda: ["efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"])
     strategies: list[str] = field(default_factory=lambda: ["head"])
     weights: dict[str, str] = field(default_factory=dict)  # model name -> weights file
     weights_dir: str | None = None

