@@ -9,7 +9,8 @@ import yaml
 
 from .errors import ConfigError
 
-STRATEGIES = ("head",)
+STRATEGIES = ("head", "finetune", "scratch", "scratch-cnn")
+AUGMENTS = ("none", "light", "strong")
 OPTIMIZERS = ("adamw", "adam", "sgd")
 SCHEDULES = ("plateau", "cosine", "onecycle")
 PRECISIONS = ("auto", "fp32", "bf16")
@@ -41,7 +42,16 @@ class RunConfig:
     patience: int = 5
     schedule: str = "plateau"
     label_smoothing: float = 0.1
+    grad_clip: float | None = None
+    augment: str = "none"
     seed: int = 0
+    # finetune: the second phase after the head phase
+    unfreeze: str = "blocks:2"
+    ft_lr_factor: float = 0.1
+    ft_epochs: int | None = None  # default: same as epochs
+    lr_decay: float | None = None
+    train_bn: bool = False
+    cache_budget_gb: float | None = None  # boundary-activation cache limit, default a quarter of RAM
     # machinery
     precision: str = "auto"
     workers: int = 2
@@ -58,6 +68,10 @@ class RunConfig:
         _choice("optimizer", self.optimizer, OPTIMIZERS)
         _choice("schedule", self.schedule, SCHEDULES)
         _choice("precision", self.precision, PRECISIONS)
+        _choice("augment", self.augment, AUGMENTS)
+        from .strategies import parse_unfreeze
+
+        parse_unfreeze(self.unfreeze)
         if len(self.split) != 3 or any(f < 0 for f in self.split) or abs(sum(self.split) - 1) > 1e-6:
             raise ConfigError(f"--split must be three fractions that add up to 1, e.g. 0.7,0.15,0.15 (got {self.split})")
         if self.split[0] <= 0:

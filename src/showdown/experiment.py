@@ -4,12 +4,15 @@
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from .backbones import Backbone, load_backbone, resolve_backbone
@@ -18,13 +21,16 @@ from .data import DatasetSpec, load_dataset
 from .data.folder import SPLITS
 from .data.sources import cache_root
 from .evaluate import classification_metrics, predict_proba
-from .features import extract_features
+from .features import extract_features, forward_frozen
 from .head import Head, ImageClassifier
 from .model_io import save_model
 from .plots import plot_confusion, plot_curves
 from .precision import resolve_precision
 from .results import environment, format_markdown, format_table, new_run_dir, slug, write_atomic, write_csv, write_json
-from .strategies import freeze_backbone
+from .boundary import TopOfNetwork, first_trainable, sequential_layers
+from .data.images import eval_transform, image_loader, train_transform
+from .scratch import small_cnn_backbone
+from .strategies import batchnorms_kept_in_eval, freeze_backbone, lr_param_groups, unfreeze
 from .train import TrainSettings, fit
 
 log = logging.getLogger(__name__)
@@ -67,7 +73,7 @@ def run(config: RunConfig, *, echo=print) -> Results:
         )
         echo(f"{model_name}: weights from {backbone.source}; input {backbone.preprocessing['input_size'][1]} px")
         for strategy in config.strategies:
-            row, failed = run_head(backbone, dataset, config, precision, run_dir, cache_dir)
+            row, failed = run_strategy(strategy, backbone, dataset, config, precision, run_dir, cache_dir, echo)
             skipped.update(failed)
             rows.append(row)
             echo(f"  {strategy}: test accuracy {row['accuracy']:.4f} ({row['train_seconds']:.1f} s)")
@@ -91,7 +97,7 @@ def train_settings(config: RunConfig, precision: str = "fp32") -> TrainSettings:
     return TrainSettings(
         epochs=config.epochs, lr=config.lr, optimizer=config.optimizer, weight_decay=config.weight_decay,
         momentum=config.momentum, patience=config.patience, schedule=config.schedule,
-        label_smoothing=config.label_smoothing, precision=precision,
+        label_smoothing=config.label_smoothing, precision=precision, grad_clip=config.grad_clip,
     )
 
 
@@ -101,34 +107,160 @@ def feature_batches(features, batch_size: int, *, shuffle: bool = False, seed: i
                       generator=generator)
 
 
-def run_head(backbone: Backbone, dataset: DatasetSpec, config: RunConfig, precision: str, run_dir: Path,
-             cache_dir: Path) -> tuple[dict, list[str]]:
-    """Strategy `head`: the frozen backbone runs once per image (cached); only the head trains."""
-    start = time.perf_counter()
-    features = {
+class XY:
+    """(inputs, targets) batches from an image loader, whose batches also carry indices and failures."""
+
+    def __init__(self, loader):
+        self.loader = loader
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self):
+        for images, labels, _, _ in self.loader:
+            if len(images):
+                yield images.contiguous(memory_format=torch.channels_last), labels
+
+
+def image_batches(items, preprocessing, config: RunConfig, *, train: bool) -> XY:
+    transform = train_transform(preprocessing, config.augment) if train else eval_transform(preprocessing)
+    return XY(image_loader(items, transform, batch_size=config.batch_size if train else FEATURE_BATCH,
+                           workers=config.workers, shuffle=train, seed=config.seed))
+
+
+def _extract_all(backbone, dataset, config, precision, cache_dir):
+    return {
         split: extract_features(backbone, dataset.splits[split], precision=precision, batch_size=FEATURE_BATCH,
                                 workers=config.workers, cache_dir=cache_dir, desc=f"{backbone.spec.name} {split}")
         for split in SPLITS
     }
-    feature_seconds = time.perf_counter() - start
+
+
+def _train_head(backbone, model, dataset, config, precision, cache_dir, timing, echo) -> tuple[list[dict], dict]:
+    """Phase `head`: the frozen backbone runs once per image (cached) unless augmentation needs every epoch."""
+    freeze_backbone(model)
+    settings = train_settings(config)
+    start = time.perf_counter()
+    if config.augment == "none":
+        features = _extract_all(backbone, dataset, config, precision, cache_dir)
+        timing["feature_seconds"] = time.perf_counter() - start
+        timing["feature_cache_hit"] = all(f.cache_hit for f in features.values())
+        history = fit(model.head, feature_batches(features["train"], config.batch_size, shuffle=True, seed=config.seed),
+                      feature_batches(features["val"], 1024), settings, phase="head")
+        timing["failed"] = [path for f in features.values() for path in f.failed]
+    else:
+        echo(f"  feature cache off: augmentation '{config.augment}' changes the inputs every epoch")
+        history = fit(model, image_batches(dataset.splits["train"], backbone.preprocessing, config, train=True),
+                      image_batches(dataset.splits["val"], backbone.preprocessing, config, train=False),
+                      dataclasses.replace(settings, precision=precision), phase="head",
+                      keep_eval=batchnorms_kept_in_eval(model))
+        features = None
+    timing["head_seconds"] = time.perf_counter() - start
+    return history, features
+
+
+def _train_top(backbone, model, dataset, config, precision, timing, echo) -> list[dict]:
+    """Phase `finetune`: the unfrozen top of the backbone and the head train at a lower learning rate."""
+    trained = unfreeze(model, config.unfreeze)
+    settings = dataclasses.replace(train_settings(config), lr=config.lr * config.ft_lr_factor,
+                                   epochs=config.ft_epochs or config.epochs)
+    groups = lr_param_groups(model, settings.lr, config.lr_decay)
+    keep_eval = batchnorms_kept_in_eval(model, config.train_bn)
+    echo(f"  finetune: {len(trained)} backbone tensors unfrozen ({config.unfreeze}), lr {settings.lr:g}")
+    start = time.perf_counter()
+    top = _boundary_top(backbone, model, dataset, config, precision, echo)
+    if top is not None:
+        net, batches = top
+        history = fit(net, feature_batches(batches["train"], config.batch_size, shuffle=True, seed=config.seed),
+                      feature_batches(batches["val"], config.batch_size), settings, phase="finetune",
+                      params=groups, keep_eval=keep_eval)
+    else:
+        history = fit(model, image_batches(dataset.splits["train"], backbone.preprocessing, config, train=True),
+                      image_batches(dataset.splits["val"], backbone.preprocessing, config, train=False),
+                      dataclasses.replace(settings, precision=precision), phase="finetune", params=groups,
+                      keep_eval=keep_eval)
+    timing["finetune_seconds"] = time.perf_counter() - start
+    return history
+
+
+def _boundary_top(backbone, model, dataset, config, precision, echo):
+    """(top network, boundary activations per split) when the frozen bottom can be cached, else None."""
+    if config.augment != "none":
+        echo("  boundary cache off: augmentation changes the inputs every epoch; full forward")
+        return None
+    layers = sequential_layers(backbone.model, backbone.preprocessing["input_size"])
+    cut = first_trainable(layers) if layers else 0
+    if not cut:
+        echo("  boundary cache off: nothing frozen below the trainable layers, or no sequential split; full forward")
+        return None
+    bottom = nn.Sequential(*layers[:cut])
+    with torch.inference_mode():
+        per_image = bottom(torch.zeros(1, *backbone.preprocessing["input_size"])).numel() * 2  # bf16 bytes
+    need = per_image * sum(len(items) for items in dataset.splits.values())
+    budget = (config.cache_budget_gb * 2**30) if config.cache_budget_gb else _ram_bytes() / 4
+    if need > budget:
+        echo(f"  boundary cache off: {need / 2**30:.1f} GB of activations exceed the {budget / 2**30:.1f} GB budget "
+             "(--cache-budget-gb); full forward")
+        return None
+    echo(f"  boundary cache: frozen bottom ({cut} of {len(layers)} layers) runs once, {need / 2**20:.0f} MB in bf16")
+    batches = {
+        split: forward_frozen(bottom, backbone.preprocessing, dataset.splits[split], precision=precision,
+                              batch_size=FEATURE_BATCH, workers=config.workers, desc=f"boundary {split}",
+                              store_dtype=torch.bfloat16)
+        for split in SPLITS
+    }
+    return TopOfNetwork(layers[cut:], backbone.model, model.head), batches
+
+
+def _ram_bytes() -> int:
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def _evaluate(model, features, backbone, dataset, config, precision):
+    """Test probabilities from cached features when the backbone is unchanged, else from the images."""
+    if features is not None:
+        probs, y_true = predict_proba(model.head, feature_batches(features["test"], 1024))
+        kept = features["test"].indices.tolist()
+    else:
+        batches = image_batches(dataset.splits["test"], backbone.preprocessing, config, train=False)
+        probs, y_true = predict_proba(model, batches, precision)
+        kept = _readable_indices(batches)
+    return probs, y_true, [dataset.splits["test"][i] for i in kept]
+
+
+def _readable_indices(batches: XY) -> list[int]:
+    return [i for _, _, indices, _ in batches.loader for i in indices.tolist()]
+
+
+def run_strategy(strategy, backbone, dataset, config, precision, run_dir, cache_dir, echo) -> tuple[dict, list[str]]:
     torch.manual_seed(config.seed)
+    if strategy == "scratch-cnn":
+        backbone = small_cnn_backbone(config.image_size)
+    elif strategy == "scratch":
+        backbone = load_backbone(backbone.spec.name, pretrained=False, image_size=config.image_size)
     head = Head(backbone.num_features, len(dataset.classes), config.head_hidden, config.head_dropout, config.head_bn)
     model = ImageClassifier(backbone.model, head)
-    freeze_backbone(model)
-    fit_start = time.perf_counter()
-    history = fit(
-        head, feature_batches(features["train"], config.batch_size, shuffle=True, seed=config.seed),
-        feature_batches(features["val"], 1024), train_settings(config), phase="head",
-    )
-    fit_seconds = time.perf_counter() - fit_start
-    probs, y_true = predict_proba(head, feature_batches(features["test"], 1024))
+    timing: dict = {"failed": []}
+    start = time.perf_counter()
+    features = None
+    if strategy in ("head", "finetune"):
+        history, features = _train_head(backbone, model, dataset, config, precision, cache_dir, timing, echo)
+        if strategy == "finetune":
+            history += _train_top(backbone, model, dataset, config, precision, timing, echo)
+            features = None  # the backbone changed: evaluate on images
+    else:  # from random init every layer trains, batch norm included
+        for param in model.parameters():
+            param.requires_grad_(True)
+        history = fit(model, image_batches(dataset.splits["train"], backbone.preprocessing, config, train=True),
+                      image_batches(dataset.splits["val"], backbone.preprocessing, config, train=False),
+                      dataclasses.replace(train_settings(config), precision=precision), phase=strategy)
+    timing["train_seconds"] = time.perf_counter() - start
+    probs, y_true, test_items = _evaluate(model, features, backbone, dataset, config, precision)
     metrics = classification_metrics(y_true, probs, dataset.classes)
-    test_items = [dataset.splits["test"][i] for i in features["test"].indices.tolist()]
-    entry = {"model": backbone.spec.name, "strategy": "head"}
-    failed = [path for f in features.values() for path in f.failed]
+    failed = timing.pop("failed")
+    entry = {"model": backbone.spec.name, "strategy": strategy}
     row = _write_entry(run_dir, entry, model, backbone, dataset, config, metrics, history, probs, y_true, test_items,
-                       {"train_seconds": feature_seconds + fit_seconds, "feature_seconds": feature_seconds,
-                        "fit_seconds": fit_seconds, "feature_cache_hit": all(f.cache_hit for f in features.values())})
+                       timing)
     return row, failed
 
 

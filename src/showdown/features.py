@@ -21,6 +21,7 @@ from tqdm import tqdm
 
 from .backbones import Backbone
 from .data.images import eval_transform, image_loader
+from .errors import DataError
 from .precision import autocast
 
 log = logging.getLogger(__name__)
@@ -103,8 +104,15 @@ def frozen_graph(model: torch.nn.Module, example: torch.Tensor, precision: str):
 
 def compute_features(backbone: Backbone, items, *, precision: str, batch_size: int, workers: int,
                      desc: str = "features") -> Features:
-    model = backbone.model.eval().to(memory_format=torch.channels_last)
-    loader = image_loader(items, eval_transform(backbone.preprocessing), batch_size=batch_size, workers=workers)
+    return forward_frozen(backbone.model, backbone.preprocessing, items, precision=precision, batch_size=batch_size,
+                          workers=workers, desc=desc)
+
+
+def forward_frozen(module: torch.nn.Module, preprocessing: dict, items, *, precision: str, batch_size: int,
+                   workers: int, desc: str = "features", store_dtype=torch.float32) -> Features:
+    """Run a frozen module once over the images; unreadable files are skipped and listed."""
+    module = module.eval().to(memory_format=torch.channels_last)
+    loader = image_loader(items, eval_transform(preprocessing), batch_size=batch_size, workers=workers)
     chunks, labels, indices, failed = [], [], [], []
     forward = None
     with torch.inference_mode(), autocast(precision):
@@ -113,15 +121,10 @@ def compute_features(backbone: Backbone, items, *, precision: str, batch_size: i
             failed += [str(items[i][0]) for i in batch_failed]
             if len(images):
                 images = images.contiguous(memory_format=torch.channels_last)
-                forward = forward or frozen_graph(model, images, precision)
-                chunks.append(forward(images).float())
+                forward = forward or frozen_graph(module, images, precision)
+                chunks.append(forward(images).to(store_dtype))
                 labels.append(batch_labels)
                 indices.append(batch_indices)
-    dim = backbone.num_features
-    return Features(
-        torch.cat(chunks) if chunks else torch.empty(0, dim),
-        torch.cat(labels) if labels else torch.empty(0, dtype=torch.long),
-        torch.cat(indices) if indices else torch.empty(0, dtype=torch.long),
-        failed,
-        False,
-    )
+    if not chunks:
+        raise DataError(f"none of the {len(items)} images of {desc} could be read")
+    return Features(torch.cat(chunks), torch.cat(labels), torch.cat(indices), failed, False)

@@ -10,6 +10,7 @@ from .backbones import build_architecture
 from .errors import ModelError
 from .head import Head, ImageClassifier
 from .results import write_json
+from .scratch import SmallCNN
 
 
 def save_model(model: ImageClassifier, directory: Path, info: dict) -> None:
@@ -26,7 +27,10 @@ def load_model(directory: Path) -> tuple[ImageClassifier, dict]:
     if not sidecar.is_file() or not weights.is_file():
         raise ModelError(f"{directory} holds no saved model (model.safetensors + model.json)")
     info = json.loads(sidecar.read_text())
-    backbone = build_architecture(info["backbone"], info["timm_kwargs"])
+    if info["backbone"] == "scratch_cnn":
+        backbone = SmallCNN()
+    else:
+        backbone = build_architecture(info["backbone"], info["timm_kwargs"])
     head_cfg = info["head"]
     head = Head(head_cfg["in_features"], len(info["classes"]), head_cfg["hidden"], head_cfg["dropout"], head_cfg["batch_norm"])
     model = ImageClassifier(backbone, head)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 import platform
@@ -37,10 +38,9 @@ def write_json(path: Path, data) -> None:
 def write_csv(path: Path, rows: list[dict]) -> None:
     if not rows:
         return
-    import io
-
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
+    fields = list(dict.fromkeys(key for row in rows for key in row))  # rows of different strategies differ
+    writer = csv.DictWriter(buffer, fieldnames=fields)
     writer.writeheader()
     writer.writerows(rows)
     write_atomic(path, buffer.getvalue())

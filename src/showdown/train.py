@@ -10,7 +10,6 @@ import torch
 from torch import nn
 
 from .precision import autocast
-from .strategies import set_train_mode
 
 
 @dataclass
@@ -24,7 +23,7 @@ class TrainSettings:
     schedule: str = "plateau"
     label_smoothing: float = 0.0
     precision: str = "fp32"
-    train_bn: bool = False
+    grad_clip: float | None = None
 
 
 def make_optimizer(params, settings: TrainSettings) -> torch.optim.Optimizer:
@@ -47,7 +46,8 @@ def make_scheduler(optimizer, settings: TrainSettings, steps_per_epoch: int):
     return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor=0.2, patience=patience), False
 
 
-def run_epoch(model: nn.Module, batches, loss_fn, optimizer=None, scheduler=None, precision: str = "fp32"):
+def run_epoch(model: nn.Module, batches, loss_fn, optimizer=None, scheduler=None, precision: str = "fp32",
+              grad_clip: float | None = None):
     """Mean loss and accuracy over one pass; trains when an optimizer is given."""
     total_loss, correct, seen = 0.0, 0, 0
     for inputs, targets in batches:
@@ -57,6 +57,8 @@ def run_epoch(model: nn.Module, batches, loss_fn, optimizer=None, scheduler=None
             loss = loss_fn(logits.float(), targets)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            if grad_clip:
+                nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], grad_clip)
             optimizer.step()
             if scheduler is not None:
                 scheduler.step()
@@ -71,10 +73,12 @@ def run_epoch(model: nn.Module, batches, loss_fn, optimizer=None, scheduler=None
 
 
 def fit(model: nn.Module, train_batches, val_batches, settings: TrainSettings, *, phase: str = "head",
-        params=None, class_weights: torch.Tensor | None = None) -> list[dict]:
+        params=None, class_weights: torch.Tensor | None = None, keep_eval: list[nn.Module] = ()) -> list[dict]:
     """Train `model` in place and restore its best-validation-loss weights; returns the epoch history.
 
-    `train_batches` / `val_batches` are re-iterable sources of (inputs, targets).
+    `train_batches` / `val_batches` are re-iterable sources of (inputs, targets); `params` are parameters or
+    optimizer groups (default: every parameter that requires grad); `keep_eval` modules (frozen batch norms)
+    stay in inference mode while the rest trains.
     """
     params = [p for p in model.parameters() if p.requires_grad] if params is None else params
     optimizer = make_optimizer(params, settings)
@@ -85,10 +89,12 @@ def fit(model: nn.Module, train_batches, val_batches, settings: TrainSettings, *
     history = []
     for epoch in range(1, settings.epochs + 1):
         start = time.perf_counter()
-        set_train_mode(model, settings.train_bn)
+        model.train()
+        for module in keep_eval:
+            module.eval()
         lr = optimizer.param_groups[0]["lr"]
         train_loss, train_acc = run_epoch(model, train_batches, train_loss_fn, optimizer,
-                                          scheduler if per_batch else None, settings.precision)
+                                          scheduler if per_batch else None, settings.precision, settings.grad_clip)
         model.eval()
         val_loss, val_acc = run_epoch(model, val_batches, val_loss_fn, precision=settings.precision)
         if not per_batch:
@@ -97,12 +103,13 @@ def fit(model: nn.Module, train_batches, val_batches, settings: TrainSettings, *
                         "val_loss": val_loss, "val_acc": val_acc, "seconds": time.perf_counter() - start})
         if val_loss < best_loss - 1e-4:
             best_loss, since_best = val_loss, 0
-            best_state = copy.deepcopy({k: v for k, v in model.state_dict().items()})
+            best_state = copy.deepcopy({n: p for n, p in model.named_parameters() if p.requires_grad}
+                                       | {n: b for n, b in model.named_buffers()})
         else:
             since_best += 1
             if since_best >= settings.patience:
                 break
     if best_state is not None:
-        model.load_state_dict(best_state)
+        model.load_state_dict(best_state, strict=False)
     model.eval()
     return history

@@ -1,0 +1,66 @@
+"""Split a frozen-bottom network at its first trainable layer, so the frozen part runs once per image.
+
+With part of the backbone unfrozen and no augmentation, everything below the first trainable layer gives the
+same output every epoch: its activations are computed once (stored in bf16) and only the top trains on them.
+The split is a sequential view of the timm model's feature layers, checked against `forward_features` on a
+test input; models whose forward is not such a chain simply train with the full forward.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+# Containers whose children run one after another in timm's forward_features.
+_CHAINS = (nn.Sequential, nn.ModuleList)
+_HEAD_PARTS = {"global_pool", "classifier", "fc", "head", "head_drop", "pre_logits", "drop"}
+
+
+def sequential_layers(backbone: nn.Module, input_size: tuple[int, int, int]) -> list[nn.Module] | None:
+    """The feature layers as a flat chain equal to backbone.forward_features, or None."""
+    layers: list[nn.Module] = []
+
+    def flatten(module: nn.Module, depth: int) -> None:
+        if isinstance(module, _CHAINS) and depth < 2:
+            for child in module.children():
+                flatten(child, depth + 1)
+        else:
+            layers.append(module)
+
+    for name, child in backbone.named_children():
+        if name not in _HEAD_PARTS:
+            flatten(child, 0)
+    was_training = backbone.training
+    backbone.eval()
+    try:
+        with torch.inference_mode():
+            x = torch.randn(1, *input_size)
+            expected = backbone.forward_features(x)
+            for layer in layers:
+                x = layer(x)
+        ok = x.shape == expected.shape and torch.allclose(x, expected, atol=1e-5)
+    except Exception:  # any failure means "not a plain chain"
+        ok = False
+    finally:
+        backbone.train(was_training)
+    return layers if ok else None
+
+
+def first_trainable(layers: list[nn.Module]) -> int:
+    for index, layer in enumerate(layers):
+        if any(p.requires_grad for p in layer.parameters()):
+            return index
+    return len(layers)
+
+
+class TopOfNetwork(nn.Module):
+    """The trainable top: remaining feature layers, the backbone's pooling, then the head."""
+
+    def __init__(self, layers: list[nn.Module], backbone: nn.Module, head: nn.Module):
+        super().__init__()
+        self.layers = nn.Sequential(*layers)
+        self.backbone = backbone  # for forward_head (pooling); its parameters are shared, not copied
+        self.head = head
+
+    def forward(self, activations: torch.Tensor) -> torch.Tensor:
+        features = self.layers(activations.float())
+        return self.head(self.backbone.forward_head(features, pre_logits=True))

@@ -1,0 +1,108 @@
+"""Freezing is exactly what was asked, and the boundary cache computes the same network."""
+import pytest
+import torch
+from torch import nn
+
+from showdown import RunConfig, run
+from showdown.backbones import load_backbone
+from showdown.boundary import TopOfNetwork, first_trainable, sequential_layers
+from showdown.data import load_dataset
+from showdown.data.images import eval_transform, load_rgb
+from showdown.errors import ConfigError
+from showdown.head import Head, ImageClassifier
+from showdown.model_io import load_model
+from showdown.strategies import (batchnorms_kept_in_eval, layer_groups, lr_param_groups, parameterised_layers,
+                                 unfreeze)
+
+
+def classifier(name="efficientnet_lite0", **kwargs):
+    backbone = load_backbone(name, **kwargs)
+    return backbone, ImageClassifier(backbone.model, Head(backbone.num_features, 5))
+
+
+def trainable(model):
+    return {n for n, p in model.backbone.named_parameters() if p.requires_grad}
+
+
+def test_blocks_unfreezes_exactly_the_last_layer_groups():
+    _, model = classifier()
+    unfreeze(model, "blocks:2")
+    groups = layer_groups(model.backbone)
+    assert trainable(model) == set(groups[-1]) | set(groups[-2])
+    assert any(n.startswith("blocks.5.") for n in trainable(model)) and "conv_head.weight" in trainable(model)
+    assert all(p.requires_grad for p in model.head.parameters())
+
+
+def test_layers_unfreezes_the_last_parameterised_layers_keras_style():
+    _, model = classifier()
+    unfreeze(model, "layers:3")  # bn2, conv_head, blocks.6.0.bn3 counted from the top
+    assert trainable(model) == {"bn2.weight", "bn2.bias", "conv_head.weight", "blocks.6.0.bn3.weight",
+                                "blocks.6.0.bn3.bias"}
+    assert parameterised_layers(model.backbone)[-3:] == ["blocks.6.0.bn3", "conv_head", "bn2"]
+    unfreeze(model, "all")
+    assert trainable(model) == {n for n, _ in model.backbone.named_parameters()}
+
+
+def test_bad_unfreeze_is_a_config_error():
+    with pytest.raises(ConfigError, match="layers:N, blocks:K or all"):
+        RunConfig(unfreeze="top:3").validate()
+
+
+def test_layerwise_lr_decay_lowers_deeper_groups():
+    _, model = classifier()
+    unfreeze(model, "blocks:3")
+    groups = lr_param_groups(model, 0.01, 0.5)
+    assert [g["lr"] for g in groups] == [0.01, 0.005, 0.0025, 0.00125]
+
+
+def test_batch_norm_stays_in_inference_mode_unless_train_bn():
+    _, model = classifier()
+    unfreeze(model, "blocks:2")
+    all_bn = [m for m in model.backbone.modules() if isinstance(m, nn.BatchNorm2d)]
+    assert len(batchnorms_kept_in_eval(model)) == len(all_bn)
+    kept = batchnorms_kept_in_eval(model, train_bn=True)
+    assert model.backbone.bn2 not in kept and model.backbone.bn1 in kept
+
+
+def test_boundary_top_computes_the_same_network(demo_dir):
+    backbone, model = classifier()
+    unfreeze(model, "blocks:2")
+    layers = sequential_layers(backbone.model, backbone.preprocessing["input_size"])
+    cut = first_trainable(layers)
+    assert 0 < cut < len(layers)
+    top = TopOfNetwork(layers[cut:], backbone.model, model.head)
+    transform = eval_transform(backbone.preprocessing)
+    images = torch.stack([transform(load_rgb(p)) for p in sorted((demo_dir / "roses").iterdir())[:4]])
+    model.eval()
+    with torch.inference_mode():
+        full = model(images)
+        activations = nn.Sequential(*layers[:cut])(images)
+        assert torch.allclose(top(activations), full, atol=1e-4)
+        # stored in bf16, as the cache does: close enough that the loss curves match
+        loss_full = nn.functional.cross_entropy(full, torch.zeros(4, dtype=torch.long))
+        loss_bf16 = nn.functional.cross_entropy(top(activations.bfloat16()), torch.zeros(4, dtype=torch.long))
+        assert float(loss_bf16) == pytest.approx(float(loss_full), rel=0.02)
+
+
+def test_finetune_keeps_frozen_weights_and_bn_statistics_bit_identical(tmp_path, demo_copy):
+    before = load_backbone("efficientnet_lite0").model.state_dict()
+    results = run(RunConfig(data=str(demo_copy), models=["efficientnet_lite0"], strategies=["finetune"],
+                            image_size=160, epochs=3, workers=0, out=str(tmp_path / "ft")), echo=lambda *_: None)
+    model, _ = load_model(results.run_dir / "efficientnet_lite0-finetune")
+    after = model.backbone.state_dict()
+    trained = set(layer_groups(model.backbone)[-1]) | set(layer_groups(model.backbone)[-2])
+    changed = {k for k in after if not torch.equal(after[k], before[k])}
+    assert changed and changed <= trained  # only unfrozen weights moved ...
+    assert not any(k.endswith(("running_mean", "running_var")) for k in changed)  # ... and no BN statistics
+    history = (results.run_dir / "efficientnet_lite0-finetune" / "history.csv").read_text()
+    assert "\nhead,1," in history and "\nfinetune,1," in history
+
+
+def test_scratch_cnn_and_scratch_train_every_layer(tmp_path, demo_copy):
+    results = run(RunConfig(data=str(demo_copy), models=["efficientnet_lite0"], strategies=["scratch-cnn"],
+                            image_size=64, epochs=2, workers=0, out=str(tmp_path / "s")), echo=lambda *_: None)
+    row = results.rows[0]
+    assert row["model"] == "scratch_cnn" and row["trainable_params"] == round(row["params_m"] * 1e6)
+    assert not row["pretrained"] and row["weights"].startswith("random init")
+    model, info = load_model(results.run_dir / "scratch_cnn-scratch-cnn")
+    assert info["backbone"] == "scratch_cnn"
