@@ -67,6 +67,8 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--out", default=S, help="run folder (default runs/<timestamp>-<name>)")
     g.add_argument("--name", default=S)
     g.add_argument("--config", dest="config_file", default=S, help="YAML file of config values")
+    g.add_argument("--preset", default=S, help="a ready-made experiment (`showdown presets` lists them)")
+    g.add_argument("--quick", action="store_true", default=S, help="shrink it: image subset, few epochs, small images")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -76,18 +78,23 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="train and compare backbones on a dataset")
     _add_run_flags(run)
     sub.add_parser("models", help="list the short backbone names and their weight sources")
+    sub.add_parser("presets", help="list the ready-made experiments")
     return parser
 
 
 def config_from_args(args: argparse.Namespace) -> RunConfig:
-    values: dict = {}
+    from .preset import QUICK, load_preset
+
+    values: dict = load_preset(args.preset) if hasattr(args, "preset") else {}
+    if getattr(args, "quick", False):
+        values.update(QUICK)
     if hasattr(args, "config_file"):
         try:
             with open(args.config_file, encoding="utf-8") as handle:
                 values.update(yaml.safe_load(handle) or {})
         except (OSError, yaml.YAMLError) as exc:
             raise ConfigError(f"cannot read config file {args.config_file}: {exc}") from exc
-    skip = {"command", "debug", "config_file"}
+    skip = {"command", "debug", "config_file", "preset", "quick"}
     values.update({k: v for k, v in vars(args).items() if k not in skip})
     if "weights" in values and isinstance(values["weights"], list):
         values["weights"] = _weights_map(values["weights"], values.get("models") or RunConfig().models)
@@ -125,6 +132,14 @@ def cmd_models(args) -> int:
     return 0
 
 
+def cmd_presets(args) -> int:
+    from .preset import list_presets
+
+    for name, description in list_presets().items():
+        print(f"{name:32s} {description}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     argv = sys.argv[1:] if argv is None else argv
@@ -132,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         args = parser.parse_args(["run", *argv])
     logging.basicConfig(level=logging.INFO if args.debug else logging.WARNING, format="%(levelname)s: %(message)s")
-    handler = {"run": cmd_run, "models": cmd_models}[args.command]
+    handler = {"run": cmd_run, "models": cmd_models, "presets": cmd_presets}[args.command]
     try:
         return handler(args)
     except ShowdownError as exc:

@@ -52,6 +52,7 @@ class RunConfig:
     lr_decay: float | None = None
     train_bn: bool = False
     cache_budget_gb: float | None = None  # boundary-activation cache limit, default a quarter of RAM
+    max_per_class: int | None = None  # train images per class (val/test get a quarter); for quick runs
     # machinery
     precision: str = "auto"
     workers: int = 2
@@ -62,15 +63,18 @@ class RunConfig:
     def validate(self) -> "RunConfig":
         if not self.models:
             raise ConfigError("no models given; name at least one with --models")
+        from .strategies import parse_unfreeze
+
         for strategy in self.strategies:
-            if strategy not in STRATEGIES:
+            base, _, spec = strategy.partition("=")
+            if spec and base == "finetune":
+                parse_unfreeze(spec)
+            elif spec or base not in STRATEGIES:
                 raise ConfigError(f"unknown strategy '{strategy}'; choose from {', '.join(STRATEGIES)}")
         _choice("optimizer", self.optimizer, OPTIMIZERS)
         _choice("schedule", self.schedule, SCHEDULES)
         _choice("precision", self.precision, PRECISIONS)
         _choice("augment", self.augment, AUGMENTS)
-        from .strategies import parse_unfreeze
-
         parse_unfreeze(self.unfreeze)
         if len(self.split) != 3 or any(f < 0 for f in self.split) or abs(sum(self.split) - 1) > 1e-6:
             raise ConfigError(f"--split must be three fractions that add up to 1, e.g. 0.7,0.15,0.15 (got {self.split})")

@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from .backbones import Backbone, load_backbone, resolve_backbone
 from .config import RunConfig
 from .data import DatasetSpec, load_dataset
-from .data.folder import SPLITS
+from .data.folder import SPLITS, subset_per_class
 from .data.sources import cache_root
 from .evaluate import classification_metrics, predict_proba
 from .features import extract_features, forward_frozen
@@ -56,6 +56,8 @@ def run(config: RunConfig, *, echo=print) -> Results:
     for name in config.models:  # an unknown name fails before any work is done
         resolve_backbone(name)
     dataset = load_dataset(config.data, data_root=config.data_root, split=config.split, seed=config.seed)
+    if config.max_per_class:
+        dataset = subset_per_class(dataset, config.max_per_class)
     precision = resolve_precision(config.precision)
     run_dir = new_run_dir(config.out, config.name or dataset.name)
     _record_run(run_dir, config, dataset, precision)
@@ -243,9 +245,12 @@ def run_strategy(strategy, backbone, dataset, config, precision, run_dir, cache_
     timing: dict = {"failed": []}
     start = time.perf_counter()
     features = None
-    if strategy in ("head", "finetune"):
+    base, _, unfreeze_spec = strategy.partition("=")  # finetune=layers:20 names its own unfreeze
+    if unfreeze_spec:
+        config = dataclasses.replace(config, unfreeze=unfreeze_spec)
+    if base in ("head", "finetune"):
         history, features = _train_head(backbone, model, dataset, config, precision, cache_dir, timing, echo)
-        if strategy == "finetune":
+        if base == "finetune":
             history += _train_top(backbone, model, dataset, config, precision, timing, echo)
             features = None  # the backbone changed: evaluate on images
     else:  # from random init every layer trains, batch norm included

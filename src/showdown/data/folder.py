@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hashlib
+from collections import Counter
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -139,3 +140,18 @@ def build_spec(name: str, root: Path, fractions: tuple[float, float, float], see
             raise DataError(f"the {split} split of {root} is empty; add images or change --split")
     all_files = [path for items in splits.values() for path, _ in items]
     return DatasetSpec(name, root, classes, splits, source, fingerprint(all_files), warnings)
+
+
+def subset_per_class(spec: DatasetSpec, train_per_class: int) -> DatasetSpec:
+    """The first N training images of each class (a quarter of that for val and test), for quick runs."""
+    limits = {"train": train_per_class, "val": max(2, train_per_class // 4), "test": max(2, train_per_class // 4)}
+    splits = {}
+    for split, items in spec.splits.items():
+        kept, taken = [], Counter()
+        for path, label in items:
+            if taken[label] < limits[split]:
+                kept.append((path, label))
+                taken[label] += 1
+        splits[split] = kept
+    source = f"{spec.split_source}; subset of {train_per_class} train images per class"
+    return DatasetSpec(spec.name, spec.root, spec.classes, splits, source, spec.fingerprint, spec.warnings)
