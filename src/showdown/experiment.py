@@ -15,7 +15,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from .backbones import Backbone, load_backbone, resolve_backbone
+from .backbones import load_backbone, resolve_backbone
 from .config import RunConfig
 from .data import DatasetSpec, load_dataset
 from .data.folder import SPLITS, subset_per_class
