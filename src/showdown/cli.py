@@ -52,7 +52,11 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--label-smoothing", type=float, default=S)
     g.add_argument("--seed", type=int, default=S)
     g.add_argument("--grad-clip", type=float, default=S, help="clip the gradient norm")
-    g.add_argument("--augment", default=S, help="none, light (flip + random-resized-crop) or strong (+ RandAugment)")
+    g.add_argument("--augment", default=S,
+                   help="none, light (flip + random-resized-crop) or strong (+ RandAugment, mixup/cutmix)")
+    g.add_argument("--class-weight", default=S, help="none or balanced (loss weighted by inverse class frequency)")
+    g.add_argument("--drop-duplicates", action="store_true", default=S,
+                   help="drop val/test images whose exact bytes are also in an earlier split")
     g = p.add_argument_group("finetune (after the head phase)")
     g.add_argument("--unfreeze", default=S, help="layers:N, blocks:K or all (default blocks:2)")
     g.add_argument("--ft-lr-factor", type=float, default=S, help="fine-tune lr = lr x this (default 0.1)")
@@ -69,6 +73,8 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--config", dest="config_file", default=S, help="YAML file of config values")
     g.add_argument("--preset", default=S, help="a ready-made experiment (`showdown presets` lists them)")
     g.add_argument("--quick", action="store_true", default=S, help="shrink it: image subset, few epochs, small images")
+    g.add_argument("--resume", metavar="RUN_DIR", default=S,
+                   help="continue an interrupted run from its folder (its own configuration; other flags ignored)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -77,6 +83,20 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     run = sub.add_parser("run", help="train and compare backbones on a dataset")
     _add_run_flags(run)
+    predict = sub.add_parser("predict", help="classify images with a trained or exported model")
+    predict.add_argument("model", help="run folder, entry folder, or exported .onnx / .pt file")
+    predict.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders or glob patterns")
+    predict.add_argument("--model", dest="model_name", help="which entry of a run folder (default: the best)")
+    predict.add_argument("--top-k", type=int, default=3)
+    predict.add_argument("--format", choices=("table", "csv", "json"), default="table")
+    predict.add_argument("--output", help="write to this file instead of the console")
+    predict.add_argument("--batch-size", type=int, default=32)
+    predict.add_argument("--workers", type=int, default=0, help="image-decoding worker processes")
+    export = sub.add_parser("export", help="export a trained model to ONNX or TorchScript")
+    export.add_argument("model", help="run folder or entry folder")
+    export.add_argument("--format", choices=("onnx", "torchscript"), default="onnx")
+    export.add_argument("--model", dest="model_name", help="which entry of a run folder (default: the best)")
+    export.add_argument("--output", help="file to write (default: model.onnx / model.pt in the entry folder)")
     sub.add_parser("models", help="list the short backbone names and their weight sources")
     sub.add_parser("presets", help="list the ready-made experiments")
     return parser
@@ -94,7 +114,7 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
                 values.update(yaml.safe_load(handle) or {})
         except (OSError, yaml.YAMLError) as exc:
             raise ConfigError(f"cannot read config file {args.config_file}: {exc}") from exc
-    skip = {"command", "debug", "config_file", "preset", "quick"}
+    skip = {"command", "debug", "config_file", "preset", "quick", "resume"}
     values.update({k: v for k, v in vars(args).items() if k not in skip})
     if "weights" in values and isinstance(values["weights"], list):
         values["weights"] = _weights_map(values["weights"], values.get("models") or RunConfig().models)
@@ -115,9 +135,28 @@ def _weights_map(entries: list[str], models: list[str]) -> dict[str, str]:
 
 
 def cmd_run(args) -> int:
-    from .experiment import run
+    from .experiment import resume_run, run
 
-    run(config_from_args(args))
+    if hasattr(args, "resume"):
+        resume_run(args.resume)
+    else:
+        run(config_from_args(args))
+    return 0
+
+
+def cmd_predict(args) -> int:
+    from .predict_output import write_predictions
+
+    write_predictions(args.model, args.inputs, model_name=args.model_name, top_k=args.top_k, fmt=args.format,
+                      output=args.output, batch_size=args.batch_size, workers=args.workers)
+    return 0
+
+
+def cmd_export(args) -> int:
+    from .export import export_model
+
+    path = export_model(args.model, args.format, args.output, args.model_name)
+    print(f"exported {path}")
     return 0
 
 
@@ -146,8 +185,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv or ["run"])
     if args.command is None:
         args = parser.parse_args(["run", *argv])
+    for stream in (sys.stdout, sys.stderr):  # file names that are not valid UTF-8 print escaped
+        stream.reconfigure(errors="backslashreplace")
     logging.basicConfig(level=logging.INFO if args.debug else logging.WARNING, format="%(levelname)s: %(message)s")
-    handler = {"run": cmd_run, "models": cmd_models, "presets": cmd_presets}[args.command]
+    handler = {"run": cmd_run, "predict": cmd_predict, "export": cmd_export, "models": cmd_models,
+               "presets": cmd_presets}[args.command]
     try:
         return handler(args)
     except ShowdownError as exc:
@@ -158,6 +200,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # output piped into `head` and the like
+        sys.stderr.close()
+        return 0
 
 
 if __name__ == "__main__":

@@ -44,6 +44,7 @@ class RunConfig:
     label_smoothing: float = 0.1
     grad_clip: float | None = None
     augment: str = "none"
+    class_weight: str = "none"  # or "balanced": weight the loss by inverse class frequency
     seed: int = 0
     # finetune: the second phase after the head phase
     unfreeze: str = "blocks:2"
@@ -52,6 +53,7 @@ class RunConfig:
     lr_decay: float | None = None
     train_bn: bool = False
     cache_budget_gb: float | None = None  # boundary-activation cache limit, default a quarter of RAM
+    drop_duplicates: bool = False  # drop val/test images whose exact bytes are also in an earlier split
     max_per_class: int | None = None  # train images per class (val/test get a quarter); for quick runs
     # machinery
     precision: str = "auto"
@@ -75,6 +77,7 @@ class RunConfig:
         _choice("schedule", self.schedule, SCHEDULES)
         _choice("precision", self.precision, PRECISIONS)
         _choice("augment", self.augment, AUGMENTS)
+        _choice("class-weight", self.class_weight, ("none", "balanced"))
         parse_unfreeze(self.unfreeze)
         if len(self.split) != 3 or any(f < 0 for f in self.split) or abs(sum(self.split) - 1) > 1e-6:
             raise ConfigError(f"--split must be three fractions that add up to 1, e.g. 0.7,0.15,0.15 (got {self.split})")

@@ -5,18 +5,24 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
+import yaml
+from sklearn.utils.class_weight import compute_class_weight
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from .backbones import load_backbone, resolve_backbone
 from .config import RunConfig
+from .data.leakage import check_leakage
+from .errors import ConfigError
 from .data import DatasetSpec, load_dataset
 from .data.folder import SPLITS, subset_per_class
 from .data.sources import cache_root
@@ -34,6 +40,8 @@ from .strategies import batchnorms_kept_in_eval, freeze_backbone, lr_param_group
 from .train import TrainSettings, fit
 
 log = logging.getLogger(__name__)
+# metrics.json keys that are detail, not summary-row columns
+DETAIL_KEYS = ("per_class", "confusion_matrix", "classes")
 # Measured on the 2-core CPU: batches of 8-16 images run ~1.3x faster than 64 (less memory traffic per step).
 FEATURE_BATCH = 16
 
@@ -51,16 +59,20 @@ class Results:
         return max(self.rows, key=lambda r: r["accuracy"])
 
 
-def run(config: RunConfig, *, echo=print) -> Results:
+def run(config: RunConfig, *, echo=print, resume: bool = False) -> Results:
+    """Train and evaluate every (model, strategy); with `resume`, `config.out` is an interrupted run's folder:
+    finished entries are kept and the interrupted one continues from its last completed epoch."""
     config.validate()
     for name in config.models:  # an unknown name fails before any work is done
         resolve_backbone(name)
     dataset = load_dataset(config.data, data_root=config.data_root, split=config.split, seed=config.seed)
     if config.max_per_class:
         dataset = subset_per_class(dataset, config.max_per_class)
+    dataset = check_leakage(dataset, drop=config.drop_duplicates)
     precision = resolve_precision(config.precision)
     run_dir = new_run_dir(config.out, config.name or dataset.name)
-    _record_run(run_dir, config, dataset, precision)
+    if not resume:
+        _record_run(run_dir, config, dataset, precision)
     counts = dataset.counts()
     echo(f"data: {dataset.name} ({len(dataset.classes)} classes; train {counts['train']}, val {counts['val']}, "
          f"test {counts['test']}; split {dataset.split_source})")
@@ -69,17 +81,35 @@ def run(config: RunConfig, *, echo=print) -> Results:
     cache_dir = Path(config.cache_dir) if config.cache_dir else cache_root() / "features"
     rows, skipped = [], set()
     for model_name in config.models:
+        todo = [s for s in config.strategies if not (resume and finished_row(entry_folder(run_dir, model_name, s)))]
+        for strategy in config.strategies:
+            if strategy not in todo:
+                rows.append(finished_row(entry_folder(run_dir, model_name, strategy)))
+                echo(f"{model_name} {strategy}: finished earlier, kept")
+        if not todo:
+            continue
         backbone = load_backbone(
             model_name, weights_file=config.weights.get(model_name), weights_dir=config.weights_dir,
             pretrained=config.pretrained, allow_random_init=config.allow_random_init, image_size=config.image_size,
         )
         echo(f"{model_name}: weights from {backbone.source}; input {backbone.preprocessing['input_size'][1]} px")
-        for strategy in config.strategies:
+        for strategy in todo:
             row, failed = run_strategy(strategy, backbone, dataset, config, precision, run_dir, cache_dir, echo)
             skipped.update(failed)
             rows.append(row)
             echo(f"  {strategy}: test accuracy {row['accuracy']:.4f} ({row['train_seconds']:.1f} s)")
     return _finish(run_dir, rows, sorted(skipped), echo)
+
+
+def resume_run(run_dir: str | Path, *, echo=print) -> Results:
+    """Continue an interrupted `showdown run` from its folder, with the configuration it was started with."""
+    config_file = Path(run_dir) / "config.yaml"
+    if not config_file.is_file():
+        raise ConfigError(f"{run_dir} is not a showdown run folder (no config.yaml)")
+    config = RunConfig.from_dict(yaml.safe_load(config_file.read_text()))
+    config.out = str(run_dir)
+    echo(f"resuming {run_dir}")
+    return run(config, echo=echo, resume=True)
 
 
 def _record_run(run_dir: Path, config: RunConfig, dataset: DatasetSpec, precision: str) -> None:
@@ -89,6 +119,7 @@ def _record_run(run_dir: Path, config: RunConfig, dataset: DatasetSpec, precisio
         "name": dataset.name, "root": str(dataset.root), "classes": dataset.classes, "counts": dataset.counts(),
         "split": dataset.split_source, "fingerprint": dataset.fingerprint, "warnings": dataset.warnings,
     })
+    write_csv(run_dir / "leakage.csv", dataset.leaks)  # nothing is written when there are none
     write_csv(run_dir / "splits.csv", [
         {"split": split, "path": str(path), "label": dataset.classes[label]}
         for split in SPLITS for path, label in dataset.splits[split]
@@ -99,14 +130,14 @@ def train_settings(config: RunConfig, precision: str = "fp32") -> TrainSettings:
     return TrainSettings(
         epochs=config.epochs, lr=config.lr, optimizer=config.optimizer, weight_decay=config.weight_decay,
         momentum=config.momentum, patience=config.patience, schedule=config.schedule,
-        label_smoothing=config.label_smoothing, precision=precision, grad_clip=config.grad_clip,
+        label_smoothing=config.label_smoothing, precision=precision, grad_clip=config.grad_clip, seed=config.seed,
+        mixup=config.augment == "strong",
     )
 
 
-def feature_batches(features, batch_size: int, *, shuffle: bool = False, seed: int = 0) -> DataLoader:
-    generator = torch.Generator().manual_seed(seed)
-    return DataLoader(TensorDataset(features.features, features.labels), batch_size=batch_size, shuffle=shuffle,
-                      generator=generator)
+def feature_batches(features, batch_size: int, *, shuffle: bool = False) -> DataLoader:
+    """Shuffled from the global RNG, which `fit` seeds at every epoch."""
+    return DataLoader(TensorDataset(features.features, features.labels), batch_size=batch_size, shuffle=shuffle)
 
 
 class XY:
@@ -127,66 +158,103 @@ class XY:
 def image_batches(items, preprocessing, config: RunConfig, *, train: bool) -> XY:
     transform = train_transform(preprocessing, config.augment) if train else eval_transform(preprocessing)
     return XY(image_loader(items, transform, batch_size=config.batch_size if train else FEATURE_BATCH,
-                           workers=config.workers, shuffle=train, seed=config.seed))
+                           workers=config.workers, shuffle=train))
 
 
-def _extract_all(backbone, dataset, config, precision, cache_dir):
+@dataclass
+class Entry:
+    """One (backbone, strategy) of the showdown and everything its phases share."""
+
+    backbone: object
+    model: ImageClassifier
+    dataset: DatasetSpec
+    config: RunConfig
+    precision: str
+    folder: Path
+    cache_dir: Path
+    echo: object
+    timing: dict = field(default_factory=lambda: {"failed": []})
+
+    def checkpoint(self, phase: str) -> Path:
+        return self.folder / f"checkpoint-{phase}.pt"
+
+    def class_weights(self) -> torch.Tensor | None:
+        """'balanced': each class weighs n / (k * n_class), as scikit-learn computes it."""
+        if self.config.class_weight != "balanced":
+            return None
+        labels = np.array([label for _, label in self.dataset.splits["train"]])
+        present = np.unique(labels)
+        weights = np.ones(len(self.dataset.classes))
+        weights[present] = compute_class_weight("balanced", classes=present, y=labels)
+        return torch.tensor(weights, dtype=torch.float32)
+
+    def fit(self, net, train_batches, val_batches, settings, phase, **kwargs) -> list[dict]:
+        return fit(net, train_batches, val_batches, settings, phase=phase, checkpoint=self.checkpoint(phase),
+                   class_weights=self.class_weights(), num_classes=len(self.dataset.classes), **kwargs)
+
+    def images(self, split: str, *, train: bool = False) -> XY:
+        return image_batches(self.dataset.splits[split], self.backbone.preprocessing, self.config, train=train)
+
+
+def _extract_all(entry: Entry) -> dict:
     return {
-        split: extract_features(backbone, dataset.splits[split], precision=precision, batch_size=FEATURE_BATCH,
-                                workers=config.workers, cache_dir=cache_dir, desc=f"{backbone.spec.name} {split}")
+        split: extract_features(entry.backbone, entry.dataset.splits[split], precision=entry.precision,
+                                batch_size=FEATURE_BATCH, workers=entry.config.workers, cache_dir=entry.cache_dir,
+                                desc=f"{entry.backbone.spec.name} {split}")
         for split in SPLITS
     }
 
 
-def _train_head(backbone, model, dataset, config, precision, cache_dir, timing, echo) -> tuple[list[dict], dict]:
+def _train_head(entry: Entry) -> tuple[list[dict], dict | None]:
     """Phase `head`: the frozen backbone runs once per image (cached) unless augmentation needs every epoch."""
+    config, model, timing = entry.config, entry.model, entry.timing
     freeze_backbone(model)
     settings = train_settings(config)
     start = time.perf_counter()
     if config.augment == "none":
-        features = _extract_all(backbone, dataset, config, precision, cache_dir)
+        features = _extract_all(entry)
         timing["feature_seconds"] = time.perf_counter() - start
         timing["feature_cache_hit"] = all(f.cache_hit for f in features.values())
-        history = fit(model.head, feature_batches(features["train"], config.batch_size, shuffle=True, seed=config.seed),
-                      feature_batches(features["val"], 1024), settings, phase="head")
+        history = entry.fit(model.head, feature_batches(features["train"], config.batch_size, shuffle=True),
+                            feature_batches(features["val"], 1024), settings, "head")
         timing["failed"] = [path for f in features.values() for path in f.failed]
     else:
-        echo(f"  feature cache off: augmentation '{config.augment}' changes the inputs every epoch")
-        history = fit(model, image_batches(dataset.splits["train"], backbone.preprocessing, config, train=True),
-                      image_batches(dataset.splits["val"], backbone.preprocessing, config, train=False),
-                      dataclasses.replace(settings, precision=precision), phase="head",
-                      keep_eval=batchnorms_kept_in_eval(model))
+        entry.echo(f"  feature cache off: augmentation '{config.augment}' changes the inputs every epoch")
+        history = entry.fit(model, entry.images("train", train=True), entry.images("val"),
+                            dataclasses.replace(settings, precision=entry.precision), "head",
+                            keep_eval=batchnorms_kept_in_eval(model))
         features = None
     timing["head_seconds"] = time.perf_counter() - start
     return history, features
 
 
-def _train_top(backbone, model, dataset, config, precision, timing, echo) -> list[dict]:
+def _train_top(entry: Entry) -> list[dict]:
     """Phase `finetune`: the unfrozen top of the backbone and the head train at a lower learning rate."""
+    config, model = entry.config, entry.model
     trained = unfreeze(model, config.unfreeze)
     settings = dataclasses.replace(train_settings(config), lr=config.lr * config.ft_lr_factor,
                                    epochs=config.ft_epochs or config.epochs)
     groups = lr_param_groups(model, settings.lr, config.lr_decay)
     keep_eval = batchnorms_kept_in_eval(model, config.train_bn)
-    echo(f"  finetune: {len(trained)} backbone tensors unfrozen ({config.unfreeze}), lr {settings.lr:g}")
+    entry.echo(f"  finetune: {len(trained)} backbone tensors unfrozen ({config.unfreeze}), lr {settings.lr:g}")
     start = time.perf_counter()
-    top = _boundary_top(backbone, model, dataset, config, precision, echo)
+    top = _boundary_top(entry)
     if top is not None:
         net, batches = top
-        history = fit(net, feature_batches(batches["train"], config.batch_size, shuffle=True, seed=config.seed),
-                      feature_batches(batches["val"], config.batch_size), settings, phase="finetune",
-                      params=groups, keep_eval=keep_eval)
+        history = entry.fit(net, feature_batches(batches["train"], config.batch_size, shuffle=True),
+                            feature_batches(batches["val"], config.batch_size), settings, "finetune",
+                            params=groups, keep_eval=keep_eval)
     else:
-        history = fit(model, image_batches(dataset.splits["train"], backbone.preprocessing, config, train=True),
-                      image_batches(dataset.splits["val"], backbone.preprocessing, config, train=False),
-                      dataclasses.replace(settings, precision=precision), phase="finetune", params=groups,
-                      keep_eval=keep_eval)
-    timing["finetune_seconds"] = time.perf_counter() - start
+        history = entry.fit(model, entry.images("train", train=True), entry.images("val"),
+                            dataclasses.replace(settings, precision=entry.precision), "finetune", params=groups,
+                            keep_eval=keep_eval)
+    entry.timing["finetune_seconds"] = time.perf_counter() - start
     return history
 
 
-def _boundary_top(backbone, model, dataset, config, precision, echo):
+def _boundary_top(entry: Entry):
     """(top network, boundary activations per split) when the frozen bottom can be cached, else None."""
+    config, backbone, echo = entry.config, entry.backbone, entry.echo
     if config.augment != "none":
         echo("  boundary cache off: augmentation changes the inputs every epoch; full forward")
         return None
@@ -198,7 +266,7 @@ def _boundary_top(backbone, model, dataset, config, precision, echo):
     bottom = nn.Sequential(*layers[:cut])
     with torch.inference_mode():
         per_image = bottom(torch.zeros(1, *backbone.preprocessing["input_size"])).numel() * 2  # bf16 bytes
-    need = per_image * sum(len(items) for items in dataset.splits.values())
+    need = per_image * sum(len(items) for items in entry.dataset.splits.values())
     budget = (config.cache_budget_gb * 2**30) if config.cache_budget_gb else _ram_bytes() / 4
     if need > budget:
         echo(f"  boundary cache off: {need / 2**30:.1f} GB of activations exceed the {budget / 2**30:.1f} GB budget "
@@ -206,32 +274,46 @@ def _boundary_top(backbone, model, dataset, config, precision, echo):
         return None
     echo(f"  boundary cache: frozen bottom ({cut} of {len(layers)} layers) runs once, {need / 2**20:.0f} MB in bf16")
     batches = {
-        split: forward_frozen(bottom, backbone.preprocessing, dataset.splits[split], precision=precision,
+        split: forward_frozen(bottom, backbone.preprocessing, entry.dataset.splits[split], precision=entry.precision,
                               batch_size=FEATURE_BATCH, workers=config.workers, desc=f"boundary {split}",
                               store_dtype=torch.bfloat16)
         for split in SPLITS
     }
-    return TopOfNetwork(layers[cut:], backbone.model, model.head), batches
+    return TopOfNetwork(layers[cut:], backbone.model, entry.model.head), batches
 
 
 def _ram_bytes() -> int:
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
-def _evaluate(model, features, backbone, dataset, config, precision):
+def _evaluate(entry: Entry, features):
     """Test probabilities from cached features when the backbone is unchanged, else from the images."""
     if features is not None:
-        probs, y_true = predict_proba(model.head, feature_batches(features["test"], 1024))
+        probs, y_true = predict_proba(entry.model.head, feature_batches(features["test"], 1024))
         kept = features["test"].indices.tolist()
     else:
-        batches = image_batches(dataset.splits["test"], backbone.preprocessing, config, train=False)
-        probs, y_true = predict_proba(model, batches, precision)
+        batches = entry.images("test")
+        probs, y_true = predict_proba(entry.model, batches, entry.precision)
         kept = _readable_indices(batches)
-    return probs, y_true, [dataset.splits["test"][i] for i in kept]
+    return probs, y_true, [entry.dataset.splits["test"][i] for i in kept]
 
 
 def _readable_indices(batches: XY) -> list[int]:
     return [i for _, _, indices, _ in batches.loader for i in indices.tolist()]
+
+
+def entry_folder(run_dir: Path, model_name: str, strategy: str) -> Path:
+    model_name = "scratch_cnn" if strategy == "scratch-cnn" else model_name
+    return run_dir / slug(f"{model_name}-{strategy}")
+
+
+def finished_row(folder: Path) -> dict | None:
+    """The summary row of an entry that completed earlier (for --resume), or None."""
+    metrics = folder / "metrics.json"
+    if not metrics.is_file() or not (folder / "model.safetensors").is_file():
+        return None
+    summary = json.loads(metrics.read_text())
+    return {**{k: v for k, v in summary.items() if k not in DETAIL_KEYS}, "folder": folder.name}
 
 
 def run_strategy(strategy, backbone, dataset, config, precision, run_dir, cache_dir, echo) -> tuple[dict, list[str]]:
@@ -242,59 +324,60 @@ def run_strategy(strategy, backbone, dataset, config, precision, run_dir, cache_
         backbone = load_backbone(backbone.spec.name, pretrained=False, image_size=config.image_size)
     head = Head(backbone.num_features, len(dataset.classes), config.head_hidden, config.head_dropout, config.head_bn)
     model = ImageClassifier(backbone.model, head)
-    timing: dict = {"failed": []}
-    start = time.perf_counter()
-    features = None
+    folder = entry_folder(run_dir, backbone.spec.name, strategy)
+    folder.mkdir(parents=True, exist_ok=True)
     base, _, unfreeze_spec = strategy.partition("=")  # finetune=layers:20 names its own unfreeze
     if unfreeze_spec:
         config = dataclasses.replace(config, unfreeze=unfreeze_spec)
+    entry = Entry(backbone, model, dataset, config, precision, folder, cache_dir, echo)
+    start = time.perf_counter()
+    features = None
     if base in ("head", "finetune"):
-        history, features = _train_head(backbone, model, dataset, config, precision, cache_dir, timing, echo)
+        history, features = _train_head(entry)
         if base == "finetune":
-            history += _train_top(backbone, model, dataset, config, precision, timing, echo)
+            history += _train_top(entry)
             features = None  # the backbone changed: evaluate on images
     else:  # from random init every layer trains, batch norm included
         for param in model.parameters():
             param.requires_grad_(True)
-        history = fit(model, image_batches(dataset.splits["train"], backbone.preprocessing, config, train=True),
-                      image_batches(dataset.splits["val"], backbone.preprocessing, config, train=False),
-                      dataclasses.replace(train_settings(config), precision=precision), phase=strategy)
-    timing["train_seconds"] = time.perf_counter() - start
-    probs, y_true, test_items = _evaluate(model, features, backbone, dataset, config, precision)
+        history = entry.fit(model, entry.images("train", train=True), entry.images("val"),
+                            dataclasses.replace(train_settings(config), precision=precision), strategy)
+    entry.timing["train_seconds"] = time.perf_counter() - start
+    probs, y_true, test_items = _evaluate(entry, features)
     metrics = classification_metrics(y_true, probs, dataset.classes)
-    failed = timing.pop("failed")
-    entry = {"model": backbone.spec.name, "strategy": strategy}
-    row = _write_entry(run_dir, entry, model, backbone, dataset, config, metrics, history, probs, y_true, test_items,
-                       timing)
+    failed = entry.timing.pop("failed")
+    row = _write_entry(entry, strategy, metrics, history, probs, y_true, test_items)
+    for checkpoint in folder.glob("checkpoint-*.pt"):  # the entry is complete; its results replace them
+        checkpoint.unlink()
     return row, failed
 
 
-def _write_entry(run_dir, entry, model, backbone, dataset, config, metrics, history, probs, y_true, test_items,
-                 timing) -> dict:
-    folder = run_dir / slug(f"{entry['model']}-{entry['strategy']}")
-    folder.mkdir(parents=True, exist_ok=True)
+def _write_entry(entry: Entry, strategy, metrics, history, probs, y_true, test_items) -> dict:
+    backbone, model, dataset, config, folder = entry.backbone, entry.model, entry.dataset, entry.config, entry.folder
+    info = {"model": backbone.spec.name, "strategy": strategy}
     params = sum(p.numel() for p in model.parameters())
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    summary = {**entry, **{k: v for k, v in metrics.items() if not isinstance(v, (dict, list))}, **timing,
+    summary = {**info, **{k: v for k, v in metrics.items() if k not in DETAIL_KEYS}, **entry.timing,
                "params_m": params / 1e6, "trainable_params": trainable, "weights": backbone.source,
                "pretrained": backbone.pretrained}
-    write_json(folder / "metrics.json", {**summary, "per_class": metrics["per_class"],
-                                         "confusion_matrix": metrics["confusion_matrix"], "classes": dataset.classes})
     write_csv(folder / "history.csv", history)
     write_csv(folder / "predictions.csv", [
         {"path": str(path), "true": dataset.classes[t], "pred": dataset.classes[p.argmax()], "confidence": float(p.max())}
         for (path, _), t, p in zip(test_items, y_true, probs)
     ])
-    title = f"{entry['model']} / {entry['strategy']}"
+    title = f"{info['model']} / {strategy}"
     plot_confusion(metrics["confusion_matrix"], dataset.classes, folder / "confusion.png", title)
     plot_curves(history, folder / "curves.png", title)
     save_model(model, folder, {
         "classes": dataset.classes, "backbone": backbone.spec.name, "timm_name": backbone.spec.timm_name,
         "timm_kwargs": backbone.timm_kwargs, "weights_source": backbone.source,
-        "preprocessing": backbone.preprocessing, "strategy": entry["strategy"],
+        "preprocessing": backbone.preprocessing, "strategy": strategy,
         "head": {"in_features": backbone.num_features, "hidden": list(config.head_hidden),
                  "dropout": config.head_dropout, "batch_norm": config.head_bn},
     })
+    # Last: a metrics.json marks the entry complete (--resume skips it).
+    write_json(folder / "metrics.json", {**summary, "per_class": metrics["per_class"],
+                                         "confusion_matrix": metrics["confusion_matrix"], "classes": dataset.classes})
     return {**summary, "folder": folder.name}
 
 

@@ -41,7 +41,7 @@ def cache_key(backbone: Backbone, items: list[tuple[Path, int]], precision: str)
     files = hashlib.sha256()
     for path, label in items:
         stat = path.stat()
-        files.update(f"{path}|{stat.st_size}|{stat.st_mtime_ns}|{label}\n".encode())
+        files.update(f"{path}|{stat.st_size}|{stat.st_mtime_ns}|{label}\n".encode(errors="surrogateescape"))
     parts = {
         "backbone": backbone.spec.timm_name,
         "weights": backbone.source,

@@ -26,7 +26,8 @@ def write_atomic(path: Path, text: str) -> None:
     """Write via a temporary file and rename, so no reader sees a half-written file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
+    # backslashreplace: a file name that is not valid UTF-8 is written escaped instead of failing the run
+    with os.fdopen(fd, "w", encoding="utf-8", errors="backslashreplace", newline="") as handle:
         handle.write(text)
     os.replace(tmp, path)
 

@@ -1,6 +1,7 @@
 """Scan an ImageFolder tree (one sub-folder per class, optionally under train/ val/ test/) and split it."""
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from collections import Counter
 import random
@@ -25,6 +26,7 @@ class DatasetSpec:
     split_source: str  # "given" or how the split was made
     fingerprint: str  # changes when any file is added, removed, resized or touched
     warnings: list[str] = field(default_factory=list)
+    leaks: list[dict] = field(default_factory=list)  # val/test images duplicating an earlier split's
 
     def counts(self) -> dict[str, int]:
         return {name: len(items) for name, items in self.splits.items()}
@@ -98,7 +100,7 @@ def fingerprint(files: list[Path]) -> str:
     digest = hashlib.sha256()
     for path in sorted(files):
         stat = path.stat()
-        digest.update(f"{path}|{stat.st_size}|{stat.st_mtime_ns}\n".encode())
+        digest.update(f"{path}|{stat.st_size}|{stat.st_mtime_ns}\n".encode(errors="surrogateescape"))
     return digest.hexdigest()[:16]
 
 
@@ -117,15 +119,16 @@ def build_spec(name: str, root: Path, fractions: tuple[float, float, float], see
             source = f"given {', '.join(split_dirs)}; {', '.join(missing)} carved from train (seed {seed})"
         else:
             source = "given"
-        for split in SPLITS:
-            absent = [c for c in classes if c not in per_split[split]]
-            if absent and split != "train":
-                warnings.append(f"split '{split}' has no images of class {', '.join(absent)}")
     else:
         per_class = scan_classes(root, warnings)
         classes = sorted(per_class)
         per_split = stratified_split(per_class, fractions, seed)
         source = "stratified {:.0f}/{:.0f}/{:.0f}, seed {}".format(*(100 * f for f in fractions), seed)
+    for split in SPLITS:
+        absent = [c for c in classes if not per_split[split].get(c)]
+        if absent:
+            warnings.append(f"split '{split}' has no images of class {', '.join(absent)}"
+                            + (" (too few images to split)" if not split_dirs else ""))
     if len(classes) < 2:
         raise DataError(
             f"{root} has {len(classes)} class folder(s) with images; a classifier needs at least 2 "
@@ -154,4 +157,4 @@ def subset_per_class(spec: DatasetSpec, train_per_class: int) -> DatasetSpec:
                 taken[label] += 1
         splits[split] = kept
     source = f"{spec.split_source}; subset of {train_per_class} train images per class"
-    return DatasetSpec(spec.name, spec.root, spec.classes, splits, source, spec.fingerprint, spec.warnings)
+    return dataclasses.replace(spec, splits=splits, split_source=source)

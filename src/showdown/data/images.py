@@ -76,9 +76,9 @@ def collate_readable(batch):
     return images, labels, indices, failed
 
 
-def image_loader(items, transform, *, batch_size: int, workers: int, shuffle: bool = False, seed: int = 0):
-    generator = torch.Generator().manual_seed(seed)
+def image_loader(items, transform, *, batch_size: int, workers: int, shuffle: bool = False):
+    """Shuffled from the global RNG, which the training loop seeds at every epoch."""
     return DataLoader(
         ImageFiles(items, transform), batch_size=batch_size, shuffle=shuffle, num_workers=workers,
-        collate_fn=collate_readable, generator=generator, persistent_workers=False,
+        collate_fn=collate_readable, persistent_workers=False,
     )

@@ -1,0 +1,67 @@
+"""Export a trained model to ONNX or TorchScript, with its class names and preprocessing inside the file.
+
+The exported graph outputs class probabilities, so every runtime gives the same numbers as `showdown predict`.
+"""
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .errors import ConfigError
+from .model_io import load_model
+from .predict import METADATA_KEY, choose_entry
+
+FORMATS = {"onnx": ".onnx", "torchscript": ".pt"}
+ONNX_OPSET = 17
+
+
+class Probabilities(nn.Module):
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.model(images).softmax(1)
+
+
+def export_model(model_path: str | Path, fmt: str, out: str | Path | None = None,
+                 model_name: str | None = None) -> Path:
+    if fmt not in FORMATS:
+        raise ConfigError(f"unknown export format '{fmt}'; choose from {', '.join(FORMATS)}")
+    folder = choose_entry(Path(model_path), model_name) if Path(model_path).is_dir() else Path(model_path).parent
+    model, info = load_model(folder)
+    out = Path(out) if out else folder / f"model{FORMATS[fmt]}"
+    metadata = json.dumps({"name": f"{info['backbone']} / {info['strategy']}", "classes": info["classes"],
+                           "preprocessing": info["preprocessing"]})
+    wrapped = Probabilities(model).eval()
+    example = torch.zeros(2, *info["preprocessing"]["input_size"])
+    tmp = out.with_name(f".{out.name}.tmp")
+    if fmt == "onnx":
+        _export_onnx(wrapped, example, tmp, metadata)
+    else:
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # TorchScript is deprecated upstream, still widely deployed
+            traced = torch.jit.trace(wrapped, example)
+            torch.jit.save(traced, str(tmp), _extra_files={f"{METADATA_KEY}.json": metadata})
+    tmp.replace(out)
+    return out
+
+
+def _export_onnx(model: nn.Module, example: torch.Tensor, path: Path, metadata: str) -> None:
+    import onnx
+
+    with warnings.catch_warnings():
+        # The TorchScript-based exporter is deprecated in favour of torch.export, which needs onnxscript;
+        # it handles these CNNs well and keeps the dependency list short.
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, (example,), str(path), dynamo=False, opset_version=ONNX_OPSET,
+                          input_names=["image"], output_names=["probabilities"],
+                          dynamic_axes={"image": {0: "batch"}, "probabilities": {0: "batch"}})
+    graph = onnx.load(str(path))
+    entry = graph.metadata_props.add()
+    entry.key, entry.value = METADATA_KEY, metadata
+    onnx.save(graph, str(path))

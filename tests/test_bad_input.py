@@ -1,0 +1,119 @@
+"""Whatever a user's folder holds: every kind of bad file gets a clear message and loses nothing."""
+import io
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from showdown.data import load_dataset
+from showdown.data.images import load_rgb
+from showdown.data.leakage import check_leakage
+
+from .conftest import REPO
+
+
+def _cli(*args):
+    return subprocess.run([sys.executable, "-m", "showdown.cli", *args], capture_output=True, text=True, timeout=600)
+
+
+def test_image_modes_are_converted_to_rgb_correctly(tmp_path):
+    Image.new("L", (8, 8), 77).save(tmp_path / "gray.png")
+    Image.new("CMYK", (8, 8), (0, 255, 255, 0)).save(tmp_path / "cmyk.jpg")  # pure red in CMYK
+    Image.new("RGBA", (8, 8), (0, 0, 255, 0)).save(tmp_path / "clear.png")  # fully transparent blue
+    Image.new("RGBA", (8, 8), (0, 0, 255, 255)).save(tmp_path / "blue.png")
+    Image.fromarray(np.full((8, 8), 65535, dtype=np.uint16)).save(tmp_path / "white16.png")
+    Image.fromarray(np.full((8, 8), 32768, dtype=np.uint16)).save(tmp_path / "mid16.png")
+    pixel = {name: load_rgb(tmp_path / name).getpixel((4, 4)) for name in
+             ("gray.png", "cmyk.jpg", "clear.png", "blue.png", "white16.png", "mid16.png")}
+    assert pixel["gray.png"] == (77, 77, 77)
+    assert pixel["cmyk.jpg"][0] > 200 and max(pixel["cmyk.jpg"][1:]) < 60
+    assert pixel["clear.png"] == (255, 255, 255)  # transparency composited on white, not black
+    assert pixel["blue.png"] == (0, 0, 255)
+    assert pixel["white16.png"] == (255, 255, 255)  # 16-bit scaled, not clipped
+    assert pixel["mid16.png"] == (128, 128, 128)
+    assert all(load_rgb(tmp_path / name).mode == "RGB" for name in pixel)
+
+
+def test_exif_rotation_is_honoured(tmp_path):
+    image = Image.new("RGB", (40, 20), (0, 0, 255))
+    image.paste((255, 0, 0), (0, 0, 20, 20))  # red on the left as stored
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 clockwise to display"
+    image.save(tmp_path / "rotated.jpg", exif=exif, quality=95)
+    shown = load_rgb(tmp_path / "rotated.jpg")
+    assert shown.size == (20, 40)
+    assert shown.getpixel((10, 5))[0] > 200  # the stored left edge is now the top
+
+
+def _bad_files(folder, good):
+    (folder / "zero.jpg").write_bytes(b"")
+    (folder / "text.jpg").write_text("this is not an image\n")
+    data = good.read_bytes()
+    (folder / "corrupt.jpg").write_bytes(data[:200] + bytes(4000) + b"\xff\xd9")  # header, then zeros
+    png = io.BytesIO()
+    Image.open(good).save(png, format="PNG")
+    (folder / "truncated.png").write_bytes(png.getvalue()[: len(png.getvalue()) // 3])
+
+
+def test_a_folder_full_of_trouble_runs_and_reports_it(tmp_path, demo_copy):
+    good = next((demo_copy / "daisy").iterdir())
+    _bad_files(demo_copy / "daisy", good)
+    shutil.copy(good, os.path.join(os.fsencode(demo_copy / "roses"), b"caf\xe9-non-utf8.jpg"))  # latin-1 name
+    (demo_copy / "roses" / ".DS_Store").write_bytes(b"\x00junk")
+    (demo_copy / "__MACOSX" / "daisy").mkdir(parents=True)
+    (demo_copy / "__MACOSX" / "daisy" / "._x.jpg").write_bytes(b"resource fork")
+    (demo_copy / "empty_class").mkdir()
+    (demo_copy / "lonely").mkdir()
+    shutil.copy(good, demo_copy / "lonely" / "only.jpg")  # a class with a single image
+    out = tmp_path / "run"
+    result = _cli("run", "--data", str(demo_copy), "--models", "efficientnet_lite0", "--image-size", "96",
+                  "--epochs", "2", "--out", str(out), "--workers", "0")
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
+    assert "class folder 'empty_class' has no images and was ignored" in result.stdout
+    assert "has no images of class lonely (too few images to split)" in result.stdout
+    assert "skipped 4 unreadable image file(s)" in result.stdout
+    listed = (out / "skipped.txt").read_text().split()
+    assert sorted(os.path.basename(p) for p in listed) == ["corrupt.jpg", "text.jpg", "truncated.png", "zero.jpg"]
+    classes = load_dataset(str(demo_copy)).classes
+    assert classes == ["daisy", "lonely", "roses", "sunflowers"]  # no __MACOSX, no empty class
+    assert "caf\\udce9-non-utf8.jpg" in (out / "splits.csv").read_text()  # escaped, not lost
+
+
+def test_one_class_is_an_error_and_a_missing_class_in_a_split_is_a_warning(tmp_path, demo_copy):
+    one = tmp_path / "one"
+    shutil.copytree(demo_copy / "daisy", one / "daisy")
+    result = _cli("run", "--data", str(one), "--out", str(tmp_path / "x"))
+    assert result.returncode == 2 and "at least 2" in result.stderr and "Traceback" not in result.stderr
+    split = tmp_path / "split"
+    for cls in ("daisy", "roses"):
+        shutil.copytree(demo_copy / cls, split / "train" / cls)
+    shutil.copytree(demo_copy / "daisy", split / "test" / "daisy")
+    spec = load_dataset(str(split))
+    assert "split 'test' has no images of class roses" in spec.warnings
+
+
+def test_duplicates_across_splits_are_reported_and_can_be_dropped(tmp_path, demo_copy):
+    root = tmp_path / "leaky"
+    for split in ("train", "test"):
+        for cls in ("daisy", "roses"):
+            (root / split / cls).mkdir(parents=True)
+    files = {cls: sorted((demo_copy / cls).iterdir()) for cls in ("daisy", "roses")}
+    for cls, paths in files.items():
+        for path in paths[:8]:
+            shutil.copy(path, root / "train" / cls / path.name)
+        for path in paths[8:]:
+            shutil.copy(path, root / "test" / cls / path.name)
+    shutil.copy(files["daisy"][0], root / "test" / "daisy" / "renamed-copy.jpg")  # same bytes, other name
+    spec = load_dataset(str(root))
+    reported = check_leakage(spec, drop=False)
+    assert len(reported.leaks) == 1 and reported.leaks[0]["path"].endswith("renamed-copy.jpg")
+    assert any("exact copies" in w and "--drop-duplicates" in w for w in reported.warnings)
+    assert reported.counts() == spec.counts()
+    dropped = check_leakage(spec, drop=True)
+    assert dropped.counts()["test"] == spec.counts()["test"] - 1
+    assert all(not str(p).endswith("renamed-copy.jpg") for p, _ in dropped.splits["test"])

@@ -1,0 +1,109 @@
+"""Use the winner: predict from a run folder, export to ONNX and TorchScript, and get the same numbers."""
+import json
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from showdown import RunConfig, run
+from showdown.data.images import eval_transform, load_rgb
+from showdown.export import export_model
+from showdown.model_io import load_model
+from showdown.predict import open_model
+
+from .conftest import PHOTOS, needs_photos
+
+
+def _cli(*args):
+    return subprocess.run([sys.executable, "-m", "showdown.cli", *args], capture_output=True, text=True, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, demo_dir):
+    data = tmp_path_factory.mktemp("data") / "flowers"
+    for cls in ("daisy", "roses", "sunflowers"):
+        shutil.copytree(demo_dir / cls, data / cls)
+    out = tmp_path_factory.mktemp("run") / "use"
+    run(RunConfig(data=str(data), models=["efficientnet_lite0"], strategies=["head", "scratch-cnn"], image_size=128,
+                  epochs=8, workers=0, out=str(out)), echo=lambda *_: None)
+    return out, data
+
+
+def _real_images(data, n=8):
+    paths = sorted(PHOTOS.glob("*.jpg"))[:4] if PHOTOS.is_dir() else []
+    return paths + sorted((data / "roses").iterdir())[: n - len(paths)]
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
+def test_exported_model_matches_pytorch_and_carries_its_metadata(trained, fmt):
+    run_dir, data = trained
+    path = export_model(run_dir, fmt, model_name="efficientnet_lite0-head")
+    model, info = load_model(run_dir / "efficientnet_lite0-head")
+    transform = eval_transform(info["preprocessing"])
+    batch = torch.stack([transform(load_rgb(p)) for p in _real_images(data)])
+    with torch.inference_mode():
+        expected = model(batch).softmax(1).numpy()
+    exported = open_model(path)
+    assert exported.classes == ["daisy", "roses", "sunflowers"]
+    assert exported.preprocessing["input_size"] == [3, 128, 128]
+    np.testing.assert_allclose(exported(batch), expected, atol=1e-4)
+    np.testing.assert_allclose(exported(batch[:1]), expected[:1], atol=1e-4)  # dynamic batch
+    if fmt == "onnx":
+        import onnx
+
+        assert onnx.load(str(path)).opset_import[0].version >= 17
+
+
+def test_predict_cli_writes_csv_and_json_and_scores_labelled_folders(trained, tmp_path):
+    run_dir, data = trained
+    result = _cli("predict", str(run_dir), str(data), "--format", "csv", "--output", str(tmp_path / "p.csv"))
+    assert result.returncode == 0, result.stderr
+    lines = (tmp_path / "p.csv").read_text().splitlines()
+    assert lines[0].startswith("path,class1,prob1,class2,prob2,class3,prob3,true")
+    assert len(lines) == 1 + 150
+    assert "150 image(s) classified by efficientnet_lite0 / head" in result.stderr  # the best entry by default
+    accuracy = float(result.stderr.split("accuracy on 150 labelled by folder: ")[1].split()[0])
+    assert accuracy > 0.8  # mostly its own training images
+    result = _cli("predict", str(run_dir), str(data / "daisy" / "*.jpg"), "--format", "json", "--top-k", "2",
+                  "--model", "scratch_cnn-scratch-cnn")
+    assert result.returncode == 0, result.stderr
+    rows = json.loads(result.stdout)
+    assert len(rows) == 50 and len(rows[0]["predictions"]) == 2
+    assert "scratch_cnn / scratch-cnn" in result.stderr
+    assert abs(sum(p["probability"] for p in rows[0]["predictions"])) <= 1 + 1e-6
+
+
+@needs_photos
+def test_predict_skips_unreadable_files_and_warns_about_other_classes(trained, tmp_path):
+    run_dir, _ = trained
+    export_model(run_dir, "onnx", tmp_path / "m.onnx")
+    other = tmp_path / "pets"
+    (other / "cat").mkdir(parents=True)
+    (other / "dog").mkdir()
+    for i, photo in enumerate(sorted(PHOTOS.glob("*.jpg"))[:4]):
+        shutil.copy(photo, other / ("cat" if i % 2 else "dog") / photo.name)
+    (other / "cat" / "broken.jpg").write_bytes(b"not an image")
+    result = _cli("predict", str(tmp_path / "m.onnx"), str(other))
+    assert result.returncode == 0 and "Traceback" not in result.stderr
+    assert "warning: input folder(s) cat, dog are not classes of this model" in result.stderr
+    assert "4 image(s) classified" in result.stderr and "1 unreadable file(s) skipped" in result.stderr
+    assert "broken.jpg  (unreadable image)" in result.stdout
+
+
+@pytest.mark.parametrize("args, message", [
+    (["predict", "/no/such/run", "x.jpg"], "/no/such/run does not exist"),
+    (["export", "/no/such/run"], "holds no saved model"),
+])
+def test_use_errors_are_one_line(args, message):
+    result = _cli(*args)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_a_file_pretending_to_be_a_model_is_refused(tmp_path):
+    (tmp_path / "fake.onnx").write_bytes(b"\x00\x01 not a model")
+    result = _cli("predict", str(tmp_path / "fake.onnx"), str(tmp_path))
+    assert result.returncode == 2 and "is not a valid ONNX model" in result.stderr
