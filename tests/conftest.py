@@ -22,6 +22,7 @@ def _offline_and_isolated(tmp_path_factory):
     """Tests never reach a hub, and keep their caches out of the user's home."""
     os.environ["HF_HUB_OFFLINE"] = "1"
     os.environ["SHOWDOWN_CACHE"] = str(tmp_path_factory.mktemp("showdown-cache"))
+    os.environ["SHOWDOWN_DB"] = str(tmp_path_factory.mktemp("showdown-db") / "showdown.db")
     os.environ.pop("SHOWDOWN_DATA", None)
     os.environ.pop("SHOWDOWN_WEIGHTS", None)
     yield

@@ -51,6 +51,7 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--schedule", default=S, help="plateau, cosine or onecycle")
     g.add_argument("--label-smoothing", type=float, default=S)
     g.add_argument("--seed", type=int, default=S)
+    g.add_argument("--repeats", type=int, default=S, help="train each configuration with this many seeds")
     g.add_argument("--grad-clip", type=float, default=S, help="clip the gradient norm")
     g.add_argument("--augment", default=S,
                    help="none, light (flip + random-resized-crop) or strong (+ RandAugment, mixup/cutmix)")
@@ -70,6 +71,11 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--cache-dir", default=S, help="feature cache folder")
     g.add_argument("--out", default=S, help="run folder (default runs/<timestamp>-<name>)")
     g.add_argument("--name", default=S)
+    g.add_argument("--bench", action="store_true", default=S, help="also measure latency, throughput and size")
+    g.add_argument("--no-report", dest="report", action="store_false", default=S, help="skip report.html")
+    g.add_argument("--no-record", dest="record", action="store_false", default=S,
+                   help="do not store the run in the results database")
+    g.add_argument("--db", default=S, help="results database (default $SHOWDOWN_DB or ~/.local/share/showdown)")
     g.add_argument("--config", dest="config_file", default=S, help="YAML file of config values")
     g.add_argument("--preset", default=S, help="a ready-made experiment (`showdown presets` lists them)")
     g.add_argument("--quick", action="store_true", default=S, help="shrink it: image subset, few epochs, small images")
@@ -97,6 +103,23 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--format", choices=("onnx", "torchscript"), default="onnx")
     export.add_argument("--model", dest="model_name", help="which entry of a run folder (default: the best)")
     export.add_argument("--output", help="file to write (default: model.onnx / model.pt in the entry folder)")
+    report = sub.add_parser("report", help="(re)write report.html and report.md for a run folder")
+    report.add_argument("run_dir")
+    runs = sub.add_parser("runs", help="the results database: list, show and compare recorded runs")
+    runs.add_argument("action", choices=("list", "show", "compare"))
+    runs.add_argument("ids", nargs="*", type=int, metavar="ID")
+    runs.add_argument("--db", help="results database (default $SHOWDOWN_DB or ~/.local/share/showdown)")
+    runs.add_argument("--out", help="folder for the comparison report (default: runs/compare-<ids>)")
+    bench = sub.add_parser("bench", help="measure parameters, size, GMACs, latency and throughput of backbones")
+    bench.add_argument("--models", type=_csv(str), default=None, help="comma-separated backbones")
+    bench.add_argument("--weights-dir", help="folder with TFLite weights (default $SHOWDOWN_WEIGHTS)")
+    bench.add_argument("--allow-random-init", action="store_true",
+                       help="measure architectures without weights here (speed does not depend on the weights)")
+    bench.add_argument("--image-size", type=int, help="override the input size")
+    bench.add_argument("--precision", dest="precisions", type=_csv(str), default=None, help="fp32,bf16 (default: bf16 too where the CPU has it)")
+    bench.add_argument("--no-onnx", dest="onnx", action="store_false", help="skip the ONNX Runtime peer figure")
+    bench.add_argument("--repeats", type=int, default=30, help="timed batch-1 runs per model (median reported)")
+    bench.add_argument("--out", help="run folder for bench.csv and bench.json (default runs/<timestamp>-bench)")
     sub.add_parser("models", help="list the short backbone names and their weight sources")
     sub.add_parser("presets", help="list the ready-made experiments")
     return parser
@@ -160,6 +183,50 @@ def cmd_export(args) -> int:
     return 0
 
 
+def cmd_report(args) -> int:
+    from .report import report_run
+
+    html_path, md_path = report_run(args.run_dir)
+    print(f"report: {html_path}\nsummary: {md_path}")
+    return 0
+
+
+def cmd_runs(args) -> int:
+    from . import db
+    from .results import format_table
+
+    if args.action == "list":
+        rows = db.list_runs(args.db)
+        if not rows:
+            print(f"no runs recorded in {args.db or db.default_db()} yet")
+        for row in rows:
+            print(f"{row['id']:4d}  {row['created']}  {row['dataset'] or '-':12s} {row['entries']:3d} entries  "
+                  f"best {row['best'] or '-'} ({row['best_accuracy'] or 0:.4f})  {row['run_dir']}")
+        return 0
+    if not args.ids:
+        raise ConfigError(f"`showdown runs {args.action}` needs run IDs (see `showdown runs list`)")
+    records = db.load_entries(args.ids, args.db)
+    if args.action == "show":
+        print(format_table([{**r.metrics, "strategy": r.strategy + (f" (seed {r.seed})" if r.seed else "")}
+                            for r in records]))
+        print(f"configuration: {records[0].config}")
+        return 0
+    from .report import write_report
+    from .results import new_run_dir
+
+    out = new_run_dir(args.out, "compare-" + "-".join(map(str, args.ids)))
+    html_path, _ = write_report(records, out, f"tl-showdown: runs {', '.join(map(str, args.ids))} compared")
+    print(f"report: {html_path}")
+    return 0
+
+
+def cmd_bench(args) -> int:
+    from .bench import run_bench
+
+    run_bench(args)
+    return 0
+
+
 def cmd_models(args) -> int:
     from .backbones import SHORT_NAMES
 
@@ -188,8 +255,8 @@ def main(argv: list[str] | None = None) -> int:
     for stream in (sys.stdout, sys.stderr):  # file names that are not valid UTF-8 print escaped
         stream.reconfigure(errors="backslashreplace")
     logging.basicConfig(level=logging.INFO if args.debug else logging.WARNING, format="%(levelname)s: %(message)s")
-    handler = {"run": cmd_run, "predict": cmd_predict, "export": cmd_export, "models": cmd_models,
-               "presets": cmd_presets}[args.command]
+    handler = {"run": cmd_run, "predict": cmd_predict, "export": cmd_export, "report": cmd_report, "runs": cmd_runs,
+               "bench": cmd_bench, "models": cmd_models, "presets": cmd_presets}[args.command]
     try:
         return handler(args)
     except ShowdownError as exc:

@@ -46,6 +46,7 @@ class RunConfig:
     augment: str = "none"
     class_weight: str = "none"  # or "balanced": weight the loss by inverse class frequency
     seed: int = 0
+    repeats: int = 1  # train every configuration with seeds seed, seed+1, ...; the split stays that of `seed`
     # finetune: the second phase after the head phase
     unfreeze: str = "blocks:2"
     ft_lr_factor: float = 0.1
@@ -61,6 +62,10 @@ class RunConfig:
     cache_dir: str | None = None
     out: str | None = None
     name: str | None = None
+    report: bool = True  # report.html and report.md at the end
+    record: bool = True  # store the finished run in the results database
+    db: str | None = None  # the results database (default: $SHOWDOWN_DB or the user's data directory)
+    bench: bool = False  # measure latency, throughput and size of every model at the end (showdown bench)
 
     def validate(self) -> "RunConfig":
         if not self.models:
@@ -83,7 +88,7 @@ class RunConfig:
             raise ConfigError(f"--split must be three fractions that add up to 1, e.g. 0.7,0.15,0.15 (got {self.split})")
         if self.split[0] <= 0:
             raise ConfigError("--split needs a training fraction above 0")
-        for name, value in (("epochs", self.epochs), ("batch-size", self.batch_size)):
+        for name, value in (("epochs", self.epochs), ("batch-size", self.batch_size), ("repeats", self.repeats)):
             if value < 1:
                 raise ConfigError(f"--{name} must be at least 1 (got {value})")
         if self.lr <= 0:

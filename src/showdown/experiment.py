@@ -21,6 +21,8 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from .backbones import load_backbone, resolve_backbone
 from .config import RunConfig
+from .db import default_db, record_run
+from .report import report_run
 from .data.leakage import check_leakage
 from .errors import ConfigError
 from .data import DatasetSpec, load_dataset
@@ -80,12 +82,19 @@ def run(config: RunConfig, *, echo=print, resume: bool = False) -> Results:
         echo(f"warning: {warning}")
     cache_dir = Path(config.cache_dir) if config.cache_dir else cache_root() / "features"
     rows, skipped = [], set()
+    seeds = [config.seed + r for r in range(config.repeats)]  # the split keeps config.seed: same test images
     for model_name in config.models:
-        todo = [s for s in config.strategies if not (resume and finished_row(entry_folder(run_dir, model_name, s)))]
+        todo = []
         for strategy in config.strategies:
-            if strategy not in todo:
-                rows.append(finished_row(entry_folder(run_dir, model_name, strategy)))
-                echo(f"{model_name} {strategy}: finished earlier, kept")
+            if strategy == "scratch-cnn" and model_name != config.models[0]:
+                continue  # the small CNN does not depend on the backbone: it runs once
+            for seed in seeds:
+                done = resume and finished_row(entry_folder(run_dir, model_name, strategy, seed, len(seeds)))
+                if done:
+                    rows.append(done)
+                    echo(f"{model_name} {strategy}{_seed_note(seed, seeds)}: finished earlier, kept")
+                else:
+                    todo.append((strategy, seed))
         if not todo:
             continue
         backbone = load_backbone(
@@ -93,12 +102,19 @@ def run(config: RunConfig, *, echo=print, resume: bool = False) -> Results:
             pretrained=config.pretrained, allow_random_init=config.allow_random_init, image_size=config.image_size,
         )
         echo(f"{model_name}: weights from {backbone.source}; input {backbone.preprocessing['input_size'][1]} px")
-        for strategy in todo:
-            row, failed = run_strategy(strategy, backbone, dataset, config, precision, run_dir, cache_dir, echo)
+        for strategy, seed in todo:
+            folder = entry_folder(run_dir, model_name, strategy, seed, len(seeds))
+            row, failed = run_strategy(strategy, backbone, dataset, dataclasses.replace(config, seed=seed), precision,
+                                       folder, cache_dir, echo)
             skipped.update(failed)
             rows.append(row)
-            echo(f"  {strategy}: test accuracy {row['accuracy']:.4f} ({row['train_seconds']:.1f} s)")
-    return _finish(run_dir, rows, sorted(skipped), echo)
+            echo(f"  {strategy}{_seed_note(seed, seeds)}: test accuracy {row['accuracy']:.4f} "
+                 f"({row['train_seconds']:.1f} s)")
+    return _finish(run_dir, config, rows, sorted(skipped), echo)
+
+
+def _seed_note(seed: int, seeds: list[int]) -> str:
+    return f" (seed {seed})" if len(seeds) > 1 else ""
 
 
 def resume_run(run_dir: str | Path, *, echo=print) -> Results:
@@ -302,9 +318,9 @@ def _readable_indices(batches: XY) -> list[int]:
     return [i for _, _, indices, _ in batches.loader for i in indices.tolist()]
 
 
-def entry_folder(run_dir: Path, model_name: str, strategy: str) -> Path:
+def entry_folder(run_dir: Path, model_name: str, strategy: str, seed: int = 0, repeats: int = 1) -> Path:
     model_name = "scratch_cnn" if strategy == "scratch-cnn" else model_name
-    return run_dir / slug(f"{model_name}-{strategy}")
+    return run_dir / slug(f"{model_name}-{strategy}" + (f"-seed{seed}" if repeats > 1 else ""))
 
 
 def finished_row(folder: Path) -> dict | None:
@@ -316,7 +332,7 @@ def finished_row(folder: Path) -> dict | None:
     return {**{k: v for k, v in summary.items() if k not in DETAIL_KEYS}, "folder": folder.name}
 
 
-def run_strategy(strategy, backbone, dataset, config, precision, run_dir, cache_dir, echo) -> tuple[dict, list[str]]:
+def run_strategy(strategy, backbone, dataset, config, precision, folder, cache_dir, echo) -> tuple[dict, list[str]]:
     torch.manual_seed(config.seed)
     if strategy == "scratch-cnn":
         backbone = small_cnn_backbone(config.image_size)
@@ -324,7 +340,6 @@ def run_strategy(strategy, backbone, dataset, config, precision, run_dir, cache_
         backbone = load_backbone(backbone.spec.name, pretrained=False, image_size=config.image_size)
     head = Head(backbone.num_features, len(dataset.classes), config.head_hidden, config.head_dropout, config.head_bn)
     model = ImageClassifier(backbone.model, head)
-    folder = entry_folder(run_dir, backbone.spec.name, strategy)
     folder.mkdir(parents=True, exist_ok=True)
     base, _, unfreeze_spec = strategy.partition("=")  # finetune=layers:20 names its own unfreeze
     if unfreeze_spec:
@@ -354,7 +369,7 @@ def run_strategy(strategy, backbone, dataset, config, precision, run_dir, cache_
 
 def _write_entry(entry: Entry, strategy, metrics, history, probs, y_true, test_items) -> dict:
     backbone, model, dataset, config, folder = entry.backbone, entry.model, entry.dataset, entry.config, entry.folder
-    info = {"model": backbone.spec.name, "strategy": strategy}
+    info = {"model": backbone.spec.name, "strategy": strategy, "seed": config.seed}
     params = sum(p.numel() for p in model.parameters())
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     summary = {**info, **{k: v for k, v in metrics.items() if k not in DETAIL_KEYS}, **entry.timing,
@@ -381,7 +396,7 @@ def _write_entry(entry: Entry, strategy, metrics, history, probs, y_true, test_i
     return {**summary, "folder": folder.name}
 
 
-def _finish(run_dir: Path, rows: list[dict], skipped: list[str], echo) -> Results:
+def _finish(run_dir: Path, config: RunConfig, rows: list[dict], skipped: list[str], echo) -> Results:
     write_json(run_dir / "summary.json", {"rows": rows, "skipped_files": skipped})
     write_csv(run_dir / "summary.csv", rows)
     write_atomic(run_dir / "summary.md", format_markdown(rows))
@@ -391,6 +406,16 @@ def _finish(run_dir: Path, rows: list[dict], skipped: list[str], echo) -> Result
     echo("")
     echo(results.table())
     echo("")
+    if config.bench:
+        from .bench import bench_models
+
+        bench_models(config.models, config, run_dir, echo=echo)
+    if config.report:
+        report_html, _ = report_run(run_dir)
+        echo(f"report: {report_html}")
+    if config.record:
+        run_id = record_run(run_dir, config.db)
+        echo(f"recorded as run {run_id} in {config.db or default_db()}")
     if skipped:
         echo(f"skipped {len(skipped)} unreadable image file(s); listed in {run_dir / 'skipped.txt'}")
     echo(f"run folder: {run_dir}")

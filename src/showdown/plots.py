@@ -1,6 +1,9 @@
-"""Confusion matrix and training curves as PNG files (matplotlib, no display needed)."""
+"""Figures (matplotlib, no display needed), one consistent style: PNG files in the run folder and inline
+images in the report."""
 from __future__ import annotations
 
+import base64
+import io
 from pathlib import Path
 
 import matplotlib
@@ -9,22 +12,48 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-# Above this many classes the cells are too small for numbers and the labels are thinned.
+# Above this many classes the cells are too small for numbers: the classes are sorted by how often they are
+# confused and the labels are thinned.
 MAX_ANNOTATED_CLASSES = 20
+STYLE = {"font.size": 9, "axes.titlesize": 10, "axes.spines.top": False, "axes.spines.right": False,
+         "axes.grid": True, "grid.alpha": 0.3, "figure.dpi": 110, "savefig.bbox": "tight",
+         "axes.prop_cycle": matplotlib.cycler(color=["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd",
+                                                     "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf"])}
+plt.rcParams.update(STYLE)
 
 
-def plot_confusion(matrix: list[list[int]], classes: list[str], path: Path, title: str) -> None:
+def save(fig, path: Path) -> None:
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def data_uri(fig) -> str:
+    """The figure as an inline PNG (the report must not load anything from outside itself)."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    plt.close(fig)
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+def confusion_figure(matrix: list[list[int]], classes: list[str], title: str):
     counts = np.asarray(matrix, dtype=float)
-    normalised = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
     n = len(classes)
-    size = min(4 + 0.45 * n, 16)
+    order = np.arange(n)
+    if n > MAX_ANNOTATED_CLASSES:  # most-confused classes first, so the trouble is in one corner
+        recall = np.diag(counts) / np.maximum(counts.sum(axis=1), 1)
+        order = np.argsort(recall, kind="stable")
+        counts = counts[order][:, order]
+    normalised = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
+    size = min(4 + 0.45 * n, 14)
     fig, ax = plt.subplots(figsize=(size, size * 0.9))
+    ax.grid(False)
     image = ax.imshow(normalised, cmap="Blues", vmin=0, vmax=1)
     fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="fraction of true class")
     step = max(1, n // 40)
     ticks = np.arange(0, n, step)
-    ax.set_xticks(ticks, [classes[i] for i in ticks], rotation=90 if n > 8 else 45, ha="right" if n <= 8 else "center")
-    ax.set_yticks(ticks, [classes[i] for i in ticks])
+    names = [classes[i] for i in order]
+    ax.set_xticks(ticks, [names[i] for i in ticks], rotation=90 if n > 8 else 45, ha="right" if n <= 8 else "center")
+    ax.set_yticks(ticks, [names[i] for i in ticks])
     if n <= MAX_ANNOTATED_CLASSES:
         for i in range(n):
             for j in range(n):
@@ -32,19 +61,18 @@ def plot_confusion(matrix: list[list[int]], classes: list[str], path: Path, titl
                     ax.text(j, i, f"{int(counts[i, j])}", ha="center", va="center", fontsize=8,
                             color="white" if normalised[i, j] > 0.5 else "black")
     ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
+    ax.set_ylabel("true" + (" (sorted by recall, worst first)" if n > MAX_ANNOTATED_CLASSES else ""))
     ax.set_title(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    return fig
 
 
-def plot_curves(history: list[dict], path: Path, title: str) -> None:
+def curves_figure(history: list[dict], title: str):
+    """Loss and accuracy per epoch, train and validation, with a line where `finetune` starts its phase."""
     steps = np.arange(1, len(history) + 1)
-    fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(10, 3.8))
+    fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(9, 3.2))
     for ax, metric in ((loss_ax, "loss"), (acc_ax, "acc")):
-        ax.plot(steps, [h[f"train_{metric}"] for h in history], label="train", marker="o", markersize=3)
-        ax.plot(steps, [h[f"val_{metric}"] for h in history], label="validation", marker="o", markersize=3)
+        ax.plot(steps, [float(h[f"train_{metric}"]) for h in history], label="train", marker="o", markersize=3)
+        ax.plot(steps, [float(h[f"val_{metric}"]) for h in history], label="validation", marker="o", markersize=3)
         phases = [h["phase"] for h in history]
         for i in range(1, len(phases)):
             if phases[i] != phases[i - 1]:
@@ -52,9 +80,43 @@ def plot_curves(history: list[dict], path: Path, title: str) -> None:
                 ax.text(i + 0.6, ax.get_ylim()[1], phases[i], va="top", fontsize=8, color="grey")
         ax.set_xlabel("epoch")
         ax.set_ylabel("accuracy" if metric == "acc" else "loss")
-        ax.grid(alpha=0.3)
         ax.legend()
     fig.suptitle(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    return fig
+
+
+def pareto_front(points: list[tuple[float, float]]) -> list[int]:
+    """Indices of the points no other point beats on both cost (x, lower is better) and accuracy (y)."""
+    front = []
+    for i, (x, y) in enumerate(points):
+        dominated = any((x2 <= x and y2 >= y) and (x2 < x or y2 > y) for j, (x2, y2) in enumerate(points) if j != i)
+        if not dominated:
+            front.append(i)
+    return front
+
+
+def tradeoff_figure(labels: list[str], cost: list[float], accuracy: list[float], xlabel: str, title: str):
+    """Accuracy against a cost, the Pareto front drawn and its members named in bold."""
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    front = pareto_front(list(zip(cost, accuracy)))
+    ax.scatter(cost, accuracy, color="#7f7f7f", zorder=2)
+    ordered = sorted(front, key=lambda i: cost[i])
+    ax.plot([cost[i] for i in ordered], [accuracy[i] for i in ordered], color="#d62728", marker="o", zorder=3,
+            label="Pareto front")
+    for i, label in enumerate(labels):
+        ax.annotate(label, (cost[i], accuracy[i]), textcoords="offset points", xytext=(4, 4), fontsize=7,
+                    fontweight="bold" if i in front else "normal")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("test accuracy")
+    ax.set_title(title)
+    ax.legend(loc="lower right")
+    return fig
+
+
+def plot_confusion(matrix: list[list[int]], classes: list[str], path: Path, title: str) -> None:
+    save(confusion_figure(matrix, classes, title), path)
+
+
+def plot_curves(history: list[dict], path: Path, title: str) -> None:
+    save(curves_figure(history, title), path)

@@ -1,0 +1,114 @@
+"""The report over real runs, opened in headless Chromium; the results database, killed mid-run."""
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from showdown import RunConfig, run
+from showdown import db
+from showdown.records import load_run
+
+MALICIOUS = "<img src=x onerror=alert(1)>"  # a folder name cannot hold '/', so no </script>; this one runs too
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.fixture(scope="module")
+def report_run(tmp_path_factory, demo_dir):
+    data = tmp_path_factory.mktemp("data") / "flowers"
+    for cls in ("daisy", "dandelion", "sunflowers"):
+        shutil.copytree(demo_dir / cls, data / (MALICIOUS if cls == "dandelion" else cls))
+    out = tmp_path_factory.mktemp("run") / "report"
+    config = RunConfig(data=str(data), models=["efficientnet_lite0", "efficientnet_lite1"],
+                       strategies=["head", "scratch-cnn"], image_size=96, epochs=4, repeats=2, workers=0,
+                       out=str(out))
+    return run(config, echo=lambda *_: None)
+
+
+def test_run_writes_a_report_and_records_itself(report_run):
+    run_dir = report_run.run_dir
+    html = (run_dir / "report.html").read_text()
+    md = (run_dir / "report.md").read_text()
+    assert len(report_run.rows) == 6  # (2 models x head + scratch-cnn once) x 2 seeds
+    assert "± " in md and "efficientnet_lite0 / head" in md and "## Is the difference real?" in md
+    assert "McNemar p = " in md
+    assert MALICIOUS not in html and "&lt;img src=x onerror=alert(1)&gt;" in html
+    assert "http://" not in html.replace("http-equiv", "") and "https://" not in html
+    recorded = db.list_runs()
+    assert any(r["run_dir"] == str(run_dir.resolve()) and r["entries"] == 6 for r in recorded)
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (.ci/run installs it)")
+def test_report_opens_in_headless_chromium_cleanly(report_run, tmp_path):
+    from playwright.sync_api import sync_playwright
+
+    page_file = report_run.run_dir / "report.html"
+    errors, requests = [], []
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=[
+            "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+            "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic"])
+        page = browser.new_page()
+        page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.on("dialog", lambda d: (errors.append("dialog: " + d.message), d.dismiss()))
+        page.on("request", lambda r: requests.append(r.url) if not r.url.startswith(("file:", "data:")) else None)
+        page.goto(page_file.as_uri())
+        page.wait_for_load_state("load")
+        for section in ("leaderboard", "significance", "tradeoffs", "curves", "confusion", "gallery", "reproduce"):
+            assert page.locator(f"section#{section} h2").count() == 1, section
+        assert page.locator("section#leaderboard tbody tr").count() == 3  # 3 configurations, 2 seeds each
+        assert page.locator("section#gallery figure img").count() > 0
+        assert MALICIOUS in page.inner_text("body")  # shown as text, never as an element
+        assert page.locator("img[src='x']").count() == 0
+        broken = page.evaluate("[...document.images].filter(i => !i.complete || i.naturalWidth === 0).length")
+        assert broken == 0
+        page.screenshot(path=str(tmp_path / "report.png"), full_page=True)
+        browser.close()
+    assert errors == [] and requests == []
+    assert (tmp_path / "report.png").stat().st_size > 10_000
+
+
+def test_runs_cli_lists_shows_and_compares(report_run, tmp_path):
+    run_id = next(r["id"] for r in db.list_runs() if r["run_dir"] == str(report_run.run_dir.resolve()))
+    cli = [sys.executable, "-m", "showdown.cli", "runs"]
+    listed = subprocess.run([*cli, "list"], capture_output=True, text=True)
+    assert listed.returncode == 0 and str(report_run.run_dir.resolve()) in listed.stdout
+    shown = subprocess.run([*cli, "show", str(run_id)], capture_output=True, text=True)
+    assert shown.returncode == 0 and "efficientnet_lite1" in shown.stdout and "seed 1" in shown.stdout
+    compared = subprocess.run([*cli, "compare", str(run_id), str(run_id), "--out", str(tmp_path / "cmp")],
+                              capture_output=True, text=True)
+    assert compared.returncode == 0, compared.stderr
+    assert "(run " in (tmp_path / "cmp" / "report.md").read_text() or (tmp_path / "cmp" / "report.html").is_file()
+    missing = subprocess.run([*cli, "show", "99999"], capture_output=True, text=True)
+    assert missing.returncode == 2 and "no run 99999" in missing.stderr and "Traceback" not in missing.stderr
+
+
+def test_database_survives_a_run_killed_mid_training(tmp_path, demo_dir):
+    database = tmp_path / "results.db"
+    base = [sys.executable, "-m", "showdown.cli", "run", "--data", str(demo_dir), "--models", "efficientnet_lite0",
+            "--image-size", "64", "--workers", "0", "--db", str(database), "--no-report"]
+    first = subprocess.run([*base, "--epochs", "2", "--out", str(tmp_path / "a")], capture_output=True, text=True)
+    assert first.returncode == 0, first.stderr
+    before = db.list_runs(database)
+    killed = subprocess.Popen([*base, "--strategy", "head,scratch-cnn", "--epochs", "50", "--patience", "50",
+                               "--out", str(tmp_path / "b")], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    checkpoint = tmp_path / "b" / "scratch_cnn-scratch-cnn" / "checkpoint-scratch-cnn.pt"
+    deadline = time.time() + 300
+    while not checkpoint.exists() and killed.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    killed.send_signal(signal.SIGKILL)
+    killed.wait()
+    assert db.list_runs(database) == before  # no partial row, earlier run intact
+    with db.connect(database) as conn:
+        counts = [conn.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0] for t in ("entries", "predictions")]
+    assert counts[0] == 1 and counts[1] == 40
+    third = subprocess.run([*base, "--epochs", "2", "--out", str(tmp_path / "c")], capture_output=True, text=True)
+    assert third.returncode == 0, third.stderr
+    after = db.list_runs(database)
+    assert len(after) == 2 and after[-1]["run_dir"] == str((tmp_path / "c").resolve())
+    assert load_run(tmp_path / "c")[0].metrics["accuracy"] == pytest.approx(after[-1]["best_accuracy"])

@@ -1,0 +1,46 @@
+"""McNemar and bootstrap against hand-computed cases, the degenerate ones included."""
+import numpy as np
+import pytest
+
+from showdown.stats import bootstrap_ci, compare, mcnemar_exact
+
+
+def _pairs(both, only_a, only_b, neither):
+    a = [1] * both + [1] * only_a + [0] * only_b + [0] * neither
+    b = [1] * both + [0] * only_a + [1] * only_b + [0] * neither
+    return np.array(a, bool), np.array(b, bool)
+
+
+def test_mcnemar_exact_matches_the_binomial_by_hand():
+    # 1 vs 9 discordant: p = 2 * P(X <= 1), X ~ Bin(10, 1/2) = 2 * 11 / 1024
+    only_a, only_b, p = mcnemar_exact(*_pairs(50, 1, 9, 10))
+    assert (only_a, only_b) == (1, 9)
+    assert p == pytest.approx(22 / 1024)
+    # 3 vs 3: perfectly balanced, p = 1
+    assert mcnemar_exact(*_pairs(5, 3, 3, 1))[2] == pytest.approx(1.0)
+    # 0 vs 6: p = 2 / 64
+    assert mcnemar_exact(*_pairs(10, 0, 6, 0))[2] == pytest.approx(2 / 64)
+
+
+def test_degenerate_cases_identical_and_no_discordant_pairs():
+    same = np.array([1, 0, 1, 1, 0], bool)
+    assert mcnemar_exact(same, same) == (0, 0, 1.0)
+    result = compare("A", same, "B", same)
+    assert not result.significant and result.diff_low == 0 and result.diff_high == 0
+    assert "A and B are not distinguishable on this data (McNemar p = 1" in result.verdict()
+    with pytest.raises(ValueError):
+        mcnemar_exact(same, same[:3])
+
+
+def test_bootstrap_interval_of_a_known_proportion():
+    values = np.array([1] * 80 + [0] * 20, float)
+    low, high = bootstrap_ci(values, resamples=5000)
+    # normal approximation by hand: 0.8 ± 1.96 * sqrt(0.8 * 0.2 / 100) = 0.8 ± 0.078
+    assert low == pytest.approx(0.722, abs=0.02) and high == pytest.approx(0.878, abs=0.02)
+    assert bootstrap_ci(np.ones(30)) == (1.0, 1.0)  # no variation, no width
+
+
+def test_a_clear_winner_is_named_plainly():
+    result = compare("ResNet50", *_pairs(40, 30, 2, 8)[:1], "VGG16", _pairs(40, 30, 2, 8)[1])
+    assert result.significant and result.diff_low > 0
+    assert result.verdict().startswith("ResNet50 is better than VGG16 (McNemar p = ")
