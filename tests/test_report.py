@@ -80,10 +80,12 @@ def test_runs_cli_lists_shows_and_compares(report_run, tmp_path):
     assert listed.returncode == 0 and str(report_run.run_dir.resolve()) in listed.stdout
     shown = subprocess.run([*cli, "show", str(run_id)], capture_output=True, text=True)
     assert shown.returncode == 0 and "efficientnet_lite1" in shown.stdout and "seed 1" in shown.stdout
-    compared = subprocess.run([*cli, "compare", str(run_id), str(run_id), "--out", str(tmp_path / "cmp")],
+    compared = subprocess.run([*cli, "compare", str(run_id), "--out", str(tmp_path / "cmp")],
                               capture_output=True, text=True)
     assert compared.returncode == 0, compared.stderr
-    assert "(run " in (tmp_path / "cmp" / "report.md").read_text() or (tmp_path / "cmp" / "report.html").is_file()
+    summary = (tmp_path / "cmp" / "report.md").read_text()
+    assert f"runs {run_id} compared" in summary and "efficientnet_lite1 / head" in summary
+    assert (tmp_path / "cmp" / "report.html").is_file()
     missing = subprocess.run([*cli, "show", "99999"], capture_output=True, text=True)
     assert missing.returncode == 2 and "no run 99999" in missing.stderr and "Traceback" not in missing.stderr
 

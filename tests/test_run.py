@@ -113,12 +113,14 @@ def test_cli_prints_the_comparison_table(tmp_path, demo_copy):
     (["run", "--strategy", "magic"], "unknown strategy 'magic'"),
     (["run", "--split", "0.5,0.2"], "--split must be three fractions"),
 ])
-def test_cli_errors_are_one_line_without_traceback(tmp_path, args, message):
-    result = _cli(*args, "--out", str(tmp_path / "err"))
-    assert result.returncode == 2
-    assert "Traceback" not in result.stderr
-    assert result.stderr.strip().startswith("error: ") and message in result.stderr
-    assert len(result.stderr.strip().splitlines()) == 1
+def test_cli_errors_are_one_line_without_traceback(tmp_path, capsys, args, message):
+    from showdown.cli import main
+
+    assert main([*args, "--out", str(tmp_path / "err")]) == 2
+    stderr = capsys.readouterr().err
+    assert "Traceback" not in stderr
+    assert stderr.strip().startswith("error: ") and message in stderr
+    assert len(stderr.strip().splitlines()) == 1
 
 
 def test_cli_single_class_folder_error(tmp_path, demo_copy):

@@ -1,0 +1,94 @@
+"""Feature-extraction throughput at 224 px against the CPU's peak, and against ONNX Runtime on the same model.
+
+Two figures per model: the model alone on a ready batch (compute only) and the whole pipeline over real
+photos (decode + resize in DataLoader workers + forward), as `showdown run` does it.
+
+Peak: cores x clock x FLOPs per cycle per core, from lscpu. Per core and cycle we assume two FMA pipes:
+  AVX-512 BF16 (VDPBF16PS):  2 x 16 fp32 lanes x 2 bf16 pairs x 2 FLOPs = 128 bf16 FLOPs (64 on Zen 4,
+                             whose 512-bit ops are double-pumped 256-bit ones)
+  AVX2 / AVX-512 fp32 FMA:   2 x 8 (or 16) lanes x 2 FLOPs = 32 (or 64) fp32 FLOPs
+An image costs 2 x GMACs GFLOPs, so peak images/s = peak FLOP/s / (2 x GMACs).
+
+    python benchmarks/extraction.py --photos ../shared/datasets/tf_flowers
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import subprocess
+import time
+from pathlib import Path
+
+import torch
+
+from showdown.backbones import load_backbone
+from showdown.bench import gmacs, time_onnxruntime, time_torch
+from showdown.data.folder import _images_in
+from showdown.features import forward_frozen
+from showdown.precision import bf16_supported
+
+
+def cpu_peak() -> dict:
+    text = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
+    field = lambda name: (re.search(rf"^{name}:\s*(.+)$", text, re.M) or [None, ""])[1].strip()  # noqa: E731
+    flags = set(field("Flags").split())
+    cores = torch.get_num_threads()
+    mhz = float(field("CPU max MHz") or field("CPU MHz") or 0) or 2500.0
+    model = field("Model name")
+    zen4 = "AMD" in model and "avx512_bf16" in flags
+    if "avx512_bf16" in flags:
+        per_cycle, kind = (64 if zen4 else 128), "bf16 (AVX512-BF16)"
+    elif "avx512f" in flags:
+        per_cycle, kind = (32 if zen4 else 64), "fp32 (AVX-512 FMA)"
+    else:
+        per_cycle, kind = 32, "fp32 (AVX2 FMA)"
+    return {"cpu": model, "cores": cores, "mhz": mhz, "flops_per_cycle": per_cycle, "kind": kind,
+            "peak_gflops": cores * mhz / 1000 * per_cycle, "native_bf16": bf16_supported()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", default="efficientnet_lite0,mobilenet_v2")
+    parser.add_argument("--weights-dir", default="../shared/weights/mobilenet-tflite")
+    parser.add_argument("--photos", default="../shared/datasets/tf_flowers", help="images for the pipeline figure")
+    parser.add_argument("--images", type=int, default=512, help="photos through the pipeline")
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--json", default="docs/benchmarks/extraction.json")
+    args = parser.parse_args()
+    peak = cpu_peak()
+    print(f"{peak['cpu']}: {peak['cores']} threads x {peak['mhz']:.0f} MHz x {peak['flops_per_cycle']} "
+          f"{peak['kind']} FLOPs/cycle = {peak['peak_gflops']:.0f} GFLOP/s peak")
+    photos = [(p, 0) for p in _images_in(Path(args.photos))][: args.images]
+    precisions = ["fp32", "bf16"] if peak["native_bf16"] else ["fp32"]
+    rows = []
+    for name in args.models.split(","):
+        backbone = load_backbone(name, weights_dir=args.weights_dir)
+        size = tuple(backbone.preprocessing["input_size"])
+        macs = gmacs(backbone.model, size)
+        peak_ips = peak["peak_gflops"] / (2 * macs)
+        for precision in precisions:
+            _, compute = time_torch(backbone.model, size, precision, repeats=20)
+            start = time.perf_counter()
+            forward_frozen(backbone.model, backbone.preprocessing, photos, precision=precision, batch_size=16,
+                           workers=args.workers)
+            pipeline = len(photos) / (time.perf_counter() - start)
+            rows.append({"model": name, "runtime": "torch", "precision": precision, "gmacs": macs,
+                         "compute_ips": compute, "pipeline_ips": pipeline, "peak_ips": peak_ips,
+                         "fraction_of_peak": compute / peak_ips})
+        _, onnx_ips = time_onnxruntime(backbone.model, size, repeats=20)
+        rows.append({"model": name, "runtime": "onnxruntime", "precision": "fp32", "gmacs": macs,
+                     "compute_ips": onnx_ips, "pipeline_ips": None, "peak_ips": peak_ips,
+                     "fraction_of_peak": onnx_ips / peak_ips})
+    print(f"{'model':20s} {'runtime':12s} {'prec':5s} {'GMACs':>6s} {'compute img/s':>14s} {'pipeline img/s':>15s} "
+          f"{'peak img/s':>11s} {'% of peak':>9s}")
+    for r in rows:
+        pipeline = f"{r['pipeline_ips']:.1f}" if r["pipeline_ips"] else "-"
+        print(f"{r['model']:20s} {r['runtime']:12s} {r['precision']:5s} {r['gmacs']:6.3f} {r['compute_ips']:14.1f} "
+              f"{pipeline:>15s} {r['peak_ips']:11.0f} {100 * r['fraction_of_peak']:8.1f}%")
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.json).write_text(json.dumps({"peak": peak, "rows": rows}, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

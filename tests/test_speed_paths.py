@@ -1,0 +1,88 @@
+"""The fast paths compute what the slow paths compute: cached features, boundary activations; and bench."""
+import copy
+import csv
+import subprocess
+import sys
+
+import pytest
+import torch
+from torch import nn
+
+from showdown.backbones import load_backbone
+from showdown.boundary import TopOfNetwork, first_trainable, sequential_layers
+from showdown.config import RunConfig
+from showdown.experiment import feature_batches, image_batches
+from showdown.features import extract_features, forward_frozen
+from showdown.head import Head, ImageClassifier
+from showdown.strategies import batchnorms_kept_in_eval, freeze_backbone, unfreeze
+from showdown.train import TrainSettings, fit
+
+
+def _items(demo_dir, per_class=6):
+    classes = ["daisy", "roses", "tulips"]
+    return [(p, i) for i, c in enumerate(classes) for p in sorted((demo_dir / c).iterdir())[:per_class]]
+
+
+def test_cached_and_uncached_head_training_give_the_same_weights(demo_dir, tmp_path):
+    backbone = load_backbone("efficientnet_lite0", image_size=96)
+    items = _items(demo_dir)
+    settings = TrainSettings(epochs=4, lr=1e-2, label_smoothing=0.1, seed=3)
+    head = Head(backbone.num_features, 3, dropout=0.2)
+    cached_head, model = copy.deepcopy(head), ImageClassifier(backbone.model, copy.deepcopy(head))
+    features = extract_features(backbone, items, precision="fp32", batch_size=8, workers=0, cache_dir=tmp_path)
+    cached = fit(cached_head, feature_batches(features, 8, shuffle=True), feature_batches(features, 64), settings)
+    freeze_backbone(model)
+    config = RunConfig(batch_size=8, workers=0)
+    naive = fit(model, image_batches(items, backbone.preprocessing, config, train=True),
+                image_batches(items, backbone.preprocessing, config, train=False), settings,
+                keep_eval=batchnorms_kept_in_eval(model))
+    assert [round(h["train_loss"], 4) for h in cached] == [round(h["train_loss"], 4) for h in naive]
+    for key, value in cached_head.state_dict().items():
+        torch.testing.assert_close(value, model.head.state_dict()[key], atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("store_dtype, tolerance", [(torch.float32, 1e-4), (torch.bfloat16, 2e-2)])
+def test_boundary_activation_training_follows_the_full_forward_loss_curve(demo_dir, store_dtype, tolerance):
+    backbone = load_backbone("efficientnet_lite0", image_size=96)
+    full = ImageClassifier(backbone.model, Head(backbone.num_features, 3))
+    unfreeze(full, "blocks:2")
+    layers = sequential_layers(full.backbone, backbone.preprocessing["input_size"])
+    cut = first_trainable(layers)
+    items = _items(demo_dir, per_class=4)
+    activations = forward_frozen(nn.Sequential(*layers[:cut]), backbone.preprocessing, items, precision="fp32",
+                                 batch_size=12, workers=0, store_dtype=store_dtype)
+    fast = copy.deepcopy(full)
+    fast_layers = sequential_layers(fast.backbone, backbone.preprocessing["input_size"])
+    top = TopOfNetwork(fast_layers[cut:], fast.backbone, fast.head)
+    settings = TrainSettings(epochs=3, lr=1e-3, optimizer="sgd", patience=10, seed=1)
+    config = RunConfig(batch_size=12, workers=0)
+    slow_history = fit(full, image_batches(items, backbone.preprocessing, config, train=True),
+                       image_batches(items, backbone.preprocessing, config, train=False), settings,
+                       keep_eval=batchnorms_kept_in_eval(full))
+    fast_history = fit(top, feature_batches(activations, 12, shuffle=True), feature_batches(activations, 12), settings,
+                       keep_eval=batchnorms_kept_in_eval(fast))
+    for slow, quick in zip(slow_history, fast_history):
+        assert quick["train_loss"] == pytest.approx(slow["train_loss"], rel=tolerance)
+        assert quick["val_loss"] == pytest.approx(slow["val_loss"], rel=tolerance)
+
+
+def test_bench_reports_every_column_for_two_small_backbones(tmp_path):
+    out = tmp_path / "bench"
+    result = subprocess.run([sys.executable, "-m", "showdown.cli", "bench", "--models",
+                             "efficientnet_lite0,mobilenetv2_050", "--allow-random-init", "--image-size", "64",
+                             "--repeats", "3", "--precision", "fp32", "--out", str(out)],
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    assert "latency ms (bs 1)" in result.stdout and "images/s (bs 32)" in result.stdout
+    with (out / "bench.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert {(r["model"], r["runtime"]) for r in rows} == {
+        (m, rt) for m in ("efficientnet_lite0", "mobilenetv2_050") for rt in ("torch", "onnxruntime")}
+    for row in rows:
+        for column in ("params_m", "size_mb", "gmacs", "latency_ms", "throughput_ips"):
+            assert float(row[column]) > 0, (row["model"], column)
+    lite0 = next(r for r in rows if r["model"] == "efficientnet_lite0")
+    assert float(lite0["params_m"]) == pytest.approx(3.37, abs=0.02)  # the feature extractor, no classifier
+    assert float(lite0["size_mb"]) == pytest.approx(13.5, abs=0.5)  # 4 bytes per parameter
+    assert float(lite0["gmacs"]) == pytest.approx(0.385 * (64 / 224) ** 2, rel=0.15)  # scales with pixels
+    assert (out / "bench.json").is_file()
