@@ -10,7 +10,6 @@ import os
 import statistics
 import tempfile
 import time
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +19,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from .backbones import load_backbone, resolve_backbone
 from .config import RunConfig
+from .export import onnx_graph
 from .features import frozen_graph
 from .precision import autocast, bf16_supported
 from .results import new_run_dir, write_csv, write_json
@@ -75,10 +75,7 @@ def time_onnxruntime(model: torch.nn.Module, input_size, repeats: int) -> tuple[
 
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "model.onnx"
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            torch.onnx.export(model.eval(), (torch.zeros(1, *input_size),), str(path), dynamo=False,
-                              opset_version=17, input_names=["image"], dynamic_axes={"image": {0: "batch"}})
+        onnx_graph(model.eval(), torch.zeros(1, *input_size), path, output="features")
         options = ort.SessionOptions()
         options.intra_op_num_threads = torch.get_num_threads()
         session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])

@@ -51,16 +51,21 @@ def export_model(model_path: str | Path, fmt: str, out: str | Path | None = None
     return out
 
 
-def _export_onnx(model: nn.Module, example: torch.Tensor, path: Path, metadata: str) -> None:
-    import onnx
-
+def onnx_graph(model: nn.Module, example: torch.Tensor, path: Path, output: str = "probabilities") -> None:
+    """`model` as an ONNX file with input "image" and a dynamic batch axis (also what `showdown bench` times)."""
     with warnings.catch_warnings():
         # The TorchScript-based exporter is deprecated in favour of torch.export, which needs onnxscript;
         # it handles these CNNs well and keeps the dependency list short.
         warnings.simplefilter("ignore")
         torch.onnx.export(model, (example,), str(path), dynamo=False, opset_version=ONNX_OPSET,
-                          input_names=["image"], output_names=["probabilities"],
-                          dynamic_axes={"image": {0: "batch"}, "probabilities": {0: "batch"}})
+                          input_names=["image"], output_names=[output],
+                          dynamic_axes={"image": {0: "batch"}, output: {0: "batch"}})
+
+
+def _export_onnx(model: nn.Module, example: torch.Tensor, path: Path, metadata: str) -> None:
+    import onnx
+
+    onnx_graph(model, example, path)
     graph = onnx.load(str(path))
     entry = graph.metadata_props.add()
     entry.key, entry.value = METADATA_KEY, metadata
