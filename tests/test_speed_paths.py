@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import pytest
+import timm
 import torch
 from torch import nn
 
@@ -86,3 +87,58 @@ def test_bench_reports_every_column_for_two_small_backbones(tmp_path):
     assert float(lite0["size_mb"]) == pytest.approx(13.5, abs=0.5)  # 4 bytes per parameter
     assert float(lite0["gmacs"]) == pytest.approx(0.385 * (64 / 224) ** 2, rel=0.15)  # scales with pixels
     assert (out / "bench.json").is_file()
+
+
+def test_onnxruntime_features_equal_pytorch_features(demo_dir):
+    backbone = load_backbone("efficientnet_lite0", image_size=96)
+    items = _items(demo_dir, per_class=3)
+    by = {runtime: forward_frozen(backbone.model, backbone.preprocessing, items, precision="fp32", batch_size=4,
+                                  workers=0, runtime=runtime)
+          for runtime in ("torch", "onnxruntime")}
+    torch.testing.assert_close(by["onnxruntime"].features, by["torch"].features, atol=1e-4, rtol=1e-4)
+    assert torch.equal(by["onnxruntime"].indices, by["torch"].indices)
+
+
+def test_runtime_choice():
+    from showdown.errors import ConfigError
+    from showdown.runtime import resolve_runtime
+
+    assert resolve_runtime("auto", "fp32") == "onnxruntime"
+    assert resolve_runtime("auto", "bf16") == "torch"
+    assert resolve_runtime("torch", "fp32") == "torch"
+    with pytest.raises(ConfigError, match="fp32 only"):
+        resolve_runtime("onnxruntime", "bf16")
+
+
+def test_feature_cache_key_changes_with_every_part(demo_copy, tmp_path):
+    """Backbone, weights file, preprocessing / image size, precision, engine and the files themselves."""
+    import os
+    import shutil
+
+    from safetensors.torch import save_file
+
+    from showdown.features import cache_key
+
+    items = [(p, 0) for p in sorted((demo_copy / "daisy").iterdir())[:5]]
+    lite0 = load_backbone("efficientnet_lite0")
+    base = cache_key(lite0, items, "fp32", "torch")
+    assert cache_key(load_backbone("efficientnet_lite0"), list(items), "fp32", "torch") == base  # deterministic
+    weights = tmp_path / "lite0.safetensors"
+    save_file(timm.create_model("tf_efficientnet_lite0").state_dict(), str(weights))  # random, with classifier
+    from_file = load_backbone("efficientnet_lite0", weights_file=str(weights))
+    before_touch = cache_key(from_file, items, "fp32", "torch")
+    os.utime(weights, ns=(1, 1))
+    variants = {
+        "backbone": cache_key(load_backbone("efficientnet_lite1"), items, "fp32", "torch"),
+        "weights source": before_touch,
+        "weights file changed": cache_key(from_file, items, "fp32", "torch"),
+        "image size": cache_key(load_backbone("efficientnet_lite0", image_size=128), items, "fp32", "torch"),
+        "precision": cache_key(lite0, items, "bf16", "torch"),
+        "engine": cache_key(lite0, items, "fp32", "onnxruntime"),
+        "one file fewer": cache_key(lite0, items[:-1], "fp32", "torch"),
+        "a label": cache_key(lite0, [(p, 1) for p, _ in items], "fp32", "torch"),
+    }
+    shutil.copyfile(items[1][0], items[0][0])  # same name, new content (size/mtime)
+    variants["a file's content"] = cache_key(lite0, items, "fp32", "torch")
+    assert base not in variants.values()
+    assert len(set(variants.values())) == len(variants), variants

@@ -19,9 +19,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from .backbones import load_backbone, resolve_backbone
 from .config import RunConfig
-from .export import onnx_graph
-from .features import frozen_graph
 from .precision import autocast, bf16_supported
+from .runtime import frozen_graph, onnx_session
 from .results import new_run_dir, write_csv, write_json
 
 THROUGHPUT_BATCH = 32
@@ -71,14 +70,7 @@ def time_torch(model: torch.nn.Module, input_size, precision: str, repeats: int)
 
 
 def time_onnxruntime(model: torch.nn.Module, input_size, repeats: int) -> tuple[float, float]:
-    import onnxruntime as ort
-
-    with tempfile.TemporaryDirectory() as folder:
-        path = Path(folder) / "model.onnx"
-        onnx_graph(model.eval(), torch.zeros(1, *input_size), path, output="features")
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = torch.get_num_threads()
-        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    session = onnx_session(model, torch.zeros(1, *input_size))
     results = []
     for batch, runs in ((1, repeats), (THROUGHPUT_BATCH, max(3, repeats // 10))):
         images = np.random.default_rng(0).standard_normal((batch, *input_size), dtype=np.float32)

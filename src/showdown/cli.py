@@ -67,6 +67,8 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--cache-budget-gb", type=float, default=S, help="boundary-activation cache limit")
     g = p.add_argument_group("machinery and output")
     g.add_argument("--precision", default=S, help="auto, fp32 or bf16")
+    g.add_argument("--runtime", default=S,
+                   help="engine for frozen layers: auto (ONNX Runtime in fp32, PyTorch in bf16), torch or onnxruntime")
     g.add_argument("--workers", type=int, default=S, help="image-decoding worker processes")
     g.add_argument("--cache-dir", default=S, help="feature cache folder")
     g.add_argument("--out", default=S, help="run folder (default runs/<timestamp>-<name>)")

@@ -14,6 +14,7 @@ AUGMENTS = ("none", "light", "strong")
 OPTIMIZERS = ("adamw", "adam", "sgd")
 SCHEDULES = ("plateau", "cosine", "onecycle")
 PRECISIONS = ("auto", "fp32", "bf16")
+RUNTIMES = ("auto", "torch", "onnxruntime")
 
 
 @dataclass
@@ -58,6 +59,7 @@ class RunConfig:
     max_per_class: int | None = None  # train images per class (val/test get a quarter); for quick runs
     # machinery
     precision: str = "auto"
+    runtime: str = "auto"  # what runs frozen layers once per image: auto, torch or onnxruntime (runtime.py)
     workers: int = 2
     cache_dir: str | None = None
     out: str | None = None
@@ -81,6 +83,7 @@ class RunConfig:
         _choice("optimizer", self.optimizer, OPTIMIZERS)
         _choice("schedule", self.schedule, SCHEDULES)
         _choice("precision", self.precision, PRECISIONS)
+        _choice("runtime", self.runtime, RUNTIMES)
         _choice("augment", self.augment, AUGMENTS)
         _choice("class-weight", self.class_weight, ("none", "balanced"))
         parse_unfreeze(self.unfreeze)

@@ -34,6 +34,7 @@ from .head import Head, ImageClassifier
 from .model_io import save_model
 from .plots import plot_confusion, plot_curves
 from .precision import resolve_precision
+from .runtime import resolve_runtime
 from .results import environment, format_markdown, format_table, new_run_dir, slug, write_atomic, write_csv, write_json
 from .boundary import TopOfNetwork, first_trainable, sequential_layers
 from .data.images import eval_transform, image_loader, train_transform
@@ -72,9 +73,10 @@ def run(config: RunConfig, *, echo=print, resume: bool = False) -> Results:
         dataset = subset_per_class(dataset, config.max_per_class)
     dataset = check_leakage(dataset, drop=config.drop_duplicates)
     precision = resolve_precision(config.precision)
+    runtime = resolve_runtime(config.runtime, precision)
     run_dir = new_run_dir(config.out, config.name or dataset.name)
     if not resume:
-        _record_run(run_dir, config, dataset, precision)
+        _record_run(run_dir, config, dataset, precision, runtime)
     counts = dataset.counts()
     echo(f"data: {dataset.name} ({len(dataset.classes)} classes; train {counts['train']}, val {counts['val']}, "
          f"test {counts['test']}; split {dataset.split_source})")
@@ -128,9 +130,9 @@ def resume_run(run_dir: str | Path, *, echo=print) -> Results:
     return run(config, echo=echo, resume=True)
 
 
-def _record_run(run_dir: Path, config: RunConfig, dataset: DatasetSpec, precision: str) -> None:
+def _record_run(run_dir: Path, config: RunConfig, dataset: DatasetSpec, precision: str, runtime: str) -> None:
     config.save(run_dir / "config.yaml")
-    write_json(run_dir / "environment.json", environment(precision))
+    write_json(run_dir / "environment.json", environment(precision, runtime))
     write_json(run_dir / "dataset.json", {
         "name": dataset.name, "root": str(dataset.root), "classes": dataset.classes, "counts": dataset.counts(),
         "split": dataset.split_source, "fingerprint": dataset.fingerprint, "warnings": dataset.warnings,
@@ -186,6 +188,7 @@ class Entry:
     dataset: DatasetSpec
     config: RunConfig
     precision: str
+    runtime: str  # engine of the frozen forward passes (runtime.py)
     folder: Path
     cache_dir: Path
     echo: object
@@ -216,7 +219,7 @@ def _extract_all(entry: Entry) -> dict:
     return {
         split: extract_features(entry.backbone, entry.dataset.splits[split], precision=entry.precision,
                                 batch_size=FEATURE_BATCH, workers=entry.config.workers, cache_dir=entry.cache_dir,
-                                desc=f"{entry.backbone.spec.name} {split}")
+                                desc=f"{entry.backbone.spec.name} {split}", runtime=entry.runtime)
         for split in SPLITS
     }
 
@@ -259,11 +262,11 @@ def _train_top(entry: Entry) -> list[dict]:
         net, batches = top
         history = entry.fit(net, feature_batches(batches["train"], config.batch_size, shuffle=True),
                             feature_batches(batches["val"], config.batch_size), settings, "finetune",
-                            params=groups, keep_eval=keep_eval)
+                            params=groups, keep_eval=keep_eval, keep_start=True)
     else:
         history = entry.fit(model, entry.images("train", train=True), entry.images("val"),
                             dataclasses.replace(settings, precision=entry.precision), "finetune", params=groups,
-                            keep_eval=keep_eval)
+                            keep_eval=keep_eval, keep_start=True)
     entry.timing["finetune_seconds"] = time.perf_counter() - start
     return history
 
@@ -292,7 +295,7 @@ def _boundary_top(entry: Entry):
     batches = {
         split: forward_frozen(bottom, backbone.preprocessing, entry.dataset.splits[split], precision=entry.precision,
                               batch_size=FEATURE_BATCH, workers=config.workers, desc=f"boundary {split}",
-                              store_dtype=torch.bfloat16)
+                              store_dtype=torch.bfloat16, runtime=entry.runtime)
         for split in SPLITS
     }
     return TopOfNetwork(layers[cut:], backbone.model, entry.model.head), batches
@@ -344,7 +347,8 @@ def run_strategy(strategy, backbone, dataset, config, precision, folder, cache_d
     base, _, unfreeze_spec = strategy.partition("=")  # finetune=layers:20 names its own unfreeze
     if unfreeze_spec:
         config = dataclasses.replace(config, unfreeze=unfreeze_spec)
-    entry = Entry(backbone, model, dataset, config, precision, folder, cache_dir, echo)
+    entry = Entry(backbone, model, dataset, config, precision, resolve_runtime(config.runtime, precision), folder,
+                  cache_dir, echo)
     start = time.perf_counter()
     features = None
     if base in ("head", "finetune"):

@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import warnings
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +22,7 @@ from .backbones import Backbone
 from .data.images import eval_transform, image_loader
 from .errors import DataError
 from .precision import autocast
+from .runtime import frozen_forward
 
 log = logging.getLogger(__name__)
 CACHE_STATS: Counter = Counter()  # "hit" / "miss", for tests and the run log
@@ -37,7 +37,7 @@ class Features:
     cache_hit: bool
 
 
-def cache_key(backbone: Backbone, items: list[tuple[Path, int]], precision: str) -> str:
+def cache_key(backbone: Backbone, items: list[tuple[Path, int]], precision: str, runtime: str = "torch") -> str:
     files = hashlib.sha256()
     for path, label in items:
         stat = path.stat()
@@ -49,6 +49,7 @@ def cache_key(backbone: Backbone, items: list[tuple[Path, int]], precision: str)
         "timm_kwargs": backbone.timm_kwargs,
         "preprocessing": backbone.preprocessing,
         "precision": precision,
+        "runtime": runtime,
         "files": files.hexdigest(),
     }
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:24]
@@ -65,8 +66,8 @@ def _weights_id(source: str) -> str:
 
 
 def extract_features(backbone: Backbone, items: list[tuple[Path, int]], *, precision: str, batch_size: int,
-                     workers: int, cache_dir: Path | None, desc: str = "features") -> Features:
-    key = cache_key(backbone, items, precision)
+                     workers: int, cache_dir: Path | None, desc: str = "features", runtime: str = "torch") -> Features:
+    key = cache_key(backbone, items, precision, runtime)
     path = cache_dir / f"{key}.safetensors" if cache_dir else None
     if path is not None and path.is_file():
         CACHE_STATS["hit"] += 1
@@ -75,8 +76,8 @@ def extract_features(backbone: Backbone, items: list[tuple[Path, int]], *, preci
             failed = json.loads(f.metadata()["failed"])
             return Features(f.get_tensor("features"), f.get_tensor("labels"), f.get_tensor("indices"), failed, True)
     CACHE_STATS["miss"] += 1
-    features = compute_features(backbone, items, precision=precision, batch_size=batch_size, workers=workers,
-                                desc=desc)
+    features = forward_frozen(backbone.model, backbone.preprocessing, items, precision=precision,
+                              batch_size=batch_size, workers=workers, desc=desc, runtime=runtime)
     if path is not None:
         cache_dir.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
@@ -86,31 +87,10 @@ def extract_features(backbone: Backbone, items: list[tuple[Path, int]], *, preci
     return features
 
 
-def frozen_graph(model: torch.nn.Module, example: torch.Tensor, precision: str):
-    """A traced, frozen copy of a frozen model: conv+BN folded, oneDNN kernels; about 1.7x eager speed on CPU.
-
-    Only in fp32: bf16 runs through autocast in eager mode. Falls back to eager if tracing fails.
-    """
-    if precision != "fp32":
-        return model
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            return torch.jit.freeze(torch.jit.trace(model, example, check_trace=False))
-    except Exception as exc:  # any tracing failure only costs speed
-        log.info("tracing %s failed (%s); running eagerly", type(model).__name__, exc)
-        return model
-
-
-def compute_features(backbone: Backbone, items, *, precision: str, batch_size: int, workers: int,
-                     desc: str = "features") -> Features:
-    return forward_frozen(backbone.model, backbone.preprocessing, items, precision=precision, batch_size=batch_size,
-                          workers=workers, desc=desc)
-
-
 def forward_frozen(module: torch.nn.Module, preprocessing: dict, items, *, precision: str, batch_size: int,
-                   workers: int, desc: str = "features", store_dtype=torch.float32) -> Features:
-    """Run a frozen module once over the images; unreadable files are skipped and listed."""
+                   workers: int, desc: str = "features", store_dtype=torch.float32, runtime: str = "torch") -> Features:
+    """Run a frozen module once over the images (with `runtime`, see runtime.py); unreadable files are skipped
+    and listed."""
     module = module.eval().to(memory_format=torch.channels_last)
     loader = image_loader(items, eval_transform(preprocessing), batch_size=batch_size, workers=workers)
     chunks, labels, indices, failed = [], [], [], []
@@ -121,7 +101,7 @@ def forward_frozen(module: torch.nn.Module, preprocessing: dict, items, *, preci
             failed += [str(items[i][0]) for i in batch_failed]
             if len(images):
                 images = images.contiguous(memory_format=torch.channels_last)
-                forward = forward or frozen_graph(module, images, precision)
+                forward = forward or frozen_forward(module, images, precision, runtime)
                 chunks.append(forward(images).to(store_dtype))
                 labels.append(batch_labels)
                 indices.append(batch_indices)

@@ -189,6 +189,7 @@ def _reproduce(record: EntryRecord) -> str:
     env = record.environment
     packages = ", ".join(f"{k} {v}" for k, v in (env.get("packages") or {}).items() if v)
     facts = [["run", record.run], ["seed", record.seed], ["precision", env.get("precision")],
+             ["frozen layers run by", env.get("runtime", "torch")],
              ["CPU", f"{env.get('cpu')} ({env.get('cpu_count')} cores, {env.get('torch_threads')} torch threads)"],
              ["GPU", "CUDA" if env.get("cuda") else "none"], ["platform", env.get("platform")],
              ["Python", env.get("python")], ["packages", packages],

@@ -64,7 +64,7 @@ def new_run_dir(out: str | None, name: str) -> Path:
     return path
 
 
-def environment(precision: str) -> dict:
+def environment(precision: str, runtime: str = "torch") -> dict:
     def pkg(name):
         try:
             return version(name)
@@ -74,8 +74,9 @@ def environment(precision: str) -> dict:
     return {
         "python": platform.python_version(), "platform": platform.platform(), "cpu": platform.processor() or platform.machine(),
         "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "cuda": torch.cuda.is_available(),
-        "precision": precision,
-        "packages": {n: pkg(n) for n in ("tl-showdown", "torch", "torchvision", "timm", "scikit-learn", "numpy", "pillow")},
+        "precision": precision, "runtime": runtime,
+        "packages": {n: pkg(n) for n in ("tl-showdown", "torch", "torchvision", "timm", "scikit-learn", "numpy", "pillow",
+                                         "onnxruntime")},
     }
 
 

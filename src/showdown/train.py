@@ -101,15 +101,22 @@ def _loss_functions(settings: TrainSettings, class_weights, num_classes: int | N
     return nn.CrossEntropyLoss(weight=class_weights, label_smoothing=settings.label_smoothing), None
 
 
+def _snapshot(model: nn.Module) -> dict:
+    """What early stopping restores: the trainable parameters and every buffer (BN statistics)."""
+    state = {n: t.detach().clone() for n, t in model.named_parameters() if t.requires_grad}
+    return state | {n: b.clone() for n, b in model.named_buffers()}
+
+
 def fit(model: nn.Module, train_batches, val_batches, settings: TrainSettings, *, phase: str = "head",
         params=None, class_weights: torch.Tensor | None = None, keep_eval: list[nn.Module] = (),
-        checkpoint=None, num_classes: int | None = None) -> list[dict]:
+        checkpoint=None, num_classes: int | None = None, keep_start: bool = False) -> list[dict]:
     """Train `model` in place and restore its best-validation-loss weights; returns the epoch history.
 
     `train_batches` / `val_batches` are re-iterable sources of (inputs, targets); `params` are parameters or
     optimizer groups (default: every parameter that requires grad); `keep_eval` modules (frozen batch norms)
     stay in inference mode while the rest trains. With `checkpoint` (a path), the state after every epoch is
-    saved there and an existing checkpoint is resumed from.
+    saved there and an existing checkpoint is resumed from. With `keep_start` the weights as they come in count
+    as the first candidate (a fine-tuning phase that never beats the head it starts from gives that head back).
     """
     params = [p for p in model.parameters() if p.requires_grad] if params is None else params
     optimizer = make_optimizer(params, settings)
@@ -119,6 +126,10 @@ def fit(model: nn.Module, train_batches, val_batches, settings: TrainSettings, *
     state = {"epoch": 0, "best_loss": math.inf, "best_state": None, "since_best": 0, "history": [], "done": False}
     if checkpoint is not None and checkpoint.is_file():
         state = load_checkpoint(checkpoint, model, optimizer, scheduler)
+    elif keep_start:
+        model.eval()
+        state["best_loss"], _ = run_epoch(model, val_batches, val_loss_fn, precision=settings.precision)
+        state["best_state"] = _snapshot(model)
     best_loss, best_state, since_best = state["best_loss"], state["best_state"], state["since_best"]
     history = state["history"]
     for epoch in range(state["epoch"] + 1, settings.epochs + 1):
@@ -141,8 +152,7 @@ def fit(model: nn.Module, train_batches, val_batches, settings: TrainSettings, *
                         "val_loss": val_loss, "val_acc": val_acc, "seconds": time.perf_counter() - start})
         if val_loss < best_loss - 1e-4:
             best_loss, since_best = val_loss, 0
-            best_state = {n: t.detach().clone() for n, t in model.named_parameters() if t.requires_grad}
-            best_state |= {n: b.clone() for n, b in model.named_buffers()}
+            best_state = _snapshot(model)
         else:
             since_best += 1
         stop = since_best >= settings.patience
