@@ -27,6 +27,7 @@ from showdown.evaluate import predict_proba
 from showdown.experiment import Entry, _extract_all, feature_batches, image_batches, train_settings
 from showdown.head import Head, ImageClassifier
 from showdown.precision import resolve_precision
+from showdown.runtime import resolve_runtime
 from showdown.strategies import batchnorms_kept_in_eval, freeze_backbone
 from showdown.train import fit
 
@@ -59,7 +60,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as cache:
         model = ImageClassifier(backbone.model, head)
         freeze_backbone(model)
-        entry = Entry(backbone, model, dataset, config, precision, Path(cache), Path(cache), print)
+        entry = Entry(backbone, model, dataset, config, precision, resolve_runtime(config.runtime, precision),
+                      Path(cache), Path(cache), print)
         features = _extract_all(entry)
         extracted = time.perf_counter() - start
         fit(head, feature_batches(features["train"], config.batch_size, shuffle=True),

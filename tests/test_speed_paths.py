@@ -142,3 +142,36 @@ def test_feature_cache_key_changes_with_every_part(demo_copy, tmp_path):
     variants["a file's content"] = cache_key(lite0, items, "fp32", "torch")
     assert base not in variants.values()
     assert len(set(variants.values())) == len(variants), variants
+
+
+@pytest.mark.parametrize("model, image_size", [("efficientnet_lite0", None), ("mobilenetv2_050", 96)])
+def test_batched_small_image_resize_equals_the_per_image_transform(demo_dir, tmp_path, model, image_size):
+    """CIFAR-sized images are resized in batches inside the graph; the pixels must be the per-image ones."""
+    from PIL import Image
+
+    from showdown.data.images import eval_transform, load_rgb
+    from showdown.data.small import batch_resize, small_square_side, to_uint8_tensor
+
+    items = []
+    for i, (path, label) in enumerate(_items(demo_dir, per_class=2)):
+        small = tmp_path / f"{i}.png"
+        load_rgb(path).resize((32, 32), Image.BICUBIC).save(small)
+        items.append((small, label))
+    backbone = load_backbone(model, image_size=image_size, allow_random_init=True)
+    preprocessing = backbone.preprocessing
+    assert small_square_side(items, preprocessing["input_size"]) == 32
+    resize = batch_resize(preprocessing, 32)
+    decode = to_uint8_tensor(32)
+    batched = resize(torch.stack([decode(load_rgb(p)) for p, _ in items]))
+    per_image = torch.stack([eval_transform(preprocessing)(load_rgb(p)) for p, _ in items])
+    assert batched.shape == per_image.shape
+    one_level = 1.0 / 255 / min(preprocessing["std"])
+    assert (batched - per_image).abs().max() <= one_level + 1e-5  # Pillow's 8-bit rounding at most
+    assert (batched - per_image).abs().mean() < 0.05 * one_level
+    # and the feature path takes it: same features as the per-image transform within float noise
+    features = forward_frozen(backbone.model, preprocessing, items, precision="fp32", batch_size=3, workers=0)
+    with torch.inference_mode():
+        reference = backbone.model.eval()(per_image)
+    torch.testing.assert_close(features.features, reference, atol=2e-2, rtol=2e-2)
+    # a folder of large or mixed-size images keeps the per-image path
+    assert small_square_side(_items(demo_dir, per_class=2), preprocessing["input_size"]) is None

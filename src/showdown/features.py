@@ -14,12 +14,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from torch import nn
 from safetensors import safe_open
 from safetensors.torch import save_file
 from tqdm import tqdm
 
 from .backbones import Backbone
 from .data.images import eval_transform, image_loader
+from .data.small import batch_resize, small_square_side, to_uint8_tensor
 from .errors import DataError
 from .precision import autocast
 from .runtime import frozen_forward
@@ -92,7 +94,13 @@ def forward_frozen(module: torch.nn.Module, preprocessing: dict, items, *, preci
     """Run a frozen module once over the images (with `runtime`, see runtime.py); unreadable files are skipped
     and listed."""
     module = module.eval().to(memory_format=torch.channels_last)
-    loader = image_loader(items, eval_transform(preprocessing), batch_size=batch_size, workers=workers)
+    side = small_square_side(items, preprocessing["input_size"])
+    resize = batch_resize(preprocessing, side) if side else None
+    if resize is not None:  # small images: workers only decode, the batch is resized inside the graph
+        module = nn.Sequential(resize, module)
+        loader = image_loader(items, to_uint8_tensor(side), batch_size=batch_size, workers=workers)
+    else:
+        loader = image_loader(items, eval_transform(preprocessing), batch_size=batch_size, workers=workers)
     chunks, labels, indices, failed = [], [], [], []
     forward = None
     with torch.inference_mode(), autocast(precision):

@@ -1,0 +1,39 @@
+"""Every preset with --quick runs to completion offline on the real shared data (`pytest -m slow`, ~10 min).
+
+Backbones without weights on these machines (ResNet50, VGG16, InceptionV3) run with --allow-random-init and
+their rows are marked; CIFAR-100 has no local copy here, so that preset is skipped with the reason.
+"""
+import json
+
+import pytest
+
+from showdown.preset import list_presets, load_preset
+
+from .conftest import DATASETS, TFLITE
+from .test_run import _cli
+
+LOCAL = {"cifar10": DATASETS / "cifar10-jpg.tar.gz", "tf_flowers": DATASETS / "tf_flowers",
+         "cifar100": DATASETS / "cifar100-jpg.tar.gz"}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(list_presets()))
+def test_preset_quick_runs_to_completion_offline(name, tmp_path):
+    data = load_preset(name)["data"]
+    if data in LOCAL and not LOCAL[data].exists():
+        pytest.skip(f"no local copy of {data} at {LOCAL[data]}")
+    if not TFLITE.is_dir():
+        pytest.skip(f"MobileNet TFLite weights not found at {TFLITE}")
+    out = tmp_path / name
+    result = _cli("run", "--preset", name, "--quick", "--data-root", str(DATASETS), "--weights-dir", str(TFLITE),
+                  "--allow-random-init", "--no-record", "--out", str(out))
+    assert result.returncode == 0, result.stderr[-2000:]
+    rows = json.loads((out / "summary.json").read_text())["rows"]
+    preset = load_preset(name)
+    expected = {(m, s) for m in preset["models"] for s in preset["strategies"] if s != "scratch-cnn"}
+    assert expected <= {(r["model"], r["strategy"]) for r in rows}
+    for row in rows:
+        assert 0.0 <= row["accuracy"] <= 1.0
+        if row["model"] in ("resnet50", "vgg16", "inception_v3"):
+            assert not row["pretrained"]  # random init here, and marked so
+    assert (out / "report.html").is_file()
