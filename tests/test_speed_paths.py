@@ -175,3 +175,38 @@ def test_batched_small_image_resize_equals_the_per_image_transform(demo_dir, tmp
     torch.testing.assert_close(features.features, reference, atol=2e-2, rtol=2e-2)
     # a folder of large or mixed-size images keeps the per-image path
     assert small_square_side(_items(demo_dir, per_class=2), preprocessing["input_size"]) is None
+
+
+def test_flip_augmentation_keeps_the_cache_and_serves_each_image_or_its_mirror(demo_dir):
+    """--augment flip: features of each image and of its mirror image are computed once; every epoch each
+    training image appears exactly once, as one of the two, chosen by a seeded coin."""
+    from showdown.data.images import eval_transform, load_rgb
+    from showdown.experiment import MirrorBatches
+    from showdown.train import seed_epoch
+
+    backbone = load_backbone("efficientnet_lite0", image_size=96)
+    items = _items(demo_dir, per_class=3)
+    plain, mirrored = (forward_frozen(backbone.model, backbone.preprocessing, items, precision="fp32", batch_size=4,
+                                      workers=0, mirror=mirror) for mirror in (False, True))
+    images = torch.stack([eval_transform(backbone.preprocessing)(load_rgb(p)) for p, _ in items])
+    with torch.inference_mode():
+        expected = backbone.model.eval()(images.flip(-1))
+    torch.testing.assert_close(mirrored.features, expected, atol=1e-4, rtol=1e-4)
+    assert not torch.allclose(plain.features, mirrored.features, atol=1e-3)
+
+    batches = MirrorBatches(plain, mirrored, batch_size=4)
+    epochs = []
+    for epoch in (1, 2, 1):
+        seed_epoch(0, epoch)
+        rows, labels = map(torch.cat, zip(*batches))
+        source = []
+        for row, label in zip(rows, labels):
+            is_plain = (plain.features == row).all(1)
+            is_mirror = (mirrored.features == row).all(1)
+            assert int(is_plain.sum() + is_mirror.sum()) == 1
+            source.append((int((is_plain | is_mirror).nonzero()), bool(is_mirror.any())))
+            assert label == plain.labels[source[-1][0]]
+        assert sorted(i for i, _ in source) == list(range(len(items)))  # every image exactly once
+        epochs.append(source)
+    assert any(m for _, m in epochs[0]) and not all(m for _, m in epochs[0])  # both versions are used
+    assert epochs[0] == epochs[2] and epochs[0] != epochs[1]  # seeded per epoch

@@ -106,3 +106,51 @@ def test_scratch_cnn_and_scratch_train_every_layer(tmp_path, demo_copy):
     assert not row["pretrained"] and row["weights"].startswith("random init")
     model, info = load_model(results.run_dir / "scratch_cnn-scratch-cnn")
     assert info["backbone"] == "scratch_cnn"
+
+
+def test_balanced_class_weights_raise_minority_recall():
+    """--class-weight balanced: on a 19:1 imbalanced problem the rare class is found far more often."""
+    from showdown.train import TrainSettings, fit
+
+    generator = torch.Generator().manual_seed(0)
+    counts = (950, 50)
+    x = torch.cat([torch.randn(n, 8, generator=generator) + 0.5 * c for c, n in enumerate(counts)])
+    y = torch.cat([torch.full((n,), c) for c, n in enumerate(counts)])
+    batches = [(x[i], y[i]) for i in torch.randperm(len(y), generator=generator).split(100)]
+    weights = torch.tensor([len(y) / (2 * n) for n in counts])  # what sklearn's "balanced" gives
+    recalls = {}
+    for name, class_weights in (("none", None), ("balanced", weights)):
+        torch.manual_seed(0)
+        head = nn.Linear(8, 2)
+        fit(head, batches, batches, TrainSettings(epochs=20, lr=0.05, patience=100, seed=0),
+            class_weights=class_weights)
+        with torch.no_grad():
+            predicted = head(x).argmax(1)
+        recalls[name] = float((predicted[y == 1] == 1).float().mean())
+    assert recalls["balanced"] > recalls["none"] + 0.2, recalls
+
+
+def test_strong_augmentation_mixes_image_pairs_with_soft_targets():
+    """`strong` trains on mixup/cutmix blends of pairs against soft targets, not on the images as given."""
+    from timm.loss import SoftTargetCrossEntropy
+
+    from showdown.train import TrainSettings, _loss_functions, run_epoch
+
+    loss_fn, mix = _loss_functions(TrainSettings(mixup=True, label_smoothing=0.1), None, num_classes=3)
+    assert isinstance(loss_fn, SoftTargetCrossEntropy) and mix is not None
+    seen = []
+
+    class Recorder(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.linear = nn.Linear(3 * 8 * 8, 3)
+
+        def forward(self, images):
+            seen.append(images.clone())
+            return self.linear(images.flatten(1))
+
+    torch.manual_seed(0)
+    images, labels = torch.rand(4, 3, 8, 8), torch.tensor([0, 1, 2, 0])
+    model = Recorder()
+    run_epoch(model, [(images.clone(), labels)], loss_fn, torch.optim.SGD(model.parameters(), lr=0.1), mix=mix)
+    assert not torch.equal(seen[0], images)  # blended (mixup) or pasted (cutmix)

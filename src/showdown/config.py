@@ -10,7 +10,7 @@ import yaml
 from .errors import ConfigError
 
 STRATEGIES = ("head", "finetune", "scratch", "scratch-cnn")
-AUGMENTS = ("none", "light", "strong")
+AUGMENTS = ("none", "flip", "light", "strong")
 OPTIMIZERS = ("adamw", "adam", "sgd")
 SCHEDULES = ("plateau", "cosine", "onecycle")
 PRECISIONS = ("auto", "fp32", "bf16")

@@ -158,6 +158,28 @@ def feature_batches(features, batch_size: int, *, shuffle: bool = False) -> Data
     return DataLoader(TensorDataset(features.features, features.labels), batch_size=batch_size, shuffle=shuffle)
 
 
+class MirrorBatches:
+    """Shuffled training batches in which every image appears as itself or as its mirror image, by a coin per
+    image and epoch: the `flip` augmentation on cached features or boundary activations (both computed once).
+    Drawn from the global RNG, which `fit` seeds at every epoch."""
+
+    def __init__(self, plain, mirrored, batch_size: int):
+        if not torch.equal(plain.indices, mirrored.indices):
+            raise RuntimeError("plain and mirrored images differ")  # both skip the same unreadable files
+        self.plain, self.mirrored, self.labels = plain.features, mirrored.features, plain.labels
+        self.batch_size = batch_size
+
+    def __len__(self) -> int:
+        return -(-len(self.labels) // self.batch_size)
+
+    def __iter__(self):
+        order = torch.randperm(len(self.labels))
+        mirror = torch.rand(len(self.labels)) < 0.5
+        for batch in order.split(self.batch_size):
+            pick = mirror[batch].view(-1, *[1] * (self.plain.dim() - 1))
+            yield torch.where(pick, self.mirrored[batch], self.plain[batch]), self.labels[batch]
+
+
 class XY:
     """(inputs, targets) batches from an image loader, whose batches also carry indices and failures."""
 
@@ -216,12 +238,27 @@ class Entry:
 
 
 def _extract_all(entry: Entry) -> dict:
-    return {
-        split: extract_features(entry.backbone, entry.dataset.splits[split], precision=entry.precision,
+    """Cached features per split; with `--augment flip` also "train_mirrored", the mirror images' features."""
+    def extract(split: str, mirror: bool = False):
+        return extract_features(entry.backbone, entry.dataset.splits[split], precision=entry.precision,
                                 batch_size=FEATURE_BATCH, workers=entry.config.workers, cache_dir=entry.cache_dir,
-                                desc=f"{entry.backbone.spec.name} {split}", runtime=entry.runtime)
-        for split in SPLITS
-    }
+                                desc=f"{entry.backbone.spec.name} {split}", runtime=entry.runtime, mirror=mirror)
+
+    features = {split: extract(split) for split in SPLITS}
+    if entry.config.augment == "flip":
+        features["train_mirrored"] = extract("train", mirror=True)
+    return features
+
+
+def train_batches(cached: dict, config: RunConfig):
+    """Training batches from cached tensors, mirrored half the time with `--augment flip`."""
+    if "train_mirrored" in cached:
+        return MirrorBatches(cached["train"], cached["train_mirrored"], config.batch_size)
+    return feature_batches(cached["train"], config.batch_size, shuffle=True)
+
+
+# Augmentations the caches can serve: none, and flip (each image and its mirror image computed once).
+CACHEABLE_AUGMENTS = ("none", "flip")
 
 
 def _train_head(entry: Entry) -> tuple[list[dict], dict | None]:
@@ -230,12 +267,12 @@ def _train_head(entry: Entry) -> tuple[list[dict], dict | None]:
     freeze_backbone(model)
     settings = train_settings(config)
     start = time.perf_counter()
-    if config.augment == "none":
+    if config.augment in CACHEABLE_AUGMENTS:
         features = _extract_all(entry)
         timing["feature_seconds"] = time.perf_counter() - start
         timing["feature_cache_hit"] = all(f.cache_hit for f in features.values())
-        history = entry.fit(model.head, feature_batches(features["train"], config.batch_size, shuffle=True),
-                            feature_batches(features["val"], 1024), settings, "head")
+        history = entry.fit(model.head, train_batches(features, config), feature_batches(features["val"], 1024),
+                            settings, "head")
         timing["failed"] = [path for f in features.values() for path in f.failed]
     else:
         entry.echo(f"  feature cache off: augmentation '{config.augment}' changes the inputs every epoch")
@@ -260,8 +297,8 @@ def _train_top(entry: Entry) -> list[dict]:
     top = _boundary_top(entry)
     if top is not None:
         net, batches = top
-        history = entry.fit(net, feature_batches(batches["train"], config.batch_size, shuffle=True),
-                            feature_batches(batches["val"], config.batch_size), settings, "finetune",
+        history = entry.fit(net, train_batches(batches, config), feature_batches(batches["val"], config.batch_size),
+                            settings, "finetune",
                             params=groups, keep_eval=keep_eval, keep_start=True)
     else:
         history = entry.fit(model, entry.images("train", train=True), entry.images("val"),
@@ -274,8 +311,8 @@ def _train_top(entry: Entry) -> list[dict]:
 def _boundary_top(entry: Entry):
     """(top network, boundary activations per split) when the frozen bottom can be cached, else None."""
     config, backbone, echo = entry.config, entry.backbone, entry.echo
-    if config.augment != "none":
-        echo("  boundary cache off: augmentation changes the inputs every epoch; full forward")
+    if config.augment not in CACHEABLE_AUGMENTS:
+        echo(f"  boundary cache off: augmentation '{config.augment}' changes the inputs every epoch; full forward")
         return None
     layers = sequential_layers(backbone.model, backbone.preprocessing["input_size"])
     cut = first_trainable(layers) if layers else 0
@@ -285,19 +322,23 @@ def _boundary_top(entry: Entry):
     bottom = nn.Sequential(*layers[:cut])
     with torch.inference_mode():
         per_image = bottom(torch.zeros(1, *backbone.preprocessing["input_size"])).numel() * 2  # bf16 bytes
-    need = per_image * sum(len(items) for items in entry.dataset.splits.values())
+    mirror = config.augment == "flip"
+    need = per_image * (sum(len(items) for items in entry.dataset.splits.values())
+                        + mirror * len(entry.dataset.splits["train"]))
     budget = (config.cache_budget_gb * 2**30) if config.cache_budget_gb else _ram_bytes() / 4
     if need > budget:
         echo(f"  boundary cache off: {need / 2**30:.1f} GB of activations exceed the {budget / 2**30:.1f} GB budget "
              "(--cache-budget-gb); full forward")
         return None
     echo(f"  boundary cache: frozen bottom ({cut} of {len(layers)} layers) runs once, {need / 2**20:.0f} MB in bf16")
-    batches = {
-        split: forward_frozen(bottom, backbone.preprocessing, entry.dataset.splits[split], precision=entry.precision,
+    def activations(split: str, mirror: bool = False):
+        return forward_frozen(bottom, backbone.preprocessing, entry.dataset.splits[split], precision=entry.precision,
                               batch_size=FEATURE_BATCH, workers=config.workers, desc=f"boundary {split}",
-                              store_dtype=torch.bfloat16, runtime=entry.runtime)
-        for split in SPLITS
-    }
+                              store_dtype=torch.bfloat16, runtime=entry.runtime, mirror=mirror)
+
+    batches = {split: activations(split) for split in SPLITS}
+    if mirror:
+        batches["train_mirrored"] = activations("train", mirror=True)
     return TopOfNetwork(layers[cut:], backbone.model, entry.model.head), batches
 
 

@@ -39,7 +39,8 @@ class Features:
     cache_hit: bool
 
 
-def cache_key(backbone: Backbone, items: list[tuple[Path, int]], precision: str, runtime: str = "torch") -> str:
+def cache_key(backbone: Backbone, items: list[tuple[Path, int]], precision: str, runtime: str = "torch",
+              mirror: bool = False) -> str:
     files = hashlib.sha256()
     for path, label in items:
         stat = path.stat()
@@ -52,6 +53,7 @@ def cache_key(backbone: Backbone, items: list[tuple[Path, int]], precision: str,
         "preprocessing": backbone.preprocessing,
         "precision": precision,
         "runtime": runtime,
+        "mirror": mirror,
         "files": files.hexdigest(),
     }
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:24]
@@ -68,8 +70,10 @@ def _weights_id(source: str) -> str:
 
 
 def extract_features(backbone: Backbone, items: list[tuple[Path, int]], *, precision: str, batch_size: int,
-                     workers: int, cache_dir: Path | None, desc: str = "features", runtime: str = "torch") -> Features:
-    key = cache_key(backbone, items, precision, runtime)
+                     workers: int, cache_dir: Path | None, desc: str = "features", runtime: str = "torch",
+                     mirror: bool = False) -> Features:
+    """Features of every image (of its mirror image with `mirror`), from the cache when the key matches."""
+    key = cache_key(backbone, items, precision, runtime, mirror)
     path = cache_dir / f"{key}.safetensors" if cache_dir else None
     if path is not None and path.is_file():
         CACHE_STATS["hit"] += 1
@@ -79,7 +83,7 @@ def extract_features(backbone: Backbone, items: list[tuple[Path, int]], *, preci
             return Features(f.get_tensor("features"), f.get_tensor("labels"), f.get_tensor("indices"), failed, True)
     CACHE_STATS["miss"] += 1
     features = forward_frozen(backbone.model, backbone.preprocessing, items, precision=precision,
-                              batch_size=batch_size, workers=workers, desc=desc, runtime=runtime)
+                              batch_size=batch_size, workers=workers, desc=desc, runtime=runtime, mirror=mirror)
     if path is not None:
         cache_dir.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
@@ -90,9 +94,10 @@ def extract_features(backbone: Backbone, items: list[tuple[Path, int]], *, preci
 
 
 def forward_frozen(module: torch.nn.Module, preprocessing: dict, items, *, precision: str, batch_size: int,
-                   workers: int, desc: str = "features", store_dtype=torch.float32, runtime: str = "torch") -> Features:
-    """Run a frozen module once over the images (with `runtime`, see runtime.py); unreadable files are skipped
-    and listed."""
+                   workers: int, desc: str = "features", store_dtype=torch.float32, runtime: str = "torch",
+                   mirror: bool = False) -> Features:
+    """Run a frozen module once over the images (with `runtime`, see runtime.py), or over their mirror images;
+    unreadable files are skipped and listed."""
     module = module.eval().to(memory_format=torch.channels_last)
     side = small_square_side(items, preprocessing["input_size"])
     resize = batch_resize(preprocessing, side) if side else None
@@ -108,7 +113,7 @@ def forward_frozen(module: torch.nn.Module, preprocessing: dict, items, *, preci
                                                                       disable=None):
             failed += [str(items[i][0]) for i in batch_failed]
             if len(images):
-                images = images.contiguous(memory_format=torch.channels_last)
+                images = (images.flip(-1) if mirror else images).contiguous(memory_format=torch.channels_last)
                 forward = forward or frozen_forward(module, images, precision, runtime)
                 chunks.append(forward(images).to(store_dtype))
                 labels.append(batch_labels)

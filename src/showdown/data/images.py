@@ -8,6 +8,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 from timm.data import create_transform
+from torchvision import transforms
 from torch.utils.data import DataLoader, Dataset
 
 # A decompression bomb is refused by Pillow's own pixel limit; a decoding warning must not spam the log.
@@ -36,9 +37,12 @@ def eval_transform(preprocessing: dict):
 
 
 def train_transform(preprocessing: dict, augment: str):
-    """`none` is the eval transform; `light` flips and random-resized-crops; `strong` adds RandAugment."""
+    """`none` is the eval transform; `flip` mirrors half the images; `light` flips and random-resized-crops;
+    `strong` adds RandAugment."""
     if augment == "none":
         return eval_transform(preprocessing)
+    if augment == "flip":
+        return transforms.Compose([transforms.RandomHorizontalFlip(), eval_transform(preprocessing)])
     return create_transform(
         input_size=preprocessing["input_size"], is_training=True, interpolation=preprocessing["interpolation"],
         mean=preprocessing["mean"], std=preprocessing["std"], hflip=0.5, color_jitter=None,
