@@ -154,3 +154,22 @@ def test_strong_augmentation_mixes_image_pairs_with_soft_targets():
     model = Recorder()
     run_epoch(model, [(images.clone(), labels)], loss_fn, torch.optim.SGD(model.parameters(), lr=0.1), mix=mix)
     assert not torch.equal(seen[0], images)  # blended (mixup) or pasted (cutmix)
+
+
+def test_a_finetune_phase_that_never_beats_its_start_gives_the_start_back():
+    """keep_start: the head the fine-tuning starts from is the first candidate for early stopping."""
+    from showdown.train import TrainSettings, fit
+
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(200, 4, generator=generator)
+    y = (x[:, 0] > 0).long()
+    batches = [(x[i:i + 50], y[i:i + 50]) for i in range(0, 200, 50)]
+    torch.manual_seed(0)
+    model = nn.Linear(4, 2)
+    fit(model, batches, batches, TrainSettings(epochs=30, lr=0.1, patience=100))  # a good start
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+    flipped = [(inputs, 1 - targets) for inputs, targets in batches]  # training on wrong labels only hurts
+    history = fit(model, flipped, batches, TrainSettings(epochs=3, lr=0.1, patience=3), keep_start=True)
+    assert len(history) == 3
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, start[key]), key

@@ -54,7 +54,7 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--repeats", type=int, default=S, help="train each configuration with this many seeds")
     g.add_argument("--grad-clip", type=float, default=S, help="clip the gradient norm")
     g.add_argument("--augment", default=S,
-                   help="none, light (flip + random-resized-crop) or strong (+ RandAugment, mixup/cutmix)")
+                   help="none, flip (cached mirror images), light (flip + random-resized-crop) or strong (+ RandAugment, mixup/cutmix)")
     g.add_argument("--class-weight", default=S, help="none or balanced (loss weighted by inverse class frequency)")
     g.add_argument("--drop-duplicates", action="store_true", default=S,
                    help="drop val/test images whose exact bytes are also in an earlier split")
