@@ -37,6 +37,8 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--allow-random-init", action="store_true", default=S,
                    help="fall back to random init when no weights are found (the table marks such rows)")
     g.add_argument("--image-size", type=int, default=S, help="override the weights' input size")
+    g.add_argument("--pool-stages", type=int, default=S, metavar="K",
+                   help="also feed the head the pooled outputs of the last K stages (multi-stage features)")
     g = p.add_argument_group("head and training")
     g.add_argument("--head-hidden", type=_csv(int), default=S, help="hidden layer widths, e.g. 256,128")
     g.add_argument("--head-dropout", type=float, default=S)

@@ -29,6 +29,7 @@ class RunConfig:
     pretrained: bool = True
     allow_random_init: bool = False
     image_size: int | None = None
+    pool_stages: int = 0  # also pool the last K stages below the final features (backbones/stages.py)
     # head
     head_hidden: list[int] = field(default_factory=list)
     head_dropout: float = 0.2
@@ -96,6 +97,11 @@ class RunConfig:
                 raise ConfigError(f"--{name} must be at least 1 (got {value})")
         if self.lr <= 0:
             raise ConfigError(f"--lr must be positive (got {self.lr})")
+        if self.pool_stages < 0:
+            raise ConfigError(f"--pool-stages must be 0 or more (got {self.pool_stages})")
+        if self.pool_stages and any(s.startswith("finetune") for s in self.strategies):
+            raise ConfigError("--pool-stages is for frozen backbones (head, scratch); finetune trains on the final "
+                              "features only")
         return self
 
     def to_dict(self) -> dict:

@@ -38,6 +38,7 @@ from .runtime import resolve_runtime
 from .results import environment, format_markdown, format_table, new_run_dir, slug, write_atomic, write_csv, write_json
 from .boundary import TopOfNetwork, first_trainable, sequential_layers
 from .data.images import eval_transform, image_loader, train_transform
+from .data.small import without_centre_crop
 from .scratch import small_cnn_backbone
 from .strategies import batchnorms_kept_in_eval, freeze_backbone, lr_param_groups, unfreeze
 from .train import TrainSettings, fit
@@ -102,17 +103,28 @@ def run(config: RunConfig, *, echo=print, resume: bool = False) -> Results:
         backbone = load_backbone(
             model_name, weights_file=config.weights.get(model_name), weights_dir=config.weights_dir,
             pretrained=config.pretrained, allow_random_init=config.allow_random_init, image_size=config.image_size,
+            pool_stages=config.pool_stages,
         )
         echo(f"{model_name}: weights from {backbone.source}; input {backbone.preprocessing['input_size'][1]} px")
+        if _fit_small_images(backbone, dataset):
+            echo("  small images: upscaled whole, without the centre crop (a thumbnail has no margin to spare)")
         for strategy, seed in todo:
             folder = entry_folder(run_dir, model_name, strategy, seed, len(seeds))
             row, failed = run_strategy(strategy, backbone, dataset, dataclasses.replace(config, seed=seed), precision,
-                                       folder, cache_dir, echo)
+                                       runtime, folder, cache_dir, echo)
             skipped.update(failed)
             rows.append(row)
             echo(f"  {strategy}{_seed_note(seed, seeds)}: test accuracy {row['accuracy']:.4f} "
                  f"({row['train_seconds']:.1f} s)")
     return _finish(run_dir, config, rows, sorted(skipped), echo)
+
+
+def _fit_small_images(backbone, dataset: DatasetSpec) -> bool:
+    """Drop the centre crop for datasets of small square images (data/small.py); True when it did."""
+    whole = without_centre_crop(backbone.preprocessing, dataset.splits["train"])
+    if whole is not None:
+        backbone.preprocessing = whole
+    return whole is not None
 
 
 def _seed_note(seed: int, seeds: list[int]) -> str:
@@ -376,20 +388,22 @@ def finished_row(folder: Path) -> dict | None:
     return {**{k: v for k, v in summary.items() if k not in DETAIL_KEYS}, "folder": folder.name}
 
 
-def run_strategy(strategy, backbone, dataset, config, precision, folder, cache_dir, echo) -> tuple[dict, list[str]]:
+def run_strategy(strategy, backbone, dataset, config, precision, runtime, folder, cache_dir,
+                 echo) -> tuple[dict, list[str]]:
     torch.manual_seed(config.seed)
     if strategy == "scratch-cnn":
         backbone = small_cnn_backbone(config.image_size)
     elif strategy == "scratch":
-        backbone = load_backbone(backbone.spec.name, pretrained=False, image_size=config.image_size)
+        backbone = load_backbone(backbone.spec.name, pretrained=False, image_size=config.image_size,
+                                 pool_stages=config.pool_stages)
+        _fit_small_images(backbone, dataset)
     head = Head(backbone.num_features, len(dataset.classes), config.head_hidden, config.head_dropout, config.head_bn)
     model = ImageClassifier(backbone.model, head)
     folder.mkdir(parents=True, exist_ok=True)
     base, _, unfreeze_spec = strategy.partition("=")  # finetune=layers:20 names its own unfreeze
     if unfreeze_spec:
         config = dataclasses.replace(config, unfreeze=unfreeze_spec)
-    entry = Entry(backbone, model, dataset, config, precision, resolve_runtime(config.runtime, precision), folder,
-                  cache_dir, echo)
+    entry = Entry(backbone, model, dataset, config, precision, runtime, folder, cache_dir, echo)
     start = time.perf_counter()
     features = None
     if base in ("head", "finetune"):
@@ -430,7 +444,7 @@ def _write_entry(entry: Entry, strategy, metrics, history, probs, y_true, test_i
     plot_curves(history, folder / "curves.png", title)
     save_model(model, folder, {
         "classes": dataset.classes, "backbone": backbone.spec.name, "timm_name": backbone.spec.timm_name,
-        "timm_kwargs": backbone.timm_kwargs, "weights_source": backbone.source,
+        "timm_kwargs": backbone.timm_kwargs, "pool_stages": backbone.pool_stages, "weights_source": backbone.source,
         "preprocessing": backbone.preprocessing, "strategy": strategy,
         "head": {"in_features": backbone.num_features, "hidden": list(config.head_hidden),
                  "dropout": config.head_dropout, "batch_norm": config.head_bn},

@@ -20,6 +20,7 @@ from ..errors import ModelError
 from . import efficientnet_lite
 from .files import FoundWeights, load_weights_file
 from .registry import BackboneSpec, resolve_backbone
+from .stages import PooledStages
 
 HUB_HOST = "huggingface.co"
 
@@ -27,11 +28,12 @@ HUB_HOST = "huggingface.co"
 @dataclass
 class Backbone:
     spec: BackboneSpec
-    model: nn.Module  # timm model; outputs pooled features unless keep_classifier was asked for
+    model: nn.Module  # timm model (PooledStages with pool_stages); outputs pooled features unless keep_classifier
     source: str  # where the weights came from, for the run record
     preprocessing: dict  # input_size, interpolation, mean, std, crop_pct, crop_mode
     pretrained: bool
     timm_kwargs: dict = field(default_factory=dict)  # rebuilds the same architecture later
+    pool_stages: int = 0  # earlier stages whose pooled outputs join the features (stages.py)
 
     @property
     def num_features(self) -> int:
@@ -47,6 +49,7 @@ def load_backbone(
     allow_random_init: bool = False,
     image_size: int | None = None,
     keep_classifier: bool = False,
+    pool_stages: int = 0,
 ) -> Backbone:
     """Resolve `name`, load its weights and the preprocessing those weights expect."""
     spec = resolve_backbone(name)
@@ -79,7 +82,9 @@ def load_backbone(
         timm_kwargs["num_classes"] = 0
     model.eval()
     preprocessing = _preprocessing(model, found.preprocessing if found else {}, image_size)
-    return Backbone(spec, model, source, preprocessing, not source.startswith("random"), timm_kwargs)
+    if pool_stages:
+        model = PooledStages(model, pool_stages)
+    return Backbone(spec, model, source, preprocessing, not source.startswith("random"), timm_kwargs, pool_stages)
 
 
 def _create(timm_name: str, kwargs: dict, found: FoundWeights | None, use_hub: bool) -> nn.Module:
@@ -147,6 +152,7 @@ def _preprocessing(model: nn.Module, overrides: dict, image_size: int | None) ->
     return config
 
 
-def build_architecture(name: str, timm_kwargs: dict) -> nn.Module:
+def build_architecture(name: str, timm_kwargs: dict, pool_stages: int = 0) -> nn.Module:
     """A random-init backbone of the same architecture, to load a saved model into."""
-    return timm.create_model(resolve_backbone(name).timm_name, pretrained=False, **timm_kwargs)
+    model = timm.create_model(resolve_backbone(name).timm_name, pretrained=False, **timm_kwargs)
+    return PooledStages(model, pool_stages) if pool_stages else model

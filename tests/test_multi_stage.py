@@ -1,0 +1,76 @@
+"""Multi-stage features (--pool-stages) and whole-image upscaling of small images."""
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torchvision import transforms
+
+from showdown import RunConfig, run
+from showdown.backbones import load_backbone
+from showdown.data.images import eval_transform, load_rgb
+from showdown.data.small import without_centre_crop
+from showdown.errors import ConfigError
+from showdown.export import export_model
+from showdown.model_io import load_model
+from showdown.predict import open_model
+
+
+def test_pooled_stages_put_the_pooled_stage_outputs_before_the_final_features():
+    backbone = load_backbone("efficientnet_lite0", image_size=96, pool_stages=2)
+    inner = backbone.model.model
+    seen = {}
+    for name in ("blocks.4", "blocks.6"):  # timm's last two feature stages of EfficientNet-Lite0
+        inner.get_submodule(name).register_forward_hook(lambda m, i, out, name=name: seen.__setitem__(name, out))
+    images = torch.randn(2, 3, 96, 96)
+    with torch.inference_mode():
+        features = backbone.model.eval()(images)
+        final = inner(images)
+    assert backbone.num_features == 112 + 320 + 1280 == features.shape[1]
+    expected = torch.cat([seen["blocks.4"].mean((2, 3)), seen["blocks.6"].mean((2, 3)), final], 1)
+    torch.testing.assert_close(features, expected)
+
+
+def test_a_stage_that_is_the_final_feature_map_is_not_counted_twice():
+    resnet = load_backbone("resnet50", image_size=64, allow_random_init=True, pool_stages=2)
+    assert resnet.num_features == 2048 + 1024 + 512  # layer3, layer2; layer4 is the final map itself
+    with pytest.raises(ConfigError, match="has 4 stages below"):
+        load_backbone("mobilenetv1_100", image_size=64, allow_random_init=True, pool_stages=5)
+
+
+def test_pool_stages_with_finetune_is_a_config_error():
+    with pytest.raises(ConfigError, match="frozen backbones"):
+        RunConfig(strategies=["head", "finetune"], pool_stages=2).validate()
+
+
+def test_a_multi_stage_model_predicts_and_exports_the_same_numbers(demo_copy, tmp_path):
+    out = tmp_path / "run"
+    run(RunConfig(data=str(demo_copy), models=["efficientnet_lite0"], image_size=96, pool_stages=2, epochs=2,
+                  workers=0, out=str(out), record=False, report=False), echo=lambda *_: None)
+    model, info = load_model(out / "efficientnet_lite0-head")
+    assert info["pool_stages"] == 2 and model.head.layers[-1].in_features == 112 + 320 + 1280
+    images = sorted((demo_copy / "roses").iterdir())[:4]
+    batch = torch.stack([eval_transform(info["preprocessing"])(load_rgb(p)) for p in images])
+    with torch.inference_mode():
+        expected = model(batch).softmax(1).numpy()
+    exported = open_model(export_model(out, "onnx"))
+    np.testing.assert_allclose(exported(batch), expected, atol=1e-4)
+
+
+def test_small_square_images_are_upscaled_whole(demo_dir, tmp_path):
+    """A 32 px thumbnail has no margin for the centre crop to trim: the crop goes, the rest stays."""
+    items = []
+    for i, path in enumerate(sorted((demo_dir / "roses").iterdir())[:3]):
+        items.append((tmp_path / f"{i}.png", 0))
+        load_rgb(path).resize((32, 32), Image.BICUBIC).save(items[-1][0])
+    preprocessing = load_backbone("efficientnet_lite0").preprocessing
+    assert preprocessing["crop_pct"] < 1
+    whole = without_centre_crop(preprocessing, items)
+    assert whole == {**preprocessing, "crop_pct": 1.0}
+    image = load_rgb(items[0][0])
+    direct = transforms.Compose([transforms.Resize((224, 224), transforms.InterpolationMode.BICUBIC),
+                                 transforms.ToTensor(), transforms.Normalize(whole["mean"], whole["std"])])
+    upscaled = eval_transform(whole)(image)
+    torch.testing.assert_close(upscaled, direct(image))  # the whole thumbnail, upscaled
+    assert not torch.allclose(upscaled, eval_transform(preprocessing)(image), atol=1e-2)
+    photos = [(p, 0) for p in sorted((demo_dir / "roses").iterdir())[:3]]
+    assert without_centre_crop(preprocessing, photos) is None  # photos keep the crop their weights expect
