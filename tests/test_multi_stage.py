@@ -1,4 +1,7 @@
-"""Multi-stage features (--pool-stages) and whole-image upscaling of small images."""
+"""The CIFAR-10 accuracy levers: multi-stage features (--pool-stages), whole-image upscaling of small images,
+and flip test-time augmentation (--tta flip)."""
+import csv
+
 import numpy as np
 import pytest
 import torch
@@ -42,16 +45,25 @@ def test_pool_stages_with_finetune_is_a_config_error():
         RunConfig(strategies=["head", "finetune"], pool_stages=2).validate()
 
 
-def test_a_multi_stage_model_predicts_and_exports_the_same_numbers(demo_copy, tmp_path):
+def test_a_multi_stage_model_with_flip_tta_evaluates_predicts_and_exports_the_same_numbers(demo_copy, tmp_path):
+    """The run scores test images from cached features (and cached mirror-image features for --tta flip); the
+    saved model, recomputed from the images, and its ONNX export must give the same probabilities."""
     out = tmp_path / "run"
-    run(RunConfig(data=str(demo_copy), models=["efficientnet_lite0"], image_size=96, pool_stages=2, epochs=2,
-                  workers=0, out=str(out), record=False, report=False), echo=lambda *_: None)
+    run(RunConfig(data=str(demo_copy), models=["efficientnet_lite0"], image_size=96, pool_stages=2, tta="flip",
+                  epochs=2, workers=0, out=str(out), record=False, report=False), echo=lambda *_: None)
     model, info = load_model(out / "efficientnet_lite0-head")
     assert info["pool_stages"] == 2 and model.head.layers[-1].in_features == 112 + 320 + 1280
-    images = sorted((demo_copy / "roses").iterdir())[:4]
-    batch = torch.stack([eval_transform(info["preprocessing"])(load_rgb(p)) for p in images])
+    assert info["tta"] == "flip" and model.tta == "flip"
+    with open(out / "efficientnet_lite0-head" / "predictions.csv") as f:
+        rows = list(csv.DictReader(f))
+    batch = torch.stack([eval_transform(info["preprocessing"])(load_rgb(row["path"])) for row in rows])
     with torch.inference_mode():
-        expected = model(batch).softmax(1).numpy()
+        logits = model(batch)
+        plain = model.head(model.backbone(batch))
+        mirrored = model.head(model.backbone(batch.flip(-1)))
+    torch.testing.assert_close(logits, (plain + mirrored) / 2)
+    expected = logits.softmax(1).numpy()
+    np.testing.assert_allclose([float(row["confidence"]) for row in rows], expected.max(1), atol=1e-4)
     exported = open_model(export_model(out, "onnx"))
     np.testing.assert_allclose(exported(batch), expected, atol=1e-4)
 

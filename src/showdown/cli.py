@@ -55,6 +55,7 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--seed", type=int, default=S)
     g.add_argument("--repeats", type=int, default=S, help="train each configuration with this many seeds")
     g.add_argument("--grad-clip", type=float, default=S, help="clip the gradient norm")
+    g.add_argument("--tta", default=S, help="test-time augmentation: none or flip (average with the mirror image)")
     g.add_argument("--augment", default=S,
                    help="none, flip (cached mirror images), light (flip + random-resized-crop) or strong (+ RandAugment, mixup/cutmix)")
     g.add_argument("--class-weight", default=S, help="none or balanced (loss weighted by inverse class frequency)")

@@ -11,6 +11,7 @@ from .errors import ConfigError
 
 STRATEGIES = ("head", "finetune", "scratch", "scratch-cnn")
 AUGMENTS = ("none", "flip", "light", "strong")
+TTAS = ("none", "flip")
 OPTIMIZERS = ("adamw", "adam", "sgd")
 SCHEDULES = ("plateau", "cosine", "onecycle")
 PRECISIONS = ("auto", "fp32", "bf16")
@@ -46,6 +47,7 @@ class RunConfig:
     label_smoothing: float = 0.1
     grad_clip: float | None = None
     augment: str = "none"
+    tta: str = "none"  # test-time augmentation: "flip" averages each test image with its mirror image
     class_weight: str = "none"  # or "balanced": weight the loss by inverse class frequency
     seed: int = 0
     repeats: int = 1  # train every configuration with seeds seed, seed+1, ...; the split stays that of `seed`
@@ -86,6 +88,7 @@ class RunConfig:
         _choice("precision", self.precision, PRECISIONS)
         _choice("runtime", self.runtime, RUNTIMES)
         _choice("augment", self.augment, AUGMENTS)
+        _choice("tta", self.tta, TTAS)
         _choice("class-weight", self.class_weight, ("none", "balanced"))
         parse_unfreeze(self.unfreeze)
         if len(self.split) != 3 or any(f < 0 for f in self.split) or abs(sum(self.split) - 1) > 1e-6:

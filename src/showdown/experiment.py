@@ -250,7 +250,8 @@ class Entry:
 
 
 def _extract_all(entry: Entry) -> dict:
-    """Cached features per split; with `--augment flip` also "train_mirrored", the mirror images' features."""
+    """Cached features per split; with `--augment flip` also "train_mirrored", the mirror images' features, and
+    with `--tta flip` "test_mirrored"."""
     def extract(split: str, mirror: bool = False):
         return extract_features(entry.backbone, entry.dataset.splits[split], precision=entry.precision,
                                 batch_size=FEATURE_BATCH, workers=entry.config.workers, cache_dir=entry.cache_dir,
@@ -259,6 +260,8 @@ def _extract_all(entry: Entry) -> dict:
     features = {split: extract(split) for split in SPLITS}
     if entry.config.augment == "flip":
         features["train_mirrored"] = extract("train", mirror=True)
+    if entry.config.tta == "flip":
+        features["test_mirrored"] = extract("test", mirror=True)
     return features
 
 
@@ -361,13 +364,35 @@ def _ram_bytes() -> int:
 def _evaluate(entry: Entry, features):
     """Test probabilities from cached features when the backbone is unchanged, else from the images."""
     if features is not None:
-        probs, y_true = predict_proba(entry.model.head, feature_batches(features["test"], 1024))
+        probs, y_true = predict_proba(_HeadWithTTA(entry.model.head), _test_feature_batches(features))
         kept = features["test"].indices.tolist()
     else:
         batches = entry.images("test")
         probs, y_true = predict_proba(entry.model, batches, entry.precision)
         kept = _readable_indices(batches)
     return probs, y_true, [entry.dataset.splits["test"][i] for i in kept]
+
+
+class _HeadWithTTA(nn.Module):
+    """The head on cached features, averaging the logits of each test image and of its mirror image when both
+    are given: what ImageClassifier(tta="flip") computes from the images."""
+
+    def __init__(self, head: nn.Module):
+        super().__init__()
+        self.head = head
+
+    def forward(self, features):
+        if isinstance(features, tuple):
+            return (self.head(features[0]) + self.head(features[1])) / 2
+        return self.head(features)
+
+
+def _test_feature_batches(features: dict):
+    test = feature_batches(features["test"], 1024)
+    if "test_mirrored" not in features:
+        return test
+    mirrored = feature_batches(features["test_mirrored"], 1024)
+    return [((x, x_mirrored), y) for (x, y), (x_mirrored, _) in zip(test, mirrored)]
 
 
 def _readable_indices(batches: XY) -> list[int]:
@@ -398,7 +423,7 @@ def run_strategy(strategy, backbone, dataset, config, precision, runtime, folder
                                  pool_stages=config.pool_stages)
         _fit_small_images(backbone, dataset)
     head = Head(backbone.num_features, len(dataset.classes), config.head_hidden, config.head_dropout, config.head_bn)
-    model = ImageClassifier(backbone.model, head)
+    model = ImageClassifier(backbone.model, head, config.tta)
     folder.mkdir(parents=True, exist_ok=True)
     base, _, unfreeze_spec = strategy.partition("=")  # finetune=layers:20 names its own unfreeze
     if unfreeze_spec:
@@ -445,7 +470,7 @@ def _write_entry(entry: Entry, strategy, metrics, history, probs, y_true, test_i
     save_model(model, folder, {
         "classes": dataset.classes, "backbone": backbone.spec.name, "timm_name": backbone.spec.timm_name,
         "timm_kwargs": backbone.timm_kwargs, "pool_stages": backbone.pool_stages, "weights_source": backbone.source,
-        "preprocessing": backbone.preprocessing, "strategy": strategy,
+        "preprocessing": backbone.preprocessing, "strategy": strategy, "tta": config.tta,
         "head": {"in_features": backbone.num_features, "hidden": list(config.head_hidden),
                  "dropout": config.head_dropout, "batch_norm": config.head_bn},
     })

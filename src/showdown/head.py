@@ -34,12 +34,20 @@ class Head(nn.Module):
 
 
 class ImageClassifier(nn.Module):
-    """Backbone (outputs globally pooled features) followed by the head."""
+    """Backbone (outputs globally pooled features) followed by the head.
 
-    def __init__(self, backbone: nn.Module, head: Head):
+    With tta="flip" an evaluating model averages the logits of each image and of its mirror image (test-time
+    augmentation); it is part of the model, so evaluation, `showdown predict` and exported files agree.
+    """
+
+    def __init__(self, backbone: nn.Module, head: Head, tta: str = "none"):
         super().__init__()
         self.backbone = backbone
         self.head = head
+        self.tta = tta
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.head(self.backbone(images))
+        logits = self.head(self.backbone(images))
+        if self.tta == "flip" and not self.training:
+            logits = (logits + self.head(self.backbone(images.flip(-1)))) / 2
+        return logits

@@ -33,6 +33,6 @@ def load_model(directory: Path) -> tuple[ImageClassifier, dict]:
         backbone = build_architecture(info["backbone"], info["timm_kwargs"], info.get("pool_stages", 0))
     head_cfg = info["head"]
     head = Head(head_cfg["in_features"], len(info["classes"]), head_cfg["hidden"], head_cfg["dropout"], head_cfg["batch_norm"])
-    model = ImageClassifier(backbone, head)
+    model = ImageClassifier(backbone, head, info.get("tta", "none"))
     model.load_state_dict(load_file(str(weights)))
     return model.eval(), info
