@@ -41,7 +41,7 @@ def test_a_stage_that_is_the_final_feature_map_is_not_counted_twice():
 
 
 def test_pool_stages_with_finetune_is_a_config_error():
-    with pytest.raises(ConfigError, match="frozen backbones"):
+    with pytest.raises(ConfigError, match="not finetune"):
         RunConfig(strategies=["head", "finetune"], pool_stages=2).validate()
 
 

@@ -103,8 +103,8 @@ class RunConfig:
         if self.pool_stages < 0:
             raise ConfigError(f"--pool-stages must be 0 or more (got {self.pool_stages})")
         if self.pool_stages and any(s.startswith("finetune") for s in self.strategies):
-            raise ConfigError("--pool-stages is for frozen backbones (head, scratch); finetune trains on the final "
-                              "features only")
+            raise ConfigError("--pool-stages works with the head and scratch strategies, not finetune (its "
+                              "frozen-bottom cache splits the plain network)")
         return self
 
     def to_dict(self) -> dict:
