@@ -193,17 +193,21 @@ class MirrorBatches:
 
 
 class XY:
-    """(inputs, targets) batches from an image loader, whose batches also carry indices and failures."""
+    """(inputs, targets) batches from an image loader, whose batches also carry indices and failures.
+    `readable` lists, after a pass, the item indices of the images it yielded (unreadable files are skipped)."""
 
     def __init__(self, loader):
         self.loader = loader
+        self.readable: list[int] = []
 
     def __len__(self) -> int:
         return len(self.loader)
 
     def __iter__(self):
-        for images, labels, _, _ in self.loader:
+        self.readable = []
+        for images, labels, indices, _ in self.loader:
             if len(images):
+                self.readable += indices.tolist()
                 yield images.contiguous(memory_format=torch.channels_last), labels
 
 
@@ -369,7 +373,7 @@ def _evaluate(entry: Entry, features):
     else:
         batches = entry.images("test")
         probs, y_true = predict_proba(entry.model, batches, entry.precision)
-        kept = _readable_indices(batches)
+        kept = batches.readable  # recorded during that pass: the test images are decoded once
     return probs, y_true, [entry.dataset.splits["test"][i] for i in kept]
 
 
@@ -393,10 +397,6 @@ def _test_feature_batches(features: dict):
         return test
     mirrored = feature_batches(features["test_mirrored"], 1024)
     return [((x, x_mirrored), y) for (x, y), (x_mirrored, _) in zip(test, mirrored)]
-
-
-def _readable_indices(batches: XY) -> list[int]:
-    return [i for _, _, indices, _ in batches.loader for i in indices.tolist()]
 
 
 def entry_folder(run_dir: Path, model_name: str, strategy: str, seed: int = 0, repeats: int = 1) -> Path:
