@@ -396,7 +396,7 @@ def _test_feature_batches(features: dict):
     if "test_mirrored" not in features:
         return test
     mirrored = feature_batches(features["test_mirrored"], 1024)
-    return [((x, x_mirrored), y) for (x, y), (x_mirrored, _) in zip(test, mirrored)]
+    return (((x, x_mirrored), y) for (x, y), (x_mirrored, _) in zip(test, mirrored))  # one pass, no copies kept
 
 
 def entry_folder(run_dir: Path, model_name: str, strategy: str, seed: int = 0, repeats: int = 1) -> Path:

@@ -2,7 +2,7 @@
 
 The final features of an ImageNet network are tuned to ImageNet's classes; the middle stages carry more
 generic shapes and textures, which transfer better to images far from ImageNet (CIFAR's 32 px thumbnails:
-+2 to 3 points for a linear head on EfficientNet-Lite0, docs/performance.md). `--pool-stages K` puts the
++2 to 2.5 points for a linear probe on EfficientNet-Lite0 on a subset, docs/performance.md). `--pool-stages K` puts the
 pooled outputs of the last K stages before the final features in front of them. The backbone stays frozen
 and its weights unchanged; only what the head sees grows.
 """

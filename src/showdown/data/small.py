@@ -50,7 +50,7 @@ def without_centre_crop(preprocessing: dict, items: list[tuple[Path, int]]) -> d
     """The preprocessing minus its centre crop when the images are small squares, else None.
 
     The crop trims the margins of photos larger than the input; upscaled 32 px thumbnails have none to spare
-    (whole-image upscaling scores 2 points more on CIFAR-10, docs/performance.md)."""
+    (whole-image upscaling scored 2 points more on a CIFAR-10 subset, docs/performance.md)."""
     if preprocessing.get("crop_pct", 1.0) >= 1.0 or not small_square_side(items, preprocessing["input_size"]):
         return None
     return {**preprocessing, "crop_pct": 1.0}
