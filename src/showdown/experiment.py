@@ -352,7 +352,8 @@ def _boundary_top(entry: Entry):
     echo(f"  boundary cache: frozen bottom ({cut} of {len(layers)} layers) runs once, {need / 2**20:.0f} MB in bf16")
     def activations(split: str, mirror: bool = False):
         return forward_frozen(bottom, backbone.preprocessing, entry.dataset.splits[split], precision=entry.precision,
-                              batch_size=FEATURE_BATCH, workers=config.workers, desc=f"boundary {split}",
+                              batch_size=FEATURE_BATCH, workers=config.workers,
+                              desc=f"boundary {split}", name=f"the frozen bottom of {backbone.spec.name}",
                               store_dtype=torch.bfloat16, runtime=entry.runtime, mirror=mirror)
 
     batches = {split: activations(split) for split in SPLITS}

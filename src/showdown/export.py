@@ -11,12 +11,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .errors import ConfigError
+from .errors import ConfigError, ModelError
 from .model_io import load_model
+from .onnx_graph import OnnxExportError, onnx_graph
 from .predict import METADATA_KEY, choose_entry
 
 FORMATS = {"onnx": ".onnx", "torchscript": ".pt"}
-ONNX_OPSET = 17
 
 
 class Probabilities(nn.Module):
@@ -51,21 +51,13 @@ def export_model(model_path: str | Path, fmt: str, out: str | Path | None = None
     return out
 
 
-def onnx_graph(model: nn.Module, example: torch.Tensor, path: Path, output: str = "probabilities") -> None:
-    """`model` as an ONNX file with input "image" and a dynamic batch axis (also what `showdown bench` times)."""
-    with warnings.catch_warnings():
-        # The TorchScript-based exporter is deprecated in favour of torch.export, which needs onnxscript;
-        # it handles these CNNs well and keeps the dependency list short.
-        warnings.simplefilter("ignore")
-        torch.onnx.export(model, (example,), str(path), dynamo=False, opset_version=ONNX_OPSET,
-                          input_names=["image"], output_names=[output],
-                          dynamic_axes={"image": {0: "batch"}, output: {0: "batch"}})
-
-
 def _export_onnx(model: nn.Module, example: torch.Tensor, path: Path, metadata: str) -> None:
     import onnx
 
-    onnx_graph(model, example, path)
+    try:
+        onnx_graph(model, example, path)
+    except OnnxExportError as exc:
+        raise ModelError(f"this model cannot be exported to ONNX ({exc}); try --format torchscript") from exc
     graph = onnx.load(str(path))
     entry = graph.metadata_props.add()
     entry.key, entry.value = METADATA_KEY, metadata

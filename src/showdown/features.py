@@ -84,7 +84,8 @@ def extract_features(backbone: Backbone, items: list[tuple[Path, int]], *, preci
             return Features(f.get_tensor("features"), f.get_tensor("labels"), f.get_tensor("indices"), failed, True)
     CACHE_STATS["miss"] += 1
     features = forward_frozen(backbone.model, backbone.preprocessing, items, precision=precision,
-                              batch_size=batch_size, workers=workers, desc=desc, runtime=runtime, mirror=mirror)
+                              batch_size=batch_size, workers=workers, desc=desc, runtime=runtime, mirror=mirror,
+                              name=backbone.spec.name)
     if path is not None:
         cache_dir.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
@@ -96,9 +97,9 @@ def extract_features(backbone: Backbone, items: list[tuple[Path, int]], *, preci
 
 def forward_frozen(module: torch.nn.Module, preprocessing: dict, items, *, precision: str, batch_size: int,
                    workers: int, desc: str = "features", store_dtype=torch.float32, runtime: str = "torch",
-                   mirror: bool = False) -> Features:
+                   mirror: bool = False, name: str = "the frozen layers") -> Features:
     """Run a frozen module once over the images (with `runtime`, see runtime.py), or over their mirror images;
-    unreadable files are skipped and listed."""
+    unreadable files are skipped and listed. `name` is the model's, for the log."""
     module = module.eval().to(memory_format=torch.channels_last)
     side = small_square_side(items, preprocessing["input_size"])
     resize = batch_resize(preprocessing, side) if side else None
@@ -115,7 +116,7 @@ def forward_frozen(module: torch.nn.Module, preprocessing: dict, items, *, preci
             failed += [str(items[i][0]) for i in batch_failed]
             if len(images):
                 images = (images.flip(-1) if mirror else images).contiguous(memory_format=torch.channels_last)
-                forward = forward or frozen_forward(module, images, precision, runtime)
+                forward = forward or frozen_forward(module, images, precision, runtime, name)
                 chunks.append(forward(images).to(store_dtype))
                 labels.append(batch_labels)
                 indices.append(batch_indices)

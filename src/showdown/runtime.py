@@ -16,8 +16,10 @@ from typing import Callable
 import torch
 
 from .errors import ConfigError
+from .onnx_graph import OnnxExportError, one_line, onnx_graph
 
 log = logging.getLogger(__name__)
+_fallen_back: set[str] = set()  # models already reported as running in PyTorch instead of ONNX Runtime
 
 
 def resolve_runtime(requested: str, precision: str) -> str:
@@ -31,8 +33,6 @@ def resolve_runtime(requested: str, precision: str) -> str:
 def onnx_session(model: torch.nn.Module, example: torch.Tensor):
     """`model` exported to ONNX (input "image", dynamic batch) and opened in ONNX Runtime on the CPU."""
     import onnxruntime as ort
-
-    from .export import onnx_graph
 
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "model.onnx"
@@ -58,15 +58,18 @@ def frozen_graph(model: torch.nn.Module, example: torch.Tensor, precision: str):
         return model
 
 
-def frozen_forward(model: torch.nn.Module, example: torch.Tensor, precision: str,
-                   runtime: str) -> Callable[[torch.Tensor], torch.Tensor]:
+def frozen_forward(model: torch.nn.Module, example: torch.Tensor, precision: str, runtime: str,
+                   name: str = "the frozen layers") -> Callable[[torch.Tensor], torch.Tensor]:
     """A function images -> outputs computing the frozen `model` with the chosen engine (call it under
-    inference_mode and the precision's autocast)."""
+    inference_mode and the precision's autocast). `name` says which model a fallback note is about."""
     if runtime == "onnxruntime":
         try:
             session = onnx_session(model, example[:1].contiguous())
-        except Exception as exc:  # a model ONNX cannot express still runs, in PyTorch
-            log.warning("ONNX export of %s failed (%s); extracting with PyTorch", type(model).__name__, exc)
+        except Exception as exc:  # a model ONNX cannot express, or ONNX Runtime cannot run, still runs in PyTorch
+            if name not in _fallen_back:  # one line per model, not one per split
+                _fallen_back.add(name)
+                reason = str(exc) if isinstance(exc, OnnxExportError) else one_line(exc)
+                log.warning("ONNX export of %s failed (%s); running it in PyTorch", name, reason)
         else:
             def run(images: torch.Tensor) -> torch.Tensor:
                 (out,) = session.run(None, {"image": images.contiguous().numpy()})

@@ -10,9 +10,11 @@ from __future__ import annotations
 import os
 import socket
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import timm
+import torch
 from timm.data import resolve_data_config
 from torch import nn
 
@@ -35,9 +37,11 @@ class Backbone:
     timm_kwargs: dict = field(default_factory=dict)  # rebuilds the same architecture later
     pool_stages: int = 0  # earlier stages whose pooled outputs join the features (stages.py)
 
-    @property
+    @cached_property
     def num_features(self) -> int:
-        return self.model.num_features
+        """Width of what the model hands the head, measured by one forward pass. timm's `num_features` counts
+        the final feature map's channels, which is not always what comes out: VGG's pre-logits MLP gives 4,096."""
+        return output_width(self.model, self.preprocessing["input_size"])
 
 
 def load_backbone(
@@ -150,6 +154,15 @@ def _preprocessing(model: nn.Module, overrides: dict, image_size: int | None) ->
     config["mean"] = tuple(float(v) for v in config["mean"])
     config["std"] = tuple(float(v) for v in config["std"])
     return config
+
+
+def output_width(model: nn.Module, input_size: tuple[int, int, int]) -> int:
+    was_training = model.training
+    try:
+        with torch.inference_mode():
+            return model.eval()(torch.zeros(1, *input_size)).shape[1]
+    finally:
+        model.train(was_training)
 
 
 def build_architecture(name: str, timm_kwargs: dict, pool_stages: int = 0) -> nn.Module:

@@ -31,7 +31,6 @@ class PooledStages(nn.Module):
         super().__init__()
         self.model = model
         self.indices = stage_indices(model, count)
-        self.num_features = model.num_features + sum(model.feature_info[i]["num_chs"] for i in self.indices)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         final, stages = self.model.forward_intermediates(images, indices=self.indices)
