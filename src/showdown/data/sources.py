@@ -7,15 +7,19 @@ from pathlib import Path
 
 from ..errors import DataError
 from .archive import extract_once, is_archive
+from .cifar_pickles import cifar_to_folders, is_cifar_pickles
 from .download import download_named
 
 DEMO = "demo"
 NAMED = ("tf_flowers", "cifar10", "cifar100")
-# Where a named dataset may already sit under the data root, first match wins.
+# Where a named dataset may already sit, first match wins: our ImageFolder trees and archives, then the forms
+# torchvision and Keras leave on disk (the official CIFAR pickles, the flower_photos folder and archive).
 _LOCAL_NAMES = {
-    "tf_flowers": ("tf_flowers", "flower_photos", "tf_flowers.tgz", "flower_photos.tgz"),
-    "cifar10": ("cifar10", "cifar10_jpg", "cifar10-jpg.tar.gz", "cifar10.tar.gz"),
-    "cifar100": ("cifar100", "cifar100_jpg", "cifar100-jpg.tar.gz", "cifar100.tar.gz"),
+    "tf_flowers": ("tf_flowers", "flower_photos", "tf_flowers.tgz", "flower_photos.tgz", "flower_photos.tar"),
+    "cifar10": ("cifar10", "cifar10_jpg", "cifar10-jpg.tar.gz", "cifar10.tar.gz",
+                "cifar-10-batches-py", "cifar-10-python.tar.gz"),
+    "cifar100": ("cifar100", "cifar100_jpg", "cifar100-jpg.tar.gz", "cifar100.tar.gz",
+                 "cifar-100-python", "cifar-100-python.tar.gz"),
 }
 
 
@@ -25,6 +29,11 @@ def cache_root() -> Path:
 
 def data_root(explicit: str | None) -> Path:
     return Path(explicit or os.environ.get("SHOWDOWN_DATA") or cache_root() / "data").expanduser()
+
+
+def keras_datasets_dir() -> Path:
+    """Where keras.datasets and keras.utils.get_file keep downloads."""
+    return Path(os.environ.get("KERAS_HOME") or Path.home() / ".keras").expanduser() / "datasets"
 
 
 def demo_path() -> Path:
@@ -41,21 +50,33 @@ def resolve_data(data: str, root: str | None) -> tuple[str, Path]:
     if not path.exists():
         hint = f" (or a name: {', '.join((DEMO, *NAMED))})" if os.sep not in data else ""
         raise DataError(f"dataset path {data} does not exist{hint}")
-    if path.is_dir():
-        return path.name, path
-    if is_archive(path):
-        return path.name.split(".")[0], single_top_folder(extract_once(path, cache_root() / "extracted"))
+    if path.is_dir() or is_archive(path):
+        return path.name.split(".")[0], image_folder(path)
     raise DataError(f"{data} is neither a folder of class sub-folders nor a .zip/.tar/.tar.gz archive")
 
 
 def _named(name: str, root: Path) -> Path:
-    for candidate in _LOCAL_NAMES[name]:
-        path = root / candidate
-        if path.is_dir():
-            return single_top_folder(path)
-        if is_archive(path):
-            return single_top_folder(extract_once(path, cache_root() / "extracted"))
-    return download_named(name, root)
+    # Keras 2 keeps downloads directly in its folder, Keras 3 one folder down (<name>_extracted/<name>).
+    keras = keras_datasets_dir()
+    places = [root, keras, *(sorted(p for p in keras.iterdir() if p.is_dir()) if keras.is_dir() else [])]
+    for place in places:
+        for candidate in _LOCAL_NAMES[name]:
+            path = place / candidate
+            if path.is_dir() or is_archive(path):
+                return image_folder(path)
+    return image_folder(download_named(name, root, also_looked_in=keras))
+
+
+def image_folder(path: Path) -> Path:
+    """The ImageFolder tree inside a folder or archive, converting the official CIFAR pickles on the way."""
+    if is_archive(path):
+        path = extract_once(path, cache_root() / "extracted")
+        pickles = [p for p in path.iterdir() if is_cifar_pickles(p)]
+        if pickles:
+            path = pickles[0]
+    if is_cifar_pickles(path):
+        return cifar_to_folders(path, cache_root() / "extracted")
+    return single_top_folder(path)
 
 
 def single_top_folder(path: Path) -> Path:

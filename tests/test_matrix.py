@@ -1,0 +1,65 @@
+"""Every named backbone through every strategy: it trains, writes its metrics, reloads, predicts the same, and its
+ONNX export gives PyTorch's probabilities. Random init (no hub here) at small inputs on a few real demo photos,
+one epoch, so the whole matrix stays quick. fp32, so that the recorded predictions can be compared exactly."""
+import csv
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from showdown import RunConfig, run
+from showdown.data.images import eval_transform, load_rgb
+from showdown.export import export_model
+from showdown.model_io import load_model
+from showdown.predict import open_model, predict_files
+
+# Input size per backbone: the smallest that keeps it quick; InceptionV3's stem needs at least 75 px.
+BACKBONES = {"efficientnet_lite0": 64, "mobilenet_v2": 64, "mobilenet_v1": 64, "resnet50": 64, "vgg16": 64,
+             "inception_v3": 96}
+STRATEGIES = ["head", "finetune=blocks:1", "finetune=layers:2", "scratch"]
+
+
+@pytest.fixture(scope="module", params=list(BACKBONES))
+def showdown_run(request, tmp_path_factory):
+    name = request.param
+    out = tmp_path_factory.mktemp("matrix") / name
+    results = run(RunConfig(data="demo", models=[name], strategies=STRATEGIES, pretrained=False,
+                            image_size=BACKBONES[name], max_per_class=4, epochs=1, batch_size=32, workers=0, precision="fp32",
+                            out=str(out), report=False, record=False), echo=lambda *_: None)
+    return name, results
+
+
+def _entry(results, strategy):
+    (row,) = [r for r in results.rows if r["strategy"] == strategy]
+    return results.run_dir / row["folder"], row
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_every_backbone_trains_saves_predicts_and_exports(showdown_run, strategy):
+    name, results = showdown_run
+    folder, row = _entry(results, strategy)
+    metrics = json.loads((folder / "metrics.json").read_text())
+    assert metrics["model"] == name and metrics["strategy"] == strategy and metrics["pretrained"] is False
+    assert 0 <= metrics["accuracy"] <= 1 and np.isfinite(metrics["loss"])
+    assert np.array(metrics["confusion_matrix"]).sum() == 10  # 2 test images per class, each counted once
+    history = list(csv.DictReader(open(folder / "history.csv")))
+    assert history and all(np.isfinite(float(h["train_loss"])) for h in history)
+    trainable = row["trainable_params"]
+    head_only = strategy == "head"
+    model, info = load_model(folder)
+    backbone_params = sum(p.numel() for p in model.backbone.parameters())
+    assert (trainable < backbone_params) if head_only or strategy.startswith("finetune") else trainable >= backbone_params
+
+    # The reloaded model predicts what the run recorded for each test image.
+    recorded = list(csv.DictReader(open(folder / "predictions.csv")))
+    predicted = list(predict_files(open_model(folder), [r["path"] for r in recorded]))
+    np.testing.assert_allclose([p["top"][0][1] for p in predicted], [float(r["confidence"]) for r in recorded],
+                               atol=1e-4)
+
+    # Its ONNX export computes the same probabilities.
+    images = torch.stack([eval_transform(info["preprocessing"])(load_rgb(r["path"])) for r in recorded[:4]])
+    with torch.inference_mode():
+        expected = model(images).softmax(1).numpy()
+    exported = open_model(export_model(folder, "onnx"))
+    np.testing.assert_allclose(exported(images), expected, atol=1e-4)
