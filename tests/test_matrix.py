@@ -63,3 +63,38 @@ def test_every_backbone_trains_saves_predicts_and_exports(showdown_run, strategy
         expected = model(images).softmax(1).numpy()
     exported = open_model(export_model(folder, "onnx"))
     np.testing.assert_allclose(exported(images), expected, atol=1e-4)
+
+
+class _NoOnnx(torch.nn.Module):
+    """A frozen part the ONNX exporter cannot express (no ONNX operator for eigh)."""
+
+    def forward(self, x):
+        gram = x.flatten(2) @ x.flatten(2).transpose(1, 2)
+        return torch.linalg.eigvalsh(gram)
+
+
+def test_a_frozen_part_onnx_cannot_express_falls_back_in_one_log_line(caplog, capfd):
+    from showdown.runtime import frozen_forward
+
+    x = torch.randn(2, 3, 8, 8)
+    with caplog.at_level("INFO"):
+        for _ in range(3):  # three splits, one note
+            forward = frozen_forward(_NoOnnx(), x, "fp32", "onnxruntime", "no-onnx-net")
+    notes = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(notes) == 1 and "no-onnx-net" in notes[0] and "\n" not in notes[0]
+    out, err = capfd.readouterr()
+    assert "graph" not in out + err and len((out + err).splitlines()) <= 1  # no TorchScript IR dump
+    torch.testing.assert_close(forward(x), _NoOnnx()(x))  # and it still computes, in PyTorch
+
+
+@pytest.mark.parametrize("size", [2, 3, 4, 5, 7, 9])
+def test_adaptive_pooling_to_any_size_exports_exactly(size, tmp_path):
+    from showdown.onnx_graph import onnx_graph
+
+    pool = torch.nn.AdaptiveAvgPool2d(7)  # what timm's VGG does before its 7x7 pre-logits convolution
+    x = torch.randn(2, 4, size, size + 1)
+    onnx_graph(pool, x, tmp_path / "pool.onnx", output="pooled")
+    import onnxruntime as ort
+
+    (out,) = ort.InferenceSession(str(tmp_path / "pool.onnx")).run(None, {"image": x.numpy()})
+    np.testing.assert_allclose(out, pool(x).numpy(), atol=1e-6)

@@ -86,7 +86,7 @@ def test_boundary_top_computes_the_same_network(demo_dir):
 
 def test_finetune_keeps_frozen_weights_and_bn_statistics_bit_identical(tmp_path, demo_copy):
     before = load_backbone("efficientnet_lite0").model.state_dict()
-    results = run(RunConfig(data=str(demo_copy), models=["efficientnet_lite0"], strategies=["finetune"],
+    results = run(RunConfig(data=str(demo_copy), models=["efficientnet_lite0"], strategies=["finetune", "head"],
                             image_size=160, epochs=3, workers=0, out=str(tmp_path / "ft")), echo=lambda *_: None)
     model, _ = load_model(results.run_dir / "efficientnet_lite0-finetune")
     after = model.backbone.state_dict()
@@ -96,6 +96,9 @@ def test_finetune_keeps_frozen_weights_and_bn_statistics_bit_identical(tmp_path,
     assert not any(k.endswith(("running_mean", "running_var")) for k in changed)  # ... and no BN statistics
     history = (results.run_dir / "efficientnet_lite0-finetune" / "history.csv").read_text()
     assert "\nhead,1," in history and "\nfinetune,1," in history
+    # The entry after it starts from the ImageNet weights, not from the fine-tuned ones.
+    head_model, _ = load_model(results.run_dir / "efficientnet_lite0-head")
+    assert all(torch.equal(v, before[k]) for k, v in head_model.backbone.state_dict().items())
 
 
 def test_scratch_cnn_and_scratch_train_every_layer(tmp_path, demo_copy):

@@ -4,6 +4,7 @@
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import logging
@@ -423,10 +424,12 @@ def run_strategy(strategy, backbone, dataset, config, precision, runtime, folder
         backbone = load_backbone(backbone.spec.name, pretrained=False, image_size=config.image_size,
                                  pool_stages=config.pool_stages)
         _fit_small_images(backbone, dataset)
+    base, _, unfreeze_spec = strategy.partition("=")  # finetune=layers:20 names its own unfreeze
+    if base == "finetune":  # fine-tuning changes the weights: later entries and repeats start from ImageNet's
+        backbone = dataclasses.replace(backbone, model=copy.deepcopy(backbone.model))
     head = Head(backbone.num_features, len(dataset.classes), config.head_hidden, config.head_dropout, config.head_bn)
     model = ImageClassifier(backbone.model, head, config.tta)
     folder.mkdir(parents=True, exist_ok=True)
-    base, _, unfreeze_spec = strategy.partition("=")  # finetune=layers:20 names its own unfreeze
     if unfreeze_spec:
         config = dataclasses.replace(config, unfreeze=unfreeze_spec)
     entry = Entry(backbone, model, dataset, config, precision, runtime, folder, cache_dir, echo)
