@@ -20,7 +20,12 @@ BACKBONES = {"efficientnet_lite0": 64, "mobilenet_v2": 64, "mobilenet_v1": 64, "
 STRATEGIES = ["head", "finetune=blocks:1", "finetune=layers:2", "scratch"]
 
 
-@pytest.fixture(scope="module", params=list(BACKBONES))
+# VGG16 (134 M parameters, most in its 7x7 pre-logits convolution) and InceptionV3 take minutes: `pytest -m slow`.
+HEAVY = {"vgg16", "inception_v3"}
+
+
+@pytest.fixture(scope="module", params=[pytest.param(name, marks=[pytest.mark.slow] if name in HEAVY else [])
+                                        for name in BACKBONES])
 def showdown_run(request, tmp_path_factory):
     name = request.param
     out = tmp_path_factory.mktemp("matrix") / name
