@@ -106,7 +106,7 @@ def test_imported_features_equal_keras(saved, name, fmt):
         assert backbone.preprocessing["input_size"] == (3, FAMILIES[name][3], FAMILIES[name][3])
 
 
-@pytest.mark.parametrize("name", ["mobilenet_v1", "mobilenet_v2", "resnet50"])  # conv_preds, Logits, fc
+@pytest.mark.parametrize("name", ["mobilenet_v1", "mobilenet_v2", "resnet50"])  # conv_preds, predictions, fc
 def test_imported_classifier_equals_keras_with_top(saved, name):
     model, files = saved(name, True)
     error, _ = _compare(model, FAMILIES[name][1], name, files[0], top=True)

@@ -1,15 +1,17 @@
-"""Export a trained model to TFLite (LiteRT) with litert-torch: float32, or full-integer int8.
+"""Export a trained model to TFLite (LiteRT) with litert-torch: float32, or int8 (post-training, calibrated).
 
 The file takes NHWC images (the layout phone camera pipelines hand over) already normalised by the
 model's preprocessing, and outputs class probabilities. int8 is post-training static quantisation
-(PT2E, per-channel weights, activations calibrated on training images of the run): every convolution
-and matrix product runs in int8 and the input tensor is int8 (its scale and zero point in the file), the
-form phones' NPUs and Edge TPUs run; only the final probabilities are de-quantised to float32.
+(litert-torch's PT2E quantizer, per-channel weights, activations calibrated on training images of the
+run): the input tensor, every convolution, the pooling and the classifier run in int8. That quantizer
+leaves residual adds and the final softmax in float, and gives ReLU6 the range of the unclamped conv
+output, which costs top-1 agreement (README, 'TFLite export').
 Class names and preprocessing travel inside the file as a TFLite metadata entry (JSON).
 """
 from __future__ import annotations
 
 import csv
+import os
 import random
 import warnings
 from pathlib import Path
@@ -26,6 +28,7 @@ CALIBRATION_IMAGES = 64  # training images that set the int8 activation ranges
 
 def export_tflite(model: nn.Module, info: dict, entry: Path, path: Path, metadata: str,
                   quantize: str | None) -> None:
+    os.environ.setdefault("LITERT_TORCH_SHOW_PROGRESS", "n")  # its progress lines would bury the CLI's output
     try:
         import litert_torch
     except ImportError as exc:
