@@ -95,7 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="train and compare backbones on a dataset")
     _add_run_flags(run)
     predict = sub.add_parser("predict", help="classify images with a trained or exported model")
-    predict.add_argument("model", help="run folder, entry folder, or exported .onnx / .pt file")
+    predict.add_argument("model", help="run folder, entry folder, or exported .onnx / .pt / .tflite file")
     predict.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders or glob patterns")
     predict.add_argument("--model", dest="model_name", help="which entry of a run folder (default: the best)")
     predict.add_argument("--top-k", type=int, default=3)
@@ -103,11 +103,14 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--output", help="write to this file instead of the console")
     predict.add_argument("--batch-size", type=int, default=32)
     predict.add_argument("--workers", type=int, default=0, help="image-decoding worker processes")
-    export = sub.add_parser("export", help="export a trained model to ONNX or TorchScript")
+    export = sub.add_parser("export", help="export a trained model to ONNX, TorchScript or TFLite")
     export.add_argument("model", help="run folder or entry folder")
-    export.add_argument("--format", choices=("onnx", "torchscript"), default="onnx")
+    export.add_argument("--format", choices=("onnx", "torchscript", "tflite"), default="onnx")
+    export.add_argument("--quantize", choices=("int8",),
+                        help="TFLite only: full-integer int8, calibrated on training images of the run")
     export.add_argument("--model", dest="model_name", help="which entry of a run folder (default: the best)")
-    export.add_argument("--output", help="file to write (default: model.onnx / model.pt in the entry folder)")
+    export.add_argument("--output", help="file to write (default: model.onnx, model.pt, model.tflite or "
+                                         "model-int8.tflite in the entry folder)")
     report = sub.add_parser("report", help="(re)write report.html and report.md for a run folder")
     report.add_argument("run_dir")
     runs = sub.add_parser("runs", help="the results database: list, show and compare recorded runs")
@@ -183,7 +186,7 @@ def cmd_predict(args) -> int:
 def cmd_export(args) -> int:
     from .export import export_model
 
-    path = export_model(args.model, args.format, args.output, args.model_name)
+    path = export_model(args.model, args.format, args.output, args.model_name, args.quantize)
     print(f"exported {path}")
     return 0
 

@@ -1,4 +1,4 @@
-"""Export a trained model to ONNX or TorchScript, with its class names and preprocessing inside the file.
+"""Export a trained model to ONNX, TorchScript or TFLite, with its class names and preprocessing inside the file.
 
 The exported graph outputs class probabilities, so every runtime gives the same numbers as `showdown predict`.
 """
@@ -16,7 +16,8 @@ from .model_io import load_model
 from .onnx_graph import OnnxExportError, onnx_graph
 from .predict import METADATA_KEY, choose_entry
 
-FORMATS = {"onnx": ".onnx", "torchscript": ".pt"}
+FORMATS = {"onnx": ".onnx", "torchscript": ".pt", "tflite": ".tflite"}
+QUANTIZE = ("int8",)  # TFLite only: full-integer post-training quantisation (export_tflite.py)
 
 
 class Probabilities(nn.Module):
@@ -29,12 +30,15 @@ class Probabilities(nn.Module):
 
 
 def export_model(model_path: str | Path, fmt: str, out: str | Path | None = None,
-                 model_name: str | None = None) -> Path:
+                 model_name: str | None = None, quantize: str | None = None) -> Path:
     if fmt not in FORMATS:
         raise ConfigError(f"unknown export format '{fmt}'; choose from {', '.join(FORMATS)}")
+    if quantize is not None and (fmt != "tflite" or quantize not in QUANTIZE):
+        raise ConfigError(f"--quantize {quantize}: only --format tflite --quantize int8 is supported")
     folder = choose_entry(Path(model_path), model_name) if Path(model_path).is_dir() else Path(model_path).parent
     model, info = load_model(folder)
-    out = Path(out) if out else folder / f"model{FORMATS[fmt]}"
+    suffix = f"-{quantize}" if quantize else ""
+    out = Path(out) if out else folder / f"model{suffix}{FORMATS[fmt]}"
     metadata = json.dumps({"name": f"{info['backbone']} / {info['strategy']}", "classes": info["classes"],
                            "preprocessing": info["preprocessing"]})
     wrapped = Probabilities(model).eval()
@@ -42,6 +46,10 @@ def export_model(model_path: str | Path, fmt: str, out: str | Path | None = None
     tmp = out.with_name(f".{out.name}.tmp")
     if fmt == "onnx":
         _export_onnx(wrapped, example, tmp, metadata)
+    elif fmt == "tflite":
+        from .export_tflite import export_tflite  # litert-torch is an optional extra
+
+        export_tflite(wrapped, info, folder, tmp, metadata, quantize)
     else:
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)  # TorchScript is deprecated upstream, still widely deployed

@@ -30,7 +30,8 @@ def load_model(directory: Path) -> tuple[ImageClassifier, dict]:
     if info["backbone"] == "scratch_cnn":
         backbone = SmallCNN()
     else:
-        backbone = build_architecture(info["backbone"], info["timm_kwargs"], info.get("pool_stages", 0))
+        backbone = build_architecture(info["backbone"], info["timm_kwargs"], info.get("pool_stages", 0),
+                                      info.get("timm_name"))
     head_cfg = info["head"]
     head = Head(head_cfg["in_features"], len(info["classes"]), head_cfg["hidden"], head_cfg["dropout"], head_cfg["batch_norm"])
     model = ImageClassifier(backbone, head, info.get("tta", "none"))

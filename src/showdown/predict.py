@@ -1,4 +1,4 @@
-"""Use a trained model: a run folder, an entry folder, or an exported ONNX / TorchScript file.
+"""Use a trained model: a run folder, an entry folder, or an exported ONNX / TorchScript / TFLite file.
 
 Every kind becomes a `Predictor` (class names, preprocessing, images -> probabilities), so `showdown predict`
 treats them alike. Images stream through a DataLoader: memory stays flat however large the folder.
@@ -55,9 +55,12 @@ def open_model(path: str | Path, model_name: str | None = None) -> Predictor:
         return _open_onnx(path)
     if path.suffix in (".pt", ".ts", ".torchscript"):
         return _open_torchscript(path)
+    if path.suffix == ".tflite":
+        return _open_tflite(path)
     if path.name == "model.safetensors":
         return open_model(path.parent)
-    raise ModelError(f"{path}: not a model showdown can run (expected a run folder, .onnx or TorchScript .pt)")
+    raise ModelError(f"{path}: not a model showdown can run (expected a run folder, .onnx, TorchScript .pt "
+                     "or .tflite)")
 
 
 def choose_entry(run_dir: Path, model_name: str | None) -> Path:
@@ -115,6 +118,42 @@ def _open_torchscript(path: Path) -> Predictor:
             return module(images).float().numpy()  # exported models output probabilities
 
     return Predictor(info["name"], info["classes"], info["preprocessing"], forward)
+
+
+def _open_tflite(path: Path) -> Predictor:
+    from ai_edge_litert.interpreter import Interpreter
+
+    from .export_tflite import read_metadata
+
+    try:
+        text = read_metadata(path)
+        interpreter = Interpreter(model_path=str(path))
+        interpreter.allocate_tensors()
+    except Exception as exc:  # the flatbuffer reader and the interpreter raise their own types for a bad file
+        raise ModelError(f"{path} is not a valid TFLite model: {str(exc).splitlines()[0] if str(exc) else exc!r}") from exc
+    info = _metadata(text, path)
+    source, target = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
+
+    def forward(images):
+        rows = []
+        for image in images.permute(0, 2, 3, 1).numpy():  # the file takes NHWC, one image at a time
+            interpreter.set_tensor(source["index"], _quantized(image[None], source))
+            interpreter.invoke()
+            out = interpreter.get_tensor(target["index"])
+            scale, zero = target["quantization"]
+            rows.append((out.astype(np.float32) - zero) * scale if scale else out.astype(np.float32))
+        return np.concatenate(rows)
+
+    return Predictor(info["name"], info["classes"], info["preprocessing"], forward)
+
+
+def _quantized(array: np.ndarray, detail: dict) -> np.ndarray:
+    """A float input as the tensor wants it: as is, or int8/uint8 with the tensor's scale and zero point."""
+    if detail["dtype"] == np.float32:
+        return array.astype(np.float32)
+    scale, zero = detail["quantization"]
+    limits = np.iinfo(detail["dtype"])
+    return np.clip(np.round(array / scale + zero), limits.min, limits.max).astype(detail["dtype"])
 
 
 def expand_inputs(inputs: list[str]) -> list[Path]:

@@ -1,4 +1,5 @@
-"""Read a user's weights file safely: safetensors, or a PyTorch checkpoint with weights_only=True."""
+"""Read a user's weights file safely: safetensors, a PyTorch checkpoint with weights_only=True, a TFLite
+MobileNet, or Keras HDF5 / .keras weights (read with h5py, nothing in them is run)."""
 from __future__ import annotations
 
 import pickle
@@ -17,6 +18,7 @@ class FoundWeights:
     state_dict: dict[str, torch.Tensor]
     preprocessing: dict = field(default_factory=dict)  # what these weights expect, over timm's defaults
     timm_kwargs: dict = field(default_factory=dict)  # what the architecture needs to match them
+    timm_name: str | None = None  # the architecture they need, when not the backbone's own (Keras's networks)
 
 
 def load_weights_file(path: Path, spec: BackboneSpec) -> FoundWeights:
@@ -27,6 +29,10 @@ def load_weights_file(path: Path, spec: BackboneSpec) -> FoundWeights:
         from .tflite import import_tflite  # needs the TFLite reader only when used
 
         return import_tflite(path, spec)
+    if suffix in {".h5", ".hdf5", ".keras"}:
+        from .keras_import import import_keras  # needs h5py only when used
+
+        return import_keras(path, spec)
     if suffix == ".safetensors":
         try:
             return FoundWeights(load_file(str(path)))
@@ -34,7 +40,8 @@ def load_weights_file(path: Path, spec: BackboneSpec) -> FoundWeights:
             raise ModelError(f"{path} is not a readable safetensors file ({exc})") from exc
     if suffix in {".pth", ".pt", ".bin", ".ckpt"}:
         return FoundWeights(_unwrap(load_torch_checkpoint(path)))
-    raise ModelError(f"unsupported weights file type '{suffix}' for {path}: use .safetensors, .pth or .tflite")
+    raise ModelError(f"unsupported weights file type '{suffix}' for {path}: use .safetensors, .pth, .tflite, "
+                     "or Keras .h5 / .keras")
 
 
 def load_torch_checkpoint(path: Path):

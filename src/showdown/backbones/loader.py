@@ -1,6 +1,7 @@
 """Build a timm backbone and fill it with ImageNet weights from the first source that has them.
 
 Order: an explicit weights file; a package that ships the weights; a file in the weights directory;
+Keras's weight cache ($KERAS_HOME/models or ~/.keras/models, under keras.applications' own file names);
 timm's hub (skipped when HF_HUB_OFFLINE is set or the hub's host does not resolve, so an offline
 machine fails at once instead of retrying for a minute). When none works, one error line lists what
 was tried and how to supply weights.
@@ -9,7 +10,7 @@ from __future__ import annotations
 
 import os
 import socket
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from torch import nn
 from ..errors import ModelError
 from . import efficientnet_lite
 from .files import FoundWeights, load_weights_file
+from .keras_import import keras_cache_dir
 from .registry import BackboneSpec, resolve_backbone
 from .stages import PooledStages
 
@@ -79,6 +81,8 @@ def load_backbone(
                         "or use --no-pretrained / --allow-random-init"
                     )
                 source = "random init (no weights found)"
+    if found is not None and found.timm_name:  # weights that need their own architecture (Keras's networks)
+        spec = replace(spec, timm_name=found.timm_name, hub_tag=None)
     timm_kwargs = {**spec.timm_kwargs, **(found.timm_kwargs if found else {})}
     model = _create(spec.hub_name if use_hub else spec.timm_name, timm_kwargs, found, use_hub)
     if not keep_classifier:
@@ -98,6 +102,10 @@ def _create(timm_name: str, kwargs: dict, found: FoundWeights | None, use_hub: b
             return timm.create_model(timm_name, pretrained=use_hub, **kwargs)
         except Exception as exc:  # the hub raises many types; any of them means "not from there"
             raise ModelError(f"could not fetch '{timm_name}' from the timm hub: {type(exc).__name__}") from exc
+    if found.timm_name:  # already in the exact keys of its own architecture (Keras's networks, keras_arch.py)
+        model = timm.create_model(timm_name, pretrained=False, **kwargs)
+        model.load_state_dict(found.state_dict, strict=True)
+        return model
     overlay = {"state_dict": found.state_dict}
     if "num_classes" in kwargs:  # timm relaxes its strict load when the class counts differ
         overlay["num_classes"] = kwargs["num_classes"]
@@ -128,6 +136,12 @@ def _find_local_weights(spec: BackboneSpec, weights_dir, tried: list[str]):
         tried.append(f"weights dir {directory} (no {' or '.join(spec.tflite_files)})")
     else:
         tried.append("installed packages (none ships it)")
+    if spec.keras_files:
+        directory = keras_cache_dir()
+        for filename in spec.keras_files:
+            if (directory / filename).is_file():
+                return load_weights_file(directory / filename, spec), f"Keras cache {directory / filename}"
+        tried.append(f"Keras cache {directory} (no {' or '.join(spec.keras_files)})")
     return None, None
 
 
@@ -165,7 +179,7 @@ def output_width(model: nn.Module, input_size: tuple[int, int, int]) -> int:
         model.train(was_training)
 
 
-def build_architecture(name: str, timm_kwargs: dict, pool_stages: int = 0) -> nn.Module:
+def build_architecture(name: str, timm_kwargs: dict, pool_stages: int = 0, timm_name: str | None = None) -> nn.Module:
     """A random-init backbone of the same architecture, to load a saved model into."""
-    model = timm.create_model(resolve_backbone(name).timm_name, pretrained=False, **timm_kwargs)
+    model = timm.create_model(timm_name or resolve_backbone(name).timm_name, pretrained=False, **timm_kwargs)
     return PooledStages(model, pool_stages) if pool_stages else model

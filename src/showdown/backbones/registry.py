@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 import timm
 
 from ..errors import ModelError
+from . import keras_arch  # noqa: F401  registers the Keras-exact architectures with timm
 
 
 @dataclass(frozen=True)
@@ -21,6 +22,7 @@ class BackboneSpec:
     hub_tag: str | None = None  # timm pretrained tag tried on the hub, e.g. "tv_in1k"
     package: str | None = None  # installed package that ships the weights
     tflite_files: tuple[str, ...] = ()  # files looked for in the weights directory
+    keras_files: tuple[str, ...] = ()  # Keras's own names for these weights in its cache (~/.keras/models)
     timm_kwargs: dict = field(default_factory=dict)
 
     @property
@@ -29,6 +31,11 @@ class BackboneSpec:
 
 
 _TF_SAME = {"pad_type": "same"}
+
+
+def _keras(pattern: str, *tops: str) -> tuple[str, ...]:
+    return tuple(pattern.format(top) for top in tops)
+
 
 SHORT_NAMES: dict[str, BackboneSpec] = {
     spec.name: spec
@@ -39,14 +46,19 @@ SHORT_NAMES: dict[str, BackboneSpec] = {
         BackboneSpec(
             "mobilenet_v2", "mobilenetv2_100", "ra_in1k",
             tflite_files=("mobilenet_v2_1.0_224_quant.tflite", "tf2_mobilenet_v2_1.0_224_ptq.tflite"),
+            keras_files=_keras("mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224{}.h5", "_no_top", ""),
         ),
         BackboneSpec(
             "mobilenet_v1", "mobilenetv1_100", "ra4_e3600_r224_in1k",
             tflite_files=("mobilenet_v1_1.0_224_quant_embedding_extractor.tflite",),
+            keras_files=_keras("mobilenet_1_0_224_tf{}.h5", "_no_top", ""),
         ),
-        BackboneSpec("resnet50", "resnet50", "tv_in1k"),
-        BackboneSpec("vgg16", "vgg16", "tv_in1k"),
-        BackboneSpec("inception_v3", "inception_v3", "tv_in1k"),
+        BackboneSpec("resnet50", "resnet50", "tv_in1k",
+                     keras_files=_keras("resnet50_weights_tf_dim_ordering_tf_kernels{}.h5", "_notop", "")),
+        BackboneSpec("vgg16", "vgg16", "tv_in1k",
+                     keras_files=_keras("vgg16_weights_tf_dim_ordering_tf_kernels{}.h5", "_notop", "")),
+        BackboneSpec("inception_v3", "inception_v3", "tv_in1k",
+                     keras_files=_keras("inception_v3_weights_tf_dim_ordering_tf_kernels{}.h5", "_notop", "")),
     ]
 }
 

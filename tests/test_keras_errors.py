@@ -1,0 +1,52 @@
+"""Keras weight files that cannot be used fail with one line (needs only h5py, not TensorFlow)."""
+import shutil
+import subprocess
+import sys
+
+import h5py
+import pytest
+
+from showdown.backbones import load_backbone
+from showdown.errors import ModelError
+
+from .conftest import SHARED
+
+GENUINE = SHARED / "weights" / "keras" / "mobilenet_2_5_224_tf_no_top.h5"
+needs_genuine = pytest.mark.skipif(not GENUINE.is_file(), reason=f"{GENUINE} not found (../shared absent)")
+
+
+def test_not_an_hdf5_file(tmp_path):
+    (tmp_path / "w.h5").write_bytes(b"not hdf5 at all")
+    with pytest.raises(ModelError, match="not a readable Keras weights file"):
+        load_backbone("resnet50", weights_file=tmp_path / "w.h5")
+
+
+def test_keras_cache_is_named_in_the_error_listing_what_was_tried(tmp_path, monkeypatch):
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path))
+    with pytest.raises(ModelError, match=r"Keras cache .*resnet50_weights_tf_dim_ordering_tf_kernels_notop\.h5"):
+        load_backbone("resnet50")
+
+
+@needs_genuine
+def test_weights_of_another_network_are_refused_with_the_fix():
+    with pytest.raises(ModelError, match="holds Keras MobileNet weights, not resnet50: use it with --models mobilenet_v1"):
+        load_backbone("resnet50", weights_file=GENUINE)
+
+
+@needs_genuine
+def test_a_layer_missing_leaves_tensors_unfilled(tmp_path):
+    broken = tmp_path / "mobilenet_2_5_224_tf_no_top.h5"
+    shutil.copy(GENUINE, broken)
+    with h5py.File(broken, "r+") as f:
+        names = [n for n in f.attrs["layer_names"] if n != b"conv_pw_7_bn"]
+        f.attrs["layer_names"] = names
+    with pytest.raises(ModelError, match="unfilled, e.g. 'blocks.3.1.bn2"):
+        load_backbone("mobilenet_v1", weights_file=broken)
+
+
+@needs_genuine
+def test_cli_error_is_one_line(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "showdown.cli", "run", "--models", "vgg16", "--weights",
+                             str(GENUINE), "--out", str(tmp_path / "r")], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and "holds Keras MobileNet weights" in result.stderr

@@ -1,0 +1,107 @@
+"""TFLite out: float32 and full-integer int8 exports against PyTorch, and `showdown predict` on them.
+
+Needs the `tflite` extra (litert-torch); skipped with the reason where it is not installed. The model is a
+head trained on real photos (a TF-Flowers subset from ../shared, else the demo flowers).
+"""
+import csv
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from showdown import RunConfig, run
+from showdown.data.images import eval_transform, load_rgb
+from showdown.export import export_model
+from showdown.model_io import load_model
+from showdown.predict import open_model
+
+from .conftest import DATASETS, PHOTOS
+
+pytest.importorskip("litert_torch", reason="the `tflite` extra (litert-torch) is not installed")
+FLOWERS = DATASETS / "tf_flowers"
+ENTRY = "efficientnet_lite0-head"
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, demo_dir):
+    data = FLOWERS if FLOWERS.is_dir() else demo_dir
+    out = tmp_path_factory.mktemp("run") / "tflite"
+    run(RunConfig(data=str(data), models=["efficientnet_lite0"], strategies=["head"], image_size=128, epochs=10,
+                  max_per_class=30, workers=0, out=str(out), report=False, record=False), echo=lambda *_: None)
+    return out
+
+
+def _held_out(run_dir, count):
+    """Real images the model never trained on: the files of the data set outside the run's train split."""
+    with (run_dir / "splits.csv").open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    train = {r["path"] for r in rows if r["split"] == "train"}
+    root = FLOWERS if FLOWERS.is_dir() else None
+    candidates = sorted(root.rglob("*.jpg")) if root else [Path(r["path"]) for r in rows]
+    held = [p for p in candidates if str(p) not in train]
+    return held[:: max(1, len(held) // count)][:count]
+
+
+def _pytorch(run_dir, paths):
+    model, info = load_model(run_dir / ENTRY)
+    transform = eval_transform(info["preprocessing"])
+    batch = torch.stack([transform(load_rgb(p)) for p in paths])
+    with torch.inference_mode():
+        return batch, model(batch).softmax(1).numpy()
+
+
+def _cli(*args):
+    return subprocess.run([sys.executable, "-m", "showdown.cli", *args], capture_output=True, text=True, timeout=600)
+
+
+def test_float32_tflite_matches_pytorch_and_predicts(trained):
+    path = export_model(trained, "tflite", model_name=ENTRY)
+    assert path.name == "model.tflite"
+    photos = sorted(PHOTOS.glob("*.jpg")) + _held_out(trained, 10)
+    batch, expected = _pytorch(trained, photos)
+    exported = open_model(path)
+    assert exported.classes == load_model(trained / ENTRY)[1]["classes"]
+    assert list(exported.preprocessing["input_size"]) == [3, 128, 128]
+    np.testing.assert_allclose(exported(batch), expected, atol=1e-4)
+    result = _cli("predict", str(path), *map(str, photos[:3]))
+    assert result.returncode == 0, result.stderr
+    assert "3 image(s) classified by efficientnet_lite0 / head" in result.stderr
+
+
+@pytest.fixture(scope="module")
+def int8_file(trained, tmp_path_factory):
+    path = tmp_path_factory.mktemp("int8") / "q.tflite"
+    result = _cli("export", str(trained), "--format", "tflite", "--quantize", "int8", "--output", str(path))
+    assert result.returncode == 0, result.stderr
+    return path
+
+
+def test_int8_tflite_is_integer_and_predicts(trained, int8_file):
+    from ai_edge_litert.interpreter import Interpreter
+
+    interpreter = Interpreter(model_path=str(int8_file))
+    assert interpreter.get_input_details()[0]["dtype"] == np.int8  # what phones and Edge TPUs are fed
+    assert interpreter.get_output_details()[0]["dtype"] == np.int8
+    floats = [d["name"] for d in interpreter.get_tensor_details() if d["dtype"] == np.float32]
+    assert not floats, f"float tensors left (not full-integer): {floats[:3]}"
+    assert int8_file.stat().st_size < 0.4 * (trained / ENTRY / "model.safetensors").stat().st_size
+    held = _held_out(trained, 4)
+    result = _cli("predict", str(int8_file), *map(str, held), "--format", "json")
+    assert result.returncode == 0 and "4 image(s) classified" in result.stderr, result.stderr
+
+
+def test_int8_tflite_agrees_with_pytorch_top1(trained, int8_file):
+    held = _held_out(trained, 200)
+    batch, expected = _pytorch(trained, held)
+    ours = open_model(int8_file)(batch)
+    agreement = float((ours.argmax(1) == expected.argmax(1)).mean())
+    assert agreement >= 0.97, f"int8 top-1 agrees with PyTorch on {agreement:.1%} of {len(held)} held-out images"
+
+
+def test_quantize_needs_tflite(trained):
+    result = _cli("export", str(trained), "--format", "onnx", "--quantize", "int8")
+    assert result.returncode == 2 and "only --format tflite --quantize int8" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
