@@ -20,6 +20,7 @@ from showdown.predict import open_model
 
 def test_pooled_stages_put_the_pooled_stage_outputs_before_the_final_features():
     backbone = load_backbone("efficientnet_lite0", image_size=96, pool_stages=2)
+    width = backbone.num_features  # measured by a forward pass: before the hooks below record outputs
     inner = backbone.model.model
     seen = {}
     for name in ("blocks.4", "blocks.6"):  # timm's last two feature stages of EfficientNet-Lite0
@@ -28,7 +29,7 @@ def test_pooled_stages_put_the_pooled_stage_outputs_before_the_final_features():
     with torch.inference_mode():
         features = backbone.model.eval()(images)
         final = inner(images)
-    assert backbone.num_features == 112 + 320 + 1280 == features.shape[1]
+    assert width == 112 + 320 + 1280 == features.shape[1]
     expected = torch.cat([seen["blocks.4"].mean((2, 3)), seen["blocks.6"].mean((2, 3)), final], 1)
     torch.testing.assert_close(features, expected)
 
@@ -49,8 +50,10 @@ def test_a_multi_stage_model_with_flip_tta_evaluates_predicts_and_exports_the_sa
     """The run scores test images from cached features (and cached mirror-image features for --tta flip); the
     saved model, recomputed from the images, and its ONNX export must give the same probabilities."""
     out = tmp_path / "run"
+    # fp32: on a CPU with native bf16, `auto` would cache bf16 features, which no fp32 recomputation matches.
     run(RunConfig(data=str(demo_copy), models=["efficientnet_lite0"], image_size=96, pool_stages=2, tta="flip",
-                  epochs=2, workers=0, out=str(out), record=False, report=False), echo=lambda *_: None)
+                  epochs=2, workers=0, out=str(out), record=False, report=False, precision="fp32"),
+        echo=lambda *_: None)
     model, info = load_model(out / "efficientnet_lite0-head")
     assert info["pool_stages"] == 2 and model.head.layers[-1].in_features == 112 + 320 + 1280
     assert info["tta"] == "flip" and model.tta == "flip"
