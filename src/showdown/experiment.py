@@ -559,8 +559,16 @@ def _search(strategy, backbone, dataset: DatasetSpec, config: RunConfig, precisi
                       echo=lambda *_: None, pool=pool, checkpoints=False, on_epoch=on_epoch)
         return _train(entry, strategy)[0]
 
-    return tune(config, strategy.partition("=")[0], train_trial, folder / "search.db",
-                unfreeze_named="=" in strategy)
+    base = strategy.partition("=")[0]
+    start = time.perf_counter()
+    if base in ("head", "finetune") and config.augment in CACHEABLE_AUGMENTS:
+        # The frozen backbone runs once, before the trials, so the search time is the search's alone.
+        trial_backbone, model = _build_model("head", backbone, seen, config)
+        _extract_all(Entry(trial_backbone, model, seen, config, precision, runtime, folder, cache_dir,
+                           echo=lambda *_: None, pool=pool))
+    extraction = time.perf_counter() - start
+    config, search = tune(config, base, train_trial, folder / "search.db", unfreeze_named="=" in strategy)
+    return config, {**search, "feature_seconds": extraction}
 
 
 def _write_entry(entry: Entry, strategy, metrics, history, probs, y_true, test_items, search: dict | None = None,

@@ -36,12 +36,12 @@ def _test_images(record: EntryRecord) -> str:
     return hashlib.sha256("\n".join(paths).encode(errors="surrogateescape")).hexdigest()
 
 
-def _budget_text(budget: dict | None) -> str:
+def _budget_text(budget: dict | None, with_space: bool = False) -> str:
     if not budget:
         return "not tuned"
     amount = " or ".join(part for part in (f"{budget['trials']} trials" if budget.get("trials") else "",
                                            f"{budget['minutes']:g} minutes" if budget.get("minutes") else "") if part)
-    return f"{amount} over {', '.join(budget['space'])}"
+    return f"{amount} over {', '.join(budget['space'])}" if with_space else amount
 
 
 def _by_value(labels: list[str], values: list[str]) -> str:
@@ -66,12 +66,19 @@ def checks(records: list[EntryRecord]) -> list[Check]:
         out.append(Check("test images", False, "the entries were tested on different images: " + _by_value(
             labels, [f"{s['test_images']} images ({s['evaluation']})" for s in setups])))
 
-    budgets = [_budget_text(s["tuning"]) for s in setups]
-    if len(set(budgets)) > 1:
+    # The same amount for every entry, and the same space for every entry of a strategy (finetune's space adds
+    # its own two parameters to the head's).
+    amounts = [_budget_text(s["tuning"]) for s in setups]
+    spaces: dict[str, set] = {}
+    for record, setup in zip(records, setups):
+        spaces.setdefault(record.strategy.partition("=")[0], set()).add(tuple((setup["tuning"] or {}).get("space", ())))
+    if len(set(amounts)) > 1 or any(len(s) > 1 for s in spaces.values()):
+        budgets = [_budget_text(s["tuning"], with_space=True) for s in setups]
         out.append(Check("tuning budget", False, "the tuning budgets differ: " + _by_value(labels, budgets)))
     elif setups[0]["tuning"]:
-        out.append(Check("tuning budget", True, f"every entry searched its hyper-parameters with the same budget: "
-                                                f"{budgets[0]}, on its validation split"))
+        per_strategy = "; ".join(f"{strategy}: {', '.join(next(iter(space)))}" for strategy, space in spaces.items())
+        out.append(Check("tuning budget", True, f"every entry searched its hyper-parameters with the same budget, "
+                                                f"{amounts[0]}, on its validation split (space: {per_strategy})"))
     else:
         out.append(Check("tuning budget", True, "no entry was tuned: all trained with the same hand-set "
                                                 "hyper-parameters, which may suit some backbones better than "

@@ -162,7 +162,9 @@ def _last(trial) -> float | None:
 def describe(record: dict) -> str:
     """One log line: what the search found."""
     values = ", ".join(f"{k} {_short(v)}" for k, v in record["values"].items()) or "the default configuration"
-    return (f"searched {len(record['trials'])} trials ({record['n_pruned']} pruned) in {record['seconds']:.1f} s: "
+    features = f" (features first: {record['feature_seconds']:.1f} s)" if record.get("feature_seconds", 0) > 1 else ""
+    return (f"searched {len(record['trials'])} trials ({record['n_pruned']} pruned) in {record['seconds']:.1f} s"
+            f"{features}: "
             f"validation loss {record['default_val_loss']:.4f} (default) -> "
             f"{min(record['best_val_loss'] or math.inf, record['default_val_loss']):.4f}; {values}")
 
