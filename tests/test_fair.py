@@ -10,8 +10,10 @@ from showdown import RunConfig, run
 from showdown.experiment import resume_run
 from showdown.data import load_dataset
 from showdown.data import images as image_module
+from showdown.fairness import checks, verdict
 from showdown.features import CACHE_STATS
 from showdown.folds import all_items
+from showdown.records import load_run
 
 
 def _rows(path):
@@ -98,6 +100,13 @@ def test_folds_test_every_image_once_on_one_feature_extraction(tmp_path):
     assert "same 250 images" in report  # the fairness check: pooled predictions cover the same images
     assert "McNemar p = " in report  # tested image by image on the pooled predictions
     assert (results.run_dir / "folds.csv").is_file()
+    # Had one entry seen larger images, the fairness check would name it.
+    records = [r for r in load_run(results.run_dir) if r.seed == 0]
+    records[1].metrics["setup"]["input_size"] = 128
+    found = {c.name: c for c in checks(records)}
+    assert found["test images"].same and not found["input size"].same
+    assert "efficientnet_lite1 / head" in found["input size"].text and verdict(list(found.values())).startswith(
+        "Differs in input size")
 
 
 def test_accuracy_gate_fails_the_run_after_writing_it(tmp_path, capsys, demo_copy):
