@@ -102,7 +102,7 @@ def tune(config: RunConfig, base: str, train_trial: TrialFunction, storage: Path
     study.sampler = optuna.samplers.TPESampler(seed=config.seed + done)
     study.pruner = optuna.pruners.MedianPruner(**PRUNER)
     trials = max(config.tune - done, 0) if config.tune else None
-    timeout = config.tune_minutes * 60 - spent if config.tune_minutes else None
+    timeout = config.tune_minutes * 60 - spent - (time.perf_counter() - start) if config.tune_minutes else None
     if trials != 0 and (timeout is None or timeout > 0):
         study.optimize(_objective(config, space, train_trial), n_trials=trials, timeout=timeout)
     seconds = spent + time.perf_counter() - start
