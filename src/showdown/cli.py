@@ -61,6 +61,16 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--class-weight", default=S, help="none or balanced (loss weighted by inverse class frequency)")
     g.add_argument("--drop-duplicates", action="store_true", default=S,
                    help="drop val/test images whose exact bytes are also in an earlier split")
+    g = p.add_argument_group("a fair comparison")
+    g.add_argument("--tune", type=int, default=S, metavar="N",
+                   help="N Optuna trials per entry on the validation split before the final training (same space "
+                        "and budget for every backbone)")
+    g.add_argument("--tune-minutes", type=float, default=S, metavar="M",
+                   help="search time per entry instead of (or with --tune, as well as) a number of trials")
+    g.add_argument("--folds", type=int, default=S, metavar="K",
+                   help="stratified K-fold cross-validation instead of one test split: every image tested once")
+    g.add_argument("--assert-accuracy-at-least", type=float, default=S, metavar="X",
+                   help="exit with status 1 (after writing the results) when the best test accuracy is below X")
     g = p.add_argument_group("finetune (after the head phase)")
     g.add_argument("--unfreeze", default=S, help="layers:N, blocks:K or all (default blocks:2)")
     g.add_argument("--ft-lr-factor", type=float, default=S, help="fine-tune lr = lr x this (default 0.1)")
@@ -271,7 +281,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.debug:
             raise
         print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return getattr(exc, "exit_code", 2)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

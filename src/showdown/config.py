@@ -58,6 +58,11 @@ class RunConfig:
     lr_decay: float | None = None
     train_bn: bool = False
     cache_budget_gb: float | None = None  # boundary-activation cache limit, default a quarter of RAM
+    # a fair showdown: the same search budget for every entry, cross-validation, a CI gate
+    tune: int = 0  # Optuna trials per entry on the validation split before the final training (tuning.py)
+    tune_minutes: float | None = None  # or a time budget per entry (with --tune: whichever ends first)
+    folds: int | None = None  # stratified K-fold cross-validation instead of one test split (folds.py)
+    assert_accuracy_at_least: float | None = None  # exit non-zero when the best test accuracy is below this
     drop_duplicates: bool = False  # drop val/test images whose exact bytes are also in an earlier split
     max_per_class: int | None = None  # train images per class (val/test get a quarter); for quick runs
     # machinery
@@ -100,12 +105,25 @@ class RunConfig:
                 raise ConfigError(f"--{name} must be at least 1 (got {value})")
         if self.lr <= 0:
             raise ConfigError(f"--lr must be positive (got {self.lr})")
+        if self.tune < 0:
+            raise ConfigError(f"--tune must be 0 (no search) or a number of trials (got {self.tune})")
+        if self.tune_minutes is not None and self.tune_minutes <= 0:
+            raise ConfigError(f"--tune-minutes must be positive (got {self.tune_minutes:g})")
+        if self.folds is not None and self.folds < 2:
+            raise ConfigError(f"--folds must be at least 2 (got {self.folds}); leave it out for one test split")
+        gate = self.assert_accuracy_at_least
+        if gate is not None and not 0 <= gate <= 1:
+            raise ConfigError(f"--assert-accuracy-at-least is a test accuracy between 0 and 1 (got {gate:g})")
         if self.pool_stages < 0:
             raise ConfigError(f"--pool-stages must be 0 or more (got {self.pool_stages})")
         if self.pool_stages and any(s.startswith("finetune") for s in self.strategies):
             raise ConfigError("--pool-stages works with the head and scratch strategies, not finetune (its "
                               "frozen-bottom cache splits the plain network)")
         return self
+
+    @property
+    def tuning(self) -> bool:
+        return bool(self.tune or self.tune_minutes)
 
     def to_dict(self) -> dict:
         out = dataclasses.asdict(self)

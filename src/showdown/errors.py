@@ -18,3 +18,9 @@ class ModelError(ShowdownError):
 
 class ConfigError(ShowdownError):
     """An invalid option or combination of options."""
+
+
+class AccuracyGateError(ShowdownError):
+    """--assert-accuracy-at-least failed: the results are written, the CI job should fail."""
+
+    exit_code = 1

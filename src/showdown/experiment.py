@@ -25,12 +25,13 @@ from .config import RunConfig
 from .db import default_db, record_run
 from .report import report_run
 from .data.leakage import check_leakage
-from .errors import ConfigError
+from .errors import AccuracyGateError, ConfigError
 from .data import DatasetSpec, load_dataset
 from .data.folder import SPLITS, subset_per_class
 from .data.sources import cache_root
 from .evaluate import classification_metrics, predict_proba
 from .features import extract_features, forward_frozen
+from .folds import FOLD_DETAIL_KEYS, PROBABILITIES, FeaturePool, all_items, fold_table, make_folds, write_pooled
 from .head import Head, ImageClassifier
 from .model_io import save_model
 from .plots import plot_confusion, plot_curves
@@ -43,10 +44,11 @@ from .data.small import without_centre_crop
 from .scratch import small_cnn_backbone
 from .strategies import batchnorms_kept_in_eval, freeze_backbone, lr_param_groups, unfreeze
 from .train import TrainSettings, fit
+from .tuning import describe as describe_search, tune
 
 log = logging.getLogger(__name__)
 # metrics.json keys that are detail, not summary-row columns
-DETAIL_KEYS = ("per_class", "confusion_matrix", "classes")
+DETAIL_KEYS = ("per_class", "confusion_matrix", "classes", "setup", "tuning", *FOLD_DETAIL_KEYS)
 # Measured on the 2-core CPU: batches of 8-16 images run ~1.3x faster than 64 (less memory traffic per step).
 FEATURE_BATCH = 16
 
@@ -76,12 +78,17 @@ def run(config: RunConfig, *, echo=print, resume: bool = False) -> Results:
     dataset = check_leakage(dataset, drop=config.drop_duplicates)
     precision = resolve_precision(config.precision)
     runtime = resolve_runtime(config.runtime, precision)
+    folds = make_folds(dataset, config.folds, config.seed, _val_fraction(config)) if config.folds else None
     run_dir = new_run_dir(config.out, config.name or dataset.name)
     if not resume:
-        _record_run(run_dir, config, dataset, precision, runtime)
+        _record_run(run_dir, config, dataset, precision, runtime, folds)
     counts = dataset.counts()
-    echo(f"data: {dataset.name} ({len(dataset.classes)} classes; train {counts['train']}, val {counts['val']}, "
-         f"test {counts['test']}; split {dataset.split_source})")
+    if folds:
+        echo(f"data: {dataset.name} ({len(dataset.classes)} classes; {sum(counts.values())} images; "
+             f"{folds[0].split_source.partition(' of ')[2]})")
+    else:
+        echo(f"data: {dataset.name} ({len(dataset.classes)} classes; train {counts['train']}, val {counts['val']}, "
+             f"test {counts['test']}; split {dataset.split_source})")
     for warning in dataset.warnings:
         echo(f"warning: {warning}")
     cache_dir = Path(config.cache_dir) if config.cache_dir else cache_root() / "features"
@@ -109,15 +116,71 @@ def run(config: RunConfig, *, echo=print, resume: bool = False) -> Results:
         echo(f"{model_name}: weights from {backbone.source}; input {backbone.preprocessing['input_size'][1]} px")
         if _fit_small_images(backbone, dataset):
             echo("  small images: upscaled whole, without the centre crop (a thumbnail has no margin to spare)")
+        pool = _feature_pool(backbone, dataset, config, precision, runtime, cache_dir) if folds else None
         for strategy, seed in todo:
             folder = entry_folder(run_dir, model_name, strategy, seed, len(seeds))
-            row, failed = run_strategy(strategy, backbone, dataset, dataclasses.replace(config, seed=seed), precision,
-                                       runtime, folder, cache_dir, echo)
+            seeded = dataclasses.replace(config, seed=seed)
+            if folds:
+                row, failed = _run_folds(strategy, backbone, folds, seeded, precision, runtime, folder, cache_dir,
+                                         pool, echo, resume)
+            else:
+                row, failed = run_strategy(strategy, backbone, dataset, seeded, precision, runtime, folder,
+                                           cache_dir, echo)
             skipped.update(failed)
             rows.append(row)
-            echo(f"  {strategy}{_seed_note(seed, seeds)}: test accuracy {row['accuracy']:.4f} "
-                 f"({row['train_seconds']:.1f} s)")
-    return _finish(run_dir, config, rows, sorted(skipped), echo)
+            echo(f"  {strategy}{_seed_note(seed, seeds)}: test accuracy {row['accuracy']:.4f}"
+                 + (f" pooled over {len(folds)} folds (per fold {row['fold_accuracy_mean']:.4f} ± "
+                    f"{row['fold_accuracy_std']:.4f})" if folds else "") + f" ({row['train_seconds']:.1f} s"
+                 + (f" + {row['tune_seconds']:.1f} s search" if row.get("tune_seconds") else "") + ")")
+    results = _finish(run_dir, config, rows, sorted(skipped), echo)
+    _check_gate(results, config.assert_accuracy_at_least)
+    return results
+
+
+def _check_gate(results: "Results", least: float | None) -> None:
+    """--assert-accuracy-at-least: a CI gate, checked after everything is written."""
+    if least is None:
+        return
+    best = results.best()
+    if best["accuracy"] < least:
+        raise AccuracyGateError(f"best test accuracy {best['accuracy']:.4f} ({best['model']} / {best['strategy']}) "
+                                f"is below --assert-accuracy-at-least {least:g}; results are in {results.run_dir}")
+
+
+def _val_fraction(config: RunConfig) -> float:
+    """With --folds, validation takes the share of the training folds that --split gives it of train + val."""
+    return config.split[1] / (config.split[0] + config.split[1])
+
+
+def _feature_pool(backbone, dataset: DatasetSpec, config: RunConfig, precision: str, runtime: str,
+                  cache_dir: Path) -> FeaturePool:
+    """One feature extraction of every image for all folds (the cache is keyed by the exact file list)."""
+    def extract(items, mirror):
+        return extract_features(backbone, items, precision=precision, batch_size=FEATURE_BATCH,
+                                workers=config.workers, cache_dir=cache_dir, runtime=runtime, mirror=mirror,
+                                desc=f"{backbone.spec.name} all images" + (" mirrored" if mirror else ""))
+    return FeaturePool(all_items(dataset), extract)
+
+
+def _run_folds(strategy, backbone, folds: list[DatasetSpec], config, precision, runtime, folder: Path, cache_dir,
+               pool: FeaturePool, echo, resume: bool) -> tuple[dict, list[str]]:
+    """Every fold as an entry of its own (fold1/, fold2/, ...), then the entry of all folds pooled."""
+    fold_rows, fold_folders, skipped = [], [], set()
+    for number, fold in enumerate(folds, start=1):
+        fold_folder = folder / f"fold{number}"
+        done = resume and finished_row(fold_folder)
+        if done and (fold_folder / PROBABILITIES).is_file():
+            row = done
+        else:
+            row, failed = run_strategy(strategy, backbone, fold, config, precision, runtime, fold_folder, cache_dir,
+                                       echo, pool=pool, keep_probabilities=True)
+            skipped.update(failed)
+        echo(f"  {strategy} fold {number}: test accuracy {row['accuracy']:.4f} on {row['n_test']} images")
+        fold_rows.append(row)
+        fold_folders.append(fold_folder)
+    title = f"{fold_rows[0]['model']} / {strategy}"
+    summary = write_pooled(folder, fold_folders, fold_rows, folds[0].classes, title)
+    return {**summary, "folder": folder.name}, sorted(skipped)
 
 
 def _fit_small_images(backbone, dataset: DatasetSpec) -> bool:
@@ -143,14 +206,19 @@ def resume_run(run_dir: str | Path, *, echo=print) -> Results:
     return run(config, echo=echo, resume=True)
 
 
-def _record_run(run_dir: Path, config: RunConfig, dataset: DatasetSpec, precision: str, runtime: str) -> None:
+def _record_run(run_dir: Path, config: RunConfig, dataset: DatasetSpec, precision: str, runtime: str,
+                folds: list[DatasetSpec] | None = None) -> None:
     config.save(run_dir / "config.yaml")
     write_json(run_dir / "environment.json", environment(precision, runtime))
     write_json(run_dir / "dataset.json", {
         "name": dataset.name, "root": str(dataset.root), "classes": dataset.classes, "counts": dataset.counts(),
-        "split": dataset.split_source, "fingerprint": dataset.fingerprint, "warnings": dataset.warnings,
+        "split": folds[0].split_source.partition(" of ")[2] if folds else dataset.split_source,
+        "fingerprint": dataset.fingerprint, "warnings": dataset.warnings,
     })
     write_csv(run_dir / "leakage.csv", dataset.leaks)  # nothing is written when there are none
+    if folds:  # the folds replace the split: every image, its test fold and its role in each fold
+        write_csv(run_dir / "folds.csv", fold_table(folds))
+        return
     write_csv(run_dir / "splits.csv", [
         {"split": split, "path": str(path), "label": dataset.classes[label]}
         for split in SPLITS for path, label in dataset.splits[split]
@@ -232,9 +300,12 @@ class Entry:
     cache_dir: Path
     echo: object
     timing: dict = field(default_factory=lambda: {"failed": []})
+    pool: FeaturePool | None = None  # with --folds: every image's features, extracted once for all folds
+    checkpoints: bool = True  # a search trial writes none (it is repeated, not resumed)
+    on_epoch: object = None  # called with the best validation loss after every epoch (the search's pruner)
 
-    def checkpoint(self, phase: str) -> Path:
-        return self.folder / f"checkpoint-{phase}.pt"
+    def checkpoint(self, phase: str) -> Path | None:
+        return self.folder / f"checkpoint-{phase}.pt" if self.checkpoints else None
 
     def class_weights(self) -> torch.Tensor | None:
         """'balanced': each class weighs n / (k * n_class), as scikit-learn computes it."""
@@ -248,7 +319,8 @@ class Entry:
 
     def fit(self, net, train_batches, val_batches, settings, phase, **kwargs) -> list[dict]:
         return fit(net, train_batches, val_batches, settings, phase=phase, checkpoint=self.checkpoint(phase),
-                   class_weights=self.class_weights(), num_classes=len(self.dataset.classes), **kwargs)
+                   class_weights=self.class_weights(), num_classes=len(self.dataset.classes),
+                   on_epoch=self.on_epoch, **kwargs)
 
     def images(self, split: str, *, train: bool = False) -> XY:
         return image_batches(self.dataset.splits[split], self.backbone.preprocessing, self.config, train=train)
@@ -256,16 +328,18 @@ class Entry:
 
 def _extract_all(entry: Entry) -> dict:
     """Cached features per split; with `--augment flip` also "train_mirrored", the mirror images' features, and
-    with `--tta flip` "test_mirrored"."""
+    with `--tta flip` "test_mirrored". Only the dataset's splits are read: a search's dataset has no test split."""
     def extract(split: str, mirror: bool = False):
+        if entry.pool is not None:
+            return entry.pool.subset(entry.dataset.splits[split], mirror)
         return extract_features(entry.backbone, entry.dataset.splits[split], precision=entry.precision,
                                 batch_size=FEATURE_BATCH, workers=entry.config.workers, cache_dir=entry.cache_dir,
                                 desc=f"{entry.backbone.spec.name} {split}", runtime=entry.runtime, mirror=mirror)
 
-    features = {split: extract(split) for split in SPLITS}
+    features = {split: extract(split) for split in entry.dataset.splits}
     if entry.config.augment == "flip":
         features["train_mirrored"] = extract("train", mirror=True)
-    if entry.config.tta == "flip":
+    if entry.config.tta == "flip" and "test" in entry.dataset.splits:
         features["test_mirrored"] = extract("test", mirror=True)
     return features
 
@@ -357,7 +431,7 @@ def _boundary_top(entry: Entry):
                               desc=f"boundary {split}", name=f"the frozen bottom of {backbone.spec.name}",
                               store_dtype=torch.bfloat16, runtime=entry.runtime, mirror=mirror)
 
-    batches = {split: activations(split) for split in SPLITS}
+    batches = {split: activations(split) for split in entry.dataset.splits}
     if mirror:
         batches["train_mirrored"] = activations("train", mirror=True)
     return TopOfNetwork(layers[cut:], backbone.model, entry.model.head), batches
@@ -409,14 +483,43 @@ def entry_folder(run_dir: Path, model_name: str, strategy: str, seed: int = 0, r
 def finished_row(folder: Path) -> dict | None:
     """The summary row of an entry that completed earlier (for --resume), or None."""
     metrics = folder / "metrics.json"
-    if not metrics.is_file() or not (folder / "model.safetensors").is_file():
+    if not metrics.is_file():
         return None
     summary = json.loads(metrics.read_text())
+    if "folds" not in summary and not (folder / "model.safetensors").is_file():  # folds pool: one model per fold
+        return None
     return {**{k: v for k, v in summary.items() if k not in DETAIL_KEYS}, "folder": folder.name}
 
 
-def run_strategy(strategy, backbone, dataset, config, precision, runtime, folder, cache_dir,
-                 echo) -> tuple[dict, list[str]]:
+def run_strategy(strategy, backbone, dataset, config, precision, runtime, folder, cache_dir, echo, *,
+                 pool: FeaturePool | None = None, keep_probabilities: bool = False) -> tuple[dict, list[str]]:
+    folder.mkdir(parents=True, exist_ok=True)
+    base, _, unfreeze_spec = strategy.partition("=")  # finetune=layers:20 names its own unfreeze
+    if unfreeze_spec:
+        config = dataclasses.replace(config, unfreeze=unfreeze_spec)
+    search = None
+    if config.tuning:  # the chosen values become this entry's configuration
+        config, search = _search(strategy, backbone, dataset, config, precision, runtime, folder, cache_dir, pool)
+        echo(f"  {strategy}: {describe_search(search)}")
+    backbone, model = _build_model(strategy, backbone, dataset, config)
+    entry = Entry(backbone, model, dataset, config, precision, runtime, folder, cache_dir, echo, pool=pool)
+    if search is not None:
+        entry.timing["tune_seconds"] = search["seconds"]
+    start = time.perf_counter()
+    history, features = _train(entry, strategy)
+    entry.timing["train_seconds"] = time.perf_counter() - start
+    probs, y_true, test_items = _evaluate(entry, features)
+    metrics = classification_metrics(y_true, probs, dataset.classes)
+    failed = entry.timing.pop("failed")
+    row = _write_entry(entry, strategy, metrics, history, probs, y_true, test_items, search, keep_probabilities)
+    for checkpoint in folder.glob("checkpoint-*.pt"):  # the entry is complete; its results replace them
+        checkpoint.unlink()
+    return row, failed
+
+
+def _build_model(strategy: str, backbone, dataset: DatasetSpec, config: RunConfig):
+    """(backbone, classifier) of an entry, seeded. A backbone that trains is a copy, so every entry (seed, fold,
+    search trial) starts from the same ImageNet weights."""
     torch.manual_seed(config.seed)
     if strategy == "scratch-cnn":
         backbone = small_cnn_backbone(config.image_size)
@@ -424,38 +527,53 @@ def run_strategy(strategy, backbone, dataset, config, precision, runtime, folder
         backbone = load_backbone(backbone.spec.name, pretrained=False, image_size=config.image_size,
                                  pool_stages=config.pool_stages)
         _fit_small_images(backbone, dataset)
-    base, _, unfreeze_spec = strategy.partition("=")  # finetune=layers:20 names its own unfreeze
-    if base == "finetune":  # fine-tuning changes the weights: later entries and repeats start from ImageNet's
-        backbone = dataclasses.replace(backbone, model=copy.deepcopy(backbone.model))
+    elif strategy.startswith("finetune"):
+        backbone = copy.deepcopy(backbone)
     head = Head(backbone.num_features, len(dataset.classes), config.head_hidden, config.head_dropout, config.head_bn)
-    model = ImageClassifier(backbone.model, head, config.tta)
-    folder.mkdir(parents=True, exist_ok=True)
-    if unfreeze_spec:
-        config = dataclasses.replace(config, unfreeze=unfreeze_spec)
-    entry = Entry(backbone, model, dataset, config, precision, runtime, folder, cache_dir, echo)
-    start = time.perf_counter()
-    features = None
+    return backbone, ImageClassifier(backbone.model, head, config.tta)
+
+
+def _train(entry: Entry, strategy: str) -> tuple[list[dict], dict | None]:
+    """The entry's training phases: (history, cached features when the backbone stayed frozen)."""
+    base = strategy.partition("=")[0]
     if base in ("head", "finetune"):
         history, features = _train_head(entry)
         if base == "finetune":
             history += _train_top(entry)
             features = None  # the backbone changed: evaluate on images
-    else:  # from random init every layer trains, batch norm included
-        for param in model.parameters():
-            param.requires_grad_(True)
-        history = entry.fit(model, entry.images("train", train=True), entry.images("val"),
-                            dataclasses.replace(train_settings(config), precision=precision), strategy)
-    entry.timing["train_seconds"] = time.perf_counter() - start
-    probs, y_true, test_items = _evaluate(entry, features)
-    metrics = classification_metrics(y_true, probs, dataset.classes)
-    failed = entry.timing.pop("failed")
-    row = _write_entry(entry, strategy, metrics, history, probs, y_true, test_items)
-    for checkpoint in folder.glob("checkpoint-*.pt"):  # the entry is complete; its results replace them
-        checkpoint.unlink()
-    return row, failed
+        return history, features
+    for param in entry.model.parameters():  # from random init every layer trains, batch norm included
+        param.requires_grad_(True)
+    settings = dataclasses.replace(train_settings(entry.config), precision=entry.precision)
+    return entry.fit(entry.model, entry.images("train", train=True), entry.images("val"), settings, strategy), None
 
 
-def _write_entry(entry: Entry, strategy, metrics, history, probs, y_true, test_items) -> dict:
+def _search(strategy, backbone, dataset: DatasetSpec, config: RunConfig, precision, runtime, folder: Path,
+            cache_dir, pool) -> tuple[RunConfig, dict]:
+    """`--tune`: Optuna trials of this entry's training on its training and validation splits. The trials'
+    dataset has no test split at all, so no trial can read a test image."""
+    seen = dataclasses.replace(dataset, splits={split: dataset.splits[split] for split in ("train", "val")})
+
+    def train_trial(trial_config: RunConfig, on_epoch) -> list[dict]:
+        trial_backbone, model = _build_model(strategy, backbone, seen, trial_config)
+        entry = Entry(trial_backbone, model, seen, trial_config, precision, runtime, folder, cache_dir,
+                      echo=lambda *_: None, pool=pool, checkpoints=False, on_epoch=on_epoch)
+        return _train(entry, strategy)[0]
+
+    base = strategy.partition("=")[0]
+    start = time.perf_counter()
+    if base in ("head", "finetune") and config.augment in CACHEABLE_AUGMENTS:
+        # The frozen backbone runs once, before the trials, so the search time is the search's alone.
+        trial_backbone, model = _build_model("head", backbone, seen, config)
+        _extract_all(Entry(trial_backbone, model, seen, config, precision, runtime, folder, cache_dir,
+                           echo=lambda *_: None, pool=pool))
+    extraction = time.perf_counter() - start
+    config, search = tune(config, base, train_trial, folder / "search.db", unfreeze_named="=" in strategy)
+    return config, {**search, "feature_seconds": extraction}
+
+
+def _write_entry(entry: Entry, strategy, metrics, history, probs, y_true, test_items, search: dict | None = None,
+                 keep_probabilities: bool = False) -> dict:
     backbone, model, dataset, config, folder = entry.backbone, entry.model, entry.dataset, entry.config, entry.folder
     info = {"model": backbone.spec.name, "strategy": strategy, "seed": config.seed}
     params = sum(p.numel() for p in model.parameters())
@@ -468,6 +586,11 @@ def _write_entry(entry: Entry, strategy, metrics, history, probs, y_true, test_i
         {"path": str(path), "true": dataset.classes[t], "pred": dataset.classes[p.argmax()], "confidence": float(p.max())}
         for (path, _), t, p in zip(test_items, y_true, probs)
     ])
+    if keep_probabilities:  # a fold's: the pooled entry's loss needs them (folds.py)
+        np.save(folder / PROBABILITIES, probs.astype(np.float32))
+    if search is not None:  # the tuned configuration of this entry, reusable with --config (no new search)
+        dataclasses.replace(config, models=[backbone.spec.name], strategies=[strategy], tune=0, tune_minutes=None,
+                            out=None).save(folder / "config.yaml")
     title = f"{info['model']} / {strategy}"
     plot_confusion(metrics["confusion_matrix"], dataset.classes, folder / "confusion.png", title)
     plot_curves(history, folder / "curves.png", title)
@@ -478,9 +601,14 @@ def _write_entry(entry: Entry, strategy, metrics, history, probs, y_true, test_i
         "head": {"in_features": backbone.num_features, "hidden": list(config.head_hidden),
                  "dropout": config.head_dropout, "batch_norm": config.head_bn},
     })
+    # What the report's fairness check compares between entries.
+    setup = {"evaluation": dataset.split_source, "test_images": len(test_items),
+             "input_size": backbone.preprocessing["input_size"][-1], "augment": config.augment, "tta": config.tta,
+             "tuning": search["budget"] if search else None}
     # Last: a metrics.json marks the entry complete (--resume skips it).
     write_json(folder / "metrics.json", {**summary, "per_class": metrics["per_class"],
-                                         "confusion_matrix": metrics["confusion_matrix"], "classes": dataset.classes})
+                                         "confusion_matrix": metrics["confusion_matrix"], "classes": dataset.classes,
+                                         "setup": setup, **({"tuning": search} if search else {})})
     return {**summary, "folder": folder.name}
 
 

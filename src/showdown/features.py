@@ -27,7 +27,7 @@ from .precision import autocast
 from .runtime import frozen_forward
 
 log = logging.getLogger(__name__)
-CACHE_STATS: Counter = Counter()  # "hit" / "miss", for tests and the run log
+CACHE_STATS: Counter = Counter()  # "hit" / "miss" per extraction, "images" run through a backbone: for tests and logs
 
 
 @dataclass
@@ -83,6 +83,7 @@ def extract_features(backbone: Backbone, items: list[tuple[Path, int]], *, preci
             failed = json.loads(f.metadata()["failed"])
             return Features(f.get_tensor("features"), f.get_tensor("labels"), f.get_tensor("indices"), failed, True)
     CACHE_STATS["miss"] += 1
+    CACHE_STATS["images"] += len(items)
     features = forward_frozen(backbone.model, backbone.preprocessing, items, precision=precision,
                               batch_size=batch_size, workers=workers, desc=desc, runtime=runtime, mirror=mirror,
                               name=backbone.spec.name)

@@ -114,6 +114,35 @@ def tradeoff_figure(labels: list[str], cost: list[float], accuracy: list[float],
     return fig
 
 
+def search_figure(searches: list[tuple[str, dict]], title: str):
+    """Validation loss of every trial of a hyper-parameter search (pruned ones at their last reported epoch),
+    the best so far as a line, and the default configuration's loss dashed."""
+    fig, ax = plt.subplots(figsize=(5.5, 3.2))
+    for (label, search), color in zip(searches, plt.rcParams["axes.prop_cycle"].by_key()["color"]):
+        trials = [t for t in search["trials"] if t["value"] is not None and np.isfinite(t["value"])]
+        done = [t for t in trials if t["state"] == "complete"]
+        pruned = [t for t in trials if t["state"] != "complete"]
+        name = f"{label} " if label else ""
+        ax.scatter([t["number"] for t in done], [t["value"] for t in done], color=color, s=14,
+                   label=f"{name}trials")
+        if pruned:
+            ax.scatter([t["number"] for t in pruned], [t["value"] for t in pruned], color=color, marker="x", s=14,
+                       alpha=0.5, label=f"{name}pruned")
+        if done:
+            ordered = sorted(done, key=lambda t: t["number"])
+            ax.step([t["number"] for t in ordered], np.minimum.accumulate([t["value"] for t in ordered]),
+                    where="post", color=color, linewidth=1)
+        if np.isfinite(search["default_val_loss"]):
+            ax.axhline(search["default_val_loss"], color=color, linestyle="--", linewidth=0.8)
+    ax.set_yscale("log")
+    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+    ax.set_xlabel("trial (dashed: default configuration)")
+    ax.set_ylabel("validation loss")
+    ax.set_title(title)
+    ax.legend(fontsize=7)
+    return fig
+
+
 def plot_confusion(matrix: list[list[int]], classes: list[str], path: Path, title: str) -> None:
     save(confusion_figure(matrix, classes, title), path)
 

@@ -77,7 +77,11 @@ def choose_entry(run_dir: Path, model_name: str | None) -> Path:
             names = ", ".join(r["folder"] for r in rows)
             raise ModelError(f"no model '{model_name}' in {run_dir}; it has: {names}")
         rows = matches
-    return run_dir / max(rows, key=lambda r: r["accuracy"])["folder"]
+    folder = run_dir / max(rows, key=lambda r: r["accuracy"])["folder"]
+    if not (folder / "model.json").is_file() and (folder / "fold1" / "model.json").is_file():
+        raise ModelError(f"{folder} is cross-validated (--folds): it holds one model per fold; pass one of them, "
+                         f"e.g. {folder / 'fold1'}")
+    return folder
 
 
 def _metadata(text: str | None, path: Path) -> dict:

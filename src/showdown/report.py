@@ -19,7 +19,8 @@ from pathlib import Path
 import numpy as np
 
 from .data.images import load_rgb
-from .plots import confusion_figure, curves_figure, data_uri, tradeoff_figure
+from .fairness import SEARCH_HEADER, checks, fold_rows, search_rows, searches, verdict
+from .plots import confusion_figure, curves_figure, data_uri, search_figure, tradeoff_figure
 from .records import EntryRecord, load_run
 from .results import write_atomic
 from .stats import Comparison, bootstrap_ci, compare
@@ -110,9 +111,25 @@ def markdown(groups: list[Group], tests: list, title: str) -> str:
     lines = [f"# {title}", "", "| " + " | ".join(HEADINGS.get(c, c) for c in COLUMNS) + " |",
              "|" + "---|" * len(COLUMNS)]
     lines += ["| " + " | ".join(str(row[c]).replace("|", "\\|") for c in COLUMNS) + " |" for row in rows]
+    found = checks([g.first for g in groups])
+    lines += ["", "## How fair was it?", "", verdict(found), ""]
+    lines += [f"- {'same' if c.same else 'DIFFERS'}: {c.name}: {c.text}" for c in found]
+    header, folds = fold_rows([g.first for g in groups])
+    if folds:
+        lines += ["", "## Cross-validation: test accuracy per fold", "", _md_table(header, folds)]
+    tuned = [(g, search_rows(g.first)) for g in groups if searches(g.first)]
+    if tuned:
+        lines += ["", "## Hyper-parameter search (validation split only)", ""]
+        lines += [_md_table(["entry", *SEARCH_HEADER], [[g.label, *row] for g, rows in tuned for row in rows])]
     lines += ["", "## Is the difference real?", ""]
     lines += [f"- {t.verdict() if isinstance(t, Comparison) else t}" for t in tests] or ["- only one entry"]
     return "\n".join(lines) + "\n"
+
+
+def _md_table(header: list[str], rows: list[list[str]]) -> str:
+    cell = lambda text: str(text).replace("|", "\\|")  # noqa: E731
+    return "\n".join(["| " + " | ".join(map(cell, header)) + " |", "|" + "---|" * len(header),
+                      *("| " + " | ".join(map(cell, row)) + " |" for row in rows)])
 
 
 def _thumbnail(path: str) -> str | None:
@@ -196,6 +213,9 @@ def _reproduce(record: EntryRecord) -> str:
              ["data", f"{record.dataset.get('name')} ({record.dataset.get('root')}), fingerprint "
                       f"{record.dataset.get('fingerprint')}, split {record.dataset.get('split')}"],
              ["weights", record.metrics.get("weights")]]
+    for label, search in searches(record):  # the configuration above, with the search's choices
+        facts.append([f"tuned values {label}".strip(), ", ".join(f"{k} = {v}" for k, v in search["values"].items())
+                      or search["chosen"]])
     config = json.dumps(record.config, indent=2, default=str)
     return (_table(["", ""], [[k, v] for k, v in facts], numeric_from=99)
             + f"<details><summary>configuration</summary><pre>{e(config)}</pre></details>")
@@ -231,9 +251,25 @@ def render_html(groups: list[Group], tests: list, title: str) -> str:
     verdicts = "".join(
         f"<p class='verdict {'yes' if isinstance(t, Comparison) and t.significant else 'no'}'>"
         f"{e(t.verdict() if isinstance(t, Comparison) else t)}</p>" for t in tests) or "<p>Only one entry.</p>"
+    found = checks([g.first for g in groups])
+    sections.append(("fairness", "How fair was it?", f"<p><b>{e(verdict(found))}</b></p><ul>" + "".join(
+        f"<li class={'yes' if c.same else 'no'}>{'same' if c.same else 'differs'}: <b>{e(c.name)}</b>: "
+        f"{e(c.text)}</li>" for c in found) + "</ul>"))
+    header, folds = fold_rows([g.first for g in groups])
+    if folds:
+        sections.append(("folds", "Cross-validation: test accuracy per fold",
+                         "<p class=note>Every image is in exactly one fold's test part; the leaderboard and the tests "
+                         "below use the pooled predictions of all folds.</p>" + _table(header, folds)))
+    tuned = [g for g in groups if searches(g.first)]
+    if tuned:
+        sections.append(("search", "Hyper-parameter search (validation split only)", "".join(
+            f"<h3>{e(g.label)}</h3>" + _table(SEARCH_HEADER, search_rows(g.first), numeric_from=1)
+            + f"<img src=\"{data_uri(search_figure(searches(g.first), g.label))}\" alt=\"search trials\">"
+            for g in tuned)))
     sections.append(("significance", "Is the difference real?",
-                     "<p class=note>McNemar's exact test on the paired test predictions (first seed of each entry) "
-                     "and a 95 % bootstrap interval of the accuracy difference.</p>" + verdicts))
+                     "<p class=note>McNemar's exact test on the paired test predictions (first seed of each entry; "
+                     "with --folds the pooled predictions of all folds) and a 95 % bootstrap interval of the "
+                     "accuracy difference.</p>" + verdicts))
     sections.append(("tradeoffs", "Accuracy and cost", _tradeoffs(groups)))
     curves = "".join(f"<h3>{e(g.label)}</h3><img src=\"{data_uri(curves_figure(g.first.history, g.label))}\" "
                      f"alt=\"training curves\">" for g in groups if g.first.history)

@@ -109,7 +109,7 @@ def _snapshot(model: nn.Module) -> dict:
 
 def fit(model: nn.Module, train_batches, val_batches, settings: TrainSettings, *, phase: str = "head",
         params=None, class_weights: torch.Tensor | None = None, keep_eval: list[nn.Module] = (),
-        checkpoint=None, num_classes: int | None = None, keep_start: bool = False) -> list[dict]:
+        checkpoint=None, num_classes: int | None = None, keep_start: bool = False, on_epoch=None) -> list[dict]:
     """Train `model` in place and restore its best-validation-loss weights; returns the epoch history.
 
     `train_batches` / `val_batches` are re-iterable sources of (inputs, targets); `params` are parameters or
@@ -117,6 +117,7 @@ def fit(model: nn.Module, train_batches, val_batches, settings: TrainSettings, *
     stay in inference mode while the rest trains. With `checkpoint` (a path), the state after every epoch is
     saved there and an existing checkpoint is resumed from. With `keep_start` the weights as they come in count
     as the first candidate (a fine-tuning phase that never beats the head it starts from gives that head back).
+    `on_epoch(best_val_loss)` is called after every epoch (a hyper-parameter search prunes a trial from it).
     """
     params = [p for p in model.parameters() if p.requires_grad] if params is None else params
     optimizer = make_optimizer(params, settings)
@@ -160,6 +161,8 @@ def fit(model: nn.Module, train_batches, val_batches, settings: TrainSettings, *
             save_checkpoint(checkpoint, model, optimizer, scheduler, {
                 "epoch": epoch, "best_loss": best_loss, "best_state": best_state, "since_best": since_best,
                 "history": history, "done": stop})
+        if on_epoch is not None:
+            on_epoch(best_loss)
         if stop:
             break
     if best_state is not None:

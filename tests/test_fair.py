@@ -1,0 +1,138 @@
+"""A fair showdown on the demo data: the same search for every entry (never touching the test images),
+cross-validation that tests every image once on one feature extraction, and the CI accuracy gate."""
+import csv
+import json
+
+import pytest
+import yaml
+
+from showdown import RunConfig, run
+from showdown.experiment import resume_run
+from showdown.data import load_dataset
+from showdown.data import images as image_module
+from showdown.fairness import checks, verdict
+from showdown.features import CACHE_STATS
+from showdown.folds import all_items
+from showdown.records import load_run
+
+
+def _rows(path):
+    with open(path, encoding="utf-8", newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_tune_beats_a_bad_learning_rate_without_reading_a_test_image(tmp_path, monkeypatch):
+    loaded, search_ended = [], []
+    real_load = image_module.load_rgb
+
+    def load_rgb(path):  # the real decoder; the test only notes which files were opened, and when
+        loaded.append(str(path))
+        return real_load(path)
+
+    monkeypatch.setattr(image_module, "load_rgb", load_rgb)
+
+    def echo(line=""):
+        if "searched" in line:
+            search_ended.append(len(loaded))
+
+    config = RunConfig(models=["efficientnet_lite0"], image_size=64, lr=5.0, tune=20, epochs=5, workers=0,
+                       cache_dir=str(tmp_path / "cache"), out=str(tmp_path / "run"), record=False)
+    results = run(config, echo=echo)
+    entry = results.run_dir / "efficientnet_lite0-head"
+    search = json.loads((entry / "metrics.json").read_text())["tuning"]
+    assert len(search["trials"]) == 20 and (entry / "search.db").is_file()
+    assert search["best_val_loss"] < search["default_val_loss"] and search["chosen"] == "search"
+    # The chosen values are the entry's configuration, and its final training reproduces the best trial.
+    chosen = yaml.safe_load((entry / "config.yaml").read_text())
+    assert chosen["lr"] == search["values"]["lr"] != 5.0 and chosen["tune"] == 0
+    final = min(float(row["val_loss"]) for row in _rows(entry / "history.csv"))
+    assert final == pytest.approx(search["best_val_loss"], rel=1e-5)
+
+    dataset = load_dataset("demo")
+    test_files = {str(path) for path, _ in dataset.splits["test"]}
+    seen_files = {str(path) for split in ("train", "val") for path, _ in dataset.splits[split]}
+    during_search = set(loaded[:search_ended[0]])
+    assert during_search == seen_files  # the search decoded every training and validation image ...
+    assert not during_search & test_files  # ... and no test image
+    assert set(loaded[search_ended[0]:]) == test_files  # the final evaluation reads them, once the search is over
+    assert "Hyper-parameter search" in (results.run_dir / "report.md").read_text()
+
+
+def test_resume_continues_the_search_where_it_stopped(tmp_path):
+    out = tmp_path / "run"
+    run(RunConfig(models=["efficientnet_lite0"], image_size=64, tune=3, epochs=3, workers=0, out=str(out),
+                  cache_dir=str(tmp_path / "cache"), record=False, report=False), echo=lambda *_: None)
+    entry = out / "efficientnet_lite0-head"
+    first = json.loads((entry / "metrics.json").read_text())["tuning"]["trials"]
+    # As if killed after its third trial with a budget of five: the entry is unfinished, its study is kept.
+    (entry / "metrics.json").unlink()
+    config = yaml.safe_load((out / "config.yaml").read_text())
+    (out / "config.yaml").write_text(yaml.safe_dump({**config, "tune": 5}))
+    resume_run(out, echo=lambda *_: None)
+    trials = json.loads((entry / "metrics.json").read_text())["tuning"]["trials"]
+    assert [t["number"] for t in trials] == [0, 1, 2, 3, 4]
+    assert trials[:3] == first  # the trials it had are kept, not repeated
+    assert len({json.dumps(t["params"], sort_keys=True) for t in trials}) == 5  # the new ones draw new values
+
+
+def test_folds_test_every_image_once_on_one_feature_extraction(tmp_path):
+    before = CACHE_STATS.copy()
+    config = RunConfig(models=["efficientnet_lite0", "efficientnet_lite1"], image_size=64, folds=5, repeats=2,
+                       epochs=3, workers=0, cache_dir=str(tmp_path / "cache"), out=str(tmp_path / "run"),
+                       record=False)
+    results = run(config, echo=lambda *_: None)
+    images = {str(path) for path, _ in all_items(load_dataset("demo"))}
+    assert len(images) == 250
+    assert CACHE_STATS["images"] - before["images"] == 2 * 250  # each backbone ran once per image, for all folds
+    assert len(results.rows) == 4  # 2 backbones x 2 seeds, each pooled over its 5 folds
+    entry = results.run_dir / "efficientnet_lite0-head-seed0"
+    fold_tests = [[row["path"] for row in _rows(entry / f"fold{k}" / "predictions.csv")] for k in range(1, 6)]
+    assert sorted(path for fold in fold_tests for path in fold) == sorted(images)  # each image in one test fold
+    pooled = _rows(entry / "predictions.csv")
+    assert [row["path"] for row in pooled] == sorted(images)
+    metrics = json.loads((entry / "metrics.json").read_text())
+    assert [f["fold"] for f in metrics["fold_metrics"]] == [1, 2, 3, 4, 5]
+    assert metrics["accuracy"] == pytest.approx(sum(r["true"] == r["pred"] for r in pooled) / 250)
+    accuracies = [f["accuracy"] for f in metrics["fold_metrics"]]
+    assert metrics["fold_accuracy_mean"] == pytest.approx(sum(accuracies) / 5) and metrics["fold_accuracy_std"] > 0
+    report = (results.run_dir / "report.md").read_text()
+    assert "## Cross-validation" in report and f"{accuracies[0]:.4f}" in report
+    assert "same 250 images" in report  # the fairness check: pooled predictions cover the same images
+    assert "McNemar p = " in report  # tested image by image on the pooled predictions
+    assert (results.run_dir / "folds.csv").is_file()
+    # Had one entry seen larger images, the fairness check would name it.
+    records = [r for r in load_run(results.run_dir) if r.seed == 0]
+    records[1].metrics["setup"]["input_size"] = 128
+    found = {c.name: c for c in checks(records)}
+    assert found["test images"].same and not found["input size"].same
+    assert "efficientnet_lite1 / head" in found["input size"].text and verdict(list(found.values())).startswith(
+        "Differs in input size")
+
+
+def test_accuracy_gate_fails_the_run_after_writing_it(tmp_path, capsys, demo_copy):
+    from showdown.cli import main
+
+    args = ["run", "--data", str(demo_copy), "--models", "efficientnet_lite0", "--no-pretrained", "--image-size",
+            "64", "--epochs", "1", "--workers", "0", "--no-record"]
+    assert main([*args, "--out", str(tmp_path / "low"), "--assert-accuracy-at-least", "0.99"]) == 1
+    stderr = capsys.readouterr().err
+    assert stderr.startswith("error: best test accuracy ") and "Traceback" not in stderr
+    assert "--assert-accuracy-at-least 0.99" in stderr and len(stderr.strip().splitlines()) == 1
+    assert (tmp_path / "low" / "summary.json").is_file() and (tmp_path / "low" / "report.html").is_file()
+    assert main([*args, "--out", str(tmp_path / "ok"), "--assert-accuracy-at-least", "0"]) == 0
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--tune", "-1"], "--tune must be 0"),
+    (["--tune-minutes", "0"], "--tune-minutes must be positive"),
+    (["--folds", "1"], "--folds must be at least 2"),
+    (["--folds", "1000"], "--folds 1000 needs at least 1000 images in every class"),
+    (["--assert-accuracy-at-least", "2"], "between 0 and 1"),
+])
+def test_bad_fairness_values_are_one_line_errors(tmp_path, capsys, demo_copy, args, message):
+    from showdown.cli import main
+
+    assert main(["run", "--data", str(demo_copy), *args, "--out", str(tmp_path / "err")]) == 2
+    stderr = capsys.readouterr().err
+    assert stderr.startswith("error: ") and message in stderr and "Traceback" not in stderr
+    assert len(stderr.strip().splitlines()) == 1
