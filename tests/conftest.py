@@ -17,6 +17,15 @@ needs_cifar10 = pytest.mark.skipif(not (DATASETS / "cifar10-jpg.tar.gz").is_file
                                    reason=f"CIFAR-10 archive not found under {DATASETS} (../shared absent)")
 
 
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # `pytest -n 2`: one core per worker. Two workers each spinning two OpenMP threads on two cores is far
+    # slower than either alone; the CLI subprocesses the tests start inherit the setting.
+    os.environ["OMP_NUM_THREADS"] = "1"
+    import torch
+
+    torch.set_num_threads(1)
+
+
 @pytest.fixture(autouse=True, scope="session")
 def _offline_and_isolated(tmp_path_factory):
     """Tests never reach a hub, and keep their caches out of the user's home."""
