@@ -17,7 +17,8 @@ QUICK = dict(models=["efficientnet_lite0"], image_size=160, workers=0, epochs=30
 @pytest.fixture(scope="module")
 def demo_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("run") / "demo"
-    results = run(RunConfig(out=str(out), **QUICK), echo=lambda *_: None)
+    # fp32, so that a recomputation from the images can match (on a CPU with native bf16 `auto` picks bf16).
+    results = run(RunConfig(out=str(out), precision="fp32", **QUICK), echo=lambda *_: None)
     return results
 
 
@@ -56,7 +57,7 @@ def test_saved_model_reproduces_the_test_predictions(demo_run):
     with torch.inference_mode():
         predicted = model(batch).argmax(1).tolist()
     accuracy = sum(p == label for p, (_, label) in zip(predicted, dataset.splits["test"])) / len(predicted)
-    assert accuracy == pytest.approx(demo_run.best()["accuracy"], abs=1 / 40)
+    assert accuracy == pytest.approx(demo_run.best()["accuracy"], abs=1 / 40 + 1e-9)  # at most one near tie flips
 
 
 def test_frozen_backbone_is_untouched_and_seeded_runs_repeat(tmp_path, demo_copy):
