@@ -102,6 +102,8 @@ def test_the_conversion_runs_once(tmp_path, isolated_keras):
     stamp = os.stat(first / "test" / FINE_NAMES[0] / "0000.png").st_mtime_ns
     _, second = resolve_data("cifar100", str(tmp_path / "root"))
     assert second == first and os.stat(second / "test" / FINE_NAMES[0] / "0000.png").st_mtime_ns == stamp
+    name, direct = resolve_data(str(tmp_path / "root" / "cifar-100-python"), None)  # --data path/to/cifar-100-python
+    assert (name, direct) == ("cifar-100-python", first)
 
 
 class _Exploit:

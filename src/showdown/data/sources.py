@@ -50,7 +50,9 @@ def resolve_data(data: str, root: str | None) -> tuple[str, Path]:
     if not path.exists():
         hint = f" (or a name: {', '.join((DEMO, *NAMED))})" if os.sep not in data else ""
         raise DataError(f"dataset path {data} does not exist{hint}")
-    if path.is_dir() or is_archive(path):
+    if path.is_dir():
+        return path.name, (image_folder(path) if is_cifar_pickles(path) else path)
+    if is_archive(path):
         return path.name.split(".")[0], image_folder(path)
     raise DataError(f"{data} is neither a folder of class sub-folders nor a .zip/.tar/.tar.gz archive")
 
