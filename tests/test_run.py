@@ -94,9 +94,9 @@ def test_unreadable_images_are_skipped_counted_and_listed(tmp_path, demo_copy):
     assert any("skipped 2 unreadable" in line for line in lines)
 
 
-def _cli(*args, cwd=None):
+def _cli(*args, cwd=None, timeout=600):
     return subprocess.run([sys.executable, "-m", "showdown.cli", *args], capture_output=True, text=True, cwd=cwd,
-                          timeout=600)
+                          timeout=timeout)
 
 
 def test_cli_prints_the_comparison_table(tmp_path, demo_copy):
