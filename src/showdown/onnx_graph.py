@@ -10,6 +10,7 @@ Two things the stock TorchScript-based exporter gets in the way of:
 """
 from __future__ import annotations
 
+import functools
 import os
 import tempfile
 import warnings
@@ -70,13 +71,8 @@ def pooling_matrix(size_in: int, size_out: int) -> torch.Tensor:
     return matrix
 
 
-_registered = False
-
-
+@functools.cache  # once per process
 def _register_adaptive_avg_pool() -> None:
-    global _registered
-    if _registered:
-        return
     from torch.onnx import symbolic_helper, symbolic_opset9
 
     def adaptive_avg_pool2d(g, image, output_size):
@@ -90,4 +86,3 @@ def _register_adaptive_avg_pool() -> None:
         return g.op("MatMul", g.op("MatMul", rows, image), cols)
 
     torch.onnx.register_custom_op_symbolic("aten::adaptive_avg_pool2d", adaptive_avg_pool2d, ONNX_OPSET)
-    _registered = True

@@ -10,7 +10,6 @@ Unpickling can run code, so only the numpy classes an array needs are allowed; a
 """
 from __future__ import annotations
 
-import hashlib
 import pickle
 import shutil
 from pathlib import Path
@@ -19,6 +18,7 @@ import numpy as np
 from PIL import Image
 
 from ..errors import DataError
+from .folder import fingerprint
 
 # Folder name -> (train files, test file, meta file, label key, class-name key)
 LAYOUTS = {
@@ -64,7 +64,7 @@ def cifar_to_folders(folder: Path, cache_dir: Path) -> Path:
     missing = [f.name for f in files if not f.is_file()]
     if missing:
         raise DataError(f"{folder} lacks {', '.join(missing)} of the official CIFAR release; re-download it")
-    target = cache_dir / f"{folder.name}-{_fingerprint(files)}"
+    target = cache_dir / f"{folder.name}-{fingerprint([f.resolve() for f in files])}"
     if target.is_dir():
         return target
     names = [str(n) for n in load_pickle(folder / meta_file)[names_key]]
@@ -97,10 +97,3 @@ def _write_images(batch: dict, label_key: str, names: list[str], out: Path, coun
         Image.fromarray(image).save(out / names[label] / f"{counts[label]:04d}.png")
         counts[label] += 1
 
-
-def _fingerprint(files: list[Path]) -> str:
-    digest = hashlib.sha256()
-    for path in files:
-        stat = path.stat()
-        digest.update(f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}\n".encode(errors="surrogateescape"))
-    return digest.hexdigest()[:16]
