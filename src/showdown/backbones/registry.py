@@ -70,7 +70,7 @@ def resolve_backbone(name: str) -> BackboneSpec:
     if timm.is_model(name):
         arch, _, tag = name.partition(".")
         return BackboneSpec(name, arch, tag or None)
-    candidates = list(SHORT_NAMES) + timm.list_models()
+    candidates = list(dict.fromkeys([*SHORT_NAMES, *timm.list_models()]))  # a short name can also be a timm name
     close = difflib.get_close_matches(name, candidates, n=3, cutoff=0.6)
     hint = f" Did you mean {', '.join(close)}?" if close else " Run `showdown models` for the short names."
     raise ModelError(f"unknown model '{name}'.{hint}")
