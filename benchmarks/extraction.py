@@ -22,11 +22,11 @@ from pathlib import Path
 
 import torch
 
-from showdown.backbones import load_backbone
-from showdown.bench import gmacs, time_onnxruntime, time_torch
 from showdown.data.folder import _images_in
-from showdown.features import forward_frozen
+from showdown.frozen.feature_cache import forward_frozen
+from showdown.models.backbones import load_backbone
 from showdown.precision import bf16_supported
+from showdown.reporting.bench import gmacs, time_onnxruntime, time_torch
 
 
 def cpu_peak() -> dict:

@@ -19,17 +19,17 @@ from pathlib import Path
 
 import torch
 
-from showdown.backbones import load_backbone
-from showdown.config import RunConfig
+from showdown.config.run_config import RunConfig
 from showdown.data import load_dataset
 from showdown.data.folder import subset_per_class
-from showdown.evaluate import predict_proba
-from showdown.experiment import Entry, _extract_all, feature_batches, image_batches, train_settings
-from showdown.head import Head, ImageClassifier
+from showdown.experiment.runner import Entry, _extract_all, feature_batches, image_batches, train_settings
+from showdown.frozen.engines import resolve_runtime
+from showdown.models.backbones import load_backbone
+from showdown.models.classifier import Head, ImageClassifier
 from showdown.precision import resolve_precision
-from showdown.runtime import resolve_runtime
-from showdown.strategies import batchnorms_kept_in_eval, freeze_backbone
-from showdown.train import fit
+from showdown.training.evaluate import predict_proba
+from showdown.training.freezing import batchnorms_kept_in_eval, freeze_backbone
+from showdown.training.loop import fit
 
 
 def main() -> None:

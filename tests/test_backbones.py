@@ -2,14 +2,13 @@ import pickle
 
 import pytest
 import torch
-from PIL import Image
 from safetensors.torch import save_file
 
-from showdown.backbones import efficientnet_lite, load_backbone, resolve_backbone
 from showdown.data.images import eval_transform, load_rgb
 from showdown.errors import ModelError
+from showdown.models.backbones import efficientnet_lite, load_backbone, resolve_backbone
 
-from .conftest import PHOTOS, TFLITE, needs_photos
+from .conftest import PHOTOS, needs_photos
 
 
 def imagenet_names():

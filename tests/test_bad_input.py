@@ -6,14 +6,11 @@ import subprocess
 import sys
 
 import numpy as np
-import pytest
 from PIL import Image
 
 from showdown.data import load_dataset
 from showdown.data.images import load_rgb
 from showdown.data.leakage import check_leakage
-
-from .conftest import REPO
 
 
 def _cli(*args):

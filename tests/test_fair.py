@@ -7,13 +7,13 @@ import pytest
 import yaml
 
 from showdown import RunConfig, run
-from showdown.experiment import resume_run
-from showdown.data import load_dataset
 from showdown.data import images as image_module
-from showdown.fairness import checks, verdict
-from showdown.features import CACHE_STATS
-from showdown.folds import all_items
-from showdown.records import load_run
+from showdown.data import load_dataset
+from showdown.experiment.folds import all_items
+from showdown.experiment.runner import resume_run
+from showdown.frozen.feature_cache import CACHE_STATS
+from showdown.reporting.fairness import checks, verdict
+from showdown.reporting.run_records import load_run
 
 
 def _rows(path):

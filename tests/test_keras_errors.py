@@ -6,8 +6,8 @@ import sys
 import h5py
 import pytest
 
-from showdown.backbones import load_backbone
 from showdown.errors import ModelError
+from showdown.models.backbones import load_backbone
 
 from .conftest import SHARED
 
@@ -29,7 +29,8 @@ def test_keras_cache_is_named_in_the_error_listing_what_was_tried(tmp_path, monk
 
 @needs_genuine
 def test_weights_of_another_network_are_refused_with_the_fix():
-    with pytest.raises(ModelError, match="holds Keras MobileNet weights, not resnet50: use it with --models mobilenet_v1"):
+    expected = "holds Keras MobileNet weights, not resnet50: use it with --models mobilenet_v1"
+    with pytest.raises(ModelError, match=expected):
         load_backbone("resnet50", weights_file=GENUINE)
 
 

@@ -10,9 +10,9 @@ import torch
 
 from showdown import RunConfig, run
 from showdown.data.images import eval_transform, load_rgb
-from showdown.export import export_model
-from showdown.model_io import load_model
-from showdown.predict import open_model, predict_files
+from showdown.deploy.export import export_model
+from showdown.deploy.predict import open_model, predict_files
+from showdown.models.saving import load_model
 
 # Input size per backbone: the smallest that keeps it quick; InceptionV3's stem needs at least 75 px.
 BACKBONES = {"efficientnet_lite0": 64, "mobilenet_v2": 64, "mobilenet_v1": 64, "resnet50": 64, "vgg16": 64,
@@ -30,7 +30,8 @@ def showdown_run(request, tmp_path_factory):
     name = request.param
     out = tmp_path_factory.mktemp("matrix") / name
     results = run(RunConfig(data="demo", models=[name], strategies=STRATEGIES, pretrained=False,
-                            image_size=BACKBONES[name], max_per_class=4, epochs=1, batch_size=32, workers=0, precision="fp32",
+                            image_size=BACKBONES[name], max_per_class=4, epochs=1, batch_size=32, workers=0,
+                            precision="fp32",
                             out=str(out), report=False, record=False), echo=lambda *_: None)
     return name, results
 
@@ -54,7 +55,8 @@ def test_every_backbone_trains_saves_predicts_and_exports(showdown_run, strategy
     head_only = strategy == "head"
     model, info = load_model(folder)
     backbone_params = sum(p.numel() for p in model.backbone.parameters())
-    assert (trainable < backbone_params) if head_only or strategy.startswith("finetune") else trainable >= backbone_params
+    partial = head_only or strategy.startswith("finetune")
+    assert (trainable < backbone_params) if partial else trainable >= backbone_params
 
     # The reloaded model predicts what the run recorded for each test image.
     recorded = list(csv.DictReader(open(folder / "predictions.csv")))
@@ -79,7 +81,7 @@ class _NoOnnx(torch.nn.Module):
 
 
 def test_a_frozen_part_onnx_cannot_express_falls_back_in_one_log_line(caplog, capfd):
-    from showdown.runtime import frozen_forward
+    from showdown.frozen.engines import frozen_forward
 
     x = torch.randn(2, 3, 8, 8)
     with caplog.at_level("INFO"):
@@ -94,7 +96,7 @@ def test_a_frozen_part_onnx_cannot_express_falls_back_in_one_log_line(caplog, ca
 
 @pytest.mark.parametrize("size", [2, 3, 4, 5, 7, 9])
 def test_adaptive_pooling_to_any_size_exports_exactly(size, tmp_path):
-    from showdown.onnx_graph import onnx_graph
+    from showdown.models.onnx_graph import onnx_graph
 
     pool = torch.nn.AdaptiveAvgPool2d(7)  # what timm's VGG does before its 7x7 pre-logits convolution
     x = torch.randn(2, 4, size, size + 1)

@@ -9,13 +9,13 @@ from PIL import Image
 from torchvision import transforms
 
 from showdown import RunConfig, run
-from showdown.backbones import load_backbone
 from showdown.data.images import eval_transform, load_rgb
-from showdown.data.small import without_centre_crop
+from showdown.data.thumbnails import without_centre_crop
+from showdown.deploy.export import export_model
+from showdown.deploy.predict import open_model
 from showdown.errors import ConfigError
-from showdown.export import export_model
-from showdown.model_io import load_model
-from showdown.predict import open_model
+from showdown.models.backbones import load_backbone
+from showdown.models.saving import load_model
 
 
 def test_pooled_stages_put_the_pooled_stage_outputs_before_the_final_features():

@@ -1,8 +1,8 @@
 import pytest
 
 from showdown.cli import build_parser, config_from_args
+from showdown.config.presets import list_presets, load_preset
 from showdown.errors import ConfigError
-from showdown.preset import list_presets, load_preset
 
 from .conftest import TFLITE
 from .test_run import _cli

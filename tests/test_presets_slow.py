@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from showdown.preset import list_presets, load_preset
+from showdown.config.presets import list_presets, load_preset
 
 from .conftest import DATASETS, TFLITE
 from .test_run import _cli

@@ -1,6 +1,4 @@
 """The report over real runs, opened in headless Chromium; the results database, killed mid-run."""
-import json
-import os
 import shutil
 import signal
 import subprocess
@@ -10,8 +8,8 @@ import time
 import pytest
 
 from showdown import RunConfig, run
-from showdown import db
-from showdown.records import load_run
+from showdown.reporting import database as db
+from showdown.reporting.run_records import load_run
 
 MALICIOUS = "<img src=x onerror=alert(1)>"  # a folder name cannot hold '/', so no </script>; this one runs too
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")

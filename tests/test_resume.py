@@ -59,4 +59,5 @@ def test_killed_run_resumes_and_matches_an_uninterrupted_one(tmp_path, demo_dir)
     history = (killed / "scratch_cnn-scratch-cnn" / "history.csv").read_text().splitlines()
     assert len(history) == 1 + 8  # every epoch once: the ones before the kill and the ones after
     rows = json.loads((killed / "summary.json").read_text())["rows"]
-    assert {(r["model"], r["strategy"]) for r in rows} == {("efficientnet_lite0", "head"), ("scratch_cnn", "scratch-cnn")}
+    entries = {(r["model"], r["strategy"]) for r in rows}
+    assert entries == {("efficientnet_lite0", "head"), ("scratch_cnn", "scratch-cnn")}

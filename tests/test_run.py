@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from showdown import RunConfig, run
-from showdown.backbones import load_backbone
-from showdown.features import CACHE_STATS
-from showdown.model_io import load_model
+from showdown.frozen.feature_cache import CACHE_STATS
+from showdown.models.backbones import load_backbone
+from showdown.models.saving import load_model
 
 QUICK = dict(models=["efficientnet_lite0"], image_size=160, workers=0, epochs=30)
 

@@ -9,14 +9,14 @@ import timm
 import torch
 from torch import nn
 
-from showdown.backbones import load_backbone
-from showdown.boundary import TopOfNetwork, first_trainable, sequential_layers
-from showdown.config import RunConfig
-from showdown.experiment import feature_batches, image_batches
-from showdown.features import extract_features, forward_frozen
-from showdown.head import Head, ImageClassifier
-from showdown.strategies import batchnorms_kept_in_eval, freeze_backbone, unfreeze
-from showdown.train import TrainSettings, fit
+from showdown.config.run_config import RunConfig
+from showdown.experiment.runner import feature_batches, image_batches
+from showdown.frozen.boundary import TopOfNetwork, first_trainable, sequential_layers
+from showdown.frozen.feature_cache import extract_features, forward_frozen
+from showdown.models.backbones import load_backbone
+from showdown.models.classifier import Head, ImageClassifier
+from showdown.training.freezing import batchnorms_kept_in_eval, freeze_backbone, unfreeze
+from showdown.training.loop import TrainSettings, fit
 
 
 def _items(demo_dir, per_class=6):
@@ -101,7 +101,7 @@ def test_onnxruntime_features_equal_pytorch_features(demo_dir):
 
 def test_runtime_choice():
     from showdown.errors import ConfigError
-    from showdown.runtime import resolve_runtime
+    from showdown.frozen.engines import resolve_runtime
 
     assert resolve_runtime("auto", "fp32") == "onnxruntime"
     assert resolve_runtime("auto", "bf16") == "torch"
@@ -117,7 +117,7 @@ def test_feature_cache_key_changes_with_every_part(demo_copy, tmp_path):
 
     from safetensors.torch import save_file
 
-    from showdown.features import cache_key
+    from showdown.frozen.feature_cache import cache_key
 
     items = [(p, 0) for p in sorted((demo_copy / "daisy").iterdir())[:5]]
     lite0 = load_backbone("efficientnet_lite0")
@@ -150,7 +150,7 @@ def test_batched_small_image_resize_equals_the_per_image_transform(demo_dir, tmp
     from PIL import Image
 
     from showdown.data.images import eval_transform, load_rgb
-    from showdown.data.small import batch_resize, small_square_side, to_uint8_tensor
+    from showdown.data.thumbnails import batch_resize, small_square_side, to_uint8_tensor
 
     items = []
     for i, (path, label) in enumerate(_items(demo_dir, per_class=2)):
@@ -181,8 +181,8 @@ def test_flip_augmentation_keeps_the_cache_and_serves_each_image_or_its_mirror(d
     """--augment flip: features of each image and of its mirror image are computed once; every epoch each
     training image appears exactly once, as one of the two, chosen by a seeded coin."""
     from showdown.data.images import eval_transform, load_rgb
-    from showdown.experiment import MirrorBatches
-    from showdown.train import seed_epoch
+    from showdown.experiment.runner import MirrorBatches
+    from showdown.training.loop import seed_epoch
 
     backbone = load_backbone("efficientnet_lite0", image_size=96)
     items = _items(demo_dir, per_class=3)

@@ -61,7 +61,8 @@ def test_cifar100_pickle_folder_in_the_data_root_keeps_the_official_split_and_fi
     dataset = load_dataset("cifar100", data_root=str(tmp_path / "root"), split=(0.7, 0.15, 0.15), seed=0)
     assert dataset.classes == FINE_NAMES
     counts = dataset.counts()
-    assert counts["test"] == 100 and counts["train"] + counts["val"] == 1000 and counts["val"] > 0  # val from train only
+    # val comes from train only
+    assert counts["test"] == 100 and counts["train"] + counts["val"] == 1000 and counts["val"] > 0
     assert dataset.split_source.startswith("given test, train; val carved from train")
     # Pixels: the first test image of class 0 is the first row of the test batch, planes turned into RGB.
     with open(folder / "test", "rb") as f:

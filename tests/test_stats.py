@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from showdown.stats import bootstrap_ci, compare, mcnemar_exact
+from showdown.reporting.stats import bootstrap_ci, compare, mcnemar_exact
 
 
 def _pairs(both, only_a, only_b, neither):

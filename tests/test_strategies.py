@@ -4,15 +4,19 @@ import torch
 from torch import nn
 
 from showdown import RunConfig, run
-from showdown.backbones import load_backbone
-from showdown.boundary import TopOfNetwork, first_trainable, sequential_layers
-from showdown.data import load_dataset
 from showdown.data.images import eval_transform, load_rgb
 from showdown.errors import ConfigError
-from showdown.head import Head, ImageClassifier
-from showdown.model_io import load_model
-from showdown.strategies import (batchnorms_kept_in_eval, layer_groups, lr_param_groups, parameterised_layers,
-                                 unfreeze)
+from showdown.frozen.boundary import TopOfNetwork, first_trainable, sequential_layers
+from showdown.models.backbones import load_backbone
+from showdown.models.classifier import Head, ImageClassifier
+from showdown.models.saving import load_model
+from showdown.training.freezing import (
+    batchnorms_kept_in_eval,
+    layer_groups,
+    lr_param_groups,
+    parameterised_layers,
+    unfreeze,
+)
 
 
 def classifier(name="efficientnet_lite0", **kwargs):
@@ -113,7 +117,7 @@ def test_scratch_cnn_and_scratch_train_every_layer(tmp_path, demo_copy):
 
 def test_balanced_class_weights_raise_minority_recall():
     """--class-weight balanced: on a 19:1 imbalanced problem the rare class is found far more often."""
-    from showdown.train import TrainSettings, fit
+    from showdown.training.loop import TrainSettings, fit
 
     generator = torch.Generator().manual_seed(0)
     counts = (950, 50)
@@ -137,7 +141,7 @@ def test_strong_augmentation_mixes_image_pairs_with_soft_targets():
     """`strong` trains on mixup/cutmix blends of pairs against soft targets, not on the images as given."""
     from timm.loss import SoftTargetCrossEntropy
 
-    from showdown.train import TrainSettings, _loss_functions, run_epoch
+    from showdown.training.loop import TrainSettings, _loss_functions, run_epoch
 
     loss_fn, mix = _loss_functions(TrainSettings(mixup=True, label_smoothing=0.1), None, num_classes=3)
     assert isinstance(loss_fn, SoftTargetCrossEntropy) and mix is not None
@@ -161,7 +165,7 @@ def test_strong_augmentation_mixes_image_pairs_with_soft_targets():
 
 def test_a_finetune_phase_that_never_beats_its_start_gives_the_start_back():
     """keep_start: the head the fine-tuning starts from is the first candidate for early stopping."""
-    from showdown.train import TrainSettings, fit
+    from showdown.training.loop import TrainSettings, fit
 
     generator = torch.Generator().manual_seed(0)
     x = torch.randn(200, 4, generator=generator)

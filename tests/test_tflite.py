@@ -4,9 +4,9 @@ import pytest
 import torch
 from timm.data import create_transform
 
-from showdown.backbones import load_backbone
 from showdown.data.images import eval_transform, load_rgb
 from showdown.errors import ModelError
+from showdown.models.backbones import load_backbone
 
 from .conftest import PHOTOS, TFLITE
 

@@ -10,9 +10,9 @@ import torch
 
 from showdown import RunConfig, run
 from showdown.data.images import eval_transform, load_rgb
-from showdown.export import export_model
-from showdown.model_io import load_model
-from showdown.predict import open_model
+from showdown.deploy.export import export_model
+from showdown.deploy.predict import open_model
+from showdown.models.saving import load_model
 
 from .conftest import PHOTOS, needs_photos
 

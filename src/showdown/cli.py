@@ -7,8 +7,8 @@ import sys
 
 import yaml
 
-from .config import RunConfig
-from .errors import ConfigError, ShowdownError
+from showdown.config.run_config import RunConfig
+from showdown.errors import ConfigError, ShowdownError
 
 
 def _csv(kind):
@@ -16,7 +16,8 @@ def _csv(kind):
         try:
             return [kind(part) for part in text.split(",") if part.strip()]
         except ValueError:
-            raise argparse.ArgumentTypeError(f"expected comma-separated {kind.__name__} values, got '{text}'")
+            raise argparse.ArgumentTypeError(
+                f"expected comma-separated {kind.__name__} values, got '{text}'") from None
     return parse
 
 
@@ -57,7 +58,8 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--grad-clip", type=float, default=S, help="clip the gradient norm")
     g.add_argument("--tta", default=S, help="test-time augmentation: none or flip (average with the mirror image)")
     g.add_argument("--augment", default=S,
-                   help="none, flip (cached mirror images), light (flip + random-resized-crop) or strong (+ RandAugment, mixup/cutmix)")
+                   help="none, flip (cached mirror images), light (flip + random-resized-crop) or strong "
+                        "(+ RandAugment, mixup/cutmix)")
     g.add_argument("--class-weight", default=S, help="none or balanced (loss weighted by inverse class frequency)")
     g.add_argument("--drop-duplicates", action="store_true", default=S,
                    help="drop val/test images whose exact bytes are also in an earlier split")
@@ -134,7 +136,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--allow-random-init", action="store_true",
                        help="measure architectures without weights here (speed does not depend on the weights)")
     bench.add_argument("--image-size", type=int, help="override the input size")
-    bench.add_argument("--precision", dest="precisions", type=_csv(str), default=None, help="fp32,bf16 (default: bf16 too where the CPU has it)")
+    bench.add_argument("--precision", dest="precisions", type=_csv(str), default=None,
+                       help="fp32,bf16 (default: bf16 too where the CPU has it)")
     bench.add_argument("--no-onnx", dest="onnx", action="store_false", help="skip the ONNX Runtime peer figure")
     bench.add_argument("--repeats", type=int, default=30, help="timed batch-1 runs per model (median reported)")
     bench.add_argument("--out", help="run folder for bench.csv and bench.json (default runs/<timestamp>-bench)")
@@ -144,7 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def config_from_args(args: argparse.Namespace) -> RunConfig:
-    from .preset import QUICK, load_preset
+    from showdown.config.presets import QUICK, load_preset
 
     values: dict = load_preset(args.preset) if hasattr(args, "preset") else {}
     if getattr(args, "quick", False):
@@ -176,7 +179,7 @@ def _weights_map(entries: list[str], models: list[str]) -> dict[str, str]:
 
 
 def cmd_run(args) -> int:
-    from .experiment import resume_run, run
+    from showdown.experiment.runner import resume_run, run
 
     if hasattr(args, "resume"):
         resume_run(args.resume)
@@ -186,7 +189,7 @@ def cmd_run(args) -> int:
 
 
 def cmd_predict(args) -> int:
-    from .predict_output import write_predictions
+    from showdown.deploy.predict_output import write_predictions
 
     write_predictions(args.model, args.inputs, model_name=args.model_name, top_k=args.top_k, fmt=args.format,
                       output=args.output, batch_size=args.batch_size, workers=args.workers)
@@ -194,7 +197,7 @@ def cmd_predict(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from .export import export_model
+    from showdown.deploy.export import export_model
 
     path = export_model(args.model, args.format, args.output, args.model_name, args.quantize)
     print(f"exported {path}")
@@ -202,7 +205,7 @@ def cmd_export(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from .report import report_run
+    from showdown.reporting.report import report_run
 
     html_path, md_path = report_run(args.run_dir)
     print(f"report: {html_path}\nsummary: {md_path}")
@@ -210,8 +213,8 @@ def cmd_report(args) -> int:
 
 
 def cmd_runs(args) -> int:
-    from . import db
-    from .results import format_table
+    from showdown import db
+    from showdown.reporting.tables import format_table
 
     if args.action == "list":
         rows = db.list_runs(args.db)
@@ -229,8 +232,8 @@ def cmd_runs(args) -> int:
                             for r in records]))
         print(f"configuration: {records[0].config}")
         return 0
-    from .report import write_report
-    from .results import new_run_dir
+    from showdown.fileio import new_run_dir
+    from showdown.reporting.report import write_report
 
     out = new_run_dir(args.out, "compare-" + "-".join(map(str, args.ids)))
     html_path, _ = write_report(records, out, f"tl-showdown: runs {', '.join(map(str, args.ids))} compared")
@@ -239,14 +242,14 @@ def cmd_runs(args) -> int:
 
 
 def cmd_bench(args) -> int:
-    from .bench import run_bench
+    from showdown.reporting.bench import run_bench
 
     run_bench(args)
     return 0
 
 
 def cmd_models(args) -> int:
-    from .backbones import SHORT_NAMES
+    from showdown.models.backbones import SHORT_NAMES
 
     for spec in SHORT_NAMES.values():
         source = f"package {spec.package}" if spec.package else (
@@ -257,7 +260,7 @@ def cmd_models(args) -> int:
 
 
 def cmd_presets(args) -> int:
-    from .preset import list_presets
+    from showdown.config.presets import list_presets
 
     for name, description in list_presets().items():
         print(f"{name:32s} {description}")

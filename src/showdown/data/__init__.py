@@ -1,8 +1,8 @@
 """Data: names, folders and archives become a DatasetSpec (files, labels, splits, fingerprint)."""
 from __future__ import annotations
 
-from .folder import DatasetSpec, build_spec
-from .sources import resolve_data
+from showdown.data.folder import DatasetSpec, build_spec
+from showdown.data.sources import resolve_data
 
 
 def load_dataset(data: str, *, data_root: str | None = None,

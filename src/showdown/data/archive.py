@@ -6,13 +6,12 @@ is extracted into a temporary sibling and renamed into place, so a half-extracte
 """
 from __future__ import annotations
 
-import hashlib
-import shutil
 import tarfile
 import zipfile
 from pathlib import Path, PurePosixPath
 
-from ..errors import DataError
+from showdown.errors import DataError
+from showdown.fileio import atomic_dir, digest, file_stamp
 
 ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz")
 MAX_MEMBER_BYTES = 512 * 2**20
@@ -26,23 +25,15 @@ def is_archive(path: Path) -> bool:
 def extract_once(archive: Path, cache_dir: Path, *, max_member: int = MAX_MEMBER_BYTES,
                  max_total: int = MAX_TOTAL_BYTES) -> Path:
     """The folder holding the archive's contents, extracting it first if this archive version is new."""
-    stat = archive.stat()
-    key = hashlib.sha256(f"{archive.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()[:16]
+    key = digest([f"{archive.resolve()}|{file_stamp(archive)}"])[:16]
     target = cache_dir / f"{archive.name.split('.')[0]}-{key}"
     if target.is_dir():
         return target
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    partial = cache_dir / f".{target.name}.partial"
-    shutil.rmtree(partial, ignore_errors=True)
-    partial.mkdir()
-    try:
+    with atomic_dir(target) as partial:
         if archive.name.lower().endswith(".zip"):
             _extract_zip(archive, partial, max_member, max_total)
         else:
             _extract_tar(archive, partial, max_member, max_total)
-        partial.rename(target)
-    finally:
-        shutil.rmtree(partial, ignore_errors=True)
     return target
 
 
@@ -60,7 +51,8 @@ def _check_name(archive: Path, name: str) -> None:
 def _check_sizes(archive: Path, sizes: list[tuple[str, int]], max_member: int, max_total: int) -> None:
     for name, size in sizes:
         if size > max_member:
-            raise DataError(f"archive {archive.name}: member '{name}' is {size} bytes, over the {max_member} limit; refused")
+            raise DataError(f"archive {archive.name}: member '{name}' is {size} bytes, over the {max_member} "
+                            "limit; refused")
     total = sum(size for _, size in sizes)
     if total > max_total:
         raise DataError(f"archive {archive.name} unpacks to {total} bytes, over the {max_total} limit; refused")

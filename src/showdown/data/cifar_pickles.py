@@ -11,14 +11,13 @@ Unpickling can run code, so only the numpy classes an array needs are allowed; a
 from __future__ import annotations
 
 import pickle
-import shutil
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from ..errors import DataError
-from .folder import fingerprint
+from showdown.errors import DataError
+from showdown.fileio import atomic_dir, fingerprint
 
 # Folder name -> (train files, test file, meta file, label key, class-name key)
 LAYOUTS = {
@@ -68,17 +67,12 @@ def cifar_to_folders(folder: Path, cache_dir: Path) -> Path:
     if target.is_dir():
         return target
     names = [str(n) for n in load_pickle(folder / meta_file)[names_key]]
-    partial = cache_dir / f".{target.name}.partial"
-    shutil.rmtree(partial, ignore_errors=True)
-    try:
+    with atomic_dir(target) as partial:
         for split, batch_files in (("train", train_files), ("test", [test_file])):
             counts = [0] * len(names)
             for name in batch_files:
                 batch = load_pickle(folder / name)
                 _write_images(batch, label_key, names, partial / split, counts, folder / name)
-        partial.rename(target)
-    finally:
-        shutil.rmtree(partial, ignore_errors=True)
     return target
 
 

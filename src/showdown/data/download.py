@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..errors import DataError
+from showdown.errors import DataError
 
 TF_FLOWERS_URL = "https://storage.googleapis.com/download.tensorflow.org/example_images/flower_photos.tgz"
 
@@ -22,7 +22,8 @@ def download_named(name: str, root: Path, also_looked_in: Path | None = None) ->
             return root / "flower_photos"
         return _download_cifar(name, root)
     except OSError as exc:
-        raise DataError(f"{name} is not under {root} and could not be downloaded ({type(exc).__name__}); {where}") from exc
+        raise DataError(f"{name} is not under {root} and could not be downloaded ({type(exc).__name__}); "
+                        f"{where}") from exc
 
 
 def _download_cifar(name: str, root: Path) -> Path:

@@ -2,13 +2,13 @@
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-from collections import Counter
 import random
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..errors import DataError
+from showdown.errors import DataError
+from showdown.fileio import fingerprint
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 SPLITS = ("train", "val", "test")
@@ -32,19 +32,19 @@ class DatasetSpec:
         return {name: len(items) for name, items in self.splits.items()}
 
 
-def _visible(name: str) -> bool:
+def is_visible(name: str) -> bool:
     """Hidden files and macOS archive debris are never data."""
     return not name.startswith(".") and name != "__MACOSX"
 
 
 def _class_folders(root: Path) -> list[Path]:
-    return sorted((p for p in root.iterdir() if p.is_dir() and _visible(p.name)), key=lambda p: p.name)
+    return sorted((p for p in root.iterdir() if p.is_dir() and is_visible(p.name)), key=lambda p: p.name)
 
 
-def _images_in(folder: Path) -> list[Path]:
+def images_in(folder: Path) -> list[Path]:
     return sorted(
         p for p in folder.rglob("*")
-        if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and all(map(_visible, p.relative_to(folder).parts))
+        if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and all(map(is_visible, p.relative_to(folder).parts))
     )
 
 
@@ -52,7 +52,7 @@ def scan_classes(root: Path, warnings: list[str]) -> dict[str, list[Path]]:
     """Class name -> image files; empty class folders are warned about and left out."""
     found: dict[str, list[Path]] = {}
     for folder in _class_folders(root):
-        images = _images_in(folder)
+        images = images_in(folder)
         if images:
             found[folder.name] = images
         else:
@@ -96,14 +96,6 @@ def stratified_split(per_class: dict[str, list[Path]], fractions: tuple[float, f
     return out
 
 
-def fingerprint(files: list[Path]) -> str:
-    digest = hashlib.sha256()
-    for path in sorted(files):
-        stat = path.stat()
-        digest.update(f"{path}|{stat.st_size}|{stat.st_mtime_ns}\n".encode(errors="surrogateescape"))
-    return digest.hexdigest()[:16]
-
-
 def build_spec(name: str, root: Path, fractions: tuple[float, float, float], seed: int) -> DatasetSpec:
     warnings: list[str] = []
     split_dirs = given_splits(root)
@@ -113,7 +105,8 @@ def build_spec(name: str, root: Path, fractions: tuple[float, float, float], see
         missing = [s for s in SPLITS if s not in per_split]
         if missing:  # carve the missing split(s) out of train, stratified
             rest = fractions[0] + sum(fractions[SPLITS.index(s)] for s in missing)
-            sub = tuple(f / rest if split == "train" or split in missing else 0.0 for split, f in zip(SPLITS, fractions))
+            sub = tuple(f / rest if split == "train" or split in missing else 0.0
+                        for split, f in zip(SPLITS, fractions))
             carved = stratified_split(per_split["train"], sub, seed, wanted=tuple(["train", *missing]))
             per_split.update(carved)
             source = f"given {', '.join(split_dirs)}; {', '.join(missing)} carved from train (seed {seed})"

@@ -8,8 +8,11 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 from timm.data import create_transform
-from torchvision import transforms
 from torch.utils.data import DataLoader, Dataset
+from torchvision import transforms
+
+# What decoding a broken, truncated, non-image or oversized file raises: such files are skipped and listed.
+UNREADABLE = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
 
 # A decompression bomb is refused by Pillow's own pixel limit; a decoding warning must not spam the log.
 warnings.filterwarnings("ignore", category=UserWarning, module="PIL")
@@ -64,7 +67,7 @@ class ImageFiles(Dataset):
         path, label = self.items[index]
         try:
             return self.transform(load_rgb(path)), label, index
-        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
+        except UNREADABLE:
             return None, label, index
 
 

@@ -9,7 +9,7 @@ import dataclasses
 import hashlib
 from pathlib import Path
 
-from .folder import SPLITS, DatasetSpec
+from showdown.data.folder import SPLITS, DatasetSpec
 
 
 def content_hash(path: Path) -> str | None:
@@ -49,5 +49,6 @@ def check_leakage(spec: DatasetSpec, *, drop: bool) -> DatasetSpec:
         return dataclasses.replace(spec, leaks=leaks, warnings=[
             *spec.warnings, message + "they inflate accuracy; --drop-duplicates removes them"])
     leaked = {(leak["split"], leak["path"]) for leak in leaks}
-    splits = {split: [(p, y) for p, y in items if (split, str(p)) not in leaked] for split, items in spec.splits.items()}
+    splits = {split: [(p, y) for p, y in items if (split, str(p)) not in leaked]
+              for split, items in spec.splits.items()}
     return dataclasses.replace(spec, splits=splits, leaks=leaks, warnings=[*spec.warnings, message + "dropped"])

@@ -5,10 +5,11 @@ import os
 from importlib import resources
 from pathlib import Path
 
-from ..errors import DataError
-from .archive import extract_once, is_archive
-from .cifar_pickles import cifar_to_folders, is_cifar_pickles
-from .download import download_named
+from showdown.data.archive import extract_once, is_archive
+from showdown.data.cifar_pickles import cifar_to_folders, is_cifar_pickles
+from showdown.data.download import download_named
+from showdown.data.folder import is_visible
+from showdown.errors import DataError
 
 DEMO = "demo"
 NAMED = ("tf_flowers", "cifar10", "cifar100")
@@ -83,10 +84,10 @@ def image_folder(path: Path) -> Path:
 
 def single_top_folder(path: Path) -> Path:
     """Step into a lone wrapper folder (archives often hold one: cifar10_jpg/train/...)."""
-    entries = [p for p in path.iterdir() if not p.name.startswith(".") and p.name != "__MACOSX"]
+    entries = [p for p in path.iterdir() if is_visible(p.name)]
     while len(entries) == 1 and entries[0].is_dir() and not _looks_like_class_folder(entries[0]):
         path = entries[0]
-        entries = [p for p in path.iterdir() if not p.name.startswith(".") and p.name != "__MACOSX"]
+        entries = [p for p in path.iterdir() if is_visible(p.name)]
     return path
 
 

@@ -1,0 +1,1 @@
+"""Configuration: one typed RunConfig and the presets that fill it. The bottom layer: imports no other part."""

@@ -1,0 +1,94 @@
+"""Export a trained model to TFLite (LiteRT) with litert-torch: float32, or int8 (post-training, calibrated).
+
+The file takes NHWC images (the layout phone camera pipelines hand over) already normalised by the
+model's preprocessing, and outputs class probabilities. int8 converts to float32 first and quantises that
+file (tflite_int8.py: full integer, per-channel weights, activations calibrated on training images of the
+run), because litert-torch's own PT2E quantizer gives ReLU6 the range of the unclamped conv output and
+leaves residual adds and the softmax in float (88.5 % top-1 agreement with PyTorch instead of 98 %).
+Class names and preprocessing travel inside the file as a TFLite metadata entry (JSON).
+"""
+from __future__ import annotations
+
+import csv
+import os
+import random
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from showdown.data.images import eval_transform, load_rgb
+from showdown.errors import ConfigError, ModelError
+
+CALIBRATION_IMAGES = 64  # training images that set the int8 activation ranges
+
+
+def export_tflite(model: nn.Module, info: dict, entry: Path, path: Path, metadata: str,
+                  quantize: str | None) -> None:
+    os.environ.setdefault("LITERT_TORCH_SHOW_PROGRESS", "n")  # its progress lines would bury the CLI's output
+    try:
+        import ai_edge_quantizer  # noqa: F401  (int8; comes with the same extra)
+        import litert_torch
+    except ImportError as exc:
+        raise ConfigError("TFLite export needs litert-torch: pip install 'tl-showdown[tflite]'") from exc
+    side = info["preprocessing"]["input_size"][1:]
+    nhwc = litert_torch.to_channel_last_io(model.eval(), args=[0]).eval()
+    sample = (torch.zeros(1, *side, 3),)
+    images = calibration_images(entry, info) if quantize else []  # a missing splits.csv fails before converting
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")  # torch.export and the converter warn about internals
+        litert_torch.convert(nhwc, sample).export(str(path))
+        if quantize:
+            from showdown.deploy.tflite_int8 import quantize_int8
+
+            quantize_int8(path, [image.permute(1, 2, 0)[None].numpy() for image in images])  # NHWC, batch 1
+    add_metadata(path, metadata)
+
+
+def calibration_images(entry: Path, info: dict, count: int = CALIBRATION_IMAGES) -> list[torch.Tensor]:
+    """A seeded sample of the run's training images (from its splits.csv), preprocessed as in training."""
+    splits = entry.parent / "splits.csv"
+    if not splits.is_file():
+        raise ModelError(f"int8 calibration uses the run's training images, listed in {splits}, which is missing; "
+                         "export from inside its run folder")
+    with splits.open(newline="") as f:
+        train = [Path(row["path"]) for row in csv.DictReader(f) if row["split"] == "train"]
+    present = [p for p in train if p.is_file()]
+    if not present:
+        raise ModelError(f"none of the {len(train)} training images in {splits} exist any more; "
+                         "int8 calibration needs them")
+    chosen = random.Random(0).sample(present, min(count, len(present)))
+    transform = eval_transform(info["preprocessing"])
+    return [transform(load_rgb(p)) for p in chosen]
+
+
+METADATA_NAME = "tl-showdown"
+
+
+def add_metadata(path: Path, text: str) -> None:
+    """Append a metadata entry (name, buffer holding `text`) to the TFLite flatbuffer."""
+    from ai_edge_litert import schema_py_generated as schema
+    from ai_edge_litert.tools import flatbuffer_utils
+
+    model = flatbuffer_utils.read_model(str(path))
+    buffer = schema.BufferT()
+    buffer.data = np.frombuffer(text.encode(), dtype=np.uint8)
+    model.buffers.append(buffer)
+    entry = schema.MetadataT()
+    entry.name, entry.buffer = METADATA_NAME, len(model.buffers) - 1
+    model.metadata = [*(model.metadata or []), entry]
+    flatbuffer_utils.write_model(model, str(path))
+
+
+def read_metadata(path: Path) -> str | None:
+    """The metadata entry written by add_metadata, read without building the whole model object."""
+    import tflite
+
+    model = tflite.Model.GetRootAsModel(path.read_bytes(), 0)
+    for i in range(model.MetadataLength()):
+        entry = model.Metadata(i)
+        if entry.Name() and entry.Name().decode() == METADATA_NAME:
+            return model.Buffers(entry.Buffer()).DataAsNumpy().tobytes().decode()
+    return None

@@ -1,0 +1,224 @@
+"""Use a trained model: a run folder, an entry folder, or an exported ONNX / TorchScript / TFLite file.
+
+Every kind becomes a `Predictor` (class names, preprocessing, images -> probabilities), so `showdown predict`
+treats them alike. Images stream through a DataLoader: memory stays flat however large the folder.
+"""
+from __future__ import annotations
+
+import glob
+import json
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from showdown.data.folder import IMAGE_SUFFIXES, images_in, is_visible
+from showdown.data.images import eval_transform, image_loader
+from showdown.errors import DataError, ModelError
+from showdown.models.saving import load_model
+
+METADATA_KEY = "tl-showdown"  # the exported file's metadata entry: classes and preprocessing as JSON
+
+
+@dataclass
+class Predictor:
+    name: str
+    classes: list[str]
+    preprocessing: dict
+    forward: object  # float32 image batch (N, 3, H, W) -> probabilities as a numpy array
+
+    def __call__(self, images: torch.Tensor) -> np.ndarray:
+        return self.forward(images)
+
+
+def _torch_forward(model):
+    def forward(images):
+        with torch.inference_mode():
+            return model(images).float().softmax(1).numpy()
+    return forward
+
+
+def open_model(path: str | Path, model_name: str | None = None) -> Predictor:
+    """MODEL of `showdown predict`: run folder (its best entry, or `model_name`), entry folder, .onnx or .pt."""
+    path = Path(path)
+    if path.is_dir():
+        folder = choose_entry(path, model_name)
+        model, info = load_model(folder)
+        return Predictor(f"{info['backbone']} / {info['strategy']}", info["classes"], info["preprocessing"],
+                         _torch_forward(model))
+    if not path.is_file():
+        raise ModelError(f"{path} does not exist; give a run folder, an entry folder, or an exported .onnx / .pt file")
+    if path.suffix == ".onnx":
+        return _open_onnx(path)
+    if path.suffix in (".pt", ".ts", ".torchscript"):
+        return _open_torchscript(path)
+    if path.suffix == ".tflite":
+        return _open_tflite(path)
+    if path.name == "model.safetensors":
+        return open_model(path.parent)
+    raise ModelError(f"{path}: not a model showdown can run (expected a run folder, .onnx, TorchScript .pt "
+                     "or .tflite)")
+
+
+def choose_entry(run_dir: Path, model_name: str | None) -> Path:
+    """The entry folder inside a run folder: the named one, or the best by test accuracy."""
+    if (run_dir / "model.json").is_file():
+        return run_dir
+    summary = run_dir / "summary.json"
+    if not summary.is_file():
+        raise ModelError(f"{run_dir} is neither a run folder (summary.json) nor a saved model (model.json)")
+    rows = json.loads(summary.read_text())["rows"]
+    if model_name:
+        matches = [r for r in rows if model_name in (r["folder"], r["model"], f"{r['model']}/{r['strategy']}")]
+        if not matches:
+            names = ", ".join(r["folder"] for r in rows)
+            raise ModelError(f"no model '{model_name}' in {run_dir}; it has: {names}")
+        rows = matches
+    folder = run_dir / max(rows, key=lambda r: r["accuracy"])["folder"]
+    if not (folder / "model.json").is_file() and (folder / "fold1" / "model.json").is_file():
+        raise ModelError(f"{folder} is cross-validated (--folds): it holds one model per fold; pass one of them, "
+                         f"e.g. {folder / 'fold1'}")
+    return folder
+
+
+def _metadata(text: str | None, path: Path) -> dict:
+    if not text:
+        raise ModelError(f"{path} carries no tl-showdown metadata (classes, preprocessing); export it with "
+                         "`showdown export`")
+    return json.loads(text)
+
+
+def _open_onnx(path: Path) -> Predictor:
+    import onnxruntime as ort
+
+    try:
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    except Exception as exc:  # onnxruntime raises its own exception types for a bad file
+        raise ModelError(f"{path} is not a valid ONNX model: {str(exc).splitlines()[0]}") from exc
+    info = _metadata(session.get_modelmeta().custom_metadata_map.get(METADATA_KEY), path)
+    input_name = session.get_inputs()[0].name
+
+    def forward(images):
+        return session.run(None, {input_name: images.numpy().astype(np.float32)})[0]
+
+    return Predictor(info["name"], info["classes"], info["preprocessing"], forward)
+
+
+def _open_torchscript(path: Path) -> Predictor:
+    extra = {f"{METADATA_KEY}.json": ""}
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # TorchScript is deprecated upstream
+            module = torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
+    except (RuntimeError, ValueError) as exc:
+        raise ModelError(f"{path} is not a TorchScript model: {str(exc).splitlines()[0]}") from exc
+    info = _metadata(extra[f"{METADATA_KEY}.json"], path)
+
+    def forward(images):
+        with torch.inference_mode():
+            return module(images).float().numpy()  # exported models output probabilities
+
+    return Predictor(info["name"], info["classes"], info["preprocessing"], forward)
+
+
+def _open_tflite(path: Path) -> Predictor:
+    from ai_edge_litert.interpreter import Interpreter
+
+    from showdown.deploy.export_tflite import read_metadata
+
+    try:
+        text = read_metadata(path)
+        interpreter = Interpreter(model_path=str(path))
+        interpreter.allocate_tensors()
+    except Exception as exc:  # the flatbuffer reader and the interpreter raise their own types for a bad file
+        reason = str(exc).splitlines()[0] if str(exc) else repr(exc)
+        raise ModelError(f"{path} is not a valid TFLite model: {reason}") from exc
+    info = _metadata(text, path)
+    source, target = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
+
+    def forward(images):
+        rows = []
+        for image in images.permute(0, 2, 3, 1).numpy():  # the file takes NHWC, one image at a time
+            interpreter.set_tensor(source["index"], _quantized(image[None], source))
+            interpreter.invoke()
+            out = interpreter.get_tensor(target["index"])
+            scale, zero = target["quantization"]
+            rows.append((out.astype(np.float32) - zero) * scale if scale else out.astype(np.float32))
+        return np.concatenate(rows)
+
+    return Predictor(info["name"], info["classes"], info["preprocessing"], forward)
+
+
+def _quantized(array: np.ndarray, detail: dict) -> np.ndarray:
+    """A float input as the tensor wants it: as is, or int8/uint8 with the tensor's scale and zero point."""
+    if detail["dtype"] == np.float32:
+        return array.astype(np.float32)
+    scale, zero = detail["quantization"]
+    limits = np.iinfo(detail["dtype"])
+    return np.clip(np.round(array / scale + zero), limits.min, limits.max).astype(detail["dtype"])
+
+
+def expand_inputs(inputs: list[str]) -> list[Path]:
+    """Image files, folders (searched recursively, hidden files skipped) and glob patterns, in a stable order."""
+    files: list[Path] = []
+    for text in inputs:
+        matches = [Path(m) for m in sorted(glob.glob(text, recursive=True))] if glob.has_magic(text) else [Path(text)]
+        if not matches:
+            raise DataError(f"'{text}' matches no files")
+        for path in matches:
+            if path.is_dir():
+                files += images_in(path)
+            elif path.is_file():
+                files.append(path)
+            else:
+                raise DataError(f"{path} does not exist")
+    files = [f for f in dict.fromkeys(files) if is_visible(f.name)]
+    if not files:
+        raise DataError(f"no images found in {', '.join(inputs)} (looked for {', '.join(sorted(IMAGE_SUFFIXES))})")
+    return files
+
+
+def folder_labels(files: list[Path], inputs: list[str], classes: list[str]) -> tuple[list[str | None], str | None]:
+    """True labels from class-named sub-folders of the input folders, and a warning when those sub-folders
+    do not name the model's classes (a model trained on other classes)."""
+    roots = [Path(t) for t in inputs if Path(t).is_dir()]
+    labels: list[str | None] = []
+    seen_folders = set()
+    for path in files:
+        root = next((r for r in roots if r in path.parents and path.parent != r), None)
+        folder = path.relative_to(root).parts[0] if root else None
+        if folder:
+            seen_folders.add(folder)
+        labels.append(folder if folder in classes else None)
+    unknown = sorted(seen_folders - set(classes))
+    warning = None
+    if unknown:
+        warning = (f"input folder(s) {', '.join(unknown[:5])} are not classes of this model, which knows only "
+                   f"{', '.join(classes[:10])}{' ...' if len(classes) > 10 else ''}; "
+                   "their images get the model's classes")
+    return labels, warning
+
+
+def predict_files(predictor: Predictor, files: list[Path], *, top_k: int = 3, batch_size: int = 32,
+                  workers: int = 0, labels: list[str | None] | None = None) -> Iterator[dict]:
+    """One result per file, in order; an unreadable file yields a row with its error instead of classes."""
+    k = min(top_k, len(predictor.classes))
+    items = [(path, 0) for path in files]
+    loader = image_loader(items, eval_transform(predictor.preprocessing), batch_size=batch_size, workers=workers)
+    for images, _, indices, failed in loader:
+        rows = {}
+        if len(images):
+            probs = predictor(images)
+            for index, p in zip(indices.tolist(), probs):
+                order = np.argsort(-p)[:k]
+                rows[index] = {"path": str(files[index]),
+                               "top": [(predictor.classes[i], float(p[i])) for i in order]}
+        for index in failed:
+            rows[index] = {"path": str(files[index]), "error": "unreadable image"}
+        for index in sorted(rows):
+            if labels is not None and labels[index] is not None:
+                rows[index]["true"] = labels[index]
+            yield rows[index]

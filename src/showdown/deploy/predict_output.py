@@ -1,0 +1,110 @@
+"""`showdown predict` output: a console table, CSV or JSON, written row by row as predictions stream in."""
+from __future__ import annotations
+
+import csv
+import json
+import sys
+from contextlib import contextmanager
+
+from tqdm import tqdm
+
+from showdown.deploy.predict import (
+    expand_inputs,
+    folder_labels,
+    open_model,
+    predict_files,
+)
+
+
+@contextmanager
+def _destination(output: str | None):
+    if output is None:
+        yield sys.stdout
+    else:
+        with open(output, "w", encoding="utf-8", newline="") as handle:
+            yield handle
+
+
+def write_predictions(model: str, inputs: list[str], *, model_name: str | None = None, top_k: int = 3,
+                      fmt: str = "table", output: str | None = None, batch_size: int = 32, workers: int = 0) -> dict:
+    """Predict every input image and write the rows; returns counts (predicted, unreadable, labelled, correct)."""
+    predictor = open_model(model, model_name)
+    files = expand_inputs(inputs)
+    labels, warning = folder_labels(files, inputs, predictor.classes)
+    if warning:
+        print(f"warning: {warning}", file=sys.stderr)
+    counts = {"predicted": 0, "unreadable": 0, "labelled": 0, "correct": 0}
+    rows = predict_files(predictor, files, top_k=top_k, batch_size=batch_size, workers=workers, labels=labels)
+    progress = tqdm(rows, total=len(files), unit="img", file=sys.stderr, disable=None, leave=False)
+    with _destination(output) as out:
+        writer = _WRITERS[fmt](out, top_k)
+        for row in progress:
+            if "error" in row:
+                counts["unreadable"] += 1
+            else:
+                counts["predicted"] += 1
+                if "true" in row:
+                    counts["labelled"] += 1
+                    counts["correct"] += row["true"] == row["top"][0][0]
+            writer.write(row)
+        writer.close()
+    summary = f"{counts['predicted']} image(s) classified by {predictor.name}"
+    if counts["unreadable"]:
+        summary += f"; {counts['unreadable']} unreadable file(s) skipped"
+    if counts["labelled"]:
+        accuracy = counts["correct"] / counts["labelled"]
+        summary += f"; accuracy on {counts['labelled']} labelled by folder: {accuracy:.4f}"
+    print(summary, file=sys.stderr)
+    return counts
+
+
+class _Table:
+    def __init__(self, out, top_k):
+        self.out = out
+
+    def write(self, row):
+        if "error" in row:
+            self.out.write(f"{row['path']}  ({row['error']})\n")
+        else:
+            classes = "  ".join(f"{name} {p:.3f}" for name, p in row["top"])
+            self.out.write(f"{row['path']}  {classes}\n")
+
+    def close(self):
+        pass
+
+
+class _Csv:
+    def __init__(self, out, top_k):
+        fields = ["path"] + [f"{kind}{i}" for i in range(1, top_k + 1) for kind in ("class", "prob")]
+        self.writer = csv.DictWriter(out, fieldnames=[*fields, "true", "error"], extrasaction="ignore")
+        self.writer.writeheader()
+
+    def write(self, row):
+        flat = {"path": row["path"], "true": row.get("true", ""), "error": row.get("error", "")}
+        for i, (name, p) in enumerate(row.get("top", []), 1):
+            flat[f"class{i}"], flat[f"prob{i}"] = name, f"{p:.6f}"
+        self.writer.writerow(flat)
+
+    def close(self):
+        pass
+
+
+class _Json:
+    """A JSON array written element by element, so a huge folder never sits in memory."""
+
+    def __init__(self, out, top_k):
+        self.out, self.first = out, True
+        out.write("[")
+
+    def write(self, row):
+        record = {"path": row["path"], **({"error": row["error"]} if "error" in row else {
+            "predictions": [{"class": name, "probability": p} for name, p in row["top"]]}),
+            **({"true": row["true"]} if "true" in row else {})}
+        self.out.write(("\n  " if self.first else ",\n  ") + json.dumps(record))
+        self.first = False
+
+    def close(self):
+        self.out.write("\n]\n")
+
+
+_WRITERS = {"table": _Table, "csv": _Csv, "json": _Json}

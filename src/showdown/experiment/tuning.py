@@ -1,0 +1,172 @@
+"""The same hyper-parameter search for every (backbone, strategy): Optuna on the validation split.
+
+A comparison that trains every backbone with one learning rate favours whichever backbone that rate suits; the
+careful published comparisons tune each model on validation data first. Every entry gets the same budget (trials
+or minutes) and the same space, a seeded TPE sampler and a median pruner fed the validation loss after every
+epoch. The caller's trial function trains on data without a test split (experiment.py), so the search cannot
+see the test images. The study lives in SQLite in the entry folder, so `--resume` continues it.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from pathlib import Path
+from typing import Callable
+
+import optuna
+from optuna.trial import TrialState
+
+from showdown.config.run_config import RunConfig
+
+# What the search may change, as the report describes it. Same for every backbone; `finetune` adds two.
+SPACE = {
+    "lr": "1e-4 to 1e-1, log scale",
+    "weight_decay": "1e-6 to 1e-1, log scale",
+    "head_dropout": "0 to 0.6",
+    "head_hidden": "none, 256 or 1024 (one hidden layer)",
+    "label_smoothing": "0 to 0.3",
+}
+FINETUNE_SPACE = {"ft_lr_factor": "0.01 to 1, log scale", "unfreeze": "blocks:1 to blocks:4"}
+HIDDEN_WIDTHS = (0, 256, 1024)  # 0: no hidden layer
+# The first trials sample at random (TPE needs a history); pruning waits for 5 finished trials and 2 epochs.
+PRUNER = dict(n_startup_trials=5, n_warmup_steps=2)
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+
+TrialFunction = Callable[[RunConfig, Callable[[float], None] | None], list[dict]]
+
+
+def space_for(base: str, unfreeze_named: bool = False) -> dict[str, str]:
+    space = dict(SPACE)
+    if base == "finetune":
+        space["ft_lr_factor"] = FINETUNE_SPACE["ft_lr_factor"]
+        if not unfreeze_named:  # `finetune=layers:20` names its own depth: not searched
+            space["unfreeze"] = FINETUNE_SPACE["unfreeze"]
+    return space
+
+
+def _suggest(trial: optuna.Trial, space: dict) -> dict:
+    trial.suggest_float("lr", 1e-4, 1e-1, log=True)
+    trial.suggest_float("weight_decay", 1e-6, 1e-1, log=True)
+    trial.suggest_float("head_dropout", 0.0, 0.6)
+    trial.suggest_categorical("head_hidden", HIDDEN_WIDTHS)
+    trial.suggest_float("label_smoothing", 0.0, 0.3)
+    if "ft_lr_factor" in space:
+        trial.suggest_float("ft_lr_factor", 0.01, 1.0, log=True)
+    if "unfreeze" in space:
+        trial.suggest_int("unfreeze_blocks", 1, 4)
+    return trial.params
+
+
+def config_values(params: dict) -> dict:
+    """Optuna's parameters as RunConfig values."""
+    values = {k: v for k, v in params.items() if k not in ("head_hidden", "unfreeze_blocks")}
+    if "head_hidden" in params:
+        values["head_hidden"] = [params["head_hidden"]] if params["head_hidden"] else []
+    if "unfreeze_blocks" in params:
+        values["unfreeze"] = f"blocks:{params['unfreeze_blocks']}"
+    return values
+
+
+def best_val_loss(history: list[dict]) -> float:
+    """What the trained model's restored weights score: the lowest validation loss of any epoch."""
+    losses = [float(h["val_loss"]) for h in history if math.isfinite(float(h["val_loss"]))]
+    return min(losses, default=math.inf)
+
+
+def budget(config: RunConfig, space: dict) -> dict:
+    """The budget as the report compares it between entries."""
+    return {"trials": config.tune or None, "minutes": config.tune_minutes, "space": sorted(space),
+            "sampler": f"TPE, seed {config.seed}", "pruner": "median on validation loss per epoch"}
+
+
+def tune(config: RunConfig, base: str, train_trial: TrialFunction, storage: Path, *,
+         unfreeze_named: bool = False) -> tuple[RunConfig, dict]:
+    """Search, then (the configuration to train with, the search's record for metrics.json).
+
+    `train_trial(config, on_epoch)` trains one configuration on the training split, calls `on_epoch(best val
+    loss so far)` after each epoch and returns the epoch history. The configuration as given is measured first
+    (the default); the search's best replaces it only when its validation loss is lower.
+    """
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    space = space_for(base, unfreeze_named)
+    start = time.perf_counter()
+    url = f"sqlite:///{storage.resolve()}"
+    study = optuna.create_study(storage=url, study_name="search", direction="minimize", load_if_exists=True)
+    if "default_val_loss" not in study.user_attrs:
+        study.set_user_attr("default_val_loss", best_val_loss(train_trial(config, None)))
+    done = sum(t.state in FINISHED for t in study.get_trials(deepcopy=False))
+    spent = study.user_attrs.get("seconds", 0.0)  # by an interrupted run that is now resumed
+    # A resumed study seeds its sampler past the trials it has, so it does not repeat their draws.
+    study.sampler = optuna.samplers.TPESampler(seed=config.seed + done)
+    study.pruner = optuna.pruners.MedianPruner(**PRUNER)
+    trials = max(config.tune - done, 0) if config.tune else None
+    timeout = config.tune_minutes * 60 - spent - (time.perf_counter() - start) if config.tune_minutes else None
+    if trials != 0 and (timeout is None or timeout > 0):
+        study.optimize(_objective(config, space, train_trial), n_trials=trials, timeout=timeout)
+    seconds = spent + time.perf_counter() - start
+    study.set_user_attr("seconds", seconds)
+    return _choose(config, study, space, seconds)
+
+
+def _objective(config: RunConfig, space: dict, train_trial: TrialFunction):
+    def objective(trial: optuna.Trial) -> float:
+        values = config_values(_suggest(trial, space))
+        step = 0
+
+        def on_epoch(loss: float) -> None:  # steps count epochs across phases (head, then finetune)
+            nonlocal step
+            step += 1
+            if math.isfinite(loss):
+                trial.report(loss, step)
+            if trial.should_prune():
+                raise optuna.TrialPruned()
+
+        history = train_trial(dataclasses.replace(config, **values), on_epoch)
+        trial.set_user_attr("epochs", len(history))
+        return best_val_loss(history)
+    return objective
+
+
+def _choose(config: RunConfig, study: optuna.Study, space: dict, seconds: float) -> tuple[RunConfig, dict]:
+    trials = [t for t in study.get_trials(deepcopy=False) if t.state in FINISHED]
+    complete = [t for t in trials if t.state == TrialState.COMPLETE and math.isfinite(t.value)]
+    default = study.user_attrs["default_val_loss"]
+    best = min(complete, key=lambda t: t.value, default=None)
+    improved = best is not None and best.value < default
+    chosen = config_values(best.params) if improved else {}
+    record = {
+        "budget": budget(config, space),
+        "space": space,
+        "trials": [{"number": t.number, "state": t.state.name.lower(),
+                    "value": t.value if t.state == TrialState.COMPLETE else _last(t),
+                    "epochs": t.user_attrs.get("epochs", len(t.intermediate_values)), "params": t.params}
+                   for t in trials],
+        "n_complete": len(complete), "n_pruned": sum(t.state == TrialState.PRUNED for t in trials),
+        "default_val_loss": default,
+        "best_val_loss": best.value if best else None, "best_params": best.params if best else None,
+        "chosen": "search" if improved else "default (no trial beat it on validation loss)",
+        "values": chosen,
+        "seconds": seconds,
+    }
+    return dataclasses.replace(config, **chosen), record
+
+
+def _last(trial) -> float | None:
+    """A pruned trial's last reported validation loss."""
+    values = trial.intermediate_values
+    return values[max(values)] if values else None
+
+
+def describe(record: dict) -> str:
+    """One log line: what the search found."""
+    values = ", ".join(f"{k} {_short(v)}" for k, v in record["values"].items()) or "the default configuration"
+    features = f" (features first: {record['feature_seconds']:.1f} s)" if record.get("feature_seconds", 0) > 1 else ""
+    return (f"searched {len(record['trials'])} trials ({record['n_pruned']} pruned) in {record['seconds']:.1f} s"
+            f"{features}: "
+            f"validation loss {record['default_val_loss']:.4f} (default) -> "
+            f"{min(record['best_val_loss'] or math.inf, record['default_val_loss']):.4f}; {values}")
+
+
+def _short(value) -> str:
+    return f"{value:.3g}" if isinstance(value, float) else str(value)

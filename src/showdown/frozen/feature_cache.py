@@ -1,0 +1,120 @@
+"""Pooled backbone features, computed once per image and kept on disk.
+
+A frozen backbone gives the same features every epoch, so the head trains on cached tensors instead of
+running the backbone again. The cache key covers everything that changes the features: backbone,
+weights, preprocessing, precision, and the exact files (paths, sizes, mtimes) and labels of the split.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch import nn
+from tqdm import tqdm
+
+from showdown.data.images import eval_transform, image_loader
+from showdown.data.thumbnails import batch_resize, small_square_side, to_uint8_tensor
+from showdown.errors import DataError
+from showdown.fileio import atomic_path, digest, file_stamp
+from showdown.frozen.engines import frozen_forward
+from showdown.models.backbones import Backbone
+from showdown.precision import autocast
+
+log = logging.getLogger(__name__)
+CACHE_STATS: Counter = Counter()  # "hit" / "miss" per extraction, "images" run through a backbone: for tests and logs
+
+
+@dataclass
+class Features:
+    features: torch.Tensor  # (n, d) float32
+    labels: torch.Tensor  # (n,)
+    indices: torch.Tensor  # positions in the split's item list (unreadable files are missing)
+    failed: list[str]  # files that could not be decoded
+    cache_hit: bool
+
+
+def cache_key(backbone: Backbone, items: list[tuple[Path, int]], precision: str, runtime: str = "torch",
+              mirror: bool = False) -> str:
+    parts = {
+        "backbone": backbone.spec.timm_name,
+        "weights": backbone.source,
+        "weights_id": _weights_id(backbone.source),
+        "timm_kwargs": backbone.timm_kwargs,
+        "pool_stages": backbone.pool_stages,
+        "preprocessing": backbone.preprocessing,
+        "precision": precision,
+        "runtime": runtime,
+        "mirror": mirror,
+        "files": digest(f"{path}|{file_stamp(path)}|{label}\n" for path, label in items),
+    }
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:24]
+
+
+def _weights_id(source: str) -> str:
+    """Size and mtime of a weights file, so replacing the file invalidates the cache."""
+    if source.startswith("file "):
+        path = Path(source[5:])
+        if path.is_file():
+            return file_stamp(path)
+    return ""
+
+
+def extract_features(backbone: Backbone, items: list[tuple[Path, int]], *, precision: str, batch_size: int,
+                     workers: int, cache_dir: Path | None, desc: str = "features", runtime: str = "torch",
+                     mirror: bool = False) -> Features:
+    """Features of every image (of its mirror image with `mirror`), from the cache when the key matches."""
+    key = cache_key(backbone, items, precision, runtime, mirror)
+    path = cache_dir / f"{key}.safetensors" if cache_dir else None
+    if path is not None and path.is_file():
+        CACHE_STATS["hit"] += 1
+        log.info("feature cache hit for %s (%s)", desc, path.name)
+        with safe_open(str(path), "pt") as f:
+            failed = json.loads(f.metadata()["failed"])
+            return Features(f.get_tensor("features"), f.get_tensor("labels"), f.get_tensor("indices"), failed, True)
+    CACHE_STATS["miss"] += 1
+    CACHE_STATS["images"] += len(items)
+    features = forward_frozen(backbone.model, backbone.preprocessing, items, precision=precision,
+                              batch_size=batch_size, workers=workers, desc=desc, runtime=runtime, mirror=mirror,
+                              name=backbone.spec.name)
+    if path is not None:
+        tensors = {"features": features.features, "labels": features.labels, "indices": features.indices}
+        with atomic_path(path) as tmp:
+            save_file(tensors, str(tmp), metadata={"failed": json.dumps(features.failed)})
+    return features
+
+
+def forward_frozen(module: torch.nn.Module, preprocessing: dict, items, *, precision: str, batch_size: int,
+                   workers: int, desc: str = "features", store_dtype=torch.float32, runtime: str = "torch",
+                   mirror: bool = False, name: str = "the frozen layers") -> Features:
+    """Run a frozen module once over the images (with `runtime`, see runtime.py), or over their mirror images;
+    unreadable files are skipped and listed. `name` is the model's, for the log."""
+    module = module.eval().to(memory_format=torch.channels_last)
+    side = small_square_side(items, preprocessing["input_size"])
+    resize = batch_resize(preprocessing, side) if side else None
+    if resize is not None:  # small images: workers only decode, the batch is resized inside the graph
+        module = nn.Sequential(resize, module)
+        loader = image_loader(items, to_uint8_tensor(side), batch_size=batch_size, workers=workers)
+    else:
+        loader = image_loader(items, eval_transform(preprocessing), batch_size=batch_size, workers=workers)
+    chunks, labels, indices, failed = [], [], [], []
+    forward = None
+    with torch.inference_mode(), autocast(precision):
+        for images, batch_labels, batch_indices, batch_failed in tqdm(loader, desc=desc, leave=False, unit="batch",
+                                                                      disable=None):
+            failed += [str(items[i][0]) for i in batch_failed]
+            if len(images):
+                images = (images.flip(-1) if mirror else images).contiguous(memory_format=torch.channels_last)
+                forward = forward or frozen_forward(module, images, precision, runtime, name)
+                chunks.append(forward(images).to(store_dtype))
+                labels.append(batch_labels)
+                indices.append(batch_indices)
+    if not chunks:
+        raise DataError(f"none of the {len(items)} images of {desc} could be read")
+    return Features(torch.cat(chunks), torch.cat(labels), torch.cat(indices), failed, False)

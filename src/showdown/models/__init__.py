@@ -1,0 +1,1 @@
+"""Models: backbones (timm, TFLite and Keras weights), the classifier around them, the small CNN, saving."""

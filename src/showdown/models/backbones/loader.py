@@ -1,0 +1,185 @@
+"""Build a timm backbone and fill it with ImageNet weights from the first source that has them.
+
+Order: an explicit weights file; a package that ships the weights; a file in the weights directory;
+Keras's weight cache ($KERAS_HOME/models or ~/.keras/models, under keras.applications' own file names);
+timm's hub (skipped when HF_HUB_OFFLINE is set or the hub's host does not resolve, so an offline
+machine fails at once instead of retrying for a minute). When none works, one error line lists what
+was tried and how to supply weights.
+"""
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass, field, replace
+from functools import cached_property
+from pathlib import Path
+
+import timm
+import torch
+from timm.data import resolve_data_config
+from torch import nn
+
+from showdown.errors import ModelError
+from showdown.models.backbones import efficientnet_lite
+from showdown.models.backbones.files import FoundWeights, load_weights_file
+from showdown.models.backbones.keras_import import keras_cache_dir
+from showdown.models.backbones.registry import BackboneSpec, resolve_backbone
+from showdown.models.backbones.stages import PooledStages
+
+HUB_HOST = "huggingface.co"
+
+
+@dataclass
+class Backbone:
+    spec: BackboneSpec
+    model: nn.Module  # timm model (PooledStages with pool_stages); outputs pooled features unless keep_classifier
+    source: str  # where the weights came from, for the run record
+    preprocessing: dict  # input_size, interpolation, mean, std, crop_pct, crop_mode
+    pretrained: bool
+    timm_kwargs: dict = field(default_factory=dict)  # rebuilds the same architecture later
+    pool_stages: int = 0  # earlier stages whose pooled outputs join the features (stages.py)
+
+    @cached_property
+    def num_features(self) -> int:
+        """Width of what the model hands the head, measured by one forward pass. timm's `num_features` counts
+        the final feature map's channels, which is not always what comes out: VGG's pre-logits MLP gives 4,096."""
+        return output_width(self.model, self.preprocessing["input_size"])
+
+
+def load_backbone(
+    name: str,
+    *,
+    weights_file: str | Path | None = None,
+    weights_dir: str | Path | None = None,
+    pretrained: bool = True,
+    allow_random_init: bool = False,
+    image_size: int | None = None,
+    keep_classifier: bool = False,
+    pool_stages: int = 0,
+) -> Backbone:
+    """Resolve `name`, load its weights and the preprocessing those weights expect."""
+    spec = resolve_backbone(name)
+    tried: list[str] = []
+    found: FoundWeights | None = None
+    use_hub = False
+    if not pretrained:
+        source = "random init (--no-pretrained)"
+    elif weights_file is not None:
+        found, source = load_weights_file(Path(weights_file), spec), f"file {weights_file}"
+    else:
+        found, source = _find_local_weights(spec, weights_dir, tried)
+        if found is None:
+            why_not = _hub_unreachable()
+            if why_not is None:
+                use_hub, source = True, f"timm hub {spec.hub_name}"
+            else:
+                tried.append(f"timm hub '{spec.hub_name}' ({why_not})")
+                if not allow_random_init:
+                    raise ModelError(
+                        f"no ImageNet weights for {name}: tried {'; '.join(tried)}. Fetch '{spec.hub_name}' "
+                        "from the timm hub (huggingface.co/timm) and pass it with --weights FILE, "
+                        "or use --no-pretrained / --allow-random-init"
+                    )
+                source = "random init (no weights found)"
+    if found is not None and found.timm_name:  # weights that need their own architecture (Keras's networks)
+        spec = replace(spec, timm_name=found.timm_name, hub_tag=None)
+    timm_kwargs = {**spec.timm_kwargs, **(found.timm_kwargs if found else {})}
+    model = _create(spec.hub_name if use_hub else spec.timm_name, timm_kwargs, found, use_hub)
+    if not keep_classifier:
+        model.reset_classifier(0)
+        timm_kwargs["num_classes"] = 0
+    model.eval()
+    preprocessing = _preprocessing(model, found.preprocessing if found else {}, image_size)
+    if pool_stages:
+        model = PooledStages(model, pool_stages)
+    return Backbone(spec, model, source, preprocessing, not source.startswith("random"), timm_kwargs, pool_stages)
+
+
+def _create(timm_name: str, kwargs: dict, found: FoundWeights | None, use_hub: bool) -> nn.Module:
+    """The architecture with the found weights loaded strictly, from the hub, or randomly initialised."""
+    if found is None:
+        try:
+            return timm.create_model(timm_name, pretrained=use_hub, **kwargs)
+        except Exception as exc:  # the hub raises many types; any of them means "not from there"
+            raise ModelError(f"could not fetch '{timm_name}' from the timm hub: {type(exc).__name__}") from exc
+    if found.timm_name:  # already in the exact keys of its own architecture (Keras's networks, keras_arch.py)
+        model = timm.create_model(timm_name, pretrained=False, **kwargs)
+        model.load_state_dict(found.state_dict, strict=True)
+        return model
+    overlay = {"state_dict": found.state_dict}
+    if "num_classes" in kwargs:  # timm relaxes its strict load when the class counts differ
+        overlay["num_classes"] = kwargs["num_classes"]
+    try:
+        # timm applies the architecture's own key filter (torchvision layouts) and loads strictly.
+        return timm.create_model(timm_name, pretrained=True, pretrained_cfg_overlay=overlay, **kwargs)
+    except (RuntimeError, KeyError) as exc:
+        first = str(exc).strip().splitlines()[0][:200]
+        raise ModelError(f"the weights do not fit {timm_name}: {first}") from exc
+
+
+def _find_local_weights(spec: BackboneSpec, weights_dir, tried: list[str]):
+    """Weights from an installed package or the weights directory: (FoundWeights, source) or (None, None)."""
+    if spec.package:
+        try:
+            raw = efficientnet_lite.package_state_dict(spec.package)
+        except ModuleNotFoundError:
+            tried.append(f"package {spec.package} (not installed)")
+        else:
+            template = timm.create_model(spec.timm_name, pretrained=False, **spec.timm_kwargs)
+            state_dict = efficientnet_lite.to_timm(raw, template)
+            return FoundWeights(state_dict, efficientnet_lite.PREPROCESSING), f"package {spec.package}"
+    if spec.tflite_files:
+        directory = Path(weights_dir or os.environ.get("SHOWDOWN_WEIGHTS") or default_weights_dir())
+        for filename in spec.tflite_files:
+            if (directory / filename).is_file():
+                return load_weights_file(directory / filename, spec), f"file {directory / filename}"
+        tried.append(f"weights dir {directory} (no {' or '.join(spec.tflite_files)})")
+    else:
+        tried.append("installed packages (none ships it)")
+    if spec.keras_files:
+        directory = keras_cache_dir()
+        for filename in spec.keras_files:
+            if (directory / filename).is_file():
+                return load_weights_file(directory / filename, spec), f"Keras cache {directory / filename}"
+        tried.append(f"Keras cache {directory} (no {' or '.join(spec.keras_files)})")
+    return None, None
+
+
+def _hub_unreachable() -> str | None:
+    """None when the hub may be tried, else why not."""
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in {"1", "true", "yes", "on"}:
+        return "HF_HUB_OFFLINE is set"
+    try:
+        socket.getaddrinfo(HUB_HOST, 443)
+    except OSError:
+        return f"{HUB_HOST} does not resolve (offline)"
+    return None
+
+
+def default_weights_dir() -> Path:
+    return Path.home() / ".cache" / "showdown" / "weights"
+
+
+def _preprocessing(model: nn.Module, overrides: dict, image_size: int | None) -> dict:
+    config = resolve_data_config({}, model=model)
+    config.update(overrides)
+    if image_size:
+        config["input_size"] = (3, image_size, image_size)
+    config["mean"] = tuple(float(v) for v in config["mean"])
+    config["std"] = tuple(float(v) for v in config["std"])
+    return config
+
+
+def output_width(model: nn.Module, input_size: tuple[int, int, int]) -> int:
+    was_training = model.training
+    try:
+        with torch.inference_mode():
+            return model.eval()(torch.zeros(1, *input_size)).shape[1]
+    finally:
+        model.train(was_training)
+
+
+def build_architecture(name: str, timm_kwargs: dict, pool_stages: int = 0, timm_name: str | None = None) -> nn.Module:
+    """A random-init backbone of the same architecture, to load a saved model into."""
+    model = timm.create_model(timm_name or resolve_backbone(name).timm_name, pretrained=False, **timm_kwargs)
+    return PooledStages(model, pool_stages) if pool_stages else model

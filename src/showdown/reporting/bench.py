@@ -1,0 +1,144 @@
+"""`showdown bench`: what each backbone costs on this machine, measured, not copied from a paper.
+
+Per backbone (as a feature extractor, the way the showdown uses it): parameters, size on disk, GMACs at its
+input size, latency at batch 1 (median over repeated runs after warm-up) and throughput at batch 32, in fp32
+and bf16 with PyTorch, and in fp32 with ONNX Runtime as the peer figure.
+"""
+from __future__ import annotations
+
+import os
+import statistics
+import tempfile
+import time
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import save_file
+from torch.utils.flop_counter import FlopCounterMode
+
+from showdown.config.run_config import RunConfig
+from showdown.fileio import new_run_dir, write_csv, write_json
+from showdown.frozen.engines import frozen_graph, onnx_session
+from showdown.models.backbones import load_backbone, resolve_backbone
+from showdown.precision import autocast, bf16_supported
+from showdown.reporting.tables import render
+
+THROUGHPUT_BATCH = 32
+COLUMNS = [("model", "model", "{}"), ("runtime", "runtime", "{}"), ("precision", "precision", "{}"),
+           ("input_px", "input", "{}"), ("params_m", "params M", "{:.2f}"), ("size_mb", "size MB", "{:.1f}"),
+           ("gmacs", "GMACs", "{:.2f}"), ("latency_ms", "latency ms (bs 1)", "{:.1f}"),
+           ("throughput_ips", "images/s (bs 32)", "{:.1f}")]
+
+
+def gmacs(model: torch.nn.Module, input_size) -> float:
+    """Multiply-accumulates of one image, counted by PyTorch's own FLOP counter (FLOPs / 2)."""
+    counter = FlopCounterMode(display=False)
+    with torch.no_grad(), counter:
+        model(torch.zeros(1, *input_size))
+    return counter.get_total_flops() / 2 / 1e9
+
+
+def size_mb(model: torch.nn.Module) -> float:
+    """The weights as a safetensors file, in MB (10^6 bytes)."""
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "weights.safetensors"
+        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
+        return path.stat().st_size / 1e6
+
+
+def _median_seconds(run, repeats: int, warmup: int = 3) -> float:
+    for _ in range(warmup):
+        run()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def time_torch(model: torch.nn.Module, input_size, precision: str, repeats: int) -> tuple[float, float]:
+    """(latency ms at batch 1, images/s at batch 32) through the same path feature extraction uses."""
+    model = model.eval().to(memory_format=torch.channels_last)
+    results = []
+    for batch, runs in ((1, repeats), (THROUGHPUT_BATCH, max(3, repeats // 10))):
+        images = torch.randn(batch, *input_size).contiguous(memory_format=torch.channels_last)
+        with torch.inference_mode(), autocast(precision):
+            forward = frozen_graph(model, images, precision)
+            results.append(_median_seconds(partial(forward, images), runs))
+    return results[0] * 1000, THROUGHPUT_BATCH / results[1]
+
+
+def time_onnxruntime(model: torch.nn.Module, input_size, repeats: int) -> tuple[float, float]:
+    session = onnx_session(model, torch.zeros(1, *input_size))
+    results = []
+    for batch, runs in ((1, repeats), (THROUGHPUT_BATCH, max(3, repeats // 10))):
+        images = np.random.default_rng(0).standard_normal((batch, *input_size), dtype=np.float32)
+        results.append(_median_seconds(partial(session.run, None, {"image": images}), runs))
+    return results[0] * 1000, THROUGHPUT_BATCH / results[1]
+
+
+def bench_backbone(backbone, *, precisions=("fp32", "bf16"), onnx: bool = True, repeats: int = 30) -> list[dict]:
+    model, input_size = backbone.model.eval(), tuple(backbone.preprocessing["input_size"])
+    common = {"model": backbone.spec.name, "input_px": input_size[1],
+              "params_m": sum(p.numel() for p in model.parameters()) / 1e6, "size_mb": size_mb(model),
+              "gmacs": gmacs(model, input_size), "weights": backbone.source}
+    rows = []
+    for precision in precisions:
+        latency, throughput = time_torch(model, input_size, precision, repeats)
+        rows.append({**common, "runtime": "torch", "precision": precision, "latency_ms": latency,
+                     "throughput_ips": throughput,
+                     "native_bf16": bf16_supported() if precision == "bf16" else None})
+    if onnx:
+        latency, throughput = time_onnxruntime(model, input_size, repeats)
+        rows.append({**common, "runtime": "onnxruntime", "precision": "fp32", "latency_ms": latency,
+                     "throughput_ips": throughput})
+    return rows
+
+
+def format_bench(rows: list[dict]) -> str:
+    body = [[fmt.format(row[key]) for key, _, fmt in COLUMNS] for row in rows]
+    return render([title for _, title, _ in COLUMNS], body, right=set(range(3, len(COLUMNS))))
+
+
+def default_precisions() -> tuple[str, ...]:
+    """bf16 only where the CPU runs it natively; emulated bf16 is ~20x slower and says nothing useful."""
+    return ("fp32", "bf16") if bf16_supported() else ("fp32",)
+
+
+def bench_models(models: list[str], config: RunConfig, run_dir: Path, *, precisions=None,
+                 onnx: bool = True, repeats: int = 30, echo=print) -> list[dict]:
+    """Measure every model; bench.csv and bench.json land in `run_dir`."""
+    precisions = precisions or default_precisions()
+    rows = []
+    for name in models:
+        backbone = load_backbone(name, weights_file=config.weights.get(name), weights_dir=config.weights_dir,
+                                 pretrained=config.pretrained, allow_random_init=config.allow_random_init,
+                                 image_size=config.image_size)
+        echo(f"bench {name} ({backbone.preprocessing['input_size'][1]} px) ...")
+        rows += bench_backbone(backbone, precisions=precisions, onnx=onnx, repeats=repeats)
+    machine = {"cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "native_bf16": bf16_supported()}
+    write_json(run_dir / "bench.json", {"machine": machine, "rows": rows})
+    write_csv(run_dir / "bench.csv", rows)
+    echo("")
+    echo(format_bench(rows))
+    if not bf16_supported():
+        echo("note: this CPU has no native bf16 (AVX512-BF16 / AMX): " + (
+            "the bf16 rows are emulated and slower than fp32" if "bf16" in precisions
+            else "bf16 skipped (--precision fp32,bf16 forces it)"))
+    return rows
+
+
+def run_bench(args) -> list[dict]:
+    models = args.models or RunConfig().models
+    for name in models:
+        resolve_backbone(name)
+    config = RunConfig(models=models, weights_dir=args.weights_dir, allow_random_init=args.allow_random_init,
+                       image_size=args.image_size)
+    run_dir = new_run_dir(args.out, "bench")
+    precisions = tuple(args.precisions or default_precisions())
+    rows = bench_models(models, config, run_dir, precisions=precisions, onnx=args.onnx, repeats=args.repeats)
+    print(f"run folder: {run_dir}")
+    return rows

@@ -1,0 +1,123 @@
+"""The results database: every finished run in an embedded SQLite file.
+
+A run is recorded in one transaction once it has finished, so a run killed half-way leaves no row behind,
+and the runs recorded before it stay intact.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+from contextlib import closing
+from datetime import datetime
+from pathlib import Path
+
+from showdown.errors import ShowdownError
+from showdown.reporting.run_records import EntryRecord, load_run
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS runs (
+    id INTEGER PRIMARY KEY, created TEXT NOT NULL, run_dir TEXT NOT NULL UNIQUE, dataset TEXT,
+    fingerprint TEXT, config TEXT NOT NULL, environment TEXT NOT NULL, dataset_info TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS entries (
+    id INTEGER PRIMARY KEY, run_id INTEGER NOT NULL REFERENCES runs(id) ON DELETE CASCADE,
+    folder TEXT NOT NULL, model TEXT NOT NULL, strategy TEXT NOT NULL, seed INTEGER,
+    accuracy REAL, loss REAL, macro_f1 REAL, weighted_f1 REAL, train_seconds REAL,
+    metrics TEXT NOT NULL, history TEXT NOT NULL, bench TEXT);
+CREATE TABLE IF NOT EXISTS per_class (
+    entry_id INTEGER NOT NULL REFERENCES entries(id) ON DELETE CASCADE, class TEXT NOT NULL,
+    precision REAL, recall REAL, f1 REAL, support INTEGER);
+CREATE TABLE IF NOT EXISTS predictions (
+    entry_id INTEGER NOT NULL REFERENCES entries(id) ON DELETE CASCADE, item INTEGER NOT NULL,
+    path TEXT, true_class TEXT, pred_class TEXT, confidence REAL);
+"""
+
+
+def default_db() -> Path:
+    """$SHOWDOWN_DB, else showdown.db in the user's data folder ($XDG_DATA_HOME or ~/.local/share)."""
+    if os.environ.get("SHOWDOWN_DB"):
+        return Path(os.environ["SHOWDOWN_DB"])
+    base = Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share")
+    return base / "showdown" / "showdown.db"
+
+
+def connect(path: str | Path | None = None) -> sqlite3.Connection:
+    path = Path(path) if path else default_db()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        conn = sqlite3.connect(path, timeout=30)
+        conn.execute("PRAGMA foreign_keys = ON")
+        conn.executescript(SCHEMA)
+    except sqlite3.DatabaseError as exc:
+        raise ShowdownError(f"cannot open the results database {path}: {exc}") from exc
+    conn.row_factory = sqlite3.Row
+    return conn
+
+
+def _text(value: str) -> str:
+    """File names that are not valid UTF-8 are stored escaped (SQLite text must be UTF-8)."""
+    return value.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def record_run(run_dir: str | Path, db: str | Path | None = None) -> int:
+    """Store a finished run folder (again: a re-recorded folder replaces its old rows); returns its id."""
+    records = load_run(run_dir)
+    first = records[0]
+    with closing(connect(db)) as conn, conn:  # one transaction: all of the run or none of it
+        conn.execute("DELETE FROM runs WHERE run_dir = ?", (str(Path(run_dir).resolve()),))
+        run_id = conn.execute(
+            "INSERT INTO runs (created, run_dir, dataset, fingerprint, config, environment, dataset_info) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (datetime.now().isoformat(timespec="seconds"), str(Path(run_dir).resolve()), first.dataset.get("name"),
+             first.dataset.get("fingerprint"), json.dumps(first.config), json.dumps(first.environment),
+             _text(json.dumps(first.dataset))),
+        ).lastrowid
+        for record in records:
+            m = record.metrics
+            entry_id = conn.execute(
+                "INSERT INTO entries (run_id, folder, model, strategy, seed, accuracy, loss, macro_f1, weighted_f1, "
+                "train_seconds, metrics, history, bench) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (run_id, record.folder, record.model, record.strategy, record.seed, m["accuracy"], m["loss"],
+                 m["macro_f1"], m["weighted_f1"], m.get("train_seconds"), _text(json.dumps(m)),
+                 json.dumps(record.history), json.dumps(record.bench) if record.bench else None),
+            ).lastrowid
+            conn.executemany(
+                "INSERT INTO per_class VALUES (?, ?, ?, ?, ?, ?)",
+                [(entry_id, _text(name), v["precision"], v["recall"], v["f1"], v["support"])
+                 for name, v in m["per_class"].items()])
+            conn.executemany(
+                "INSERT INTO predictions VALUES (?, ?, ?, ?, ?, ?)",
+                [(entry_id, i, _text(p["path"]), _text(p["true"]), _text(p["pred"]), p["confidence"])
+                 for i, p in enumerate(record.predictions)])
+    return run_id
+
+
+def list_runs(db: str | Path | None = None) -> list[dict]:
+    with closing(connect(db)) as conn:
+        rows = conn.execute(
+            "SELECT r.id, r.created, r.dataset, r.run_dir, COUNT(e.id) AS entries, MAX(e.accuracy) AS best_accuracy, "
+            "(SELECT model || ' / ' || strategy FROM entries WHERE run_id = r.id ORDER BY accuracy DESC LIMIT 1) "
+            "AS best FROM runs r LEFT JOIN entries e ON e.run_id = r.id GROUP BY r.id ORDER BY r.id").fetchall()
+    return [dict(row) for row in rows]
+
+
+def load_entries(run_ids: list[int], db: str | Path | None = None) -> list[EntryRecord]:
+    """The recorded entries of these runs, as records the report understands."""
+    records = []
+    with closing(connect(db)) as conn:
+        for run_id in run_ids:
+            run = conn.execute("SELECT * FROM runs WHERE id = ?", (run_id,)).fetchone()
+            if run is None:
+                known = ", ".join(str(r[0]) for r in conn.execute("SELECT id FROM runs ORDER BY id")) or "none"
+                raise ShowdownError(f"no run {run_id} in the results database (runs: {known})")
+            for entry in conn.execute("SELECT * FROM entries WHERE run_id = ? ORDER BY id", (run_id,)):
+                predictions = [dict(path=p["path"], true=p["true_class"], pred=p["pred_class"],
+                                    confidence=p["confidence"])
+                               for p in conn.execute("SELECT * FROM predictions WHERE entry_id = ? ORDER BY item",
+                                                     (entry["id"],))]
+                records.append(EntryRecord(
+                    run=f"run {run_id}", folder=entry["folder"], metrics=json.loads(entry["metrics"]),
+                    history=json.loads(entry["history"]), predictions=predictions, config=json.loads(run["config"]),
+                    environment=json.loads(run["environment"]), dataset=json.loads(run["dataset_info"]),
+                    bench=json.loads(entry["bench"]) if entry["bench"] else None, run_id=run_id))
+    return records

@@ -1,0 +1,320 @@
+"""The showdown report: one self-contained HTML page (and a Markdown summary) that says who won, by how much,
+at what cost, and whether the difference is real.
+
+Everything is inline (styles, figures, thumbnails) and a Content-Security-Policy forbids scripts and any
+request, so the page works from file:// and cannot phone home. Every user-supplied string (class names, paths,
+configuration) is HTML-escaped.
+"""
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import statistics
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+
+from showdown.data.images import load_rgb
+from showdown.fileio import write_atomic
+from showdown.reporting.fairness import (
+    SEARCH_HEADER,
+    checks,
+    fold_rows,
+    search_rows,
+    searches,
+    verdict,
+)
+from showdown.reporting.plots import (
+    confusion_figure,
+    curves_figure,
+    data_uri,
+    search_figure,
+    tradeoff_figure,
+)
+from showdown.reporting.run_records import EntryRecord, load_run
+from showdown.reporting.stats import Comparison, bootstrap_ci, compare
+from showdown.reporting.tables import render
+
+GALLERY_SIZE = 8
+TOP_FOR_TESTS = 4  # every pair among the best four entries is tested
+
+
+@dataclass
+class Group:
+    """The repeats (seeds) of one configuration."""
+
+    label: str
+    records: list[EntryRecord]
+
+    @property
+    def first(self) -> EntryRecord:
+        return self.records[0]
+
+    def mean(self, key: str) -> float | None:
+        values = [r.metrics[key] for r in self.records if r.metrics.get(key) is not None]
+        return statistics.fmean(values) if values else None
+
+    def std(self, key: str) -> float | None:
+        values = [r.metrics[key] for r in self.records if r.metrics.get(key) is not None]
+        return statistics.stdev(values) if len(values) > 1 else None
+
+    def accuracy_ci(self) -> tuple[float, float]:
+        return bootstrap_ci(np.array(self.first.correct(), float))
+
+
+def group_records(records: list[EntryRecord]) -> list[Group]:
+    """Repeats of a configuration together; best mean accuracy first."""
+    several_runs = len({r.run for r in records}) > 1
+    groups: dict[tuple, Group] = {}
+    for record in records:
+        label = record.label + (f" ({record.run})" if several_runs else "")
+        groups.setdefault((record.run, record.model, record.strategy), Group(label, [])).records.append(record)
+    return sorted(groups.values(), key=lambda g: -g.mean("accuracy"))
+
+
+def significance(groups: list[Group]) -> list[Comparison | str]:
+    """McNemar + bootstrap for every pair among the top entries (first seed of each), on the same test images."""
+    top = groups[:TOP_FOR_TESTS]
+    out: list[Comparison | str] = []
+    for i, a in enumerate(top):
+        for b in top[i + 1:]:
+            paths_a = [p["path"] for p in a.first.predictions]
+            if paths_a != [p["path"] for p in b.first.predictions]:
+                out.append(f"{a.label} and {b.label} were tested on different images, so they are not compared "
+                           "image by image")
+                continue
+            out.append(compare(a.label, np.array(a.first.correct()), b.label, np.array(b.first.correct())))
+    return out
+
+
+def _fmt(value, spec: str, missing: str = "–") -> str:
+    return missing if value is None else format(value, spec)
+
+
+def leaderboard_rows(groups: list[Group]) -> list[dict]:
+    rows = []
+    for rank, group in enumerate(groups, 1):
+        low, high = group.accuracy_ci()
+        bench = group.first.bench or {}
+        std = group.std("accuracy")
+        rows.append({
+            "rank": rank, "entry": group.label, "seeds": len(group.records),
+            "accuracy": f"{group.mean('accuracy'):.4f}" + (f" ± {std:.4f}" if std is not None else ""),
+            "ci": f"{low:.3f}–{high:.3f}", "macro F1": _fmt(group.mean("macro_f1"), ".3f"),
+            "weighted F1": _fmt(group.mean("weighted_f1"), ".3f"), "loss": _fmt(group.mean("loss"), ".3f"),
+            "train s": _fmt(group.mean("train_seconds"), ".1f"),
+            "latency ms": _fmt(bench.get("latency_ms"), ".1f"), "size MB": _fmt(bench.get("size_mb"), ".1f"),
+            "params M": _fmt(group.first.metrics.get("params_m"), ".2f"),
+            "weights": ("RANDOM INIT: " if group.first.metrics.get("pretrained") is False
+                        and "scratch" not in group.first.strategy else "") + str(group.first.metrics.get("weights")),
+        })
+    return rows
+
+
+COLUMNS = ["rank", "entry", "seeds", "accuracy", "ci", "macro F1", "weighted F1", "loss", "train s", "latency ms",
+           "size MB", "params M", "weights"]
+HEADINGS = {"accuracy": "test accuracy (mean ± std)", "ci": "95 % CI (bootstrap)"}
+
+
+def markdown(groups: list[Group], tests: list, title: str) -> str:
+    rows = leaderboard_rows(groups)
+    table = render([HEADINGS.get(c, c) for c in COLUMNS], [[row[c] for c in COLUMNS] for row in rows], markdown=True)
+    lines = [f"# {title}", "", table]
+    found = checks([g.first for g in groups])
+    lines += ["", "## How fair was it?", "", verdict(found), ""]
+    lines += [f"- {'same' if c.same else 'DIFFERS'}: {c.name}: {c.text}" for c in found]
+    header, folds = fold_rows([g.first for g in groups])
+    if folds:
+        lines += ["", "## Cross-validation: test accuracy per fold", "", render(header, folds, markdown=True)]
+    tuned = [(g, search_rows(g.first)) for g in groups if searches(g.first)]
+    if tuned:
+        lines += ["", "## Hyper-parameter search (validation split only)", ""]
+        lines += [render(["entry", *SEARCH_HEADER], [[g.label, *row] for g, rows in tuned for row in rows],
+                        markdown=True)]
+    lines += ["", "## Is the difference real?", ""]
+    lines += [f"- {t.verdict() if isinstance(t, Comparison) else t}" for t in tests] or ["- only one entry"]
+    return "\n".join(lines) + "\n"
+
+
+def _thumbnail(path: str) -> str | None:
+    try:
+        image = load_rgb(Path(path))
+    except (OSError, ValueError):
+        return None
+    image.thumbnail((112, 112))
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=80)
+    return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+def _table(header: list[str], rows: list[list[str]], numeric_from: int = 1) -> str:
+    e = html.escape
+    head = "".join(f"<th>{e(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td{' class=num' if i >= numeric_from else ''}>{e(str(c))}</td>"
+                                    for i, c in enumerate(row)) + "</tr>" for row in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _tradeoffs(groups: list[Group]) -> str:
+    figures = []
+    labels = [g.label for g in groups]
+    accuracy = [g.mean("accuracy") for g in groups]
+    benched = [g.first.bench for g in groups]
+    if all(benched):
+        figures.append(tradeoff_figure(labels, [b["latency_ms"] for b in benched], accuracy,
+                                       "latency at batch 1 (ms, median)", "accuracy vs latency"))
+        figures.append(tradeoff_figure(labels, [b["size_mb"] for b in benched], accuracy, "size on disk (MB)",
+                                       "accuracy vs size"))
+        note = ""
+    else:
+        note = ("<p class=note>No <code>showdown bench</code> figures in this run (run it with <code>--bench</code>); "
+                "parameters and training time stand in for latency and size.</p>")
+        figures.append(tradeoff_figure(labels, [g.first.metrics["params_m"] for g in groups], accuracy,
+                                       "parameters (millions)", "accuracy vs size"))
+        figures.append(tradeoff_figure(labels, [g.mean("train_seconds") for g in groups], accuracy,
+                                       "training time (s)", "accuracy vs training time"))
+    images = "".join(f'<img src="{data_uri(f)}" alt="trade-off plot">' for f in figures)
+    return note + f"<div class=row>{images}</div>"
+
+
+def _per_class(groups: list[Group]) -> str:
+    classes = groups[0].first.metrics["classes"]
+    header = ["class"] + [f"{g.label} {m}" for g in groups for m in ("P", "R", "F1")]
+    rows = []
+    for name in classes:
+        cells = [name]
+        for g in groups:
+            values = g.first.metrics["per_class"].get(name)
+            cells += [f"{values[m]:.2f}" if values else "–" for m in ("precision", "recall", "f1")]
+        rows.append(cells)
+    return _table(header, rows)
+
+
+def _gallery(record: EntryRecord) -> str:
+    wrong = [p for p in record.predictions if p["true"] != p["pred"]]
+    wrong.sort(key=lambda p: -float(p["confidence"]))
+    if not wrong:
+        return "<p>No test image was misclassified.</p>"
+    e = html.escape
+    cards = []
+    for p in wrong[:GALLERY_SIZE]:
+        uri = _thumbnail(p["path"])
+        picture = (f'<img src="{uri}" alt="{e(Path(p["path"]).name)}">' if uri
+                   else "<div class=missing>image not found</div>")
+        cards.append(f"<figure>{picture}<figcaption>true <b>{e(p['true'])}</b><br>predicted <b>{e(p['pred'])}</b> "
+                     f"({float(p['confidence']):.0%})<br><small>{e(Path(p['path']).name)}</small></figcaption></figure>")
+    return f"<div class=gallery>{''.join(cards)}</div>"
+
+
+def _reproduce(record: EntryRecord) -> str:
+    e = html.escape
+    env = record.environment
+    packages = ", ".join(f"{k} {v}" for k, v in (env.get("packages") or {}).items() if v)
+    facts = [["run", record.run], ["seed", record.seed], ["precision", env.get("precision")],
+             ["frozen layers run by", env.get("runtime", "torch")],
+             ["CPU", f"{env.get('cpu')} ({env.get('cpu_count')} cores, {env.get('torch_threads')} torch threads)"],
+             ["GPU", "CUDA" if env.get("cuda") else "none"], ["platform", env.get("platform")],
+             ["Python", env.get("python")], ["packages", packages],
+             ["data", f"{record.dataset.get('name')} ({record.dataset.get('root')}), fingerprint "
+                      f"{record.dataset.get('fingerprint')}, split {record.dataset.get('split')}"],
+             ["weights", record.metrics.get("weights")]]
+    for label, search in searches(record):  # the configuration above, with the search's choices
+        facts.append([f"tuned values {label}".strip(), ", ".join(f"{k} = {v}" for k, v in search["values"].items())
+                      or search["chosen"]])
+    config = json.dumps(record.config, indent=2, default=str)
+    return (_table(["", ""], [[k, v] for k, v in facts], numeric_from=99)
+            + f"<details><summary>configuration</summary><pre>{e(config)}</pre></details>")
+
+
+CSS = """
+body{font-family:system-ui,-apple-system,'Segoe UI',sans-serif;margin:2rem auto;max-width:1200px;color:#222;
+line-height:1.45;padding:0 1rem}
+h1{font-size:1.6rem}h2{border-bottom:2px solid #1f77b4;padding-bottom:.2rem;margin-top:2.2rem}
+table{border-collapse:collapse;font-size:.85rem;margin:.5rem 0;display:block;overflow-x:auto}
+th,td{border:1px solid #ccc;padding:.25rem .5rem;text-align:left}th{background:#eef3f8}
+td.num{text-align:right;font-variant-numeric:tabular-nums}tbody tr:first-child{background:#f1f8e9}
+.verdict{margin:.3rem 0}.yes{color:#1b5e20}.no{color:#8a6d00}.note{color:#555;font-style:italic}
+.row{display:flex;flex-wrap:wrap;gap:1rem}.row img{max-width:560px;width:100%}
+.gallery{display:flex;flex-wrap:wrap;gap:.6rem}figure{margin:0;width:130px;font-size:.75rem}
+figure img{width:112px;height:112px;object-fit:cover;border:1px solid #ccc}
+.missing{width:112px;height:112px;background:#eee;display:flex;align-items:center;justify-content:center}
+pre{background:#f6f6f6;padding:.6rem;font-size:.75rem;overflow-x:auto}
+@media print{body{max-width:none}h2{break-before:auto}}
+"""
+
+
+def render_html(groups: list[Group], tests: list, title: str) -> str:
+    e = html.escape
+    rows = leaderboard_rows(groups)
+    sections = []
+    leaderboard = _table([HEADINGS.get(c, c) for c in COLUMNS], [[row[c] for c in COLUMNS] for row in rows],
+                         numeric_from=2)
+    winner = groups[0]
+    sections.append(("leaderboard", "Leaderboard",
+                     f"<p>Winner: <b>{e(winner.label)}</b>, test accuracy {winner.mean('accuracy'):.4f} on "
+                     f"{winner.first.metrics.get('n_test')} test images.</p>" + leaderboard))
+    verdicts = "".join(
+        f"<p class='verdict {'yes' if isinstance(t, Comparison) and t.significant else 'no'}'>"
+        f"{e(t.verdict() if isinstance(t, Comparison) else t)}</p>" for t in tests) or "<p>Only one entry.</p>"
+    found = checks([g.first for g in groups])
+    sections.append(("fairness", "How fair was it?", f"<p><b>{e(verdict(found))}</b></p><ul>" + "".join(
+        f"<li class={'yes' if c.same else 'no'}>{'same' if c.same else 'differs'}: <b>{e(c.name)}</b>: "
+        f"{e(c.text)}</li>" for c in found) + "</ul>"))
+    header, folds = fold_rows([g.first for g in groups])
+    if folds:
+        sections.append(("folds", "Cross-validation: test accuracy per fold",
+                         "<p class=note>Every image is in exactly one fold's test part; the leaderboard and the tests "
+                         "below use the pooled predictions of all folds.</p>" + _table(header, folds)))
+    tuned = [g for g in groups if searches(g.first)]
+    if tuned:
+        sections.append(("search", "Hyper-parameter search (validation split only)", "".join(
+            f"<h3>{e(g.label)}</h3>" + _table(SEARCH_HEADER, search_rows(g.first), numeric_from=1)
+            + f"<img src=\"{data_uri(search_figure(searches(g.first), g.label))}\" alt=\"search trials\">"
+            for g in tuned)))
+    sections.append(("significance", "Is the difference real?",
+                     "<p class=note>McNemar's exact test on the paired test predictions (first seed of each entry; "
+                     "with --folds the pooled predictions of all folds) and a 95 % bootstrap interval of the "
+                     "accuracy difference.</p>" + verdicts))
+    sections.append(("tradeoffs", "Accuracy and cost", _tradeoffs(groups)))
+    curves = "".join(f"<h3>{e(g.label)}</h3><img src=\"{data_uri(curves_figure(g.first.history, g.label))}\" "
+                     f"alt=\"training curves\">" for g in groups if g.first.history)
+    sections.append(("curves", "Training curves", curves))
+    classes = winner.first.metrics["classes"]
+    matrices = "".join(
+        f"<img src=\"{data_uri(confusion_figure(g.first.metrics['confusion_matrix'], classes, g.label))}\" "
+        f"alt=\"confusion matrix\">" for g in groups)
+    sections.append(("confusion", "Confusion matrices and per-class scores",
+                     f"<div class=row>{matrices}</div>" + _per_class(groups)))
+    gallery = "".join(f"<h3>{e(g.label)}</h3>{_gallery(g.first)}" for g in groups)
+    sections.append(("gallery", "Most confidently wrong test images", gallery))
+    sections.append(("reproduce", "Configuration and environment",
+                     "".join(f"<h3>{e(g.label)}</h3>{_reproduce(g.first)}" for g in groups)))
+    body = "".join(f"<section id={sid}><h2>{e(heading)}</h2>{content}</section>" for sid, heading, content in sections)
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8">
+<meta http-equiv="Content-Security-Policy" content="default-src 'none'; img-src data:; style-src 'unsafe-inline'">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>{e(title)}</title><style>{CSS}</style></head>
+<body><h1>{e(title)}</h1>
+<p class=note>Generated by tl-showdown on {datetime.now():%Y-%m-%d %H:%M}.</p>{body}</body></html>
+"""
+
+
+def write_report(records: list[EntryRecord], out_dir: Path, title: str | None = None) -> tuple[Path, Path]:
+    """report.html and report.md in `out_dir`."""
+    groups = group_records(records)
+    tests = significance(groups)
+    dataset = records[0].dataset.get("name", "data")
+    title = title or f"tl-showdown: {dataset}, {len(groups)} entr{'y' if len(groups) == 1 else 'ies'}"
+    html_path, md_path = out_dir / "report.html", out_dir / "report.md"
+    write_atomic(html_path, render_html(groups, tests, title))
+    write_atomic(md_path, markdown(groups, tests, title))
+    return html_path, md_path
+
+
+def report_run(run_dir: str | Path) -> tuple[Path, Path]:
+    return write_report(load_run(run_dir), Path(run_dir))

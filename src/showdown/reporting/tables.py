@@ -1,0 +1,34 @@
+"""Every table tl-showdown prints or writes goes through `render` (tabulate): as text or as Markdown."""
+from __future__ import annotations
+
+from tabulate import tabulate
+
+# The showdown table: (row key, heading, format).
+SUMMARY_COLUMNS = [
+    ("model", "model", "{}"), ("strategy", "strategy", "{}"), ("accuracy", "test acc", "{:.4f}"),
+    ("loss", "loss", "{:.4f}"), ("macro_precision", "macro P", "{:.3f}"), ("macro_recall", "macro R", "{:.3f}"),
+    ("macro_f1", "macro F1", "{:.3f}"), ("weighted_f1", "wtd F1", "{:.3f}"), ("train_seconds", "train s", "{:.1f}"),
+    ("params_m", "params M", "{:.2f}"), ("weights", "weights", "{}"),
+]
+
+
+def render(header: list[str], rows: list[list], *, markdown: bool = False, right: set[int] = frozenset()) -> str:
+    """Cells are shown as given (already formatted); columns whose index is in `right` are right-aligned."""
+    if markdown:  # a "|" inside a cell would end it
+        header = [str(h).replace("|", "\\|") for h in header]
+        rows = [[str(c).replace("|", "\\|") for c in row] for row in rows]
+    align = ["right" if i in right else "left" for i in range(len(header))]
+    return tabulate(rows, headers=header, tablefmt="github" if markdown else "simple", disable_numparse=True,
+                    colalign=align)
+
+
+def format_table(rows: list[dict], *, markdown: bool = False) -> str:
+    """The showdown table, best test accuracy first."""
+    body = [[fmt.format(row[key]) if row.get(key) is not None else "-" for key, _, fmt in SUMMARY_COLUMNS]
+            for row in sorted(rows, key=lambda r: -r["accuracy"])]
+    numeric = {i for i, (_, _, fmt) in enumerate(SUMMARY_COLUMNS) if fmt != "{}"}
+    return render([title for _, title, _ in SUMMARY_COLUMNS], body, markdown=markdown, right=numeric)
+
+
+def format_markdown(rows: list[dict]) -> str:
+    return format_table(rows, markdown=True) + "\n"

@@ -1,0 +1,1 @@
+"""Training: the loop, checkpoints, freeze plans and the batches it consumes."""

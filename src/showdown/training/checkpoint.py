@@ -1,0 +1,27 @@
+"""Training state after each epoch, so that an interrupted run resumes where it stopped.
+
+Written to a temporary file and renamed, so a kill mid-write leaves the previous checkpoint intact; read back
+with `weights_only=True`, so a checkpoint file can hold only tensors and plain values, never code.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from showdown.fileio import atomic_path
+
+
+def save_checkpoint(path: Path, model, optimizer, scheduler, progress: dict) -> None:
+    with atomic_path(path) as tmp:
+        torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(), **progress}, tmp)
+
+
+def load_checkpoint(path: Path, model, optimizer, scheduler) -> dict:
+    """Restore model, optimizer and scheduler in place; returns the progress values."""
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    model.load_state_dict(state.pop("model"))
+    optimizer.load_state_dict(state.pop("optimizer"))
+    scheduler.load_state_dict(state.pop("scheduler"))
+    return state
