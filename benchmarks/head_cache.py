@@ -22,11 +22,13 @@ import torch
 from showdown.config.run_config import RunConfig
 from showdown.data import load_dataset
 from showdown.data.folder import subset_per_class
-from showdown.experiment.runner import Entry, _extract_all, feature_batches, image_batches, train_settings
+from showdown.experiment.context import Entry, RunContext
+from showdown.experiment.phases import extract_all, train_settings
 from showdown.frozen.engines import resolve_runtime
 from showdown.models.backbones import load_backbone
 from showdown.models.classifier import Head, ImageClassifier
 from showdown.precision import resolve_precision
+from showdown.training.batches import feature_batches, image_batches
 from showdown.training.evaluate import predict_proba
 from showdown.training.freezing import batchnorms_kept_in_eval, freeze_backbone
 from showdown.training.loop import fit
@@ -60,9 +62,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as cache:
         model = ImageClassifier(backbone.model, head)
         freeze_backbone(model)
-        entry = Entry(backbone, model, dataset, config, precision, resolve_runtime(config.runtime, precision),
-                      Path(cache), Path(cache), print)
-        features = _extract_all(entry)
+        context = RunContext(precision, resolve_runtime(config.runtime, precision), Path(cache))
+        entry = Entry("head", backbone, model, dataset, config, context, Path(cache))
+        features = extract_all(entry)
         extracted = time.perf_counter() - start
         fit(head, feature_batches(features["train"], config.batch_size, shuffle=True),
             feature_batches(features["val"], 1024), settings)

@@ -11,7 +11,6 @@ from showdown.data import images as image_module
 from showdown.data import load_dataset
 from showdown.experiment.folds import all_items
 from showdown.experiment.runner import resume_run
-from showdown.frozen.feature_cache import CACHE_STATS
 from showdown.reporting.fairness import checks, verdict
 from showdown.reporting.run_records import load_run
 
@@ -76,14 +75,15 @@ def test_resume_continues_the_search_where_it_stopped(tmp_path):
 
 
 def test_folds_test_every_image_once_on_one_feature_extraction(tmp_path):
-    before = CACHE_STATS.copy()
     config = RunConfig(models=["efficientnet_lite0", "efficientnet_lite1"], image_size=64, folds=5, repeats=2,
                        epochs=3, workers=0, cache_dir=str(tmp_path / "cache"), out=str(tmp_path / "run"),
                        record=False)
     results = run(config, echo=lambda *_: None)
     images = {str(path) for path, _ in all_items(load_dataset("demo"))}
     assert len(images) == 250
-    assert CACHE_STATS["images"] - before["images"] == 2 * 250  # each backbone ran once per image, for all folds
+    # each backbone ran once per image, for all folds
+    frozen_passes = json.loads((results.run_dir / "summary.json").read_text())["frozen_passes"]
+    assert frozen_passes["images"] == 2 * 250
     assert len(results.rows) == 4  # 2 backbones x 2 seeds, each pooled over its 5 folds
     entry = results.run_dir / "efficientnet_lite0-head-seed0"
     fold_tests = [[row["path"] for row in _rows(entry / f"fold{k}" / "predictions.csv")] for k in range(1, 6)]

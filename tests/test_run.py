@@ -7,7 +7,6 @@ import pytest
 import torch
 
 from showdown import RunConfig, run
-from showdown.frozen.feature_cache import CACHE_STATS
 from showdown.models.backbones import load_backbone
 from showdown.models.saving import load_model
 
@@ -75,13 +74,15 @@ def test_frozen_backbone_is_untouched_and_seeded_runs_repeat(tmp_path, demo_copy
 
 def test_feature_cache_is_hit_on_the_second_run_and_missed_after_a_change(tmp_path, demo_copy):
     config = dict(QUICK, data=str(demo_copy), epochs=2)
-    run(RunConfig(out=str(tmp_path / "1"), **config), echo=lambda *_: None)
-    before = CACHE_STATS.copy()
-    run(RunConfig(out=str(tmp_path / "2"), **config), echo=lambda *_: None)
-    assert CACHE_STATS["hit"] - before["hit"] == 3 and CACHE_STATS["miss"] == before["miss"]
-    changed = dict(config, image_size=128)
-    run(RunConfig(out=str(tmp_path / "3"), **changed), echo=lambda *_: None)
-    assert CACHE_STATS["miss"] - before["miss"] == 3
+    def frozen_passes(out, **values):
+        results = run(RunConfig(out=str(tmp_path / out), **values), echo=lambda *_: None)
+        return json.loads((results.run_dir / "summary.json").read_text())["frozen_passes"]
+
+    first = frozen_passes("1", **config)
+    assert first["miss"] == 3 and first["hit"] == 0 and first["images"] > 0
+    assert frozen_passes("2", **config) == {"hit": 3, "miss": 0, "images": 0}
+    changed = frozen_passes("3", **dict(config, image_size=128))
+    assert changed["miss"] == 3 and changed["images"] == first["images"]
 
 
 def test_unreadable_images_are_skipped_counted_and_listed(tmp_path, demo_copy):

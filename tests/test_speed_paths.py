@@ -10,11 +10,11 @@ import torch
 from torch import nn
 
 from showdown.config.run_config import RunConfig
-from showdown.experiment.runner import feature_batches, image_batches
 from showdown.frozen.boundary import TopOfNetwork, first_trainable, sequential_layers
 from showdown.frozen.feature_cache import extract_features, forward_frozen
 from showdown.models.backbones import load_backbone
 from showdown.models.classifier import Head, ImageClassifier
+from showdown.training.batches import feature_batches, image_batches
 from showdown.training.freezing import batchnorms_kept_in_eval, freeze_backbone, unfreeze
 from showdown.training.loop import TrainSettings, fit
 
@@ -181,7 +181,7 @@ def test_flip_augmentation_keeps_the_cache_and_serves_each_image_or_its_mirror(d
     """--augment flip: features of each image and of its mirror image are computed once; every epoch each
     training image appears exactly once, as one of the two, chosen by a seeded coin."""
     from showdown.data.images import eval_transform, load_rgb
-    from showdown.experiment.runner import MirrorBatches
+    from showdown.training.batches import MirrorBatches
     from showdown.training.loop import seed_epoch
 
     backbone = load_backbone("efficientnet_lite0", image_size=96)

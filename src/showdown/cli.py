@@ -213,7 +213,7 @@ def cmd_report(args) -> int:
 
 
 def cmd_runs(args) -> int:
-    from showdown import db
+    from showdown.reporting import database as db
     from showdown.reporting.tables import format_table
 
     if args.action == "list":

@@ -25,8 +25,8 @@ from showdown.data.folder import SPLITS, DatasetSpec
 from showdown.errors import ConfigError
 from showdown.fileio import write_csv, write_json
 from showdown.frozen.feature_cache import Features
+from showdown.reporting.metrics import classification_metrics
 from showdown.reporting.plots import plot_confusion, plot_curves
-from showdown.training.evaluate import classification_metrics
 
 PROBABILITIES = "probabilities.npy"  # a fold's test probabilities, rows as in its predictions.csv
 # metrics.json keys of a pooled entry that are detail, not summary-row columns

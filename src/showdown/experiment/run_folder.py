@@ -1,11 +1,52 @@
-"""The run folder: every number in the table can be traced to a file here."""
+"""The run folder: every number in the table can be traced to a file here.
+
+<run>/config.yaml, environment.json, dataset.json, splits.csv (or folds.csv), leakage.csv; one folder per entry
+(metrics.json last, so its presence marks the entry complete); summary.json/.csv/.md at the end.
+"""
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
 import platform
 from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
 
+import numpy as np
 import torch
+
+from showdown.config.run_config import RunConfig
+from showdown.data import DatasetSpec
+from showdown.data.folder import SPLITS
+from showdown.experiment.context import Entry
+from showdown.experiment.folds import FOLD_DETAIL_KEYS, PROBABILITIES, fold_table
+from showdown.fileio import slug, write_atomic, write_csv, write_json
+from showdown.models.saving import save_model
+from showdown.reporting.plots import plot_confusion, plot_curves
+from showdown.reporting.tables import format_markdown
+
+# metrics.json keys that are detail, not summary-row columns
+DETAIL_KEYS = ("per_class", "confusion_matrix", "classes", "setup", "tuning", *FOLD_DETAIL_KEYS)
+
+
+def write_run_start(run_dir: Path, config: RunConfig, dataset: DatasetSpec, precision: str, runtime: str,
+                    folds: list[DatasetSpec] | None = None) -> None:
+    """What the run was given, before any training: its configuration, machine, dataset and split."""
+    config.save(run_dir / "config.yaml")
+    write_json(run_dir / "environment.json", environment(precision, runtime))
+    write_json(run_dir / "dataset.json", {
+        "name": dataset.name, "root": str(dataset.root), "classes": dataset.classes, "counts": dataset.counts(),
+        "split": folds[0].split_source.partition(" of ")[2] if folds else dataset.split_source,
+        "fingerprint": dataset.fingerprint, "warnings": dataset.warnings,
+    })
+    write_csv(run_dir / "leakage.csv", dataset.leaks)  # nothing is written when there are none
+    if folds:  # the folds replace the split: every image, its test fold and its role in each fold
+        write_csv(run_dir / "folds.csv", fold_table(folds))
+        return
+    write_csv(run_dir / "splits.csv", [
+        {"split": split, "path": str(path), "label": dataset.classes[label]}
+        for split in SPLITS for path, label in dataset.splits[split]
+    ])
 
 
 def environment(precision: str, runtime: str = "torch") -> dict:
@@ -23,3 +64,70 @@ def environment(precision: str, runtime: str = "torch") -> dict:
         "packages": {n: pkg(n) for n in ("tl-showdown", "torch", "torchvision", "timm", "scikit-learn", "numpy",
                                          "pillow", "onnxruntime")},
     }
+
+
+def entry_folder(run_dir: Path, model_name: str, strategy: str, seed: int = 0, repeats: int = 1) -> Path:
+    model_name = "scratch_cnn" if strategy == "scratch-cnn" else model_name
+    return run_dir / slug(f"{model_name}-{strategy}" + (f"-seed{seed}" if repeats > 1 else ""))
+
+
+def finished_row(folder: Path) -> dict | None:
+    """The summary row of an entry that completed earlier (for --resume), or None."""
+    metrics = folder / "metrics.json"
+    if not metrics.is_file():
+        return None
+    summary = json.loads(metrics.read_text())
+    if "folds" not in summary and not (folder / "model.safetensors").is_file():  # folds pool: one model per fold
+        return None
+    return {**{k: v for k, v in summary.items() if k not in DETAIL_KEYS}, "folder": folder.name}
+
+
+def write_entry(entry: Entry, metrics: dict, history: list[dict], probs: np.ndarray, y_true: np.ndarray,
+                test_items: list, search: dict | None = None, keep_probabilities: bool = False) -> dict:
+    """The entry's folder: history, predictions, plots, the model, and last metrics.json. Returns its row."""
+    backbone, model, dataset, config, folder = entry.backbone, entry.model, entry.dataset, entry.config, entry.folder
+    strategy = entry.strategy
+    info = {"model": backbone.spec.name, "strategy": strategy, "seed": config.seed}
+    params = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    summary = {**info, **{k: v for k, v in metrics.items() if k not in DETAIL_KEYS}, **entry.timing,
+               "params_m": params / 1e6, "trainable_params": trainable, "weights": backbone.source,
+               "pretrained": backbone.pretrained}
+    write_csv(folder / "history.csv", history)
+    write_csv(folder / "predictions.csv", [
+        {"path": str(path), "true": dataset.classes[t], "pred": dataset.classes[p.argmax()],
+         "confidence": float(p.max())}
+        for (path, _), t, p in zip(test_items, y_true, probs)
+    ])
+    if keep_probabilities:  # a fold's: the pooled entry's loss needs them (folds.py)
+        np.save(folder / PROBABILITIES, probs.astype(np.float32))
+    if search is not None:  # the tuned configuration of this entry, reusable with --config (no new search)
+        dataclasses.replace(config, models=[backbone.spec.name], strategies=[strategy], tune=0, tune_minutes=None,
+                            out=None).save(folder / "config.yaml")
+    title = f"{info['model']} / {strategy}"
+    plot_confusion(metrics["confusion_matrix"], dataset.classes, folder / "confusion.png", title)
+    plot_curves(history, folder / "curves.png", title)
+    save_model(model, folder, {
+        "classes": dataset.classes, "backbone": backbone.spec.name, "timm_name": backbone.spec.timm_name,
+        "timm_kwargs": backbone.timm_kwargs, "pool_stages": backbone.pool_stages, "weights_source": backbone.source,
+        "preprocessing": backbone.preprocessing, "strategy": strategy, "tta": config.tta,
+        "head": {"in_features": backbone.num_features, "hidden": list(config.head_hidden),
+                 "dropout": config.head_dropout, "batch_norm": config.head_bn},
+    })
+    # What the report's fairness check compares between entries.
+    setup = {"evaluation": dataset.split_source, "test_images": len(test_items),
+             "input_size": backbone.preprocessing["input_size"][-1], "augment": config.augment, "tta": config.tta,
+             "tuning": search["budget"] if search else None}
+    # Last: a metrics.json marks the entry complete (--resume skips it).
+    write_json(folder / "metrics.json", {**summary, "per_class": metrics["per_class"],
+                                         "confusion_matrix": metrics["confusion_matrix"], "classes": dataset.classes,
+                                         "setup": setup, **({"tuning": search} if search else {})})
+    return {**summary, "folder": folder.name}
+
+
+def write_summary(run_dir: Path, rows: list[dict], skipped: list[str], frozen_passes: dict) -> None:
+    write_json(run_dir / "summary.json", {"rows": rows, "skipped_files": skipped, "frozen_passes": frozen_passes})
+    write_csv(run_dir / "summary.csv", rows)
+    write_atomic(run_dir / "summary.md", format_markdown(rows))
+    if skipped:
+        write_atomic(run_dir / "skipped.txt", "\n".join(skipped) + "\n")

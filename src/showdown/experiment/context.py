@@ -1,0 +1,70 @@
+"""The explicit context of an entry: what its phases read, in one object instead of a long argument list."""
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from sklearn.utils.class_weight import compute_class_weight
+
+from showdown.config.run_config import RunConfig
+from showdown.data import DatasetSpec
+from showdown.experiment.folds import FeaturePool
+from showdown.models.backbones import Backbone
+from showdown.models.classifier import ImageClassifier
+from showdown.training.batches import ImageBatches, image_batches
+from showdown.training.loop import fit
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """What every entry of one run shares: how frozen layers run, where their outputs are cached, where to tell."""
+
+    precision: str
+    runtime: str  # engine of the frozen forward passes (frozen/engines.py)
+    cache_dir: Path
+    echo: Callable[[str], None] = print
+
+
+@dataclass
+class Entry:
+    """One (backbone, strategy, seed[, fold]) being trained, and everything its phases share."""
+
+    strategy: str  # as given, e.g. "finetune=layers:20"
+    backbone: Backbone
+    model: ImageClassifier
+    dataset: DatasetSpec
+    config: RunConfig
+    run: RunContext
+    folder: Path
+    pool: FeaturePool | None = None  # with --folds: every image's features, extracted once for all folds
+    checkpoints: bool = True  # a search trial writes none (it is repeated, not resumed)
+    on_epoch: Callable | None = None  # called with the best validation loss after every epoch (the search's pruner)
+    timing: dict = field(default_factory=dict)  # seconds per phase and cache facts, for the summary row
+
+    @property
+    def base_strategy(self) -> str:
+        return self.strategy.partition("=")[0]
+
+    def checkpoint(self, phase: str) -> Path | None:
+        return self.folder / f"checkpoint-{phase}.pt" if self.checkpoints else None
+
+    def class_weights(self) -> torch.Tensor | None:
+        """'balanced': each class weighs n / (k * n_class), as scikit-learn computes it."""
+        if self.config.class_weight != "balanced":
+            return None
+        labels = np.array([label for _, label in self.dataset.splits["train"]])
+        present = np.unique(labels)
+        weights = np.ones(len(self.dataset.classes))
+        weights[present] = compute_class_weight("balanced", classes=present, y=labels)
+        return torch.tensor(weights, dtype=torch.float32)
+
+    def fit(self, net, train_batches, val_batches, settings, phase, **kwargs) -> list[dict]:
+        return fit(net, train_batches, val_batches, settings, phase=phase, checkpoint=self.checkpoint(phase),
+                   class_weights=self.class_weights(), num_classes=len(self.dataset.classes),
+                   on_epoch=self.on_epoch, **kwargs)
+
+    def images(self, split: str, *, train: bool = False) -> ImageBatches:
+        return image_batches(self.dataset.splits[split], self.backbone.preprocessing, self.config, train=train)

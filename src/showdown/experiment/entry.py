@@ -1,0 +1,100 @@
+"""One entry of the showdown, top to bottom: search (with --tune), build the model, train, evaluate, write."""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import time
+from pathlib import Path
+from typing import NamedTuple
+
+import torch
+
+from showdown.config.run_config import RunConfig
+from showdown.data import DatasetSpec
+from showdown.data.thumbnails import without_centre_crop
+from showdown.experiment.context import Entry, RunContext
+from showdown.experiment.folds import FeaturePool
+from showdown.experiment.phases import CACHEABLE_AUGMENTS, evaluate, extract_all, train
+from showdown.experiment.run_folder import write_entry
+from showdown.experiment.tuning import describe as describe_search
+from showdown.experiment.tuning import tune
+from showdown.models.backbones import Backbone, load_backbone
+from showdown.models.classifier import Head, ImageClassifier
+from showdown.models.small_cnn import small_cnn_backbone
+from showdown.reporting.metrics import classification_metrics
+
+
+class EntryResult(NamedTuple):
+    row: dict  # the summary row (metrics, timing, sizes)
+    failed: list[str]  # unreadable image files skipped
+
+
+def run_entry(strategy: str, backbone: Backbone, dataset: DatasetSpec, config: RunConfig, run: RunContext,
+              folder: Path, *, pool: FeaturePool | None = None, keep_probabilities: bool = False) -> EntryResult:
+    folder.mkdir(parents=True, exist_ok=True)
+    _, _, unfreeze_spec = strategy.partition("=")  # finetune=layers:20 names its own unfreeze
+    if unfreeze_spec:
+        config = dataclasses.replace(config, unfreeze=unfreeze_spec)
+    search = None
+    if config.tuning:  # the chosen values become this entry's configuration
+        config, search = _search(strategy, backbone, dataset, config, run, folder, pool)
+        run.echo(f"  {strategy}: {describe_search(search)}")
+    backbone, model = build_model(strategy, backbone, dataset, config)
+    entry = Entry(strategy, backbone, model, dataset, config, run, folder, pool=pool)
+    if search is not None:
+        entry.timing["tune_seconds"] = search["seconds"]
+    start = time.perf_counter()
+    trained = train(entry)
+    entry.timing["train_seconds"] = time.perf_counter() - start
+    probs, y_true, test_items = evaluate(entry, trained.features)
+    metrics = classification_metrics(y_true, probs, dataset.classes)
+    row = write_entry(entry, metrics, trained.history, probs, y_true, test_items, search, keep_probabilities)
+    for checkpoint in folder.glob("checkpoint-*.pt"):  # the entry is complete; its results replace them
+        checkpoint.unlink()
+    return EntryResult(row, trained.failed)
+
+
+def build_model(strategy: str, backbone: Backbone, dataset: DatasetSpec, config: RunConfig):
+    """(backbone, classifier) of an entry, seeded. A backbone that trains is a copy, so every entry (seed, fold,
+    search trial) starts from the same ImageNet weights."""
+    torch.manual_seed(config.seed)
+    if strategy == "scratch-cnn":
+        backbone = small_cnn_backbone(config.image_size)
+    elif strategy == "scratch":
+        backbone = fitted_to_images(load_backbone(backbone.spec.name, pretrained=False, image_size=config.image_size,
+                                                  pool_stages=config.pool_stages), dataset)
+    elif strategy.startswith("finetune"):
+        backbone = copy.deepcopy(backbone)
+    head = Head(backbone.num_features, len(dataset.classes), config.head_hidden, config.head_dropout, config.head_bn)
+    return backbone, ImageClassifier(backbone.model, head, config.tta)
+
+
+def fitted_to_images(backbone: Backbone, dataset: DatasetSpec) -> Backbone:
+    """The backbone with preprocessing for this dataset: without the centre crop for small square images
+    (data/thumbnails.py). The backbone given is left as it is."""
+    whole = without_centre_crop(backbone.preprocessing, dataset.splits["train"])
+    return backbone if whole is None else dataclasses.replace(backbone, preprocessing=whole)
+
+
+def _search(strategy: str, backbone: Backbone, dataset: DatasetSpec, config: RunConfig, run: RunContext,
+            folder: Path, pool: FeaturePool | None) -> tuple[RunConfig, dict]:
+    """`--tune`: Optuna trials of this entry's training on its training and validation splits. The trials'
+    dataset has no test split at all, so no trial can read a test image."""
+    seen = dataclasses.replace(dataset, splits={split: dataset.splits[split] for split in ("train", "val")})
+    quiet = dataclasses.replace(run, echo=lambda *_: None)
+
+    def train_trial(trial_config: RunConfig, on_epoch) -> list[dict]:
+        trial_backbone, model = build_model(strategy, backbone, seen, trial_config)
+        entry = Entry(strategy, trial_backbone, model, seen, trial_config, quiet, folder, pool=pool,
+                      checkpoints=False, on_epoch=on_epoch)
+        return train(entry).history
+
+    base = strategy.partition("=")[0]
+    start = time.perf_counter()
+    if base in ("head", "finetune") and config.augment in CACHEABLE_AUGMENTS:
+        # The frozen backbone runs once, before the trials, so the search time is the search's alone.
+        trial_backbone, model = build_model("head", backbone, seen, config)
+        extract_all(Entry("head", trial_backbone, model, seen, config, quiet, folder, pool=pool))
+    extraction = time.perf_counter() - start
+    config, search = tune(config, base, train_trial, folder / "search.db", unfreeze_named="=" in strategy)
+    return config, {**search, "feature_seconds": extraction}
