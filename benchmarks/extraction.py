@@ -64,7 +64,7 @@ def main() -> None:
     rows = []
     for name in args.models.split(","):
         backbone = load_backbone(name, weights_dir=args.weights_dir)
-        size = tuple(backbone.preprocessing["input_size"])
+        size = tuple(backbone.preprocessing.input_size)
         macs = gmacs(backbone.model, size)
         peak_ips = peak["peak_gflops"] / (2 * macs)
         for precision in precisions:

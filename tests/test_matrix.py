@@ -10,6 +10,7 @@ import torch
 
 from showdown import RunConfig, run
 from showdown.data.images import eval_transform, load_rgb
+from showdown.data.preprocessing import Preprocessing
 from showdown.deploy.export import export_model
 from showdown.deploy.predict import open_model, predict_files
 from showdown.models.saving import load_model
@@ -65,7 +66,8 @@ def test_every_backbone_trains_saves_predicts_and_exports(showdown_run, strategy
                                atol=1e-4)
 
     # Its ONNX export computes the same probabilities.
-    images = torch.stack([eval_transform(info["preprocessing"])(load_rgb(r["path"])) for r in recorded[:4]])
+    transform = eval_transform(Preprocessing.from_dict(info["preprocessing"]))
+    images = torch.stack([transform(load_rgb(r["path"])) for r in recorded[:4]])
     with torch.inference_mode():
         expected = model(images).softmax(1).numpy()
     exported = open_model(export_model(folder, "onnx"))

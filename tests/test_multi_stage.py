@@ -1,6 +1,7 @@
 """The CIFAR-10 accuracy levers: multi-stage features (--pool-stages), whole-image upscaling of small images,
 and flip test-time augmentation (--tta flip)."""
 import csv
+import dataclasses
 
 import numpy as np
 import pytest
@@ -10,6 +11,7 @@ from torchvision import transforms
 
 from showdown import RunConfig, run
 from showdown.data.images import eval_transform, load_rgb
+from showdown.data.preprocessing import Preprocessing
 from showdown.data.thumbnails import without_centre_crop
 from showdown.deploy.export import export_model
 from showdown.deploy.predict import open_model
@@ -59,7 +61,8 @@ def test_a_multi_stage_model_with_flip_tta_evaluates_predicts_and_exports_the_sa
     assert info["tta"] == "flip" and model.tta == "flip"
     with open(out / "efficientnet_lite0-head" / "predictions.csv") as f:
         rows = list(csv.DictReader(f))
-    batch = torch.stack([eval_transform(info["preprocessing"])(load_rgb(row["path"])) for row in rows])
+    transform = eval_transform(Preprocessing.from_dict(info["preprocessing"]))
+    batch = torch.stack([transform(load_rgb(row["path"])) for row in rows])
     with torch.inference_mode():
         logits = model(batch)
         plain = model.head(model.backbone(batch))
@@ -78,12 +81,12 @@ def test_small_square_images_are_upscaled_whole(demo_dir, tmp_path):
         items.append((tmp_path / f"{i}.png", 0))
         load_rgb(path).resize((32, 32), Image.BICUBIC).save(items[-1][0])
     preprocessing = load_backbone("efficientnet_lite0").preprocessing
-    assert preprocessing["crop_pct"] < 1
+    assert preprocessing.crop_pct < 1
     whole = without_centre_crop(preprocessing, items)
-    assert whole == {**preprocessing, "crop_pct": 1.0}
+    assert whole == dataclasses.replace(preprocessing, crop_pct=1.0)
     image = load_rgb(items[0][0])
     direct = transforms.Compose([transforms.Resize((224, 224), transforms.InterpolationMode.BICUBIC),
-                                 transforms.ToTensor(), transforms.Normalize(whole["mean"], whole["std"])])
+                                 transforms.ToTensor(), transforms.Normalize(whole.mean, whole.std)])
     upscaled = eval_transform(whole)(image)
     torch.testing.assert_close(upscaled, direct(image))  # the whole thumbnail, upscaled
     assert not torch.allclose(upscaled, eval_transform(preprocessing)(image), atol=1e-2)

@@ -47,13 +47,13 @@ def test_boundary_activation_training_follows_the_full_forward_loss_curve(demo_d
     backbone = load_backbone("efficientnet_lite0", image_size=96)
     full = ImageClassifier(backbone.model, Head(backbone.num_features, 3))
     unfreeze(full, "blocks:2")
-    layers = sequential_layers(full.backbone, backbone.preprocessing["input_size"])
+    layers = sequential_layers(full.backbone, backbone.preprocessing.input_size)
     cut = first_trainable(layers)
     items = _items(demo_dir, per_class=4)
     activations = forward_frozen(nn.Sequential(*layers[:cut]), backbone.preprocessing, items, precision="fp32",
                                  batch_size=12, workers=0, store_dtype=store_dtype)
     fast = copy.deepcopy(full)
-    fast_layers = sequential_layers(fast.backbone, backbone.preprocessing["input_size"])
+    fast_layers = sequential_layers(fast.backbone, backbone.preprocessing.input_size)
     top = TopOfNetwork(fast_layers[cut:], fast.backbone, fast.head)
     settings = TrainSettings(epochs=3, lr=1e-3, optimizer="sgd", patience=10, seed=1)
     config = RunConfig(batch_size=12, workers=0)
@@ -159,13 +159,13 @@ def test_batched_small_image_resize_equals_the_per_image_transform(demo_dir, tmp
         items.append((small, label))
     backbone = load_backbone(model, image_size=image_size, allow_random_init=True)
     preprocessing = backbone.preprocessing
-    assert small_square_side(items, preprocessing["input_size"]) == 32
+    assert small_square_side(items, preprocessing.input_size) == 32
     resize = batch_resize(preprocessing, 32)
     decode = to_uint8_tensor(32)
     batched = resize(torch.stack([decode(load_rgb(p)) for p, _ in items]))
     per_image = torch.stack([eval_transform(preprocessing)(load_rgb(p)) for p, _ in items])
     assert batched.shape == per_image.shape
-    one_level = 1.0 / 255 / min(preprocessing["std"])
+    one_level = 1.0 / 255 / min(preprocessing.std)
     assert (batched - per_image).abs().max() <= one_level + 1e-5  # Pillow's 8-bit rounding at most
     assert (batched - per_image).abs().mean() < 0.05 * one_level
     # and the feature path takes it: same features as the per-image transform within float noise
@@ -174,7 +174,7 @@ def test_batched_small_image_resize_equals_the_per_image_transform(demo_dir, tmp
         reference = backbone.model.eval()(per_image)
     torch.testing.assert_close(features.features, reference, atol=2e-2, rtol=2e-2)
     # a folder of large or mixed-size images keeps the per-image path
-    assert small_square_side(_items(demo_dir, per_class=2), preprocessing["input_size"]) is None
+    assert small_square_side(_items(demo_dir, per_class=2), preprocessing.input_size) is None
 
 
 def test_flip_augmentation_keeps_the_cache_and_serves_each_image_or_its_mirror(demo_dir):

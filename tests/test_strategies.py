@@ -71,7 +71,7 @@ def test_batch_norm_stays_in_inference_mode_unless_train_bn():
 def test_boundary_top_computes_the_same_network(demo_dir):
     backbone, model = classifier()
     unfreeze(model, "blocks:2")
-    layers = sequential_layers(backbone.model, backbone.preprocessing["input_size"])
+    layers = sequential_layers(backbone.model, backbone.preprocessing.input_size)
     cut = first_trainable(layers)
     assert 0 < cut < len(layers)
     top = TopOfNetwork(layers[cut:], backbone.model, model.head)

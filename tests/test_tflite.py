@@ -58,8 +58,8 @@ def test_imported_float_model_agrees_with_the_interpreter(name, filename):
     pre = backbone.preprocessing
     to_float = eval_transform(pre)
     # The same resize and crop, without normalisation: the uint8 pixels the interpreter is fed.
-    to_pixels = create_transform(input_size=pre["input_size"], interpolation=pre["interpolation"],
-                                 crop_pct=pre["crop_pct"], mean=(0, 0, 0), std=(1 / 255,) * 3)
+    to_pixels = create_transform(input_size=pre.input_size, interpolation=pre.interpolation,
+                                 crop_pct=pre.crop_pct, mean=(0, 0, 0), std=(1 / 255,) * 3)
     agree, correlations = 0, []
     for photo in PHOTO_NAMES:
         image = load_rgb(PHOTOS / f"{photo}.jpg")
@@ -78,8 +78,8 @@ def test_mobilenet_found_in_the_weights_dir_and_its_input_scaling_comes_from_the
     backbone = load_backbone("mobilenet_v2", weights_dir=TFLITE)
     assert backbone.source.endswith("mobilenet_v2_1.0_224_quant.tflite")
     # input quantisation scale 1/128, zero point 128: (pixel - 128) / 128
-    assert backbone.preprocessing["mean"] == pytest.approx((128 / 255,) * 3)
-    assert backbone.preprocessing["std"] == pytest.approx((128 / 255,) * 3)
+    assert backbone.preprocessing.mean == pytest.approx((128 / 255,) * 3)
+    assert backbone.preprocessing.std == pytest.approx((128 / 255,) * 3)
     assert backbone.num_features == 1280
     assert load_backbone("mobilenet_v1", weights_dir=TFLITE).num_features == 1024
 

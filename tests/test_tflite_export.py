@@ -64,7 +64,7 @@ def test_float32_tflite_matches_pytorch_and_predicts(trained):
     batch, expected = _pytorch(trained, photos)
     exported = open_model(path)
     assert exported.classes == load_model(trained / ENTRY)[1]["classes"]
-    assert list(exported.preprocessing["input_size"]) == [3, 128, 128]
+    assert exported.preprocessing.input_size == (3, 128, 128)
     np.testing.assert_allclose(exported(batch), expected, atol=1e-4)
     result = _cli("predict", str(path), *map(str, photos[:3]))
     assert result.returncode == 0, result.stderr

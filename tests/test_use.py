@@ -10,6 +10,7 @@ import torch
 
 from showdown import RunConfig, run
 from showdown.data.images import eval_transform, load_rgb
+from showdown.data.preprocessing import Preprocessing
 from showdown.deploy.export import export_model
 from showdown.deploy.predict import open_model
 from showdown.models.saving import load_model
@@ -42,13 +43,13 @@ def test_exported_model_matches_pytorch_and_carries_its_metadata(trained, fmt):
     run_dir, data = trained
     path = export_model(run_dir, fmt, model_name="efficientnet_lite0-head")
     model, info = load_model(run_dir / "efficientnet_lite0-head")
-    transform = eval_transform(info["preprocessing"])
+    transform = eval_transform(Preprocessing.from_dict(info["preprocessing"]))
     batch = torch.stack([transform(load_rgb(p)) for p in _real_images(data)])
     with torch.inference_mode():
         expected = model(batch).softmax(1).numpy()
     exported = open_model(path)
     assert exported.classes == ["daisy", "roses", "sunflowers"]
-    assert exported.preprocessing["input_size"] == [3, 128, 128]
+    assert exported.preprocessing.input_size == (3, 128, 128)
     np.testing.assert_allclose(exported(batch), expected, atol=1e-4)
     np.testing.assert_allclose(exported(batch[:1]), expected[:1], atol=1e-4)  # dynamic batch
     if fmt == "onnx":

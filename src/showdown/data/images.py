@@ -11,6 +11,8 @@ from timm.data import create_transform
 from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms
 
+from showdown.data.preprocessing import Preprocessing
+
 # What decoding a broken, truncated, non-image or oversized file raises: such files are skipped and listed.
 UNREADABLE = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
 
@@ -33,13 +35,12 @@ def load_rgb(path: Path) -> Image.Image:
         return image.convert("RGB")
 
 
-def eval_transform(preprocessing: dict):
+def eval_transform(preprocessing: Preprocessing):
     """Resize, centre crop and normalise exactly as the backbone's weights expect."""
-    keys = ("input_size", "interpolation", "mean", "std", "crop_pct", "crop_mode")
-    return create_transform(**{k: preprocessing[k] for k in keys if k in preprocessing})
+    return create_transform(**preprocessing.to_dict())
 
 
-def train_transform(preprocessing: dict, augment: str):
+def train_transform(preprocessing: Preprocessing, augment: str):
     """`none` is the eval transform; `flip` mirrors half the images; `light` flips and random-resized-crops;
     `strong` adds RandAugment."""
     if augment == "none":
@@ -47,8 +48,8 @@ def train_transform(preprocessing: dict, augment: str):
     if augment == "flip":
         return transforms.Compose([transforms.RandomHorizontalFlip(), eval_transform(preprocessing)])
     return create_transform(
-        input_size=preprocessing["input_size"], is_training=True, interpolation=preprocessing["interpolation"],
-        mean=preprocessing["mean"], std=preprocessing["std"], hflip=0.5, color_jitter=None,
+        input_size=preprocessing.input_size, is_training=True, interpolation=preprocessing.interpolation,
+        mean=preprocessing.mean, std=preprocessing.std, hflip=0.5, color_jitter=None,
         auto_augment="rand-m9-mstd0.5-inc1" if augment == "strong" else None,
     )
 

@@ -18,6 +18,7 @@ from torch import nn
 from torchvision import transforms
 
 from showdown.data.images import UNREADABLE, eval_transform
+from showdown.data.preprocessing import Preprocessing
 
 SMALL_SIDE = 64  # square images up to this side take the batched path
 
@@ -46,14 +47,14 @@ def _common_square_side(paths: tuple[Path, ...]) -> int | None:
     return width if width == height else None
 
 
-def without_centre_crop(preprocessing: dict, items: list[tuple[Path, int]]) -> dict | None:
+def without_centre_crop(preprocessing: Preprocessing, items: list[tuple[Path, int]]) -> Preprocessing | None:
     """The preprocessing minus its centre crop when the images are small squares, else None.
 
     The crop trims the margins of photos larger than the input; upscaled 32 px thumbnails have none to spare
     (whole-image upscaling scored 2 points more on a CIFAR-10 subset, docs/performance.md)."""
-    if preprocessing.get("crop_pct", 1.0) >= 1.0 or not small_square_side(items, preprocessing["input_size"]):
+    if preprocessing.crop_pct >= 1.0 or not small_square_side(items, preprocessing.input_size):
         return None
-    return {**preprocessing, "crop_pct": 1.0}
+    return preprocessing.whole_image()
 
 
 def _axis_weights(geometric: list, side: int, axis: int) -> np.ndarray:
@@ -91,7 +92,7 @@ class BatchResize(nn.Module):
         return (x - self.mean) / self.std
 
 
-def batch_resize(preprocessing: dict, side: int) -> BatchResize | None:
+def batch_resize(preprocessing: Preprocessing, side: int) -> BatchResize | None:
     """The batched equivalent of eval_transform(preprocessing) for side x side images, or None when that
     transform has steps other than Resize, CenterCrop, ToTensor and Normalize."""
     steps = eval_transform(preprocessing).transforms

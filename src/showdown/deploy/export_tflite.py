@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from showdown.data.images import eval_transform, load_rgb
+from showdown.data.preprocessing import Preprocessing
 from showdown.errors import ConfigError, ModelError
 
 CALIBRATION_IMAGES = 64  # training images that set the int8 activation ranges
@@ -60,7 +61,7 @@ def calibration_images(entry: Path, info: dict, count: int = CALIBRATION_IMAGES)
         raise ModelError(f"none of the {len(train)} training images in {splits} exist any more; "
                          "int8 calibration needs them")
     chosen = random.Random(0).sample(present, min(count, len(present)))
-    transform = eval_transform(info["preprocessing"])
+    transform = eval_transform(Preprocessing.from_dict(info["preprocessing"]))
     return [transform(load_rgb(p)) for p in chosen]
 
 

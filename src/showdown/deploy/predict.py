@@ -17,6 +17,7 @@ import torch
 
 from showdown.data.folder import IMAGE_SUFFIXES, images_in, is_visible
 from showdown.data.images import eval_transform, image_loader
+from showdown.data.preprocessing import Preprocessing
 from showdown.errors import DataError, ModelError
 from showdown.models.saving import load_model
 
@@ -27,7 +28,7 @@ METADATA_KEY = "tl-showdown"  # the exported file's metadata entry: classes and 
 class Predictor:
     name: str
     classes: list[str]
-    preprocessing: dict
+    preprocessing: Preprocessing
     forward: object  # float32 image batch (N, 3, H, W) -> probabilities as a numpy array
 
     def __call__(self, images: torch.Tensor) -> np.ndarray:
@@ -47,8 +48,8 @@ def open_model(path: str | Path, model_name: str | None = None) -> Predictor:
     if path.is_dir():
         folder = choose_entry(path, model_name)
         model, info = load_model(folder)
-        return Predictor(f"{info['backbone']} / {info['strategy']}", info["classes"], info["preprocessing"],
-                         _torch_forward(model))
+        return Predictor(f"{info['backbone']} / {info['strategy']}", info["classes"],
+                         Preprocessing.from_dict(info["preprocessing"]), _torch_forward(model))
     if not path.is_file():
         raise ModelError(f"{path} does not exist; give a run folder, an entry folder, or an exported .onnx / .pt file")
     if path.suffix == ".onnx":
@@ -104,7 +105,7 @@ def _open_onnx(path: Path) -> Predictor:
     def forward(images):
         return session.run(None, {input_name: images.numpy().astype(np.float32)})[0]
 
-    return Predictor(info["name"], info["classes"], info["preprocessing"], forward)
+    return Predictor(info["name"], info["classes"], Preprocessing.from_dict(info["preprocessing"]), forward)
 
 
 def _open_torchscript(path: Path) -> Predictor:
@@ -121,7 +122,7 @@ def _open_torchscript(path: Path) -> Predictor:
         with torch.inference_mode():
             return module(images).float().numpy()  # exported models output probabilities
 
-    return Predictor(info["name"], info["classes"], info["preprocessing"], forward)
+    return Predictor(info["name"], info["classes"], Preprocessing.from_dict(info["preprocessing"]), forward)
 
 
 def _open_tflite(path: Path) -> Predictor:
@@ -149,7 +150,7 @@ def _open_tflite(path: Path) -> Predictor:
             rows.append((out.astype(np.float32) - zero) * scale if scale else out.astype(np.float32))
         return np.concatenate(rows)
 
-    return Predictor(info["name"], info["classes"], info["preprocessing"], forward)
+    return Predictor(info["name"], info["classes"], Preprocessing.from_dict(info["preprocessing"]), forward)
 
 
 def _quantized(array: np.ndarray, detail: dict) -> np.ndarray:

@@ -128,14 +128,14 @@ def boundary_top(entry: Entry):
     if config.augment not in CACHEABLE_AUGMENTS:
         echo(f"  boundary cache off: augmentation '{config.augment}' changes the inputs every epoch; full forward")
         return None
-    layers = sequential_layers(backbone.model, backbone.preprocessing["input_size"])
+    layers = sequential_layers(backbone.model, backbone.preprocessing.input_size)
     cut = first_trainable(layers) if layers else 0
     if not cut:
         echo("  boundary cache off: nothing frozen below the trainable layers, or no sequential split; full forward")
         return None
     bottom = nn.Sequential(*layers[:cut])
     with torch.inference_mode():
-        per_image = bottom(torch.zeros(1, *backbone.preprocessing["input_size"])).numel() * 2  # bf16 bytes
+        per_image = bottom(torch.zeros(1, *backbone.preprocessing.input_size)).numel() * 2  # bf16 bytes
     mirror = config.augment == "flip"
     need = per_image * (sum(len(items) for items in entry.dataset.splits.values())
                         + mirror * len(entry.dataset.splits["train"]))

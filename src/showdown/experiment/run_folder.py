@@ -110,13 +110,13 @@ def write_entry(entry: Entry, metrics: dict, history: list[dict], probs: np.ndar
     save_model(model, folder, {
         "classes": dataset.classes, "backbone": backbone.spec.name, "timm_name": backbone.spec.timm_name,
         "timm_kwargs": backbone.timm_kwargs, "pool_stages": backbone.pool_stages, "weights_source": backbone.source,
-        "preprocessing": backbone.preprocessing, "strategy": strategy, "tta": config.tta,
+        "preprocessing": backbone.preprocessing.to_dict(), "strategy": strategy, "tta": config.tta,
         "head": {"in_features": backbone.num_features, "hidden": list(config.head_hidden),
                  "dropout": config.head_dropout, "batch_norm": config.head_bn},
     })
     # What the report's fairness check compares between entries.
     setup = {"evaluation": dataset.split_source, "test_images": len(test_items),
-             "input_size": backbone.preprocessing["input_size"][-1], "augment": config.augment, "tta": config.tta,
+             "input_size": backbone.preprocessing.input_size[-1], "augment": config.augment, "tta": config.tta,
              "tuning": search["budget"] if search else None}
     # Last: a metrics.json marks the entry complete (--resume skips it).
     write_json(folder / "metrics.json", {**summary, "per_class": metrics["per_class"],

@@ -145,7 +145,7 @@ def _load(model_name: str, config: RunConfig, dataset: DatasetSpec, echo) -> Bac
         pretrained=config.pretrained, allow_random_init=config.allow_random_init, image_size=config.image_size,
         pool_stages=config.pool_stages,
     )
-    echo(f"{model_name}: weights from {backbone.source}; input {backbone.preprocessing['input_size'][1]} px")
+    echo(f"{model_name}: weights from {backbone.source}; input {backbone.preprocessing.input_size[1]} px")
     fitted = fitted_to_images(backbone, dataset)
     if fitted is not backbone:
         echo("  small images: upscaled whole, without the centre crop (a thumbnail has no margin to spare)")

@@ -20,6 +20,7 @@ from torch import nn
 from tqdm import tqdm
 
 from showdown.data.images import eval_transform, image_loader
+from showdown.data.preprocessing import Preprocessing
 from showdown.data.thumbnails import batch_resize, small_square_side, to_uint8_tensor
 from showdown.errors import DataError
 from showdown.fileio import atomic_path, digest, file_stamp
@@ -52,7 +53,7 @@ def cache_key(backbone: Backbone, items: list[tuple[Path, int]], precision: str,
         "weights_id": _weights_id(backbone.source),
         "timm_kwargs": backbone.timm_kwargs,
         "pool_stages": backbone.pool_stages,
-        "preprocessing": backbone.preprocessing,
+        "preprocessing": backbone.preprocessing.to_dict(),
         "precision": precision,
         "runtime": runtime,
         "mirror": mirror,
@@ -94,13 +95,13 @@ def extract_features(backbone: Backbone, items: list[tuple[Path, int]], *, preci
     return features
 
 
-def forward_frozen(module: torch.nn.Module, preprocessing: dict, items, *, precision: str, batch_size: int,
+def forward_frozen(module: torch.nn.Module, preprocessing: Preprocessing, items, *, precision: str, batch_size: int,
                    workers: int, desc: str = "features", store_dtype=torch.float32, runtime: str = "torch",
                    mirror: bool = False, name: str = "the frozen layers") -> Features:
     """Run a frozen module once over the images (with `runtime`, see runtime.py), or over their mirror images;
     unreadable files are skipped and listed. `name` is the model's, for the log."""
     module = module.eval().to(memory_format=torch.channels_last)
-    side = small_square_side(items, preprocessing["input_size"])
+    side = small_square_side(items, preprocessing.input_size)
     resize = batch_resize(preprocessing, side) if side else None
     if resize is not None:  # small images: workers only decode, the batch is resized inside the graph
         module = nn.Sequential(resize, module)

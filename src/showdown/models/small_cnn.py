@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from torch import nn
 
+from showdown.data.preprocessing import Preprocessing
 from showdown.models.backbones import Backbone, BackboneSpec
 
 SCRATCH_CNN_SIZE = 96  # small inputs keep a from-scratch CNN trainable on a CPU
@@ -28,7 +29,6 @@ class SmallCNN(nn.Module):
 
 def small_cnn_backbone(image_size: int | None) -> Backbone:
     size = image_size or SCRATCH_CNN_SIZE
-    preprocessing = {"input_size": (3, size, size), "interpolation": "bilinear", "crop_pct": 1.0,
-                     "crop_mode": "center", "mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225)}
+    preprocessing = Preprocessing((3, size, size), interpolation="bilinear", crop_pct=1.0)
     return Backbone(BackboneSpec("scratch_cnn", "scratch_cnn"), SmallCNN(), "random init (trained from scratch)",
                     preprocessing, False, {})

@@ -4,6 +4,10 @@ at what cost, and whether the difference is real.
 Everything is inline (styles, figures, thumbnails) and a Content-Security-Policy forbids scripts and any
 request, so the page works from file:// and cannot phone home. Every user-supplied string (class names, paths,
 configuration) is HTML-escaped.
+
+Long because the page is one template read top to bottom (leaderboard, fairness, folds, searches, verdicts,
+per-entry figures, gallery of mistakes, cost); its parts share the escaping and the grouping of entries, and the
+statistics, fairness checks, plots and tables it shows live in their own modules.
 """
 from __future__ import annotations
 

@@ -19,6 +19,7 @@ import torch
 from timm.data import resolve_data_config
 from torch import nn
 
+from showdown.data.preprocessing import Preprocessing
 from showdown.errors import ModelError
 from showdown.models.backbones import efficientnet_lite
 from showdown.models.backbones.files import FoundWeights, load_weights_file
@@ -34,7 +35,7 @@ class Backbone:
     spec: BackboneSpec
     model: nn.Module  # timm model (PooledStages with pool_stages); outputs pooled features unless keep_classifier
     source: str  # where the weights came from, for the run record
-    preprocessing: dict  # input_size, interpolation, mean, std, crop_pct, crop_mode
+    preprocessing: Preprocessing  # what the weights expect of an image
     pretrained: bool
     timm_kwargs: dict = field(default_factory=dict)  # rebuilds the same architecture later
     pool_stages: int = 0  # earlier stages whose pooled outputs join the features (stages.py)
@@ -43,7 +44,7 @@ class Backbone:
     def num_features(self) -> int:
         """Width of what the model hands the head, measured by one forward pass. timm's `num_features` counts
         the final feature map's channels, which is not always what comes out: VGG's pre-logits MLP gives 4,096."""
-        return output_width(self.model, self.preprocessing["input_size"])
+        return output_width(self.model, self.preprocessing.input_size)
 
 
 def load_backbone(
@@ -160,14 +161,12 @@ def default_weights_dir() -> Path:
     return Path.home() / ".cache" / "showdown" / "weights"
 
 
-def _preprocessing(model: nn.Module, overrides: dict, image_size: int | None) -> dict:
-    config = resolve_data_config({}, model=model)
-    config.update(overrides)
+def _preprocessing(model: nn.Module, overrides: dict, image_size: int | None) -> Preprocessing:
+    """timm's data config for the architecture, with what the weights file says over it, at `image_size`."""
+    config = {**resolve_data_config({}, model=model), **overrides}
     if image_size:
         config["input_size"] = (3, image_size, image_size)
-    config["mean"] = tuple(float(v) for v in config["mean"])
-    config["std"] = tuple(float(v) for v in config["std"])
-    return config
+    return Preprocessing.from_dict(config)
 
 
 def output_width(model: nn.Module, input_size: tuple[int, int, int]) -> int:
