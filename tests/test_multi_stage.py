@@ -92,3 +92,33 @@ def test_small_square_images_are_upscaled_whole(demo_dir, tmp_path):
     assert not torch.allclose(upscaled, eval_transform(preprocessing)(image), atol=1e-2)
     photos = [(p, 0) for p in sorted((demo_dir / "roses").iterdir())[:3]]
     assert without_centre_crop(preprocessing, photos) is None  # photos keep the crop their weights expect
+
+
+def test_run_bench_measures_the_multi_stage_network_it_trained(demo_dir, tmp_path, monkeypatch):
+    """`showdown run --bench --pool-stages K`: the bench times the very network the head was trained on, the
+    backbone with its pooled stages, not the plain backbone of the same name."""
+    import json
+
+    from showdown.models.backbones.stages import PooledStages
+    from showdown.reporting import bench
+
+    measured = []
+    real_bench_backbone = bench.bench_backbone
+
+    def quick_bench(backbone, **_):  # the real measurement, kept short: fp32 only, 2 timed runs, no ONNX
+        measured.append(backbone)
+        return real_bench_backbone(backbone, precisions=("fp32",), onnx=False, repeats=2)
+
+    monkeypatch.setattr(bench, "bench_backbone", quick_bench)
+    out = tmp_path / "run"
+    run(RunConfig(data="demo", models=["efficientnet_lite0"], image_size=64, pool_stages=2, max_per_class=2, epochs=1,
+                  workers=0, precision="fp32", bench=True, out=str(out), record=False, report=False),
+        echo=lambda *_: None)
+    _, info = load_model(out / "efficientnet_lite0-head")
+    trained_width = info["head"]["in_features"]
+    assert trained_width == 112 + 320 + 1280
+    (backbone,) = measured
+    assert isinstance(backbone.model, PooledStages) and backbone.pool_stages == 2
+    assert backbone.num_features == trained_width  # what the head reads is what was timed
+    (row,) = json.loads((out / "bench.json").read_text())["rows"]
+    assert row["model"] == "efficientnet_lite0" and row["pool_stages"] == 2 and row["features"] == trained_width

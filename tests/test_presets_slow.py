@@ -2,8 +2,10 @@
 
 Backbones without weights on these machines (ResNet50, VGG16, InceptionV3) run with --allow-random-init and
 their rows are marked; every row with genuine ImageNet weights must beat chance by a wide margin, even on the
---quick subset (2 epochs on 20 images per class: at least twice chance).
+--quick subset (2 epochs on 20 images per class: at least twice chance), and every row's accuracy must be the one
+its own predictions.csv and confusion matrix give.
 """
+import csv
 import json
 
 import pytest
@@ -35,6 +37,15 @@ def test_preset_quick_runs_to_completion_offline(name, tmp_path):
     assert {(r["model"], r["strategy"]) for r in rows} == expected  # every entry, once
     chance = 1 / len(json.loads((out / "dataset.json").read_text())["classes"])
     for row in rows:
+        # Every row's accuracy is what its own test predictions say, image by image (random-init rows included).
+        with open(out / row["folder"] / "predictions.csv", newline="") as handle:
+            predictions = list(csv.DictReader(handle))
+        assert len(predictions) == row["n_test"] > 0, row
+        correct = sum(p["pred"] == p["true"] for p in predictions)
+        assert row["accuracy"] == pytest.approx(correct / len(predictions)), row
+        confusion = json.loads((out / row["folder"] / "metrics.json").read_text())["confusion_matrix"]
+        assert sum(map(sum, confusion)) == row["n_test"]
+        assert sum(confusion[i][i] for i in range(len(confusion))) == correct
         if row["model"] in ("resnet50", "vgg16", "inception_v3"):
             assert not row["pretrained"]  # random init here, and marked so
         elif row["pretrained"]:

@@ -1,10 +1,14 @@
 """Freezing is exactly what was asked, and the boundary cache computes the same network."""
+import csv
+
+import numpy as np
 import pytest
 import torch
 from torch import nn
 
 from showdown import RunConfig, run
 from showdown.data.images import eval_transform, load_rgb
+from showdown.deploy.predict import open_model, predict_files
 from showdown.errors import ConfigError
 from showdown.frozen.boundary import TopOfNetwork, first_trainable, sequential_layers
 from showdown.models.backbones import load_backbone
@@ -105,7 +109,9 @@ def test_finetune_keeps_frozen_weights_and_bn_statistics_bit_identical(tmp_path,
     assert all(torch.equal(v, before[k]) for k, v in head_model.backbone.state_dict().items())
 
 
-def test_scratch_cnn_and_scratch_train_every_layer(tmp_path, demo_copy):
+def test_scratch_cnn_trains_every_layer_of_the_small_cnn(tmp_path, demo_copy):
+    """The `scratch-cnn` baseline (the named backbone is not used). The `scratch` strategy, a named timm backbone
+    from random init with every layer trainable, runs through test_matrix.py for every backbone."""
     results = run(RunConfig(data=str(demo_copy), models=["efficientnet_lite0"], strategies=["scratch-cnn"],
                             image_size=64, epochs=2, workers=0, out=str(tmp_path / "s")), echo=lambda *_: None)
     row = results.rows[0]
@@ -113,6 +119,31 @@ def test_scratch_cnn_and_scratch_train_every_layer(tmp_path, demo_copy):
     assert not row["pretrained"] and row["weights"].startswith("random init")
     model, info = load_model(results.run_dir / "scratch_cnn-scratch-cnn")
     assert info["backbone"] == "scratch_cnn"
+
+
+def test_scratch_trains_a_named_backbone_from_random_init_with_every_layer_trainable(tmp_path):
+    """`scratch` in a run whose other entries get ImageNet weights: the named backbone starts from random init
+    (not from those weights), every parameter trains, and the saved model predicts what predictions.csv says."""
+    results = run(RunConfig(data="demo", models=["efficientnet_lite0"], strategies=["scratch"], image_size=64,
+                            max_per_class=2, epochs=1, workers=0, precision="fp32", report=False, record=False,
+                            out=str(tmp_path / "s")), echo=lambda *_: None)
+    (row,) = results.rows
+    assert row["model"] == "efficientnet_lite0" and row["strategy"] == "scratch"
+    assert not row["pretrained"] and row["weights"].startswith("random init")
+    folder = results.run_dir / "efficientnet_lite0-scratch"
+    model, info = load_model(folder)
+    assert info["backbone"] == "efficientnet_lite0"
+    assert row["trainable_params"] == sum(p.numel() for p in model.parameters())  # every layer, and the head
+    imagenet = load_backbone("efficientnet_lite0").model.conv_stem.weight
+    assert not torch.allclose(model.backbone.conv_stem.weight, imagenet, atol=0.05)  # one epoch from random init
+    with open(folder / "predictions.csv", newline="") as handle:
+        recorded = list(csv.DictReader(handle))
+    predicted = list(predict_files(open_model(folder), [r["path"] for r in recorded], top_k=2))
+    np.testing.assert_allclose([p["top"][0][1] for p in predicted], [float(r["confidence"]) for r in recorded],
+                               atol=1e-5)
+    for p, r in zip(predicted, recorded):
+        (first, p1), (_, p2) = p["top"]
+        assert first == r["pred"] or p1 - p2 < 1e-5
 
 
 def test_balanced_class_weights_raise_minority_recall():

@@ -1,4 +1,5 @@
 """Use the winner: predict from a run folder, export to ONNX and TorchScript, and get the same numbers."""
+import csv
 import json
 import shutil
 import subprocess
@@ -65,6 +66,10 @@ def test_predict_cli_writes_csv_and_json_and_scores_labelled_folders(trained, tm
     lines = (tmp_path / "p.csv").read_text().splitlines()
     assert lines[0].startswith("path,class1,prob1,class2,prob2,class3,prob3,true")
     assert len(lines) == 1 + 150
+    for row in csv.DictReader(lines):  # top 3 of 3 classes: every class once, a distribution, best first
+        probs = [float(row[f"prob{i}"]) for i in (1, 2, 3)]
+        assert {row[f"class{i}"] for i in (1, 2, 3)} == {"daisy", "roses", "sunflowers"}
+        assert sum(probs) == pytest.approx(1, abs=1e-5) and probs == sorted(probs, reverse=True)
     assert "150 image(s) classified by efficientnet_lite0 / head" in result.stderr  # the best entry by default
     accuracy = float(result.stderr.split("accuracy on 150 labelled by folder: ")[1].split()[0])
     assert accuracy > 0.8  # mostly its own training images
@@ -74,7 +79,16 @@ def test_predict_cli_writes_csv_and_json_and_scores_labelled_folders(trained, tm
     rows = json.loads(result.stdout)
     assert len(rows) == 50 and len(rows[0]["predictions"]) == 2
     assert "scratch_cnn / scratch-cnn" in result.stderr
-    assert abs(sum(p["probability"] for p in rows[0]["predictions"])) <= 1 + 1e-6
+    # The top 2 are the model's own softmax, recomputed here from the image files.
+    model, info = load_model(run_dir / "scratch_cnn-scratch-cnn")
+    transform = eval_transform(info["preprocessing"])
+    with torch.inference_mode():
+        probs = model(torch.stack([transform(load_rgb(row["path"])) for row in rows[:8]])).softmax(1).numpy()
+    for row, p in zip(rows, probs):
+        order = np.argsort(-p)[:2]
+        got = row["predictions"]
+        assert [g["class"] for g in got] == [info["classes"][i] for i in order] or abs(p[order[0]] - p[order[1]]) < 1e-4
+        np.testing.assert_allclose([g["probability"] for g in got], p[order], atol=1e-5)
 
 
 @needs_photos

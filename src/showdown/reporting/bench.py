@@ -82,7 +82,9 @@ def time_onnxruntime(model: torch.nn.Module, input_size, repeats: int) -> tuple[
 
 def bench_backbone(backbone, *, precisions=("fp32", "bf16"), onnx: bool = True, repeats: int = 30) -> list[dict]:
     model, input_size = backbone.model.eval(), tuple(backbone.preprocessing.input_size)
-    common = {"model": backbone.spec.name, "input_px": input_size[1],
+    # pool_stages and features say which network was timed: with --pool-stages, the one the head was trained on.
+    common = {"model": backbone.spec.name, "input_px": input_size[1], "pool_stages": backbone.pool_stages,
+              "features": backbone.num_features,
               "params_m": sum(p.numel() for p in model.parameters()) / 1e6, "size_mb": size_mb(model),
               "gmacs": gmacs(model, input_size), "weights": backbone.source}
     rows = []
@@ -116,7 +118,7 @@ def bench_models(models: list[str], config: RunConfig, run_dir: Path, *, precisi
     for name in models:
         backbone = load_backbone(name, weights_file=config.weights.get(name), weights_dir=config.weights_dir,
                                  pretrained=config.pretrained, allow_random_init=config.allow_random_init,
-                                 image_size=config.image_size)
+                                 image_size=config.image_size, pool_stages=config.pool_stages)
         echo(f"bench {name} ({backbone.preprocessing.input_size[1]} px) ...")
         rows += bench_backbone(backbone, precisions=precisions, onnx=onnx, repeats=repeats)
     machine = {"cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "native_bf16": bf16_supported()}
