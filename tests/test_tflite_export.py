@@ -14,6 +14,7 @@ import torch
 
 from showdown import RunConfig, run
 from showdown.data.images import eval_transform, load_rgb
+from showdown.data.preprocessing import Preprocessing
 from showdown.deploy.export import export_model
 from showdown.deploy.predict import open_model
 from showdown.models.saving import load_model
@@ -47,7 +48,7 @@ def _held_out(run_dir, count):
 
 def _pytorch(run_dir, paths):
     model, info = load_model(run_dir / ENTRY)
-    transform = eval_transform(info["preprocessing"])
+    transform = eval_transform(Preprocessing.from_dict(info["preprocessing"]))
     batch = torch.stack([transform(load_rgb(p)) for p in paths])
     with torch.inference_mode():
         return batch, model(batch).softmax(1).numpy()

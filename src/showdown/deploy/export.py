@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from showdown.deploy.predict import METADATA_KEY, choose_entry
+from showdown.deploy.trained import METADATA_KEY, choose_entry
 from showdown.errors import ConfigError, ModelError
 from showdown.fileio import atomic_path
 from showdown.models.onnx_graph import OnnxExportError, onnx_graph

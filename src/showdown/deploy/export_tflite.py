@@ -15,12 +15,12 @@ import random
 import warnings
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import nn
 
 from showdown.data.images import eval_transform, load_rgb
 from showdown.data.preprocessing import Preprocessing
+from showdown.deploy.trained import add_tflite_metadata
 from showdown.errors import ConfigError, ModelError
 
 CALIBRATION_IMAGES = 64  # training images that set the int8 activation ranges
@@ -45,7 +45,7 @@ def export_tflite(model: nn.Module, info: dict, entry: Path, path: Path, metadat
             from showdown.deploy.tflite_int8 import quantize_int8
 
             quantize_int8(path, [image.permute(1, 2, 0)[None].numpy() for image in images])  # NHWC, batch 1
-    add_metadata(path, metadata)
+    add_tflite_metadata(path, metadata)
 
 
 def calibration_images(entry: Path, info: dict, count: int = CALIBRATION_IMAGES) -> list[torch.Tensor]:
@@ -63,33 +63,3 @@ def calibration_images(entry: Path, info: dict, count: int = CALIBRATION_IMAGES)
     chosen = random.Random(0).sample(present, min(count, len(present)))
     transform = eval_transform(Preprocessing.from_dict(info["preprocessing"]))
     return [transform(load_rgb(p)) for p in chosen]
-
-
-METADATA_NAME = "tl-showdown"
-
-
-def add_metadata(path: Path, text: str) -> None:
-    """Append a metadata entry (name, buffer holding `text`) to the TFLite flatbuffer."""
-    from ai_edge_litert import schema_py_generated as schema
-    from ai_edge_litert.tools import flatbuffer_utils
-
-    model = flatbuffer_utils.read_model(str(path))
-    buffer = schema.BufferT()
-    buffer.data = np.frombuffer(text.encode(), dtype=np.uint8)
-    model.buffers.append(buffer)
-    entry = schema.MetadataT()
-    entry.name, entry.buffer = METADATA_NAME, len(model.buffers) - 1
-    model.metadata = [*(model.metadata or []), entry]
-    flatbuffer_utils.write_model(model, str(path))
-
-
-def read_metadata(path: Path) -> str | None:
-    """The metadata entry written by add_metadata, read without building the whole model object."""
-    import tflite
-
-    model = tflite.Model.GetRootAsModel(path.read_bytes(), 0)
-    for i in range(model.MetadataLength()):
-        entry = model.Metadata(i)
-        if entry.Name() and entry.Name().decode() == METADATA_NAME:
-            return model.Buffers(entry.Buffer()).DataAsNumpy().tobytes().decode()
-    return None

@@ -18,10 +18,9 @@ import torch
 from showdown.data.folder import IMAGE_SUFFIXES, images_in, is_visible
 from showdown.data.images import eval_transform, image_loader
 from showdown.data.preprocessing import Preprocessing
+from showdown.deploy.trained import METADATA_KEY, choose_entry, read_tflite_metadata
 from showdown.errors import DataError, ModelError
 from showdown.models.saving import load_model
-
-METADATA_KEY = "tl-showdown"  # the exported file's metadata entry: classes and preprocessing as JSON
 
 
 @dataclass
@@ -62,27 +61,6 @@ def open_model(path: str | Path, model_name: str | None = None) -> Predictor:
         return open_model(path.parent)
     raise ModelError(f"{path}: not a model showdown can run (expected a run folder, .onnx, TorchScript .pt "
                      "or .tflite)")
-
-
-def choose_entry(run_dir: Path, model_name: str | None) -> Path:
-    """The entry folder inside a run folder: the named one, or the best by test accuracy."""
-    if (run_dir / "model.json").is_file():
-        return run_dir
-    summary = run_dir / "summary.json"
-    if not summary.is_file():
-        raise ModelError(f"{run_dir} is neither a run folder (summary.json) nor a saved model (model.json)")
-    rows = json.loads(summary.read_text())["rows"]
-    if model_name:
-        matches = [r for r in rows if model_name in (r["folder"], r["model"], f"{r['model']}/{r['strategy']}")]
-        if not matches:
-            names = ", ".join(r["folder"] for r in rows)
-            raise ModelError(f"no model '{model_name}' in {run_dir}; it has: {names}")
-        rows = matches
-    folder = run_dir / max(rows, key=lambda r: r["accuracy"])["folder"]
-    if not (folder / "model.json").is_file() and (folder / "fold1" / "model.json").is_file():
-        raise ModelError(f"{folder} is cross-validated (--folds): it holds one model per fold; pass one of them, "
-                         f"e.g. {folder / 'fold1'}")
-    return folder
 
 
 def _metadata(text: str | None, path: Path) -> dict:
@@ -128,10 +106,9 @@ def _open_torchscript(path: Path) -> Predictor:
 def _open_tflite(path: Path) -> Predictor:
     from ai_edge_litert.interpreter import Interpreter
 
-    from showdown.deploy.export_tflite import read_metadata
 
     try:
-        text = read_metadata(path)
+        text = read_tflite_metadata(path)
         interpreter = Interpreter(model_path=str(path))
         interpreter.allocate_tensors()
     except Exception as exc:  # the flatbuffer reader and the interpreter raise their own types for a bad file

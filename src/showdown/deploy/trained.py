@@ -1,0 +1,62 @@
+"""Where a trained model lives: an entry folder of a run (named, or the best by test accuracy), and the metadata
+an exported file carries (class names and preprocessing as JSON, under METADATA_KEY). Shared by predict and
+export, so that neither imports the other."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from showdown.errors import ModelError
+
+METADATA_KEY = "tl-showdown"
+
+
+def choose_entry(run_dir: Path, model_name: str | None) -> Path:
+    """The entry folder inside a run folder: the named one, or the best by test accuracy."""
+    if (run_dir / "model.json").is_file():
+        return run_dir
+    summary = run_dir / "summary.json"
+    if not summary.is_file():
+        raise ModelError(f"{run_dir} is neither a run folder (summary.json) nor a saved model (model.json)")
+    rows = json.loads(summary.read_text())["rows"]
+    if model_name:
+        matches = [r for r in rows if model_name in (r["folder"], r["model"], f"{r['model']}/{r['strategy']}")]
+        if not matches:
+            names = ", ".join(r["folder"] for r in rows)
+            raise ModelError(f"no model '{model_name}' in {run_dir}; it has: {names}")
+        rows = matches
+    folder = run_dir / max(rows, key=lambda r: r["accuracy"])["folder"]
+    if not (folder / "model.json").is_file() and (folder / "fold1" / "model.json").is_file():
+        raise ModelError(f"{folder} is cross-validated (--folds): it holds one model per fold; pass one of them, "
+                         f"e.g. {folder / 'fold1'}")
+    return folder
+
+
+
+def add_tflite_metadata(path: Path, text: str) -> None:
+    """Append a metadata entry (name, buffer holding `text`) to the TFLite flatbuffer."""
+    from ai_edge_litert import schema_py_generated as schema
+    from ai_edge_litert.tools import flatbuffer_utils
+
+    model = flatbuffer_utils.read_model(str(path))
+    buffer = schema.BufferT()
+    buffer.data = np.frombuffer(text.encode(), dtype=np.uint8)
+    model.buffers.append(buffer)
+    entry = schema.MetadataT()
+    entry.name, entry.buffer = METADATA_KEY, len(model.buffers) - 1
+    model.metadata = [*(model.metadata or []), entry]
+    flatbuffer_utils.write_model(model, str(path))
+
+
+def read_tflite_metadata(path: Path) -> str | None:
+    """The metadata entry written by add_tflite_metadata, read without building the whole model object."""
+    import tflite
+
+    model = tflite.Model.GetRootAsModel(path.read_bytes(), 0)
+    for i in range(model.MetadataLength()):
+        entry = model.Metadata(i)
+        if entry.Name() and entry.Name().decode() == METADATA_KEY:
+            return model.Buffers(entry.Buffer()).DataAsNumpy().tobytes().decode()
+    return None
