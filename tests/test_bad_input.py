@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from showdown.data import load_dataset
@@ -13,8 +14,85 @@ from showdown.data.images import load_rgb
 from showdown.data.leakage import check_leakage
 
 
-def _cli(*args):
-    return subprocess.run([sys.executable, "-m", "showdown.cli", *args], capture_output=True, text=True, timeout=600)
+def _cli(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "showdown.cli", *args], capture_output=True, text=True, timeout=600,
+                          cwd=cwd)
+
+
+def _main(capsys, *args) -> subprocess.CompletedProcess:
+    """`showdown ARGS` in this process (a new one costs seconds of imports); an exception main() lets through
+    fails the test, as a traceback would."""
+    from showdown.cli import main
+
+    try:
+        code = main(list(args))
+    except SystemExit as exc:  # argparse's usage errors
+        code = exc.code
+    out, err = capsys.readouterr()
+    return subprocess.CompletedProcess(args, code, out, err)
+
+
+def _one_line_error(result, *words):
+    """Exit status 2 and exactly one stderr line, `error: ...`, holding every one of `words`; no traceback."""
+    assert result.returncode == 2, (result.returncode, result.stderr)
+    assert "Traceback" not in result.stderr + result.stdout
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    for word in words:
+        assert word in lines[0], (word, lines[0])
+    return lines[0]
+
+
+# The run would have gone to runs/<timestamp>-demo-flowers under the working folder, or to --out.
+@pytest.mark.parametrize("args, words", [
+    (["--head-dropout", "1.5"], ["--head-dropout must be between 0 and 1 (got 1.5)"]),
+    (["--weight-decay", "-1"], ["--weight-decay must be at least 0 (got -1)"]),
+    (["--label-smoothing", "2"], ["--label-smoothing must be between 0 and 1 (got 2)"]),
+    (["--image-size", "100000"], ["--image-size must be between 32 and 1024 (got 100000)"]),
+    (["--momentum", "5"], ["--momentum must be between 0 and 1 (got 5)"]),
+    (["--workers", "-3"], ["--workers must be at least 0 (got -3)"]),
+    (["--patience", "-1"], ["--patience must be at least 1 (got -1)"]),
+    (["--optimizer", "nadam"], ["--optimizer must be one of adamw, adam, sgd (got 'nadam')"]),
+    (["--lr", "fast"], ["--lr", "must be a number (got 'fast')"]),
+    (["--unfreeze", "top:3"], ["--unfreeze 'top:3' is not understood", "layers:N, blocks:K or all"]),
+])
+def test_an_out_of_range_option_is_one_line_and_loses_nothing(tmp_path, monkeypatch, capsys, args, words):
+    monkeypatch.chdir(tmp_path)
+    result = _main(capsys, "run", "--out", "run", *args)
+    _one_line_error(result, *words)
+    assert list(tmp_path.iterdir()) == []  # no run folder, neither --out nor runs/
+
+
+@pytest.mark.parametrize("text, words", [
+    ("- lr\n- epochs\n", ["config file", "must be a mapping of option names to values", "got list"]),
+    ("just some words\n", ["config file", "must be a mapping of option names to values", "got str"]),
+    ("lr: [0.1\nepochs: 3\n", ["config file", "is not valid YAML at line"]),
+    ("lr: fast\n", ["config key 'lr'", "must be a number (got 'fast')"]),
+    ("epochs: 3\nlrr: 0.1\n", ["unknown config key(s) lrr", "did you mean lr?"]),
+    ("head_dropout: 1.5\n", ["--head-dropout must be between 0 and 1 (got 1.5)"]),
+])
+def test_a_config_file_that_is_not_a_mapping_of_good_values_is_one_line(tmp_path, monkeypatch, capsys, text, words):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "config.yaml").write_text(text)
+    result = _main(capsys, "run", "--config", "config.yaml", "--out", "run")
+    _one_line_error(result, *words)
+    assert [p.name for p in tmp_path.iterdir()] == ["config.yaml"]
+
+
+def test_out_naming_an_existing_file_is_one_line_and_leaves_the_file(tmp_path):
+    (tmp_path / "notes.txt").write_text("keep me\n")
+    result = _cli("run", "--out", "notes.txt", cwd=tmp_path)  # a real process: its stderr, its exit status
+    _one_line_error(result, "--out notes.txt is an existing file", "name a folder")
+    assert [p.name for p in tmp_path.iterdir()] == ["notes.txt"]
+    assert (tmp_path / "notes.txt").read_text() == "keep me\n"
+
+
+def test_unfreezing_more_blocks_than_the_model_has_names_how_many_it_has(tmp_path):
+    """Only the loaded model knows its depth, so this one fails after the head phase, still in one line."""
+    result = _cli("run", "--data", "demo", "--models", "efficientnet_lite0", "--max-per-class", "2", "--epochs", "1",
+                  "--image-size", "64", "--no-report", "--no-record", "--precision", "fp32", "--workers", "0",
+                  "--strategy", "finetune", "--unfreeze", "blocks:999", "--out", str(tmp_path / "run"))
+    _one_line_error(result, "--unfreeze blocks:999", "has only 8 layer groups", "blocks:1 to blocks:8")
 
 
 def test_image_modes_are_converted_to_rgb_correctly(tmp_path):

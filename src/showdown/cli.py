@@ -5,9 +5,9 @@ import argparse
 import logging
 import sys
 
-import yaml
-
-from showdown.config.run_config import RunConfig
+from showdown.config.options import add_flags, read_values
+from showdown.config.presets import QUICK, load_preset
+from showdown.config.run_config import RunConfig, read_config_file
 from showdown.errors import ConfigError, ShowdownError
 
 
@@ -22,86 +22,28 @@ def _csv(kind):
 
 
 def _add_run_flags(p: argparse.ArgumentParser) -> None:
+    add_flags(p, RunConfig)  # one flag per RunConfig option, typed, grouped and helped as declared there
     S = argparse.SUPPRESS  # flags not given leave the config (or preset) value alone
-    g = p.add_argument_group("data")
-    g.add_argument("--data", default=S, help="dataset name (demo, tf_flowers, cifar10, cifar100), folder or archive")
-    g.add_argument("--data-root", default=S, help="where named datasets live (default $SHOWDOWN_DATA)")
-    g.add_argument("--split", type=_csv(float), default=S, help="train,val,test fractions (default 0.7,0.15,0.15)")
-    g = p.add_argument_group("models")
-    g.add_argument("--models", type=_csv(str), default=S, help="comma-separated backbones (see `showdown models`)")
-    g.add_argument("--strategy", dest="strategies", type=_csv(str), default=S,
-                   help="comma-separated: head, finetune, scratch, scratch-cnn")
-    g.add_argument("--weights", action="append", default=S, metavar="[MODEL=]FILE",
-                   help="weights file (.safetensors, .pth, .tflite); MODEL=FILE when several models run")
-    g.add_argument("--weights-dir", default=S, help="folder with TFLite weights (default $SHOWDOWN_WEIGHTS)")
-    g.add_argument("--no-pretrained", dest="pretrained", action="store_false", default=S, help="random init")
-    g.add_argument("--allow-random-init", action="store_true", default=S,
-                   help="fall back to random init when no weights are found (the table marks such rows)")
-    g.add_argument("--image-size", type=int, default=S, help="override the weights' input size")
-    g.add_argument("--pool-stages", type=int, default=S, metavar="K",
-                   help="also feed the head the pooled outputs of the last K stages (multi-stage features)")
-    g = p.add_argument_group("head and training")
-    g.add_argument("--head-hidden", type=_csv(int), default=S, help="hidden layer widths, e.g. 256,128")
-    g.add_argument("--head-dropout", type=float, default=S)
-    g.add_argument("--head-bn", action="store_true", default=S, help="batch norm in the head's hidden layers")
-    g.add_argument("--optimizer", default=S, help="adamw, adam or sgd")
-    g.add_argument("--lr", type=float, default=S)
-    g.add_argument("--weight-decay", type=float, default=S)
-    g.add_argument("--momentum", type=float, default=S)
-    g.add_argument("--batch-size", type=int, default=S)
-    g.add_argument("--epochs", type=int, default=S)
-    g.add_argument("--patience", type=int, default=S, help="early-stopping patience in epochs")
-    g.add_argument("--schedule", default=S, help="plateau, cosine or onecycle")
-    g.add_argument("--label-smoothing", type=float, default=S)
-    g.add_argument("--seed", type=int, default=S)
-    g.add_argument("--repeats", type=int, default=S, help="train each configuration with this many seeds")
-    g.add_argument("--grad-clip", type=float, default=S, help="clip the gradient norm")
-    g.add_argument("--tta", default=S, help="test-time augmentation: none or flip (average with the mirror image)")
-    g.add_argument("--augment", default=S,
-                   help="none, flip (cached mirror images), light (flip + random-resized-crop) or strong "
-                        "(+ RandAugment, mixup/cutmix)")
-    g.add_argument("--class-weight", default=S, help="none or balanced (loss weighted by inverse class frequency)")
-    g.add_argument("--drop-duplicates", action="store_true", default=S,
-                   help="drop val/test images whose exact bytes are also in an earlier split")
-    g = p.add_argument_group("a fair comparison")
-    g.add_argument("--tune", type=int, default=S, metavar="N",
-                   help="N Optuna trials per entry on the validation split before the final training (same space "
-                        "and budget for every backbone)")
-    g.add_argument("--tune-minutes", type=float, default=S, metavar="M",
-                   help="search time per entry instead of (or with --tune, as well as) a number of trials")
-    g.add_argument("--folds", type=int, default=S, metavar="K",
-                   help="stratified K-fold cross-validation instead of one test split: every image tested once")
-    g.add_argument("--assert-accuracy-at-least", type=float, default=S, metavar="X",
-                   help="exit with status 1 (after writing the results) when the best test accuracy is below X")
-    g = p.add_argument_group("finetune (after the head phase)")
-    g.add_argument("--unfreeze", default=S, help="layers:N, blocks:K or all (default blocks:2)")
-    g.add_argument("--ft-lr-factor", type=float, default=S, help="fine-tune lr = lr x this (default 0.1)")
-    g.add_argument("--ft-epochs", type=int, default=S, help="fine-tune epochs (default: --epochs)")
-    g.add_argument("--lr-decay", type=float, default=S, help="layer-wise lr decay per group, e.g. 0.7")
-    g.add_argument("--train-bn", action="store_true", default=S, help="let unfrozen batch norm update statistics")
-    g.add_argument("--cache-budget-gb", type=float, default=S, help="boundary-activation cache limit")
-    g = p.add_argument_group("machinery and output")
-    g.add_argument("--precision", default=S, help="auto, fp32 or bf16")
-    g.add_argument("--runtime", default=S,
-                   help="engine for frozen layers: auto (ONNX Runtime in fp32, PyTorch in bf16), torch or onnxruntime")
-    g.add_argument("--workers", type=int, default=S, help="image-decoding worker processes")
-    g.add_argument("--cache-dir", default=S, help="feature cache folder")
-    g.add_argument("--out", default=S, help="run folder (default runs/<timestamp>-<name>)")
-    g.add_argument("--name", default=S)
-    g.add_argument("--bench", action="store_true", default=S, help="also measure latency, throughput and size")
-    g.add_argument("--no-report", dest="report", action="store_false", default=S, help="skip report.html")
-    g.add_argument("--no-record", dest="record", action="store_false", default=S,
-                   help="do not store the run in the results database")
-    g.add_argument("--db", default=S, help="results database (default $SHOWDOWN_DB or ~/.local/share/showdown)")
-    g.add_argument("--config", dest="config_file", default=S, help="YAML file of config values")
+    g = p.add_argument_group("where the values come from (flags given override them)")
+    g.add_argument("--config", dest="config_file", default=S, metavar="FILE",
+                   help="YAML file of option values, e.g. `lr: 0.01` (keys: the flag names with _ for -)")
     g.add_argument("--preset", default=S, help="a ready-made experiment (`showdown presets` lists them)")
-    g.add_argument("--quick", action="store_true", default=S, help="shrink it: image subset, few epochs, small images")
+    g.add_argument("--quick", action="store_true", default=S,
+                   help="shrink it: " + ", ".join(f"--{k.replace('_', '-')} {v}" for k, v in QUICK.items()))
     g.add_argument("--resume", metavar="RUN_DIR", default=S,
                    help="continue an interrupted run from its folder (its own configuration; other flags ignored)")
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (`error: ...`) with exit status 2, like every other error."""
+
+    def error(self, message: str):
+        message = " ".join(line.strip() for line in message.splitlines())
+        self.exit(2, f"error: {message} (see `{self.prog} --help`)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="showdown", description=__doc__.splitlines()[0])
+    parser = _Parser(prog="showdown", description=__doc__.splitlines()[0])
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     run = sub.add_parser("run", help="train and compare backbones on a dataset")
@@ -147,17 +89,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def config_from_args(args: argparse.Namespace) -> RunConfig:
-    from showdown.config.presets import QUICK, load_preset
-
-    values: dict = load_preset(args.preset) if hasattr(args, "preset") else {}
+    """Preset, then --quick, then --config FILE, then the flags given: each later one wins."""
+    values: dict = {}
+    if hasattr(args, "preset"):
+        values.update(read_values(RunConfig, load_preset(args.preset), f"preset {args.preset}"))
     if getattr(args, "quick", False):
         values.update(QUICK)
     if hasattr(args, "config_file"):
-        try:
-            with open(args.config_file, encoding="utf-8") as handle:
-                values.update(yaml.safe_load(handle) or {})
-        except (OSError, yaml.YAMLError) as exc:
-            raise ConfigError(f"cannot read config file {args.config_file}: {exc}") from exc
+        values.update(read_config_file(args.config_file))
     skip = {"command", "debug", "config_file", "preset", "quick", "resume"}
     values.update({k: v for k, v in vars(args).items() if k not in skip})
     if "weights" in values and isinstance(values["weights"], list):
@@ -179,12 +118,13 @@ def _weights_map(entries: list[str], models: list[str]) -> dict[str, str]:
 
 
 def cmd_run(args) -> int:
+    config = None if hasattr(args, "resume") else config_from_args(args).validate()  # before the heavy imports
     from showdown.experiment.runner import resume_run, run
 
-    if hasattr(args, "resume"):
+    if config is None:
         resume_run(args.resume)
     else:
-        run(config_from_args(args))
+        run(config)
     return 0
 
 
@@ -283,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
     except ShowdownError as exc:
         if args.debug:
             raise
-        print(f"error: {exc}", file=sys.stderr)
+        print("error: " + " ".join(line.strip() for line in str(exc).splitlines()), file=sys.stderr)  # one line
         return getattr(exc, "exit_code", 2)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

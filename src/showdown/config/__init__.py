@@ -1,1 +1,2 @@
-"""Configuration: one typed RunConfig and the presets that fill it. The bottom layer: imports no other part."""
+"""Configuration: one typed RunConfig, declared option by option (options.py), and the presets that fill it. The
+bottom layer: imports no other part."""

@@ -1,12 +1,17 @@
-"""One flat, typed configuration for a showdown run; presets and CLI flags both fill it."""
+"""One flat, typed configuration for a showdown run; presets, config files and CLI flags all fill it.
+
+Each field is declared once with `option(...)` (options.py): its default, help, group and the values it accepts.
+The flags of `showdown run`, the reading of YAML and the checks of `validate` are all derived from these.
+"""
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
 
+from showdown.config.options import check_field, definitions, option, read_values
 from showdown.errors import ConfigError
 
 STRATEGIES = ("head", "finetune", "scratch", "scratch-cnn")
@@ -16,6 +21,17 @@ OPTIMIZERS = ("adamw", "adam", "sgd")
 SCHEDULES = ("plateau", "cosine", "onecycle")
 PRECISIONS = ("auto", "fp32", "bf16")
 RUNTIMES = ("auto", "torch", "onnxruntime")
+CLASS_WEIGHTS = ("none", "balanced")
+
+# --help groups, in the order they are listed
+DATA, MODELS, TRAINING, FINETUNE, FAIR, MACHINERY = (
+    "data", "models", "head and training", "finetune (after the head phase)", "a fair comparison",
+    "machinery and output")
+
+# Input size bounds. Below 32 px the backbones' 32x downsampling leaves less than one pixel of final feature map.
+# Above 1024 px (the largest pretrained backbones use 600 to 800) one image is 12 MB as float32 and a batch of 64
+# is 0.8 GB before any activation: far larger sizes are typos that kill a data-loading worker for lack of memory.
+MIN_IMAGE_SIZE, MAX_IMAGE_SIZE = 32, 1024
 
 
 def parse_unfreeze(text: str) -> tuple[str, int]:
@@ -30,102 +46,126 @@ def parse_unfreeze(text: str) -> tuple[str, int]:
 
 @dataclass
 class RunConfig:
-    data: str = "demo"
-    data_root: str | None = None
-    split: tuple[float, float, float] = (0.7, 0.15, 0.15)
-    models: list[str] = field(
-        default_factory=lambda: ["efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"])
-    strategies: list[str] = field(default_factory=lambda: ["head"])
-    weights: dict[str, str] = field(default_factory=dict)  # model name -> weights file
-    weights_dir: str | None = None
-    pretrained: bool = True
-    allow_random_init: bool = False
-    image_size: int | None = None
-    pool_stages: int = 0  # also pool the last K stages below the final features (backbones/stages.py)
+    data: str = option("demo", "dataset name (demo, tf_flowers, cifar10, cifar100), folder or archive", group=DATA)
+    data_root: str | None = option(None, "where named datasets live", group=DATA, unset="$SHOWDOWN_DATA")
+    split: tuple[float, float, float] = option(
+        (0.7, 0.15, 0.15), "train,val,test fractions (a folder's own train/val/test split wins)", group=DATA,
+        metavar="TRAIN,VAL,TEST")
+    models: list[str] = option(["efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"],
+                               "comma-separated backbones (see `showdown models`)", group=MODELS, metavar="A,B,...")
+    strategies: list[str] = option(
+        ["head"], f"comma-separated: {', '.join(STRATEGIES)}; finetune=layers:N or finetune=blocks:K names its own "
+        "--unfreeze", group=MODELS, flag="--strategy", metavar="S,S,...")
+    weights: dict[str, str] = option(  # model name -> weights file
+        {}, "weights file (.safetensors, .pth, .tflite, .h5, .keras); MODEL=FILE when several models run",
+        group=MODELS, metavar="[MODEL=]FILE")
+    weights_dir: str | None = option(None, "folder with TFLite weights", group=MODELS, unset="$SHOWDOWN_WEIGHTS")
+    pretrained: bool = option(True, "random init instead of pretrained weights", group=MODELS)
+    allow_random_init: bool = option(
+        False, "fall back to random init when no weights are found (the table marks such rows)", group=MODELS)
+    image_size: int | None = option(None, "input size in pixels", group=MODELS, min=MIN_IMAGE_SIZE,
+                                    max=MAX_IMAGE_SIZE, unset="the weights' input size", metavar="PX")
+    pool_stages: int = option(  # also pool the last K stages below the final features (backbones/stages.py)
+        0, "also feed the head the pooled outputs of the last K stages (multi-stage features; head and scratch "
+        "strategies)", group=MODELS, min=0, metavar="K")
     # head
-    head_hidden: list[int] = field(default_factory=list)
-    head_dropout: float = 0.2
-    head_bn: bool = False
+    head_hidden: list[int] = option([], "hidden layer widths of the head, e.g. 256,128", group=TRAINING, min=1,
+                                    metavar="W,W,...")
+    head_dropout: float = option(0.2, "dropout before every linear layer of the head", group=TRAINING, min=0, max=1)
+    head_bn: bool = option(False, "batch norm in the head's hidden layers", group=TRAINING)
     # training
-    optimizer: str = "adamw"
-    lr: float = 1e-3
-    weight_decay: float = 1e-4
-    momentum: float = 0.9
-    batch_size: int = 64
-    epochs: int = 30
-    patience: int = 5
-    schedule: str = "plateau"
-    label_smoothing: float = 0.1
-    grad_clip: float | None = None
-    augment: str = "none"
-    tta: str = "none"  # test-time augmentation: "flip" averages each test image with its mirror image
-    class_weight: str = "none"  # or "balanced": weight the loss by inverse class frequency
-    seed: int = 0
-    repeats: int = 1  # train every configuration with seeds seed, seed+1, ...; the split stays that of `seed`
+    optimizer: str = option("adamw", "optimizer", group=TRAINING, choices=OPTIMIZERS)
+    lr: float = option(1e-3, "learning rate", group=TRAINING, above=0)
+    weight_decay: float = option(1e-4, "weight decay", group=TRAINING, min=0)
+    momentum: float = option(0.9, "SGD momentum", group=TRAINING, min=0, max=1)
+    batch_size: int = option(64, "images per training batch", group=TRAINING, min=1)
+    epochs: int = option(30, "most epochs to train (early stopping may end sooner)", group=TRAINING, min=1)
+    # 0 would stop after the first epoch whatever the validation loss does
+    patience: int = option(5, "early-stopping patience: epochs without a better validation loss", group=TRAINING,
+                           min=1)
+    schedule: str = option("plateau", "learning-rate schedule", group=TRAINING, choices=SCHEDULES)
+    label_smoothing: float = option(0.1, "label smoothing of the loss", group=TRAINING, min=0, max=1)
+    grad_clip: float | None = option(None, "clip the gradient norm to this", group=TRAINING, above=0,
+                                     unset="no clipping")
+    augment: str = option("none", "training augmentation: flip (cached mirror images), light (flip + "
+                          "random-resized-crop) or strong (+ RandAugment, mixup/cutmix)", group=TRAINING,
+                          choices=AUGMENTS)
+    tta: str = option("none", "test-time augmentation: flip averages each test image with its mirror image",
+                      group=TRAINING, choices=TTAS)
+    class_weight: str = option("none", "balanced weights the loss by inverse class frequency", group=TRAINING,
+                               choices=CLASS_WEIGHTS)
+    seed: int = option(0, "seed of the split, the initialisation and the training", group=TRAINING, min=0,
+                       max=2**32 - 1)
+    repeats: int = option(1, "train every configuration with seeds seed, seed+1, ...; the split stays that of "
+                          "--seed", group=TRAINING, min=1)
     # finetune: the second phase after the head phase
-    unfreeze: str = "blocks:2"
-    ft_lr_factor: float = 0.1
-    ft_epochs: int | None = None  # default: same as epochs
-    lr_decay: float | None = None
-    train_bn: bool = False
-    cache_budget_gb: float | None = None  # boundary-activation cache limit, default a quarter of RAM
+    unfreeze: str = option("blocks:2", "what fine-tuning trains: layers:N (the last N parameterised layers), "
+                           "blocks:K (the last K layer groups) or all", group=FINETUNE,
+                           metavar="layers:N|blocks:K|all")
+    ft_lr_factor: float = option(0.1, "fine-tune lr = lr x this", group=FINETUNE, above=0)
+    ft_epochs: int | None = option(None, "fine-tune epochs", group=FINETUNE, min=1, unset="--epochs")
+    lr_decay: float | None = option(None, "layer-wise lr decay per layer group, e.g. 0.7", group=FINETUNE, above=0,
+                                    max=1, unset="none")
+    train_bn: bool = option(False, "let unfrozen batch norm update statistics", group=FINETUNE)
+    cache_budget_gb: float | None = option(None, "boundary-activation cache limit in GB", group=FINETUNE, above=0,
+                                           unset="a quarter of RAM")
     # a fair showdown: the same search budget for every entry, cross-validation, a CI gate
-    tune: int = 0  # Optuna trials per entry on the validation split before the final training (tuning.py)
-    tune_minutes: float | None = None  # or a time budget per entry (with --tune: whichever ends first)
-    folds: int | None = None  # stratified K-fold cross-validation instead of one test split (folds.py)
-    assert_accuracy_at_least: float | None = None  # exit non-zero when the best test accuracy is below this
-    drop_duplicates: bool = False  # drop val/test images whose exact bytes are also in an earlier split
-    max_per_class: int | None = None  # train images per class (val/test get a quarter); for quick runs
+    tune: int = option(  # tuning.py
+        0, "N Optuna trials per entry on the validation split before the final training (same space and budget "
+        "for every backbone)", group=FAIR, min=0, must="0 (no search) or a number of trials", metavar="N")
+    tune_minutes: float | None = option(
+        None, "search time per entry instead of (or with --tune, as well as) a number of trials", group=FAIR,
+        above=0, metavar="M", unset="no time limit")
+    folds: int | None = option(  # folds.py
+        None, "stratified K-fold cross-validation instead of one test split: every image tested once", group=FAIR,
+        min=2, hint="leave it out for one test split", metavar="K", unset="one test split")
+    assert_accuracy_at_least: float | None = option(
+        None, "exit with status 1 (after writing the results) when the best test accuracy is below X", group=FAIR,
+        min=0, max=1, metavar="X", unset="no gate")
+    drop_duplicates: bool = option(False, "drop val/test images whose exact bytes are also in an earlier split",
+                                   group=DATA)
+    max_per_class: int | None = option(None, "train images per class (val and test get a quarter), for quick runs",
+                                       group=DATA, min=1, unset="all", metavar="N")
     # machinery
-    precision: str = "auto"
-    runtime: str = "auto"  # what runs frozen layers once per image: auto, torch or onnxruntime (runtime.py)
-    workers: int = 2
-    cache_dir: str | None = None
-    out: str | None = None
-    name: str | None = None
-    report: bool = True  # report.html and report.md at the end
-    record: bool = True  # store the finished run in the results database
-    db: str | None = None  # the results database (default: $SHOWDOWN_DB or the user's data directory)
-    bench: bool = False  # measure latency, throughput and size of every model at the end (showdown bench)
+    precision: str = option("auto", "auto uses bf16 only on CPUs with native bf16", group=MACHINERY,
+                            choices=PRECISIONS)
+    runtime: str = option("auto", "what runs frozen layers once per image: auto (ONNX Runtime in fp32, PyTorch in "
+                          "bf16), torch or onnxruntime", group=MACHINERY, choices=RUNTIMES)
+    workers: int = option(2, "image-decoding worker processes", group=MACHINERY, min=0)
+    cache_dir: str | None = option(None, "feature cache folder", group=MACHINERY, path="dir",
+                                   unset="features/ in $SHOWDOWN_CACHE or ~/.cache/showdown")
+    out: str | None = option(None, "run folder", group=MACHINERY, path="dir", unset="runs/<timestamp>-<name>")
+    name: str | None = option(None, "run name, in the folder name and the report", group=MACHINERY,
+                              unset="the dataset's name")
+    report: bool = option(True, "skip report.html and report.md at the end", group=MACHINERY)
+    record: bool = option(True, "do not store the finished run in the results database", group=MACHINERY)
+    db: str | None = option(None, "results database", group=MACHINERY, path="file",
+                            unset="$SHOWDOWN_DB, else showdown/showdown.db in $XDG_DATA_HOME or ~/.local/share")
+    bench: bool = option(False, "also measure latency, throughput and size of every model (showdown bench)",
+                         group=MACHINERY)
 
     def validate(self) -> "RunConfig":
+        """Every option of its declared type, among its choices and in its range (values are normalised, e.g. a
+        list split becomes a tuple), then the rules that involve several options. One-line ConfigErrors."""
+        for name in definitions(type(self)):
+            setattr(self, name, check_field(self, name))
         if not self.models:
             raise ConfigError("no models given; name at least one with --models")
+        if not self.strategies:
+            raise ConfigError(f"no strategies given; name at least one with --strategy ({', '.join(STRATEGIES)})")
         for strategy in self.strategies:
             base, _, spec = strategy.partition("=")
             if spec and base == "finetune":
                 parse_unfreeze(spec)
             elif spec or base not in STRATEGIES:
-                raise ConfigError(f"unknown strategy '{strategy}'; choose from {', '.join(STRATEGIES)}")
-        _choice("optimizer", self.optimizer, OPTIMIZERS)
-        _choice("schedule", self.schedule, SCHEDULES)
-        _choice("precision", self.precision, PRECISIONS)
-        _choice("runtime", self.runtime, RUNTIMES)
-        _choice("augment", self.augment, AUGMENTS)
-        _choice("tta", self.tta, TTAS)
-        _choice("class-weight", self.class_weight, ("none", "balanced"))
+                raise ConfigError(f"unknown strategy '{strategy}'; choose from {', '.join(STRATEGIES)} "
+                                  "(or finetune=layers:N, finetune=blocks:K)")
         parse_unfreeze(self.unfreeze)
         if len(self.split) != 3 or any(f < 0 for f in self.split) or abs(sum(self.split) - 1) > 1e-6:
             raise ConfigError("--split must be three fractions that add up to 1, e.g. 0.7,0.15,0.15 "
-                              f"(got {self.split})")
+                              f"(got {','.join(f'{f:g}' for f in self.split)})")
         if self.split[0] <= 0:
             raise ConfigError("--split needs a training fraction above 0")
-        for name, value in (("epochs", self.epochs), ("batch-size", self.batch_size), ("repeats", self.repeats)):
-            if value < 1:
-                raise ConfigError(f"--{name} must be at least 1 (got {value})")
-        if self.lr <= 0:
-            raise ConfigError(f"--lr must be positive (got {self.lr})")
-        if self.tune < 0:
-            raise ConfigError(f"--tune must be 0 (no search) or a number of trials (got {self.tune})")
-        if self.tune_minutes is not None and self.tune_minutes <= 0:
-            raise ConfigError(f"--tune-minutes must be positive (got {self.tune_minutes:g})")
-        if self.folds is not None and self.folds < 2:
-            raise ConfigError(f"--folds must be at least 2 (got {self.folds}); leave it out for one test split")
-        gate = self.assert_accuracy_at_least
-        if gate is not None and not 0 <= gate <= 1:
-            raise ConfigError(f"--assert-accuracy-at-least is a test accuracy between 0 and 1 (got {gate:g})")
-        if self.pool_stages < 0:
-            raise ConfigError(f"--pool-stages must be 0 or more (got {self.pool_stages})")
         if self.pool_stages and any(s.startswith("finetune") for s in self.strategies):
             raise ConfigError("--pool-stages works with the head and scratch strategies, not finetune (its "
                               "frozen-bottom cache splits the plain network)")
@@ -144,17 +184,25 @@ class RunConfig:
         path.write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
 
     @classmethod
-    def from_dict(cls, values: dict) -> "RunConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ConfigError(f"unknown config key(s) {', '.join(unknown)}")
-        values = dict(values)
-        if "split" in values:
-            values["split"] = tuple(values["split"])
-        return cls(**values)
+    def from_dict(cls, values: dict, *, source: str | None = None) -> "RunConfig":
+        """From a mapping (a YAML file, a preset, a run's config.yaml): unknown keys and values of the wrong type
+        are one-line ConfigErrors naming `source`; ranges are checked by validate()."""
+        return cls(**read_values(cls, values, source))
 
 
-def _choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
-    if value not in allowed:
-        raise ConfigError(f"unknown {name} '{value}'; choose from {', '.join(allowed)}")
+def read_config_file(path: str | Path) -> dict:
+    """The values of a YAML config file (`--config`), checked against the options; one-line ConfigErrors."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"config file {path} is not UTF-8 text; write it as YAML, such as `lr: 0.01`") from None
+    try:
+        values = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or "not valid YAML"
+        raise ConfigError(f"config file {path} is not valid YAML{where}: {problem}") from None
+    return read_values(RunConfig, {} if values is None else values, f"config file {path}")

@@ -10,6 +10,7 @@ from timm.models import group_parameters
 from torch import nn
 
 from showdown.config.run_config import parse_unfreeze
+from showdown.errors import ConfigError
 from showdown.models.classifier import ImageClassifier
 
 
@@ -33,22 +34,35 @@ def parameterised_layers(backbone: nn.Module) -> list[str]:
 
 
 def unfreeze(model: ImageClassifier, spec: str) -> list[str]:
-    """Make the chosen top part of the backbone trainable (the head always is); returns those parameter names."""
+    """Make the chosen top part of the backbone trainable (the head always is); returns those parameter names.
+
+    A count beyond what the backbone has is a ConfigError that says how many it has (only known once the model is).
+    """
     kind, count = parse_unfreeze(spec)
-    freeze_backbone(model)
     names = [name for name, _ in model.backbone.named_parameters()]
     if kind == "blocks":
         groups = layer_groups(model.backbone)
+        _check_count(model, spec, count, len(groups), "layer groups", "blocks")
         chosen = {n for group in groups[-count:] for n in group}
     elif kind == "layers":
-        layers = parameterised_layers(model.backbone)[-count:]
-        chosen = {n for n in names if any(n.startswith(layer + ".") for layer in layers)}
+        layers = parameterised_layers(model.backbone)
+        _check_count(model, spec, count, len(layers), "parameterised layers", "layers")
+        chosen = {n for n in names if any(n.startswith(layer + ".") for layer in layers[-count:])}
     else:
         chosen = set(names)
+    freeze_backbone(model)
     params = dict(model.backbone.named_parameters())
     for name in chosen:
         params[name].requires_grad_(True)
     return [n for n in names if n in chosen]
+
+
+def _check_count(model: ImageClassifier, spec: str, count: int, available: int, what: str, kind: str) -> None:
+    if count > available:
+        arch = getattr(model.backbone, "pretrained_cfg", None) or {}
+        name = arch.get("architecture") or type(model.backbone).__name__
+        raise ConfigError(f"--unfreeze {spec}: the backbone ({name}) has only {available} {what}; "
+                          f"use {kind}:1 to {kind}:{available}, or all")
 
 
 def lr_param_groups(model: ImageClassifier, lr: float, decay: float | None) -> list[dict]:
