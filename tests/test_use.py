@@ -81,7 +81,7 @@ def test_predict_cli_writes_csv_and_json_and_scores_labelled_folders(trained, tm
     assert "scratch_cnn / scratch-cnn" in result.stderr
     # The top 2 are the model's own softmax, recomputed here from the image files.
     model, info = load_model(run_dir / "scratch_cnn-scratch-cnn")
-    transform = eval_transform(info["preprocessing"])
+    transform = eval_transform(Preprocessing.from_dict(info["preprocessing"]))
     with torch.inference_mode():
         probs = model(torch.stack([transform(load_rgb(row["path"])) for row in rows[:8]])).softmax(1).numpy()
     for row, p in zip(rows, probs):
