@@ -1,6 +1,7 @@
 """Every table tl-showdown prints or writes goes through `render` (tabulate): as text or as Markdown."""
 from __future__ import annotations
 
+import tabulate as tabulate_module
 from tabulate import tabulate
 
 # The showdown table: (row key, heading, format).
@@ -18,8 +19,12 @@ def render(header: list[str], rows: list[list], *, markdown: bool = False, right
         header = [str(h).replace("|", "\\|") for h in header]
         rows = [[str(c).replace("|", "\\|") for c in row] for row in rows]
     align = ["right" if i in right else "left" for i in range(len(header))]
-    return tabulate(rows, headers=header, tablefmt="github" if markdown else "simple", disable_numparse=True,
-                    colalign=align)
+    padding, tabulate_module.MIN_PADDING = tabulate_module.MIN_PADDING, 0  # no extra padding around headings
+    try:
+        return tabulate(rows, headers=header, tablefmt="github" if markdown else "simple", disable_numparse=True,
+                        colalign=align)
+    finally:
+        tabulate_module.MIN_PADDING = padding
 
 
 def format_table(rows: list[dict], *, markdown: bool = False) -> str:
