@@ -16,8 +16,8 @@ print(json.dumps({name: name in sys.modules for name in ("torch", "timm")}), fil
 """
 
 
-@pytest.mark.parametrize("args", [["--help"], ["presets"], ["runs", "list"], ["run", "--head-dropout", "1.5"],
-                                  ["run", "--lr", "fast"]])
+@pytest.mark.parametrize("args", [["--help"], ["presets"], ["models"], ["runs", "list"],
+                                  ["run", "--head-dropout", "1.5"], ["run", "--lr", "fast"]])
 def test_light_commands_do_not_import_torch(args, tmp_path):
     result = subprocess.run([sys.executable, "-c", PROBE, *args], capture_output=True, text=True, cwd=tmp_path,
                             env={"SHOWDOWN_DB": str(tmp_path / "showdown.db"), "PATH": ""})

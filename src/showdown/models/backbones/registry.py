@@ -9,10 +9,7 @@ from __future__ import annotations
 import difflib
 from dataclasses import dataclass, field
 
-import timm
-
 from showdown.errors import ModelError
-from showdown.models.backbones import keras_arch  # noqa: F401  registers the Keras-exact architectures with timm
 
 
 @dataclass(frozen=True)
@@ -67,6 +64,10 @@ def resolve_backbone(name: str) -> BackboneSpec:
     """Turn a short name or any timm model name (optionally with a pretrained tag) into a spec."""
     if name in SHORT_NAMES:
         return SHORT_NAMES[name]
+    import timm  # here, not at the top: listing the short names needs no timm
+
+    from showdown.models.backbones import keras_arch  # noqa: F401  registers the Keras-exact architectures
+
     if timm.is_model(name):
         arch, _, tag = name.partition(".")
         return BackboneSpec(name, arch, tag or None)
