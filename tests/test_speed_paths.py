@@ -99,15 +99,23 @@ def test_onnxruntime_features_equal_pytorch_features(demo_dir):
     assert torch.equal(by["onnxruntime"].indices, by["torch"].indices)
 
 
-def test_runtime_choice():
+def test_runtime_choice(monkeypatch):
     from showdown.errors import ConfigError
+    from showdown.frozen import engines
     from showdown.frozen.engines import resolve_runtime
 
+    monkeypatch.setattr(engines, "openvino_installed", lambda: False)
     assert resolve_runtime("auto", "fp32") == "onnxruntime"
     assert resolve_runtime("auto", "bf16") == "torch"
     assert resolve_runtime("torch", "fp32") == "torch"
     with pytest.raises(ConfigError, match="fp32 only"):
         resolve_runtime("onnxruntime", "bf16")
+    with pytest.raises(ConfigError, match="needs the openvino package"):
+        resolve_runtime("openvino", "fp32")
+    monkeypatch.setattr(engines, "openvino_installed", lambda: True)  # OpenVINO, when installed, in both
+    assert resolve_runtime("auto", "fp32") == "openvino"
+    assert resolve_runtime("auto", "bf16") == "openvino"
+    assert resolve_runtime("onnxruntime", "fp32") == "onnxruntime"
 
 
 def test_feature_cache_key_changes_with_every_part(demo_copy, tmp_path):
@@ -135,6 +143,7 @@ def test_feature_cache_key_changes_with_every_part(demo_copy, tmp_path):
         "image size": cache_key(load_backbone("efficientnet_lite0", image_size=128), items, "fp32", "torch"),
         "precision": cache_key(lite0, items, "bf16", "torch"),
         "engine": cache_key(lite0, items, "fp32", "onnxruntime"),
+        "another engine": cache_key(lite0, items, "fp32", "openvino"),
         "one file fewer": cache_key(lite0, items[:-1], "fp32", "torch"),
         "a label": cache_key(lite0, [(p, 1) for p, _ in items], "fp32", "torch"),
     }

@@ -20,7 +20,7 @@ TTAS = ("none", "flip")
 OPTIMIZERS = ("adamw", "adam", "sgd")
 SCHEDULES = ("plateau", "cosine", "onecycle")
 PRECISIONS = ("auto", "fp32", "bf16")
-RUNTIMES = ("auto", "torch", "onnxruntime")
+RUNTIMES = ("auto", "torch", "onnxruntime", "openvino")
 CLASS_WEIGHTS = ("none", "balanced")
 
 # --help groups, in the order they are listed
@@ -129,8 +129,9 @@ class RunConfig:
     # machinery
     precision: str = option("auto", "auto uses bf16 only on CPUs with native bf16", group=MACHINERY,
                             choices=PRECISIONS)
-    runtime: str = option("auto", "what runs frozen layers once per image: auto (ONNX Runtime in fp32, PyTorch in "
-                          "bf16), torch or onnxruntime", group=MACHINERY, choices=RUNTIMES)
+    runtime: str = option("auto", "what runs frozen layers once per image: auto (OpenVINO when installed, else ONNX "
+                          "Runtime in fp32 and PyTorch in bf16), torch, onnxruntime or openvino (the openvino "
+                          "extra)", group=MACHINERY, choices=RUNTIMES)
     workers: int = option(2, "image-decoding worker processes", group=MACHINERY, min=0)
     cache_dir: str | None = option(None, "feature cache folder", group=MACHINERY, path="dir",
                                    unset="features/ in $SHOWDOWN_CACHE or ~/.cache/showdown")

@@ -62,7 +62,7 @@ def environment(precision: str, runtime: str = "torch") -> dict:
         "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "cuda": torch.cuda.is_available(),
         "precision": precision, "runtime": runtime,
         "packages": {n: pkg(n) for n in ("tl-showdown", "torch", "torchvision", "timm", "scikit-learn", "numpy",
-                                         "pillow", "onnxruntime")},
+                                         "pillow", "onnxruntime", "openvino")},
     }
 
 

@@ -1,12 +1,31 @@
-"""The engine that runs frozen parts of a network: PyTorch (traced and frozen) or ONNX Runtime.
+"""The engine that runs frozen parts of a network: PyTorch (traced and frozen), ONNX Runtime or OpenVINO.
 
-A frozen backbone is a fixed function, so any engine that computes it faster is fair game. Measured on the
-2-core AVX2 machines here, ONNX Runtime extracts EfficientNet-Lite0 features about twice as fast as PyTorch's
-fp32 CPU path (docs/performance.md); on CPUs with native bf16, PyTorch's bf16 autocast is the fast path.
-`auto` picks ONNX Runtime for fp32 and PyTorch for bf16.
+A frozen backbone is a fixed function, so any engine that computes it faster is fair game. ONNX Runtime and
+OpenVINO run the same ONNX graph (`models/onnx_graph.py`, dynamic batch axis, so the last partial batch needs
+nothing special); OpenVINO is an optional extra (`pip install 'tl-showdown[openvino]'`), imported only when used.
+
+`auto` (`resolve_runtime`): OpenVINO whenever the `openvino` package is installed, in fp32 and in bf16;
+without it, ONNX Runtime in fp32 and PyTorch's bf16 autocast in bf16. Measured on the 2-core Zen 4 box here
+(AVX512-BF16; EfficientNet-Lite0, 224 px, batch 32, compute only, the engines taking turns batch by batch:
+`benchmarks/extraction.py --compute-only`; the box was shared, load average 4.4 to 5.7, so the ratios are
+the figure): PyTorch fp32 16.5 img/s, ONNX Runtime fp32 36.0, OpenVINO fp32 46.3 (1.3x ONNX Runtime; on a
+quieter day 132 vs 99 img/s, and 1.2x for MobileNetV2); PyTorch bf16 autocast 20.3, OpenVINO bf16 89.9 (4.4x).
+OpenVINO's fp32 features agree with PyTorch's within 1e-5; its bf16 features are about as close to fp32 as
+autocast's (tests/test_openvino.py).
+
+OpenVINO is compiled with the LATENCY hint (one stream using all torch threads): the frozen layers run one
+synchronous batch at a time, and the THROUGHPUT hint's extra streams then sit idle (at batch 16 the two hints
+measured the same within the noise here).
+
+A model an engine cannot take falls to the next one, with one log line per model (no traceback): OpenVINO ->
+ONNX Runtime (in fp32; it runs nothing else) -> PyTorch; a model the ONNX exporter cannot express runs in
+PyTorch. The cache key holds the engine chosen, not the one fallen back to (the same model falls back the same
+way every time).
 """
 from __future__ import annotations
 
+import functools
+import importlib.util
 import logging
 import tempfile
 import warnings
@@ -19,27 +38,95 @@ from showdown.errors import ConfigError
 from showdown.models.onnx_graph import OnnxExportError, one_line, onnx_graph
 
 log = logging.getLogger(__name__)
-_fallen_back: set[str] = set()  # models already reported as running in PyTorch instead of ONNX Runtime
+_fallen_back: set[str] = set()  # models already reported as running in another engine than the one chosen
+
+ENGINE_NAMES = {"torch": "PyTorch", "onnxruntime": "ONNX Runtime", "openvino": "OpenVINO"}
+OPENVINO_HINT = "LATENCY"  # see the module docstring
+
+Forward = Callable[[torch.Tensor], torch.Tensor]
+
+
+def openvino_installed() -> bool:
+    return importlib.util.find_spec("openvino") is not None
 
 
 def resolve_runtime(requested: str, precision: str) -> str:
+    """The engine `requested` ("auto" or a name) means at `precision`; never "auto"."""
     if requested == "onnxruntime" and precision == "bf16":
         raise ConfigError("--runtime onnxruntime runs fp32 only; use --precision fp32 or --runtime torch")
+    if requested == "openvino" and not openvino_installed():
+        raise ConfigError("--runtime openvino needs the openvino package: pip install 'tl-showdown[openvino]', "
+                          "or use --runtime auto")
     if requested == "auto":
+        if openvino_installed():
+            return "openvino"
         return "onnxruntime" if precision == "fp32" else "torch"
     return requested
 
 
-def onnx_session(model: torch.nn.Module, example: torch.Tensor):
-    """`model` exported to ONNX (input "image", dynamic batch) and opened in ONNX Runtime on the CPU."""
+def _export(model: torch.nn.Module, example: torch.Tensor, folder: Path) -> Path:
+    """`model` as ONNX (input "image", dynamic batch), traced in fp32 even under a bf16 autocast."""
+    path = folder / "model.onnx"
+    with torch.autocast("cpu", enabled=False):
+        onnx_graph(model.eval(), example, path, output="features")
+    return path
+
+
+def _ort_session(path: Path):
     import onnxruntime as ort
 
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = torch.get_num_threads()
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def onnx_session(model: torch.nn.Module, example: torch.Tensor):
+    """`model` exported to ONNX (input "image", dynamic batch) and opened in ONNX Runtime on the CPU."""
     with tempfile.TemporaryDirectory() as folder:
-        path = Path(folder) / "model.onnx"
-        onnx_graph(model.eval(), example, path, output="features")
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = torch.get_num_threads()
-        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        return _ort_session(_export(model, example, Path(folder)))
+
+
+@functools.cache
+def _openvino_core():
+    import openvino as ov
+
+    return ov.Core()
+
+
+def _openvino_compiled(path: Path, precision: str):
+    core = _openvino_core()
+    return core.compile_model(core.read_model(str(path)), "CPU", {
+        "PERFORMANCE_HINT": OPENVINO_HINT,
+        "INFERENCE_NUM_THREADS": torch.get_num_threads(),
+        # OpenVINO's default on CPUs with native bf16 is bf16: fp32 must be asked for
+        "INFERENCE_PRECISION_HINT": "f32" if precision == "fp32" else "bf16",
+    })
+
+
+def openvino_model(model: torch.nn.Module, example: torch.Tensor, precision: str = "fp32"):
+    """`model` exported to ONNX and compiled by OpenVINO for the CPU (call it with {0: array})."""
+    with tempfile.TemporaryDirectory() as folder:
+        return _openvino_compiled(_export(model, example, Path(folder)), precision)
+
+
+def _onnxruntime_forward(path: Path, precision: str) -> Forward:
+    session = _ort_session(path)
+
+    def run(images: torch.Tensor) -> torch.Tensor:
+        (out,) = session.run(None, {"image": images.contiguous().numpy()})
+        return torch.from_numpy(out)
+    return run
+
+
+def _openvino_forward(path: Path, precision: str) -> Forward:
+    request = _openvino_compiled(path, precision).create_infer_request()
+
+    def run(images: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(request.infer({0: images.contiguous().numpy()})[0])
+    return run
+
+
+_OPENERS = {"onnxruntime": _onnxruntime_forward, "openvino": _openvino_forward}
 
 
 def frozen_graph(model: torch.nn.Module, example: torch.Tensor, precision: str):
@@ -59,20 +146,40 @@ def frozen_graph(model: torch.nn.Module, example: torch.Tensor, precision: str):
 
 
 def frozen_forward(model: torch.nn.Module, example: torch.Tensor, precision: str, runtime: str,
-                   name: str = "the frozen layers") -> Callable[[torch.Tensor], torch.Tensor]:
+                   name: str = "the frozen layers") -> Forward:
     """A function images -> outputs computing the frozen `model` with the chosen engine (call it under
     inference_mode and the precision's autocast). `name` says which model a fallback note is about."""
-    if runtime == "onnxruntime":
-        try:
-            session = onnx_session(model, example[:1].contiguous())
-        except Exception as exc:  # a model ONNX cannot express, or ONNX Runtime cannot run, still runs in PyTorch
-            if name not in _fallen_back:  # one line per model, not one per split
-                _fallen_back.add(name)
-                reason = str(exc) if isinstance(exc, OnnxExportError) else one_line(exc)
-                log.warning("ONNX export of %s failed (%s); running it in PyTorch", name, reason)
-        else:
-            def run(images: torch.Tensor) -> torch.Tensor:
-                (out,) = session.run(None, {"image": images.contiguous().numpy()})
-                return torch.from_numpy(out)
-            return run
+    runtime = resolve_runtime(runtime, precision)
+    if runtime != "torch":
+        forward = _graph_forward(model, example[:1].contiguous(), precision, runtime, name)
+        if forward is not None:
+            return forward
     return frozen_graph(model, example, precision)
+
+
+def _graph_forward(model: torch.nn.Module, example: torch.Tensor, precision: str, runtime: str,
+                   name: str) -> Forward | None:
+    """The model in `runtime` or, where that fails, the next graph engine; None: run it in PyTorch."""
+    engines = [runtime] + (["onnxruntime"] if runtime == "openvino" and precision == "fp32" else [])
+    failures, forward = [], None
+    with tempfile.TemporaryDirectory() as folder:
+        try:
+            path = _export(model, example, Path(folder))
+        except Exception as exc:  # a model ONNX cannot express
+            reason = str(exc) if isinstance(exc, OnnxExportError) else one_line(exc)
+            failures.append(f"ONNX export of {name} failed ({reason})")
+            engines = []
+        for engine in engines:
+            try:  # compiled while the file exists, tried on one image so a failure shows here, not mid-split
+                candidate = _OPENERS[engine](path, precision)
+                candidate(example)
+            except Exception as exc:  # not installed, an operator it lacks, a compile or run failure
+                failures.append(f"{ENGINE_NAMES[engine]} cannot run {name} ({one_line(exc)})")
+            else:
+                forward = candidate
+                break
+    if failures and name not in _fallen_back:  # one line per model, not one per split
+        _fallen_back.add(name)
+        fallback = ENGINE_NAMES[engine] if forward is not None else ENGINE_NAMES["torch"]
+        log.warning("%s; running it in %s", "; ".join(failures), fallback)
+    return forward

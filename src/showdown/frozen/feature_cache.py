@@ -24,7 +24,7 @@ from showdown.data.preprocessing import Preprocessing
 from showdown.data.thumbnails import batch_resize, small_square_side, to_uint8_tensor
 from showdown.errors import DataError
 from showdown.fileio import atomic_path, digest, file_stamp
-from showdown.frozen.engines import frozen_forward
+from showdown.frozen.engines import frozen_forward, resolve_runtime
 from showdown.models.backbones import Backbone
 from showdown.precision import autocast
 
@@ -74,7 +74,9 @@ def _weights_id(source: str) -> str:
 def extract_features(backbone: Backbone, items: list[tuple[Path, int]], *, precision: str, batch_size: int,
                      workers: int, cache_dir: Path | None, desc: str = "features", runtime: str = "torch",
                      mirror: bool = False) -> Features:
-    """Features of every image (of its mirror image with `mirror`), from the cache when the key matches."""
+    """Features of every image (of its mirror image with `mirror`), from the cache when the key matches.
+    The key holds the engine `runtime` resolves to ("auto" becomes the engine it picks)."""
+    runtime = resolve_runtime(runtime, precision)
     key = cache_key(backbone, items, precision, runtime, mirror)
     path = cache_dir / f"{key}.safetensors" if cache_dir else None
     if path is not None and path.is_file():
@@ -98,7 +100,7 @@ def extract_features(backbone: Backbone, items: list[tuple[Path, int]], *, preci
 def forward_frozen(module: torch.nn.Module, preprocessing: Preprocessing, items, *, precision: str, batch_size: int,
                    workers: int, desc: str = "features", store_dtype=torch.float32, runtime: str = "torch",
                    mirror: bool = False, name: str = "the frozen layers") -> Features:
-    """Run a frozen module once over the images (with `runtime`, see runtime.py), or over their mirror images;
+    """Run a frozen module once over the images (with `runtime`, see engines.py), or over their mirror images;
     unreadable files are skipped and listed. `name` is the model's, for the log."""
     module = module.eval().to(memory_format=torch.channels_last)
     side = small_square_side(items, preprocessing.input_size)
