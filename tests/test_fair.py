@@ -24,9 +24,9 @@ def test_tune_beats_a_bad_learning_rate_without_reading_a_test_image(tmp_path, m
     loaded, search_ended = [], []
     real_load = image_module.load_rgb
 
-    def load_rgb(path):  # the real decoder; the test only notes which files were opened, and when
+    def load_rgb(path, *args):  # the real decoder; the test only notes which files were opened, and when
         loaded.append(str(path))
-        return real_load(path)
+        return real_load(path, *args)
 
     monkeypatch.setattr(image_module, "load_rgb", load_rgb)
 

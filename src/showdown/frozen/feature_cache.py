@@ -19,7 +19,7 @@ from safetensors.torch import save_file
 from torch import nn
 from tqdm import tqdm
 
-from showdown.data.images import eval_transform, image_loader
+from showdown.data.images import decoder, eval_transform, image_loader
 from showdown.data.preprocessing import Preprocessing
 from showdown.data.thumbnails import batch_resize, small_square_side, to_uint8_tensor
 from showdown.errors import DataError
@@ -54,6 +54,7 @@ def cache_key(backbone: Backbone, items: list[tuple[Path, int]], precision: str,
         "timm_kwargs": backbone.timm_kwargs,
         "pool_stages": backbone.pool_stages,
         "preprocessing": backbone.preprocessing.to_dict(),
+        "decoder": decoder(),  # how JPEGs are decoded (draft mode changes the pixels slightly)
         "precision": precision,
         "runtime": runtime,
         "mirror": mirror,
