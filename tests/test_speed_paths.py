@@ -11,6 +11,7 @@ from torch import nn
 
 from showdown.config.run_config import RunConfig
 from showdown.frozen.boundary import TopOfNetwork, first_trainable, sequential_layers
+from showdown.frozen.engines import openvino_installed
 from showdown.frozen.feature_cache import extract_features, forward_frozen
 from showdown.models.backbones import load_backbone
 from showdown.models.classifier import Head, ImageClassifier
@@ -77,8 +78,9 @@ def test_bench_reports_every_column_for_two_small_backbones(tmp_path):
     assert "latency ms (bs 1)" in result.stdout and "images/s (bs 32)" in result.stdout
     with (out / "bench.csv").open() as handle:
         rows = list(csv.DictReader(handle))
+    engines = ("torch", "onnxruntime", "openvino") if openvino_installed() else ("torch", "onnxruntime")
     assert {(r["model"], r["runtime"]) for r in rows} == {
-        (m, rt) for m in ("efficientnet_lite0", "mobilenetv2_050") for rt in ("torch", "onnxruntime")}
+        (m, rt) for m in ("efficientnet_lite0", "mobilenetv2_050") for rt in engines}
     for row in rows:
         for column in ("params_m", "size_mb", "gmacs", "latency_ms", "throughput_ips"):
             assert float(row[column]) > 0, (row["model"], column)

@@ -20,7 +20,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from showdown.config.run_config import RunConfig
 from showdown.fileio import new_run_dir, write_csv, write_json
-from showdown.frozen.engines import frozen_graph, onnx_session
+from showdown.frozen.engines import frozen_graph, onnx_session, openvino_installed, openvino_model
 from showdown.models.backbones import load_backbone, resolve_backbone
 from showdown.precision import autocast, bf16_supported
 from showdown.reporting.tables import render
@@ -80,6 +80,15 @@ def time_onnxruntime(model: torch.nn.Module, input_size, repeats: int) -> tuple[
     return results[0] * 1000, THROUGHPUT_BATCH / results[1]
 
 
+def time_openvino(model: torch.nn.Module, input_size, precision: str, repeats: int) -> tuple[float, float]:
+    request = openvino_model(model, torch.zeros(1, *input_size), precision).create_infer_request()
+    results = []
+    for batch, runs in ((1, repeats), (THROUGHPUT_BATCH, max(3, repeats // 10))):
+        images = np.random.default_rng(0).standard_normal((batch, *input_size), dtype=np.float32)
+        results.append(_median_seconds(partial(request.infer, {0: images}), runs))
+    return results[0] * 1000, THROUGHPUT_BATCH / results[1]
+
+
 def bench_backbone(backbone, *, precisions=("fp32", "bf16"), onnx: bool = True, repeats: int = 30) -> list[dict]:
     model, input_size = backbone.model.eval(), tuple(backbone.preprocessing.input_size)
     # pool_stages and features say which network was timed: with --pool-stages, the one the head was trained on.
@@ -96,6 +105,10 @@ def bench_backbone(backbone, *, precisions=("fp32", "bf16"), onnx: bool = True, 
     if onnx:
         latency, throughput = time_onnxruntime(model, input_size, repeats)
         rows.append({**common, "runtime": "onnxruntime", "precision": "fp32", "latency_ms": latency,
+                     "throughput_ips": throughput})
+    for precision in precisions if onnx and openvino_installed() else ():  # the engine `auto` picks when present
+        latency, throughput = time_openvino(model, input_size, precision, repeats)
+        rows.append({**common, "runtime": "openvino", "precision": precision, "latency_ms": latency,
                      "throughput_ips": throughput})
     return rows
 
