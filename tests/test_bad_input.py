@@ -63,6 +63,23 @@ def test_an_out_of_range_option_is_one_line_and_loses_nothing(tmp_path, monkeypa
     assert list(tmp_path.iterdir()) == []  # no run folder, neither --out nor runs/
 
 
+# predict and bench take their own flags: the same one-line checks, found by trying them as a new user would
+# (each of these was a DataLoader or statistics traceback, a silent empty result, or a mislabelled bench row).
+@pytest.mark.parametrize("args, words", [
+    (["predict", "--top-k", "0", "model", "x.jpg"], ["--top-k", "must be at least 1 (got 0)"]),
+    (["predict", "--batch-size", "0", "model", "x.jpg"], ["--batch-size", "must be at least 1 (got 0)"]),
+    (["predict", "--workers", "-1", "model", "x.jpg"], ["--workers", "must be at least 0 (got -1)"]),
+    (["bench", "--repeats", "0"], ["--repeats", "must be at least 1 (got 0)"]),
+    (["bench", "--precision", "fp8"], ["--precision", "must be one of fp32, bf16 (got 'fp8')"]),
+    (["bench", "--models", "efficientnet_lite0", "--image-size", "100000"],
+     ["--image-size must be between 32 and 1024 (got 100000)"]),
+])
+def test_predict_and_bench_flags_are_checked_in_one_line(tmp_path, monkeypatch, capsys, args, words):
+    monkeypatch.chdir(tmp_path)
+    _one_line_error(_main(capsys, *args), *words)
+    assert list(tmp_path.iterdir()) == []  # no bench run folder
+
+
 @pytest.mark.parametrize("text, words", [
     ("- lr\n- epochs\n", ["config file", "must be a mapping of option names to values", "got list"]),
     ("just some words\n", ["config file", "must be a mapping of option names to values", "got str"]),

@@ -5,20 +5,10 @@ import argparse
 import logging
 import sys
 
-from showdown.config.options import add_flags, read_values
+from showdown.config.options import add_flags, flag_type, read_values
 from showdown.config.presets import QUICK, load_preset
 from showdown.config.run_config import RunConfig, read_config_file
 from showdown.errors import ConfigError, ShowdownError
-
-
-def _csv(kind):
-    def parse(text: str):
-        try:
-            return [kind(part) for part in text.split(",") if part.strip()]
-        except ValueError:
-            raise argparse.ArgumentTypeError(
-                f"expected comma-separated {kind.__name__} values, got '{text}'") from None
-    return parse
 
 
 def _add_run_flags(p: argparse.ArgumentParser) -> None:
@@ -52,11 +42,11 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("model", help="run folder, entry folder, or exported .onnx / .pt / .tflite file")
     predict.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders or glob patterns")
     predict.add_argument("--model", dest="model_name", help="which entry of a run folder (default: the best)")
-    predict.add_argument("--top-k", type=int, default=3)
+    predict.add_argument("--top-k", type=flag_type(int, min=1), default=3)
     predict.add_argument("--format", choices=("table", "csv", "json"), default="table")
     predict.add_argument("--output", help="write to this file instead of the console")
-    predict.add_argument("--batch-size", type=int, default=32)
-    predict.add_argument("--workers", type=int, default=0, help="image-decoding worker processes")
+    predict.add_argument("--batch-size", type=flag_type(int, min=1), default=32)
+    predict.add_argument("--workers", type=flag_type(int, min=0), default=0, help="image-decoding worker processes")
     export = sub.add_parser("export", help="export a trained model to ONNX, TorchScript or TFLite")
     export.add_argument("model", help="run folder or entry folder")
     export.add_argument("--format", choices=("onnx", "torchscript", "tflite"), default="onnx")
@@ -73,15 +63,18 @@ def build_parser() -> argparse.ArgumentParser:
     runs.add_argument("--db", help="results database (default $SHOWDOWN_DB or ~/.local/share/showdown)")
     runs.add_argument("--out", help="folder for the comparison report (default: runs/compare-<ids>)")
     bench = sub.add_parser("bench", help="measure parameters, size, GMACs, latency and throughput of backbones")
-    bench.add_argument("--models", type=_csv(str), default=None, help="comma-separated backbones")
+    bench.add_argument("--models", type=flag_type(list[str]), default=None, help="comma-separated backbones")
     bench.add_argument("--weights-dir", help="folder with TFLite weights (default $SHOWDOWN_WEIGHTS)")
     bench.add_argument("--allow-random-init", action="store_true",
                        help="measure architectures without weights here (speed does not depend on the weights)")
     bench.add_argument("--image-size", type=int, help="override the input size")
-    bench.add_argument("--precision", dest="precisions", type=_csv(str), default=None,
+    bench.add_argument("--precision", dest="precisions", type=flag_type(list[str], choices=("fp32", "bf16")),
+                       default=None,
                        help="fp32,bf16 (default: bf16 too where the CPU has it)")
-    bench.add_argument("--no-onnx", dest="onnx", action="store_false", help="skip the ONNX Runtime peer figure")
-    bench.add_argument("--repeats", type=int, default=30, help="timed batch-1 runs per model (median reported)")
+    bench.add_argument("--no-onnx", dest="onnx", action="store_false",
+                       help="skip the exported-graph engines (ONNX Runtime, OpenVINO)")
+    bench.add_argument("--repeats", type=flag_type(int, min=1), default=30,
+                       help="timed batch-1 runs per model (median reported)")
     bench.add_argument("--out", help="run folder for bench.csv and bench.json (default runs/<timestamp>-bench)")
     sub.add_parser("models", help="list the short backbone names and their weight sources")
     sub.add_parser("presets", help="list the ready-made experiments")

@@ -253,12 +253,24 @@ def add_flags(parser: argparse.ArgumentParser, cls) -> None:
         group.add_argument(flag, **kwargs)
 
 
-def _parse(kind: Kind):
+def flag_type(annotation, **spec):
+    """An argparse `type` for a flag declared outside a config dataclass (`showdown predict`, `bench`): the same
+    conversion and, with `min=`, `max=` or `choices=`, the same checks and one-line messages as the options."""
+    return _parse(_kind(annotation), Option(help="", group="", **spec))
+
+
+def _parse(kind: Kind, opt: Option | None = None):
     def parse(text: str):
         try:
-            return convert(text, kind)
+            value = convert(text, kind)
         except ValueError as exc:
             raise argparse.ArgumentTypeError(str(exc)) from None
+        for item in (value if kind.base in (list, tuple) else [value]) if opt else []:
+            if opt.choices and item not in opt.choices:
+                raise argparse.ArgumentTypeError(f"must be one of {', '.join(opt.choices)} (got '{item}')")
+            if isinstance(item, (int, float)) and not _in_range(item, opt):
+                raise argparse.ArgumentTypeError(f"must be {_rule(opt)} (got {_fmt(item)})")
+        return value
     parse.__name__ = kind.describe()
     return parse
 

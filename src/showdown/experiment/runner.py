@@ -11,9 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
-
-from showdown.config.run_config import RunConfig
+from showdown.config.run_config import RunConfig, read_config_file
 from showdown.data import DatasetSpec, load_dataset
 from showdown.data.folder import subset_per_class
 from showdown.data.leakage import check_leakage
@@ -95,7 +93,7 @@ def resume_run(run_dir: str | Path, *, echo: Callable[[str], None] = print) -> R
     config_file = Path(run_dir) / "config.yaml"
     if not config_file.is_file():
         raise ConfigError(f"{run_dir} is not a showdown run folder (no config.yaml)")
-    config = RunConfig.from_dict(yaml.safe_load(config_file.read_text()))
+    config = RunConfig.from_dict(read_config_file(config_file))
     config.out = str(run_dir)
     echo(f"resuming {run_dir}")
     return run(config, echo=echo, resume=True)

@@ -150,9 +150,10 @@ def run_bench(args) -> list[dict]:
     models = args.models or RunConfig().models
     for name in models:
         resolve_backbone(name)
+    # Checked as `showdown run` checks the same options (input size range, --out not a file), before any work.
     config = RunConfig(models=models, weights_dir=args.weights_dir, allow_random_init=args.allow_random_init,
-                       image_size=args.image_size)
-    run_dir = new_run_dir(args.out, "bench")
+                       image_size=args.image_size, out=args.out).validate()
+    run_dir = new_run_dir(config.out, "bench")
     precisions = tuple(args.precisions or default_precisions())
     rows = bench_models(models, config, run_dir, precisions=precisions, onnx=args.onnx, repeats=args.repeats)
     print(f"run folder: {run_dir}")
