@@ -80,10 +80,11 @@ def _ort_session(path: Path):
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
-def onnx_session(model: torch.nn.Module, example: torch.Tensor):
-    """`model` exported to ONNX (input "image", dynamic batch) and opened in ONNX Runtime on the CPU."""
+def graph_forward(model: torch.nn.Module, example: torch.Tensor, precision: str, engine: str) -> Forward:
+    """`model` exported to ONNX and opened in `engine` ("onnxruntime" or "openvino"), with no fallback: the
+    exact call feature extraction makes, for `showdown bench` to time."""
     with tempfile.TemporaryDirectory() as folder:
-        return _ort_session(_export(model, example, Path(folder)))
+        return _OPENERS[engine](_export(model, example, Path(folder)), precision)
 
 
 @functools.cache
@@ -101,12 +102,6 @@ def _openvino_compiled(path: Path, precision: str):
         # OpenVINO's default on CPUs with native bf16 is bf16: fp32 must be asked for
         "INFERENCE_PRECISION_HINT": "f32" if precision == "fp32" else "bf16",
     })
-
-
-def openvino_model(model: torch.nn.Module, example: torch.Tensor, precision: str = "fp32"):
-    """`model` exported to ONNX and compiled by OpenVINO for the CPU (call it with {0: array})."""
-    with tempfile.TemporaryDirectory() as folder:
-        return _openvino_compiled(_export(model, example, Path(folder)), precision)
 
 
 def _onnxruntime_forward(path: Path, precision: str) -> Forward:

@@ -13,14 +13,13 @@ import time
 from functools import partial
 from pathlib import Path
 
-import numpy as np
 import torch
 from safetensors.torch import save_file
 from torch.utils.flop_counter import FlopCounterMode
 
 from showdown.config.run_config import RunConfig
 from showdown.fileio import new_run_dir, write_csv, write_json
-from showdown.frozen.engines import frozen_graph, onnx_session, openvino_installed, openvino_model
+from showdown.frozen.engines import frozen_graph, graph_forward, openvino_installed
 from showdown.models.backbones import load_backbone, resolve_backbone
 from showdown.precision import autocast, bf16_supported
 from showdown.reporting.tables import render
@@ -71,21 +70,13 @@ def time_torch(model: torch.nn.Module, input_size, precision: str, repeats: int)
     return results[0] * 1000, THROUGHPUT_BATCH / results[1]
 
 
-def time_onnxruntime(model: torch.nn.Module, input_size, repeats: int) -> tuple[float, float]:
-    session = onnx_session(model, torch.zeros(1, *input_size))
+def time_graph(model: torch.nn.Module, input_size, engine: str, precision: str, repeats: int) -> tuple[float, float]:
+    """(latency ms at batch 1, images/s at batch 32) of the exported graph in ONNX Runtime or OpenVINO."""
+    forward = graph_forward(model, torch.zeros(1, *input_size), precision, engine)
     results = []
     for batch, runs in ((1, repeats), (THROUGHPUT_BATCH, max(3, repeats // 10))):
-        images = np.random.default_rng(0).standard_normal((batch, *input_size), dtype=np.float32)
-        results.append(_median_seconds(partial(session.run, None, {"image": images}), runs))
-    return results[0] * 1000, THROUGHPUT_BATCH / results[1]
-
-
-def time_openvino(model: torch.nn.Module, input_size, precision: str, repeats: int) -> tuple[float, float]:
-    request = openvino_model(model, torch.zeros(1, *input_size), precision).create_infer_request()
-    results = []
-    for batch, runs in ((1, repeats), (THROUGHPUT_BATCH, max(3, repeats // 10))):
-        images = np.random.default_rng(0).standard_normal((batch, *input_size), dtype=np.float32)
-        results.append(_median_seconds(partial(request.infer, {0: images}), runs))
+        images = torch.randn(batch, *input_size)
+        results.append(_median_seconds(partial(forward, images), runs))
     return results[0] * 1000, THROUGHPUT_BATCH / results[1]
 
 
@@ -102,13 +93,11 @@ def bench_backbone(backbone, *, precisions=("fp32", "bf16"), onnx: bool = True, 
         rows.append({**common, "runtime": "torch", "precision": precision, "latency_ms": latency,
                      "throughput_ips": throughput,
                      "native_bf16": bf16_supported() if precision == "bf16" else None})
-    if onnx:
-        latency, throughput = time_onnxruntime(model, input_size, repeats)
-        rows.append({**common, "runtime": "onnxruntime", "precision": "fp32", "latency_ms": latency,
-                     "throughput_ips": throughput})
-    for precision in precisions if onnx and openvino_installed() else ():  # the engine `auto` picks when present
-        latency, throughput = time_openvino(model, input_size, precision, repeats)
-        rows.append({**common, "runtime": "openvino", "precision": precision, "latency_ms": latency,
+    graphs = [("onnxruntime", "fp32")]  # ONNX Runtime runs fp32 only; OpenVINO, when present, is what auto picks
+    graphs += [("openvino", precision) for precision in precisions] if openvino_installed() else []
+    for engine, precision in graphs if onnx else []:
+        latency, throughput = time_graph(model, input_size, engine, precision, repeats)
+        rows.append({**common, "runtime": engine, "precision": precision, "latency_ms": latency,
                      "throughput_ips": throughput})
     return rows
 
