@@ -6,7 +6,6 @@ weights, preprocessing, precision, and the exact files (paths, sizes, mtimes) an
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from collections import Counter
@@ -60,7 +59,7 @@ def cache_key(backbone: Backbone, items: list[tuple[Path, int]], precision: str,
         "mirror": mirror,
         "files": digest(f"{path}|{file_stamp(path)}|{label}\n" for path, label in items),
     }
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:24]
+    return digest([json.dumps(parts, sort_keys=True, default=str)])[:24]
 
 
 def _weights_id(source: str) -> str:
