@@ -28,7 +28,7 @@ from showdown.frozen.engines import resolve_runtime
 from showdown.models.backbones import load_backbone
 from showdown.models.classifier import Head, ImageClassifier
 from showdown.precision import resolve_precision
-from showdown.training.batches import feature_batches, image_batches
+from showdown.training.batches import TensorBatches, feature_batches, image_batches
 from showdown.training.evaluate import predict_proba
 from showdown.training.freezing import batchnorms_kept_in_eval, freeze_backbone
 from showdown.training.loop import fit
@@ -66,7 +66,7 @@ def main() -> None:
         entry = Entry("head", backbone, model, dataset, config, context, Path(cache))
         features = extract_all(entry)
         extracted = time.perf_counter() - start
-        fit(head, feature_batches(features["train"], config.batch_size, shuffle=True),
+        fit(head, TensorBatches(features["train"], config.batch_size),
             feature_batches(features["val"], 1024), settings)
         probs, y_true = predict_proba(head, feature_batches(features["test"], 1024))
     cached_seconds = time.perf_counter() - start

@@ -7,6 +7,7 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from showdown.data import load_dataset
@@ -50,7 +51,11 @@ def _one_line_error(result, *words):
     (["--label-smoothing", "2"], ["--label-smoothing must be between 0 and 1 (got 2)"]),
     (["--image-size", "100000"], ["--image-size must be between 32 and 1024 (got 100000)"]),
     (["--momentum", "5"], ["--momentum must be between 0 and 1 (got 5)"]),
-    (["--workers", "-3"], ["--workers must be at least 0 (got -3)"]),
+    (["--workers", "-3"], ["--workers must be a whole number from 0, or auto (got '-3')"]),
+    pytest.param(["--device", "cuda"], ["--device cuda: no CUDA device found", "use --device cpu or auto"],
+                 marks=pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")),
+    (["--device", "tpu"], ["--device 'tpu' is not understood"]),
+    (["--precision", "fp16", "--device", "cpu"], ["--precision fp16 needs a GPU"]),
     (["--patience", "-1"], ["--patience must be at least 1 (got -1)"]),
     (["--optimizer", "nadam"], ["--optimizer must be one of adamw, adam, sgd (got 'nadam')"]),
     (["--lr", "fast"], ["--lr", "must be a number (got 'fast')"]),
@@ -70,7 +75,7 @@ def test_an_out_of_range_option_is_one_line_and_loses_nothing(tmp_path, monkeypa
     (["predict", "--batch-size", "0", "model", "x.jpg"], ["--batch-size", "must be at least 1 (got 0)"]),
     (["predict", "--workers", "-1", "model", "x.jpg"], ["--workers", "must be at least 0 (got -1)"]),
     (["bench", "--repeats", "0"], ["--repeats", "must be at least 1 (got 0)"]),
-    (["bench", "--precision", "fp8"], ["--precision", "must be one of fp32, bf16 (got 'fp8')"]),
+    (["bench", "--precision", "fp8"], ["--precision", "must be one of fp32, bf16, fp16 (got 'fp8')"]),
     (["bench", "--models", "efficientnet_lite0", "--image-size", "100000"],
      ["--image-size must be between 32 and 1024 (got 100000)"]),
 ])

@@ -15,7 +15,7 @@ from showdown.frozen.engines import openvino_installed
 from showdown.frozen.feature_cache import extract_features, forward_frozen
 from showdown.models.backbones import load_backbone
 from showdown.models.classifier import Head, ImageClassifier
-from showdown.training.batches import feature_batches, image_batches
+from showdown.training.batches import TensorBatches, feature_batches, image_batches
 from showdown.training.freezing import batchnorms_kept_in_eval, freeze_backbone, unfreeze
 from showdown.training.loop import TrainSettings, fit
 
@@ -32,9 +32,9 @@ def test_cached_and_uncached_head_training_give_the_same_weights(demo_dir, tmp_p
     head = Head(backbone.num_features, 3, dropout=0.2)
     cached_head, model = copy.deepcopy(head), ImageClassifier(backbone.model, copy.deepcopy(head))
     features = extract_features(backbone, items, precision="fp32", batch_size=8, workers=0, cache_dir=tmp_path)
-    cached = fit(cached_head, feature_batches(features, 8, shuffle=True), feature_batches(features, 64), settings)
+    cached = fit(cached_head, TensorBatches(features, 8, seed=3), feature_batches(features, 64), settings)
     freeze_backbone(model)
-    config = RunConfig(batch_size=8, workers=0)
+    config = RunConfig(batch_size=8, workers=0, seed=3)  # the same order of the same images
     naive = fit(model, image_batches(items, backbone.preprocessing, config, train=True),
                 image_batches(items, backbone.preprocessing, config, train=False), settings,
                 keep_eval=batchnorms_kept_in_eval(model))
@@ -61,7 +61,7 @@ def test_boundary_activation_training_follows_the_full_forward_loss_curve(demo_d
     slow_history = fit(full, image_batches(items, backbone.preprocessing, config, train=True),
                        image_batches(items, backbone.preprocessing, config, train=False), settings,
                        keep_eval=batchnorms_kept_in_eval(full))
-    fast_history = fit(top, feature_batches(activations, 12, shuffle=True), feature_batches(activations, 12), settings,
+    fast_history = fit(top, TensorBatches(activations, 12), feature_batches(activations, 12), settings,
                        keep_eval=batchnorms_kept_in_eval(fast))
     for slow, quick in zip(slow_history, fast_history):
         assert quick["train_loss"] == pytest.approx(slow["train_loss"], rel=tolerance)
@@ -192,8 +192,7 @@ def test_flip_augmentation_keeps_the_cache_and_serves_each_image_or_its_mirror(d
     """--augment flip: features of each image and of its mirror image are computed once; every epoch each
     training image appears exactly once, as one of the two, chosen by a seeded coin."""
     from showdown.data.images import eval_transform, load_rgb
-    from showdown.training.batches import MirrorBatches
-    from showdown.training.loop import seed_epoch
+    from showdown.training.batches import TensorBatches
 
     backbone = load_backbone("efficientnet_lite0", image_size=96)
     items = _items(demo_dir, per_class=3)
@@ -205,10 +204,10 @@ def test_flip_augmentation_keeps_the_cache_and_serves_each_image_or_its_mirror(d
     torch.testing.assert_close(mirrored.features, expected, atol=1e-4, rtol=1e-4)
     assert not torch.allclose(plain.features, mirrored.features, atol=1e-3)
 
-    batches = MirrorBatches(plain, mirrored, batch_size=4)
+    batches = TensorBatches(plain, batch_size=4, mirrored=mirrored)
     epochs = []
     for epoch in (1, 2, 1):
-        seed_epoch(0, epoch)
+        batches.set_epoch(epoch)
         rows, labels = map(torch.cat, zip(*batches))
         source = []
         for row, label in zip(rows, labels):

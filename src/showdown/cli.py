@@ -5,10 +5,12 @@ import argparse
 import logging
 import sys
 
-from showdown.config.options import add_flags, flag_type, read_values
+from showdown.config.options import add_flags, definitions, flag_type, read_values
 from showdown.config.presets import QUICK, load_preset
 from showdown.config.run_config import RunConfig, read_config_file
 from showdown.errors import ConfigError, ShowdownError
+
+DEVICE_HELP = definitions(RunConfig)["device"][1].help  # the same words as `showdown run --help`
 
 
 def _add_run_flags(p: argparse.ArgumentParser) -> None:
@@ -47,6 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--output", help="write to this file instead of the console")
     predict.add_argument("--batch-size", type=flag_type(int, min=1), default=32)
     predict.add_argument("--workers", type=flag_type(int, min=0), default=0, help="image-decoding worker processes")
+    predict.add_argument("--device", default="auto", help=f"{DEVICE_HELP}; .onnx and .tflite files run on the CPU")
     export = sub.add_parser("export", help="export a trained model to ONNX, TorchScript or TFLite")
     export.add_argument("model", help="run folder or entry folder")
     export.add_argument("--format", choices=("onnx", "torchscript", "tflite"), default="onnx")
@@ -68,9 +71,11 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--allow-random-init", action="store_true",
                        help="measure architectures without weights here (speed does not depend on the weights)")
     bench.add_argument("--image-size", type=int, help="override the input size")
-    bench.add_argument("--precision", dest="precisions", type=flag_type(list[str], choices=("fp32", "bf16")),
+    bench.add_argument("--device", default="auto", help=DEVICE_HELP)
+    bench.add_argument("--precision", dest="precisions", type=flag_type(list[str], choices=("fp32", "bf16", "fp16")),
                        default=None,
-                       help="fp32,bf16 (default: bf16 too where the CPU has it)")
+                       help="fp32,bf16,fp16 (default: on the CPU bf16 too where it is native; on a GPU fp32, fp16, "
+                            "and bf16 where supported)")
     bench.add_argument("--no-onnx", dest="onnx", action="store_false",
                        help="skip the exported-graph engines (ONNX Runtime, OpenVINO)")
     bench.add_argument("--repeats", type=flag_type(int, min=1), default=30,
@@ -112,12 +117,16 @@ def _weights_map(entries: list[str], models: list[str]) -> dict[str, str]:
 
 def cmd_run(args) -> int:
     config = None if hasattr(args, "resume") else config_from_args(args).validate()  # before the heavy imports
+    from showdown import distributed
     from showdown.experiment.runner import resume_run, run
 
-    if config is None:
-        resume_run(args.resume)
-    else:
-        run(config)
+    try:
+        if config is None:
+            resume_run(args.resume)
+        else:
+            run(config)
+    finally:
+        distributed.stop()  # under torchrun: leave the process group cleanly
     return 0
 
 
@@ -125,7 +134,7 @@ def cmd_predict(args) -> int:
     from showdown.deploy.predict_output import write_predictions
 
     write_predictions(args.model, args.inputs, model_name=args.model_name, top_k=args.top_k, fmt=args.format,
-                      output=args.output, batch_size=args.batch_size, workers=args.workers)
+                      output=args.output, batch_size=args.batch_size, workers=args.workers, device=args.device)
     return 0
 
 

@@ -24,3 +24,9 @@ class AccuracyGateError(ShowdownError):
     """--assert-accuracy-at-least failed: the results are written, the CI job should fail."""
 
     exit_code = 1
+
+
+def one_line(exc: BaseException, limit: int = 200) -> str:
+    """An exception as one short line, for a fallback's log note (no traceback)."""
+    first = next((line.strip() for line in str(exc).splitlines() if line.strip()), "")
+    return f"{type(exc).__name__}: {first[:limit]}"

@@ -1,9 +1,18 @@
-"""Pick fp32 or bf16 for the forward pass, and give the matching autocast context."""
+"""Pick fp32, bf16 or fp16 for the forward pass on a device, and give the matching autocast and gradient scaler.
+
+`auto`: on the CPU bf16 only where it is native (AVX512-BF16 / AMX), else fp32; on a CUDA GPU bf16 where it
+supports it (Ampere and later), else fp16 with a gradient scaler; on Apple MPS fp16. Losses and metrics are
+always computed in fp32 (the training loop casts the logits).
+"""
 from __future__ import annotations
 
 import contextlib
 
 import torch
+
+from showdown.errors import ConfigError
+
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def bf16_supported() -> bool:
@@ -14,13 +23,26 @@ def bf16_supported() -> bool:
         return False
 
 
-def resolve_precision(requested: str) -> str:
+def resolve_precision(requested: str, device: torch.device | None = None) -> str:
+    """The precision `requested` ("auto" or a name) means on `device` (default the CPU); never "auto"."""
+    kind = device.type if device is not None else "cpu"
     if requested == "auto":
+        if kind == "cuda":
+            return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        if kind == "mps":
+            return "fp16"
         return "bf16" if bf16_supported() else "fp32"
+    if requested == "fp16" and kind == "cpu":
+        raise ConfigError("--precision fp16 needs a GPU (--device cuda or mps); on the CPU use fp32 or bf16")
     return requested
 
 
-def autocast(precision: str):
-    if precision == "bf16":
-        return torch.autocast("cpu", dtype=torch.bfloat16)
+def autocast(precision: str, device_type: str = "cpu"):
+    if precision in DTYPES:
+        return torch.autocast(device_type, dtype=DTYPES[precision])
     return contextlib.nullcontext()
+
+
+def grad_scaler(precision: str, device_type: str = "cpu") -> torch.amp.GradScaler:
+    """fp16 gradients underflow without loss scaling; bf16 and fp32 need none (the scaler is then a no-op)."""
+    return torch.amp.GradScaler(device_type, enabled=precision == "fp16")

@@ -6,6 +6,7 @@ The flags of `showdown run`, the reading of YAML and the checks of `validate` ar
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,7 +20,7 @@ AUGMENTS = ("none", "flip", "light", "strong")
 TTAS = ("none", "flip")
 OPTIMIZERS = ("adamw", "adam", "sgd")
 SCHEDULES = ("plateau", "cosine", "onecycle")
-PRECISIONS = ("auto", "fp32", "bf16")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 RUNTIMES = ("auto", "torch", "onnxruntime", "openvino")
 CLASS_WEIGHTS = ("none", "balanced")
 
@@ -127,12 +128,18 @@ class RunConfig:
     max_per_class: int | None = option(None, "train images per class (val and test get a quarter), for quick runs",
                                        group=DATA, min=1, unset="all", metavar="N")
     # machinery
-    precision: str = option("auto", "auto uses bf16 only on CPUs with native bf16", group=MACHINERY,
-                            choices=PRECISIONS)
+    device: str = option("auto", "auto (CUDA, else Apple MPS, else CPU), cpu, cuda, cuda:N or mps; under torchrun "
+                         "each process takes the GPU of its LOCAL_RANK", group=MACHINERY, metavar="DEVICE")
+    precision: str = option("auto", "auto: on a CPU bf16 only where it is native, on a GPU bf16 where supported, "
+                            "else fp16 with a gradient scaler", group=MACHINERY, choices=PRECISIONS)
+    compile: bool = option(False, "torch.compile the training step (eager, with a one-line note, where it fails)",
+                           group=MACHINERY)
     runtime: str = option("auto", "what runs frozen layers once per image: auto (OpenVINO when installed, else ONNX "
                           "Runtime in fp32 and PyTorch in bf16), torch, onnxruntime or openvino (the openvino "
                           "extra)", group=MACHINERY, choices=RUNTIMES)
-    workers: int = option(2, "image-decoding worker processes", group=MACHINERY, min=0)
+    workers: str = option("auto", "image-decoding worker processes: a number, or auto (the CPU cores, shared by "
+                          "the processes torchrun starts on this machine)", group=MACHINERY, metavar="N|auto",
+                          must="a whole number from 0, or auto")
     cache_dir: str | None = option(None, "feature cache folder", group=MACHINERY, path="dir",
                                    unset="features/ in $SHOWDOWN_CACHE or ~/.cache/showdown")
     out: str | None = option(None, "run folder", group=MACHINERY, path="dir", unset="runs/<timestamp>-<name>")
@@ -167,10 +174,21 @@ class RunConfig:
                               f"(got {','.join(f'{f:g}' for f in self.split)})")
         if self.split[0] <= 0:
             raise ConfigError("--split needs a training fraction above 0")
+        if self.workers != "auto" and not self.workers.isdigit():
+            raise ConfigError(f"--workers must be a whole number from 0, or auto (got '{self.workers}')")
         if self.pool_stages and any(s.startswith("finetune") for s in self.strategies):
             raise ConfigError("--pool-stages works with the head and scratch strategies, not finetune (its "
                               "frozen-bottom cache splits the plain network)")
         return self
+
+    @property
+    def worker_count(self) -> int:
+        """Image-decoding workers per process: `auto` shares this machine's cores among the processes torchrun
+        started on it (LOCAL_WORLD_SIZE), at most 8 each."""
+        if self.workers != "auto":
+            return int(self.workers)
+        processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+        return max(1, min(8, len(os.sched_getaffinity(0)) // processes))
 
     @property
     def tuning(self) -> bool:

@@ -143,9 +143,11 @@ def collate_readable(batch):
     return images, labels, indices, failed
 
 
-def image_loader(items, transform, *, batch_size: int, workers: int, shuffle: bool = False):
-    """Shuffled from the global RNG, which the training loop seeds at every epoch."""
+def image_loader(items, transform, *, batch_size: int, workers: int, sampler=None, generator=None,
+                 pin_memory: bool = False):
+    """Batches in item order, or in the order of `sampler` (the training loop's DistributedSampler); `generator`
+    seeds the workers' random augmentations; pinned memory for fast copies to a CUDA GPU."""
     return DataLoader(
-        ImageFiles(items, transform), batch_size=batch_size, shuffle=shuffle, num_workers=workers,
-        collate_fn=collate_readable, persistent_workers=False,
+        ImageFiles(items, transform), batch_size=batch_size, sampler=sampler, num_workers=workers,
+        collate_fn=collate_readable, persistent_workers=False, pin_memory=pin_memory, generator=generator,
     )

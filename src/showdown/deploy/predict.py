@@ -19,6 +19,7 @@ from showdown.data.folder import IMAGE_SUFFIXES, images_in, is_visible
 from showdown.data.images import eval_transform, image_loader
 from showdown.data.preprocessing import Preprocessing
 from showdown.deploy.trained import METADATA_KEY, choose_entry, read_tflite_metadata
+from showdown.device import resolve_device, to_device
 from showdown.errors import DataError, ModelError
 from showdown.models.saving import load_model
 
@@ -34,31 +35,34 @@ class Predictor:
         return self.forward(images)
 
 
-def _torch_forward(model):
+def _torch_forward(model, device: torch.device):
+    model = model.to(device)
+
     def forward(images):
         with torch.inference_mode():
-            return model(images).float().softmax(1).numpy()
+            return model(to_device(images, device)).float().softmax(1).cpu().numpy()
     return forward
 
 
-def open_model(path: str | Path, model_name: str | None = None) -> Predictor:
-    """MODEL of `showdown predict`: run folder (its best entry, or `model_name`), entry folder, .onnx or .pt."""
+def open_model(path: str | Path, model_name: str | None = None, device: str = "cpu") -> Predictor:
+    """MODEL of `showdown predict`: run folder (its best entry, or `model_name`), entry folder, .onnx or .pt.
+    Run folders and TorchScript files run on `device` (see showdown.device); .onnx and .tflite on the CPU."""
     path = Path(path)
     if path.is_dir():
         folder = choose_entry(path, model_name)
         model, info = load_model(folder)
         return Predictor(f"{info['backbone']} / {info['strategy']}", info["classes"],
-                         Preprocessing.from_dict(info["preprocessing"]), _torch_forward(model))
+                         Preprocessing.from_dict(info["preprocessing"]), _torch_forward(model, resolve_device(device)))
     if not path.is_file():
         raise ModelError(f"{path} does not exist; give a run folder, an entry folder, or an exported .onnx / .pt file")
     if path.suffix == ".onnx":
         return _open_onnx(path)
     if path.suffix in (".pt", ".ts", ".torchscript"):
-        return _open_torchscript(path)
+        return _open_torchscript(path, resolve_device(device))
     if path.suffix == ".tflite":
         return _open_tflite(path)
     if path.name == "model.safetensors":
-        return open_model(path.parent)
+        return open_model(path.parent, device=device)
     raise ModelError(f"{path}: not a model showdown can run (expected a run folder, .onnx, TorchScript .pt "
                      "or .tflite)")
 
@@ -86,19 +90,19 @@ def _open_onnx(path: Path) -> Predictor:
     return Predictor(info["name"], info["classes"], Preprocessing.from_dict(info["preprocessing"]), forward)
 
 
-def _open_torchscript(path: Path) -> Predictor:
+def _open_torchscript(path: Path, device: torch.device) -> Predictor:
     extra = {f"{METADATA_KEY}.json": ""}
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)  # TorchScript is deprecated upstream
-            module = torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
+            module = torch.jit.load(str(path), map_location=device, _extra_files=extra)
     except (RuntimeError, ValueError) as exc:
         raise ModelError(f"{path} is not a TorchScript model: {str(exc).splitlines()[0]}") from exc
     info = _metadata(extra[f"{METADATA_KEY}.json"], path)
 
     def forward(images):
         with torch.inference_mode():
-            return module(images).float().numpy()  # exported models output probabilities
+            return module(images.to(device)).float().cpu().numpy()  # exported models output probabilities
 
     return Predictor(info["name"], info["classes"], Preprocessing.from_dict(info["preprocessing"]), forward)
 

@@ -26,9 +26,10 @@ def _destination(output: str | None):
 
 
 def write_predictions(model: str, inputs: list[str], *, model_name: str | None = None, top_k: int = 3,
-                      fmt: str = "table", output: str | None = None, batch_size: int = 32, workers: int = 0) -> dict:
+                      fmt: str = "table", output: str | None = None, batch_size: int = 32, workers: int = 0,
+                      device: str = "auto") -> dict:
     """Predict every input image and write the rows; returns counts (predicted, unreadable, labelled, correct)."""
-    predictor = open_model(model, model_name)
+    predictor = open_model(model, model_name, device=device)
     files = expand_inputs(inputs)
     labels, warning = folder_labels(files, inputs, predictor.classes)
     if warning:

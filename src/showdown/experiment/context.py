@@ -11,6 +11,7 @@ from sklearn.utils.class_weight import compute_class_weight
 
 from showdown.config.run_config import RunConfig
 from showdown.data import DatasetSpec
+from showdown.device import CPU
 from showdown.experiment.folds import FeaturePool
 from showdown.models.backbones import Backbone
 from showdown.models.classifier import ImageClassifier
@@ -25,7 +26,8 @@ class RunContext:
     precision: str
     runtime: str  # engine of the frozen forward passes (frozen/engines.py)
     cache_dir: Path
-    echo: Callable[[str], None] = print
+    echo: Callable[[str], None] = print  # prints on rank 0 only under torchrun
+    device: torch.device = CPU
 
 
 @dataclass
@@ -62,9 +64,12 @@ class Entry:
         return torch.tensor(weights, dtype=torch.float32)
 
     def fit(self, net, train_batches, val_batches, settings, phase, **kwargs) -> list[dict]:
+        """`parallel=True`: the batches are shares of this process (torchrun) and the net trains as one DDP model."""
         return fit(net, train_batches, val_batches, settings, phase=phase, checkpoint=self.checkpoint(phase),
                    class_weights=self.class_weights(), num_classes=len(self.dataset.classes),
                    on_epoch=self.on_epoch, **kwargs)
 
     def images(self, split: str, *, train: bool = False) -> ImageBatches:
-        return image_batches(self.dataset.splits[split], self.backbone.preprocessing, self.config, train=train)
+        """Batches of decoded images; under torchrun this process's share (every image pass is data parallel)."""
+        return image_batches(self.dataset.splits[split], self.backbone.preprocessing, self.config, train=train,
+                             split=True, pin_memory=self.run.device.type == "cuda")

@@ -9,6 +9,7 @@ from typing import NamedTuple
 
 import torch
 
+from showdown import distributed
 from showdown.config.run_config import RunConfig
 from showdown.data import DatasetSpec
 from showdown.data.thumbnails import without_centre_crop
@@ -31,7 +32,8 @@ class EntryResult(NamedTuple):
 
 def run_entry(strategy: str, backbone: Backbone, dataset: DatasetSpec, config: RunConfig, run: RunContext,
               folder: Path, *, pool: FeaturePool | None = None, keep_probabilities: bool = False) -> EntryResult:
-    folder.mkdir(parents=True, exist_ok=True)
+    if distributed.is_main():  # under torchrun rank 0 alone writes
+        folder.mkdir(parents=True, exist_ok=True)
     _, _, unfreeze_spec = strategy.partition("=")  # finetune=layers:20 names its own unfreeze
     if unfreeze_spec:
         config = dataclasses.replace(config, unfreeze=unfreeze_spec)
@@ -40,6 +42,7 @@ def run_entry(strategy: str, backbone: Backbone, dataset: DatasetSpec, config: R
         config, search = _search(strategy, backbone, dataset, config, run, folder, pool)
         run.echo(f"  {strategy}: {describe_search(search)}")
     backbone, model = build_model(strategy, backbone, dataset, config)
+    model.to(run.device)
     entry = Entry(strategy, backbone, model, dataset, config, run, folder, pool=pool)
     if search is not None:
         entry.timing["tune_seconds"] = search["seconds"]
@@ -47,11 +50,13 @@ def run_entry(strategy: str, backbone: Backbone, dataset: DatasetSpec, config: R
     trained = train(entry)
     entry.timing["train_seconds"] = time.perf_counter() - start
     probs, y_true, test_items = evaluate(entry, trained.features)
-    metrics = classification_metrics(y_true, probs, dataset.classes)
-    row = write_entry(entry, metrics, trained.history, probs, y_true, test_items, search, keep_probabilities)
-    for checkpoint in folder.glob("checkpoint-*.pt"):  # the entry is complete; its results replace them
-        checkpoint.unlink()
-    return EntryResult(row, trained.failed)
+    row = None
+    if distributed.is_main():
+        metrics = classification_metrics(y_true, probs, dataset.classes)
+        row = write_entry(entry, metrics, trained.history, probs, y_true, test_items, search, keep_probabilities)
+        for checkpoint in folder.glob("checkpoint-*.pt"):  # the entry is complete; its results replace them
+            checkpoint.unlink()
+    return EntryResult(distributed.broadcast(row), trained.failed)
 
 
 def build_model(strategy: str, backbone: Backbone, dataset: DatasetSpec, config: RunConfig):

@@ -11,14 +11,16 @@ import os
 import time
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 from torch import nn
 
+from showdown import distributed
 from showdown.config.run_config import RunConfig
 from showdown.experiment.context import Entry
 from showdown.frozen.boundary import TopOfNetwork, first_trainable, sequential_layers
 from showdown.frozen.feature_cache import FEATURE_BATCH, extract_features, forward_frozen
-from showdown.training.batches import cached_train_batches, feature_batches
+from showdown.training.batches import cached_train_batches, feature_batches, sharded_batches
 from showdown.training.evaluate import predict_proba
 from showdown.training.freezing import batchnorms_kept_in_eval, freeze_backbone, lr_param_groups, unfreeze
 from showdown.training.loop import TrainSettings
@@ -46,7 +48,7 @@ def train(entry: Entry) -> Trained:
         param.requires_grad_(True)
     settings = dataclasses.replace(train_settings(entry.config), precision=entry.run.precision)
     return Trained(entry.fit(entry.model, entry.images("train", train=True), entry.images("val"), settings,
-                             entry.strategy))
+                             entry.strategy, parallel=True))
 
 
 def train_settings(config: RunConfig, precision: str = "fp32") -> TrainSettings:
@@ -54,7 +56,7 @@ def train_settings(config: RunConfig, precision: str = "fp32") -> TrainSettings:
         epochs=config.epochs, lr=config.lr, optimizer=config.optimizer, weight_decay=config.weight_decay,
         momentum=config.momentum, patience=config.patience, schedule=config.schedule,
         label_smoothing=config.label_smoothing, precision=precision, grad_clip=config.grad_clip, seed=config.seed,
-        mixup=config.augment == "strong",
+        mixup=config.augment == "strong", compile=config.compile,
     )
 
 
@@ -68,14 +70,15 @@ def train_head(entry: Entry) -> Trained:
         features = extract_all(entry)
         timing["feature_seconds"] = time.perf_counter() - start
         timing["feature_cache_hit"] = all(f.cache_hit for f in features.values())
-        history = entry.fit(model.head, cached_train_batches(features, config.batch_size),
+        # Trains in seconds on the cached features: every process trains it alike, no data parallelism needed.
+        history = entry.fit(model.head, cached_train_batches(features, config.batch_size, config.seed),
                             feature_batches(features["val"], 1024), settings, "head")
         trained = Trained(history, features, [path for f in features.values() for path in f.failed])
     else:
         entry.run.echo(f"  feature cache off: augmentation '{config.augment}' changes the inputs every epoch")
         trained = Trained(entry.fit(model, entry.images("train", train=True), entry.images("val"),
                                     dataclasses.replace(settings, precision=entry.run.precision), "head",
-                                    keep_eval=batchnorms_kept_in_eval(model)))
+                                    keep_eval=batchnorms_kept_in_eval(model), parallel=True))
     timing["head_seconds"] = time.perf_counter() - start
     return trained
 
@@ -87,8 +90,9 @@ def extract_all(entry: Entry) -> dict:
         if entry.pool is not None:
             return entry.pool.subset(entry.dataset.splits[split], mirror)
         return extract_features(entry.backbone, entry.dataset.splits[split], precision=entry.run.precision,
-                                batch_size=FEATURE_BATCH, workers=entry.config.workers, cache_dir=entry.run.cache_dir,
-                                desc=f"{entry.backbone.spec.name} {split}", runtime=entry.run.runtime, mirror=mirror)
+                                batch_size=FEATURE_BATCH, workers=entry.config.worker_count,
+                                cache_dir=entry.run.cache_dir, desc=f"{entry.backbone.spec.name} {split}",
+                                runtime=entry.run.runtime, mirror=mirror, device=entry.run.device)
 
     features = {split: extract(split) for split in entry.dataset.splits}
     if entry.config.augment == "flip":
@@ -111,13 +115,13 @@ def train_top(entry: Entry) -> list[dict]:
     top = boundary_top(entry)
     if top is not None:
         net, batches = top
-        history = entry.fit(net, cached_train_batches(batches, config.batch_size),
-                            feature_batches(batches["val"], config.batch_size), settings, "finetune",
-                            params=groups, keep_eval=keep_eval, keep_start=True)
+        history = entry.fit(net, cached_train_batches(batches, config.batch_size, config.seed, split=True),
+                            sharded_batches(batches["val"], config.batch_size), settings, "finetune",
+                            params=groups, keep_eval=keep_eval, keep_start=True, parallel=True)
     else:
         history = entry.fit(model, entry.images("train", train=True), entry.images("val"),
                             dataclasses.replace(settings, precision=entry.run.precision), "finetune", params=groups,
-                            keep_eval=keep_eval, keep_start=True)
+                            keep_eval=keep_eval, keep_start=True, parallel=True)
     entry.timing["finetune_seconds"] = time.perf_counter() - start
     return history
 
@@ -135,7 +139,8 @@ def boundary_top(entry: Entry):
         return None
     bottom = nn.Sequential(*layers[:cut])
     with torch.inference_mode():
-        per_image = bottom(torch.zeros(1, *backbone.preprocessing.input_size)).numel() * 2  # bf16 bytes
+        probe = torch.zeros(1, *backbone.preprocessing.input_size, device=entry.run.device)
+        per_image = bottom(probe).numel() * 2  # bf16 bytes
     mirror = config.augment == "flip"
     need = per_image * (sum(len(items) for items in entry.dataset.splits.values())
                         + mirror * len(entry.dataset.splits["train"]))
@@ -148,9 +153,10 @@ def boundary_top(entry: Entry):
 
     def activations(split: str, mirror: bool = False):
         return forward_frozen(bottom, backbone.preprocessing, entry.dataset.splits[split],
-                              precision=entry.run.precision, batch_size=FEATURE_BATCH, workers=config.workers,
+                              precision=entry.run.precision, batch_size=FEATURE_BATCH, workers=config.worker_count,
                               desc=f"boundary {split}", name=f"the frozen bottom of {backbone.spec.name}",
-                              store_dtype=torch.bfloat16, runtime=entry.run.runtime, mirror=mirror)
+                              store_dtype=torch.bfloat16, runtime=entry.run.runtime, mirror=mirror,
+                              device=entry.run.device)
 
     batches = {split: activations(split) for split in entry.dataset.splits}
     if mirror:
@@ -168,10 +174,12 @@ def evaluate(entry: Entry, features: dict | None):
     if features is not None:
         probs, y_true = predict_proba(HeadWithTTA(entry.model.head), _test_feature_batches(features))
         kept = features["test"].indices.tolist()
-    else:
+    else:  # each process predicts its shard of the test images; joined in order, one row per readable image
         batches = entry.images("test")
-        probs, y_true = predict_proba(entry.model, batches, entry.run.precision)
-        kept = batches.readable  # recorded during that pass: the test images are decoded once
+        shards = distributed.gather((*predict_proba(entry.model, batches, entry.run.precision), batches.readable))
+        probs = np.concatenate([p for p, _, _ in shards if len(p)])
+        y_true = np.concatenate([y for _, y, _ in shards])
+        kept = [i for _, _, readable in shards for i in readable]  # recorded in that pass: decoded once
     return probs, y_true, [entry.dataset.splits["test"][i] for i in kept]
 
 

@@ -15,9 +15,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from showdown import distributed
 from showdown.config.run_config import RunConfig
 from showdown.data import DatasetSpec
 from showdown.data.folder import SPLITS
+from showdown.device import CPU, device_facts
 from showdown.experiment.context import Entry
 from showdown.experiment.folds import FOLD_DETAIL_KEYS, PROBABILITIES, fold_table
 from showdown.fileio import slug, write_atomic, write_csv, write_json
@@ -30,10 +32,10 @@ DETAIL_KEYS = ("per_class", "confusion_matrix", "classes", "setup", "tuning", *F
 
 
 def write_run_start(run_dir: Path, config: RunConfig, dataset: DatasetSpec, precision: str, runtime: str,
-                    folds: list[DatasetSpec] | None = None) -> None:
+                    folds: list[DatasetSpec] | None = None, device: torch.device = CPU) -> None:
     """What the run was given, before any training: its configuration, machine, dataset and split."""
     config.save(run_dir / "config.yaml")
-    write_json(run_dir / "environment.json", environment(precision, runtime))
+    write_json(run_dir / "environment.json", environment(precision, runtime, device))
     write_json(run_dir / "dataset.json", {
         "name": dataset.name, "root": str(dataset.root), "classes": dataset.classes, "counts": dataset.counts(),
         "split": folds[0].split_source.partition(" of ")[2] if folds else dataset.split_source,
@@ -49,7 +51,7 @@ def write_run_start(run_dir: Path, config: RunConfig, dataset: DatasetSpec, prec
     ])
 
 
-def environment(precision: str, runtime: str = "torch") -> dict:
+def environment(precision: str, runtime: str = "torch", device: torch.device = CPU) -> dict:
     def pkg(name):
         try:
             return version(name)
@@ -60,7 +62,8 @@ def environment(precision: str, runtime: str = "torch") -> dict:
         "python": platform.python_version(), "platform": platform.platform(),
         "cpu": platform.processor() or platform.machine(),
         "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "cuda": torch.cuda.is_available(),
-        "precision": precision, "runtime": runtime,
+        "precision": precision, "runtime": runtime, "device": device_facts(device),
+        "processes": distributed.world_size(),  # torchrun's WORLD_SIZE
         "packages": {n: pkg(n) for n in ("tl-showdown", "torch", "torchvision", "timm", "scikit-learn", "numpy",
                                          "pillow", "onnxruntime", "openvino")},
     }

@@ -11,11 +11,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from showdown import distributed
 from showdown.config.run_config import RunConfig, read_config_file
 from showdown.data import DatasetSpec, load_dataset
 from showdown.data.folder import subset_per_class
 from showdown.data.leakage import check_leakage
 from showdown.data.sources import cache_root
+from showdown.device import describe, resolve_device
 from showdown.errors import AccuracyGateError, ConfigError
 from showdown.experiment.context import RunContext
 from showdown.experiment.entry import EntryResult, fitted_to_images, run_entry
@@ -51,19 +53,29 @@ def run(config: RunConfig, *, echo: Callable[[str], None] = print, resume: bool 
     config.validate()
     for name in config.models:  # an unknown name fails before any work is done
         resolve_backbone(name)
+    device = resolve_device(config.device)
+    distributed.start(device)  # under torchrun: one process group (gloo on CPU, NCCL on CUDA)
+    if distributed.active() and config.tuning:
+        raise ConfigError("--tune runs in one process; start it without torchrun (the tuned entry can then be "
+                          "trained under torchrun with the chosen values, from its config.yaml)")
+    echo = echo if distributed.is_main() else _silent
+    if resume:
+        echo(f"resuming {config.out}")
     dataset = load_dataset(config.data, data_root=config.data_root, split=config.split, seed=config.seed)
     if config.max_per_class:
         dataset = subset_per_class(dataset, config.max_per_class)
     dataset = check_leakage(dataset, drop=config.drop_duplicates)
-    precision = resolve_precision(config.precision)
-    runtime = resolve_runtime(config.runtime, precision)
+    precision = resolve_precision(config.precision, device)
+    runtime = resolve_runtime(config.runtime, precision, device.type)
     folds = make_folds(dataset, config.folds, config.seed, _val_fraction(config)) if config.folds else None
-    run_dir = new_run_dir(config.out, config.name or dataset.name)
-    if not resume:
-        write_run_start(run_dir, config, dataset, precision, runtime, folds)
+    run_dir = Path(distributed.broadcast(str(new_run_dir(config.out, config.name or dataset.name))
+                                         if distributed.is_main() else None))
+    if not resume and distributed.is_main():
+        write_run_start(run_dir, config, dataset, precision, runtime, folds, device)
     _echo_dataset(dataset, folds, echo)
+    _echo_machine(device, precision, echo)
     context = RunContext(precision, runtime, Path(config.cache_dir) if config.cache_dir else cache_root() / "features",
-                         echo)
+                         echo, device)
     passes_before = CACHE_STATS.copy()
     rows, skipped = [], set()
     for model_name in config.models:
@@ -83,7 +95,13 @@ def run(config: RunConfig, *, echo: Callable[[str], None] = print, resume: bool 
             rows.append(result.row)
             echo(_entry_line(result.row, strategy, seed, config, folds))
     frozen_passes = {key: CACHE_STATS[key] - passes_before[key] for key in ("hit", "miss", "images")}
-    results = _finish(run_dir, config, rows, sorted(skipped), frozen_passes, echo)
+    if distributed.active():  # images each process ran through frozen layers: shards, never the same image twice
+        frozen_passes["images_per_rank"] = distributed.gather(frozen_passes["images"])
+        frozen_passes["images"] = sum(frozen_passes["images_per_rank"])
+    results = Results(run_dir, rows, sorted(skipped))
+    if distributed.is_main():
+        _finish(results, config, frozen_passes, echo)
+    distributed.barrier()  # the run folder is complete before any process returns
     _check_gate(results, config.assert_accuracy_at_least)
     return results
 
@@ -95,7 +113,6 @@ def resume_run(run_dir: str | Path, *, echo: Callable[[str], None] = print) -> R
         raise ConfigError(f"{run_dir} is not a showdown run folder (no config.yaml)")
     config = RunConfig.from_dict(read_config_file(config_file))
     config.out = str(run_dir)
-    echo(f"resuming {run_dir}")
     return run(config, echo=echo, resume=True)
 
 
@@ -154,7 +171,8 @@ def _feature_pool(backbone: Backbone, dataset: DatasetSpec, config: RunConfig, r
     """One feature extraction of every image for all folds (the cache is keyed by the exact file list)."""
     def extract(items, mirror):
         return extract_features(backbone, items, precision=run.precision, batch_size=FEATURE_BATCH,
-                                workers=config.workers, cache_dir=run.cache_dir, runtime=run.runtime, mirror=mirror,
+                                workers=config.worker_count, cache_dir=run.cache_dir, runtime=run.runtime,
+                                mirror=mirror, device=run.device,
                                 desc=f"{backbone.spec.name} all images" + (" mirrored" if mirror else ""))
     return FeaturePool(all_items(dataset), extract)
 
@@ -176,7 +194,8 @@ def _run_folds(strategy: str, backbone: Backbone, folds: list[DatasetSpec], conf
         fold_rows.append(row)
         fold_folders.append(fold_folder)
     title = f"{fold_rows[0]['model']} / {strategy}"
-    summary = write_pooled(folder, fold_folders, fold_rows, folds[0].classes, title)
+    summary = distributed.broadcast(write_pooled(folder, fold_folders, fold_rows, folds[0].classes, title)
+                                    if distributed.is_main() else None)
     return EntryResult({**summary, "folder": folder.name}, sorted(skipped))
 
 
@@ -193,10 +212,19 @@ def _entry_line(row: dict, strategy: str, seed: int, config: RunConfig, folds) -
     return line + f" ({row['train_seconds']:.1f} s{search})"
 
 
-def _finish(run_dir: Path, config: RunConfig, rows: list[dict], skipped: list[str], frozen_passes: dict,
-            echo) -> Results:
+def _silent(*_) -> None:
+    """The echo of every process but rank 0: they print only errors."""
+
+
+def _echo_machine(device, precision: str, echo) -> None:
+    processes = f"; {distributed.world_size()} processes (torchrun)" if distributed.active() else ""
+    echo(f"device: {describe(device)}; precision {precision}{processes}")
+
+
+def _finish(results: Results, config: RunConfig, frozen_passes: dict, echo) -> None:
+    """Rank 0's end of the run: summary, table, bench, report, database row."""
+    run_dir, rows, skipped = results.run_dir, results.rows, results.skipped
     write_summary(run_dir, rows, skipped, frozen_passes)
-    results = Results(run_dir, rows, skipped)
     echo("")
     echo(results.table())
     echo("")
@@ -213,7 +241,6 @@ def _finish(run_dir: Path, config: RunConfig, rows: list[dict], skipped: list[st
     if skipped:
         echo(f"skipped {len(skipped)} unreadable image file(s); listed in {run_dir / 'skipped.txt'}")
     echo(f"run folder: {run_dir}")
-    return results
 
 
 def _check_gate(results: Results, least: float | None) -> None:

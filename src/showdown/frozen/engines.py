@@ -34,8 +34,8 @@ from typing import Callable
 
 import torch
 
-from showdown.errors import ConfigError
-from showdown.models.onnx_graph import OnnxExportError, one_line, onnx_graph
+from showdown.errors import ConfigError, one_line
+from showdown.models.onnx_graph import OnnxExportError, onnx_graph
 
 log = logging.getLogger(__name__)
 _fallen_back: set[str] = set()  # models already reported as running in another engine than the one chosen
@@ -50,8 +50,14 @@ def openvino_installed() -> bool:
     return importlib.util.find_spec("openvino") is not None
 
 
-def resolve_runtime(requested: str, precision: str) -> str:
-    """The engine `requested` ("auto" or a name) means at `precision`; never "auto"."""
+def resolve_runtime(requested: str, precision: str, device_type: str = "cpu") -> str:
+    """The engine `requested` ("auto" or a name) means at `precision` on the device; never "auto". ONNX Runtime
+    and OpenVINO are CPU engines here: on a GPU the frozen layers run in PyTorch."""
+    if device_type != "cpu":
+        if requested not in ("auto", "torch"):
+            raise ConfigError(f"--runtime {requested} runs on the CPU; with --device {device_type} use --runtime "
+                              "auto or torch (the frozen layers then run in PyTorch on the GPU)")
+        return "torch"
     if requested == "onnxruntime" and precision == "bf16":
         raise ConfigError("--runtime onnxruntime runs fp32 only; use --precision fp32 or --runtime torch")
     if requested == "openvino" and not openvino_installed():
@@ -143,8 +149,11 @@ def frozen_graph(model: torch.nn.Module, example: torch.Tensor, precision: str):
 def frozen_forward(model: torch.nn.Module, example: torch.Tensor, precision: str, runtime: str,
                    name: str = "the frozen layers") -> Forward:
     """A function images -> outputs computing the frozen `model` with the chosen engine (call it under
-    inference_mode and the precision's autocast). `name` says which model a fallback note is about."""
-    runtime = resolve_runtime(runtime, precision)
+    inference_mode and the precision's autocast), on the device of `example`. `name` says which model a
+    fallback note is about."""
+    runtime = resolve_runtime(runtime, precision, example.device.type)
+    if example.device.type != "cpu":
+        return model  # eager on the GPU, channels-last under autocast
     if runtime != "torch":
         forward = _graph_forward(model, example[:1].contiguous(), precision, runtime, name)
         if forward is not None:

@@ -18,9 +18,11 @@ from safetensors.torch import save_file
 from torch import nn
 from tqdm import tqdm
 
+from showdown import distributed
 from showdown.data.images import decoder, eval_transform, image_loader
 from showdown.data.preprocessing import Preprocessing
 from showdown.data.thumbnails import batch_resize, small_square_side, to_uint8_tensor
+from showdown.device import CPU, to_device
 from showdown.errors import DataError
 from showdown.fileio import atomic_path, digest, file_stamp
 from showdown.frozen.engines import frozen_forward, resolve_runtime
@@ -45,7 +47,7 @@ class Features:
 
 
 def cache_key(backbone: Backbone, items: list[tuple[Path, int]], precision: str, runtime: str = "torch",
-              mirror: bool = False) -> str:
+              mirror: bool = False, device_type: str = "cpu") -> str:
     parts = {
         "backbone": backbone.spec.timm_name,
         "weights": backbone.source,
@@ -55,6 +57,7 @@ def cache_key(backbone: Backbone, items: list[tuple[Path, int]], precision: str,
         "preprocessing": backbone.preprocessing.to_dict(),
         "decoder": decoder(),  # how JPEGs are decoded (draft mode changes the pixels slightly)
         "precision": precision,
+        "device": device_type,  # GPU kernels round differently from the CPU's
         "runtime": runtime,
         "mirror": mirror,
         "files": digest(f"{path}|{file_stamp(path)}|{label}\n" for path, label in items),
@@ -73,55 +76,77 @@ def _weights_id(source: str) -> str:
 
 def extract_features(backbone: Backbone, items: list[tuple[Path, int]], *, precision: str, batch_size: int,
                      workers: int, cache_dir: Path | None, desc: str = "features", runtime: str = "torch",
-                     mirror: bool = False) -> Features:
+                     mirror: bool = False, device: torch.device = CPU) -> Features:
     """Features of every image (of its mirror image with `mirror`), from the cache when the key matches.
-    The key holds the engine `runtime` resolves to ("auto" becomes the engine it picks)."""
-    runtime = resolve_runtime(runtime, precision)
-    key = cache_key(backbone, items, precision, runtime, mirror)
+    The key holds the engine `runtime` resolves to ("auto" becomes the engine it picks). Under torchrun every
+    rank computes its shard, every rank gets the whole, and rank 0 writes the cache file."""
+    runtime = resolve_runtime(runtime, precision, device.type)
+    key = cache_key(backbone, items, precision, runtime, mirror, device.type)
     path = cache_dir / f"{key}.safetensors" if cache_dir else None
-    if path is not None and path.is_file():
+    if path is not None and distributed.all_true(path.is_file()):  # a rank without the file computes with the rest
         CACHE_STATS["hit"] += 1
         log.info("feature cache hit for %s (%s)", desc, path.name)
         with safe_open(str(path), "pt") as f:
             failed = json.loads(f.metadata()["failed"])
             return Features(f.get_tensor("features"), f.get_tensor("labels"), f.get_tensor("indices"), failed, True)
     CACHE_STATS["miss"] += 1
-    CACHE_STATS["images"] += len(items)
+    CACHE_STATS["images"] += len(items[distributed.shard(len(items))])  # this process's share
     features = forward_frozen(backbone.model, backbone.preprocessing, items, precision=precision,
                               batch_size=batch_size, workers=workers, desc=desc, runtime=runtime, mirror=mirror,
-                              name=backbone.spec.name)
-    if path is not None:
+                              name=backbone.spec.name, device=device)
+    if path is not None and distributed.is_main():
         tensors = {"features": features.features, "labels": features.labels, "indices": features.indices}
         with atomic_path(path) as tmp:
             save_file(tensors, str(tmp), metadata={"failed": json.dumps(features.failed)})
+    distributed.barrier()  # the file is complete before any rank looks for it again
     return features
 
 
 def forward_frozen(module: torch.nn.Module, preprocessing: Preprocessing, items, *, precision: str, batch_size: int,
                    workers: int, desc: str = "features", store_dtype=torch.float32, runtime: str = "torch",
-                   mirror: bool = False, name: str = "the frozen layers") -> Features:
+                   mirror: bool = False, name: str = "the frozen layers", device: torch.device = CPU) -> Features:
     """Run a frozen module once over the images (with `runtime`, see engines.py), or over their mirror images;
-    unreadable files are skipped and listed. `name` is the model's, for the log."""
-    module = module.eval().to(memory_format=torch.channels_last)
-    side = small_square_side(items, preprocessing.input_size)
+    unreadable files are skipped and listed. `name` is the model's, for the log. Under torchrun each rank runs
+    its contiguous shard of the images and the shards are joined, in order, on every rank."""
+    side = small_square_side(items, preprocessing.input_size)  # decided on all the items: the same on every rank
+    part = distributed.shard(len(items))
+    mine = _forward_shard(module, preprocessing, items[part], side, precision=precision, batch_size=batch_size,
+                          workers=workers, desc=desc, store_dtype=store_dtype, runtime=runtime, mirror=mirror,
+                          name=name, device=device)
+    mine.indices += part.start
+    shards = distributed.gather(mine)
+    if not sum(len(s.labels) for s in shards):
+        raise DataError(f"none of the {len(items)} images of {desc} could be read")
+    if len(shards) == 1:
+        return mine
+    return Features(torch.cat([s.features for s in shards]), torch.cat([s.labels for s in shards]),
+                    torch.cat([s.indices for s in shards]), [f for s in shards for f in s.failed], False)
+
+
+def _forward_shard(module: torch.nn.Module, preprocessing: Preprocessing, items, side: int | None, *, precision: str,
+                   batch_size: int, workers: int, desc: str, store_dtype, runtime: str, mirror: bool, name: str,
+                   device: torch.device) -> Features:
+    module = module.eval().to(device, memory_format=torch.channels_last)
     resize = batch_resize(preprocessing, side) if side else None
     if resize is not None:  # small images: workers only decode, the batch is resized inside the graph
         module = nn.Sequential(resize, module)
-        loader = image_loader(items, to_uint8_tensor(side), batch_size=batch_size, workers=workers)
+        transform = to_uint8_tensor(side)
     else:
-        loader = image_loader(items, eval_transform(preprocessing), batch_size=batch_size, workers=workers)
+        transform = eval_transform(preprocessing)
+    loader = image_loader(items, transform, batch_size=batch_size, workers=workers, pin_memory=device.type == "cuda")
     chunks, labels, indices, failed = [], [], [], []
     forward = None
-    with torch.inference_mode(), autocast(precision):
+    with torch.inference_mode(), autocast(precision, device.type):
         for images, batch_labels, batch_indices, batch_failed in tqdm(loader, desc=desc, leave=False, unit="batch",
-                                                                      disable=None):
+                                                                      disable=None if distributed.is_main() else True):
             failed += [str(items[i][0]) for i in batch_failed]
             if len(images):
-                images = (images.flip(-1) if mirror else images).contiguous(memory_format=torch.channels_last)
+                images = to_device(images.flip(-1) if mirror else images, device)
+                images = images.contiguous(memory_format=torch.channels_last)
                 forward = forward or frozen_forward(module, images, precision, runtime, name)
-                chunks.append(forward(images).to(store_dtype))
+                chunks.append(forward(images).to(store_dtype).cpu())
                 labels.append(batch_labels)
                 indices.append(batch_indices)
-    if not chunks:
-        raise DataError(f"none of the {len(items)} images of {desc} could be read")
-    return Features(torch.cat(chunks), torch.cat(labels), torch.cat(indices), failed, False)
+    empty = torch.empty(0, dtype=torch.long)
+    return Features(torch.cat(chunks) if chunks else torch.empty(0, dtype=store_dtype),
+                    torch.cat(labels) if labels else empty, torch.cat(indices) if indices else empty, failed, False)

@@ -20,6 +20,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from showdown.errors import one_line
+
 ONNX_OPSET = 17
 
 
@@ -40,11 +42,6 @@ def onnx_graph(model: nn.Module, example: torch.Tensor, path: Path, output: str 
                               dynamic_axes={"image": {0: "batch"}, output: {0: "batch"}})
     except Exception as exc:  # the exporter raises many types; each means "this model cannot be expressed"
         raise OnnxExportError(one_line(exc)) from exc
-
-
-def one_line(exc: BaseException, limit: int = 200) -> str:
-    first = next((line.strip() for line in str(exc).splitlines() if line.strip()), "")
-    return f"{type(exc).__name__}: {first[:limit]}"
 
 
 @contextmanager

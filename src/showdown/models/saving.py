@@ -15,7 +15,7 @@ from showdown.models.small_cnn import SmallCNN
 
 def save_model(model: ImageClassifier, directory: Path, info: dict) -> None:
     """info: classes, backbone, timm_kwargs, weights_source, preprocessing, head (in_features, hidden, ...)."""
-    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}  # loads without a GPU
     with atomic_path(directory / "model.safetensors") as tmp:
         save_file(state, str(tmp), metadata={"format": "tl-showdown/1"})
     write_json(directory / "model.json", info)

@@ -214,6 +214,16 @@ def _gallery(record: EntryRecord) -> str:
     return f"<div class=gallery>{''.join(cards)}</div>"
 
 
+def _device_text(env: dict) -> str:
+    """What trained it: the device (GPU name, memory, CUDA and driver versions) and the torchrun processes."""
+    device = env.get("device") or {"type": "cuda" if env.get("cuda") else "cpu"}  # runs recorded before --device
+    text = device.get("name") or device["type"]
+    if device["type"] == "cuda":
+        text = f"{text}, {device.get('memory_gb')} GB, CUDA {device.get('cuda')}, driver {device.get('driver')}"
+    processes = env.get("processes", 1)
+    return f"{device['type']}: {text}" + (f"; {processes} processes (torchrun)" if processes > 1 else "")
+
+
 def _reproduce(record: EntryRecord) -> str:
     e = html.escape
     env = record.environment
@@ -221,7 +231,7 @@ def _reproduce(record: EntryRecord) -> str:
     facts = [["run", record.run], ["seed", record.seed], ["precision", env.get("precision")],
              ["frozen layers run by", env.get("runtime", "torch")],
              ["CPU", f"{env.get('cpu')} ({env.get('cpu_count')} cores, {env.get('torch_threads')} torch threads)"],
-             ["GPU", "CUDA" if env.get("cuda") else "none"], ["platform", env.get("platform")],
+             ["device", _device_text(env)], ["platform", env.get("platform")],
              ["Python", env.get("python")], ["packages", packages],
              ["data", f"{record.dataset.get('name')} ({record.dataset.get('root')}), fingerprint "
                       f"{record.dataset.get('fingerprint')}, split {record.dataset.get('split')}"],

@@ -1,56 +1,97 @@
 """What the training loop iterates over: (inputs, targets) batches from cached tensors (features or boundary
-activations, optionally mixed with their mirror images) or from decoded images."""
+activations, optionally mixed with their mirror images) or from decoded images.
+
+Training batches are drawn in DistributedSampler order (seeded, `set_epoch` every epoch). With `split` (data
+parallel under torchrun) each process takes its share of every global batch of --batch-size; a single process
+takes the whole batch, so the global batches are the same for any number of processes. Evaluation batches
+with `split` are this process's contiguous shard, without padding (distributed.shard).
+"""
 from __future__ import annotations
 
 import torch
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
+from showdown import distributed
 from showdown.config.run_config import RunConfig
 from showdown.data.images import eval_transform, image_loader, train_transform
 from showdown.frozen.feature_cache import FEATURE_BATCH
 
 
-def feature_batches(features, batch_size: int, *, shuffle: bool = False) -> DataLoader:
-    """Shuffled from the global RNG, which `fit` seeds at every epoch."""
-    return DataLoader(TensorDataset(features.features, features.labels), batch_size=batch_size, shuffle=shuffle)
+def feature_batches(features, batch_size: int) -> DataLoader:
+    """Cached tensors in order, whole on every process (evaluation, and validation of a phase that every
+    process runs alike)."""
+    return DataLoader(TensorDataset(features.features, features.labels), batch_size=batch_size)
 
 
-class MirrorBatches:
-    """Shuffled training batches in which every image appears as itself or as its mirror image, by a coin per
-    image and epoch: the `flip` augmentation on cached features or boundary activations (both computed once).
-    Drawn from the global RNG, which `fit` seeds at every epoch."""
+def training_sampler(n: int, seed: int, split: bool) -> DistributedSampler:
+    """The shuffled order of n training items: the same global order for any number of processes."""
+    replicas, rank = (distributed.world_size(), distributed.rank()) if split else (1, 0)
+    return DistributedSampler(range(n), num_replicas=replicas, rank=rank, shuffle=True, seed=seed)
 
-    def __init__(self, plain, mirrored, batch_size: int):
-        if not torch.equal(plain.indices, mirrored.indices):
+
+class TensorBatches:
+    """Shuffled training batches of cached tensors. With `mirrored`, every image appears as itself or as its
+    mirror image, by a coin per image and epoch: the `flip` augmentation on cached features or boundary
+    activations (both computed once). The coins are seeded by (seed, epoch) like the order: the same on every
+    process."""
+
+    def __init__(self, plain, batch_size: int, *, mirrored=None, seed: int = 0, split: bool = False):
+        if mirrored is not None and not torch.equal(plain.indices, mirrored.indices):
             raise RuntimeError("plain and mirrored images differ")  # both skip the same unreadable files
-        self.plain, self.mirrored, self.labels = plain.features, mirrored.features, plain.labels
-        self.batch_size = batch_size
+        self.plain, self.labels = plain.features, plain.labels
+        self.mirrored = mirrored.features if mirrored is not None else None
+        self.sampler = training_sampler(len(self.labels), seed, split)
+        self.batch_size = distributed.per_rank_batch(batch_size) if split else batch_size
+        self.seed, self.epoch = seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.sampler.set_epoch(epoch)
+        self.epoch = epoch
 
     def __len__(self) -> int:
-        return -(-len(self.labels) // self.batch_size)
+        return -(-len(self.sampler) // self.batch_size)
 
     def __iter__(self):
-        order = torch.randperm(len(self.labels))
-        mirror = torch.rand(len(self.labels)) < 0.5
+        order = torch.tensor(list(self.sampler))
+        coins = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        mirror = torch.rand(len(self.labels), generator=coins) < 0.5 if self.mirrored is not None else None
         for batch in order.split(self.batch_size):
-            pick = mirror[batch].view(-1, *[1] * (self.plain.dim() - 1))
-            yield torch.where(pick, self.mirrored[batch], self.plain[batch]), self.labels[batch]
+            inputs = self.plain[batch]
+            if mirror is not None:
+                pick = mirror[batch].view(-1, *[1] * (self.plain.dim() - 1))
+                inputs = torch.where(pick, self.mirrored[batch], inputs)
+            yield inputs, self.labels[batch]
 
 
-def cached_train_batches(cached: dict, batch_size: int):
+def cached_train_batches(cached: dict, batch_size: int, seed: int = 0, *, split: bool = False) -> TensorBatches:
     """Training batches from cached tensors per split, mirrored half the time when "train_mirrored" is there."""
-    if "train_mirrored" in cached:
-        return MirrorBatches(cached["train"], cached["train_mirrored"], batch_size)
-    return feature_batches(cached["train"], batch_size, shuffle=True)
+    return TensorBatches(cached["train"], batch_size, mirrored=cached.get("train_mirrored"), seed=seed, split=split)
+
+
+def sharded_batches(features, batch_size: int) -> DataLoader:
+    """This process's contiguous shard of cached tensors, in order (a data-parallel phase's validation)."""
+    part = distributed.shard(len(features.labels))
+    return DataLoader(TensorDataset(features.features[part], features.labels[part]), batch_size=batch_size)
 
 
 class ImageBatches:
     """(inputs, targets) batches from an image loader, whose batches also carry indices and failures.
-    `readable` lists, after a pass, the item indices of the images it yielded (unreadable files are skipped)."""
+    `readable` lists, after a pass, the item indices of the images it yielded (unreadable files are skipped);
+    `offset` is where this process's shard starts in the split."""
 
-    def __init__(self, loader):
+    def __init__(self, loader, offset: int = 0, seed: int = 0):
         self.loader = loader
+        self.offset = offset
+        self.seed = seed
         self.readable: list[int] = []
+
+    def set_epoch(self, epoch: int) -> None:
+        """The epoch's order, and the seed of its random augmentations: (seed, epoch, process), so epochs and
+        processes differ and a resumed epoch repeats itself."""
+        if isinstance(self.loader.sampler, DistributedSampler):
+            self.loader.sampler.set_epoch(epoch)
+        if self.loader.generator is not None:
+            self.loader.generator.manual_seed(hash((self.seed, epoch, distributed.rank())))
 
     def __len__(self) -> int:
         return len(self.loader)
@@ -59,11 +100,21 @@ class ImageBatches:
         self.readable = []
         for images, labels, indices, _ in self.loader:
             if len(images):
-                self.readable += indices.tolist()
+                self.readable += (indices + self.offset).tolist()
                 yield images.contiguous(memory_format=torch.channels_last), labels
 
 
-def image_batches(items, preprocessing, config: RunConfig, *, train: bool) -> ImageBatches:
-    transform = train_transform(preprocessing, config.augment) if train else eval_transform(preprocessing)
-    return ImageBatches(image_loader(items, transform, batch_size=config.batch_size if train else FEATURE_BATCH,
-                                     workers=config.workers, shuffle=train))
+def image_batches(items, preprocessing, config: RunConfig, *, train: bool, split: bool = False,
+                  pin_memory: bool = False) -> ImageBatches:
+    """Training batches (shuffled; with `split` this process's share of each global batch) or evaluation batches
+    (in order; with `split` this process's shard)."""
+    workers = config.worker_count
+    if train:
+        transform = train_transform(preprocessing, config.augment)
+        batch = distributed.per_rank_batch(config.batch_size) if split else config.batch_size
+        return ImageBatches(image_loader(items, transform, batch_size=batch, workers=workers, pin_memory=pin_memory,
+                                         sampler=training_sampler(len(items), config.seed, split),
+                                         generator=torch.Generator()), seed=config.seed)
+    part = distributed.shard(len(items)) if split else slice(0, len(items))
+    return ImageBatches(image_loader(items[part], eval_transform(preprocessing), batch_size=FEATURE_BATCH,
+                                     workers=workers, pin_memory=pin_memory), part.start)

@@ -1,6 +1,8 @@
 """One training loop for every strategy: seeded, early stopping on validation loss, best weights restored."""
 from __future__ import annotations
 
+import itertools
+import logging
 import math
 import time
 from dataclasses import dataclass
@@ -11,8 +13,13 @@ from timm.data import Mixup
 from timm.loss import SoftTargetCrossEntropy
 from torch import nn
 
-from showdown.precision import autocast
+from showdown import distributed
+from showdown.device import CPU, to_device
+from showdown.errors import one_line
+from showdown.precision import autocast, grad_scaler
 from showdown.training.checkpoint import load_checkpoint, save_checkpoint
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -29,6 +36,7 @@ class TrainSettings:
     grad_clip: float | None = None
     seed: int = 0
     mixup: bool = False  # mixup/cutmix on image batches (the `strong` augmentation)
+    compile: bool = False  # torch.compile the training forward (--compile)
 
 
 def make_optimizer(params, settings: TrainSettings) -> torch.optim.Optimizer:
@@ -51,45 +59,67 @@ def make_scheduler(optimizer, settings: TrainSettings, steps_per_epoch: int):
     return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor=0.2, patience=patience), False
 
 
-def run_epoch(model: nn.Module, batches, loss_fn, optimizer=None, scheduler=None, precision: str = "fp32",
-              grad_clip: float | None = None, mix=None):
+def run_epoch(model, batches, loss_fn, optimizer=None, scheduler=None, precision: str = "fp32",
+              grad_clip: float | None = None, mix=None, *, device: torch.device | None = None, scaler=None,
+              reduce: bool = False):
     """Mean loss and accuracy over one pass; trains when an optimizer is given.
 
-    `mix` (a timm Mixup) blends pairs of training images, and `loss_fn` then takes its soft targets.
+    `mix` (a timm Mixup) blends pairs of training images, and `loss_fn` then takes its soft targets. Batches are
+    moved to `device` (default: the model's); the loss is computed in fp32 from logits under the precision's
+    autocast, with `scaler` (fp16) scaling the gradients. With `reduce` the totals are summed over the processes
+    of a data-parallel run, so every process sees the same figures.
     """
-    total_loss, correct, seen = 0.0, 0, 0
+    device = device or _device_of(model)
+    scaler = scaler or grad_scaler("fp32")
+    total_loss = torch.zeros((), dtype=torch.float64, device=device)
+    correct = torch.zeros((), dtype=torch.long, device=device)
+    seen = 0
     for inputs, targets in batches:
+        inputs, targets = to_device(inputs, device), targets.to(device, non_blocking=True)
         if optimizer is not None:
             soft = targets
             if mix is not None and len(targets) % 2 == 0:  # timm mixes pairs: an odd last batch stays unmixed
                 inputs, soft = mix(inputs, targets)
             elif mix is not None:
                 soft = nn.functional.one_hot(targets, mix.num_classes).float()
-            with autocast(precision):
+            with autocast(precision, device.type):
                 logits = model(inputs)
             loss = loss_fn(logits.float(), soft)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            scaler.scale(loss).backward()
             if grad_clip:
+                scaler.unscale_(optimizer)
                 nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], grad_clip)
-            optimizer.step()
+            scaler.step(optimizer)
+            scaler.update()
             if scheduler is not None:
                 scheduler.step()
         else:
-            with torch.inference_mode(), autocast(precision):
+            with torch.inference_mode(), autocast(precision, device.type):
                 logits = model(inputs).float()
                 loss = loss_fn(logits, targets)
-        total_loss += float(loss.detach()) * len(targets)
-        correct += int((logits.argmax(1) == targets).sum())
+        total_loss += loss.detach().double() * len(targets)  # summed on the device: no sync per batch
+        correct += (logits.argmax(1) == targets).sum()
         seen += len(targets)
-    return total_loss / max(seen, 1), correct / max(seen, 1)
+    totals = [float(total_loss), float(correct), float(seen)]
+    if reduce:
+        totals = distributed.all_sum(totals)
+    return totals[0] / max(totals[2], 1), totals[1] / max(totals[2], 1)
+
+
+def _device_of(model) -> torch.device:
+    tensor = next(itertools.chain(model.parameters(), model.buffers()), None)
+    return tensor.device if tensor is not None else CPU
 
 
 def seed_epoch(seed: int, epoch: int) -> None:
-    """Every epoch starts from its own seed, so shuffling, dropout and mixing of epoch N do not depend on the
-    epochs before it: a resumed run repeats an uninterrupted one exactly."""
-    torch.manual_seed(seed * 100_003 + epoch)
-    np.random.seed((seed * 100_003 + epoch) % 2**32)
+    """Every epoch starts from its own seed, so dropout and mixing of epoch N do not depend on the epochs before
+    it: a resumed run repeats an uninterrupted one exactly. Under torchrun each process draws its own dropout
+    masks for its share of the batch (the same masks on every process would correlate the shares); the order of
+    the batches comes from the samplers' own seeds, the same on every process."""
+    offset = 7919 * distributed.rank()
+    torch.manual_seed(seed * 100_003 + epoch + offset)
+    np.random.seed((seed * 100_003 + epoch + offset) % 2**32)
 
 
 def _loss_functions(settings: TrainSettings, class_weights, num_classes: int | None):
@@ -109,44 +139,62 @@ def _snapshot(model: nn.Module) -> dict:
 
 def fit(model: nn.Module, train_batches, val_batches, settings: TrainSettings, *, phase: str = "head",
         params=None, class_weights: torch.Tensor | None = None, keep_eval: list[nn.Module] = (),
-        checkpoint=None, num_classes: int | None = None, keep_start: bool = False, on_epoch=None) -> list[dict]:
+        checkpoint=None, num_classes: int | None = None, keep_start: bool = False, on_epoch=None,
+        parallel: bool = False) -> list[dict]:
     """Train `model` in place and restore its best-validation-loss weights; returns the epoch history.
 
-    `train_batches` / `val_batches` are re-iterable sources of (inputs, targets); `params` are parameters or
-    optimizer groups (default: every parameter that requires grad); `keep_eval` modules (frozen batch norms)
-    stay in inference mode while the rest trains. With `checkpoint` (a path), the state after every epoch is
-    saved there and an existing checkpoint is resumed from. With `keep_start` the weights as they come in count
-    as the first candidate (a fine-tuning phase that never beats the head it starts from gives that head back).
-    `on_epoch(best_val_loss)` is called after every epoch (a hyper-parameter search prunes a trial from it).
+    `train_batches` / `val_batches` are re-iterable sources of (inputs, targets), on the CPU (each batch is moved
+    to the model's device); `params` are parameters or optimizer groups (default: every parameter that requires
+    grad); `keep_eval` modules (frozen batch norms) stay in inference mode while the rest trains. With
+    `checkpoint` (a path), the state after every epoch is saved there and an existing checkpoint is resumed from.
+    With `keep_start` the weights as they come in count as the first candidate (a fine-tuning phase that never
+    beats the head it starts from gives that head back). `on_epoch(best_val_loss)` is called after every epoch
+    (a hyper-parameter search prunes a trial from it).
+
+    `parallel`: under torchrun the batches are this process's shares and the model trains as one
+    DistributedDataParallel model (gradients averaged, weights identical on every process); losses and
+    accuracies are summed over the processes. Only rank 0 writes the checkpoint.
     """
+    device = _device_of(model)
+    parallel = parallel and distributed.active()
+    if parallel:
+        model, keep_eval = _sync_batchnorm(model, keep_eval, device)
     params = [p for p in model.parameters() if p.requires_grad] if params is None else params
     optimizer = make_optimizer(params, settings)
     scheduler, per_batch = make_scheduler(optimizer, settings, len(train_batches))
+    scaler = grad_scaler(settings.precision, device.type)
     train_loss_fn, mix = _loss_functions(settings, class_weights, num_classes)
+    train_loss_fn = train_loss_fn.to(device)
     val_loss_fn = nn.CrossEntropyLoss()
     state = {"epoch": 0, "best_loss": math.inf, "best_state": None, "since_best": 0, "history": [], "done": False}
-    if checkpoint is not None and checkpoint.is_file():
+    resume = checkpoint is not None and checkpoint.is_file()
+    distributed.barrier()  # every process has looked for the checkpoint before rank 0 writes one
+    passes = {"precision": settings.precision, "device": device, "reduce": parallel}
+    if resume:
         state = load_checkpoint(checkpoint, model, optimizer, scheduler)
     elif keep_start:
         model.eval()
-        state["best_loss"], _ = run_epoch(model, val_batches, val_loss_fn, precision=settings.precision)
+        state["best_loss"], _ = run_epoch(model, val_batches, val_loss_fn, **passes)
         state["best_state"] = _snapshot(model)
+    net = _compiled(_data_parallel(model, device) if parallel else model, settings.compile)
     best_loss, best_state, since_best = state["best_loss"], state["best_state"], state["since_best"]
     history = state["history"]
     for epoch in range(state["epoch"] + 1, settings.epochs + 1):
         if state["done"]:
             break
         seed_epoch(settings.seed, epoch)
+        if hasattr(train_batches, "set_epoch"):  # the DistributedSampler's order of this epoch
+            train_batches.set_epoch(epoch)
         start = time.perf_counter()
         model.train()
         for module in keep_eval:
             module.eval()
         lr = optimizer.param_groups[0]["lr"]
-        train_loss, train_acc = run_epoch(model, train_batches, train_loss_fn, optimizer,
-                                          scheduler if per_batch else None, settings.precision, settings.grad_clip,
-                                          mix)
+        train_loss, train_acc = run_epoch(net, train_batches, train_loss_fn, optimizer,
+                                          scheduler if per_batch else None, grad_clip=settings.grad_clip, mix=mix,
+                                          scaler=scaler, **passes)
         model.eval()
-        val_loss, val_acc = run_epoch(model, val_batches, val_loss_fn, precision=settings.precision)
+        val_loss, val_acc = run_epoch(model, val_batches, val_loss_fn, **passes)
         if not per_batch:
             scheduler.step(val_loss) if settings.schedule == "plateau" else scheduler.step()
         history.append({"phase": phase, "epoch": epoch, "lr": lr, "train_loss": train_loss, "train_acc": train_acc,
@@ -157,7 +205,7 @@ def fit(model: nn.Module, train_batches, val_batches, settings: TrainSettings, *
         else:
             since_best += 1
         stop = since_best >= settings.patience
-        if checkpoint is not None:
+        if checkpoint is not None and distributed.is_main():
             save_checkpoint(checkpoint, model, optimizer, scheduler, {
                 "epoch": epoch, "best_loss": best_loss, "best_state": best_state, "since_best": since_best,
                 "history": history, "done": stop})
@@ -169,3 +217,59 @@ def fit(model: nn.Module, train_batches, val_batches, settings: TrainSettings, *
         model.load_state_dict(best_state, strict=False)
     model.eval()
     return history
+
+
+def _data_parallel(model: nn.Module, device: torch.device) -> nn.Module:
+    """The model as one DistributedDataParallel model: rank 0's weights to all, gradients averaged."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+
+_notes: set[str] = set()
+
+
+def _note_once(message: str) -> None:
+    if message not in _notes and distributed.is_main():
+        _notes.add(message)
+        log.warning(message)
+
+
+def _sync_batchnorm(model: nn.Module, keep_eval, device: torch.device):
+    """Batch norm that trains computes its statistics over the global batch (SyncBatchNorm) on CUDA; PyTorch has
+    no SyncBatchNorm on the CPU, where each process normalises its own share of the batch."""
+    training = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
+                and not any(m is k for k in keep_eval)]
+    if not training:
+        return model, keep_eval
+    if device.type != "cuda":
+        _note_once("data parallel on the CPU: batch norm that trains uses each process's share of the batch "
+                   "(PyTorch has SyncBatchNorm only on CUDA)")
+        return model, keep_eval
+    from timm.layers import convert_sync_batchnorm
+
+    kept = {id(m.weight) for m in keep_eval if getattr(m, "weight", None) is not None}
+    model = convert_sync_batchnorm(model)  # new modules holding the same parameters: find the kept ones again
+    keep = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
+            and getattr(m, "weight", None) is not None and id(m.weight) in kept]
+    return model, keep
+
+
+class _CompiledOrEager:
+    """torch.compile of the training forward; where compiling fails, one log line and the eager model."""
+
+    def __init__(self, net):
+        self.eager, self.compiled = net, torch.compile(net)
+
+    def __call__(self, inputs):
+        if self.compiled is not None:
+            try:
+                return self.compiled(inputs)
+            except Exception as exc:  # any compiler failure only costs speed
+                _note_once(f"--compile: torch.compile failed ({one_line(exc)}); training eagerly")
+                self.compiled = None
+        return self.eager(inputs)
+
+
+def _compiled(net, compile: bool):
+    return _CompiledOrEager(net) if compile else net

@@ -1,0 +1,95 @@
+"""Which device a run computes on (`--device auto|cpu|cuda|cuda:N|mps`), and what is known about it.
+
+`auto` is CUDA when available, else Apple's MPS, else the CPU. Under torchrun every process of a machine takes
+the GPU of its LOCAL_RANK. Asking for a device that is not there is a one-line ConfigError naming what was found.
+"""
+from __future__ import annotations
+
+import os
+import platform
+
+import torch
+
+from showdown.errors import ConfigError
+
+DEVICE_HELP = "auto (CUDA, else Apple MPS, else CPU), cpu, cuda, cuda:N or mps"
+CPU = torch.device("cpu")
+
+
+def _mps_available() -> bool:
+    return bool(getattr(torch.backends, "mps", None) and torch.backends.mps.is_available())
+
+
+def _local_rank() -> int:
+    return int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def _cuda_found() -> str:
+    if torch.version.cuda is None:
+        return f"this torch ({torch.__version__}) is built without CUDA"
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    note = f", CUDA_VISIBLE_DEVICES={visible!r}" if visible is not None else ""
+    return f"torch {torch.__version__} sees {torch.cuda.device_count()} CUDA device(s){note}"
+
+
+def resolve_device(requested: str = "auto") -> torch.device:
+    """The torch.device `requested` means on this machine (and, under torchrun, for this process)."""
+    requested = (requested or "auto").strip().lower()
+    if requested == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda", _local_rank() % torch.cuda.device_count())
+        return torch.device("mps") if _mps_available() else torch.device("cpu")
+    if requested == "cpu":
+        return torch.device("cpu")
+    if requested == "mps":
+        if not _mps_available():
+            found = "a CUDA GPU: use --device cuda" if torch.cuda.is_available() else "the CPU only: use --device cpu"
+            raise ConfigError(f"--device mps: no Apple MPS device here; found {found}")
+        return torch.device("mps")
+    kind, _, index = requested.partition(":")
+    if kind != "cuda" or (index and not index.isdigit()):
+        raise ConfigError(f"--device '{requested}' is not understood; use {DEVICE_HELP}")
+    if not torch.cuda.is_available():
+        raise ConfigError(f"--device {requested}: no CUDA device found ({_cuda_found()}); use --device cpu or auto")
+    count = torch.cuda.device_count()
+    if index and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise ConfigError(f"--device {requested} under torchrun: use --device cuda, and each process takes the GPU "
+                          "of its LOCAL_RANK (CUDA_VISIBLE_DEVICES picks which ones)")
+    number = int(index) if index else _local_rank()
+    if number >= count:
+        raise ConfigError(f"--device cuda:{number}: only {count} CUDA device(s) here (cuda:0 to cuda:{count - 1})")
+    return torch.device("cuda", number)
+
+
+def device_facts(device: torch.device) -> dict:
+    """Name, memory and versions of the device, for environment.json and the report."""
+    if device.type == "cuda":
+        props = torch.cuda.get_device_properties(device)
+        return {"type": "cuda", "name": props.name, "memory_gb": round(props.total_memory / 2**30, 1),
+                "capability": f"{props.major}.{props.minor}", "cuda": torch.version.cuda,
+                "driver": _cuda_driver(), "count": torch.cuda.device_count()}
+    if device.type == "mps":
+        return {"type": "mps", "name": f"Apple {platform.machine()} (MPS)", "macos": platform.mac_ver()[0]}
+    return {"type": "cpu", "name": platform.processor() or platform.machine(), "cores": os.cpu_count()}
+
+
+def _cuda_driver() -> str | None:
+    try:  # the driver's CUDA version, e.g. 12080 -> "12.8"
+        number = torch._C._cuda_getDriverVersion()
+        return f"{number // 1000}.{number % 1000 // 10}"
+    except (AttributeError, RuntimeError):
+        return None
+
+
+def describe(device: torch.device) -> str:
+    facts = device_facts(device)
+    if facts["type"] == "cuda":
+        return f"{device} ({facts['name']}, {facts['memory_gb']} GB)"
+    return f"{device} ({facts['name']})"
+
+
+def to_device(value, device: torch.device):
+    """A tensor, or a tuple of tensors, on `device` (non-blocking from pinned memory on CUDA)."""
+    if isinstance(value, tuple):
+        return tuple(to_device(v, device) for v in value)
+    return value.to(device, non_blocking=True)
