@@ -122,3 +122,20 @@ def test_a_file_pretending_to_be_a_model_is_refused(tmp_path):
     (tmp_path / "fake.onnx").write_bytes(b"\x00\x01 not a model")
     result = _cli("predict", str(tmp_path / "fake.onnx"), str(tmp_path))
     assert result.returncode == 2 and "is not a valid ONNX model" in result.stderr
+
+
+def test_predict_on_an_explicit_device_gives_the_same_probabilities(trained):
+    """--device cpu everywhere; on a machine with CUDA the GPU's probabilities match the CPU's."""
+    run_dir, data = trained
+    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    results = {}
+    for device in devices:
+        result = _cli("predict", str(run_dir), str(data / "roses"), "--format", "json", "--device", device)
+        assert result.returncode == 0, result.stderr
+        results[device] = json.loads(result.stdout)
+    assert len(results["cpu"]) == 50
+    for device, rows in results.items():
+        for row, reference in zip(rows, results["cpu"]):
+            assert row["predictions"][0]["class"] == reference["predictions"][0]["class"], device
+            assert row["predictions"][0]["probability"] == pytest.approx(reference["predictions"][0]["probability"],
+                                                                          abs=1e-3)

@@ -137,8 +137,6 @@ def bench_models(models: list[str], config: RunConfig, run_dir: Path, *, precisi
     """Measure every model on config.device; bench.csv and bench.json land in `run_dir`."""
     device = resolve_device(config.device)
     precisions = precisions or default_precisions(device)
-    for precision in precisions:
-        resolve_precision(precision, device)  # fp16 on the CPU is a one-line error
     rows = []
     for name in models:
         backbone = load_backbone(name, weights_file=config.weights.get(name), weights_dir=config.weights_dir,
@@ -168,8 +166,10 @@ def run_bench(args) -> list[dict]:
     config = RunConfig(models=models, weights_dir=args.weights_dir, allow_random_init=args.allow_random_init,
                        image_size=args.image_size, out=args.out, device=args.device).validate()
     device = resolve_device(config.device)
-    run_dir = new_run_dir(config.out, "bench")
     precisions = tuple(args.precisions or default_precisions(device))
+    for precision in precisions:
+        resolve_precision(precision, device)  # fp16 on the CPU is a one-line error
+    run_dir = new_run_dir(config.out, "bench")
     rows = bench_models(models, config, run_dir, precisions=precisions, onnx=args.onnx, repeats=args.repeats)
     print(f"run folder: {run_dir}")
     return rows

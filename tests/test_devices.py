@@ -1,0 +1,116 @@
+"""--device, --precision on accelerators and --compile: what is chosen, what is refused in one line, and what a
+GPU run must produce. Tests that need CUDA skip, with their reason, on machines without it."""
+import json
+import logging
+import subprocess
+import sys
+
+import pytest
+import torch
+from torch import nn
+
+from showdown.device import device_facts, resolve_device
+from showdown.errors import ConfigError
+from showdown.frozen.engines import resolve_runtime
+from showdown.precision import grad_scaler, resolve_precision
+from showdown.training.loop import TrainSettings, fit
+
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (none on this machine)")
+CPU = torch.device("cpu")
+
+
+def _cli(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "showdown", *args], capture_output=True, text=True, timeout=600,
+                          cwd=cwd)
+
+
+def test_cpu_is_what_auto_and_cpu_mean_here_and_missing_devices_are_named():
+    assert resolve_device("cpu") == CPU
+    if not torch.cuda.is_available():
+        assert resolve_device("auto").type in ("cpu", "mps")
+        for requested in ("cuda", "cuda:1"):
+            with pytest.raises(ConfigError, match=r"no CUDA device found \(torch .* (sees 0 CUDA|without CUDA)"):
+                resolve_device(requested)
+    with pytest.raises(ConfigError, match="'gpu7' is not understood"):
+        resolve_device("gpu7")
+    assert device_facts(CPU)["type"] == "cpu" and device_facts(CPU)["cores"] >= 1
+
+
+def test_precision_and_engine_follow_the_device():
+    assert resolve_precision("auto", CPU) in ("fp32", "bf16")
+    assert resolve_precision("fp32", CPU) == "fp32"
+    with pytest.raises(ConfigError, match="fp16 needs a GPU"):
+        resolve_precision("fp16", CPU)
+    gpu = torch.device("cuda", 0)  # only the type is read: no GPU is touched
+    assert resolve_runtime("auto", "bf16", "cuda") == "torch"  # ONNX Runtime and OpenVINO are CPU engines
+    with pytest.raises(ConfigError, match="--runtime onnxruntime runs on the CPU"):
+        resolve_runtime("onnxruntime", "fp32", gpu.type)
+    assert grad_scaler("fp16", "cpu").is_enabled() and not grad_scaler("bf16", "cpu").is_enabled()
+
+
+def _head_fit(compile: bool) -> tuple[nn.Module, list[dict]]:
+    torch.manual_seed(0)
+    features, labels = torch.randn(96, 16), torch.randint(0, 3, (96,))
+    batches = [(features[i:i + 32], labels[i:i + 32]) for i in range(0, 96, 32)]
+    head = nn.Sequential(nn.Linear(16, 3))
+    history = fit(head, batches, batches, TrainSettings(epochs=3, lr=0.05, patience=10, compile=compile))
+    return head, history
+
+
+def test_compile_trains_what_eager_trains():
+    eager_head, eager = _head_fit(compile=False)
+    compiled_head, compiled = _head_fit(compile=True)
+    assert [round(h["val_loss"], 4) for h in compiled] == [round(h["val_loss"], 4) for h in eager]
+    torch.testing.assert_close(compiled_head[0].weight, eager_head[0].weight, atol=1e-5, rtol=1e-5)
+
+
+def test_a_compile_failure_is_one_log_line_and_training_goes_on_eagerly(monkeypatch, caplog):
+    def broken(net):
+        def run(*_):
+            raise RuntimeError("no C++ compiler found\nsecond line of a long compiler dump")
+        return run
+    monkeypatch.setattr(torch, "compile", broken)
+    with caplog.at_level(logging.WARNING):
+        _, history = _head_fit(compile=True)
+        _head_fit(compile=True)  # a second model: the note is not repeated
+    notes = [r.getMessage() for r in caplog.records if "--compile" in r.getMessage()]
+    assert notes == ["--compile: torch.compile failed (RuntimeError: no C++ compiler found); training eagerly"]
+    assert len(history) == 3 and history[-1]["train_loss"] < history[0]["train_loss"]
+
+
+def test_bench_on_an_explicit_cpu_device(tmp_path):
+    result = _cli("bench", "--device", "cpu", "--models", "efficientnet_lite0", "--image-size", "64", "--repeats",
+                  "2", "--no-onnx", "--precision", "fp32", "--out", str(tmp_path / "bench"))
+    assert result.returncode == 0, result.stderr
+    bench = json.loads((tmp_path / "bench" / "bench.json").read_text())
+    assert bench["machine"]["device"]["type"] == "cpu"
+    assert [(r["device"], r["runtime"], r["precision"]) for r in bench["rows"]] == [("cpu", "torch", "fp32")]
+    assert bench["rows"][0]["throughput_ips"] > 0 and "device: cpu" in result.stdout
+
+
+@needs_cuda
+def test_a_showdown_on_the_gpu_trains_every_strategy_and_predicts_on_the_cpu(tmp_path):
+    from showdown.models.saving import load_model
+
+    result = _cli("run", "--data", "demo", "--models", "efficientnet_lite0", "--strategy", "head,finetune,scratch-cnn",
+                  "--image-size", "96", "--epochs", "3", "--device", "cuda", "--no-report", "--no-record",
+                  "--out", str(tmp_path / "run"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    environment = json.loads((tmp_path / "run" / "environment.json").read_text())
+    assert environment["device"]["type"] == "cuda" and environment["device"]["name"]
+    assert environment["precision"] == ("bf16" if torch.cuda.is_bf16_supported() else "fp16")
+    rows = json.loads((tmp_path / "run" / "summary.json").read_text())["rows"]
+    assert {r["strategy"] for r in rows} == {"head", "finetune", "scratch-cnn"}
+    assert all(r["accuracy"] > 0.3 for r in rows)  # 5 classes: chance is 0.2
+    model, _ = load_model(tmp_path / "run" / "efficientnet_lite0-head")  # saved from CPU copies
+    assert all(t.device.type == "cpu" for t in model.state_dict().values())
+
+
+@needs_cuda
+def test_bench_on_the_gpu_times_fp32_and_half_precision(tmp_path):
+    result = _cli("bench", "--device", "cuda", "--models", "efficientnet_lite0", "--repeats", "5",
+                  "--out", str(tmp_path / "bench"))
+    assert result.returncode == 0, result.stderr
+    rows = json.loads((tmp_path / "bench" / "bench.json").read_text())["rows"]
+    assert {r["precision"] for r in rows} >= {"fp32", "fp16"} and all(r["device"] == "cuda" for r in rows)
+    assert all(r["latency_ms"] > 0 and r["throughput_ips"] > 0 for r in rows)
