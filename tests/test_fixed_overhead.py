@@ -1,6 +1,9 @@
-"""What a cached re-run no longer pays for, with the outputs unchanged: figures drawn twice."""
+"""What a cached re-run no longer pays for, with the outputs unchanged: figures drawn twice, and every image
+read for the leakage check."""
 import base64
+import shutil
 
+from showdown.data import leakage, load_dataset
 from showdown.fileio import write_csv
 from showdown.reporting import plots
 from showdown.reporting.run_records import _read_csv
@@ -61,6 +64,30 @@ def test_report_embeds_the_entry_figures_as_written(tmp_path, demo_copy):
     entry = results.run_dir / results.rows[0]["folder"]
     for name in ("confusion.png", "curves.png"):
         assert base64.b64encode((entry / name).read_bytes()).decode() in html
+
+
+def test_leakage_reads_only_files_whose_size_another_file_has(tmp_path, demo_copy, monkeypatch):
+    root = tmp_path / "leaky"
+    for split in ("train", "test"):
+        for cls in ("daisy", "roses"):
+            (root / split / cls).mkdir(parents=True)
+    files = {cls: sorted((demo_copy / cls).iterdir()) for cls in ("daisy", "roses")}
+    for cls, paths in files.items():
+        for path in paths[:8]:
+            shutil.copy(path, root / "train" / cls / path.name)
+        for path in paths[8:]:
+            shutil.copy(path, root / "test" / cls / path.name)
+    copied = files["daisy"][0]
+    shutil.copy(copied, root / "test" / "daisy" / "renamed-copy.jpg")  # same bytes, other name
+    same_size = bytearray(copied.read_bytes())
+    same_size[-3] ^= 0xFF  # same size, other bytes: not a copy
+    (root / "test" / "roses" / "same-size.jpg").write_bytes(bytes(same_size))
+    read = []
+    content_hash = leakage.content_hash
+    monkeypatch.setattr(leakage, "content_hash", lambda path: read.append(path.name) or content_hash(path))
+    leaks = leakage.find_leaks(load_dataset(str(root)))
+    assert [leak["path"].rsplit("/", 1)[-1] for leak in leaks] == ["renamed-copy.jpg"]
+    assert sorted(read) == sorted([copied.name, "renamed-copy.jpg", "same-size.jpg"])
 
 
 def test_png_bytes_closes_the_figure():
