@@ -1,12 +1,16 @@
-"""What a cached re-run no longer pays for, with the outputs unchanged: figures drawn twice, and every image
-read for the leakage check."""
+"""What a cached re-run no longer pays for, with the outputs unchanged: figures drawn twice, every image read
+for the leakage check, and the garbage collector walking the imported libraries."""
 import base64
+import gc
 import shutil
+
+import pytest
 
 from showdown.data import leakage, load_dataset
 from showdown.fileio import write_csv
 from showdown.reporting import plots
 from showdown.reporting.run_records import _read_csv
+from showdown.startup import heavy_imports
 
 HISTORY = [{"phase": "head", "epoch": e, "lr": 1e-3, "train_loss": 1 / e, "train_acc": 0.5 + e / 10,
             "val_loss": 1.1 / e, "val_acc": 0.4 + e / 10, "seconds": 0.1 * e} for e in range(1, 4)]
@@ -88,6 +92,23 @@ def test_leakage_reads_only_files_whose_size_another_file_has(tmp_path, demo_cop
     leaks = leakage.find_leaks(load_dataset(str(root)))
     assert [leak["path"].rsplit("/", 1)[-1] for leak in leaks] == ["renamed-copy.jpg"]
     assert sorted(read) == sorted([copied.name, "renamed-copy.jpg", "same-size.jpg"])
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+def test_heavy_imports_leave_the_collector_as_they_found_it(enabled):
+    was = gc.isenabled()
+    try:
+        gc.enable() if enabled else gc.disable()
+        with heavy_imports():
+            assert not gc.isenabled()
+            import showdown.reporting.tables  # noqa: F401
+        assert gc.isenabled() == enabled
+        assert gc.get_freeze_count() > 0
+        with pytest.raises(ImportError), heavy_imports():
+            import showdown.no_such_module  # noqa: F401
+        assert gc.isenabled() == enabled
+    finally:
+        gc.enable() if was else gc.disable()
 
 
 def test_png_bytes_closes_the_figure():
