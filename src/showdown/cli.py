@@ -9,6 +9,7 @@ from showdown.config.options import add_flags, definitions, flag_type, read_valu
 from showdown.config.presets import QUICK, load_preset
 from showdown.config.run_config import RunConfig, read_config_file
 from showdown.errors import ConfigError, ShowdownError
+from showdown.startup import heavy_imports
 
 DEVICE_HELP = definitions(RunConfig)["device"][1].help  # the same words as `showdown run --help`
 
@@ -117,8 +118,9 @@ def _weights_map(entries: list[str], models: list[str]) -> dict[str, str]:
 
 def cmd_run(args) -> int:
     config = None if hasattr(args, "resume") else config_from_args(args).validate()  # before the heavy imports
-    from showdown import distributed
-    from showdown.experiment.runner import resume_run, run
+    with heavy_imports():
+        from showdown import distributed
+        from showdown.experiment.runner import resume_run, run
 
     try:
         if config is None:
@@ -131,7 +133,8 @@ def cmd_run(args) -> int:
 
 
 def cmd_predict(args) -> int:
-    from showdown.deploy.predict_output import write_predictions
+    with heavy_imports():
+        from showdown.deploy.predict_output import write_predictions
 
     write_predictions(args.model, args.inputs, model_name=args.model_name, top_k=args.top_k, fmt=args.format,
                       output=args.output, batch_size=args.batch_size, workers=args.workers, device=args.device)
@@ -139,7 +142,8 @@ def cmd_predict(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from showdown.deploy.export import export_model
+    with heavy_imports():
+        from showdown.deploy.export import export_model
 
     path = export_model(args.model, args.format, args.output, args.model_name, args.quantize)
     print(f"exported {path}")
@@ -147,7 +151,8 @@ def cmd_export(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from showdown.reporting.report import report_run
+    with heavy_imports():
+        from showdown.reporting.report import report_run
 
     html_path, md_path = report_run(args.run_dir)
     print(f"report: {html_path}\nsummary: {md_path}")
@@ -184,7 +189,8 @@ def cmd_runs(args) -> int:
 
 
 def cmd_bench(args) -> int:
-    from showdown.reporting.bench import run_bench
+    with heavy_imports():
+        from showdown.reporting.bench import run_bench
 
     run_bench(args)
     return 0

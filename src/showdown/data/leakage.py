@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+from collections import Counter
 from pathlib import Path
 
 from showdown.data.folder import SPLITS, DatasetSpec
@@ -19,12 +20,24 @@ def content_hash(path: Path) -> str | None:
         return None  # unreadable files are reported when they are decoded
 
 
+def file_size(path: Path) -> int | None:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return None
+
+
 def find_leaks(spec: DatasetSpec) -> list[dict]:
-    """One record per val/test image whose bytes already appear in an earlier split (train, then val)."""
+    """One record per val/test image whose bytes already appear in an earlier split (train, then val).
+    Only files of the same size can be copies: a file whose size no other file has is not read at all."""
+    sizes = {path: file_size(path) for split in SPLITS for path, _ in spec.splits[split]}
+    shared = Counter(sizes[path] for split in SPLITS for path, _ in spec.splits[split])
     first_seen: dict[str, tuple[str, Path]] = {}
     leaks = []
     for split in SPLITS:
         for path, _ in spec.splits[split]:
+            if sizes[path] is None or shared[sizes[path]] < 2:
+                continue
             digest = content_hash(path)
             if digest is None:
                 continue

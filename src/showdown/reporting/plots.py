@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import base64
 import io
+import json
+from collections import OrderedDict
 from pathlib import Path
 
 import matplotlib
@@ -20,19 +22,48 @@ STYLE = {"font.size": 9, "axes.titlesize": 10, "axes.spines.top": False, "axes.s
          "axes.prop_cycle": matplotlib.cycler(color=["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd",
                                                      "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf"])}
 plt.rcParams.update(STYLE)
-
-
-def save(fig, path: Path) -> None:
-    fig.savefig(path)
-    plt.close(fig)
+# PNG bytes of the entry figures drawn in this process, by everything they are drawn from: the report at the end of
+# a run shows the confusion matrices and curves its entries have just written, and takes them from here instead
+# of drawing each again (a fraction of a second apiece). The oldest are dropped beyond DRAWN_KEPT.
+_DRAWN: OrderedDict[str, bytes] = OrderedDict()
+DRAWN_KEPT = 64
 
 
 def data_uri(fig) -> str:
     """The figure as an inline PNG (the report must not load anything from outside itself)."""
+    return png_uri(png_bytes(fig))
+
+
+def png_uri(png: bytes) -> str:
+    return "data:image/png;base64," + base64.b64encode(png).decode()
+
+
+def png_bytes(fig) -> bytes:
+    """The figure as PNG, closed; the same bytes `fig.savefig("name.png")` writes."""
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png")
     plt.close(fig)
-    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+    return buffer.getvalue()
+
+
+def _drawn(key: list, draw) -> bytes:
+    """PNG of `draw()`, drawn once per `key` (what the figure is drawn from) in this process."""
+    text = json.dumps(key, default=str)
+    if text not in _DRAWN:
+        _DRAWN[text] = png_bytes(draw())
+        while len(_DRAWN) > DRAWN_KEPT:
+            _DRAWN.popitem(last=False)
+    return _DRAWN[text]
+
+
+def _as_read_back(key: str, value):
+    """A history value as history.csv gives it back (numbers as floats), so both key a figure alike."""
+    if key == "phase":
+        return str(value)
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return value
 
 
 def confusion_figure(matrix: list[list[int]], classes: list[str], title: str):
@@ -143,9 +174,20 @@ def search_figure(searches: list[tuple[str, dict]], title: str):
     return fig
 
 
+def confusion_png(matrix: list[list[int]], classes: list[str], title: str) -> bytes:
+    return _drawn(["confusion", matrix, classes, title], lambda: confusion_figure(matrix, classes, title))
+
+
+def curves_png(history: list[dict], title: str) -> bytes:
+    shown = [{key: _as_read_back(key, value) for key, value in step.items()} for step in history]
+    return _drawn(["curves", shown, title], lambda: curves_figure(history, title))
+
+
 def plot_confusion(matrix: list[list[int]], classes: list[str], path: Path, title: str) -> None:
-    save(confusion_figure(matrix, classes, title), path)
+    """The confusion matrix as a PNG file."""
+    path.write_bytes(confusion_png(matrix, classes, title))
 
 
 def plot_curves(history: list[dict], path: Path, title: str) -> None:
-    save(curves_figure(history, title), path)
+    """The training curves as a PNG file."""
+    path.write_bytes(curves_png(history, title))

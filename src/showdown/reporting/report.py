@@ -33,9 +33,10 @@ from showdown.reporting.fairness import (
     verdict,
 )
 from showdown.reporting.plots import (
-    confusion_figure,
-    curves_figure,
+    confusion_png,
+    curves_png,
     data_uri,
+    png_uri,
     search_figure,
     tradeoff_figure,
 )
@@ -294,12 +295,12 @@ def render_html(groups: list[Group], tests: list, title: str) -> str:
                      "with --folds the pooled predictions of all folds) and a 95 % bootstrap interval of the "
                      "accuracy difference.</p>" + verdicts))
     sections.append(("tradeoffs", "Accuracy and cost", _tradeoffs(groups)))
-    curves = "".join(f"<h3>{e(g.label)}</h3><img src=\"{data_uri(curves_figure(g.first.history, g.label))}\" "
+    curves = "".join(f"<h3>{e(g.label)}</h3><img src=\"{png_uri(curves_png(g.first.history, g.label))}\" "
                      f"alt=\"training curves\">" for g in groups if g.first.history)
     sections.append(("curves", "Training curves", curves))
     classes = winner.first.metrics["classes"]
     matrices = "".join(
-        f"<img src=\"{data_uri(confusion_figure(g.first.metrics['confusion_matrix'], classes, g.label))}\" "
+        f"<img src=\"{png_uri(confusion_png(g.first.metrics['confusion_matrix'], classes, g.label))}\" "
         f"alt=\"confusion matrix\">" for g in groups)
     sections.append(("confusion", "Confusion matrices and per-class scores",
                      f"<div class=row>{matrices}</div>" + _per_class(groups)))

@@ -1,0 +1,28 @@
+"""The garbage collector around the heavy imports of a command (torch, timm, scikit-learn, matplotlib).
+
+Those imports leave ~500 000 long-lived objects (modules, classes, functions, docstrings). Python's cyclic
+garbage collector walks every one of them at each full collection: several times while they are being imported
+and again when the interpreter exits, about 2 s of a 4-second start on the 2-core CPU. `heavy_imports()` keeps
+the collector off while they are imported, then moves every object alive into the permanent generation
+(`gc.freeze`), which collections skip. Objects created afterwards (the run's models, tensors, figures) are
+collected as before. This is the pattern the `gc` documentation gives for a process that forks (DataLoader
+workers), where it also keeps the frozen objects' memory pages shared.
+"""
+from __future__ import annotations
+
+import contextlib
+import gc
+
+
+@contextlib.contextmanager
+def heavy_imports():
+    """Wrap the imports of a command; the first time in a process, what is alive afterwards is frozen."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+        if not gc.get_freeze_count():  # once per process: a second command in it (tests) finds it done
+            gc.freeze()

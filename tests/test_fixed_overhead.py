@@ -1,0 +1,118 @@
+"""What a cached re-run no longer pays for, with the outputs unchanged: figures drawn twice, every image read
+for the leakage check, and the garbage collector walking the imported libraries."""
+import base64
+import gc
+import shutil
+
+import pytest
+
+from showdown.data import leakage, load_dataset
+from showdown.fileio import write_csv
+from showdown.reporting import plots
+from showdown.reporting.run_records import _read_csv
+from showdown.startup import heavy_imports
+
+HISTORY = [{"phase": "head", "epoch": e, "lr": 1e-3, "train_loss": 1 / e, "train_acc": 0.5 + e / 10,
+            "val_loss": 1.1 / e, "val_acc": 0.4 + e / 10, "seconds": 0.1 * e} for e in range(1, 4)]
+HISTORY += [{**HISTORY[-1], "phase": "finetune", "epoch": 4, "lr": 1e-4}]
+
+
+def _saved(fig, tmp_path, name: str) -> bytes:
+    path = tmp_path / name
+    fig.savefig(path)
+    plots.plt.close(fig)
+    return path.read_bytes()
+
+
+def test_figures_are_the_bytes_savefig_writes_and_drawn_once(tmp_path, monkeypatch):
+    plots._DRAWN.clear()
+    matrix, classes = [[5, 1], [0, 7]], ["cat", "dog"]
+    plots.plot_confusion(matrix, classes, tmp_path / "confusion.png", "m / head")
+    plots.plot_curves(HISTORY, tmp_path / "curves.png", "m / head")
+    assert (tmp_path / "confusion.png").read_bytes() == _saved(plots.confusion_figure(matrix, classes, "m / head"),
+                                                               tmp_path, "c.png")
+    assert (tmp_path / "curves.png").read_bytes() == _saved(plots.curves_figure(HISTORY, "m / head"), tmp_path,
+                                                            "h.png")
+    write_csv(tmp_path / "history.csv", HISTORY)
+    read_back = _read_csv(tmp_path / "history.csv")  # what the report reads
+    drawn = []
+    monkeypatch.setattr(plots, "confusion_figure", lambda *a: drawn.append(a))
+    monkeypatch.setattr(plots, "curves_figure", lambda *a: drawn.append(a))
+    assert plots.curves_png(read_back, "m / head") == (tmp_path / "curves.png").read_bytes()
+    assert plots.confusion_png(matrix, classes, "m / head") == (tmp_path / "confusion.png").read_bytes()
+    assert drawn == []  # the report's figures of a run's entries come from the memo
+
+
+def test_a_figure_of_other_values_is_drawn_again(monkeypatch):
+    plots._DRAWN.clear()
+    first = plots.curves_png(HISTORY, "t")
+    changed = [dict(step) for step in HISTORY]
+    changed[1]["val_loss"] += 0.01
+    assert plots.curves_png(changed, "t") != first
+    assert plots.curves_png(HISTORY, "u") != first  # the title is drawn too
+    assert plots.confusion_png([[1, 0], [0, 1]], ["a", "b"], "t") != plots.confusion_png([[1, 0], [1, 1]],
+                                                                                      ["a", "b"], "t")
+    monkeypatch.setattr(plots, "DRAWN_KEPT", 2)
+    for title in ("v", "w", "x"):
+        plots.curves_png(HISTORY, title)
+    assert len(plots._DRAWN) == 2
+
+
+def test_report_embeds_the_entry_figures_as_written(tmp_path, demo_copy):
+    from showdown import RunConfig, run
+
+    config = RunConfig(data=str(demo_copy), models=["efficientnet_lite0"], strategies=["head"], image_size=96,
+                       epochs=2, workers=0, out=str(tmp_path / "run"), record=False)
+    results = run(config, echo=lambda *_: None)
+    html = (results.run_dir / "report.html").read_text()
+    entry = results.run_dir / results.rows[0]["folder"]
+    for name in ("confusion.png", "curves.png"):
+        assert base64.b64encode((entry / name).read_bytes()).decode() in html
+
+
+def test_leakage_reads_only_files_whose_size_another_file_has(tmp_path, demo_copy, monkeypatch):
+    root = tmp_path / "leaky"
+    for split in ("train", "test"):
+        for cls in ("daisy", "roses"):
+            (root / split / cls).mkdir(parents=True)
+    files = {cls: sorted((demo_copy / cls).iterdir()) for cls in ("daisy", "roses")}
+    for cls, paths in files.items():
+        for path in paths[:8]:
+            shutil.copy(path, root / "train" / cls / path.name)
+        for path in paths[8:]:
+            shutil.copy(path, root / "test" / cls / path.name)
+    copied = files["daisy"][0]
+    shutil.copy(copied, root / "test" / "daisy" / "renamed-copy.jpg")  # same bytes, other name
+    same_size = bytearray(copied.read_bytes())
+    same_size[-3] ^= 0xFF  # same size, other bytes: not a copy
+    (root / "test" / "roses" / "same-size.jpg").write_bytes(bytes(same_size))
+    read = []
+    content_hash = leakage.content_hash
+    monkeypatch.setattr(leakage, "content_hash", lambda path: read.append(path.name) or content_hash(path))
+    leaks = leakage.find_leaks(load_dataset(str(root)))
+    assert [leak["path"].rsplit("/", 1)[-1] for leak in leaks] == ["renamed-copy.jpg"]
+    assert sorted(read) == sorted([copied.name, "renamed-copy.jpg", "same-size.jpg"])
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+def test_heavy_imports_leave_the_collector_as_they_found_it(enabled):
+    was = gc.isenabled()
+    try:
+        gc.enable() if enabled else gc.disable()
+        with heavy_imports():
+            assert not gc.isenabled()
+            import showdown.reporting.tables  # noqa: F401
+        assert gc.isenabled() == enabled
+        assert gc.get_freeze_count() > 0
+        with pytest.raises(ImportError), heavy_imports():
+            import showdown.no_such_module  # noqa: F401
+        assert gc.isenabled() == enabled
+    finally:
+        gc.enable() if was else gc.disable()
+
+
+def test_png_bytes_closes_the_figure():
+    fig = plots.curves_figure(HISTORY, "t")
+    png = plots.png_bytes(fig)
+    assert png.startswith(b"\x89PNG") and not plots.plt.fignum_exists(fig.number)
+    assert plots.png_uri(png) == "data:image/png;base64," + base64.b64encode(png).decode()
