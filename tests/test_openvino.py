@@ -44,7 +44,7 @@ def test_openvino_features_equal_pytorch_features(demo_dir, caplog, model, pretr
 
 
 def test_openvino_boundary_activations_equal_pytorch(demo_dir):
-    """The frozen bottom of a finetune (phases.boundary_top) goes through the same engine."""
+    """The frozen bottom of a finetune (phases.boundary_activations) goes through the same engine."""
     backbone = load_backbone("efficientnet_lite0", image_size=96)
     layers = sequential_layers(backbone.model, backbone.preprocessing.input_size)
     bottom = nn.Sequential(*layers[:4])

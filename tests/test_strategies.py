@@ -211,3 +211,37 @@ def test_a_finetune_phase_that_never_beats_its_start_gives_the_start_back():
     assert len(history) == 3
     for key, value in model.state_dict().items():
         assert torch.equal(value, start[key]), key
+
+
+def test_finetune_decodes_each_image_once_and_tests_the_top_on_its_activations(tmp_path, demo_copy, monkeypatch):
+    """One pass over the images gives the boundary activations of every split and their mirror images; the head
+    phase's features come from them (the feature cache is not read), and the test split is scored on them. The
+    saved model, run on the test images, predicts what predictions.csv says (activations stored in bf16)."""
+    from collections import Counter
+
+    from showdown.data import images
+    from showdown.frozen.feature_cache import CACHE_STATS
+
+    decoded = Counter()
+    load = images.load_rgb
+    monkeypatch.setattr(images, "load_rgb", lambda path, side=None: decoded.update([path]) or load(path, side))
+    before = dict(CACHE_STATS)
+    lines = []
+    results = run(RunConfig(data=str(demo_copy), models=["efficientnet_lite0"], strategies=["finetune"],
+                            image_size=96, epochs=2, augment="flip", tta="flip", workers=0, precision="fp32",
+                            report=False, record=False, out=str(tmp_path / "ft")), echo=lines.append)
+    assert any("boundary cache: frozen bottom" in line for line in lines), lines
+    assert decoded and set(decoded.values()) == {1}  # every image, mirror images included, decoded once
+    assert len(decoded) == sum(1 for p in demo_copy.rglob("*.jpg"))
+    assert dict(CACHE_STATS) == before  # no feature extraction of its own
+    folder = results.run_dir / "efficientnet_lite0-finetune"
+    history = (folder / "history.csv").read_text()
+    assert "\nhead,2," in history and "\nfinetune,2," in history
+    monkeypatch.undo()
+    with open(folder / "predictions.csv", newline="") as handle:
+        recorded = list(csv.DictReader(handle))
+    predicted = list(predict_files(open_model(folder), [r["path"] for r in recorded], top_k=1))
+    np.testing.assert_allclose([p["top"][0][1] for p in predicted], [float(r["confidence"]) for r in recorded],
+                               atol=0.03)
+    agree = np.mean([p["top"][0][0] == r["pred"] for p, r in zip(predicted, recorded)])
+    assert agree >= 0.9

@@ -49,7 +49,7 @@ def run_entry(strategy: str, backbone: Backbone, dataset: DatasetSpec, config: R
     start = time.perf_counter()
     trained = train(entry)
     entry.timing["train_seconds"] = time.perf_counter() - start
-    probs, y_true, test_items = evaluate(entry, trained.features)
+    probs, y_true, test_items = evaluate(entry, trained)
     row = None
     if distributed.is_main():
         metrics = classification_metrics(y_true, probs, dataset.classes)
@@ -96,8 +96,9 @@ def _search(strategy: str, backbone: Backbone, dataset: DatasetSpec, config: Run
 
     base = strategy.partition("=")[0]
     start = time.perf_counter()
-    if base in ("head", "finetune") and config.augment in CACHEABLE_AUGMENTS:
-        # The frozen backbone runs once, before the trials, so the search time is the search's alone.
+    if base == "head" and config.augment in CACHEABLE_AUGMENTS:
+        # The frozen backbone runs once, before the trials, so the search time is the search's alone. (A finetune
+        # trial makes its features from the boundary activations it computes anyway.)
         trial_backbone, model = build_model("head", backbone, seen, config)
         extract_all(Entry("head", trial_backbone, model, seen, config, quiet, folder, pool=pool))
     extraction = time.perf_counter() - start

@@ -1,7 +1,9 @@
 """The training phases of an entry, in the order they run, then its evaluation.
 
 `head`: the frozen backbone runs once per image (feature cache) and the new head trains on the features.
-`finetune`: the head phase, then the unfrozen top trains on cached boundary activations of the frozen bottom.
+`finetune`: one pass of the frozen bottom over the images gives boundary activations; the frozen top turns them
+into the head phase's features, then the unfrozen top trains on them and is tested on them. Where the bottom
+cannot be cached, the head phase trains on cached features and fine-tuning runs the whole network on images.
 `scratch` / `scratch-cnn`: every layer trains from random init, on decoded images.
 """
 from __future__ import annotations
@@ -17,9 +19,11 @@ from torch import nn
 
 from showdown import distributed
 from showdown.config.run_config import RunConfig
+from showdown.device import to_device
 from showdown.experiment.context import Entry
 from showdown.frozen.boundary import TopOfNetwork, first_trainable, sequential_layers
-from showdown.frozen.feature_cache import FEATURE_BATCH, extract_features, forward_frozen
+from showdown.frozen.feature_cache import FEATURE_BATCH, Features, extract_features, forward_views
+from showdown.precision import autocast
 from showdown.training.batches import cached_train_batches, feature_batches, sharded_batches
 from showdown.training.evaluate import predict_proba
 from showdown.training.freezing import batchnorms_kept_in_eval, freeze_backbone, lr_param_groups, unfreeze
@@ -34,16 +38,16 @@ class Trained:
     history: list[dict]
     features: dict | None = None  # cached features per split, while the backbone stayed as loaded
     failed: list[str] = field(default_factory=list)  # unreadable image files that were skipped
+    top: nn.Module | None = None  # a fine-tuned top that is evaluated on `activations` ...
+    activations: dict | None = None  # ... the frozen bottom's outputs per split
 
 
 def train(entry: Entry) -> Trained:
     """The entry's phases for its strategy."""
-    if entry.base_strategy in ("head", "finetune"):
-        trained = train_head(entry)
-        if entry.base_strategy == "finetune":
-            trained.history += train_top(entry)
-            trained.features = None  # the backbone changed: evaluate on images
-        return trained
+    if entry.base_strategy == "finetune":
+        return train_finetune(entry)
+    if entry.base_strategy == "head":
+        return train_head(entry)
     for param in entry.model.parameters():  # from random init every layer trains, batch norm included
         param.requires_grad_(True)
     settings = dataclasses.replace(train_settings(entry.config), precision=entry.run.precision)
@@ -60,16 +64,18 @@ def train_settings(config: RunConfig, precision: str = "fp32") -> TrainSettings:
     )
 
 
-def train_head(entry: Entry) -> Trained:
-    """Phase `head`: the frozen backbone runs once per image (cached) unless augmentation needs every epoch."""
+def train_head(entry: Entry, features: dict | None = None) -> Trained:
+    """Phase `head`: the frozen backbone runs once per image (cached) unless augmentation needs every epoch.
+    `features` given are used as they are."""
     config, model, timing = entry.config, entry.model, entry.timing
     freeze_backbone(model)
     settings = train_settings(config)
     start = time.perf_counter()
     if config.augment in CACHEABLE_AUGMENTS:
-        features = extract_all(entry)
-        timing["feature_seconds"] = time.perf_counter() - start
-        timing["feature_cache_hit"] = all(f.cache_hit for f in features.values())
+        if features is None:
+            features = extract_all(entry)
+            timing["feature_seconds"] = time.perf_counter() - start
+            timing["feature_cache_hit"] = all(f.cache_hit for f in features.values())
         # Trains in seconds on the cached features: every process trains it alike, no data parallelism needed.
         history = entry.fit(model.head, cached_train_batches(features, config.batch_size, config.seed),
                             feature_batches(features["val"], 1024), settings, "head")
@@ -102,78 +108,123 @@ def extract_all(entry: Entry) -> dict:
     return features
 
 
-def train_top(entry: Entry) -> list[dict]:
-    """Phase `finetune`: the unfrozen top of the backbone and the head train at a lower learning rate."""
+def train_finetune(entry: Entry) -> Trained:
+    """Strategy `finetune`: the head phase, then the unfrozen top with the head at a lower learning rate."""
+    cut = boundary_cut(entry)
+    if cut is None:  # the head on cached features, then fine-tuning runs the whole network on images
+        trained = train_head(entry)
+        trained.history += train_top(entry, entry.model, entry.images("train", train=True), entry.images("val"))
+        trained.features = None  # the backbone changed: evaluate on images
+        return trained
+    layers, index = cut
+    start = time.perf_counter()
+    activations = boundary_activations(entry, nn.Sequential(*layers[:index]))
+    top = TopOfNetwork(layers[index:], entry.backbone.model, entry.model.head)
+    features = {name: frozen_top_features(top, acts, entry.run.precision) for name, acts in activations.items()}
+    entry.timing["feature_seconds"] = time.perf_counter() - start
+    entry.timing["feature_cache_hit"] = False
+    trained = train_head(entry, features)
+    config = entry.config
+    trained.history += train_top(entry, top, cached_train_batches(activations, config.batch_size, config.seed,
+                                                                  split=True),
+                                 sharded_batches(activations["val"], config.batch_size))
+    return dataclasses.replace(trained, features=None, top=top, activations=activations)
+
+
+def train_top(entry: Entry, net: nn.Module, train_batches, val_batches) -> list[dict]:
+    """Phase `finetune`: the unfrozen top of the backbone and the head train at a lower learning rate, on
+    boundary activations (`net` a TopOfNetwork) or on images (`net` the whole model)."""
     config, model = entry.config, entry.model
     trained = unfreeze(model, config.unfreeze)
     settings = dataclasses.replace(train_settings(config), lr=config.lr * config.ft_lr_factor,
                                    epochs=config.ft_epochs or config.epochs)
+    if net is model:  # decoded images in the training step: autocast pays off there
+        settings = dataclasses.replace(settings, precision=entry.run.precision)
     groups = lr_param_groups(model, settings.lr, config.lr_decay)
     keep_eval = batchnorms_kept_in_eval(model, config.train_bn)
     entry.run.echo(f"  finetune: {len(trained)} backbone tensors unfrozen ({config.unfreeze}), lr {settings.lr:g}")
     start = time.perf_counter()
-    top = boundary_top(entry)
-    if top is not None:
-        net, batches = top
-        history = entry.fit(net, cached_train_batches(batches, config.batch_size, config.seed, split=True),
-                            sharded_batches(batches["val"], config.batch_size), settings, "finetune",
-                            params=groups, keep_eval=keep_eval, keep_start=True, parallel=True)
-    else:
-        history = entry.fit(model, entry.images("train", train=True), entry.images("val"),
-                            dataclasses.replace(settings, precision=entry.run.precision), "finetune", params=groups,
-                            keep_eval=keep_eval, keep_start=True, parallel=True)
+    history = entry.fit(net, train_batches, val_batches, settings, "finetune", params=groups, keep_eval=keep_eval,
+                        keep_start=True, parallel=True)
     entry.timing["finetune_seconds"] = time.perf_counter() - start
     return history
 
 
-def boundary_top(entry: Entry):
-    """(top network, boundary activations per split) when the frozen bottom can be cached, else None."""
+def boundary_cut(entry: Entry) -> tuple[list[nn.Module], int] | None:
+    """(the backbone's layers as a chain, index of the first one fine-tuning trains) when the frozen bottom below
+    it can be cached, else None (said in one line). The model is left with only its head trainable."""
     config, backbone, echo = entry.config, entry.backbone, entry.run.echo
     if config.augment not in CACHEABLE_AUGMENTS:
         echo(f"  boundary cache off: augmentation '{config.augment}' changes the inputs every epoch; full forward")
         return None
     layers = sequential_layers(backbone.model, backbone.preprocessing.input_size)
+    unfreeze(entry.model, config.unfreeze)
     cut = first_trainable(layers) if layers else 0
+    freeze_backbone(entry.model)
     if not cut:
         echo("  boundary cache off: nothing frozen below the trainable layers, or no sequential split; full forward")
         return None
-    bottom = nn.Sequential(*layers[:cut])
     with torch.inference_mode():
         probe = torch.zeros(1, *backbone.preprocessing.input_size, device=entry.run.device)
-        per_image = bottom(probe).numel() * 2  # bf16 bytes
-    mirror = config.augment == "flip"
-    need = per_image * (sum(len(items) for items in entry.dataset.splits.values())
-                        + mirror * len(entry.dataset.splits["train"]))
+        per_image = nn.Sequential(*layers[:cut])(probe).numel() * 2  # bf16 bytes
+    passes = _boundary_passes(entry)
+    need = per_image * sum(len(entry.dataset.splits[split]) * len(views) for split, views in passes.items())
     budget = (config.cache_budget_gb * 2**30) if config.cache_budget_gb else _ram_bytes() / 4
     if need > budget:
         echo(f"  boundary cache off: {need / 2**30:.1f} GB of activations exceed the {budget / 2**30:.1f} GB budget "
              "(--cache-budget-gb); full forward")
         return None
     echo(f"  boundary cache: frozen bottom ({cut} of {len(layers)} layers) runs once, {need / 2**20:.0f} MB in bf16")
+    return layers, cut
 
-    def activations(split: str, mirror: bool = False):
-        return forward_frozen(bottom, backbone.preprocessing, entry.dataset.splits[split],
-                              precision=entry.run.precision, batch_size=FEATURE_BATCH, workers=config.worker_count,
-                              desc=f"boundary {split}", name=f"the frozen bottom of {backbone.spec.name}",
-                              store_dtype=torch.bfloat16, runtime=entry.run.runtime, mirror=mirror,
-                              device=entry.run.device)
 
-    batches = {split: activations(split) for split in entry.dataset.splits}
-    if mirror:
-        batches["train_mirrored"] = activations("train", mirror=True)
-    return TopOfNetwork(layers[cut:], backbone.model, entry.model.head), batches
+def _boundary_passes(entry: Entry) -> dict[str, tuple[bool, ...]]:
+    """Split -> the views of its images the boundary activations are needed for: the images themselves, and their
+    mirror images for flip augmentation (train) and flip TTA (test)."""
+    flips = {"train": entry.config.augment == "flip", "test": entry.config.tta == "flip"}
+    return {split: (False, True) if flips.get(split) else (False,) for split in entry.dataset.splits}
+
+
+def boundary_activations(entry: Entry, bottom: nn.Module) -> dict:
+    """The frozen bottom's outputs (bf16) by split, and by "<split>_mirrored" for the mirror images: one pass over
+    the images, the only time an image is decoded."""
+    activations = {}
+    for split, mirrors in _boundary_passes(entry).items():
+        views = forward_views(bottom, entry.backbone.preprocessing, entry.dataset.splits[split], mirrors,
+                              precision=entry.run.precision, batch_size=FEATURE_BATCH,
+                              workers=entry.config.worker_count, desc=f"boundary {split}",
+                              name=f"the frozen bottom of {entry.backbone.spec.name}", store_dtype=torch.bfloat16,
+                              runtime=entry.run.runtime, device=entry.run.device)
+        activations.update(zip((split, f"{split}_mirrored"), views))
+    return activations
+
+
+def frozen_top_features(top: TopOfNetwork, activations: Features, precision: str) -> Features:
+    """The pooled features the whole frozen backbone gives, computed from boundary activations by the top as
+    loaded (still frozen): the head phase's inputs without a second pass over the images."""
+    pooled = TopOfNetwork(list(top.layers), top.backbone, nn.Identity()).eval()
+    device = next(top.parameters()).device
+    chunks = []
+    with torch.inference_mode(), autocast(precision, device.type):
+        for batch in activations.features.split(256):
+            chunks.append(pooled(to_device(batch, device)).float().cpu())
+    features = torch.cat(chunks) if chunks else torch.empty(0)
+    return dataclasses.replace(activations, features=features)
 
 
 def _ram_bytes() -> int:
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
-def evaluate(entry: Entry, features: dict | None):
+def evaluate(entry: Entry, trained: Trained):
     """(test probabilities, true labels, test items that were readable): from cached features when the backbone
-    is unchanged, else from the images."""
-    if features is not None:
-        probs, y_true = predict_proba(HeadWithTTA(entry.model.head), _test_feature_batches(features))
-        kept = features["test"].indices.tolist()
+    is unchanged, from boundary activations when only the top above them changed, else from the images."""
+    if trained.features is not None:
+        probs, y_true = predict_proba(WithTTA(entry.model.head), _test_batches(trained.features, 1024))
+        kept = trained.features["test"].indices.tolist()
+    elif trained.activations is not None:
+        probs, y_true = predict_proba(WithTTA(trained.top), _test_batches(trained.activations, entry.config.batch_size))
+        kept = trained.activations["test"].indices.tolist()
     else:  # each process predicts its shard of the test images; joined in order, one row per readable image
         batches = entry.images("test")
         shards = distributed.gather((*predict_proba(entry.model, batches, entry.run.precision), batches.readable))
@@ -183,23 +234,24 @@ def evaluate(entry: Entry, features: dict | None):
     return probs, y_true, [entry.dataset.splits["test"][i] for i in kept]
 
 
-class HeadWithTTA(nn.Module):
-    """The head on cached features, averaging the logits of each test image and of its mirror image when both
-    are given: what ImageClassifier(tta="flip") computes from the images."""
+class WithTTA(nn.Module):
+    """A network on cached tensors (the head on features, the top on boundary activations), averaging the logits
+    of each test image and of its mirror image when both are given: what ImageClassifier(tta="flip") computes
+    from the images."""
 
-    def __init__(self, head: nn.Module):
+    def __init__(self, net: nn.Module):
         super().__init__()
-        self.head = head
+        self.net = net
 
-    def forward(self, features):
-        if isinstance(features, tuple):
-            return (self.head(features[0]) + self.head(features[1])) / 2
-        return self.head(features)
+    def forward(self, inputs):
+        if isinstance(inputs, tuple):
+            return (self.net(inputs[0]) + self.net(inputs[1])) / 2
+        return self.net(inputs)
 
 
-def _test_feature_batches(features: dict):
-    test = feature_batches(features["test"], 1024)
-    if "test_mirrored" not in features:
+def _test_batches(cached: dict, batch_size: int):
+    test = feature_batches(cached["test"], batch_size)
+    if "test_mirrored" not in cached:
         return test
-    mirrored = feature_batches(features["test_mirrored"], 1024)
+    mirrored = feature_batches(cached["test_mirrored"], batch_size)
     return (((x, x_mirrored), y) for (x, y), (x_mirrored, _) in zip(test, mirrored))  # one pass, no copies kept

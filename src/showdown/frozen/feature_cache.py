@@ -108,24 +108,41 @@ def forward_frozen(module: torch.nn.Module, preprocessing: Preprocessing, items,
     """Run a frozen module once over the images (with `runtime`, see engines.py), or over their mirror images;
     unreadable files are skipped and listed. `name` is the model's, for the log. Under torchrun each rank runs
     its contiguous shard of the images and the shards are joined, in order, on every rank."""
+    (features,) = forward_views(module, preprocessing, items, (mirror,), precision=precision, batch_size=batch_size,
+                                workers=workers, desc=desc, store_dtype=store_dtype, runtime=runtime, name=name,
+                                device=device)
+    return features
+
+
+def forward_views(module: torch.nn.Module, preprocessing: Preprocessing, items, mirrors: tuple[bool, ...], *,
+                  precision: str, batch_size: int, workers: int, desc: str, store_dtype, runtime: str, name: str,
+                  device: torch.device) -> list[Features]:
+    """forward_frozen for several views of each image (`mirrors`: (False, True) gives the images and their mirror
+    images) from one decoding pass: each image is read once, whatever the views."""
     side = small_square_side(items, preprocessing.input_size)  # decided on all the items: the same on every rank
     part = distributed.shard(len(items))
-    mine = _forward_shard(module, preprocessing, items[part], side, precision=precision, batch_size=batch_size,
-                          workers=workers, desc=desc, store_dtype=store_dtype, runtime=runtime, mirror=mirror,
+    mine = _forward_shard(module, preprocessing, items[part], side, mirrors, precision=precision,
+                          batch_size=batch_size, workers=workers, desc=desc, store_dtype=store_dtype, runtime=runtime,
                           name=name, device=device)
-    mine.indices += part.start
-    shards = distributed.gather(mine)
-    if not sum(len(s.labels) for s in shards):
+    joined = [_joined(view, part.start) for view in mine]
+    if not len(joined[0].labels):
         raise DataError(f"none of the {len(items)} images of {desc} could be read")
+    return joined
+
+
+def _joined(mine: Features, offset: int) -> Features:
+    """This process's shard joined with the other processes' (in rank order), indices into the whole split."""
+    mine.indices += offset
+    shards = distributed.gather(mine)
     if len(shards) == 1:
         return mine
     return Features(torch.cat([s.features for s in shards]), torch.cat([s.labels for s in shards]),
                     torch.cat([s.indices for s in shards]), [f for s in shards for f in s.failed], False)
 
 
-def _forward_shard(module: torch.nn.Module, preprocessing: Preprocessing, items, side: int | None, *, precision: str,
-                   batch_size: int, workers: int, desc: str, store_dtype, runtime: str, mirror: bool, name: str,
-                   device: torch.device) -> Features:
+def _forward_shard(module: torch.nn.Module, preprocessing: Preprocessing, items, side: int | None,
+                   mirrors: tuple[bool, ...], *, precision: str, batch_size: int, workers: int, desc: str, store_dtype,
+                   runtime: str, name: str, device: torch.device) -> list[Features]:
     module = module.eval().to(device, memory_format=torch.channels_last)
     resize = batch_resize(preprocessing, side) if side else None
     if resize is not None:  # small images: workers only decode, the batch is resized inside the graph
@@ -134,19 +151,21 @@ def _forward_shard(module: torch.nn.Module, preprocessing: Preprocessing, items,
     else:
         transform = eval_transform(preprocessing)
     loader = image_loader(items, transform, batch_size=batch_size, workers=workers, pin_memory=device.type == "cuda")
-    chunks, labels, indices, failed = [], [], [], []
+    chunks, labels, indices, failed = [[] for _ in mirrors], [], [], []
     forward = None
     with torch.inference_mode(), autocast(precision, device.type):
         for images, batch_labels, batch_indices, batch_failed in tqdm(loader, desc=desc, leave=False, unit="batch",
                                                                       disable=None if distributed.is_main() else True):
             failed += [str(items[i][0]) for i in batch_failed]
             if len(images):
-                images = to_device(images.flip(-1) if mirror else images, device)
-                images = images.contiguous(memory_format=torch.channels_last)
-                forward = forward or frozen_forward(module, images, precision, runtime, name)
-                chunks.append(forward(images).to(store_dtype).cpu())
+                images = to_device(images, device)
+                for view, mirror in zip(chunks, mirrors):
+                    inputs = (images.flip(-1) if mirror else images).contiguous(memory_format=torch.channels_last)
+                    forward = forward or frozen_forward(module, inputs, precision, runtime, name)
+                    view.append(forward(inputs).to(store_dtype).cpu())
                 labels.append(batch_labels)
                 indices.append(batch_indices)
     empty = torch.empty(0, dtype=torch.long)
-    return Features(torch.cat(chunks) if chunks else torch.empty(0, dtype=store_dtype),
-                    torch.cat(labels) if labels else empty, torch.cat(indices) if indices else empty, failed, False)
+    labels, indices = (torch.cat(labels) if labels else empty), (torch.cat(indices) if indices else empty)
+    return [Features(torch.cat(view) if view else torch.empty(0, dtype=store_dtype), labels.clone(), indices.clone(),
+                     list(failed), False) for view in chunks]
