@@ -79,8 +79,8 @@ def test_every_image_is_computed_once_across_ranks_into_the_single_process_cache
     single, single_cache, run_dir, cache, _, _ = two_runs
     passes = json.loads((run_dir / "summary.json").read_text())["frozen_passes"]
     alone = json.loads((single / "summary.json").read_text())["frozen_passes"]
-    assert alone["images"] == 250  # train + val + test of the demo set, once each
-    assert passes["images_per_rank"] == [125, 125] and passes["images"] == alone["images"]
+    assert alone["images"] == 2 * 250  # the demo set's train + val + test: head features, finetune boundary
+    assert passes["images_per_rank"] == [250, 250] and passes["images"] == alone["images"]
     files = sorted(p.name for p in single_cache.glob("*.safetensors"))
     assert len(files) == 3 and files == sorted(p.name for p in cache.glob("*.safetensors"))  # the same keys
     for name in files:

@@ -228,8 +228,8 @@ def _finish(results: Results, config: RunConfig, frozen_passes: dict, echo) -> N
     echo("")
     echo(results.table())
     echo("")
-    echo(f"frozen passes: {frozen_passes['images']} images computed, {frozen_passes['hit']} feature sets from the "
-         "cache")
+    echo(f"frozen passes: {frozen_passes['images']} images computed (features, boundary activations), "
+         f"{frozen_passes['hit']} feature sets from the cache")
     if config.bench:
         bench_models(config.models, config, run_dir, echo=echo)
     if config.report:

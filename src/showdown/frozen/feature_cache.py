@@ -32,8 +32,9 @@ from showdown.precision import autocast
 log = logging.getLogger(__name__)
 # Measured on the 2-core CPU: batches of 8-16 images run ~1.3x faster than 64 (less memory traffic per step).
 FEATURE_BATCH = 16
-# Extractions served from the cache ("hit"), computed ("miss"), and images run through a frozen backbone
-# ("images"); a run reports its share in summary.json and its last lines.
+# Extractions served from the cache ("hit"), computed ("miss"), and images (each view of one) run through
+# frozen layers, for features or boundary activations ("images"); a run reports its share in summary.json and
+# its last lines.
 CACHE_STATS: Counter = Counter()
 
 
@@ -90,7 +91,6 @@ def extract_features(backbone: Backbone, items: list[tuple[Path, int]], *, preci
             failed = json.loads(f.metadata()["failed"])
             return Features(f.get_tensor("features"), f.get_tensor("labels"), f.get_tensor("indices"), failed, True)
     CACHE_STATS["miss"] += 1
-    CACHE_STATS["images"] += len(items[distributed.shard(len(items))])  # this process's share
     features = forward_frozen(backbone.model, backbone.preprocessing, items, precision=precision,
                               batch_size=batch_size, workers=workers, desc=desc, runtime=runtime, mirror=mirror,
                               name=backbone.spec.name, device=device)
@@ -121,6 +121,7 @@ def forward_views(module: torch.nn.Module, preprocessing: Preprocessing, items, 
     images) from one decoding pass: each image is read once, whatever the views."""
     side = small_square_side(items, preprocessing.input_size)  # decided on all the items: the same on every rank
     part = distributed.shard(len(items))
+    CACHE_STATS["images"] += len(items[part]) * len(mirrors)  # this process's share
     mine = _forward_shard(module, preprocessing, items[part], side, mirrors, precision=precision,
                           batch_size=batch_size, workers=workers, desc=desc, store_dtype=store_dtype, runtime=runtime,
                           name=name, device=device)

@@ -1,0 +1,58 @@
+"""What a user waits for that is not training: the CLI's start, and a re-run whose features are all cached.
+
+Times, each in a fresh process as a user runs it, the median of --repeats runs:
+
+  showdown --help / presets / models / runs list   (the commands that must not import torch)
+  showdown run --data <TF-Flowers> --models efficientnet_lite0 --strategy head --epochs 30
+                                                   (after one untimed run that fills the feature cache)
+
+    python benchmarks/fixed_overhead.py --data ../shared/datasets/tf_flowers --repeats 5
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+SHOWDOWN = [sys.executable, "-m", "showdown"]
+FAST = [["--help"], ["presets"], ["models"], ["runs", "list"]]
+
+
+def wall(args: list[str], env: dict) -> float:
+    start = time.perf_counter()
+    subprocess.run(SHOWDOWN + args, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", default="../shared/datasets/tf_flowers")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--json", default="docs/fixed_overhead.json")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        env = {**os.environ, "SHOWDOWN_CACHE": f"{tmp}/cache", "SHOWDOWN_DB": f"{tmp}/runs.db"}
+        figures = {}
+        for command in FAST:
+            figures[" ".join(command)] = statistics.median(wall(command, env) for _ in range(args.repeats))
+        rerun = ["run", "--data", args.data, "--models", "efficientnet_lite0", "--strategy", "head", "--epochs", "30"]
+        fill = wall(rerun + ["--out", f"{tmp}/fill"], env)
+        times = [wall(rerun + ["--out", f"{tmp}/rerun{i}"], env) for i in range(args.repeats)]
+        figures["cached re-run"] = statistics.median(times)
+    for name, seconds in figures.items():
+        print(f"{name:<16} {seconds:6.2f} s  (median of {args.repeats})")
+    print(f"{'first run':<16} {fill:6.2f} s  (fills the feature cache; not part of the medians)")
+    record = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
+              "repeats": args.repeats, "median_seconds": figures, "re_runs": times, "first_run": fill}
+    Path(args.json).write_text(json.dumps(record, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
