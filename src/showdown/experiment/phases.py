@@ -166,15 +166,15 @@ def boundary_cut(entry: Entry) -> tuple[list[nn.Module], int] | None:
         return None
     with torch.inference_mode():
         probe = torch.zeros(1, *backbone.preprocessing.input_size, device=entry.run.device)
-        per_image = nn.Sequential(*layers[:cut])(probe).numel() * 2  # bf16 bytes
-    passes = _boundary_passes(entry)
-    need = per_image * sum(len(entry.dataset.splits[split]) * len(views) for split, views in passes.items())
+        values = nn.Sequential(*layers[:cut])(probe).numel()
+    need = sum(len(entry.dataset.splits[split]) * len(views) * values * _stored(split).itemsize
+               for split, views in _boundary_passes(entry).items())
     budget = (config.cache_budget_gb * 2**30) if config.cache_budget_gb else _ram_bytes() / 4
     if need > budget:
         echo(f"  boundary cache off: {need / 2**30:.1f} GB of activations exceed the {budget / 2**30:.1f} GB budget "
              "(--cache-budget-gb); full forward")
         return None
-    echo(f"  boundary cache: frozen bottom ({cut} of {len(layers)} layers) runs once, {need / 2**20:.0f} MB in bf16")
+    echo(f"  boundary cache: frozen bottom ({cut} of {len(layers)} layers) runs once, {need / 2**20:.0f} MB")
     return layers, cut
 
 
@@ -186,17 +186,23 @@ def _boundary_passes(entry: Entry) -> dict[str, tuple[bool, ...]]:
 
 
 def boundary_activations(entry: Entry, bottom: nn.Module) -> dict:
-    """The frozen bottom's outputs (bf16) by split, and by "<split>_mirrored" for the mirror images: one pass over
-    the images, the only time an image is decoded."""
+    """The frozen bottom's outputs by split, and by "<split>_mirrored" for the mirror images: one pass over the
+    images, the only time an image is decoded."""
     activations = {}
     for split, mirrors in _boundary_passes(entry).items():
         views = forward_views(bottom, entry.backbone.preprocessing, entry.dataset.splits[split], mirrors,
                               precision=entry.run.precision, batch_size=FEATURE_BATCH,
                               workers=entry.config.worker_count, desc=f"boundary {split}",
-                              name=f"the frozen bottom of {entry.backbone.spec.name}", store_dtype=torch.bfloat16,
+                              name=f"the frozen bottom of {entry.backbone.spec.name}", store_dtype=_stored(split),
                               runtime=entry.run.runtime, device=entry.run.device)
         activations.update(zip((split, f"{split}_mirrored"), views))
     return activations
+
+
+def _stored(split: str) -> torch.dtype:
+    """Training and validation activations are kept in bf16 (half the memory; the loss curves match, see
+    test_speed_paths.py); the test split's in fp32, so its scores are what the saved model predicts."""
+    return torch.float32 if split == "test" else torch.bfloat16
 
 
 def frozen_top_features(top: TopOfNetwork, activations: Features, precision: str) -> Features:
