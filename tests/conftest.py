@@ -53,3 +53,21 @@ def demo_copy(tmp_path, demo_dir):
         for path in sorted((demo_dir / cls).iterdir())[:12]:
             shutil.copy(path, root / cls / path.name)
     return root
+
+
+@pytest.fixture
+def leaky_folder(tmp_path, demo_copy):
+    """train/ and test/ of daisy and roses from the demo copy, plus one daisy of train copied into test under
+    another name: (root, that training file)."""
+    root = tmp_path / "leaky"
+    for split in ("train", "test"):
+        for cls in ("daisy", "roses"):
+            (root / split / cls).mkdir(parents=True)
+    files = {cls: sorted((demo_copy / cls).iterdir()) for cls in ("daisy", "roses")}
+    for cls, paths in files.items():
+        for path in paths[:8]:
+            shutil.copy(path, root / "train" / cls / path.name)
+        for path in paths[8:]:
+            shutil.copy(path, root / "test" / cls / path.name)
+    shutil.copy(files["daisy"][0], root / "test" / "daisy" / "renamed-copy.jpg")  # same bytes, other name
+    return root, files["daisy"][0]

@@ -2,7 +2,6 @@
 for the leakage check, and the garbage collector walking the imported libraries."""
 import base64
 import gc
-import shutil
 
 import pytest
 
@@ -70,19 +69,8 @@ def test_report_embeds_the_entry_figures_as_written(tmp_path, demo_copy):
         assert base64.b64encode((entry / name).read_bytes()).decode() in html
 
 
-def test_leakage_reads_only_files_whose_size_another_file_has(tmp_path, demo_copy, monkeypatch):
-    root = tmp_path / "leaky"
-    for split in ("train", "test"):
-        for cls in ("daisy", "roses"):
-            (root / split / cls).mkdir(parents=True)
-    files = {cls: sorted((demo_copy / cls).iterdir()) for cls in ("daisy", "roses")}
-    for cls, paths in files.items():
-        for path in paths[:8]:
-            shutil.copy(path, root / "train" / cls / path.name)
-        for path in paths[8:]:
-            shutil.copy(path, root / "test" / cls / path.name)
-    copied = files["daisy"][0]
-    shutil.copy(copied, root / "test" / "daisy" / "renamed-copy.jpg")  # same bytes, other name
+def test_leakage_reads_only_files_whose_size_another_file_has(leaky_folder, monkeypatch):
+    root, copied = leaky_folder
     same_size = bytearray(copied.read_bytes())
     same_size[-3] ^= 0xFF  # same size, other bytes: not a copy
     (root / "test" / "roses" / "same-size.jpg").write_bytes(bytes(same_size))
