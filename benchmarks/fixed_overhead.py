@@ -35,7 +35,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", default="../shared/datasets/tf_flowers")
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--json", default="docs/fixed_overhead.json")
+    parser.add_argument("--json", default="docs/benchmarks/fixed_overhead.json")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         env = {**os.environ, "SHOWDOWN_CACHE": f"{tmp}/cache", "SHOWDOWN_DB": f"{tmp}/runs.db"}
