@@ -4,9 +4,13 @@ import base64
 import gc
 
 import pytest
+import torch
 
 from showdown.data import leakage, load_dataset
 from showdown.fileio import write_csv
+from showdown.frozen import engines
+from showdown.frozen.feature_cache import forward_frozen
+from showdown.models.backbones import load_backbone
 from showdown.reporting import plots
 from showdown.reporting.run_records import _read_csv
 from showdown.startup import heavy_imports
@@ -104,3 +108,26 @@ def test_png_bytes_closes_the_figure():
     png = plots.png_bytes(fig)
     assert png.startswith(b"\x89PNG") and not plots.plt.fignum_exists(fig.number)
     assert plots.png_uri(png) == "data:image/png;base64," + base64.b64encode(png).decode()
+
+
+def test_splits_share_one_engine_build_until_the_weights_change(demo_dir, monkeypatch):
+    """Every split of a run used to export and compile the frozen backbone again (~1 s each). Now the build is
+    reused while the weights stay as they were, and rebuilt, with new outputs, once they change in place."""
+    backbone = load_backbone("mobilenet_v2", pretrained=False, image_size=64)
+    exports = []
+    export = engines._export
+    monkeypatch.setattr(engines, "_export", lambda *a: exports.append(1) or export(*a))
+    items = [(p, 0) for p in sorted((demo_dir / "daisy").iterdir())[:6]]
+
+    def features(part, runtime="onnxruntime"):
+        return forward_frozen(backbone.model, backbone.preprocessing, part, precision="fp32", batch_size=4,
+                              workers=0, runtime=runtime).features
+
+    first, second = features(items[:3]), features(items[3:])
+    assert len(exports) == 1 and first.shape == second.shape == (3, backbone.num_features)
+    with torch.no_grad():
+        backbone.model.conv_stem.weight.mul_(0.5)  # what an optimizer step or load_state_dict does
+    changed = features(items[:3])
+    assert len(exports) == 2
+    assert not torch.allclose(changed, first, atol=1e-3)
+    torch.testing.assert_close(changed, features(items[:3], runtime="torch"), atol=1e-4, rtol=1e-4)

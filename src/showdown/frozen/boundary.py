@@ -55,6 +55,10 @@ def first_trainable(layers: list[nn.Module]) -> int:
 class TopOfNetwork(nn.Module):
     """The trainable top: remaining feature layers, the backbone's pooling, then the head."""
 
+    # oneDNN trains these convolutions ~1.5x faster on channels-last inputs than on the stored NCHW ones
+    # (benchmarks/top_training.py, docs/performance.md)
+    memory_format = torch.channels_last
+
     def __init__(self, layers: list[nn.Module], backbone: nn.Module, head: nn.Module):
         super().__init__()
         self.layers = nn.Sequential(*layers)
@@ -62,5 +66,5 @@ class TopOfNetwork(nn.Module):
         self.head = head
 
     def forward(self, activations: torch.Tensor) -> torch.Tensor:
-        features = self.layers(activations.float())
+        features = self.layers(activations.float().contiguous(memory_format=self.memory_format))
         return self.head(self.backbone.forward_head(features, pre_logits=True))

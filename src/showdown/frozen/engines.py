@@ -26,9 +26,11 @@ from __future__ import annotations
 
 import functools
 import importlib.util
+import itertools
 import logging
 import tempfile
 import warnings
+import weakref
 from pathlib import Path
 from typing import Callable
 
@@ -39,6 +41,8 @@ from showdown.models.onnx_graph import OnnxExportError, onnx_graph
 
 log = logging.getLogger(__name__)
 _fallen_back: set[str] = set()  # models already reported as running in another engine than the one chosen
+# Forwards already built, per model: a run's splits share one ONNX export and one compile (about 1 s each).
+_built: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 ENGINE_NAMES = {"torch": "PyTorch", "onnxruntime": "ONNX Runtime", "openvino": "OpenVINO"}
 OPENVINO_HINT = "LATENCY"  # see the module docstring
@@ -154,11 +158,23 @@ def frozen_forward(model: torch.nn.Module, example: torch.Tensor, precision: str
     runtime = resolve_runtime(runtime, precision, example.device.type)
     if example.device.type != "cpu":
         return model  # eager on the GPU, channels-last under autocast
-    if runtime != "torch":
-        forward = _graph_forward(model, example[:1].contiguous(), precision, runtime, name)
-        if forward is not None:
-            return forward
-    return frozen_graph(model, example, precision)
+    built = _built.setdefault(model, {})
+    key = (precision, runtime, example.dtype, tuple(example.shape[1:]), _weights_state(model))
+    if key not in built:
+        forward = _graph_forward(model, example[:1].contiguous(), precision, runtime, name) \
+            if runtime != "torch" else None
+        forward = forward or frozen_graph(model, example, precision)
+        if forward is model:  # nothing built (eager); kept, it would keep the model alive through _built
+            return model
+        built.clear()  # an older state of the weights is never asked for again
+        built[key] = forward
+    return built[key]
+
+
+def _weights_state(model: torch.nn.Module) -> tuple:
+    """Where the model's tensors live and how often each was changed in place (optimizer steps and
+    load_state_dict bump a tensor's version): a forward built for one state is not reused after another."""
+    return tuple((t.data_ptr(), t._version) for t in itertools.chain(model.parameters(), model.buffers()))
 
 
 def _graph_forward(model: torch.nn.Module, example: torch.Tensor, precision: str, runtime: str,
