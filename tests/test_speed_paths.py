@@ -220,3 +220,33 @@ def test_flip_augmentation_keeps_the_cache_and_serves_each_image_or_its_mirror(d
         epochs.append(source)
     assert any(m for _, m in epochs[0]) and not all(m for _, m in epochs[0])  # both versions are used
     assert epochs[0] == epochs[2] and epochs[0] != epochs[1]  # seeded per epoch
+
+
+def test_splits_missing_the_same_views_are_extracted_in_one_pass(demo_dir, tmp_path, monkeypatch):
+    """extract_views: the splits that miss their cache files share one pass (each image decoded once, whatever
+    the split), and every split gets exactly what extracting it alone gives, its unreadable files included."""
+    from collections import Counter
+
+    from showdown.data import images
+    from showdown.frozen.feature_cache import extract_views
+
+    backbone = load_backbone("mobilenet_v2", pretrained=False, image_size=64)
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"not a jpeg")
+    items = _items(demo_dir, per_class=3)
+    splits = {"train": items[:5], "val": items[5:7] + [(broken, 2)], "test": items[7:]}
+    views = [("train", False), ("val", False), ("test", False), ("train", True)]
+    decoded = Counter()
+    load = images.load_rgb
+    monkeypatch.setattr(images, "load_rgb", lambda path, side=None: decoded.update([path]) or load(path, side))
+    options = {"precision": "fp32", "batch_size": 4, "workers": 0, "runtime": "torch"}
+    together = extract_views(backbone, splits, views, cache_dir=tmp_path / "cache", **options)
+    assert set(decoded.values()) == {1} and len(decoded) == len(items) + 1  # one decode per file, all splits
+    for (split, mirror), features in together.items():
+        alone = extract_features(backbone, splits[split], mirror=mirror, cache_dir=None, **options)
+        torch.testing.assert_close(features.features, alone.features, atol=1e-5, rtol=1e-5)
+        assert torch.equal(features.indices, alone.indices) and torch.equal(features.labels, alone.labels)
+        assert features.failed == alone.failed == ([str(broken)] if split == "val" else [])
+    again = extract_views(backbone, splits, views, cache_dir=tmp_path / "cache", **options)
+    assert all(f.cache_hit for f in again.values())  # one cache file per view, as before
+    assert torch.equal(again["val", False].indices, torch.tensor([0, 1]))

@@ -22,7 +22,7 @@ from showdown.config.run_config import RunConfig
 from showdown.device import to_device
 from showdown.experiment.context import Entry
 from showdown.frozen.boundary import TopOfNetwork, first_trainable, sequential_layers
-from showdown.frozen.feature_cache import FEATURE_BATCH, Features, extract_features, forward_views
+from showdown.frozen.feature_cache import FEATURE_BATCH, Features, extract_views, forward_views
 from showdown.precision import autocast
 from showdown.training.batches import cached_train_batches, feature_batches, sharded_batches
 from showdown.training.evaluate import predict_proba
@@ -91,21 +91,19 @@ def train_head(entry: Entry, features: dict | None = None) -> Trained:
 
 def extract_all(entry: Entry) -> dict:
     """Cached features per split; with `--augment flip` also "train_mirrored", the mirror images' features, and
-    with `--tta flip` "test_mirrored". Only the dataset's splits are read: a search's dataset has no test split."""
-    def extract(split: str, mirror: bool = False):
-        if entry.pool is not None:
-            return entry.pool.subset(entry.dataset.splits[split], mirror)
-        return extract_features(entry.backbone, entry.dataset.splits[split], precision=entry.run.precision,
-                                batch_size=FEATURE_BATCH, workers=entry.config.worker_count,
-                                cache_dir=entry.run.cache_dir, desc=f"{entry.backbone.spec.name} {split}",
-                                runtime=entry.run.runtime, mirror=mirror, device=entry.run.device)
-
-    features = {split: extract(split) for split in entry.dataset.splits}
-    if entry.config.augment == "flip":
-        features["train_mirrored"] = extract("train", mirror=True)
-    if entry.config.tta == "flip" and "test" in entry.dataset.splits:
-        features["test_mirrored"] = extract("test", mirror=True)
-    return features
+    with `--tta flip` "test_mirrored". Only the dataset's splits are read: a search's dataset has no test split.
+    The splits are extracted in one pass (feature_cache.extract_views)."""
+    splits = entry.dataset.splits
+    views = [(split, False) for split in splits]
+    views += [("train", True)] if entry.config.augment == "flip" else []
+    views += [("test", True)] if entry.config.tta == "flip" and "test" in splits else []
+    if entry.pool is not None:
+        features = {view: entry.pool.subset(splits[view[0]], view[1]) for view in views}
+    else:
+        features = extract_views(entry.backbone, splits, views, precision=entry.run.precision,
+                                 batch_size=FEATURE_BATCH, workers=entry.config.worker_count,
+                                 cache_dir=entry.run.cache_dir, runtime=entry.run.runtime, device=entry.run.device)
+    return {f"{split}_mirrored" if mirror else split: f for (split, mirror), f in features.items()}
 
 
 def train_finetune(entry: Entry) -> Trained:

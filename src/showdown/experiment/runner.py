@@ -173,7 +173,7 @@ def _feature_pool(backbone: Backbone, dataset: DatasetSpec, config: RunConfig, r
         return extract_features(backbone, items, precision=run.precision, batch_size=FEATURE_BATCH,
                                 workers=config.worker_count, cache_dir=run.cache_dir, runtime=run.runtime,
                                 mirror=mirror, device=run.device,
-                                desc=f"{backbone.spec.name} all images" + (" mirrored" if mirror else ""))
+                                desc="all images")
     return FeaturePool(all_items(dataset), extract)
 
 

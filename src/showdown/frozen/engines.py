@@ -154,21 +154,28 @@ def frozen_forward(model: torch.nn.Module, example: torch.Tensor, precision: str
                    name: str = "the frozen layers") -> Forward:
     """A function images -> outputs computing the frozen `model` with the chosen engine (call it under
     inference_mode and the precision's autocast), on the device of `example`. `name` says which model a
-    fallback note is about."""
+    fallback note is about. PyTorch gets its inputs channels-last (oneDNN's and cuDNN's fast layout); the
+    graph engines take them as they come (NCHW), without a round trip through channels-last."""
     runtime = resolve_runtime(runtime, precision, example.device.type)
     if example.device.type != "cpu":
-        return model  # eager on the GPU, channels-last under autocast
+        return _channels_last(model)  # eager on the GPU, under autocast
     built = _built.setdefault(model, {})
     key = (precision, runtime, example.dtype, tuple(example.shape[1:]), _weights_state(model))
     if key not in built:
         forward = _graph_forward(model, example[:1].contiguous(), precision, runtime, name) \
             if runtime != "torch" else None
-        forward = forward or frozen_graph(model, example, precision)
-        if forward is model:  # nothing built (eager); kept, it would keep the model alive through _built
-            return model
+        if forward is None:
+            traced = frozen_graph(model, example.contiguous(memory_format=torch.channels_last), precision)
+            if traced is model:  # nothing built (eager); kept, it would keep the model alive through _built
+                return _channels_last(model)
+            forward = _channels_last(traced)
         built.clear()  # an older state of the weights is never asked for again
         built[key] = forward
     return built[key]
+
+
+def _channels_last(forward: Forward) -> Forward:
+    return lambda images: forward(images.contiguous(memory_format=torch.channels_last))
 
 
 def _weights_state(model: torch.nn.Module) -> tuple:

@@ -78,28 +78,72 @@ def _weights_id(source: str) -> str:
 def extract_features(backbone: Backbone, items: list[tuple[Path, int]], *, precision: str, batch_size: int,
                      workers: int, cache_dir: Path | None, desc: str = "features", runtime: str = "torch",
                      mirror: bool = False, device: torch.device = CPU) -> Features:
-    """Features of every image (of its mirror image with `mirror`), from the cache when the key matches.
-    The key holds the engine `runtime` resolves to ("auto" becomes the engine it picks). Under torchrun every
-    rank computes its shard, every rank gets the whole, and rank 0 writes the cache file."""
+    """Features of every image (of its mirror image with `mirror`), from the cache when the key matches."""
+    (features,) = extract_views(backbone, {desc: items}, [(desc, mirror)], precision=precision,
+                                batch_size=batch_size, workers=workers, cache_dir=cache_dir, runtime=runtime,
+                                device=device).values()
+    return features
+
+
+def extract_views(backbone: Backbone, splits: dict[str, list[tuple[Path, int]]], views: list[tuple[str, bool]], *,
+                  precision: str, batch_size: int, workers: int, cache_dir: Path | None, runtime: str = "torch",
+                  device: torch.device = CPU) -> dict[tuple[str, bool], Features]:
+    """Features of each (split, mirror) view, one cache file each. What no cache file holds is computed in one
+    pass over the images of every split that misses the same views: one loader and one decode per image, not
+    one per split. The key holds the engine `runtime` resolves to ("auto" becomes the engine it picks). Under
+    torchrun every rank computes its shard, every rank gets the whole, and rank 0 writes the cache files."""
     runtime = resolve_runtime(runtime, precision, device.type)
-    key = cache_key(backbone, items, precision, runtime, mirror, device.type)
-    path = cache_dir / f"{key}.safetensors" if cache_dir else None
-    if path is not None and distributed.all_true(path.is_file()):  # a rank without the file computes with the rest
-        CACHE_STATS["hit"] += 1
-        log.info("feature cache hit for %s (%s)", desc, path.name)
-        with safe_open(str(path), "pt") as f:
-            failed = json.loads(f.metadata()["failed"])
-            return Features(f.get_tensor("features"), f.get_tensor("labels"), f.get_tensor("indices"), failed, True)
-    CACHE_STATS["miss"] += 1
-    features = forward_frozen(backbone.model, backbone.preprocessing, items, precision=precision,
-                              batch_size=batch_size, workers=workers, desc=desc, runtime=runtime, mirror=mirror,
-                              name=backbone.spec.name, device=device)
+    found: dict[tuple[str, bool], Features] = {}
+    missing: dict[str, list[tuple[bool, Path | None]]] = {}  # split -> the views to compute, and their files
+    for split, mirror in views:
+        key = cache_key(backbone, splits[split], precision, runtime, mirror, device.type)
+        path = cache_dir / f"{key}.safetensors" if cache_dir else None
+        if path is not None and distributed.all_true(path.is_file()):  # a rank without it computes with the rest
+            CACHE_STATS["hit"] += 1
+            log.info("feature cache hit for %s%s (%s)", split, " mirrored" if mirror else "", path.name)
+            found[split, mirror] = _read(path)
+        else:
+            CACHE_STATS["miss"] += 1
+            missing.setdefault(split, []).append((mirror, path))
+    groups: dict[tuple[bool, ...], list[str]] = {}  # splits that miss the same views run as one
+    for split, wanted in missing.items():
+        groups.setdefault(tuple(mirror for mirror, _ in wanted), []).append(split)
+    for mirrors, group in groups.items():
+        items = [item for split in group for item in splits[split]]
+        computed = forward_views(backbone.model, backbone.preprocessing, items, mirrors, precision=precision,
+                                 batch_size=batch_size, workers=workers, desc=f"{backbone.spec.name} {'+'.join(group)}",
+                                 store_dtype=torch.float32, runtime=runtime, name=backbone.spec.name, device=device)
+        start = 0
+        for split in group:
+            for (mirror, path), whole in zip(missing[split], computed):
+                found[split, mirror] = _write(path, _part(whole, start, splits[split], split))
+            start += len(splits[split])
+    distributed.barrier()  # the files are complete before any rank looks for them again
+    return {view: found[view] for view in views}
+
+
+def _read(path: Path) -> Features:
+    with safe_open(str(path), "pt") as f:
+        failed = json.loads(f.metadata()["failed"])
+        return Features(f.get_tensor("features"), f.get_tensor("labels"), f.get_tensor("indices"), failed, True)
+
+
+def _write(path: Path | None, features: Features) -> Features:
     if path is not None and distributed.is_main():
         tensors = {"features": features.features, "labels": features.labels, "indices": features.indices}
         with atomic_path(path) as tmp:
             save_file(tensors, str(tmp), metadata={"failed": json.dumps(features.failed)})
-    distributed.barrier()  # the file is complete before any rank looks for it again
     return features
+
+
+def _part(whole: Features, start: int, items: list[tuple[Path, int]], split: str) -> Features:
+    """The rows of items[start:start + len(items)] of a pass over several splits, indexed within their split."""
+    keep = (whole.indices >= start) & (whole.indices < start + len(items))
+    if items and not keep.any():
+        raise DataError(f"none of the {len(items)} images of {split} could be read")
+    paths = {str(path) for path, _ in items}
+    return Features(whole.features[keep], whole.labels[keep], whole.indices[keep] - start,
+                    [f for f in whole.failed if f in paths], False)
 
 
 def forward_frozen(module: torch.nn.Module, preprocessing: Preprocessing, items, *, precision: str, batch_size: int,
@@ -161,7 +205,7 @@ def _forward_shard(module: torch.nn.Module, preprocessing: Preprocessing, items,
             if len(images):
                 images = to_device(images, device)
                 for view, mirror in zip(chunks, mirrors):
-                    inputs = (images.flip(-1) if mirror else images).contiguous(memory_format=torch.channels_last)
+                    inputs = images.flip(-1) if mirror else images
                     forward = forward or frozen_forward(module, inputs, precision, runtime, name)
                     view.append(forward(inputs).to(store_dtype).cpu())
                 labels.append(batch_labels)
