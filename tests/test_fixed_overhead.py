@@ -71,6 +71,8 @@ def test_report_embeds_the_entry_figures_as_written(tmp_path, demo_copy):
     entry = results.run_dir / results.rows[0]["folder"]
     for name in ("confusion.png", "curves.png"):
         assert base64.b64encode((entry / name).read_bytes()).decode() in html
+    # one configuration: no trade-off figures of a single point (the other sections' tests run several)
+    assert html.count("data:image/png") == 2 and "nothing to trade its accuracy off against" in html
 
 
 def test_leakage_reads_only_files_whose_size_another_file_has(leaky_folder, monkeypatch):

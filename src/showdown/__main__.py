@@ -1,6 +1,4 @@
 """`python -m showdown`, and so `torchrun --nproc_per_node=N -m showdown run ...`: the command line."""
-import sys
+from showdown.cli import console
 
-from showdown.cli import main
-
-sys.exit(main())
+console()

@@ -144,10 +144,12 @@ def collate_readable(batch):
 
 
 def image_loader(items, transform, *, batch_size: int, workers: int, sampler=None, generator=None,
-                 pin_memory: bool = False):
+                 pin_memory: bool = False, prefetch: int = 2):
     """Batches in item order, or in the order of `sampler` (the training loop's DistributedSampler); `generator`
-    seeds the workers' random augmentations; pinned memory for fast copies to a CUDA GPU."""
+    seeds the workers' random augmentations; pinned memory for fast copies to a CUDA GPU; each worker decodes
+    up to `prefetch` batches ahead."""
     return DataLoader(
         ImageFiles(items, transform), batch_size=batch_size, sampler=sampler, num_workers=workers,
         collate_fn=collate_readable, persistent_workers=False, pin_memory=pin_memory, generator=generator,
+        prefetch_factor=prefetch if workers else None,
     )

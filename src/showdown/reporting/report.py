@@ -165,6 +165,9 @@ def _table(header: list[str], rows: list[list[str]], numeric_from: int = 1) -> s
 
 
 def _tradeoffs(groups: list[Group]) -> str:
+    if len(groups) < 2:  # a lone point is its own Pareto front: no figure (two of them took 0.3 s to draw)
+        return ("<p class=note>One configuration in this run: nothing to trade its accuracy off against. Its size and "
+                "training time are in the leaderboard.</p>")
     figures = []
     labels = [g.label for g in groups]
     accuracy = [g.mean("accuracy") for g in groups]
