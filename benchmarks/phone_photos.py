@@ -7,15 +7,18 @@ upscale; --noise 0 for plain upscales). Then times, with draft decoding on (the 
 
   loader    decode + preprocess in the DataLoader workers only (no network)
   pipeline  the project's extract_features (cache off): decode + preprocess + EfficientNet-Lite0 at 224 px in
-            the engine `showdown run` picks, batches of FEATURE_BATCH, as a run extracts a split's features
-            (the per-call model setup, ONNX export or tracing, included; also shown without it)
+            the engine `showdown run` picks, batches of FEATURE_BATCH, as a run extracts its features, with
+            the run's one engine build (ONNX export and compile, overlapped with the first decodes) included;
+            also shown without that build's time
 
-    python benchmarks/phone_photos.py --images 60
+    python benchmarks/phone_photos.py --images 200 --noise 0
 """
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import platform
 import shutil
 import tempfile
 import time
@@ -27,7 +30,7 @@ from PIL import Image
 from showdown.data.folder import images_in
 from showdown.data.images import FULL_DECODE_ENV, eval_transform, image_loader
 from showdown.data.sources import demo_path
-from showdown.frozen.engines import resolve_runtime
+from showdown.frozen.engines import forget_built_engines, resolve_runtime
 from showdown.frozen.feature_cache import FEATURE_BATCH, extract_features
 from showdown.models.backbones import load_backbone
 
@@ -64,6 +67,13 @@ def timed(full: bool, work) -> float:
         os.environ.pop(FULL_DECODE_ENV, None)
 
 
+def write_record(path: Path, key: str, entry: dict) -> None:
+    """Adds `entry` under `key` to the JSON file at `path`, keeping the other settings' entries."""
+    record = json.loads(path.read_text()) if path.exists() else {}
+    record[key] = entry
+    path.write_text(json.dumps(record, indent=2) + "\n")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=200, help="photos to make and extract")
@@ -72,9 +82,11 @@ def main() -> None:
     parser.add_argument("--model", default="efficientnet_lite0")
     parser.add_argument("--weights-dir", default="../shared/weights/mobilenet-tflite")
     parser.add_argument("--precision", default="fp32")
-    parser.add_argument("--runtime", default="auto", help="auto: as `showdown run` (fp32: ONNX Runtime)")
+    parser.add_argument("--runtime", default="auto", help="auto: as `showdown run` picks it")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=1, help="timings per mode; the best is kept")
+    parser.add_argument("--json", default="docs/benchmarks/phone_photos.json",
+                        help="where the figures go, one entry per --noise (other entries kept)")
     args = parser.parse_args()
     photos_dir = Path(args.photos)
     sources = images_in(photos_dir) if photos_dir.is_dir() else []
@@ -98,12 +110,14 @@ def main() -> None:
                 pass
 
         def pipeline():
+            forget_built_engines()  # a run builds its engine once: timed here as well
             extract_features(backbone, items, precision=args.precision, batch_size=FEATURE_BATCH,
                              workers=args.workers, cache_dir=None, runtime=runtime)
 
         extract_features(backbone, items[:FEATURE_BATCH], precision=args.precision, batch_size=FEATURE_BATCH,
                          workers=args.workers, cache_dir=None, runtime=runtime)  # warm-up: imports, first export
-        setup = timed(False, lambda: extract_features(  # one image: the per-call model setup, ~all of it
+        forget_built_engines()
+        setup = timed(False, lambda: extract_features(  # one image: the engine build, ~all of it
             backbone, items[:1], precision=args.precision, batch_size=1, workers=0, cache_dir=None, runtime=runtime))
         rows = {}
         for _ in range(args.repeats):
@@ -115,13 +129,20 @@ def main() -> None:
         print(f"{args.model} {backbone.preprocessing.side} px, {args.precision} {runtime}, {args.workers} workers, "
               f"batch {FEATURE_BATCH}; draft decodes to a shorter side >= {transform.decode_side} px")
         print(f"{'decode':8s} {'loader img/s':>13s} {'pipeline img/s':>15s} {'without setup':>14s}  "
-              f"(setup: {setup:.1f} s per call)")
+              f"(engine build: {setup:.1f} s per run)")
         for mode in ("full", "draft"):
             n, loader_s, pipeline_s = len(items), rows[mode, "loader"], rows[mode, "pipeline"]
             print(f"{mode:8s} {n / loader_s:13.1f} {n / pipeline_s:15.1f} {n / max(pipeline_s - setup, 1e-9):14.1f}")
         print(f"draft / full: loader {rows['full', 'loader'] / rows['draft', 'loader']:.2f}x, "
               f"pipeline {rows['full', 'pipeline'] / rows['draft', 'pipeline']:.2f}x")
         print(f"load average: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+        write_record(Path(args.json), f"noise {args.noise:g}", {
+            "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
+            "photos": len(items), "megabytes_per_photo": round(megabytes, 2), "model": args.model,
+            "precision": args.precision, "runtime": runtime, "workers": args.workers, "batch": FEATURE_BATCH,
+            "repeats": args.repeats, "engine_build_s": round(setup, 3),
+            "img_per_s": {f"{mode} {name}": round(len(items) / seconds, 1) for (mode, name), seconds in rows.items()},
+            "load_average": [round(x, 2) for x in os.getloadavg()]})
     finally:
         shutil.rmtree(folder, ignore_errors=True)
 

@@ -174,6 +174,11 @@ def frozen_forward(model: torch.nn.Module, example: torch.Tensor, precision: str
     return built[key]
 
 
+def forget_built_engines() -> None:
+    """Drops every forward built so far, so the next call builds afresh, as a new run's first split does."""
+    _built.clear()
+
+
 def _channels_last(forward: Forward) -> Forward:
     return lambda images: forward(images.contiguous(memory_format=torch.channels_last))
 
