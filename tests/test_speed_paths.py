@@ -222,6 +222,33 @@ def test_flip_augmentation_keeps_the_cache_and_serves_each_image_or_its_mirror(d
     assert epochs[0] == epochs[2] and epochs[0] != epochs[1]  # seeded per epoch
 
 
+def test_activation_shift_moves_each_map_by_a_seeded_offset_within_the_limit():
+    """--activation-shift 1: every epoch each cached map appears once, moved by at most one cell each way
+    (uncovered cells repeat the edge), by seeded offsets that differ per image and per epoch."""
+    import torch.nn.functional as F
+
+    from showdown.frozen.feature_cache import Features
+    from showdown.training.batches import TensorBatches
+
+    maps = torch.randn(40, 3, 6, 6).to(torch.bfloat16)  # stored as the boundary cache stores them
+    cached = Features(maps, torch.arange(40), torch.arange(40), [], False)
+    padded = F.pad(maps.float(), (1, 1, 1, 1), mode="replicate").to(maps.dtype)
+    crops = {(dy, dx): padded[:, :, dy:dy + 6, dx:dx + 6] for dy in range(3) for dx in range(3)}
+    batches = TensorBatches(cached, batch_size=16, shift=1, seed=5)
+    epochs = []
+    for epoch in (1, 2, 1):
+        batches.set_epoch(epoch)
+        rows, labels = map(torch.cat, zip(*batches))
+        assert rows.dtype == maps.dtype and sorted(labels.tolist()) == list(range(40))  # each map exactly once
+        moves = {int(label): next(move for move, crop in crops.items() if torch.equal(crop[label], row))
+                 for row, label in zip(rows, labels)}  # StopIteration: moved by more than a cell, or distorted
+        epochs.append(moves)
+    assert len(set(epochs[0].values())) > 4 and (1, 1) in epochs[0].values()  # many offsets; unmoved is one
+    assert epochs[0] == epochs[2] and epochs[0] != epochs[1]  # seeded per epoch
+    with pytest.raises(ValueError, match="activation maps"):
+        TensorBatches(Features(torch.randn(4, 8), torch.arange(4), torch.arange(4), [], False), 2, shift=1)
+
+
 def test_splits_missing_the_same_views_are_extracted_in_one_pass(demo_dir, tmp_path, monkeypatch):
     """extract_views: the splits that miss their cache files share one pass (each image decoded once, whatever
     the split), and every split gets exactly what extracting it alone gives, its unreadable files included."""

@@ -108,6 +108,9 @@ class RunConfig:
     lr_decay: float | None = option(None, "layer-wise lr decay per layer group, e.g. 0.7", group=FINETUNE, above=0,
                                     max=1, unset="none")
     train_bn: bool = option(False, "let unfrozen batch norm update statistics", group=FINETUNE)
+    activation_shift: int = option(0, "shift each cached activation map the top trains on by up to N cells at "
+                                   "random (the cached analogue of a random crop; boundary cache only)",
+                                   group=FINETUNE, min=0)
     cache_budget_gb: float | None = option(None, "boundary-activation cache limit in GB", group=FINETUNE, above=0,
                                            unset="a quarter of RAM")
     # a fair showdown: the same search budget for every entry, cross-validation, a CI gate

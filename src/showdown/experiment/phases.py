@@ -110,6 +110,8 @@ def train_finetune(entry: Entry) -> Trained:
     """Strategy `finetune`: the head phase, then the unfrozen top with the head at a lower learning rate."""
     cut = boundary_cut(entry)
     if cut is None:  # the head on cached features, then fine-tuning runs the whole network on images
+        if entry.config.activation_shift:
+            entry.run.echo("  --activation-shift ignored: it shifts cached boundary activations, and there are none")
         trained = train_head(entry)
         trained.history += train_top(entry, entry.model, entry.images("train", train=True), entry.images("val"))
         trained.features = None  # the backbone changed: evaluate on images
@@ -124,7 +126,7 @@ def train_finetune(entry: Entry) -> Trained:
     trained = train_head(entry, features)
     config = entry.config
     trained.history += train_top(entry, top, cached_train_batches(activations, config.batch_size, config.seed,
-                                                                  split=True),
+                                                                  shift=config.activation_shift, split=True),
                                  sharded_batches(activations["val"], config.batch_size))
     return dataclasses.replace(trained, features=None, top=top, activations=activations)
 

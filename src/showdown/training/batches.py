@@ -9,6 +9,7 @@ with `split` are this process's contiguous shard, without padding (distributed.s
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
 from showdown import distributed
@@ -32,14 +33,19 @@ def training_sampler(n: int, seed: int, split: bool) -> DistributedSampler:
 class TensorBatches:
     """Shuffled training batches of cached tensors. With `mirrored`, every image appears as itself or as its
     mirror image, by a coin per image and epoch: the `flip` augmentation on cached features or boundary
-    activations (both computed once). The coins are seeded by (seed, epoch) like the order: the same on every
-    process."""
+    activations (both computed once). With `shift`, every activation map moves by up to that many cells in each
+    direction, at random per image and epoch: the cached analogue of a random crop. The draws are seeded by
+    (seed, epoch) like the order: the same on every process."""
 
-    def __init__(self, plain, batch_size: int, *, mirrored=None, seed: int = 0, split: bool = False):
+    def __init__(self, plain, batch_size: int, *, mirrored=None, shift: int = 0, seed: int = 0,
+                 split: bool = False):
         if mirrored is not None and not torch.equal(plain.indices, mirrored.indices):
             raise RuntimeError("plain and mirrored images differ")  # both skip the same unreadable files
         self.plain, self.labels = plain.features, plain.labels
         self.mirrored = mirrored.features if mirrored is not None else None
+        if shift and self.plain.dim() != 4:
+            raise ValueError("only activation maps (N, C, H, W) can be shifted")
+        self.shift = shift
         self.sampler = training_sampler(len(self.labels), seed, split)
         self.batch_size = distributed.per_rank_batch(batch_size) if split else batch_size
         self.seed, self.epoch = seed, 0
@@ -55,17 +61,36 @@ class TensorBatches:
         order = torch.tensor(list(self.sampler))
         coins = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
         mirror = torch.rand(len(self.labels), generator=coins) < 0.5 if self.mirrored is not None else None
+        offsets = torch.randint(0, 2 * self.shift + 1, (len(self.labels), 2), generator=coins) if self.shift \
+            else None
         for batch in order.split(self.batch_size):
             inputs = self.plain[batch]
             if mirror is not None:
                 pick = mirror[batch].view(-1, *[1] * (self.plain.dim() - 1))
                 inputs = torch.where(pick, self.mirrored[batch], inputs)
+            if offsets is not None:
+                inputs = shifted(inputs, offsets[batch], self.shift)
             yield inputs, self.labels[batch]
 
 
-def cached_train_batches(cached: dict, batch_size: int, seed: int = 0, *, split: bool = False) -> TensorBatches:
-    """Training batches from cached tensors per split, mirrored half the time when "train_mirrored" is there."""
-    return TensorBatches(cached["train"], batch_size, mirrored=cached.get("train_mirrored"), seed=seed, split=split)
+def shifted(maps: torch.Tensor, offsets: torch.Tensor, shift: int) -> torch.Tensor:
+    """Each map of `maps` (N, C, H, W) moved by its row of `offsets` (N, 2; 0..2*shift, shift = not moved),
+    the cells it uncovers filled with the edge's values (as replicate padding does)."""
+    height, width = maps.shape[-2:]
+    padded = F.pad(maps.float(), (shift,) * 4, mode="replicate").to(maps.dtype)
+    out = torch.empty_like(maps)
+    for dy, dx in offsets.unique(dim=0).tolist():
+        pick = (offsets[:, 0] == dy) & (offsets[:, 1] == dx)
+        out[pick] = padded[pick, :, dy:dy + height, dx:dx + width]
+    return out
+
+
+def cached_train_batches(cached: dict, batch_size: int, seed: int = 0, *, shift: int = 0,
+                         split: bool = False) -> TensorBatches:
+    """Training batches from cached tensors per split, mirrored half the time when "train_mirrored" is there,
+    activation maps shifted by up to `shift` cells."""
+    return TensorBatches(cached["train"], batch_size, mirrored=cached.get("train_mirrored"), shift=shift, seed=seed,
+                         split=split)
 
 
 def sharded_batches(features, batch_size: int) -> DataLoader:
