@@ -93,13 +93,15 @@ def test_onecycle_schedule_warms_up_then_anneals_the_learning_rate(tmp_path):
 
 
 def test_a_tiny_cache_budget_makes_finetune_fall_back_to_the_full_forward_pass(tmp_path):
-    """--cache-budget-gb: activations that exceed it are not cached; finetune trains through the whole network."""
+    """--cache-budget-gb: activations that exceed it are not cached; finetune trains through the whole network
+    (and --activation-shift, which shifts cached activations, says in one line that it is ignored)."""
     lines = []
-    results = run(RunConfig(**QUICK, strategies=["finetune"], cache_budget_gb=1e-6, out=str(tmp_path / "ft")),
-                  echo=lines.append)
+    results = run(RunConfig(**QUICK, strategies=["finetune"], cache_budget_gb=1e-6, activation_shift=1,
+                            out=str(tmp_path / "ft")), echo=lines.append)
     fallback = [line for line in lines if "boundary cache off" in line]
     assert len(fallback) == 1 and "exceed the 0.0 GB budget (--cache-budget-gb); full forward" in fallback[0], lines
     assert not any("boundary cache: frozen bottom" in line for line in lines)
+    assert sum("--activation-shift ignored" in line for line in lines) == 1, lines
     folder = results.run_dir / "efficientnet_lite0-finetune"
     assert [h["phase"] for h in _history(folder)] == ["head", "finetune"]  # both phases ran to the end
     assert (folder / "metrics.json").is_file() and results.rows[0]["strategy"] == "finetune"
