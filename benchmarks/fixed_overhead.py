@@ -13,13 +13,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from showdown.device import CPU, device_facts
 
 SHOWDOWN = [sys.executable, "-m", "showdown"]
 FAST = [["--help"], ["presets"], ["models"], ["runs", "list"]]
@@ -49,7 +50,7 @@ def main() -> None:
     for name, seconds in figures.items():
         print(f"{name:<16} {seconds:6.2f} s  (median of {args.repeats})")
     print(f"{'first run':<16} {fill:6.2f} s  (fills the feature cache; not part of the medians)")
-    record = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
+    record = {"machine": device_facts(CPU),
               "repeats": args.repeats, "median_seconds": figures, "re_runs": times, "first_run": fill}
     Path(args.json).write_text(json.dumps(record, indent=2) + "\n")
 

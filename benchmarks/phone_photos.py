@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import tempfile
 import time
@@ -30,6 +29,7 @@ from PIL import Image
 from showdown.data.folder import images_in
 from showdown.data.images import FULL_DECODE_ENV, eval_transform, image_loader
 from showdown.data.sources import demo_path
+from showdown.device import CPU, device_facts
 from showdown.frozen.engines import forget_built_engines, resolve_runtime
 from showdown.frozen.feature_cache import FEATURE_BATCH, extract_features
 from showdown.models.backbones import load_backbone
@@ -137,7 +137,7 @@ def main() -> None:
               f"pipeline {rows['full', 'pipeline'] / rows['draft', 'pipeline']:.2f}x")
         print(f"load average: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
         write_record(Path(args.json), f"noise {args.noise:g}", {
-            "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
+            "machine": device_facts(CPU),
             "photos": len(items), "megabytes_per_photo": round(megabytes, 2), "model": args.model,
             "precision": args.precision, "runtime": runtime, "workers": args.workers, "batch": FEATURE_BATCH,
             "repeats": args.repeats, "engine_build_s": round(setup, 3),

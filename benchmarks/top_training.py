@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import statistics
 import time
 from pathlib import Path
@@ -22,6 +20,7 @@ import timm
 import torch
 from torch import nn
 
+from showdown.device import CPU, device_facts
 from showdown.frozen.boundary import TopOfNetwork, sequential_layers
 from showdown.models.classifier import Head
 
@@ -66,7 +65,7 @@ def main() -> None:
             print(f"{size} px ({'x'.join(map(str, shape))}), batch {batch}: NCHW {row['nchw_img_per_s']:.0f} img/s, "
                   f"channels-last {row['channels_last_img_per_s']:.0f} img/s ({row['ratio']:.2f}x)")
             rows.append(row)
-    record = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
+    record = {"machine": device_facts(CPU),
               "torch": torch.__version__, "steps": args.steps, "rows": rows}
     Path(args.json).write_text(json.dumps(record, indent=2) + "\n")
 

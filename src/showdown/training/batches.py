@@ -77,7 +77,7 @@ def shifted(maps: torch.Tensor, offsets: torch.Tensor, shift: int) -> torch.Tens
     """Each map of `maps` (N, C, H, W) moved by its row of `offsets` (N, 2; 0..2*shift, shift = not moved),
     the cells it uncovers filled with the edge's values (as replicate padding does)."""
     height, width = maps.shape[-2:]
-    padded = F.pad(maps.float(), (shift,) * 4, mode="replicate").to(maps.dtype)
+    padded = F.pad(maps, (shift,) * 4, mode="replicate")
     out = torch.empty_like(maps)
     for dy, dx in offsets.unique(dim=0).tolist():
         pick = (offsets[:, 0] == dy) & (offsets[:, 1] == dx)
