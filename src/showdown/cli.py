@@ -6,6 +6,7 @@ import logging
 import os
 import sys
 
+from showdown import __version__
 from showdown.config.options import add_flags, definitions, flag_type, read_values
 from showdown.config.presets import QUICK, load_preset
 from showdown.config.run_config import RunConfig, read_config_file
@@ -39,6 +40,7 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="showdown", description=__doc__.splitlines()[0])
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__} (tl-showdown)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     run = sub.add_parser("run", help="train and compare backbones on a dataset")
     _add_run_flags(run)
