@@ -19,7 +19,7 @@ from torch import nn
 
 from showdown import distributed
 from showdown.config.run_config import RunConfig
-from showdown.device import to_device
+from showdown.device import module_device, to_device
 from showdown.experiment.context import Entry
 from showdown.frozen.boundary import TopOfNetwork, first_trainable, sequential_layers
 from showdown.frozen.feature_cache import FEATURE_BATCH, Features, extract_views, forward_views
@@ -138,7 +138,9 @@ def train_top(entry: Entry, net: nn.Module, train_batches, val_batches) -> list[
     trained = unfreeze(model, config.unfreeze)
     settings = dataclasses.replace(train_settings(config), lr=config.lr * config.ft_lr_factor,
                                    epochs=config.ft_epochs or config.epochs)
-    if net is model:  # decoded images in the training step: autocast pays off there
+    if net is model or entry.run.device.type != "cpu":
+        # Autocast pays off with decoded images in the training step, and on a GPU (tensor cores) with boundary
+        # activations too; on the CPU the top trains on activations in fp32, as measured (docs/performance.md).
         settings = dataclasses.replace(settings, precision=entry.run.precision)
     groups = lr_param_groups(model, settings.lr, config.lr_decay)
     keep_eval = batchnorms_kept_in_eval(model, config.train_bn)
@@ -167,15 +169,29 @@ def boundary_cut(entry: Entry) -> tuple[list[nn.Module], int] | None:
     with torch.inference_mode():
         probe = torch.zeros(1, *backbone.preprocessing.input_size, device=entry.run.device)
         values = nn.Sequential(*layers[:cut])(probe).numel()
-    need = sum(len(entry.dataset.splits[split]) * len(views) * values * _stored(split).itemsize
-               for split, views in _boundary_passes(entry).items())
-    budget = (config.cache_budget_gb * 2**30) if config.cache_budget_gb else _ram_bytes() / 4
+    need, budget = _cache_need(entry, values), cache_budget(config)
     if need > budget:
-        echo(f"  boundary cache off: {need / 2**30:.1f} GB of activations exceed the {budget / 2**30:.1f} GB budget "
-             "(--cache-budget-gb); full forward")
+        each = f" of each of {distributed.local_processes()} processes" if distributed.local_processes() > 1 else ""
+        echo(f"  boundary cache off: {need / 2**30:.1f} GB of activations exceed the {budget / 2**30:.1f} GB budget"
+             f"{each} (--cache-budget-gb); full forward")
         return None
     echo(f"  boundary cache: frozen bottom ({cut} of {len(layers)} layers) runs once, {need / 2**20:.0f} MB")
     return layers, cut
+
+
+def _cache_need(entry: Entry, values: int) -> int:
+    """Bytes of boundary activations a process holds (`values` per image): every view of every split; under
+    torchrun, while the shards of a view are joined, also the shards as they arrived: one more of the largest."""
+    views = [len(entry.dataset.splits[split]) * values * _stored(split).itemsize
+             for split, mirrors in _boundary_passes(entry).items() for _ in mirrors]
+    return sum(views) + (max(views) if distributed.active() else 0)
+
+
+def cache_budget(config: RunConfig) -> float:
+    """Bytes a process may hold in boundary activations: --cache-budget-gb (default a quarter of RAM) is the
+    machine's, shared by the processes torchrun started on it (each holds the whole set)."""
+    machine = config.cache_budget_gb * 2**30 if config.cache_budget_gb else _ram_bytes() / 4
+    return machine / distributed.local_processes()
 
 
 def _boundary_passes(entry: Entry) -> dict[str, tuple[bool, ...]]:
@@ -209,7 +225,7 @@ def frozen_top_features(top: TopOfNetwork, activations: Features, precision: str
     """The pooled features the whole frozen backbone gives, computed from boundary activations by the top as
     loaded (still frozen): the head phase's inputs without a second pass over the images."""
     pooled = TopOfNetwork(list(top.layers), top.backbone, nn.Identity()).eval()
-    device = next(top.parameters()).device
+    device = module_device(top)
     chunks = []
     with torch.inference_mode(), autocast(precision, device.type):
         for batch in activations.features.split(256):
