@@ -101,7 +101,8 @@ def test_a_showdown_on_the_gpu_trains_every_strategy_and_predicts_on_the_cpu(tmp
     assert result.returncode == 0, result.stderr[-3000:]
     environment = json.loads((tmp_path / "run" / "environment.json").read_text())
     assert environment["device"]["type"] == "cuda" and environment["device"]["name"]
-    assert environment["precision"] == ("bf16" if torch.cuda.is_bf16_supported() else "fp16")
+    assert environment["precision"] == ("bf16" if torch.cuda.get_device_capability() >= (8, 0) else "fp16")
+    assert environment["device"]["cudnn_benchmark"] and environment["device"]["matmul_fp32"] == "tf32"
     rows = json.loads((tmp_path / "run" / "summary.json").read_text())["rows"]
     assert {r["strategy"] for r in rows} == {"head", "finetune", "scratch-cnn"}
     assert all(r["accuracy"] > 0.3 for r in rows)  # 5 classes: chance is 0.2
@@ -216,3 +217,61 @@ def test_the_boundary_cache_budget_is_the_machines_shared_by_its_processes(monke
     assert cache_budget(config) == 8 * 2**30
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "8")  # torchrun's 8 processes on this machine each hold the whole set
     assert cache_budget(config) == 2**30
+
+
+@needs_cuda
+def test_finetune_on_the_gpu_decodes_each_image_once_through_the_boundary_cache(tmp_path, monkeypatch):
+    """The frozen bottom runs once per image on the GPU (its probe on the GPU too): 250 demo images decoded once,
+    not again for every epoch of a full forward."""
+    from showdown import RunConfig, run
+    from showdown.data import images
+
+    decoded, load_rgb = [], images.load_rgb
+    monkeypatch.setattr(images, "load_rgb", lambda path, side=None: decoded.append(path) or load_rgb(path, side))
+    lines = []
+    config = RunConfig(data="demo", models=["efficientnet_lite0"], strategies=["finetune"], image_size=96, epochs=3,
+                       device="cuda", workers="0", report=False, record=False, out=str(tmp_path / "run"))
+    results = run(config, echo=lines.append)
+    assert any(line.startswith("  boundary cache: frozen bottom") for line in lines), lines
+    assert len(decoded) == 250 and results.rows[0]["accuracy"] > 0.3
+
+
+@needs_cuda
+def test_cifar_sized_images_on_the_gpu(tmp_path, demo_dir):
+    """Small squares take the batched resize inside the frozen graph: its matrices must be on the GPU too."""
+    from PIL import Image
+
+    from showdown.data.images import load_rgb
+
+    for name in ("daisy", "roses", "tulips"):
+        (tmp_path / "small" / name).mkdir(parents=True)
+        for photo in sorted((demo_dir / name).iterdir())[:20]:
+            load_rgb(photo).resize((32, 32), Image.BICUBIC).save(tmp_path / "small" / name / f"{photo.stem}.png")
+    result = _cli("run", "--data", str(tmp_path / "small"), "--models", "efficientnet_lite0", "--strategy",
+                  "head,finetune", "--image-size", "96", "--epochs", "3", "--device", "cuda", "--no-report",
+                  "--no-record", "--out", str(tmp_path / "run"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "small images: upscaled whole" in result.stdout and "boundary cache: frozen bottom" in result.stdout
+
+
+@needs_cuda
+def test_tune_on_the_gpu(tmp_path):
+    """Search trials train on the GPU like the entries (a finetune trial on the CPU would crash)."""
+    result = _cli("run", "--data", "demo", "--models", "efficientnet_lite0", "--strategy", "head,finetune",
+                  "--image-size", "96", "--epochs", "2", "--tune", "2", "--device", "cuda", "--no-report",
+                  "--no-record", "--out", str(tmp_path / "run"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = json.loads((tmp_path / "run" / "summary.json").read_text())["rows"]
+    assert {r["strategy"] for r in rows} == {"head", "finetune"} and all(r["tune_seconds"] > 0 for r in rows)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.get_device_capability() >= (8, 0),
+                    reason="needs a CUDA GPU of compute capability below 8.0 (T4, V100)")
+def test_auto_precision_on_a_pre_ampere_gpu_is_fp16_with_a_gradient_scaler(tmp_path):
+    result = _cli("run", "--data", "demo", "--models", "efficientnet_lite0", "--strategy", "head,finetune,scratch-cnn",
+                  "--image-size", "96", "--epochs", "3", "--device", "cuda", "--no-report", "--no-record",
+                  "--out", str(tmp_path / "run"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads((tmp_path / "run" / "environment.json").read_text())["precision"] == "fp16"
+    rows = json.loads((tmp_path / "run" / "summary.json").read_text())["rows"]
+    assert all(r["accuracy"] > 0.3 for r in rows)
