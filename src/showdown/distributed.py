@@ -83,8 +83,13 @@ def gather(value) -> list:
 
 
 def all_true(flag: bool) -> bool:
-    """True when `flag` holds on every rank (so all ranks take the same branch)."""
-    return all(gather(bool(flag)))
+    """True when `flag` holds on every rank (so all ranks take the same branch). One small all-reduce, no
+    pickling: data-parallel training asks it once per step (training/batches.py)."""
+    if not active():
+        return bool(flag)
+    agreed = torch.tensor(int(bool(flag)))
+    dist.all_reduce(agreed, op=dist.ReduceOp.MIN, group=_objects_group)
+    return bool(agreed)
 
 
 def broadcast(value):
