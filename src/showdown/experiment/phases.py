@@ -20,7 +20,7 @@ from torch import nn
 from showdown import distributed
 from showdown.config.run_config import RunConfig
 from showdown.device import module_device, to_device
-from showdown.experiment.context import Entry
+from showdown.experiment.context import Entry, RunContext
 from showdown.frozen.boundary import TopOfNetwork, first_trainable, sequential_layers
 from showdown.frozen.feature_cache import FEATURE_BATCH, Features, extract_views, forward_views
 from showdown.precision import autocast
@@ -136,12 +136,8 @@ def train_top(entry: Entry, net: nn.Module, train_batches, val_batches) -> list[
     boundary activations (`net` a TopOfNetwork) or on images (`net` the whole model)."""
     config, model = entry.config, entry.model
     trained = unfreeze(model, config.unfreeze)
-    settings = dataclasses.replace(train_settings(config), lr=config.lr * config.ft_lr_factor,
-                                   epochs=config.ft_epochs or config.epochs)
-    if net is model or entry.run.device.type != "cpu":
-        # Autocast pays off with decoded images in the training step, and on a GPU (tensor cores) with boundary
-        # activations too; on the CPU the top trains on activations in fp32, as measured (docs/performance.md).
-        settings = dataclasses.replace(settings, precision=entry.run.precision)
+    settings = dataclasses.replace(train_settings(config, top_precision(entry.run, on_images=net is model)),
+                                   lr=config.lr * config.ft_lr_factor, epochs=config.ft_epochs or config.epochs)
     groups = lr_param_groups(model, settings.lr, config.lr_decay)
     keep_eval = batchnorms_kept_in_eval(model, config.train_bn)
     entry.run.echo(f"  finetune: {len(trained)} backbone tensors unfrozen ({config.unfreeze}), lr {settings.lr:g}")
@@ -150,6 +146,13 @@ def train_top(entry: Entry, net: nn.Module, train_batches, val_batches) -> list[
                         keep_start=True, parallel=True)
     entry.timing["finetune_seconds"] = time.perf_counter() - start
     return history
+
+
+def top_precision(run: RunContext, on_images: bool) -> str:
+    """The precision the unfrozen top trains in: the run's autocast with decoded images in the training step, and
+    on a GPU (tensor cores) with boundary activations too; on the CPU, on activations, fp32, which trained
+    faster there (measured, docs/performance.md)."""
+    return run.precision if on_images or run.device.type != "cpu" else "fp32"
 
 
 def boundary_cut(entry: Entry) -> tuple[list[nn.Module], int] | None:
