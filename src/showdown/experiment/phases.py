@@ -173,7 +173,7 @@ def boundary_cut(entry: Entry) -> tuple[list[nn.Module], int] | None:
         probe = torch.zeros(1, *backbone.preprocessing.input_size, device=entry.run.device)
         values = nn.Sequential(*layers[:cut])(probe).numel()
     need, budget = _cache_need(entry, values), cache_budget(config)
-    if need > budget:
+    if not distributed.all_true(need <= budget):  # machines of a run may differ in RAM: every rank decides alike
         each = f" of each of {distributed.local_processes()} processes" if distributed.local_processes() > 1 else ""
         echo(f"  boundary cache off: {need / 2**30:.1f} GB of activations exceed the {budget / 2**30:.1f} GB budget"
              f"{each} (--cache-budget-gb); full forward")
