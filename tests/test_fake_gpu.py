@@ -3,7 +3,6 @@ the wrong one goes unnoticed until the first GPU run; here the GPU path runs on 
 (tests/fake_gpu.py), which refuses to mix devices as a GPU does, until the code's first read of a GPU value.
 A static check finds tensors created without `device=` where one is needed."""
 import ast
-import dataclasses
 from pathlib import Path
 
 import pytest
@@ -118,10 +117,10 @@ CPU_ON_PURPOSE = {
 FACTORIES = {"zeros", "ones", "empty", "full", "randn", "rand", "randint", "tensor", "arange", "linspace", "eye"}
 
 
-def _created_without_device() -> dict[tuple[str, str], list[int]]:
-    """(file, enclosing function) -> lines of torch.<factory>(...) calls without device= under src/showdown."""
+def _created_without_device(root: Path = SRC) -> dict[tuple[str, str], list[int]]:
+    """(file, enclosing function) -> lines of torch.<factory>(...) calls without device= under `root`."""
     found: dict[tuple[str, str], list[int]] = {}
-    for path in sorted(SRC.rglob("*.py")):
+    for path in sorted(root.rglob("*.py")):
         tree = ast.parse(path.read_text(), str(path))
         parents = {child: node for node in ast.walk(tree) for child in ast.iter_child_nodes(node)}
         for node in ast.walk(tree):
@@ -134,7 +133,7 @@ def _created_without_device() -> dict[tuple[str, str], list[int]]:
                 if isinstance(up, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
                     names.append(up.name)
                 up = parents.get(up)
-            where = (path.relative_to(SRC).as_posix(), ".".join(reversed(names)))
+            where = (path.relative_to(root).as_posix(), ".".join(reversed(names)))
             found.setdefault(where, []).append(node.lineno)
     return found
 
@@ -149,10 +148,7 @@ def test_tensors_are_created_on_the_device_of_their_model_or_data_except_where_t
     assert not stale, f"CPU_ON_PURPOSE names places that create no such tensor any more: {sorted(stale)}"
 
 
-def test_the_static_check_finds_a_tensor_created_without_a_device(tmp_path, monkeypatch):
-    module = tmp_path / "showdown"
-    module.mkdir()
-    (module / "layer.py").write_text("import torch\n\nclass Shift:\n    def forward(self, x):\n"
-                                     "        return x + torch.zeros(3) + torch.ones(3, device=x.device)\n")
-    monkeypatch.setattr(dataclasses.sys.modules[__name__], "SRC", module)
-    assert _created_without_device() == {("layer.py", "Shift.forward"): [5]}
+def test_the_static_check_finds_a_tensor_created_without_a_device(tmp_path):
+    (tmp_path / "layer.py").write_text("import torch\n\nclass Shift:\n    def forward(self, x):\n"
+                                       "        return x + torch.zeros(3) + torch.ones(3, device=x.device)\n")
+    assert _created_without_device(tmp_path) == {("layer.py", "Shift.forward"): [5]}
