@@ -1,7 +1,7 @@
 """Device mismatches caught without a GPU. On the CPU every tensor sits on the one device, so a tensor created on
-the wrong one goes unnoticed until the first GPU run; here the GPU path runs on a fake CUDA device
-(tests/fake_gpu.py), which refuses to mix devices as a GPU does, until the code's first read of a GPU value.
-A static check finds tensors created without `device=` where one is needed."""
+the wrong one goes unnoticed until the first GPU run; here the GPU path runs on a stand-in device (`meta` made
+strict, tests/fake_gpu.py), which refuses to mix with the CPU as a GPU does, until the code's first read of a
+value from it. A static check finds tensors created without `device=` where one is needed."""
 import ast
 from pathlib import Path
 
