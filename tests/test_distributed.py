@@ -8,12 +8,15 @@ agree within a tolerance; one prediction row per test image; a run killed with k
 import csv
 import json
 import os
+import shutil
 import signal
 import sqlite3
 import subprocess
 import sys
 import time
+from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -135,3 +138,38 @@ def test_a_two_process_run_killed_with_kill_9_resumes_and_finishes(tmp_path):
         epochs = [int(row["epoch"]) for row in csv.DictReader(handle)]
     assert epochs == list(range(1, 41))  # the epochs before the kill kept, the rest trained once
     assert _rows(run_dir)["scratch-cnn"]["n_test"] == 40
+
+
+def test_every_rank_holds_the_same_trained_model_of_every_entry(tmp_path, demo_dir):
+    """The model rank 0 saves is the model every rank evaluated: the same state dict on both ranks for the head
+    (dropout), a finetune whose fine-tuning never beats its start (each rank keeps the start), and a data-parallel
+    scratch-cnn with batch norm, one image per rank and step and an unreadable training image (the step without
+    an image is skipped by both ranks, not by one while the other waits)."""
+    data = tmp_path / "data"
+    for split, count in (("train", 4), ("val", 2), ("test", 2)):
+        for name in ("daisy", "roses", "tulips"):
+            (data / split / name).mkdir(parents=True)
+            for photo in sorted((demo_dir / name).iterdir())[:count]:
+                shutil.copy(photo, data / split / name / photo.name)
+    (data / "train" / "daisy" / "broken.jpg").write_bytes(b"not a JPEG")
+    out = tmp_path / "out"
+    out.mkdir()
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+               str(Path(__file__).with_name("torchrun_ranks.py")), str(out), str(data)]
+    result = subprocess.run(command, text=True, capture_output=True, timeout=300,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    facts = [json.loads((out / f"rank{rank}.json").read_text()) for rank in (0, 1)]
+    assert facts[0]["world_size"] == 2 and all(f["objects_group_timeout_s"] == 3600 for f in facts)
+    for strategy in ("head", "finetune", "scratch-cnn"):
+        states = [load_file(str(out / f"rank{rank}-{strategy}.safetensors")) for rank in (0, 1)]
+        assert states[0].keys() == states[1].keys()
+        differ = [key for key in states[0] if not torch.equal(states[0][key], states[1][key])]
+        assert not differ, f"{strategy}: the ranks hold different {differ[:5]}"
+        probs = [np.load(out / f"rank{rank}-{strategy}-probs.npy") for rank in (0, 1)]
+        assert np.array_equal(*probs) and len(probs[0]) == 6
+        histories = [[{k: v for k, v in h.items() if k != "seconds"} for h in f[strategy]] for f in facts]
+        assert histories[0] == histories[1]  # the same losses, epoch by epoch
+    history = facts[0]["finetune"]
+    best_head = min(h["val_loss"] for h in history if h["phase"] == "head")
+    assert all(h["val_loss"] > best_head for h in history if h["phase"] == "finetune")  # never beat its start

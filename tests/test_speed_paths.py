@@ -161,7 +161,7 @@ def test_batched_small_image_resize_equals_the_per_image_transform(demo_dir, tmp
     from PIL import Image
 
     from showdown.data.images import eval_transform, load_rgb
-    from showdown.data.thumbnails import batch_resize, small_square_side, to_uint8_tensor
+    from showdown.data.thumbnails import Uint8Tensor, batch_resize, small_square_side
 
     items = []
     for i, (path, label) in enumerate(_items(demo_dir, per_class=2)):
@@ -172,7 +172,7 @@ def test_batched_small_image_resize_equals_the_per_image_transform(demo_dir, tmp
     preprocessing = backbone.preprocessing
     assert small_square_side(items, preprocessing.input_size) == 32
     resize = batch_resize(preprocessing, 32)
-    decode = to_uint8_tensor(32)
+    decode = Uint8Tensor(32)
     batched = resize(torch.stack([decode(load_rgb(p)) for p, _ in items]))
     per_image = torch.stack([eval_transform(preprocessing)(load_rgb(p)) for p, _ in items])
     assert batched.shape == per_image.shape

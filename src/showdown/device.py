@@ -5,6 +5,7 @@ the GPU of its LOCAL_RANK. Asking for a device that is not there is a one-line C
 """
 from __future__ import annotations
 
+import itertools
 import os
 import platform
 
@@ -67,7 +68,9 @@ def device_facts(device: torch.device) -> dict:
         props = torch.cuda.get_device_properties(device)
         return {"type": "cuda", "name": props.name, "memory_gb": round(props.total_memory / 2**30, 1),
                 "capability": f"{props.major}.{props.minor}", "cuda": torch.version.cuda,
-                "driver": _cuda_driver(), "count": torch.cuda.device_count()}
+                "driver": _cuda_driver(), "count": torch.cuda.device_count(),
+                "cudnn_benchmark": torch.backends.cudnn.benchmark,
+                "matmul_fp32": torch.backends.cuda.matmul.fp32_precision}
     if device.type == "mps":
         return {"type": "mps", "name": f"Apple {platform.machine()} (MPS)", "macos": platform.mac_ver()[0]}
     return {"type": "cpu", "name": platform.processor() or platform.machine(), "cores": os.cpu_count()}
@@ -88,8 +91,29 @@ def describe(device: torch.device) -> str:
     return f"{device} ({facts['name']})"
 
 
-def to_device(value, device: torch.device):
-    """A tensor, or a tuple of tensors, on `device` (non-blocking from pinned memory on CUDA)."""
+def module_device(module: torch.nn.Module) -> torch.device:
+    """Where a module's tensors are (the CPU for a module without any)."""
+    tensor = next(itertools.chain(module.parameters(), module.buffers()), None)
+    return tensor.device if tensor is not None else CPU
+
+
+def prepare(device: torch.device) -> None:
+    """What computing on `device` needs set once per process, as timm's train.py sets it. On CUDA: cuDNN's
+    autotuner (a run's batches have one shape, so the fastest convolution is picked once and reused) and TF32
+    for float32 matmuls on Ampere and later (convolutions use it by default). Only PyTorch's new fp32_precision
+    API is used: mixing it with the old allow_tf32 flags is an error."""
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cuda.matmul.fp32_precision = "tf32"
+
+
+def to_device(value, device: torch.device, *, channels_last: bool = False):
+    """A tensor, or a tuple of tensors, on `device`. To CUDA the copy does not block (from pinned memory it
+    overlaps the computation); to MPS it blocks: non-blocking copies to MPS can read memory that is freed before
+    they run (open PyTorch issues). With `channels_last`, 4-D tensors (image batches) come out channels-last,
+    converted on the device after the copy, as timm's train.py does: converting first would cost a full copy on
+    the CPU and make the copy from pinned memory a blocking one."""
     if isinstance(value, tuple):
-        return tuple(to_device(v, device) for v in value)
-    return value.to(device, non_blocking=True)
+        return tuple(to_device(v, device, channels_last=channels_last) for v in value)
+    value = value.to(device, non_blocking=device.type == "cuda")
+    return value.contiguous(memory_format=torch.channels_last) if channels_last and value.dim() == 4 else value

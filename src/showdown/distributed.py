@@ -17,6 +17,9 @@ import torch
 import torch.distributed as dist
 
 _objects_group = None  # the gloo group that gathers and broadcasts Python objects
+# Generous: rank 0 alone writes the report and plots while the others wait at the next collective. Every group
+# is given it: a group made without it gets PyTorch's default of 30 minutes.
+TIMEOUT = timedelta(minutes=60)
 
 
 def launched() -> bool:
@@ -32,9 +35,9 @@ def start(device: torch.device) -> None:
     backend = "nccl" if device.type == "cuda" else "gloo"
     if device.type == "cuda":
         torch.cuda.set_device(device)
-    # Generous timeout: rank 0 alone writes the report and plots while the others wait at the next collective.
-    dist.init_process_group(backend, timeout=timedelta(minutes=60))
-    _objects_group = dist.new_group(backend="gloo") if backend != "gloo" else dist.group.WORLD
+    dist.init_process_group(backend, timeout=TIMEOUT)
+    # A group of its own on the CPU too, so the two-process CPU tests run the line a GPU run runs.
+    _objects_group = dist.new_group(backend="gloo", timeout=TIMEOUT)
 
 
 def active() -> bool:
@@ -60,6 +63,11 @@ def shard(n: int) -> slice:
     return slice(n * r // w, n * (r + 1) // w)
 
 
+def local_processes() -> int:
+    """The processes torchrun started on this machine (they share its cores and memory)."""
+    return int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+
+
 def per_rank_batch(global_batch: int) -> int:
     """--batch-size is the global batch: each rank takes its share of it."""
     return max(1, global_batch // world_size())
@@ -75,8 +83,13 @@ def gather(value) -> list:
 
 
 def all_true(flag: bool) -> bool:
-    """True when `flag` holds on every rank (so all ranks take the same branch)."""
-    return all(gather(bool(flag)))
+    """True when `flag` holds on every rank (so all ranks take the same branch). One small all-reduce, no
+    pickling: data-parallel training asks it once per step (training/batches.py)."""
+    if not active():
+        return bool(flag)
+    agreed = torch.tensor(int(bool(flag)))
+    dist.all_reduce(agreed, op=dist.ReduceOp.MIN, group=_objects_group)
+    return bool(agreed)
 
 
 def broadcast(value):
@@ -95,6 +108,13 @@ def all_sum(values: list[float]) -> list[float]:
     total = torch.tensor(values, dtype=torch.float64)
     dist.all_reduce(total, group=_objects_group)
     return total.tolist()
+
+
+def broadcast_buffers(module: torch.nn.Module) -> None:
+    """Rank 0's buffers (batch norm statistics) in `module` on every rank, on the module's device."""
+    if active():
+        for buffer in module.buffers():
+            dist.broadcast(buffer, src=0)
 
 
 def barrier() -> None:

@@ -1,7 +1,7 @@
 """Pick fp32, bf16 or fp16 for the forward pass on a device, and give the matching autocast and gradient scaler.
 
-`auto`: on the CPU bf16 only where it is native (AVX512-BF16 / AMX), else fp32; on a CUDA GPU bf16 where it
-supports it (Ampere and later), else fp16 with a gradient scaler; on Apple MPS fp16. Losses and metrics are
+`auto`: on the CPU bf16 only where it is native (AVX512-BF16 / AMX), else fp32; on a CUDA GPU bf16 from compute
+capability 8.0 (Ampere and later), else fp16 with a gradient scaler; on Apple MPS fp16. Losses and metrics are
 always computed in fp32 (the training loop casts the logits).
 """
 from __future__ import annotations
@@ -23,12 +23,18 @@ def bf16_supported() -> bool:
         return False
 
 
+def cuda_bf16(device: torch.device) -> bool:
+    """bf16 is native on a CUDA GPU of compute capability 8.0 or more (Ampere). torch.cuda.is_bf16_supported() is
+    also True where bf16 is only emulated (T4, V100: 7.x), and cuDNN has no bf16 convolutions there."""
+    return torch.cuda.get_device_capability(device) >= (8, 0)
+
+
 def resolve_precision(requested: str, device: torch.device | None = None) -> str:
     """The precision `requested` ("auto" or a name) means on `device` (default the CPU); never "auto"."""
     kind = device.type if device is not None else "cpu"
     if requested == "auto":
         if kind == "cuda":
-            return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+            return "bf16" if cuda_bf16(device) else "fp16"
         if kind == "mps":
             return "fp16"
         return "bf16" if bf16_supported() else "fp32"

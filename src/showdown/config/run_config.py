@@ -111,7 +111,8 @@ class RunConfig:
     activation_shift: int = option(0, "shift each cached activation map the top trains on by up to N cells at "
                                    "random (the cached analogue of a random crop; boundary cache only)",
                                    group=FINETUNE, min=0)
-    cache_budget_gb: float | None = option(None, "boundary-activation cache limit in GB", group=FINETUNE, above=0,
+    cache_budget_gb: float | None = option(None, "boundary-activation cache limit in GB for the machine (under "
+                                           "torchrun shared by its processes)", group=FINETUNE, above=0,
                                            unset="a quarter of RAM")
     # a fair showdown: the same search budget for every entry, cross-validation, a CI gate
     tune: int = option(  # tuning.py
@@ -190,8 +191,9 @@ class RunConfig:
         started on it (LOCAL_WORLD_SIZE), at most 8 each."""
         if self.workers != "auto":
             return int(self.workers)
-        processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
-        return max(1, min(8, len(os.sched_getaffinity(0)) // processes))
+        from showdown import distributed  # here: the CLI imports this module before torch (startup.py)
+
+        return max(1, min(8, usable_cores() // distributed.local_processes()))
 
     @property
     def tuning(self) -> bool:
@@ -210,6 +212,14 @@ class RunConfig:
         """From a mapping (a YAML file, a preset, a run's config.yaml): unknown keys and values of the wrong type
         are one-line ConfigErrors naming `source`; ranges are checked by validate()."""
         return cls(**read_values(cls, values, source))
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity, as under taskset or a SLURM allocation); where the
+    system cannot say (macOS has no sched_getaffinity), all of them."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
 
 
 def read_config_file(path: str | Path) -> dict:

@@ -106,10 +106,14 @@ def batch_resize(preprocessing: Preprocessing, side: int) -> BatchResize | None:
                        list(map(float, normalize.mean)), list(map(float, normalize.std)))
 
 
-def to_uint8_tensor(side: int):
-    """The worker side of the batched path: decode only (a stray size is resized by Pillow to keep batches even)."""
-    def transform(image: Image.Image) -> torch.Tensor:
-        if image.size != (side, side):
-            image = image.resize((side, side), Image.BICUBIC)
+class Uint8Tensor:
+    """The worker side of the batched path: decode only (a stray size is resized by Pillow to keep batches even).
+    A class, not a closure: DataLoader workers started by `spawn` (macOS, Windows) receive it pickled."""
+
+    def __init__(self, side: int):
+        self.side = side
+
+    def __call__(self, image: Image.Image) -> torch.Tensor:
+        if image.size != (self.side, self.side):
+            image = image.resize((self.side, self.side), Image.BICUBIC)
         return torch.from_numpy(np.asarray(image, dtype=np.uint8).copy()).permute(2, 0, 1)
-    return transform

@@ -40,7 +40,7 @@ def _torch_forward(model, device: torch.device):
 
     def forward(images):
         with torch.inference_mode():
-            return model(to_device(images, device)).float().softmax(1).cpu().numpy()
+            return model(to_device(images, device, channels_last=True)).float().softmax(1).cpu().numpy()
     return forward
 
 

@@ -15,7 +15,7 @@ from showdown.data import DatasetSpec
 from showdown.data.thumbnails import without_centre_crop
 from showdown.experiment.context import Entry, RunContext
 from showdown.experiment.folds import FeaturePool
-from showdown.experiment.phases import CACHEABLE_AUGMENTS, evaluate, extract_all, train
+from showdown.experiment.phases import CACHEABLE_AUGMENTS, Trained, evaluate, extract_all, train
 from showdown.experiment.run_folder import write_entry
 from showdown.experiment.tuning import describe as describe_search
 from showdown.experiment.tuning import tune
@@ -32,23 +32,7 @@ class EntryResult(NamedTuple):
 
 def run_entry(strategy: str, backbone: Backbone, dataset: DatasetSpec, config: RunConfig, run: RunContext,
               folder: Path, *, pool: FeaturePool | None = None, keep_probabilities: bool = False) -> EntryResult:
-    if distributed.is_main():  # under torchrun rank 0 alone writes
-        folder.mkdir(parents=True, exist_ok=True)
-    _, _, unfreeze_spec = strategy.partition("=")  # finetune=layers:20 names its own unfreeze
-    if unfreeze_spec:
-        config = dataclasses.replace(config, unfreeze=unfreeze_spec)
-    search = None
-    if config.tuning:  # the chosen values become this entry's configuration
-        config, search = _search(strategy, backbone, dataset, config, run, folder, pool)
-        run.echo(f"  {strategy}: {describe_search(search)}")
-    backbone, model = build_model(strategy, backbone, dataset, config)
-    model.to(run.device)
-    entry = Entry(strategy, backbone, model, dataset, config, run, folder, pool=pool)
-    if search is not None:
-        entry.timing["tune_seconds"] = search["seconds"]
-    start = time.perf_counter()
-    trained = train(entry)
-    entry.timing["train_seconds"] = time.perf_counter() - start
+    entry, trained, search = train_entry(strategy, backbone, dataset, config, run, folder, pool=pool)
     probs, y_true, test_items = evaluate(entry, trained)
     row = None
     if distributed.is_main():
@@ -59,9 +43,31 @@ def run_entry(strategy: str, backbone: Backbone, dataset: DatasetSpec, config: R
     return EntryResult(distributed.broadcast(row), trained.failed)
 
 
-def build_model(strategy: str, backbone: Backbone, dataset: DatasetSpec, config: RunConfig):
-    """(backbone, classifier) of an entry, seeded. A backbone that trains is a copy, so every entry (seed, fold,
-    search trial) starts from the same ImageNet weights."""
+def train_entry(strategy: str, backbone: Backbone, dataset: DatasetSpec, config: RunConfig, run: RunContext,
+                folder: Path, *, pool: FeaturePool | None = None) -> tuple[Entry, Trained, dict | None]:
+    """(the entry, its training, its search record or None): the part every process runs under torchrun."""
+    if distributed.is_main():  # under torchrun rank 0 alone writes
+        folder.mkdir(parents=True, exist_ok=True)
+    _, _, unfreeze_spec = strategy.partition("=")  # finetune=layers:20 names its own unfreeze
+    if unfreeze_spec:
+        config = dataclasses.replace(config, unfreeze=unfreeze_spec)
+    search = None
+    if config.tuning:  # the chosen values become this entry's configuration
+        config, search = _search(strategy, backbone, dataset, config, run, folder, pool)
+        run.echo(f"  {strategy}: {describe_search(search)}")
+    backbone, model = build_model(strategy, backbone, dataset, config, run.device)
+    entry = Entry(strategy, backbone, model, dataset, config, run, folder, pool=pool)
+    if search is not None:
+        entry.timing["tune_seconds"] = search["seconds"]
+    start = time.perf_counter()
+    trained = train(entry)
+    entry.timing["train_seconds"] = time.perf_counter() - start
+    return entry, trained, search
+
+
+def build_model(strategy: str, backbone: Backbone, dataset: DatasetSpec, config: RunConfig, device: torch.device):
+    """(backbone, classifier) of an entry, seeded, on `device`. A backbone that trains is a copy, so every entry
+    (seed, fold, search trial) starts from the same ImageNet weights."""
     torch.manual_seed(config.seed)
     if strategy == "scratch-cnn":
         backbone = small_cnn_backbone(config.image_size)
@@ -71,7 +77,7 @@ def build_model(strategy: str, backbone: Backbone, dataset: DatasetSpec, config:
     elif strategy.startswith("finetune"):
         backbone = copy.deepcopy(backbone)
     head = Head(backbone.num_features, len(dataset.classes), config.head_hidden, config.head_dropout, config.head_bn)
-    return backbone, ImageClassifier(backbone.model, head, config.tta)
+    return backbone, ImageClassifier(backbone.model, head, config.tta).to(device)
 
 
 def fitted_to_images(backbone: Backbone, dataset: DatasetSpec) -> Backbone:
@@ -89,7 +95,7 @@ def _search(strategy: str, backbone: Backbone, dataset: DatasetSpec, config: Run
     quiet = dataclasses.replace(run, echo=lambda *_: None)
 
     def train_trial(trial_config: RunConfig, on_epoch) -> list[dict]:
-        trial_backbone, model = build_model(strategy, backbone, seen, trial_config)
+        trial_backbone, model = build_model(strategy, backbone, seen, trial_config, run.device)
         entry = Entry(strategy, trial_backbone, model, seen, trial_config, quiet, folder, pool=pool,
                       checkpoints=False, on_epoch=on_epoch)
         return train(entry).history
@@ -99,7 +105,7 @@ def _search(strategy: str, backbone: Backbone, dataset: DatasetSpec, config: Run
     if base == "head" and config.augment in CACHEABLE_AUGMENTS:
         # The frozen backbone runs once, before the trials, so the search time is the search's alone. (A finetune
         # trial makes its features from the boundary activations it computes anyway.)
-        trial_backbone, model = build_model("head", backbone, seen, config)
+        trial_backbone, model = build_model("head", backbone, seen, config, run.device)
         extract_all(Entry("head", trial_backbone, model, seen, config, quiet, folder, pool=pool))
     extraction = time.perf_counter() - start
     config, search = tune(config, base, train_trial, folder / "search.db", unfreeze_named="=" in strategy)

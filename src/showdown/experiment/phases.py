@@ -19,8 +19,8 @@ from torch import nn
 
 from showdown import distributed
 from showdown.config.run_config import RunConfig
-from showdown.device import to_device
-from showdown.experiment.context import Entry
+from showdown.device import module_device, to_device
+from showdown.experiment.context import Entry, RunContext
 from showdown.frozen.boundary import TopOfNetwork, first_trainable, sequential_layers
 from showdown.frozen.feature_cache import FEATURE_BATCH, Features, extract_views, forward_views
 from showdown.precision import autocast
@@ -136,10 +136,8 @@ def train_top(entry: Entry, net: nn.Module, train_batches, val_batches) -> list[
     boundary activations (`net` a TopOfNetwork) or on images (`net` the whole model)."""
     config, model = entry.config, entry.model
     trained = unfreeze(model, config.unfreeze)
-    settings = dataclasses.replace(train_settings(config), lr=config.lr * config.ft_lr_factor,
-                                   epochs=config.ft_epochs or config.epochs)
-    if net is model:  # decoded images in the training step: autocast pays off there
-        settings = dataclasses.replace(settings, precision=entry.run.precision)
+    settings = dataclasses.replace(train_settings(config, top_precision(entry.run, on_images=net is model)),
+                                   lr=config.lr * config.ft_lr_factor, epochs=config.ft_epochs or config.epochs)
     groups = lr_param_groups(model, settings.lr, config.lr_decay)
     keep_eval = batchnorms_kept_in_eval(model, config.train_bn)
     entry.run.echo(f"  finetune: {len(trained)} backbone tensors unfrozen ({config.unfreeze}), lr {settings.lr:g}")
@@ -148,6 +146,13 @@ def train_top(entry: Entry, net: nn.Module, train_batches, val_batches) -> list[
                         keep_start=True, parallel=True)
     entry.timing["finetune_seconds"] = time.perf_counter() - start
     return history
+
+
+def top_precision(run: RunContext, on_images: bool) -> str:
+    """The precision the unfrozen top trains in: the run's autocast with decoded images in the training step, and
+    on a GPU (tensor cores) with boundary activations too; on the CPU, on activations, fp32, which trained
+    faster there (measured, docs/performance.md)."""
+    return run.precision if on_images or run.device.type != "cpu" else "fp32"
 
 
 def boundary_cut(entry: Entry) -> tuple[list[nn.Module], int] | None:
@@ -167,15 +172,29 @@ def boundary_cut(entry: Entry) -> tuple[list[nn.Module], int] | None:
     with torch.inference_mode():
         probe = torch.zeros(1, *backbone.preprocessing.input_size, device=entry.run.device)
         values = nn.Sequential(*layers[:cut])(probe).numel()
-    need = sum(len(entry.dataset.splits[split]) * len(views) * values * _stored(split).itemsize
-               for split, views in _boundary_passes(entry).items())
-    budget = (config.cache_budget_gb * 2**30) if config.cache_budget_gb else _ram_bytes() / 4
-    if need > budget:
-        echo(f"  boundary cache off: {need / 2**30:.1f} GB of activations exceed the {budget / 2**30:.1f} GB budget "
-             "(--cache-budget-gb); full forward")
+    need, budget = _cache_need(entry, values), cache_budget(config)
+    if not distributed.all_true(need <= budget):  # machines of a run may differ in RAM: every rank decides alike
+        each = f" of each of {distributed.local_processes()} processes" if distributed.local_processes() > 1 else ""
+        echo(f"  boundary cache off: {need / 2**30:.1f} GB of activations exceed the {budget / 2**30:.1f} GB budget"
+             f"{each} (--cache-budget-gb); full forward")
         return None
     echo(f"  boundary cache: frozen bottom ({cut} of {len(layers)} layers) runs once, {need / 2**20:.0f} MB")
     return layers, cut
+
+
+def _cache_need(entry: Entry, values: int) -> int:
+    """Bytes of boundary activations a process holds (`values` per image): every view of every split; under
+    torchrun, while the shards of a view are joined, also the shards as they arrived: one more of the largest."""
+    views = [len(entry.dataset.splits[split]) * values * _stored(split).itemsize
+             for split, mirrors in _boundary_passes(entry).items() for _ in mirrors]
+    return sum(views) + (max(views) if distributed.active() else 0)
+
+
+def cache_budget(config: RunConfig) -> float:
+    """Bytes a process may hold in boundary activations: --cache-budget-gb (default a quarter of RAM) is the
+    machine's, shared by the processes torchrun started on it (each holds the whole set)."""
+    machine = config.cache_budget_gb * 2**30 if config.cache_budget_gb else _ram_bytes() / 4
+    return machine / distributed.local_processes()
 
 
 def _boundary_passes(entry: Entry) -> dict[str, tuple[bool, ...]]:
@@ -209,7 +228,7 @@ def frozen_top_features(top: TopOfNetwork, activations: Features, precision: str
     """The pooled features the whole frozen backbone gives, computed from boundary activations by the top as
     loaded (still frozen): the head phase's inputs without a second pass over the images."""
     pooled = TopOfNetwork(list(top.layers), top.backbone, nn.Identity()).eval()
-    device = next(top.parameters()).device
+    device = module_device(top)
     chunks = []
     with torch.inference_mode(), autocast(precision, device.type):
         for batch in activations.features.split(256):

@@ -17,7 +17,7 @@ from showdown.data import DatasetSpec, load_dataset
 from showdown.data.folder import subset_per_class
 from showdown.data.leakage import check_leakage
 from showdown.data.sources import cache_root
-from showdown.device import describe, resolve_device
+from showdown.device import describe, prepare, resolve_device
 from showdown.errors import AccuracyGateError, ConfigError
 from showdown.experiment.context import RunContext
 from showdown.experiment.entry import EntryResult, fitted_to_images, run_entry
@@ -54,6 +54,7 @@ def run(config: RunConfig, *, echo: Callable[[str], None] = print, resume: bool 
     for name in config.models:  # an unknown name fails before any work is done
         resolve_backbone(name)
     device = resolve_device(config.device)
+    prepare(device)  # before environment.json records the device's settings
     distributed.start(device)  # under torchrun: one process group (gloo on CPU, NCCL on CUDA)
     if distributed.active() and config.tuning:
         raise ConfigError("--tune runs in one process; start it without torchrun (the tuned entry can then be "

@@ -10,6 +10,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from showdown.device import module_device
+
 # Containers whose children run one after another in timm's forward_features.
 _CHAINS = (nn.Sequential, nn.ModuleList)
 _HEAD_PARTS = {"global_pool", "classifier", "fc", "head", "head_drop", "pre_logits", "drop"}
@@ -33,13 +35,16 @@ def sequential_layers(backbone: nn.Module, input_size: tuple[int, int, int]) -> 
     backbone.eval()
     try:
         with torch.inference_mode():
-            x = torch.randn(1, *input_size)
+            # On the backbone's device. The backbone's own forward is outside the `except` below: a failure there
+            # (a probe on the wrong device) is a fault to see, not a network that is "not a plain chain".
+            x = torch.randn(1, *input_size, device=module_device(backbone))
             expected = backbone.forward_features(x)
-            for layer in layers:
-                x = layer(x)
-        ok = x.shape == expected.shape and torch.allclose(x, expected, atol=1e-5)
-    except Exception:  # any failure means "not a plain chain"
-        ok = False
+            try:
+                for layer in layers:
+                    x = layer(x)
+            except Exception:  # any failure of the chain means "not a plain chain"
+                return None
+            ok = x.shape == expected.shape and torch.allclose(x, expected, atol=1e-5)
     finally:
         backbone.train(was_training)
     return layers if ok else None

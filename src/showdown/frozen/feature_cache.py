@@ -21,7 +21,7 @@ from tqdm import tqdm
 from showdown import distributed
 from showdown.data.images import decoder, eval_transform, image_loader
 from showdown.data.preprocessing import Preprocessing
-from showdown.data.thumbnails import batch_resize, small_square_side, to_uint8_tensor
+from showdown.data.thumbnails import Uint8Tensor, batch_resize, small_square_side
 from showdown.device import CPU, to_device
 from showdown.errors import DataError
 from showdown.fileio import atomic_path, digest, file_stamp
@@ -190,13 +190,13 @@ def _joined(mine: Features, offset: int) -> Features:
 def _forward_shard(module: torch.nn.Module, preprocessing: Preprocessing, items, side: int | None,
                    mirrors: tuple[bool, ...], *, precision: str, batch_size: int, workers: int, desc: str, store_dtype,
                    runtime: str, name: str, device: torch.device) -> list[Features]:
-    module = module.eval().to(device, memory_format=torch.channels_last)
     resize = batch_resize(preprocessing, side) if side else None
     if resize is not None:  # small images: workers only decode, the batch is resized inside the graph
         module = nn.Sequential(resize, module)
-        transform = to_uint8_tensor(side)
+        transform = Uint8Tensor(side)
     else:
         transform = eval_transform(preprocessing)
+    module = module.eval().to(device, memory_format=torch.channels_last)  # the resize's matrices too
     loader = image_loader(items, transform, batch_size=batch_size, workers=workers, pin_memory=device.type == "cuda",
                           prefetch=PREFETCH)
     batches = iter(tqdm(loader, desc=desc, leave=False, unit="batch", disable=None if distributed.is_main() else True))

@@ -20,11 +20,11 @@ from safetensors.torch import save_file
 from torch.utils.flop_counter import FlopCounterMode
 
 from showdown.config.run_config import RunConfig
-from showdown.device import CPU, describe, device_facts, resolve_device
+from showdown.device import CPU, describe, device_facts, prepare, resolve_device
 from showdown.fileio import new_run_dir, write_csv, write_json
 from showdown.frozen.engines import frozen_forward, graph_forward, openvino_installed
 from showdown.models.backbones import load_backbone, resolve_backbone
-from showdown.precision import autocast, bf16_supported, resolve_precision
+from showdown.precision import autocast, bf16_supported, cuda_bf16, resolve_precision
 from showdown.reporting.tables import render
 
 THROUGHPUT_BATCH = 32
@@ -124,9 +124,9 @@ def format_bench(rows: list[dict]) -> str:
 
 def default_precisions(device: torch.device = CPU) -> tuple[str, ...]:
     """On the CPU bf16 only where it runs natively (emulated bf16 is ~20x slower and says nothing useful); on a
-    GPU fp32, fp16, and bf16 where supported."""
+    GPU fp32, fp16, and bf16 where native (compute capability 8.0 and later)."""
     if device.type == "cuda":
-        return ("fp32", "bf16", "fp16") if torch.cuda.is_bf16_supported() else ("fp32", "fp16")
+        return ("fp32", "bf16", "fp16") if cuda_bf16(device) else ("fp32", "fp16")
     if device.type == "mps":
         return ("fp32", "fp16")
     return ("fp32", "bf16") if bf16_supported() else ("fp32",)
@@ -136,6 +136,7 @@ def bench_models(models: list[str], config: RunConfig, run_dir: Path, *, precisi
                  onnx: bool = True, repeats: int = 30, echo=print) -> list[dict]:
     """Measure every model on config.device; bench.csv and bench.json land in `run_dir`."""
     device = resolve_device(config.device)
+    prepare(device)  # cuDNN's autotuner: the warm-up runs of each timing pick the convolutions
     precisions = precisions or default_precisions(device)
     rows = []
     for name in models:

@@ -102,12 +102,18 @@ def sharded_batches(features, batch_size: int) -> DataLoader:
 class ImageBatches:
     """(inputs, targets) batches from an image loader, whose batches also carry indices and failures.
     `readable` lists, after a pass, the item indices of the images it yielded (unreadable files are skipped);
-    `offset` is where this process's shard starts in the split."""
+    `offset` is where this process's shard starts in the split. Batches stay as the loader made them (NCHW, in
+    pinned memory for a GPU): the training loop makes them channels-last on the device, after the copy.
 
-    def __init__(self, loader, offset: int = 0, seed: int = 0):
+    `lockstep` (data-parallel training under torchrun): a batch none of whose images could be read is skipped by
+    every process, not only by its own (one process taking a step fewer would leave the others waiting for it in
+    DistributedDataParallel's gradient exchange)."""
+
+    def __init__(self, loader, offset: int = 0, seed: int = 0, lockstep: bool = False):
         self.loader = loader
         self.offset = offset
         self.seed = seed
+        self.lockstep = lockstep
         self.readable: list[int] = []
 
     def set_epoch(self, epoch: int) -> None:
@@ -124,9 +130,12 @@ class ImageBatches:
     def __iter__(self):
         self.readable = []
         for images, labels, indices, _ in self.loader:
-            if len(images):
+            readable = len(images) > 0
+            if self.lockstep:
+                readable = distributed.all_true(readable)
+            if readable:
                 self.readable += (indices + self.offset).tolist()
-                yield images.contiguous(memory_format=torch.channels_last), labels
+                yield images, labels
 
 
 def image_batches(items, preprocessing, config: RunConfig, *, train: bool, split: bool = False,
@@ -139,7 +148,7 @@ def image_batches(items, preprocessing, config: RunConfig, *, train: bool, split
         batch = distributed.per_rank_batch(config.batch_size) if split else config.batch_size
         return ImageBatches(image_loader(items, transform, batch_size=batch, workers=workers, pin_memory=pin_memory,
                                          sampler=training_sampler(len(items), config.seed, split),
-                                         generator=torch.Generator()), seed=config.seed)
+                                         generator=torch.Generator()), seed=config.seed, lockstep=split)
     part = distributed.shard(len(items)) if split else slice(0, len(items))
     return ImageBatches(image_loader(items[part], eval_transform(preprocessing), batch_size=FEATURE_BATCH,
                                      workers=workers, pin_memory=pin_memory), part.start)

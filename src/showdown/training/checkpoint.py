@@ -12,16 +12,20 @@ import torch
 from showdown.fileio import atomic_path
 
 
-def save_checkpoint(path: Path, model, optimizer, scheduler, progress: dict) -> None:
+def save_checkpoint(path: Path, model, optimizer, scheduler, scaler, progress: dict) -> None:
+    """`scaler`: the fp16 gradient scaler, whose loss scale adapts during training (empty when disabled)."""
     with atomic_path(path) as tmp:
         torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(), **progress}, tmp)
+                    "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), **progress}, tmp)
 
 
-def load_checkpoint(path: Path, model, optimizer, scheduler) -> dict:
-    """Restore model, optimizer and scheduler in place; returns the progress values."""
+def load_checkpoint(path: Path, model, optimizer, scheduler, scaler) -> dict:
+    """Restore model, optimizer, scheduler and gradient scaler in place; returns the progress values."""
     state = torch.load(path, map_location="cpu", weights_only=True)
     model.load_state_dict(state.pop("model"))
     optimizer.load_state_dict(state.pop("optimizer"))
     scheduler.load_state_dict(state.pop("scheduler"))
+    saved_scaler = state.pop("scaler", None)
+    if saved_scaler:  # empty from a disabled scaler (fp32, bf16), absent from checkpoints written before it was kept
+        scaler.load_state_dict(saved_scaler)
     return state

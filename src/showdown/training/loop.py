@@ -1,7 +1,6 @@
 """One training loop for every strategy: seeded, early stopping on validation loss, best weights restored."""
 from __future__ import annotations
 
-import itertools
 import logging
 import math
 import time
@@ -14,7 +13,7 @@ from timm.loss import SoftTargetCrossEntropy
 from torch import nn
 
 from showdown import distributed
-from showdown.device import CPU, to_device
+from showdown.device import module_device, to_device
 from showdown.errors import one_line
 from showdown.precision import autocast, grad_scaler
 from showdown.training.checkpoint import load_checkpoint, save_checkpoint
@@ -69,13 +68,14 @@ def run_epoch(model, batches, loss_fn, optimizer=None, scheduler=None, precision
     autocast, with `scaler` (fp16) scaling the gradients. With `reduce` the totals are summed over the processes
     of a data-parallel run, so every process sees the same figures.
     """
-    device = device or _device_of(model)
+    device = device or module_device(model)
     scaler = scaler or grad_scaler("fp32")
-    total_loss = torch.zeros((), dtype=torch.float64, device=device)
+    # Summed on the device (no sync per batch), in float32: MPS has no float64.
+    total_loss = torch.zeros((), dtype=torch.float32, device=device)
     correct = torch.zeros((), dtype=torch.long, device=device)
     seen = 0
     for inputs, targets in batches:
-        inputs, targets = to_device(inputs, device), targets.to(device, non_blocking=True)
+        inputs, targets = to_device(inputs, device, channels_last=True), to_device(targets, device)
         if optimizer is not None:
             soft = targets
             if mix is not None and len(targets) % 2 == 0:  # timm mixes pairs: an odd last batch stays unmixed
@@ -98,7 +98,7 @@ def run_epoch(model, batches, loss_fn, optimizer=None, scheduler=None, precision
             with torch.inference_mode(), autocast(precision, device.type):
                 logits = model(inputs).float()
                 loss = loss_fn(logits, targets)
-        total_loss += loss.detach().double() * len(targets)  # summed on the device: no sync per batch
+        total_loss += loss.detach() * len(targets)
         correct += (logits.argmax(1) == targets).sum()
         seen += len(targets)
     totals = [float(total_loss), float(correct), float(seen)]
@@ -107,17 +107,14 @@ def run_epoch(model, batches, loss_fn, optimizer=None, scheduler=None, precision
     return totals[0] / max(totals[2], 1), totals[1] / max(totals[2], 1)
 
 
-def _device_of(model) -> torch.device:
-    tensor = next(itertools.chain(model.parameters(), model.buffers()), None)
-    return tensor.device if tensor is not None else CPU
-
-
-def seed_epoch(seed: int, epoch: int) -> None:
+def seed_epoch(seed: int, epoch: int, per_process: bool = False) -> None:
     """Every epoch starts from its own seed, so dropout and mixing of epoch N do not depend on the epochs before
-    it: a resumed run repeats an uninterrupted one exactly. Under torchrun each process draws its own dropout
-    masks for its share of the batch (the same masks on every process would correlate the shares); the order of
-    the batches comes from the samplers' own seeds, the same on every process."""
-    offset = 7919 * distributed.rank()
+    it: a resumed run repeats an uninterrupted one exactly. `per_process` (a data-parallel phase under torchrun):
+    each process draws its own dropout masks for its share of the batch (the same masks on every process would
+    correlate the shares). A phase every process trains alike draws the same masks everywhere, so every process
+    ends with the same weights. The order of the batches comes from the samplers' own seeds, the same on every
+    process."""
+    offset = 7919 * distributed.rank() if per_process else 0
     torch.manual_seed(seed * 100_003 + epoch + offset)
     np.random.seed((seed * 100_003 + epoch + offset) % 2**32)
 
@@ -153,9 +150,11 @@ def fit(model: nn.Module, train_batches, val_batches, settings: TrainSettings, *
 
     `parallel`: under torchrun the batches are this process's shares and the model trains as one
     DistributedDataParallel model (gradients averaged, weights identical on every process); losses and
-    accuracies are summed over the processes. Only rank 0 writes the checkpoint.
+    accuracies are summed over the processes, and after every epoch rank 0's buffers (batch norm statistics, which
+    each process updates from its own share) go to all, so every process keeps, restores and evaluates the same
+    weights. Only rank 0 writes the checkpoint.
     """
-    device = _device_of(model)
+    device = module_device(model)
     parallel = parallel and distributed.active()
     if parallel:
         model, keep_eval = _sync_batchnorm(model, keep_eval, device)
@@ -170,19 +169,21 @@ def fit(model: nn.Module, train_batches, val_batches, settings: TrainSettings, *
     resume = checkpoint is not None and checkpoint.is_file()
     distributed.barrier()  # every process has looked for the checkpoint before rank 0 writes one
     passes = {"precision": settings.precision, "device": device, "reduce": parallel}
+    # DistributedDataParallel starts by giving every process rank 0's weights: before the starting weights are
+    # kept (keep_start), so every process keeps the same ones.
+    net = _compiled(_data_parallel(model, device) if parallel else model, settings.compile)
     if resume:
-        state = load_checkpoint(checkpoint, model, optimizer, scheduler)
+        state = load_checkpoint(checkpoint, model, optimizer, scheduler, scaler)
     elif keep_start:
         model.eval()
         state["best_loss"], _ = run_epoch(model, val_batches, val_loss_fn, **passes)
         state["best_state"] = _snapshot(model)
-    net = _compiled(_data_parallel(model, device) if parallel else model, settings.compile)
     best_loss, best_state, since_best = state["best_loss"], state["best_state"], state["since_best"]
     history = state["history"]
     for epoch in range(state["epoch"] + 1, settings.epochs + 1):
         if state["done"]:
             break
-        seed_epoch(settings.seed, epoch)
+        seed_epoch(settings.seed, epoch, per_process=parallel)
         if hasattr(train_batches, "set_epoch"):  # the DistributedSampler's order of this epoch
             train_batches.set_epoch(epoch)
         start = time.perf_counter()
@@ -193,6 +194,8 @@ def fit(model: nn.Module, train_batches, val_batches, settings: TrainSettings, *
         train_loss, train_acc = run_epoch(net, train_batches, train_loss_fn, optimizer,
                                           scheduler if per_batch else None, grad_clip=settings.grad_clip, mix=mix,
                                           scaler=scaler, **passes)
+        if parallel:
+            distributed.broadcast_buffers(model)
         model.eval()
         val_loss, val_acc = run_epoch(model, val_batches, val_loss_fn, **passes)
         if not per_batch:
@@ -206,7 +209,7 @@ def fit(model: nn.Module, train_batches, val_batches, settings: TrainSettings, *
             since_best += 1
         stop = since_best >= settings.patience
         if checkpoint is not None and distributed.is_main():
-            save_checkpoint(checkpoint, model, optimizer, scheduler, {
+            save_checkpoint(checkpoint, model, optimizer, scheduler, scaler, {
                 "epoch": epoch, "best_loss": best_loss, "best_state": best_state, "since_best": since_best,
                 "history": history, "done": stop})
         if on_epoch is not None:

@@ -20,6 +20,7 @@ from timm.data import resolve_data_config
 from torch import nn
 
 from showdown.data.preprocessing import Preprocessing
+from showdown.device import module_device
 from showdown.errors import ModelError
 from showdown.models.backbones import efficientnet_lite
 from showdown.models.backbones.files import FoundWeights, load_weights_file
@@ -173,7 +174,7 @@ def output_width(model: nn.Module, input_size: tuple[int, int, int]) -> int:
     was_training = model.training
     try:
         with torch.inference_mode():
-            return model.eval()(torch.zeros(1, *input_size)).shape[1]
+            return model.eval()(torch.zeros(1, *input_size, device=module_device(model))).shape[1]
     finally:
         model.train(was_training)
 
