@@ -46,6 +46,14 @@ def disk_error(exc: BaseException, path, what: str) -> DiskError | None:
     return DiskError(" ".join(filter(None, [f"{reason}: could not write", what, str(path)]))) if reason else None
 
 
+def sqlite_disk_error(exc: BaseException, path, what: str) -> DiskError | None:
+    """The same for SQLite (directly or through SQLAlchemy), which says a full or read-only disk in words."""
+    text = str(exc).lower()
+    reason = DISK_ERRNOS[errno.ENOSPC] if "disk is full" in text else \
+        DISK_ERRNOS[errno.EROFS] if "readonly database" in text else None
+    return DiskError(f"{reason}: could not write {what} {path}") if reason else None
+
+
 def one_line(exc: BaseException, limit: int = 200) -> str:
     """An exception as one short line, for a fallback's log note (no traceback)."""
     first = next((line.strip() for line in str(exc).splitlines() if line.strip()), "")

@@ -13,7 +13,7 @@ from contextlib import closing
 from datetime import datetime
 from pathlib import Path
 
-from showdown.errors import DiskError, ShowdownError
+from showdown.errors import ShowdownError, sqlite_disk_error
 from showdown.fileio import disk_writes
 from showdown.reporting.run_records import EntryRecord, load_run
 
@@ -58,8 +58,9 @@ def connect(path: str | Path | None = None) -> sqlite3.Connection:
 
 
 def _database_error(path: Path, exc: sqlite3.DatabaseError) -> ShowdownError:
-    if "full" in str(exc) or "readonly" in str(exc) or "read-only" in str(exc):  # SQLite's words for the disk's
-        return DiskError(f"cannot write the results database {path}: {exc}")
+    disk = sqlite_disk_error(exc, path, "the results database")
+    if disk is not None:
+        return disk
     return ShowdownError(f"cannot use the results database {path} ({exc}); move the file aside, give --db another "
                          "file, or run with --no-record")
 
