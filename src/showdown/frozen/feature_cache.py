@@ -11,9 +11,9 @@ with the features in memory.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
+import zlib
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -140,13 +140,15 @@ class _Damaged(Exception):
 
 
 def _checksum(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> str:
-    """SHA-256 of the tensors (name, dtype, shape, bytes) and the other metadata: what a file must hold to be used."""
-    hasher = hashlib.sha256(json.dumps(metadata, sort_keys=True).encode())
+    """CRC-32 of the tensors (name, dtype, shape, bytes) and the other metadata: what the file must hold to be used.
+    CRC, as in zip and PNG: it catches damage, not tampering, at ~3 GB/s (SHA-256 ran at 0.56 GB/s here, half a
+    second on every cached CIFAR-10 re-run)."""
+    crc = zlib.crc32(json.dumps(metadata, sort_keys=True).encode())
     for name in sorted(tensors):
         tensor = tensors[name].contiguous()
-        hasher.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}".encode())
-        hasher.update(tensor.reshape(-1).view(torch.uint8).numpy())
-    return hasher.hexdigest()
+        crc = zlib.crc32(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}".encode(), crc)
+        crc = zlib.crc32(tensor.reshape(-1).view(torch.uint8).numpy(), crc)
+    return f"crc32:{crc:08x}"
 
 
 def _cached(path: Path | None) -> Features | None:
