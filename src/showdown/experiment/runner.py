@@ -79,24 +79,7 @@ def run(config: RunConfig, *, echo: Callable[[str], None] = print, resume: bool 
         _echo_dataset(dataset, folds, echo)
         _echo_machine(device, precision, echo)
         context = RunContext(precision, runtime, cache_dir, echo, device)
-        rows, skipped = [], set()
-        for model_name in config.models:
-            todo = _entries_to_run(model_name, config, run_dir, resume, rows, echo)
-            if not todo:
-                continue
-            backbone = _load(model_name, config, dataset, echo)
-            on_main(check_space, run_dir, backbone, [strategy for strategy, _ in todo], config.folds)
-            pool = _feature_pool(backbone, dataset, config, context) if folds else None
-            for strategy, seed in todo:
-                folder = entry_folder(run_dir, model_name, strategy, seed, config.repeats)
-                seeded = dataclasses.replace(config, seed=seed)
-                if folds:
-                    result = _run_folds(strategy, backbone, folds, seeded, context, folder, pool, resume)
-                else:
-                    result = run_entry(strategy, backbone, dataset, seeded, context, folder)
-                skipped.update(result.failed)
-                rows.append(result.row)
-                echo(_entry_line(result.row, strategy, seed, config, folds))
+        rows, skipped = _all_entries(config, dataset, folds, context, run_dir, resume)
         frozen_passes = {key: (CACHE_STATS + HEALED)[key] - passes_before[key]
                          for key in ("hit", "miss", "images", "recomputed")}
         if distributed.active():  # images each process ran through frozen layers: shards, never the same image twice
@@ -108,6 +91,30 @@ def run(config: RunConfig, *, echo: Callable[[str], None] = print, resume: bool 
     distributed.barrier()  # the run folder is complete before any process returns
     _check_gate(results, config.assert_accuracy_at_least)
     return results
+
+
+def _all_entries(config: RunConfig, dataset: DatasetSpec, folds: list[DatasetSpec] | None, context: RunContext,
+                 run_dir: Path, resume: bool) -> tuple[list[dict], set[str]]:
+    """Every entry of every backbone (with `resume`, the finished ones read back): their rows, skipped files."""
+    rows, skipped, echo = [], set(), context.echo
+    for model_name in config.models:
+        todo = _entries_to_run(model_name, config, run_dir, resume, rows, echo)
+        if not todo:
+            continue
+        backbone = _load(model_name, config, dataset, echo)
+        on_main(check_space, run_dir, backbone, [strategy for strategy, _ in todo], config.folds)
+        pool = _feature_pool(backbone, dataset, config, context) if folds else None
+        for strategy, seed in todo:
+            folder = entry_folder(run_dir, model_name, strategy, seed, config.repeats)
+            seeded = dataclasses.replace(config, seed=seed)
+            if folds:
+                result = _run_folds(strategy, backbone, folds, seeded, context, folder, pool, resume)
+            else:
+                result = run_entry(strategy, backbone, dataset, seeded, context, folder)
+            skipped.update(result.failed)
+            rows.append(result.row)
+            echo(_entry_line(result.row, strategy, seed, config, folds))
+    return rows, skipped
 
 
 @contextmanager
