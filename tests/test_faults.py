@@ -255,6 +255,15 @@ def test_a_full_disk_is_one_line_and_resume_finishes_keeping_finished_entries(tm
     ballast.unlink()
 
 
+def test_a_read_only_run_folder_fails_before_the_work(tmp_path, demo_copy, small_disk, capsys):
+    mount, _ = small_disk
+    subprocess.run(["mount", "-o", "remount,ro", str(mount)], check=True)
+    out = mount / "run"
+    _one_line(*_main(capsys, "run", "--data", str(demo_copy), *FLAGS, "--out", str(out)), 1,
+              "read-only file system", str(out))
+    assert not out.exists()
+
+
 def test_a_full_cache_disk_is_a_warning_and_the_run_goes_on(tmp_path, demo_copy, small_disk, caplog):
     mount, _ = small_disk
     _fill(mount)
