@@ -65,6 +65,8 @@ def mark_used(entry: Path) -> None:
 
 # Folder entries: a manifest of every file's size and modification time, written last. A stat per file (no read)
 # catches a truncated, emptied or rewritten file and a half-copied folder; the manifest carries its own checksum.
+# A bit the medium flips without a write (size and time unchanged) is not seen: reading every image of a dataset
+# on every run would cost more than the folder saves; such an image decodes wrongly or is skipped and listed.
 def _stamps(folder: Path) -> dict[str, list[int]]:
     stamps = {}
     for path in sorted(folder.rglob("*")):
