@@ -19,7 +19,7 @@ from showdown.data import DatasetSpec, load_dataset
 from showdown.data.folder import subset_per_class
 from showdown.data.leakage import check_leakage
 from showdown.device import describe, resolve_device
-from showdown.errors import AccuracyGateError, ConfigError, DiskError
+from showdown.errors import AccuracyGateError, ConfigError, DiskError, disk_error
 from showdown.experiment.context import RunContext
 from showdown.experiment.entry import EntryResult, fitted_to_images, run_entry
 from showdown.experiment.folds import PROBABILITIES, FeaturePool, all_items, make_folds, write_pooled
@@ -123,13 +123,18 @@ def _kept_on_disk_errors(run_dir: Path):
     (config.yaml, written last of the run's start, is what --resume needs)."""
     try:
         yield
-    except DiskError as exc:
+    except (DiskError, OSError) as exc:
+        # a library's own write (no DiskError yet) is the disk's doing when its errno says so
+        error = exc if isinstance(exc, DiskError) else \
+            disk_error(exc, exc.filename, "") if exc.filename else disk_error(exc, run_dir, "a file in")
+        if error is None:
+            raise
         if (run_dir / "config.yaml").is_file():
             then = f"finished entries are kept; free some space (or move {run_dir} to a larger disk), then " \
                    f"`showdown run --resume {run_dir}` goes on"
         else:
             then = "free some space, then run it again"
-        raise DiskError(f"{exc}; {then}") from exc
+        raise DiskError(f"{error}; {then}") from exc
 
 
 def resume_run(run_dir: str | Path, *, echo: Callable[[str], None] = print) -> Results:
