@@ -212,17 +212,19 @@ def small_disk(tmp_path):
     subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
-def _fill(folder: Path) -> Path:
-    """Ballast until the disk says no more."""
+def _fill(folder: Path, limit: int = 128 * 2**20) -> Path:
+    """Ballast until the disk says no more; never more than `limit` bytes (the small disk holds less, so a real
+    disk under a failed mount is never filled)."""
     ballast = folder / "ballast"
     with open(ballast, "wb") as f:
         try:
-            while True:
+            while f.tell() < limit:
                 f.write(b"\0" * 65536)
                 f.flush()
         except OSError:
-            pass
-    return ballast
+            return ballast
+    ballast.unlink()
+    pytest.fail(f"{folder} took {limit} bytes: not the small disk")
 
 
 def test_a_full_disk_is_one_line_and_resume_finishes_keeping_finished_entries(tmp_path, demo_copy, small_disk,
