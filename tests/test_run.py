@@ -81,7 +81,7 @@ def test_feature_cache_is_hit_on_the_second_run_and_missed_after_a_change(tmp_pa
 
     first = frozen_passes("1", **config)
     assert first["miss"] == 3 and first["hit"] == 0 and first["images"] > 0
-    assert frozen_passes("2", **config) == {"hit": 3, "miss": 0, "images": 0}
+    assert frozen_passes("2", **config) == {"hit": 3, "miss": 0, "images": 0, "recomputed": 0}
     changed = frozen_passes("3", **dict(config, image_size=128))
     assert changed["miss"] == 3 and changed["images"] == first["images"]
 

@@ -10,7 +10,7 @@ from showdown import __version__
 from showdown.config.options import add_flags, definitions, flag_type, read_values
 from showdown.config.presets import QUICK, load_preset
 from showdown.config.run_config import RunConfig, read_config_file
-from showdown.errors import ConfigError, ShowdownError
+from showdown.errors import DISK_ERRNOS, ConfigError, ShowdownError
 from showdown.startup import heavy_imports
 
 DEVICE_HELP = definitions(RunConfig)["device"][1].help  # the same words as `showdown run --help`
@@ -85,6 +85,11 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--repeats", type=flag_type(int, min=1), default=30,
                        help="timed batch-1 runs per model (median reported)")
     bench.add_argument("--out", help="run folder for bench.csv and bench.json (default runs/<timestamp>-bench)")
+    cache = sub.add_parser("cache", help="what the caches hold (features, extracted datasets), and clear them")
+    cache.add_argument("action", choices=("info", "clear"))
+    cache.add_argument("--older-than", type=flag_type(float, min=0), metavar="DAYS",
+                       help="clear only entries no run has used for DAYS days")
+    cache.add_argument("--cache-dir", help="the feature cache folder, when runs give one (--cache-dir)")
     sub.add_parser("models", help="list the short backbone names and their weight sources")
     sub.add_parser("presets", help="list the ready-made experiments")
     return parser
@@ -121,6 +126,10 @@ def _weights_map(entries: list[str], models: list[str]) -> dict[str, str]:
 
 def cmd_run(args) -> int:
     config = None if hasattr(args, "resume") else config_from_args(args).validate()  # before the heavy imports
+    if config is not None and config.record:  # a damaged database fails in a blink, not after torch loads
+        from showdown.reporting.database import check_database
+
+        check_database(config.db)
     with heavy_imports():
         from showdown import distributed
         from showdown.experiment.runner import resume_run, run
@@ -199,6 +208,23 @@ def cmd_bench(args) -> int:
     return 0
 
 
+def cmd_cache(args) -> int:
+    from pathlib import Path
+
+    from showdown import cache
+
+    features = Path(args.cache_dir) if args.cache_dir else None
+    if args.action == "clear":
+        count, freed = cache.clear(features, args.older_than)
+        age = f" not used for {args.older_than:g} days" if args.older_than is not None else ""
+        print(f"cleared {count} cache entries{age}, {freed / 2**20:.1f} MB")
+        return 0
+    for row in cache.usage(features):
+        oldest = f", least recently used {row.oldest_days:.0f} days ago" if row.oldest_days is not None else ""
+        print(f"{row.kind:9s} {row.bytes / 2**20:9.1f} MB  {row.entries:5d} entries  {row.folder}{oldest}")
+    return 0
+
+
 def cmd_models(args) -> int:
     from showdown.models.backbones import SHORT_NAMES
 
@@ -228,7 +254,7 @@ def main(argv: list[str] | None = None) -> int:
         stream.reconfigure(errors="backslashreplace")
     logging.basicConfig(level=logging.INFO if args.debug else logging.WARNING, format="%(levelname)s: %(message)s")
     handler = {"run": cmd_run, "predict": cmd_predict, "export": cmd_export, "report": cmd_report, "runs": cmd_runs,
-               "bench": cmd_bench, "models": cmd_models, "presets": cmd_presets}[args.command]
+               "bench": cmd_bench, "cache": cmd_cache, "models": cmd_models, "presets": cmd_presets}[args.command]
     try:
         return handler(args)
     except ShowdownError as exc:
@@ -236,6 +262,12 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print("error: " + " ".join(line.strip() for line in str(exc).splitlines()), file=sys.stderr)  # one line
         return getattr(exc, "exit_code", 2)
+    except OSError as exc:  # a write the disk refused where no code named the file (DiskError does): still one line
+        reason = DISK_ERRNOS.get(exc.errno)
+        if reason is None or args.debug:
+            raise
+        print(f"error: {reason}" + (f": {exc.filename}" if exc.filename else ""), file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

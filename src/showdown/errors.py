@@ -2,6 +2,7 @@
 
 The CLI prints a ShowdownError as that one line, without a traceback (``--debug`` shows it).
 """
+import errno
 
 
 class ShowdownError(Exception):
@@ -24,6 +25,33 @@ class AccuracyGateError(ShowdownError):
     """--assert-accuracy-at-least failed: the results are written, the CI job should fail."""
 
     exit_code = 1
+
+
+class DiskError(ShowdownError):
+    """A write the disk refused (no space left, over quota, read-only, no permission). What was finished before it
+    is kept; the run can resume once there is room."""
+
+    exit_code = 1
+
+
+# What the disk says, in words; any other OSError is a bug or a bad input, not the disk's doing.
+DISK_ERRNOS = {errno.ENOSPC: "no space left on the device", errno.EDQUOT: "disk quota exceeded",
+               errno.EROFS: "read-only file system", errno.EACCES: "permission denied",
+               errno.EPERM: "operation not permitted"}
+
+
+def disk_error(exc: BaseException, path, what: str) -> DiskError | None:
+    """`exc` as a DiskError naming `path` and `what` was being written, or None when the disk is not the cause."""
+    reason = DISK_ERRNOS.get(getattr(exc, "errno", None))
+    return DiskError(" ".join(filter(None, [f"{reason}: could not write", what, str(path)]))) if reason else None
+
+
+def sqlite_disk_error(exc: BaseException, path, what: str) -> DiskError | None:
+    """The same for SQLite (directly or through SQLAlchemy), which says a full or read-only disk in words."""
+    text = str(exc).lower()
+    reason = DISK_ERRNOS[errno.ENOSPC] if "disk is full" in text else \
+        DISK_ERRNOS[errno.EROFS] if "readonly database" in text else None
+    return DiskError(f"{reason}: could not write {what} {path}") if reason else None
 
 
 def one_line(exc: BaseException, limit: int = 200) -> str:

@@ -1,6 +1,7 @@
 """Files on disk: written so that no reader sees half of one, and identified without reading them.
 
-The bottom layer, beside errors.py: any package may import it, it imports nothing of showdown.
+The bottom layer, beside errors.py: any package may import it, it imports nothing of showdown but errors.py.
+A write the disk refuses (no space, quota, read-only, permission) is a one-line DiskError naming the file.
 """
 from __future__ import annotations
 
@@ -17,37 +18,65 @@ from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 
+from showdown.errors import disk_error
+
 
 @contextmanager
-def atomic_path(path: Path) -> Iterator[Path]:
+def disk_writes(path: Path, what: str = "") -> Iterator[None]:
+    """Turns an OSError of the disk's (ENOSPC, EDQUOT, EROFS, EACCES) inside the block into a DiskError naming
+    `path` and `what` was being written; the OSError of a write has no file name, so this is where it gets one."""
+    try:
+        yield
+    except OSError as exc:
+        error = disk_error(exc, path, what)
+        if error is None:
+            raise
+        raise error from exc
+
+
+@contextmanager
+def atomic_path(path: Path, what: str = "") -> Iterator[Path]:
     """A temporary file beside `path` to write to; renamed onto `path` when the block succeeds, removed when
     it fails. A reader (or a run killed mid-write) sees the old file or the new one, never half of one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    tmp = Path(name)
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with disk_writes(path, what):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        os.close(fd)
+        tmp = Path(name)
+        try:
+            yield tmp
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
 
 
 @contextmanager
-def atomic_dir(path: Path) -> Iterator[Path]:
-    """A fresh folder to fill; renamed onto `path` (which must not exist yet) when the block succeeds."""
-    partial = path.with_name(f".{path.name}.partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    partial.mkdir(parents=True)
-    try:
-        yield partial
-        partial.rename(path)
-    finally:
-        shutil.rmtree(partial, ignore_errors=True)
+def atomic_dir(path: Path, what: str = "") -> Iterator[Path]:
+    """A fresh folder to fill; renamed onto `path` when the block succeeds. Two processes filling the same `path`
+    at once each fill a folder of their own: the first rename wins, the other copy is dropped."""
+    with disk_writes(path, what):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial"))
+        try:
+            yield partial
+            try:
+                partial.rename(path)
+            except OSError:
+                if not path.is_dir():  # not another process's finished copy: a real failure
+                    raise
+        finally:
+            shutil.rmtree(partial, ignore_errors=True)
 
 
-def write_atomic(path: Path, text: str) -> None:
-    with atomic_path(path) as tmp:
+def write_bytes_atomic(path: Path, data: bytes, what: str = "") -> None:
+    """`data` as the file `path`, atomically; what a library would write to a path, serialised in memory first,
+    so a full disk is a Python OSError (with its errno) rather than the library's own error."""
+    with atomic_path(path, what) as tmp:
+        tmp.write_bytes(data)
+
+
+def write_atomic(path: Path, text: str, what: str = "") -> None:
+    with atomic_path(path, what) as tmp:
         # backslashreplace: a file name that is not valid UTF-8 is written escaped instead of failing the run
         tmp.write_text(text, encoding="utf-8", errors="backslashreplace", newline="")
 
@@ -100,5 +129,23 @@ def new_run_dir(out: str | None, name: str) -> Path:
         while path.exists():
             suffix += 1
             path = path.with_name(f"{path.name.rsplit('~', 1)[0]}~{suffix}")
-    path.mkdir(parents=True, exist_ok=True)
+    with disk_writes(path, "the run folder"):
+        path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def nearest_existing(path: Path) -> Path:
+    """`path`, or the closest folder above it that exists (where it would be created)."""
+    path = path.absolute()
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def check_writable(folder: Path, what: str) -> None:
+    """A DiskError now, before any work, when `folder` (or the folder it would be made in) takes no new file."""
+    place = nearest_existing(folder)
+    with disk_writes(folder, what):
+        fd, name = tempfile.mkstemp(dir=place, prefix=".showdown-probe-")
+        os.close(fd)
+        os.unlink(name)

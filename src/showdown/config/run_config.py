@@ -14,6 +14,7 @@ import yaml
 
 from showdown.config.options import check_field, definitions, option, read_values
 from showdown.errors import ConfigError
+from showdown.fileio import write_atomic
 
 STRATEGIES = ("head", "finetune", "scratch", "scratch-cnn")
 AUGMENTS = ("none", "flip", "light", "strong")
@@ -205,7 +206,7 @@ class RunConfig:
         return out
 
     def save(self, path: Path) -> None:
-        path.write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+        write_atomic(path, yaml.safe_dump(self.to_dict(), sort_keys=False), "the configuration")
 
     @classmethod
     def from_dict(cls, values: dict, *, source: str | None = None) -> "RunConfig":

@@ -2,7 +2,8 @@
 
 Every member is checked before anything is written: no absolute path or `..` that lands outside the
 folder, no links or device files, no member or total size past the limits (an archive bomb). The tree
-is extracted into a temporary sibling and renamed into place, so a half-extracted folder is never used.
+is extracted into a temporary sibling, sealed with a manifest (cache.py) and renamed into place, so a
+half-extracted folder is never used and one damaged since is extracted again.
 """
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ import tarfile
 import zipfile
 from pathlib import Path, PurePosixPath
 
-from showdown.errors import DataError
+from showdown.cache import verified_folder, write_manifest
+from showdown.errors import DataError, disk_error
 from showdown.fileio import atomic_dir, digest, file_stamp
 
 ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz")
@@ -27,13 +29,14 @@ def extract_once(archive: Path, cache_dir: Path, *, max_member: int = MAX_MEMBER
     """The folder holding the archive's contents, extracting it first if this archive version is new."""
     key = digest([f"{archive.resolve()}|{file_stamp(archive)}"])[:16]
     target = cache_dir / f"{archive.name.split('.')[0]}-{key}"
-    if target.is_dir():
+    if verified_folder(target):
         return target
-    with atomic_dir(target) as partial:
+    with atomic_dir(target, f"the files of {archive.name} into the cache folder") as partial:
         if archive.name.lower().endswith(".zip"):
             _extract_zip(archive, partial, max_member, max_total)
         else:
             _extract_tar(archive, partial, max_member, max_total)
+        write_manifest(partial)
     return target
 
 
@@ -95,4 +98,6 @@ def _extract_tar(archive: Path, dest: Path, max_member: int, max_total: int) -> 
             _check_sizes(archive, [(m.name, m.size) for m in members], max_member, max_total)
             tf.extractall(dest, members=members, filter="data")
     except (tarfile.TarError, EOFError, OSError) as exc:
+        if disk_error(exc, dest, ""):  # the disk's doing, not the archive's: atomic_dir says so
+            raise
         raise DataError(f"{archive} is not a readable tar archive ({exc})") from exc

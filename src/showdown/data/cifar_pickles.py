@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from showdown.cache import verified_folder, write_manifest
 from showdown.errors import DataError
 from showdown.fileio import atomic_dir, fingerprint
 
@@ -64,15 +65,16 @@ def cifar_to_folders(folder: Path, cache_dir: Path) -> Path:
     if missing:
         raise DataError(f"{folder} lacks {', '.join(missing)} of the official CIFAR release; re-download it")
     target = cache_dir / f"{folder.name}-{fingerprint([f.resolve() for f in files])}"
-    if target.is_dir():
+    if verified_folder(target):
         return target
     names = [str(n) for n in load_pickle(folder / meta_file)[names_key]]
-    with atomic_dir(target) as partial:
+    with atomic_dir(target, f"the images of {folder.name} into the cache folder") as partial:
         for split, batch_files in (("train", train_files), ("test", [test_file])):
             counts = [0] * len(names)
             for name in batch_files:
                 batch = load_pickle(folder / name)
                 _write_images(batch, label_key, names, partial / split, counts, folder / name)
+        write_manifest(partial)
     return target
 
 

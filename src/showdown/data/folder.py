@@ -7,10 +7,10 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from showdown.data.formats import IMAGE_SUFFIXES, check_readable
 from showdown.errors import DataError
 from showdown.fileio import fingerprint
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 SPLITS = ("train", "val", "test")
 _SPLIT_ALIASES = {"train": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
 
@@ -42,10 +42,12 @@ def _class_folders(root: Path) -> list[Path]:
 
 
 def images_in(folder: Path) -> list[Path]:
-    return sorted(
+    found = sorted(
         p for p in folder.rglob("*")
         if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and all(map(is_visible, p.relative_to(folder).parts))
     )
+    check_readable(found, folder)
+    return found
 
 
 def scan_classes(root: Path, warnings: list[str]) -> dict[str, list[Path]]:

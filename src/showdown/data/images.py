@@ -21,6 +21,7 @@ from timm.data import create_transform
 from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms
 
+from showdown.data import formats  # noqa: F401  (registers the HEIC/HEIF and AVIF openers in every worker)
 from showdown.data.preprocessing import Preprocessing
 
 # What decoding a broken, truncated, non-image or oversized file raises: such files are skipped and listed.

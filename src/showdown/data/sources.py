@@ -5,6 +5,7 @@ import os
 from importlib import resources
 from pathlib import Path
 
+from showdown.cache import cache_root
 from showdown.data.archive import extract_once, is_archive
 from showdown.data.cifar_pickles import cifar_to_folders, is_cifar_pickles
 from showdown.data.download import download_named
@@ -22,10 +23,6 @@ _LOCAL_NAMES = {
     "cifar100": ("cifar100", "cifar100_jpg", "cifar100-jpg.tar.gz", "cifar100.tar.gz",
                  "cifar-100-python", "cifar-100-python.tar.gz"),
 }
-
-
-def cache_root() -> Path:
-    return Path(os.environ.get("SHOWDOWN_CACHE") or Path.home() / ".cache" / "showdown")
 
 
 def data_root(explicit: str | None) -> Path:

@@ -15,7 +15,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from showdown.data.folder import IMAGE_SUFFIXES, images_in, is_visible
+from showdown.data.folder import images_in, is_visible
+from showdown.data.formats import IMAGE_SUFFIXES, check_readable
 from showdown.data.images import eval_transform, image_loader
 from showdown.data.preprocessing import Preprocessing
 from showdown.deploy.trained import METADATA_KEY, choose_entry, read_tflite_metadata
@@ -158,6 +159,7 @@ def expand_inputs(inputs: list[str]) -> list[Path]:
             else:
                 raise DataError(f"{path} does not exist")
     files = [f for f in dict.fromkeys(files) if is_visible(f.name)]
+    check_readable(files, ", ".join(inputs))  # a HEIC file given by name, without pillow-heif: said, not skipped
     if not files:
         raise DataError(f"no images found in {', '.join(inputs)} (looked for {', '.join(sorted(IMAGE_SUFFIXES))})")
     return files

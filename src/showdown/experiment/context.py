@@ -25,7 +25,7 @@ class RunContext:
 
     precision: str
     runtime: str  # engine of the frozen forward passes (frozen/engines.py)
-    cache_dir: Path
+    cache_dir: Path | None  # feature cache folder; None: off (the folder takes no file)
     echo: Callable[[str], None] = print  # prints on rank 0 only under torchrun
     device: torch.device = CPU
 

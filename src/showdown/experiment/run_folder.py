@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 import os
 import platform
@@ -22,7 +23,7 @@ from showdown.data.folder import SPLITS
 from showdown.device import CPU, device_facts
 from showdown.experiment.context import Entry
 from showdown.experiment.folds import FOLD_DETAIL_KEYS, PROBABILITIES, fold_table
-from showdown.fileio import slug, write_atomic, write_csv, write_json
+from showdown.fileio import slug, write_atomic, write_bytes_atomic, write_csv, write_json
 from showdown.models.saving import save_model
 from showdown.reporting.plots import plot_confusion, plot_curves
 from showdown.reporting.tables import format_markdown
@@ -33,8 +34,8 @@ DETAIL_KEYS = ("per_class", "confusion_matrix", "classes", "setup", "tuning", *F
 
 def write_run_start(run_dir: Path, config: RunConfig, dataset: DatasetSpec, precision: str, runtime: str,
                     folds: list[DatasetSpec] | None = None, device: torch.device = CPU) -> None:
-    """What the run was given, before any training: its configuration, machine, dataset and split."""
-    config.save(run_dir / "config.yaml")
+    """What the run was given, before any training: its configuration, machine, dataset and split. config.yaml is
+    written last: a run folder with it can be resumed."""
     write_json(run_dir / "environment.json", environment(precision, runtime, device))
     write_json(run_dir / "dataset.json", {
         "name": dataset.name, "root": str(dataset.root), "classes": dataset.classes, "counts": dataset.counts(),
@@ -44,11 +45,12 @@ def write_run_start(run_dir: Path, config: RunConfig, dataset: DatasetSpec, prec
     write_csv(run_dir / "leakage.csv", dataset.leaks)  # nothing is written when there are none
     if folds:  # the folds replace the split: every image, its test fold and its role in each fold
         write_csv(run_dir / "folds.csv", fold_table(folds))
-        return
-    write_csv(run_dir / "splits.csv", [
-        {"split": split, "path": str(path), "label": dataset.classes[label]}
-        for split in SPLITS for path, label in dataset.splits[split]
-    ])
+    else:
+        write_csv(run_dir / "splits.csv", [
+            {"split": split, "path": str(path), "label": dataset.classes[label]}
+            for split in SPLITS for path, label in dataset.splits[split]
+        ])
+    config.save(run_dir / "config.yaml")
 
 
 def environment(precision: str, runtime: str = "torch", device: torch.device = CPU) -> dict:
@@ -103,7 +105,9 @@ def write_entry(entry: Entry, metrics: dict, history: list[dict], probs: np.ndar
         for (path, _), t, p in zip(test_items, y_true, probs)
     ])
     if keep_probabilities:  # a fold's: the pooled entry's loss needs them (folds.py)
-        np.save(folder / PROBABILITIES, probs.astype(np.float32))
+        buffer = io.BytesIO()
+        np.save(buffer, probs.astype(np.float32))
+        write_bytes_atomic(folder / PROBABILITIES, buffer.getvalue(), "the test probabilities")
     if search is not None:  # the tuned configuration of this entry, reusable with --config (no new search)
         dataclasses.replace(config, models=[backbone.spec.name], strategies=[strategy], tune=0, tune_minutes=None,
                             out=None).save(folder / "config.yaml")

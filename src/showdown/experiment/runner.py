@@ -8,20 +8,22 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from showdown import distributed
+from showdown.cache import STATS as HEALED
 from showdown.config.run_config import RunConfig, read_config_file
 from showdown.data import DatasetSpec, load_dataset
 from showdown.data.folder import subset_per_class
 from showdown.data.leakage import check_leakage
-from showdown.data.sources import cache_root
 from showdown.device import describe, prepare, resolve_device
-from showdown.errors import AccuracyGateError, ConfigError
+from showdown.errors import AccuracyGateError, ConfigError, DiskError, disk_error
 from showdown.experiment.context import RunContext
 from showdown.experiment.entry import EntryResult, fitted_to_images, run_entry
 from showdown.experiment.folds import PROBABILITIES, FeaturePool, all_items, make_folds, write_pooled
+from showdown.experiment.preflight import check_places, check_space, on_main
 from showdown.experiment.run_folder import entry_folder, finished_row, write_run_start, write_summary
 from showdown.fileio import new_run_dir
 from showdown.frozen.engines import resolve_runtime
@@ -62,6 +64,8 @@ def run(config: RunConfig, *, echo: Callable[[str], None] = print, resume: bool 
     echo = echo if distributed.is_main() else _silent
     if resume:
         echo(f"resuming {config.out}")
+    passes_before = CACHE_STATS + HEALED  # HEALED counts "recomputed" (damaged cache entries)
+    cache_dir = on_main(check_places, config)  # before the data: an archive is extracted into the cache
     dataset = load_dataset(config.data, data_root=config.data_root, split=config.split, seed=config.seed)
     if config.max_per_class:
         dataset = subset_per_class(dataset, config.max_per_class)
@@ -69,21 +73,37 @@ def run(config: RunConfig, *, echo: Callable[[str], None] = print, resume: bool 
     precision = resolve_precision(config.precision, device)
     runtime = resolve_runtime(config.runtime, precision, device.type)
     folds = make_folds(dataset, config.folds, config.seed, _val_fraction(config)) if config.folds else None
-    run_dir = Path(distributed.broadcast(str(new_run_dir(config.out, config.name or dataset.name))
-                                         if distributed.is_main() else None))
-    if not resume and distributed.is_main():
-        write_run_start(run_dir, config, dataset, precision, runtime, folds, device)
-    _echo_dataset(dataset, folds, echo)
-    _echo_machine(device, precision, echo)
-    context = RunContext(precision, runtime, Path(config.cache_dir) if config.cache_dir else cache_root() / "features",
-                         echo, device)
-    passes_before = CACHE_STATS.copy()
-    rows, skipped = [], set()
+    run_dir = Path(on_main(lambda: str(new_run_dir(config.out, config.name or dataset.name))))  # rank 0 makes it
+    with _kept_on_disk_errors(run_dir):
+        if not resume and distributed.is_main():
+            write_run_start(run_dir, config, dataset, precision, runtime, folds, device)
+        _echo_dataset(dataset, folds, echo)
+        _echo_machine(device, precision, echo)
+        context = RunContext(precision, runtime, cache_dir, echo, device)
+        rows, skipped = _all_entries(config, dataset, folds, context, run_dir, resume)
+        frozen_passes = {key: (CACHE_STATS + HEALED)[key] - passes_before[key]
+                         for key in ("hit", "miss", "images", "recomputed")}
+        if distributed.active():  # images each process ran through frozen layers: shards, never the same image twice
+            frozen_passes["images_per_rank"] = distributed.gather(frozen_passes["images"])
+            frozen_passes["images"] = sum(frozen_passes["images_per_rank"])
+        results = Results(run_dir, rows, sorted(skipped))
+        if distributed.is_main():
+            _finish(results, config, frozen_passes, echo)
+    distributed.barrier()  # the run folder is complete before any process returns
+    _check_gate(results, config.assert_accuracy_at_least)
+    return results
+
+
+def _all_entries(config: RunConfig, dataset: DatasetSpec, folds: list[DatasetSpec] | None, context: RunContext,
+                 run_dir: Path, resume: bool) -> tuple[list[dict], set[str]]:
+    """Every entry of every backbone (with `resume`, the finished ones read back): their rows, skipped files."""
+    rows, skipped, echo = [], set(), context.echo
     for model_name in config.models:
         todo = _entries_to_run(model_name, config, run_dir, resume, rows, echo)
         if not todo:
             continue
         backbone = _load(model_name, config, dataset, echo)
+        on_main(check_space, run_dir, backbone, [strategy for strategy, _ in todo], config.folds)
         pool = _feature_pool(backbone, dataset, config, context) if folds else None
         for strategy, seed in todo:
             folder = entry_folder(run_dir, model_name, strategy, seed, config.repeats)
@@ -95,16 +115,27 @@ def run(config: RunConfig, *, echo: Callable[[str], None] = print, resume: bool 
             skipped.update(result.failed)
             rows.append(result.row)
             echo(_entry_line(result.row, strategy, seed, config, folds))
-    frozen_passes = {key: CACHE_STATS[key] - passes_before[key] for key in ("hit", "miss", "images")}
-    if distributed.active():  # images each process ran through frozen layers: shards, never the same image twice
-        frozen_passes["images_per_rank"] = distributed.gather(frozen_passes["images"])
-        frozen_passes["images"] = sum(frozen_passes["images_per_rank"])
-    results = Results(run_dir, rows, sorted(skipped))
-    if distributed.is_main():
-        _finish(results, config, frozen_passes, echo)
-    distributed.barrier()  # the run folder is complete before any process returns
-    _check_gate(results, config.assert_accuracy_at_least)
-    return results
+    return rows, skipped
+
+
+@contextmanager
+def _kept_on_disk_errors(run_dir: Path):
+    """A write the disk refuses, anywhere in the run, ends it in one line that says what is kept and how to go on
+    (config.yaml, written last of the run's start, is what --resume needs)."""
+    try:
+        yield
+    except (DiskError, OSError) as exc:
+        # a library's own write (no DiskError yet) is the disk's doing when its errno says so
+        error = exc if isinstance(exc, DiskError) else \
+            disk_error(exc, exc.filename, "") if exc.filename else disk_error(exc, run_dir, "a file in")
+        if error is None:
+            raise
+        if (run_dir / "config.yaml").is_file():
+            then = f"finished entries are kept; free some space (or move {run_dir} to a larger disk), then " \
+                   f"`showdown run --resume {run_dir}` goes on"
+        else:
+            then = "free some space, then run it again"
+        raise DiskError(f"{error}; {then}") from exc
 
 
 def resume_run(run_dir: str | Path, *, echo: Callable[[str], None] = print) -> Results:
@@ -229,8 +260,9 @@ def _finish(results: Results, config: RunConfig, frozen_passes: dict, echo) -> N
     echo("")
     echo(results.table())
     echo("")
+    recomputed = f", {frozen_passes['recomputed']} damaged cache entries recomputed" * bool(frozen_passes["recomputed"])
     echo(f"frozen passes: {frozen_passes['images']} images computed (features, boundary activations), "
-         f"{frozen_passes['hit']} feature sets from the cache")
+         f"{frozen_passes['hit']} feature sets from the cache{recomputed}")
     if config.bench:
         bench_models(config.models, config, run_dir, echo=echo)
     if config.report:

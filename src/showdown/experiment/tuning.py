@@ -18,6 +18,7 @@ import optuna
 from optuna.trial import TrialState
 
 from showdown.config.run_config import RunConfig
+from showdown.errors import sqlite_disk_error
 
 # What the search may change, as the report describes it. Same for every backbone; `finetune` adds two.
 SPACE = {
@@ -88,6 +89,17 @@ def tune(config: RunConfig, base: str, train_trial: TrialFunction, storage: Path
     loss so far)` after each epoch and returns the epoch history. The configuration as given is measured first
     (the default); the search's best replaces it only when its validation loss is lower.
     """
+    try:
+        return _search(config, base, train_trial, storage, unfreeze_named)
+    except Exception as exc:  # SQLAlchemy's error for a full disk under the trials' SQLite file: one line
+        disk = sqlite_disk_error(exc, storage, "the search's trials")
+        if disk is None:
+            raise
+        raise disk from exc
+
+
+def _search(config: RunConfig, base: str, train_trial: TrialFunction, storage: Path,
+            unfreeze_named: bool) -> tuple[RunConfig, dict]:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     space = space_for(base, unfreeze_named)
     start = time.perf_counter()

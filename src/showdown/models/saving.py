@@ -4,10 +4,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 
 from showdown.errors import ModelError
-from showdown.fileio import atomic_path, write_json
+from showdown.fileio import write_bytes_atomic, write_json
 from showdown.models.backbones import build_architecture
 from showdown.models.classifier import Head, ImageClassifier
 from showdown.models.small_cnn import SmallCNN
@@ -16,8 +16,9 @@ from showdown.models.small_cnn import SmallCNN
 def save_model(model: ImageClassifier, directory: Path, info: dict) -> None:
     """info: classes, backbone, timm_kwargs, weights_source, preprocessing, head (in_features, hidden, ...)."""
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}  # loads without a GPU
-    with atomic_path(directory / "model.safetensors") as tmp:
-        save_file(state, str(tmp), metadata={"format": "tl-showdown/1"})
+    # serialised in memory: a full disk is then an OSError with its errno (fileio), not safetensors' own error
+    write_bytes_atomic(directory / "model.safetensors", save(state, metadata={"format": "tl-showdown/1"}),
+                       "the trained model")
     write_json(directory / "model.json", info)
 
 

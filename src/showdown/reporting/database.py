@@ -1,7 +1,8 @@
 """The results database: every finished run in an embedded SQLite file.
 
 A run is recorded in one transaction once it has finished, so a run killed half-way leaves no row behind,
-and the runs recorded before it stay intact.
+and the runs recorded before it stay intact. `check_database` opens it when the run starts, so a damaged or
+foreign file fails then, in one line, not after the training.
 """
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ from contextlib import closing
 from datetime import datetime
 from pathlib import Path
 
-from showdown.errors import ShowdownError
+from showdown.errors import ShowdownError, sqlite_disk_error
+from showdown.fileio import disk_writes
 from showdown.reporting.run_records import EntryRecord, load_run
 
 SCHEMA = """
@@ -43,15 +45,51 @@ def default_db() -> Path:
 
 def connect(path: str | Path | None = None) -> sqlite3.Connection:
     path = Path(path) if path else default_db()
-    path.parent.mkdir(parents=True, exist_ok=True)
+    with disk_writes(path.parent, "the folder of the results database"):
+        path.parent.mkdir(parents=True, exist_ok=True)
     try:
         conn = sqlite3.connect(path, timeout=30)
         conn.execute("PRAGMA foreign_keys = ON")
         conn.executescript(SCHEMA)
     except sqlite3.DatabaseError as exc:
-        raise ShowdownError(f"cannot open the results database {path}: {exc}") from exc
+        raise _database_error(path, exc) from exc
     conn.row_factory = sqlite3.Row
     return conn
+
+
+def _database_error(path: Path, exc: sqlite3.DatabaseError) -> ShowdownError:
+    disk = sqlite_disk_error(exc, path, "the results database")
+    if disk is not None:
+        return disk
+    return ShowdownError(f"cannot use the results database {path} ({exc}); move the file aside, give --db another "
+                         "file, or run with --no-record")
+
+
+def check_database(path: str | Path | None = None) -> None:
+    """Open the results database (created when new), check its integrity and that its tables are showdown's."""
+    path = Path(path) if path else default_db()
+    with closing(connect(path)) as conn:
+        try:
+            (verdict,) = conn.execute("PRAGMA quick_check(1)").fetchone()
+            if verdict != "ok":
+                raise sqlite3.DatabaseError(f"damaged: {verdict}")
+            for table, wanted in _COLUMNS.items():
+                have = {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
+                if not wanted <= have:
+                    raise sqlite3.DatabaseError(f"its table {table} is not showdown's (no {', '.join(wanted - have)})")
+        except sqlite3.DatabaseError as exc:
+            raise _database_error(path, exc) from exc
+
+
+def _schema_columns() -> dict[str, set[str]]:
+    """The columns of each table SCHEMA makes, read off an in-memory database made with it."""
+    with closing(sqlite3.connect(":memory:")) as memory:
+        memory.executescript(SCHEMA)
+        tables = [row[0] for row in memory.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+        return {table: {row[1] for row in memory.execute(f"PRAGMA table_info({table})")} for table in tables}
+
+
+_COLUMNS = _schema_columns()
 
 
 def _text(value: str) -> str:
@@ -62,8 +100,16 @@ def _text(value: str) -> str:
 def record_run(run_dir: str | Path, db: str | Path | None = None) -> int:
     """Store a finished run folder (again: a re-recorded folder replaces its old rows); returns its id."""
     records = load_run(run_dir)
+    path = Path(db) if db else default_db()
+    try:
+        return _insert_run(run_dir, records, path)
+    except sqlite3.DatabaseError as exc:  # a full disk, mid-transaction: nothing of the run is stored
+        raise _database_error(path, exc) from exc
+
+
+def _insert_run(run_dir: str | Path, records: list[EntryRecord], path: Path) -> int:
     first = records[0]
-    with closing(connect(db)) as conn, conn:  # one transaction: all of the run or none of it
+    with closing(connect(path)) as conn, conn:  # one transaction: all of the run or none of it
         conn.execute("DELETE FROM runs WHERE run_dir = ?", (str(Path(run_dir).resolve()),))
         run_id = conn.execute(
             "INSERT INTO runs (created, run_dir, dataset, fingerprint, config, environment, dataset_info) "

@@ -14,6 +14,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from showdown.fileio import write_bytes_atomic  # noqa: E402
+
 # Above this many classes the cells are too small for numbers: the classes are sorted by how often they are
 # confused and the labels are thinned.
 MAX_ANNOTATED_CLASSES = 20
@@ -185,9 +187,9 @@ def curves_png(history: list[dict], title: str) -> bytes:
 
 def plot_confusion(matrix: list[list[int]], classes: list[str], path: Path, title: str) -> None:
     """The confusion matrix as a PNG file."""
-    path.write_bytes(confusion_png(matrix, classes, title))
+    write_bytes_atomic(path, confusion_png(matrix, classes, title), "the confusion matrix")
 
 
 def plot_curves(history: list[dict], path: Path, title: str) -> None:
     """The training curves as a PNG file."""
-    path.write_bytes(curves_png(history, title))
+    write_bytes_atomic(path, curves_png(history, title), "the training curves")

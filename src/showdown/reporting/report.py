@@ -329,8 +329,8 @@ def write_report(records: list[EntryRecord], out_dir: Path, title: str | None = 
     dataset = records[0].dataset.get("name", "data")
     title = title or f"tl-showdown: {dataset}, {len(groups)} entr{'y' if len(groups) == 1 else 'ies'}"
     html_path, md_path = out_dir / "report.html", out_dir / "report.md"
-    write_atomic(html_path, render_html(groups, tests, title))
-    write_atomic(md_path, markdown(groups, tests, title))
+    write_atomic(html_path, render_html(groups, tests, title), "the report")
+    write_atomic(md_path, markdown(groups, tests, title), "the report")
     return html_path, md_path
 
 

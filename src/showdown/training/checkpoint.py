@@ -5,18 +5,21 @@ with `weights_only=True`, so a checkpoint file can hold only tensors and plain v
 """
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import torch
 
-from showdown.fileio import atomic_path
+from showdown.fileio import write_bytes_atomic
 
 
 def save_checkpoint(path: Path, model, optimizer, scheduler, scaler, progress: dict) -> None:
     """`scaler`: the fp16 gradient scaler, whose loss scale adapts during training (empty when disabled)."""
-    with atomic_path(path) as tmp:
-        torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), **progress}, tmp)
+    # serialised in memory: torch.save's own writer turns a full disk into a RuntimeError without its errno
+    buffer = io.BytesIO()
+    torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), **progress}, buffer)
+    write_bytes_atomic(path, buffer.getvalue(), "the checkpoint")
 
 
 def load_checkpoint(path: Path, model, optimizer, scheduler, scaler) -> dict:

@@ -1,0 +1,173 @@
+"""What showdown keeps on disk to save work, and how an entry of it is trusted, healed, listed and cleared.
+
+A cache is an optimisation: an entry that cannot be read, or does not match what was written with it, is deleted
+and recomputed with one warning line naming it, never a failed run. Kinds, under $SHOWDOWN_CACHE
+(~/.cache/showdown):
+- features/: pooled backbone features, one safetensors file per (backbone, weights, preprocessing, files) key,
+  checked by the checksum of its tensors written in its own header (frozen/feature_cache.py);
+- extracted/: archives extracted, and official CIFAR pickles converted to image folders, one folder each,
+  checked against the manifest written last into it (every file's size and modification time; `manifest_problem`).
+Boundary activations live in memory and exported engines in a temporary folder: neither outlives the run.
+
+An entry's modification time is bumped when it is used, so `showdown cache clear --older-than DAYS` removes what
+no run has used for that long.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+from showdown.fileio import digest, write_atomic
+
+log = logging.getLogger(__name__)
+KINDS = {"features": "features", "datasets": "extracted"}  # kind -> folder under the cache root
+MANIFEST = ".showdown-manifest.json"
+# Damaged entries deleted this process ("recomputed"): a run reports its share with its frozen passes.
+STATS: Counter = Counter()
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("SHOWDOWN_CACHE") or Path.home() / ".cache" / "showdown")
+
+
+def kind_folders(features: Path | None = None) -> dict[str, Path]:
+    """Kind -> its folder; `features` is a run's --cache-dir when it has one."""
+    folders = {kind: cache_root() / name for kind, name in KINDS.items()}
+    return {**folders, "features": features} if features else folders
+
+
+def discard(entry: Path, reason: str) -> None:
+    """Delete a damaged entry (file or folder) so it is recomputed; one warning line naming it."""
+    log.warning("damaged cache entry %s (%s): deleted, recomputing it", entry, reason)
+    STATS["recomputed"] += 1
+    try:
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink(missing_ok=True)
+    except OSError as exc:  # a read-only cache: the entry is recomputed all the same, just not replaced
+        log.warning("could not delete %s (%s)", entry, exc.strerror or exc)
+
+
+def mark_used(entry: Path) -> None:
+    """Bump the entry's modification time: `clear --older-than` goes by last use."""
+    try:
+        os.utime(entry)
+    except OSError:
+        pass  # a read-only cache is still a cache
+
+
+# Folder entries: a manifest of every file's size and modification time, written last. A stat per file (no read)
+# catches a truncated, emptied or rewritten file and a half-copied folder; the manifest carries its own checksum.
+# A bit the medium flips without a write (size and time unchanged) is not seen: reading every image of a dataset
+# on every run would cost more than the folder saves; such an image decodes wrongly or is skipped and listed.
+def _stamps(folder: Path) -> dict[str, list[int]]:
+    stamps = {}
+    for path in sorted(folder.rglob("*")):
+        if path.is_file() and path.name != MANIFEST:
+            stat = path.stat()
+            stamps[path.relative_to(folder).as_posix()] = [stat.st_size, stat.st_mtime_ns]
+    return stamps
+
+
+def _sealed(stamps: dict) -> str:
+    return digest([json.dumps(stamps, sort_keys=True)])
+
+
+def write_manifest(folder: Path) -> None:
+    """Seal a filled folder entry (before it is renamed into place)."""
+    stamps = _stamps(folder)
+    write_atomic(folder / MANIFEST, json.dumps({"checksum": _sealed(stamps), "files": stamps}))
+
+
+def manifest_problem(folder: Path) -> str | None:
+    """Why the folder entry cannot be trusted, or None when every file is as it was written."""
+    try:
+        manifest = json.loads((folder / MANIFEST).read_text())
+        files = manifest["files"]
+        if manifest["checksum"] != _sealed(files):
+            return "its manifest is damaged"
+    except FileNotFoundError:
+        return "no manifest (written by an older version, or never finished)"
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        return f"its manifest cannot be read ({type(exc).__name__})"
+    for name, (size, mtime) in files.items():
+        try:
+            stat = (folder / name).stat()
+        except OSError:
+            return f"{name} is missing"
+        if stat.st_size != size:
+            return f"{name} is {stat.st_size} bytes, {size} were written"
+        if stat.st_mtime_ns != mtime:
+            return f"{name} was changed after it was written"
+    return None
+
+
+def verified_folder(folder: Path) -> bool:
+    """True when the folder entry is there and intact (marked used); a damaged one is discarded (False)."""
+    if not folder.is_dir():
+        return False
+    problem = manifest_problem(folder)
+    if problem:
+        discard(folder, problem)
+        return False
+    mark_used(folder / MANIFEST)
+    return True
+
+
+# `showdown cache info | clear`
+@dataclass
+class Usage:
+    kind: str
+    folder: Path
+    entries: int
+    bytes: int
+    oldest_days: float | None  # since the least recently used entry was last used
+
+
+def _entries(folder: Path) -> list[Path]:
+    return sorted(folder.iterdir()) if folder.is_dir() else []
+
+
+def _size(entry: Path) -> int:
+    if entry.is_file() or entry.is_symlink():
+        return entry.lstat().st_size
+    return sum(p.lstat().st_size for p in entry.rglob("*") if p.is_file() or p.is_symlink())
+
+
+def _last_used(entry: Path) -> float:
+    marker = entry / MANIFEST if (entry / MANIFEST).is_file() else entry
+    return marker.lstat().st_mtime
+
+
+def usage(features: Path | None = None) -> list[Usage]:
+    now, rows = time.time(), []
+    for kind, folder in kind_folders(features).items():
+        entries = _entries(folder)
+        ages = [(now - _last_used(e)) / 86400 for e in entries]
+        rows.append(Usage(kind, folder, len(entries), sum(map(_size, entries)), max(ages) if ages else None))
+    return rows
+
+
+def clear(features: Path | None = None, older_than_days: float | None = None) -> tuple[int, int]:
+    """Delete the entries (of every kind) not used for `older_than_days`, or all; (entries, bytes) freed.
+    Left-overs of killed writes (hidden .tmp files and .partial folders) go too."""
+    cutoff = time.time() - older_than_days * 86400 if older_than_days is not None else None
+    count = freed = 0
+    for folder in kind_folders(features).values():
+        for entry in _entries(folder):
+            if cutoff is not None and _last_used(entry) >= cutoff:
+                continue
+            size = _size(entry)
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                entry.unlink(missing_ok=True)
+            count, freed = count + 1, freed + size
+    return count, freed

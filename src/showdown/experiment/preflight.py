@@ -1,0 +1,74 @@
+"""Checks before the work: what would fail at the end of a run (a damaged results database, a run folder that
+takes no file, a disk too small for the models) fails at its start, in one line, before an image is decoded.
+
+Under torchrun rank 0 checks (it alone writes) and its verdict holds on every rank.
+"""
+from __future__ import annotations
+
+import logging
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import TypeVar
+
+from showdown import distributed
+from showdown.cache import kind_folders
+from showdown.config.run_config import RunConfig
+from showdown.errors import DiskError, ShowdownError
+from showdown.fileio import check_writable, nearest_existing
+from showdown.models.backbones import Backbone
+from showdown.models.small_cnn import SmallCNN
+from showdown.reporting.database import check_database
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+# What an entry writes besides its model (plots, predictions, history, metrics): a few hundred KB at most.
+ENTRY_FILES = 2**18
+
+
+def on_main(check: Callable[..., T], *args) -> T:
+    """`check(*args)` on rank 0; its result, or its one-line error, on every rank (they would wait for rank 0)."""
+    result, error = None, None
+    if distributed.is_main():
+        try:
+            result = check(*args)
+        except ShowdownError as exc:
+            error = exc
+    result, error = distributed.broadcast((result, error))
+    if error is not None:
+        raise error
+    return result
+
+
+def check_places(config: RunConfig) -> Path | None:
+    """The results database (opened, integrity and schema checked, created when new) and the run folder's place
+    (takes a file) fail the run now; a feature cache folder that takes no file is one warning, and the run goes
+    on uncached. Returns the feature cache folder to use, None for none."""
+    if config.record:
+        check_database(config.db)
+    check_writable(Path(config.out or "runs"), "the run folder")
+    cache_dir = Path(config.cache_dir) if config.cache_dir else kind_folders()["features"]
+    try:
+        check_writable(cache_dir, "the feature cache folder")
+    except DiskError as exc:
+        log.warning("%s; the run goes on without a feature cache", exc)
+        return None
+    return cache_dir
+
+
+def model_bytes(module) -> int:
+    return sum(t.numel() * t.element_size() for t in (*module.parameters(), *module.buffers()))
+
+
+def check_space(run_dir: Path, backbone: Backbone, strategies: list[str], folds: int | None) -> None:
+    """A DiskError when the run folder's disk has less room than the entries of `backbone` still to run will
+    surely write: each one's model (a head's includes its frozen backbone), and one checkpoint at a time."""
+    size = model_bytes(backbone.model)
+    models = [model_bytes(SmallCNN()) if s == "scratch-cnn" else size for s in strategies]
+    checkpoint = max((m for m, s in zip(models, strategies) if not s.startswith("head")), default=0)
+    need = (sum(models) + ENTRY_FILES * len(models)) * (folds or 1) + checkpoint
+    free = shutil.disk_usage(nearest_existing(run_dir)).free
+    if free < need:
+        entries = f"{len(strategies)} entr{'y' if len(strategies) == 1 else 'ies'}" + f" x {folds} folds" * bool(folds)
+        raise DiskError(f"no space left for {backbone.spec.name}'s {entries} in {run_dir}: {free / 2**20:.1f} MB "
+                        f"free, they write at least {need / 2**20:.1f} MB (models and a checkpoint)")
