@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from showdown import distributed
@@ -22,6 +21,7 @@ from showdown.errors import AccuracyGateError, ConfigError
 from showdown.experiment.context import RunContext
 from showdown.experiment.entry import EntryResult, fitted_to_images, run_entry
 from showdown.experiment.folds import PROBABILITIES, FeaturePool, all_items, make_folds, write_pooled
+from showdown.experiment.results import Results
 from showdown.experiment.run_folder import entry_folder, finished_row, write_run_start, write_summary
 from showdown.fileio import new_run_dir
 from showdown.frozen.engines import resolve_runtime
@@ -30,26 +30,19 @@ from showdown.models.backbones import Backbone, load_backbone, resolve_backbone
 from showdown.precision import resolve_precision
 from showdown.reporting.bench import bench_models
 from showdown.reporting.database import default_db, record_run
+from showdown.reporting.progress import Reporter
 from showdown.reporting.report import report_run
-from showdown.reporting.tables import format_table
 
 
-@dataclass
-class Results:
-    run_dir: Path
-    rows: list[dict]
-    skipped: list[str] = field(default_factory=list)
-
-    def table(self) -> str:
-        return format_table(self.rows)
-
-    def best(self) -> dict:
-        return max(self.rows, key=lambda r: r["accuracy"])
-
-
-def run(config: RunConfig, *, echo: Callable[[str], None] = print, resume: bool = False) -> Results:
+def run(config: RunConfig | None = None, *, echo: Callable[[str], None] = print, resume: bool = False,
+        **options) -> Results:
     """Train and evaluate every (model, strategy); with `resume`, `config.out` is an interrupted run's folder:
-    finished entries are kept and the interrupted one continues from its last completed epoch."""
+    finished entries are kept and the interrupted one continues from its last completed epoch.
+
+    In a notebook: `run(data="demo", models=["efficientnet_lite0"], strategy=["head"], epochs=5)`, the flags'
+    names with _ for -, checked as the flags are (one-line ShowdownErrors); with a RunConfig they replace its
+    values."""
+    config = RunConfig.from_keywords(options, base=config) if options or config is None else config
     config.validate()
     for name in config.models:  # an unknown name fails before any work is done
         resolve_backbone(name)
@@ -58,7 +51,9 @@ def run(config: RunConfig, *, echo: Callable[[str], None] = print, resume: bool 
     if distributed.active() and config.tuning:
         raise ConfigError("--tune runs in one process; start it without torchrun (the tuned entry can then be "
                           "trained under torchrun with the chosen values, from its config.yaml)")
-    echo = echo if distributed.is_main() else _silent
+    reporter = Reporter(echo, quiet=config.quiet, log_file=config.log_file, track=config.track) \
+        if distributed.is_main() else Reporter(silent=True)  # under torchrun rank 0 alone tells
+    echo = reporter.echo
     if resume:
         echo(f"resuming {config.out}")
     dataset = load_dataset(config.data, data_root=config.data_root, split=config.split, seed=config.seed)
@@ -75,11 +70,12 @@ def run(config: RunConfig, *, echo: Callable[[str], None] = print, resume: bool 
     _echo_dataset(dataset, folds, echo)
     _echo_machine(device, precision, echo)
     context = RunContext(precision, runtime, Path(config.cache_dir) if config.cache_dir else cache_root() / "features",
-                         echo, device)
+                         reporter, device)
+    reporter.start_run(config, run_dir, _grid_size(config))
     passes_before = CACHE_STATS.copy()
     rows, skipped = [], set()
     for model_name in config.models:
-        todo = _entries_to_run(model_name, config, run_dir, resume, rows, echo)
+        todo = _entries_to_run(model_name, config, run_dir, resume, rows, reporter)
         if not todo:
             continue
         backbone = _load(model_name, config, dataset, echo)
@@ -87,6 +83,8 @@ def run(config: RunConfig, *, echo: Callable[[str], None] = print, resume: bool 
         for strategy, seed in todo:
             folder = entry_folder(run_dir, model_name, strategy, seed, config.repeats)
             seeded = dataclasses.replace(config, seed=seed)
+            reporter.start_entry(f"{model_name}/{strategy}{_seed_note(seed, config)}",
+                                 {**seeded.to_dict(), "model": model_name, "strategy": strategy}, folder)
             if folds:
                 result = _run_folds(strategy, backbone, folds, seeded, context, folder, pool, resume)
             else:
@@ -94,13 +92,14 @@ def run(config: RunConfig, *, echo: Callable[[str], None] = print, resume: bool 
             skipped.update(result.failed)
             rows.append(result.row)
             echo(_entry_line(result.row, strategy, seed, config, folds))
+            reporter.end_entry(result.row, folder)
     frozen_passes = {key: CACHE_STATS[key] - passes_before[key] for key in ("hit", "miss", "images")}
     if distributed.active():  # images each process ran through frozen layers: shards, never the same image twice
         frozen_passes["images_per_rank"] = distributed.gather(frozen_passes["images"])
         frozen_passes["images"] = sum(frozen_passes["images_per_rank"])
     results = Results(run_dir, rows, sorted(skipped))
     if distributed.is_main():
-        _finish(results, config, frozen_passes, echo)
+        _finish(results, config, frozen_passes, reporter)
     distributed.barrier()  # the run folder is complete before any process returns
     _check_gate(results, config.assert_accuracy_at_least)
     return results
@@ -137,8 +136,14 @@ def _seeds(config: RunConfig) -> list[int]:
     return [config.seed + r for r in range(config.repeats)]  # the split keeps config.seed: same test images
 
 
+def _grid_size(config: RunConfig) -> int:
+    """Entries of the whole run (the small CNN runs once, whatever the backbones)."""
+    per_backbone = sum(s != "scratch-cnn" for s in config.strategies)
+    return (per_backbone * len(config.models) + ("scratch-cnn" in config.strategies)) * config.repeats
+
+
 def _entries_to_run(model_name: str, config: RunConfig, run_dir: Path, resume: bool, rows: list[dict],
-                    echo) -> list[tuple[str, int]]:
+                    reporter: Reporter) -> list[tuple[str, int]]:
     """(strategy, seed) pairs of this backbone still to train; with `resume`, finished ones join `rows`."""
     todo = []
     for strategy in config.strategies:
@@ -148,7 +153,8 @@ def _entries_to_run(model_name: str, config: RunConfig, run_dir: Path, resume: b
             done = resume and finished_row(entry_folder(run_dir, model_name, strategy, seed, config.repeats))
             if done:
                 rows.append(done)
-                echo(f"{model_name} {strategy}{_seed_note(seed, config)}: finished earlier, kept")
+                reporter.kept_entry()
+                reporter.echo(f"{model_name} {strategy}{_seed_note(seed, config)}: finished earlier, kept")
             else:
                 todo.append((strategy, seed))
     return todo
@@ -182,6 +188,7 @@ def _run_folds(strategy: str, backbone: Backbone, folds: list[DatasetSpec], conf
     """Every fold as an entry of its own (fold1/, fold2/, ...), then the entry of all folds pooled."""
     fold_rows, fold_folders, skipped = [], [], set()
     for number, fold in enumerate(folds, start=1):
+        run.reporter.fold(number, len(folds))
         fold_folder = folder / f"fold{number}"
         done = resume and finished_row(fold_folder)
         if done and (fold_folder / PROBABILITIES).is_file():
@@ -212,21 +219,18 @@ def _entry_line(row: dict, strategy: str, seed: int, config: RunConfig, folds) -
     return line + f" ({row['train_seconds']:.1f} s{search})"
 
 
-def _silent(*_) -> None:
-    """The echo of every process but rank 0: they print only errors."""
-
-
 def _echo_machine(device, precision: str, echo) -> None:
     processes = f"; {distributed.world_size()} processes (torchrun)" if distributed.active() else ""
     echo(f"device: {describe(device)}; precision {precision}{processes}")
 
 
-def _finish(results: Results, config: RunConfig, frozen_passes: dict, echo) -> None:
-    """Rank 0's end of the run: summary, table, bench, report, database row."""
+def _finish(results: Results, config: RunConfig, frozen_passes: dict, reporter: Reporter) -> None:
+    """Rank 0's end of the run: summary, table (even with --quiet), bench, report, database row, trackers."""
     run_dir, rows, skipped = results.run_dir, results.rows, results.skipped
+    echo = reporter.echo
     write_summary(run_dir, rows, skipped, frozen_passes)
-    echo("")
-    echo(results.table())
+    reporter.result("")
+    reporter.result(results.table())
     echo("")
     echo(f"frozen passes: {frozen_passes['images']} images computed (features, boundary activations), "
          f"{frozen_passes['hit']} feature sets from the cache")
@@ -241,6 +245,7 @@ def _finish(results: Results, config: RunConfig, frozen_passes: dict, echo) -> N
     if skipped:
         echo(f"skipped {len(skipped)} unreadable image file(s); listed in {run_dir / 'skipped.txt'}")
     echo(f"run folder: {run_dir}")
+    reporter.finish(run_dir)
 
 
 def _check_gate(results: Results, least: float | None) -> None:
