@@ -23,9 +23,9 @@ class Reporter:
         self._echo, self.quiet, self.silent = echo, quiet or silent, silent
         self.stream = stream or sys.stderr
         self._log = open(log_file, "a", encoding="utf-8") if log_file and not silent else None  # noqa: SIM115
-        self.trackers: list[Tracker] = [] if silent else open_trackers(track, self.echo)
         self._bar = None
         self._bar_key = None
+        self.trackers: list[Tracker] = [] if silent else open_trackers(track, self.warn)
         self.entry_label = ""
         self._entries = {"done": 0, "total": 0, "trained_seconds": 0.0}
         self._started = self._entry_started = time.perf_counter()
@@ -36,6 +36,13 @@ class Reporter:
         """An info line: standard output unless --quiet, and the log file."""
         if not self.quiet:
             self._echo(line)
+        self._write_log(line)
+
+    def warn(self, line: str) -> None:
+        """A fallback's one line: standard error even with --quiet (like errors), and the log file."""
+        if not self.silent:
+            self._close_bar()
+            print(line, file=self.stream, flush=True)
         self._write_log(line)
 
     def result(self, line: str = "") -> None:
@@ -133,7 +140,7 @@ class Reporter:
         if tqdm is None:
             return None
         # mininterval 0: an epoch is seconds to minutes long, every one is worth drawing
-        self._bar = tqdm(total=row["epochs"], initial=row["epoch"] - 1, desc=f"{self.entry_label} {row['phase']}",
+        self._bar = tqdm(total=row["epochs"], initial=row["epoch"] - 1, desc=f"{self.entry_label} [{row['phase']}]",
                          unit="epoch", file=self.stream, mininterval=0, miniters=1, leave=True, dynamic_ncols=True)
         self._bar_key = key
         return self._bar
@@ -150,7 +157,7 @@ class Reporter:
                 getattr(tracker, method)(*args)
             except Exception as exc:  # any tracker failure must not cost the run
                 self.trackers.remove(tracker)
-                self.echo(f"warning: --track {tracker.name}: {one_line(exc)}; the run goes on without it")
+                self.warn(f"warning: --track {tracker.name}: {one_line(exc)}; the run goes on without it")
 
 
 def epoch_line(label: str, row: dict) -> str:
