@@ -6,6 +6,7 @@ import html
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from showdown.deploy.predict import expand_inputs, open_model, predict_files
 from showdown.errors import ConfigError
 from showdown.reporting.report import leaderboard_html, report_run
 from showdown.reporting.tables import format_table
@@ -39,8 +40,14 @@ class Results:
             raise ConfigError(f"results.report() shows the report in a notebook (IPython); outside one, open "
                               f"{page} in a browser") from None
         source = html.escape(page.read_text(encoding="utf-8"), quote=True)
-        return HTML(f'<iframe srcdoc="{source}" style="width:100%;height:{height}px;border:1px solid #ccc">'
-                    "</iframe>")
+        return HTML(f'<div><iframe srcdoc="{source}" style="width:100%;height:{height}px;border:1px solid #ccc">'
+                    "</iframe></div>")  # a self-contained page: its styles stay inside the frame
+
+    def predict(self, *images, top_k: int = 3, model: str | None = None) -> list[dict]:
+        """Classify image files with the winner (or the entry `model`, e.g. "efficientnet_lite0-head"), as
+        `showdown predict RUN_DIR` does: one row per image with its top-k classes."""
+        predictor = open_model(self.run_dir, model)
+        return list(predict_files(predictor, expand_inputs([str(image) for image in images]), top_k=top_k))
 
     def to_pandas(self):
         """The table as a pandas DataFrame, best first."""

@@ -8,6 +8,7 @@ experiment trackers (trackers.py) see the same events. Under torchrun only rank 
 """
 from __future__ import annotations
 
+import importlib.util
 import sys
 import time
 from collections.abc import Callable
@@ -180,8 +181,12 @@ def _stopping(row: dict) -> str:
 
 
 def _bar_class(stream):
-    if _in_notebook():
-        from tqdm.auto import tqdm  # a widget where ipywidgets is installed
+    if _in_notebook() and importlib.util.find_spec("ipywidgets"):
+        from tqdm.auto import tqdm  # a widget
+
+        return tqdm
+    if _in_notebook():  # without ipywidgets: the text bar, which a notebook redraws in place too
+        from tqdm import tqdm
 
         return tqdm
     if hasattr(stream, "isatty") and stream.isatty():
