@@ -165,8 +165,10 @@ class WandbTracker(Tracker):
         self.mode = os.environ.get("WANDB_MODE") or ("online" if logged_in else "offline")
 
     def _init(self, name: str, params: dict):
+        # silent: W&B's own banner would interleave with the progress lines
         return self.wandb.init(project=os.environ.get("WANDB_PROJECT", "tl-showdown"), group=self.group, name=name,
-                               config=params, dir=str(self.dir), mode=self.mode)
+                               config=params, dir=str(self.dir), mode=self.mode,
+                               settings=self.wandb.Settings(silent=True))
 
     def start_entry(self, name: str, params: dict, folder: Path) -> None:
         self.run = self._init(name, params)
