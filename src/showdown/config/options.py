@@ -2,8 +2,12 @@
 
 A configuration field is declared once, with `option(default, help, group=..., min=..., max=..., choices=...)`.
 From that one definition come the command-line flag (`add_flags`: name, type, metavar, help with the real default),
-the reading of YAML files and presets (`read_values`: known keys, values of the right type) and the checks of
-`validate` (`check_field`: type, choices, range), each failure one line that names the flag and what to write.
+the reading of YAML files and presets (`read_values`: known keys, values of the right type), the keyword arguments
+of `showdown.run` (`from_keywords`) and the checks of `validate` (`check_field`: type, choices, range), each
+failure one line that names the flag and what to write.
+
+Long because every reading of an option (flags, YAML, keywords, checks) derives from the same declaration, and
+keeping them side by side is what keeps their names, conversions and messages the same.
 """
 from __future__ import annotations
 

@@ -23,12 +23,16 @@ class Reporter:
                  track: list[str] = (), stream=None, silent: bool = False):
         self._echo, self.quiet, self.silent = echo, quiet or silent, silent
         self.stream = stream or sys.stderr
-        self._log = open(log_file, "a", encoding="utf-8") if log_file and not silent else None  # noqa: SIM115
+        self._log = None
+        if log_file and not silent:
+            Path(log_file).parent.mkdir(parents=True, exist_ok=True)
+            self._log = open(log_file, "a", encoding="utf-8")  # noqa: SIM115 (open for the whole run)
         self._bar = None
         self._bar_key = None
         self.trackers: list[Tracker] = [] if silent else open_trackers(track, self.warn)
         self.entry_label = ""
-        self._entries = {"done": 0, "total": 0, "trained_seconds": 0.0}
+        self._fold = ""  # "fold k/K" inside an entry with --folds
+        self._entries = {"done": 0, "total": 0, "trained": 0, "trained_seconds": 0.0}
         self._started = self._entry_started = time.perf_counter()
         self._step = 0  # epochs of the current entry, over its phases: the trackers' step
 
@@ -80,11 +84,10 @@ class Reporter:
         self._entries["done"] += 1
         done, total = self._entries["done"], self._entries["total"]
         line = f"[{done}/{total}] {label}: elapsed {_clock(time.perf_counter() - self._started)}"
-        finished = done - 1
-        if finished:
-            left = self._entries["trained_seconds"] / finished * (total - finished)
+        if self._entries["trained"]:  # this entry and those after it, at the mean time of those trained here
+            left = self._entries["trained_seconds"] / self._entries["trained"] * (total - done + 1)
             line += f", about {_clock(left)} left"
-        self.entry_label, self._step = label, 0
+        self.entry_label, self._step, self._fold = label, 0, ""
         self._entry_started = time.perf_counter()
         self.progress(line)
         self._call_trackers("start_entry", folder.name, params, folder)
@@ -95,6 +98,7 @@ class Reporter:
 
     def end_entry(self, row: dict, folder: Path) -> None:
         self._close_bar()
+        self._entries["trained"] += 1
         self._entries["trained_seconds"] += time.perf_counter() - self._entry_started
         self._call_trackers("end_entry", row, folder)
 
@@ -112,7 +116,7 @@ class Reporter:
         if self.silent:
             return
         self._step += 1
-        line = epoch_line(self.entry_label, row)
+        line = epoch_line(self.entry_label + self._fold, row)
         self._write_log(line)
         if not self.quiet:
             bar = self._phase_bar(row)
@@ -129,11 +133,12 @@ class Reporter:
 
     def fold(self, number: int, total: int) -> None:
         self._close_bar()
+        self._fold = f" fold {number}/{total}"
         self.progress(f"  {self.entry_label}: fold {number} of {total}")
 
     def _phase_bar(self, row: dict):
         """A bar per training phase where one can update in place (a terminal, a notebook), else None."""
-        key = (self.entry_label, row["phase"], row["epochs"])
+        key = (self.entry_label + self._fold, row["phase"], row["epochs"])
         if self._bar is not None and self._bar_key == key and row["epoch"] > self._bar.n:
             return self._bar
         self._close_bar()
@@ -141,7 +146,7 @@ class Reporter:
         if tqdm is None:
             return None
         # mininterval 0: an epoch is seconds to minutes long, every one is worth drawing
-        self._bar = tqdm(total=row["epochs"], initial=row["epoch"] - 1, desc=f"{self.entry_label} [{row['phase']}]",
+        self._bar = tqdm(total=row["epochs"], initial=row["epoch"] - 1, desc=f"{key[0]} [{row['phase']}]",
                          unit="epoch", file=self.stream, mininterval=0, miniters=1, leave=True, dynamic_ncols=True)
         self._bar_key = key
         return self._bar
