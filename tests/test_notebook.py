@@ -27,3 +27,18 @@ def test_quickstart_notebook_runs_and_shows_the_leaderboard(tmp_path):
     assert "efficientnet_lite0/head [head]" in warned  # the epoch bar
     run_dirs = list((tmp_path / "runs").iterdir())
     assert len(run_dirs) == 1 and (run_dirs[0] / "report.html").is_file()
+
+
+def test_results_as_a_dataframe_or_one_line_without_pandas(tmp_path):
+    from showdown import Results, ShowdownError
+
+    results = Results(tmp_path, [{"model": "a", "strategy": "head", "accuracy": 0.5},
+                                 {"model": "b", "strategy": "head", "accuracy": 0.75}])
+    assert results.best()["model"] == "b"
+    try:
+        import pandas  # noqa: F401
+    except ImportError:
+        with pytest.raises(ShowdownError, match="needs pandas: pip install pandas"):
+            results.to_pandas()
+    else:
+        assert list(results.to_pandas()["model"]) == ["b", "a"]  # best first
