@@ -116,7 +116,8 @@ def test_unfreezing_more_blocks_than_the_model_has_names_how_many_it_has(tmp_pat
     """Only the loaded model knows its depth, so this one fails after the head phase, still in one line."""
     result = _cli("run", "--data", "demo", "--models", "efficientnet_lite0", "--max-per-class", "2", "--epochs", "1",
                   "--image-size", "64", "--no-report", "--no-record", "--precision", "fp32", "--workers", "0",
-                  "--strategy", "finetune", "--unfreeze", "blocks:999", "--out", str(tmp_path / "run"))
+                  "--strategy", "finetune", "--unfreeze", "blocks:999", "--out", str(tmp_path / "run"),
+                  "--quiet")  # without it the entry's progress line precedes the error on stderr
     _one_line_error(result, "--unfreeze blocks:999", "has only 8 layer groups", "blocks:1 to blocks:8")
 
 

@@ -57,10 +57,12 @@ def test_tune_beats_a_bad_learning_rate_without_reading_a_test_image(tmp_path, m
     assert "Hyper-parameter search" in (results.run_dir / "report.md").read_text()
 
 
-def test_resume_continues_the_search_where_it_stopped(tmp_path):
+def test_resume_continues_the_search_where_it_stopped(tmp_path, capsys):
     out = tmp_path / "run"
     run(RunConfig(models=["efficientnet_lite0"], image_size=64, tune=2, epochs=2, workers=0, out=str(out),
                   cache_dir=str(tmp_path / "cache"), record=False, report=False), echo=lambda *_: None)
+    progress = capsys.readouterr().err  # trial by trial, with the best so far
+    assert "search trial 1/2 done" in progress and "search trial 2/2 done; best validation loss so far" in progress
     entry = out / "efficientnet_lite0-head"
     first = json.loads((entry / "metrics.json").read_text())["tuning"]["trials"]
     # As if killed after its second trial with a budget of four: the entry is unfinished, its study is kept.
@@ -68,17 +70,21 @@ def test_resume_continues_the_search_where_it_stopped(tmp_path):
     config = yaml.safe_load((out / "config.yaml").read_text())
     (out / "config.yaml").write_text(yaml.safe_dump({**config, "tune": 4}))
     resume_run(out, echo=lambda *_: None)
+    assert "search trial 4/4 done" in capsys.readouterr().err
     trials = json.loads((entry / "metrics.json").read_text())["tuning"]["trials"]
     assert [t["number"] for t in trials] == [0, 1, 2, 3]
     assert trials[:2] == first  # the trials it had are kept, not repeated
     assert len({json.dumps(t["params"], sort_keys=True) for t in trials}) == 4  # the new ones draw new values
 
 
-def test_folds_test_every_image_once_on_one_feature_extraction(tmp_path):
+def test_folds_test_every_image_once_on_one_feature_extraction(tmp_path, capsys):
     config = RunConfig(models=["efficientnet_lite0", "efficientnet_lite1"], image_size=64, folds=5, repeats=2,
                        epochs=3, workers=0, cache_dir=str(tmp_path / "cache"), out=str(tmp_path / "run"),
                        record=False)
     results = run(config, echo=lambda *_: None)
+    progress = capsys.readouterr().err
+    assert "[4/4] efficientnet_lite1/head (seed 1)" in progress and "fold 5 of 5" in progress
+    assert "efficientnet_lite1/head (seed 1) fold 5/5 [head] epoch 3/3" in progress
     images = {str(path) for path, _ in all_items(load_dataset("demo"))}
     assert len(images) == 250
     # each backbone ran once per image, for all folds
@@ -113,7 +119,7 @@ def test_accuracy_gate_fails_the_run_after_writing_it(tmp_path, capsys, demo_cop
     from showdown.cli import main
 
     args = ["run", "--data", str(demo_copy), "--models", "efficientnet_lite0", "--no-pretrained", "--image-size",
-            "64", "--epochs", "1", "--workers", "0", "--no-record"]
+            "64", "--epochs", "1", "--workers", "0", "--no-record", "--quiet"]  # stderr: the error alone
     assert main([*args, "--out", str(tmp_path / "low"), "--assert-accuracy-at-least", "0.99"]) == 1
     stderr = capsys.readouterr().err
     assert stderr.startswith("error: best test accuracy ") and "Traceback" not in stderr

@@ -87,7 +87,7 @@ def test_search_trials_train_on_the_device(dataset, tmp_path):
     backbone = load_backbone("efficientnet_lite0", image_size=64)
     config = RunConfig(image_size=64, epochs=1, tune=1, workers="0", batch_size=8)
     with fake_gpu() as gpu:
-        run = RunContext("fp32", "torch", tmp_path / "cache", echo=lambda *_: None, device=gpu)
+        run = RunContext("fp32", "torch", tmp_path / "cache", device=gpu)
         with pytest.raises(FAKE_READS) as read:
             train_entry("scratch-cnn", backbone, dataset, config, run, tmp_path / "entry")
     # The first value read from the GPU is the first trial's loss: the trial trained there (one that trained on

@@ -92,7 +92,7 @@ def test_no_float64_tensor_on_the_training_path(strategy, demo_dir, tmp_path):
     backbone, model = build_model(strategy, load_backbone("efficientnet_lite0", image_size=64), dataset, config,
                                   torch.device("cpu"))
     # fp16, as on MPS (with the gradient scaler); also no traced graph, which a dispatch mode would disturb
-    run = RunContext("fp16", "torch", tmp_path / "cache", echo=lambda *_: None)
+    run = RunContext("fp16", "torch", tmp_path / "cache")
     entry = Entry(strategy, backbone, model, dataset, config, run, tmp_path / "entry", checkpoints=False)
     with _Float64Watch() as watch:
         trained = train(entry)

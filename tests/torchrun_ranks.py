@@ -43,7 +43,7 @@ def main(out: Path, data: str) -> None:
     facts = {"objects_group_timeout_s": group.options._timeout.total_seconds(), "world_size": distributed.world_size()}
     dataset = load_dataset(data)
     backbone = load_backbone("efficientnet_lite0", image_size=64)
-    run = RunContext("fp32", "torch", out / "cache", echo=lambda *_: None, device=device)
+    run = RunContext("fp32", "torch", out / "cache", device=device)
     for strategy, config in ENTRIES.items():
         entry, trained, _ = train_entry(strategy, backbone, dataset, config, run, out / strategy)
         probs, _, _ = evaluate(entry, trained)

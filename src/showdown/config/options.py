@@ -2,13 +2,18 @@
 
 A configuration field is declared once, with `option(default, help, group=..., min=..., max=..., choices=...)`.
 From that one definition come the command-line flag (`add_flags`: name, type, metavar, help with the real default),
-the reading of YAML files and presets (`read_values`: known keys, values of the right type) and the checks of
-`validate` (`check_field`: type, choices, range), each failure one line that names the flag and what to write.
+the reading of YAML files and presets (`read_values`: known keys, values of the right type), the keyword arguments
+of `showdown.run` (`from_keywords`) and the checks of `validate` (`check_field`: type, choices, range), each
+failure one line that names the flag and what to write.
+
+Long because every reading of an option (flags, YAML, keywords, checks) derives from the same declaration, and
+keeping them side by side is what keeps their names, conversions and messages the same.
 """
 from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import difflib
 import functools
 import math
@@ -170,6 +175,32 @@ def read_values(cls, values, source: str | None = None) -> dict:
     return out
 
 
+def keyword_fields(cls) -> dict[str, str]:
+    """Keyword argument -> field: the field's name, and the flag's name with _ for - (`strategy` for
+    --strategy); a --no-... flag's keyword is the field (`report=False`)."""
+    names = {}
+    for name, (f, opt, _) in definitions(cls).items():
+        names[name] = name
+        flag = flag_of(name, f, opt)
+        if not flag.startswith("--no-"):
+            names[flag[2:].replace("-", "_")] = name
+    return names
+
+
+def from_keywords(cls, keywords: dict, base=None):
+    """A config from Python keyword arguments (the notebook API), or `base` with them replaced: unknown names are
+    one-line ConfigErrors with a suggestion; values are checked by `validate`, as the flags are."""
+    names = keyword_fields(cls)
+    unknown = sorted(key for key in keywords if key not in names)
+    if unknown:
+        close = [match for key in unknown for match in difflib.get_close_matches(key, names, n=1)]
+        raise ConfigError(f"unknown option(s) {', '.join(unknown)}"
+                          + (f" (did you mean {', '.join(close)}?)" if close else "")
+                          + "; the keywords are the flags of `showdown run --help` with _ for -")
+    values = {names[key]: value for key, value in keywords.items()}
+    return dataclasses.replace(base, **values) if base is not None else cls(**values)
+
+
 def _short(value) -> str:
     text = repr(value)
     return text if len(text) <= 60 else text[:57] + "..."
@@ -187,8 +218,9 @@ def check_field(config, name: str):
         raise ConfigError(f"{label} {exc}") from None
     if value is None:
         return value
-    if opt.choices and value not in opt.choices:
-        raise ConfigError(f"{label} must be one of {', '.join(opt.choices)} (got '{value}')")
+    for item in value if kind.base in (list, tuple) and opt.choices else [value]:
+        if opt.choices and item not in opt.choices:
+            raise ConfigError(f"{label} must be one of {', '.join(opt.choices)} (got '{item}')")
     for number in value if kind.base in (list, tuple) else [value]:
         if isinstance(number, (int, float)) and not isinstance(number, bool) and not _in_range(number, opt):
             what = f"{label} values" if kind.base in (list, tuple) else label

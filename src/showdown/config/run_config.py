@@ -12,7 +12,7 @@ from pathlib import Path
 
 import yaml
 
-from showdown.config.options import check_field, definitions, option, read_values
+from showdown.config.options import check_field, definitions, from_keywords, option, read_values
 from showdown.errors import ConfigError
 from showdown.fileio import write_atomic
 
@@ -24,11 +24,12 @@ SCHEDULES = ("plateau", "cosine", "onecycle")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 RUNTIMES = ("auto", "torch", "onnxruntime", "openvino")
 CLASS_WEIGHTS = ("none", "balanced")
+TRACKERS = ("mlflow", "tensorboard", "wandb")
 
 # --help groups, in the order they are listed
-DATA, MODELS, TRAINING, FINETUNE, FAIR, MACHINERY = (
+DATA, MODELS, TRAINING, FINETUNE, FAIR, MACHINERY, WATCH = (
     "data", "models", "head and training", "finetune (after the head phase)", "a fair comparison",
-    "machinery and output")
+    "machinery and output", "progress and experiment trackers")
 
 # Input size bounds. Below 32 px the backbones' 32x downsampling leaves less than one pixel of final feature map.
 # Above 1024 px (the largest pretrained backbones use 600 to 800) one image is 12 MB as float32 and a batch of 64
@@ -156,6 +157,13 @@ class RunConfig:
                             unset="$SHOWDOWN_DB, else showdown/showdown.db in $XDG_DATA_HOME or ~/.local/share")
     bench: bool = option(False, "also measure latency, throughput and size of every model (showdown bench)",
                          group=MACHINERY)
+    # watching a run (reporting/progress.py, reporting/trackers.py)
+    quiet: bool = option(False, "print errors and the final table only (no progress lines or bars)", group=WATCH)
+    log_file: str | None = option(None, "also write every progress line here (plain lines, whatever the terminal)",
+                                  group=WATCH, path="file", metavar="FILE", unset="none")
+    track: list[str] = option([], "also log every entry to these experiment trackers (each an optional extra: "
+                              "pip install 'tl-showdown[mlflow]')", group=WATCH, choices=TRACKERS,
+                              metavar="mlflow,tensorboard,wandb")
 
     def validate(self) -> "RunConfig":
         """Every option of its declared type, among its choices and in its range (values are normalised, e.g. a
@@ -207,6 +215,11 @@ class RunConfig:
 
     def save(self, path: Path) -> None:
         write_atomic(path, yaml.safe_dump(self.to_dict(), sort_keys=False), "the configuration")
+
+    @classmethod
+    def from_keywords(cls, keywords: dict, base: "RunConfig | None" = None) -> "RunConfig":
+        """`showdown.run(data=..., models=[...], strategy=[...], lr=...)`: the flags' names with _ for -."""
+        return from_keywords(cls, keywords, base)
 
     @classmethod
     def from_dict(cls, values: dict, *, source: str | None = None) -> "RunConfig":

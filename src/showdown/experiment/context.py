@@ -15,6 +15,7 @@ from showdown.device import CPU
 from showdown.experiment.folds import FeaturePool
 from showdown.models.backbones import Backbone
 from showdown.models.classifier import ImageClassifier
+from showdown.reporting.progress import Reporter
 from showdown.training.batches import ImageBatches, image_batches
 from showdown.training.loop import fit
 
@@ -26,8 +27,11 @@ class RunContext:
     precision: str
     runtime: str  # engine of the frozen forward passes (frozen/engines.py)
     cache_dir: Path | None  # feature cache folder; None: off (the folder takes no file)
-    echo: Callable[[str], None] = print  # prints on rank 0 only under torchrun
+    reporter: Reporter = field(default_factory=Reporter)  # progress, log lines, trackers; silent but on rank 0
     device: torch.device = CPU
+
+    def echo(self, line: str = "") -> None:
+        self.reporter.echo(line)
 
 
 @dataclass
@@ -67,7 +71,7 @@ class Entry:
         """`parallel=True`: the batches are shares of this process (torchrun) and the net trains as one DDP model."""
         return fit(net, train_batches, val_batches, settings, phase=phase, checkpoint=self.checkpoint(phase),
                    class_weights=self.class_weights(), num_classes=len(self.dataset.classes),
-                   on_epoch=self.on_epoch, **kwargs)
+                   on_epoch=self.on_epoch, progress=self.run.reporter.epoch, **kwargs)
 
     def images(self, split: str, *, train: bool = False) -> ImageBatches:
         """Batches of decoded images; under torchrun this process's share (every image pass is data parallel)."""

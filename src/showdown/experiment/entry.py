@@ -92,7 +92,7 @@ def _search(strategy: str, backbone: Backbone, dataset: DatasetSpec, config: Run
     """`--tune`: Optuna trials of this entry's training on its training and validation splits. The trials'
     dataset has no test split at all, so no trial can read a test image."""
     seen = dataclasses.replace(dataset, splits={split: dataset.splits[split] for split in ("train", "val")})
-    quiet = dataclasses.replace(run, echo=lambda *_: None)
+    quiet = dataclasses.replace(run, reporter=run.reporter.muted())  # the search reports trial by trial
 
     def train_trial(trial_config: RunConfig, on_epoch) -> list[dict]:
         trial_backbone, model = build_model(strategy, backbone, seen, trial_config, run.device)
@@ -108,5 +108,6 @@ def _search(strategy: str, backbone: Backbone, dataset: DatasetSpec, config: Run
         trial_backbone, model = build_model("head", backbone, seen, config, run.device)
         extract_all(Entry("head", trial_backbone, model, seen, config, quiet, folder, pool=pool))
     extraction = time.perf_counter() - start
-    config, search = tune(config, base, train_trial, folder / "search.db", unfreeze_named="=" in strategy)
+    config, search = tune(config, base, train_trial, folder / "search.db", unfreeze_named="=" in strategy,
+                          on_trial=run.reporter.trial)
     return config, {**search, "feature_seconds": extraction}

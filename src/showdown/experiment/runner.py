@@ -9,7 +9,6 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from showdown import distributed
@@ -24,6 +23,7 @@ from showdown.experiment.context import RunContext
 from showdown.experiment.entry import EntryResult, fitted_to_images, run_entry
 from showdown.experiment.folds import PROBABILITIES, FeaturePool, all_items, make_folds, write_pooled
 from showdown.experiment.preflight import check_places, check_space, on_main
+from showdown.experiment.results import Results
 from showdown.experiment.run_folder import entry_folder, finished_row, write_run_start, write_summary
 from showdown.fileio import new_run_dir
 from showdown.frozen.engines import resolve_runtime
@@ -32,26 +32,19 @@ from showdown.models.backbones import Backbone, load_backbone, resolve_backbone
 from showdown.precision import resolve_precision
 from showdown.reporting.bench import bench_models
 from showdown.reporting.database import default_db, record_run
+from showdown.reporting.progress import Reporter
 from showdown.reporting.report import report_run
-from showdown.reporting.tables import format_table
 
 
-@dataclass
-class Results:
-    run_dir: Path
-    rows: list[dict]
-    skipped: list[str] = field(default_factory=list)
-
-    def table(self) -> str:
-        return format_table(self.rows)
-
-    def best(self) -> dict:
-        return max(self.rows, key=lambda r: r["accuracy"])
-
-
-def run(config: RunConfig, *, echo: Callable[[str], None] = print, resume: bool = False) -> Results:
+def run(config: RunConfig | None = None, *, echo: Callable[[str], None] = print, resume: bool = False,
+        **options) -> Results:
     """Train and evaluate every (model, strategy); with `resume`, `config.out` is an interrupted run's folder:
-    finished entries are kept and the interrupted one continues from its last completed epoch."""
+    finished entries are kept and the interrupted one continues from its last completed epoch.
+
+    In a notebook: `run(data="demo", models=["efficientnet_lite0"], strategy=["head"], epochs=5)`, the flags'
+    names with _ for -, checked as the flags are (one-line ShowdownErrors); with a RunConfig they replace its
+    values."""
+    config = RunConfig.from_keywords(options, base=config) if options or config is None else config
     config.validate()
     for name in config.models:  # an unknown name fails before any work is done
         resolve_backbone(name)
@@ -61,7 +54,9 @@ def run(config: RunConfig, *, echo: Callable[[str], None] = print, resume: bool 
     if distributed.active() and config.tuning:
         raise ConfigError("--tune runs in one process; start it without torchrun (the tuned entry can then be "
                           "trained under torchrun with the chosen values, from its config.yaml)")
-    echo = echo if distributed.is_main() else _silent
+    reporter = Reporter(echo, quiet=config.quiet, log_file=config.log_file, track=config.track) \
+        if distributed.is_main() else Reporter(silent=True)  # under torchrun rank 0 alone tells
+    echo = reporter.echo
     if resume:
         echo(f"resuming {config.out}")
     passes_before = CACHE_STATS + HEALED  # HEALED counts "recomputed" (damaged cache entries)
@@ -79,7 +74,8 @@ def run(config: RunConfig, *, echo: Callable[[str], None] = print, resume: bool 
             write_run_start(run_dir, config, dataset, precision, runtime, folds, device)
         _echo_dataset(dataset, folds, echo)
         _echo_machine(device, precision, echo)
-        context = RunContext(precision, runtime, cache_dir, echo, device)
+        context = RunContext(precision, runtime, cache_dir, reporter, device)
+        reporter.start_run(config, run_dir, _grid_size(config))
         rows, skipped = _all_entries(config, dataset, folds, context, run_dir, resume)
         frozen_passes = {key: (CACHE_STATS + HEALED)[key] - passes_before[key]
                          for key in ("hit", "miss", "images", "recomputed")}
@@ -88,7 +84,7 @@ def run(config: RunConfig, *, echo: Callable[[str], None] = print, resume: bool 
             frozen_passes["images"] = sum(frozen_passes["images_per_rank"])
         results = Results(run_dir, rows, sorted(skipped))
         if distributed.is_main():
-            _finish(results, config, frozen_passes, echo)
+            _finish(results, config, frozen_passes, reporter)
     distributed.barrier()  # the run folder is complete before any process returns
     _check_gate(results, config.assert_accuracy_at_least)
     return results
@@ -97,9 +93,9 @@ def run(config: RunConfig, *, echo: Callable[[str], None] = print, resume: bool 
 def _all_entries(config: RunConfig, dataset: DatasetSpec, folds: list[DatasetSpec] | None, context: RunContext,
                  run_dir: Path, resume: bool) -> tuple[list[dict], set[str]]:
     """Every entry of every backbone (with `resume`, the finished ones read back): their rows, skipped files."""
-    rows, skipped, echo = [], set(), context.echo
+    rows, skipped, echo, reporter = [], set(), context.echo, context.reporter
     for model_name in config.models:
-        todo = _entries_to_run(model_name, config, run_dir, resume, rows, echo)
+        todo = _entries_to_run(model_name, config, run_dir, resume, rows, reporter)
         if not todo:
             continue
         backbone = _load(model_name, config, dataset, echo)
@@ -108,6 +104,8 @@ def _all_entries(config: RunConfig, dataset: DatasetSpec, folds: list[DatasetSpe
         for strategy, seed in todo:
             folder = entry_folder(run_dir, model_name, strategy, seed, config.repeats)
             seeded = dataclasses.replace(config, seed=seed)
+            reporter.start_entry(f"{model_name}/{strategy}{_seed_note(seed, config)}",
+                                 {**seeded.to_dict(), "model": model_name, "strategy": strategy}, folder)
             if folds:
                 result = _run_folds(strategy, backbone, folds, seeded, context, folder, pool, resume)
             else:
@@ -115,6 +113,7 @@ def _all_entries(config: RunConfig, dataset: DatasetSpec, folds: list[DatasetSpe
             skipped.update(result.failed)
             rows.append(result.row)
             echo(_entry_line(result.row, strategy, seed, config, folds))
+            reporter.end_entry(result.row, folder)
     return rows, skipped
 
 
@@ -169,8 +168,14 @@ def _seeds(config: RunConfig) -> list[int]:
     return [config.seed + r for r in range(config.repeats)]  # the split keeps config.seed: same test images
 
 
+def _grid_size(config: RunConfig) -> int:
+    """Entries of the whole run (the small CNN runs once, whatever the backbones)."""
+    per_backbone = sum(s != "scratch-cnn" for s in config.strategies)
+    return (per_backbone * len(config.models) + ("scratch-cnn" in config.strategies)) * config.repeats
+
+
 def _entries_to_run(model_name: str, config: RunConfig, run_dir: Path, resume: bool, rows: list[dict],
-                    echo) -> list[tuple[str, int]]:
+                    reporter: Reporter) -> list[tuple[str, int]]:
     """(strategy, seed) pairs of this backbone still to train; with `resume`, finished ones join `rows`."""
     todo = []
     for strategy in config.strategies:
@@ -180,7 +185,8 @@ def _entries_to_run(model_name: str, config: RunConfig, run_dir: Path, resume: b
             done = resume and finished_row(entry_folder(run_dir, model_name, strategy, seed, config.repeats))
             if done:
                 rows.append(done)
-                echo(f"{model_name} {strategy}{_seed_note(seed, config)}: finished earlier, kept")
+                reporter.kept_entry()
+                reporter.echo(f"{model_name} {strategy}{_seed_note(seed, config)}: finished earlier, kept")
             else:
                 todo.append((strategy, seed))
     return todo
@@ -214,6 +220,7 @@ def _run_folds(strategy: str, backbone: Backbone, folds: list[DatasetSpec], conf
     """Every fold as an entry of its own (fold1/, fold2/, ...), then the entry of all folds pooled."""
     fold_rows, fold_folders, skipped = [], [], set()
     for number, fold in enumerate(folds, start=1):
+        run.reporter.fold(number, len(folds))
         fold_folder = folder / f"fold{number}"
         done = resume and finished_row(fold_folder)
         if done and (fold_folder / PROBABILITIES).is_file():
@@ -244,21 +251,18 @@ def _entry_line(row: dict, strategy: str, seed: int, config: RunConfig, folds) -
     return line + f" ({row['train_seconds']:.1f} s{search})"
 
 
-def _silent(*_) -> None:
-    """The echo of every process but rank 0: they print only errors."""
-
-
 def _echo_machine(device, precision: str, echo) -> None:
     processes = f"; {distributed.world_size()} processes (torchrun)" if distributed.active() else ""
     echo(f"device: {describe(device)}; precision {precision}{processes}")
 
 
-def _finish(results: Results, config: RunConfig, frozen_passes: dict, echo) -> None:
-    """Rank 0's end of the run: summary, table, bench, report, database row."""
+def _finish(results: Results, config: RunConfig, frozen_passes: dict, reporter: Reporter) -> None:
+    """Rank 0's end of the run: summary, table (even with --quiet), bench, report, database row, trackers."""
     run_dir, rows, skipped = results.run_dir, results.rows, results.skipped
+    echo = reporter.echo
     write_summary(run_dir, rows, skipped, frozen_passes)
-    echo("")
-    echo(results.table())
+    reporter.result("")
+    reporter.result(results.table())
     echo("")
     recomputed = f", {frozen_passes['recomputed']} damaged cache entries recomputed" * bool(frozen_passes["recomputed"])
     echo(f"frozen passes: {frozen_passes['images']} images computed (features, boundary activations), "
@@ -274,6 +278,7 @@ def _finish(results: Results, config: RunConfig, frozen_passes: dict, echo) -> N
     if skipped:
         echo(f"skipped {len(skipped)} unreadable image file(s); listed in {run_dir / 'skipped.txt'}")
     echo(f"run folder: {run_dir}")
+    reporter.finish(run_dir)
 
 
 def _check_gate(results: Results, least: float | None) -> None:

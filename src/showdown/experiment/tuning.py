@@ -82,15 +82,16 @@ def budget(config: RunConfig, space: dict) -> dict:
 
 
 def tune(config: RunConfig, base: str, train_trial: TrialFunction, storage: Path, *,
-         unfreeze_named: bool = False) -> tuple[RunConfig, dict]:
+         unfreeze_named: bool = False, on_trial=None) -> tuple[RunConfig, dict]:
     """Search, then (the configuration to train with, the search's record for metrics.json).
 
     `train_trial(config, on_epoch)` trains one configuration on the training split, calls `on_epoch(best val
     loss so far)` after each epoch and returns the epoch history. The configuration as given is measured first
-    (the default); the search's best replaces it only when its validation loss is lower.
+    (the default); the search's best replaces it only when its validation loss is lower. `on_trial(number,
+    total, best loss so far)` follows the search trial by trial (total None with a time budget alone).
     """
     try:
-        return _search(config, base, train_trial, storage, unfreeze_named)
+        return _search(config, base, train_trial, storage, unfreeze_named, on_trial)
     except Exception as exc:  # SQLAlchemy's error for a full disk under the trials' SQLite file: one line
         disk = sqlite_disk_error(exc, storage, "the search's trials")
         if disk is None:
@@ -99,7 +100,7 @@ def tune(config: RunConfig, base: str, train_trial: TrialFunction, storage: Path
 
 
 def _search(config: RunConfig, base: str, train_trial: TrialFunction, storage: Path,
-            unfreeze_named: bool) -> tuple[RunConfig, dict]:
+            unfreeze_named: bool, on_trial) -> tuple[RunConfig, dict]:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     space = space_for(base, unfreeze_named)
     start = time.perf_counter()
@@ -115,7 +116,8 @@ def _search(config: RunConfig, base: str, train_trial: TrialFunction, storage: P
     trials = max(config.tune - done, 0) if config.tune else None
     timeout = config.tune_minutes * 60 - spent - (time.perf_counter() - start) if config.tune_minutes else None
     if trials != 0 and (timeout is None or timeout > 0):
-        study.optimize(_objective(config, space, train_trial), n_trials=trials, timeout=timeout)
+        study.optimize(_objective(config, space, train_trial), n_trials=trials, timeout=timeout,
+                       callbacks=[_progress(on_trial, config.tune or None)] if on_trial else None)
     seconds = spent + time.perf_counter() - start
     study.set_user_attr("seconds", seconds)
     return _choose(config, study, space, seconds)
@@ -138,6 +140,14 @@ def _objective(config: RunConfig, space: dict, train_trial: TrialFunction):
         trial.set_user_attr("epochs", len(history))
         return best_val_loss(history)
     return objective
+
+
+def _progress(on_trial, total: int | None):
+    def callback(study: optuna.Study, trial) -> None:
+        losses = [t.value for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+                  if math.isfinite(t.value)]
+        on_trial(trial.number + 1, total, min(losses + [study.user_attrs["default_val_loss"]]))
+    return callback
 
 
 def _choose(config: RunConfig, study: optuna.Study, space: dict, seconds: float) -> tuple[RunConfig, dict]:

@@ -137,7 +137,7 @@ def _snapshot(model: nn.Module) -> dict:
 def fit(model: nn.Module, train_batches, val_batches, settings: TrainSettings, *, phase: str = "head",
         params=None, class_weights: torch.Tensor | None = None, keep_eval: list[nn.Module] = (),
         checkpoint=None, num_classes: int | None = None, keep_start: bool = False, on_epoch=None,
-        parallel: bool = False) -> list[dict]:
+        parallel: bool = False, progress=None) -> list[dict]:
     """Train `model` in place and restore its best-validation-loss weights; returns the epoch history.
 
     `train_batches` / `val_batches` are re-iterable sources of (inputs, targets), on the CPU (each batch is moved
@@ -146,7 +146,8 @@ def fit(model: nn.Module, train_batches, val_batches, settings: TrainSettings, *
     `checkpoint` (a path), the state after every epoch is saved there and an existing checkpoint is resumed from.
     With `keep_start` the weights as they come in count as the first candidate (a fine-tuning phase that never
     beats the head it starts from gives that head back). `on_epoch(best_val_loss)` is called after every epoch
-    (a hyper-parameter search prunes a trial from it).
+    (a hyper-parameter search prunes a trial from it). `progress(row)` gets each epoch's history row with the
+    early-stopping state (`epochs`, `since_best`, `patience`, `stopped`): the run's progress and trackers.
 
     `parallel`: under torchrun the batches are this process's shares and the model trains as one
     DistributedDataParallel model (gradients averaged, weights identical on every process); losses and
@@ -212,6 +213,9 @@ def fit(model: nn.Module, train_batches, val_batches, settings: TrainSettings, *
             save_checkpoint(checkpoint, model, optimizer, scheduler, scaler, {
                 "epoch": epoch, "best_loss": best_loss, "best_state": best_state, "since_best": since_best,
                 "history": history, "done": stop})
+        if progress is not None:
+            progress({**history[-1], "epochs": settings.epochs, "since_best": since_best,
+                      "patience": settings.patience, "stopped": stop})
         if on_epoch is not None:
             on_epoch(best_loss)
         if stop:

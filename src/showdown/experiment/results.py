@@ -1,0 +1,58 @@
+"""What `showdown.run` returns: the rows of the table and the run folder they come from, shown in a notebook as
+the leaderboard with its verdicts, with the full report one call away."""
+from __future__ import annotations
+
+import html
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from showdown.deploy.predict import expand_inputs, open_model, predict_files
+from showdown.errors import ConfigError
+from showdown.reporting.report import leaderboard_html, report_run
+from showdown.reporting.tables import format_table
+
+
+@dataclass
+class Results:
+    run_dir: Path
+    rows: list[dict]
+    skipped: list[str] = field(default_factory=list)
+
+    def table(self) -> str:
+        return format_table(self.rows)
+
+    def best(self) -> dict:
+        return max(self.rows, key=lambda r: r["accuracy"])
+
+    def _repr_html_(self) -> str:
+        """Jupyter's rendering: the leaderboard and whether its differences are real."""
+        return leaderboard_html(self.run_dir)
+
+    def report(self, height: int = 800):
+        """The full report inline in a notebook (an iframe, so its styles stay its own); written first if the run
+        skipped it (--no-report). Returns the IPython display object."""
+        page = self.run_dir / "report.html"
+        if not page.is_file():
+            page, _ = report_run(self.run_dir)
+        try:
+            from IPython.display import HTML
+        except ImportError:
+            raise ConfigError(f"results.report() shows the report in a notebook (IPython); outside one, open "
+                              f"{page} in a browser") from None
+        source = html.escape(page.read_text(encoding="utf-8"), quote=True)
+        return HTML(f'<div><iframe srcdoc="{source}" style="width:100%;height:{height}px;border:1px solid #ccc">'
+                    "</iframe></div>")  # a self-contained page: its styles stay inside the frame
+
+    def predict(self, *images, top_k: int = 3, model: str | None = None) -> list[dict]:
+        """Classify image files with the winner (or the entry `model`, e.g. "efficientnet_lite0-head"), as
+        `showdown predict RUN_DIR` does: one row per image with its top-k classes."""
+        predictor = open_model(self.run_dir, model)
+        return list(predict_files(predictor, expand_inputs([str(image) for image in images]), top_k=top_k))
+
+    def to_pandas(self):
+        """The table as a pandas DataFrame, best first."""
+        try:
+            import pandas
+        except ImportError:
+            raise ConfigError("results.to_pandas() needs pandas: pip install pandas") from None
+        return pandas.DataFrame(sorted(self.rows, key=lambda r: -r["accuracy"]))

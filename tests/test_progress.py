@@ -1,0 +1,87 @@
+"""Progress on the long steps: a plain line per epoch in a pipe or a log, an updating bar on a terminal, nothing but
+the table with --quiet; and the notebook API's keyword arguments checked exactly as the flags are."""
+import fcntl
+import os
+import pty
+import re
+import select
+import struct
+import subprocess
+import sys
+import termios
+
+import pytest
+
+from showdown import ShowdownError
+from showdown.cli import main
+
+# Two entries (two seeds of one backbone: its features are computed once), three epochs each, few images.
+TWO_ENTRIES = ["run", "--data", "demo", "--models", "efficientnet_lite0", "--repeats", "2", "--epochs", "3",
+               "--max-per-class", "4", "--image-size", "160", "--workers", "0", "--no-report", "--no-record"]
+EPOCH_LINE = re.compile(r"epoch (\d+)/3 +train loss \d+\.\d+ acc \d\.\d+ +val loss \d+\.\d+ acc \d\.\d+ +\d+\.\d s "
+                        r"+lr \S+ +no better val loss for \d/5")
+
+
+def test_a_pipe_gets_one_line_per_epoch_and_quiet_gets_none(tmp_path, capsys):
+    assert main([*TWO_ENTRIES, "--out", str(tmp_path / "loud")]) == 0
+    out, err = capsys.readouterr()
+    lines = [line for line in err.splitlines() if EPOCH_LINE.search(line)]
+    assert [EPOCH_LINE.search(line).group(1) for line in lines] == ["1", "2", "3"] * 2, err
+    assert all("(seed 0)" in line for line in lines[:3]) and all("(seed 1)" in line for line in lines[3:])
+    assert "[1/2] efficientnet_lite0/head (seed 0)" in err and re.search(r"\[2/2\] .*left", err), err
+    assert "test acc" in out  # the table
+
+    log = tmp_path / "progress.log"
+    assert main([*TWO_ENTRIES, "--out", str(tmp_path / "quiet"), "--quiet", "--log-file", str(log)]) == 0
+    out, err = capsys.readouterr()
+    assert not EPOCH_LINE.search(out + err) and "[1/2]" not in err and "data: demo" not in out
+    assert "test acc" in out and "efficientnet_lite0" in out  # errors and the final table only
+    assert len([line for line in log.read_text().splitlines() if EPOCH_LINE.search(line)]) == 6  # the log: always
+
+
+def test_a_terminal_sees_the_bar_update(tmp_path):
+    controller, terminal = pty.openpty()
+    fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 200, 0, 0))  # a fresh pty is 0 wide
+    process = subprocess.Popen([sys.executable, "-m", "showdown", *TWO_ENTRIES, "--repeats", "1",
+                                "--out", str(tmp_path / "run")], stdin=subprocess.DEVNULL, stdout=terminal,
+                               stderr=terminal)
+    os.close(terminal)
+    screen = b""
+    while True:  # read until the child closes the terminal
+        ready, _, _ = select.select([controller], [], [], 300)
+        if not ready:
+            break
+        try:
+            chunk = os.read(controller, 65536)
+        except OSError:  # EIO: the child has gone
+            break
+        if not chunk:
+            break
+        screen += chunk
+    assert process.wait(timeout=60) == 0
+    text = screen.decode(errors="replace")
+    bar = [frame for frame in re.split(r"[\r\n]", text) if "efficientnet_lite0/head [head]" in frame]
+    shown = [re.search(r"(\d)/3 \[", frame).group(1) for frame in bar if re.search(r"(\d)/3 \[", frame)]
+    assert {"1", "2", "3"} <= set(shown), text[-3000:]  # the same bar, redrawn epoch by epoch
+    assert "val loss" in text and not EPOCH_LINE.search(text)  # a bar, not the pipe's lines
+
+
+@pytest.mark.parametrize("keywords, flags", [(dict(lr=-1), ["--lr", "-1"]),
+                                             (dict(head_dropout=1.5), ["--head-dropout", "1.5"]),
+                                             (dict(strategy=["head", "fine"]), ["--strategy", "head,fine"]),
+                                             (dict(track=["mlflow", "neptune"]), ["--track", "mlflow,neptune"])])
+def test_keywords_fail_as_the_flags_do(keywords, flags, capsys):
+    import showdown
+
+    assert main(["run", "--data", "demo", *flags]) == 2
+    cli_line = capsys.readouterr().err.strip()
+    with pytest.raises(ShowdownError) as caught:
+        showdown.run(data="demo", **keywords)
+    assert "error: " + str(caught.value) == cli_line
+
+
+def test_an_unknown_keyword_is_one_line_with_a_suggestion():
+    import showdown
+
+    with pytest.raises(ShowdownError, match=r"unknown option\(s\) epoch \(did you mean epochs\?\)"):
+        showdown.run(data="demo", epoch=3)
