@@ -23,6 +23,7 @@ SCHEDULES = ("plateau", "cosine", "onecycle")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 RUNTIMES = ("auto", "torch", "onnxruntime", "openvino")
 CLASS_WEIGHTS = ("none", "balanced")
+LABEL_ISSUES = ("auto", "off")
 
 # --help groups, in the order they are listed
 DATA, MODELS, TRAINING, FINETUNE, FAIR, MACHINERY = (
@@ -126,6 +127,10 @@ class RunConfig:
     assert_accuracy_at_least: float | None = option(
         None, "exit with status 1 (after writing the results) when the best test accuracy is below X", group=FAIR,
         min=0, max=1, metavar="X", unset="no gate")
+    label_issues: str = option(  # experiment/label_issues.py
+        "auto", "flag images whose given label looks wrong (cleanlab on out-of-fold heads over the best head "
+        "backbone's cached features; label_issues.csv, and the report's accuracy without them): auto (whenever a "
+        "head entry has cached features) or off", group=FAIR, choices=LABEL_ISSUES)
     drop_duplicates: bool = option(False, "drop val/test images whose exact bytes are also in an earlier split",
                                    group=DATA)
     max_per_class: int | None = option(None, "train images per class (val and test get a quarter), for quick runs",

@@ -19,6 +19,7 @@ from showdown.data.leakage import check_leakage
 from showdown.data.sources import cache_root
 from showdown.device import describe, resolve_device
 from showdown.errors import AccuracyGateError, ConfigError
+from showdown.experiment import label_issues
 from showdown.experiment.context import RunContext
 from showdown.experiment.entry import EntryResult, fitted_to_images, run_entry
 from showdown.experiment.folds import PROBABILITIES, FeaturePool, all_items, make_folds, write_pooled
@@ -98,9 +99,10 @@ def run(config: RunConfig, *, echo: Callable[[str], None] = print, resume: bool 
     if distributed.active():  # images each process ran through frozen layers: shards, never the same image twice
         frozen_passes["images_per_rank"] = distributed.gather(frozen_passes["images"])
         frozen_passes["images"] = sum(frozen_passes["images_per_rank"])
+    issues = _label_issues(config, dataset, rows, folds, context, run_dir)
     results = Results(run_dir, rows, sorted(skipped))
     if distributed.is_main():
-        _finish(results, config, frozen_passes, echo)
+        _finish(results, config, frozen_passes, echo, issues)
     distributed.barrier()  # the run folder is complete before any process returns
     _check_gate(results, config.assert_accuracy_at_least)
     return results
@@ -199,6 +201,20 @@ def _run_folds(strategy: str, backbone: Backbone, folds: list[DatasetSpec], conf
     return EntryResult({**summary, "folder": folder.name}, sorted(skipped))
 
 
+def _label_issues(config: RunConfig, dataset: DatasetSpec, rows: list[dict], folds, run: RunContext,
+                  run_dir: Path) -> dict | None:
+    """Suspected label errors over every split, judged by the best head backbone's cached features."""
+    model_name, why_not = label_issues.chosen_backbone(config, rows, folds)
+    if why_not:
+        run.echo(why_not)
+    if model_name is None:
+        return None
+    backbone = _load(model_name, config, dataset, _silent)  # its features are in the cache: no image is decoded
+    summary = label_issues.find_issues(backbone, dataset, config, run, run_dir)
+    run.echo(label_issues.describe(summary))
+    return summary
+
+
 def _seed_note(seed: int, config: RunConfig) -> str:
     return f" (seed {seed})" if config.repeats > 1 else ""
 
@@ -221,10 +237,10 @@ def _echo_machine(device, precision: str, echo) -> None:
     echo(f"device: {describe(device)}; precision {precision}{processes}")
 
 
-def _finish(results: Results, config: RunConfig, frozen_passes: dict, echo) -> None:
+def _finish(results: Results, config: RunConfig, frozen_passes: dict, echo, issues: dict | None) -> None:
     """Rank 0's end of the run: summary, table, bench, report, database row."""
     run_dir, rows, skipped = results.run_dir, results.rows, results.skipped
-    write_summary(run_dir, rows, skipped, frozen_passes)
+    write_summary(run_dir, rows, skipped, frozen_passes, issues)
     echo("")
     echo(results.table())
     echo("")

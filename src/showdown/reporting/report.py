@@ -11,9 +11,7 @@ statistics, fairness checks, plots and tables it shows live in their own modules
 """
 from __future__ import annotations
 
-import base64
 import html
-import io
 import json
 import statistics
 from dataclasses import dataclass
@@ -22,7 +20,6 @@ from pathlib import Path
 
 import numpy as np
 
-from showdown.data.images import load_rgb
 from showdown.fileio import write_atomic
 from showdown.reporting.fairness import (
     SEARCH_HEADER,
@@ -32,6 +29,7 @@ from showdown.reporting.fairness import (
     searches,
     verdict,
 )
+from showdown.reporting.label_issues import Suspects, accuracy_without
 from showdown.reporting.plots import (
     confusion_png,
     curves_png,
@@ -43,8 +41,10 @@ from showdown.reporting.plots import (
 from showdown.reporting.run_records import EntryRecord, load_run
 from showdown.reporting.stats import Comparison, bootstrap_ci, compare
 from showdown.reporting.tables import render
+from showdown.reporting.thumbnails import Thumbnails
 
 GALLERY_SIZE = 8
+ISSUES_SHOWN = 20  # the most suspect labels, with thumbnails
 TOP_FOR_TESTS = 4  # every pair among the best four entries is tested
 
 
@@ -100,7 +100,12 @@ def _fmt(value, spec: str, missing: str = "–") -> str:
     return missing if value is None else format(value, spec)
 
 
+def suspects_of(groups: list[Group]) -> Suspects | None:
+    return groups[0].first.extra.get("suspects")
+
+
 def leaderboard_rows(groups: list[Group]) -> list[dict]:
+    suspects = suspects_of(groups)
     rows = []
     for rank, group in enumerate(groups, 1):
         low, high = group.accuracy_ci()
@@ -109,7 +114,10 @@ def leaderboard_rows(groups: list[Group]) -> list[dict]:
         rows.append({
             "rank": rank, "entry": group.label, "seeds": len(group.records),
             "accuracy": f"{group.mean('accuracy'):.4f}" + (f" ± {std:.4f}" if std is not None else ""),
-            "ci": f"{low:.3f}–{high:.3f}", "macro F1": _fmt(group.mean("macro_f1"), ".3f"),
+            "ci": f"{low:.3f}–{high:.3f}",
+            "w/o suspects": _fmt(accuracy_without(group.first.predictions, suspects.test_paths)[0], ".4f")
+            if suspects else "–",
+            "macro F1": _fmt(group.mean("macro_f1"), ".3f"),
             "weighted F1": _fmt(group.mean("weighted_f1"), ".3f"), "loss": _fmt(group.mean("loss"), ".3f"),
             "train s": _fmt(group.mean("train_seconds"), ".1f"),
             "latency ms": _fmt(bench.get("latency_ms"), ".1f"), "size MB": _fmt(bench.get("size_mb"), ".1f"),
@@ -120,15 +128,35 @@ def leaderboard_rows(groups: list[Group]) -> list[dict]:
     return rows
 
 
-COLUMNS = ["rank", "entry", "seeds", "accuracy", "ci", "macro F1", "weighted F1", "loss", "train s", "latency ms",
-           "size MB", "params M", "weights"]
-HEADINGS = {"accuracy": "test accuracy (mean ± std)", "ci": "95 % CI (bootstrap)"}
+COLUMNS = ["rank", "entry", "seeds", "accuracy", "ci", "w/o suspects", "macro F1", "weighted F1", "loss", "train s",
+           "latency ms", "size MB", "params M", "weights"]
+HEADINGS = {"accuracy": "test accuracy (mean ± std)", "ci": "95 % CI (bootstrap)",
+            "w/o suspects": "accuracy without suspect labels"}
+
+
+def columns(groups: list[Group]) -> list[str]:
+    """The leaderboard's columns; the accuracy without suspect labels only when the run looked for them."""
+    return [c for c in COLUMNS if c != "w/o suspects" or suspects_of(groups)]
+
+
+def suspects_note(groups: list[Group]) -> str:
+    """How many test images are suspected label errors: the leaderboard's footnote ("" when none looked for)."""
+    suspects = suspects_of(groups)
+    if suspects is None:
+        return ""
+    n_test = groups[0].first.metrics.get("n_test")
+    flagged = len(suspects.test_paths)
+    return (f"{flagged} of the {n_test} test images are suspected label errors (cleanlab, out-of-fold heads on "
+            f"{suspects.summary['backbone']} features); 'accuracy without suspect labels' is each entry's accuracy "
+            f"on the other {n_test - flagged}.")
 
 
 def markdown(groups: list[Group], tests: list, title: str) -> str:
-    rows = leaderboard_rows(groups)
-    table = render([HEADINGS.get(c, c) for c in COLUMNS], [[row[c] for c in COLUMNS] for row in rows], markdown=True)
+    rows, shown = leaderboard_rows(groups), columns(groups)
+    table = render([HEADINGS.get(c, c) for c in shown], [[row[c] for c in shown] for row in rows], markdown=True)
     lines = [f"# {title}", "", table]
+    if suspects_of(groups):
+        lines += ["", suspects_note(groups)]
     found = checks([g.first for g in groups])
     lines += ["", "## How fair was it?", "", verdict(found), ""]
     lines += [f"- {'same' if c.same else 'DIFFERS'}: {c.name}: {c.text}" for c in found]
@@ -143,17 +171,6 @@ def markdown(groups: list[Group], tests: list, title: str) -> str:
     lines += ["", "## Is the difference real?", ""]
     lines += [f"- {t.verdict() if isinstance(t, Comparison) else t}" for t in tests] or ["- only one entry"]
     return "\n".join(lines) + "\n"
-
-
-def _thumbnail(path: str) -> str | None:
-    try:
-        image = load_rgb(Path(path))
-    except (OSError, ValueError):
-        return None
-    image.thumbnail((112, 112))
-    buffer = io.BytesIO()
-    image.save(buffer, format="JPEG", quality=80)
-    return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode()
 
 
 def _table(header: list[str], rows: list[list[str]], numeric_from: int = 1) -> str:
@@ -202,19 +219,38 @@ def _per_class(groups: list[Group]) -> str:
     return _table(header, rows)
 
 
-def _gallery(record: EntryRecord) -> str:
+def _issues(suspects: Suspects, thumbs: Thumbnails) -> str:
+    """The most suspect labels of every split, given against suggested."""
+    e = html.escape
+    facts = suspects.summary
+    per_split = ", ".join(f"{split} {c['flagged']} of {c['images']}" for split, c in facts["per_split"].items())
+    head = (f"<p>cleanlab's <code>find_label_issues</code> on out-of-fold probabilities (K heads on "
+            f"{e(facts['backbone'])} features, each image scored by a head that never saw it) flags "
+            f"{facts['flagged']} image(s): {e(per_split)}. All of them, ranked, are in "
+            "<code>label_issues.csv</code>. Suspect, not proven: look at them.</p>")
+    cards = []
+    for row in suspects.rows[:ISSUES_SHOWN]:
+        cards.append(_card(row["path"], f"#{row['rank']} {e(row['split'])}<br>given <b>{e(row['given'])}</b><br>"
+                                        f"suggested <b>{e(row['suggested'])}</b>", thumbs))
+    return head + f"<div class=gallery>{''.join(cards)}</div>"
+
+
+def _card(path: str, caption: str, thumbs: Thumbnails) -> str:
+    """A thumbnail with its caption (already escaped) and the file name."""
+    e = html.escape
+    uri = thumbs.uri(path)
+    picture = f'<img src="{uri}" alt="{e(Path(path).name)}">' if uri else "<div class=missing>image not shown</div>"
+    return f"<figure>{picture}<figcaption>{caption}<br><small>{e(Path(path).name)}</small></figcaption></figure>"
+
+
+def _gallery(record: EntryRecord, thumbs: Thumbnails) -> str:
     wrong = [p for p in record.predictions if p["true"] != p["pred"]]
     wrong.sort(key=lambda p: -float(p["confidence"]))
     if not wrong:
         return "<p>No test image was misclassified.</p>"
     e = html.escape
-    cards = []
-    for p in wrong[:GALLERY_SIZE]:
-        uri = _thumbnail(p["path"])
-        picture = (f'<img src="{uri}" alt="{e(Path(p["path"]).name)}">' if uri
-                   else "<div class=missing>image not found</div>")
-        cards.append(f"<figure>{picture}<figcaption>true <b>{e(p['true'])}</b><br>predicted <b>{e(p['pred'])}</b> "
-                     f"({float(p['confidence']):.0%})<br><small>{e(Path(p['path']).name)}</small></figcaption></figure>")
+    cards = [_card(p["path"], f"true <b>{e(p['true'])}</b><br>predicted <b>{e(p['pred'])}</b> "
+                              f"({float(p['confidence']):.0%})", thumbs) for p in wrong[:GALLERY_SIZE]]
     return f"<div class=gallery>{''.join(cards)}</div>"
 
 
@@ -267,10 +303,13 @@ pre{background:#f6f6f6;padding:.6rem;font-size:.75rem;overflow-x:auto}
 
 def render_html(groups: list[Group], tests: list, title: str) -> str:
     e = html.escape
-    rows = leaderboard_rows(groups)
+    rows, shown = leaderboard_rows(groups), columns(groups)
+    thumbs = Thumbnails()
     sections = []
-    leaderboard = _table([HEADINGS.get(c, c) for c in COLUMNS], [[row[c] for c in COLUMNS] for row in rows],
+    leaderboard = _table([HEADINGS.get(c, c) for c in shown], [[row[c] for c in shown] for row in rows],
                          numeric_from=2)
+    if suspects_of(groups):
+        leaderboard += f"<p class=note>{e(suspects_note(groups))}</p>"
     winner = groups[0]
     sections.append(("leaderboard", "Leaderboard",
                      f"<p>Winner: <b>{e(winner.label)}</b>, test accuracy {winner.mean('accuracy'):.4f} on "
@@ -307,8 +346,10 @@ def render_html(groups: list[Group], tests: list, title: str) -> str:
         f"alt=\"confusion matrix\">" for g in groups)
     sections.append(("confusion", "Confusion matrices and per-class scores",
                      f"<div class=row>{matrices}</div>" + _per_class(groups)))
-    gallery = "".join(f"<h3>{e(g.label)}</h3>{_gallery(g.first)}" for g in groups)
+    gallery = "".join(f"<h3>{e(g.label)}</h3>{_gallery(g.first, thumbs)}" for g in groups)
     sections.append(("gallery", "Most confidently wrong test images", gallery))
+    if suspects_of(groups):
+        sections.append(("issues", "Suspected label errors", _issues(suspects_of(groups), thumbs)))
     sections.append(("reproduce", "Configuration and environment",
                      "".join(f"<h3>{e(g.label)}</h3>{_reproduce(g.first)}" for g in groups)))
     body = "".join(f"<section id={sid}><h2>{e(heading)}</h2>{content}</section>" for sid, heading, content in sections)
