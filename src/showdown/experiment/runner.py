@@ -17,6 +17,8 @@ from showdown.data import DatasetSpec, load_dataset
 from showdown.data.folder import subset_per_class
 from showdown.data.leakage import check_leakage
 from showdown.data.sources import cache_root
+from showdown.deploy.explain import EXTRA as EXPLAIN_EXTRA
+from showdown.deploy.explain import available as explain_available
 from showdown.device import describe, resolve_device
 from showdown.errors import AccuracyGateError, ConfigError
 from showdown.experiment import label_issues
@@ -52,6 +54,9 @@ def run(config: RunConfig, *, echo: Callable[[str], None] = print, resume: bool 
     """Train and evaluate every (model, strategy); with `resume`, `config.out` is an interrupted run's folder:
     finished entries are kept and the interrupted one continues from its last completed epoch."""
     config.validate()
+    if config.gradcam and not explain_available():  # an optional extra: one line, and the run goes on
+        echo(f"Grad-CAM overlays skipped: {EXPLAIN_EXTRA}")
+        config = dataclasses.replace(config, gradcam=0)
     for name in config.models:  # an unknown name fails before any work is done
         resolve_backbone(name)
     device = resolve_device(config.device)
@@ -183,6 +188,7 @@ def _run_folds(strategy: str, backbone: Backbone, folds: list[DatasetSpec], conf
                folder: Path, pool: FeaturePool, resume: bool) -> EntryResult:
     """Every fold as an entry of its own (fold1/, fold2/, ...), then the entry of all folds pooled."""
     fold_rows, fold_folders, skipped = [], [], set()
+    config = dataclasses.replace(config, gradcam=0)  # the report shows the pooled entry, which has no one model
     for number, fold in enumerate(folds, start=1):
         fold_folder = folder / f"fold{number}"
         done = resume and finished_row(fold_folder)

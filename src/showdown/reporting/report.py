@@ -38,13 +38,12 @@ from showdown.reporting.plots import (
     search_figure,
     tradeoff_figure,
 )
+from showdown.reporting.report_images import gallery, gradcam, issues
 from showdown.reporting.run_records import EntryRecord, load_run
 from showdown.reporting.stats import Comparison, bootstrap_ci, compare
 from showdown.reporting.tables import render
 from showdown.reporting.thumbnails import Thumbnails
 
-GALLERY_SIZE = 8
-ISSUES_SHOWN = 20  # the most suspect labels, with thumbnails
 TOP_FOR_TESTS = 4  # every pair among the best four entries is tested
 
 
@@ -219,41 +218,6 @@ def _per_class(groups: list[Group]) -> str:
     return _table(header, rows)
 
 
-def _issues(suspects: Suspects, thumbs: Thumbnails) -> str:
-    """The most suspect labels of every split, given against suggested."""
-    e = html.escape
-    facts = suspects.summary
-    per_split = ", ".join(f"{split} {c['flagged']} of {c['images']}" for split, c in facts["per_split"].items())
-    head = (f"<p>cleanlab's <code>find_label_issues</code> on out-of-fold probabilities (K heads on "
-            f"{e(facts['backbone'])} features, each image scored by a head that never saw it) flags "
-            f"{facts['flagged']} image(s): {e(per_split)}. All of them, ranked, are in "
-            "<code>label_issues.csv</code>. Suspect, not proven: look at them.</p>")
-    cards = []
-    for row in suspects.rows[:ISSUES_SHOWN]:
-        cards.append(_card(row["path"], f"#{row['rank']} {e(row['split'])}<br>given <b>{e(row['given'])}</b><br>"
-                                        f"suggested <b>{e(row['suggested'])}</b>", thumbs))
-    return head + f"<div class=gallery>{''.join(cards)}</div>"
-
-
-def _card(path: str, caption: str, thumbs: Thumbnails) -> str:
-    """A thumbnail with its caption (already escaped) and the file name."""
-    e = html.escape
-    uri = thumbs.uri(path)
-    picture = f'<img src="{uri}" alt="{e(Path(path).name)}">' if uri else "<div class=missing>image not shown</div>"
-    return f"<figure>{picture}<figcaption>{caption}<br><small>{e(Path(path).name)}</small></figcaption></figure>"
-
-
-def _gallery(record: EntryRecord, thumbs: Thumbnails) -> str:
-    wrong = [p for p in record.predictions if p["true"] != p["pred"]]
-    wrong.sort(key=lambda p: -float(p["confidence"]))
-    if not wrong:
-        return "<p>No test image was misclassified.</p>"
-    e = html.escape
-    cards = [_card(p["path"], f"true <b>{e(p['true'])}</b><br>predicted <b>{e(p['pred'])}</b> "
-                              f"({float(p['confidence']):.0%})", thumbs) for p in wrong[:GALLERY_SIZE]]
-    return f"<div class=gallery>{''.join(cards)}</div>"
-
-
 def _device_text(env: dict) -> str:
     """What trained it: the device (GPU name, memory, CUDA and driver versions) and the torchrun processes."""
     device = env.get("device") or {"type": "cuda" if env.get("cuda") else "cpu"}  # runs recorded before --device
@@ -295,6 +259,7 @@ td.num{text-align:right;font-variant-numeric:tabular-nums}tbody tr:first-child{b
 .row{display:flex;flex-wrap:wrap;gap:1rem}.row img{max-width:560px;width:100%}
 .gallery{display:flex;flex-wrap:wrap;gap:.6rem}figure{margin:0;width:130px;font-size:.75rem}
 figure img{width:112px;height:112px;object-fit:cover;border:1px solid #ccc}
+.wide figure{width:340px}.wide figure img{width:336px;height:auto}
 .missing{width:112px;height:112px;background:#eee;display:flex;align-items:center;justify-content:center}
 pre{background:#f6f6f6;padding:.6rem;font-size:.75rem;overflow-x:auto}
 @media print{body{max-width:none}h2{break-before:auto}}
@@ -346,12 +311,20 @@ def render_html(groups: list[Group], tests: list, title: str) -> str:
         f"alt=\"confusion matrix\">" for g in groups)
     sections.append(("confusion", "Confusion matrices and per-class scores",
                      f"<div class=row>{matrices}</div>" + _per_class(groups)))
-    gallery = "".join(f"<h3>{e(g.label)}</h3>{_gallery(g.first, thumbs)}" for g in groups)
-    sections.append(("gallery", "Most confidently wrong test images", gallery))
+    wrong = "".join(f"<h3>{e(g.label)}</h3>{gallery(g.first, thumbs)}" for g in groups)
+    sections.append(("gallery", "Most confidently wrong test images", wrong))
+    overlays = [(g.label, gradcam(g.first, thumbs)) for g in groups]
+    looked = "".join(f"<h3>{e(label)}</h3>{cards}" for label, cards in overlays if cards)
+    if looked:
+        sections.append(("gradcam", "Where each model looked (Grad-CAM)",
+                         "<p class=note>Each entry's most confidently wrong test images and a few it got right: the "
+                         "image as the model saw it, and the heat map of the class it predicted.</p>" + looked))
     if suspects_of(groups):
-        sections.append(("issues", "Suspected label errors", _issues(suspects_of(groups), thumbs)))
+        sections.append(("issues", "Suspected label errors", issues(suspects_of(groups), thumbs)))
     sections.append(("reproduce", "Configuration and environment",
                      "".join(f"<h3>{e(g.label)}</h3>{_reproduce(g.first)}" for g in groups)))
+    if thumbs.note():
+        sections.insert(-1, ("capped", "Images left out", f"<p class=note>{e(thumbs.note())}</p>"))
     body = "".join(f"<section id={sid}><h2>{e(heading)}</h2>{content}</section>" for sid, heading, content in sections)
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">

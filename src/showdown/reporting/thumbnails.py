@@ -21,18 +21,20 @@ class Thumbnails:
     def __init__(self, budget: int = BUDGET_BYTES, side: int = SIDE):
         self.budget, self.side = budget, side
         self.spent, self.left_out = 0, 0
-        self._made: dict[str, str | None] = {}
+        self._made: dict[tuple, str | None] = {}
 
-    def uri(self, path: str) -> str | None:
-        """The data: URI of a thumbnail of `path`; None when unreadable or over the budget (counted)."""
-        if path in self._made:
-            return self._made[path]
+    def uri(self, path: str, side: int | None = None) -> str | None:
+        """The data: URI of a thumbnail of `path` (at most `side` px, default the page's); None when unreadable or
+        over the budget (counted)."""
+        key = (path, side)
+        if key in self._made:
+            return self._made[key]
         if self.spent >= self.budget:
             self.left_out += 1
             return None
-        uri = thumbnail(path, self.side)
+        uri = thumbnail(path, side or self.side)
         self.spent += len(uri or "")
-        self._made[path] = uri
+        self._made[key] = uri
         return uri
 
     def note(self) -> str:

