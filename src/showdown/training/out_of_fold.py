@@ -7,6 +7,7 @@ its label. A head on cached features trains in seconds, so K of them cost little
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import numpy as np
 import torch
@@ -51,10 +52,13 @@ def out_of_fold(features: torch.Tensor, labels: np.ndarray, num_classes: int, se
 
 
 def _carve(rest: np.ndarray, labels: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """A stratified validation share of the training folds (plain random where a class is too small for that)."""
+    """A validation share of the training folds: stratified where every class can give it an image, else plain
+    random (a tiny folder)."""
     counts = np.bincount(labels[rest])
-    stratify = labels[rest] if counts[counts > 0].min() >= 2 else None
-    return train_test_split(rest, test_size=VAL_SHARE, stratify=stratify, random_state=seed)
+    present = counts[counts > 0]
+    stratified = math.ceil(VAL_SHARE * len(rest)) >= len(present) and present.min() >= 2
+    return train_test_split(rest, test_size=VAL_SHARE, stratify=labels[rest] if stratified else None,
+                            random_state=seed)
 
 
 def _part(features: torch.Tensor, labels: np.ndarray, rows: np.ndarray) -> Features:
