@@ -55,10 +55,10 @@ def test_explain_command_writes_overlays(square_run, tmp_path):
     results, root = square_run
     out = tmp_path / "overlays"
     done = subprocess.run([sys.executable, "-m", "showdown.cli", "explain", str(results.run_dir),
-                           str(root / "marked" / "000.png"), str(root / "plain"), "--out", str(out)],
+                           str(root / "marked" / "000.png"), str(root / "plain" / "00*.png"), "--out", str(out)],
                           capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
-    assert "overlay(s) in" in done.stdout and len(list(out.glob("*.png"))) == 1 + len(list((root / "plain").iterdir()))
+    assert "overlay(s) in" in done.stdout and len(list(out.glob("*.png"))) == 1 + len(list(root.glob("plain/00*.png")))
     refused = subprocess.run([sys.executable, "-m", "showdown.cli", "explain", str(out / "01-000.png"),
                               str(root / "plain")], capture_output=True, text=True)
     assert refused.returncode == 2 and "Traceback" not in refused.stderr and len(refused.stderr.splitlines()) == 1
