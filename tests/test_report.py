@@ -37,6 +37,8 @@ def test_run_writes_a_report_and_records_itself(report_run):
     assert len(report_run.rows) == 6  # (2 models x head + scratch-cnn once) x 2 seeds
     assert "± " in md and "efficientnet_lite0 / head" in md and "## Is the difference real?" in md
     assert "McNemar p = " in md
+    assert "test images are suspected label errors" in md and "accuracy without suspect labels" in md
+    assert "Without them the ranking" in md or " 0 of the " in md
     assert MALICIOUS not in html and "&lt;img src=x onerror=alert(1)&gt;" in html
     assert "http://" not in html.replace("http-equiv", "") and "https://" not in html
     recorded = db.list_runs()

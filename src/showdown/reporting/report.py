@@ -147,9 +147,16 @@ def suspects_note(groups: list[Group]) -> str:
         return ""
     n_test = groups[0].first.metrics.get("n_test")
     flagged = len(suspects.test_paths)
-    return (f"{flagged} of the {n_test} test images are suspected label errors (cleanlab, out-of-fold heads on "
+    note = (f"{flagged} of the {n_test} test images are suspected label errors (cleanlab, out-of-fold heads on "
             f"{suspects.summary['backbone']} features); 'accuracy without suspect labels' is each entry's accuracy "
             f"on the other {n_test - flagged}.")
+    if not flagged or len(groups) < 2:
+        return note
+    # The same entries ranked on the test images whose labels nobody doubts (first seed, as the tests below).
+    clean = sorted(groups, key=lambda g: -(accuracy_without(g.first.predictions, suspects.test_paths)[0] or 0))
+    if [g.label for g in clean] == [g.label for g in groups]:
+        return note + " Without them the ranking is the same."
+    return note + " Without them the ranking changes: " + ", ".join(g.label for g in clean) + "."
 
 
 def markdown(groups: list[Group], tests: list, title: str) -> str:
