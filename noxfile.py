@@ -17,7 +17,7 @@ nox.options.sessions = ["tests"]
 nox.options.reuse_existing_virtualenvs = True
 
 PYTHONS = ["3.10", "3.11", "3.12", "3.13"]
-EXTRAS = ".[test,keras,tflite,openvino,mlflow,tensorboard,wandb]"
+EXTRAS = ".[test,keras,tflite,openvino,mlflow,tensorboard,wandb,explain]"
 PYTEST = ("python", "-m", "pytest", "-n", "2", "--dist", "loadscope")
 
 
@@ -31,7 +31,7 @@ def tests(session: nox.Session) -> None:
 def oldest(session: nox.Session) -> None:
     """The floors: every direct dependency at the oldest release pyproject.toml admits. The tflite extra is left
     out: its converter has one release and pulls JAX and transformers, which would lift the core floors."""
-    session.install("-e", ".[test,keras,openvino]", "-c", "requirements/oldest.txt")
+    session.install("-e", ".[test,keras,openvino,explain]", "-c", "requirements/oldest.txt")
     session.run(*PYTEST, *session.posargs)
 
 

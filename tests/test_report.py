@@ -1,14 +1,17 @@
 """The report over real runs, opened in headless Chromium; the results database, killed mid-run."""
+import re
 import shutil
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
 from showdown import RunConfig, run
 from showdown.reporting import database as db
+from showdown.reporting.report import group_records
 from showdown.reporting.run_records import load_run
 
 MALICIOUS = "<img src=x onerror=alert(1)>"  # a folder name cannot hold '/', so no </script>; this one runs too
@@ -34,6 +37,8 @@ def test_run_writes_a_report_and_records_itself(report_run):
     assert len(report_run.rows) == 6  # (2 models x head + scratch-cnn once) x 2 seeds
     assert "± " in md and "efficientnet_lite0 / head" in md and "## Is the difference real?" in md
     assert "McNemar p = " in md
+    assert "test images are suspected label errors" in md and "accuracy without suspect labels" in md
+    assert "Without them the ranking" in md or " 0 of the " in md
     assert MALICIOUS not in html and "&lt;img src=x onerror=alert(1)&gt;" in html
     assert "http://" not in html.replace("http-equiv", "") and "https://" not in html
     recorded = db.list_runs()
@@ -112,3 +117,39 @@ def test_database_survives_a_run_killed_mid_training(tmp_path, demo_dir):
     after = db.list_runs(database)
     assert len(after) == 2 and after[-1]["run_dir"] == str((tmp_path / "c").resolve())
     assert load_run(tmp_path / "c")[0].metrics["accuracy"] == pytest.approx(after[-1]["best_accuracy"])
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (.ci/run installs it)")
+def test_report_cells_show_their_images_and_the_leaderboard_sorts_offline(report_run):
+    """Three entries: a click on a confusion-matrix cell shows exactly that cell's test images, the leaderboard
+    sorts by a clicked column, and the page makes no request."""
+    from playwright.sync_api import sync_playwright
+
+    groups = group_records(load_run(report_run.run_dir))
+    assert len(groups) == 3
+    errors, requests = [], []
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--headless", "--no-sandbox", "--disable-gpu"])
+        page = browser.new_page()
+        page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.on("request", lambda r: requests.append(r.url) if not r.url.startswith(("file:", "data:")) else None)
+        page.goto((report_run.run_dir / "report.html").as_uri())
+        for number, group in enumerate(groups):
+            matrix = page.locator("section#confusion table.matrix").nth(number)
+            cell = matrix.locator("td.miss" if matrix.locator("td.miss").count() else "td.hit").first
+            title = cell.get_attribute("data-title")
+            true, pred = re.fullmatch(r".*: true (.+), predicted (.+) \(\d+ images?\)", title, re.S).groups()
+            expected = sorted(Path(r["path"]).name for r in group.first.predictions
+                              if r["true"] == true and r["pred"] == pred)
+            cell.click()
+            view = page.locator(f"#cell-view-{number}")
+            assert sorted(view.locator("figcaption").all_inner_texts()) == expected
+            assert view.locator("img").count() == len(expected)
+        assert page.evaluate("[...document.images].filter(i => !i.complete || i.naturalWidth === 0).length") == 0
+        page.locator("section#leaderboard th", has_text="test accuracy").click()
+        shown = [float(t.split()[0]) for t in
+                 page.locator("section#leaderboard tbody tr td:nth-child(4)").all_inner_texts()]
+        assert shown == sorted(shown)
+        browser.close()
+    assert errors == [] and requests == []

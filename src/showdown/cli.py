@@ -62,6 +62,11 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--model", dest="model_name", help="which entry of a run folder (default: the best)")
     export.add_argument("--output", help="file to write (default: model.onnx, model.pt, model.tflite or "
                                          "model-int8.tflite in the entry folder)")
+    explain = sub.add_parser("explain", help="Grad-CAM overlays: where a trained model looked in each image")
+    explain.add_argument("model", help="run folder or entry folder")
+    explain.add_argument("inputs", nargs="+", metavar="IMAGE", help="image files, folders or glob patterns")
+    explain.add_argument("--model", dest="model_name", help="which entry of a run folder (default: the best)")
+    explain.add_argument("--out", help="folder for the overlay PNGs (default: explain/ in the entry folder)")
     report = sub.add_parser("report", help="(re)write report.html and report.md for a run folder")
     report.add_argument("run_dir")
     runs = sub.add_parser("runs", help="the results database: list, show and compare recorded runs")
@@ -162,6 +167,17 @@ def cmd_export(args) -> int:
     return 0
 
 
+def cmd_explain(args) -> int:
+    with heavy_imports():
+        from showdown.deploy.explain import explain_files
+
+    folder, done = explain_files(args.model, args.inputs, args.model_name, args.out)
+    for item in done:
+        print(f"{item.path}  {item.label} {item.probability:.3f}  {folder / item.png}")
+    print(f"{len(done)} overlay(s) in {folder}")
+    return 0
+
+
 def cmd_report(args) -> int:
     with heavy_imports():
         from showdown.reporting.report import report_run
@@ -253,8 +269,9 @@ def main(argv: list[str] | None = None) -> int:
     for stream in (sys.stdout, sys.stderr):  # file names that are not valid UTF-8 print escaped
         stream.reconfigure(errors="backslashreplace")
     logging.basicConfig(level=logging.INFO if args.debug else logging.WARNING, format="%(levelname)s: %(message)s")
-    handler = {"run": cmd_run, "predict": cmd_predict, "export": cmd_export, "report": cmd_report, "runs": cmd_runs,
-               "bench": cmd_bench, "cache": cmd_cache, "models": cmd_models, "presets": cmd_presets}[args.command]
+    handler = {"run": cmd_run, "predict": cmd_predict, "export": cmd_export, "explain": cmd_explain,
+               "report": cmd_report, "runs": cmd_runs, "bench": cmd_bench, "cache": cmd_cache, "models": cmd_models,
+               "presets": cmd_presets}[args.command]
     try:
         return handler(args)
     except ShowdownError as exc:

@@ -25,6 +25,7 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 RUNTIMES = ("auto", "torch", "onnxruntime", "openvino")
 CLASS_WEIGHTS = ("none", "balanced")
 TRACKERS = ("mlflow", "tensorboard", "wandb")
+LABEL_ISSUES = ("auto", "off")
 
 # --help groups, in the order they are listed
 DATA, MODELS, TRAINING, FINETUNE, FAIR, MACHINERY, WATCH = (
@@ -129,6 +130,14 @@ class RunConfig:
     assert_accuracy_at_least: float | None = option(
         None, "exit with status 1 (after writing the results) when the best test accuracy is below X", group=FAIR,
         min=0, max=1, metavar="X", unset="no gate")
+    label_issues: str = option(  # experiment/label_issues.py
+        "auto", "flag images whose given label looks wrong (cleanlab on out-of-fold heads over the best head "
+        "backbone's cached features; label_issues.csv, and the report's accuracy without them): auto (whenever a "
+        "head entry has cached features) or off", group=FAIR, choices=LABEL_ISSUES)
+    gradcam: int = option(  # experiment/explanations.py; needs the explain extra (pytorch-grad-cam)
+        6, "Grad-CAM overlays per entry (where the model looked): two thirds its most confidently wrong test images, "
+        "the rest right ones; in <entry>/gradcam/ and the report (the explain extra); 0 for none", group=FAIR,
+        min=0, metavar="N")
     drop_duplicates: bool = option(False, "drop val/test images whose exact bytes are also in an earlier split",
                                    group=DATA)
     max_per_class: int | None = option(None, "train images per class (val and test get a quarter), for quick runs",

@@ -14,6 +14,7 @@ from showdown.config.run_config import RunConfig
 from showdown.data import DatasetSpec
 from showdown.data.thumbnails import without_centre_crop
 from showdown.experiment.context import Entry, RunContext
+from showdown.experiment.explanations import explain_entry
 from showdown.experiment.folds import FeaturePool
 from showdown.experiment.phases import CACHEABLE_AUGMENTS, Trained, evaluate, extract_all, train
 from showdown.experiment.run_folder import write_entry
@@ -38,6 +39,7 @@ def run_entry(strategy: str, backbone: Backbone, dataset: DatasetSpec, config: R
     if distributed.is_main():
         metrics = classification_metrics(y_true, probs, dataset.classes)
         row = write_entry(entry, metrics, trained.history, probs, y_true, test_items, search, keep_probabilities)
+        explain_entry(entry, probs, y_true, test_items, config.gradcam)
         for checkpoint in folder.glob("checkpoint-*.pt"):  # the entry is complete; its results replace them
             checkpoint.unlink()
     return EntryResult(distributed.broadcast(row), trained.failed)

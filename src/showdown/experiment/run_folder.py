@@ -132,8 +132,10 @@ def write_entry(entry: Entry, metrics: dict, history: list[dict], probs: np.ndar
     return {**summary, "folder": folder.name}
 
 
-def write_summary(run_dir: Path, rows: list[dict], skipped: list[str], frozen_passes: dict) -> None:
-    write_json(run_dir / "summary.json", {"rows": rows, "skipped_files": skipped, "frozen_passes": frozen_passes})
+def write_summary(run_dir: Path, rows: list[dict], skipped: list[str], frozen_passes: dict,
+                  label_issues: dict | None = None) -> None:
+    write_json(run_dir / "summary.json", {"rows": rows, "skipped_files": skipped, "frozen_passes": frozen_passes,
+                                          **({"label_issues": label_issues} if label_issues else {})})
     write_csv(run_dir / "summary.csv", rows)
     write_atomic(run_dir / "summary.md", format_markdown(rows))
     if skipped:

@@ -17,8 +17,11 @@ from showdown.config.run_config import RunConfig, read_config_file
 from showdown.data import DatasetSpec, load_dataset
 from showdown.data.folder import subset_per_class
 from showdown.data.leakage import check_leakage
+from showdown.deploy.explain import EXTRA as EXPLAIN_EXTRA
+from showdown.deploy.explain import available as explain_available
 from showdown.device import describe, prepare, resolve_device
 from showdown.errors import AccuracyGateError, ConfigError, DiskError, disk_error
+from showdown.experiment import label_issues
 from showdown.experiment.context import RunContext
 from showdown.experiment.entry import EntryResult, fitted_to_images, run_entry
 from showdown.experiment.folds import PROBABILITIES, FeaturePool, all_items, make_folds, write_pooled
@@ -57,6 +60,9 @@ def run(config: RunConfig | None = None, *, echo: Callable[[str], None] = print,
     reporter = Reporter(echo, quiet=config.quiet, log_file=config.log_file, track=config.track) \
         if distributed.is_main() else Reporter(silent=True)  # under torchrun rank 0 alone tells
     echo = reporter.echo
+    if config.gradcam and not explain_available():  # an optional extra: one line, and the run goes on
+        reporter.warn(f"Grad-CAM overlays skipped: {EXPLAIN_EXTRA}")
+        config = dataclasses.replace(config, gradcam=0)
     if resume:
         echo(f"resuming {config.out}")
     passes_before = CACHE_STATS + HEALED  # HEALED counts "recomputed" (damaged cache entries)
@@ -82,9 +88,10 @@ def run(config: RunConfig | None = None, *, echo: Callable[[str], None] = print,
         if distributed.active():  # images each process ran through frozen layers: shards, never the same image twice
             frozen_passes["images_per_rank"] = distributed.gather(frozen_passes["images"])
             frozen_passes["images"] = sum(frozen_passes["images_per_rank"])
+        issues = _label_issues(config, dataset, rows, folds, context, run_dir)
         results = Results(run_dir, rows, sorted(skipped))
         if distributed.is_main():
-            _finish(results, config, frozen_passes, reporter)
+            _finish(results, config, frozen_passes, reporter, issues)
     distributed.barrier()  # the run folder is complete before any process returns
     _check_gate(results, config.assert_accuracy_at_least)
     return results
@@ -219,6 +226,7 @@ def _run_folds(strategy: str, backbone: Backbone, folds: list[DatasetSpec], conf
                folder: Path, pool: FeaturePool, resume: bool) -> EntryResult:
     """Every fold as an entry of its own (fold1/, fold2/, ...), then the entry of all folds pooled."""
     fold_rows, fold_folders, skipped = [], [], set()
+    config = dataclasses.replace(config, gradcam=0)  # the report shows the pooled entry, which has no one model
     for number, fold in enumerate(folds, start=1):
         run.reporter.fold(number, len(folds))
         fold_folder = folder / f"fold{number}"
@@ -236,6 +244,20 @@ def _run_folds(strategy: str, backbone: Backbone, folds: list[DatasetSpec], conf
     summary = distributed.broadcast(write_pooled(folder, fold_folders, fold_rows, folds[0].classes, title)
                                     if distributed.is_main() else None)
     return EntryResult({**summary, "folder": folder.name}, sorted(skipped))
+
+
+def _label_issues(config: RunConfig, dataset: DatasetSpec, rows: list[dict], folds, run: RunContext,
+                  run_dir: Path) -> dict | None:
+    """Suspected label errors over every split, judged by the best head backbone's cached features."""
+    model_name, why_not = label_issues.chosen_backbone(config, rows, folds)
+    if why_not:
+        run.echo(why_not)
+    if model_name is None:
+        return None
+    backbone = _load(model_name, config, dataset, lambda *_: None)  # its features are in the cache: no image is decoded
+    summary = label_issues.find_issues(backbone, dataset, config, run, run_dir)
+    run.echo(label_issues.describe(summary))
+    return summary
 
 
 def _seed_note(seed: int, config: RunConfig) -> str:
@@ -256,11 +278,12 @@ def _echo_machine(device, precision: str, echo) -> None:
     echo(f"device: {describe(device)}; precision {precision}{processes}")
 
 
-def _finish(results: Results, config: RunConfig, frozen_passes: dict, reporter: Reporter) -> None:
+def _finish(results: Results, config: RunConfig, frozen_passes: dict, reporter: Reporter,
+            issues: dict | None) -> None:
     """Rank 0's end of the run: summary, table (even with --quiet), bench, report, database row, trackers."""
     run_dir, rows, skipped = results.run_dir, results.rows, results.skipped
     echo = reporter.echo
-    write_summary(run_dir, rows, skipped, frozen_passes)
+    write_summary(run_dir, rows, skipped, frozen_passes, issues)
     reporter.result("")
     reporter.result(results.table())
     echo("")

@@ -1,7 +1,8 @@
 """The showdown report: one self-contained HTML page (and a Markdown summary) that says who won, by how much,
 at what cost, and whether the difference is real.
 
-Everything is inline (styles, figures, thumbnails) and a Content-Security-Policy forbids scripts and any
+Everything is inline (styles, figures, thumbnails, one script that sorts and opens confusion cells,
+interactive.py) and a Content-Security-Policy allows that script alone, by its hash, and forbids any
 request, so the page works from file:// and cannot phone home. Every user-supplied string (class names, paths,
 configuration) is HTML-escaped.
 
@@ -11,9 +12,7 @@ statistics, fairness checks, plots and tables it shows live in their own modules
 """
 from __future__ import annotations
 
-import base64
 import html
-import io
 import json
 import statistics
 from dataclasses import dataclass
@@ -22,7 +21,6 @@ from pathlib import Path
 
 import numpy as np
 
-from showdown.data.images import load_rgb
 from showdown.fileio import write_atomic
 from showdown.reporting.fairness import (
     SEARCH_HEADER,
@@ -32,6 +30,8 @@ from showdown.reporting.fairness import (
     searches,
     verdict,
 )
+from showdown.reporting.interactive import CellImages, confusion_table, script_policy, script_tag
+from showdown.reporting.label_issues import Suspects, accuracy_without
 from showdown.reporting.plots import (
     confusion_png,
     curves_png,
@@ -40,11 +40,12 @@ from showdown.reporting.plots import (
     search_figure,
     tradeoff_figure,
 )
+from showdown.reporting.report_images import gallery, gradcam, issues
 from showdown.reporting.run_records import EntryRecord, load_run
 from showdown.reporting.stats import Comparison, bootstrap_ci, compare
 from showdown.reporting.tables import render
+from showdown.reporting.thumbnails import Thumbnails
 
-GALLERY_SIZE = 8
 TOP_FOR_TESTS = 4  # every pair among the best four entries is tested
 
 
@@ -100,7 +101,12 @@ def _fmt(value, spec: str, missing: str = "–") -> str:
     return missing if value is None else format(value, spec)
 
 
+def suspects_of(groups: list[Group]) -> Suspects | None:
+    return groups[0].first.extra.get("suspects")
+
+
 def leaderboard_rows(groups: list[Group]) -> list[dict]:
+    suspects = suspects_of(groups)
     rows = []
     for rank, group in enumerate(groups, 1):
         low, high = group.accuracy_ci()
@@ -109,7 +115,10 @@ def leaderboard_rows(groups: list[Group]) -> list[dict]:
         rows.append({
             "rank": rank, "entry": group.label, "seeds": len(group.records),
             "accuracy": f"{group.mean('accuracy'):.4f}" + (f" ± {std:.4f}" if std is not None else ""),
-            "ci": f"{low:.3f}–{high:.3f}", "macro F1": _fmt(group.mean("macro_f1"), ".3f"),
+            "ci": f"{low:.3f}–{high:.3f}",
+            "w/o suspects": _fmt(accuracy_without(group.first.predictions, suspects.test_paths)[0], ".4f")
+            if suspects else "–",
+            "macro F1": _fmt(group.mean("macro_f1"), ".3f"),
             "weighted F1": _fmt(group.mean("weighted_f1"), ".3f"), "loss": _fmt(group.mean("loss"), ".3f"),
             "train s": _fmt(group.mean("train_seconds"), ".1f"),
             "latency ms": _fmt(bench.get("latency_ms"), ".1f"), "size MB": _fmt(bench.get("size_mb"), ".1f"),
@@ -120,15 +129,42 @@ def leaderboard_rows(groups: list[Group]) -> list[dict]:
     return rows
 
 
-COLUMNS = ["rank", "entry", "seeds", "accuracy", "ci", "macro F1", "weighted F1", "loss", "train s", "latency ms",
-           "size MB", "params M", "weights"]
-HEADINGS = {"accuracy": "test accuracy (mean ± std)", "ci": "95 % CI (bootstrap)"}
+COLUMNS = ["rank", "entry", "seeds", "accuracy", "ci", "w/o suspects", "macro F1", "weighted F1", "loss", "train s",
+           "latency ms", "size MB", "params M", "weights"]
+HEADINGS = {"accuracy": "test accuracy (mean ± std)", "ci": "95 % CI (bootstrap)",
+            "w/o suspects": "accuracy without suspect labels"}
+
+
+def columns(groups: list[Group]) -> list[str]:
+    """The leaderboard's columns; the accuracy without suspect labels only when the run looked for them."""
+    return [c for c in COLUMNS if c != "w/o suspects" or suspects_of(groups)]
+
+
+def suspects_note(groups: list[Group]) -> str:
+    """How many test images are suspected label errors: the leaderboard's footnote ("" when none looked for)."""
+    suspects = suspects_of(groups)
+    if suspects is None:
+        return ""
+    n_test = groups[0].first.metrics.get("n_test")
+    flagged = len(suspects.test_paths)
+    note = (f"{flagged} of the {n_test} test images are suspected label errors (cleanlab, out-of-fold heads on "
+            f"{suspects.summary['backbone']} features); 'accuracy without suspect labels' is each entry's accuracy "
+            f"on the other {n_test - flagged}.")
+    if not flagged or len(groups) < 2:
+        return note
+    # The same entries ranked on the test images whose labels nobody doubts (first seed, as the tests below).
+    clean = sorted(groups, key=lambda g: -(accuracy_without(g.first.predictions, suspects.test_paths)[0] or 0))
+    if [g.label for g in clean] == [g.label for g in groups]:
+        return note + " Without them the ranking is the same."
+    return note + " Without them the ranking changes: " + ", ".join(g.label for g in clean) + "."
 
 
 def markdown(groups: list[Group], tests: list, title: str) -> str:
-    rows = leaderboard_rows(groups)
-    table = render([HEADINGS.get(c, c) for c in COLUMNS], [[row[c] for c in COLUMNS] for row in rows], markdown=True)
+    rows, shown = leaderboard_rows(groups), columns(groups)
+    table = render([HEADINGS.get(c, c) for c in shown], [[row[c] for c in shown] for row in rows], markdown=True)
     lines = [f"# {title}", "", table]
+    if suspects_of(groups):
+        lines += ["", suspects_note(groups)]
     found = checks([g.first for g in groups])
     lines += ["", "## How fair was it?", "", verdict(found), ""]
     lines += [f"- {'same' if c.same else 'DIFFERS'}: {c.name}: {c.text}" for c in found]
@@ -145,23 +181,12 @@ def markdown(groups: list[Group], tests: list, title: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _thumbnail(path: str) -> str | None:
-    try:
-        image = load_rgb(Path(path))
-    except (OSError, ValueError):
-        return None
-    image.thumbnail((112, 112))
-    buffer = io.BytesIO()
-    image.save(buffer, format="JPEG", quality=80)
-    return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode()
-
-
-def _table(header: list[str], rows: list[list[str]], numeric_from: int = 1) -> str:
+def _table(header: list[str], rows: list[list[str]], numeric_from: int = 1, css: str = "") -> str:
     e = html.escape
     head = "".join(f"<th>{e(h)}</th>" for h in header)
     body = "".join("<tr>" + "".join(f"<td{' class=num' if i >= numeric_from else ''}>{e(str(c))}</td>"
                                     for i, c in enumerate(row)) + "</tr>" for row in rows)
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+    return f"<table{f' class={css}' if css else ''}><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
 def _tradeoffs(groups: list[Group]) -> str:
@@ -200,22 +225,6 @@ def _per_class(groups: list[Group]) -> str:
             cells += [f"{values[m]:.2f}" if values else "–" for m in ("precision", "recall", "f1")]
         rows.append(cells)
     return _table(header, rows)
-
-
-def _gallery(record: EntryRecord) -> str:
-    wrong = [p for p in record.predictions if p["true"] != p["pred"]]
-    wrong.sort(key=lambda p: -float(p["confidence"]))
-    if not wrong:
-        return "<p>No test image was misclassified.</p>"
-    e = html.escape
-    cards = []
-    for p in wrong[:GALLERY_SIZE]:
-        uri = _thumbnail(p["path"])
-        picture = (f'<img src="{uri}" alt="{e(Path(p["path"]).name)}">' if uri
-                   else "<div class=missing>image not found</div>")
-        cards.append(f"<figure>{picture}<figcaption>true <b>{e(p['true'])}</b><br>predicted <b>{e(p['pred'])}</b> "
-                     f"({float(p['confidence']):.0%})<br><small>{e(Path(p['path']).name)}</small></figcaption></figure>")
-    return f"<div class=gallery>{''.join(cards)}</div>"
 
 
 def _device_text(env: dict) -> str:
@@ -259,6 +268,9 @@ td.num{text-align:right;font-variant-numeric:tabular-nums}tbody tr:first-child{b
 .row{display:flex;flex-wrap:wrap;gap:1rem}.row img{max-width:560px;width:100%}
 .gallery{display:flex;flex-wrap:wrap;gap:.6rem}figure{margin:0;width:130px;font-size:.75rem}
 figure img{width:112px;height:112px;object-fit:cover;border:1px solid #ccc}
+table.sortable th{cursor:pointer}th[data-order=asc]::after{content:" ▲"}th[data-order=desc]::after{content:" ▼"}
+td.cell{cursor:pointer}td.hit{background:#e8f5e9}td.miss{background:#fdecea}.cell-view figure{width:80px}
+.cell-view figure img{width:64px;height:64px}.wide figure{width:340px}.wide figure img{width:336px;height:auto}
 .missing{width:112px;height:112px;background:#eee;display:flex;align-items:center;justify-content:center}
 pre{background:#f6f6f6;padding:.6rem;font-size:.75rem;overflow-x:auto}
 @media print{body{max-width:none}h2{break-before:auto}}
@@ -267,6 +279,7 @@ pre{background:#f6f6f6;padding:.6rem;font-size:.75rem;overflow-x:auto}
 
 def render_html(groups: list[Group], tests: list, title: str) -> str:
     e = html.escape
+    thumbs = Thumbnails()
     sections = []
     winner = groups[0]
     sections.append(("leaderboard", "Leaderboard", _leaderboard(groups)))
@@ -298,31 +311,46 @@ def render_html(groups: list[Group], tests: list, title: str) -> str:
     matrices = "".join(
         f"<img src=\"{png_uri(confusion_png(g.first.metrics['confusion_matrix'], classes, g.label))}\" "
         f"alt=\"confusion matrix\">" for g in groups)
+    cells = CellImages(thumbs)
+    clickable = "".join(confusion_table(g.label, n, classes, g.first.predictions, cells) for n, g in enumerate(groups))
     sections.append(("confusion", "Confusion matrices and per-class scores",
-                     f"<div class=row>{matrices}</div>" + _per_class(groups)))
-    gallery = "".join(f"<h3>{e(g.label)}</h3>{_gallery(g.first)}" for g in groups)
-    sections.append(("gallery", "Most confidently wrong test images", gallery))
+                     f"<div class=row>{matrices}</div>" + _per_class(groups)
+                     + "<h3>Click a cell to see its test images</h3>" + clickable + cells.data_block()))
+    wrong = "".join(f"<h3>{e(g.label)}</h3>{gallery(g.first, thumbs)}" for g in groups)
+    sections.append(("gallery", "Most confidently wrong test images", wrong))
+    overlays = [(g.label, gradcam(g.first, thumbs)) for g in groups]
+    looked = "".join(f"<h3>{e(label)}</h3>{cards}" for label, cards in overlays if cards)
+    if looked:
+        sections.append(("gradcam", "Where each model looked (Grad-CAM)",
+                         "<p class=note>Each entry's most confidently wrong test images and a few it got right: the "
+                         "image as the model saw it, and the heat map of the class it predicted.</p>" + looked))
+    if suspects_of(groups):
+        sections.append(("issues", "Suspected label errors", issues(suspects_of(groups), thumbs)))
     sections.append(("reproduce", "Configuration and environment",
                      "".join(f"<h3>{e(g.label)}</h3>{_reproduce(g.first)}" for g in groups)))
+    if thumbs.note():
+        sections.insert(-1, ("capped", "Images left out", f"<p class=note>{e(thumbs.note())}</p>"))
     body = "".join(f"<section id={sid}><h2>{e(heading)}</h2>{content}</section>" for sid, heading, content in sections)
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
-<meta http-equiv="Content-Security-Policy" content="default-src 'none'; img-src data:; style-src 'unsafe-inline'">
+<meta http-equiv="Content-Security-Policy" content="default-src 'none'; img-src data:; style-src 'unsafe-inline'; \
+script-src {script_policy()}">
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <title>{e(title)}</title><style>{CSS}</style></head>
 <body><h1>{e(title)}</h1>
-<p class=note>Generated by tl-showdown on {datetime.now():%Y-%m-%d %H:%M}.</p>{body}</body></html>
+<p class=note>Generated by tl-showdown on {datetime.now():%Y-%m-%d %H:%M}.</p>{body}{script_tag()}</body></html>
 """
 
 
 def _leaderboard(groups: list[Group]) -> str:
     """The winner in a sentence, then the leaderboard table."""
-    rows = leaderboard_rows(groups)
+    rows, shown = leaderboard_rows(groups), columns(groups)
     winner = groups[0]
+    note = f"<p class=note>{html.escape(suspects_note(groups))}</p>" if suspects_of(groups) else ""
     return (f"<p>Winner: <b>{html.escape(winner.label)}</b>, test accuracy {winner.mean('accuracy'):.4f} on "
             f"{winner.first.metrics.get('n_test')} test images.</p>"
-            + _table([HEADINGS.get(c, c) for c in COLUMNS], [[row[c] for c in COLUMNS] for row in rows],
-                     numeric_from=2))
+            + _table([HEADINGS.get(c, c) for c in shown], [[row[c] for c in shown] for row in rows],
+                     numeric_from=2, css="sortable") + note)
 
 
 def _verdicts(tests: list) -> str:

@@ -9,6 +9,7 @@ from pathlib import Path
 import yaml
 
 from showdown.errors import ShowdownError
+from showdown.reporting.label_issues import read_suspects
 
 
 @dataclass
@@ -76,6 +77,7 @@ def load_run(run_dir: str | Path) -> list[EntryRecord]:
     dataset = read_json(run_dir / "dataset.json", {})
     bench = {row["model"]: row for row in read_json(run_dir / "bench.json", {"rows": []})["rows"]
              if row.get("runtime") == "torch" and row.get("precision") == "fp32"}
+    suspects = read_suspects(run_dir, summary)
     records = []
     for row in summary["rows"]:
         folder = run_dir / row["folder"]
@@ -83,5 +85,6 @@ def load_run(run_dir: str | Path) -> list[EntryRecord]:
             run=str(run_dir), folder=row["folder"], metrics=read_json(folder / "metrics.json"),
             history=_read_csv(folder / "history.csv"), predictions=_read_csv(folder / "predictions.csv"),
             config=config, environment=environment, dataset=dataset, bench=bench.get(row["model"]),
+            extra={"suspects": suspects} if suspects else {},
         ))
     return records

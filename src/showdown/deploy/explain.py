@@ -1,0 +1,131 @@
+"""Where a model looked: Grad-CAM heat maps (pytorch-grad-cam) over images, written as overlay PNGs.
+
+A heat map tells a data problem (the model reads the background, a watermark, a corner mark) from a model problem.
+The layer explained is the last one whose output is still a spatial map, found by one probing forward pass, so
+every timm CNN (and the small CNN) works unchanged; a token model (ViT) gets its last token sequence reshaped
+back into a grid. The map is of the class the model predicted (what it decided on), on the image as the model
+saw it (resized and cropped by its preprocessing; test-time flipping is left out).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import nn
+
+from showdown.data.images import eval_transform, load_rgb
+from showdown.data.preprocessing import Preprocessing
+from showdown.deploy.trained import choose_entry
+from showdown.errors import ModelError
+from showdown.fileio import slug
+from showdown.models.saving import load_model
+
+EXTRA = "pip install 'tl-showdown[explain]' (pytorch-grad-cam)"
+
+
+def available() -> bool:
+    try:
+        import pytorch_grad_cam  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+@dataclass(frozen=True)
+class Explained:
+    path: str  # the image
+    png: str  # the overlay, relative to the output folder
+    label: str  # the class the heat map is of (the predicted one)
+    probability: float
+    heat: np.ndarray  # (H, W) in 0..1, on the input the model saw
+
+
+def spatial_layer(backbone: nn.Module, input_size) -> tuple[nn.Module, object]:
+    """(the last module whose output is a spatial map, reshape transform or None): a 4-D map with more than one
+    cell, else (token models) the last 3-D token sequence, reshaped into its square grid."""
+    outputs: list[tuple[nn.Module, tuple]] = []
+    hooks = [m.register_forward_hook(lambda m, _, out: outputs.append((m, tuple(out.shape)))
+                                     if isinstance(out, torch.Tensor) else None) for m in backbone.modules()]
+    try:
+        with torch.no_grad():
+            backbone.eval()(torch.zeros(1, *input_size, device=next(backbone.parameters()).device))
+    finally:
+        for hook in hooks:
+            hook.remove()
+    maps = [m for m, shape in outputs if len(shape) == 4 and shape[2] * shape[3] > 1]
+    if maps:
+        return maps[-1], None
+    tokens = [(m, shape) for m, shape in outputs if len(shape) == 3 and shape[1] > 1]
+    if not tokens:
+        raise ModelError("Grad-CAM needs a layer with a spatial map or a token grid; this backbone has neither")
+    module, (_, count, _) = tokens[-1]
+    side = math.isqrt(count)  # prefix tokens (class, registers) come first and are dropped
+    prefix = count - side * side
+
+    def reshape(x: torch.Tensor) -> torch.Tensor:
+        return x[:, prefix:].reshape(x.shape[0], side, side, x.shape[2]).permute(0, 3, 1, 2)
+    return module, reshape
+
+
+def explain(model: nn.Module, classes: list[str], preprocessing: Preprocessing, paths: list[str], out_dir: Path,
+            names: list[str] | None = None) -> list[Explained]:
+    """Grad-CAM of the predicted class for each image, as `out_dir/<name>.png` (overlay beside the image)."""
+    from pytorch_grad_cam import GradCAM
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    model = model.eval()
+    tta, model.tta = getattr(model, "tta", "none"), "none"  # one view: the heat map of what the model saw
+    layer, reshape = spatial_layer(model.backbone, preprocessing.input_size)
+    device = next(model.parameters()).device
+    transform = eval_transform(preprocessing)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    done = []
+    try:
+        with GradCAM(model=model, target_layers=[layer], reshape_transform=reshape) as cam:
+            for i, path in enumerate(paths):
+                x = transform(load_rgb(Path(path))).unsqueeze(0).to(device)
+                with torch.no_grad():
+                    probs = model(x).float().softmax(1)[0]
+                target = int(probs.argmax())
+                # A frozen backbone's layers need no gradients of their own; the input's give them to the map.
+                heat = cam(input_tensor=x.requires_grad_(True), targets=[ClassifierOutputTarget(target)])[0]
+                name = (names[i] if names else f"{i + 1:02d}-{slug(Path(path).stem)}") + ".png"
+                _overlay(x[0].detach().cpu(), heat, preprocessing).save(out_dir / name)
+                done.append(Explained(str(path), name, classes[target], float(probs[target]), heat))
+    finally:
+        model.tta = tta
+    return done
+
+
+def _overlay(x: torch.Tensor, heat: np.ndarray, preprocessing: Preprocessing) -> Image.Image:
+    """The input as the model saw it (normalisation undone) beside the same with the heat map laid over it."""
+    from pytorch_grad_cam.utils.image import show_cam_on_image
+
+    mean = torch.tensor(preprocessing.mean).view(3, 1, 1)
+    std = torch.tensor(preprocessing.std).view(3, 1, 1)
+    rgb = (x * std + mean).clamp(0, 1).permute(1, 2, 0).numpy().astype(np.float32)
+    overlay = show_cam_on_image(rgb, heat, use_rgb=True, image_weight=0.55)
+    return Image.fromarray(np.concatenate([(rgb * 255).round().astype(np.uint8), overlay], axis=1))
+
+
+def explain_files(model_path: str, inputs: list[str], model_name: str | None = None,
+                  out: str | None = None) -> tuple[Path, list[Explained]]:
+    """`showdown explain MODEL IMAGE...`: overlays of the images (files, folders, globs) in `out` (default
+    `explain/` in the entry folder). (the folder, what was written)."""
+    from showdown.deploy.predict import expand_inputs  # predict's input rules: files, folders, globs
+
+    path = Path(model_path)
+    if not path.is_dir():
+        raise ModelError(f"{path}: Grad-CAM needs a run folder or an entry folder (it hooks the network's layers, "
+                         "which an exported file does not expose)")
+    if not available():
+        raise ModelError(f"showdown explain needs pytorch-grad-cam: {EXTRA}")
+    folder = choose_entry(path, model_name)
+    model, info = load_model(folder)
+    target = Path(out) if out else folder / "explain"
+    files = [str(f) for f in expand_inputs(inputs)]
+    return target, explain(model, info["classes"], Preprocessing.from_dict(info["preprocessing"]), files, target)

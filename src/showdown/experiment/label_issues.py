@@ -1,0 +1,77 @@
+"""Images whose given label looks wrong: confident learning (cleanlab) on out-of-fold probabilities.
+
+Test sets hold wrong labels, enough to reorder a leaderboard (Northcutt et al., NeurIPS 2021). After the entries
+have run, K heads train on the cached features of the best `head` backbone (training/out_of_fold.py), every
+image of every split gets a probability from a head that never saw it, and `cleanlab.filter.find_label_issues`
+ranks the images whose label those probabilities doubt. The features come from the cache the head entry filled,
+so the whole step is K small trainings. The report reads label_issues.csv (reporting/label_issues.py).
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from showdown import distributed
+from showdown.config.run_config import RunConfig
+from showdown.data import DatasetSpec
+from showdown.experiment.context import RunContext
+from showdown.experiment.phases import CACHEABLE_AUGMENTS, train_settings
+from showdown.fileio import write_csv
+from showdown.frozen.feature_cache import FEATURE_BATCH, extract_views
+from showdown.models.backbones import Backbone
+from showdown.reporting.label_issues import LABEL_ISSUES
+from showdown.training.out_of_fold import out_of_fold
+
+
+def chosen_backbone(config: RunConfig, rows: list[dict], folds) -> tuple[str | None, str | None]:
+    """(the backbone whose features judge the labels: the best head entry's, None), or (None, why not, in one
+    line; None with `--label-issues off`). `auto` needs a head entry on one split's cached features."""
+    if config.label_issues == "off":
+        return None, None
+    if folds:
+        return None, "label issues: skipped with --folds (they need one split's cached features)"
+    if config.augment not in CACHEABLE_AUGMENTS:
+        return None, f"label issues: skipped; augmentation '{config.augment}' leaves no cached features"
+    heads = [row for row in rows if row["strategy"] == "head"]
+    if not heads:
+        return None, "label issues: skipped; they need a head entry (--strategy head) for its cached features"
+    return max(heads, key=lambda row: row["accuracy"])["model"], None
+
+
+def find_issues(backbone: Backbone, dataset: DatasetSpec, config: RunConfig, run: RunContext,
+                run_dir: Path) -> dict:
+    """label_issues.csv in the run folder (rank 0), and a summary: flagged images per split, seconds."""
+    start = time.perf_counter()
+    splits = dataset.splits
+    cached = extract_views(backbone, splits, [(split, False) for split in splits], precision=run.precision,
+                           batch_size=FEATURE_BATCH, workers=config.worker_count, cache_dir=run.cache_dir,
+                           runtime=run.runtime, device=run.device)
+    parts = [(split, features) for (split, _), features in cached.items()]
+    x = torch.cat([features.features for _, features in parts]).float()
+    y = torch.cat([features.labels for _, features in parts]).numpy().astype(np.int64)
+    where = [(split, int(i)) for split, features in parts for i in features.indices]
+    probs = out_of_fold(x, y, len(dataset.classes), train_settings(config), dropout=config.head_dropout)
+    from cleanlab.filter import find_label_issues  # pandas comes with it: imported only when used
+
+    ranked = find_label_issues(y, probs, return_indices_ranked_by="self_confidence", n_jobs=1)
+    rows = []
+    for rank, i in enumerate(ranked, start=1):
+        split, index = where[i]
+        rows.append({"path": str(splits[split][index][0]), "split": split, "given": dataset.classes[y[i]],
+                     "suggested": dataset.classes[int(probs[i].argmax())],
+                     "self_confidence": round(float(probs[i, y[i]]), 4), "rank": rank})
+    if distributed.is_main():
+        write_csv(run_dir / LABEL_ISSUES, rows)  # nothing is written when no image is flagged
+    counts = {split: {"flagged": sum(r["split"] == split for r in rows), "images": len(f.labels)}
+              for split, f in parts}
+    return {"backbone": backbone.spec.name, "flagged": len(rows), "per_split": counts,
+            "out_of_fold_accuracy": float((probs.argmax(1) == y).mean()), "seconds": time.perf_counter() - start}
+
+
+def describe(summary: dict) -> str:
+    per_split = ", ".join(f"{split} {c['flagged']} of {c['images']}" for split, c in summary["per_split"].items())
+    return (f"label issues: {summary['flagged']} image(s) flagged by cleanlab on {summary['backbone']} features "
+            f"({per_split}; {summary['seconds']:.1f} s); listed in {LABEL_ISSUES}")

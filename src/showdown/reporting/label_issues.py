@@ -1,0 +1,42 @@
+"""Suspected label errors in the report: which test images are suspect, and each entry's accuracy without them.
+
+experiment/label_issues.py writes label_issues.csv; this reads it back. A verdict that changes once the suspect
+test images are left out rests on labels the data itself doubts.
+"""
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass
+from pathlib import Path
+
+LABEL_ISSUES = "label_issues.csv"  # path, split, given, suggested, self_confidence, rank (1 = most suspect)
+
+
+@dataclass(frozen=True)
+class Suspects:
+    rows: list[dict]  # every flagged image, most suspect first
+    summary: dict  # summary.json's "label_issues": backbone, flagged, per_split, seconds
+
+    @property
+    def test_paths(self) -> set[str]:
+        return {row["path"] for row in self.rows if row["split"] == "test"}
+
+
+def read_suspects(run_dir: str | Path, summary: dict | None) -> Suspects | None:
+    """The run's label issues, or None when the run looked for none (`--label-issues off`, older runs)."""
+    found = (summary or {}).get("label_issues")
+    if not found:
+        return None
+    path = Path(run_dir) / LABEL_ISSUES
+    if not path.is_file():
+        return Suspects([], found)
+    with path.open(encoding="utf-8", newline="") as handle:
+        return Suspects(list(csv.DictReader(handle)), found)
+
+
+def accuracy_without(predictions: list[dict], suspect: set[str]) -> tuple[float | None, int]:
+    """(accuracy on the test images that are not suspect, how many suspect images this entry was tested on)."""
+    kept = [p for p in predictions if p["path"] not in suspect]
+    if not kept:
+        return None, len(predictions)
+    return sum(p["true"] == p["pred"] for p in kept) / len(kept), len(predictions) - len(kept)

@@ -1,0 +1,64 @@
+"""Grad-CAM on a model whose evidence is known: one class always carries a bright square in one corner."""
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from showdown import RunConfig, run
+from showdown.data.preprocessing import Preprocessing
+from showdown.deploy.explain import available, explain
+from showdown.models.saving import load_model
+
+pytestmark = pytest.mark.skipif(not available(), reason="pytorch-grad-cam is not installed (the explain extra)")
+SIDE, SQUARE = 192, (12, 84)  # the square spans 12..84 px of both axes: in the top-left quadrant after the crop
+
+
+@pytest.fixture(scope="module")
+def square_run(tmp_path_factory, demo_dir):
+    """Every demo photo twice: in 'marked' with a white square in its top-left corner, in 'plain' without, so
+    the square is the only evidence that tells the classes apart."""
+    root = tmp_path_factory.mktemp("square") / "data"
+    for i, photo in enumerate(sorted(demo_dir.rglob("*.jpg"))[::4][:60]):
+        image = Image.open(photo).convert("RGB").resize((SIDE, SIDE))
+        for cls in ("marked", "plain"):
+            (root / cls).mkdir(parents=True, exist_ok=True)
+            image.save(root / cls / f"{i:03d}.png")
+        image.paste((255, 255, 255), (SQUARE[0], SQUARE[0], SQUARE[1], SQUARE[1]))
+        image.save(root / "marked" / f"{i:03d}.png")
+    # The pooled outputs of two middle stages too (--pool-stages 2): a white square is a low-level cue.
+    config = RunConfig(data=str(root), models=["efficientnet_lite0"], image_size=160, pool_stages=2, epochs=100,
+                       patience=30, lr=3e-3, head_dropout=0.0,
+                       workers=0, record=False, report=False, label_issues="off", gradcam=4,
+                       out=str(tmp_path_factory.mktemp("run") / "square"))
+    return run(config, echo=lambda *_: None), root
+
+
+def test_heat_map_mass_sits_on_the_square(square_run, tmp_path):
+    results, root = square_run
+    folder = results.run_dir / results.rows[0]["folder"]
+    print(f"test accuracy {results.rows[0]['accuracy']:.2f}")
+    assert results.rows[0]["accuracy"] >= 0.75  # the square is learnable from frozen features
+    model, info = load_model(folder)
+    marked = sorted(str(p) for p in (root / "marked").iterdir())[:12]
+    done = [d for d in explain(model, info["classes"], Preprocessing.from_dict(info["preprocessing"]), marked,
+                               tmp_path) if d.label == "marked"]
+    assert len(done) >= 8
+    shares = [d.heat[:d.heat.shape[0] // 2, :d.heat.shape[1] // 2].sum() / d.heat.sum() for d in done]
+    print(f"heat-map mass in the top-left quadrant: mean {np.mean(shares):.2f}, min {min(shares):.2f}")
+    assert np.mean(shares) > 0.5  # a quarter of the image holds most of the evidence
+    assert (folder / "gradcam" / "gradcam.csv").is_file() and len(list((folder / "gradcam").glob("*.png"))) == 4
+
+
+def test_explain_command_writes_overlays(square_run, tmp_path):
+    results, root = square_run
+    out = tmp_path / "overlays"
+    done = subprocess.run([sys.executable, "-m", "showdown.cli", "explain", str(results.run_dir),
+                           str(root / "marked" / "000.png"), str(root / "plain" / "00*.png"), "--out", str(out)],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert "overlay(s) in" in done.stdout and len(list(out.glob("*.png"))) == 1 + len(list(root.glob("plain/00*.png")))
+    refused = subprocess.run([sys.executable, "-m", "showdown.cli", "explain", str(out / "01-000.png"),
+                              str(root / "plain")], capture_output=True, text=True)
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr and len(refused.stderr.splitlines()) == 1
