@@ -105,8 +105,8 @@ def _overlay(x: torch.Tensor, heat: np.ndarray, preprocessing: Preprocessing) ->
     """The input as the model saw it (normalisation undone) beside the same with the heat map laid over it."""
     from pytorch_grad_cam.utils.image import show_cam_on_image
 
-    mean = torch.tensor(preprocessing.mean).view(3, 1, 1)
-    std = torch.tensor(preprocessing.std).view(3, 1, 1)
+    mean = torch.tensor(preprocessing.mean, device=x.device).view(3, 1, 1)
+    std = torch.tensor(preprocessing.std, device=x.device).view(3, 1, 1)
     rgb = (x * std + mean).clamp(0, 1).permute(1, 2, 0).numpy().astype(np.float32)
     overlay = show_cam_on_image(rgb, heat, use_rgb=True, image_weight=0.55)
     return Image.fromarray(np.concatenate([(rgb * 255).round().astype(np.uint8), overlay], axis=1))

@@ -194,8 +194,13 @@ def _write(path: Path | None, features: Features) -> Features:
         try:
             write_bytes_atomic(path, data, "the feature cache entry")
         except DiskError as exc:
-            log.warning("%s; going on without caching it", exc)
+            if path not in _REFUSED:  # a later pass over the same split (label issues) tries again, silently
+                _REFUSED.add(path)
+                log.warning("%s; going on without caching it", exc)
     return features
+
+
+_REFUSED: set[Path] = set()  # cache entries the disk refused in this process: each is said once
 
 
 def _part(whole: Features, start: int, items: list[tuple[Path, int]], split: str) -> Features:
