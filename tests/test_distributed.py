@@ -29,6 +29,7 @@ ARGS = ["--data", "demo", "--models", "efficientnet_lite0", "--image-size", "64"
 # CPU). On the 40 test images of the demo set after 3 epochs that is at most a few images.
 ACCURACY_TOLERANCE = 0.15
 LOSS_TOLERANCE = 0.15
+HANG_SECONDS = 420  # the run takes about 30 s on 2 busy cores
 
 
 def _torchrun(*args, cwd, **popen):
@@ -38,7 +39,18 @@ def _torchrun(*args, cwd, **popen):
     if popen:
         return subprocess.Popen(command, cwd=cwd, env=env, text=True, stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, **popen)
-    return subprocess.run(command, cwd=cwd, env=env, text=True, capture_output=True, timeout=600)
+    process = subprocess.Popen(command, cwd=cwd, env=env, text=True, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        stdout, stderr = process.communicate(timeout=HANG_SECONDS)
+    except subprocess.TimeoutExpired:  # stuck: every rank prints its threads' stacks (SIGUSR1), then all go
+        os.killpg(process.pid, signal.SIGUSR1)
+        time.sleep(3)
+        os.killpg(process.pid, signal.SIGKILL)
+        stdout, stderr = process.communicate()
+        pytest.fail(f"torchrun still running after {HANG_SECONDS} s; the ranks' stacks:\n{stderr[-12000:]}\n"
+                    f"stdout:\n{stdout[-2000:]}")
+    return subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
 
 
 def _rows(run_dir) -> dict:

@@ -336,3 +336,19 @@ def test_heic_without_pillow_heif_is_one_line_not_an_empty_folder(photo_folders)
     error = result.stderr.strip().splitlines()[-1]
     assert error.startswith("showdown.errors.DataError: ") and "daisy" in error  # one line, printed as such by the CLI
     assert "need pillow-heif: pip install pillow-heif" in error
+
+
+@pytest.mark.skipif(not hasattr(__import__("signal"), "SIGUSR1"), reason="no SIGUSR1 on this platform")
+def test_a_run_that_seems_stuck_prints_its_stacks_on_sigusr1_and_goes_on(tmp_path):
+    import signal
+
+    process = subprocess.Popen([sys.executable, "-m", "showdown", "run", "--data", "demo", *FLAGS, "--no-report",
+                                "--out", str(tmp_path / "run")], text=True, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE)
+    first_line = process.stdout.readline()  # the run has started (past the imports, where the handler is set)
+    assert first_line.startswith("data: "), first_line
+    process.send_signal(signal.SIGUSR1)
+    out, err = process.communicate(timeout=300)
+    assert process.returncode == 0, err[-2000:]
+    assert "Current thread" in err and 'File "' in err  # faulthandler's dump of every thread
+    assert "test accuracy" in first_line + out

@@ -2,8 +2,11 @@
 from __future__ import annotations
 
 import argparse
+import faulthandler
+import io
 import logging
 import os
+import signal
 import sys
 
 from showdown import __version__
@@ -260,6 +263,14 @@ def cmd_presets(args) -> int:
     return 0
 
 
+def _stacks_on_sigusr1() -> None:
+    """`kill -USR1 PID` prints where a run that seems stuck is (every thread's stack, on stderr), and it goes on."""
+    try:
+        faulthandler.register(signal.SIGUSR1, all_threads=True)
+    except (AttributeError, ValueError, io.UnsupportedOperation):  # no SIGUSR1 (Windows); stderr not a file (captured)
+        pass
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     argv = sys.argv[1:] if argv is None else argv
@@ -269,6 +280,7 @@ def main(argv: list[str] | None = None) -> int:
     for stream in (sys.stdout, sys.stderr):  # file names that are not valid UTF-8 print escaped
         stream.reconfigure(errors="backslashreplace")
     logging.basicConfig(level=logging.INFO if args.debug else logging.WARNING, format="%(levelname)s: %(message)s")
+    _stacks_on_sigusr1()
     handler = {"run": cmd_run, "predict": cmd_predict, "export": cmd_export, "explain": cmd_explain,
                "report": cmd_report, "runs": cmd_runs, "bench": cmd_bench, "cache": cmd_cache, "models": cmd_models,
                "presets": cmd_presets}[args.command]

@@ -9,6 +9,7 @@ says how large its input must stay (`PhotoTransform.decode_side`); `load_rgb` pi
 from __future__ import annotations
 
 import math
+import multiprocessing
 import os
 import warnings
 from pathlib import Path
@@ -21,6 +22,7 @@ from timm.data import create_transform
 from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms
 
+from showdown import distributed
 from showdown.data import formats  # noqa: F401  (registers the HEIC/HEIF and AVIF openers in every worker)
 from showdown.data.preprocessing import Preprocessing
 
@@ -152,5 +154,18 @@ def image_loader(items, transform, *, batch_size: int, workers: int, sampler=Non
     return DataLoader(
         ImageFiles(items, transform), batch_size=batch_size, sampler=sampler, num_workers=workers,
         collate_fn=collate_readable, persistent_workers=False, pin_memory=pin_memory, generator=generator,
-        prefetch_factor=prefetch if workers else None,
+        prefetch_factor=prefetch if workers else None, multiprocessing_context=_worker_start(workers, pin_memory),
     )
+
+
+def _worker_start(workers: int, pin_memory: bool):
+    """How the loader's worker processes start. Forked (the default on Linux: instant, memory shared) from a process
+    that runs no threads of its own. Under torchrun (gloo's and DistributedDataParallel's threads) or with pinned
+    memory (the loader's pin-memory thread) a fork can copy a lock another thread holds at that instant, and the
+    worker waits on it forever (pytorch#130610): there the workers fork from a fork server, a clean process that
+    has imported this module (and torch) once, so starting one stays cheap."""
+    if not workers or not (pin_memory or distributed.active()) or multiprocessing.get_start_method() != "fork":
+        return None
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload([__name__])
+    return context
