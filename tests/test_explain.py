@@ -62,3 +62,24 @@ def test_explain_command_writes_overlays(square_run, tmp_path):
     refused = subprocess.run([sys.executable, "-m", "showdown.cli", "explain", str(out / "01-000.png"),
                               str(root / "plain")], capture_output=True, text=True)
     assert refused.returncode == 2 and "Traceback" not in refused.stderr and len(refused.stderr.splitlines()) == 1
+
+
+def test_an_exported_torchscript_model_is_explained_by_occlusion_on_the_square(square_run, tmp_path):
+    """A TorchScript file exposes no layer to hook: `showdown explain model.pt` maps occlusion instead, and the
+    evidence is still found on the square."""
+    from showdown.deploy.explain import occlusion
+    from showdown.deploy.export import export_model
+    from showdown.deploy.predict import open_model
+
+    results, root = square_run
+    exported = export_model(str(results.run_dir), "torchscript", str(tmp_path / "model.pt"))
+    marked = sorted(str(p) for p in (root / "marked").iterdir())[:8]
+    done = [d for d in occlusion(open_model(exported), marked, tmp_path / "maps") if d.label == "marked"]
+    assert len(done) >= 5
+    shares = [d.heat[:d.heat.shape[0] // 2, :d.heat.shape[1] // 2].sum() / max(d.heat.sum(), 1e-9) for d in done]
+    print(f"occlusion mass in the top-left quadrant: mean {np.mean(shares):.2f}, min {min(shares):.2f}")
+    assert np.mean(shares) > 0.5
+    command = subprocess.run([sys.executable, "-m", "showdown.cli", "explain", str(exported), marked[0]],
+                             capture_output=True, text=True)
+    assert command.returncode == 0, command.stderr
+    assert "1 occlusion overlay(s) in" in command.stdout and len(list((tmp_path / "model-explain").glob("*.png"))) == 1

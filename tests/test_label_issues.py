@@ -41,3 +41,46 @@ def test_label_issues_off_writes_no_file(tmp_path, demo_copy):
     assert not (results.run_dir / "label_issues.csv").exists()
     assert "label_issues" not in (results.run_dir / "summary.json").read_text()
     assert "without suspect labels" not in (results.run_dir / "report.md").read_text()
+
+
+def test_drop_label_issues_reruns_every_entry_without_the_flagged_images(tmp_path, demo_copy):
+    import csv
+    import json
+
+    from showdown.frozen.feature_cache import CACHE_STATS
+
+    lines = []
+    config = RunConfig(data=str(demo_copy), models=["efficientnet_lite0", "efficientnet_lite1"], strategies=["head"],
+                       image_size=64, epochs=3, workers=0, precision="fp32", record=False, gradcam=0,
+                       out=str(tmp_path / "run"), drop_label_issues=True)
+    images_before = CACHE_STATS["images"]
+    results = run(config, echo=lines.append)
+    run_dir, rerun = results.run_dir, results.without_label_issues
+    with (run_dir / "label_issues.csv").open(newline="") as handle:
+        flagged = list(csv.DictReader(handle))
+    assert flagged and rerun is not None and rerun.run_dir == run_dir / "without-label-issues"
+    # the re-run's split is the first one less exactly the flagged files
+    first, again = (json.loads((d / "dataset.json").read_text())["counts"] for d in (run_dir, rerun.run_dir))
+    for split in ("train", "val", "test"):
+        assert again[split] == first[split] - sum(row["split"] == split for row in flagged)
+    suspect = {row["path"] for row in flagged if row["split"] == "test"}
+    for row in rerun.rows:
+        with (rerun.run_dir / row["folder"] / "predictions.csv").open(newline="") as handle:
+            tested = [p["path"] for p in csv.DictReader(handle)]
+        assert len(tested) == again["test"] and not suspect & set(tested)
+    # head entries took their features from the first pass's cache: two backbones' images decoded once each
+    assert CACHE_STATS["images"] - images_before == 2 * sum(first.values())
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["label_issues"]["rerun"] == {"folder": "without-label-issues", "kept": again}
+    assert sum(line.startswith("ranking without the suspected label errors: ") for line in lines) == 1
+    page = (run_dir / "report.html").read_text()
+    assert "<section id=rerun>" in page and ("The ranking is the same" in page or "The ranking changes" in page)
+    assert (rerun.run_dir / "report.html").is_file()
+
+
+def test_drop_label_issues_needs_label_issues(tmp_path, capsys):
+    from showdown.cli import main
+
+    assert main(["run", "--data", "demo", "--drop-label-issues", "--label-issues", "off"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --drop-label-issues needs") and err.count("\n") == 1

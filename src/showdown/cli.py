@@ -2,11 +2,8 @@
 from __future__ import annotations
 
 import argparse
-import faulthandler
-import io
 import logging
 import os
-import signal
 import sys
 
 from showdown import __version__
@@ -14,7 +11,7 @@ from showdown.config.options import add_flags, definitions, flag_type, read_valu
 from showdown.config.presets import QUICK, load_preset
 from showdown.config.run_config import RunConfig, read_config_file
 from showdown.errors import DISK_ERRNOS, ConfigError, ShowdownError
-from showdown.startup import heavy_imports
+from showdown.startup import heavy_imports, stacks_on_sigusr1
 
 DEVICE_HELP = definitions(RunConfig)["device"][1].help  # the same words as `showdown run --help`
 
@@ -65,11 +62,13 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--model", dest="model_name", help="which entry of a run folder (default: the best)")
     export.add_argument("--output", help="file to write (default: model.onnx, model.pt, model.tflite or "
                                          "model-int8.tflite in the entry folder)")
-    explain = sub.add_parser("explain", help="Grad-CAM overlays: where a trained model looked in each image")
-    explain.add_argument("model", help="run folder or entry folder")
+    explain = sub.add_parser("explain", help="where a model looked in each image: Grad-CAM overlays for a run or "
+                             "entry folder, occlusion maps for an exported .pt/.onnx/.tflite file")
+    explain.add_argument("model", help="run folder, entry folder, or exported TorchScript/ONNX/TFLite file")
     explain.add_argument("inputs", nargs="+", metavar="IMAGE", help="image files, folders or glob patterns")
     explain.add_argument("--model", dest="model_name", help="which entry of a run folder (default: the best)")
-    explain.add_argument("--out", help="folder for the overlay PNGs (default: explain/ in the entry folder)")
+    explain.add_argument("--out", help="folder for the overlay PNGs (default: explain/ in the entry folder, or "
+                         "<file>-explain/ beside an exported file)")
     report = sub.add_parser("report", help="(re)write report.html and report.md for a run folder")
     report.add_argument("run_dir")
     runs = sub.add_parser("runs", help="the results database: list, show and compare recorded runs")
@@ -174,10 +173,10 @@ def cmd_explain(args) -> int:
     with heavy_imports():
         from showdown.deploy.explain import explain_files
 
-    folder, done = explain_files(args.model, args.inputs, args.model_name, args.out)
+    folder, done, method = explain_files(args.model, args.inputs, args.model_name, args.out)
     for item in done:
         print(f"{item.path}  {item.label} {item.probability:.3f}  {folder / item.png}")
-    print(f"{len(done)} overlay(s) in {folder}")
+    print(f"{len(done)} {method} overlay(s) in {folder}")
     return 0
 
 
@@ -263,14 +262,6 @@ def cmd_presets(args) -> int:
     return 0
 
 
-def _stacks_on_sigusr1() -> None:
-    """`kill -USR1 PID` prints where a run that seems stuck is (every thread's stack, on stderr), and it goes on."""
-    try:
-        faulthandler.register(signal.SIGUSR1, all_threads=True)
-    except (AttributeError, ValueError, io.UnsupportedOperation):  # no SIGUSR1 (Windows); stderr not a file (captured)
-        pass
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     argv = sys.argv[1:] if argv is None else argv
@@ -280,7 +271,7 @@ def main(argv: list[str] | None = None) -> int:
     for stream in (sys.stdout, sys.stderr):  # file names that are not valid UTF-8 print escaped
         stream.reconfigure(errors="backslashreplace")
     logging.basicConfig(level=logging.INFO if args.debug else logging.WARNING, format="%(levelname)s: %(message)s")
-    _stacks_on_sigusr1()
+    stacks_on_sigusr1()
     handler = {"run": cmd_run, "predict": cmd_predict, "export": cmd_export, "explain": cmd_explain,
                "report": cmd_report, "runs": cmd_runs, "bench": cmd_bench, "cache": cmd_cache, "models": cmd_models,
                "presets": cmd_presets}[args.command]

@@ -7,11 +7,17 @@ the collector off while they are imported, then moves every object alive into th
 (`gc.freeze`), which collections skip. Objects created afterwards (the run's models, tensors, figures) are
 collected as before. This is the pattern the `gc` documentation gives for a process that forks (DataLoader
 workers), where it also keeps the frozen objects' memory pages shared.
+
+`stacks_on_sigusr1()`: `kill -USR1 PID` prints where a run that seems stuck is (every thread's stack, on stderr),
+and the run goes on: the first thing to look at when a job on a cluster hangs.
 """
 from __future__ import annotations
 
 import contextlib
+import faulthandler
 import gc
+import io
+import signal
 
 
 @contextlib.contextmanager
@@ -26,3 +32,10 @@ def heavy_imports():
             gc.enable()
         if not gc.get_freeze_count():  # once per process: a second command in it (tests) finds it done
             gc.freeze()
+
+
+def stacks_on_sigusr1() -> None:
+    try:
+        faulthandler.register(signal.SIGUSR1, all_threads=True)
+    except (AttributeError, ValueError, io.UnsupportedOperation):  # no SIGUSR1 (Windows); stderr not a file (captured)
+        pass

@@ -134,6 +134,9 @@ class RunConfig:
         "auto", "flag images whose given label looks wrong (cleanlab on out-of-fold heads over the best head "
         "backbone's cached features; label_issues.csv, and the report's accuracy without them): auto (whenever a "
         "head entry has cached features) or off", group=FAIR, choices=LABEL_ISSUES)
+    drop_label_issues: bool = option(  # experiment/without_issues.py
+        False, "then run every entry again without the suspected label errors, in <run>/without-label-issues/ (a run "
+        "folder of its own); the report says whether the ranking changed", group=FAIR)
     gradcam: int = option(  # experiment/explanations.py; needs the explain extra (pytorch-grad-cam)
         6, "Grad-CAM overlays per entry (where the model looked): two thirds its most confidently wrong test images, "
         "the rest right ones; in <entry>/gradcam/ and the report (the explain extra); 0 for none", group=FAIR,
@@ -201,6 +204,9 @@ class RunConfig:
         if self.pool_stages and any(s.startswith("finetune") for s in self.strategies):
             raise ConfigError("--pool-stages works with the head and scratch strategies, not finetune (its "
                               "frozen-bottom cache splits the plain network)")
+        if self.drop_label_issues and (self.label_issues == "off" or self.folds):
+            raise ConfigError("--drop-label-issues needs the label issues of one test split: leave out "
+                              + ("--label-issues off" if self.label_issues == "off" else "--folds"))
         return self
 
     @property

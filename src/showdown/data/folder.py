@@ -153,3 +153,11 @@ def subset_per_class(spec: DatasetSpec, train_per_class: int) -> DatasetSpec:
         splits[split] = kept
     source = f"{spec.split_source}; subset of {train_per_class} train images per class"
     return dataclasses.replace(spec, splits=splits, split_source=source)
+
+
+def without_files(dataset: DatasetSpec, paths: set[str], why: str) -> DatasetSpec:
+    """The dataset less the files `paths` (in whichever split they are), the split otherwise unchanged; `why`
+    joins the split's description ("without 12 suspected label errors")."""
+    splits = {split: [item for item in items if str(item[0]) not in paths] for split, items in dataset.splits.items()}
+    return dataclasses.replace(dataset, splits=splits, split_source=f"{dataset.split_source}; {why}")
+

@@ -112,20 +112,64 @@ def _overlay(x: torch.Tensor, heat: np.ndarray, preprocessing: Preprocessing) ->
     return Image.fromarray(np.concatenate([(rgb * 255).round().astype(np.uint8), overlay], axis=1))
 
 
-def explain_files(model_path: str, inputs: list[str], model_name: str | None = None,
-                  out: str | None = None) -> tuple[Path, list[Explained]]:
-    """`showdown explain MODEL IMAGE...`: overlays of the images (files, folders, globs) in `out` (default
-    `explain/` in the entry folder). (the folder, what was written)."""
-    from showdown.deploy.predict import expand_inputs  # predict's input rules: files, folders, globs
+def occlusion(predictor, paths: list[str], out_dir: Path) -> list[Explained]:
+    """Where an exported model (TorchScript, ONNX, TFLite) looked. Its compiled graph has no layer to hook, so
+    the map is occlusion sensitivity (Zeiler and Fergus, 2014): how much the predicted class's probability drops
+    when a patch of the image is covered by the mean colour (0 after normalisation), a patch a quarter of the
+    side (smaller ones leave too much of a larger cue visible) moved by a quarter patch, each pixel the mean drop
+    of the patches over it."""
+    transform = eval_transform(predictor.preprocessing)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    done = []
+    for i, path in enumerate(paths):
+        x = transform(load_rgb(Path(path)))
+        probs = predictor(x[None])[0]
+        target = int(probs.argmax())
+        heat = _occlusion_map(predictor, x, target, float(probs[target]))
+        name = f"{i + 1:02d}-{slug(Path(path).stem)}.png"
+        _overlay(x, heat, predictor.preprocessing).save(out_dir / name)
+        done.append(Explained(str(path), name, predictor.classes[target], float(probs[target]), heat))
+    return done
 
-    path = Path(model_path)
-    if not path.is_dir():
-        raise ModelError(f"{path}: Grad-CAM needs a run folder or an entry folder (it hooks the network's layers, "
-                         "which an exported file does not expose)")
+
+def _occlusion_map(predictor, x: torch.Tensor, target: int, probability: float, batch: int = 32) -> np.ndarray:
+    height, width = x.shape[1:]
+    patch = max(1, round(min(height, width) / 4))
+    stride = max(1, patch // 4)
+    tops, lefts = (sorted({*range(0, side - patch + 1, stride), side - patch}) for side in (height, width))
+    boxes = [(top, left) for top in tops for left in lefts]
+    drops = []
+    for start in range(0, len(boxes), batch):
+        chunk = boxes[start:start + batch]
+        covered = x.repeat(len(chunk), 1, 1, 1)
+        for k, (top, left) in enumerate(chunk):
+            covered[k, :, top:top + patch, left:left + patch] = 0
+        drops.extend(np.maximum(probability - predictor(covered)[:, target], 0))
+    heat, cover = np.zeros((height, width)), np.zeros((height, width))
+    for (top, left), drop in zip(boxes, drops):
+        heat[top:top + patch, left:left + patch] += drop
+        cover[top:top + patch, left:left + patch] += 1
+    heat /= cover
+    return (heat / heat.max() if heat.max() > 0 else heat).astype(np.float32)
+
+
+def explain_files(model_path: str, inputs: list[str], model_name: str | None = None,
+                  out: str | None = None) -> tuple[Path, list[Explained], str]:
+    """`showdown explain MODEL IMAGE...`: overlays of the images (files, folders, globs) in `out` (default
+    `explain/` in the entry folder, or beside an exported file). (the folder, what was written, the method):
+    Grad-CAM for a run or entry folder, occlusion for an exported file."""
+    from showdown.deploy.predict import expand_inputs, open_model  # predict's input rules: files, folders, globs
+
     if not available():
         raise ModelError(f"showdown explain needs pytorch-grad-cam: {EXTRA}")
+    path = Path(model_path)
+    files = [str(f) for f in expand_inputs(inputs)]
+    if not path.is_dir():  # an exported file: the same overlays, by occlusion
+        predictor = open_model(path)
+        target = Path(out) if out else path.parent / f"{path.stem}-explain"
+        return target, occlusion(predictor, files, target), "occlusion"
     folder = choose_entry(path, model_name)
     model, info = load_model(folder)
     target = Path(out) if out else folder / "explain"
-    files = [str(f) for f in expand_inputs(inputs)]
-    return target, explain(model, info["classes"], Preprocessing.from_dict(info["preprocessing"]), files, target)
+    found = explain(model, info["classes"], Preprocessing.from_dict(info["preprocessing"]), files, target)
+    return target, found, "Grad-CAM"

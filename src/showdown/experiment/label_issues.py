@@ -42,8 +42,9 @@ def chosen_backbone(config: RunConfig, rows: list[dict], folds) -> tuple[str | N
 
 
 def find_issues(backbone: Backbone, dataset: DatasetSpec, config: RunConfig, run: RunContext,
-                run_dir: Path) -> dict:
-    """label_issues.csv in the run folder (rank 0), and a summary: flagged images per split, seconds."""
+                run_dir: Path) -> tuple[dict, set[str]]:
+    """label_issues.csv in the run folder (rank 0); (a summary: flagged images per split, seconds; the flagged
+    files' paths)."""
     start = time.perf_counter()
     splits = dataset.splits
     cached = extract_views(backbone, splits, [(split, False) for split in splits], precision=run.precision,
@@ -67,8 +68,9 @@ def find_issues(backbone: Backbone, dataset: DatasetSpec, config: RunConfig, run
         write_csv(run_dir / LABEL_ISSUES, rows)  # nothing is written when no image is flagged
     counts = {split: {"flagged": sum(r["split"] == split for r in rows), "images": len(f.labels)}
               for split, f in parts}
-    return {"backbone": backbone.spec.name, "flagged": len(rows), "per_split": counts,
-            "out_of_fold_accuracy": float((probs.argmax(1) == y).mean()), "seconds": time.perf_counter() - start}
+    summary = {"backbone": backbone.spec.name, "flagged": len(rows), "per_split": counts,
+               "out_of_fold_accuracy": float((probs.argmax(1) == y).mean()), "seconds": time.perf_counter() - start}
+    return summary, {row["path"] for row in rows}
 
 
 def describe(summary: dict) -> str:

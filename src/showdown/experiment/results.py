@@ -17,6 +17,7 @@ class Results:
     run_dir: Path
     rows: list[dict]
     skipped: list[str] = field(default_factory=list)
+    without_label_issues: Results | None = None  # --drop-label-issues: every entry again without the suspect images
 
     def table(self) -> str:
         return format_table(self.rows)

@@ -15,7 +15,7 @@ from showdown import distributed
 from showdown.cache import STATS as HEALED
 from showdown.config.run_config import RunConfig, read_config_file
 from showdown.data import DatasetSpec, load_dataset
-from showdown.data.folder import subset_per_class
+from showdown.data.folder import subset_per_class, without_files
 from showdown.data.leakage import check_leakage
 from showdown.deploy.explain import EXTRA as EXPLAIN_EXTRA
 from showdown.deploy.explain import available as explain_available
@@ -28,6 +28,7 @@ from showdown.experiment.folds import PROBABILITIES, FeaturePool, all_items, mak
 from showdown.experiment.preflight import check_places, check_space, on_main
 from showdown.experiment.results import Results
 from showdown.experiment.run_folder import entry_folder, finished_row, write_run_start, write_summary
+from showdown.experiment.without_issues import rerun_config, split_pool
 from showdown.fileio import new_run_dir
 from showdown.frozen.engines import resolve_runtime
 from showdown.frozen.feature_cache import CACHE_STATS, FEATURE_BATCH, extract_features
@@ -35,6 +36,7 @@ from showdown.models.backbones import Backbone, load_backbone, resolve_backbone
 from showdown.precision import resolve_precision
 from showdown.reporting.bench import bench_models
 from showdown.reporting.database import default_db, record_run
+from showdown.reporting.label_issues import WITHOUT_LABEL_ISSUES, ranking_change
 from showdown.reporting.progress import Reporter
 from showdown.reporting.report import report_run
 
@@ -81,15 +83,19 @@ def run(config: RunConfig | None = None, *, echo: Callable[[str], None] = print,
         _echo_dataset(dataset, folds, echo)
         _echo_machine(device, precision, echo)
         context = RunContext(precision, runtime, cache_dir, reporter, device)
-        reporter.start_run(config, run_dir, _grid_size(config))
+        reporter.start_run(config, run_dir, _grid_size(config) * (2 if config.drop_label_issues else 1))
         rows, skipped = _all_entries(config, dataset, folds, context, run_dir, resume)
         frozen_passes = {key: (CACHE_STATS + HEALED)[key] - passes_before[key]
                          for key in ("hit", "miss", "images", "recomputed")}
         if distributed.active():  # images each process ran through frozen layers: shards, never the same image twice
             frozen_passes["images_per_rank"] = distributed.gather(frozen_passes["images"])
             frozen_passes["images"] = sum(frozen_passes["images_per_rank"])
-        issues = _label_issues(config, dataset, rows, folds, context, run_dir)
+        issues, flagged = _label_issues(config, dataset, rows, folds, context, run_dir)
         results = Results(run_dir, rows, sorted(skipped))
+        if config.drop_label_issues and flagged:
+            results.without_label_issues, kept = _without_label_issues(config, dataset, flagged, context, run_dir,
+                                                                       resume)
+            issues["rerun"] = {"folder": WITHOUT_LABEL_ISSUES, "kept": kept}
         if distributed.is_main():
             _finish(results, config, frozen_passes, reporter, issues)
     distributed.barrier()  # the run folder is complete before any process returns
@@ -98,8 +104,11 @@ def run(config: RunConfig | None = None, *, echo: Callable[[str], None] = print,
 
 
 def _all_entries(config: RunConfig, dataset: DatasetSpec, folds: list[DatasetSpec] | None, context: RunContext,
-                 run_dir: Path, resume: bool) -> tuple[list[dict], set[str]]:
-    """Every entry of every backbone (with `resume`, the finished ones read back): their rows, skipped files."""
+                 run_dir: Path, resume: bool, pool_of: Callable[[Backbone], FeaturePool] | None = None,
+                 ) -> tuple[list[dict], set[str]]:
+    """Every entry of every backbone (with `resume`, the finished ones read back): their rows, skipped files.
+    `pool_of(backbone)`: where head entries take their features from (default: the cache, or with folds one pool
+    of every image)."""
     rows, skipped, echo, reporter = [], set(), context.echo, context.reporter
     for model_name in config.models:
         todo = _entries_to_run(model_name, config, run_dir, resume, rows, reporter)
@@ -107,7 +116,7 @@ def _all_entries(config: RunConfig, dataset: DatasetSpec, folds: list[DatasetSpe
             continue
         backbone = _load(model_name, config, dataset, echo)
         on_main(check_space, run_dir, backbone, [strategy for strategy, _ in todo], config.folds)
-        pool = _feature_pool(backbone, dataset, config, context) if folds else None
+        pool = pool_of(backbone) if pool_of else _feature_pool(backbone, dataset, config, context) if folds else None
         for strategy, seed in todo:
             folder = entry_folder(run_dir, model_name, strategy, seed, config.repeats)
             seeded = dataclasses.replace(config, seed=seed)
@@ -116,7 +125,7 @@ def _all_entries(config: RunConfig, dataset: DatasetSpec, folds: list[DatasetSpe
             if folds:
                 result = _run_folds(strategy, backbone, folds, seeded, context, folder, pool, resume)
             else:
-                result = run_entry(strategy, backbone, dataset, seeded, context, folder)
+                result = run_entry(strategy, backbone, dataset, seeded, context, folder, pool=pool)
             skipped.update(result.failed)
             rows.append(result.row)
             echo(_entry_line(result.row, strategy, seed, config, folds))
@@ -247,17 +256,40 @@ def _run_folds(strategy: str, backbone: Backbone, folds: list[DatasetSpec], conf
 
 
 def _label_issues(config: RunConfig, dataset: DatasetSpec, rows: list[dict], folds, run: RunContext,
-                  run_dir: Path) -> dict | None:
-    """Suspected label errors over every split, judged by the best head backbone's cached features."""
+                  run_dir: Path) -> tuple[dict | None, set[str]]:
+    """Suspected label errors over every split, judged by the best head backbone's cached features: (their
+    summary or None, the flagged files)."""
     model_name, why_not = label_issues.chosen_backbone(config, rows, folds)
     if why_not:
         run.echo(why_not)
     if model_name is None:
-        return None
+        return None, set()
     backbone = _load(model_name, config, dataset, lambda *_: None)  # its features are in the cache: no image is decoded
-    summary = label_issues.find_issues(backbone, dataset, config, run, run_dir)
+    summary, flagged = label_issues.find_issues(backbone, dataset, config, run, run_dir)
     run.echo(label_issues.describe(summary))
-    return summary
+    return summary, flagged
+
+
+def _without_label_issues(config: RunConfig, dataset: DatasetSpec, flagged: set[str], run: RunContext, run_dir: Path,
+                          resume: bool) -> tuple[Results, dict[str, int]]:
+    """--drop-label-issues: every entry again without the flagged images, in run_dir/without-label-issues/:
+    (its results, the images kept per split)."""
+    cleaned = without_files(dataset, flagged, f"without {len(flagged)} suspected label errors")
+    folder, plain = run_dir / WITHOUT_LABEL_ISSUES, rerun_config(config)
+    kept = cleaned.counts()
+    run.echo(f"without the {len(flagged)} suspected label errors (kept: train {kept['train']}, val {kept['val']}, "
+             f"test {kept['test']}): every entry again, in {folder}")
+    if distributed.is_main() and not (folder / "config.yaml").is_file():
+        folder.mkdir(exist_ok=True)
+        write_run_start(folder, plain, cleaned, run.precision, run.runtime, None, run.device)
+    clean_rows, skipped = _all_entries(plain, cleaned, None, run, folder, resume,
+                                       pool_of=lambda backbone: split_pool(backbone, dataset, plain, run))
+    results = Results(folder, clean_rows, sorted(skipped))
+    if distributed.is_main():
+        write_summary(folder, clean_rows, results.skipped, {}, None)
+        if config.report:
+            report_run(folder)
+    return results, kept
 
 
 def _seed_note(seed: int, config: RunConfig) -> str:
@@ -286,6 +318,11 @@ def _finish(results: Results, config: RunConfig, frozen_passes: dict, reporter: 
     write_summary(run_dir, rows, skipped, frozen_passes, issues)
     reporter.result("")
     reporter.result(results.table())
+    rerun = results.without_label_issues
+    if rerun is not None:
+        reporter.result(f"\ntrained and tested again without the suspected label errors ({rerun.run_dir.name}/):")
+        reporter.result(rerun.table())
+        reporter.result(ranking_change(rows, rerun.rows))
     echo("")
     recomputed = f", {frozen_passes['recomputed']} damaged cache entries recomputed" * bool(frozen_passes["recomputed"])
     echo(f"frozen passes: {frozen_passes['images']} images computed (features, boundary activations), "

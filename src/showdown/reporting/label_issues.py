@@ -6,10 +6,12 @@ test images are left out rests on labels the data itself doubts.
 from __future__ import annotations
 
 import csv
+import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
 LABEL_ISSUES = "label_issues.csv"  # path, split, given, suggested, self_confidence, rank (1 = most suspect)
+WITHOUT_LABEL_ISSUES = "without-label-issues"  # --drop-label-issues: the run folder of the re-run
 
 
 @dataclass(frozen=True)
@@ -40,3 +42,20 @@ def accuracy_without(predictions: list[dict], suspect: set[str]) -> tuple[float 
     if not kept:
         return None, len(predictions)
     return sum(p["true"] == p["pred"] for p in kept) / len(kept), len(predictions) - len(kept)
+
+
+def ranking(rows: list[dict]) -> list[str]:
+    """Entry labels ("model / strategy"), best mean test accuracy over the seeds first."""
+    accuracies: dict[str, list[float]] = {}
+    for row in rows:
+        accuracies.setdefault(f"{row['model']} / {row['strategy']}", []).append(float(row["accuracy"]))
+    return sorted(accuracies, key=lambda label: -statistics.fmean(accuracies[label]))
+
+
+def ranking_change(before: list[dict], after: list[dict]) -> str:
+    """One sentence: whether the entries rank alike with and without the suspected label errors."""
+    old, new = ranking(before), ranking(after)
+    if old == new:
+        return f"ranking without the suspected label errors: unchanged ({' > '.join(new)})"
+    return f"ranking without the suspected label errors: CHANGED to {' > '.join(new)} (was {' > '.join(old)})"
+

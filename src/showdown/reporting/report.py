@@ -176,6 +176,13 @@ def markdown(groups: list[Group], tests: list, title: str) -> str:
         lines += ["", "## Hyper-parameter search (validation split only)", ""]
         lines += [render(["entry", *SEARCH_HEADER], [[g.label, *row] for g, rows in tuned for row in rows],
                         markdown=True)]
+    rerun = groups[0].first.extra.get("without_label_issues")
+    if rerun:
+        clean = group_records(rerun)
+        same = [g.first.label for g in groups] == [g.first.label for g in clean]
+        lines += ["", "## Trained and tested again without the suspected label errors", "",
+                  f"The ranking {'is the same' if same else 'changes'}: " + ", ".join(
+                      f"{g.label} {g.mean('accuracy'):.4f}" for g in clean) + " (without-label-issues/)."]
     lines += ["", "## Is the difference real?", ""]
     lines += [f"- {t.verdict() if isinstance(t, Comparison) else t}" for t in tests] or ["- only one entry"]
     return "\n".join(lines) + "\n"
@@ -326,6 +333,10 @@ def render_html(groups: list[Group], tests: list, title: str) -> str:
                          "image as the model saw it, and the heat map of the class it predicted.</p>" + looked))
     if suspects_of(groups):
         sections.append(("issues", "Suspected label errors", issues(suspects_of(groups), thumbs)))
+    rerun = groups[0].first.extra.get("without_label_issues")
+    if rerun:
+        sections.append(("rerun", "Trained and tested again without the suspected label errors",
+                         _rerun(groups, group_records(rerun))))
     sections.append(("reproduce", "Configuration and environment",
                      "".join(f"<h3>{e(g.label)}</h3>{_reproduce(g.first)}" for g in groups)))
     if thumbs.note():
@@ -351,6 +362,25 @@ def _leaderboard(groups: list[Group]) -> str:
             f"{winner.first.metrics.get('n_test')} test images.</p>"
             + _table([HEADINGS.get(c, c) for c in shown], [[row[c] for c in shown] for row in rows],
                      numeric_from=2, css="sortable") + note)
+
+
+def _rerun(groups: list[Group], clean: list[Group]) -> str:
+    """--drop-label-issues: each entry's rank and accuracy with all images and retrained without the suspect ones,
+    whether the ranking changed, and the re-run's verdicts (on the same kept test images)."""
+    after = {g.first.label: (rank, g) for rank, g in enumerate(clean, start=1)}
+    rows = []
+    for rank, group in enumerate(groups, start=1):
+        new_rank, new = after.get(group.first.label, (None, None))
+        rows.append([group.label, str(rank), _fmt(group.mean("accuracy"), ".4f"), _fmt(new_rank, "d"),
+                     _fmt(new.mean("accuracy") if new else None, ".4f"),
+                     str(new.first.metrics.get("n_test", "–")) if new else "–"])
+    same = [g.first.label for g in groups] == [g.first.label for g in clean]
+    return (f"<p><b>{'The ranking is the same' if same else 'The ranking changes'}</b> when every entry trains "
+            "and is tested again without the images flagged as suspected label errors (the run folder "
+            "without-label-issues/ holds that run, with its own report).</p>"
+            + _table(["entry", "rank", "accuracy", "rank without", "accuracy without", "test images without"], rows,
+                     numeric_from=1)
+            + "<h3>Is the difference real without them?</h3>" + _verdicts(significance(clean)))
 
 
 def _verdicts(tests: list) -> str:

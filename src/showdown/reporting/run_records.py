@@ -78,6 +78,10 @@ def load_run(run_dir: str | Path) -> list[EntryRecord]:
     bench = {row["model"]: row for row in read_json(run_dir / "bench.json", {"rows": []})["rows"]
              if row.get("runtime") == "torch" and row.get("precision") == "fp32"}
     suspects = read_suspects(run_dir, summary)
+    extra = {"suspects": suspects} if suspects else {}
+    rerun = (summary.get("label_issues") or {}).get("rerun")
+    if rerun and (run_dir / rerun["folder"] / "summary.json").is_file():  # --drop-label-issues
+        extra["without_label_issues"] = load_run(run_dir / rerun["folder"])
     records = []
     for row in summary["rows"]:
         folder = run_dir / row["folder"]
@@ -85,6 +89,6 @@ def load_run(run_dir: str | Path) -> list[EntryRecord]:
             run=str(run_dir), folder=row["folder"], metrics=read_json(folder / "metrics.json"),
             history=_read_csv(folder / "history.csv"), predictions=_read_csv(folder / "predictions.csv"),
             config=config, environment=environment, dataset=dataset, bench=bench.get(row["model"]),
-            extra={"suspects": suspects} if suspects else {},
+            extra=extra,
         ))
     return records
