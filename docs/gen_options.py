@@ -22,7 +22,7 @@ def _cell(text: str) -> str:
 
 
 def _code(text: str) -> str:
-    return "`" + text.replace("|", "\\|") + "`"
+    return f"`{text}`"  # a pipe inside a code span does not split a Python-Markdown table cell
 
 
 def options_markdown() -> str:
@@ -45,14 +45,16 @@ def options_markdown() -> str:
             metavar = (action.metavar or action.dest.upper()) if takes_value else ""
             if action.dest in declared:
                 f, opt, _ = declared[action.dest]
-                default = options._shown(options.default_of(f), opt) or ""
+                value = options.default_of(f)
+                shown = options._shown(value, opt)  # as --help shows it; None's is the option's own words
+                default = (_code(shown) if value is not None else _cell(shown)) if shown else ""
                 meaning = opt.help
                 if not opt.must and (opt.min, opt.max, opt.above) != (None, None, None):
                     meaning += f" ({options._rule(opt)})"
             else:  # the flags `showdown run` adds beside the options (where the values come from)
                 default, meaning = "", action.help or ""
             out.append(f"| {_code(action.option_strings[0])} | {_code(metavar) if metavar else ''} "
-                       f"| {_code(default) if default else ''} | {_cell(meaning)} |")
+                       f"| {default} | {_cell(meaning)} |")
         out.append("")
     return "\n".join(out)
 
