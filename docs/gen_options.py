@@ -1,0 +1,65 @@
+"""MkDocs hook: the option reference of `showdown run`, generated from `showdown.config.options` at build time.
+
+`docs/options.md` holds the marker `<!-- options -->`; this hook replaces it with one table per group of
+`showdown run --help`, in the same order, built from the same declarations (`definitions`, `add_flags`), so the
+option list is never written twice. Run by `mkdocs build` through `hooks:` in `mkdocs.yml`.
+"""
+from __future__ import annotations
+
+import argparse
+import html
+import sys
+from pathlib import Path
+
+MARKER = "<!-- options -->"
+_SRC = Path(__file__).resolve().parents[1] / "src"
+if (_SRC / "showdown").is_dir() and str(_SRC) not in sys.path:
+    sys.path.insert(0, str(_SRC))  # document the checkout being built, not another installed copy
+
+
+def _cell(text: str) -> str:
+    return html.escape(text, quote=False).replace("|", "\\|").replace("\n", " ")
+
+
+def _code(text: str) -> str:
+    return f"`{text}`"  # a pipe inside a code span does not split a Python-Markdown table cell
+
+
+def options_markdown() -> str:
+    """Markdown tables of every flag of `showdown run`: flag, value, default, meaning, grouped as in --help."""
+    from showdown import cli
+    from showdown.config import options
+    from showdown.config.run_config import RunConfig
+
+    parser = argparse.ArgumentParser(prog="showdown run", add_help=False)
+    cli._add_run_flags(parser)  # add_flags(parser, RunConfig), then --config, --preset, --quick, --resume
+    declared = options.definitions(RunConfig)
+    out = []
+    for group in parser._action_groups:
+        actions = [a for a in group._group_actions if a.option_strings]
+        if not actions:
+            continue
+        out += [f"## {group.title}", "", "| flag | value | default | meaning |", "|---|---|---|---|"]
+        for action in actions:
+            takes_value = action.nargs != 0
+            metavar = (action.metavar or action.dest.upper()) if takes_value else ""
+            if action.dest in declared:
+                f, opt, _ = declared[action.dest]
+                value = options.default_of(f)
+                shown = options._shown(value, opt)  # as --help shows it; None's is the option's own words
+                default = (_code(shown) if value is not None else _cell(shown)) if shown else ""
+                meaning = opt.help
+                if not opt.must and (opt.min, opt.max, opt.above) != (None, None, None):
+                    meaning += f" ({options._rule(opt)})"
+            else:  # the flags `showdown run` adds beside the options (where the values come from)
+                default, meaning = "", action.help or ""
+            out.append(f"| {_code(action.option_strings[0])} | {_code(metavar) if metavar else ''} "
+                       f"| {default} | {_cell(meaning)} |")
+        out.append("")
+    return "\n".join(out)
+
+
+def on_page_markdown(markdown: str, page, config, files) -> str:
+    if MARKER not in markdown:
+        return markdown
+    return markdown.replace(MARKER, options_markdown())
