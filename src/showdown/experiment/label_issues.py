@@ -41,6 +41,21 @@ def chosen_backbone(config: RunConfig, rows: list[dict], folds) -> tuple[str | N
     return max(heads, key=lambda row: row["accuracy"])["model"], None
 
 
+def judge(config: RunConfig, dataset: DatasetSpec, rows: list[dict], folds, run: RunContext, run_dir: Path,
+          load) -> tuple[dict | None, set[str]]:
+    """Suspected label errors over every split, judged by the best head backbone's cached features (`load(name)`
+    gives that backbone; its features are in the cache, so no image is decoded): (their summary or None, the
+    flagged files)."""
+    model_name, why_not = chosen_backbone(config, rows, folds)
+    if why_not:
+        run.echo(why_not)
+    if model_name is None:
+        return None, set()
+    summary, flagged = find_issues(load(model_name), dataset, config, run, run_dir)
+    run.echo(describe(summary))
+    return summary, flagged
+
+
 def find_issues(backbone: Backbone, dataset: DatasetSpec, config: RunConfig, run: RunContext,
                 run_dir: Path) -> tuple[dict, set[str]]:
     """label_issues.csv in the run folder (rank 0); (a summary: flagged images per split, seconds; the flagged

@@ -15,7 +15,7 @@ from showdown import distributed
 from showdown.cache import STATS as HEALED
 from showdown.config.run_config import RunConfig, read_config_file
 from showdown.data import DatasetSpec, load_dataset
-from showdown.data.folder import subset_per_class, without_files
+from showdown.data.folder import subset_per_class
 from showdown.data.leakage import check_leakage
 from showdown.deploy.explain import EXTRA as EXPLAIN_EXTRA
 from showdown.deploy.explain import available as explain_available
@@ -28,7 +28,7 @@ from showdown.experiment.folds import PROBABILITIES, FeaturePool, all_items, mak
 from showdown.experiment.preflight import check_places, check_space, on_main
 from showdown.experiment.results import Results
 from showdown.experiment.run_folder import entry_folder, finished_row, write_run_start, write_summary
-from showdown.experiment.without_issues import rerun_config, split_pool
+from showdown.experiment.without_issues import rerun_without
 from showdown.fileio import new_run_dir
 from showdown.frozen.engines import resolve_runtime
 from showdown.frozen.feature_cache import CACHE_STATS, FEATURE_BATCH, extract_features
@@ -90,11 +90,12 @@ def run(config: RunConfig | None = None, *, echo: Callable[[str], None] = print,
         if distributed.active():  # images each process ran through frozen layers: shards, never the same image twice
             frozen_passes["images_per_rank"] = distributed.gather(frozen_passes["images"])
             frozen_passes["images"] = sum(frozen_passes["images_per_rank"])
-        issues, flagged = _label_issues(config, dataset, rows, folds, context, run_dir)
+        issues, flagged = label_issues.judge(config, dataset, rows, folds, context, run_dir,
+                                             load=lambda name: _load(name, config, dataset, lambda *_: None))
         results = Results(run_dir, rows, sorted(skipped))
         if config.drop_label_issues and flagged:
-            results.without_label_issues, kept = _without_label_issues(config, dataset, flagged, context, run_dir,
-                                                                       resume)
+            results.without_label_issues, kept = rerun_without(config, dataset, flagged, context, run_dir, resume,
+                                                               _all_entries)
             issues["rerun"] = {"folder": WITHOUT_LABEL_ISSUES, "kept": kept}
         if distributed.is_main():
             _finish(results, config, frozen_passes, reporter, issues)
@@ -253,43 +254,6 @@ def _run_folds(strategy: str, backbone: Backbone, folds: list[DatasetSpec], conf
     summary = distributed.broadcast(write_pooled(folder, fold_folders, fold_rows, folds[0].classes, title)
                                     if distributed.is_main() else None)
     return EntryResult({**summary, "folder": folder.name}, sorted(skipped))
-
-
-def _label_issues(config: RunConfig, dataset: DatasetSpec, rows: list[dict], folds, run: RunContext,
-                  run_dir: Path) -> tuple[dict | None, set[str]]:
-    """Suspected label errors over every split, judged by the best head backbone's cached features: (their
-    summary or None, the flagged files)."""
-    model_name, why_not = label_issues.chosen_backbone(config, rows, folds)
-    if why_not:
-        run.echo(why_not)
-    if model_name is None:
-        return None, set()
-    backbone = _load(model_name, config, dataset, lambda *_: None)  # its features are in the cache: no image is decoded
-    summary, flagged = label_issues.find_issues(backbone, dataset, config, run, run_dir)
-    run.echo(label_issues.describe(summary))
-    return summary, flagged
-
-
-def _without_label_issues(config: RunConfig, dataset: DatasetSpec, flagged: set[str], run: RunContext, run_dir: Path,
-                          resume: bool) -> tuple[Results, dict[str, int]]:
-    """--drop-label-issues: every entry again without the flagged images, in run_dir/without-label-issues/:
-    (its results, the images kept per split)."""
-    cleaned = without_files(dataset, flagged, f"without {len(flagged)} suspected label errors")
-    folder, plain = run_dir / WITHOUT_LABEL_ISSUES, rerun_config(config)
-    kept = cleaned.counts()
-    run.echo(f"without the {len(flagged)} suspected label errors (kept: train {kept['train']}, val {kept['val']}, "
-             f"test {kept['test']}): every entry again, in {folder}")
-    if distributed.is_main() and not (folder / "config.yaml").is_file():
-        folder.mkdir(exist_ok=True)
-        write_run_start(folder, plain, cleaned, run.precision, run.runtime, None, run.device)
-    clean_rows, skipped = _all_entries(plain, cleaned, None, run, folder, resume,
-                                       pool_of=lambda backbone: split_pool(backbone, dataset, plain, run))
-    results = Results(folder, clean_rows, sorted(skipped))
-    if distributed.is_main():
-        write_summary(folder, clean_rows, results.skipped, {}, None)
-        if config.report:
-            report_run(folder)
-    return results, kept
 
 
 def _seed_note(seed: int, config: RunConfig) -> str:

@@ -9,15 +9,44 @@ the per-split cache entries the first pass filled, so no image is decoded again 
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import torch
 
+from showdown import distributed
 from showdown.config.run_config import RunConfig
 from showdown.data import DatasetSpec
+from showdown.data.folder import without_files
 from showdown.experiment.context import RunContext
 from showdown.experiment.folds import FeaturePool
+from showdown.experiment.results import Results
+from showdown.experiment.run_folder import write_run_start, write_summary
 from showdown.frozen.feature_cache import FEATURE_BATCH, Features, extract_views
 from showdown.models.backbones import Backbone
+from showdown.reporting.label_issues import WITHOUT_LABEL_ISSUES
+from showdown.reporting.report import report_run
+
+
+def rerun_without(config: RunConfig, dataset: DatasetSpec, flagged: set[str], run: RunContext, run_dir: Path,
+                  resume: bool, all_entries) -> tuple[Results, dict[str, int]]:
+    """Every entry again without the `flagged` files, in run_dir/without-label-issues/, by `all_entries` (the
+    runner's loop over backbones and strategies): (its results, the images kept per split)."""
+    cleaned = without_files(dataset, flagged, f"without {len(flagged)} suspected label errors")
+    folder, plain = run_dir / WITHOUT_LABEL_ISSUES, rerun_config(config)
+    kept = cleaned.counts()
+    run.echo(f"without the {len(flagged)} suspected label errors (kept: train {kept['train']}, val {kept['val']}, "
+             f"test {kept['test']}): every entry again, in {folder}")
+    if distributed.is_main() and not (folder / "config.yaml").is_file():
+        folder.mkdir(exist_ok=True)
+        write_run_start(folder, plain, cleaned, run.precision, run.runtime, None, run.device)
+    rows, skipped = all_entries(plain, cleaned, None, run, folder, resume,
+                                pool_of=lambda backbone: split_pool(backbone, dataset, plain, run))
+    results = Results(folder, rows, sorted(skipped))
+    if distributed.is_main():
+        write_summary(folder, rows, results.skipped, {}, None)
+        if config.report:
+            report_run(folder)
+    return results, kept
 
 
 def split_pool(backbone: Backbone, dataset: DatasetSpec, config: RunConfig, run: RunContext) -> FeaturePool:
