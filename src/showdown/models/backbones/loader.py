@@ -2,9 +2,9 @@
 
 Order: an explicit weights file; a package that ships the weights; a file in the weights directory;
 Keras's weight cache ($KERAS_HOME/models or ~/.keras/models, under keras.applications' own file names);
-the Hugging Face hub cache, offline (hf_cache.py); timm's hub (skipped when HF_HUB_OFFLINE is set or the hub's host does not resolve, so an offline
-machine fails at once instead of retrying for a minute). When none works, one error line lists what
-was tried and how to supply weights.
+the Hugging Face hub cache, read offline (hf_cache.py); timm's hub (skipped when HF_HUB_OFFLINE is set or
+the hub's host does not resolve, so an offline machine fails at once instead of retrying for a minute).
+When none works, one error line lists what was tried and how to supply weights.
 """
 from __future__ import annotations
 
