@@ -32,6 +32,8 @@ def _offline_and_isolated(tmp_path_factory):
     os.environ["HF_HUB_OFFLINE"] = "1"
     os.environ["SHOWDOWN_CACHE"] = str(tmp_path_factory.mktemp("showdown-cache"))
     os.environ["SHOWDOWN_DB"] = str(tmp_path_factory.mktemp("showdown-db") / "showdown.db")
+    # An empty hub cache: weights a user's ~/.cache/huggingface holds would change what "no weights" tests see.
+    os.environ["HF_HUB_CACHE"] = str(tmp_path_factory.mktemp("hf-hub-cache"))
     os.environ.pop("SHOWDOWN_DATA", None)
     os.environ.pop("SHOWDOWN_WEIGHTS", None)
     yield

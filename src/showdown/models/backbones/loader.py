@@ -2,9 +2,9 @@
 
 Order: an explicit weights file; a package that ships the weights; a file in the weights directory;
 Keras's weight cache ($KERAS_HOME/models or ~/.keras/models, under keras.applications' own file names);
-timm's hub (skipped when HF_HUB_OFFLINE is set or the hub's host does not resolve, so an offline
-machine fails at once instead of retrying for a minute). When none works, one error line lists what
-was tried and how to supply weights.
+the Hugging Face hub cache, read offline (hf_cache.py); timm's hub (skipped when HF_HUB_OFFLINE is set or
+the hub's host does not resolve, so an offline machine fails at once instead of retrying for a minute).
+When none works, one error line lists what was tried and how to supply weights.
 """
 from __future__ import annotations
 
@@ -24,6 +24,8 @@ from showdown.device import module_device
 from showdown.errors import ModelError
 from showdown.models.backbones import efficientnet_lite
 from showdown.models.backbones.files import FoundWeights, load_weights_file
+from showdown.models.backbones.hf_cache import find_in_hub_cache
+from showdown.models.backbones.input_size import check_patch_multiple, size_kwargs
 from showdown.models.backbones.keras_import import keras_cache_dir
 from showdown.models.backbones.registry import BackboneSpec, resolve_backbone
 from showdown.models.backbones.stages import PooledStages
@@ -71,6 +73,8 @@ def load_backbone(
     else:
         found, source = _find_local_weights(spec, weights_dir, tried)
         if found is None:
+            found, source = _find_in_hub_cache(spec, tried)
+        if found is None:
             why_not = _hub_unreachable()
             if why_not is None:
                 use_hub, source = True, f"timm hub {spec.hub_name}"
@@ -85,8 +89,12 @@ def load_backbone(
                 source = "random init (no weights found)"
     if found is not None and found.timm_name:  # weights that need their own architecture (Keras's networks)
         spec = replace(spec, timm_name=found.timm_name, hub_tag=None)
-    timm_kwargs = {**spec.timm_kwargs, **(found.timm_kwargs if found else {})}
+    # A ViT is built for its input size (input_size.py); timm resamples the position embedding of the weights.
+    timm_kwargs = {**spec.timm_kwargs, **(found.timm_kwargs if found else {}), **size_kwargs(spec.hub_name, image_size)}
     model = _create(spec.hub_name if use_hub else spec.timm_name, timm_kwargs, found, use_hub)
+    image_size = image_size or timm_kwargs.get("img_size")
+    if image_size:
+        check_patch_multiple(model, image_size, name)
     if not keep_classifier:
         model.reset_classifier(0)
         timm_kwargs["num_classes"] = 0
@@ -145,6 +153,15 @@ def _find_local_weights(spec: BackboneSpec, weights_dir, tried: list[str]):
                 return load_weights_file(directory / filename, spec), f"Keras cache {directory / filename}"
         tried.append(f"Keras cache {directory} (no {' or '.join(spec.keras_files)})")
     return None, None
+
+
+def _find_in_hub_cache(spec: BackboneSpec, tried: list[str]):
+    """timm's weights for the spec from the Hugging Face hub cache: (FoundWeights, source) or (None, None)."""
+    hit = find_in_hub_cache(spec.hub_name, tried)
+    if hit is None:
+        return None, None
+    path, repo_id = hit
+    return load_weights_file(path, spec), f"Hugging Face cache ({repo_id})"
 
 
 def _hub_unreachable() -> str | None:

@@ -1,0 +1,88 @@
+"""Vision transformers: built for --image-size, DINOv2 at 224 px by default, weights from the Hugging Face cache."""
+import json
+
+import pytest
+import timm
+import torch
+from safetensors.torch import save_file
+from timm.layers import resample_abs_pos_embed
+
+from showdown.errors import ModelError
+from showdown.models.backbones import load_backbone
+from showdown.models.saving import load_model
+
+DINO = "vit_small_patch14_dinov2"
+TINY = "vit_tiny_patch16_224"  # 5.7 M parameters: the quick ViT
+TINY_REPO = "timm/vit_tiny_patch16_224.augreg_in21k_ft_in1k"  # timm's default weights for it
+
+
+def test_dinov2_runs_at_224_by_default_not_518():
+    backbone = load_backbone(DINO, pretrained=False)
+    assert backbone.preprocessing.input_size == (3, 224, 224)
+    assert backbone.timm_kwargs["img_size"] == 224 and backbone.model.patch_embed.img_size == (224, 224)
+    assert backbone.num_features == 384
+
+
+def test_image_size_not_a_multiple_of_the_patch_is_one_line(tmp_path, capsys, demo_copy):
+    from showdown.cli import main
+
+    with pytest.raises(ModelError, match="multiple of its patch size 14 .e.g. 112 or 126"):
+        load_backbone(DINO, pretrained=False, image_size=120)
+    assert main(["run", "--data", str(demo_copy), "--models", DINO, "--no-pretrained", "--image-size", "120",
+                 "--out", str(tmp_path / "err")]) == 2
+    stderr = capsys.readouterr().err
+    assert "Traceback" not in stderr and len(stderr.strip().splitlines()) == 1 and "patch size 14" in stderr
+
+
+def test_dinov2_head_at_112_px_end_to_end(tmp_path, demo_copy):
+    from showdown.cli import main
+
+    out = tmp_path / "vit"
+    assert main(["run", "--data", str(demo_copy), "--models", DINO, "--no-pretrained", "--allow-random-init",
+                 "--image-size", "112", "--strategy", "head", "--epochs", "1", "--workers", "0",
+                 "--precision", "fp32", "--out", str(out), "--quiet"]) == 0
+    entry = out / f"{DINO}-head"
+    assert json.loads((entry / "metrics.json").read_text())["accuracy"] >= 0
+    model, info = load_model(entry)  # rebuilt at 112 px from the saved timm kwargs
+    assert info["timm_kwargs"]["img_size"] == 112
+    with torch.inference_mode():
+        assert model.eval()(torch.zeros(1, 3, 112, 112)).shape == (1, 3)
+
+
+def _hub_cache(root, repo_id, state_dict):
+    """A Hugging Face hub cache holding `state_dict` as repo_id's model.safetensors, in the hub's own layout."""
+    repo = root / f"models--{repo_id.replace('/', '--')}"
+    revision = "0123456789abcdef0123456789abcdef01234567"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(revision)
+    snapshot = repo / "snapshots" / revision
+    snapshot.mkdir(parents=True)
+    save_file(state_dict, str(snapshot / "model.safetensors"))
+
+
+def test_weights_come_from_the_hugging_face_cache_offline(tmp_path, monkeypatch):
+    torch.manual_seed(0)
+    saved = {k: v + torch.randn_like(v) for k, v in timm.create_model(TINY, pretrained=False).state_dict().items()}
+    _hub_cache(tmp_path / "hub", TINY_REPO, saved)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))  # HF_HUB_OFFLINE=1 is set by conftest.py
+
+    backbone = load_backbone(TINY)
+    assert backbone.source == f"Hugging Face cache ({TINY_REPO})" and backbone.pretrained
+    for key, value in backbone.model.state_dict().items():
+        assert torch.equal(value, saved[key]), key
+
+    # At another input size timm's checkpoint filter resamples the 14x14 position grid to 7x7.
+    small = load_backbone(TINY, image_size=112)
+    expected = resample_abs_pos_embed(saved["pos_embed"], (7, 7), num_prefix_tokens=1)
+    assert torch.allclose(small.model.pos_embed, expected)
+    assert torch.equal(small.model.blocks[0].attn.qkv.weight, saved["blocks.0.attn.qkv.weight"])
+
+
+def test_empty_hugging_face_cache_is_named_in_the_error(tmp_path, monkeypatch):
+    (tmp_path / "hub").mkdir()
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    with pytest.raises(ModelError) as info:
+        load_backbone(TINY, weights_dir=tmp_path)
+    message = str(info.value)
+    assert "\n" not in message
+    assert f"Hugging Face cache {tmp_path / 'hub'} (no {TINY_REPO})" in message and "HF_HUB_OFFLINE" in message
