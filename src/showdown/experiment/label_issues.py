@@ -69,7 +69,9 @@ def find_issues(backbone: Backbone, dataset: DatasetSpec, config: RunConfig, run
     x = torch.cat([features.features for _, features in parts]).float()
     y = torch.cat([features.labels for _, features in parts]).numpy().astype(np.int64)
     where = [(split, int(i)) for split, features in parts for i in features.indices]
-    probs = out_of_fold(x, y, len(dataset.classes), train_settings(config), dropout=config.head_dropout)
+    # No dropout in these heads: on planted TF-Flowers errors it found as many (recall 0.81 against 0.79) in a
+    # third of the time (1.5 s against 4.9 s), since the heads stop early (docs/label-issues-and-explain.md).
+    probs = out_of_fold(x, y, len(dataset.classes), train_settings(config))
     from cleanlab.filter import find_label_issues  # pandas comes with it: imported only when used
 
     ranked = find_label_issues(y, probs, return_indices_ranked_by="self_confidence", n_jobs=1)

@@ -28,7 +28,7 @@ MAX_EPOCHS = 20
 
 
 def out_of_fold(features: torch.Tensor, labels: np.ndarray, num_classes: int, settings: TrainSettings,
-                folds: int = FOLDS, dropout: float = 0.0) -> np.ndarray:
+                folds: int = FOLDS) -> np.ndarray:
     """(n, num_classes) probabilities; row i comes from the head whose training folds left image i out."""
     k = max(2, min(folds, np.bincount(labels, minlength=num_classes).max()))
     splitter = StratifiedKFold(n_splits=k, shuffle=True, random_state=settings.seed)
@@ -42,7 +42,7 @@ def out_of_fold(features: torch.Tensor, labels: np.ndarray, num_classes: int, se
         for rest, held in splitter.split(np.zeros(len(labels)), labels):
             train, val = _carve(rest, labels, settings.seed)
             torch.manual_seed(settings.seed)
-            head = Head(features.shape[1], num_classes, dropout=dropout)
+            head = Head(features.shape[1], num_classes)
             fit(head, TensorBatches(_part(features, labels, train), BATCH, seed=settings.seed),
                 feature_batches(_part(features, labels, val), 1024), settings, phase="out-of-fold")
             probs[held], _ = predict_proba(head, feature_batches(_part(features, labels, held), 1024))
