@@ -16,13 +16,16 @@ from showdown.deploy.predict import open_model, predict_files
 from showdown.models.saving import load_model
 
 # Input size per backbone: the smallest that keeps it quick; InceptionV3's stem needs at least 75 px.
+# A ViT takes multiples of its patch: DINOv2's 14 px, the others' 16 px.
 BACKBONES = {"efficientnet_lite0": 64, "mobilenet_v2": 64, "mobilenet_v1": 64, "resnet50": 64, "vgg16": 64,
-             "inception_v3": 96}
+             "inception_v3": 96, "dinov2_vits14": 56, "mobilenetv4_small": 64, "clip_vitb16": 64, "deit_small": 64,
+             "convnext_tiny": 64, "efficientnetv2_b0": 64, "regnety_008": 64}
 STRATEGIES = ["head", "finetune=blocks:1", "finetune=layers:2", "scratch"]
 
 
-# VGG16 (134 M parameters, most in its 7x7 pre-logits convolution) and InceptionV3 take minutes: `pytest -m slow`.
-HEAVY = {"vgg16", "inception_v3"}
+# VGG16 (134 M parameters, most in its 7x7 pre-logits convolution) and InceptionV3 take minutes, and five of
+# today's backbones add a minute or more together: `pytest -m slow` (times in docs/development.md).
+HEAVY = {"vgg16", "inception_v3", "dinov2_vits14", "clip_vitb16", "deit_small", "convnext_tiny", "efficientnetv2_b0", "regnety_008"}
 
 
 @pytest.fixture(scope="module", params=[pytest.param(name, marks=[pytest.mark.slow] if name in HEAVY else [])

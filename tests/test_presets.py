@@ -31,3 +31,22 @@ def test_custom_transfer_vs_scratch_quick_runs_offline(tmp_path):
                   "--out", str(tmp_path / "p"))
     assert result.returncode == 0, result.stderr
     assert "mobilenet_v1" in result.stdout and "scratch-cnn" in result.stdout
+
+
+@pytest.mark.slow  # four backbones, CLIP's ViT-B among them: about a minute on 2 cores (docs/presets.md)
+def test_foundation_probe_quick_runs_offline_with_random_init(tmp_path):
+    result = _cli("run", "--preset", "foundation-probe", "--quick", "--allow-random-init", "--no-record",
+                  "--out", str(tmp_path / "p"))
+    assert result.returncode == 0, result.stderr
+    for name in ("dinov2_vits14", "clip_vitb16", "convnext_tiny", "efficientnet_lite0"):
+        assert name in result.stdout
+    assert "input 112 px" in result.stdout  # --quick's size, a multiple of both ViT patches
+
+
+def test_short_names_of_todays_backbones_are_listed_with_their_pretrained_tags():
+    listed = _cli("models").stdout
+    for short, hub in [("dinov2_vits14", "vit_small_patch14_dinov2.lvd142m"),
+                       ("clip_vitb16", "vit_base_patch16_clip_224.openai"),
+                       ("convnext_tiny", "convnext_tiny.fb_in1k"),
+                       ("mobilenetv4_small", "mobilenetv4_conv_small.e2400_r224_in1k")]:
+        assert any(line.split()[0] == short and hub in line for line in listed.splitlines()), short
