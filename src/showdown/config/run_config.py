@@ -286,3 +286,17 @@ def read_config_file(path: str | Path) -> dict:
         problem = getattr(exc, "problem", None) or "not valid YAML"
         raise ConfigError(f"config file {path} is not valid YAML{where}: {problem}") from None
     return read_values(RunConfig, {} if values is None else values, f"config file {path}")
+
+
+def weights_map(entries: list[str], models: list[str]) -> dict[str, str]:
+    """--weights entries ([MODEL=]FILE) as model name -> file; a bare FILE needs exactly one model."""
+    mapping = {}
+    for entry in entries:
+        name, sep, path = entry.partition("=")
+        if sep and name in models:
+            mapping[name] = path
+        elif len(models) == 1:
+            mapping[models[0]] = entry
+        else:
+            raise ConfigError(f"--weights {entry}: with several models, write MODEL=FILE (models: {', '.join(models)})")
+    return mapping
