@@ -127,14 +127,13 @@ def _check_same(first: Shard, other: Shard) -> None:
         refuse("split (dataset.json)", "the images of its splits.csv", "those of the other's")
 
 
-def _split_rows(shard: Shard) -> list[str]:
-    """The split as lines of split, path below the data root, label: the root may differ between machines."""
-    root = str(shard.dataset.get("root", ""))
+def _split_rows(shard: Shard) -> str:
+    """The split itself (split or fold, path and label of every image): what the fingerprint and the split's
+    description in dataset.json stand for, compared in full."""
     for name in ("splits.csv", "folds.csv"):
-        path = shard.run_dir / name
-        if path.is_file():
-            return [line.replace(root, "", 1) for line in path.read_text(encoding="utf-8").splitlines()]
-    return []
+        if (shard.run_dir / name).is_file():
+            return (shard.run_dir / name).read_text(encoding="utf-8")
+    return ""
 
 
 def _merged_rows(shards: list[Shard]) -> list[dict]:
