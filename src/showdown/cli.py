@@ -9,7 +9,7 @@ import sys
 from showdown import __version__
 from showdown.config.options import add_flags, definitions, flag_type, read_values
 from showdown.config.presets import QUICK, load_preset
-from showdown.config.run_config import RunConfig, read_config_file
+from showdown.config.run_config import RunConfig, read_config_file, weights_map
 from showdown.errors import DISK_ERRNOS, ConfigError, ShowdownError
 from showdown.startup import heavy_imports, stacks_on_sigusr1
 
@@ -97,6 +97,12 @@ def build_parser() -> argparse.ArgumentParser:
     cache.add_argument("--older-than", type=flag_type(float, min=0), metavar="DAYS",
                        help="clear only entries no run has used for DAYS days")
     cache.add_argument("--cache-dir", help="the feature cache folder, when runs give one (--cache-dir)")
+    merge = sub.add_parser("merge", help="join the run folders of `showdown run --shard I/N` into one run")
+    merge.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="the shards' run folders")
+    merge.add_argument("--out", required=True, help="the merged run folder (new, or an earlier merge of these runs)")
+    merge.add_argument("--no-report", dest="report", action="store_false", help="skip report.html and report.md")
+    merge.add_argument("--no-record", dest="record", action="store_false", help="do not store it in the database")
+    merge.add_argument("--db", help="results database (default $SHOWDOWN_DB or ~/.local/share/showdown)")
     sub.add_parser("models", help="list the short backbone names and their weight sources")
     sub.add_parser("presets", help="list the ready-made experiments")
     return parser
@@ -114,21 +120,8 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
     skip = {"command", "debug", "config_file", "preset", "quick", "resume"}
     values.update({k: v for k, v in vars(args).items() if k not in skip})
     if "weights" in values and isinstance(values["weights"], list):
-        values["weights"] = _weights_map(values["weights"], values.get("models") or RunConfig().models)
+        values["weights"] = weights_map(values["weights"], values.get("models") or RunConfig().models)
     return RunConfig.from_dict(values)
-
-
-def _weights_map(entries: list[str], models: list[str]) -> dict[str, str]:
-    mapping = {}
-    for entry in entries:
-        name, sep, path = entry.partition("=")
-        if sep and name in models:
-            mapping[name] = path
-        elif len(models) == 1:
-            mapping[models[0]] = entry
-        else:
-            raise ConfigError(f"--weights {entry}: with several models, write MODEL=FILE (models: {', '.join(models)})")
-    return mapping
 
 
 def cmd_run(args) -> int:
@@ -148,6 +141,14 @@ def cmd_run(args) -> int:
             run(config)
     finally:
         distributed.stop()  # under torchrun: leave the process group cleanly
+    return 0
+
+
+def cmd_merge(args) -> int:
+    with heavy_imports():
+        from showdown.experiment.merge import merge
+
+    merge(args.run_dirs, args.out, report=args.report, record=args.record, db=args.db)
     return 0
 
 
@@ -274,7 +275,7 @@ def main(argv: list[str] | None = None) -> int:
     stacks_on_sigusr1()
     handler = {"run": cmd_run, "predict": cmd_predict, "export": cmd_export, "explain": cmd_explain,
                "report": cmd_report, "runs": cmd_runs, "bench": cmd_bench, "cache": cmd_cache, "models": cmd_models,
-               "presets": cmd_presets}[args.command]
+               "presets": cmd_presets, "merge": cmd_merge}[args.command]
     try:
         return handler(args)
     except ShowdownError as exc:

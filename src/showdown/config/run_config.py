@@ -167,6 +167,9 @@ class RunConfig:
     record: bool = option(True, "do not store the finished run in the results database", group=MACHINERY)
     db: str | None = option(None, "results database", group=MACHINERY, path="file",
                             unset="$SHOWDOWN_DB, else showdown/showdown.db in $XDG_DATA_HOME or ~/.local/share")
+    shard: str | None = option(  # experiment/shards.py; `showdown merge` joins the shards' run folders
+        None, "train share I of N of the backbones (0-based; balanced by an estimate of each backbone's cost), in "
+        "a run folder of its own; for job arrays", group=MACHINERY, metavar="I/N", unset="the whole grid")
     bench: bool = option(False, "also measure latency, throughput and size of every model (showdown bench)",
                          group=MACHINERY)
     # watching a run (reporting/progress.py, reporting/trackers.py)
@@ -207,7 +210,23 @@ class RunConfig:
         if self.drop_label_issues and (self.label_issues == "off" or self.folds):
             raise ConfigError("--drop-label-issues needs the label issues of one test split: leave out "
                               + ("--label-issues off" if self.label_issues == "off" else "--folds"))
+        if self.shard is not None:
+            self._check_shard()
         return self
+
+    def _check_shard(self) -> None:
+        index, _, count = self.shard.partition("/")
+        if not (index.isdigit() and count.isdigit() and int(index) < int(count)):
+            raise ConfigError(f"--shard must be I/N with 0 <= I < N, e.g. 0/4 (got '{self.shard}')")
+        if int(count) > len(self.models):
+            raise ConfigError(f"--shard {self.shard}: {count} shards for {len(self.models)} backbones would leave a "
+                              f"shard without work; use at most {len(self.models)} shards")
+
+    @property
+    def shard_index(self) -> tuple[int, int]:
+        """--shard I/N as (I, N); validate() has checked it."""
+        index, count = self.shard.split("/")
+        return int(index), int(count)
 
     @property
     def worker_count(self) -> int:
@@ -267,3 +286,17 @@ def read_config_file(path: str | Path) -> dict:
         problem = getattr(exc, "problem", None) or "not valid YAML"
         raise ConfigError(f"config file {path} is not valid YAML{where}: {problem}") from None
     return read_values(RunConfig, {} if values is None else values, f"config file {path}")
+
+
+def weights_map(entries: list[str], models: list[str]) -> dict[str, str]:
+    """--weights entries ([MODEL=]FILE) as model name -> file; a bare FILE needs exactly one model."""
+    mapping = {}
+    for entry in entries:
+        name, sep, path = entry.partition("=")
+        if sep and name in models:
+            mapping[name] = path
+        elif len(models) == 1:
+            mapping[models[0]] = entry
+        else:
+            raise ConfigError(f"--weights {entry}: with several models, write MODEL=FILE (models: {', '.join(models)})")
+    return mapping

@@ -28,6 +28,7 @@ from showdown.experiment.folds import PROBABILITIES, FeaturePool, all_items, mak
 from showdown.experiment.preflight import check_places, check_space, on_main
 from showdown.experiment.results import Results
 from showdown.experiment.run_folder import entry_folder, finished_row, write_run_start, write_summary
+from showdown.experiment.shards import echo_share, my_models
 from showdown.experiment.without_issues import rerun_without
 from showdown.fileio import new_run_dir
 from showdown.frozen.engines import resolve_runtime
@@ -82,6 +83,7 @@ def run(config: RunConfig | None = None, *, echo: Callable[[str], None] = print,
             write_run_start(run_dir, config, dataset, precision, runtime, folds, device)
         _echo_dataset(dataset, folds, echo)
         _echo_machine(device, precision, echo)
+        echo_share(config, echo)  # --shard: which backbones this process trains
         context = RunContext(precision, runtime, cache_dir, reporter, device)
         reporter.start_run(config, run_dir, _grid_size(config) * (2 if config.drop_label_issues else 1))
         rows, skipped = _all_entries(config, dataset, folds, context, run_dir, resume)
@@ -111,7 +113,7 @@ def _all_entries(config: RunConfig, dataset: DatasetSpec, folds: list[DatasetSpe
     `pool_of(backbone)`: where head entries take their features from (default: the cache, or with folds one pool
     of every image)."""
     rows, skipped, echo, reporter = [], set(), context.echo, context.reporter
-    for model_name in config.models:
+    for model_name in my_models(config):  # --shard: this process's share of the backbones (shards.py)
         todo = _entries_to_run(model_name, config, run_dir, resume, rows, reporter)
         if not todo:
             continue
@@ -186,9 +188,10 @@ def _seeds(config: RunConfig) -> list[int]:
 
 
 def _grid_size(config: RunConfig) -> int:
-    """Entries of the whole run (the small CNN runs once, whatever the backbones)."""
-    per_backbone = sum(s != "scratch-cnn" for s in config.strategies)
-    return (per_backbone * len(config.models) + ("scratch-cnn" in config.strategies)) * config.repeats
+    """Entries of the whole run, or of this --shard (the small CNN runs once, with the first backbone)."""
+    per_backbone, mine = sum(s != "scratch-cnn" for s in config.strategies), my_models(config)
+    return (per_backbone * len(mine) + ("scratch-cnn" in config.strategies and config.models[0] in mine)) \
+        * config.repeats
 
 
 def _entries_to_run(model_name: str, config: RunConfig, run_dir: Path, resume: bool, rows: list[dict],
@@ -292,7 +295,7 @@ def _finish(results: Results, config: RunConfig, frozen_passes: dict, reporter: 
     echo(f"frozen passes: {frozen_passes['images']} images computed (features, boundary activations), "
          f"{frozen_passes['hit']} feature sets from the cache{recomputed}")
     if config.bench:
-        bench_models(config.models, config, run_dir, echo=echo)
+        bench_models(my_models(config), config, run_dir, echo=echo)
     if config.report:
         report_html, _ = report_run(run_dir)
         echo(f"report: {report_html}")

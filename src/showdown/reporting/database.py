@@ -3,6 +3,12 @@
 A run is recorded in one transaction once it has finished, so a run killed half-way leaves no row behind,
 and the runs recorded before it stay intact. `check_database` opens it when the run starts, so a damaged or
 foreign file fails then, in one line, not after the training.
+
+Several writers may record at once (the shards of a job array finishing together): the database is in WAL mode
+(readers never block the writer) and a writer that finds it locked waits up to BUSY_SECONDS for its turn instead
+of failing. A run's transaction starts as a writer (BEGIN IMMEDIATE), so waiting for the lock is all it can meet.
+WAL needs the writers on one machine (it shares memory between them): shards on several machines record with
+--no-record, and their merge records once.
 """
 from __future__ import annotations
 
@@ -43,12 +49,16 @@ def default_db() -> Path:
     return base / "showdown" / "showdown.db"
 
 
+BUSY_SECONDS = 60  # a run's insert takes well under a second; a minute covers a queue of shards finishing at once
+
+
 def connect(path: str | Path | None = None) -> sqlite3.Connection:
     path = Path(path) if path else default_db()
     with disk_writes(path.parent, "the folder of the results database"):
         path.parent.mkdir(parents=True, exist_ok=True)
     try:
-        conn = sqlite3.connect(path, timeout=30)
+        conn = sqlite3.connect(path, timeout=BUSY_SECONDS, isolation_level="IMMEDIATE")
+        conn.execute("PRAGMA journal_mode = WAL")  # kept in the file: set once, then a no-op
         conn.execute("PRAGMA foreign_keys = ON")
         conn.executescript(SCHEMA)
     except sqlite3.DatabaseError as exc:

