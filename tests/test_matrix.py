@@ -23,9 +23,10 @@ BACKBONES = {"efficientnet_lite0": 64, "mobilenet_v2": 64, "mobilenet_v1": 64, "
 STRATEGIES = ["head", "finetune=blocks:1", "finetune=layers:2", "scratch"]
 
 
-# VGG16 (134 M parameters, most in its 7x7 pre-logits convolution) and InceptionV3 take minutes, and five of
-# today's backbones add a minute or more together: `pytest -m slow` (times in docs/development.md).
-HEAVY = {"vgg16", "inception_v3", "dinov2_vits14", "clip_vitb16", "deit_small", "convnext_tiny", "efficientnetv2_b0", "regnety_008"}
+# VGG16 (134 M parameters, most in its 7x7 pre-logits convolution) and InceptionV3 take minutes, and six of
+# today's backbones add minutes together (DINOv2 alone 39 s): `pytest -m slow`.
+HEAVY = {"vgg16", "inception_v3", "dinov2_vits14", "clip_vitb16", "deit_small", "convnext_tiny", "efficientnetv2_b0",
+         "regnety_008"}
 
 
 @pytest.fixture(scope="module", params=[pytest.param(name, marks=[pytest.mark.slow] if name in HEAVY else [])
