@@ -39,7 +39,7 @@ def gallery(record: EntryRecord, thumbs: Thumbnails) -> str:
 
 
 def issues(suspects: Suspects, thumbs: Thumbnails) -> str:
-    """The most suspect labels of every split, given against suggested."""
+    """The most suspect labels, given against suggested: of the test split, then of training and validation."""
     e = html.escape
     facts = suspects.summary
     per_split = ", ".join(f"{split} {c['flagged']} of {c['images']}" for split, c in facts["per_split"].items())
@@ -47,10 +47,16 @@ def issues(suspects: Suspects, thumbs: Thumbnails) -> str:
             f"{e(facts['backbone'])} features, each image scored by a head that never saw it) flags "
             f"{facts['flagged']} image(s): {e(per_split)}. All of them, ranked, are in "
             "<code>label_issues.csv</code>. Suspect, not proven: look at them.</p>")
-    cards = [card(row["path"], f"#{row['rank']} {e(row['split'])}<br>given <b>{e(row['given'])}</b><br>"
-                               f"suggested <b>{e(row['suggested'])}</b>", thumbs)
-             for row in suspects.rows[:ISSUES_SHOWN]]
-    return head + f"<div class=gallery>{''.join(cards)}</div>"
+    galleries = []
+    # The test split's first: its labels decide the verdicts. Training's are far more numerous and would hide them.
+    for title, splits in (("Test images", {"test"}), ("Training and validation images", {"train", "val"})):
+        rows = [row for row in suspects.rows if row["split"] in splits][:ISSUES_SHOWN]
+        cards = [card(row["path"], f"#{row['rank']} {e(row['split'])}<br>given <b>{e(row['given'])}</b><br>"
+                                   f"suggested <b>{e(row['suggested'])}</b>", thumbs) for row in rows]
+        if cards:
+            galleries.append(f"<h3>{title}: the {len(cards)} most suspect</h3>"
+                             f"<div class=gallery>{''.join(cards)}</div>")
+    return head + "".join(galleries)
 
 
 def gradcam(record: EntryRecord, thumbs: Thumbnails) -> str:
