@@ -10,6 +10,7 @@ import torch
 from PIL import Image
 
 from showdown.config.run_config import RunConfig
+from showdown.config.strategy import Strategy
 from showdown.data import load_dataset
 from showdown.data.folder import subset_per_class
 from showdown.data.images import load_rgb
@@ -66,7 +67,7 @@ def test_every_strategy_builds_its_model_on_the_device_and_trains_there(strategy
     layers = sequential_layers(backbone.model, backbone.preprocessing.input_size)  # on the CPU, with values
     config = RunConfig(image_size=64, head_hidden=[32], head_dropout=0.2, head_bn=True, tta="flip")
     with fake_gpu() as gpu:
-        built, model = build_model(strategy, backbone, dataset, config, gpu)
+        built, model = build_model(Strategy.parse(strategy), backbone, dataset, config, gpu)
         assert _tensors_on(model, gpu)
         side = built.preprocessing.input_size[-1]
         images, labels = torch.randn(4, 3, side, side, device=gpu), torch.tensor([0, 1, 2, 3], device=gpu)
@@ -89,7 +90,7 @@ def test_search_trials_train_on_the_device(dataset, tmp_path):
     with fake_gpu() as gpu:
         run = RunContext("fp32", "torch", tmp_path / "cache", device=gpu)
         with pytest.raises(FAKE_READS) as read:
-            train_entry("scratch-cnn", backbone, dataset, config, run, tmp_path / "entry")
+            train_entry(Strategy.parse("scratch-cnn"), backbone, dataset, config, run, tmp_path / "entry")
     # The first value read from the GPU is the first trial's loss: the trial trained there (one that trained on
     # the CPU would finish, and the first read would come later, in the entry's own training).
     assert "train_trial" in [entry.name for entry in read.traceback]

@@ -15,6 +15,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
 from showdown.config.run_config import RunConfig
+from showdown.config.strategy import Strategy
 from showdown.data import load_dataset
 from showdown.data.folder import subset_per_class
 from showdown.data.images import ImageFiles
@@ -86,6 +87,7 @@ class _Float64Watch(TorchDispatchMode):
 @pytest.mark.parametrize("strategy", ["head", "finetune", "scratch", "scratch-cnn"])
 def test_no_float64_tensor_on_the_training_path(strategy, demo_dir, tmp_path):
     """MPS has no float64: nothing on the training path (data, model, loss, accumulators, optimizer) may make one."""
+    strategy = Strategy.parse(strategy)
     dataset = subset_per_class(load_dataset(str(demo_dir), split=(0.6, 0.2, 0.2)), 2)
     config = RunConfig(image_size=64, epochs=1, ft_epochs=1, workers="0", batch_size=4, augment="flip",
                        unfreeze="blocks:1").validate()

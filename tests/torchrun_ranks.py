@@ -16,6 +16,7 @@ from safetensors.torch import save_file
 
 from showdown import distributed
 from showdown.config.run_config import RunConfig
+from showdown.config.strategy import Strategy
 from showdown.data import load_dataset
 from showdown.device import resolve_device
 from showdown.experiment.context import RunContext
@@ -45,7 +46,7 @@ def main(out: Path, data: str) -> None:
     backbone = load_backbone("efficientnet_lite0", image_size=64)
     run = RunContext("fp32", "torch", out / "cache", device=device)
     for strategy, config in ENTRIES.items():
-        entry, trained, _ = train_entry(strategy, backbone, dataset, config, run, out / strategy)
+        entry, trained, _ = train_entry(Strategy.parse(strategy), backbone, dataset, config, run, out / strategy)
         probs, _, _ = evaluate(entry, trained)
         save_file({k: v.contiguous() for k, v in entry.model.state_dict().items()},
                   str(out / f"rank{rank}-{strategy}.safetensors"))

@@ -13,10 +13,10 @@ from pathlib import Path
 import yaml
 
 from showdown.config.options import check_field, definitions, from_keywords, option, read_values
+from showdown.config.strategy import STRATEGIES, Strategy, parse_unfreeze
 from showdown.errors import ConfigError
 from showdown.fileio import write_atomic
 
-STRATEGIES = ("head", "finetune", "scratch", "scratch-cnn")
 AUGMENTS = ("none", "flip", "light", "strong")
 TTAS = ("none", "flip")
 OPTIMIZERS = ("adamw", "adam", "sgd")
@@ -36,16 +36,6 @@ DATA, MODELS, TRAINING, FINETUNE, FAIR, MACHINERY, WATCH = (
 # Above 1024 px (the largest pretrained backbones use 600 to 800) one image is 12 MB as float32 and a batch of 64
 # is 0.8 GB before any activation: far larger sizes are typos that kill a data-loading worker for lack of memory.
 MIN_IMAGE_SIZE, MAX_IMAGE_SIZE = 32, 1024
-
-
-def parse_unfreeze(text: str) -> tuple[str, int]:
-    """`layers:N`, `blocks:K` or `all` (training/freezing.py applies it) as (kind, count)."""
-    if text == "all":
-        return "all", 0
-    kind, _, count = text.partition(":")
-    if kind not in ("layers", "blocks") or not count.isdigit() or int(count) < 1:
-        raise ConfigError(f"--unfreeze '{text}' is not understood; use layers:N, blocks:K or all")
-    return kind, int(count)
 
 
 @dataclass
@@ -189,13 +179,7 @@ class RunConfig:
             raise ConfigError("no models given; name at least one with --models")
         if not self.strategies:
             raise ConfigError(f"no strategies given; name at least one with --strategy ({', '.join(STRATEGIES)})")
-        for strategy in self.strategies:
-            base, _, spec = strategy.partition("=")
-            if spec and base == "finetune":
-                parse_unfreeze(spec)
-            elif spec or base not in STRATEGIES:
-                raise ConfigError(f"unknown strategy '{strategy}'; choose from {', '.join(STRATEGIES)} "
-                                  "(or finetune=layers:N, finetune=blocks:K)")
+        strategies = self.strategy_values()
         parse_unfreeze(self.unfreeze)
         if len(self.split) != 3 or any(f < 0 for f in self.split) or abs(sum(self.split) - 1) > 1e-6:
             raise ConfigError("--split must be three fractions that add up to 1, e.g. 0.7,0.15,0.15 "
@@ -204,7 +188,7 @@ class RunConfig:
             raise ConfigError("--split needs a training fraction above 0")
         if self.workers != "auto" and not self.workers.isdigit():
             raise ConfigError(f"--workers must be a whole number from 0, or auto (got '{self.workers}')")
-        if self.pool_stages and any(s.startswith("finetune") for s in self.strategies):
+        if self.pool_stages and any(s.finetunes for s in strategies):
             raise ConfigError("--pool-stages works with the head and scratch strategies, not finetune (its "
                               "frozen-bottom cache splits the plain network)")
         if self.drop_label_issues and (self.label_issues == "off" or self.folds):
@@ -237,6 +221,10 @@ class RunConfig:
         from showdown import distributed  # here: the CLI imports this module before torch (startup.py)
 
         return max(1, min(8, usable_cores() // distributed.local_processes()))
+
+    def strategy_values(self) -> list[Strategy]:
+        """The strategies parsed (one-line ConfigErrors); the field keeps their text, as flags and files give it."""
+        return [Strategy.parse(text) for text in self.strategies]
 
     @property
     def tuning(self) -> bool:

@@ -10,6 +10,7 @@ import torch
 from sklearn.utils.class_weight import compute_class_weight
 
 from showdown.config.run_config import RunConfig
+from showdown.config.strategy import Strategy
 from showdown.data import DatasetSpec
 from showdown.device import CPU
 from showdown.experiment.folds import FeaturePool
@@ -38,7 +39,7 @@ class RunContext:
 class Entry:
     """One (backbone, strategy, seed[, fold]) being trained, and everything its phases share."""
 
-    strategy: str  # as given, e.g. "finetune=layers:20"
+    strategy: Strategy
     backbone: Backbone
     model: ImageClassifier
     dataset: DatasetSpec
@@ -49,10 +50,6 @@ class Entry:
     checkpoints: bool = True  # a search trial writes none (it is repeated, not resumed)
     on_epoch: Callable | None = None  # called with the best validation loss after every epoch (the search's pruner)
     timing: dict = field(default_factory=dict)  # seconds per phase and cache facts, for the summary row
-
-    @property
-    def base_strategy(self) -> str:
-        return self.strategy.partition("=")[0]
 
     def checkpoint(self, phase: str) -> Path | None:
         return self.folder / f"checkpoint-{phase}.pt" if self.checkpoints else None

@@ -11,6 +11,7 @@ import torch
 
 from showdown import distributed
 from showdown.config.run_config import RunConfig
+from showdown.config.strategy import HEAD, Strategy
 from showdown.data import DatasetSpec
 from showdown.data.thumbnails import without_centre_crop
 from showdown.experiment.context import Entry, RunContext
@@ -31,7 +32,7 @@ class EntryResult(NamedTuple):
     failed: list[str]  # unreadable image files skipped
 
 
-def run_entry(strategy: str, backbone: Backbone, dataset: DatasetSpec, config: RunConfig, run: RunContext,
+def run_entry(strategy: Strategy, backbone: Backbone, dataset: DatasetSpec, config: RunConfig, run: RunContext,
               folder: Path, *, pool: FeaturePool | None = None, keep_probabilities: bool = False) -> EntryResult:
     entry, trained, search = train_entry(strategy, backbone, dataset, config, run, folder, pool=pool)
     probs, y_true, test_items = evaluate(entry, trained)
@@ -45,14 +46,13 @@ def run_entry(strategy: str, backbone: Backbone, dataset: DatasetSpec, config: R
     return EntryResult(distributed.broadcast(row), trained.failed)
 
 
-def train_entry(strategy: str, backbone: Backbone, dataset: DatasetSpec, config: RunConfig, run: RunContext,
+def train_entry(strategy: Strategy, backbone: Backbone, dataset: DatasetSpec, config: RunConfig, run: RunContext,
                 folder: Path, *, pool: FeaturePool | None = None) -> tuple[Entry, Trained, dict | None]:
     """(the entry, its training, its search record or None): the part every process runs under torchrun."""
     if distributed.is_main():  # under torchrun rank 0 alone writes
         folder.mkdir(parents=True, exist_ok=True)
-    _, _, unfreeze_spec = strategy.partition("=")  # finetune=layers:20 names its own unfreeze
-    if unfreeze_spec:
-        config = dataclasses.replace(config, unfreeze=unfreeze_spec)
+    if strategy.unfreeze:  # finetune=layers:20 names its own unfreeze
+        config = dataclasses.replace(config, unfreeze=strategy.unfreeze)
     search = None
     if config.tuning:  # the chosen values become this entry's configuration
         config, search = _search(strategy, backbone, dataset, config, run, folder, pool)
@@ -67,16 +67,16 @@ def train_entry(strategy: str, backbone: Backbone, dataset: DatasetSpec, config:
     return entry, trained, search
 
 
-def build_model(strategy: str, backbone: Backbone, dataset: DatasetSpec, config: RunConfig, device: torch.device):
+def build_model(strategy: Strategy, backbone: Backbone, dataset: DatasetSpec, config: RunConfig, device: torch.device):
     """(backbone, classifier) of an entry, seeded, on `device`. A backbone that trains is a copy, so every entry
     (seed, fold, search trial) starts from the same ImageNet weights."""
     torch.manual_seed(config.seed)
-    if strategy == "scratch-cnn":
+    if strategy.is_small_cnn:
         backbone = small_cnn_backbone(config.image_size)
-    elif strategy == "scratch":
+    elif strategy.from_scratch:
         backbone = fitted_to_images(load_backbone(backbone.spec.name, pretrained=False, image_size=config.image_size,
                                                   pool_stages=config.pool_stages), dataset)
-    elif strategy.startswith("finetune"):
+    elif strategy.trains_backbone:
         backbone = copy.deepcopy(backbone)
     head = Head(backbone.num_features, len(dataset.classes), config.head_hidden, config.head_dropout, config.head_bn)
     return backbone, ImageClassifier(backbone.model, head, config.tta).to(device)
@@ -89,7 +89,7 @@ def fitted_to_images(backbone: Backbone, dataset: DatasetSpec) -> Backbone:
     return backbone if whole is None else dataclasses.replace(backbone, preprocessing=whole)
 
 
-def _search(strategy: str, backbone: Backbone, dataset: DatasetSpec, config: RunConfig, run: RunContext,
+def _search(strategy: Strategy, backbone: Backbone, dataset: DatasetSpec, config: RunConfig, run: RunContext,
             folder: Path, pool: FeaturePool | None) -> tuple[RunConfig, dict]:
     """`--tune`: Optuna trials of this entry's training on its training and validation splits. The trials'
     dataset has no test split at all, so no trial can read a test image."""
@@ -102,14 +102,12 @@ def _search(strategy: str, backbone: Backbone, dataset: DatasetSpec, config: Run
                       checkpoints=False, on_epoch=on_epoch)
         return train(entry).history
 
-    base = strategy.partition("=")[0]
     start = time.perf_counter()
-    if base == "head" and config.augment in CACHEABLE_AUGMENTS:
+    if strategy.frozen_backbone and config.augment in CACHEABLE_AUGMENTS:
         # The frozen backbone runs once, before the trials, so the search time is the search's alone. (A finetune
         # trial makes its features from the boundary activations it computes anyway.)
-        trial_backbone, model = build_model("head", backbone, seen, config, run.device)
-        extract_all(Entry("head", trial_backbone, model, seen, config, quiet, folder, pool=pool))
+        trial_backbone, model = build_model(HEAD, backbone, seen, config, run.device)
+        extract_all(Entry(HEAD, trial_backbone, model, seen, config, quiet, folder, pool=pool))
     extraction = time.perf_counter() - start
-    config, search = tune(config, base, train_trial, folder / "search.db", unfreeze_named="=" in strategy,
-                          on_trial=run.reporter.trial)
+    config, search = tune(config, strategy, train_trial, folder / "search.db", on_trial=run.reporter.trial)
     return config, {**search, "feature_seconds": extraction}

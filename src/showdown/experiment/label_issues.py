@@ -16,6 +16,7 @@ import torch
 
 from showdown import distributed
 from showdown.config.run_config import RunConfig
+from showdown.config.strategy import Strategy
 from showdown.data import DatasetSpec
 from showdown.experiment.context import RunContext
 from showdown.experiment.phases import CACHEABLE_AUGMENTS, train_settings
@@ -35,7 +36,7 @@ def chosen_backbone(config: RunConfig, rows: list[dict], folds) -> tuple[str | N
         return None, "label issues: skipped with --folds (they need one split's cached features)"
     if config.augment not in CACHEABLE_AUGMENTS:
         return None, f"label issues: skipped; augmentation '{config.augment}' leaves no cached features"
-    heads = [row for row in rows if row["strategy"] == "head"]
+    heads = [row for row in rows if Strategy.parse(row["strategy"]).frozen_backbone]
     if not heads:
         return None, "label issues: skipped; they need a head entry (--strategy head) for its cached features"
     return max(heads, key=lambda row: row["accuracy"])["model"], None

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from showdown.config.run_config import RunConfig, read_config_file
+from showdown.config.strategy import Strategy
 from showdown.errors import ConfigError
 from showdown.experiment.run_folder import write_summary
 from showdown.fileio import write_csv, write_json
@@ -207,7 +208,7 @@ def _write_bench(shards: list[Shard], staging: Path) -> None:
 def _label_issues_source(shards: list[Shard], rows: list[dict]) -> Shard | None:
     """The shard whose label issues the merged run keeps: the one that holds the best head entry, whose features
     one process would have judged the labels by (label_issues.chosen_backbone)."""
-    heads = [row for row in rows if row["strategy"] == "head"]
+    heads = [row for row in rows if Strategy.parse(row["strategy"]).frozen_backbone]
     if not heads:
         return None
     best = max(heads, key=lambda row: row["accuracy"])["folder"]

@@ -44,15 +44,15 @@ class Trained:
 
 def train(entry: Entry) -> Trained:
     """The entry's phases for its strategy."""
-    if entry.base_strategy == "finetune":
+    if entry.strategy.finetunes:
         return train_finetune(entry)
-    if entry.base_strategy == "head":
+    if entry.strategy.frozen_backbone:
         return train_head(entry)
     for param in entry.model.parameters():  # from random init every layer trains, batch norm included
         param.requires_grad_(True)
     settings = dataclasses.replace(train_settings(entry.config), precision=entry.run.precision)
     return Trained(entry.fit(entry.model, entry.images("train", train=True), entry.images("val"), settings,
-                             entry.strategy, parallel=True))
+                             str(entry.strategy), parallel=True))
 
 
 def train_settings(config: RunConfig, precision: str = "fp32") -> TrainSettings:

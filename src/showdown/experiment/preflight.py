@@ -14,6 +14,7 @@ from typing import TypeVar
 from showdown import distributed
 from showdown.cache import kind_folders
 from showdown.config.run_config import RunConfig
+from showdown.config.strategy import Strategy
 from showdown.errors import DiskError, ShowdownError
 from showdown.fileio import check_writable, nearest_existing
 from showdown.models.backbones import Backbone
@@ -60,12 +61,12 @@ def model_bytes(module) -> int:
     return sum(t.numel() * t.element_size() for t in (*module.parameters(), *module.buffers()))
 
 
-def check_space(run_dir: Path, backbone: Backbone, strategies: list[str], folds: int | None) -> None:
+def check_space(run_dir: Path, backbone: Backbone, strategies: list[Strategy], folds: int | None) -> None:
     """A DiskError when the run folder's disk has less room than the entries of `backbone` still to run will
     surely write: each one's model (a head's includes its frozen backbone), and one checkpoint at a time."""
     size = model_bytes(backbone.model)
-    models = [model_bytes(SmallCNN()) if s == "scratch-cnn" else size for s in strategies]
-    checkpoint = max((m for m, s in zip(models, strategies) if not s.startswith("head")), default=0)
+    models = [model_bytes(SmallCNN()) if s.is_small_cnn else size for s in strategies]
+    checkpoint = max((m for m, s in zip(models, strategies) if s.trains_backbone), default=0)
     need = (sum(models) + ENTRY_FILES * len(models)) * (folds or 1) + checkpoint
     free = shutil.disk_usage(nearest_existing(run_dir)).free
     if free < need:

@@ -18,6 +18,7 @@ import torch
 
 from showdown import distributed
 from showdown.config.run_config import RunConfig
+from showdown.config.strategy import Strategy
 from showdown.data import DatasetSpec
 from showdown.data.folder import SPLITS
 from showdown.device import CPU, device_facts
@@ -71,8 +72,8 @@ def environment(precision: str, runtime: str = "torch", device: torch.device = C
     }
 
 
-def entry_folder(run_dir: Path, model_name: str, strategy: str, seed: int = 0, repeats: int = 1) -> Path:
-    model_name = "scratch_cnn" if strategy == "scratch-cnn" else model_name
+def entry_folder(run_dir: Path, model_name: str, strategy: Strategy, seed: int = 0, repeats: int = 1) -> Path:
+    model_name = strategy.model_name(model_name)
     return run_dir / slug(f"{model_name}-{strategy}" + (f"-seed{seed}" if repeats > 1 else ""))
 
 
@@ -91,7 +92,7 @@ def write_entry(entry: Entry, metrics: dict, history: list[dict], probs: np.ndar
                 test_items: list, search: dict | None = None, keep_probabilities: bool = False) -> dict:
     """The entry's folder: history, predictions, plots, the model, and last metrics.json. Returns its row."""
     backbone, model, dataset, config, folder = entry.backbone, entry.model, entry.dataset, entry.config, entry.folder
-    strategy = entry.strategy
+    strategy = str(entry.strategy)  # files keep the strategy's text
     info = {"model": backbone.spec.name, "strategy": strategy, "seed": config.seed}
     params = sum(p.numel() for p in model.parameters())
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)

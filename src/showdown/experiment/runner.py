@@ -14,6 +14,7 @@ from pathlib import Path
 from showdown import distributed
 from showdown.cache import STATS as HEALED
 from showdown.config.run_config import RunConfig, read_config_file
+from showdown.config.strategy import Strategy
 from showdown.data import DatasetSpec, load_dataset
 from showdown.data.folder import subset_per_class
 from showdown.data.leakage import check_leakage
@@ -124,7 +125,7 @@ def _all_entries(config: RunConfig, dataset: DatasetSpec, folds: list[DatasetSpe
             folder = entry_folder(run_dir, model_name, strategy, seed, config.repeats)
             seeded = dataclasses.replace(config, seed=seed)
             reporter.start_entry(f"{model_name}/{strategy}{_seed_note(seed, config)}",
-                                 {**seeded.to_dict(), "model": model_name, "strategy": strategy}, folder)
+                                 {**seeded.to_dict(), "model": model_name, "strategy": str(strategy)}, folder)
             if folds:
                 result = _run_folds(strategy, backbone, folds, seeded, context, folder, pool, resume)
             else:
@@ -189,17 +190,18 @@ def _seeds(config: RunConfig) -> list[int]:
 
 def _grid_size(config: RunConfig) -> int:
     """Entries of the whole run, or of this --shard (the small CNN runs once, with the first backbone)."""
-    per_backbone, mine = sum(s != "scratch-cnn" for s in config.strategies), my_models(config)
-    return (per_backbone * len(mine) + ("scratch-cnn" in config.strategies and config.models[0] in mine)) \
-        * config.repeats
+    strategies, mine = config.strategy_values(), my_models(config)
+    per_backbone = sum(not s.is_small_cnn for s in strategies)
+    small_cnn = any(s.is_small_cnn for s in strategies) and config.models[0] in mine
+    return (per_backbone * len(mine) + small_cnn) * config.repeats
 
 
 def _entries_to_run(model_name: str, config: RunConfig, run_dir: Path, resume: bool, rows: list[dict],
-                    reporter: Reporter) -> list[tuple[str, int]]:
+                    reporter: Reporter) -> list[tuple[Strategy, int]]:
     """(strategy, seed) pairs of this backbone still to train; with `resume`, finished ones join `rows`."""
     todo = []
-    for strategy in config.strategies:
-        if strategy == "scratch-cnn" and model_name != config.models[0]:
+    for strategy in config.strategy_values():
+        if strategy.is_small_cnn and model_name != config.models[0]:
             continue  # the small CNN does not depend on the backbone: it runs once
         for seed in _seeds(config):
             done = resume and finished_row(entry_folder(run_dir, model_name, strategy, seed, config.repeats))
@@ -235,7 +237,7 @@ def _feature_pool(backbone: Backbone, dataset: DatasetSpec, config: RunConfig, r
     return FeaturePool(all_items(dataset), extract)
 
 
-def _run_folds(strategy: str, backbone: Backbone, folds: list[DatasetSpec], config: RunConfig, run: RunContext,
+def _run_folds(strategy: Strategy, backbone: Backbone, folds: list[DatasetSpec], config: RunConfig, run: RunContext,
                folder: Path, pool: FeaturePool, resume: bool) -> EntryResult:
     """Every fold as an entry of its own (fold1/, fold2/, ...), then the entry of all folds pooled."""
     fold_rows, fold_folders, skipped = [], [], set()
@@ -263,7 +265,7 @@ def _seed_note(seed: int, config: RunConfig) -> str:
     return f" (seed {seed})" if config.repeats > 1 else ""
 
 
-def _entry_line(row: dict, strategy: str, seed: int, config: RunConfig, folds) -> str:
+def _entry_line(row: dict, strategy: Strategy, seed: int, config: RunConfig, folds) -> str:
     line = f"  {strategy}{_seed_note(seed, config)}: test accuracy {row['accuracy']:.4f}"
     if folds:
         line += (f" pooled over {len(folds)} folds (per fold {row['fold_accuracy_mean']:.4f} ± "

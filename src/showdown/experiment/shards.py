@@ -59,5 +59,6 @@ def echo_share(config: RunConfig, echo) -> None:
     if config.shard is None:
         return
     mine = my_models(config)
-    cnn = " and scratch-cnn" if "scratch-cnn" in config.strategies and config.models[0] in mine else ""
+    small_cnn = any(s.is_small_cnn for s in config.strategy_values())
+    cnn = " and scratch-cnn" if small_cnn and config.models[0] in mine else ""
     echo(f"shard {config.shard}: {', '.join(mine)}{cnn} (of {len(config.models)} backbones)")

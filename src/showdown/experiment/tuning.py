@@ -18,6 +18,7 @@ import optuna
 from optuna.trial import TrialState
 
 from showdown.config.run_config import RunConfig
+from showdown.config.strategy import Strategy
 from showdown.errors import sqlite_disk_error
 
 # What the search may change, as the report describes it. Same for every backbone; `finetune` adds two.
@@ -37,11 +38,11 @@ FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 TrialFunction = Callable[[RunConfig, Callable[[float], None] | None], list[dict]]
 
 
-def space_for(base: str, unfreeze_named: bool = False) -> dict[str, str]:
+def space_for(strategy: Strategy) -> dict[str, str]:
     space = dict(SPACE)
-    if base == "finetune":
+    if strategy.finetunes:
         space["ft_lr_factor"] = FINETUNE_SPACE["ft_lr_factor"]
-        if not unfreeze_named:  # `finetune=layers:20` names its own depth: not searched
+        if strategy.unfreeze is None:  # `finetune=layers:20` names its own depth: not searched
             space["unfreeze"] = FINETUNE_SPACE["unfreeze"]
     return space
 
@@ -81,8 +82,8 @@ def budget(config: RunConfig, space: dict) -> dict:
             "sampler": f"TPE, seed {config.seed}", "pruner": "median on validation loss per epoch"}
 
 
-def tune(config: RunConfig, base: str, train_trial: TrialFunction, storage: Path, *,
-         unfreeze_named: bool = False, on_trial=None) -> tuple[RunConfig, dict]:
+def tune(config: RunConfig, strategy: Strategy, train_trial: TrialFunction, storage: Path, *,
+         on_trial=None) -> tuple[RunConfig, dict]:
     """Search, then (the configuration to train with, the search's record for metrics.json).
 
     `train_trial(config, on_epoch)` trains one configuration on the training split, calls `on_epoch(best val
@@ -91,7 +92,7 @@ def tune(config: RunConfig, base: str, train_trial: TrialFunction, storage: Path
     total, best loss so far)` follows the search trial by trial (total None with a time budget alone).
     """
     try:
-        return _search(config, base, train_trial, storage, unfreeze_named, on_trial)
+        return _search(config, strategy, train_trial, storage, on_trial)
     except Exception as exc:  # SQLAlchemy's error for a full disk under the trials' SQLite file: one line
         disk = sqlite_disk_error(exc, storage, "the search's trials")
         if disk is None:
@@ -99,10 +100,10 @@ def tune(config: RunConfig, base: str, train_trial: TrialFunction, storage: Path
         raise disk from exc
 
 
-def _search(config: RunConfig, base: str, train_trial: TrialFunction, storage: Path,
-            unfreeze_named: bool, on_trial) -> tuple[RunConfig, dict]:
+def _search(config: RunConfig, strategy: Strategy, train_trial: TrialFunction, storage: Path,
+            on_trial) -> tuple[RunConfig, dict]:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    space = space_for(base, unfreeze_named)
+    space = space_for(strategy)
     start = time.perf_counter()
     url = f"sqlite:///{storage.resolve()}"
     study = optuna.create_study(storage=url, study_name="search", direction="minimize", load_if_exists=True)

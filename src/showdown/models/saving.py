@@ -6,6 +6,7 @@ from pathlib import Path
 
 from safetensors.torch import load_file, save
 
+from showdown.config.strategy import SMALL_CNN_MODEL
 from showdown.errors import ModelError
 from showdown.fileio import write_bytes_atomic, write_json
 from showdown.models.backbones import build_architecture
@@ -27,7 +28,7 @@ def load_model(directory: Path) -> tuple[ImageClassifier, dict]:
     if not sidecar.is_file() or not weights.is_file():
         raise ModelError(f"{directory} holds no saved model (model.safetensors + model.json)")
     info = json.loads(sidecar.read_text())
-    if info["backbone"] == "scratch_cnn":
+    if info["backbone"] == SMALL_CNN_MODEL:
         backbone = SmallCNN()
     else:
         backbone = build_architecture(info["backbone"], info["timm_kwargs"], info.get("pool_stages", 0),

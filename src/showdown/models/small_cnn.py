@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from torch import nn
 
+from showdown.config.strategy import SMALL_CNN_MODEL
 from showdown.data.preprocessing import Preprocessing
 from showdown.models.backbones import Backbone, BackboneSpec
 
@@ -30,5 +31,5 @@ class SmallCNN(nn.Module):
 def small_cnn_backbone(image_size: int | None) -> Backbone:
     size = image_size or SCRATCH_CNN_SIZE
     preprocessing = Preprocessing((3, size, size), interpolation="bilinear", crop_pct=1.0)
-    return Backbone(BackboneSpec("scratch_cnn", "scratch_cnn"), SmallCNN(), "random init (trained from scratch)",
+    return Backbone(BackboneSpec(SMALL_CNN_MODEL, SMALL_CNN_MODEL), SmallCNN(), "random init (trained from scratch)",
                     preprocessing, False, {})

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 
+from showdown.config.strategy import Strategy
 from showdown.reporting.run_records import EntryRecord
 
 
@@ -71,7 +72,8 @@ def checks(records: list[EntryRecord]) -> list[Check]:
     amounts = [_budget_text(s["tuning"]) for s in setups]
     spaces: dict[str, set] = {}
     for record, setup in zip(records, setups):
-        spaces.setdefault(record.strategy.partition("=")[0], set()).add(tuple((setup["tuning"] or {}).get("space", ())))
+        kind = Strategy.parse(record.strategy).kind
+        spaces.setdefault(kind, set()).add(tuple((setup["tuning"] or {}).get("space", ())))
     if len(set(amounts)) > 1 or any(len(s) > 1 for s in spaces.values()):
         budgets = [_budget_text(s["tuning"], with_space=True) for s in setups]
         out.append(Check("tuning budget", False, "the tuning budgets differ: " + _by_value(labels, budgets)))

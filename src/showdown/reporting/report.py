@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from showdown.config.strategy import Strategy
 from showdown.fileio import write_atomic
 from showdown.reporting.fairness import (
     SEARCH_HEADER,
@@ -124,7 +125,8 @@ def leaderboard_rows(groups: list[Group]) -> list[dict]:
             "latency ms": _fmt(bench.get("latency_ms"), ".1f"), "size MB": _fmt(bench.get("size_mb"), ".1f"),
             "params M": _fmt(group.first.metrics.get("params_m"), ".2f"),
             "weights": ("RANDOM INIT: " if group.first.metrics.get("pretrained") is False
-                        and "scratch" not in group.first.strategy else "") + str(group.first.metrics.get("weights")),
+                        and not Strategy.parse(group.first.strategy).from_scratch else "")
+            + str(group.first.metrics.get("weights")),
         })
     return rows
 

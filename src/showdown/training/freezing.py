@@ -9,7 +9,7 @@ from __future__ import annotations
 from timm.models import group_parameters
 from torch import nn
 
-from showdown.config.run_config import parse_unfreeze
+from showdown.config.strategy import parse_unfreeze
 from showdown.errors import ConfigError
 from showdown.models.classifier import ImageClassifier
 

@@ -3,22 +3,14 @@ MobileNet, or Keras HDF5 / .keras weights (read with h5py, nothing in them is ru
 from __future__ import annotations
 
 import pickle
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file
 
 from showdown.errors import ModelError
+from showdown.models.backbones.found import FoundWeights
 from showdown.models.backbones.registry import BackboneSpec
-
-
-@dataclass
-class FoundWeights:
-    state_dict: dict[str, torch.Tensor]
-    preprocessing: dict = field(default_factory=dict)  # what these weights expect, over timm's defaults
-    timm_kwargs: dict = field(default_factory=dict)  # what the architecture needs to match them
-    timm_name: str | None = None  # the architecture they need, when not the backbone's own (Keras's networks)
 
 
 def load_weights_file(path: Path, spec: BackboneSpec) -> FoundWeights:

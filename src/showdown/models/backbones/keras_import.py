@@ -19,7 +19,7 @@ from torch import nn
 
 from showdown.errors import ModelError
 from showdown.models.backbones import keras_arch
-from showdown.models.backbones.files import FoundWeights
+from showdown.models.backbones.found import FoundWeights
 from showdown.models.backbones.keras_file import read_keras_weights
 from showdown.models.backbones.registry import BackboneSpec
 

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from showdown.errors import ModelError
-from showdown.models.backbones.files import FoundWeights
+from showdown.models.backbones.found import FoundWeights
 from showdown.models.backbones.registry import BackboneSpec
 
 # TFLite tensor types (schema TensorType) -> numpy dtypes of their raw buffers.
