@@ -114,6 +114,11 @@ class RunConfig:
     tune_minutes: float | None = option(
         None, "search time per entry instead of (or with --tune, as well as) a number of trials", group=FAIR,
         above=0, metavar="M", unset="no time limit")
+    tune_storage: str | None = option(  # experiment/tuning.py
+        None, "one Optuna study per entry in a shared storage, so several processes or machines search it together "
+        "(each runs its own --tune trials; the final training takes the study's best): a journal file on a shared "
+        "filesystem (a path) or a database URL (postgresql://..., sqlite:///...)", group=FAIR, metavar="URL",
+        unset="a study in each entry folder")
     folds: int | None = option(  # folds.py
         None, "stratified K-fold cross-validation instead of one test split: every image tested once", group=FAIR,
         min=2, hint="leave it out for one test split", metavar="K", unset="one test split")

@@ -105,16 +105,19 @@ def _search(config: RunConfig, strategy: Strategy, train_trial: TrialFunction, s
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     space = space_for(strategy)
     start = time.perf_counter()
-    url = f"sqlite:///{storage.resolve()}"
-    study = optuna.create_study(storage=url, study_name="search", direction="minimize", load_if_exists=True)
+    shared = config.tune_storage is not None
+    study = optuna.create_study(storage=_storage(config.tune_storage, storage), direction="minimize",
+                                study_name=storage.parent.name if shared else "search", load_if_exists=True)
     if "default_val_loss" not in study.user_attrs:
         study.set_user_attr("default_val_loss", best_val_loss(train_trial(config, None)))
     done = sum(t.state in FINISHED for t in study.get_trials(deepcopy=False))
-    spent = study.user_attrs.get("seconds", 0.0)  # by an interrupted run that is now resumed
-    # A resumed study seeds its sampler past the trials it has, so it does not repeat their draws.
-    study.sampler = optuna.samplers.TPESampler(seed=config.seed + done)
+    spent = 0.0 if shared else study.user_attrs.get("seconds", 0.0)  # by an interrupted run that is now resumed
+    # A resumed study seeds its sampler past the trials it has, so it does not repeat their draws. Processes that
+    # share a study draw from the OS's entropy instead: seeded alike, they would start with the same trials.
+    study.sampler = optuna.samplers.TPESampler(seed=None if shared else config.seed + done)
     study.pruner = optuna.pruners.MedianPruner(**PRUNER)
-    trials = max(config.tune - done, 0) if config.tune else None
+    # In a shared study every process runs its own --tune trials; alone, a resumed search tops its study up.
+    trials = (config.tune if shared else max(config.tune - done, 0)) if config.tune else None
     timeout = config.tune_minutes * 60 - spent - (time.perf_counter() - start) if config.tune_minutes else None
     if trials != 0 and (timeout is None or timeout > 0):
         study.optimize(_objective(config, space, train_trial), n_trials=trials, timeout=timeout,
@@ -122,6 +125,19 @@ def _search(config: RunConfig, strategy: Strategy, train_trial: TrialFunction, s
     seconds = spent + time.perf_counter() - start
     study.set_user_attr("seconds", seconds)
     return _choose(config, study, space, seconds)
+
+
+def _storage(shared: str | None, local: Path):
+    """The study's storage: the entry's own SQLite file, or --tune-storage: a database URL as it is, any other
+    value a journal file (Optuna's storage for a shared filesystem, where SQLite's locks are unreliable)."""
+    if shared is None:
+        return f"sqlite:///{local.resolve()}"
+    if "://" in shared:
+        return shared
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    return JournalStorage(JournalFileBackend(str(Path(shared).expanduser())))
 
 
 def _objective(config: RunConfig, space: dict, train_trial: TrialFunction):
