@@ -145,7 +145,7 @@ def test_bad_fairness_values_are_one_line_errors(tmp_path, capsys, demo_copy, ar
 
 
 def test_two_processes_search_one_study_through_a_journal_file(tmp_path):
-    """--tune-storage: two processes with --tune 5 each fill one study with 10 distinct trials, and the last to
+    """--tune-storage: two processes with --tune 10 each fill one study with 20 distinct trials, and the last to
     finish trains with the best of all of them."""
     import subprocess
     import sys
@@ -157,7 +157,7 @@ def test_two_processes_search_one_study_through_a_journal_file(tmp_path):
     journal = tmp_path / "search.journal"
     command = [sys.executable, "-m", "showdown", "run", "--data", "demo", "--models", "efficientnet_lite0",
                "--strategy", "head", "--image-size", "64", "--epochs", "3", "--workers", "0", "--precision", "fp32",
-               "--tune", "5", "--tune-storage", str(journal), "--no-report", "--no-record", "--label-issues", "off",
+               "--tune", "10", "--tune-storage", str(journal), "--no-report", "--no-record", "--label-issues", "off",
                "--gradcam", "0"]
     processes = [subprocess.Popen([*command, "--out", str(tmp_path / name)], stdout=subprocess.PIPE,
                                   stderr=subprocess.PIPE, text=True) for name in ("a", "b")]
@@ -167,11 +167,11 @@ def test_two_processes_search_one_study_through_a_journal_file(tmp_path):
     study = optuna.load_study(study_name="efficientnet_lite0-head",
                               storage=JournalStorage(JournalFileBackend(str(journal))))
     finished = [t for t in study.trials if t.state.is_finished()]
-    assert len(finished) == 10
-    assert len({json.dumps(t.params, sort_keys=True) for t in finished}) == 10  # distinct draws
+    assert len(finished) == 20
+    assert len({json.dumps(t.params, sort_keys=True) for t in finished}) == 20  # distinct draws
     records = [json.loads((tmp_path / name / "efficientnet_lite0-head" / "metrics.json").read_text())["tuning"]
                for name in ("a", "b")]
     last = max(records, key=lambda r: len(r["trials"]))
-    assert len(last["trials"]) == 10  # the last to choose saw every trial of both processes
+    assert len(last["trials"]) == 20  # the last to choose saw every trial of both processes
     complete = [t.value for t in finished if t.state == optuna.trial.TrialState.COMPLETE]
     assert last["best_val_loss"] == pytest.approx(min(complete))
