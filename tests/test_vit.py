@@ -86,3 +86,20 @@ def test_empty_hugging_face_cache_is_named_in_the_error(tmp_path, monkeypatch):
     message = str(info.value)
     assert "\n" not in message
     assert f"Hugging Face cache {tmp_path / 'hub'} (no {TINY_REPO})" in message and "HF_HUB_OFFLINE" in message
+
+
+@pytest.mark.parametrize("count", [1, 3])
+def test_blocks_k_on_a_vit_unfreezes_its_last_k_transformer_blocks(count):
+    """`finetune=blocks:K` means transformer blocks on a ViT (timm's coarse groups: the embeddings, then one group
+    per block, the final norm with the last), as it means stages on a CNN."""
+    from showdown.models.classifier import Head, ImageClassifier
+    from showdown.training.freezing import unfreeze
+
+    backbone = load_backbone(TINY, pretrained=False, image_size=64)
+    model = ImageClassifier(backbone.model, Head(backbone.num_features, 5))
+    unfrozen = unfreeze(model, f"blocks:{count}")
+    depth = len(backbone.model.blocks)
+    top = tuple(f"blocks.{i}." for i in range(depth - count, depth))
+    expected = {name for name, _ in backbone.model.named_parameters() if name.startswith((*top, "norm."))}
+    assert set(unfrozen) == expected
+    assert all(p.requires_grad == (n in expected) for n, p in backbone.model.named_parameters())
