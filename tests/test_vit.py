@@ -103,3 +103,35 @@ def test_blocks_k_on_a_vit_unfreezes_its_last_k_transformer_blocks(count):
     expected = {name for name, _ in backbone.model.named_parameters() if name.startswith((*top, "norm."))}
     assert set(unfrozen) == expected
     assert all(p.requires_grad == (n in expected) for n, p in backbone.model.named_parameters())
+
+
+def test_dinov2_finetune_trains_on_cached_tokens_and_its_saved_model_reproduces_predictions(tmp_path, demo_copy,
+                                                                                           monkeypatch):
+    """`finetune=blocks:2` on DINOv2 ViT-S/14: the stem and the frozen blocks run once per image (every image decoded
+    once), the top trains on cached tokens, and the saved model predicts what predictions.csv says (1e-4)."""
+    import csv
+    from collections import Counter
+
+    import numpy as np
+
+    from showdown import RunConfig, run
+    from showdown.data import images
+    from showdown.deploy.predict import open_model, predict_files
+
+    decoded = Counter()
+    load = images.load_rgb
+    monkeypatch.setattr(images, "load_rgb", lambda path, side=None: decoded.update([path]) or load(path, side))
+    lines = []
+    results = run(RunConfig(data=str(demo_copy), models=[DINO], strategies=["finetune=blocks:2"], pretrained=False,
+                            image_size=56, epochs=2, workers=0, precision="fp32", report=False, record=False,
+                            label_issues="off", gradcam=0, out=str(tmp_path / "ft")), echo=lines.append)
+    assert any("boundary cache: frozen bottom (11 of 14 layers)" in line for line in lines), lines
+    assert decoded and set(decoded.values()) == {1}  # one pass over the images: the head phase reuses the tokens
+    assert len(decoded) == sum(1 for p in demo_copy.rglob("*.jpg"))
+    monkeypatch.undo()
+    folder = results.run_dir / results.rows[0]["folder"]
+    with open(folder / "predictions.csv", newline="") as handle:
+        recorded = list(csv.DictReader(handle))
+    predicted = list(predict_files(open_model(folder), [r["path"] for r in recorded], top_k=1))
+    np.testing.assert_allclose([p["top"][0][1] for p in predicted], [float(r["confidence"]) for r in recorded],
+                               atol=1e-4)
