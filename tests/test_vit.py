@@ -124,8 +124,10 @@ def test_dinov2_finetune_trains_on_cached_tokens_and_its_saved_model_reproduces_
     lines = []
     results = run(RunConfig(data=str(demo_copy), models=[DINO], strategies=["finetune=blocks:2"], pretrained=False,
                             image_size=56, epochs=2, workers=0, precision="fp32", report=False, record=False,
-                            label_issues="off", gradcam=0, out=str(tmp_path / "ft")), echo=lines.append)
+                            label_issues="off", gradcam=0, activation_shift=1, out=str(tmp_path / "ft")),
+                  echo=lines.append)
     assert any("boundary cache: frozen bottom (11 of 14 layers)" in line for line in lines), lines
+    assert any("--activation-shift ignored: the cached activations are tokens" in line for line in lines), lines
     assert decoded and set(decoded.values()) == {1}  # one pass over the images: the head phase reuses the tokens
     assert len(decoded) == sum(1 for p in demo_copy.rglob("*.jpg"))
     monkeypatch.undo()

@@ -125,8 +125,12 @@ def train_finetune(entry: Entry) -> Trained:
     entry.timing["feature_cache_hit"] = False
     trained = train_head(entry, features)
     config = entry.config
+    shift = config.activation_shift
+    if shift and activations["train"].features.dim() != 4:
+        entry.run.echo("  --activation-shift ignored: the cached activations are tokens, not maps with cells to shift")
+        shift = 0
     trained.history += train_top(entry, top, cached_train_batches(activations, config.batch_size, config.seed,
-                                                                  shift=config.activation_shift, split=True),
+                                                                  shift=shift, split=True),
                                  sharded_batches(activations["val"], config.batch_size))
     return dataclasses.replace(trained, features=None, top=top, activations=activations)
 
