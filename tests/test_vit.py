@@ -137,3 +137,37 @@ def test_dinov2_finetune_trains_on_cached_tokens_and_its_saved_model_reproduces_
     predicted = list(predict_files(open_model(folder), [r["path"] for r in recorded], top_k=1))
     np.testing.assert_allclose([p["top"][0][1] for p in predicted], [float(r["confidence"]) for r in recorded],
                                atol=1e-4)
+
+
+def test_pool_stages_on_a_vit_takes_the_class_tokens_of_its_last_blocks_and_exports(tmp_path, demo_copy):
+    """`--pool-stages K` on a ViT: the class token of each of the last K blocks and the mean patch token of the last,
+    each through the final norm (DINOv2's linear evaluation). Trained, saved, reloaded and exported like any model."""
+    import numpy as np
+
+    from showdown import RunConfig, run
+    from showdown.data.images import eval_transform, load_rgb
+    from showdown.data.preprocessing import Preprocessing
+    from showdown.deploy.export import export_model
+    from showdown.deploy.predict import open_model
+
+    backbone = load_backbone(TINY, pretrained=False, image_size=64, pool_stages=2)
+    vit = backbone.model.model.eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.inference_mode():
+        tokens = vit.forward_features(x)  # the last block's tokens through the final norm
+        out = backbone.model(x)
+    width = vit.embed_dim
+    assert out.shape == (2, 3 * width) and backbone.num_features == 3 * width
+    torch.testing.assert_close(out[:, width:2 * width], tokens[:, 0])  # the last block's class token
+    torch.testing.assert_close(out[:, 2 * width:], tokens[:, vit.num_prefix_tokens:].mean(1))  # mean patch token
+
+    results = run(RunConfig(data=str(demo_copy), models=[TINY], strategies=["head"], pretrained=False, image_size=64,
+                            pool_stages=2, epochs=2, workers=0, precision="fp32", report=False, record=False,
+                            label_issues="off", gradcam=0, out=str(tmp_path / "probe")), echo=lambda *_: None)
+    folder = results.run_dir / results.rows[0]["folder"]
+    model, info = load_model(folder)
+    images = torch.stack([eval_transform(Preprocessing.from_dict(info["preprocessing"]))(load_rgb(p))
+                          for p in sorted(demo_copy.rglob("*.jpg"))[:4]])
+    with torch.inference_mode():
+        expected = model(images).softmax(1).numpy()
+    np.testing.assert_allclose(open_model(export_model(folder, "onnx"))(images), expected, atol=1e-4)

@@ -29,7 +29,7 @@ from showdown.models.backbones.hf_cache import find_in_hub_cache
 from showdown.models.backbones.input_size import check_patch_multiple, size_kwargs
 from showdown.models.backbones.keras_import import keras_cache_dir
 from showdown.models.backbones.registry import BackboneSpec, resolve_backbone
-from showdown.models.backbones.stages import PooledStages
+from showdown.models.backbones.stages import pooled
 
 HUB_HOST = "huggingface.co"
 
@@ -37,7 +37,7 @@ HUB_HOST = "huggingface.co"
 @dataclass
 class Backbone:
     spec: BackboneSpec
-    model: nn.Module  # timm model (PooledStages with pool_stages); outputs pooled features unless keep_classifier
+    model: nn.Module  # timm model (stages.pooled with pool_stages); outputs pooled features unless keep_classifier
     source: str  # where the weights came from, for the run record
     preprocessing: Preprocessing  # what the weights expect of an image
     pretrained: bool
@@ -102,7 +102,7 @@ def load_backbone(
     model.eval()
     preprocessing = _preprocessing(model, found.preprocessing if found else {}, image_size)
     if pool_stages:
-        model = PooledStages(model, pool_stages)
+        model = pooled(model, pool_stages)
     return Backbone(spec, model, source, preprocessing, not source.startswith("random"), timm_kwargs, pool_stages)
 
 
@@ -200,4 +200,4 @@ def output_width(model: nn.Module, input_size: tuple[int, int, int]) -> int:
 def build_architecture(name: str, timm_kwargs: dict, pool_stages: int = 0, timm_name: str | None = None) -> nn.Module:
     """A random-init backbone of the same architecture, to load a saved model into."""
     model = timm.create_model(timm_name or resolve_backbone(name).timm_name, pretrained=False, **timm_kwargs)
-    return PooledStages(model, pool_stages) if pool_stages else model
+    return pooled(model, pool_stages) if pool_stages else model

@@ -5,6 +5,10 @@ generic shapes and textures, which transfer better to images far from ImageNet (
 +2 to 2.5 points for a linear probe on EfficientNet-Lite0 on a subset, docs/performance.md). `--pool-stages K` puts the
 pooled outputs of the last K stages before the final features in front of them. The backbone stays frozen
 and its weights unchanged; only what the head sees grows.
+
+On a vision transformer the strong probe is different (DINOv2's linear evaluation): the class token of each of
+the last K blocks, through the final norm, and the mean patch token of the last block (`ClassTokens`).
+`pooled(model, K)` picks the one that fits the model.
 """
 from __future__ import annotations
 
@@ -35,3 +39,34 @@ class PooledStages(nn.Module):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         final, stages = self.model.forward_intermediates(images, indices=self.indices)
         return torch.cat([stage.mean((2, 3)) for stage in stages] + [self.model.forward_head(final)], dim=1)
+
+
+class ClassTokens(nn.Module):
+    """A timm ViT whose output is [class token of each of the last K blocks..., mean patch token of the last]
+    (N, (K + 1) * width), each token through the final norm, as DINOv2's linear evaluation takes them."""
+
+    def __init__(self, model: nn.Module, count: int):
+        super().__init__()
+        depth = len(model.blocks)
+        if not 0 < count <= depth:
+            raise ConfigError(f"--pool-stages {count}: this transformer has {depth} blocks")
+        self.model = model
+        self.indices = list(range(depth - count, depth))
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        blocks = self.model.forward_intermediates(images, indices=self.indices, return_prefix_tokens=True, norm=True,
+                                                  intermediates_only=True)
+        class_tokens = [prefix[:, 0] for _, prefix in blocks]
+        return torch.cat(class_tokens + [blocks[-1][0].mean((2, 3))], dim=1)
+
+
+def is_token_model(model: nn.Module) -> bool:
+    """A timm vision transformer: patch tokens behind class (and register) tokens, position embedding added."""
+    return all(hasattr(model, part) for part in ("patch_embed", "_pos_embed", "blocks", "cls_token")) \
+        and model.cls_token is not None
+
+
+def pooled(model: nn.Module, count: int) -> nn.Module:
+    """`--pool-stages count` on `model`: class tokens of the last blocks on a ViT, pooled stages on a CNN."""
+    return ClassTokens(model, count) if is_token_model(model) else PooledStages(model, count)
+
