@@ -93,12 +93,23 @@ def explain(model: nn.Module, classes: list[str], preprocessing: Preprocessing, 
                 target = int(probs.argmax())
                 # A frozen backbone's layers need no gradients of their own; the input's give them to the map.
                 heat = cam(input_tensor=x.requires_grad_(True), targets=[ClassifierOutputTarget(target)])[0]
-                name = (names[i] if names else f"{i + 1:02d}-{slug(Path(path).stem)}") + ".png"
-                _overlay(x[0].detach().cpu(), heat, preprocessing).save(out_dir / name)
-                done.append(Explained(str(path), name, classes[target], float(probs[target]), heat))
+                name = names[i] if names else _numbered(i, path)
+                done.append(_saved(out_dir, name, path, x[0].detach().cpu(), heat, preprocessing, classes[target],
+                                   float(probs[target])))
     finally:
         model.tta = tta
     return done
+
+
+def _numbered(i: int, path: str) -> str:
+    return f"{i + 1:02d}-{slug(Path(path).stem)}"
+
+
+def _saved(out_dir: Path, name: str, path: str, x: torch.Tensor, heat: np.ndarray, preprocessing: Preprocessing,
+           label: str, probability: float) -> Explained:
+    """The overlay of one image as out_dir/<name>.png, and what was written."""
+    _overlay(x, heat, preprocessing).save(out_dir / f"{name}.png")
+    return Explained(str(path), f"{name}.png", label, probability, heat)
 
 
 def _overlay(x: torch.Tensor, heat: np.ndarray, preprocessing: Preprocessing) -> Image.Image:
@@ -126,9 +137,8 @@ def occlusion(predictor, paths: list[str], out_dir: Path) -> list[Explained]:
         probs = predictor(x[None])[0]
         target = int(probs.argmax())
         heat = _occlusion_map(predictor, x, target, float(probs[target]))
-        name = f"{i + 1:02d}-{slug(Path(path).stem)}.png"
-        _overlay(x, heat, predictor.preprocessing).save(out_dir / name)
-        done.append(Explained(str(path), name, predictor.classes[target], float(probs[target]), heat))
+        done.append(_saved(out_dir, _numbered(i, path), path, x, heat, predictor.preprocessing,
+                           predictor.classes[target], float(probs[target])))
     return done
 
 

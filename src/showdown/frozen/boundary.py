@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from showdown.device import module_device
+from showdown.models.backbones.stages import is_vision_transformer
 
 # Containers whose children run one after another in timm's forward_features.
 _CHAINS = (nn.Sequential, nn.ModuleList)
@@ -38,9 +39,7 @@ class TokenStem(nn.Module):
 
 
 def _token_chain(backbone: nn.Module) -> list[nn.Module] | None:
-    if not all(hasattr(backbone, part) for part in ("patch_embed", "_pos_embed", "blocks", "norm", "norm_pre")):
-        return None
-    return [TokenStem(backbone), *backbone.blocks, backbone.norm]
+    return [TokenStem(backbone), *backbone.blocks, backbone.norm] if is_vision_transformer(backbone) else None
 
 
 def sequential_layers(backbone: nn.Module, input_size: tuple[int, int, int]) -> list[nn.Module] | None:

@@ -32,7 +32,7 @@ from showdown.reporting.fairness import (
     verdict,
 )
 from showdown.reporting.interactive import CellImages, confusion_table, script_policy, script_tag
-from showdown.reporting.label_issues import Suspects, accuracy_without
+from showdown.reporting.label_issues import WITHOUT_LABEL_ISSUES, Suspects, accuracy_without
 from showdown.reporting.plots import (
     confusion_png,
     curves_png,
@@ -106,6 +106,16 @@ def suspects_of(groups: list[Group]) -> Suspects | None:
     return groups[0].first.extra.get("suspects")
 
 
+def rerun_of(groups: list[Group]) -> list[Group] | None:
+    """The entries of the --drop-label-issues re-run, best first, or None."""
+    records = groups[0].first.extra.get("without_label_issues")
+    return group_records(records) if records else None
+
+
+def same_order(groups: list[Group], others: list[Group]) -> bool:
+    return [g.first.label for g in groups] == [g.first.label for g in others]
+
+
 def leaderboard_rows(groups: list[Group]) -> list[dict]:
     suspects = suspects_of(groups)
     rows = []
@@ -156,7 +166,7 @@ def suspects_note(groups: list[Group]) -> str:
         return note
     # The same entries ranked on the test images whose labels nobody doubts (first seed, as the tests below).
     clean = sorted(groups, key=lambda g: -(accuracy_without(g.first.predictions, suspects.test_paths)[0] or 0))
-    if [g.label for g in clean] == [g.label for g in groups]:
+    if same_order(groups, clean):
         return note + " Without them the ranking is the same."
     return note + " Without them the ranking changes: " + ", ".join(g.label for g in clean) + "."
 
@@ -178,13 +188,11 @@ def markdown(groups: list[Group], tests: list, title: str) -> str:
         lines += ["", "## Hyper-parameter search (validation split only)", ""]
         lines += [render(["entry", *SEARCH_HEADER], [[g.label, *row] for g, rows in tuned for row in rows],
                         markdown=True)]
-    rerun = groups[0].first.extra.get("without_label_issues")
-    if rerun:
-        clean = group_records(rerun)
-        same = [g.first.label for g in groups] == [g.first.label for g in clean]
+    clean = rerun_of(groups)
+    if clean:
         lines += ["", "## Trained and tested again without the suspected label errors", "",
-                  f"The ranking {'is the same' if same else 'changes'}: " + ", ".join(
-                      f"{g.label} {g.mean('accuracy'):.4f}" for g in clean) + " (without-label-issues/)."]
+                  f"The ranking {'is the same' if same_order(groups, clean) else 'changes'}: " + ", ".join(
+                      f"{g.label} {g.mean('accuracy'):.4f}" for g in clean) + f" ({WITHOUT_LABEL_ISSUES}/)."]
     lines += ["", "## Is the difference real?", ""]
     lines += [f"- {t.verdict() if isinstance(t, Comparison) else t}" for t in tests] or ["- only one entry"]
     return "\n".join(lines) + "\n"
@@ -335,10 +343,9 @@ def render_html(groups: list[Group], tests: list, title: str) -> str:
                          "image as the model saw it, and the heat map of the class it predicted.</p>" + looked))
     if suspects_of(groups):
         sections.append(("issues", "Suspected label errors", issues(suspects_of(groups), thumbs)))
-    rerun = groups[0].first.extra.get("without_label_issues")
-    if rerun:
-        sections.append(("rerun", "Trained and tested again without the suspected label errors",
-                         _rerun(groups, group_records(rerun))))
+    clean = rerun_of(groups)
+    if clean:
+        sections.append(("rerun", "Trained and tested again without the suspected label errors", _rerun(groups, clean)))
     sections.append(("reproduce", "Configuration and environment",
                      "".join(f"<h3>{e(g.label)}</h3>{_reproduce(g.first)}" for g in groups)))
     if thumbs.note():
@@ -376,10 +383,9 @@ def _rerun(groups: list[Group], clean: list[Group]) -> str:
         rows.append([group.label, str(rank), _fmt(group.mean("accuracy"), ".4f"), _fmt(new_rank, "d"),
                      _fmt(new.mean("accuracy") if new else None, ".4f"),
                      str(new.first.metrics.get("n_test", "–")) if new else "–"])
-    same = [g.first.label for g in groups] == [g.first.label for g in clean]
-    return (f"<p><b>{'The ranking is the same' if same else 'The ranking changes'}</b> when every entry trains "
-            "and is tested again without the images flagged as suspected label errors (the run folder "
-            "without-label-issues/ holds that run, with its own report).</p>"
+    return (f"<p><b>{'The ranking is the same' if same_order(groups, clean) else 'The ranking changes'}</b> when "
+            "every entry trains and is tested again without the images flagged as suspected label errors (the run "
+            f"folder {WITHOUT_LABEL_ISSUES}/ holds that run, with its own report).</p>"
             + _table(["entry", "rank", "accuracy", "rank without", "accuracy without", "test images without"], rows,
                      numeric_from=1)
             + "<h3>Is the difference real without them?</h3>" + _verdicts(significance(clean)))

@@ -60,13 +60,15 @@ class ClassTokens(nn.Module):
         return torch.cat(class_tokens + [blocks[-1][0].mean((2, 3))], dim=1)
 
 
-def is_token_model(model: nn.Module) -> bool:
-    """A timm vision transformer: patch tokens behind class (and register) tokens, position embedding added."""
-    return all(hasattr(model, part) for part in ("patch_embed", "_pos_embed", "blocks", "cls_token")) \
-        and model.cls_token is not None
+def is_vision_transformer(model: nn.Module) -> bool:
+    """timm's ViT layout: patch embedding, position embedding added by `_pos_embed`, pre-norm, blocks, norm."""
+    return all(hasattr(model, part) for part in ("patch_embed", "_pos_embed", "norm_pre", "blocks", "norm"))
 
 
 def pooled(model: nn.Module, count: int) -> nn.Module:
-    """`--pool-stages count` on `model`: class tokens of the last blocks on a ViT, pooled stages on a CNN."""
-    return ClassTokens(model, count) if is_token_model(model) else PooledStages(model, count)
+    """`--pool-stages count` on `model`: class tokens of the last blocks on a ViT that has a class token, pooled
+    stages on a CNN."""
+    if is_vision_transformer(model) and getattr(model, "cls_token", None) is not None:
+        return ClassTokens(model, count)
+    return PooledStages(model, count)
 
