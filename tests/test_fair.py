@@ -134,6 +134,8 @@ def test_accuracy_gate_fails_the_run_after_writing_it(tmp_path, capsys, demo_cop
     (["--folds", "1"], "--folds must be at least 2"),
     (["--folds", "1000"], "--folds 1000 needs at least 1000 images in every class"),
     (["--assert-accuracy-at-least", "2"], "between 0 and 1"),
+    (["--tune", "1", "--tune-storage", "postgresql://nohost/db", "--image-size", "64", "--epochs", "1", "--quiet",
+      "--no-record"], "--tune-storage postgresql://nohost/db cannot be opened"),
 ])
 def test_bad_fairness_values_are_one_line_errors(tmp_path, capsys, demo_copy, args, message):
     from showdown.cli import main

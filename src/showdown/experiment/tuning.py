@@ -19,7 +19,7 @@ from optuna.trial import TrialState
 
 from showdown.config.run_config import RunConfig
 from showdown.config.strategy import Strategy
-from showdown.errors import sqlite_disk_error
+from showdown.errors import ConfigError, one_line, sqlite_disk_error
 
 # What the search may change, as the report describes it. Same for every backbone; `finetune` adds two.
 SPACE = {
@@ -106,8 +106,13 @@ def _search(config: RunConfig, strategy: Strategy, train_trial: TrialFunction, s
     space = space_for(strategy)
     start = time.perf_counter()
     shared = config.tune_storage is not None
-    study = optuna.create_study(storage=_storage(config.tune_storage, storage), direction="minimize",
-                                study_name=storage.parent.name if shared else "search", load_if_exists=True)
+    try:
+        study = optuna.create_study(storage=_storage(config.tune_storage, storage), direction="minimize",
+                                    study_name=storage.parent.name if shared else "search", load_if_exists=True)
+    except Exception as exc:  # a database driver not installed, a malformed URL, a server that does not answer
+        if not shared:
+            raise
+        raise ConfigError(f"--tune-storage {config.tune_storage} cannot be opened: {one_line(exc)}") from exc
     if "default_val_loss" not in study.user_attrs:
         study.set_user_attr("default_val_loss", best_val_loss(train_trial(config, None)))
     done = sum(t.state in FINISHED for t in study.get_trials(deepcopy=False))
