@@ -126,6 +126,10 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
 
 def cmd_run(args) -> int:
     config = None if hasattr(args, "resume") else config_from_args(args).validate()  # before the heavy imports
+    if config is not None and config.executor == "ray":
+        from showdown.experiment.ray_executor import require_ray  # light: Ray itself is imported when it runs
+
+        require_ray()
     if config is not None and config.record:  # a damaged database fails in a blink, not after torch loads
         from showdown.reporting.database import check_database
 

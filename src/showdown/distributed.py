@@ -17,6 +17,7 @@ import torch
 import torch.distributed as dist
 
 _objects_group = None  # the gloo group that gathers and broadcasts Python objects
+_owns_group = False  # whether start() made the process group (stop() ends only its own)
 # Generous: rank 0 alone writes the report and plots while the others wait at the next collective. Every group
 # is given it: a group made without it gets PyTorch's default of 30 minutes.
 TIMEOUT = timedelta(minutes=60)
@@ -28,14 +29,17 @@ def launched() -> bool:
 
 
 def start(device: torch.device) -> None:
-    """Join the process group torchrun set up (once per process); nothing without torchrun."""
-    global _objects_group
-    if not launched() or dist.is_initialized():
+    """Join the process group torchrun set up (once per process); nothing without torchrun. Where the process
+    group exists already (a Ray Train worker, a caller's own init_process_group), only the objects' group is made:
+    the collectives here need it on the CPU, whatever the caller's backend."""
+    global _objects_group, _owns_group
+    if not launched() or _objects_group is not None:
         return
-    backend = "nccl" if device.type == "cuda" else "gloo"
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
-    dist.init_process_group(backend, timeout=TIMEOUT)
+    if not dist.is_initialized():
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=TIMEOUT)
+        _owns_group = True
     # A group of its own on the CPU too, so the two-process CPU tests run the line a GPU run runs.
     _objects_group = dist.new_group(backend="gloo", timeout=TIMEOUT)
 
@@ -123,7 +127,11 @@ def barrier() -> None:
 
 
 def stop() -> None:
-    global _objects_group
+    """Leave the process group start() made; one the caller made (Ray Train) keeps running, less our group."""
+    global _objects_group, _owns_group
     if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
-    _objects_group = None
+        if _owns_group:
+            dist.destroy_process_group()
+        elif _objects_group is not None:
+            dist.destroy_process_group(_objects_group)
+    _objects_group, _owns_group = None, False

@@ -26,6 +26,7 @@ RUNTIMES = ("auto", "torch", "onnxruntime", "openvino")
 CLASS_WEIGHTS = ("none", "balanced")
 TRACKERS = ("mlflow", "tensorboard", "wandb")
 LABEL_ISSUES = ("auto", "off")
+EXECUTORS = ("local", "ray")
 
 # --help groups, in the order they are listed
 DATA, MODELS, TRAINING, FINETUNE, FAIR, MACHINERY, WATCH = (
@@ -165,6 +166,11 @@ class RunConfig:
     shard: str | None = option(  # experiment/shards.py; `showdown merge` joins the shards' run folders
         None, "train share I of N of the backbones (0-based; balanced by an estimate of each backbone's cost), in "
         "a run folder of its own; for job arrays", group=MACHINERY, metavar="I/N", unset="the whole grid")
+    executor: str = option(  # experiment/ray_executor.py
+        "local", "local: this process (or torchrun's); ray: shards of the backbones as tasks on a Ray cluster, "
+        "merged into the run folder (the ray extra)", group=MACHINERY, choices=EXECUTORS)
+    ray_address: str | None = option(None, "the Ray cluster of --executor ray", group=MACHINERY, metavar="HOST:PORT",
+                                     unset="$RAY_ADDRESS, else a running cluster, else a local one")
     bench: bool = option(False, "also measure latency, throughput and size of every model (showdown bench)",
                          group=MACHINERY)
     # watching a run (reporting/progress.py, reporting/trackers.py)
@@ -201,6 +207,8 @@ class RunConfig:
                               + ("--label-issues off" if self.label_issues == "off" else "--folds"))
         if self.shard is not None:
             self._check_shard()
+        if self.executor == "ray" and self.shard is not None:
+            raise ConfigError("--executor ray makes its own shards; leave out --shard")
         return self
 
     def _check_shard(self) -> None:

@@ -30,7 +30,7 @@ from showdown.reporting.run_records import read_json
 # what it printed, and the machine it ran on (its paths, device and workers).
 PER_SHARD = {"shard", "out", "models", "name", "db", "record", "report", "bench", "quiet", "log_file", "track",
              "device", "workers", "cache_dir", "cache_budget_gb", "data", "data_root", "weights", "weights_dir",
-             "compile", "gradcam", "assert_accuracy_at_least"}
+             "compile", "gradcam", "assert_accuracy_at_least", "executor", "ray_address"}
 RUN_FILES = ("environment.json", "dataset.json", "splits.csv", "folds.csv", "leakage.csv")  # the first shard's
 
 
@@ -48,23 +48,29 @@ class Shard:
 
 
 def merge(run_dirs: list[str | Path], out: str | Path, *, report: bool = True, record: bool = True,
-          db: str | Path | None = None, echo: Callable[[str], None] = print) -> Path:
-    """Merge the shards' run folders into `out` (again: the same result); returns `out`."""
+          db: str | Path | None = None, echo: Callable[[str], None] = print, keep: str | None = None) -> Path:
+    """Merge the shards' run folders into `out` (again: the same result); returns `out`. `keep`: a folder inside
+    `out` that the merge leaves in place (--executor ray keeps its shards there)."""
     out = Path(out)
     shards = sorted((_read(Path(d)) for d in run_dirs), key=_shard_order)
     _check_sources(shards, out)
     for other in shards[1:]:
         _check_same(shards[0], other)
     rows = _merged_rows(shards)
-    _check_out(out, {row["folder"] for row in rows})
+    _check_out(out, {row["folder"] for row in rows}, keep)
     staging = out.with_name(f".{out.name}.merging-{os.getpid()}")
     shutil.rmtree(staging, ignore_errors=True)  # a crashed merge's leftovers
     try:
         _write(shards, rows, staging, out)
-        if out.exists():  # _check_out allowed only an earlier merge of exactly these entries
+        if out.exists():  # _check_out allowed only an earlier merge of exactly these entries (and `keep`)
+            if keep and (out / keep).exists():
+                (out / keep).rename(staging / keep)
             shutil.rmtree(out)
         staging.rename(out)
     finally:
+        if keep and (staging / keep).exists():  # a failed swap: `keep` goes back where it was
+            out.mkdir(exist_ok=True)
+            (staging / keep).rename(out / keep)
         shutil.rmtree(staging, ignore_errors=True)
     echo(f"merged {len(rows)} entries of {len(shards)} runs into {out}")
     if report:
@@ -149,9 +155,10 @@ def _models(shards: list[Shard]) -> list[str]:
     return list(dict.fromkeys(name for shard in shards for name in shard.config.get("models", [])))
 
 
-def _check_out(out: Path, folders: set[str]) -> None:
-    """--out is new, empty, or an earlier merge of exactly these entries (merging again replaces it)."""
-    if not out.exists() or (out.is_dir() and not any(out.iterdir())):
+def _check_out(out: Path, folders: set[str], keep: str | None = None) -> None:
+    """--out is new, empty (but for `keep`), or an earlier merge of exactly these entries (merging again replaces
+    it)."""
+    if not out.exists() or (out.is_dir() and not any(path.name != keep for path in out.iterdir())):
         return
     earlier = read_json(out / "merge.json") if out.is_dir() else None
     if earlier is None:

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from showdown.deploy.predict import expand_inputs, open_model, predict_files
-from showdown.errors import ConfigError
+from showdown.errors import AccuracyGateError, ConfigError
 from showdown.reporting.report import leaderboard_html, report_run
 from showdown.reporting.tables import format_table
 
@@ -24,6 +24,15 @@ class Results:
 
     def best(self) -> dict:
         return max(self.rows, key=lambda r: r["accuracy"])
+
+    def gate(self, least: float | None) -> Results:
+        """--assert-accuracy-at-least: a CI gate, checked after everything is written."""
+        best = self.best() if least is not None else None
+        if best and best["accuracy"] < least:
+            raise AccuracyGateError(f"best test accuracy {best['accuracy']:.4f} ({best['model']} / "
+                                    f"{best['strategy']}) is below --assert-accuracy-at-least {least:g}; results are "
+                                    f"in {self.run_dir}")
+        return self
 
     def _repr_html_(self) -> str:
         """Jupyter's rendering: the leaderboard and whether its differences are real."""

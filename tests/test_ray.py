@@ -1,0 +1,139 @@
+"""`--executor ray` on a real local Ray cluster (`ray start --head` on loopback, not local_mode).
+
+The same small showdown (demo data, three randomly initialised backbones, head) runs in one process and as Ray
+tasks; the merged run must hold the single run's entries, each once, with the same head predictions. One shard's
+worker is killed (SIGKILL, by the pid its task wrote) after that shard finished an entry: Ray retries the task,
+the retry keeps the finished entry, and the run still ends complete.
+"""
+import importlib.util
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+needs_ray = pytest.mark.skipif(importlib.util.find_spec("ray") is None,
+                               reason="the ray extra is not installed (pip install 'tl-showdown[ray]')")
+
+MODELS = ["mobilenetv3_small_050", "efficientnet_lite0", "resnet10t"]
+FLAGS = ["--data", "demo", "--models", ",".join(MODELS), "--strategy", "head", "--no-pretrained", "--image-size",
+         "64", "--epochs", "1", "--workers", "0", "--precision", "fp32", "--label-issues", "off", "--gradcam", "0",
+         "--no-report"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _session_pids(sid: int) -> list[int]:
+    """The processes of session `sid`: `ray start` and all it started (workers have process groups of their own)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        try:
+            alive = entry.name.isdigit() and (entry / "stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+            if alive and os.getsid(int(entry.name)) == sid:  # zombies are gone but for their exit status
+                pids.append(int(entry.name))
+        except (ProcessLookupError, FileNotFoundError):
+            pass
+    return pids
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """A one-node Ray cluster with 2 CPUs on 127.0.0.1, in a session of its own whose processes teardown kills
+    (the GCS, the raylet and every worker), so nothing is left running."""
+    temp = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # short: Ray's socket paths must fit 107 bytes
+    port = _free_port()
+    # one thread per process, here as in the single run: the same sums in the same order, the same bytes
+    env = {**{k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}, "OMP_NUM_THREADS": "1"}
+    head = subprocess.Popen(
+        [sys.executable, "-m", "ray.scripts.scripts", "start", "--head", "--block", "--node-ip-address", "127.0.0.1",
+         "--num-cpus", "2", "--port", str(port), "--include-dashboard=false", "--temp-dir", temp,
+         "--disable-usage-stats"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+        start_new_session=True)
+    try:
+        lines = []
+        for line in head.stdout:  # --block: it prints this once the head node is up, then stays
+            lines.append(line)
+            if "Ray runtime started" in line:
+                break
+        else:
+            pytest.fail("ray start --head did not start:\n" + "".join(lines))
+        yield f"127.0.0.1:{port}"
+    finally:
+        for pid in _session_pids(head.pid):  # the GCS, the raylet, the workers
+            os.kill(pid, signal.SIGKILL)
+        head.wait(timeout=10)
+        deadline = time.time() + 10
+        while _session_pids(head.pid) and time.time() < deadline:
+            time.sleep(0.1)
+        assert not _session_pids(head.pid), "Ray processes left running"
+        head.stdout.close()
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+def _summary(run_dir: Path) -> dict:
+    return json.loads((run_dir / "summary.json").read_text())
+
+
+def _kill_a_shard_after_its_first_entry(shards: Path, driver: subprocess.Popen) -> tuple[int, str]:
+    """SIGKILL the worker of the shard with two backbones once it finished one: (the pid, the shard's folder)."""
+    from showdown.experiment.shards import assign
+
+    folder = shards / f"shard-{[len(s) for s in assign(MODELS, 2, 64)].index(2)}"
+    while driver.poll() is None:
+        pid_file = folder.with_suffix(".pid")
+        if pid_file.is_file() and any(folder.glob("*-head/model.safetensors")):
+            pid = int(pid_file.read_text())
+            os.kill(pid, signal.SIGKILL)
+            return pid, folder.name
+        time.sleep(0.05)
+    pytest.fail("the run ended before a worker could be killed:\n" + driver.stdout.read())
+
+
+@needs_ray
+def test_ray_executor_gives_the_single_run_and_survives_a_killed_worker(cluster, tmp_path):
+    env = {**os.environ, "RAY_ADDRESS": "", "OMP_NUM_THREADS": "1"}
+    out, single = tmp_path / "ray-run", tmp_path / "single"
+    driver = subprocess.Popen([sys.executable, "-m", "showdown", "run", *FLAGS, "--executor", "ray", "--ray-address",
+                               cluster, "--out", str(out), "--db", str(tmp_path / "results.db")],
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    # meanwhile, the same showdown in one process
+    subprocess.run([sys.executable, "-m", "showdown", "run", *FLAGS, "--no-record", "--out", str(single),
+                    "--cache-dir", str(tmp_path / "single-cache")],  # its features are not the shards' to reuse
+                   check=True, capture_output=True, env=env)
+    pid, killed = _kill_a_shard_after_its_first_entry(out / "shards", driver)
+    output, _ = driver.communicate(timeout=300)
+    assert driver.returncode == 0, output
+    assert "ray: 2 shards of 3 backbones, each a task with 1 CPU(s)" in output
+    assert "finished earlier, kept" in output  # the retry resumed the killed shard's folder
+    assert int((out / "shards" / f"{killed}.pid").read_text()) != pid  # a new worker ran it
+    rows, expected = _summary(out)["rows"], _summary(single)["rows"]
+    assert [row["folder"] for row in rows] == [row["folder"] for row in expected]  # every entry once, in run order
+    for row in expected:  # head training on the same features is deterministic
+        assert (out / row["folder"] / "predictions.csv").read_bytes() == \
+            (single / row["folder"] / "predictions.csv").read_bytes(), row["folder"]
+    merged = json.loads((out / "merge.json").read_text())
+    assert sorted(s["shard"] for s in merged["shards"]) == ["0/2", "1/2"]
+    assert all(Path(s["run_dir"]).parent == out / "shards" for s in merged["shards"])
+
+
+def test_executor_ray_without_ray_is_one_line(tmp_path):
+    """Ray hidden from the process: one line, exit status 2, before any work."""
+    hide = "import importlib.util as u; f = u.find_spec; u.find_spec = lambda n, *a: None if n == 'ray' else f(n, *a)"
+    code = f"{hide}\nimport sys\nfrom showdown.cli import main\nsys.exit(main(sys.argv[1:]))"
+    result = subprocess.run([sys.executable, "-c", code, "run", "--executor", "ray", "--models", "efficientnet_lite0",
+                             "--out", str(tmp_path / "run")], capture_output=True, text=True)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip() == "error: --executor ray needs Ray, which is not installed: pip install " \
+        "'tl-showdown[ray]'"
+    assert not (tmp_path / "run").exists()
