@@ -185,3 +185,30 @@ def test_every_rank_holds_the_same_trained_model_of_every_entry(tmp_path, demo_d
     history = facts[0]["finetune"]
     best_head = min(h["val_loss"] for h in history if h["phase"] == "head")
     assert all(h["val_loss"] > best_head for h in history if h["phase"] == "finetune")  # never beat its start
+
+
+CALLERS_GROUP = """
+import os, sys
+import torch, torch.distributed as dist
+from showdown import distributed
+dist.init_process_group("gloo", init_method=sys.argv[1], rank=int(os.environ["RANK"]), world_size=2)  # Ray Train's
+distributed.start(torch.device("cpu"))
+assert distributed._objects_group is not None, "no objects' group"
+assert distributed.gather(distributed.rank()) == [0, 1]
+assert distributed.broadcast(f"from {distributed.rank()}") == "from 0"
+distributed.stop()
+assert dist.is_initialized(), "stop() ended the caller's process group"
+dist.destroy_process_group()
+"""
+
+
+def test_start_makes_its_objects_group_inside_a_process_group_the_caller_made(tmp_path):
+    """As in a Ray Train worker: the process group exists before showdown runs; start() must still make the gloo
+    group its collectives use, and stop() must leave the caller's group alone."""
+    init = f"file://{tmp_path / 'rendezvous'}"
+    workers = [subprocess.Popen([sys.executable, "-c", CALLERS_GROUP, init], text=True, stderr=subprocess.PIPE,
+                                env={**os.environ, "RANK": str(rank), "WORLD_SIZE": "2", "OMP_NUM_THREADS": "1"})
+               for rank in (0, 1)]
+    for worker in workers:
+        _, err = worker.communicate(timeout=120)
+        assert worker.returncode == 0, err
