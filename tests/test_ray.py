@@ -101,6 +101,7 @@ def _kill_a_shard_after_its_first_entry(shards: Path, driver: subprocess.Popen) 
 
 
 @needs_ray
+@pytest.mark.slow  # about 2 minutes on 2 busy cores: Ray's start, three showdown processes and a retried shard
 def test_ray_executor_gives_the_single_run_and_survives_a_killed_worker(cluster, tmp_path):
     env = {**os.environ, "RAY_ADDRESS": "", "OMP_NUM_THREADS": "1"}
     out, single = tmp_path / "ray-run", tmp_path / "single"
