@@ -138,3 +138,28 @@ def test_executor_ray_without_ray_is_one_line(tmp_path):
     assert result.stderr.strip() == "error: --executor ray needs Ray, which is not installed: pip install " \
         "'tl-showdown[ray]'"
     assert not (tmp_path / "run").exists()
+
+
+def test_one_shard_per_backbone_capped_by_what_the_cluster_runs_at_once():
+    from showdown.errors import ConfigError
+    from showdown.experiment.ray_executor import Plan, plan
+
+    three = MODELS
+    assert plan(three, "auto", [{"CPU": 2}]) == Plan(2, False, 1)  # the test's cluster
+    assert plan(three, "auto", [{"CPU": 16}]) == Plan(3, False, 5)
+    assert plan(three, "cpu", [{"CPU": 8}, {"CPU": 8}]) == Plan(3, False, 4)  # 2 + 1 tasks of 4 CPUs fit at once
+    assert plan(three, "auto", [{"CPU": 16, "GPU": 2}]) == Plan(2, True, 8)  # one GPU each
+    assert plan(three, "cpu", [{"CPU": 16, "GPU": 2}]) == Plan(3, False, 5)
+    assert plan(three[:1], "cuda", [{"CPU": 4, "GPU": 1}, {"CPU": 8}]) == Plan(1, True, 4)
+    with pytest.raises(ConfigError, match="the Ray cluster has no GPU"):
+        plan(three, "cuda", [{"CPU": 8}])
+
+
+@needs_ray
+def test_a_cluster_that_does_not_answer_is_one_line(tmp_path):
+    from showdown import run
+    from showdown.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="no Ray cluster answers at 127.0.0.1:1"):
+        run(data="demo", models=MODELS[:1], executor="ray", ray_address="127.0.0.1:1", out=str(tmp_path / "run"))
+    assert not (tmp_path / "run").exists()

@@ -23,10 +23,10 @@ from showdown.experiment.shards import assign
 from showdown.reporting.database import list_runs
 
 MODELS = ["efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2", "mobilenetv3_small_050"]
-COMMON = dict(data="demo", models=MODELS, strategies=["head", "scratch-cnn"], image_size=64, epochs=2, workers="0",
+COMMON = dict(data="demo", models=MODELS, strategies=["head", "scratch-cnn"], image_size=64, epochs=1, workers="0",
               precision="fp32", report=False, record=False, gradcam=0, allow_random_init=True)
 FLAGS = ["--data", "demo", "--models", ",".join(MODELS), "--strategy", "head,scratch-cnn", "--image-size", "64",
-         "--epochs", "2", "--workers", "0", "--precision", "fp32", "--no-report", "--no-record", "--gradcam", "0",
+         "--epochs", "1", "--workers", "0", "--precision", "fp32", "--no-report", "--no-record", "--gradcam", "0",
          "--allow-random-init"]
 
 

@@ -17,6 +17,7 @@ import dataclasses
 import importlib.util
 import logging
 import os
+import socket
 from collections.abc import Callable
 from pathlib import Path
 
@@ -115,6 +116,8 @@ def _connect(address: str | None) -> None:
 
     quiet = {"logging_level": logging.WARNING, "configure_logging": True}
     address = address or os.environ.get("RAY_ADDRESS")
+    if address and not _answers(address):  # Ray itself would retry for minutes
+        raise ConfigError(f"--executor ray: no Ray cluster answers at {address} (start one with `ray start --head`)")
     try:
         if address:
             ray.init(address=address, **quiet)
@@ -125,6 +128,18 @@ def _connect(address: str | None) -> None:
             ray.init(**quiet)
     except ConnectionError as exc:
         raise ConfigError(f"--executor ray: no Ray cluster at {address} ({exc})") from exc
+
+
+def _answers(address: str) -> bool:
+    """Whether something listens at HOST:PORT (other forms, such as ray://, are left to Ray)."""
+    host, _, port = address.rpartition(":")
+    if "://" in address or not port.isdigit():
+        return True
+    try:
+        socket.create_connection((host, int(port)), timeout=5).close()
+    except OSError:
+        return False
+    return True
 
 
 def _shard_values(config: RunConfig, index: int, the_plan: Plan) -> dict:
