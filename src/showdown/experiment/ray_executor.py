@@ -73,11 +73,18 @@ def run_on_ray(config: RunConfig, *, echo: Callable[[str], None] = print):
     require_ray()
     import ray
 
+    _connect(config.ray_address)
+    try:
+        return _run_shards(ray, config, echo)
+    finally:
+        ray.shutdown()  # before the CLI's os._exit: a cluster this run started ends with it
+
+
+def _run_shards(ray, config: RunConfig, echo: Callable[[str], None]):
     from showdown.experiment.merge import merge
     from showdown.experiment.results import Results
     from showdown.reporting.run_records import read_json
 
-    _connect(config.ray_address)
     the_plan = plan(config.models, config.device, [node["Resources"] for node in ray.nodes() if node["Alive"]])
     out = new_run_dir(config.out, config.name or Path(config.data).name).absolute()
     shards = out / SHARDS
@@ -93,7 +100,9 @@ def run_on_ray(config: RunConfig, *, echo: Callable[[str], None] = print):
     folders = _wait(ray, pending)
     merge(folders, out, report=config.report, record=config.record, db=config.db, echo=echo, keep=SHARDS)
     summary = read_json(out / "summary.json")
-    return Results(out, summary["rows"], summary.get("skipped_files", []))
+    results = Results(out, summary["rows"], summary.get("skipped_files", []))
+    echo(f"\n{results.table()}\nrun folder: {out}")
+    return results
 
 
 def run_shard(values: dict, folder: str) -> str:
