@@ -95,7 +95,7 @@ def test_finetune_over_the_ram_budget_trains_on_the_disk_cache(tmp_path, demo_di
     """A tiny --cache-budget-gb: the activations go to disk, not to the full forward, and the saved model predicts
     what predictions.csv says."""
     lines = []
-    results = run(RunConfig(**_finetune_config(tmp_path, demo_dir, max_per_class=2, epochs=1),
+    results = run(RunConfig(**_finetune_config(tmp_path, demo_dir, max_per_class=2, epochs=1, runtime="torch"),
                             out=str(tmp_path / "a")), echo=lines.append)
     on_disk = [line for line in lines if "boundary cache on disk:" in line]
     assert len(on_disk) == 1 and str(tmp_path / "cache" / "boundary") in on_disk[0], lines
