@@ -112,25 +112,19 @@ def extract_all(entry: Entry) -> dict:
 def train_finetune(entry: Entry) -> Trained:
     """Strategy `finetune`: the head phase, then the unfrozen top with the head at a lower learning rate."""
     cut = boundary_cut(entry)
-    if cut is None:  # the head on cached features, then fine-tuning runs the whole network on images
-        if entry.config.activation_shift:
-            entry.run.echo("  --activation-shift ignored: it shifts cached boundary activations, and there are none")
-        trained = train_head(entry)
-        trained.history += train_top(entry, entry.model, entry.images("train", train=True), entry.images("val"))
-        trained.features = None  # the backbone changed: evaluate on images
-        return trained
+    if cut is None:
+        return _finetune_on_images(entry)
     layers, index, folder = cut
     start = time.perf_counter()
     try:
         activations = boundary_activations(entry, nn.Sequential(*layers[:index]), folder)
     except DiskError as exc:  # the disk filled up after all (another process wrote to it): the slow path
         entry.run.echo(f"  boundary cache off: {exc}; full forward")
-        return train_finetune(dataclasses.replace(entry, config=dataclasses.replace(entry.config,
-                                                                                    boundary_disk=False)))
+        return _finetune_on_images(entry)
     top = TopOfNetwork(layers[index:], entry.backbone.model, entry.model.head)
     features = {name: frozen_top_features(top, acts, entry.run.precision) for name, acts in activations.items()}
     entry.timing["feature_seconds"] = time.perf_counter() - start
-    entry.timing["feature_cache_hit"] = False
+    entry.timing["feature_cache_hit"] = all(view.cache_hit for view in activations.values())  # on disk, from before
     trained = train_head(entry, features)
     config = entry.config
     shift = config.activation_shift
@@ -141,6 +135,16 @@ def train_finetune(entry: Entry) -> Trained:
                                                                   shift=shift, split=True),
                                  sharded_batches(activations["val"], config.batch_size))
     return dataclasses.replace(trained, features=None, top=top, activations=activations)
+
+
+def _finetune_on_images(entry: Entry) -> Trained:
+    """The head on cached features, then fine-tuning runs the whole network on images."""
+    if entry.config.activation_shift:
+        entry.run.echo("  --activation-shift ignored: it shifts cached boundary activations, and there are none")
+    trained = train_head(entry)
+    trained.history += train_top(entry, entry.model, entry.images("train", train=True), entry.images("val"))
+    trained.features = None  # the backbone changed: evaluate on images
+    return trained
 
 
 def train_top(entry: Entry, net: nn.Module, train_batches, val_batches) -> list[dict]:
