@@ -195,13 +195,17 @@ def boundary_cut(entry: Entry) -> tuple[list[nn.Module], int, Path | None] | Non
         echo(f"  boundary cache: {frozen}, {need / 2**20:.0f} MB")
         return layers, cut, None
     each = f" of each of {distributed.local_processes()} processes" if distributed.local_processes() > 1 else ""
-    over = f"{need / 2**30:.1f} GB of activations exceed the {budget / 2**30:.1f} GB budget{each} (--cache-budget-gb)"
+    over = f"{_amount(need)} of activations exceed the {_amount(budget)} budget{each} (--cache-budget-gb)"
     folder, why_not = disk_folder(entry.run.cache_dir, need, config.boundary_disk)
     if folder is None:
         echo(f"  boundary cache off: {over}{why_not}; full forward")
         return None
     echo(f"  boundary cache on disk: {need / 2**20:.0f} MB at {folder} ({over}); {frozen}")
     return layers, cut, folder
+
+
+def _amount(size: float) -> str:
+    return f"{size / 2**30:.1f} GB" if size >= 2**30 else f"{size / 2**20:.0f} MB"
 
 
 def _cache_need(entry: Entry, values: int) -> int:
