@@ -92,14 +92,17 @@ def test_onecycle_schedule_warms_up_then_anneals_the_learning_rate(tmp_path):
     assert onecycle[-1] < 0.002
 
 
-def test_a_tiny_cache_budget_makes_finetune_fall_back_to_the_full_forward_pass(tmp_path):
-    """--cache-budget-gb: activations that exceed it are not cached; finetune trains through the whole network
-    (and --activation-shift, which shifts cached activations, says in one line that it is ignored)."""
+def test_a_tiny_cache_budget_without_the_disk_cache_makes_finetune_fall_back_to_the_full_forward_pass(tmp_path):
+    """--cache-budget-gb with --no-boundary-disk: activations that exceed it are not cached; finetune trains through
+    the whole network (and --activation-shift, which shifts cached activations, says in one line that it is
+    ignored). Without --no-boundary-disk they go to disk: test_disk_boundary.py."""
     lines = []
     results = run(RunConfig(**QUICK, strategies=["finetune"], cache_budget_gb=1e-6, activation_shift=1,
-                            out=str(tmp_path / "ft")), echo=lines.append)
+                            boundary_disk=False, out=str(tmp_path / "ft")), echo=lines.append)
     fallback = [line for line in lines if "boundary cache off" in line]
-    assert len(fallback) == 1 and "exceed the 0.0 GB budget (--cache-budget-gb); full forward" in fallback[0], lines
+    assert len(fallback) == 1 and ("exceed the 0 MB budget (--cache-budget-gb); the disk cache is off "
+                                   "(--no-boundary-disk); full forward") in fallback[0], lines
+    assert not any("boundary cache on disk" in line for line in lines)
     assert not any("boundary cache: frozen bottom" in line for line in lines)
     assert sum("--activation-shift ignored" in line for line in lines) == 1, lines
     folder = results.run_dir / "efficientnet_lite0-finetune"

@@ -7,7 +7,10 @@ and recomputed with one warning line naming it, never a failed run. Kinds, under
   checked by the checksum of its tensors written in its own header (frozen/feature_cache.py);
 - extracted/: archives extracted, and official CIFAR pickles converted to image folders, one folder each,
   checked against the manifest written last into it (every file's size and modification time; `manifest_problem`).
-Boundary activations live in memory and exported engines in a temporary folder: neither outlives the run.
+- features/boundary/: boundary activations of a fine-tune that exceed the RAM budget, one memory-mapped file per
+  view of a split, checked by the CRC-32 of its rows in its own trailer (frozen/disk_activations.py).
+Boundary activations within the budget live in memory and exported engines in a temporary folder: neither outlives
+the run.
 
 An entry's modification time is bumped when it is used, so `showdown cache clear --older-than DAYS` removes what
 no run has used for that long.
@@ -27,6 +30,7 @@ from showdown.fileio import digest, write_atomic
 
 log = logging.getLogger(__name__)
 KINDS = {"features": "features", "datasets": "extracted"}  # kind -> folder under the cache root
+BOUNDARY = "boundary"  # the boundary activations' folder, inside the features'
 MANIFEST = ".showdown-manifest.json"
 # Damaged entries deleted this process ("recomputed"): a run reports its share with its frozen passes.
 STATS: Counter = Counter()
@@ -39,7 +43,8 @@ def cache_root() -> Path:
 def kind_folders(features: Path | None = None) -> dict[str, Path]:
     """Kind -> its folder; `features` is a run's --cache-dir when it has one."""
     folders = {kind: cache_root() / name for kind, name in KINDS.items()}
-    return {**folders, "features": features} if features else folders
+    features = features or folders["features"]
+    return {**folders, "features": features, "boundary": features / BOUNDARY}
 
 
 def discard(entry: Path, reason: str) -> None:
@@ -132,7 +137,9 @@ class Usage:
 
 
 def _entries(folder: Path) -> list[Path]:
-    return sorted(folder.iterdir()) if folder.is_dir() else []
+    """The entries of a kind's folder; the boundary kind's folder inside the features' is not one of them."""
+    children = sorted(folder.iterdir()) if folder.is_dir() else []
+    return [child for child in children if not (child.name == BOUNDARY and child.is_dir())]
 
 
 def _size(entry: Path) -> int:

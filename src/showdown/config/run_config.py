@@ -108,6 +108,8 @@ class RunConfig:
     cache_budget_gb: float | None = option(None, "boundary-activation cache limit in GB for the machine (under "
                                            "torchrun shared by its processes)", group=FINETUNE, above=0,
                                            unset="a quarter of RAM")
+    boundary_disk: bool = option(True, "over the budget, fine-tune with the full forward instead of keeping the "
+                                 "boundary activations in memory-mapped files in the cache folder", group=FINETUNE)
     # a fair showdown: the same search budget for every entry, cross-validation, a CI gate
     tune: int = option(  # tuning.py
         0, "N Optuna trials per entry on the validation split before the final training (same space and budget "

@@ -29,8 +29,8 @@ from showdown.reporting.run_records import read_json
 # Options that differ between the shards of one showdown without changing a result: which share, where it wrote,
 # what it printed, and the machine it ran on (its paths, device and workers).
 PER_SHARD = {"shard", "out", "models", "name", "db", "record", "report", "bench", "quiet", "log_file", "track",
-             "device", "workers", "cache_dir", "cache_budget_gb", "data", "data_root", "weights", "weights_dir",
-             "compile", "gradcam", "assert_accuracy_at_least", "executor", "ray_address"}
+             "device", "workers", "cache_dir", "cache_budget_gb", "boundary_disk", "data", "data_root", "weights",
+             "weights_dir", "compile", "gradcam", "assert_accuracy_at_least", "executor", "ray_address"}
 RUN_FILES = ("environment.json", "dataset.json", "splits.csv", "folds.csv", "leakage.csv")  # the first shard's
 
 

@@ -12,6 +12,7 @@ import dataclasses
 import os
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -20,6 +21,8 @@ from torch import nn
 from showdown import distributed
 from showdown.config.run_config import RunConfig
 from showdown.device import module_device, to_device
+from showdown.errors import DiskError
+from showdown.experiment.boundary_store import DiskViews, disk_folder
 from showdown.experiment.context import Entry, RunContext
 from showdown.frozen.boundary import TopOfNetwork, first_trainable, sequential_layers
 from showdown.frozen.feature_cache import FEATURE_BATCH, Features, extract_views, forward_views
@@ -109,20 +112,19 @@ def extract_all(entry: Entry) -> dict:
 def train_finetune(entry: Entry) -> Trained:
     """Strategy `finetune`: the head phase, then the unfrozen top with the head at a lower learning rate."""
     cut = boundary_cut(entry)
-    if cut is None:  # the head on cached features, then fine-tuning runs the whole network on images
-        if entry.config.activation_shift:
-            entry.run.echo("  --activation-shift ignored: it shifts cached boundary activations, and there are none")
-        trained = train_head(entry)
-        trained.history += train_top(entry, entry.model, entry.images("train", train=True), entry.images("val"))
-        trained.features = None  # the backbone changed: evaluate on images
-        return trained
-    layers, index = cut
+    if cut is None:
+        return _finetune_on_images(entry)
+    layers, index, folder = cut
     start = time.perf_counter()
-    activations = boundary_activations(entry, nn.Sequential(*layers[:index]))
+    try:
+        activations = boundary_activations(entry, nn.Sequential(*layers[:index]), folder)
+    except DiskError as exc:  # the disk filled up after all (another process wrote to it): the slow path
+        entry.run.echo(f"  boundary cache off: {exc}; full forward")
+        return _finetune_on_images(entry)
     top = TopOfNetwork(layers[index:], entry.backbone.model, entry.model.head)
     features = {name: frozen_top_features(top, acts, entry.run.precision) for name, acts in activations.items()}
     entry.timing["feature_seconds"] = time.perf_counter() - start
-    entry.timing["feature_cache_hit"] = False
+    entry.timing["feature_cache_hit"] = all(view.cache_hit for view in activations.values())  # on disk, from before
     trained = train_head(entry, features)
     config = entry.config
     shift = config.activation_shift
@@ -133,6 +135,16 @@ def train_finetune(entry: Entry) -> Trained:
                                                                   shift=shift, split=True),
                                  sharded_batches(activations["val"], config.batch_size))
     return dataclasses.replace(trained, features=None, top=top, activations=activations)
+
+
+def _finetune_on_images(entry: Entry) -> Trained:
+    """The head on cached features, then fine-tuning runs the whole network on images."""
+    if entry.config.activation_shift:
+        entry.run.echo("  --activation-shift ignored: it shifts cached boundary activations, and there are none")
+    trained = train_head(entry)
+    trained.history += train_top(entry, entry.model, entry.images("train", train=True), entry.images("val"))
+    trained.features = None  # the backbone changed: evaluate on images
+    return trained
 
 
 def train_top(entry: Entry, net: nn.Module, train_batches, val_batches) -> list[dict]:
@@ -159,9 +171,10 @@ def top_precision(run: RunContext, on_images: bool) -> str:
     return run.precision if on_images or run.device.type != "cpu" else "fp32"
 
 
-def boundary_cut(entry: Entry) -> tuple[list[nn.Module], int] | None:
-    """(the backbone's layers as a chain, index of the first one fine-tuning trains) when the frozen bottom below
-    it can be cached, else None (said in one line). The model is left with only its head trainable."""
+def boundary_cut(entry: Entry) -> tuple[list[nn.Module], int, Path | None] | None:
+    """(the backbone's layers as a chain, index of the first one fine-tuning trains, the folder the activations are
+    kept in when they do not fit the RAM budget, None for RAM) when the frozen bottom below it can be cached, else
+    None (said in one line). The model is left with only its head trainable."""
     config, backbone, echo = entry.config, entry.backbone, entry.run.echo
     if config.augment not in CACHEABLE_AUGMENTS:
         echo(f"  boundary cache off: augmentation '{config.augment}' changes the inputs every epoch; full forward")
@@ -177,13 +190,22 @@ def boundary_cut(entry: Entry) -> tuple[list[nn.Module], int] | None:
         probe = torch.zeros(1, *backbone.preprocessing.input_size, device=entry.run.device)
         values = nn.Sequential(*layers[:cut])(probe).numel()
     need, budget = _cache_need(entry, values), cache_budget(config)
-    if not distributed.all_true(need <= budget):  # machines of a run may differ in RAM: every rank decides alike
-        each = f" of each of {distributed.local_processes()} processes" if distributed.local_processes() > 1 else ""
-        echo(f"  boundary cache off: {need / 2**30:.1f} GB of activations exceed the {budget / 2**30:.1f} GB budget"
-             f"{each} (--cache-budget-gb); full forward")
+    frozen = f"frozen bottom ({cut} of {len(layers)} layers) runs once"
+    if distributed.all_true(need <= budget):  # machines of a run may differ in RAM: every rank decides alike
+        echo(f"  boundary cache: {frozen}, {need / 2**20:.0f} MB")
+        return layers, cut, None
+    each = f" of each of {distributed.local_processes()} processes" if distributed.local_processes() > 1 else ""
+    over = f"{_amount(need)} of activations exceed the {_amount(budget)} budget{each} (--cache-budget-gb)"
+    folder, why_not = disk_folder(entry.run.cache_dir, need, config.boundary_disk)
+    if folder is None:
+        echo(f"  boundary cache off: {over}{why_not}; full forward")
         return None
-    echo(f"  boundary cache: frozen bottom ({cut} of {len(layers)} layers) runs once, {need / 2**20:.0f} MB")
-    return layers, cut
+    echo(f"  boundary cache on disk: {need / 2**20:.0f} MB at {folder} ({over}); {frozen}")
+    return layers, cut, folder
+
+
+def _amount(size: float) -> str:
+    return f"{size / 2**30:.1f} GB" if size >= 2**30 else f"{size / 2**20:.0f} MB"
 
 
 def _cache_need(entry: Entry, values: int) -> int:
@@ -208,16 +230,28 @@ def _boundary_passes(entry: Entry) -> dict[str, tuple[bool, ...]]:
     return {split: (False, True) if flips.get(split) else (False,) for split in entry.dataset.splits}
 
 
-def boundary_activations(entry: Entry, bottom: nn.Module) -> dict:
+def boundary_activations(entry: Entry, bottom: nn.Module, folder: Path | None = None) -> dict:
     """The frozen bottom's outputs by split, and by "<split>_mirrored" for the mirror images: one pass over the
-    images, the only time an image is decoded."""
+    images, the only time an image is decoded. With `folder`, memory-mapped files there (boundary_store.py),
+    read back when an earlier run left them intact."""
     activations = {}
+    stored = DiskViews(entry, bottom, folder) if folder is not None else None
     for split, mirrors in _boundary_passes(entry).items():
-        views = forward_views(bottom, entry.backbone.preprocessing, entry.dataset.splits[split], mirrors,
-                              precision=entry.run.precision, batch_size=FEATURE_BATCH,
-                              workers=entry.config.worker_count, desc=f"boundary {split}",
-                              name=f"the frozen bottom of {entry.backbone.spec.name}", store_dtype=_stored(split),
-                              runtime=entry.run.runtime, device=entry.run.device)
+        found = stored.cached(split, mirrors, _stored(split)) if stored else None
+        if found is not None:
+            activations.update(zip((split, f"{split}_mirrored"), found))
+            continue
+        sinks = stored.writers(split, mirrors, _stored(split)) if stored else None
+        try:
+            views = forward_views(bottom, entry.backbone.preprocessing, entry.dataset.splits[split], mirrors,
+                                  precision=entry.run.precision, batch_size=FEATURE_BATCH,
+                                  workers=entry.config.worker_count, desc=f"boundary {split}",
+                                  name=f"the frozen bottom of {entry.backbone.spec.name}", store_dtype=_stored(split),
+                                  runtime=entry.run.runtime, device=entry.run.device, sinks=sinks)
+            views = [sink.seal(view) for sink, view in zip(sinks, views)] if sinks else views
+        finally:
+            for sink in sinks or ():
+                sink.drop()  # a sealed file is in place already: only an unfinished one goes
         activations.update(zip((split, f"{split}_mirrored"), views))
     return activations
 

@@ -227,15 +227,16 @@ def forward_frozen(module: torch.nn.Module, preprocessing: Preprocessing, items,
 
 def forward_views(module: torch.nn.Module, preprocessing: Preprocessing, items, mirrors: tuple[bool, ...], *,
                   precision: str, batch_size: int, workers: int, desc: str, store_dtype, runtime: str, name: str,
-                  device: torch.device) -> list[Features]:
+                  device: torch.device, sinks: list | None = None) -> list[Features]:
     """forward_frozen for several views of each image (`mirrors`: (False, True) gives the images and their mirror
-    images) from one decoding pass: each image is read once, whatever the views."""
+    images) from one decoding pass: each image is read once, whatever the views. `sinks`, one per view, take the
+    outputs as they are computed (`append`) and give the whole (`tensor()`); by default they are kept in RAM."""
     side = small_square_side(items, preprocessing.input_size)  # decided on all the items: the same on every rank
     part = distributed.shard(len(items))
     CACHE_STATS["images"] += len(items[part]) * len(mirrors)  # this process's share
     mine = _forward_shard(module, preprocessing, items[part], side, mirrors, precision=precision,
                           batch_size=batch_size, workers=workers, desc=desc, store_dtype=store_dtype, runtime=runtime,
-                          name=name, device=device)
+                          name=name, device=device, sinks=sinks or [InMemory(store_dtype) for _ in mirrors])
     joined = [_joined(view, part.start) for view in mine]
     if not len(joined[0].labels):
         raise DataError(f"none of the {len(items)} images of {desc} could be read")
@@ -254,7 +255,7 @@ def _joined(mine: Features, offset: int) -> Features:
 
 def _forward_shard(module: torch.nn.Module, preprocessing: Preprocessing, items, side: int | None,
                    mirrors: tuple[bool, ...], *, precision: str, batch_size: int, workers: int, desc: str, store_dtype,
-                   runtime: str, name: str, device: torch.device) -> list[Features]:
+                   runtime: str, name: str, device: torch.device, sinks: list) -> list[Features]:
     resize = batch_resize(preprocessing, side) if side else None
     if resize is not None:  # small images: workers only decode, the batch is resized inside the graph
         module = nn.Sequential(resize, module)
@@ -267,7 +268,7 @@ def _forward_shard(module: torch.nn.Module, preprocessing: Preprocessing, items,
     batches = iter(tqdm(loader, desc=desc, leave=False, unit="batch", disable=None if distributed.is_main() else True))
     example = torch.zeros(1, 3, side, side, dtype=torch.uint8) if resize is not None else \
         torch.zeros(1, *preprocessing.input_size)
-    chunks, labels, indices, failed = [[] for _ in mirrors], [], [], []
+    labels, indices, failed = [], [], []
     with torch.inference_mode(), autocast(precision, device.type):
         # built (exported, compiled: ~1 s) while the workers, already started, decode the first batches
         forward = frozen_forward(module, example.to(device), precision, runtime, name)
@@ -275,11 +276,23 @@ def _forward_shard(module: torch.nn.Module, preprocessing: Preprocessing, items,
             failed += [str(items[i][0]) for i in batch_failed]
             if len(images):
                 images = to_device(images, device)
-                for view, mirror in zip(chunks, mirrors):
+                for view, mirror in zip(sinks, mirrors):
                     view.append(forward(images.flip(-1) if mirror else images).to(store_dtype).cpu())
                 labels.append(batch_labels)
                 indices.append(batch_indices)
     empty = torch.empty(0, dtype=torch.long)
     labels, indices = (torch.cat(labels) if labels else empty), (torch.cat(indices) if indices else empty)
-    return [Features(torch.cat(view) if view else torch.empty(0, dtype=store_dtype), labels.clone(), indices.clone(),
-                     list(failed), False) for view in chunks]
+    return [Features(view.tensor(), labels.clone(), indices.clone(), list(failed), False) for view in sinks]
+
+
+class InMemory:
+    """The outputs of a frozen pass kept in RAM (forward_views' default sink)."""
+
+    def __init__(self, dtype: torch.dtype):
+        self.dtype, self.chunks = dtype, []
+
+    def append(self, chunk: torch.Tensor) -> None:
+        self.chunks.append(chunk)
+
+    def tensor(self) -> torch.Tensor:
+        return torch.cat(self.chunks) if self.chunks else torch.empty(0, dtype=self.dtype)

@@ -64,13 +64,23 @@ class TensorBatches:
         offsets = torch.randint(0, 2 * self.shift + 1, (len(self.labels), 2), generator=coins) if self.shift \
             else None
         for batch in order.split(self.batch_size):
-            inputs = self.plain[batch]
-            if mirror is not None:
-                pick = mirror[batch].view(-1, *[1] * (self.plain.dim() - 1))
-                inputs = torch.where(pick, self.mirrored[batch], inputs)
+            if mirror is None:
+                inputs = rows(self.plain, batch)
+            else:  # each row read from one of the two: a memory-mapped cache reads no row it does not use
+                pick = mirror[batch]
+                inputs = torch.empty((len(batch), *self.plain.shape[1:]), dtype=self.plain.dtype)
+                inputs[~pick] = rows(self.plain, batch[~pick])
+                inputs[pick] = rows(self.mirrored, batch[pick])
             if offsets is not None:
                 inputs = shifted(inputs, offsets[batch], self.shift)
             yield inputs, self.labels[batch]
+
+
+def rows(source: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """source[index], read in ascending index order and put back in the batch's: rows of a memory-mapped cache file
+    (frozen/disk_activations.py) are then read front to back, the way the disk and the page cache read ahead."""
+    ascending, order = index.sort()
+    return source[ascending][order.argsort()]
 
 
 def shifted(maps: torch.Tensor, offsets: torch.Tensor, shift: int) -> torch.Tensor:
