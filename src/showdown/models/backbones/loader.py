@@ -23,8 +23,8 @@ from showdown.data.preprocessing import Preprocessing
 from showdown.device import module_device
 from showdown.errors import ModelError
 from showdown.models.backbones import efficientnet_lite
-from showdown.models.backbones.files import load_weights_file
 from showdown.models.backbones.eval_protocol import published_eval
+from showdown.models.backbones.files import load_weights_file
 from showdown.models.backbones.found import FoundWeights
 from showdown.models.backbones.hf_cache import find_in_hub_cache
 from showdown.models.backbones.input_size import check_patch_multiple, size_kwargs
