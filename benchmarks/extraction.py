@@ -70,8 +70,9 @@ def compute_ips(model: torch.nn.Module, input_size, engines: list[tuple[str, str
                 warmup: int = 2) -> dict[tuple[str, str], tuple[float, float]]:
     """(images/s, share of the cores received) of each (runtime, precision) on one ready batch: medians over
     `rounds`, the engines taking turns. The share is the process's CPU seconds over wall seconds x threads: on a
-    shared machine the engines get a fraction of the cores, and % of peak is also given per core-second received
-    (an engine's spinning threads count as received, so that figure errs low)."""
+    shared machine the engines get a fraction of the cores, and % of peak is also given per core-second received.
+    That figure is rough: spinning threads count as received (it errs low), and a core clocked above the nominal
+    MHz the peak assumes, or CPU time a hypervisor does not account, makes it err high (it can pass 100 %)."""
     model = model.eval().to(memory_format=torch.channels_last)
     images = torch.randn(batch, *input_size).contiguous(memory_format=torch.channels_last)
     forwards, seconds = {}, {engine: [] for engine in engines}
