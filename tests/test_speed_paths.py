@@ -1,6 +1,7 @@
 """The fast paths compute what the slow paths compute: cached features, boundary activations; and bench."""
 import copy
 import csv
+import logging
 import subprocess
 import sys
 
@@ -10,6 +11,7 @@ import torch
 from torch import nn
 
 from showdown.config.run_config import RunConfig
+from showdown.frozen import engines
 from showdown.frozen.boundary import TopOfNetwork, first_trainable, sequential_layers
 from showdown.frozen.engines import openvino_installed
 from showdown.frozen.feature_cache import extract_features, forward_frozen
@@ -277,3 +279,35 @@ def test_splits_missing_the_same_views_are_extracted_in_one_pass(demo_dir, tmp_p
     again = extract_views(backbone, splits, views, cache_dir=tmp_path / "cache", **options)
     assert all(f.cache_hit for f in again.values())  # one cache file per view, as before
     assert torch.equal(again["val", False].indices, torch.tensor([0, 1]))
+
+
+def _graph_engines():
+    return ("onnxruntime", "openvino") if openvino_installed() else ("onnxruntime",)
+
+
+@pytest.mark.parametrize("name, size", [("dinov2_vits14", 56), ("convnext_tiny", 64)])
+def test_graph_engines_compute_a_vit_and_convnext_as_pytorch_does(caplog, name, size):
+    """The exported frozen part of a ViT (fused attention, class token, position embedding) and of ConvNeXt-T runs
+    in ONNX Runtime and OpenVINO within 1e-4 of PyTorch in fp32; so does a ViT's frozen bottom of a finetune (its
+    `TokenStem` and first blocks; a CNN's is tested in test_openvino.py). Exported at batch 1, run at batch 5: the
+    batch axis is dynamic."""
+    torch.manual_seed(0)
+    backbone = load_backbone(name, pretrained=False, image_size=size)
+    model = backbone.model.eval()
+    with torch.no_grad():  # DINOv2 inits its layer scales at 1e-5, its blocks near the identity: make them count
+        for parameter_name, parameter in model.named_parameters():
+            if parameter_name.endswith("gamma"):
+                parameter.fill_(1.0)
+    parts = {"whole": model}
+    if name.startswith("dinov2"):
+        parts["bottom"] = nn.Sequential(*sequential_layers(model, backbone.preprocessing.input_size)[:3]).eval()
+    images = torch.randn(5, *backbone.preprocessing.input_size)
+    with torch.inference_mode(), caplog.at_level(logging.WARNING):
+        for part, module in parts.items():
+            expected = module(images)
+            assert expected.std() > 0.1  # features far larger than the tolerance
+            for runtime in _graph_engines():
+                forward = engines.frozen_forward(module, images, "fp32", runtime, f"{name} {part} {runtime}")
+                difference = (forward(images) - expected).abs().max().item()
+                assert difference < 1e-4, f"{runtime} {part}: max abs difference {difference}"
+    assert not [r for r in caplog.records if r.name == engines.__name__]  # no engine fell back to PyTorch

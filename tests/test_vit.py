@@ -171,3 +171,22 @@ def test_pool_stages_on_a_vit_takes_the_class_tokens_of_its_last_blocks_and_expo
     with torch.inference_mode():
         expected = model(images).softmax(1).numpy()
     np.testing.assert_allclose(open_model(export_model(folder, "onnx"))(images), expected, atol=1e-4)
+
+
+@pytest.mark.parametrize("name, resized, mean", [
+    ("dinov2_vits14", 256, (0.485, 0.456, 0.406)),  # DINOv2's linear probes: short side 256, centre crop 224
+    ("clip_vitb16", 224, (0.48145466, 0.4578275, 0.40821073)),  # CLIP's: short side 224, centre crop 224
+    (TINY, 248, (0.5, 0.5, 0.5)),  # any other backbone keeps timm's config (crop_pct 0.9)
+])
+def test_dinov2_and_clip_are_evaluated_as_their_published_linear_probes(name, resized, mean):
+    from torchvision import transforms
+
+    from showdown.data.images import eval_transform
+
+    preprocessing = load_backbone(name, pretrained=False).preprocessing
+    assert preprocessing.input_size == (3, 224, 224) and preprocessing.interpolation == "bicubic"
+    resize, crop, _, normalize = eval_transform(preprocessing).transforms
+    assert isinstance(resize, transforms.Resize) and resize.size == resized  # an int: the shorter side
+    assert resize.interpolation == transforms.InterpolationMode.BICUBIC
+    assert isinstance(crop, transforms.CenterCrop) and crop.size == (224, 224)
+    assert normalize.mean == pytest.approx(mean)

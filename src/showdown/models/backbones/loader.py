@@ -23,6 +23,7 @@ from showdown.data.preprocessing import Preprocessing
 from showdown.device import module_device
 from showdown.errors import ModelError
 from showdown.models.backbones import efficientnet_lite
+from showdown.models.backbones.eval_protocol import published_eval
 from showdown.models.backbones.files import load_weights_file
 from showdown.models.backbones.found import FoundWeights
 from showdown.models.backbones.hf_cache import find_in_hub_cache
@@ -100,7 +101,8 @@ def load_backbone(
         model.reset_classifier(0)
         timm_kwargs["num_classes"] = 0
     model.eval()
-    preprocessing = _preprocessing(model, found.preprocessing if found else {}, image_size)
+    overrides = {**published_eval(spec.hub_name), **(found.preprocessing if found else {})}
+    preprocessing = _preprocessing(model, overrides, image_size)
     if pool_stages:
         model = pooled(model, pool_stages)
     return Backbone(spec, model, source, preprocessing, not source.startswith("random"), timm_kwargs, pool_stages)
@@ -181,7 +183,8 @@ def default_weights_dir() -> Path:
 
 
 def _preprocessing(model: nn.Module, overrides: dict, image_size: int | None) -> Preprocessing:
-    """timm's data config for the architecture, with what the weights file says over it, at `image_size`."""
+    """timm's data config for the architecture, with `overrides` (the published eval transform, what the
+    weights file says) over it, at `image_size`."""
     config = {**resolve_data_config({}, model=model), **overrides}
     if image_size:
         config["input_size"] = (3, image_size, image_size)
