@@ -217,7 +217,8 @@ def boundary_activations(entry: Entry, bottom: nn.Module) -> dict:
                               precision=entry.run.precision, batch_size=FEATURE_BATCH,
                               workers=entry.config.worker_count, desc=f"boundary {split}",
                               name=f"the frozen bottom of {entry.backbone.spec.name}", store_dtype=_stored(split),
-                              runtime=entry.run.runtime, device=entry.run.device)
+                              runtime=entry.run.runtime, device=entry.run.device,
+                              calibration=entry.dataset.splits.get("train"))  # int8: every split's calibration
         activations.update(zip((split, f"{split}_mirrored"), views))
     return activations
 
