@@ -1,10 +1,13 @@
 """int8 for the frozen pass (`--precision int8`): the exported ONNX graph quantised by NNCF (OpenVINO's
 post-training quantisation), calibrated on the run's own training images, and run by OpenVINO.
 
-Only the frozen layers run in int8: the head (and a fine-tuned top) trains and predicts in fp32. Calibration sees
+Only the frozen pass runs in int8: the head (and a fine-tuned top) trains in fp32 on int8 features (or boundary
+activations), and the test scores are computed on int8 features too. The saved model (`showdown predict`,
+export) is the fp32 network: its predictions may differ from the int8 pass's in a few images. Calibration sees
 the images exactly as the frozen pass does (the same decoder, transform and in-graph resize: feature_cache.py
 builds the batches), at most CALIBRATION_IMAGES of the training split, evenly spaced through it (every class,
-no random draw). NNCF's model type is TRANSFORMER for a graph with attention (a Softmax), else the default
+no random draw; with --folds, of every image, each of which is a test image once anyway; calibration reads no
+label). NNCF's model type is TRANSFORMER for a graph with attention (a Softmax), else the default
 (CNN, symmetric PERFORMANCE preset).
 
 The quantised model is kept in the cache (`int8/<key>/`, sealed by a manifest like every folder entry), keyed by
@@ -14,8 +17,10 @@ seconds on 2 cores). Measured figures: docs/performance.md ("int8").
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.util
+import io
 import json
 import logging
 import shutil
@@ -123,15 +128,33 @@ def _quantized(core, path: Path, calibration: Calibration):
 
 def quantize(model, batches: Iterable[torch.Tensor]):
     """`model` (an OpenVINO model) quantised to int8 by NNCF on the calibration `batches`."""
-    import nncf
-
     data = [batch.contiguous().numpy() for batch in batches]
     if not data:
         raise ConfigError("--precision int8 found no readable training image to calibrate on")
-    attention = any(op.get_type_name() == "Softmax" for op in model.get_ops())
-    options = {"model_type": nncf.ModelType.TRANSFORMER} if attention else {}
-    # subset_size counts dataset items (batches here): all of them, CALIBRATION_IMAGES images at most
-    return nncf.quantize(model, nncf.Dataset(data), subset_size=len(data), **options)
+    log.info("int8: calibrating on %d images", sum(len(batch) for batch in data))
+    with _quiet():
+        import nncf
+
+        attention = any(op.get_type_name() == "Softmax" for op in model.get_ops())
+        options = {"model_type": nncf.ModelType.TRANSFORMER} if attention else {}
+        # subset_size counts dataset items (batches here): all of them, CALIBRATION_IMAGES images at most
+        return nncf.quantize(model, nncf.Dataset(data), subset_size=len(data), **options)
+
+
+@contextlib.contextmanager
+def _quiet():
+    """NNCF without its progress bars (rich, on stdout) and notes, and without the note torch logs when NNCF
+    imports its PyTorch backend ("No CUDA runtime is found"): a run shows its own progress lines only."""
+    quieted = [logging.getLogger(name) for name in ("nncf", "torch.utils.cpp_extension")]
+    levels = [logger.level for logger in quieted]
+    for logger in quieted:
+        logger.setLevel(logging.ERROR)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            yield
+    finally:
+        for logger, level in zip(quieted, levels):
+            logger.setLevel(level)
 
 
 def _model_key(path: Path, calibration: Calibration) -> str:
