@@ -122,7 +122,7 @@ def test_int8_without_openvino_or_nncf_is_one_line_naming_the_extra(tmp_path):
         "    sys.modules.pop(name)\n"
         "    if saved is not None:\n"
         "        sys.modules[name] = saved\n")
-    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=300)
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=600)
     assert "Traceback" not in result.stderr, result.stderr
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert lines[1::2] == ["exit 2", "exit 2"], result.stderr
