@@ -6,7 +6,8 @@ and recomputed with one warning line naming it, never a failed run. Kinds, under
 - features/: pooled backbone features, one safetensors file per (backbone, weights, preprocessing, files) key,
   checked by the checksum of its tensors written in its own header (frozen/feature_cache.py);
 - extracted/: archives extracted, and official CIFAR pickles converted to image folders, one folder each,
-  checked against the manifest written last into it (every file's size and modification time; `manifest_problem`).
+  checked against the manifest written last into it (every file's size and modification time; `manifest_problem`);
+- int8/: models quantised for `--precision int8`, one folder each, checked by its manifest (frozen/quantize.py).
 - features/boundary/: boundary activations of a fine-tune that exceed the RAM budget, one memory-mapped file per
   view of a split, checked by the CRC-32 of its rows in its own trailer (frozen/disk_activations.py).
 Boundary activations within the budget live in memory and exported engines in a temporary folder: neither outlives
@@ -29,7 +30,7 @@ from pathlib import Path
 from showdown.fileio import digest, write_atomic
 
 log = logging.getLogger(__name__)
-KINDS = {"features": "features", "datasets": "extracted"}  # kind -> folder under the cache root
+KINDS = {"features": "features", "datasets": "extracted", "int8": "int8"}  # kind -> folder under the cache root
 BOUNDARY = "boundary"  # the boundary activations' folder, inside the features'
 MANIFEST = ".showdown-manifest.json"
 # Damaged entries deleted this process ("recomputed"): a run reports its share with its frozen passes.

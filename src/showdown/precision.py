@@ -3,6 +3,9 @@
 `auto`: on the CPU bf16 only where it is native (AVX512-BF16 / AMX), else fp32; on a CUDA GPU bf16 from compute
 capability 8.0 (Ampere and later), else fp16 with a gradient scaler; on Apple MPS fp16. Losses and metrics are
 always computed in fp32 (the training loop casts the logits).
+
+`int8` (never picked by `auto`) is the frozen pass's alone: OpenVINO runs the frozen layers quantised
+(frozen/quantize.py) and everything that trains runs in fp32 (no autocast), on the CPU only.
 """
 from __future__ import annotations
 
@@ -38,6 +41,9 @@ def resolve_precision(requested: str, device: torch.device | None = None) -> str
         if kind == "mps":
             return "fp16"
         return "bf16" if bf16_supported() else "fp32"
+    if requested == "int8" and kind != "cpu":
+        raise ConfigError(f"--precision int8 runs the frozen layers in OpenVINO on the CPU; with --device {kind} "
+                          "use auto, bf16 or fp16")
     if requested == "fp16" and kind == "cpu":
         raise ConfigError("--precision fp16 needs a GPU (--device cuda or mps); on the CPU use fp32 or bf16")
     return requested

@@ -21,7 +21,7 @@ AUGMENTS = ("none", "flip", "light", "strong")
 TTAS = ("none", "flip")
 OPTIMIZERS = ("adamw", "adam", "sgd")
 SCHEDULES = ("plateau", "cosine", "onecycle")
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16", "int8")
 RUNTIMES = ("auto", "torch", "onnxruntime", "openvino")
 CLASS_WEIGHTS = ("none", "balanced")
 TRACKERS = ("mlflow", "tensorboard", "wandb")
@@ -147,7 +147,9 @@ class RunConfig:
     device: str = option("auto", "auto (CUDA, else Apple MPS, else CPU), cpu, cuda, cuda:N or mps; under torchrun "
                          "each process takes the GPU of its LOCAL_RANK", group=MACHINERY, metavar="DEVICE")
     precision: str = option("auto", "auto: on a CPU bf16 only where it is native, on a GPU bf16 where supported, "
-                            "else fp16 with a gradient scaler", group=MACHINERY, choices=PRECISIONS)
+                            "else fp16 with a gradient scaler; int8: the frozen layers quantised (OpenVINO and NNCF, "
+                            "calibrated on the training images; the int8 extra), the rest in fp32", group=MACHINERY,
+                            choices=PRECISIONS)
     compile: bool = option(False, "torch.compile the training step (eager, with a one-line note, where it fails)",
                            group=MACHINERY)
     runtime: str = option("auto", "what runs frozen layers once per image: auto (OpenVINO when installed, else ONNX "

@@ -247,7 +247,8 @@ def boundary_activations(entry: Entry, bottom: nn.Module, folder: Path | None = 
                                   precision=entry.run.precision, batch_size=FEATURE_BATCH,
                                   workers=entry.config.worker_count, desc=f"boundary {split}",
                                   name=f"the frozen bottom of {entry.backbone.spec.name}", store_dtype=_stored(split),
-                                  runtime=entry.run.runtime, device=entry.run.device, sinks=sinks)
+                                  runtime=entry.run.runtime, device=entry.run.device, sinks=sinks,
+                                  calibration=entry.dataset.splits.get("train"))  # int8: every split's calibration
             views = [sink.seal(view) for sink, view in zip(sinks, views)] if sinks else views
         finally:
             for sink in sinks or ():

@@ -28,6 +28,9 @@ A model an engine cannot take falls to the next one, with one log line per model
 ONNX Runtime (in fp32; it runs nothing else) -> PyTorch; a model the ONNX exporter cannot express runs in
 PyTorch. The cache key holds the engine chosen, not the one fallen back to (the same model falls back the same
 way every time).
+
+`--precision int8` runs in OpenVINO only: the graph is quantised by NNCF on calibration images first
+(frozen/quantize.py); a graph it cannot take runs in PyTorch in fp32, with the same one log line.
 """
 from __future__ import annotations
 
@@ -44,6 +47,7 @@ from typing import Callable
 import torch
 
 from showdown.errors import ConfigError, one_line
+from showdown.frozen import quantize
 from showdown.models.onnx_graph import OnnxExportError, onnx_graph
 
 log = logging.getLogger(__name__)
@@ -69,6 +73,11 @@ def resolve_runtime(requested: str, precision: str, device_type: str = "cpu") ->
             raise ConfigError(f"--runtime {requested} runs on the CPU; with --device {device_type} use --runtime "
                               "auto or torch (the frozen layers then run in PyTorch on the GPU)")
         return "torch"
+    if precision == "int8":  # OpenVINO alone runs the quantised graph
+        if requested not in ("auto", "openvino"):
+            raise ConfigError(f"--precision int8 runs in OpenVINO; use --runtime auto or openvino, not {requested}")
+        quantize.check_available()
+        return "openvino"
     if requested == "onnxruntime" and precision == "bf16":
         raise ConfigError("--runtime onnxruntime runs fp32 only; use --precision fp32 or --runtime torch")
     if requested == "openvino" and not openvino_installed():
@@ -141,6 +150,15 @@ def _openvino_forward(path: Path, precision: str) -> Forward:
 _OPENERS = {"onnxruntime": _onnxruntime_forward, "openvino": _openvino_forward}
 
 
+def _open(engine: str, path: Path, precision: str, calibration: quantize.Calibration | None) -> Forward:
+    """The graph at `path` in `engine`; in int8, quantised on `calibration` first (frozen/quantize.py)."""
+    if precision != "int8":
+        return _OPENERS[engine](path, precision)
+    if calibration is None:
+        raise ValueError("int8 needs calibration images")
+    return quantize.int8_forward(path, calibration, torch.get_num_threads())
+
+
 def frozen_graph(model: torch.nn.Module, example: torch.Tensor, precision: str):
     """A traced, frozen copy of a frozen model: conv+BN folded, oneDNN kernels; about 1.7x eager speed on CPU.
 
@@ -158,18 +176,20 @@ def frozen_graph(model: torch.nn.Module, example: torch.Tensor, precision: str):
 
 
 def frozen_forward(model: torch.nn.Module, example: torch.Tensor, precision: str, runtime: str,
-                   name: str = "the frozen layers") -> Forward:
+                   name: str = "the frozen layers", calibration: quantize.Calibration | None = None) -> Forward:
     """A function images -> outputs computing the frozen `model` with the chosen engine (call it under
     inference_mode and the precision's autocast), on the device of `example`. `name` says which model a
-    fallback note is about. PyTorch gets its inputs channels-last (oneDNN's and cuDNN's fast layout); the
-    graph engines take them as they come (NCHW), without a round trip through channels-last."""
+    fallback note is about; `calibration`, the images int8 is calibrated on (needed for int8 only). PyTorch gets
+    its inputs channels-last (oneDNN's and cuDNN's fast layout); the graph engines take them as they come (NCHW),
+    without a round trip through channels-last."""
     runtime = resolve_runtime(runtime, precision, example.device.type)
     if example.device.type != "cpu":
         return _channels_last(model)  # eager on the GPU, under autocast
     built = _built.setdefault(model, {})
-    key = (precision, runtime, example.dtype, tuple(example.shape[1:]), _weights_state(model))
+    key = (precision, runtime, example.dtype, tuple(example.shape[1:]), _weights_state(model),
+           calibration.key if calibration else None)
     if key not in built:
-        forward = _graph_forward(model, example[:1].contiguous(), precision, runtime, name) \
+        forward = _graph_forward(model, example[:1].contiguous(), precision, runtime, name, calibration) \
             if runtime != "torch" else None
         if forward is None:
             traced = frozen_graph(model, example.contiguous(memory_format=torch.channels_last), precision)
@@ -197,7 +217,7 @@ def _weights_state(model: torch.nn.Module) -> tuple:
 
 
 def _graph_forward(model: torch.nn.Module, example: torch.Tensor, precision: str, runtime: str,
-                   name: str) -> Forward | None:
+                   name: str, calibration: quantize.Calibration | None = None) -> Forward | None:
     """The model in `runtime` or, where that fails, the next graph engine; None: run it in PyTorch."""
     engines = [runtime] + (["onnxruntime"] if runtime == "openvino" and precision == "fp32" else [])
     failures, forward = [], None
@@ -210,7 +230,7 @@ def _graph_forward(model: torch.nn.Module, example: torch.Tensor, precision: str
             engines = []
         for engine in engines:
             try:  # compiled while the file exists, tried on one image so a failure shows here, not mid-split
-                candidate = _OPENERS[engine](path, precision)
+                candidate = _open(engine, path, precision, calibration)
                 candidate(example)
             except Exception as exc:  # not installed, an operator it lacks, a compile or run failure
                 failures.append(f"{ENGINE_NAMES[engine]} cannot run {name} ({one_line(exc)})")

@@ -32,6 +32,7 @@ from showdown.data.thumbnails import Uint8Tensor, batch_resize, small_square_sid
 from showdown.device import CPU, to_device
 from showdown.errors import DataError, DiskError
 from showdown.fileio import digest, file_stamp, write_bytes_atomic
+from showdown.frozen import quantize
 from showdown.frozen.engines import frozen_forward, resolve_runtime
 from showdown.models.backbones import Backbone
 from showdown.precision import autocast
@@ -57,7 +58,8 @@ class Features:
 
 
 def cache_key(backbone: Backbone, items: list[tuple[Path, int]], precision: str, runtime: str = "torch",
-              mirror: bool = False, device_type: str = "cpu") -> str:
+              mirror: bool = False, device_type: str = "cpu", calibration: str = "") -> str:
+    """`calibration`: in int8, the calibration images' files_key (the features depend on them too)."""
     parts = {
         "backbone": backbone.spec.timm_name,
         "weights": backbone.source,
@@ -72,6 +74,8 @@ def cache_key(backbone: Backbone, items: list[tuple[Path, int]], precision: str,
         "mirror": mirror,
         "files": digest(f"{path}|{file_stamp(path)}|{label}\n" for path, label in items),
     }
+    if calibration:  # only in int8: the keys of the other precisions stay as they were
+        parts["calibration"] = calibration
     return digest([json.dumps(parts, sort_keys=True, default=str)])[:24]
 
 
@@ -86,26 +90,30 @@ def _weights_id(source: str) -> str:
 
 def extract_features(backbone: Backbone, items: list[tuple[Path, int]], *, precision: str, batch_size: int,
                      workers: int, cache_dir: Path | None, desc: str = "features", runtime: str = "torch",
-                     mirror: bool = False, device: torch.device = CPU) -> Features:
+                     mirror: bool = False, device: torch.device = CPU, calibration: list | None = None) -> Features:
     """Features of every image (of its mirror image with `mirror`), from the cache when the key matches."""
     (features,) = extract_views(backbone, {desc: items}, [(desc, mirror)], precision=precision,
                                 batch_size=batch_size, workers=workers, cache_dir=cache_dir, runtime=runtime,
-                                device=device).values()
+                                device=device, calibration=calibration).values()
     return features
 
 
 def extract_views(backbone: Backbone, splits: dict[str, list[tuple[Path, int]]], views: list[tuple[str, bool]], *,
                   precision: str, batch_size: int, workers: int, cache_dir: Path | None, runtime: str = "torch",
-                  device: torch.device = CPU) -> dict[tuple[str, bool], Features]:
+                  device: torch.device = CPU, calibration: list | None = None) -> dict[tuple[str, bool], Features]:
     """Features of each (split, mirror) view, one cache file each. What no cache file holds is computed in one
     pass over the images of every split that misses the same views: one loader and one decode per image, not
     one per split. The key holds the engine `runtime` resolves to ("auto" becomes the engine it picks). Under
-    torchrun every rank computes its shard, every rank gets the whole, and rank 0 writes the cache files."""
+    torchrun every rank computes its shard, every rank gets the whole, and rank 0 writes the cache files.
+    int8 calibrates on `calibration` (default the "train" split, else every image given)."""
     runtime = resolve_runtime(runtime, precision, device.type)
+    if precision == "int8":
+        calibration = calibration or splits.get("train") or [item for items in splits.values() for item in items]
+    calibrated = quantize.files_key(calibration) if precision == "int8" else ""
     found: dict[tuple[str, bool], Features] = {}
     missing: dict[str, list[tuple[bool, Path | None]]] = {}  # split -> the views to compute, and their files
     for split, mirror in views:
-        key = cache_key(backbone, splits[split], precision, runtime, mirror, device.type)
+        key = cache_key(backbone, splits[split], precision, runtime, mirror, device.type, calibrated)
         path = cache_dir / f"{key}.safetensors" if cache_dir else None
         cached = _cached(path)
         if distributed.all_true(cached is not None):  # a rank without it computes with the rest
@@ -122,7 +130,8 @@ def extract_views(backbone: Backbone, splits: dict[str, list[tuple[Path, int]]],
         items = [item for split in group for item in splits[split]]
         computed = forward_views(backbone.model, backbone.preprocessing, items, mirrors, precision=precision,
                                  batch_size=batch_size, workers=workers, desc=f"{backbone.spec.name} {'+'.join(group)}",
-                                 store_dtype=torch.float32, runtime=runtime, name=backbone.spec.name, device=device)
+                                 store_dtype=torch.float32, runtime=runtime, name=backbone.spec.name, device=device,
+                                 calibration=calibration)
         start = 0
         for split in group:
             for (mirror, path), whole in zip(missing[split], computed):
@@ -215,28 +224,31 @@ def _part(whole: Features, start: int, items: list[tuple[Path, int]], split: str
 
 def forward_frozen(module: torch.nn.Module, preprocessing: Preprocessing, items, *, precision: str, batch_size: int,
                    workers: int, desc: str = "features", store_dtype=torch.float32, runtime: str = "torch",
-                   mirror: bool = False, name: str = "the frozen layers", device: torch.device = CPU) -> Features:
+                   mirror: bool = False, name: str = "the frozen layers", device: torch.device = CPU,
+                   calibration: list | None = None) -> Features:
     """Run a frozen module once over the images (with `runtime`, see engines.py), or over their mirror images;
     unreadable files are skipped and listed. `name` is the model's, for the log. Under torchrun each rank runs
     its contiguous shard of the images and the shards are joined, in order, on every rank."""
     (features,) = forward_views(module, preprocessing, items, (mirror,), precision=precision, batch_size=batch_size,
                                 workers=workers, desc=desc, store_dtype=store_dtype, runtime=runtime, name=name,
-                                device=device)
+                                device=device, calibration=calibration)
     return features
 
 
 def forward_views(module: torch.nn.Module, preprocessing: Preprocessing, items, mirrors: tuple[bool, ...], *,
                   precision: str, batch_size: int, workers: int, desc: str, store_dtype, runtime: str, name: str,
-                  device: torch.device, sinks: list | None = None) -> list[Features]:
+                  device: torch.device, sinks: list | None = None, calibration: list | None = None) -> list[Features]:
     """forward_frozen for several views of each image (`mirrors`: (False, True) gives the images and their mirror
     images) from one decoding pass: each image is read once, whatever the views. `sinks`, one per view, take the
-    outputs as they are computed (`append`) and give the whole (`tensor()`); by default they are kept in RAM."""
+    outputs as they are computed (`append`) and give the whole (`tensor()`); by default they are kept in RAM. int8
+    calibrates on `calibration` (default `items`)."""
     side = small_square_side(items, preprocessing.input_size)  # decided on all the items: the same on every rank
     part = distributed.shard(len(items))
     CACHE_STATS["images"] += len(items[part]) * len(mirrors)  # this process's share
     mine = _forward_shard(module, preprocessing, items[part], side, mirrors, precision=precision,
                           batch_size=batch_size, workers=workers, desc=desc, store_dtype=store_dtype, runtime=runtime,
-                          name=name, device=device, sinks=sinks or [InMemory(store_dtype) for _ in mirrors])
+                          name=name, device=device, sinks=sinks or [InMemory(store_dtype) for _ in mirrors],
+                          calibration=calibration or items)
     joined = [_joined(view, part.start) for view in mine]
     if not len(joined[0].labels):
         raise DataError(f"none of the {len(items)} images of {desc} could be read")
@@ -255,7 +267,7 @@ def _joined(mine: Features, offset: int) -> Features:
 
 def _forward_shard(module: torch.nn.Module, preprocessing: Preprocessing, items, side: int | None,
                    mirrors: tuple[bool, ...], *, precision: str, batch_size: int, workers: int, desc: str, store_dtype,
-                   runtime: str, name: str, device: torch.device, sinks: list) -> list[Features]:
+                   runtime: str, name: str, device: torch.device, sinks: list, calibration: list) -> list[Features]:
     resize = batch_resize(preprocessing, side) if side else None
     if resize is not None:  # small images: workers only decode, the batch is resized inside the graph
         module = nn.Sequential(resize, module)
@@ -269,9 +281,11 @@ def _forward_shard(module: torch.nn.Module, preprocessing: Preprocessing, items,
     example = torch.zeros(1, 3, side, side, dtype=torch.uint8) if resize is not None else \
         torch.zeros(1, *preprocessing.input_size)
     labels, indices, failed = [], [], []
+    calibrated = quantize.calibration_for(calibration, transform, preprocessing, side, batch_size) \
+        if precision == "int8" else None
     with torch.inference_mode(), autocast(precision, device.type):
         # built (exported, compiled: ~1 s) while the workers, already started, decode the first batches
-        forward = frozen_forward(module, example.to(device), precision, runtime, name)
+        forward = frozen_forward(module, example.to(device), precision, runtime, name, calibrated)
         for images, batch_labels, batch_indices, batch_failed in batches:
             failed += [str(items[i][0]) for i in batch_failed]
             if len(images):
