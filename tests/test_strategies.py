@@ -119,7 +119,7 @@ def test_scratch_cnn_trains_every_layer_of_the_small_cnn(tmp_path, demo_copy):
     assert row["model"] == "scratch_cnn" and row["trainable_params"] == round(row["params_m"] * 1e6)
     assert not row["pretrained"] and row["weights"].startswith("random init")
     model, info = load_model(results.run_dir / "scratch_cnn-scratch-cnn")
-    assert info["backbone"] == "scratch_cnn"
+    assert info.backbone == "scratch_cnn"
 
 
 def test_scratch_trains_a_named_backbone_from_random_init_with_every_layer_trainable(tmp_path):
@@ -133,7 +133,7 @@ def test_scratch_trains_a_named_backbone_from_random_init_with_every_layer_train
     assert not row["pretrained"] and row["weights"].startswith("random init")
     folder = results.run_dir / "efficientnet_lite0-scratch"
     model, info = load_model(folder)
-    assert info["backbone"] == "efficientnet_lite0"
+    assert info.backbone == "efficientnet_lite0"
     assert row["trainable_params"] == sum(p.numel() for p in model.parameters())  # every layer, and the head
     imagenet = load_backbone("efficientnet_lite0").model.conv_stem.weight
     assert not torch.allclose(model.backbone.conv_stem.weight, imagenet, atol=0.05)  # one epoch from random init

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
 
-from showdown import distributed
+from showdown import distributed, run_schema
 from showdown.cache import STATS as HEALED
 from showdown.config.run_config import RunConfig, read_config_file
 from showdown.config.strategy import Strategy
@@ -41,6 +41,7 @@ from showdown.reporting.database import default_db, record_run
 from showdown.reporting.label_issues import WITHOUT_LABEL_ISSUES, ranking_change
 from showdown.reporting.progress import Reporter
 from showdown.reporting.report import report_run
+from showdown.run_schema import CONFIG
 
 
 def run(config: RunConfig | None = None, *, echo: Callable[[str], None] = print, resume: bool = False,
@@ -149,7 +150,7 @@ def _kept_on_disk_errors(run_dir: Path):
             disk_error(exc, exc.filename, "") if exc.filename else disk_error(exc, run_dir, "a file in")
         if error is None:
             raise
-        if (run_dir / "config.yaml").is_file():
+        if (run_dir / CONFIG).is_file():
             then = f"finished entries are kept; free some space (or move {run_dir} to a larger disk), then " \
                    f"`showdown run --resume {run_dir}` goes on"
         else:
@@ -159,7 +160,7 @@ def _kept_on_disk_errors(run_dir: Path):
 
 def resume_run(run_dir: str | Path, *, echo: Callable[[str], None] = print) -> Results:
     """Continue an interrupted `showdown run` from its folder, with the configuration it was started with."""
-    config_file = Path(run_dir) / "config.yaml"
+    config_file = Path(run_dir) / CONFIG
     if not config_file.is_file():
         raise ConfigError(f"{run_dir} is not a showdown run folder (no config.yaml)")
     config = RunConfig.from_dict(read_config_file(config_file))
@@ -244,7 +245,7 @@ def _run_folds(strategy: Strategy, backbone: Backbone, folds: list[DatasetSpec],
     config = dataclasses.replace(config, gradcam=0)  # the report shows the pooled entry, which has no one model
     for number, fold in enumerate(folds, start=1):
         run.reporter.fold(number, len(folds))
-        fold_folder = folder / f"fold{number}"
+        fold_folder = folder / run_schema.fold_folder(number)
         done = resume and finished_row(fold_folder)
         if done and (fold_folder / PROBABILITIES).is_file():
             row = done
