@@ -15,7 +15,8 @@ def test_file_names_are_spelled_only_in_the_schema():
              and re.fullmatch(r"[a-z_]+\.(json|csv|md|html|yaml|safetensors|npy|txt|db)", value)}
     assert {"metrics.json", "predictions.csv", "summary.json", "model.json", "history.csv"} <= names
     spelled = [f"{path.relative_to(SRC)}: {name}" for path in SRC.rglob("*.py") if path.name != "run_schema.py"
-               for name in names if f'"{name}"' in path.read_text(encoding="utf-8") and (path.name, name) not in OTHER_FILES]
+               for name in names
+               if f'"{name}"' in path.read_text(encoding="utf-8") and (path.name, name) not in OTHER_FILES]
     assert spelled == []
 
 

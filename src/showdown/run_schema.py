@@ -2,9 +2,6 @@
 metadata. Every writer and reader (experiment, reporting, deploy, models) goes through these names and types, so a
 renamed file or column cannot silently break the report, the database, predict or resume. docs/run-folder.md
 describes the folder for people.
-
-Long because it declares the whole format: file names, the summary row, prediction and history rows, the timings
-and the saved model's metadata.
 """
 from __future__ import annotations
 
