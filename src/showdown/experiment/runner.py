@@ -41,7 +41,6 @@ from showdown.reporting.database import default_db, record_run
 from showdown.reporting.label_issues import WITHOUT_LABEL_ISSUES, ranking_change
 from showdown.reporting.progress import Reporter
 from showdown.reporting.report import report_run
-from showdown.run_schema import CONFIG
 
 
 def run(config: RunConfig | None = None, *, echo: Callable[[str], None] = print, resume: bool = False,
@@ -150,7 +149,7 @@ def _kept_on_disk_errors(run_dir: Path):
             disk_error(exc, exc.filename, "") if exc.filename else disk_error(exc, run_dir, "a file in")
         if error is None:
             raise
-        if (run_dir / CONFIG).is_file():
+        if (run_dir / run_schema.CONFIG).is_file():
             then = f"finished entries are kept; free some space (or move {run_dir} to a larger disk), then " \
                    f"`showdown run --resume {run_dir}` goes on"
         else:
@@ -160,7 +159,7 @@ def _kept_on_disk_errors(run_dir: Path):
 
 def resume_run(run_dir: str | Path, *, echo: Callable[[str], None] = print) -> Results:
     """Continue an interrupted `showdown run` from its folder, with the configuration it was started with."""
-    config_file = Path(run_dir) / CONFIG
+    config_file = Path(run_dir) / run_schema.CONFIG
     if not config_file.is_file():
         raise ConfigError(f"{run_dir} is not a showdown run folder (no config.yaml)")
     config = RunConfig.from_dict(read_config_file(config_file))
