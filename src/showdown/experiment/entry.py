@@ -75,8 +75,9 @@ def build_model(strategy: Strategy, backbone: Backbone, dataset: DatasetSpec, co
     if strategy.is_small_cnn:
         backbone = small_cnn_backbone(config.image_size)
     elif strategy.from_scratch:
-        backbone = fitted_to_images(load_backbone(backbone.spec.name, pretrained=False, image_size=config.image_size,
-                                                  pool_stages=config.pool_stages), dataset)
+        name = backbone.spec.name
+        backbone = fitted_to_images(load_backbone(name, **{**config.backbone_options(name), "pretrained": False}),
+                                    dataset)
     elif strategy.trains_backbone:
         backbone = copy.deepcopy(backbone)
     head = Head(backbone.num_features, len(dataset.classes), config.head_hidden, config.head_dropout, config.head_bn)

@@ -215,11 +215,7 @@ def _entries_to_run(model_name: str, config: RunConfig, run_dir: Path, resume: b
 
 
 def _load(model_name: str, config: RunConfig, dataset: DatasetSpec, echo) -> Backbone:
-    backbone = load_backbone(
-        model_name, weights_file=config.weights.get(model_name), weights_dir=config.weights_dir,
-        pretrained=config.pretrained, allow_random_init=config.allow_random_init, image_size=config.image_size,
-        pool_stages=config.pool_stages,
-    )
+    backbone = load_backbone(model_name, **config.backbone_options(model_name))
     echo(f"{model_name}: weights from {backbone.source}; input {backbone.preprocessing.input_size[1]} px")
     fitted = fitted_to_images(backbone, dataset)
     if fitted is not backbone:

@@ -141,9 +141,7 @@ def bench_models(models: list[str], config: RunConfig, run_dir: Path, *, precisi
     precisions = precisions or default_precisions(device)
     rows = []
     for name in models:
-        backbone = load_backbone(name, weights_file=config.weights.get(name), weights_dir=config.weights_dir,
-                                 pretrained=config.pretrained, allow_random_init=config.allow_random_init,
-                                 image_size=config.image_size, pool_stages=config.pool_stages)
+        backbone = load_backbone(name, **config.backbone_options(name))
         echo(f"bench {name} ({backbone.preprocessing.input_size[1]} px) ...")
         rows += bench_backbone(backbone, precisions=precisions, onnx=onnx, repeats=repeats, device=device)
     machine = {"cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "native_bf16": bf16_supported(),
