@@ -173,7 +173,7 @@ def test_strong_augmentation_mixes_image_pairs_with_soft_targets():
     """`strong` trains on mixup/cutmix blends of pairs against soft targets, not on the images as given."""
     from timm.loss import SoftTargetCrossEntropy
 
-    from showdown.training.loop import TrainSettings, _loss_functions, run_epoch
+    from showdown.training.loop import Optimizing, TrainSettings, _loss_functions, run_epoch
 
     loss_fn, mix = _loss_functions(TrainSettings(mixup=True, label_smoothing=0.1), None, num_classes=3)
     assert isinstance(loss_fn, SoftTargetCrossEntropy) and mix is not None
@@ -191,7 +191,8 @@ def test_strong_augmentation_mixes_image_pairs_with_soft_targets():
     torch.manual_seed(0)
     images, labels = torch.rand(4, 3, 8, 8), torch.tensor([0, 1, 2, 0])
     model = Recorder()
-    run_epoch(model, [(images.clone(), labels)], loss_fn, torch.optim.SGD(model.parameters(), lr=0.1), mix=mix)
+    step = Optimizing(torch.optim.SGD(model.parameters(), lr=0.1), mix=mix)
+    run_epoch(model, [(images.clone(), labels)], loss_fn, step)
     assert not torch.equal(seen[0], images)  # blended (mixup) or pasted (cutmix)
 
 
