@@ -196,10 +196,10 @@ def read_json(path: Path, default=None):
     return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else default
 
 
-def summary_rows(run_dir: Path) -> list[dict] | None:
+def summary_rows(run_dir: Path) -> list[EntryRow] | None:
     """The summary rows of a finished run folder, or None when it has no summary.json."""
     summary = read_json(run_dir / SUMMARY_JSON)
-    return None if summary is None else summary["rows"]
+    return None if summary is None else [EntryRow.from_dict(row) for row in summary["rows"]]
 
 
 @dataclass

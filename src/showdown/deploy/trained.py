@@ -21,12 +21,12 @@ def choose_entry(run_dir: Path, model_name: str | None) -> Path:
     if rows is None:
         raise ModelError(f"{run_dir} is neither a run folder ({SUMMARY_JSON}) nor a saved model ({MODEL_INFO})")
     if model_name:
-        matches = [r for r in rows if model_name in (r["folder"], r["model"], f"{r['model']}/{r['strategy']}")]
+        matches = [r for r in rows if model_name in (r.folder, r.model, f"{r.model}/{r.strategy}")]
         if not matches:
-            names = ", ".join(r["folder"] for r in rows)
+            names = ", ".join(r.folder for r in rows)
             raise ModelError(f"no model '{model_name}' in {run_dir}; it has: {names}")
         rows = matches
-    folder = run_dir / max(rows, key=lambda r: r["accuracy"])["folder"]
+    folder = run_dir / max(rows, key=lambda r: r.accuracy).folder
     if not (folder / MODEL_INFO).is_file() and (folder / fold_folder(1) / MODEL_INFO).is_file():
         raise ModelError(f"{folder} is cross-validated (--folds): it holds one model per fold; pass one of them, "
                          f"e.g. {folder / fold_folder(1)}")
