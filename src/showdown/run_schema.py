@@ -8,6 +8,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, ClassVar, get_args, get_type_hints
@@ -64,6 +65,10 @@ def fold_folder(number: int) -> str:
 DETAIL_KEYS = ("per_class", "confusion_matrix", "classes", "setup", "tuning", "fold_metrics")
 
 
+_TYPES: dict[type, dict[str, Any]] = {}
+_CONVERTERS: dict[type, dict[str, Callable[[str], Any]]] = {}
+
+
 class _Row:
     """Rows written as JSON or CSV: declared columns in order, None columns left out (older files lack them),
     unknown keys read back into `extra` and written again, so a newer file survives an older reader."""
@@ -72,8 +77,11 @@ class _Row:
 
     @classmethod
     def _types(cls) -> dict[str, Any]:
-        hints = get_type_hints(cls)
-        return {f.name: hints[f.name] for f in fields(cls) if f.name != "extra"}
+        """The declared columns and their types, in order (worked out once per row type)."""
+        if cls not in _TYPES:
+            hints = get_type_hints(cls)
+            _TYPES[cls] = {f.name: hints[f.name] for f in fields(cls) if f.name != "extra"}
+        return _TYPES[cls]
 
     def to_dict(self) -> dict:
         row = {name: getattr(self, name) for name in self._types() if getattr(self, name) is not None}
@@ -82,18 +90,26 @@ class _Row:
     @classmethod
     def from_dict(cls, row: dict, *, text: bool = False):
         """`text=True`: the values are CSV strings, converted to the declared types ('' is None)."""
+        if text:
+            row = cls.typed(row)
         types = cls._types()
-        known = {k: (_convert(v, types[k]) if text else v) for k, v in row.items() if k in types}
+        known = {k: v for k, v in row.items() if k in types}
         return cls(**known, extra={k: v for k, v in row.items() if k not in types})
 
+    @classmethod
+    def typed(cls, row: dict[str, str]) -> dict:
+        """A CSV row with its declared columns converted to their types ('' is None), the others as they are."""
+        if cls not in _CONVERTERS:
+            _CONVERTERS[cls] = {name: _converter(kind) for name, kind in cls._types().items()}
+        convert = _CONVERTERS[cls]
+        return {k: (None if v in ("", None) else convert[k](v)) if k in convert else v for k, v in row.items()}
 
-def _convert(value: str | None, kind) -> Any:
-    if value is None or value == "":
-        return None
+
+def _converter(kind) -> Callable[[str], Any]:
     base = next((t for t in (bool, int, float) if kind is t or t in get_args(kind)), str)
     if base is bool:
-        return value == "True"
-    return base(float(value)) if base is int else base(value)
+        return lambda value: value == "True"
+    return (lambda value: int(float(value))) if base is int else base
 
 
 @dataclass
@@ -188,8 +204,7 @@ def read_text_rows(path: Path) -> list[dict[str, str]]:
 def read_rows(path: Path, kind: type[_Row]) -> list[dict]:
     """A CSV of `kind` rows as dicts with the declared types ([] when the file is absent)."""
     rows = read_text_rows(path)
-    typed = [kind.from_dict(row, text=True) for row in rows]  # the file's columns, in its order
-    return [{k: getattr(t, k) if k in t._types() else v for k, v in row.items()} for row, t in zip(rows, typed)]
+    return [kind.typed(row) for row in rows]  # the file's columns, in its order
 
 
 def read_json(path: Path, default=None):
