@@ -34,7 +34,7 @@ def table(path: Path) -> list[list[str]]:
 def csv_rows(path: Path) -> list:
     with path.open(newline="", encoding="utf-8") as handle:
         rows = list(csv.DictReader(handle))
-    return [list(rows[0]) if rows else []] + [timeless(row) for row in rows]
+    return [list(timeless(rows[0])) if rows else []] + [timeless(row) for row in rows]
 
 
 def compare(a: Path, b: Path) -> int:
