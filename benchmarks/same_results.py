@@ -37,17 +37,23 @@ def csv_rows(path: Path) -> list:
     return [list(timeless(rows[0])) if rows else []] + [timeless(row) for row in rows]
 
 
+def entry_folders(run: Path) -> list[str]:
+    return sorted(str(p.parent.relative_to(run)) for p in run.rglob("metrics.json"))
+
+
 def compare(a: Path, b: Path) -> int:
     checks = [("summary.md (without train s)", table), ("summary.csv (without times)", csv_rows),
               ("summary.json (without times)", lambda p: timeless(json.loads(p.read_text())))]
     results = [(label, fn(a / label.split()[0]) == fn(b / label.split()[0])) for label, fn in checks]
-    folders = sorted(p.name for p in a.iterdir() if (p / "metrics.json").is_file())
-    results.append(("entry folders", folders == sorted(p.name for p in b.iterdir() if (p / "metrics.json").is_file())))
+    folders = entry_folders(a)  # with --folds also each fold's folder
+    results.append(("entry folders", folders == entry_folders(b)))
     for folder in folders:
         for name, read in (("metrics.json", lambda p: timeless(json.loads(p.read_text()))),
                            ("model.json", lambda p: json.loads(p.read_text())), ("history.csv", csv_rows),
                            ("predictions.csv", Path.read_bytes)):
-            results.append((f"{folder}/{name}", read(a / folder / name) == read(b / folder / name)))
+            if (a / folder / name).is_file():  # a pooled --folds entry has no model of its own
+                same = (b / folder / name).is_file() and read(a / folder / name) == read(b / folder / name)
+                results.append((f"{folder}/{name}", same))
     for label, same in results:
         print(("same:      " if same else "DIFFERENT: ") + label)
     different = sum(not same for _, same in results)
