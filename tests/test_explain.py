@@ -42,7 +42,7 @@ def test_heat_map_mass_sits_on_the_square(square_run, tmp_path):
     assert results.rows[0]["accuracy"] >= 0.75  # the square is learnable from frozen features
     model, info = load_model(folder)
     marked = sorted(str(p) for p in (root / "marked").iterdir())[:12]
-    done = [d for d in explain(model, info["classes"], Preprocessing.from_dict(info["preprocessing"]), marked,
+    done = [d for d in explain(model, info.classes, Preprocessing.from_dict(info.preprocessing), marked,
                                tmp_path) if d.label == "marked"]
     assert len(done) >= 8
     shares = [d.heat[:d.heat.shape[0] // 2, :d.heat.shape[1] // 2].sum() / d.heat.sum() for d in done]

@@ -12,7 +12,7 @@ from showdown.frozen import engines
 from showdown.frozen.feature_cache import forward_frozen
 from showdown.models.backbones import load_backbone
 from showdown.reporting import plots
-from showdown.reporting.run_records import _read_csv
+from showdown.run_schema import HistoryRow, read_rows
 from showdown.startup import heavy_imports
 
 HISTORY = [{"phase": "head", "epoch": e, "lr": 1e-3, "train_loss": 1 / e, "train_acc": 0.5 + e / 10,
@@ -37,7 +37,7 @@ def test_figures_are_the_bytes_savefig_writes_and_drawn_once(tmp_path, monkeypat
     assert (tmp_path / "curves.png").read_bytes() == _saved(plots.curves_figure(HISTORY, "m / head"), tmp_path,
                                                             "h.png")
     write_csv(tmp_path / "history.csv", HISTORY)
-    read_back = _read_csv(tmp_path / "history.csv")  # what the report reads
+    read_back = read_rows(tmp_path / "history.csv", HistoryRow)  # what the report reads
     drawn = []
     monkeypatch.setattr(plots, "confusion_figure", lambda *a: drawn.append(a))
     monkeypatch.setattr(plots, "curves_figure", lambda *a: drawn.append(a))

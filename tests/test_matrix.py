@@ -66,7 +66,7 @@ def test_every_backbone_trains_saves_predicts_and_exports(showdown_run, strategy
         assert trainable == head
     elif strategy == "scratch":
         assert trainable == total  # every layer of the named backbone, batch norm included, and the head
-        assert info["backbone"] == name and row["weights"].startswith("random init")
+        assert info.backbone == name and row["weights"].startswith("random init")
     else:
         assert head < trainable < total
 
@@ -82,7 +82,7 @@ def test_every_backbone_trains_saves_predicts_and_exports(showdown_run, strategy
         assert first == r["pred"] or p1 - p2 < 1e-4, (r["path"], p["top"], r["pred"])  # only a near tie may flip
 
     # Its ONNX export computes the same probabilities.
-    transform = eval_transform(Preprocessing.from_dict(info["preprocessing"]))
+    transform = eval_transform(Preprocessing.from_dict(info.preprocessing))
     images = torch.stack([transform(load_rgb(r["path"])) for r in recorded[:4]])
     with torch.inference_mode():
         expected = model(images).softmax(1).numpy()

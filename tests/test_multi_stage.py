@@ -57,11 +57,11 @@ def test_a_multi_stage_model_with_flip_tta_evaluates_predicts_and_exports_the_sa
                   epochs=2, workers=0, out=str(out), record=False, report=False, precision="fp32"),
         echo=lambda *_: None)
     model, info = load_model(out / "efficientnet_lite0-head")
-    assert info["pool_stages"] == 2 and model.head.layers[-1].in_features == 112 + 320 + 1280
-    assert info["tta"] == "flip" and model.tta == "flip"
+    assert info.pool_stages == 2 and model.head.layers[-1].in_features == 112 + 320 + 1280
+    assert info.tta == "flip" and model.tta == "flip"
     with open(out / "efficientnet_lite0-head" / "predictions.csv") as f:
         rows = list(csv.DictReader(f))
-    transform = eval_transform(Preprocessing.from_dict(info["preprocessing"]))
+    transform = eval_transform(Preprocessing.from_dict(info.preprocessing))
     batch = torch.stack([transform(load_rgb(row["path"])) for row in rows])
     with torch.inference_mode():
         logits = model(batch)
@@ -115,7 +115,7 @@ def test_run_bench_measures_the_multi_stage_network_it_trained(demo_dir, tmp_pat
                   workers=0, precision="fp32", bench=True, out=str(out), record=False, report=False),
         echo=lambda *_: None)
     _, info = load_model(out / "efficientnet_lite0-head")
-    trained_width = info["head"]["in_features"]
+    trained_width = info.head.in_features
     assert trained_width == 112 + 320 + 1280
     (backbone,) = measured
     assert isinstance(backbone.model, PooledStages) and backbone.pool_stages == 2

@@ -132,13 +132,13 @@ def test_weights_model_equals_file_loads_that_file_into_that_model_only(tmp_path
     metrics = json.loads((out / "mobilenet_v2-head" / "metrics.json").read_text())
     assert metrics["weights"] == source and metrics["pretrained"] is True
     model, info = load_model(out / "mobilenet_v2-head")
-    assert info["weights_source"] == source
+    assert info.weights_source == source
     backbone = model.backbone.state_dict()
     for key, value in state.items():
         if not key.startswith("classifier."):  # the head replaces ImageNet's classifier
             assert torch.equal(backbone[key], value), key  # the frozen backbone holds exactly the file's weights
     _, lite0 = load_model(out / "efficientnet_lite0-head")
-    assert lite0["weights_source"].startswith("package")
+    assert lite0.weights_source.startswith("package")
 
 
 def test_config_file_values_are_used_and_cli_flags_override_them(tmp_path, capsys):
@@ -162,6 +162,6 @@ def test_config_file_values_are_used_and_cli_flags_override_them(tmp_path, capsy
     history = _history(entry)
     assert [int(h["epoch"]) for h in history] == [1, 2, 3] and float(history[0]["lr"]) == 0.005
     _, info = load_model(entry)
-    assert info["preprocessing"]["input_size"] == [3, 64, 64]
+    assert info.preprocessing["input_size"] == [3, 64, 64]
     confusion = json.loads((entry / "metrics.json").read_text())["confusion_matrix"]
     assert sum(map(sum, confusion)) == 10  # the file's max_per_class: 2 test images per class, not all 40

@@ -52,7 +52,7 @@ def test_saved_model_reproduces_the_test_predictions(demo_run):
 
     model, info = load_model(demo_run.run_dir / "efficientnet_lite0-head")
     dataset = load_dataset("demo")
-    transform = eval_transform(Preprocessing.from_dict(info["preprocessing"]))
+    transform = eval_transform(Preprocessing.from_dict(info.preprocessing))
     batch = torch.stack([transform(load_rgb(p)) for p, _ in dataset.splits["test"]])
     with torch.inference_mode():
         predicted = model(batch).argmax(1).tolist()

@@ -119,7 +119,7 @@ def test_scratch_cnn_trains_every_layer_of_the_small_cnn(tmp_path, demo_copy):
     assert row["model"] == "scratch_cnn" and row["trainable_params"] == round(row["params_m"] * 1e6)
     assert not row["pretrained"] and row["weights"].startswith("random init")
     model, info = load_model(results.run_dir / "scratch_cnn-scratch-cnn")
-    assert info["backbone"] == "scratch_cnn"
+    assert info.backbone == "scratch_cnn"
 
 
 def test_scratch_trains_a_named_backbone_from_random_init_with_every_layer_trainable(tmp_path):
@@ -133,7 +133,7 @@ def test_scratch_trains_a_named_backbone_from_random_init_with_every_layer_train
     assert not row["pretrained"] and row["weights"].startswith("random init")
     folder = results.run_dir / "efficientnet_lite0-scratch"
     model, info = load_model(folder)
-    assert info["backbone"] == "efficientnet_lite0"
+    assert info.backbone == "efficientnet_lite0"
     assert row["trainable_params"] == sum(p.numel() for p in model.parameters())  # every layer, and the head
     imagenet = load_backbone("efficientnet_lite0").model.conv_stem.weight
     assert not torch.allclose(model.backbone.conv_stem.weight, imagenet, atol=0.05)  # one epoch from random init
@@ -173,7 +173,7 @@ def test_strong_augmentation_mixes_image_pairs_with_soft_targets():
     """`strong` trains on mixup/cutmix blends of pairs against soft targets, not on the images as given."""
     from timm.loss import SoftTargetCrossEntropy
 
-    from showdown.training.loop import TrainSettings, _loss_functions, run_epoch
+    from showdown.training.loop import Optimizing, TrainSettings, _loss_functions, run_epoch
 
     loss_fn, mix = _loss_functions(TrainSettings(mixup=True, label_smoothing=0.1), None, num_classes=3)
     assert isinstance(loss_fn, SoftTargetCrossEntropy) and mix is not None
@@ -191,7 +191,8 @@ def test_strong_augmentation_mixes_image_pairs_with_soft_targets():
     torch.manual_seed(0)
     images, labels = torch.rand(4, 3, 8, 8), torch.tensor([0, 1, 2, 0])
     model = Recorder()
-    run_epoch(model, [(images.clone(), labels)], loss_fn, torch.optim.SGD(model.parameters(), lr=0.1), mix=mix)
+    step = Optimizing(torch.optim.SGD(model.parameters(), lr=0.1), mix=mix)
+    run_epoch(model, [(images.clone(), labels)], loss_fn, step)
     assert not torch.equal(seen[0], images)  # blended (mixup) or pasted (cutmix)
 
 

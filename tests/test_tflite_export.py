@@ -50,7 +50,7 @@ def _held_out(run_dir, count):
 
 def _pytorch(run_dir, paths):
     model, info = load_model(run_dir / ENTRY)
-    transform = eval_transform(Preprocessing.from_dict(info["preprocessing"]))
+    transform = eval_transform(Preprocessing.from_dict(info.preprocessing))
     batch = torch.stack([transform(load_rgb(p)) for p in paths])
     with torch.inference_mode():
         return batch, model(batch).softmax(1).numpy()

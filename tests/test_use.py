@@ -44,7 +44,7 @@ def test_exported_model_matches_pytorch_and_carries_its_metadata(trained, fmt):
     run_dir, data = trained
     path = export_model(run_dir, fmt, model_name="efficientnet_lite0-head")
     model, info = load_model(run_dir / "efficientnet_lite0-head")
-    transform = eval_transform(Preprocessing.from_dict(info["preprocessing"]))
+    transform = eval_transform(Preprocessing.from_dict(info.preprocessing))
     batch = torch.stack([transform(load_rgb(p)) for p in _real_images(data)])
     with torch.inference_mode():
         expected = model(batch).softmax(1).numpy()
@@ -81,13 +81,13 @@ def test_predict_cli_writes_csv_and_json_and_scores_labelled_folders(trained, tm
     assert "scratch_cnn / scratch-cnn" in result.stderr
     # The top 2 are the model's own softmax, recomputed here from the image files.
     model, info = load_model(run_dir / "scratch_cnn-scratch-cnn")
-    transform = eval_transform(Preprocessing.from_dict(info["preprocessing"]))
+    transform = eval_transform(Preprocessing.from_dict(info.preprocessing))
     with torch.inference_mode():
         probs = model(torch.stack([transform(load_rgb(row["path"])) for row in rows[:8]])).softmax(1).numpy()
     for row, p in zip(rows, probs):
         order = np.argsort(-p)[:2]
         got = row["predictions"]
-        assert [g["class"] for g in got] == [info["classes"][i] for i in order] or abs(p[order[0]] - p[order[1]]) < 1e-4
+        assert [g["class"] for g in got] == [info.classes[i] for i in order] or abs(p[order[0]] - p[order[1]]) < 1e-4
         np.testing.assert_allclose([g["probability"] for g in got], p[order], atol=1e-5)
 
 

@@ -44,7 +44,7 @@ def test_dinov2_head_at_112_px_end_to_end(tmp_path, demo_copy):
     entry = out / f"{DINO}-head"
     assert json.loads((entry / "metrics.json").read_text())["accuracy"] >= 0
     model, info = load_model(entry)  # rebuilt at 112 px from the saved timm kwargs
-    assert info["timm_kwargs"]["img_size"] == 112
+    assert info.timm_kwargs["img_size"] == 112
     with torch.inference_mode():
         assert model.eval()(torch.zeros(1, 3, 112, 112)).shape == (1, 3)
 
@@ -166,7 +166,7 @@ def test_pool_stages_on_a_vit_takes_the_class_tokens_of_its_last_blocks_and_expo
                             label_issues="off", gradcam=0, out=str(tmp_path / "probe")), echo=lambda *_: None)
     folder = results.run_dir / results.rows[0]["folder"]
     model, info = load_model(folder)
-    images = torch.stack([eval_transform(Preprocessing.from_dict(info["preprocessing"]))(load_rgb(p))
+    images = torch.stack([eval_transform(Preprocessing.from_dict(info.preprocessing))(load_rgb(p))
                           for p in sorted(demo_copy.rglob("*.jpg"))[:4]])
     with torch.inference_mode():
         expected = model(images).softmax(1).numpy()

@@ -243,6 +243,13 @@ class RunConfig:
         """The strategies parsed (one-line ConfigErrors); the field keeps their text, as flags and files give it."""
         return [Strategy.parse(text) for text in self.strategies]
 
+    def backbone_options(self, model_name: str) -> dict:
+        """load_backbone's keyword arguments for `model_name`, from one place: the run, the bench and a scratch
+        entry load backbones alike (copying these fields is how --bench once missed --pool-stages)."""
+        return {"weights_file": self.weights.get(model_name), "weights_dir": self.weights_dir,
+                "pretrained": self.pretrained, "allow_random_init": self.allow_random_init,
+                "image_size": self.image_size, "pool_stages": self.pool_stages}
+
     @property
     def tuning(self) -> bool:
         return bool(self.tune or self.tune_minutes)

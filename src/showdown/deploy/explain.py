@@ -181,5 +181,5 @@ def explain_files(model_path: str, inputs: list[str], model_name: str | None = N
     folder = choose_entry(path, model_name)
     model, info = load_model(folder)
     target = Path(out) if out else folder / "explain"
-    found = explain(model, info["classes"], Preprocessing.from_dict(info["preprocessing"]), files, target)
+    found = explain(model, info.classes, Preprocessing.from_dict(info.preprocessing), files, target)
     return target, found, "Grad-CAM"

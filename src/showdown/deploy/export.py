@@ -40,10 +40,9 @@ def export_model(model_path: str | Path, fmt: str, out: str | Path | None = None
     model, info = load_model(folder)
     suffix = f"-{quantize}" if quantize else ""
     out = Path(out) if out else folder / f"model{suffix}{FORMATS[fmt]}"
-    metadata = json.dumps({"name": f"{info['backbone']} / {info['strategy']}", "classes": info["classes"],
-                           "preprocessing": info["preprocessing"]})
+    metadata = json.dumps({"name": info.name, "classes": info.classes, "preprocessing": info.preprocessing})
     wrapped = Probabilities(model).eval()
-    example = torch.zeros(2, *info["preprocessing"]["input_size"])
+    example = torch.zeros(2, *info.preprocessing["input_size"])
     with atomic_path(out) as tmp:
         if fmt == "onnx":
             _export_onnx(wrapped, example, tmp, metadata)

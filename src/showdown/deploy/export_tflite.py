@@ -22,11 +22,12 @@ from showdown.data.images import eval_transform, load_rgb
 from showdown.data.preprocessing import Preprocessing
 from showdown.deploy.trained import add_tflite_metadata
 from showdown.errors import ConfigError, ModelError
+from showdown.run_schema import SPLITS_CSV, ModelInfo
 
 CALIBRATION_IMAGES = 64  # training images that set the int8 activation ranges
 
 
-def export_tflite(model: nn.Module, info: dict, entry: Path, path: Path, metadata: str,
+def export_tflite(model: nn.Module, info: ModelInfo, entry: Path, path: Path, metadata: str,
                   quantize: str | None) -> None:
     os.environ.setdefault("LITERT_TORCH_SHOW_PROGRESS", "n")  # its progress lines would bury the CLI's output
     try:
@@ -34,7 +35,7 @@ def export_tflite(model: nn.Module, info: dict, entry: Path, path: Path, metadat
         import litert_torch
     except ImportError as exc:
         raise ConfigError("TFLite export needs litert-torch: pip install 'tl-showdown[tflite]'") from exc
-    side = info["preprocessing"]["input_size"][1:]
+    side = info.preprocessing["input_size"][1:]
     nhwc = litert_torch.to_channel_last_io(model.eval(), args=[0]).eval()
     sample = (torch.zeros(1, *side, 3),)
     images = calibration_images(entry, info) if quantize else []  # a missing splits.csv fails before converting
@@ -48,9 +49,9 @@ def export_tflite(model: nn.Module, info: dict, entry: Path, path: Path, metadat
     add_tflite_metadata(path, metadata)
 
 
-def calibration_images(entry: Path, info: dict, count: int = CALIBRATION_IMAGES) -> list[torch.Tensor]:
+def calibration_images(entry: Path, info: ModelInfo, count: int = CALIBRATION_IMAGES) -> list[torch.Tensor]:
     """A seeded sample of the run's training images (from its splits.csv), preprocessed as in training."""
-    splits = entry.parent / "splits.csv"
+    splits = entry.parent / SPLITS_CSV
     if not splits.is_file():
         raise ModelError(f"int8 calibration uses the run's training images, listed in {splits}, which is missing; "
                          "export from inside its run folder")
@@ -61,5 +62,5 @@ def calibration_images(entry: Path, info: dict, count: int = CALIBRATION_IMAGES)
         raise ModelError(f"none of the {len(train)} training images in {splits} exist any more; "
                          "int8 calibration needs them")
     chosen = random.Random(0).sample(present, min(count, len(present)))
-    transform = eval_transform(Preprocessing.from_dict(info["preprocessing"]))
+    transform = eval_transform(Preprocessing.from_dict(info.preprocessing))
     return [transform(load_rgb(p)) for p in chosen]

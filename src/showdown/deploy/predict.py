@@ -23,6 +23,7 @@ from showdown.deploy.trained import METADATA_KEY, choose_entry, read_tflite_meta
 from showdown.device import resolve_device, to_device
 from showdown.errors import DataError, ModelError
 from showdown.models.saving import load_model
+from showdown.run_schema import MODEL_WEIGHTS
 
 
 @dataclass
@@ -52,8 +53,8 @@ def open_model(path: str | Path, model_name: str | None = None, device: str = "c
     if path.is_dir():
         folder = choose_entry(path, model_name)
         model, info = load_model(folder)
-        return Predictor(f"{info['backbone']} / {info['strategy']}", info["classes"],
-                         Preprocessing.from_dict(info["preprocessing"]), _torch_forward(model, resolve_device(device)))
+        return Predictor(info.name, info.classes, Preprocessing.from_dict(info.preprocessing),
+                         _torch_forward(model, resolve_device(device)))
     if not path.is_file():
         raise ModelError(f"{path} does not exist; give a run folder, an entry folder, or an exported .onnx / .pt file")
     if path.suffix == ".onnx":
@@ -62,7 +63,7 @@ def open_model(path: str | Path, model_name: str | None = None, device: str = "c
         return _open_torchscript(path, resolve_device(device))
     if path.suffix == ".tflite":
         return _open_tflite(path)
-    if path.name == "model.safetensors":
+    if path.name == MODEL_WEIGHTS:
         return open_model(path.parent, device=device)
     raise ModelError(f"{path}: not a model showdown can run (expected a run folder, .onnx, TorchScript .pt "
                      "or .tflite)")

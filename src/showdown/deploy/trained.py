@@ -3,34 +3,33 @@ an exported file carries (class names and preprocessing as JSON, under METADATA_
 export, so that neither imports the other."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 
 from showdown.errors import ModelError
+from showdown.run_schema import MODEL_INFO, SUMMARY_JSON, fold_folder, summary_rows
 
 METADATA_KEY = "tl-showdown"
 
 
 def choose_entry(run_dir: Path, model_name: str | None) -> Path:
     """The entry folder inside a run folder: the named one, or the best by test accuracy."""
-    if (run_dir / "model.json").is_file():
+    if (run_dir / MODEL_INFO).is_file():
         return run_dir
-    summary = run_dir / "summary.json"
-    if not summary.is_file():
-        raise ModelError(f"{run_dir} is neither a run folder (summary.json) nor a saved model (model.json)")
-    rows = json.loads(summary.read_text())["rows"]
+    rows = summary_rows(run_dir)
+    if rows is None:
+        raise ModelError(f"{run_dir} is neither a run folder ({SUMMARY_JSON}) nor a saved model ({MODEL_INFO})")
     if model_name:
-        matches = [r for r in rows if model_name in (r["folder"], r["model"], f"{r['model']}/{r['strategy']}")]
+        matches = [r for r in rows if model_name in (r.folder, r.model, f"{r.model}/{r.strategy}")]
         if not matches:
-            names = ", ".join(r["folder"] for r in rows)
+            names = ", ".join(r.folder for r in rows)
             raise ModelError(f"no model '{model_name}' in {run_dir}; it has: {names}")
         rows = matches
-    folder = run_dir / max(rows, key=lambda r: r["accuracy"])["folder"]
-    if not (folder / "model.json").is_file() and (folder / "fold1" / "model.json").is_file():
+    folder = run_dir / max(rows, key=lambda r: r.accuracy).folder
+    if not (folder / MODEL_INFO).is_file() and (folder / fold_folder(1) / MODEL_INFO).is_file():
         raise ModelError(f"{folder} is cross-validated (--folds): it holds one model per fold; pass one of them, "
-                         f"e.g. {folder / 'fold1'}")
+                         f"e.g. {folder / fold_folder(1)}")
     return folder
 
 

@@ -17,6 +17,7 @@ from showdown.experiment.folds import FeaturePool
 from showdown.models.backbones import Backbone
 from showdown.models.classifier import ImageClassifier
 from showdown.reporting.progress import Reporter
+from showdown.run_schema import Timing, checkpoint_file
 from showdown.training.batches import ImageBatches, image_batches
 from showdown.training.loop import fit
 
@@ -49,10 +50,10 @@ class Entry:
     pool: FeaturePool | None = None  # with --folds: every image's features, extracted once for all folds
     checkpoints: bool = True  # a search trial writes none (it is repeated, not resumed)
     on_epoch: Callable | None = None  # called with the best validation loss after every epoch (the search's pruner)
-    timing: dict = field(default_factory=dict)  # seconds per phase and cache facts, for the summary row
+    timing: Timing = field(default_factory=Timing)  # seconds per phase and cache facts, for the summary row
 
     def checkpoint(self, phase: str) -> Path | None:
-        return self.folder / f"checkpoint-{phase}.pt" if self.checkpoints else None
+        return self.folder / checkpoint_file(phase) if self.checkpoints else None
 
     def class_weights(self) -> torch.Tensor | None:
         """'balanced': each class weighs n / (k * n_class), as scikit-learn computes it."""

@@ -25,6 +25,7 @@ from showdown.models.backbones import Backbone, load_backbone
 from showdown.models.classifier import Head, ImageClassifier
 from showdown.models.small_cnn import small_cnn_backbone
 from showdown.reporting.metrics import classification_metrics
+from showdown.run_schema import CHECKPOINTS, SEARCH_DB
 
 
 class EntryResult(NamedTuple):
@@ -41,7 +42,7 @@ def run_entry(strategy: Strategy, backbone: Backbone, dataset: DatasetSpec, conf
         metrics = classification_metrics(y_true, probs, dataset.classes)
         row = write_entry(entry, metrics, trained.history, probs, y_true, test_items, search, keep_probabilities)
         explain_entry(entry, probs, y_true, test_items, config.gradcam)
-        for checkpoint in folder.glob("checkpoint-*.pt"):  # the entry is complete; its results replace them
+        for checkpoint in folder.glob(CHECKPOINTS):  # the entry is complete; its results replace them
             checkpoint.unlink()
     return EntryResult(distributed.broadcast(row), trained.failed)
 
@@ -60,10 +61,10 @@ def train_entry(strategy: Strategy, backbone: Backbone, dataset: DatasetSpec, co
     backbone, model = build_model(strategy, backbone, dataset, config, run.device)
     entry = Entry(strategy, backbone, model, dataset, config, run, folder, pool=pool)
     if search is not None:
-        entry.timing["tune_seconds"] = search["seconds"]
+        entry.timing.tune_seconds = search["seconds"]
     start = time.perf_counter()
     trained = train(entry)
-    entry.timing["train_seconds"] = time.perf_counter() - start
+    entry.timing.train_seconds = time.perf_counter() - start
     return entry, trained, search
 
 
@@ -74,8 +75,9 @@ def build_model(strategy: Strategy, backbone: Backbone, dataset: DatasetSpec, co
     if strategy.is_small_cnn:
         backbone = small_cnn_backbone(config.image_size)
     elif strategy.from_scratch:
-        backbone = fitted_to_images(load_backbone(backbone.spec.name, pretrained=False, image_size=config.image_size,
-                                                  pool_stages=config.pool_stages), dataset)
+        name = backbone.spec.name
+        backbone = fitted_to_images(load_backbone(name, **{**config.backbone_options(name), "pretrained": False}),
+                                    dataset)
     elif strategy.trains_backbone:
         backbone = copy.deepcopy(backbone)
     head = Head(backbone.num_features, len(dataset.classes), config.head_hidden, config.head_dropout, config.head_bn)
@@ -109,5 +111,5 @@ def _search(strategy: Strategy, backbone: Backbone, dataset: DatasetSpec, config
         trial_backbone, model = build_model(HEAD, backbone, seen, config, run.device)
         extract_all(Entry(HEAD, trial_backbone, model, seen, config, quiet, folder, pool=pool))
     extraction = time.perf_counter() - start
-    config, search = tune(config, strategy, train_trial, folder / "search.db", on_trial=run.reporter.trial)
+    config, search = tune(config, strategy, train_trial, folder / SEARCH_DB, on_trial=run.reporter.trial)
     return config, {**search, "feature_seconds": extraction}

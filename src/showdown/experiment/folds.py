@@ -9,9 +9,7 @@ predictions.csv covers every image, which is what the report's McNemar and boots
 """
 from __future__ import annotations
 
-import csv
 import dataclasses
-import json
 import statistics
 from collections import Counter
 from pathlib import Path
@@ -27,10 +25,20 @@ from showdown.fileio import write_csv, write_json
 from showdown.frozen.feature_cache import Features
 from showdown.reporting.metrics import classification_metrics
 from showdown.reporting.plots import plot_confusion, plot_curves
-
-PROBABILITIES = "probabilities.npy"  # a fold's test probabilities, rows as in its predictions.csv
-# metrics.json keys of a pooled entry that are detail, not summary-row columns
-FOLD_DETAIL_KEYS = ("fold_metrics",)
+from showdown.run_schema import (
+    CONFUSION_PLOT,
+    CURVES_PLOT,
+    DETAIL_KEYS,
+    HISTORY,
+    METRICS,
+    PREDICTIONS,
+    PROBABILITIES,
+    EntryRow,
+    PredictionRow,
+    read_json,
+    read_text_rows,
+    write_rows,
+)
 
 
 def all_items(dataset: DatasetSpec) -> list[tuple[Path, int]]:
@@ -112,42 +120,40 @@ def write_pooled(folder: Path, fold_folders: list[Path], fold_rows: list[dict], 
     paths, y_true, probs, fold_of, history = [], [], [], [], []
     index = {name: i for i, name in enumerate(classes)}
     for number, fold_folder in enumerate(fold_folders, start=1):
-        with (fold_folder / "predictions.csv").open(encoding="utf-8", newline="") as handle:
-            rows = list(csv.DictReader(handle))
-        paths += [row["path"] for row in rows]
-        y_true += [index[row["true"]] for row in rows]
+        rows = [PredictionRow.from_dict(row, text=True) for row in read_text_rows(fold_folder / PREDICTIONS)]
+        paths += [row.path for row in rows]
+        y_true += [index[row.true] for row in rows]
         fold_of += [number] * len(rows)
         probs.append(np.load(fold_folder / PROBABILITIES))
-        with (fold_folder / "history.csv").open(encoding="utf-8", newline="") as handle:
-            history += [{**row, "phase": f"fold {number} {row['phase']}"} for row in csv.DictReader(handle)]
+        history += [{**row, "phase": f"fold {number} {row['phase']}"} for row in read_text_rows(fold_folder / HISTORY)]
     order = sorted(range(len(paths)), key=lambda i: paths[i])
     probs_all = np.concatenate(probs)[order]
     y = np.array(y_true)[order]
     metrics = classification_metrics(y, probs_all, classes)
-    write_csv(folder / "predictions.csv", [
-        {"path": paths[i], "true": classes[t], "pred": classes[p.argmax()], "confidence": float(p.max()),
-         "fold": fold_of[i]} for i, t, p in zip(order, y, probs_all)])
-    write_csv(folder / "history.csv", history)
-    plot_confusion(metrics["confusion_matrix"], classes, folder / "confusion.png", f"{title}, all folds")
-    plot_curves(history, folder / "curves.png", f"{title}, fold after fold")
+    write_rows(folder / PREDICTIONS, [
+        PredictionRow(paths[i], classes[t], classes[p.argmax()], float(p.max()), fold_of[i])
+        for i, t, p in zip(order, y, probs_all)])
+    write_csv(folder / HISTORY, history)
+    plot_confusion(metrics["confusion_matrix"], classes, folder / CONFUSION_PLOT, f"{title}, all folds")
+    plot_curves(history, folder / CURVES_PLOT, f"{title}, fold after fold")
     accuracies = [row["accuracy"] for row in fold_rows]
     per_fold = [{"fold": number, **{k: row.get(k) for k in ("accuracy", "loss", "macro_f1", "n_test",
                                                              "train_seconds", "tune_seconds")}}
                 for number, row in enumerate(fold_rows, start=1)]
     first = fold_rows[0]
-    summary = {
+    summary = EntryRow.from_dict({
         "model": first["model"], "strategy": first["strategy"], "seed": first["seed"],
-        **{k: v for k, v in metrics.items() if k not in ("per_class", "confusion_matrix")},
+        **{k: v for k, v in metrics.items() if k not in DETAIL_KEYS},
         "folds": len(fold_rows),
         "fold_accuracy_mean": statistics.fmean(accuracies),
         "fold_accuracy_std": statistics.stdev(accuracies) if len(accuracies) > 1 else 0.0,
         **{k: sum(row.get(k) or 0 for row in fold_rows) for k in ("train_seconds", "tune_seconds", "feature_seconds")
            if any(k in row for row in fold_rows)},
         **{k: first.get(k) for k in ("params_m", "trainable_params", "weights", "pretrained")},
-    }
+    }).to_dict()
     details = {"per_class": metrics["per_class"], "confusion_matrix": metrics["confusion_matrix"],
                "classes": classes, "fold_metrics": per_fold}
-    fold_details = [json.loads((f / "metrics.json").read_text()) for f in fold_folders]
+    fold_details = [read_json(f / METRICS) for f in fold_folders]
     setup = dict(fold_details[0].get("setup") or {})
     setup.update(evaluation=setup.get("evaluation", "").partition(" of ")[2] or "cross-validation",
                  test_images=len(paths))
@@ -155,5 +161,5 @@ def write_pooled(folder: Path, fold_folders: list[Path], fold_rows: list[dict], 
     if fold_details[0].get("tuning"):
         details["tuning"] = {"budget": fold_details[0]["tuning"]["budget"],
                              "folds": [d.get("tuning") for d in fold_details]}
-    write_json(folder / "metrics.json", {**summary, **details})  # last: marks the entry complete
+    write_json(folder / METRICS, {**summary, **details})  # last: marks the entry complete
     return summary

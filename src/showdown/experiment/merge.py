@@ -24,14 +24,26 @@ from showdown.fileio import write_csv, write_json
 from showdown.reporting.database import default_db, record_run
 from showdown.reporting.label_issues import LABEL_ISSUES
 from showdown.reporting.report import report_run
-from showdown.reporting.run_records import read_json
+from showdown.run_schema import (
+    BENCH_CSV,
+    BENCH_JSON,
+    CONFIG,
+    DATASET,
+    ENVIRONMENT,
+    FOLDS_CSV,
+    LEAKAGE,
+    MERGE,
+    SPLITS_CSV,
+    SUMMARY_JSON,
+    read_json,
+)
 
 # Options that differ between the shards of one showdown without changing a result: which share, where it wrote,
 # what it printed, and the machine it ran on (its paths, device and workers).
 PER_SHARD = {"shard", "out", "models", "name", "db", "record", "report", "bench", "quiet", "log_file", "track",
              "device", "workers", "cache_dir", "cache_budget_gb", "boundary_disk", "data", "data_root", "weights",
              "weights_dir", "compile", "gradcam", "assert_accuracy_at_least", "executor", "ray_address"}
-RUN_FILES = ("environment.json", "dataset.json", "splits.csv", "folds.csv", "leakage.csv")  # the first shard's
+RUN_FILES = (ENVIRONMENT, DATASET, SPLITS_CSV, FOLDS_CSV, LEAKAGE)  # the first shard's
 
 
 @dataclasses.dataclass
@@ -81,14 +93,14 @@ def merge(run_dirs: list[str | Path], out: str | Path, *, report: bool = True, r
 
 
 def _read(run_dir: Path) -> Shard:
-    summary = read_json(run_dir / "summary.json")
-    if summary is None or not (run_dir / "config.yaml").is_file():
+    summary = read_json(run_dir / SUMMARY_JSON)
+    if summary is None or not (run_dir / CONFIG).is_file():
         raise ConfigError(f"{run_dir} is not a finished showdown run (no summary.json or config.yaml)")
     if (summary.get("label_issues") or {}).get("rerun"):
         raise ConfigError(f"{run_dir} holds a --drop-label-issues rerun, which merge cannot join (each shard judged "
                           "the labels by its own best backbone); run the shards without --drop-label-issues")
-    return Shard(run_dir, read_config_file(run_dir / "config.yaml"), summary, read_json(run_dir / "dataset.json", {}),
-                 read_json(run_dir / "environment.json", {}))
+    return Shard(run_dir, read_config_file(run_dir / CONFIG), summary, read_json(run_dir / DATASET, {}),
+                 read_json(run_dir / ENVIRONMENT, {}))
 
 
 def _shard_order(shard: Shard) -> int:
@@ -137,7 +149,7 @@ def _check_same(first: Shard, other: Shard) -> None:
 def _split_rows(shard: Shard) -> str:
     """The split itself (split or fold, path and label of every image): what the fingerprint and the split's
     description in dataset.json stand for, compared in full."""
-    for name in ("splits.csv", "folds.csv"):
+    for name in (SPLITS_CSV, FOLDS_CSV):
         if (shard.run_dir / name).is_file():
             return (shard.run_dir / name).read_text(encoding="utf-8")
     return ""
@@ -160,7 +172,7 @@ def _check_out(out: Path, folders: set[str], keep: str | None = None) -> None:
     it)."""
     if not out.exists() or (out.is_dir() and not any(path.name != keep for path in out.iterdir())):
         return
-    earlier = read_json(out / "merge.json") if out.is_dir() else None
+    earlier = read_json(out / MERGE) if out.is_dir() else None
     if earlier is None:
         raise ConfigError(f"--out {out} already exists and is not an earlier merge; give a new folder")
     held = {folder for source in earlier["shards"] for folder in source["entries"]}
@@ -180,7 +192,7 @@ def _write(shards: list[Shard], rows: list[dict], staging: Path, out: Path) -> N
             shutil.copytree(shard.run_dir / folder, staging / folder, copy_function=_link_or_copy)
     # One process's configuration: every backbone, no shard (`showdown run --resume` on it keeps every entry).
     config = RunConfig.from_dict({**first.config, "shard": None, "models": _models(shards), "out": str(out)})
-    config.save(staging / "config.yaml")
+    config.save(staging / CONFIG)
     _write_bench(shards, staging)
     judged = _label_issues_source(shards, rows)
     if judged is not None and (judged.run_dir / LABEL_ISSUES).is_file():
@@ -189,7 +201,7 @@ def _write(shards: list[Shard], rows: list[dict], staging: Path, out: Path) -> N
     totals = {key: sum(p.get(key, 0) for p in passes) for key in ("hit", "miss", "images", "recomputed")}
     skipped = sorted({path for shard in shards for path in shard.summary.get("skipped_files", [])})
     write_summary(staging, rows, skipped, totals, judged.summary.get("label_issues") if judged else None)
-    write_json(staging / "merge.json", {"shards": [
+    write_json(staging / MERGE, {"shards": [
         {"run_dir": str(shard.run_dir.resolve()), "shard": shard.config.get("shard"), "entries": shard.folders,
          "frozen_passes": shard.summary.get("frozen_passes")} for shard in shards]})
 
@@ -204,12 +216,12 @@ def _link_or_copy(source: str, target: str) -> None:
 
 def _write_bench(shards: list[Shard], staging: Path) -> None:
     """With --bench, each shard measured its own backbones: one bench.json of all their rows."""
-    benches = [read_json(shard.run_dir / "bench.json") for shard in shards]
+    benches = [read_json(shard.run_dir / BENCH_JSON) for shard in shards]
     benches = [bench for bench in benches if bench]
     if benches:
         rows = [row for bench in benches for row in bench["rows"]]
-        write_json(staging / "bench.json", {**benches[0], "rows": rows})
-        write_csv(staging / "bench.csv", rows)
+        write_json(staging / BENCH_JSON, {**benches[0], "rows": rows})
+        write_csv(staging / BENCH_CSV, rows)
 
 
 def _label_issues_source(shards: list[Shard], rows: list[dict]) -> Shard | None:

@@ -77,8 +77,8 @@ def train_head(entry: Entry, features: dict | None = None) -> Trained:
     if config.augment in CACHEABLE_AUGMENTS:
         if features is None:
             features = extract_all(entry)
-            timing["feature_seconds"] = time.perf_counter() - start
-            timing["feature_cache_hit"] = all(f.cache_hit for f in features.values())
+            timing.feature_seconds = time.perf_counter() - start
+            timing.feature_cache_hit = all(f.cache_hit for f in features.values())
         # Trains in seconds on the cached features: every process trains it alike, no data parallelism needed.
         history = entry.fit(model.head, cached_train_batches(features, config.batch_size, config.seed),
                             feature_batches(features["val"], 1024), settings, "head")
@@ -88,7 +88,7 @@ def train_head(entry: Entry, features: dict | None = None) -> Trained:
         trained = Trained(entry.fit(model, entry.images("train", train=True), entry.images("val"),
                                     dataclasses.replace(settings, precision=entry.run.precision), "head",
                                     keep_eval=batchnorms_kept_in_eval(model), parallel=True))
-    timing["head_seconds"] = time.perf_counter() - start
+    timing.head_seconds = time.perf_counter() - start
     return trained
 
 
@@ -123,8 +123,8 @@ def train_finetune(entry: Entry) -> Trained:
         return _finetune_on_images(entry)
     top = TopOfNetwork(layers[index:], entry.backbone.model, entry.model.head)
     features = {name: frozen_top_features(top, acts, entry.run.precision) for name, acts in activations.items()}
-    entry.timing["feature_seconds"] = time.perf_counter() - start
-    entry.timing["feature_cache_hit"] = all(view.cache_hit for view in activations.values())  # on disk, from before
+    entry.timing.feature_seconds = time.perf_counter() - start
+    entry.timing.feature_cache_hit = all(view.cache_hit for view in activations.values())  # on disk, from before
     trained = train_head(entry, features)
     config = entry.config
     shift = config.activation_shift
@@ -160,7 +160,7 @@ def train_top(entry: Entry, net: nn.Module, train_batches, val_batches) -> list[
     start = time.perf_counter()
     history = entry.fit(net, train_batches, val_batches, settings, "finetune", params=groups, keep_eval=keep_eval,
                         keep_start=True, parallel=True)
-    entry.timing["finetune_seconds"] = time.perf_counter() - start
+    entry.timing.finetune_seconds = time.perf_counter() - start
     return history
 
 

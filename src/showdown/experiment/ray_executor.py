@@ -21,6 +21,7 @@ import socket
 from collections.abc import Callable
 from pathlib import Path
 
+from showdown import run_schema
 from showdown.config.options import definitions
 from showdown.config.run_config import RunConfig
 from showdown.errors import ConfigError, ShowdownError
@@ -99,7 +100,7 @@ def _run_shards(ray, config: RunConfig, echo: Callable[[str], None]):
                for index in range(the_plan.count)]
     folders = _wait(ray, pending)
     merge(folders, out, report=config.report, record=config.record, db=config.db, echo=echo, keep=SHARDS)
-    summary = read_json(out / "summary.json")
+    summary = read_json(out / run_schema.SUMMARY_JSON)
     results = Results(out, summary["rows"], summary.get("skipped_files", []))
     echo(f"\n{results.table()}\nrun folder: {out}")
     return results
@@ -112,7 +113,7 @@ def run_shard(values: dict, folder: str) -> str:
 
     folder = Path(folder)
     folder.parent.joinpath(f"{folder.name}.pid").write_text(str(os.getpid()))
-    if (folder / "config.yaml").is_file():  # a retry: finished entries are kept, the interrupted one goes on
+    if (folder / run_schema.CONFIG).is_file():  # a retry: finished entries are kept, the interrupted one goes on
         resume_run(folder)
     else:
         run(RunConfig.from_dict({**values, "out": str(folder)}))

@@ -10,6 +10,7 @@ from showdown.deploy.predict import expand_inputs, open_model, predict_files
 from showdown.errors import AccuracyGateError, ConfigError
 from showdown.reporting.report import leaderboard_html, report_run
 from showdown.reporting.tables import format_table
+from showdown.run_schema import REPORT_HTML
 
 
 @dataclass
@@ -41,7 +42,7 @@ class Results:
     def report(self, height: int = 800):
         """The full report inline in a notebook (an iframe, so its styles stay its own); written first if the run
         skipped it (--no-report). Returns the IPython display object."""
-        page = self.run_dir / "report.html"
+        page = self.run_dir / REPORT_HTML
         if not page.is_file():
             page, _ = report_run(self.run_dir)
         try:

@@ -1,7 +1,8 @@
 """The run folder: every number in the table can be traced to a file here.
 
 <run>/config.yaml, environment.json, dataset.json, splits.csv (or folds.csv), leakage.csv; one folder per entry
-(metrics.json last, so its presence marks the entry complete); summary.json/.csv/.md at the end.
+(metrics.json last, so its presence marks the entry complete); summary.json/.csv/.md at the end. The names and row
+types are run_schema's.
 """
 from __future__ import annotations
 
@@ -23,35 +24,58 @@ from showdown.data import DatasetSpec
 from showdown.data.folder import SPLITS
 from showdown.device import CPU, device_facts
 from showdown.experiment.context import Entry
-from showdown.experiment.folds import FOLD_DETAIL_KEYS, PROBABILITIES, fold_table
+from showdown.experiment.folds import fold_table
 from showdown.fileio import slug, write_atomic, write_bytes_atomic, write_csv, write_json
 from showdown.models.saving import save_model
 from showdown.reporting.plots import plot_confusion, plot_curves
 from showdown.reporting.tables import format_markdown
-
-# metrics.json keys that are detail, not summary-row columns
-DETAIL_KEYS = ("per_class", "confusion_matrix", "classes", "setup", "tuning", *FOLD_DETAIL_KEYS)
+from showdown.run_schema import (
+    CONFIG,
+    CONFUSION_PLOT,
+    CURVES_PLOT,
+    DATASET,
+    DETAIL_KEYS,
+    ENTRY_CONFIG,
+    ENVIRONMENT,
+    FOLDS_CSV,
+    HISTORY,
+    LEAKAGE,
+    METRICS,
+    MODEL_WEIGHTS,
+    PREDICTIONS,
+    PROBABILITIES,
+    SKIPPED,
+    SPLITS_CSV,
+    SUMMARY_CSV,
+    SUMMARY_JSON,
+    SUMMARY_MD,
+    EntryRow,
+    HeadInfo,
+    ModelInfo,
+    PredictionRow,
+    write_rows,
+)
 
 
 def write_run_start(run_dir: Path, config: RunConfig, dataset: DatasetSpec, precision: str, runtime: str,
                     folds: list[DatasetSpec] | None = None, device: torch.device = CPU) -> None:
     """What the run was given, before any training: its configuration, machine, dataset and split. config.yaml is
     written last: a run folder with it can be resumed."""
-    write_json(run_dir / "environment.json", environment(precision, runtime, device))
-    write_json(run_dir / "dataset.json", {
+    write_json(run_dir / ENVIRONMENT, environment(precision, runtime, device))
+    write_json(run_dir / DATASET, {
         "name": dataset.name, "root": str(dataset.root), "classes": dataset.classes, "counts": dataset.counts(),
         "split": folds[0].split_source.partition(" of ")[2] if folds else dataset.split_source,
         "fingerprint": dataset.fingerprint, "warnings": dataset.warnings,
     })
-    write_csv(run_dir / "leakage.csv", dataset.leaks)  # nothing is written when there are none
+    write_csv(run_dir / LEAKAGE, dataset.leaks)  # nothing is written when there are none
     if folds:  # the folds replace the split: every image, its test fold and its role in each fold
-        write_csv(run_dir / "folds.csv", fold_table(folds))
+        write_csv(run_dir / FOLDS_CSV, fold_table(folds))
     else:
-        write_csv(run_dir / "splits.csv", [
+        write_csv(run_dir / SPLITS_CSV, [
             {"split": split, "path": str(path), "label": dataset.classes[label]}
             for split in SPLITS for path, label in dataset.splits[split]
         ])
-    config.save(run_dir / "config.yaml")
+    config.save(run_dir / CONFIG)
 
 
 def environment(precision: str, runtime: str = "torch", device: torch.device = CPU) -> dict:
@@ -79,11 +103,11 @@ def entry_folder(run_dir: Path, model_name: str, strategy: Strategy, seed: int =
 
 def finished_row(folder: Path) -> dict | None:
     """The summary row of an entry that completed earlier (for --resume), or None."""
-    metrics = folder / "metrics.json"
+    metrics = folder / METRICS
     if not metrics.is_file():
         return None
     summary = json.loads(metrics.read_text())
-    if "folds" not in summary and not (folder / "model.safetensors").is_file():  # folds pool: one model per fold
+    if "folds" not in summary and not (folder / MODEL_WEIGHTS).is_file():  # folds pool: one model per fold
         return None
     return {**{k: v for k, v in summary.items() if k not in DETAIL_KEYS}, "folder": folder.name}
 
@@ -93,16 +117,16 @@ def write_entry(entry: Entry, metrics: dict, history: list[dict], probs: np.ndar
     """The entry's folder: history, predictions, plots, the model, and last metrics.json. Returns its row."""
     backbone, model, dataset, config, folder = entry.backbone, entry.model, entry.dataset, entry.config, entry.folder
     strategy = str(entry.strategy)  # files keep the strategy's text
-    info = {"model": backbone.spec.name, "strategy": strategy, "seed": config.seed}
     params = sum(p.numel() for p in model.parameters())
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    summary = {**info, **{k: v for k, v in metrics.items() if k not in DETAIL_KEYS}, **entry.timing,
-               "params_m": params / 1e6, "trainable_params": trainable, "weights": backbone.source,
-               "pretrained": backbone.pretrained}
-    write_csv(folder / "history.csv", history)
-    write_csv(folder / "predictions.csv", [
-        {"path": str(path), "true": dataset.classes[t], "pred": dataset.classes[p.argmax()],
-         "confidence": float(p.max())}
+    summary = EntryRow.from_dict({
+        "model": backbone.spec.name, "strategy": strategy, "seed": config.seed,
+        **{k: v for k, v in metrics.items() if k not in DETAIL_KEYS}, **entry.timing.columns(),
+        "params_m": params / 1e6, "trainable_params": trainable, "weights": str(backbone.source),
+        "pretrained": backbone.pretrained}).to_dict()
+    write_csv(folder / HISTORY, history)
+    write_rows(folder / PREDICTIONS, [
+        PredictionRow(str(path), dataset.classes[t], dataset.classes[p.argmax()], float(p.max()))
         for (path, _), t, p in zip(test_items, y_true, probs)
     ])
     if keep_probabilities:  # a fold's: the pooled entry's loss needs them (folds.py)
@@ -111,23 +135,22 @@ def write_entry(entry: Entry, metrics: dict, history: list[dict], probs: np.ndar
         write_bytes_atomic(folder / PROBABILITIES, buffer.getvalue(), "the test probabilities")
     if search is not None:  # the tuned configuration of this entry, reusable with --config (no new search)
         dataclasses.replace(config, models=[backbone.spec.name], strategies=[strategy], tune=0, tune_minutes=None,
-                            out=None).save(folder / "config.yaml")
-    title = f"{info['model']} / {strategy}"
-    plot_confusion(metrics["confusion_matrix"], dataset.classes, folder / "confusion.png", title)
-    plot_curves(history, folder / "curves.png", title)
-    save_model(model, folder, {
-        "classes": dataset.classes, "backbone": backbone.spec.name, "timm_name": backbone.spec.timm_name,
-        "timm_kwargs": backbone.timm_kwargs, "pool_stages": backbone.pool_stages, "weights_source": backbone.source,
-        "preprocessing": backbone.preprocessing.to_dict(), "strategy": strategy, "tta": config.tta,
-        "head": {"in_features": backbone.num_features, "hidden": list(config.head_hidden),
-                 "dropout": config.head_dropout, "batch_norm": config.head_bn},
-    })
+                            out=None).save(folder / ENTRY_CONFIG)
+    title = f"{backbone.spec.name} / {strategy}"
+    plot_confusion(metrics["confusion_matrix"], dataset.classes, folder / CONFUSION_PLOT, title)
+    plot_curves(history, folder / CURVES_PLOT, title)
+    save_model(model, folder, ModelInfo(
+        classes=dataset.classes, backbone=backbone.spec.name, timm_name=backbone.spec.timm_name,
+        timm_kwargs=backbone.timm_kwargs, pool_stages=backbone.pool_stages, weights_source=str(backbone.source),
+        preprocessing=backbone.preprocessing.to_dict(), strategy=strategy, tta=config.tta,
+        head=HeadInfo(backbone.num_features, list(config.head_hidden), config.head_dropout, config.head_bn),
+    ))
     # What the report's fairness check compares between entries.
     setup = {"evaluation": dataset.split_source, "test_images": len(test_items),
              "input_size": backbone.preprocessing.input_size[-1], "augment": config.augment, "tta": config.tta,
              "tuning": search["budget"] if search else None}
     # Last: a metrics.json marks the entry complete (--resume skips it).
-    write_json(folder / "metrics.json", {**summary, "per_class": metrics["per_class"],
+    write_json(folder / METRICS, {**summary, "per_class": metrics["per_class"],
                                          "confusion_matrix": metrics["confusion_matrix"], "classes": dataset.classes,
                                          "setup": setup, **({"tuning": search} if search else {})})
     return {**summary, "folder": folder.name}
@@ -135,9 +158,9 @@ def write_entry(entry: Entry, metrics: dict, history: list[dict], probs: np.ndar
 
 def write_summary(run_dir: Path, rows: list[dict], skipped: list[str], frozen_passes: dict,
                   label_issues: dict | None = None) -> None:
-    write_json(run_dir / "summary.json", {"rows": rows, "skipped_files": skipped, "frozen_passes": frozen_passes,
-                                          **({"label_issues": label_issues} if label_issues else {})})
-    write_csv(run_dir / "summary.csv", rows)
-    write_atomic(run_dir / "summary.md", format_markdown(rows))
+    write_json(run_dir / SUMMARY_JSON, {"rows": rows, "skipped_files": skipped, "frozen_passes": frozen_passes,
+                                         **({"label_issues": label_issues} if label_issues else {})})
+    write_csv(run_dir / SUMMARY_CSV, rows)
+    write_atomic(run_dir / SUMMARY_MD, format_markdown(rows))
     if skipped:
-        write_atomic(run_dir / "skipped.txt", "\n".join(skipped) + "\n")
+        write_atomic(run_dir / SKIPPED, "\n".join(skipped) + "\n")

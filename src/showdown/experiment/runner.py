@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from showdown import distributed
+from showdown import distributed, run_schema
 from showdown.cache import STATS as HEALED
 from showdown.config.run_config import RunConfig, read_config_file
 from showdown.config.strategy import Strategy
@@ -153,7 +153,7 @@ def _kept_on_disk_errors(run_dir: Path):
             disk_error(exc, exc.filename, "") if exc.filename else disk_error(exc, run_dir, "a file in")
         if error is None:
             raise
-        if (run_dir / "config.yaml").is_file():
+        if (run_dir / run_schema.CONFIG).is_file():
             then = f"finished entries are kept; free some space (or move {run_dir} to a larger disk), then " \
                    f"`showdown run --resume {run_dir}` goes on"
         else:
@@ -163,7 +163,7 @@ def _kept_on_disk_errors(run_dir: Path):
 
 def resume_run(run_dir: str | Path, *, echo: Callable[[str], None] = print) -> Results:
     """Continue an interrupted `showdown run` from its folder, with the configuration it was started with."""
-    config_file = Path(run_dir) / "config.yaml"
+    config_file = Path(run_dir) / run_schema.CONFIG
     if not config_file.is_file():
         raise ConfigError(f"{run_dir} is not a showdown run folder (no config.yaml)")
     config = RunConfig.from_dict(read_config_file(config_file))
@@ -220,11 +220,7 @@ def _entries_to_run(model_name: str, config: RunConfig, run_dir: Path, resume: b
 
 def _load(model_name: str, config: RunConfig, dataset: DatasetSpec, echo) -> Backbone:
     torch.manual_seed(config.seed)  # a random init is the same whichever backbones came before (--shard, Ray)
-    backbone = load_backbone(
-        model_name, weights_file=config.weights.get(model_name), weights_dir=config.weights_dir,
-        pretrained=config.pretrained, allow_random_init=config.allow_random_init, image_size=config.image_size,
-        pool_stages=config.pool_stages,
-    )
+    backbone = load_backbone(model_name, **config.backbone_options(model_name))
     echo(f"{model_name}: weights from {backbone.source}; input {backbone.preprocessing.input_size[1]} px")
     fitted = fitted_to_images(backbone, dataset)
     if fitted is not backbone:
@@ -249,7 +245,7 @@ def _run_folds(strategy: Strategy, backbone: Backbone, folds: list[DatasetSpec],
     config = dataclasses.replace(config, gradcam=0)  # the report shows the pooled entry, which has no one model
     for number, fold in enumerate(folds, start=1):
         run.reporter.fold(number, len(folds))
-        fold_folder = folder / f"fold{number}"
+        fold_folder = folder / run_schema.fold_folder(number)
         done = resume and finished_row(fold_folder)
         if done and (fold_folder / PROBABILITIES).is_file():
             row = done

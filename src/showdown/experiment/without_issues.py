@@ -25,6 +25,7 @@ from showdown.frozen.feature_cache import FEATURE_BATCH, Features, extract_views
 from showdown.models.backbones import Backbone
 from showdown.reporting.label_issues import WITHOUT_LABEL_ISSUES
 from showdown.reporting.report import report_run
+from showdown.run_schema import CONFIG
 
 
 def rerun_without(config: RunConfig, dataset: DatasetSpec, flagged: set[str], run: RunContext, run_dir: Path,
@@ -36,7 +37,7 @@ def rerun_without(config: RunConfig, dataset: DatasetSpec, flagged: set[str], ru
     kept = cleaned.counts()
     run.echo(f"without the {len(flagged)} suspected label errors (kept: train {kept['train']}, val {kept['val']}, "
              f"test {kept['test']}): every entry again, in {folder}")
-    if distributed.is_main() and not (folder / "config.yaml").is_file():
+    if distributed.is_main() and not (folder / CONFIG).is_file():
         folder.mkdir(exist_ok=True)
         write_run_start(folder, plain, cleaned, run.precision, run.runtime, None, run.device)
     rows, skipped = all_entries(plain, cleaned, None, run, folder, resume,

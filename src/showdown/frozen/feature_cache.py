@@ -63,7 +63,7 @@ def cache_key(backbone: Backbone, items: list[tuple[Path, int]], precision: str,
     parts = {
         "backbone": backbone.spec.timm_name,
         "weights": backbone.source,
-        "weights_id": _weights_id(backbone.source),
+        "weights_id": backbone.weights.stamp(),
         "timm_kwargs": backbone.timm_kwargs,
         "pool_stages": backbone.pool_stages,
         "preprocessing": backbone.preprocessing.to_dict(),
@@ -77,15 +77,6 @@ def cache_key(backbone: Backbone, items: list[tuple[Path, int]], precision: str,
     if calibration:  # only in int8: the keys of the other precisions stay as they were
         parts["calibration"] = calibration
     return digest([json.dumps(parts, sort_keys=True, default=str)])[:24]
-
-
-def _weights_id(source: str) -> str:
-    """Size and mtime of a weights file, so replacing the file invalidates the cache."""
-    if source.startswith("file "):
-        path = Path(source[5:])
-        if path.is_file():
-            return file_stamp(path)
-    return ""
 
 
 def extract_features(backbone: Backbone, items: list[tuple[Path, int]], *, precision: str, batch_size: int,

@@ -12,30 +12,27 @@ from showdown.fileio import write_bytes_atomic, write_json
 from showdown.models.backbones import build_architecture
 from showdown.models.classifier import Head, ImageClassifier
 from showdown.models.small_cnn import SmallCNN
+from showdown.run_schema import MODEL_INFO, MODEL_WEIGHTS, ModelInfo
 
 
-def save_model(model: ImageClassifier, directory: Path, info: dict) -> None:
-    """info: classes, backbone, timm_kwargs, weights_source, preprocessing, head (in_features, hidden, ...)."""
+def save_model(model: ImageClassifier, directory: Path, info: ModelInfo) -> None:
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}  # loads without a GPU
     # serialised in memory: a full disk is then an OSError with its errno (fileio), not safetensors' own error
-    write_bytes_atomic(directory / "model.safetensors", save(state, metadata={"format": "tl-showdown/1"}),
+    write_bytes_atomic(directory / MODEL_WEIGHTS, save(state, metadata={"format": "tl-showdown/1"}),
                        "the trained model")
-    write_json(directory / "model.json", info)
+    write_json(directory / MODEL_INFO, info.to_dict())
 
 
-def load_model(directory: Path) -> tuple[ImageClassifier, dict]:
-    sidecar, weights = directory / "model.json", directory / "model.safetensors"
+def load_model(directory: Path) -> tuple[ImageClassifier, ModelInfo]:
+    sidecar, weights = directory / MODEL_INFO, directory / MODEL_WEIGHTS
     if not sidecar.is_file() or not weights.is_file():
-        raise ModelError(f"{directory} holds no saved model (model.safetensors + model.json)")
-    info = json.loads(sidecar.read_text())
-    if info["backbone"] == SMALL_CNN_MODEL:
+        raise ModelError(f"{directory} holds no saved model ({MODEL_WEIGHTS} + {MODEL_INFO})")
+    info = ModelInfo.from_dict(json.loads(sidecar.read_text()))
+    if info.backbone == SMALL_CNN_MODEL:
         backbone = SmallCNN()
     else:
-        backbone = build_architecture(info["backbone"], info["timm_kwargs"], info.get("pool_stages", 0),
-                                      info.get("timm_name"))
-    head_cfg = info["head"]
-    head = Head(head_cfg["in_features"], len(info["classes"]), head_cfg["hidden"], head_cfg["dropout"],
-                head_cfg["batch_norm"])
-    model = ImageClassifier(backbone, head, info.get("tta", "none"))
+        backbone = build_architecture(info.backbone, info.timm_kwargs, info.pool_stages, info.timm_name)
+    head = Head(info.head.in_features, len(info.classes), info.head.hidden, info.head.dropout, info.head.batch_norm)
+    model = ImageClassifier(backbone, head, info.tta)
     model.load_state_dict(load_file(str(weights)))
     return model.eval(), info

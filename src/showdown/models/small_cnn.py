@@ -6,6 +6,7 @@ from torch import nn
 from showdown.config.strategy import SMALL_CNN_MODEL
 from showdown.data.preprocessing import Preprocessing
 from showdown.models.backbones import Backbone, BackboneSpec
+from showdown.models.backbones.found import RANDOM_SCRATCH
 
 SCRATCH_CNN_SIZE = 96  # small inputs keep a from-scratch CNN trainable on a CPU
 
@@ -31,5 +32,4 @@ class SmallCNN(nn.Module):
 def small_cnn_backbone(image_size: int | None) -> Backbone:
     size = image_size or SCRATCH_CNN_SIZE
     preprocessing = Preprocessing((3, size, size), interpolation="bilinear", crop_pct=1.0)
-    return Backbone(BackboneSpec(SMALL_CNN_MODEL, SMALL_CNN_MODEL), SmallCNN(), "random init (trained from scratch)",
-                    preprocessing, False, {})
+    return Backbone(BackboneSpec(SMALL_CNN_MODEL, SMALL_CNN_MODEL), SmallCNN(), RANDOM_SCRATCH, preprocessing, {})

@@ -26,6 +26,7 @@ from showdown.frozen.engines import frozen_forward, graph_forward, openvino_inst
 from showdown.models.backbones import load_backbone, resolve_backbone
 from showdown.precision import autocast, bf16_supported, cuda_bf16, resolve_precision
 from showdown.reporting.tables import render
+from showdown.run_schema import BENCH_CSV, BENCH_JSON
 
 THROUGHPUT_BATCH = 32
 COLUMNS = [("model", "model", "{}"), ("runtime", "runtime", "{}"), ("precision", "precision", "{}"),
@@ -150,15 +151,13 @@ def bench_models(models: list[str], config: RunConfig, run_dir: Path, *, precisi
     precisions = precisions or default_precisions(device)
     rows = []
     for name in models:
-        backbone = load_backbone(name, weights_file=config.weights.get(name), weights_dir=config.weights_dir,
-                                 pretrained=config.pretrained, allow_random_init=config.allow_random_init,
-                                 image_size=config.image_size, pool_stages=config.pool_stages)
+        backbone = load_backbone(name, **config.backbone_options(name))
         echo(f"bench {name} ({backbone.preprocessing.input_size[1]} px) ...")
         rows += bench_backbone(backbone, precisions=precisions, onnx=onnx, repeats=repeats, device=device)
     machine = {"cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "native_bf16": bf16_supported(),
                "device": device_facts(device)}
-    write_json(run_dir / "bench.json", {"machine": machine, "rows": rows})
-    write_csv(run_dir / "bench.csv", rows)
+    write_json(run_dir / BENCH_JSON, {"machine": machine, "rows": rows})
+    write_csv(run_dir / BENCH_CSV, rows)
     echo("")
     echo(f"device: {describe(device)}")
     echo(format_bench(rows))

@@ -10,8 +10,7 @@ import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
-LABEL_ISSUES = "label_issues.csv"  # path, split, given, suggested, self_confidence, rank (1 = most suspect)
-WITHOUT_LABEL_ISSUES = "without-label-issues"  # --drop-label-issues: the run folder of the re-run
+from showdown.run_schema import LABEL_ISSUES, WITHOUT_LABEL_ISSUES  # noqa: F401  (the names its users import)
 
 
 @dataclass(frozen=True)

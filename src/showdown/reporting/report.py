@@ -46,6 +46,7 @@ from showdown.reporting.run_records import EntryRecord, load_run
 from showdown.reporting.stats import Comparison, bootstrap_ci, compare
 from showdown.reporting.tables import render
 from showdown.reporting.thumbnails import Thumbnails
+from showdown.run_schema import REPORT_HTML, REPORT_MD
 
 TOP_FOR_TESTS = 4  # every pair among the best four entries is tested
 
@@ -411,7 +412,7 @@ def write_report(records: list[EntryRecord], out_dir: Path, title: str | None = 
     tests = significance(groups)
     dataset = records[0].dataset.get("name", "data")
     title = title or f"tl-showdown: {dataset}, {len(groups)} entr{'y' if len(groups) == 1 else 'ies'}"
-    html_path, md_path = out_dir / "report.html", out_dir / "report.md"
+    html_path, md_path = out_dir / REPORT_HTML, out_dir / REPORT_MD
     write_atomic(html_path, render_html(groups, tests, title), "the report")
     write_atomic(md_path, markdown(groups, tests, title), "the report")
     return html_path, md_path

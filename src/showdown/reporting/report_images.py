@@ -10,9 +10,8 @@ from pathlib import Path
 from showdown.reporting.label_issues import Suspects
 from showdown.reporting.run_records import EntryRecord
 from showdown.reporting.thumbnails import Thumbnails
+from showdown.run_schema import GRADCAM_DIR, GRADCAM_INDEX  # noqa: F401  (the names explanations.py imports)
 
-GRADCAM_DIR = "gradcam"  # <entry>/gradcam/: overlay PNGs and their index
-GRADCAM_INDEX = "gradcam.csv"  # path, png, kind (wrong/right), true, pred, confidence
 GRADCAM_SIDE = 336  # an overlay is the image and its heat map side by side
 GALLERY_SIZE = 8
 ISSUES_SHOWN = 20  # the most suspect labels, with thumbnails

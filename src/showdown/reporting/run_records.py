@@ -1,8 +1,6 @@
 """Finished entries as plain records, read from a run folder: what the report and the database consume."""
 from __future__ import annotations
 
-import csv
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -10,6 +8,20 @@ import yaml
 
 from showdown.errors import ShowdownError
 from showdown.reporting.label_issues import read_suspects
+from showdown.run_schema import (
+    BENCH_JSON,
+    CONFIG,
+    DATASET,
+    ENVIRONMENT,
+    HISTORY,
+    METRICS,
+    PREDICTIONS,
+    SUMMARY_JSON,
+    HistoryRow,
+    PredictionRow,
+    read_json,
+    read_rows,
+)
 
 
 @dataclass
@@ -48,46 +60,28 @@ class EntryRecord:
         return [p["true"] == p["pred"] for p in self.predictions]
 
 
-def _read_csv(path: Path) -> list[dict]:
-    if not path.is_file():
-        return []
-    with path.open(encoding="utf-8", newline="") as handle:
-        rows = list(csv.DictReader(handle))
-    for row in rows:
-        for key, value in row.items():
-            try:
-                row[key] = float(value) if key != "phase" and key not in ("path", "true", "pred") else value
-            except (TypeError, ValueError):
-                pass
-    return rows
-
-
-def read_json(path: Path, default=None):
-    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else default
-
-
 def load_run(run_dir: str | Path) -> list[EntryRecord]:
     """Every finished entry of a run folder, in the order they ran."""
     run_dir = Path(run_dir)
-    summary = read_json(run_dir / "summary.json")
+    summary = read_json(run_dir / SUMMARY_JSON)
     if summary is None:
         raise ShowdownError(f"{run_dir} is not a finished showdown run (no summary.json)")
-    config = yaml.safe_load((run_dir / "config.yaml").read_text()) if (run_dir / "config.yaml").is_file() else {}
-    environment = read_json(run_dir / "environment.json", {})
-    dataset = read_json(run_dir / "dataset.json", {})
-    bench = {row["model"]: row for row in read_json(run_dir / "bench.json", {"rows": []})["rows"]
+    config = yaml.safe_load((run_dir / CONFIG).read_text()) if (run_dir / CONFIG).is_file() else {}
+    environment = read_json(run_dir / ENVIRONMENT, {})
+    dataset = read_json(run_dir / DATASET, {})
+    bench = {row["model"]: row for row in read_json(run_dir / BENCH_JSON, {"rows": []})["rows"]
              if row.get("runtime") == "torch" and row.get("precision") == "fp32"}
     suspects = read_suspects(run_dir, summary)
     extra = {"suspects": suspects} if suspects else {}
     rerun = (summary.get("label_issues") or {}).get("rerun")
-    if rerun and (run_dir / rerun["folder"] / "summary.json").is_file():  # --drop-label-issues
+    if rerun and (run_dir / rerun["folder"] / SUMMARY_JSON).is_file():  # --drop-label-issues
         extra["without_label_issues"] = load_run(run_dir / rerun["folder"])
     records = []
     for row in summary["rows"]:
         folder = run_dir / row["folder"]
         records.append(EntryRecord(
-            run=str(run_dir), folder=row["folder"], metrics=read_json(folder / "metrics.json"),
-            history=_read_csv(folder / "history.csv"), predictions=_read_csv(folder / "predictions.csv"),
+            run=str(run_dir), folder=row["folder"], metrics=read_json(folder / METRICS),
+            history=read_rows(folder / HISTORY, HistoryRow), predictions=read_rows(folder / PREDICTIONS, PredictionRow),
             config=config, environment=environment, dataset=dataset, bench=bench.get(row["model"]),
             extra=extra,
         ))

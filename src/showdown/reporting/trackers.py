@@ -14,14 +14,16 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from showdown import run_schema
 from showdown.errors import one_line
 
 CURVES = ("train_loss", "train_acc", "val_loss", "val_acc", "lr")
 TEST_KEYS = ("accuracy", "loss", "macro_precision", "macro_recall", "macro_f1", "weighted_precision",
              "weighted_recall", "weighted_f1")
-ENTRY_ARTIFACTS = ("metrics.json", "history.csv", "confusion.png", "curves.png", "config.yaml", "model.json",
-                   "model.safetensors")
-RUN_ARTIFACTS = ("report.html", "report.md", "summary.csv", "config.yaml", "environment.json", "dataset.json")
+ENTRY_ARTIFACTS = (run_schema.METRICS, run_schema.HISTORY, run_schema.CONFUSION_PLOT, run_schema.CURVES_PLOT,
+                   run_schema.ENTRY_CONFIG, run_schema.MODEL_INFO, run_schema.MODEL_WEIGHTS)
+RUN_ARTIFACTS = (run_schema.REPORT_HTML, run_schema.REPORT_MD, run_schema.SUMMARY_CSV, run_schema.CONFIG,
+                 run_schema.ENVIRONMENT, run_schema.DATASET)
 
 
 def final_metrics(row: dict) -> dict[str, float]:
@@ -142,7 +144,7 @@ class TensorBoardTracker(Tracker):
         self.writer.close()
 
     def finish(self, run_dir: Path) -> None:
-        for report in _existing(run_dir, ("report.md",)):
+        for report in _existing(run_dir, (run_schema.REPORT_MD,)):
             writer = self.writer_class(str(self.root / "_run"))
             writer.add_text("report", report.read_text(encoding="utf-8"))
             writer.close()

@@ -1,10 +1,16 @@
-"""One training loop for every strategy: seeded, early stopping on validation loss, best weights restored."""
+"""One training loop for every strategy: seeded, early stopping on validation loss, best weights restored.
+
+Long because it holds the loop and the values it is made of: the settings, a fit's options and state, one pass
+over batches, and the model's preparation (data parallel, synchronised batch norm, compile).
+"""
 from __future__ import annotations
 
 import logging
 import math
 import time
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, fields
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -58,51 +64,69 @@ def make_scheduler(optimizer, settings: TrainSettings, steps_per_epoch: int):
     return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor=0.2, patience=patience), False
 
 
-def run_epoch(model, batches, loss_fn, optimizer=None, scheduler=None, precision: str = "fp32",
-              grad_clip: float | None = None, mix=None, *, device: torch.device | None = None, scaler=None,
-              reduce: bool = False):
-    """Mean loss and accuracy over one pass; trains when an optimizer is given.
+@dataclass
+class EpochPass:
+    """How a pass over batches runs: in `precision`'s autocast, on `device` (default: the model's); with `reduce`
+    the totals are summed over the processes of a data-parallel run, so every process sees the same figures."""
 
-    `mix` (a timm Mixup) blends pairs of training images, and `loss_fn` then takes its soft targets. Batches are
-    moved to `device` (default: the model's); the loss is computed in fp32 from logits under the precision's
-    autocast, with `scaler` (fp16) scaling the gradients. With `reduce` the totals are summed over the processes
-    of a data-parallel run, so every process sees the same figures.
-    """
-    device = device or module_device(model)
-    scaler = scaler or grad_scaler("fp32")
+    precision: str = "fp32"
+    device: torch.device | None = None
+    reduce: bool = False
+
+
+@dataclass
+class Optimizing:
+    """What a training pass steps after every batch. `scheduler` is one that steps per batch (onecycle); `scaler`
+    scales fp16 gradients; `mix` (a timm Mixup) blends pairs of training images, and the loss then takes its soft
+    targets."""
+
+    optimizer: torch.optim.Optimizer
+    scheduler: object | None = None
+    scaler: object | None = None
+    grad_clip: float | None = None
+    mix: Mixup | None = None
+
+
+def run_epoch(model, batches, loss_fn, step: Optimizing | None = None, how: EpochPass | None = None):
+    """Mean loss and accuracy over one pass; trains when `step` is given. Batches are moved to the pass's device;
+    the loss is computed in fp32 from logits."""
+    how = how or EpochPass()
+    device = how.device or module_device(model)
+    scaler = (step.scaler if step else None) or grad_scaler("fp32")
     # Summed on the device (no sync per batch), in float32: MPS has no float64.
     total_loss = torch.zeros((), dtype=torch.float32, device=device)
     correct = torch.zeros((), dtype=torch.long, device=device)
     seen = 0
     for inputs, targets in batches:
         inputs, targets = to_device(inputs, device, channels_last=True), to_device(targets, device)
-        if optimizer is not None:
-            soft = targets
+        if step is not None:
+            soft, mix = targets, step.mix
             if mix is not None and len(targets) % 2 == 0:  # timm mixes pairs: an odd last batch stays unmixed
                 inputs, soft = mix(inputs, targets)
             elif mix is not None:
                 soft = nn.functional.one_hot(targets, mix.num_classes).float()
-            with autocast(precision, device.type):
+            with autocast(how.precision, device.type):
                 logits = model(inputs)
             loss = loss_fn(logits.float(), soft)
-            optimizer.zero_grad(set_to_none=True)
+            step.optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
-            if grad_clip:
-                scaler.unscale_(optimizer)
-                nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], grad_clip)
-            scaler.step(optimizer)
+            if step.grad_clip:
+                scaler.unscale_(step.optimizer)
+                nn.utils.clip_grad_norm_([p for g in step.optimizer.param_groups for p in g["params"]],
+                                         step.grad_clip)
+            scaler.step(step.optimizer)
             scaler.update()
-            if scheduler is not None:
-                scheduler.step()
+            if step.scheduler is not None:
+                step.scheduler.step()
         else:
-            with torch.inference_mode(), autocast(precision, device.type):
+            with torch.inference_mode(), autocast(how.precision, device.type):
                 logits = model(inputs).float()
                 loss = loss_fn(logits, targets)
         total_loss += loss.detach() * len(targets)
         correct += (logits.argmax(1) == targets).sum()
         seen += len(targets)
     totals = [float(total_loss), float(correct), float(seen)]
-    if reduce:
+    if how.reduce:
         totals = distributed.all_sum(totals)
     return totals[0] / max(totals[2], 1), totals[1] / max(totals[2], 1)
 
@@ -134,20 +158,17 @@ def _snapshot(model: nn.Module) -> dict:
     return state | {n: b.clone() for n, b in model.named_buffers()}
 
 
-def fit(model: nn.Module, train_batches, val_batches, settings: TrainSettings, *, phase: str = "head",
-        params=None, class_weights: torch.Tensor | None = None, keep_eval: list[nn.Module] = (),
-        checkpoint=None, num_classes: int | None = None, keep_start: bool = False, on_epoch=None,
-        parallel: bool = False, progress=None) -> list[dict]:
-    """Train `model` in place and restore its best-validation-loss weights; returns the epoch history.
+@dataclass
+class FitOptions:
+    """What one fit adds to its TrainSettings (fit's keyword arguments).
 
-    `train_batches` / `val_batches` are re-iterable sources of (inputs, targets), on the CPU (each batch is moved
-    to the model's device); `params` are parameters or optimizer groups (default: every parameter that requires
-    grad); `keep_eval` modules (frozen batch norms) stay in inference mode while the rest trains. With
-    `checkpoint` (a path), the state after every epoch is saved there and an existing checkpoint is resumed from.
-    With `keep_start` the weights as they come in count as the first candidate (a fine-tuning phase that never
-    beats the head it starts from gives that head back). `on_epoch(best_val_loss)` is called after every epoch
-    (a hyper-parameter search prunes a trial from it). `progress(row)` gets each epoch's history row with the
-    early-stopping state (`epochs`, `since_best`, `patience`, `stopped`): the run's progress and trackers.
+    `params`: parameters or optimizer groups (default: every parameter that requires grad); `keep_eval` modules
+    (frozen batch norms) stay in inference mode while the rest trains. With `checkpoint` (a path), the state after
+    every epoch is saved there and an existing checkpoint is resumed from. With `keep_start` the weights as they come
+    in count as the first candidate (a fine-tuning phase that never beats the head it starts from gives that head
+    back). `on_epoch(best_val_loss)` is called after every epoch (a hyper-parameter search prunes a trial from it).
+    `progress(row)` gets each epoch's history row with the early-stopping state (`epochs`, `since_best`,
+    `patience`, `stopped`): the run's progress and trackers.
 
     `parallel`: under torchrun the batches are this process's shares and the model trains as one
     DistributedDataParallel model (gradients averaged, weights identical on every process); losses and
@@ -155,75 +176,132 @@ def fit(model: nn.Module, train_batches, val_batches, settings: TrainSettings, *
     each process updates from its own share) go to all, so every process keeps, restores and evaluates the same
     weights. Only rank 0 writes the checkpoint.
     """
-    device = module_device(model)
-    parallel = parallel and distributed.active()
+
+    phase: str = "head"
+    params: list | None = None
+    class_weights: torch.Tensor | None = None
+    keep_eval: Sequence[nn.Module] = ()
+    checkpoint: Path | None = None
+    num_classes: int | None = None
+    keep_start: bool = False
+    parallel: bool = False
+    on_epoch: Callable[[float], None] | None = None
+    progress: Callable[[dict], None] | None = None
+
+
+@dataclass
+class FitState:
+    """Where a fit stands after an epoch; a checkpoint holds it as a dict of these keys."""
+
+    epoch: int = 0
+    best_loss: float = math.inf
+    best_state: dict | None = None  # the best epoch's trainable parameters and buffers (_snapshot)
+    since_best: int = 0
+    history: list[dict] = field(default_factory=list)
+    done: bool = False  # early stopping ended the fit
+
+    def to_dict(self) -> dict:
+        return {f.name: getattr(self, f.name) for f in fields(self)}  # not asdict: it would copy every tensor
+
+    @classmethod
+    def from_dict(cls, progress: dict) -> FitState:
+        return cls(**{f.name: progress[f.name] for f in fields(cls) if f.name in progress})
+
+    def early_stop(self, val_loss: float, model: nn.Module, patience: int) -> bool:
+        """Keep the weights of a better validation loss; True once `patience` epochs in a row brought none."""
+        if val_loss < self.best_loss - 1e-4:
+            self.best_loss, self.since_best, self.best_state = val_loss, 0, _snapshot(model)
+        else:
+            self.since_best += 1
+        return self.since_best >= patience
+
+
+@dataclass
+class _Prepared:
+    model: nn.Module  # whose weights are kept and restored (batch norms synchronised under torchrun on CUDA)
+    net: Callable  # what the training pass calls: the model, as one DDP model and/or compiled
+    keep_eval: Sequence[nn.Module]
+    parallel: bool
+
+
+def _prepare(model: nn.Module, options: FitOptions, settings: TrainSettings, device: torch.device) -> _Prepared:
+    """Before the loop, in one step: SyncBatchNorm and DistributedDataParallel under torchrun, torch.compile."""
+    parallel, keep_eval = options.parallel and distributed.active(), options.keep_eval
     if parallel:
         model, keep_eval = _sync_batchnorm(model, keep_eval, device)
-    params = [p for p in model.parameters() if p.requires_grad] if params is None else params
-    optimizer = make_optimizer(params, settings)
-    scheduler, per_batch = make_scheduler(optimizer, settings, len(train_batches))
-    scaler = grad_scaler(settings.precision, device.type)
-    train_loss_fn, mix = _loss_functions(settings, class_weights, num_classes)
-    train_loss_fn = train_loss_fn.to(device)
-    val_loss_fn = nn.CrossEntropyLoss()
-    state = {"epoch": 0, "best_loss": math.inf, "best_state": None, "since_best": 0, "history": [], "done": False}
-    resume = checkpoint is not None and checkpoint.is_file()
-    distributed.barrier()  # every process has looked for the checkpoint before rank 0 writes one
-    passes = {"precision": settings.precision, "device": device, "reduce": parallel}
     # DistributedDataParallel starts by giving every process rank 0's weights: before the starting weights are
     # kept (keep_start), so every process keeps the same ones.
     net = _compiled(_data_parallel(model, device) if parallel else model, settings.compile)
-    if resume:
-        state = load_checkpoint(checkpoint, model, optimizer, scheduler, scaler)
-    elif keep_start:
-        model.eval()
-        state["best_loss"], _ = run_epoch(model, val_batches, val_loss_fn, **passes)
-        state["best_state"] = _snapshot(model)
-    best_loss, best_state, since_best = state["best_loss"], state["best_state"], state["since_best"]
-    history = state["history"]
-    for epoch in range(state["epoch"] + 1, settings.epochs + 1):
-        if state["done"]:
+    return _Prepared(model, net, keep_eval, parallel)
+
+
+def fit(model: nn.Module, train_batches, val_batches, settings: TrainSettings, **options) -> list[dict]:
+    """Train `model` in place and restore its best-validation-loss weights; returns the epoch history.
+
+    `train_batches` / `val_batches` are re-iterable sources of (inputs, targets), on the CPU (each batch is moved
+    to the model's device); `options` are FitOptions' fields.
+    """
+    opts = FitOptions(**options)
+    device = module_device(model)
+    prepared = _prepare(model, opts, settings, device)
+    model = prepared.model
+    params = [p for p in model.parameters() if p.requires_grad] if opts.params is None else opts.params
+    optimizer = make_optimizer(params, settings)
+    scheduler, per_batch = make_scheduler(optimizer, settings, len(train_batches))
+    scaler = grad_scaler(settings.precision, device.type)
+    train_loss_fn, mix = _loss_functions(settings, opts.class_weights, opts.num_classes)
+    step = Optimizing(optimizer, scheduler if per_batch else None, scaler, settings.grad_clip, mix)
+    train_loss_fn, val_loss_fn = train_loss_fn.to(device), nn.CrossEntropyLoss()
+    how = EpochPass(settings.precision, device, prepared.parallel)
+    state = _start(model, val_batches, opts, how, val_loss_fn, (optimizer, scheduler, scaler))
+    for epoch in range(state.epoch + 1, settings.epochs + 1):
+        if state.done:
             break
-        seed_epoch(settings.seed, epoch, per_process=parallel)
+        seed_epoch(settings.seed, epoch, per_process=prepared.parallel)
         if hasattr(train_batches, "set_epoch"):  # the DistributedSampler's order of this epoch
             train_batches.set_epoch(epoch)
         start = time.perf_counter()
         model.train()
-        for module in keep_eval:
+        for module in prepared.keep_eval:
             module.eval()
         lr = optimizer.param_groups[0]["lr"]
-        train_loss, train_acc = run_epoch(net, train_batches, train_loss_fn, optimizer,
-                                          scheduler if per_batch else None, grad_clip=settings.grad_clip, mix=mix,
-                                          scaler=scaler, **passes)
-        if parallel:
+        train_loss, train_acc = run_epoch(prepared.net, train_batches, train_loss_fn, step, how)
+        if prepared.parallel:
             distributed.broadcast_buffers(model)
         model.eval()
-        val_loss, val_acc = run_epoch(model, val_batches, val_loss_fn, **passes)
+        val_loss, val_acc = run_epoch(model, val_batches, val_loss_fn, how=how)
         if not per_batch:
             scheduler.step(val_loss) if settings.schedule == "plateau" else scheduler.step()
-        history.append({"phase": phase, "epoch": epoch, "lr": lr, "train_loss": train_loss, "train_acc": train_acc,
-                        "val_loss": val_loss, "val_acc": val_acc, "seconds": time.perf_counter() - start})
-        if val_loss < best_loss - 1e-4:
-            best_loss, since_best = val_loss, 0
-            best_state = _snapshot(model)
-        else:
-            since_best += 1
-        stop = since_best >= settings.patience
-        if checkpoint is not None and distributed.is_main():
-            save_checkpoint(checkpoint, model, optimizer, scheduler, scaler, {
-                "epoch": epoch, "best_loss": best_loss, "best_state": best_state, "since_best": since_best,
-                "history": history, "done": stop})
-        if progress is not None:
-            progress({**history[-1], "epochs": settings.epochs, "since_best": since_best,
-                      "patience": settings.patience, "stopped": stop})
-        if on_epoch is not None:
-            on_epoch(best_loss)
-        if stop:
-            break
-    if best_state is not None:
-        model.load_state_dict(best_state, strict=False)
+        state.history.append({"phase": opts.phase, "epoch": epoch, "lr": lr, "train_loss": train_loss,
+                              "train_acc": train_acc, "val_loss": val_loss, "val_acc": val_acc,
+                              "seconds": time.perf_counter() - start})
+        state.epoch, state.done = epoch, state.early_stop(val_loss, model, settings.patience)
+        if opts.checkpoint is not None and distributed.is_main():
+            save_checkpoint(opts.checkpoint, model, optimizer, scheduler, scaler, state.to_dict())
+        if opts.progress is not None:
+            opts.progress({**state.history[-1], "epochs": settings.epochs, "since_best": state.since_best,
+                           "patience": settings.patience, "stopped": state.done})
+        if opts.on_epoch is not None:
+            opts.on_epoch(state.best_loss)
+    if state.best_state is not None:
+        model.load_state_dict(state.best_state, strict=False)
     model.eval()
-    return history
+    return state.history
+
+
+def _start(model: nn.Module, val_batches, opts: FitOptions, how: EpochPass, val_loss_fn, restore) -> FitState:
+    """The state the loop starts from: a checkpoint's, or a fresh one (the incoming weights first with
+    keep_start). `restore`: the optimizer, scheduler and gradient scaler a checkpoint refills."""
+    resume = opts.checkpoint is not None and opts.checkpoint.is_file()
+    distributed.barrier()  # every process has looked for the checkpoint before rank 0 writes one
+    if resume:
+        return FitState.from_dict(load_checkpoint(opts.checkpoint, model, *restore))
+    state = FitState()
+    if opts.keep_start:
+        model.eval()
+        state.best_loss, _ = run_epoch(model, val_batches, val_loss_fn, how=how)
+        state.best_state = _snapshot(model)
+    return state
 
 
 def _data_parallel(model: nn.Module, device: torch.device) -> nn.Module:

@@ -25,7 +25,7 @@ from showdown.errors import ModelError
 from showdown.models.backbones import efficientnet_lite
 from showdown.models.backbones.eval_protocol import published_eval
 from showdown.models.backbones.files import load_weights_file
-from showdown.models.backbones.found import FoundWeights
+from showdown.models.backbones.found import RANDOM_NO_PRETRAINED, RANDOM_NONE_FOUND, FoundWeights, WeightSource
 from showdown.models.backbones.hf_cache import find_in_hub_cache
 from showdown.models.backbones.input_size import check_patch_multiple, size_kwargs
 from showdown.models.backbones.keras_import import keras_cache_dir
@@ -39,11 +39,19 @@ HUB_HOST = "huggingface.co"
 class Backbone:
     spec: BackboneSpec
     model: nn.Module  # timm model (stages.pooled with pool_stages); outputs pooled features unless keep_classifier
-    source: str  # where the weights came from, for the run record
+    weights: WeightSource  # where the weights came from: the run record shows it, the feature cache keys on it
     preprocessing: Preprocessing  # what the weights expect of an image
-    pretrained: bool
     timm_kwargs: dict = field(default_factory=dict)  # rebuilds the same architecture later
     pool_stages: int = 0  # earlier stages whose pooled outputs join the features (stages.py)
+
+    @property
+    def source(self) -> str:
+        """The weights' display text, as run records and logs show it."""
+        return str(self.weights)
+
+    @property
+    def pretrained(self) -> bool:
+        return self.weights.pretrained
 
     @cached_property
     def num_features(self) -> int:
@@ -69,9 +77,9 @@ def load_backbone(
     found: FoundWeights | None = None
     use_hub = False
     if not pretrained:
-        source = "random init (--no-pretrained)"
+        source = RANDOM_NO_PRETRAINED
     elif weights_file is not None:
-        found, source = load_weights_file(Path(weights_file), spec), f"file {weights_file}"
+        found, source = load_weights_file(Path(weights_file), spec), WeightSource("file", str(weights_file))
     else:
         found, source = _find_local_weights(spec, weights_dir, tried)
         if found is None:
@@ -79,7 +87,7 @@ def load_backbone(
         if found is None:
             why_not = _hub_unreachable()
             if why_not is None:
-                use_hub, source = True, f"timm hub {spec.hub_name}"
+                use_hub, source = True, WeightSource("hub", spec.hub_name)
             else:
                 tried.append(f"timm hub '{spec.hub_name}' ({why_not})")
                 if not allow_random_init:
@@ -88,7 +96,7 @@ def load_backbone(
                         "from the timm hub (huggingface.co/timm) and pass it with --weights FILE, "
                         "or use --no-pretrained / --allow-random-init"
                     )
-                source = "random init (no weights found)"
+                source = RANDOM_NONE_FOUND
     if found is not None and found.timm_name:  # weights that need their own architecture (Keras's networks)
         spec = replace(spec, timm_name=found.timm_name, hub_tag=None)
     # A ViT is built for its input size (input_size.py); timm resamples the position embedding of the weights.
@@ -105,7 +113,7 @@ def load_backbone(
     preprocessing = _preprocessing(model, overrides, image_size)
     if pool_stages:
         model = pooled(model, pool_stages)
-    return Backbone(spec, model, source, preprocessing, not source.startswith("random"), timm_kwargs, pool_stages)
+    return Backbone(spec, model, source, preprocessing, timm_kwargs, pool_stages)
 
 
 def _create(timm_name: str, kwargs: dict, found: FoundWeights | None, use_hub: bool) -> nn.Module:
@@ -140,12 +148,12 @@ def _find_local_weights(spec: BackboneSpec, weights_dir, tried: list[str]):
         else:
             template = timm.create_model(spec.timm_name, pretrained=False, **spec.timm_kwargs)
             state_dict = efficientnet_lite.to_timm(raw, template)
-            return FoundWeights(state_dict, efficientnet_lite.PREPROCESSING), f"package {spec.package}"
+            return FoundWeights(state_dict, efficientnet_lite.PREPROCESSING), WeightSource("package", spec.package)
     if spec.tflite_files:
         directory = Path(weights_dir or os.environ.get("SHOWDOWN_WEIGHTS") or default_weights_dir())
         for filename in spec.tflite_files:
             if (directory / filename).is_file():
-                return load_weights_file(directory / filename, spec), f"file {directory / filename}"
+                return load_weights_file(directory / filename, spec), WeightSource("file", str(directory / filename))
         tried.append(f"weights dir {directory} (no {' or '.join(spec.tflite_files)})")
     else:
         tried.append("installed packages (none ships it)")
@@ -153,7 +161,7 @@ def _find_local_weights(spec: BackboneSpec, weights_dir, tried: list[str]):
         directory = keras_cache_dir()
         for filename in spec.keras_files:
             if (directory / filename).is_file():
-                return load_weights_file(directory / filename, spec), f"Keras cache {directory / filename}"
+                return load_weights_file(directory / filename, spec), WeightSource("keras", str(directory / filename))
         tried.append(f"Keras cache {directory} (no {' or '.join(spec.keras_files)})")
     return None, None
 
@@ -164,7 +172,7 @@ def _find_in_hub_cache(spec: BackboneSpec, tried: list[str]):
     if hit is None:
         return None, None
     path, repo_id = hit
-    return load_weights_file(path, spec), f"Hugging Face cache ({repo_id})"
+    return load_weights_file(path, spec), WeightSource("hf_cache", repo_id)
 
 
 def _hub_unreachable() -> str | None:
