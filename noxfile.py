@@ -17,7 +17,7 @@ nox.options.sessions = ["tests"]
 nox.options.reuse_existing_virtualenvs = True
 
 PYTHONS = ["3.10", "3.11", "3.12", "3.13"]
-EXTRAS = ".[test,keras,tflite,openvino,mlflow,tensorboard,wandb,explain]"
+EXTRAS = ".[test,keras,tflite,openvino,mlflow,tensorboard,wandb,explain,ray,int8]"
 PYTEST = ("python", "-m", "pytest", "-n", "2", "--dist", "loadscope")
 
 
