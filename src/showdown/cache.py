@@ -6,8 +6,12 @@ and recomputed with one warning line naming it, never a failed run. Kinds, under
 - features/: pooled backbone features, one safetensors file per (backbone, weights, preprocessing, files) key,
   checked by the checksum of its tensors written in its own header (frozen/feature_cache.py);
 - extracted/: archives extracted, and official CIFAR pickles converted to image folders, one folder each,
-  checked against the manifest written last into it (every file's size and modification time; `manifest_problem`).
-Boundary activations live in memory and exported engines in a temporary folder: neither outlives the run.
+  checked against the manifest written last into it (every file's size and modification time; `manifest_problem`);
+- imported/: TFLite and Keras weight files imported into timm's layout, one safetensors file per source file's
+  fingerprint, checked like the features (models/backbones/imported.py);
+- compiled/: OpenVINO's own cache of compiled frozen models (its `CACHE_DIR`; frozen/engines.py), which OpenVINO
+  keys by the model graph, weights included, and its settings, and recompiles when an entry does not load.
+Boundary activations live in memory and exported ONNX graphs in a temporary folder: neither outlives the run.
 
 An entry's modification time is bumped when it is used, so `showdown cache clear --older-than DAYS` removes what
 no run has used for that long.
@@ -26,7 +30,7 @@ from pathlib import Path
 from showdown.fileio import digest, write_atomic
 
 log = logging.getLogger(__name__)
-KINDS = {"features": "features", "datasets": "extracted"}  # kind -> folder under the cache root
+KINDS = {"features": "features", "datasets": "extracted", "weights": "imported", "engines": "compiled"}
 MANIFEST = ".showdown-manifest.json"
 # Damaged entries deleted this process ("recomputed"): a run reports its share with its frozen passes.
 STATS: Counter = Counter()
@@ -34,6 +38,11 @@ STATS: Counter = Counter()
 
 def cache_root() -> Path:
     return Path(os.environ.get("SHOWDOWN_CACHE") or Path.home() / ".cache" / "showdown")
+
+
+def kind_folder(kind: str) -> Path:
+    """The folder of one kind under the cache root (not created)."""
+    return cache_root() / KINDS[kind]
 
 
 def kind_folders(features: Path | None = None) -> dict[str, Path]:
