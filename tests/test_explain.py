@@ -83,3 +83,23 @@ def test_an_exported_torchscript_model_is_explained_by_occlusion_on_the_square(s
                              capture_output=True, text=True)
     assert command.returncode == 0, command.stderr
     assert "1 occlusion overlay(s) in" in command.stdout and len(list((tmp_path / "model-explain").glob("*.png"))) == 1
+
+
+def test_maps_of_images_explained_together_are_each_image_own(demo_dir, tmp_path):
+    """Grad-CAM runs a few images per pass (deploy/explain.py): each image's map and class are what it gets alone."""
+    import torch
+
+    from showdown.models.backbones import load_backbone
+    from showdown.models.classifier import Head, ImageClassifier
+
+    torch.manual_seed(0)
+    backbone = load_backbone("mobilenet_v2", pretrained=False, image_size=64)
+    model = ImageClassifier(backbone.model, Head(backbone.num_features, 3))
+    paths = [str(p) for p in sorted(demo_dir.rglob("*.jpg"))[:10]]  # a chunk of 8 and one of 2
+    together = explain(model, ["a", "b", "c"], backbone.preprocessing, paths, tmp_path / "together")
+    alone = [explain(model, ["a", "b", "c"], backbone.preprocessing, [p], tmp_path / f"alone{i}")[0]
+             for i, p in enumerate(paths)]
+    assert [d.label for d in together] == [d.label for d in alone]
+    for one, other in zip(together, alone):
+        assert abs(one.probability - other.probability) < 1e-5
+        np.testing.assert_allclose(one.heat, other.heat, atol=1e-4)

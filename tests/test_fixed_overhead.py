@@ -112,9 +112,10 @@ def test_png_bytes_closes_the_figure():
     assert plots.png_uri(png) == "data:image/png;base64," + base64.b64encode(png).decode()
 
 
-def test_splits_share_one_engine_build_until_the_weights_change(demo_dir, monkeypatch):
+def test_splits_share_one_engine_build_until_the_weights_change(demo_dir, monkeypatch, tmp_path):
     """Every split of a run used to export and compile the frozen backbone again (~1 s each). Now the build is
     reused while the weights stay as they were, and rebuilt, with new outputs, once they change in place."""
+    monkeypatch.setenv("SHOWDOWN_CACHE", str(tmp_path))  # no graph cached by another test (test_compiled_cache.py)
     backbone = load_backbone("mobilenet_v2", pretrained=False, image_size=64)
     exports = []
     export = engines._export

@@ -10,7 +10,10 @@ def __getattr__(name: str):
     # `run` and `Results` bring in torch and timm: imported on first use, so the CLI's light commands and
     # argument errors start without them.
     if name in ("run", "Results"):
-        from showdown.experiment import runner
+        from showdown.startup import without_optional_imports
+
+        with without_optional_imports():
+            from showdown.experiment import runner
 
         return getattr(runner, name)
     raise AttributeError(f"module 'showdown' has no attribute '{name}'")

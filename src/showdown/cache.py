@@ -7,11 +7,15 @@ and recomputed with one warning line naming it, never a failed run. Kinds, under
   checked by the checksum of its tensors written in its own header (frozen/feature_cache.py);
 - extracted/: archives extracted, and official CIFAR pickles converted to image folders, one folder each,
   checked against the manifest written last into it (every file's size and modification time; `manifest_problem`);
-- int8/: models quantised for `--precision int8`, one folder each, checked by its manifest (frozen/quantize.py).
+- int8/: models quantised for `--precision int8`, one folder each, checked by its manifest (frozen/quantize.py);
+- imported/: TFLite and Keras weight files imported into timm's layout, one safetensors file per source file's
+  fingerprint, checked like the features (models/backbones/imported.py);
+- compiled/: OpenVINO's own cache of compiled frozen models (its `CACHE_DIR`; frozen/engines.py), which OpenVINO
+  keys by the model graph, weights included, and its settings, and recompiles when an entry does not load;
 - features/boundary/: boundary activations of a fine-tune that exceed the RAM budget, one memory-mapped file per
   view of a split, checked by the CRC-32 of its rows in its own trailer (frozen/disk_activations.py).
-Boundary activations within the budget live in memory and exported engines in a temporary folder: neither outlives
-the run.
+Boundary activations within the budget live in memory and exported ONNX graphs in a temporary folder: neither
+outlives the run.
 
 An entry's modification time is bumped when it is used, so `showdown cache clear --older-than DAYS` removes what
 no run has used for that long.
@@ -30,7 +34,7 @@ from pathlib import Path
 from showdown.fileio import digest, write_atomic
 
 log = logging.getLogger(__name__)
-KINDS = {"features": "features", "datasets": "extracted", "int8": "int8"}  # kind -> folder under the cache root
+KINDS = {"features": "features", "datasets": "extracted", "weights": "imported", "engines": "compiled", "int8": "int8"}
 BOUNDARY = "boundary"  # the boundary activations' folder, inside the features'
 MANIFEST = ".showdown-manifest.json"
 # Damaged entries deleted this process ("recomputed"): a run reports its share with its frozen passes.
@@ -39,6 +43,11 @@ STATS: Counter = Counter()
 
 def cache_root() -> Path:
     return Path(os.environ.get("SHOWDOWN_CACHE") or Path.home() / ".cache" / "showdown")
+
+
+def kind_folder(kind: str) -> Path:
+    """The folder of one kind under the cache root (not created)."""
+    return cache_root() / KINDS[kind]
 
 
 def kind_folders(features: Path | None = None) -> dict[str, Path]:

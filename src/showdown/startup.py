@@ -8,6 +8,11 @@ the collector off while they are imported, then moves every object alive into th
 collected as before. This is the pattern the `gc` documentation gives for a process that forks (DataLoader
 workers), where it also keeps the frozen objects' memory pages shared.
 
+`without_optional_imports()`: timm's `timm.utils` imports Weights & Biases whenever it is installed (for a
+logging helper showdown never calls), 1.0-2.2 s of a run's start on the 2-core CPU (`python -X importtime`;
+docs/performance.md). While the command's modules load, `wandb` reads as not installed; afterwards it imports as
+usual, so `--track wandb` (reporting/trackers.py) still gets it.
+
 `stacks_on_sigusr1()`: `kill -USR1 PID` prints where a run that seems stuck is (every thread's stack, on stderr),
 and the run goes on: the first thing to look at when a job on a cluster hangs.
 """
@@ -18,6 +23,10 @@ import faulthandler
 import gc
 import io
 import signal
+import sys
+
+# Imported by libraries showdown uses (timm) for features showdown does not use; see the module docstring.
+UNUSED_IMPORTS = ("wandb",)
 
 
 @contextlib.contextmanager
@@ -26,12 +35,27 @@ def heavy_imports():
     enabled = gc.isenabled()
     gc.disable()
     try:
-        yield
+        with without_optional_imports():
+            yield
     finally:
         if enabled:
             gc.enable()
         if not gc.get_freeze_count():  # once per process: a second command in it (tests) finds it done
             gc.freeze()
+
+
+@contextlib.contextmanager
+def without_optional_imports():
+    """`import wandb` (UNUSED_IMPORTS) raises ImportError inside, unless it was imported already."""
+    hidden = [name for name in UNUSED_IMPORTS if name not in sys.modules]
+    for name in hidden:
+        sys.modules[name] = None  # what the import system reads as "not installed"
+    try:
+        yield
+    finally:
+        for name in hidden:
+            if sys.modules.get(name, 0) is None:
+                del sys.modules[name]
 
 
 def stacks_on_sigusr1() -> None:

@@ -44,6 +44,9 @@ class Explained:
     heat: np.ndarray  # (H, W) in 0..1, on the input the model saw
 
 
+EXPLAIN_BATCH = 8  # images per Grad-CAM pass
+
+
 def spatial_layer(backbone: nn.Module, input_size) -> tuple[nn.Module, object]:
     """(the last module whose output is a spatial map, reshape transform or None): a 4-D map with more than one
     cell, else (token models) the last 3-D token sequence, reshaped into its square grid."""
@@ -86,16 +89,21 @@ def explain(model: nn.Module, classes: list[str], preprocessing: Preprocessing, 
     done = []
     try:
         with GradCAM(model=model, target_layers=[layer], reshape_transform=reshape) as cam:
-            for i, path in enumerate(paths):
-                x = transform(load_rgb(Path(path))).unsqueeze(0).to(device)
+            # A few images at a time: one forward and one backward pass for all of them, not one per image (the
+            # model is in eval mode, so each image's map is its own); 6 maps took 12 passes and 6 backwards.
+            for start in range(0, len(paths), EXPLAIN_BATCH):
+                chunk = paths[start:start + EXPLAIN_BATCH]
+                x = torch.stack([transform(load_rgb(Path(path))) for path in chunk]).to(device)
                 with torch.no_grad():
-                    probs = model(x).float().softmax(1)[0]
-                target = int(probs.argmax())
+                    probs = model(x).float().softmax(1)
+                targets = probs.argmax(1).tolist()
                 # A frozen backbone's layers need no gradients of their own; the input's give them to the map.
-                heat = cam(input_tensor=x.requires_grad_(True), targets=[ClassifierOutputTarget(target)])[0]
-                name = names[i] if names else _numbered(i, path)
-                done.append(_saved(out_dir, name, path, x[0].detach().cpu(), heat, preprocessing, classes[target],
-                                   float(probs[target])))
+                heats = cam(input_tensor=x.requires_grad_(True), targets=[ClassifierOutputTarget(t) for t in targets])
+                for j, (path, target) in enumerate(zip(chunk, targets)):
+                    i = start + j
+                    name = names[i] if names else _numbered(i, path)
+                    done.append(_saved(out_dir, name, path, x[j].detach().cpu(), heats[j], preprocessing,
+                                       classes[target], float(probs[j, target])))
     finally:
         model.tta = tta
     return done

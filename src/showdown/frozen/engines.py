@@ -24,6 +24,12 @@ OpenVINO is compiled with the LATENCY hint (one stream using all torch threads):
 synchronous batch at a time, and the THROUGHPUT hint's extra streams then sit idle (at batch 16 the two hints
 measured the same within the noise here).
 
+OpenVINO keeps what it compiled in the cache folder (`CACHE_DIR`, kind "engines" in cache.py): a re-run, or the
+next run of the same backbone, loads the compiled model instead of compiling it again (0.3-0.6 s of a run on the
+2-core CPU; docs/performance.md). OpenVINO keys an entry by the graph, weights included, and the compile settings,
+so changed weights or another precision compile afresh. The ONNX export before it is kept in the same folder,
+keyed by the model's code and weights (graph_cache.py), so a re-run skips both.
+
 A model an engine cannot take falls to the next one, with one log line per model (no traceback): OpenVINO ->
 ONNX Runtime (in fp32; it runs nothing else) -> PyTorch; a model the ONNX exporter cannot express runs in
 PyTorch. The cache key holds the engine chosen, not the one fallen back to (the same model falls back the same
@@ -46,8 +52,10 @@ from typing import Callable
 
 import torch
 
+from showdown.cache import kind_folder
 from showdown.errors import ConfigError, one_line
 from showdown.frozen import quantize
+from showdown.frozen.graph_cache import cached_graph
 from showdown.models.onnx_graph import OnnxExportError, onnx_graph
 
 log = logging.getLogger(__name__)
@@ -127,7 +135,18 @@ def _openvino_compiled(path: Path, precision: str):
         "INFERENCE_NUM_THREADS": torch.get_num_threads(),
         # OpenVINO's default on CPUs with native bf16 is bf16: fp32 must be asked for
         "INFERENCE_PRECISION_HINT": "f32" if precision == "fp32" else "bf16",
+        **_openvino_cache(),
     })
+
+
+def _openvino_cache() -> dict:
+    """OpenVINO's compiled-model cache in showdown's cache folder; none where that folder cannot be made."""
+    folder = kind_folder("engines")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        return {}
+    return {"CACHE_DIR": str(folder)}
 
 
 def _onnxruntime_forward(path: Path, precision: str) -> Forward:
@@ -223,7 +242,7 @@ def _graph_forward(model: torch.nn.Module, example: torch.Tensor, precision: str
     failures, forward = [], None
     with tempfile.TemporaryDirectory() as folder:
         try:
-            path = _export(model, example, Path(folder))
+            path = cached_graph(model, example, Path(folder), _export)
         except Exception as exc:  # a model ONNX cannot express
             reason = str(exc) if isinstance(exc, OnnxExportError) else one_line(exc)
             failures.append(f"ONNX export of {name} failed ({reason})")

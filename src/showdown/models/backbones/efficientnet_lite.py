@@ -7,6 +7,7 @@ fails loudly on any key or shape it cannot place, so a silent mis-load cannot ha
 from __future__ import annotations
 
 import importlib
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -25,11 +26,16 @@ _INVERTED_RESIDUAL = {
 }
 
 
-def package_state_dict(package: str) -> dict[str, torch.Tensor]:
-    """Load the raw state dict from an installed package; ModuleNotFoundError if it is not installed."""
+def package_file(package: str) -> Path:
+    """The state dict file an installed package ships; ModuleNotFoundError if it is not installed."""
     module = importlib.import_module(package)
     file_class = next(getattr(module, n) for n in dir(module) if n.endswith("ModelFile"))
-    return torch.load(file_class.get_model_file_path(), map_location="cpu", weights_only=True)
+    return Path(file_class.get_model_file_path())
+
+
+def package_state_dict(package: str) -> dict[str, torch.Tensor]:
+    """Load the raw state dict from an installed package; ModuleNotFoundError if it is not installed."""
+    return torch.load(package_file(package), map_location="cpu", weights_only=True)
 
 
 def to_timm(source: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:

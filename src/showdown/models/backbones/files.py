@@ -1,5 +1,6 @@
 """Read a user's weights file safely: safetensors, a PyTorch checkpoint with weights_only=True, a TFLite
-MobileNet, or Keras HDF5 / .keras weights (read with h5py, nothing in them is run)."""
+MobileNet, or Keras HDF5 / .keras weights (read with h5py, nothing in them is run). The last two are imported
+once and then read from the cache folder (imported.py)."""
 from __future__ import annotations
 
 import pickle
@@ -10,6 +11,7 @@ from safetensors.torch import load_file
 
 from showdown.errors import ModelError
 from showdown.models.backbones.found import FoundWeights
+from showdown.models.backbones.imported import cached_import
 from showdown.models.backbones.registry import BackboneSpec
 
 
@@ -20,15 +22,16 @@ def load_weights_file(path: Path, spec: BackboneSpec) -> FoundWeights:
     if suffix == ".tflite":
         from showdown.models.backbones.tflite import (
             import_tflite,  # needs the TFLite reader only when used
+            tflite_sources,
         )
 
-        return import_tflite(path, spec)
+        return cached_import(tflite_sources(path), spec, lambda: import_tflite(path, spec))
     if suffix in {".h5", ".hdf5", ".keras"}:
         from showdown.models.backbones.keras_import import (
             import_keras,  # needs h5py only when used
         )
 
-        return import_keras(path, spec)
+        return cached_import([path], spec, lambda: import_keras(path, spec))
     if suffix == ".safetensors":
         try:
             return FoundWeights(load_file(str(path)))

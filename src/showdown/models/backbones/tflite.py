@@ -99,6 +99,12 @@ def _conv_bn_pairs(model: nn.Module) -> list[tuple[str, str]]:
     return pairs
 
 
+def tflite_sources(path: Path) -> list[Path]:
+    """The files `import_tflite(path)` reads: the file, and the v1 extractor's head file beside it."""
+    head_file = path.parent / _V1_HEAD_FILE
+    return [path, head_file] if "embedding_extractor" in path.name and head_file.is_file() else [path]
+
+
 def import_tflite(path: Path, spec: BackboneSpec) -> FoundWeights:
     layers, (scale, zero_point) = read_tflite(path)
     head_file = path.parent / _V1_HEAD_FILE

@@ -1,0 +1,93 @@
+"""Weights imported from another format (TFLite, Keras HDF5, a weights package), kept as safetensors in the cache
+folder so that the next run loads them instead of parsing the source file and mapping it again.
+
+Importing means reading a flatbuffer or an HDF5 file, building a template timm model and mapping every tensor onto
+it: 0.2-0.7 s per run on the 2-core CPU (docs/performance.md). An entry is keyed by the source files (path, size
+and modification time, as the feature cache keys images), the architecture asked for, the versions of torch and
+timm, and the bytes of the importing code (this package's modules): an edited weights file or importer imports
+afresh. The entry's name carries the checksum of its bytes, checked on every read; a damaged entry is deleted with
+one warning line and the weights imported again (cache.py's rule).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from pathlib import Path
+from typing import Callable
+
+import timm
+import torch
+from safetensors.torch import load, save
+
+from showdown.cache import discard, kind_folder, mark_used
+from showdown.errors import DiskError
+from showdown.fileio import file_stamp, write_bytes_atomic
+from showdown.models.backbones.found import FoundWeights
+from showdown.models.backbones.registry import BackboneSpec
+
+log = logging.getLogger(__name__)
+CHECKSUM_CHARS = 16
+_IMPORTERS = Path(__file__).parent  # the code that maps a source file onto timm's keys
+
+
+def import_key(sources: list[Path], spec: BackboneSpec) -> str:
+    hasher = hashlib.sha256()
+    for source in sources:
+        hasher.update(f"{source.resolve()}|{file_stamp(source)}\n".encode(errors="surrogateescape"))
+    hasher.update(f"{spec.timm_name} {sorted(spec.timm_kwargs.items())} {torch.__version__} {timm.__version__}"
+                  .encode())
+    for code in sorted(_IMPORTERS.glob("*.py")):
+        hasher.update(code.read_bytes())
+    return hasher.hexdigest()
+
+
+def _checksum(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()[:CHECKSUM_CHARS]
+
+
+def cached_import(sources: list[Path], spec: BackboneSpec, importer: Callable[[], FoundWeights]) -> FoundWeights:
+    """`importer()`'s weights of `sources`, from the cache when an intact entry is there, else imported and kept."""
+    key = import_key(sources, spec)
+    cache = kind_folder("weights")
+    for entry in sorted(cache.glob(f"{key}-*.safetensors")):
+        found = _read(entry)
+        if found is not None:
+            mark_used(entry)
+            return found
+    found = importer()
+    _write(cache, key, found)
+    return found
+
+
+def _read(entry: Path) -> FoundWeights | None:
+    try:
+        data = entry.read_bytes()
+        if _checksum(data) != entry.stem.rsplit("-", 1)[1]:
+            raise ValueError("its bytes do not match the checksum in its name")
+        header_size = int.from_bytes(data[:8], "little")
+        described = json.loads(json.loads(data[8:8 + header_size])["__metadata__"]["found"])
+        state = load(data)
+    except Exception as exc:  # any unreadable entry is recomputed
+        discard(entry, str(exc) if isinstance(exc, ValueError) else type(exc).__name__)
+        return None
+    return FoundWeights({name: state[name] for name in described["order"]}, _tuples(described["preprocessing"]),
+                        _tuples(described["timm_kwargs"]), described["timm_name"])
+
+
+def _tuples(values: dict) -> dict:
+    """JSON gives lists where the importer wrote tuples."""
+    return {key: tuple(value) if isinstance(value, list) else value for key, value in values.items()}
+
+
+def _write(cache: Path, key: str, found: FoundWeights) -> None:
+    described = {"order": list(found.state_dict), "preprocessing": found.preprocessing,
+                 "timm_kwargs": found.timm_kwargs, "timm_name": found.timm_name}
+    # safetensors refuses tensors that share memory; a copy of each is what the cache keeps anyway
+    data = save({name: t.detach().cpu().contiguous().clone() for name, t in found.state_dict.items()},
+                metadata={"found": json.dumps(described)})
+    try:
+        cache.mkdir(parents=True, exist_ok=True)
+        write_bytes_atomic(cache / f"{key}-{_checksum(data)}.safetensors", data)
+    except (OSError, DiskError) as exc:  # a read-only or full cache: the weights are used all the same
+        log.info("imported weights not cached (%s)", exc)
