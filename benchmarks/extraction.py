@@ -33,7 +33,7 @@ import torch
 
 from showdown.data.folder import images_in
 from showdown.frozen.engines import frozen_forward, openvino_installed
-from showdown.frozen.feature_cache import forward_frozen
+from showdown.frozen.feature_cache import FrozenPass, forward_frozen
 from showdown.models.backbones import load_backbone
 from showdown.precision import autocast, bf16_supported
 from showdown.reporting.bench import gmacs
@@ -131,8 +131,8 @@ def main() -> None:
             pipeline = None
             if photos:  # the path `showdown run` takes with --runtime RUNTIME --precision PRECISION
                 start = time.perf_counter()
-                forward_frozen(backbone.model, backbone.preprocessing, photos, precision=precision, batch_size=16,
-                               workers=args.workers, runtime=runtime)
+                forward_frozen(FrozenPass(precision=precision, batch_size=16, workers=args.workers, runtime=runtime),
+                               backbone.model, backbone.preprocessing, photos)
                 pipeline = len(photos) / (time.perf_counter() - start)
             (ips, share), peak_ips = compute[runtime, precision], peak["peak_gflops"][precision] / (2 * macs)
             rows.append({"model": name, "weights": backbone.source, "input_px": size[-1], "runtime": runtime,

@@ -25,6 +25,7 @@ from showdown.data.folder import subset_per_class
 from showdown.experiment.context import Entry, RunContext
 from showdown.experiment.phases import extract_all, train_settings
 from showdown.frozen.engines import resolve_runtime
+from showdown.frozen.frozen_pass import FrozenPass
 from showdown.models.backbones import load_backbone
 from showdown.models.classifier import Head, ImageClassifier
 from showdown.precision import resolve_precision
@@ -62,7 +63,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as cache:
         model = ImageClassifier(backbone.model, head)
         freeze_backbone(model)
-        context = RunContext(precision, resolve_runtime(config.runtime, precision), Path(cache))
+        context = RunContext(FrozenPass(precision, resolve_runtime(config.runtime, precision), cache_dir=Path(cache)))
         entry = Entry("head", backbone, model, dataset, config, context, Path(cache))
         features = extract_all(entry)
         extracted = time.perf_counter() - start

@@ -22,7 +22,7 @@ import torch
 from showdown.data.folder import images_in
 from showdown.data.images import eval_transform
 from showdown.frozen.engines import frozen_forward
-from showdown.frozen.feature_cache import forward_frozen
+from showdown.frozen.feature_cache import FrozenPass, forward_frozen
 from showdown.frozen.quantize import calibration_for, calibration_items
 from showdown.models.backbones import load_backbone
 from showdown.precision import autocast
@@ -66,8 +66,8 @@ def main() -> None:
     features = {}
     for precision in ("fp32", "bf16", "int8"):
         start = time.perf_counter()
-        features[precision] = forward_frozen(backbone.model, pre, held_out, precision=precision, batch_size=16,
-                                             workers=2, runtime="openvino", calibration=calibration).features
+        frozen = FrozenPass(precision=precision, batch_size=16, workers=2, runtime="openvino")
+        features[precision] = forward_frozen(frozen, backbone.model, pre, held_out, calibration=calibration).features
         print(f"{precision}: {len(held_out)} photos in {time.perf_counter() - start:.1f} s (int8: calibration "
               "included)")
     for precision in ("bf16", "int8"):

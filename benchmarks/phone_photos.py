@@ -30,8 +30,8 @@ from showdown.data.folder import images_in
 from showdown.data.images import FULL_DECODE_ENV, eval_transform, image_loader
 from showdown.data.sources import demo_path
 from showdown.device import CPU, device_facts
-from showdown.frozen.engines import forget_built_engines, resolve_runtime
-from showdown.frozen.feature_cache import FEATURE_BATCH, extract_features
+from showdown.frozen.engines import resolve_runtime
+from showdown.frozen.feature_cache import FEATURE_BATCH, FrozenPass, extract_features
 from showdown.models.backbones import load_backbone
 
 PHONE = (4000, 3000)
@@ -110,15 +110,13 @@ def main() -> None:
                 pass
 
         def pipeline():
-            forget_built_engines()  # a run builds its engine once: timed here as well
-            extract_features(backbone, items, precision=args.precision, batch_size=FEATURE_BATCH,
-                             workers=args.workers, cache_dir=None, runtime=runtime)
+            # a new run, which builds its engine once: timed here as well
+            extract_features(FrozenPass(args.precision, runtime, workers=args.workers), backbone, items)
 
-        extract_features(backbone, items[:FEATURE_BATCH], precision=args.precision, batch_size=FEATURE_BATCH,
-                         workers=args.workers, cache_dir=None, runtime=runtime)  # warm-up: imports, first export
-        forget_built_engines()
-        setup = timed(False, lambda: extract_features(  # one image: the engine build, ~all of it
-            backbone, items[:1], precision=args.precision, batch_size=1, workers=0, cache_dir=None, runtime=runtime))
+        warm_up = FrozenPass(args.precision, runtime, workers=args.workers)
+        extract_features(warm_up, backbone, items[:FEATURE_BATCH])  # imports, first export
+        one = FrozenPass(args.precision, runtime, batch_size=1)  # one image: the engine build, ~all of it
+        setup = timed(False, lambda: extract_features(one, backbone, items[:1]))
         rows = {}
         for _ in range(args.repeats):
             for full in (True, False):

@@ -94,7 +94,7 @@ def test_a_rebuilt_engine_neither_exports_nor_compiles_again(cache, monkeypatch,
     monkeypatch.setattr(engines, "_openvino_compiled", lambda *a: compiled.append(compile_model(*a)) or compiled[-1])
 
     def features():
-        engines.forget_built_engines()  # as a new run starts
+        # a new run: frozen_forward without a run's engines builds afresh
         with torch.inference_mode():
             return engines.frozen_forward(model, images, "fp32", "openvino")(images)
 

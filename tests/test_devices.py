@@ -213,10 +213,11 @@ def test_the_gradient_scaler_is_checkpointed(tmp_path):
 def test_the_top_trains_on_cached_activations_under_autocast_on_a_gpu_and_in_fp32_on_the_cpu():
     from showdown.experiment.context import RunContext
     from showdown.experiment.phases import top_precision
+    from showdown.frozen.frozen_pass import FrozenPass
 
-    on_gpu = RunContext("bf16", "torch", None, device=torch.device("cuda", 0))
+    on_gpu = RunContext(FrozenPass("bf16", "torch", torch.device("cuda", 0)))
     assert top_precision(on_gpu, on_images=False) == top_precision(on_gpu, on_images=True) == "bf16"
-    on_cpu = RunContext("bf16", "torch", None, device=CPU)
+    on_cpu = RunContext(FrozenPass("bf16", "torch", CPU))
     assert top_precision(on_cpu, on_images=False) == "fp32" and top_precision(on_cpu, on_images=True) == "bf16"
 
 

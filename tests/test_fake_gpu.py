@@ -17,7 +17,7 @@ from showdown.data.images import load_rgb
 from showdown.experiment.context import RunContext
 from showdown.experiment.entry import build_model, train_entry
 from showdown.frozen.boundary import TopOfNetwork, first_trainable, sequential_layers
-from showdown.frozen.feature_cache import forward_views
+from showdown.frozen.feature_cache import FrozenPass, forward_views
 from showdown.models.backbones import load_backbone
 from showdown.training.freezing import unfreeze
 from tests.fake_gpu import FAKE_READS, fake_gpu
@@ -53,9 +53,9 @@ def test_small_square_images_are_resized_on_the_device(demo_dir, tmp_path):
             items.append((small, label))
     backbone = load_backbone("efficientnet_lite0", image_size=64)
     with fake_gpu() as gpu:
-        plain, mirrored = forward_views(backbone.model, backbone.preprocessing, items, (False, True),
-                                        precision="fp32", batch_size=2, workers=0, desc="small", runtime="torch",
-                                        store_dtype=torch.float32, name="efficientnet_lite0", device=gpu)
+        frozen = FrozenPass(precision="fp32", batch_size=2, workers=0, runtime="torch", device=gpu)
+        plain, mirrored = forward_views(frozen, backbone.model, backbone.preprocessing, items, (False, True),
+                                        desc="small", store_dtype=torch.float32, name="efficientnet_lite0")
         assert _tensors_on(backbone.model, gpu)
         assert plain.features.shape == mirrored.features.shape == (4, backbone.num_features)
     assert plain.labels.tolist() == [0, 0, 1, 1]
@@ -88,7 +88,7 @@ def test_search_trials_train_on_the_device(dataset, tmp_path):
     backbone = load_backbone("efficientnet_lite0", image_size=64)
     config = RunConfig(image_size=64, epochs=1, tune=1, workers="0", batch_size=8)
     with fake_gpu() as gpu:
-        run = RunContext("fp32", "torch", tmp_path / "cache", device=gpu)
+        run = RunContext(FrozenPass("fp32", "torch", gpu, cache_dir=tmp_path / "cache"))
         with pytest.raises(FAKE_READS) as read:
             train_entry(Strategy.parse("scratch-cnn"), backbone, dataset, config, run, tmp_path / "entry")
     # The first value read from the GPU is the first trial's loss: the trial trained there (one that trained on

@@ -9,7 +9,7 @@ import torch
 from showdown.data import leakage, load_dataset
 from showdown.fileio import write_csv
 from showdown.frozen import engines
-from showdown.frozen.feature_cache import forward_frozen
+from showdown.frozen.feature_cache import FrozenPass, forward_frozen
 from showdown.models.backbones import load_backbone
 from showdown.reporting import plots
 from showdown.run_schema import HistoryRow, read_rows
@@ -123,8 +123,8 @@ def test_splits_share_one_engine_build_until_the_weights_change(demo_dir, monkey
     items = [(p, 0) for p in sorted((demo_dir / "daisy").iterdir())[:6]]
 
     def features(part, runtime="onnxruntime"):
-        return forward_frozen(backbone.model, backbone.preprocessing, part, precision="fp32", batch_size=4,
-                              workers=0, runtime=runtime).features
+        return forward_frozen(FrozenPass(precision="fp32", batch_size=4, workers=0, runtime=runtime), backbone.model,
+                              backbone.preprocessing, part).features
 
     first, second = features(items[:3]), features(items[3:])
     assert len(exports) == 1 and first.shape == second.shape == (3, backbone.num_features)

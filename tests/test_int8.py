@@ -11,7 +11,7 @@ from torch import nn
 
 from showdown.errors import ConfigError
 from showdown.frozen import engines, quantize
-from showdown.frozen.feature_cache import cache_key, forward_frozen
+from showdown.frozen.feature_cache import FrozenPass, cache_key, forward_frozen
 from showdown.models.backbones import load_backbone
 from showdown.precision import resolve_precision
 
@@ -52,8 +52,8 @@ def test_int8_features_are_close_to_fp32_and_the_quantised_model_is_cached(demo_
     backbone = load_backbone("mobilenet_v2", pretrained=False, image_size=64)  # its preprocessing, for the decoder
     photos = _photos(demo_dir)
     net = _small_cnn()
-    ran = {precision: forward_frozen(net, backbone.preprocessing, photos, precision=precision, batch_size=4,
-                                     workers=0, runtime="openvino", calibration=photos[::2])
+    ran = {precision: forward_frozen(FrozenPass(precision=precision, batch_size=4, workers=0, runtime="openvino"), net,
+                                     backbone.preprocessing, photos, calibration=photos[::2])
            for precision in ("fp32", "int8")}
     fp32, int8 = ran["fp32"].features, ran["int8"].features
     assert int8.shape == fp32.shape == (len(photos), 32)
@@ -62,9 +62,9 @@ def test_int8_features_are_close_to_fp32_and_the_quantised_model_is_cached(demo_
     assert not torch.allclose(int8, fp32, atol=1e-5)  # quantised, not fp32 under another name
     models = list((quantize.cache_root() / quantize.KIND).iterdir())
     assert models and all((m / "model.xml").is_file() for m in models)
-    engines.forget_built_engines()  # a new run: the quantised model is read back, not calibrated again
-    again = forward_frozen(net, backbone.preprocessing, photos, precision="int8", batch_size=4, workers=0,
-                           runtime="openvino", calibration=photos[::2])
+    # a new run (a new FrozenPass): the quantised model is read back, not calibrated again
+    again = forward_frozen(FrozenPass(precision="int8", batch_size=4, workers=0, runtime="openvino"), net,
+                           backbone.preprocessing, photos, calibration=photos[::2])
     assert list((quantize.cache_root() / quantize.KIND).iterdir()) == models
     torch.testing.assert_close(again.features, int8)
 
@@ -74,8 +74,8 @@ def test_int8_features_are_close_to_fp32_and_the_quantised_model_is_cached(demo_
 def test_int8_features_of_genuine_efficientnet_lite0_are_close_to_fp32(demo_dir):
     backbone = load_backbone("efficientnet_lite0", image_size=160)
     photos = _photos(demo_dir, per_class=6)
-    ran = {precision: forward_frozen(backbone.model, backbone.preprocessing, photos, precision=precision,
-                                     batch_size=8, workers=0, runtime="openvino", calibration=photos)
+    ran = {precision: forward_frozen(FrozenPass(precision=precision, batch_size=8, workers=0, runtime="openvino"),
+                                     backbone.model, backbone.preprocessing, photos, calibration=photos)
            for precision in ("fp32", "int8")}
     cosines = _cosines(ran["int8"].features, ran["fp32"].features)
     assert cosines.median() >= MEDIAN_COSINE and cosines.min() >= MIN_COSINE

@@ -47,13 +47,10 @@ def test_drop_label_issues_reruns_every_entry_without_the_flagged_images(tmp_pat
     import csv
     import json
 
-    from showdown.frozen.feature_cache import CACHE_STATS
-
     lines = []
     config = RunConfig(data=str(demo_copy), models=["efficientnet_lite0", "efficientnet_lite1"], strategies=["head"],
                        image_size=64, epochs=3, workers=0, precision="fp32", record=False, gradcam=0,
                        out=str(tmp_path / "run"), drop_label_issues=True)
-    images_before = CACHE_STATS["images"]
     results = run(config, echo=lines.append)
     run_dir, rerun = results.run_dir, results.without_label_issues
     with (run_dir / "label_issues.csv").open(newline="") as handle:
@@ -69,7 +66,7 @@ def test_drop_label_issues_reruns_every_entry_without_the_flagged_images(tmp_pat
             tested = [p["path"] for p in csv.DictReader(handle)]
         assert len(tested) == again["test"] and not suspect & set(tested)
     # head entries took their features from the first pass's cache: two backbones' images decoded once each
-    assert CACHE_STATS["images"] - images_before == 2 * sum(first.values())
+    assert results.frozen_counts["images"] == 2 * sum(first.values())
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["label_issues"]["rerun"] == {"folder": "without-label-issues", "kept": again}
     assert sum(line.startswith("ranking without the suspected label errors: ") for line in lines) == 1

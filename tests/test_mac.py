@@ -23,6 +23,7 @@ from showdown.data.thumbnails import Uint8Tensor
 from showdown.experiment.context import Entry, RunContext
 from showdown.experiment.entry import build_model
 from showdown.experiment.phases import train
+from showdown.frozen.frozen_pass import FrozenPass
 from showdown.models.backbones import load_backbone
 
 # What the macOS run is given before the command starts: no sched_getaffinity, and the spawn start method.
@@ -94,7 +95,7 @@ def test_no_float64_tensor_on_the_training_path(strategy, demo_dir, tmp_path):
     backbone, model = build_model(strategy, load_backbone("efficientnet_lite0", image_size=64), dataset, config,
                                   torch.device("cpu"))
     # fp16, as on MPS (with the gradient scaler); also no traced graph, which a dispatch mode would disturb
-    run = RunContext("fp16", "torch", tmp_path / "cache")
+    run = RunContext(FrozenPass("fp16", "torch", cache_dir=tmp_path / "cache"))
     entry = Entry(strategy, backbone, model, dataset, config, run, tmp_path / "entry", checkpoints=False)
     with _Float64Watch() as watch:
         trained = train(entry)

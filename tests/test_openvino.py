@@ -12,7 +12,7 @@ pytest.importorskip("openvino", reason="openvino is not installed (pip install '
 from showdown.config.run_config import RunConfig  # noqa: E402
 from showdown.frozen import engines  # noqa: E402
 from showdown.frozen.boundary import sequential_layers  # noqa: E402
-from showdown.frozen.feature_cache import CACHE_STATS, forward_frozen  # noqa: E402
+from showdown.frozen.feature_cache import FrozenPass, forward_frozen  # noqa: E402
 from showdown.models.backbones import load_backbone  # noqa: E402
 from showdown.precision import autocast, bf16_supported  # noqa: E402
 
@@ -25,8 +25,8 @@ def _items(demo_dir, n=7):
 
 
 def _by_engine(module, preprocessing, items, runtimes, precision="fp32", **kwargs):
-    return {runtime: forward_frozen(module, preprocessing, items, precision=precision, batch_size=4, workers=0,
-                                    runtime=runtime, **kwargs)
+    return {runtime: forward_frozen(FrozenPass(precision=precision, batch_size=4, workers=0, runtime=runtime), module,
+                                    preprocessing, items, **kwargs)
             for runtime in runtimes}
 
 
@@ -89,9 +89,8 @@ def test_a_run_with_openvino_scores_what_onnxruntime_scores_and_keys_the_cache_b
     files = sorted((tmp_path / "cache").iterdir())
     assert len(files) == 6  # train, val and test, once per engine: the engine is part of the key
     # `auto` resolves to OpenVINO (installed) before the key is made: all three splits come from its cache
-    before = CACHE_STATS.copy()
     auto = _tiny_run(tmp_path, "auto", "auto", "cache")
-    assert CACHE_STATS["hit"] - before["hit"] == 3 and CACHE_STATS["miss"] == before["miss"]
+    assert auto.frozen_counts["hit"] == 3 and auto.frozen_counts["miss"] == 0
     assert auto.rows[0]["accuracy"] == ov.rows[0]["accuracy"]
     assert sorted((tmp_path / "cache").iterdir()) == files
 

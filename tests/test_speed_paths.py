@@ -14,7 +14,7 @@ from showdown.config.run_config import RunConfig
 from showdown.frozen import engines
 from showdown.frozen.boundary import TopOfNetwork, first_trainable, sequential_layers
 from showdown.frozen.engines import openvino_installed
-from showdown.frozen.feature_cache import extract_features, forward_frozen
+from showdown.frozen.feature_cache import FrozenPass, extract_features, forward_frozen
 from showdown.models.backbones import load_backbone
 from showdown.models.classifier import Head, ImageClassifier
 from showdown.training.batches import TensorBatches, feature_batches, image_batches
@@ -33,7 +33,8 @@ def test_cached_and_uncached_head_training_give_the_same_weights(demo_dir, tmp_p
     settings = TrainSettings(epochs=4, lr=1e-2, label_smoothing=0.1, seed=3)
     head = Head(backbone.num_features, 3, dropout=0.2)
     cached_head, model = copy.deepcopy(head), ImageClassifier(backbone.model, copy.deepcopy(head))
-    features = extract_features(backbone, items, precision="fp32", batch_size=8, workers=0, cache_dir=tmp_path)
+    features = extract_features(FrozenPass(precision="fp32", batch_size=8, workers=0, cache_dir=tmp_path), backbone,
+                                items)
     cached = fit(cached_head, TensorBatches(features, 8, seed=3), feature_batches(features, 64), settings)
     freeze_backbone(model)
     config = RunConfig(batch_size=8, workers=0, seed=3)  # the same order of the same images
@@ -53,8 +54,8 @@ def test_boundary_activation_training_follows_the_full_forward_loss_curve(demo_d
     layers = sequential_layers(full.backbone, backbone.preprocessing.input_size)
     cut = first_trainable(layers)
     items = _items(demo_dir, per_class=4)
-    activations = forward_frozen(nn.Sequential(*layers[:cut]), backbone.preprocessing, items, precision="fp32",
-                                 batch_size=12, workers=0, store_dtype=store_dtype)
+    activations = forward_frozen(FrozenPass(precision="fp32", batch_size=12, workers=0), nn.Sequential(*layers[:cut]),
+                                 backbone.preprocessing, items, store_dtype=store_dtype)
     fast = copy.deepcopy(full)
     fast_layers = sequential_layers(fast.backbone, backbone.preprocessing.input_size)
     top = TopOfNetwork(fast_layers[cut:], fast.backbone, fast.head)
@@ -96,8 +97,8 @@ def test_bench_reports_every_column_for_two_small_backbones(tmp_path):
 def test_onnxruntime_features_equal_pytorch_features(demo_dir):
     backbone = load_backbone("efficientnet_lite0", image_size=96)
     items = _items(demo_dir, per_class=3)
-    by = {runtime: forward_frozen(backbone.model, backbone.preprocessing, items, precision="fp32", batch_size=4,
-                                  workers=0, runtime=runtime)
+    by = {runtime: forward_frozen(FrozenPass(precision="fp32", batch_size=4, workers=0, runtime=runtime),
+                                  backbone.model, backbone.preprocessing, items)
           for runtime in ("torch", "onnxruntime")}
     torch.testing.assert_close(by["onnxruntime"].features, by["torch"].features, atol=1e-4, rtol=1e-4)
     assert torch.equal(by["onnxruntime"].indices, by["torch"].indices)
@@ -182,7 +183,8 @@ def test_batched_small_image_resize_equals_the_per_image_transform(demo_dir, tmp
     assert (batched - per_image).abs().max() <= one_level + 1e-5  # Pillow's 8-bit rounding at most
     assert (batched - per_image).abs().mean() < 0.05 * one_level
     # and the feature path takes it: same features as the per-image transform within float noise
-    features = forward_frozen(backbone.model, preprocessing, items, precision="fp32", batch_size=3, workers=0)
+    features = forward_frozen(FrozenPass(precision="fp32", batch_size=3, workers=0), backbone.model, preprocessing,
+                              items)
     with torch.inference_mode():
         reference = backbone.model.eval()(per_image)
     torch.testing.assert_close(features.features, reference, atol=2e-2, rtol=2e-2)
@@ -198,8 +200,8 @@ def test_flip_augmentation_keeps_the_cache_and_serves_each_image_or_its_mirror(d
 
     backbone = load_backbone("efficientnet_lite0", image_size=96)
     items = _items(demo_dir, per_class=3)
-    plain, mirrored = (forward_frozen(backbone.model, backbone.preprocessing, items, precision="fp32", batch_size=4,
-                                      workers=0, mirror=mirror) for mirror in (False, True))
+    plain, mirrored = (forward_frozen(FrozenPass(precision="fp32", batch_size=4, workers=0), backbone.model,
+                                      backbone.preprocessing, items, mirror=mirror) for mirror in (False, True))
     images = torch.stack([eval_transform(backbone.preprocessing)(load_rgb(p)) for p, _ in items])
     with torch.inference_mode():
         expected = backbone.model.eval()(images.flip(-1))
@@ -269,14 +271,14 @@ def test_splits_missing_the_same_views_are_extracted_in_one_pass(demo_dir, tmp_p
     load = images.load_rgb
     monkeypatch.setattr(images, "load_rgb", lambda path, side=None: decoded.update([path]) or load(path, side))
     options = {"precision": "fp32", "batch_size": 4, "workers": 0, "runtime": "torch"}
-    together = extract_views(backbone, splits, views, cache_dir=tmp_path / "cache", **options)
+    together = extract_views(FrozenPass(cache_dir=tmp_path / "cache", **options), backbone, splits, views)
     assert set(decoded.values()) == {1} and len(decoded) == len(items) + 1  # one decode per file, all splits
     for (split, mirror), features in together.items():
-        alone = extract_features(backbone, splits[split], mirror=mirror, cache_dir=None, **options)
+        alone = extract_features(FrozenPass(cache_dir=None, **options), backbone, splits[split], mirror=mirror)
         torch.testing.assert_close(features.features, alone.features, atol=1e-5, rtol=1e-5)
         assert torch.equal(features.indices, alone.indices) and torch.equal(features.labels, alone.labels)
         assert features.failed == alone.failed == ([str(broken)] if split == "val" else [])
-    again = extract_views(backbone, splits, views, cache_dir=tmp_path / "cache", **options)
+    again = extract_views(FrozenPass(cache_dir=tmp_path / "cache", **options), backbone, splits, views)
     assert all(f.cache_hit for f in again.values())  # one cache file per view, as before
     assert torch.equal(again["val", False].indices, torch.tensor([0, 1]))
 

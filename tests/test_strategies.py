@@ -222,12 +222,10 @@ def test_finetune_decodes_each_image_once_and_tests_the_top_on_its_activations(t
     from collections import Counter
 
     from showdown.data import images
-    from showdown.frozen.feature_cache import CACHE_STATS
 
     decoded = Counter()
     load = images.load_rgb
     monkeypatch.setattr(images, "load_rgb", lambda path, side=None: decoded.update([path]) or load(path, side))
-    before = dict(CACHE_STATS)
     lines = []
     results = run(RunConfig(data=str(demo_copy), models=["efficientnet_lite0"], strategies=["finetune"],
                             image_size=96, epochs=2, augment="flip", tta="flip", workers=0, precision="fp32",
@@ -235,10 +233,10 @@ def test_finetune_decodes_each_image_once_and_tests_the_top_on_its_activations(t
     assert any("boundary cache: frozen bottom" in line for line in lines), lines
     assert decoded and set(decoded.values()) == {1}  # every image, mirror images included, decoded once
     assert len(decoded) == sum(1 for p in demo_copy.rglob("*.jpg"))
-    assert CACHE_STATS["hit"] == before.get("hit", 0) and CACHE_STATS["miss"] == before.get("miss", 0)  # no
+    assert results.frozen_counts["hit"] == results.frozen_counts["miss"] == 0  # no
     # feature extraction of its own; images run through the frozen bottom: each split, and mirrored train and test
     n = {split: len(items) for split, items in load_dataset(str(demo_copy)).splits.items()}  # the run's split
-    assert CACHE_STATS["images"] - before.get("images", 0) == 2 * n["train"] + n["val"] + 2 * n["test"]
+    assert results.frozen_counts["images"] == 2 * n["train"] + n["val"] + 2 * n["test"]
     folder = results.run_dir / "efficientnet_lite0-finetune"
     history = (folder / "history.csv").read_text()
     assert "\nhead,2," in history and "\nfinetune,2," in history

@@ -22,6 +22,7 @@ from showdown.device import resolve_device
 from showdown.experiment.context import RunContext
 from showdown.experiment.entry import train_entry
 from showdown.experiment.phases import evaluate
+from showdown.frozen.frozen_pass import FrozenPass
 from showdown.models.backbones import load_backbone
 
 BASE = RunConfig(image_size=64, epochs=2, precision="fp32", workers="0", head_dropout=0.5, batch_size=2)
@@ -44,7 +45,7 @@ def main(out: Path, data: str) -> None:
     facts = {"objects_group_timeout_s": group.options._timeout.total_seconds(), "world_size": distributed.world_size()}
     dataset = load_dataset(data)
     backbone = load_backbone("efficientnet_lite0", image_size=64)
-    run = RunContext("fp32", "torch", out / "cache", device=device)
+    run = RunContext(FrozenPass("fp32", "torch", device, cache_dir=out / "cache"))
     for strategy, config in ENTRIES.items():
         entry, trained, _ = train_entry(Strategy.parse(strategy), backbone, dataset, config, run, out / strategy)
         probs, _, _ = evaluate(entry, trained)

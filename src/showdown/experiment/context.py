@@ -12,8 +12,8 @@ from sklearn.utils.class_weight import compute_class_weight
 from showdown.config.run_config import RunConfig
 from showdown.config.strategy import Strategy
 from showdown.data import DatasetSpec
-from showdown.device import CPU
 from showdown.experiment.folds import FeaturePool
+from showdown.frozen.frozen_pass import FrozenPass
 from showdown.models.backbones import Backbone
 from showdown.models.classifier import ImageClassifier
 from showdown.reporting.progress import Reporter
@@ -24,13 +24,23 @@ from showdown.training.loop import fit
 
 @dataclass(frozen=True)
 class RunContext:
-    """What every entry of one run shares: how frozen layers run, where their outputs are cached, where to tell."""
+    """What every entry of one run shares: how frozen layers run (their settings, the engines they built, their
+    counts: frozen/frozen_pass.py), and where to tell."""
 
-    precision: str
-    runtime: str  # engine of the frozen forward passes (frozen/engines.py)
-    cache_dir: Path | None  # feature cache folder; None: off (the folder takes no file)
+    frozen: FrozenPass = field(default_factory=FrozenPass)
     reporter: Reporter = field(default_factory=Reporter)  # progress, log lines, trackers; silent but on rank 0
-    device: torch.device = CPU
+
+    @property
+    def precision(self) -> str:
+        return self.frozen.precision
+
+    @property
+    def runtime(self) -> str:
+        return self.frozen.runtime
+
+    @property
+    def device(self) -> torch.device:
+        return self.frozen.device
 
     def echo(self, line: str = "") -> None:
         self.reporter.echo(line)

@@ -21,7 +21,7 @@ from showdown.data import DatasetSpec
 from showdown.experiment.context import RunContext
 from showdown.experiment.phases import CACHEABLE_AUGMENTS, train_settings
 from showdown.fileio import write_csv
-from showdown.frozen.feature_cache import FEATURE_BATCH, extract_views
+from showdown.frozen.feature_cache import extract_views
 from showdown.models.backbones import Backbone
 from showdown.reporting.label_issues import LABEL_ISSUES
 from showdown.training.out_of_fold import out_of_fold
@@ -63,9 +63,7 @@ def find_issues(backbone: Backbone, dataset: DatasetSpec, config: RunConfig, run
     files' paths)."""
     start = time.perf_counter()
     splits = dataset.splits
-    cached = extract_views(backbone, splits, [(split, False) for split in splits], precision=run.precision,
-                           batch_size=FEATURE_BATCH, workers=config.worker_count, cache_dir=run.cache_dir,
-                           runtime=run.runtime, device=run.device)
+    cached = extract_views(run.frozen, backbone, splits, [(split, False) for split in splits])
     parts = [(split, features) for (split, _), features in cached.items()]
     x = torch.cat([features.features for _, features in parts]).float()
     y = torch.cat([features.labels for _, features in parts]).numpy().astype(np.int64)

@@ -25,7 +25,7 @@ from showdown.errors import DiskError
 from showdown.experiment.boundary_store import DiskViews, disk_folder
 from showdown.experiment.context import Entry, RunContext
 from showdown.frozen.boundary import TopOfNetwork, first_trainable, sequential_layers
-from showdown.frozen.feature_cache import FEATURE_BATCH, Features, extract_views, forward_views
+from showdown.frozen.feature_cache import Features, extract_views, forward_views
 from showdown.precision import autocast
 from showdown.training.batches import cached_train_batches, feature_batches, sharded_batches
 from showdown.training.evaluate import predict_proba
@@ -103,9 +103,7 @@ def extract_all(entry: Entry) -> dict:
     if entry.pool is not None:
         features = {view: entry.pool.subset(splits[view[0]], view[1]) for view in views}
     else:
-        features = extract_views(entry.backbone, splits, views, precision=entry.run.precision,
-                                 batch_size=FEATURE_BATCH, workers=entry.config.worker_count,
-                                 cache_dir=entry.run.cache_dir, runtime=entry.run.runtime, device=entry.run.device)
+        features = extract_views(entry.run.frozen, entry.backbone, splits, views)
     return {f"{split}_mirrored" if mirror else split: f for (split, mirror), f in features.items()}
 
 
@@ -196,7 +194,7 @@ def boundary_cut(entry: Entry) -> tuple[list[nn.Module], int, Path | None] | Non
         return layers, cut, None
     each = f" of each of {distributed.local_processes()} processes" if distributed.local_processes() > 1 else ""
     over = f"{_amount(need)} of activations exceed the {_amount(budget)} budget{each} (--cache-budget-gb)"
-    folder, why_not = disk_folder(entry.run.cache_dir, need, config.boundary_disk)
+    folder, why_not = disk_folder(entry.run.frozen.cache_dir, need, config.boundary_disk)
     if folder is None:
         echo(f"  boundary cache off: {over}{why_not}; full forward")
         return None
@@ -243,11 +241,9 @@ def boundary_activations(entry: Entry, bottom: nn.Module, folder: Path | None = 
             continue
         sinks = stored.writers(split, mirrors, _stored(split)) if stored else None
         try:
-            views = forward_views(bottom, entry.backbone.preprocessing, entry.dataset.splits[split], mirrors,
-                                  precision=entry.run.precision, batch_size=FEATURE_BATCH,
-                                  workers=entry.config.worker_count, desc=f"boundary {split}",
-                                  name=f"the frozen bottom of {entry.backbone.spec.name}", store_dtype=_stored(split),
-                                  runtime=entry.run.runtime, device=entry.run.device, sinks=sinks,
+            views = forward_views(entry.run.frozen, bottom, entry.backbone.preprocessing, entry.dataset.splits[split],
+                                  mirrors, desc=f"boundary {split}", store_dtype=_stored(split), sinks=sinks,
+                                  name=f"the frozen bottom of {entry.backbone.spec.name}",
                                   calibration=entry.dataset.splits.get("train"))  # int8: every split's calibration
             views = [sink.seal(view) for sink, view in zip(sinks, views)] if sinks else views
         finally:

@@ -3,6 +3,7 @@ the leaderboard with its verdicts, with the full report one call away."""
 from __future__ import annotations
 
 import html
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,6 +20,9 @@ class Results:
     rows: list[dict]
     skipped: list[str] = field(default_factory=list)
     without_label_issues: Results | None = None  # --drop-label-issues: every entry again without the suspect images
+    # the counts of this process's frozen passes (frozen_pass.FrozenPass.stats), the label-issue pass and a re-run
+    # included: extractions from the feature cache ("hit"), computed ("miss"), images run through frozen layers
+    frozen_counts: Counter = field(default_factory=Counter)
 
     def table(self) -> str:
         return format_table(self.rows)

@@ -36,7 +36,7 @@ from showdown.experiment.shards import echo_share, my_models
 from showdown.experiment.without_issues import rerun_without
 from showdown.fileio import new_run_dir
 from showdown.frozen.engines import resolve_runtime
-from showdown.frozen.feature_cache import CACHE_STATS, FEATURE_BATCH, extract_features
+from showdown.frozen.feature_cache import FrozenPass, extract_features
 from showdown.models.backbones import Backbone, load_backbone, resolve_backbone
 from showdown.precision import resolve_precision
 from showdown.reporting.bench import bench_models
@@ -74,7 +74,7 @@ def run(config: RunConfig | None = None, *, echo: Callable[[str], None] = print,
         config = dataclasses.replace(config, gradcam=0)
     if resume:
         echo(f"resuming {config.out}")
-    passes_before = CACHE_STATS + HEALED  # HEALED counts "recomputed" (damaged cache entries)
+    healed_before = HEALED["recomputed"]  # damaged cache entries deleted and recomputed (cache.py)
     cache_dir = on_main(check_places, config)  # before the data: an archive is extracted into the cache
     dataset = load_dataset(config.data, data_root=config.data_root, split=config.split, seed=config.seed)
     if config.max_per_class:
@@ -90,17 +90,18 @@ def run(config: RunConfig | None = None, *, echo: Callable[[str], None] = print,
         _echo_dataset(dataset, folds, echo)
         _echo_machine(device, precision, echo)
         echo_share(config, echo)  # --shard: which backbones this process trains
-        context = RunContext(precision, runtime, cache_dir, reporter, device)
+        frozen = FrozenPass(precision, runtime, device, workers=config.worker_count, cache_dir=cache_dir)
+        context = RunContext(frozen, reporter)
         reporter.start_run(config, run_dir, _grid_size(config) * (2 if config.drop_label_issues else 1))
         rows, skipped = _all_entries(config, dataset, folds, context, run_dir, resume)
-        frozen_passes = {key: (CACHE_STATS + HEALED)[key] - passes_before[key]
-                         for key in ("hit", "miss", "images", "recomputed")}
+        frozen_passes = {key: frozen.stats[key] for key in ("hit", "miss", "images")}
+        frozen_passes["recomputed"] = HEALED["recomputed"] - healed_before
         if distributed.active():  # images each process ran through frozen layers: shards, never the same image twice
             frozen_passes["images_per_rank"] = distributed.gather(frozen_passes["images"])
             frozen_passes["images"] = sum(frozen_passes["images_per_rank"])
         issues, flagged = label_issues.judge(config, dataset, rows, folds, context, run_dir,
                                              load=lambda name: _load(name, config, dataset, lambda *_: None))
-        results = Results(run_dir, rows, sorted(skipped))
+        results = Results(run_dir, rows, sorted(skipped), frozen_counts=frozen.stats)
         if config.drop_label_issues and flagged:
             results.without_label_issues, kept = rerun_without(config, dataset, flagged, context, run_dir, resume,
                                                                _all_entries)
@@ -231,10 +232,7 @@ def _load(model_name: str, config: RunConfig, dataset: DatasetSpec, echo) -> Bac
 def _feature_pool(backbone: Backbone, dataset: DatasetSpec, config: RunConfig, run: RunContext) -> FeaturePool:
     """One feature extraction of every image for all folds (the cache is keyed by the exact file list)."""
     def extract(items, mirror):
-        return extract_features(backbone, items, precision=run.precision, batch_size=FEATURE_BATCH,
-                                workers=config.worker_count, cache_dir=run.cache_dir, runtime=run.runtime,
-                                mirror=mirror, device=run.device,
-                                desc="all images")
+        return extract_features(run.frozen, backbone, items, mirror=mirror, desc="all images")
     return FeaturePool(all_items(dataset), extract)
 
 

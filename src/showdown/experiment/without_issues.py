@@ -21,7 +21,7 @@ from showdown.experiment.context import RunContext
 from showdown.experiment.folds import FeaturePool
 from showdown.experiment.results import Results
 from showdown.experiment.run_folder import write_run_start, write_summary
-from showdown.frozen.feature_cache import FEATURE_BATCH, Features, extract_views
+from showdown.frozen.feature_cache import Features, extract_views
 from showdown.models.backbones import Backbone
 from showdown.reporting.label_issues import WITHOUT_LABEL_ISSUES
 from showdown.reporting.report import report_run
@@ -57,9 +57,7 @@ def split_pool(backbone: Backbone, dataset: DatasetSpec, config: RunConfig, run:
     items = [item for split in splits for item in dataset.splits[split]]
 
     def extract(_, mirror: bool) -> Features:
-        views = extract_views(backbone, dataset.splits, [(split, mirror) for split in splits],
-                              precision=run.precision, batch_size=FEATURE_BATCH, workers=config.worker_count,
-                              cache_dir=run.cache_dir, runtime=run.runtime, device=run.device)
+        views = extract_views(run.frozen, backbone, dataset.splits, [(split, mirror) for split in splits])
         parts, offset = [], 0
         for split in splits:  # positions in the split's list become positions in `items`
             part = views[split, mirror]

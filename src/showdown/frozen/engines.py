@@ -47,6 +47,7 @@ import logging
 import tempfile
 import warnings
 import weakref
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -59,14 +60,21 @@ from showdown.frozen.graph_cache import cached_graph
 from showdown.models.onnx_graph import OnnxExportError, onnx_graph
 
 log = logging.getLogger(__name__)
-_fallen_back: set[str] = set()  # models already reported as running in another engine than the one chosen
-# Forwards already built, per model: a run's splits share one ONNX export and one compile (about 1 s each).
-_built: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 ENGINE_NAMES = {"torch": "PyTorch", "onnxruntime": "ONNX Runtime", "openvino": "OpenVINO"}
 OPENVINO_HINT = "LATENCY"  # see the module docstring
 
 Forward = Callable[[torch.Tensor], torch.Tensor]
+
+
+@dataclass
+class Engines:
+    """What one run built (frozen_pass.FrozenPass holds it): the forwards, per model, so a run's splits share one
+    ONNX export and one compile (about 1 s each); and the models already reported as running in another engine than
+    the one chosen (one line per model, not one per split)."""
+
+    built: weakref.WeakKeyDictionary = field(default_factory=weakref.WeakKeyDictionary)
+    fallen_back: set[str] = field(default_factory=set)
 
 
 def openvino_installed() -> bool:
@@ -195,34 +203,32 @@ def frozen_graph(model: torch.nn.Module, example: torch.Tensor, precision: str):
 
 
 def frozen_forward(model: torch.nn.Module, example: torch.Tensor, precision: str, runtime: str,
-                   name: str = "the frozen layers", calibration: quantize.Calibration | None = None) -> Forward:
+                   name: str = "the frozen layers", calibration: quantize.Calibration | None = None,
+                   engines: Engines | None = None) -> Forward:
     """A function images -> outputs computing the frozen `model` with the chosen engine (call it under
     inference_mode and the precision's autocast), on the device of `example`. `name` says which model a
-    fallback note is about; `calibration`, the images int8 is calibrated on (needed for int8 only). PyTorch gets
+    fallback note is about; `calibration`, the images int8 is calibrated on (needed for int8 only); `engines`,
+    the run's built forwards, reused when the same model asks again (default: build afresh). PyTorch gets
     its inputs channels-last (oneDNN's and cuDNN's fast layout); the graph engines take them as they come (NCHW),
     without a round trip through channels-last."""
     runtime = resolve_runtime(runtime, precision, example.device.type)
     if example.device.type != "cpu":
         return _channels_last(model)  # eager on the GPU, under autocast
-    built = _built.setdefault(model, {})
+    engines = engines if engines is not None else Engines()
+    built = engines.built.setdefault(model, {})
     key = (precision, runtime, example.dtype, tuple(example.shape[1:]), _weights_state(model),
            calibration.key if calibration else None)
     if key not in built:
-        forward = _graph_forward(model, example[:1].contiguous(), precision, runtime, name, calibration) \
-            if runtime != "torch" else None
+        forward = _graph_forward(model, example[:1].contiguous(), precision, runtime, name, calibration,
+                                 engines.fallen_back) if runtime != "torch" else None
         if forward is None:
             traced = frozen_graph(model, example.contiguous(memory_format=torch.channels_last), precision)
-            if traced is model:  # nothing built (eager); kept, it would keep the model alive through _built
+            if traced is model:  # nothing built (eager); kept, it would keep the model alive through `built`
                 return _channels_last(model)
             forward = _channels_last(traced)
         built.clear()  # an older state of the weights is never asked for again
         built[key] = forward
     return built[key]
-
-
-def forget_built_engines() -> None:
-    """Drops every forward built so far, so the next call builds afresh, as a new run's first split does."""
-    _built.clear()
 
 
 def _channels_last(forward: Forward) -> Forward:
@@ -236,7 +242,7 @@ def _weights_state(model: torch.nn.Module) -> tuple:
 
 
 def _graph_forward(model: torch.nn.Module, example: torch.Tensor, precision: str, runtime: str,
-                   name: str, calibration: quantize.Calibration | None = None) -> Forward | None:
+                   name: str, calibration: quantize.Calibration | None, fallen_back: set[str]) -> Forward | None:
     """The model in `runtime` or, where that fails, the next graph engine; None: run it in PyTorch."""
     engines = [runtime] + (["onnxruntime"] if runtime == "openvino" and precision == "fp32" else [])
     failures, forward = [], None
@@ -256,8 +262,8 @@ def _graph_forward(model: torch.nn.Module, example: torch.Tensor, precision: str
             else:
                 forward = candidate
                 break
-    if failures and name not in _fallen_back:  # one line per model, not one per split
-        _fallen_back.add(name)
+    if failures and name not in fallen_back:  # one line per model, not one per split
+        fallen_back.add(name)
         fallback = ENGINE_NAMES[engine] if forward is not None else ENGINE_NAMES["torch"]
         log.warning("%s; running it in %s", "; ".join(failures), fallback)
     return forward

@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import logging
 import zlib
-from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,23 +28,20 @@ from showdown.cache import discard, mark_used
 from showdown.data.images import decoder, eval_transform, image_loader
 from showdown.data.preprocessing import Preprocessing
 from showdown.data.thumbnails import Uint8Tensor, batch_resize, small_square_side
-from showdown.device import CPU, to_device
+from showdown.device import to_device
 from showdown.errors import DataError, DiskError
 from showdown.fileio import digest, file_stamp, write_bytes_atomic
 from showdown.frozen import quantize
-from showdown.frozen.engines import frozen_forward, resolve_runtime
+from showdown.frozen.engines import frozen_forward
+from showdown.frozen.frozen_pass import FEATURE_BATCH, FrozenPass
 from showdown.models.backbones import Backbone
 from showdown.precision import autocast
 
 log = logging.getLogger(__name__)
-# Measured on the 2-core CPU: batches of 8-16 images run ~1.3x faster than 64 (less memory traffic per step).
-FEATURE_BATCH = 16
+__all__ = ["FEATURE_BATCH", "Features", "FrozenPass", "cache_key", "extract_features", "extract_views",
+           "forward_frozen", "forward_views"]
 # Batches each worker decodes ahead: enough to keep the other core busy while the engine is built (~0.7 s).
 PREFETCH = 8
-# Extractions served from the cache ("hit"), computed ("miss"), and images (each view of one) run through
-# frozen layers, for features or boundary activations ("images"); a run reports its share in summary.json and
-# its last lines.
-CACHE_STATS: Counter = Counter()
 
 
 @dataclass
@@ -79,54 +75,50 @@ def cache_key(backbone: Backbone, items: list[tuple[Path, int]], precision: str,
     return digest([json.dumps(parts, sort_keys=True, default=str)])[:24]
 
 
-def extract_features(backbone: Backbone, items: list[tuple[Path, int]], *, precision: str, batch_size: int,
-                     workers: int, cache_dir: Path | None, desc: str = "features", runtime: str = "torch",
-                     mirror: bool = False, device: torch.device = CPU, calibration: list | None = None) -> Features:
+def extract_features(frozen: FrozenPass, backbone: Backbone, items: list[tuple[Path, int]], *, desc: str = "features",
+                     mirror: bool = False, calibration: list | None = None) -> Features:
     """Features of every image (of its mirror image with `mirror`), from the cache when the key matches."""
-    (features,) = extract_views(backbone, {desc: items}, [(desc, mirror)], precision=precision,
-                                batch_size=batch_size, workers=workers, cache_dir=cache_dir, runtime=runtime,
-                                device=device, calibration=calibration).values()
+    (features,) = extract_views(frozen, backbone, {desc: items}, [(desc, mirror)], calibration=calibration).values()
     return features
 
 
-def extract_views(backbone: Backbone, splits: dict[str, list[tuple[Path, int]]], views: list[tuple[str, bool]], *,
-                  precision: str, batch_size: int, workers: int, cache_dir: Path | None, runtime: str = "torch",
-                  device: torch.device = CPU, calibration: list | None = None) -> dict[tuple[str, bool], Features]:
+def extract_views(frozen: FrozenPass, backbone: Backbone, splits: dict[str, list[tuple[Path, int]]],
+                  views: list[tuple[str, bool]], *,
+                  calibration: list | None = None) -> dict[tuple[str, bool], Features]:
     """Features of each (split, mirror) view, one cache file each. What no cache file holds is computed in one
     pass over the images of every split that misses the same views: one loader and one decode per image, not
-    one per split. The key holds the engine `runtime` resolves to ("auto" becomes the engine it picks). Under
+    one per split. The key holds the engine the runtime resolves to ("auto" becomes the engine it picks). Under
     torchrun every rank computes its shard, every rank gets the whole, and rank 0 writes the cache files.
     int8 calibrates on `calibration` (default the "train" split, else every image given)."""
-    runtime = resolve_runtime(runtime, precision, device.type)
+    precision, runtime, cache_dir = frozen.precision, frozen.engine, frozen.cache_dir
     if precision == "int8":
         calibration = calibration or splits.get("train") or [item for items in splits.values() for item in items]
     calibrated = quantize.files_key(calibration) if precision == "int8" else ""
     found: dict[tuple[str, bool], Features] = {}
     missing: dict[str, list[tuple[bool, Path | None]]] = {}  # split -> the views to compute, and their files
     for split, mirror in views:
-        key = cache_key(backbone, splits[split], precision, runtime, mirror, device.type, calibrated)
+        key = cache_key(backbone, splits[split], precision, runtime, mirror, frozen.device.type, calibrated)
         path = cache_dir / f"{key}.safetensors" if cache_dir else None
         cached = _cached(path)
         if distributed.all_true(cached is not None):  # a rank without it computes with the rest
-            CACHE_STATS["hit"] += 1
+            frozen.stats["hit"] += 1
             log.info("feature cache hit for %s%s (%s)", split, " mirrored" if mirror else "", path.name)
             found[split, mirror] = cached
         else:
-            CACHE_STATS["miss"] += 1
+            frozen.stats["miss"] += 1
             missing.setdefault(split, []).append((mirror, path))
     groups: dict[tuple[bool, ...], list[str]] = {}  # splits that miss the same views run as one
     for split, wanted in missing.items():
         groups.setdefault(tuple(mirror for mirror, _ in wanted), []).append(split)
     for mirrors, group in groups.items():
         items = [item for split in group for item in splits[split]]
-        computed = forward_views(backbone.model, backbone.preprocessing, items, mirrors, precision=precision,
-                                 batch_size=batch_size, workers=workers, desc=f"{backbone.spec.name} {'+'.join(group)}",
-                                 store_dtype=torch.float32, runtime=runtime, name=backbone.spec.name, device=device,
-                                 calibration=calibration)
+        computed = forward_views(frozen, backbone.model, backbone.preprocessing, items, mirrors,
+                                 desc=f"{backbone.spec.name} {'+'.join(group)}", store_dtype=torch.float32,
+                                 name=backbone.spec.name, calibration=calibration)
         start = 0
         for split in group:
             for (mirror, path), whole in zip(missing[split], computed):
-                found[split, mirror] = _write(path, _part(whole, start, splits[split], split))
+                found[split, mirror] = _write(path, _part(whole, start, splits[split], split), frozen.refused)
             start += len(splits[split])
     distributed.barrier()  # the files are complete before any rank looks for them again
     return {view: found[view] for view in views}
@@ -184,8 +176,9 @@ def _read(path: Path) -> Features:
     return Features(tensors["features"], tensors["labels"], tensors["indices"], failed, True)
 
 
-def _write(path: Path | None, features: Features) -> Features:
-    """Store the features (rank 0); a write the disk refuses is one warning, and the run goes on uncached."""
+def _write(path: Path | None, features: Features, refused: set[Path]) -> Features:
+    """Store the features (rank 0); a write the disk refuses is one warning (once per entry: `refused`), and the
+    run goes on uncached."""
     if path is not None and distributed.is_main():
         tensors = {"features": features.features, "labels": features.labels, "indices": features.indices}
         metadata = {"failed": json.dumps(features.failed)}
@@ -194,13 +187,10 @@ def _write(path: Path | None, features: Features) -> Features:
         try:
             write_bytes_atomic(path, data, "the feature cache entry")
         except DiskError as exc:
-            if path not in _REFUSED:  # a later pass over the same split (label issues) tries again, silently
-                _REFUSED.add(path)
+            if path not in refused:  # a later pass over the same split (label issues) tries again, silently
+                refused.add(path)
                 log.warning("%s; going on without caching it", exc)
     return features
-
-
-_REFUSED: set[Path] = set()  # cache entries the disk refused in this process: each is said once
 
 
 def _part(whole: Features, start: int, items: list[tuple[Path, int]], split: str) -> Features:
@@ -213,32 +203,29 @@ def _part(whole: Features, start: int, items: list[tuple[Path, int]], split: str
                     [f for f in whole.failed if f in paths], False)
 
 
-def forward_frozen(module: torch.nn.Module, preprocessing: Preprocessing, items, *, precision: str, batch_size: int,
-                   workers: int, desc: str = "features", store_dtype=torch.float32, runtime: str = "torch",
-                   mirror: bool = False, name: str = "the frozen layers", device: torch.device = CPU,
-                   calibration: list | None = None) -> Features:
-    """Run a frozen module once over the images (with `runtime`, see engines.py), or over their mirror images;
-    unreadable files are skipped and listed. `name` is the model's, for the log. Under torchrun each rank runs
-    its contiguous shard of the images and the shards are joined, in order, on every rank."""
-    (features,) = forward_views(module, preprocessing, items, (mirror,), precision=precision, batch_size=batch_size,
-                                workers=workers, desc=desc, store_dtype=store_dtype, runtime=runtime, name=name,
-                                device=device, calibration=calibration)
+def forward_frozen(frozen: FrozenPass, module: torch.nn.Module, preprocessing: Preprocessing, items, *,
+                   desc: str = "features", store_dtype=torch.float32, mirror: bool = False,
+                   name: str = "the frozen layers", calibration: list | None = None) -> Features:
+    """Run a frozen module once over the images (with the pass's engine, see engines.py), or over their mirror
+    images; unreadable files are skipped and listed. `name` is the model's, for the log. Under torchrun each rank
+    runs its contiguous shard of the images and the shards are joined, in order, on every rank."""
+    (features,) = forward_views(frozen, module, preprocessing, items, (mirror,), desc=desc, store_dtype=store_dtype,
+                                name=name, calibration=calibration)
     return features
 
 
-def forward_views(module: torch.nn.Module, preprocessing: Preprocessing, items, mirrors: tuple[bool, ...], *,
-                  precision: str, batch_size: int, workers: int, desc: str, store_dtype, runtime: str, name: str,
-                  device: torch.device, sinks: list | None = None, calibration: list | None = None) -> list[Features]:
+def forward_views(frozen: FrozenPass, module: torch.nn.Module, preprocessing: Preprocessing, items,
+                  mirrors: tuple[bool, ...], *, desc: str, store_dtype, name: str, sinks: list | None = None,
+                  calibration: list | None = None) -> list[Features]:
     """forward_frozen for several views of each image (`mirrors`: (False, True) gives the images and their mirror
     images) from one decoding pass: each image is read once, whatever the views. `sinks`, one per view, take the
     outputs as they are computed (`append`) and give the whole (`tensor()`); by default they are kept in RAM. int8
     calibrates on `calibration` (default `items`)."""
     side = small_square_side(items, preprocessing.input_size)  # decided on all the items: the same on every rank
     part = distributed.shard(len(items))
-    CACHE_STATS["images"] += len(items[part]) * len(mirrors)  # this process's share
-    mine = _forward_shard(module, preprocessing, items[part], side, mirrors, precision=precision,
-                          batch_size=batch_size, workers=workers, desc=desc, store_dtype=store_dtype, runtime=runtime,
-                          name=name, device=device, sinks=sinks or [InMemory(store_dtype) for _ in mirrors],
+    frozen.stats["images"] += len(items[part]) * len(mirrors)  # this process's share
+    mine = _forward_shard(frozen, module, preprocessing, items[part], side, mirrors, desc=desc,
+                          store_dtype=store_dtype, name=name, sinks=sinks or [InMemory(store_dtype) for _ in mirrors],
                           calibration=calibration or items)
     joined = [_joined(view, part.start) for view in mine]
     if not len(joined[0].labels):
@@ -256,9 +243,10 @@ def _joined(mine: Features, offset: int) -> Features:
                     torch.cat([s.indices for s in shards]), [f for s in shards for f in s.failed], False)
 
 
-def _forward_shard(module: torch.nn.Module, preprocessing: Preprocessing, items, side: int | None,
-                   mirrors: tuple[bool, ...], *, precision: str, batch_size: int, workers: int, desc: str, store_dtype,
-                   runtime: str, name: str, device: torch.device, sinks: list, calibration: list) -> list[Features]:
+def _forward_shard(frozen: FrozenPass, module: torch.nn.Module, preprocessing: Preprocessing, items, side: int | None,
+                   mirrors: tuple[bool, ...], *, desc: str, store_dtype, name: str, sinks: list,
+                   calibration: list) -> list[Features]:
+    precision, device, batch_size = frozen.precision, frozen.device, frozen.batch_size
     resize = batch_resize(preprocessing, side) if side else None
     if resize is not None:  # small images: workers only decode, the batch is resized inside the graph
         module = nn.Sequential(resize, module)
@@ -266,8 +254,8 @@ def _forward_shard(module: torch.nn.Module, preprocessing: Preprocessing, items,
     else:
         transform = eval_transform(preprocessing)
     module = module.eval().to(device, memory_format=torch.channels_last)  # the resize's matrices too
-    loader = image_loader(items, transform, batch_size=batch_size, workers=workers, pin_memory=device.type == "cuda",
-                          prefetch=PREFETCH)
+    loader = image_loader(items, transform, batch_size=batch_size, workers=frozen.workers,
+                          pin_memory=device.type == "cuda", prefetch=PREFETCH)
     batches = iter(tqdm(loader, desc=desc, leave=False, unit="batch", disable=None if distributed.is_main() else True))
     example = torch.zeros(1, 3, side, side, dtype=torch.uint8) if resize is not None else \
         torch.zeros(1, *preprocessing.input_size)
@@ -276,7 +264,8 @@ def _forward_shard(module: torch.nn.Module, preprocessing: Preprocessing, items,
         if precision == "int8" else None
     with torch.inference_mode(), autocast(precision, device.type):
         # built (exported, compiled: ~1 s) while the workers, already started, decode the first batches
-        forward = frozen_forward(module, example.to(device), precision, runtime, name, calibrated)
+        forward = frozen_forward(module, example.to(device), precision, frozen.runtime, name, calibrated,
+                                 frozen.engines)
         for images, batch_labels, batch_indices, batch_failed in batches:
             failed += [str(items[i][0]) for i in batch_failed]
             if len(images):
