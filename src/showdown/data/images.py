@@ -2,7 +2,7 @@
 
 Large JPEGs are decoded at the size they are used: a 12-megapixel phone photo resized to 256 px costs ~3x less
 to decode at 1/4 scale inside the codec (Pillow's draft mode) than at full size, and the preprocessed tensor
-stays within a fraction of one 8-bit level of the full decode (tests/test_draft_decode.py). Each transform
+stays within a fraction of one 8-bit level of the full decode (tests/data/test_draft_decode.py). Each transform
 says how large its input must stay (`PhotoTransform.decode_side`); `load_rgb` picks the smallest 1/2, 1/4 or
 1/8 scale whose shorter side is still at least that.
 """

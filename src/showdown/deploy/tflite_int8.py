@@ -4,7 +4,7 @@ Quantising the converted float file (rather than the PyTorch graph) quantises wh
 already fused into its convolution, so its int8 range is [0, 6], and the residual adds, the pooling, the
 classifier and the softmax are int8 too; the interpreter's input and output tensors are int8.
 Before quantising, each convolution's bias absorbs the mean error that rounding its weights to int8 adds to
-its output (bias correction, Nagel et al. 2019): on the TF-Flowers head of tests/test_tflite_export.py it lowers
+its output (bias correction, Nagel et al. 2019): on the TF-Flowers head of tests/deploy/test_tflite_export.py it lowers
 the mean probability error against PyTorch from 0.013 to 0.010 (top-1 agreement 97.5 % -> 98.0 %).
 """
 from __future__ import annotations

@@ -11,14 +11,14 @@ without it, ONNX Runtime in fp32 and PyTorch's bf16 autocast in bf16. Measured o
 the figure): PyTorch fp32 16.5 img/s, ONNX Runtime fp32 36.0, OpenVINO fp32 46.3 (1.3x ONNX Runtime; on a
 quieter day 132 vs 99 img/s, and 1.2x for MobileNetV2); PyTorch bf16 autocast 20.3, OpenVINO bf16 89.9 (4.4x).
 OpenVINO's fp32 features agree with PyTorch's within 1e-5; its bf16 features are about as close to fp32 as
-autocast's (tests/test_openvino.py).
+autocast's (tests/frozen/test_openvino.py).
 
 Vision transformers need nothing special: the TorchScript exporter at opset 17 writes timm's fused attention
 (`scaled_dot_product_attention`) as MatMul, Softmax, MatMul, and the class token's broadcast over the batch as
 Shape/Expand, so the batch axis stays dynamic; a ViT built for its input size (models/backbones/input_size.py)
 has no position-embedding resampling in its graph. A whole DINOv2 ViT-S/14 or ConvNeXt-T and a ViT's frozen
 bottom (`TokenStem` and blocks, frozen/boundary.py) agree with PyTorch within 1e-4 in both engines
-(tests/test_speed_paths.py); throughput at 224 px in docs/performance.md.
+(tests/frozen/test_speed_paths.py); throughput at 224 px in docs/performance.md.
 
 OpenVINO is compiled with the LATENCY hint (one stream using all torch threads): the frozen layers run one
 synchronous batch at a time, and the THROUGHPUT hint's extra streams then sit idle (at batch 16 the two hints

@@ -14,7 +14,7 @@ from showdown.models.backbones import imported, load_backbone
 from showdown.models.backbones.found import FoundWeights
 from showdown.models.backbones.registry import resolve_backbone
 
-TFLITE = Path(__file__).resolve().parents[2] / "shared" / "weights" / "mobilenet-tflite"
+TFLITE = Path(__file__).resolve().parents[3] / "shared" / "weights" / "mobilenet-tflite"
 
 
 @pytest.fixture

@@ -7,7 +7,7 @@ nbclient = pytest.importorskip("nbclient", reason="the notebook test needs the t
 nbformat = pytest.importorskip("nbformat", reason="the notebook test needs the test extra (nbformat)")
 pytest.importorskip("ipykernel", reason="the notebook test needs the test extra (ipykernel)")
 
-NOTEBOOK = Path(__file__).resolve().parents[1] / "examples" / "quickstart.ipynb"
+NOTEBOOK = Path(__file__).resolve().parents[2] / "examples" / "quickstart.ipynb"
 
 
 def test_quickstart_notebook_runs_and_shows_the_leaderboard(tmp_path):

@@ -7,8 +7,7 @@ from safetensors.torch import save_file
 from showdown.data.images import eval_transform, load_rgb
 from showdown.errors import ModelError
 from showdown.models.backbones import efficientnet_lite, load_backbone, resolve_backbone
-
-from .conftest import PHOTOS, needs_photos
+from tests.conftest import PHOTOS, needs_photos
 
 
 def imagenet_names():

@@ -1,9 +1,9 @@
-"""Run by tests/test_distributed.py under torchrun (2 CPU processes, gloo): entries trained on every rank as
+"""Run by tests/training/test_distributed.py under torchrun (2 CPU processes, gloo): entries trained on every rank as
 `showdown run` trains them (experiment.entry.train_entry), then what each rank holds written to OUT, for the test
 to compare: the trained model (the one rank 0 saves), the test probabilities, the history, and the timeout of
 the group that gathers Python objects.
 
-    python -m torch.distributed.run --standalone --nproc_per_node=2 tests/torchrun_ranks.py OUT DATA
+    python -m torch.distributed.run --standalone --nproc_per_node=2 tests/training/torchrun_ranks.py OUT DATA
 """
 import dataclasses
 import json

@@ -3,8 +3,7 @@ import pytest
 from benchmarks.planted_label_errors import planted_copy, ranking
 
 from showdown import RunConfig, run
-
-from .conftest import DATASETS, needs_flowers
+from tests.conftest import DATASETS, needs_flowers
 
 FLOWERS = DATASETS / "tf_flowers"
 

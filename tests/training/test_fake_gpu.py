@@ -1,6 +1,6 @@
 """Device mismatches caught without a GPU. On the CPU every tensor sits on the one device, so a tensor created on
 the wrong one goes unnoticed until the first GPU run; here the GPU path runs on a stand-in device (`meta` made
-strict, tests/fake_gpu.py), which refuses to mix with the CPU as a GPU does, until the code's first read of a
+strict, tests/training/fake_gpu.py), which refuses to mix with the CPU as a GPU does, until the code's first read of a
 value from it. A static check finds tensors created without `device=` where one is needed."""
 import ast
 from pathlib import Path
@@ -20,9 +20,9 @@ from showdown.frozen.boundary import TopOfNetwork, first_trainable, sequential_l
 from showdown.frozen.feature_cache import FrozenPass, forward_views
 from showdown.models.backbones import load_backbone
 from showdown.training.freezing import unfreeze
-from tests.fake_gpu import FAKE_READS, fake_gpu
+from tests.training.fake_gpu import FAKE_READS, fake_gpu
 
-SRC = Path(__file__).resolve().parents[1] / "src" / "showdown"
+SRC = Path(__file__).resolve().parents[2] / "src" / "showdown"
 STRATEGIES = ("head", "finetune", "scratch", "scratch-cnn")
 
 

@@ -18,8 +18,7 @@ from showdown.data.preprocessing import Preprocessing
 from showdown.deploy.export import export_model
 from showdown.deploy.predict import open_model
 from showdown.models.saving import load_model
-
-from .conftest import DATASETS, PHOTOS
+from tests.conftest import DATASETS, PHOTOS
 
 pytest.importorskip("litert_torch", reason="the `tflite` extra (litert-torch) is not installed")
 FLOWERS = DATASETS / "tf_flowers"

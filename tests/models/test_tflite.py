@@ -7,8 +7,7 @@ from timm.data import create_transform
 from showdown.data.images import eval_transform, load_rgb
 from showdown.errors import ModelError
 from showdown.models.backbones import load_backbone
-
-from .conftest import PHOTOS, TFLITE
+from tests.conftest import PHOTOS, TFLITE
 
 pytestmark = pytest.mark.skipif(not (TFLITE.is_dir() and PHOTOS.is_dir()),
                                 reason=f"TFLite weights or photos not found under {TFLITE.parent.parent}")

@@ -8,8 +8,7 @@ import pytest
 
 from showdown.errors import ModelError
 from showdown.models.backbones import load_backbone
-
-from .conftest import SHARED
+from tests.conftest import SHARED
 
 GENUINE = SHARED / "weights" / "keras" / "mobilenet_2_5_224_tf_no_top.h5"
 needs_genuine = pytest.mark.skipif(not GENUINE.is_file(), reason=f"{GENUINE} not found (../shared absent)")

@@ -8,8 +8,7 @@ import pytest
 from showdown.data import load_dataset
 from showdown.data.archive import extract_once
 from showdown.errors import DataError
-
-from .conftest import DATASETS, needs_cifar10, needs_flowers
+from tests.conftest import DATASETS, needs_cifar10, needs_flowers
 
 
 def test_demo_split_is_stratified_reproducible_and_disjoint():

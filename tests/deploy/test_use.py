@@ -15,8 +15,7 @@ from showdown.data.preprocessing import Preprocessing
 from showdown.deploy.export import export_model
 from showdown.deploy.predict import open_model
 from showdown.models.saving import load_model
-
-from .conftest import PHOTOS, needs_photos
+from tests.conftest import PHOTOS, needs_photos
 
 
 def _cli(*args):

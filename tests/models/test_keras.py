@@ -14,8 +14,7 @@ from timm.data import create_transform
 
 from showdown.data.images import eval_transform, load_rgb
 from showdown.models.backbones import load_backbone
-
-from .conftest import PHOTOS, SHARED
+from tests.conftest import PHOTOS, SHARED
 
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")

@@ -11,8 +11,8 @@ import json
 import pytest
 
 from showdown.config.presets import list_presets, load_preset
+from tests.conftest import DATASETS, TFLITE
 
-from .conftest import DATASETS, TFLITE
 from .test_run import _cli
 
 LOCAL = {"cifar10": DATASETS / "cifar10-jpg.tar.gz", "tf_flowers": DATASETS / "tf_flowers",

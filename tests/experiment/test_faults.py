@@ -24,8 +24,7 @@ from showdown.data import load_dataset
 from showdown.data.archive import extract_once
 from showdown.data.leakage import check_leakage
 from showdown.frozen import feature_cache
-
-from .test_standard_forms import write_cifar10
+from tests.data.test_standard_forms import write_cifar10
 
 QUICK = dict(models=["efficientnet_lite0"], strategies=["head"], image_size=64, epochs=3, workers="0",
              precision="fp32", report=False, record=False)

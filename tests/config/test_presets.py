@@ -3,9 +3,8 @@ import pytest
 from showdown.cli import build_parser, config_from_args
 from showdown.config.presets import list_presets, load_preset
 from showdown.errors import ConfigError
-
-from .conftest import TFLITE
-from .test_run import _cli
+from tests.cli.test_run import _cli
+from tests.conftest import TFLITE
 
 
 def test_every_preset_is_a_valid_config_and_flags_override_it():

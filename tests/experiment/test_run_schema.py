@@ -6,7 +6,7 @@ from showdown import run_schema
 from showdown.fileio import write_csv
 from showdown.run_schema import EntryRow, HistoryRow, ModelInfo, PredictionRow, Timing, read_rows
 
-SRC = Path(__file__).resolve().parents[1] / "src" / "showdown"
+SRC = Path(__file__).resolve().parents[2] / "src" / "showdown"
 OTHER_FILES = {("hf_cache.py", "model.safetensors")}  # the hub's file name, not the run folder's
 
 
