@@ -65,7 +65,7 @@ def test_float32_tflite_matches_pytorch_and_predicts(trained):
     photos = sorted(PHOTOS.glob("*.jpg")) + _held_out(trained, 10)
     batch, expected = _pytorch(trained, photos)
     exported = open_model(path)
-    assert exported.classes == load_model(trained / ENTRY)[1]["classes"]
+    assert exported.classes == load_model(trained / ENTRY)[1].classes
     assert exported.preprocessing.input_size == (3, 128, 128)
     np.testing.assert_allclose(exported(batch), expected, atol=1e-4)
     result = _cli("predict", str(path), *map(str, photos[:3]))

@@ -125,7 +125,7 @@ def test_damaged_dataset_cache_entries_are_made_again(tmp_path, monkeypatch, dem
 
 def _fill_features(path, features, rounds):
     for _ in range(rounds):
-        feature_cache._write(path, features)
+        feature_cache._write(path, features, refused=set())
 
 
 def test_two_processes_filling_one_entry_end_with_one_good_entry(tmp_path, demo_copy):

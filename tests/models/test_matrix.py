@@ -99,12 +99,12 @@ class _NoOnnx(torch.nn.Module):
 
 
 def test_a_frozen_part_onnx_cannot_express_falls_back_in_one_log_line(caplog, capfd):
-    from showdown.frozen.engines import frozen_forward
+    from showdown.frozen.engines import Engines, frozen_forward
 
-    x = torch.randn(2, 3, 8, 8)
+    x, built, model = torch.randn(2, 3, 8, 8), Engines(), _NoOnnx()  # one run's engines
     with caplog.at_level("INFO"):
-        for _ in range(3):  # three splits, one note
-            forward = frozen_forward(_NoOnnx(), x, "fp32", "onnxruntime", "no-onnx-net")
+        for _ in range(3):  # three splits of a run, one note
+            forward = frozen_forward(model, x, "fp32", "onnxruntime", "no-onnx-net", engines=built)
     notes = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
     assert len(notes) == 1 and "no-onnx-net" in notes[0] and "\n" not in notes[0]
     out, err = capfd.readouterr()
