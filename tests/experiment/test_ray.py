@@ -106,7 +106,7 @@ def _kill_a_shard_after_its_first_entry(shards: Path, driver: subprocess.Popen) 
 
 
 @needs_ray
-@pytest.mark.slow  # 1.5 to 3 minutes on 2 busy cores: Ray's start, three showdown processes and a retried shard
+# ~26 s on 2 quiet cores (AMD EPYC Zen 4; 1.5 to 3 minutes on busy ones): Ray's start, three showdown processes, a retry
 def test_ray_executor_gives_the_single_run_and_survives_a_killed_worker(cluster, tmp_path):
     env = {**os.environ, "RAY_ADDRESS": "", "OMP_NUM_THREADS": "1", **NO_TOKEN}
     out, single = tmp_path / "ray-run", tmp_path / "single"
