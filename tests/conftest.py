@@ -73,3 +73,19 @@ def leaky_folder(tmp_path, demo_copy):
             shutil.copy(path, root / "test" / cls / path.name)
     shutil.copy(files["daisy"][0], root / "test" / "daisy" / "renamed-copy.jpg")  # same bytes, other name
     return root, files["daisy"][0]
+
+
+def assert_saved_model_predicts_recorded(folder: Path) -> None:
+    """The entry's saved model, run on its test images, predicts what its predictions.csv says (1e-4)."""
+    import csv
+
+    import numpy as np
+
+    from showdown.deploy.predict import open_model, predict_files
+
+    with open(folder / "predictions.csv", newline="") as handle:
+        recorded = list(csv.DictReader(handle))
+    predicted = list(predict_files(open_model(folder), [r["path"] for r in recorded], top_k=1))
+    np.testing.assert_allclose([p["top"][0][1] for p in predicted], [float(r["confidence"]) for r in recorded],
+                               atol=1e-4)
+    assert [p["top"][0][0] for p in predicted] == [r["pred"] for r in recorded]

@@ -28,12 +28,15 @@ import os
 import shutil
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 from showdown.fileio import digest, write_atomic
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 KINDS = {"features": "features", "datasets": "extracted", "weights": "imported", "engines": "compiled", "int8": "int8"}
 BOUNDARY = "boundary"  # the boundary activations' folder, inside the features'
 MANIFEST = ".showdown-manifest.json"
@@ -68,6 +71,26 @@ def discard(entry: Path, reason: str) -> None:
             entry.unlink(missing_ok=True)
     except OSError as exc:  # a read-only cache: the entry is recomputed all the same, just not replaced
         log.warning("could not delete %s (%s)", entry, exc.strerror or exc)
+
+
+class Damaged(Exception):
+    """A cache entry that cannot be read or fails its check; the message says how."""
+
+
+def intact(entry: Path, read: Callable[[Path], T], *, delete: bool = True) -> T | None:
+    """`read(entry)` when the entry is there and passes its check (it is then marked used); None when it is missing
+    or damaged (`read` raised Damaged): a damaged entry is deleted with one warning where `delete` (the process that
+    may write the cache)."""
+    if not entry.is_file():
+        return None
+    try:
+        value = read(entry)
+    except Damaged as exc:
+        if delete:
+            discard(entry, str(exc))
+        return None
+    mark_used(entry)
+    return value
 
 
 def mark_used(entry: Path) -> None:

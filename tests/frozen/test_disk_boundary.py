@@ -1,19 +1,17 @@
 """Boundary activations over the RAM budget go to a memory-mapped file: the same batches as in RAM, a damaged file
 recomputed, and a fine-tune on it whose saved model predicts what it recorded."""
-import csv
 import logging
 
-import numpy as np
 import pytest
 import torch
 
 from showdown import RunConfig, run
-from showdown.deploy.predict import open_model, predict_files
 from showdown.experiment.boundary_store import HEADROOM, disk_folder
 from showdown.frozen import disk_activations
 from showdown.frozen.disk_activations import RowWriter
 from showdown.frozen.feature_cache import Features
 from showdown.training.batches import TensorBatches
+from tests.conftest import assert_saved_model_predicts_recorded
 
 
 def _on_disk(path, features: Features, chunk=7) -> Features:
@@ -82,12 +80,7 @@ def _finetune_config(tmp_path, demo_dir, **extra) -> dict:
 def _check_predictions(run_dir):
     """The saved model, run on the test images, predicts what predictions.csv says."""
     (folder,) = [f for f in run_dir.iterdir() if f.is_dir() and f.name.startswith("efficientnet_lite0-")]
-    with open(folder / "predictions.csv", newline="") as handle:
-        recorded = list(csv.DictReader(handle))
-    predicted = list(predict_files(open_model(folder), [r["path"] for r in recorded], top_k=1))
-    np.testing.assert_allclose([p["top"][0][1] for p in predicted], [float(r["confidence"]) for r in recorded],
-                               atol=1e-4)
-    assert [p["top"][0][0] for p in predicted] == [r["pred"] for r in recorded]
+    assert_saved_model_predicts_recorded(folder)
     return folder
 
 

@@ -22,6 +22,7 @@ from showdown.training.freezing import (
     parameterised_layers,
     unfreeze,
 )
+from tests.conftest import assert_saved_model_predicts_recorded
 
 
 def classifier(name="efficientnet_lite0", **kwargs):
@@ -241,9 +242,4 @@ def test_finetune_decodes_each_image_once_and_tests_the_top_on_its_activations(t
     history = (folder / "history.csv").read_text()
     assert "\nhead,2," in history and "\nfinetune,2," in history
     monkeypatch.undo()
-    with open(folder / "predictions.csv", newline="") as handle:
-        recorded = list(csv.DictReader(handle))
-    predicted = list(predict_files(open_model(folder), [r["path"] for r in recorded], top_k=1))
-    np.testing.assert_allclose([p["top"][0][1] for p in predicted], [float(r["confidence"]) for r in recorded],
-                               atol=1e-4)
-    assert [p["top"][0][0] for p in predicted] == [r["pred"] for r in recorded]
+    assert_saved_model_predicts_recorded(folder)

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from showdown.cache import discard, mark_used
+from showdown.cache import Damaged, intact
 from showdown.fileio import digest, disk_writes
 from showdown.frozen.feature_cache import Features
 
@@ -102,21 +102,13 @@ def _mapped(path: Path, dtype: torch.dtype, shape: tuple[int, ...]) -> torch.Ten
     return torch.from_numpy(rows).view(dtype)
 
 
-class _Damaged(Exception):
+class _Damaged(Damaged):
     pass
 
 
 def read(path: Path) -> Features | None:
     """The entry at `path` when it is there and intact (marked used); a damaged one is deleted (one warning)."""
-    if not path.is_file():
-        return None
-    try:
-        features = _read(path)
-    except _Damaged as exc:
-        discard(path, str(exc))
-        return None
-    mark_used(path)
-    return features
+    return intact(path, _read)
 
 
 def _read(path: Path) -> Features:

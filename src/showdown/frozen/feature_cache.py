@@ -24,7 +24,7 @@ from torch import nn
 from tqdm import tqdm
 
 from showdown import distributed
-from showdown.cache import discard, mark_used
+from showdown.cache import Damaged, intact
 from showdown.data.images import decoder, eval_transform, image_loader
 from showdown.data.preprocessing import Preprocessing
 from showdown.data.thumbnails import Uint8Tensor, batch_resize, small_square_side
@@ -127,7 +127,7 @@ def extract_views(frozen: FrozenPass, backbone: Backbone, splits: dict[str, list
 TENSORS = ("features", "labels", "indices")
 
 
-class _Damaged(Exception):
+class _Damaged(Damaged):
     """A cache file that cannot be read or does not match its checksum."""
 
 
@@ -145,16 +145,7 @@ def _checksum(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> str
 
 def _cached(path: Path | None) -> Features | None:
     """The entry at `path` when there is one and it is intact (marked used); a damaged one is deleted (rank 0)."""
-    if path is None or not path.is_file():
-        return None
-    try:
-        features = _read(path)
-    except _Damaged as exc:
-        if distributed.is_main():
-            discard(path, str(exc))
-        return None
-    mark_used(path)
-    return features
+    return intact(path, _read, delete=distributed.is_main()) if path is not None else None
 
 
 def _read(path: Path) -> Features:
