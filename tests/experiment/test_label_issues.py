@@ -80,3 +80,29 @@ def test_drop_label_issues_needs_label_issues(tmp_path, capsys):
     assert main(["run", "--data", "demo", "--drop-label-issues", "--label-issues", "off"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: --drop-label-issues needs") and err.count("\n") == 1
+
+
+def test_out_of_fold_probabilities_are_read_back_on_a_rerun_and_recomputed_when_damaged(tmp_path, monkeypatch):
+    """The K heads are seeded: a re-run with the same features reads their probabilities from the cache folder;
+    a damaged entry is computed again, to the same values."""
+    import numpy as np
+    import torch
+
+    from showdown.experiment import label_issues
+    from showdown.training.loop import TrainSettings
+
+    generator = torch.Generator().manual_seed(0)
+    x, y = torch.randn(60, 8, generator=generator), np.repeat(np.arange(3), 20)
+    x[np.arange(60), y] += 3.0  # learnable
+    settings = TrainSettings(epochs=3, seed=1)
+    first = label_issues._out_of_fold_cached(x, y, 3, settings, tmp_path)
+    (entry,) = tmp_path.glob("out-of-fold-*.npy")
+    trained = label_issues.out_of_fold
+    monkeypatch.setattr(label_issues, "out_of_fold", lambda *a: pytest.fail("trained again on a re-run"))
+    np.testing.assert_array_equal(label_issues._out_of_fold_cached(x, y, 3, settings, tmp_path), first)
+    entry.write_bytes(entry.read_bytes()[:50])  # truncated
+    monkeypatch.setattr(label_issues, "out_of_fold", trained)
+    np.testing.assert_array_equal(label_issues._out_of_fold_cached(x, y, 3, settings, tmp_path), first)
+    assert np.load(entry).shape == (60, 3)  # written again
+    other = label_issues._out_of_fold_cached(x, y, 3, TrainSettings(epochs=3, seed=2), tmp_path)
+    assert len(list(tmp_path.glob("out-of-fold-*.npy"))) == 2 and other.shape == first.shape  # the seed is in the key

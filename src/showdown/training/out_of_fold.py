@@ -25,6 +25,7 @@ VAL_SHARE = 0.1  # of each fold's training part, for early stopping: the held-ou
 # TF-Flowers out-of-fold accuracy 0.926, the head entry's test accuracy 0.927).
 BATCH = 512
 MAX_EPOCHS = 20
+RECIPE = f"folds {FOLDS}, val {VAL_SHARE}, batch {BATCH}, epochs <= {MAX_EPOCHS}, no dropout"  # in cached results' keys
 
 
 def out_of_fold(features: torch.Tensor, labels: np.ndarray, num_classes: int, settings: TrainSettings,
