@@ -12,12 +12,12 @@ and recomputed with one warning line naming it, never a failed run. Kinds, under
 - int8/: models quantised for `--precision int8`, one folder each, checked by its manifest (frozen/quantize.py);
 - imported/: TFLite and Keras weight files imported into timm's layout, one safetensors file per source file's
   fingerprint, checked like the features (models/backbones/imported.py);
-- compiled/: OpenVINO's own cache of compiled frozen models (its `CACHE_DIR`; frozen/engines.py), which OpenVINO
-  keys by the model graph, weights included, and its settings, and recompiles when an entry does not load;
+- compiled/: the exported ONNX graphs of frozen models, keyed by the model's code and weights and checksummed
+  (frozen/graph_cache.py), and OpenVINO's own cache of compiled models (its `CACHE_DIR`; frozen/engines.py), which
+  OpenVINO keys by the graph, weights included, and its settings, and recompiles when an entry does not load;
 - features/boundary/: boundary activations of a fine-tune that exceed the RAM budget, one memory-mapped file per
   view of a split, checked by the CRC-32 of its rows in its own trailer (frozen/disk_activations.py).
-Boundary activations within the budget live in memory and exported ONNX graphs in a temporary folder: neither
-outlives the run.
+Boundary activations within the budget live in memory and do not outlive the run.
 
 An entry's modification time is bumped when it is used, so `showdown cache clear --older-than DAYS` removes what
 no run has used for that long.

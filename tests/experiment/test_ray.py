@@ -170,3 +170,26 @@ def test_a_cluster_that_does_not_answer_is_one_line(tmp_path):
     with pytest.raises(ConfigError, match="no Ray cluster answers at 127.0.0.1:1"):
         run(data="demo", models=MODELS[:1], executor="ray", ray_address="127.0.0.1:1", out=str(tmp_path / "run"))
     assert not (tmp_path / "run").exists()
+
+
+def test_options_a_ray_run_cannot_merge_are_refused_before_it_starts():
+    from showdown import RunConfig
+    from showdown.errors import ConfigError
+
+    for values, refused in (({"shard": "0/2"}, "--shard"), ({"drop_label_issues": True}, "--drop-label-issues")):
+        with pytest.raises(ConfigError, match=refused):
+            RunConfig(executor="ray", **values).validate()
+
+
+def test_shard_paths_are_absolute_for_workers_started_elsewhere(tmp_path, monkeypatch):
+    from showdown import RunConfig
+    from showdown.experiment.ray_executor import Plan, _shard_values
+
+    (tmp_path / "w").mkdir()
+    (tmp_path / "w" / "x.safetensors").write_bytes(b"")
+    monkeypatch.chdir(tmp_path)
+    config = RunConfig(data="demo", data_root="w", weights_dir="w", weights={"efficientnet_lite0": "w/x.safetensors"})
+    values = _shard_values(config, 0, Plan(count=2, cpus=1, gpu=False))
+    assert values["data_root"] == values["weights_dir"] == str(tmp_path / "w")
+    assert values["weights"] == {"efficientnet_lite0": str(tmp_path / "w" / "x.safetensors")}
+    assert values["data"] == "demo"  # a name, not a path here

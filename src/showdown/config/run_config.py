@@ -213,6 +213,8 @@ class RunConfig:
             self._check_shard()
         if self.executor == "ray" and self.shard is not None:
             raise ConfigError("--executor ray makes its own shards; leave out --shard")
+        if self.executor == "ray" and self.drop_label_issues:  # merge cannot join the shards' re-runs
+            raise ConfigError("--drop-label-issues runs in one process; leave out --executor ray")
         return self
 
     def _check_shard(self) -> None:

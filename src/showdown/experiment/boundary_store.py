@@ -12,7 +12,7 @@ from torch import nn
 from showdown import distributed
 from showdown.cache import BOUNDARY
 from showdown.experiment.context import Entry
-from showdown.frozen import disk_activations
+from showdown.frozen import disk_activations, quantize
 from showdown.frozen.disk_activations import RowWriter, entry_path, weights_digest
 from showdown.frozen.engines import resolve_runtime
 from showdown.frozen.feature_cache import Features, cache_key
@@ -46,7 +46,9 @@ class DiskViews:
 
     def path(self, split: str, mirror: bool, dtype: torch.dtype) -> Path:
         run, items = self.entry.run, self.entry.dataset.splits[split]
-        key = cache_key(self.entry.backbone, items, run.precision, self.runtime, mirror, run.device.type)
+        # int8: the bottom was quantised on the train split, as extract_views keys its features
+        calibrated = quantize.files_key(self.entry.dataset.splits["train"]) if run.precision == "int8" else ""
+        key = cache_key(self.entry.backbone, items, run.precision, self.runtime, mirror, run.device.type, calibrated)
         return entry_path(self.folder, key, self.bottom_digest, dtype)
 
     def cached(self, split: str, mirrors: tuple[bool, ...], dtype: torch.dtype) -> list[Features] | None:

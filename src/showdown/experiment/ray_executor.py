@@ -89,6 +89,8 @@ def _run_shards(ray, config: RunConfig, echo: Callable[[str], None]):
     the_plan = plan(config.models, config.device, [node["Resources"] for node in ray.nodes() if node["Alive"]])
     out = new_run_dir(config.out, config.name or Path(config.data).name).absolute()
     shards = out / SHARDS
+    if shards.is_dir() and any(shards.iterdir()):  # its shards would resume with their own, older settings
+        raise ConfigError(f"--out {out} holds the shards of an earlier Ray run; give a new folder")
     shards.mkdir(exist_ok=True)
     task = ray.remote(run_shard).options(num_cpus=the_plan.cpus, num_gpus=int(the_plan.gpu), max_retries=RETRIES,
                                          retry_exceptions=False)
@@ -159,8 +161,11 @@ def _shard_values(config: RunConfig, index: int, the_plan: Plan) -> dict:
     for name, (_, spec, _) in definitions(RunConfig).items():
         if spec.path and values.get(name) and Path(values[name]).exists():
             values[name] = str(Path(values[name]).absolute())
-    if Path(config.data).exists():
-        values["data"] = str(Path(config.data).absolute())
+    for name in ("data", "data_root", "weights_dir"):  # a worker may start in another folder
+        if values.get(name) and Path(values[name]).exists():
+            values[name] = str(Path(values[name]).absolute())
+    values["weights"] = {model: str(Path(path).absolute()) if Path(path).exists() else path
+                         for model, path in (values.get("weights") or {}).items()}
     values.update(shard=f"{index}/{the_plan.count}", executor="local", ray_address=None, report=False, record=False,
                   assert_accuracy_at_least=None)
     if the_plan.gpu:

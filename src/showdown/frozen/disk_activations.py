@@ -39,9 +39,10 @@ _DTYPES = {str(dtype): dtype for dtype in (torch.bfloat16, torch.float16, torch.
 
 
 def weights_digest(module: nn.Module) -> str:
-    """CRC-32 of a module's parameters and buffers (names, shapes, bytes): a random init or other weights under the
-    same source name give other activations."""
-    crc = 0
+    """CRC-32 of a module's layers (its printed tree: a cut after a layer without weights is another module) and
+    its parameters and buffers (names, shapes, bytes): a random init or other weights under the same source name
+    give other activations."""
+    crc = zlib.crc32(repr(module).encode())
     for name, tensor in module.state_dict().items():
         tensor = tensor.detach().cpu().contiguous()
         crc = zlib.crc32(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}".encode(), crc)

@@ -26,7 +26,6 @@ import importlib.util
 import io
 import json
 import logging
-import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,7 +36,7 @@ import torch
 from showdown.cache import cache_root, verified_folder, write_manifest
 from showdown.data.images import decoder, image_loader
 from showdown.data.preprocessing import Preprocessing
-from showdown.errors import ConfigError
+from showdown.errors import ConfigError, DiskError, one_line
 from showdown.fileio import digest, file_stamp
 
 log = logging.getLogger(__name__)
@@ -187,7 +186,11 @@ def _store(model, folder: Path) -> None:
             write_manifest(staging)
             if folder.exists():  # another process stored it meanwhile
                 return
-            staging.rename(folder)
-    except OSError as exc:
-        log.warning("the int8 model could not be cached (%s); going on without caching it", exc.strerror or exc)
-        shutil.rmtree(folder, ignore_errors=True)
+            try:
+                staging.rename(folder)
+            except OSError:
+                if not folder.is_dir():  # not another rank's entry, renamed in first: the disk refused ours
+                    raise
+    except (OSError, DiskError, RuntimeError) as exc:  # RuntimeError: OpenVINO's save_model on a full disk
+        log.warning("the int8 model could not be cached (%s); going on without caching it",
+                    getattr(exc, "strerror", None) or one_line(exc))
