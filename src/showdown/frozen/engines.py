@@ -136,13 +136,15 @@ def _openvino_core():
     return ov.Core()
 
 
-def _openvino_compiled(path: Path, precision: str):
+def _openvino_compiled(model, precision: str):
+    """`model` (the path of an ONNX graph, or an OpenVINO model) compiled for the CPU at `precision`."""
     core = _openvino_core()
-    return core.compile_model(core.read_model(str(path)), "CPU", {
+    return core.compile_model(core.read_model(str(model)) if isinstance(model, Path) else model, "CPU", {
         "PERFORMANCE_HINT": OPENVINO_HINT,
         "INFERENCE_NUM_THREADS": torch.get_num_threads(),
-        # OpenVINO's default on CPUs with native bf16 is bf16: fp32 must be asked for
-        "INFERENCE_PRECISION_HINT": "f32" if precision == "fp32" else "bf16",
+        # OpenVINO's default on CPUs with native bf16 is bf16: fp32 must be asked for; int8 keeps the layers NNCF
+        # leaves in float (softmax, pooling, the last add) in fp32
+        "INFERENCE_PRECISION_HINT": "f32" if precision in ("fp32", "int8") else "bf16",
         **_openvino_cache(),
     })
 
@@ -167,7 +169,11 @@ def _onnxruntime_forward(path: Path, precision: str) -> Forward:
 
 
 def _openvino_forward(path: Path, precision: str) -> Forward:
-    request = _openvino_compiled(path, precision).create_infer_request()
+    return _infer(_openvino_compiled(path, precision))
+
+
+def _infer(compiled) -> Forward:
+    request = compiled.create_infer_request()
 
     def run(images: torch.Tensor) -> torch.Tensor:
         return torch.from_numpy(request.infer({0: images.contiguous().numpy()})[0])
@@ -183,7 +189,7 @@ def _open(engine: str, path: Path, precision: str, calibration: quantize.Calibra
         return _OPENERS[engine](path, precision)
     if calibration is None:
         raise ValueError("int8 needs calibration images")
-    return quantize.int8_forward(path, calibration, torch.get_num_threads())
+    return _infer(_openvino_compiled(quantize.int8_model(_openvino_core(), path, calibration), "int8"))
 
 
 def frozen_graph(model: torch.nn.Module, example: torch.Tensor, precision: str):

@@ -45,7 +45,6 @@ CALIBRATION_IMAGES = 300  # NNCF's own default subset size
 KIND = "int8"  # the cache folder (cache.KINDS)
 RECIPE = "nncf-default-first-conv-float"  # in every key: a change of how we quantise invalidates models and features
 
-Forward = Callable[[torch.Tensor], torch.Tensor]
 
 
 @dataclass(frozen=True)
@@ -101,26 +100,9 @@ def calibration_for(items: list, transform, preprocessing: Preprocessing, side: 
     return Calibration(key, batches)
 
 
-def int8_forward(path: Path, calibration: Calibration, threads: int) -> Forward:
-    """The ONNX graph at `path` quantised (or read from the cache) and compiled for the CPU."""
-    import openvino as ov
-
-    core = ov.Core()
-    model = _quantized(core, path, calibration)
-    compiled = core.compile_model(model, "CPU", {
-        "PERFORMANCE_HINT": "LATENCY",  # as engines.OPENVINO_HINT: one synchronous batch at a time
-        "INFERENCE_NUM_THREADS": threads,
-        # the layers NNCF leaves in float (softmax, pooling, the last add) stay fp32 (OpenVINO would pick bf16)
-        "INFERENCE_PRECISION_HINT": "f32",
-    })
-    request = compiled.create_infer_request()
-
-    def run(images: torch.Tensor) -> torch.Tensor:
-        return torch.from_numpy(request.infer({0: images.contiguous().numpy()})[0])
-    return run
-
-
-def _quantized(core, path: Path, calibration: Calibration):
+def int8_model(core, path: Path, calibration: Calibration):
+    """The ONNX graph at `path` quantised on `calibration` (an OpenVINO model), or read from the cache; the engine
+    compiles it (engines.py)."""
     folder = cache_root() / KIND / _model_key(path, calibration)
     if verified_folder(folder):
         log.info("int8 model from the cache (%s)", folder.name)
