@@ -24,6 +24,7 @@ no run has used for that long.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -35,7 +36,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
-from showdown.fileio import digest, write_atomic
+from showdown.errors import DiskError
+from showdown.fileio import digest, write_atomic, write_bytes_atomic
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -93,6 +95,42 @@ def intact(entry: Path, read: Callable[[Path], T], *, delete: bool = True) -> T 
         return None
     mark_used(entry)
     return value
+
+
+NAMED_CHECKSUM_CHARS = 16
+
+
+def _named_checksum(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()[:NAMED_CHECKSUM_CHARS]
+
+
+def read_named(folder: Path, key: str, suffix: str, parse: Callable[[Path, bytes], T]) -> T | None:
+    """`parse(entry, its bytes)` of the first entry `<key>-<checksum><suffix>` in `folder` whose bytes match the
+    checksum in its name and parse (it is then marked used); an entry that fails either is deleted with one warning.
+    None: no such entry."""
+    for entry in sorted(folder.glob(f"{key}-*{suffix}")):
+        try:
+            data = entry.read_bytes()
+            if _named_checksum(data) != entry.name[len(key) + 1:-len(suffix)]:
+                raise Damaged("its bytes do not match the checksum in its name")
+            value = parse(entry, data)
+        except Exception as exc:  # any entry that cannot be read or parsed is computed again
+            discard(entry, str(exc) if isinstance(exc, Damaged) else type(exc).__name__)
+            continue
+        mark_used(entry)
+        return value
+    return None
+
+
+def write_named(folder: Path, key: str, suffix: str, data: bytes) -> bool:
+    """`data` kept as `<key>-<checksum><suffix>` in `folder`; False where the disk refuses it (a read-only or full
+    cache: what it holds is used all the same, just not kept)."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        write_bytes_atomic(folder / f"{key}-{_named_checksum(data)}{suffix}", data)
+    except (OSError, DiskError):
+        return False
+    return True
 
 
 def mark_used(entry: Path) -> None:

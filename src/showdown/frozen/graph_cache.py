@@ -20,12 +20,8 @@ from typing import Callable
 
 import torch
 
-from showdown.cache import discard, kind_folder, mark_used
-from showdown.errors import DiskError
-from showdown.fileio import write_bytes_atomic
+from showdown.cache import kind_folder, read_named, write_named
 from showdown.models import onnx_graph
-
-CHECKSUM_CHARS = 16
 
 
 def graph_key(model: torch.nn.Module, example: torch.Tensor) -> str:
@@ -47,26 +43,14 @@ def graph_key(model: torch.nn.Module, example: torch.Tensor) -> str:
     return hasher.hexdigest()
 
 
-def _checksum(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()[:CHECKSUM_CHARS]
-
-
 def cached_graph(model: torch.nn.Module, example: torch.Tensor, folder: Path,
                  export: Callable[[torch.nn.Module, torch.Tensor, Path], Path]) -> Path:
     """The ONNX file of `model`: the cached one when it is intact, else `export(model, example, folder)`, kept in
     the cache for the next run. The file returned may be read, never changed."""
-    key = graph_key(model, example)
-    cache = kind_folder("engines")
-    for entry in sorted(cache.glob(f"{key}-*.onnx")):
-        if _checksum(entry.read_bytes()) == entry.stem.rsplit("-", 1)[1]:
-            mark_used(entry)
-            return entry
-        discard(entry, "its bytes do not match the checksum in its name")
+    key, cache = graph_key(model, example), kind_folder("engines")
+    cached = read_named(cache, key, ".onnx", lambda entry, _: entry)
+    if cached is not None:
+        return cached
     path = export(model, example, folder)
-    data = path.read_bytes()
-    try:
-        cache.mkdir(parents=True, exist_ok=True)
-        write_bytes_atomic(cache / f"{key}-{_checksum(data)}.onnx", data)
-    except (OSError, DiskError):  # a read-only or full cache: the graph is used all the same, just not kept
-        pass
+    write_named(cache, key, ".onnx", path.read_bytes())
     return path

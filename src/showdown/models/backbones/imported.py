@@ -20,14 +20,12 @@ import timm
 import torch
 from safetensors.torch import load, save
 
-from showdown.cache import discard, kind_folder, mark_used
-from showdown.errors import DiskError
-from showdown.fileio import file_stamp, write_bytes_atomic
+from showdown.cache import kind_folder, read_named, write_named
+from showdown.fileio import file_stamp
 from showdown.models.backbones.found import FoundWeights
 from showdown.models.backbones.registry import BackboneSpec
 
 log = logging.getLogger(__name__)
-CHECKSUM_CHARS = 16
 _IMPORTERS = Path(__file__).parent  # the code that maps a source file onto timm's keys
 
 
@@ -42,35 +40,20 @@ def import_key(sources: list[Path], spec: BackboneSpec) -> str:
     return hasher.hexdigest()
 
 
-def _checksum(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()[:CHECKSUM_CHARS]
-
-
 def cached_import(sources: list[Path], spec: BackboneSpec, importer: Callable[[], FoundWeights]) -> FoundWeights:
     """`importer()`'s weights of `sources`, from the cache when an intact entry is there, else imported and kept."""
-    key = import_key(sources, spec)
-    cache = kind_folder("weights")
-    for entry in sorted(cache.glob(f"{key}-*.safetensors")):
-        found = _read(entry)
-        if found is not None:
-            mark_used(entry)
-            return found
-    found = importer()
-    _write(cache, key, found)
+    key, cache = import_key(sources, spec), kind_folder("weights")
+    found = read_named(cache, key, ".safetensors", _parse)
+    if found is None:
+        found = importer()
+        _write(cache, key, found)
     return found
 
 
-def _read(entry: Path) -> FoundWeights | None:
-    try:
-        data = entry.read_bytes()
-        if _checksum(data) != entry.stem.rsplit("-", 1)[1]:
-            raise ValueError("its bytes do not match the checksum in its name")
-        header_size = int.from_bytes(data[:8], "little")
-        described = json.loads(json.loads(data[8:8 + header_size])["__metadata__"]["found"])
-        state = load(data)
-    except Exception as exc:  # any unreadable entry is recomputed
-        discard(entry, str(exc) if isinstance(exc, ValueError) else type(exc).__name__)
-        return None
+def _parse(entry: Path, data: bytes) -> FoundWeights:
+    header_size = int.from_bytes(data[:8], "little")
+    described = json.loads(json.loads(data[8:8 + header_size])["__metadata__"]["found"])
+    state = load(data)
     return FoundWeights({name: state[name] for name in described["order"]}, _tuples(described["preprocessing"]),
                         _tuples(described["timm_kwargs"]), described["timm_name"])
 
@@ -86,8 +69,5 @@ def _write(cache: Path, key: str, found: FoundWeights) -> None:
     # safetensors refuses tensors that share memory; a copy of each is what the cache keeps anyway
     data = save({name: t.detach().cpu().contiguous().clone() for name, t in found.state_dict.items()},
                 metadata={"found": json.dumps(described)})
-    try:
-        cache.mkdir(parents=True, exist_ok=True)
-        write_bytes_atomic(cache / f"{key}-{_checksum(data)}.safetensors", data)
-    except (OSError, DiskError) as exc:  # a read-only or full cache: the weights are used all the same
-        log.info("imported weights not cached (%s)", exc)
+    if not write_named(cache, key, ".safetensors", data):  # the weights are used all the same
+        log.info("imported weights not cached (the disk refused %s)", cache)
