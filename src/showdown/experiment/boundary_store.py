@@ -12,10 +12,9 @@ from torch import nn
 from showdown import distributed
 from showdown.cache import BOUNDARY
 from showdown.experiment.context import Entry
-from showdown.frozen import disk_activations, quantize
+from showdown.frozen import disk_activations
 from showdown.frozen.disk_activations import RowWriter, entry_path, weights_digest
-from showdown.frozen.engines import resolve_runtime
-from showdown.frozen.feature_cache import Features, cache_key
+from showdown.frozen.feature_cache import Features, calibration_key, view_key
 
 HEADROOM = 512 * 2**20  # bytes the disk keeps free beyond the activations, for everything else the run writes
 
@@ -42,13 +41,12 @@ class DiskViews:
     def __init__(self, entry: Entry, bottom: nn.Module, folder: Path):
         self.entry, self.folder = entry, folder
         self.bottom_digest = weights_digest(bottom)
-        self.runtime = resolve_runtime(entry.run.runtime, entry.run.precision, entry.run.device.type)
+        # int8: the bottom is quantised on the train split (phases.py), as extract_views keys its features
+        self.calibrated = calibration_key(entry.run.frozen, entry.dataset.splits.get("train"))
 
     def path(self, split: str, mirror: bool, dtype: torch.dtype) -> Path:
-        run, items = self.entry.run, self.entry.dataset.splits[split]
-        # int8: the bottom was quantised on the train split, as extract_views keys its features
-        calibrated = quantize.files_key(self.entry.dataset.splits["train"]) if run.precision == "int8" else ""
-        key = cache_key(self.entry.backbone, items, run.precision, self.runtime, mirror, run.device.type, calibrated)
+        key = view_key(self.entry.run.frozen, self.entry.backbone, self.entry.dataset.splits[split], mirror,
+                       self.calibrated)
         return entry_path(self.folder, key, self.bottom_digest, dtype)
 
     def cached(self, split: str, mirrors: tuple[bool, ...], dtype: torch.dtype) -> list[Features] | None:

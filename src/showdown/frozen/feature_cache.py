@@ -75,6 +75,18 @@ def cache_key(backbone: Backbone, items: list[tuple[Path, int]], precision: str,
     return digest([json.dumps(parts, sort_keys=True, default=str)])[:24]
 
 
+def calibration_key(frozen: FrozenPass, calibration: list | None) -> str:
+    """What the features depend on of the calibration images: in int8 their files_key, else nothing."""
+    return quantize.files_key(calibration) if frozen.precision == "int8" else ""
+
+
+def view_key(frozen: FrozenPass, backbone: Backbone, items: list[tuple[Path, int]], mirror: bool,
+             calibrated: str) -> str:
+    """cache_key of one view of `items` as `frozen` computes it: the engine its runtime resolves to, its device,
+    and the calibration_key."""
+    return cache_key(backbone, items, frozen.precision, frozen.engine, mirror, frozen.device.type, calibrated)
+
+
 def extract_features(frozen: FrozenPass, backbone: Backbone, items: list[tuple[Path, int]], *, desc: str = "features",
                      mirror: bool = False, calibration: list | None = None) -> Features:
     """Features of every image (of its mirror image with `mirror`), from the cache when the key matches."""
@@ -90,15 +102,14 @@ def extract_views(frozen: FrozenPass, backbone: Backbone, splits: dict[str, list
     one per split. The key holds the engine the runtime resolves to ("auto" becomes the engine it picks). Under
     torchrun every rank computes its shard, every rank gets the whole, and rank 0 writes the cache files.
     int8 calibrates on `calibration` (default the "train" split, else every image given)."""
-    precision, runtime, cache_dir = frozen.precision, frozen.engine, frozen.cache_dir
-    if precision == "int8":
+    if frozen.precision == "int8":
         calibration = calibration or splits.get("train") or [item for items in splits.values() for item in items]
-    calibrated = quantize.files_key(calibration) if precision == "int8" else ""
+    calibrated = calibration_key(frozen, calibration)
     found: dict[tuple[str, bool], Features] = {}
     missing: dict[str, list[tuple[bool, Path | None]]] = {}  # split -> the views to compute, and their files
     for split, mirror in views:
-        key = cache_key(backbone, splits[split], precision, runtime, mirror, frozen.device.type, calibrated)
-        path = cache_dir / f"{key}.safetensors" if cache_dir else None
+        key = view_key(frozen, backbone, splits[split], mirror, calibrated)
+        path = frozen.cache_dir / f"{key}.safetensors" if frozen.cache_dir else None
         cached = _cached(path)
         if distributed.all_true(cached is not None):  # a rank without it computes with the rest
             frozen.stats["hit"] += 1
