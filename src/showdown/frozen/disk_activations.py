@@ -58,6 +58,8 @@ class RowWriter:
     """Rows appended to a hidden file beside `path` as the frozen pass computes them; `tensor()` maps what was
     written, `seal()` adds the trailer and renames the file into place, `drop()` removes it."""
 
+    on_disk = True
+
     def __init__(self, path: Path, dtype: torch.dtype):
         with disk_writes(path, "the boundary cache"):
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -145,4 +147,4 @@ def _read(path: Path) -> Features:
             failed = list(meta["failed"])
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise _Damaged(f"unreadable ({type(exc).__name__})") from exc
-    return Features(_mapped(path, dtype, shape), labels, indices.to(torch.long), failed, True)
+    return Features(_mapped(path, dtype, shape), labels, indices.to(torch.long), failed, True, on_disk=True)

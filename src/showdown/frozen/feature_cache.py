@@ -51,6 +51,7 @@ class Features:
     indices: torch.Tensor  # positions in the split's item list (unreadable files are missing)
     failed: list[str]  # files that could not be decoded
     cache_hit: bool
+    on_disk: bool = False  # `features` is a memory-mapped file (the boundary cache on disk): read rows in order
 
 
 def cache_key(backbone: Backbone, items: list[tuple[Path, int]], precision: str, runtime: str = "torch",
@@ -278,11 +279,14 @@ def _forward_shard(frozen: FrozenPass, module: torch.nn.Module, preprocessing: P
                 indices.append(batch_indices)
     empty = torch.empty(0, dtype=torch.long)
     labels, indices = (torch.cat(labels) if labels else empty), (torch.cat(indices) if indices else empty)
-    return [Features(view.tensor(), labels.clone(), indices.clone(), list(failed), False) for view in sinks]
+    return [Features(view.tensor(), labels.clone(), indices.clone(), list(failed), False, view.on_disk)
+            for view in sinks]
 
 
 class InMemory:
     """The outputs of a frozen pass kept in RAM (forward_views' default sink)."""
+
+    on_disk = False
 
     def __init__(self, dtype: torch.dtype):
         self.dtype, self.chunks = dtype, []

@@ -5,6 +5,22 @@ import torch
 from torch import nn
 
 
+class Dropout(nn.Dropout):
+    """nn.Dropout whose CPU mask takes four 16-bit draws from each 64-bit random number. torch's CPU dropout
+    draws a Bernoulli per element, 0.7 ms for a (64 x 1280) batch on the 2-core box, a third of a linear head's
+    step on cached features; this mask costs about a fifth of that. An element is dropped with probability
+    round(p * 65536) / 65536 (0.2 -> 0.199997) and the kept ones are scaled by the inverse of the exact share kept.
+    Draws come from torch's generator, so seeding repeats them; other devices use torch's own dropout."""
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        if not self.training or not self.p or inputs.device.type != "cpu" or self.p >= 1:
+            return super().forward(inputs)
+        cut = round(self.p * 65536)
+        words = torch.randint(-2**63, 2**63 - 1, (-(-inputs.numel() // 4),), dtype=torch.int64, device=inputs.device)
+        kept = words.view(torch.int16)[:inputs.numel()].view(inputs.shape) >= cut - 32768
+        return inputs * kept.to(inputs.dtype).mul_(65536 / (65536 - cut))
+
+
 class Head(nn.Module):
     """Pooled features -> optional hidden layers (Linear, BatchNorm, ReLU) -> linear classifier.
 
@@ -18,14 +34,14 @@ class Head(nn.Module):
         width = in_features
         for size in hidden:
             if dropout:
-                layers.append(nn.Dropout(dropout))
+                layers.append(Dropout(dropout))
             layers.append(nn.Linear(width, size))
             if batch_norm:
                 layers.append(nn.BatchNorm1d(size))
             layers.append(nn.ReLU(inplace=True))
             width = size
         if dropout:
-            layers.append(nn.Dropout(dropout))
+            layers.append(Dropout(dropout))
         layers.append(nn.Linear(width, num_classes))
         self.layers = nn.Sequential(*layers)
 

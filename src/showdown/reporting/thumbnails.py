@@ -47,7 +47,7 @@ class Thumbnails:
 
 def thumbnail(path: str, side: int = SIDE) -> str | None:
     try:
-        image = load_rgb(Path(path))
+        image = load_rgb(Path(path), min_side=side)  # a JPEG decoded at 1/2 to 1/8 scale: a thumbnail needs no more
     except (OSError, ValueError):
         return None
     image.thumbnail((side, side))
