@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 needs_ray = pytest.mark.skipif(importlib.util.find_spec("ray") is None,
                                reason="the ray extra is not installed (pip install 'tl-showdown[ray]')")
@@ -133,6 +134,16 @@ def test_ray_executor_gives_the_single_run_and_survives_a_killed_worker(cluster,
     merged = json.loads((out / "merge.json").read_text())
     assert sorted(s["shard"] for s in merged["shards"]) == ["0/2", "1/2"]
     assert all(Path(s["run_dir"]).parent == out / "shards" for s in merged["shards"])
+    # the merged folder records the run as asked, not a shard's settings (--no-record, executor local, 0/2)
+    config = yaml.safe_load((out / "config.yaml").read_text())
+    assert (config["executor"], config["ray_address"], config["shard"]) == ("ray", cluster, None)
+    assert config["record"] is True and config["report"] is False and config["models"] == MODELS
+    # and its --resume is the whole run's, in this process: every entry kept, recorded as asked, no Ray
+    resumed = subprocess.run([sys.executable, "-m", "showdown", "run", "--resume", str(out)], capture_output=True,
+                             text=True, env=env, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    assert resumed.stdout.count("finished earlier, kept") == len(MODELS), resumed.stdout
+    assert "recorded as run" in resumed.stdout and "ray:" not in resumed.stdout
 
 
 def test_executor_ray_without_ray_is_one_line(tmp_path):

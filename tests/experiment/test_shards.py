@@ -19,6 +19,7 @@ import yaml
 
 from showdown import RunConfig, run
 from showdown.errors import ConfigError
+from showdown.experiment.runner import resume_run
 from showdown.experiment.shards import assign
 from showdown.reporting.database import list_runs
 
@@ -97,10 +98,19 @@ def test_merge_gives_the_single_process_run(runs, tmp_path):
     assert "McNemar" in report and all(f"{name} / head" in report for name in MODELS)
     config = yaml.safe_load((out / "config.yaml").read_text())
     assert config["shard"] is None and config["models"] == MODELS  # one process's configuration
+    # what the merge did for the whole run, not the shards' --no-report --no-record
+    assert config["report"] is True and config["record"] is True and config["db"] == str(db)
     assert len(list_runs(db)) == 1
     first = (out / "summary.json").read_bytes()
     assert _merge(runs["0"], runs["1"], "--out", out, db=db) == 0  # again: the same run, still one row
     assert (out / "summary.json").read_bytes() == first and len(list_runs(db)) == 1
+    # --resume of the merged folder is the whole run's: every entry kept, its report written again, one row
+    (out / "report.md").unlink()
+    lines = []
+    resumed = resume_run(out, echo=lines.append)
+    assert [row["folder"] for row in resumed.rows] == [row["folder"] for row in single]
+    assert sum("finished earlier, kept" in line for line in lines) == len(single), lines
+    assert (out / "report.md").is_file() and len(list_runs(db)) == 1
 
 
 def _refused(capsys, *args, db):

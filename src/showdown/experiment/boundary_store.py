@@ -13,8 +13,9 @@ from showdown import distributed
 from showdown.cache import BOUNDARY
 from showdown.experiment.context import Entry
 from showdown.frozen import disk_activations
-from showdown.frozen.disk_activations import RowWriter, entry_path, weights_digest
+from showdown.frozen.disk_activations import RowWriter, entry_path
 from showdown.frozen.feature_cache import Features, calibration_key, view_key
+from showdown.frozen.weights_key import weights_digest
 
 HEADROOM = 512 * 2**20  # bytes the disk keeps free beyond the activations, for everything else the run writes
 

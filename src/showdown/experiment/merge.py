@@ -4,9 +4,10 @@ Every check comes before anything is written: the shards must share the data (it
 every setting that changes a result; the first difference is refused in one line that names it. Entry folders
 are hard-linked (copied where the file system cannot link) into a folder beside --out, which then replaces --out
 in one rename, so a refused or failed merge leaves --out as it was. The merged folder is a run folder like any
-other: one summary.json (every shard's rows, in the order one process would have run them), the run files of the
-first shard, merge.json (which shard gave which entries, and each shard's frozen passes), a report whose McNemar
-and bootstrap comparisons span all entries (they share the test images), and one row in the results database.
+other: one summary.json (every shard's rows, in the order one process would have run them), the configuration of
+the whole run (merged_config), the run files of the first shard, merge.json (which shard gave which entries, and
+each shard's frozen passes), a report whose McNemar and bootstrap comparisons span all entries (they share the
+test images), and one row in the results database.
 """
 from __future__ import annotations
 
@@ -60,9 +61,11 @@ class Shard:
 
 
 def merge(run_dirs: list[str | Path], out: str | Path, *, report: bool = True, record: bool = True,
-          db: str | Path | None = None, echo: Callable[[str], None] = print, keep: str | None = None) -> Path:
+          db: str | Path | None = None, echo: Callable[[str], None] = print, keep: str | None = None,
+          asked: RunConfig | None = None) -> Path:
     """Merge the shards' run folders into `out` (again: the same result); returns `out`. `keep`: a folder inside
-    `out` that the merge leaves in place (--executor ray keeps its shards there)."""
+    `out` that the merge leaves in place (--executor ray keeps its shards there). `asked`: the configuration the
+    merged folder records (--executor ray: the user's, not its shards'); by default merged_config's."""
     out = Path(out)
     shards = sorted((_read(Path(d)) for d in run_dirs), key=_shard_order)
     _check_sources(shards, out)
@@ -70,10 +73,11 @@ def merge(run_dirs: list[str | Path], out: str | Path, *, report: bool = True, r
         _check_same(shards[0], other)
     rows = _merged_rows(shards)
     _check_out(out, {row["folder"] for row in rows}, keep)
+    config = asked or merged_config(shards, report=report, record=record, db=db)
     staging = out.with_name(f".{out.name}.merging-{os.getpid()}")
     shutil.rmtree(staging, ignore_errors=True)  # a crashed merge's leftovers
     try:
-        _write(shards, rows, staging, out)
+        _write(shards, rows, staging, dataclasses.replace(config, out=str(out)))
         if out.exists():  # _check_out allowed only an earlier merge of exactly these entries (and `keep`)
             if keep and (out / keep).exists():
                 (out / keep).rename(staging / keep)
@@ -101,6 +105,14 @@ def _read(run_dir: Path) -> Shard:
                           "the labels by its own best backbone); run the shards without --drop-label-issues")
     return Shard(run_dir, read_config_file(run_dir / CONFIG), summary, read_json(run_dir / DATASET, {}),
                  read_json(run_dir / ENVIRONMENT, {}))
+
+
+def merged_config(shards: list[Shard], *, report: bool, record: bool, db: str | Path | None) -> RunConfig:
+    """One process's configuration of the shards' run: the first shard's, with every backbone and no shard (so
+    `showdown run --resume` on the merged folder keeps every entry), and the report, record and database of the
+    merge, which wrote them for the whole run (a shard's own may be off, left to the merge)."""
+    return RunConfig.from_dict({**shards[0].config, "shard": None, "models": _models(shards), "report": report,
+                                "record": record, "db": str(db) if db else None})
 
 
 def _shard_order(shard: Shard) -> int:
@@ -181,7 +193,7 @@ def _check_out(out: Path, folders: set[str], keep: str | None = None) -> None:
                           "differ); give a new folder")
 
 
-def _write(shards: list[Shard], rows: list[dict], staging: Path, out: Path) -> None:
+def _write(shards: list[Shard], rows: list[dict], staging: Path, config: RunConfig) -> None:
     first = shards[0]
     staging.mkdir(parents=True)
     for name in RUN_FILES:
@@ -190,8 +202,6 @@ def _write(shards: list[Shard], rows: list[dict], staging: Path, out: Path) -> N
     for shard in shards:
         for folder in shard.folders:
             shutil.copytree(shard.run_dir / folder, staging / folder, copy_function=_link_or_copy)
-    # One process's configuration: every backbone, no shard (`showdown run --resume` on it keeps every entry).
-    config = RunConfig.from_dict({**first.config, "shard": None, "models": _models(shards), "out": str(out)})
     config.save(staging / CONFIG)
     _write_bench(shards, staging)
     judged = _label_issues_source(shards, rows)

@@ -101,7 +101,9 @@ def _run_shards(ray, config: RunConfig, echo: Callable[[str], None]):
     pending = [task.remote(_shard_values(config, index, the_plan), str(shards / f"shard-{index}"))
                for index in range(the_plan.count)]
     folders = _wait(ray, pending)
-    merge(folders, out, report=config.report, record=config.record, db=config.db, echo=echo, keep=SHARDS)
+    # the merged folder records the run as asked (Ray, its report and record), not the shards' settings
+    merge(folders, out, report=config.report, record=config.record, db=config.db, echo=echo, keep=SHARDS,
+          asked=config)
     summary = read_json(out / run_schema.SUMMARY_JSON)
     results = Results(out, summary["rows"], summary.get("skipped_files", []))
     echo(f"\n{results.table()}\nrun folder: {out}")

@@ -58,7 +58,9 @@ def run(config: RunConfig | None = None, *, echo: Callable[[str], None] = print,
     config.validate()
     for name in config.models:  # an unknown name fails before any work is done
         resolve_backbone(name)
-    if config.executor == "ray":  # shards as Ray tasks, each of them a run of this function
+    # shards as Ray tasks, each of them a run of this function; a merged Ray run resumes here, in one process (its
+    # entries are all in its folder: what is left is the summary, report and record)
+    if config.executor == "ray" and not resume:
         return run_on_ray(config, echo=echo).gate(config.assert_accuracy_at_least)
     device = resolve_device(config.device)
     prepare(device)  # before environment.json records the device's settings

@@ -11,7 +11,7 @@ the rows), its CRC-32 and its length. It is written beside its place and renamed
 trusted only when its trailer reads, its size is what the trailer says and the CRC of its rows matches (a full read,
 which fills the page cache for the first epoch too); else it is deleted and recomputed with one warning (cache.py).
 The key covers what changes the activations: the feature cache's key (backbone, weights, preprocessing, precision,
-engine, files) and the frozen bottom's own weights.
+engine, files) and the frozen bottom's own weights (weights_key.weights_digest).
 """
 from __future__ import annotations
 
@@ -24,7 +24,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch import nn
 
 from showdown.cache import Damaged, intact
 from showdown.fileio import digest, disk_writes
@@ -36,18 +35,6 @@ _TAIL = 12  # the trailer's CRC-32 (4 bytes) and length (8 bytes), little-endian
 _CHUNK = 64 * 2**20  # bytes read at a time for the CRC of an entry's rows
 _INTS = {2: np.int16, 4: np.int32}  # numpy's view of a torch dtype's bytes, by item size
 _DTYPES = {str(dtype): dtype for dtype in (torch.bfloat16, torch.float16, torch.float32)}
-
-
-def weights_digest(module: nn.Module) -> str:
-    """CRC-32 of a module's layers (its printed tree: a cut after a layer without weights is another module) and
-    its parameters and buffers (names, shapes, bytes): a random init or other weights under the same source name
-    give other activations."""
-    crc = zlib.crc32(repr(module).encode())
-    for name, tensor in module.state_dict().items():
-        tensor = tensor.detach().cpu().contiguous()
-        crc = zlib.crc32(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}".encode(), crc)
-        crc = zlib.crc32(tensor.reshape(-1).view(torch.uint8).numpy(), crc)
-    return f"{crc:08x}"
 
 
 def entry_path(folder: Path, view_key: str, bottom_digest: str, store_dtype: torch.dtype) -> Path:

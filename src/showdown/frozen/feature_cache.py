@@ -2,7 +2,8 @@
 
 A frozen backbone gives the same features every epoch, so the head trains on cached tensors instead of
 running the backbone again. The cache key covers everything that changes the features: backbone,
-weights, preprocessing, precision, and the exact files (paths, sizes, mtimes) and labels of the split.
+weights (a random init by the digest of its tensors: it changes with --seed; weights_key.py), preprocessing,
+precision, and the exact files (paths, sizes, mtimes) and labels of the split.
 
 Each file carries, in its safetensors header, a checksum of its tensors and metadata. An entry that is truncated,
 emptied or altered (a full disk, an interrupted copy, a flipped bit) fails that check when it is read: it is
@@ -34,6 +35,7 @@ from showdown.fileio import digest, file_stamp, write_bytes_atomic
 from showdown.frozen import quantize
 from showdown.frozen.engines import frozen_forward
 from showdown.frozen.frozen_pass import FEATURE_BATCH, FrozenPass
+from showdown.frozen.weights_key import weights_id
 from showdown.models.backbones import Backbone
 from showdown.precision import autocast
 
@@ -60,7 +62,7 @@ def cache_key(backbone: Backbone, items: list[tuple[Path, int]], precision: str,
     parts = {
         "backbone": backbone.spec.timm_name,
         "weights": backbone.source,
-        "weights_id": backbone.weights.stamp(),
+        "weights_id": weights_id(backbone),
         "timm_kwargs": backbone.timm_kwargs,
         "pool_stages": backbone.pool_stages,
         "preprocessing": backbone.preprocessing.to_dict(),

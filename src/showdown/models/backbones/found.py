@@ -33,7 +33,8 @@ _SHOWN = {
 @dataclass(frozen=True)
 class WeightSource:
     """Where a backbone's weights came from: `kind` (a key of _SHOWN) and `location` (path, package, repo id, hub
-    name; why, for random init). str() is the display text of the run record; `stamp()` keys the feature cache."""
+    name; why, for random init). str() is the display text of the run record; `stamp()` keys the feature cache
+    (a random init is keyed by its tensors instead: frozen/weights_key.py)."""
 
     kind: str
     location: str
