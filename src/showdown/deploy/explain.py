@@ -78,7 +78,6 @@ def explain(model: nn.Module, classes: list[str], preprocessing: Preprocessing, 
             names: list[str] | None = None) -> list[Explained]:
     """Grad-CAM of the predicted class for each image, as `out_dir/<name>.png` (overlay beside the image)."""
     from pytorch_grad_cam import GradCAM
-    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
     model = model.eval()
     tta, model.tta = getattr(model, "tta", "none"), "none"  # one view: the heat map of what the model saw
@@ -94,11 +93,11 @@ def explain(model: nn.Module, classes: list[str], preprocessing: Preprocessing, 
             for start in range(0, len(paths), EXPLAIN_BATCH):
                 chunk = paths[start:start + EXPLAIN_BATCH]
                 x = torch.stack([transform(load_rgb(Path(path))) for path in chunk]).to(device)
-                with torch.no_grad():
-                    probs = model(x).float().softmax(1)
+                # A frozen backbone's layers need no gradients of their own; the input's give them to the map. No
+                # targets: each image's map is of its predicted class, from the one forward pass CAM makes.
+                heats = cam(input_tensor=x.requires_grad_(True), targets=None)
+                probs = cam.outputs.detach().float().softmax(1)
                 targets = probs.argmax(1).tolist()
-                # A frozen backbone's layers need no gradients of their own; the input's give them to the map.
-                heats = cam(input_tensor=x.requires_grad_(True), targets=[ClassifierOutputTarget(t) for t in targets])
                 for j, (path, target) in enumerate(zip(chunk, targets)):
                     i = start + j
                     name = names[i] if names else _numbered(i, path)
