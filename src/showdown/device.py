@@ -5,6 +5,7 @@ the GPU of its LOCAL_RANK. Asking for a device that is not there is a one-line C
 """
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import platform
@@ -95,6 +96,32 @@ def module_device(module: torch.nn.Module) -> torch.device:
     """Where a module's tensors are (the CPU for a module without any)."""
     tensor = next(itertools.chain(module.parameters(), module.buffers()), None)
     return tensor.device if tensor is not None else CPU
+
+
+# Below this many multiply-adds a step (parameters x batch), training steps on the 2-core box gained nothing from a
+# second thread: a linear head's (64 x 1280) @ (1280 x 5) step, or the label-issue search's heads.
+SMALL_STEP_MACS = 4_000_000
+
+
+def small_steps(module: torch.nn.Module, batch_size: int) -> bool:
+    """Whether `module`'s training steps are small enough for one CPU thread."""
+    return batch_size * sum(p.numel() for p in module.parameters()) < SMALL_STEP_MACS
+
+
+@contextlib.contextmanager
+def one_thread(device: torch.device, when: bool = True):
+    """Inside, torch computes on one CPU thread when `when` and `device` is the CPU (other devices are left as
+    they are). For small steps waking a second thread costs as much as it gives on a quiet machine, and many
+    times more on a busy one: on the 2-core box a TF-Flowers linear head's 30 epochs took 1.4-1.7 s on either when
+    quiet, 12-25 s on two threads while a pip install ran (benchmarks/head_epochs.py). An MLP head's larger steps
+    (1280 -> 1024 -> 10, batch 256) keep both: 23 ms a step on two, 33 ms on one."""
+    threads = torch.get_num_threads()
+    if when and device.type == "cpu":
+        torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def prepare(device: torch.device) -> None:

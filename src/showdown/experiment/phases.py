@@ -20,7 +20,7 @@ from torch import nn
 
 from showdown import distributed
 from showdown.config.run_config import RunConfig
-from showdown.device import module_device, to_device
+from showdown.device import module_device, one_thread, small_steps, to_device
 from showdown.errors import DiskError
 from showdown.experiment.boundary_store import DiskViews, disk_folder
 from showdown.experiment.context import Entry, RunContext
@@ -80,8 +80,9 @@ def train_head(entry: Entry, features: dict | None = None) -> Trained:
             timing.feature_seconds = time.perf_counter() - start
             timing.feature_cache_hit = all(f.cache_hit for f in features.values())
         # Trains in seconds on the cached features: every process trains it alike, no data parallelism needed.
-        history = entry.fit(model.head, cached_train_batches(features, config.batch_size, config.seed),
-                            feature_batches(features["val"], 1024), settings, "head")
+        with one_thread(module_device(model.head), when=small_steps(model.head, config.batch_size)):
+            history = entry.fit(model.head, cached_train_batches(features, config.batch_size, config.seed),
+                                feature_batches(features["val"], 1024), settings, "head")
         trained = Trained(history, features, [path for f in features.values() for path in f.failed])
     else:
         entry.run.echo(f"  feature cache off: augmentation '{config.augment}' changes the inputs every epoch")
