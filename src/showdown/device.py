@@ -98,8 +98,9 @@ def module_device(module: torch.nn.Module) -> torch.device:
     return tensor.device if tensor is not None else CPU
 
 
-# Below this many multiply-adds a step (parameters x batch), training steps on the 2-core box gained nothing from a
-# second thread: a linear head's (64 x 1280) @ (1280 x 5) step, or the label-issue search's heads.
+# Below this many multiply-adds a step (parameters x batch) a second thread gained nothing on the 2-core box (loops
+# of 200 steps with AdamW, one thread against two): a linear head, 1280 x 5 at batch 64 (0.4 million), was no
+# faster on two; MLP heads at batch 64 were, by 9 % at 1280 -> 64 (5.2 million) and 30 % at 1280 -> 256 (21 million).
 SMALL_STEP_MACS = 4_000_000
 
 
@@ -110,10 +111,10 @@ def small_steps(module: torch.nn.Module, batch_size: int) -> bool:
 
 @contextlib.contextmanager
 def one_thread(device: torch.device, when: bool = True):
-    """Inside, torch computes on one CPU thread when `when` and `device` is the CPU (other devices are left as
-    they are). For small steps waking a second thread costs as much as it gives on a quiet machine, and many
-    times more on a busy one: on the 2-core box a TF-Flowers linear head's 30 epochs took 1.4-1.7 s on either when
-    quiet, 12-25 s on two threads while a pip install ran (benchmarks/head_epochs.py). An MLP head's larger steps
+    """Inside, torch computes on one CPU thread when `when` and `device` is the CPU (other devices are left as they
+    are). For small steps waking a second thread costs as much as it gives on a quiet machine, and many times more on a
+    busy one: on the 2-core box a TF-Flowers linear head's 30 epochs took 1.4-1.5 s on one thread and 1.3-1.4 s on two
+    when quiet, 12-25 s on two threads while a pip install ran (benchmarks/head_epochs.py). An MLP head's larger steps
     (1280 -> 1024 -> 10, batch 256) keep both: 23 ms a step on two, 33 ms on one."""
     threads = torch.get_num_threads()
     if when and device.type == "cpu":

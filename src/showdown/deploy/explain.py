@@ -96,8 +96,8 @@ def explain(model: nn.Module, classes: list[str], preprocessing: Preprocessing, 
                 # A frozen backbone's layers need no gradients of their own; the input's give them to the map. No
                 # targets: each image's map is of its predicted class, from the one forward pass CAM makes.
                 heats = cam(input_tensor=x.requires_grad_(True), targets=None)
-                probs = cam.outputs.detach().float().softmax(1)
-                targets = probs.argmax(1).tolist()
+                logits = cam.outputs.detach().float()  # grad-cam >= 1.5 keeps them
+                targets, probs = logits.argmax(1).tolist(), logits.softmax(1)
                 for j, (path, target) in enumerate(zip(chunk, targets)):
                     i = start + j
                     name = names[i] if names else _numbered(i, path)

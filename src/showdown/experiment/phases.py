@@ -270,7 +270,7 @@ def frozen_top_features(top: TopOfNetwork, activations: Features, precision: str
         for batch in activations.features.split(256):
             chunks.append(pooled(to_device(batch, device)).float().cpu())
     features = torch.cat(chunks) if chunks else torch.empty(0)
-    return dataclasses.replace(activations, features=features)
+    return dataclasses.replace(activations, features=features, on_disk=False)  # pooled, in RAM
 
 
 def _ram_bytes() -> int:

@@ -23,6 +23,8 @@ class InOrder:
     a TensorDataset would index and stack every row on its own, a third of a cached head's epoch."""
 
     def __init__(self, inputs: torch.Tensor, targets: torch.Tensor, batch_size: int):
+        if len(inputs) != len(targets):
+            raise ValueError(f"{len(inputs)} inputs but {len(targets)} targets")
         self.inputs, self.targets, self.batch_size = inputs, targets, batch_size
 
     def __len__(self) -> int:
@@ -57,7 +59,7 @@ class TensorBatches:
         if mirrored is not None and not torch.equal(plain.indices, mirrored.indices):
             raise RuntimeError("plain and mirrored images differ")  # both skip the same unreadable files
         self.plain, self.labels = plain.features, plain.labels
-        self.in_order = plain.on_disk  # a memory-mapped file: each batch's rows read front to back
+        self.sorted_reads = plain.on_disk  # a memory-mapped file: each batch's rows read front to back
         self.mirrored = mirrored.features if mirrored is not None else None
         if shift and self.plain.dim() != 4:
             raise ValueError("only activation maps (N, C, H, W) can be shifted")
@@ -81,22 +83,22 @@ class TensorBatches:
             else None
         for batch in order.split(self.batch_size):
             if mirror is None:
-                inputs = rows(self.plain, batch, self.in_order)
+                inputs = rows(self.plain, batch, self.sorted_reads)
             else:  # each row read from one of the two: a memory-mapped cache reads no row it does not use
                 pick = mirror[batch]
                 inputs = torch.empty((len(batch), *self.plain.shape[1:]), dtype=self.plain.dtype)
-                inputs[~pick] = rows(self.plain, batch[~pick], self.in_order)
-                inputs[pick] = rows(self.mirrored, batch[pick], self.in_order)
+                inputs[~pick] = rows(self.plain, batch[~pick], self.sorted_reads)
+                inputs[pick] = rows(self.mirrored, batch[pick], self.sorted_reads)
             if offsets is not None:
                 inputs = shifted(inputs, offsets[batch], self.shift)
             yield inputs, self.labels[batch]
 
 
-def rows(source: torch.Tensor, index: torch.Tensor, in_order: bool = False) -> torch.Tensor:
-    """source[index]. `in_order` (a memory-mapped cache file, frozen/disk_activations.py): the rows are read in
+def rows(source: torch.Tensor, index: torch.Tensor, sorted_reads: bool = False) -> torch.Tensor:
+    """source[index]. `sorted_reads` (a memory-mapped cache file, frozen/disk_activations.py): the rows are read in
     ascending index order and put back in the batch's, so the file is read front to back, the way the disk and the
     page cache read ahead; in RAM that would only cost two more sorts and a copy."""
-    if not in_order:
+    if not sorted_reads:
         return source[index]
     ascending, order = index.sort()
     return source[ascending][order.argsort()]
