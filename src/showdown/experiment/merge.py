@@ -73,7 +73,7 @@ def merge(run_dirs: list[str | Path], out: str | Path, *, report: bool = True, r
         _check_same(shards[0], other)
     rows = _merged_rows(shards)
     _check_out(out, {row["folder"] for row in rows}, keep)
-    config = asked or merged_config(shards, report=report, record=record, db=db)
+    config = asked if asked is not None else merged_config(shards, report=report, record=record, db=db)
     staging = out.with_name(f".{out.name}.merging-{os.getpid()}")
     shutil.rmtree(staging, ignore_errors=True)  # a crashed merge's leftovers
     try:
