@@ -100,7 +100,8 @@ def module_device(module: torch.nn.Module) -> torch.device:
 
 # Below this many multiply-adds a step (parameters x batch) a second thread gained nothing on the 2-core box (loops
 # of 200 steps with AdamW, one thread against two): a linear head, 1280 x 5 at batch 64 (0.4 million), was no
-# faster on two; MLP heads at batch 64 were, by 9 % at 1280 -> 64 (5.2 million) and 30 % at 1280 -> 256 (21 million).
+# faster on two; MLP heads (batch norm, dropout, 10 classes) at batch 64 were, by 9 % at 1280 -> 64 (5.3 million)
+# and 30 % at 1280 -> 256 (21 million).
 SMALL_STEP_MACS = 4_000_000
 
 
