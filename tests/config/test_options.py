@@ -68,6 +68,10 @@ def test_light_and_strong_augmentation_train_on_augmented_images(augment, tmp_pa
     assert all("RandAugment" in t for t in augmenting) == (augment == "strong")  # ... and RandAugmented if strong
     if augment == "strong":
         assert mixed_batches and all(len(shape) == 4 and shape[1:] == (3, 64, 64) for shape in mixed_batches)
+        again = run(RunConfig(**QUICK, augment=augment, out=str(tmp_path / "again")), echo=lines.append)
+        trained = [[{k: v for k, v in row.items() if k != "seconds"}
+                    for row in _history(r.run_dir / "efficientnet_lite0-head")] for r in (results, again)]
+        assert trained[0] == trained[1]  # the same seed draws the same crops, RandAugment ops and mixing
     else:
         assert mixed_batches == []
     metrics = json.loads((results.run_dir / "efficientnet_lite0-head" / "metrics.json").read_text())

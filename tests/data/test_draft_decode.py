@@ -137,3 +137,14 @@ def test_the_feature_cache_key_names_the_decoder(demo_dir, monkeypatch):
     monkeypatch.setenv(FULL_DECODE_ENV, "1")
     keys.add(cache_key(lite0, items, "fp32"))
     assert len(keys) == 3
+
+
+def test_strong_augmentation_posterizes_at_its_highest_magnitude_instead_of_failing():
+    """RandAugment's noisy magnitude reaches its cap of 10 in ~2% of posterize draws, where timm asks Pillow to
+    keep 0 bits (Pillow 13 raises ValueError, and the image was then dropped as unreadable): it keeps 1 bit."""
+    transform = train_transform(LITE0, "strong")
+    augment = next(step for step in transform.transforms if type(step).__name__ == "RandAugment")
+    posterize = next(op for op in augment.ops if op.name == "PosterizeIncreasing")
+    posterize.prob, posterize.magnitude, posterize.magnitude_std = 1.0, 10, 0
+    image = Image.fromarray(np.arange(256, dtype=np.uint8).reshape(16, 16).repeat(3).reshape(16, 16, 3))
+    assert set(np.unique(np.asarray(posterize(image)))) == {0, 128}  # one bit kept, not black, no error

@@ -19,6 +19,7 @@ import torch
 from PIL import Image, ImageOps
 from PIL.JpegImagePlugin import JpegImageFile
 from timm.data import create_transform
+from timm.data.auto_augment import posterize
 from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms
 
@@ -111,8 +112,23 @@ def train_transform(preprocessing: Preprocessing, augment: str) -> PhotoTransfor
         mean=preprocessing.mean, std=preprocessing.std, hflip=0.5, color_jitter=None, scale=CROP_SCALE,
         ratio=CROP_RATIO, auto_augment="rand-m9-mstd0.5-inc1" if augment == "strong" else None,
     ).transforms
+    for step in steps:
+        _keep_one_bit(step)
     smallest = math.sqrt(CROP_SCALE[0] * min(CROP_RATIO[0], 1 / CROP_RATIO[1]))
     return PhotoTransform(steps, math.ceil(max(preprocessing.input_size[1:]) / smallest))
+
+
+def _posterize_keeping_one_bit(image, bits_to_keep, **kwargs):
+    return posterize(image, max(1, bits_to_keep), **kwargs)
+
+
+def _keep_one_bit(step) -> None:
+    """RandAugment's increasing posterize keeps 0 bits when the noisy magnitude reaches its cap of 10 (about 2%
+    of its draws at m9, mstd0.5): older Pillow made the image black, recent Pillow (13 here) raises ValueError.
+    Keep 1 bit, the nearest Pillow allows, so the image trains rather than fails."""
+    for op in getattr(step, "ops", ()):
+        if getattr(op, "aug_fn", None) is posterize:
+            op.aug_fn = _posterize_keeping_one_bit
 
 
 class ImageFiles(Dataset):
@@ -129,9 +145,10 @@ class ImageFiles(Dataset):
         path, label = self.items[index]
         side = None if full_decode() else getattr(self.transform, "decode_side", None)
         try:
-            return self.transform(load_rgb(path, side)), label, index
+            image = load_rgb(path, side)
         except UNREADABLE:
             return None, label, index
+        return self.transform(image), label, index  # a transform's own error is a bug: it raises
 
 
 def collate_readable(batch):

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import math
+import random
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields
@@ -158,6 +159,7 @@ def seed_epoch(seed: int, epoch: int, per_process: bool = False) -> None:
     offset = 7919 * distributed.rank() if per_process else 0
     torch.manual_seed(seed * 100_003 + epoch + offset)
     np.random.seed((seed * 100_003 + epoch + offset) % 2**32)
+    random.seed(seed * 100_003 + epoch + offset)  # RandAugment draws from Python's own generator
 
 
 def _loss_functions(settings: TrainSettings, class_weights, num_classes: int | None):
