@@ -11,10 +11,8 @@ each one's src on PYTHONPATH, taking turns:
 from __future__ import annotations
 
 import argparse
-import platform
 import statistics
 import time
-from pathlib import Path
 from types import SimpleNamespace
 
 import torch
@@ -59,13 +57,8 @@ def main() -> None:
     print(f"{args.epochs} epochs of a linear head on {args.train} cached rows: median "
           f"{statistics.median(seconds):.2f} s ({', '.join(f'{s:.2f}' for s in seconds)}); "
           f"last val accuracy {history[-1]['val_acc']:.4f}")
-    print(f"CPU: {cpu_model()}, {device_facts(CPU)['cores']} cores, --threads {args.threads}")
-
-
-def cpu_model() -> str:
-    lines = Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").is_file() else []
-    return next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")),
-                platform.processor())
+    facts = device_facts(CPU)
+    print(f"CPU: {facts['name']} ({', '.join(facts['isa'])}), {facts['cores']} cores, --threads {args.threads}")
 
 
 if __name__ == "__main__":

@@ -1,4 +1,7 @@
-"""`showdown` command line: parses flags into a RunConfig and calls the Python API. No logic lives here."""
+"""`showdown` command line: parses flags into a RunConfig and calls the Python API. No logic lives here.
+
+Long because it holds every subcommand's flags and its handler, each a few lines that call the layer doing the work.
+"""
 from __future__ import annotations
 
 import argparse
@@ -103,6 +106,10 @@ def build_parser() -> argparse.ArgumentParser:
     merge.add_argument("--no-report", dest="report", action="store_false", help="skip report.html and report.md")
     merge.add_argument("--no-record", dest="record", action="store_false", help="do not store it in the database")
     merge.add_argument("--db", help="results database (default $SHOWDOWN_DB or ~/.local/share/showdown)")
+    daemon = sub.add_parser("daemon", help="a warm process that runs later commands without their 5-7 s of imports")
+    daemon.add_argument("action", choices=["start", "stop", "status"])
+    daemon.add_argument("--idle-minutes", type=flag_type(float, min=1), default=30,
+                        help="leave after this long without a command (default 30)")
     sub.add_parser("models", help="list the short backbone names and their weight sources")
     sub.add_parser("presets", help="list the ready-made experiments")
     return parser
@@ -259,6 +266,15 @@ def cmd_models(args) -> int:
     return 0
 
 
+def cmd_daemon(args) -> int:
+    from showdown import daemon
+
+    try:
+        return daemon.command(args.action, args.idle_minutes)
+    except daemon.DaemonError as exc:
+        raise ConfigError(str(exc)) from None
+
+
 def cmd_presets(args) -> int:
     from showdown.config.presets import list_presets
 
@@ -279,7 +295,7 @@ def main(argv: list[str] | None = None) -> int:
     stacks_on_sigusr1()
     handler = {"run": cmd_run, "predict": cmd_predict, "export": cmd_export, "explain": cmd_explain,
                "report": cmd_report, "runs": cmd_runs, "bench": cmd_bench, "cache": cmd_cache, "models": cmd_models,
-               "presets": cmd_presets, "merge": cmd_merge}[args.command]
+               "presets": cmd_presets, "merge": cmd_merge, "daemon": cmd_daemon}[args.command]
     try:
         return handler(args)
     except ShowdownError as exc:
@@ -302,18 +318,27 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def console() -> None:
-    """The `showdown` command (and `python -m showdown`): main(), then the process ends without the interpreter's
-    teardown. At exit Python frees the ~500,000 objects torch, timm and scikit-learn leave, one by one: 0.3 s, and
-    0.5 s with an OpenVINO model loaded, 4-6 % of a small run (docs/performance.md). By then the command has closed
+    """The `showdown` command (and `python -m showdown`): in this environment's daemon if one runs (daemon.py),
+    else main(); then the process ends without the interpreter's teardown, which frees torch's, timm's and
+    scikit-learn's ~500,000 objects one by one (0.3-0.5 s, docs/performance.md). By then the command has closed
     its files, committed its database row and ended any process group; only the streams need flushing."""
-    code = main()
+    from showdown import daemon
+
+    code = daemon.forward(sys.argv[1:])
+    if code is None:
+        code = main()
+    finish()
+    os._exit(code or 0)
+
+
+def finish() -> None:
+    """Flush what a command printed and logged (before os._exit)."""
     logging.shutdown()
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()
         except (BrokenPipeError, ValueError):  # a reader that went away, or a stream main() closed
             pass
-    os._exit(code or 0)
 
 
 if __name__ == "__main__":

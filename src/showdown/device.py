@@ -74,7 +74,33 @@ def device_facts(device: torch.device) -> dict:
                 "matmul_fp32": torch.backends.cuda.matmul.fp32_precision}
     if device.type == "mps":
         return {"type": "mps", "name": f"Apple {platform.machine()} (MPS)", "macos": platform.mac_ver()[0]}
-    return {"type": "cpu", "name": platform.processor() or platform.machine(), "cores": os.cpu_count()}
+    return {"type": "cpu", "name": _cpu_name(), "cores": os.cpu_count(), "isa": _cpu_isa()}
+
+
+# The instruction sets that decide CPU speed here: bf16 and int8 matrix units (AMX, AVX-512 BF16/VNNI) or not.
+NOTED_ISA = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8")
+
+
+def _cpuinfo() -> dict[str, str]:
+    """The first processor's fields in /proc/cpuinfo (Linux); empty elsewhere."""
+    try:
+        first = open("/proc/cpuinfo").read().split("\n\n")[0]
+    except OSError:
+        return {}
+    return {k.strip(): v.strip() for k, _, v in (line.partition(":") for line in first.splitlines())}
+
+
+def _cpu_name() -> str:
+    """e.g. "AMD EPYC, family 25 model 1": the model name a benchmark figure is quoted with; a virtual machine's
+    name can hide the generation, which family and model tell (AMD 25/1: Zen 3, 25/17: Zen 4)."""
+    info = _cpuinfo()
+    name = info.get("model name") or platform.processor() or platform.machine()
+    return f"{name}, family {info['cpu family']} model {info['model']}" if "cpu family" in info else name
+
+
+def _cpu_isa() -> list[str]:
+    flags = set(_cpuinfo().get("flags", "").split())
+    return [flag for flag in NOTED_ISA if flag in flags]
 
 
 def _cuda_driver() -> str | None:

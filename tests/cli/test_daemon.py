@@ -1,0 +1,96 @@
+"""`showdown daemon`: a real daemon process, real `showdown` commands forwarded to it over its socket."""
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from showdown import daemon
+
+pytestmark = pytest.mark.skipif(not daemon.supported(), reason="the daemon needs Linux")
+
+QUICK_RUN = ["run", "--data", "demo", "--models", "efficientnet_lite0", "--max-per-class", "2", "--image-size", "64",
+             "--precision", "fp32", "--no-report", "--no-record", "--workers", "0"]
+
+
+def showdown(*args, env, cwd=None, **kwargs):
+    return subprocess.run([sys.executable, "-m", "showdown", *args], env=env, cwd=cwd, capture_output=True,
+                          text=True, **kwargs)
+
+
+def served(env) -> int:
+    out = showdown("daemon", "status", env=env).stdout
+    return sum(int(line.split()[2]) for line in out.splitlines() if "(this environment" in line)
+
+
+@pytest.fixture(scope="module")
+def warm(tmp_path_factory):
+    """A daemon started from a fixed environment (the test's own changes per test, e.g. PYTEST_CURRENT_TEST)."""
+    env = {**os.environ, "SHOWDOWN_DAEMON_DIR": str(tmp_path_factory.mktemp("daemon") / "sockets")}
+    started = showdown("daemon", "start", "--idle-minutes", "10", env=env, timeout=300)
+    assert started.returncode == 0 and "daemon ready" in started.stdout, started.stderr
+    yield env
+    stopped = showdown("daemon", "stop", env=env)
+    assert stopped.stdout.strip() == "stopped 1 daemon(s)"
+    assert not list((tmp_path_factory.getbasetemp()).glob("daemon*/sockets/*.sock"))
+
+
+def test_a_command_runs_in_the_daemon_in_the_callers_folder_with_its_streams_and_exit_status(warm, tmp_path):
+    before = served(warm)
+    done = showdown(*QUICK_RUN, "--epochs", "1", "--out", "relative", env=warm, cwd=tmp_path, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "efficientnet_lite0" in done.stdout and "test acc" in done.stdout  # its table, on the caller's stdout
+    assert "epoch 1/1" in done.stderr  # its progress, on the caller's stderr
+    assert (tmp_path / "relative" / "efficientnet_lite0-head" / "metrics.json").is_file()  # in the caller's folder
+    bad = showdown("run", "--epochs", "none", env=warm)
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and bad.stderr.startswith("error:")
+    assert served(warm) == before + 2
+
+
+def test_a_command_from_another_environment_runs_in_its_own_process(warm):
+    before = served(warm)
+    other = {**warm, "OMP_NUM_THREADS": "2"}  # read when torch starts its threads: a fork of the daemon can't honour it
+    assert showdown("presets", env=other).returncode == 0
+    assert "another environment" in showdown("daemon", "status", env=other).stdout
+    assert served(warm) == before
+
+
+def _started(env, tmp_path):
+    """A command in the daemon that trains for long; returns once its first epoch is printed."""
+    process = subprocess.Popen([sys.executable, "-m", "showdown", *QUICK_RUN, "--epochs", "500", "--patience", "500",
+                                "--out", str(tmp_path)], env=env, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                               text=True)
+    for line in process.stderr:
+        if "epoch 1/500" in line:
+            return process
+    raise AssertionError(f"no epoch printed (exit {process.wait()})")
+
+
+def _children(daemon_pid: int) -> list[int]:
+    with open(f"/proc/{daemon_pid}/task/{daemon_pid}/children") as handle:
+        return [int(pid) for pid in handle.read().split()]
+
+
+def test_ctrl_c_reaches_the_command_and_a_killed_caller_interrupts_it(warm, tmp_path):
+    process = _started(warm, tmp_path / "ctrl-c")
+    process.send_signal(signal.SIGINT)
+    assert process.wait(timeout=60) == 130 and "interrupted" in process.stderr.read()
+
+    pid = int(showdown("daemon", "status", env=warm).stdout.split()[1])
+    process = _started(warm, tmp_path / "killed")
+    assert len(_children(pid)) == 1
+    process.kill()
+    deadline = time.monotonic() + 60
+    while _children(pid) and time.monotonic() < deadline:  # the command's process stops, as after Ctrl-C
+        time.sleep(0.2)
+    assert _children(pid) == []
+
+
+def test_a_socket_folder_others_can_enter_is_refused_in_one_line(tmp_path):
+    shared = tmp_path / "open"
+    shared.mkdir(mode=0o755)
+    shared.chmod(0o755)
+    refused = showdown("daemon", "start", env={**os.environ, "SHOWDOWN_DAEMON_DIR": str(shared)})
+    assert refused.returncode == 2 and refused.stderr.count("\n") == 1 and "open to others" in refused.stderr
