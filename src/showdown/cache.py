@@ -16,7 +16,9 @@ and recomputed with one warning line naming it, never a failed run. Kinds, under
   (frozen/graph_cache.py), and OpenVINO's own cache of compiled models (its `CACHE_DIR`; frozen/engines.py), which
   OpenVINO keys by the graph, weights included, and its settings, and recompiles when an entry does not load;
 - features/boundary/: boundary activations of a fine-tune that exceed the RAM budget, one memory-mapped file per
-  view of a split, checked by the CRC-32 of its rows in its own trailer (frozen/disk_activations.py).
+  view of a split, checked by the CRC-32 of its rows in its own trailer (frozen/disk_activations.py);
+- thumbnails/: the report's thumbnails, one JSON bundle per image folder and size, checked by the checksum in its
+  name; an image whose size or modification time changed is made again (reporting/thumbnails.py).
 Boundary activations within the budget live in memory and do not outlive the run.
 
 An entry's modification time is bumped when it is used, so `showdown cache clear --older-than DAYS` removes what
@@ -41,7 +43,8 @@ from showdown.fileio import digest, write_atomic, write_bytes_atomic
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-KINDS = {"features": "features", "datasets": "extracted", "weights": "imported", "engines": "compiled", "int8": "int8"}
+KINDS = {"features": "features", "datasets": "extracted", "weights": "imported", "engines": "compiled", "int8": "int8",
+         "thumbnails": "thumbnails"}
 BOUNDARY = "boundary"  # the boundary activations' folder, inside the features'
 MANIFEST = ".showdown-manifest.json"
 # Damaged entries deleted this process ("recomputed"): a run reports its share with its frozen passes.

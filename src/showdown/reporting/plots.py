@@ -115,7 +115,8 @@ def curves_figure(history: list[dict], title: str):
         ax.set_ylabel("accuracy" if metric == "acc" else "loss")
         ax.legend()
     fig.suptitle(title)
-    fig.tight_layout()
+    # Fixed margins: tight_layout would draw the figure once more to measure its labels (0.2 s of a re-run).
+    fig.subplots_adjust(left=0.07, right=0.99, bottom=0.16, top=0.85, wspace=0.22)
     return fig
 
 

@@ -351,6 +351,7 @@ def render_html(groups: list[Group], tests: list, title: str) -> str:
                      "".join(f"<h3>{e(g.label)}</h3>{_reproduce(g.first)}" for g in groups)))
     if thumbs.note():
         sections.insert(-1, ("capped", "Images left out", f"<p class=note>{e(thumbs.note())}</p>"))
+    thumbs.kept.save()
     body = "".join(f"<section id={sid}><h2>{e(heading)}</h2>{content}</section>" for sid, heading, content in sections)
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">

@@ -17,11 +17,12 @@ GALLERY_SIZE = 8
 ISSUES_SHOWN = 20  # the most suspect labels, with thumbnails
 
 
-def card(path: str, caption: str, thumbs: Thumbnails, side: int | None = None, name: str | None = None) -> str:
-    """A thumbnail with its caption (already escaped) and the file name."""
+def card(path: str, caption: str, thumbs: Thumbnails, side: int | None = None, name: str | None = None,
+         keep: bool = True) -> str:
+    """A thumbnail with its caption (already escaped) and the file name; `keep`: see Thumbnails.uri."""
     e = html.escape
     name = name or Path(path).name
-    uri = thumbs.uri(path, side)
+    uri = thumbs.uri(path, side, keep)
     picture = f'<img src="{uri}" alt="{e(name)}">' if uri else "<div class=missing>image not shown</div>"
     return f"<figure>{picture}<figcaption>{caption}<br><small>{e(name)}</small></figcaption></figure>"
 
@@ -69,5 +70,5 @@ def gradcam(record: EntryRecord, thumbs: Thumbnails) -> str:
         rows = list(csv.DictReader(handle))
     cards = [card(str(folder / row["png"]), f"{'WRONG' if row['kind'] == 'wrong' else 'right'}: true "
                   f"<b>{e(row['true'])}</b>, predicted <b>{e(row['pred'])}</b> ({float(row['confidence']):.0%})",
-                  thumbs, GRADCAM_SIDE, Path(row["path"]).name) for row in rows]
+                  thumbs, GRADCAM_SIDE, Path(row["path"]).name, keep=False) for row in rows]  # this run's own
     return f"<div class='gallery wide'>{''.join(cards)}</div>"
