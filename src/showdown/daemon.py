@@ -16,7 +16,8 @@ usual. The daemon never initialises CUDA or a thread pool, so its children can. 
 its user can enter ($XDG_RUNTIME_DIR, else the temp folder), as ssh-agent's does. Linux only: macOS frameworks are
 not safe to use in a child forked after they load. A daemon leaves after `--idle-minutes` without a command.
 
-This module imports the standard library only: `showdown` calls `forward()` before anything else.
+This module imports the standard library only: `showdown` calls `forward()` before anything else. Long because it
+holds both ends of one small protocol over the socket, the command's and the daemon's, which must change together.
 """
 from __future__ import annotations
 
@@ -68,7 +69,10 @@ def folder(create: bool = True) -> Path:
 def socket_path(create: bool = True) -> Path:
     """This environment's socket: named by what a daemon must share with a command (see the module docstring)."""
     base, package = folder(create), Path(showdown.__file__).parent  # the folder first: no folder, no daemon
-    facts = {"python": sys.executable, "path": sys.path[1:], "version": showdown.__version__,
+    paths = sys.path[1:]  # [0] is the script's or working folder: the command's own, not the imports'
+    facts = {"python": sys.executable, "flags": [sys.flags, sys.warnoptions, sys._xoptions], "path": paths,
+             "installed": [os.stat(p).st_mtime_ns for p in paths if os.path.isdir(p)],  # pip changes these
+             "version": showdown.__version__,
              "newest": max(entry.stat().st_mtime_ns for entry in package.rglob("*.py")),
              "env": sorted((k, v) for k, v in os.environ.items() if k not in VOLATILE)}
     return base / (hashlib.sha256(json.dumps(facts).encode()).hexdigest()[:16] + ".sock")
@@ -80,25 +84,43 @@ def forward(argv: list[str]) -> int | None:
     """Run the command `argv` in this environment's daemon: its exit status, or None where there is no daemon
     to run it (the caller runs it itself)."""
     words = [word for word in argv if not word.startswith("-")]
-    if not supported() or words[:1] == ["daemon"]:
+    if not supported() or words[:1] == ["daemon"] or not all(_open(fd) for fd in (0, 1, 2)):
         return None
     try:  # no daemon (no folder made for one), or a socket a killed daemon left: the command runs here
         conn = _connect(socket_path(create=False))
     except (OSError, DaemonError):
         return None
+    child, pending = [], []  # a signal before the child's pid is known is relayed once it is
+
+    def relay(number, _frame):
+        if child:
+            _kill(child[0], number)
+        else:
+            pending.append(number)
+
+    for name in RELAYED:
+        signal.signal(getattr(signal, name), relay)
     with conn:
         replies = _send(conn, RUN, {"argv": argv, "cwd": os.getcwd(), "env": dict(os.environ)}, fds=[0, 1, 2])
         started = replies.readline()
         if not started:
             return None  # the daemon went away before it forked: nothing ran
-        child = json.loads(started)["pid"]
-        for name in RELAYED:
-            signal.signal(getattr(signal, name), lambda number, _frame: _kill(child, number))
+        child.append(json.loads(started)["pid"])
+        for number in pending:
+            _kill(child[0], number)
         ended = replies.readline()
     if not ended:
         print("error: the command's process in the daemon ended without an exit status", file=sys.stderr)
         return 1
     return json.loads(ended)["exit"]
+
+
+def _open(fd: int) -> bool:
+    try:
+        os.fstat(fd)
+    except OSError:  # e.g. stdin closed: it could not be passed on
+        return False
+    return True
 
 
 def _connect(path: Path) -> socket.socket:
