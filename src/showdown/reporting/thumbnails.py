@@ -100,9 +100,9 @@ class Bundles:
         """Write the bundles that gained thumbnails, each replacing its older version."""
         for bundle_key in self._changed:
             name = _name(bundle_key)
-            older = list(self.folder.glob(f"{name}-*.json"))
             if write_named(self.folder, name, ".json", json.dumps(self._open[bundle_key]).encode()):
-                for entry in older:
+                versions = sorted(self.folder.glob(f"{name}-*.json"), key=lambda entry: entry.stat().st_mtime_ns)
+                for entry in versions[:-1]:  # all but the one just written
                     entry.unlink(missing_ok=True)
         self._changed.clear()
 
