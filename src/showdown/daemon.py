@@ -279,6 +279,18 @@ def _import_what_commands_use() -> None:
     for optional in ("pytorch_grad_cam", "cleanlab.filter", "openvino"):
         with contextlib.suppress(ImportError):
             __import__(optional)
+    # What a process loads on first use, once here for every child: Pillow's format plugins, and matplotlib's
+    # fonts and text layout (Agg draws in this thread; no torch op runs, so no thread pool starts).
+    from PIL import Image
+
+    from showdown.reporting.plots import plt, png_bytes
+
+    Image.init()
+    figure, axes = plt.subplots()
+    axes.plot([0, 1], label="warm")
+    axes.legend()
+    figure.suptitle("warm")
+    png_bytes(figure)
 
 
 def _child(conn: socket.socket, fds: list[int], request: dict) -> None:
