@@ -114,6 +114,9 @@ def read_named(folder: Path, key: str, suffix: str, parse: Callable[[Path, bytes
     for entry in sorted(folder.glob(f"{key}-*{suffix}")):
         try:
             data = entry.read_bytes()
+        except FileNotFoundError:  # replaced by a newer version since the folder was listed
+            continue
+        try:
             if _named_checksum(data) != entry.name[len(key) + 1:-len(suffix)]:
                 raise Damaged("its bytes do not match the checksum in its name")
             value = parse(entry, data)
@@ -125,15 +128,16 @@ def read_named(folder: Path, key: str, suffix: str, parse: Callable[[Path, bytes
     return None
 
 
-def write_named(folder: Path, key: str, suffix: str, data: bytes) -> bool:
-    """`data` kept as `<key>-<checksum><suffix>` in `folder`; False where the disk refuses it (a read-only or full
-    cache: what it holds is used all the same, just not kept)."""
+def write_named(folder: Path, key: str, suffix: str, data: bytes) -> Path | None:
+    """`data` kept as `<key>-<checksum><suffix>` in `folder`: that file, or None where the disk refuses it (a
+    read-only or full cache: what it holds is used all the same, just not kept)."""
+    entry = folder / f"{key}-{_named_checksum(data)}{suffix}"
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        write_bytes_atomic(folder / f"{key}-{_named_checksum(data)}{suffix}", data)
+        write_bytes_atomic(entry, data)
     except (OSError, DiskError):
-        return False
-    return True
+        return None
+    return entry
 
 
 def mark_used(entry: Path) -> None:

@@ -107,7 +107,8 @@ def build_parser() -> argparse.ArgumentParser:
     merge.add_argument("--no-record", dest="record", action="store_false", help="do not store it in the database")
     merge.add_argument("--db", help="results database (default $SHOWDOWN_DB or ~/.local/share/showdown)")
     daemon = sub.add_parser("daemon", help="a warm process that runs later commands without their 5-7 s of imports")
-    daemon.add_argument("action", choices=["start", "stop", "status"])
+    daemon.add_argument("action", choices=["start", "stop", "status"],
+                        help="start this environment's daemon; stop or list every daemon of yours")
     daemon.add_argument("--idle-minutes", type=flag_type(float, min=1), default=30,
                         help="leave after this long without a command (default 30)")
     sub.add_parser("models", help="list the short backbone names and their weight sources")

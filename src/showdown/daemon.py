@@ -22,7 +22,9 @@ holds both ends of one small protocol over the socket, the command's and the dae
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
+import io
 import json
 import os
 import signal
@@ -36,10 +38,13 @@ from pathlib import Path
 
 import showdown
 
-VOLATILE = {"PWD", "OLDPWD", "_", "SHLVL"}  # differ between shells without changing what the imports do
+# Differ between shells, panes and logins without changing what the imports do.
+VOLATILE = {"PWD", "OLDPWD", "_", "SHLVL", "TMUX_PANE", "WINDOWID", "SSH_CLIENT", "SSH_CONNECTION", "SSH_TTY",
+            "TERM_SESSION_ID"}
 RELAYED = ("SIGINT", "SIGTERM", "SIGHUP", "SIGQUIT", "SIGUSR1")  # SIGUSR1: the child's stacks (startup.py)
 RUN, CONTROL = b"R", b"C"
 START_TIMEOUT_S = 180
+FORK_TIMEOUT_S = 30  # a daemon that accepts but does not fork within this (stuck): the command runs itself
 
 
 class DaemonError(Exception):
@@ -60,62 +65,93 @@ def folder(create: bool = True) -> Path:
     path = Path(base)
     if create:
         path.mkdir(mode=0o700, parents=True, exist_ok=True)
-    facts = path.stat()
-    if facts.st_uid != os.getuid() or facts.st_mode & 0o077:
+    facts = path.lstat()  # a symlink planted in a shared temp folder is not followed
+    if facts.st_uid != os.getuid() or facts.st_mode & 0o077 or not path.is_dir() or path.is_symlink():
         raise DaemonError(f"{path} is another user's or open to others: not used for the daemon's socket")
     return path
 
 
-def socket_path(create: bool = True) -> Path:
+def socket_path(create: bool = True, environ: dict | None = None) -> Path:
     """This environment's socket: named by what a daemon must share with a command (see the module docstring)."""
+    environ = os.environ if environ is None else environ
     base, package = folder(create), Path(showdown.__file__).parent  # the folder first: no folder, no daemon
     paths = sys.path[1:]  # [0] is the script's or working folder: the command's own, not the imports'
     facts = {"python": sys.executable, "flags": [sys.flags, sys.warnoptions, sys._xoptions], "path": paths,
              "installed": [os.stat(p).st_mtime_ns for p in paths if os.path.isdir(p)],  # pip changes these
              "version": showdown.__version__,
              "newest": max(entry.stat().st_mtime_ns for entry in package.rglob("*.py")),
-             "env": sorted((k, v) for k, v in os.environ.items() if k not in VOLATILE)}
+             "env": sorted((k, v) for k, v in environ.items() if k not in VOLATILE)}
     return base / (hashlib.sha256(json.dumps(facts).encode()).hexdigest()[:16] + ".sock")
 
 
 # --- the command's side ----------------------------------------------------------------------------------------
 
 def forward(argv: list[str]) -> int | None:
-    """Run the command `argv` in this environment's daemon: its exit status, or None where there is no daemon
-    to run it (the caller runs it itself)."""
+    """Run the command `argv` in this environment's daemon: its exit status, or None where no daemon ran it (the
+    caller then runs it itself: no daemon, a socket a killed daemon left, a daemon that went away or is stuck)."""
     words = [word for word in argv if not word.startswith("-")]
-    if not supported() or words[:1] == ["daemon"] or not all(_open(fd) for fd in (0, 1, 2)):
+    if not supported() or words[:1] == ["daemon"] or not all(_is_open(fd) for fd in (0, 1, 2)):
         return None
-    try:  # no daemon (no folder made for one), or a socket a killed daemon left: the command runs here
+    try:
         conn = _connect(socket_path(create=False))
     except (OSError, DaemonError):
         return None
-    child, pending = [], []  # a signal before the child's pid is known is relayed once it is
+    relay = _Relay()
+    with conn, relay:
+        try:
+            conn.settimeout(FORK_TIMEOUT_S)
+            replies = _send(conn, RUN, {"argv": argv, "cwd": os.getcwd(), "env": dict(os.environ)}, fds=[0, 1, 2])
+            started = replies.readline()
+            if not started:
+                return None
+            conn.settimeout(None)
+        except OSError:
+            return None  # the child sends its pid before it runs anything: nothing ran
+        relay.to(json.loads(started)["pid"])
+        try:
+            ended = replies.readline()
+        except OSError:
+            ended = ""
+    if ended:
+        return json.loads(ended)["exit"]
+    if relay.last is not None:  # the command died of the signal relayed to it: so does this process, as without
+        signal.signal(relay.last, signal.SIG_DFL)
+        os.kill(os.getpid(), relay.last)
+    print("error: the command's process in the daemon ended without an exit status", file=sys.stderr)
+    return 1
 
-    def relay(number, _frame):
-        if child:
-            _kill(child[0], number)
+
+class _Relay:
+    """While a command runs in the daemon, the signals this process gets go to the command's process (those that
+    come before its pid is known, once it is); the handlers before are restored on leaving."""
+
+    def __init__(self):
+        self.pid, self.pending, self.last, self.before = None, [], None, {}
+
+    def __enter__(self):
+        for name in RELAYED:
+            number = getattr(signal, name)
+            self.before[number] = signal.signal(number, self._on_signal)
+        return self
+
+    def __exit__(self, *_):
+        for number, handler in self.before.items():
+            signal.signal(number, handler)
+
+    def _on_signal(self, number, _frame):
+        self.last = number
+        if self.pid is None:
+            self.pending.append(number)
         else:
-            pending.append(number)
+            _kill(self.pid, number)
 
-    for name in RELAYED:
-        signal.signal(getattr(signal, name), relay)
-    with conn:
-        replies = _send(conn, RUN, {"argv": argv, "cwd": os.getcwd(), "env": dict(os.environ)}, fds=[0, 1, 2])
-        started = replies.readline()
-        if not started:
-            return None  # the daemon went away before it forked: nothing ran
-        child.append(json.loads(started)["pid"])
-        for number in pending:
-            _kill(child[0], number)
-        ended = replies.readline()
-    if not ended:
-        print("error: the command's process in the daemon ended without an exit status", file=sys.stderr)
-        return 1
-    return json.loads(ended)["exit"]
+    def to(self, pid: int) -> None:
+        self.pid = pid
+        for number in self.pending:
+            _kill(pid, number)
 
 
-def _open(fd: int) -> bool:
+def _is_open(fd: int) -> bool:
     try:
         os.fstat(fd)
     except OSError:  # e.g. stdin closed: it could not be passed on
@@ -133,9 +169,13 @@ def _connect(path: Path) -> socket.socket:
     return conn
 
 
+def _line(message: dict) -> bytes:
+    return json.dumps(message).encode() + b"\n"
+
+
 def _send(conn: socket.socket, kind: bytes, message: dict, fds: list[int] = ()):
     socket.send_fds(conn, [kind], list(fds))
-    conn.sendall(json.dumps(message).encode() + b"\n")
+    conn.sendall(_line(message))
     return conn.makefile("r")
 
 
@@ -155,27 +195,36 @@ def control(path: Path, what: str) -> dict | None:
     return json.loads(answer) if answer else None
 
 
+@contextlib.contextmanager
+def _locked(path: Path):
+    """One `daemon start` at a time for a socket: a second waits, then finds the first's daemon running."""
+    with open(path.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
 def start(idle_minutes: float) -> str:
     """Start this environment's daemon (or find it running); one line saying which."""
     if not supported():
         raise DaemonError("the daemon needs Linux (fork after the imports, file descriptors passed over a socket)")
     path = socket_path()
-    status = control(path, "status")
-    if status:
-        return f"daemon already running for this environment (pid {status['pid']}, {status['served']} commands)"
-    path.unlink(missing_ok=True)  # a killed daemon's socket
-    log = path.with_suffix(".log")
-    begun = time.monotonic()
-    with open(log, "w") as out:
-        process = subprocess.Popen([sys.executable, "-m", "showdown.daemon", str(path), str(idle_minutes * 60)],
-                                   stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, cwd=path.parent,
-                                   start_new_session=True)
-    while (status := control(path, "status")) is None:
-        if process.poll() is not None or time.monotonic() - begun > START_TIMEOUT_S:
-            process.kill()
-            last = (log.read_text().strip().splitlines() or ["no output"])[-1]
-            raise DaemonError(f"the daemon did not start: {last} (log: {log})")
-        time.sleep(0.1)
+    with _locked(path):
+        status = control(path, "status")
+        if status:
+            return f"daemon already running for this environment (pid {status['pid']}, {status['served']} commands)"
+        path.unlink(missing_ok=True)  # a killed daemon's socket
+        log = path.with_suffix(".log")
+        begun = time.monotonic()
+        with open(log, "w") as out:  # started from here, so relative paths in PYTHONPATH mean what they mean here
+            process = subprocess.Popen([sys.executable, "-m", "showdown.daemon", str(path), str(idle_minutes * 60)],
+                                       stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                                       start_new_session=True)
+        while (status := control(path, "status")) is None:
+            if process.poll() is not None or time.monotonic() - begun > START_TIMEOUT_S:
+                process.kill()
+                last = (log.read_text().strip().splitlines() or ["no output"])[-1]
+                raise DaemonError(f"the daemon did not start: {last} (log: {log})")
+            time.sleep(0.1)
     return (f"daemon ready in {time.monotonic() - begun:.1f} s (pid {status['pid']}): showdown commands from this "
             f"environment start warm; it leaves after {idle_minutes:g} idle minutes (`showdown daemon stop`)")
 
@@ -199,25 +248,40 @@ def command(action: str, idle_minutes: float = 30) -> int:
 
 
 def running() -> list[tuple[Path, dict]]:
-    """Every daemon of this user that answers, with its status; sockets nobody answers on are removed."""
+    """Every daemon of this user that answers, with its status; a socket nobody listens on any more is removed."""
     found = []
     for path in sorted(folder().glob("*.sock")):
         status = control(path, "status")
-        if status is None:
-            path.unlink(missing_ok=True)
-        else:
+        if status is not None:
             found.append((path, status))
+            continue
+        try:
+            _connect(path).close()
+        except (ConnectionRefusedError, FileNotFoundError):  # its daemon was killed
+            path.unlink(missing_ok=True)
+        except OSError:
+            pass
     return found
 
 
 # --- the daemon's side -----------------------------------------------------------------------------------------
 
 def serve(path: Path, idle_seconds: float) -> None:
-    """Import what commands use, then fork a child per command until stopped or idle for `idle_seconds`."""
+    """Import what commands use, then fork a child per command until stopped, idle for `idle_seconds`, or its
+    socket is taken by another daemon."""
     from showdown.startup import heavy_imports
 
+    if socket_path() != path:  # it would import other code than the commands that find this socket
+        raise SystemExit(f"this process's Python, paths or environment differ from the starting command's "
+                         f"({path.name}): not started")
+    before = dict(os.environ)
     with heavy_imports():
         _import_what_commands_use()
+    # What the imports set in the environment, kept in every child (a command in its own process would have it).
+    changed = {key: value for key, value in os.environ.items() if before.get(key) != value}
+    removed = [key for key in before if key not in os.environ]
+    os.chdir(path.parent)  # the daemon holds no folder of the user's
+    sys.stdout.flush()
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # the kernel reaps the children
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     staging = path.with_name(f".{path.name}.{os.getpid()}")
@@ -229,46 +293,64 @@ def serve(path: Path, idle_seconds: float) -> None:
     last = time.monotonic()
     try:
         while True:
-            listener.settimeout(max(1.0, idle_seconds - (time.monotonic() - last)))
+            listener.settimeout(min(60.0, max(1.0, idle_seconds - (time.monotonic() - last))))
             try:
                 conn, _ = listener.accept()
             except TimeoutError:
-                if time.monotonic() - last >= idle_seconds:
+                if time.monotonic() - last >= idle_seconds or _inode(path) != inode:
                     return
                 continue
             last = time.monotonic()
             with conn:
-                conn.settimeout(10)  # a command sends its request at once
-                try:
-                    kind, fds, request = _receive(conn)
-                except (OSError, ValueError):
-                    continue
-                if kind == CONTROL:
-                    conn.sendall(json.dumps(state).encode() + b"\n")
-                    if request.get("do") == "stop":
-                        return
-                    continue
-                state["served"] += 1
-                if os.fork() == 0:
-                    try:
-                        listener.close()
-                        _child(conn, fds, request)
-                    finally:
-                        os._exit(1)  # whatever happened, the child never runs the daemon's code
-                for fd in fds:
-                    os.close(fd)
+                if _answer(conn, state, listener, {"changed": changed, "removed": removed}):
+                    return
     finally:
         listener.close()
-        with contextlib.suppress(OSError):
-            if path.stat().st_ino == inode:  # not a newer daemon's
+        if _inode(path) == inode:  # not a newer daemon's
+            with contextlib.suppress(OSError):
                 path.unlink()
                 path.with_suffix(".log").unlink()  # its output; kept where it failed to start
 
 
+def _inode(path: Path) -> int | None:
+    try:
+        return path.stat().st_ino
+    except OSError:
+        return None
+
+
+def _answer(conn: socket.socket, state: dict, listener: socket.socket, imports_env: dict) -> bool:
+    """One connection: a status, a stop (True), or a command run in a forked child."""
+    fds = []
+    try:
+        conn.settimeout(10)  # a command sends its request at once
+        kind, fds, request = _receive(conn)
+        if kind == CONTROL:
+            conn.sendall(_line(state))
+            return request.get("do") == "stop"
+        if os.fork() == 0:
+            try:
+                listener.close()
+                _child(conn, fds, request, imports_env)
+            finally:
+                os._exit(1)  # whatever happened, the child never runs the daemon's code
+        state["served"] += 1
+    except (OSError, ValueError):  # a request cut short, or no fork: the command runs itself
+        pass
+    finally:
+        for fd in fds:
+            os.close(fd)
+    return False
+
+
 def _receive(conn: socket.socket) -> tuple[bytes, list[int], dict]:
     kind, fds, _, _ = socket.recv_fds(conn, 1, 3)
-    line = conn.makefile("rb").readline()
-    return kind, fds, json.loads(line)
+    try:
+        return kind, fds, json.loads(conn.makefile("rb").readline())
+    except (OSError, ValueError):
+        for fd in fds:
+            os.close(fd)
+        raise
 
 
 def _import_what_commands_use() -> None:
@@ -293,7 +375,7 @@ def _import_what_commands_use() -> None:
     png_bytes(figure)
 
 
-def _child(conn: socket.socket, fds: list[int], request: dict) -> None:
+def _child(conn: socket.socket, fds: list[int], request: dict, imports_env: dict) -> None:
     """In the forked child: become the asking command (its streams, folder and environment), run it, report."""
     from showdown.cli import finish, main
 
@@ -303,15 +385,21 @@ def _child(conn: socket.socket, fds: list[int], request: dict) -> None:
         for target, fd in enumerate(fds):
             os.dup2(fd, target)
             os.close(fd)
-        sys.stdin = open(0, closefd=False)  # noqa: SIM115 (the process's own streams)
-        sys.stdout = open(1, "w", buffering=1 if os.isatty(1) else -1, closefd=False)  # noqa: SIM115
-        sys.stderr = open(2, "w", buffering=1, closefd=False)  # noqa: SIM115
+        fds.clear()
+        sys.stdin, sys.stdout, sys.stderr = (_stream(0, sys.__stdin__), _stream(1, sys.__stdout__),
+                                             _stream(2, sys.__stderr__))
         os.chdir(request["cwd"])
         os.environ.clear()
         os.environ.update(request["env"])
+        os.environ.update(imports_env["changed"])
+        for key in imports_env["removed"]:
+            os.environ.pop(key, None)
         sys.argv = ["showdown", *request["argv"]]
         conn.settimeout(None)
-        conn.sendall(json.dumps({"pid": os.getpid()}).encode() + b"\n")
+        try:
+            conn.sendall(_line({"pid": os.getpid()}))
+        except OSError:  # the asking process gave up waiting and runs the command itself
+            os._exit(0)
         threading.Thread(target=_interrupt_when_gone, args=(conn,), daemon=True).start()
         code = main(request["argv"]) or 0
     except SystemExit as exc:  # argparse's --help and usage errors
@@ -321,12 +409,25 @@ def _child(conn: socket.socket, fds: list[int], request: dict) -> None:
 
         traceback.print_exc()
     finally:
-        # The asking process closes its end once it has the status: no interrupt from then on.
-        signal.pthread_sigmask(signal.SIG_BLOCK, [getattr(signal, name) for name in RELAYED])
+        # The asking process closes its end once it has the status: no interrupt from here on, in any thread.
+        for name in RELAYED:
+            signal.signal(getattr(signal, name), signal.SIG_IGN)
         with contextlib.suppress(BaseException):
             finish()
-            conn.sendall(json.dumps({"exit": code}).encode() + b"\n")
+        with contextlib.suppress(BaseException):
+            conn.sendall(_line({"exit": code}))
         os._exit(0)
+
+
+def _stream(fd: int, like: io.TextIOWrapper):
+    """fd 0, 1 or 2 as Python opens its standard streams: the same encoding and errors (PYTHONIOENCODING),
+    line-buffered on a terminal, unbuffered under -u / PYTHONUNBUFFERED."""
+    unbuffered = bool(sys.flags.unbuffered)
+    if fd == 0:
+        return open(0, encoding=like.encoding, errors=like.errors, closefd=False)  # noqa: SIM115
+    raw = open(fd, "wb", buffering=0 if unbuffered else -1, closefd=False)  # noqa: SIM115
+    return io.TextIOWrapper(raw, encoding=like.encoding, errors=like.errors,
+                            line_buffering=os.isatty(fd) or fd == 2, write_through=unbuffered)
 
 
 def _interrupt_when_gone(conn: socket.socket) -> None:

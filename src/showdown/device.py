@@ -6,6 +6,7 @@ the GPU of its LOCAL_RANK. Asking for a device that is not there is a one-line C
 from __future__ import annotations
 
 import contextlib
+import functools
 import itertools
 import os
 import platform
@@ -81,10 +82,12 @@ def device_facts(device: torch.device) -> dict:
 NOTED_ISA = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8")
 
 
+@functools.cache
 def _cpuinfo() -> dict[str, str]:
     """The first processor's fields in /proc/cpuinfo (Linux); empty elsewhere."""
     try:
-        first = open("/proc/cpuinfo").read().split("\n\n")[0]
+        with open("/proc/cpuinfo") as info:
+            first = info.read().split("\n\n")[0]
     except OSError:
         return {}
     return {k.strip(): v.strip() for k, _, v in (line.partition(":") for line in first.splitlines())}

@@ -77,6 +77,9 @@ def test_ctrl_c_reaches_the_command_and_a_killed_caller_interrupts_it(warm, tmp_
     process = _started(warm, tmp_path / "ctrl-c")
     process.send_signal(signal.SIGINT)
     assert process.wait(timeout=60) == 130 and "interrupted" in process.stderr.read()
+    process = _started(warm, tmp_path / "terminated")
+    process.send_signal(signal.SIGTERM)  # e.g. `timeout` or a scheduler: the caller ends as the command did
+    assert process.wait(timeout=60) == -signal.SIGTERM
 
     pid = int(showdown("daemon", "status", env=warm).stdout.split()[1])
     process = _started(warm, tmp_path / "killed")

@@ -31,7 +31,7 @@ def test_a_later_report_reads_kept_thumbnails_and_remakes_changed_or_damaged_one
     again = Thumbnails(kept=Bundles(tmp_path / "cache"))
     assert [again.uri(str(p)) for p in paths] == uris  # from the bundle: nothing decoded
 
-    os.utime(paths[0])  # touched: its size or time changed, so it is decoded again (and is now unreadable)
+    os.utime(paths[0], ns=(0, 10**18))  # another time: decoded again (and now unreadable)
     assert Thumbnails(kept=Bundles(tmp_path / "cache")).uri(str(paths[0])) is None
 
     bundle = next((tmp_path / "cache").glob("*.json"))
@@ -51,3 +51,12 @@ def test_saving_replaces_the_bundle_and_this_runs_own_pictures_are_not_kept(tmp_
         thumbs.kept.save()
     kept = list((tmp_path / "cache").glob("*.json"))
     assert len(kept) == 1 and kept[0].read_text().count("data:image") == 2
+
+    Path(paths[0]).unlink()  # an image deleted: dropped from its bundle when the bundle is next written
+    later = shutil.copy(sorted(DEMO.glob("*.jpg"))[2], images)
+    thumbs = Thumbnails(kept=Bundles(tmp_path / "cache"))
+    thumbs.uri(str(later))
+    thumbs.kept.save()
+    kept = list((tmp_path / "cache").glob("*.json"))
+    assert len(kept) == 1 and Path(paths[0]).name not in kept[0].read_text()
+    assert kept[0].read_text().count("data:image") == 2

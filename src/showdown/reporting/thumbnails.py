@@ -76,8 +76,8 @@ class Bundles:
 
     def get(self, path: str, side: int) -> str | None:
         """The thumbnail of `path` from its bundle when the file is unchanged, else made (and kept at `save`)."""
-        where = Path(path)
         try:
+            where = Path(path).resolve()
             facts = where.stat()
         except OSError:
             return None
@@ -99,10 +99,12 @@ class Bundles:
     def save(self) -> None:
         """Write the bundles that gained thumbnails, each replacing its older version."""
         for bundle_key in self._changed:
-            name = _name(bundle_key)
-            if write_named(self.folder, name, ".json", json.dumps(self._open[bundle_key]).encode()):
-                versions = sorted(self.folder.glob(f"{name}-*.json"), key=lambda entry: entry.stat().st_mtime_ns)
-                for entry in versions[:-1]:  # all but the one just written
+            name, bundle = _name(bundle_key), self._open[bundle_key]
+            for gone in [file for file in bundle if not (Path(bundle_key[0]) / file).exists()]:
+                del bundle[gone]  # images deleted since they were kept
+            written = write_named(self.folder, name, ".json", json.dumps(bundle).encode())
+            for entry in self.folder.glob(f"{name}-*.json") if written else ():
+                if entry != written:
                     entry.unlink(missing_ok=True)
         self._changed.clear()
 
