@@ -379,6 +379,11 @@ def _child(conn: socket.socket, fds: list[int], request: dict, imports_env: dict
     """In the forked child: become the asking command (its streams, folder and environment), run it, report."""
     from showdown.cli import finish, main
 
+    try:
+        conn.settimeout(None)
+        conn.sendall(_line({"pid": os.getpid()}))  # first: from here on the asking process relays its signals
+    except OSError:  # it gave up waiting and runs the command itself
+        os._exit(0)
     code = 1
     try:
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)  # the command waits on subprocesses of its own
@@ -395,11 +400,6 @@ def _child(conn: socket.socket, fds: list[int], request: dict, imports_env: dict
         for key in imports_env["removed"]:
             os.environ.pop(key, None)
         sys.argv = ["showdown", *request["argv"]]
-        conn.settimeout(None)
-        try:
-            conn.sendall(_line({"pid": os.getpid()}))
-        except OSError:  # the asking process gave up waiting and runs the command itself
-            os._exit(0)
         threading.Thread(target=_interrupt_when_gone, args=(conn,), daemon=True).start()
         code = main(request["argv"]) or 0
     except SystemExit as exc:  # argparse's --help and usage errors
@@ -422,7 +422,7 @@ def _child(conn: socket.socket, fds: list[int], request: dict, imports_env: dict
 def _stream(fd: int, like: io.TextIOWrapper):
     """fd 0, 1 or 2 as Python opens its standard streams: the same encoding and errors (PYTHONIOENCODING),
     line-buffered on a terminal, unbuffered under -u / PYTHONUNBUFFERED."""
-    unbuffered = bool(sys.flags.unbuffered)
+    unbuffered = sys.__stdout__.write_through  # what -u / PYTHONUNBUFFERED set up in this process too
     if fd == 0:
         return open(0, encoding=like.encoding, errors=like.errors, closefd=False)  # noqa: SIM115
     raw = open(fd, "wb", buffering=0 if unbuffered else -1, closefd=False)  # noqa: SIM115
