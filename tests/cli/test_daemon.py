@@ -76,15 +76,18 @@ def _children(daemon_pid: int) -> list[int]:
 def test_ctrl_c_reaches_the_command_and_a_killed_caller_interrupts_it(warm, tmp_path):
     process = _started(warm, tmp_path / "ctrl-c")
     process.send_signal(signal.SIGINT)
-    assert process.wait(timeout=60) == 130 and "interrupted" in process.stderr.read()
+    _, rest = process.communicate(timeout=60)  # read on: a full pipe would stop the command mid-line
+    assert process.returncode == 130 and "interrupted" in rest
     process = _started(warm, tmp_path / "terminated")
     process.send_signal(signal.SIGTERM)  # e.g. `timeout` or a scheduler: the caller ends as the command did
-    assert process.wait(timeout=60) == -signal.SIGTERM
+    process.communicate(timeout=60)
+    assert process.returncode == -signal.SIGTERM
 
     pid = int(showdown("daemon", "status", env=warm).stdout.split()[1])
     process = _started(warm, tmp_path / "killed")
     assert len(_children(pid)) == 1
     process.kill()
+    process.stderr.close()  # nobody reads the command's progress any more
     deadline = time.monotonic() + 60
     while _children(pid) and time.monotonic() < deadline:  # the command's process stops, as after Ctrl-C
         time.sleep(0.2)

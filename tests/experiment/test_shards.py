@@ -5,6 +5,7 @@ MobileNetV3; head and scratch-cnn) runs once in one process and once as `--shard
 processes at the same time; the merge must give the single run's entries, each once, with the same head
 predictions, while each backbone's frozen pass ran in one shard only.
 """
+import csv
 import json
 import os
 import shutil
@@ -56,6 +57,11 @@ def runs(tmp_path_factory):
     return {"single": single, "0": root / "shard-0", "1": root / "shard-1", "root": root}
 
 
+def _predictions(entry) -> list[list[str]]:
+    with open(entry / "predictions.csv", newline="") as handle:
+        return list(csv.reader(handle))[1:]
+
+
 def _merge(*args, db):
     from showdown.cli import main
 
@@ -92,8 +98,11 @@ def test_merge_gives_the_single_process_run(runs, tmp_path):
     assert [row["folder"] for row in rows] == [row["folder"] for row in single]  # every entry once, in run order
     for row in single:
         if row["strategy"] == "head":  # head training on cached features is deterministic
-            assert (out / row["folder"] / "predictions.csv").read_bytes() == \
-                (runs["single"] / row["folder"] / "predictions.csv").read_bytes(), row["folder"]
+            merged, alone = (_predictions(run / row["folder"]) for run in (out, runs["single"]))
+            assert [r[:3] for r in merged] == [r[:3] for r in alone], row["folder"]  # path, true, predicted
+            # The features come from two processes' engines: the same to float rounding (seen: 1e-9 apart on an
+            # AVX2-only CPU under load), not always to the bit.
+            assert max(abs(float(a[3]) - float(b[3])) for a, b in zip(merged, alone)) < 1e-6, row["folder"]
     report = (out / "report.md").read_text()
     assert "McNemar" in report and all(f"{name} / head" in report for name in MODELS)
     config = yaml.safe_load((out / "config.yaml").read_text())
