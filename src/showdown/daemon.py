@@ -96,11 +96,14 @@ def forward(argv: list[str]) -> int | None:
         conn = _connect(socket_path(create=False))
     except (OSError, DaemonError):
         return None
-    relay = _Relay()
+    # Signals this process ignores (a background job's SIGINT, nohup's SIGHUP) the command ignores too.
+    ignored = [name for name in RELAYED if signal.getsignal(getattr(signal, name)) is signal.SIG_IGN]
+    relay = _Relay([name for name in RELAYED if name not in ignored])
+    request = {"argv": argv, "cwd": os.getcwd(), "env": dict(os.environ), "ignored": ignored}
     with conn, relay:
         try:
             conn.settimeout(FORK_TIMEOUT_S)
-            replies = _send(conn, RUN, {"argv": argv, "cwd": os.getcwd(), "env": dict(os.environ)}, fds=[0, 1, 2])
+            replies = _send(conn, RUN, request, fds=[0, 1, 2])
             started = replies.readline()
             if not started:
                 return None
@@ -125,11 +128,11 @@ class _Relay:
     """While a command runs in the daemon, the signals this process gets go to the command's process (those that
     come before its pid is known, once it is); the handlers before are restored on leaving."""
 
-    def __init__(self):
-        self.pid, self.pending, self.last, self.before = None, [], None, {}
+    def __init__(self, names: list[str]):
+        self.names, self.pid, self.pending, self.last, self.before = names, None, [], None, {}
 
     def __enter__(self):
-        for name in RELAYED:
+        for name in self.names:
             number = getattr(signal, name)
             self.before[number] = signal.signal(number, self._on_signal)
         return self
@@ -387,6 +390,9 @@ def _child(conn: socket.socket, fds: list[int], request: dict, imports_env: dict
     code = 1
     try:
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)  # the command waits on subprocesses of its own
+        for name in RELAYED:  # as a process started by the asking one would have them, whatever the daemon's are
+            default = signal.default_int_handler if name == "SIGINT" else signal.SIG_DFL
+            signal.signal(getattr(signal, name), signal.SIG_IGN if name in request.get("ignored", ()) else default)
         for target, fd in enumerate(fds):
             os.dup2(fd, target)
             os.close(fd)

@@ -57,11 +57,17 @@ def test_a_command_from_another_environment_runs_in_its_own_process(warm):
     assert served(warm) == before
 
 
+def _interruptible() -> None:
+    """Ctrl-C as in a terminal, even where the tests run as a background job (which ignores SIGINT, and a process
+    keeps ignoring what it was started ignoring)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _started(env, tmp_path):
     """A command in the daemon that trains for long; returns once its first epoch is printed."""
     process = subprocess.Popen([sys.executable, "-m", "showdown", *QUICK_RUN, "--epochs", "500", "--patience", "500",
                                 "--out", str(tmp_path)], env=env, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL,
-                               text=True)
+                               text=True, preexec_fn=_interruptible)
     for line in process.stderr:
         if "epoch 1/500" in line:
             return process

@@ -97,7 +97,9 @@ def _kill_a_shard_after_its_first_entry(shards: Path, driver: subprocess.Popen) 
     folder = shards / f"shard-{[len(s) for s in assign(MODELS, 2, 64)].index(2)}"
     while driver.poll() is None:
         pid_file = folder.with_suffix(".pid")
-        finished = list(folder.glob("*-head/model.safetensors"))
+        # metrics.json is an entry's last file: written, the entry counts as finished (model.safetensors alone
+        # does not, and a kill between the two trains the entry again, as it should)
+        finished = [done.with_name("model.safetensors") for done in folder.glob("*-head/metrics.json")]
         if pid_file.is_file() and finished:
             pid = int(pid_file.read_text())
             os.kill(pid, signal.SIGKILL)
