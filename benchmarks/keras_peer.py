@@ -186,12 +186,10 @@ def timed(command: list[str]) -> float:
 def machine() -> dict:
     import torch
 
-    try:
-        lines = subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines()
-    except OSError:
-        lines = []
-    cpu = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("Model name")), "")
-    return {"cpu": cpu or platform.processor(), "cores": os.cpu_count(), "load_average": os.getloadavg()[0],
+    from showdown.device import CPU, device_facts
+
+    facts = device_facts(CPU)  # the model name with family and model, and the ISA that decides bf16 or not
+    return {"cpu": facts["name"], "isa": facts["isa"], "cores": os.cpu_count(), "load_average": os.getloadavg()[0],
             "python": platform.python_version(), "torch": torch.__version__}
 
 
