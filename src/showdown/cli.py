@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 
 from showdown import __version__
@@ -318,29 +317,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
 
-def console() -> None:
-    """The `showdown` command (and `python -m showdown`): in this environment's daemon if one runs (daemon.py),
-    else main(); then the process ends without the interpreter's teardown, which frees torch's, timm's and
-    scikit-learn's ~500,000 objects one by one (0.3-0.5 s, docs/performance.md). By then the command has closed
-    its files, committed its database row and ended any process group; only the streams need flushing."""
-    from showdown import daemon
-
-    code = daemon.forward(sys.argv[1:])
-    if code is None:
-        code = main()
-    finish()
-    os._exit(code or 0)
-
-
-def finish() -> None:
-    """Flush what a command printed and logged (before os._exit)."""
-    logging.shutdown()
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            stream.flush()
-        except (BrokenPipeError, ValueError):  # a reader that went away, or a stream main() closed
-            pass
-
-
 if __name__ == "__main__":
+    from showdown.__main__ import console
+
     console()

@@ -380,7 +380,8 @@ def _import_what_commands_use() -> None:
 
 def _child(conn: socket.socket, fds: list[int], request: dict, imports_env: dict) -> None:
     """In the forked child: become the asking command (its streams, folder and environment), run it, report."""
-    from showdown.cli import finish, main
+    from showdown.__main__ import finish
+    from showdown.cli import main
 
     try:
         conn.settimeout(None)

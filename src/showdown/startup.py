@@ -29,6 +29,11 @@ import sys
 UNUSED_IMPORTS = ("wandb",)
 
 
+# Whether this process froze its imports. Not gc.get_freeze_count(): that counts the frozen objects one by one, 60 ms
+# for the ~900,000 a `showdown run` imports (in every command the daemon forks).
+_frozen: list[bool] = []
+
+
 @contextlib.contextmanager
 def heavy_imports():
     """Wrap the imports of a command; the first time in a process, what is alive afterwards is frozen."""
@@ -40,8 +45,9 @@ def heavy_imports():
     finally:
         if enabled:
             gc.enable()
-        if not gc.get_freeze_count():  # once per process: a second command in it (tests) finds it done
+        if not _frozen:  # once per process: a second command in it (tests, the daemon's children) finds it done
             gc.freeze()
+            _frozen.append(True)
 
 
 @contextlib.contextmanager

@@ -21,8 +21,10 @@ HISTORY += [{**HISTORY[-1], "phase": "finetune", "epoch": 4, "lr": 1e-4}]
 
 
 def _saved(fig, tmp_path, name: str) -> bytes:
+    """What savefig writes: the entry figures are laid out with fixed margins, without a tight bounding box."""
     path = tmp_path / name
-    fig.savefig(path)
+    with plots.plt.rc_context({"savefig.bbox": "standard"}):
+        fig.savefig(path)
     plots.plt.close(fig)
     return path.read_bytes()
 

@@ -8,6 +8,7 @@ saw it (resized and cropped by its preprocessing; test-time flipping is left out
 """
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -87,15 +88,15 @@ def explain(model: nn.Module, classes: list[str], preprocessing: Preprocessing, 
     out_dir.mkdir(parents=True, exist_ok=True)
     done = []
     try:
-        with GradCAM(model=model, target_layers=[layer], reshape_transform=reshape) as cam:
+        with _gradients_from(layer, model), GradCAM(model=model, target_layers=[layer],
+                                                    reshape_transform=reshape) as cam:
             # A few images at a time: one forward and one backward pass for all of them, not one per image (the
             # model is in eval mode, so each image's map is its own); 6 maps took 12 passes and 6 backwards.
             for start in range(0, len(paths), EXPLAIN_BATCH):
                 chunk = paths[start:start + EXPLAIN_BATCH]
                 x = torch.stack([transform(load_rgb(Path(path))) for path in chunk]).to(device)
-                # A frozen backbone's layers need no gradients of their own; the input's give them to the map. No
-                # targets: each image's map is of its predicted class, from the one forward pass CAM makes.
-                heats = cam(input_tensor=x.requires_grad_(True), targets=None)
+                # No targets: each image's map is of its predicted class, from the one forward pass CAM makes.
+                heats = cam(input_tensor=x, targets=None)
                 logits = cam.outputs.detach().float()  # grad-cam >= 1.5 keeps them
                 targets, probs = logits.argmax(1).tolist(), logits.softmax(1)
                 for j, (path, target) in enumerate(zip(chunk, targets)):
@@ -108,6 +109,26 @@ def explain(model: nn.Module, classes: list[str], preprocessing: Preprocessing, 
     return done
 
 
+@contextlib.contextmanager
+def _gradients_from(layer: nn.Module, model: nn.Module):
+    """Inside, the model's autograd graph starts at `layer`'s output: its parameters need no gradients, and the
+    layer's output is computed again from a leaf that does (a copy, so a later in-place op finds no leaf).
+    Grad-CAM needs the gradients of that output alone, and they are the same whatever lies below it. The backward
+    pass through the whole backbone this saves took longer than the forward pass: 0.28-0.39 s against 0.11-0.34 s
+    for 6 images of EfficientNet-Lite0 at 224 px on 2 cores. Registered before GradCAM's own hooks, so they see
+    the copy."""
+    wanted = [p for p in model.parameters() if p.requires_grad]
+    for parameter in wanted:
+        parameter.requires_grad_(False)
+    hook = layer.register_forward_hook(lambda _module, _inputs, output: output.detach().requires_grad_(True).clone())
+    try:
+        yield
+    finally:
+        hook.remove()
+        for parameter in wanted:
+            parameter.requires_grad_(True)
+
+
 def _numbered(i: int, path: str) -> str:
     return f"{i + 1:02d}-{slug(Path(path).stem)}"
 
@@ -115,7 +136,8 @@ def _numbered(i: int, path: str) -> str:
 def _saved(out_dir: Path, name: str, path: str, x: torch.Tensor, heat: np.ndarray, preprocessing: Preprocessing,
            label: str, probability: float) -> Explained:
     """The overlay of one image as out_dir/<name>.png, and what was written."""
-    _overlay(x, heat, preprocessing).save(out_dir / f"{name}.png")
+    # zlib level 1: 8 ms an overlay against 34 ms at Pillow's default 6, for files 11 % larger (448 x 224 px)
+    _overlay(x, heat, preprocessing).save(out_dir / f"{name}.png", compress_level=1)
     return Explained(str(path), f"{name}.png", label, probability, heat)
 
 

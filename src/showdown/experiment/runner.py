@@ -95,14 +95,16 @@ def run(config: RunConfig | None = None, *, echo: Callable[[str], None] = print,
         frozen = FrozenPass(precision, runtime, device, workers=config.worker_count, cache_dir=cache_dir)
         context = RunContext(frozen, reporter)
         reporter.start_run(config, run_dir, _grid_size(config) * (2 if config.drop_label_issues else 1))
-        rows, skipped = _all_entries(config, dataset, folds, context, run_dir, resume)
+        last_loaded: dict[str, Backbone] = {}  # the entries' last backbone, which the label-issue search may reuse
+        rows, skipped = _all_entries(config, dataset, folds, context, run_dir, resume, keep=last_loaded)
         frozen_passes = {key: frozen.stats[key] for key in ("hit", "miss", "images")}
         frozen_passes["recomputed"] = HEALED["recomputed"] - healed_before
         if distributed.active():  # images each process ran through frozen layers: shards, never the same image twice
             frozen_passes["images_per_rank"] = distributed.gather(frozen_passes["images"])
             frozen_passes["images"] = sum(frozen_passes["images_per_rank"])
         issues, flagged = label_issues.judge(config, dataset, rows, folds, context, run_dir,
-                                             load=lambda name: _load(name, config, dataset, lambda *_: None))
+                                             load=lambda name: last_loaded.get(name)
+                                             or _load(name, config, dataset, lambda *_: None))
         results = Results(run_dir, rows, sorted(skipped), frozen_counts=frozen.stats)
         if config.drop_label_issues and flagged:
             results.without_label_issues, kept = rerun_without(config, dataset, flagged, context, run_dir, resume,
@@ -116,16 +118,20 @@ def run(config: RunConfig | None = None, *, echo: Callable[[str], None] = print,
 
 def _all_entries(config: RunConfig, dataset: DatasetSpec, folds: list[DatasetSpec] | None, context: RunContext,
                  run_dir: Path, resume: bool, pool_of: Callable[[Backbone], FeaturePool] | None = None,
-                 ) -> tuple[list[dict], set[str]]:
+                 keep: dict[str, Backbone] | None = None) -> tuple[list[dict], set[str]]:
     """Every entry of every backbone (with `resume`, the finished ones read back): their rows, skipped files.
     `pool_of(backbone)`: where head entries take their features from (default: the cache, or with folds one pool
-    of every image)."""
+    of every image). `keep` is left holding the last backbone loaded, by name: no entry changes it (one that
+    trains its backbone trains a copy, entry.build_model), so the label-issue search need not build it again."""
     rows, skipped, echo, reporter = [], set(), context.echo, context.reporter
     for model_name in my_models(config):  # --shard: this process's share of the backbones (shards.py)
         todo = _entries_to_run(model_name, config, run_dir, resume, rows, reporter)
         if not todo:
             continue
         backbone = _load(model_name, config, dataset, echo)
+        if keep is not None:
+            keep.clear()  # one backbone held at a time: a run of six is not kept in memory
+            keep[model_name] = backbone
         on_main(check_space, run_dir, backbone, [strategy for strategy, _ in todo], config.folds)
         pool = pool_of(backbone) if pool_of else _feature_pool(backbone, dataset, config, context) if folds else None
         for strategy, seed in todo:

@@ -24,14 +24,23 @@ class Dropout(nn.Dropout):
 
     @torch.jit.unused
     def _masked(self, inputs: torch.Tensor) -> torch.Tensor:
+        drawn = self.kept(inputs)
+        if drawn is None:
+            return F.dropout(inputs, self.p, self.training, self.inplace)
+        kept, scale = drawn
+        return inputs * kept.to(inputs.dtype).mul_(scale)
+
+    @torch.jit.unused
+    def kept(self, inputs: torch.Tensor) -> tuple[torch.Tensor, float] | None:
+        """(which elements of `inputs` are kept, a bool tensor of its shape; the factor the kept ones are scaled
+        by), drawn as this dropout draws them; None where p rounds to 0 or 1 (torch's own dropout then)."""
         cut = round(self.p * LEVELS)
         if not 0 < cut < LEVELS:
-            return F.dropout(inputs, self.p, self.training, self.inplace)
+            return None
         words = -(-inputs.numel() // 4)  # int64 numbers holding one 16-bit draw per element
         draws = torch.randint(-2**63, 2**63 - 1, (words,), dtype=torch.int64, device=inputs.device).view(torch.int16)
         # int16 draws are uniform over [-32768, 32767]: `cut` of the 65536 values lie below cut - 32768
-        kept = draws[:inputs.numel()].view(inputs.shape) >= cut - LEVELS // 2
-        return inputs * kept.to(inputs.dtype).mul_(LEVELS / (LEVELS - cut))
+        return draws[:inputs.numel()].view(inputs.shape) >= cut - LEVELS // 2, LEVELS / (LEVELS - cut)
 
 
 class Head(nn.Module):

@@ -24,6 +24,7 @@ from showdown.device import module_device, to_device
 from showdown.errors import one_line
 from showdown.precision import autocast, grad_scaler
 from showdown.training.checkpoint import load_checkpoint, save_checkpoint
+from showdown.training.closed_form import Step, linear_head_step
 
 log = logging.getLogger(__name__)
 
@@ -96,13 +97,14 @@ class EpochPass:
 class Optimizing:
     """What a training pass steps after every batch. `scheduler` is one that steps per batch (onecycle); `scaler`
     scales fp16 gradients; `mix` (a timm Mixup) blends pairs of training images, and the loss then takes its soft
-    targets."""
+    targets. `closed_form` (closed_form.py) computes a linear head's loss and gradients without autograd."""
 
     optimizer: torch.optim.Optimizer
     scheduler: object | None = None
     scaler: object | None = None
     grad_clip: float | None = None
     mix: Mixup | None = None
+    closed_form: Step | None = None
 
 
 def run_epoch(model, batches, loss_fn, step: Optimizing | None = None, how: EpochPass | None = None):
@@ -123,11 +125,15 @@ def run_epoch(model, batches, loss_fn, step: Optimizing | None = None, how: Epoc
                 inputs, soft = mix(inputs, targets)
             elif mix is not None:
                 soft = nn.functional.one_hot(targets, mix.num_classes).float()
-            with autocast(how.precision, device.type):
-                logits = model(inputs)
-            loss = loss_fn(logits.float(), soft)
             step.optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
+            done = step.closed_form(inputs, soft) if step.closed_form is not None else None
+            if done is not None:
+                logits, loss = done
+            else:
+                with autocast(how.precision, device.type):
+                    logits = model(inputs)
+                loss = loss_fn(logits.float(), soft)
+                scaler.scale(loss).backward()
             if step.grad_clip:
                 scaler.unscale_(step.optimizer)
                 nn.utils.clip_grad_norm_([p for g in step.optimizer.param_groups for p in g["params"]],
@@ -269,8 +275,9 @@ def fit(model: nn.Module, train_batches, val_batches, settings: TrainSettings, *
     scheduler, per_batch = make_scheduler(optimizer, settings, len(train_batches))
     scaler = grad_scaler(settings.precision, device.type)
     train_loss_fn, mix = _loss_functions(settings, opts.class_weights, opts.num_classes)
-    step = Optimizing(optimizer, scheduler if per_batch else None, scaler, settings.grad_clip, mix)
     train_loss_fn, val_loss_fn = train_loss_fn.to(device), nn.CrossEntropyLoss()
+    closed_form = linear_head_step(prepared.net, train_loss_fn, device, settings.precision, mix is not None)
+    step = Optimizing(optimizer, scheduler if per_batch else None, scaler, settings.grad_clip, mix, closed_form)
     how = EpochPass(settings.precision, device, prepared.parallel)
     state = _start(model, val_batches, opts, how, val_loss_fn, (optimizer, scheduler, scaler))
     for epoch in range(state.epoch + 1, settings.epochs + 1):
