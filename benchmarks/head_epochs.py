@@ -2,9 +2,10 @@
 
 Fits the default head (dropout 0.2, linear) with `showdown.training.loop.fit` on random features of TF-Flowers'
 shape (2,568 training and 551 validation rows of 1,280 EfficientNet-Lite0 features, 5 classes), 30 epochs without
-early stopping, batch 64, label smoothing 0.1: the same batches, loss, optimizer and validation a `--strategy
-head` run trains with. The median of --repeats fits in one process. Compare two checkouts by running this with
-each one's src on PYTHONPATH, taking turns:
+early stopping, batch 64, label smoothing 0.1, each row as itself or as its flipped image's features by a coin per
+epoch: the same batches, loss, optimizer and validation a `--strategy head` run trains with. The median of
+--repeats fits in one process. Compare two checkouts by running this with each one's src on PYTHONPATH, taking
+turns:
 
     PYTHONPATH=src python benchmarks/head_epochs.py --repeats 5
 """
@@ -44,6 +45,9 @@ def main() -> None:
     args = parser.parse_args()
     generator = torch.Generator().manual_seed(0)
     train = features(args.train, args.width, args.classes, generator)
+    # the flipped images' features, which a run's default `light` augmentation trains on half the time
+    mirrored = SimpleNamespace(**{**vars(train), "features": train.features + 0.1 * torch.randn(
+        train.features.shape, generator=generator)})
     val = features(args.val, args.width, args.classes, generator)
     settings = TrainSettings(epochs=args.epochs, patience=args.epochs, label_smoothing=0.1)
     seconds = []
@@ -52,7 +56,8 @@ def main() -> None:
         head = Head(args.width, args.classes, dropout=0.2)
         start = time.perf_counter()
         with one_thread(CPU, when=args.threads == "product" and small_steps(head, 64)):
-            history = fit(head, cached_train_batches({"train": train}, 64, 0), feature_batches(val, 1024), settings)
+            history = fit(head, cached_train_batches({"train": train, "train_mirrored": mirrored}, 64, 0),
+                          feature_batches(val, 1024), settings)
         seconds.append(time.perf_counter() - start)
     print(f"{args.epochs} epochs of a linear head on {args.train} cached rows: median "
           f"{statistics.median(seconds):.2f} s ({', '.join(f'{s:.2f}' for s in seconds)}); "

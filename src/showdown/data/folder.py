@@ -9,7 +9,7 @@ from pathlib import Path
 
 from showdown.data.formats import IMAGE_SUFFIXES, check_readable
 from showdown.errors import DataError
-from showdown.fileio import fingerprint
+from showdown.fileio import fingerprint, path_order
 
 SPLITS = ("train", "val", "test")
 _SPLIT_ALIASES = {"train": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
@@ -43,9 +43,9 @@ def _class_folders(root: Path) -> list[Path]:
 
 def images_in(folder: Path) -> list[Path]:
     found = sorted(
-        p for p in folder.rglob("*")
-        if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and all(map(is_visible, p.relative_to(folder).parts))
-    )
+        (p for p in folder.rglob("*")
+         if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and all(map(is_visible, p.relative_to(folder).parts))),
+        key=path_order)
     check_readable(found, folder)
     return found
 
@@ -94,7 +94,7 @@ def stratified_split(per_class: dict[str, list[Path]], fractions: tuple[float, f
                 n_val -= 1
         parts = {"test": files[:n_test], "val": files[n_test:n_test + n_val], "train": files[n_test + n_val:]}
         for split in wanted:
-            out[split][name] = sorted(parts[split])
+            out[split][name] = sorted(parts[split], key=path_order)
     return out
 
 

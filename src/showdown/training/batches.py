@@ -84,6 +84,10 @@ class TensorBatches:
         for batch in order.split(self.batch_size):
             if mirror is None:
                 inputs = rows(self.plain, batch, self.sorted_reads)
+            elif not self.sorted_reads:  # in RAM: every row of the plain ones, the mirrored ones over them
+                inputs = self.plain[batch]
+                pick = mirror[batch]
+                inputs[pick] = self.mirrored[batch[pick]]
             else:  # each row read from one of the two: a memory-mapped cache reads no row it does not use
                 pick = mirror[batch]
                 inputs = torch.empty((len(batch), *self.plain.shape[1:]), dtype=self.plain.dtype)

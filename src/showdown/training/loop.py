@@ -146,9 +146,10 @@ def run_epoch(model, batches, loss_fn, step: Optimizing | None = None, how: Epoc
             with torch.inference_mode(), autocast(how.precision, device.type):
                 logits = model(inputs).float()
                 loss = loss_fn(logits, targets)
-        total_loss += loss.detach() * len(targets)
+        count = len(targets)
+        total_loss += loss.detach() * count
         correct += (logits.argmax(1) == targets).sum()
-        seen += len(targets)
+        seen += count
     totals = [float(total_loss), float(correct), float(seen)]
     if how.reduce:
         totals = distributed.all_sum(totals)
