@@ -29,19 +29,22 @@ class Dropout(nn.Dropout):
         if drawn is None:
             return F.dropout(inputs, self.p, self.training, self.inplace)
         kept, scale = drawn
-        return inputs * kept.to(inputs.dtype).mul_(scale)
+        return inputs * kept.mul_(scale)
 
     @torch.jit.unused
     def kept(self, inputs: torch.Tensor) -> tuple[torch.Tensor, float] | None:
-        """(which elements of `inputs` are kept, a bool tensor of its shape; the factor the kept ones are scaled
-        by), drawn as this dropout draws them; None where p rounds to 0 or 1 (torch's own dropout then)."""
+        """(1 where an element of `inputs` is kept and 0 where it is dropped, in its shape and dtype; the factor the
+        kept ones are scaled by), drawn as this dropout draws them; None where p rounds to 0 or 1 (torch's own
+        dropout then)."""
         cut = round(self.p * LEVELS)
         if not 0 < cut < LEVELS:
             return None
         words = -(-inputs.numel() // 8)  # int64 numbers holding one 8-bit draw per element
         draws = torch.randint(-2**63, 2**63 - 1, (words,), dtype=torch.int64, device=inputs.device).view(torch.int8)
-        # int8 draws are uniform over [-128, 127]: `cut` of the 256 values lie below cut - 128
-        return draws[:inputs.numel()].view(inputs.shape) >= cut - LEVELS // 2, LEVELS / (LEVELS - cut)
+        # int8 draws are uniform over [-128, 127]: `cut` of the 256 values lie below cut - 128, and draw - cut + 129
+        # is 1 or more for the others. In floats, as a comparison's bool mask costs 3x more to make and to apply.
+        mask = draws[:inputs.numel()].view(inputs.shape).to(inputs.dtype).sub_(cut - LEVELS // 2 - 1).clamp_(0, 1)
+        return mask, LEVELS / (LEVELS - cut)
 
 
 class Head(nn.Module):
