@@ -1,8 +1,10 @@
 """One entry of the showdown, top to bottom: search (with --tune), build the model, train, evaluate, write."""
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -42,7 +44,7 @@ def run_entry(strategy: Strategy, backbone: Backbone, dataset: DatasetSpec, conf
     if distributed.is_main():
         # Grad-CAM's passes (torch, which lets go of the GIL) run beside the entry's files and figures (Python):
         # 0.3 s each in a cached TF-Flowers re-run. They share only the model, which neither changes.
-        with ThreadPoolExecutor(1, thread_name_prefix="gradcam") as beside:
+        with ThreadPoolExecutor(1, thread_name_prefix="gradcam") as beside, _quick_gil_handover():
             explained = beside.submit(explain_entry, entry, probs, y_true, test_items, config.gradcam)
             metrics = classification_metrics(y_true, probs, dataset.classes)
             row = write_entry(entry, metrics, trained.history, probs, y_true, test_items, search, keep_probabilities)
@@ -50,6 +52,18 @@ def run_entry(strategy: Strategy, backbone: Backbone, dataset: DatasetSpec, conf
         for checkpoint in folder.glob(CHECKPOINTS):  # the entry is complete; its results replace them
             checkpoint.unlink()
     return EntryResult(distributed.broadcast(row), trained.failed)
+
+
+@contextlib.contextmanager
+def _quick_gil_handover(seconds: float = 0.0005):
+    """Inside, a thread waiting for the GIL gets it within `seconds` instead of Python's 5 ms: Grad-CAM's thread
+    needs it for a moment before each of its ~200 torch calls, while the other thread draws figures in Python."""
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(seconds)
+    try:
+        yield
+    finally:
+        sys.setswitchinterval(interval)
 
 
 def train_entry(strategy: Strategy, backbone: Backbone, dataset: DatasetSpec, config: RunConfig, run: RunContext,

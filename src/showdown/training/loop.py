@@ -125,14 +125,14 @@ def run_epoch(model, batches, loss_fn, step: Optimizing | None = None, how: Epoc
                 inputs, soft = mix(inputs, targets)
             elif mix is not None:
                 soft = nn.functional.one_hot(targets, mix.num_classes).float()
-            step.optimizer.zero_grad(set_to_none=True)
-            done = step.closed_form(inputs, soft) if step.closed_form is not None else None
+            done = step.closed_form(inputs, soft) if step.closed_form is not None else None  # sets the gradients
             if done is not None:
                 logits, loss = done
             else:
                 with autocast(how.precision, device.type):
                     logits = model(inputs)
                 loss = loss_fn(logits.float(), soft)
+                step.optimizer.zero_grad(set_to_none=True)
                 scaler.scale(loss).backward()
             if step.grad_clip:
                 scaler.unscale_(step.optimizer)
