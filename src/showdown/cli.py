@@ -317,7 +317,12 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
 
-if __name__ == "__main__":
-    from showdown.__main__ import console
+def console() -> None:
+    """What `showdown` ran before it started in showdown/__main__.py: an editable install made then still calls it."""
+    from showdown.__main__ import console as start
 
+    start()
+
+
+if __name__ == "__main__":
     console()

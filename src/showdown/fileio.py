@@ -16,7 +16,7 @@ import tempfile
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from datetime import datetime
-from pathlib import Path
+from pathlib import Path, PurePath, PureWindowsPath
 
 from showdown.errors import disk_error
 
@@ -110,9 +110,11 @@ def digest(lines: Iterable[str]) -> str:
     return hasher.hexdigest()
 
 
-def path_order(path: Path) -> tuple[str, ...]:
+def path_order(path: PurePath) -> tuple[str, ...]:
     """A sort key that orders paths as `<` does, several times faster: pathlib compares in Python, tuples of parts
-    in C (0.06 s of the 0.1 s a TF-Flowers folder took to list)."""
+    in C (0.06 s of the 0.1 s a TF-Flowers folder took to list). Windows paths compare without case, as there."""
+    if isinstance(path, PureWindowsPath):
+        return tuple(part.lower() for part in path.parts)
     return path.parts
 
 

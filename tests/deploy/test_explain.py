@@ -103,3 +103,31 @@ def test_maps_of_images_explained_together_are_each_image_own(demo_dir, tmp_path
     for one, other in zip(together, alone):
         assert abs(one.probability - other.probability) < 1e-5
         np.testing.assert_allclose(one.heat, other.heat, atol=1e-4)
+
+
+@pytest.mark.parametrize("name, side", [("resnet18", 64), ("vit_tiny_patch16_224", 224)])
+def test_maps_differentiated_from_the_explained_layer_up_are_those_of_the_whole_graph(name, side):
+    """explain() cuts the backward pass at the layer it explains (explain._gradients_from): the maps must be the ones
+    Grad-CAM makes through the whole graph, and the model's own flags stay as they were."""
+    import timm
+    import torch
+    from pytorch_grad_cam import GradCAM
+
+    from showdown.deploy.explain import _gradients_from, spatial_layer
+    from showdown.models.classifier import Head, ImageClassifier
+
+    torch.manual_seed(0)
+    backbone = timm.create_model(name, num_classes=0, pretrained=False).eval()
+    backbone.requires_grad_(False)
+    model = ImageClassifier(backbone, Head(backbone.num_features, 3)).eval()
+    layer, reshape = spatial_layer(backbone, (3, side, side))
+    x = torch.randn(3, 3, side, side)
+    with GradCAM(model=model, target_layers=[layer], reshape_transform=reshape) as cam:
+        whole = cam(input_tensor=x.clone().requires_grad_(True), targets=None)
+    with _gradients_from(layer), GradCAM(model=model, target_layers=[layer], reshape_transform=reshape) as cam:
+        cut = cam(input_tensor=x, targets=None)
+    assert whole.std() > 0
+    np.testing.assert_allclose(cut, whole, atol=1e-5)
+    assert all(p.requires_grad for p in model.head.parameters()) and not any(
+        p.requires_grad for p in backbone.parameters())
+    assert not layer._forward_hooks  # the cut's hook is gone

@@ -22,6 +22,7 @@ HISTORY += [{**HISTORY[-1], "phase": "finetune", "epoch": 4, "lr": 1e-4}]
 
 def _saved(fig, tmp_path, name: str) -> bytes:
     """What savefig writes: the entry figures are laid out with fixed margins, without a tight bounding box."""
+    assert getattr(fig, plots.FIXED_MARGINS)
     path = tmp_path / name
     with plots.plt.rc_context({"savefig.bbox": "standard"}):
         fig.savefig(path)
@@ -136,3 +137,24 @@ def test_splits_share_one_engine_build_until_the_weights_change(demo_dir, monkey
     assert len(exports) == 2
     assert not torch.allclose(changed, first, atol=1e-3)
     torch.testing.assert_close(changed, features(items[:3], runtime="torch"), atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("classes", [["cat", "dog"], ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog",
+                                                      "horse", "ship", "truck"],
+                                     [f"a rather long flower name {i}" for i in range(30)]])
+def test_the_confusion_matrix_margins_hold_every_class_name(classes):
+    n = len(classes)
+    fig = plots.confusion_figure([[int(i == j) * 9 + 1 for j in range(n)] for i in range(n)], classes, "m / head")
+    assert getattr(fig, plots.FIXED_MARGINS)  # laid out without the tight box's second drawing
+    fig.canvas.draw()
+    drawn = fig.get_tightbbox(fig.canvas.get_renderer())  # in inches, like the figure's size
+    width, height = fig.get_size_inches()
+    assert drawn.x0 >= 0 and drawn.y0 >= 0 and drawn.x1 <= width and drawn.y1 <= height, drawn  # nothing clipped
+    plots.plt.close(fig)
+
+
+def test_names_too_long_for_margins_leave_the_figure_to_the_tight_box():
+    names = ["a class name far longer than any margin should be made to hold, " * 2 + str(i) for i in range(2)]
+    fig = plots.confusion_figure([[3, 1], [0, 4]], names, "m / head")
+    assert not getattr(fig, plots.FIXED_MARGINS, False)
+    assert plots.png_bytes(fig).startswith(b"\x89PNG")

@@ -33,7 +33,7 @@ def test_a_seed_repeats_the_mask_and_gradients_follow_it():
     assert torch.equal(x.grad == 0, first == 0)
 
 
-@pytest.mark.parametrize("p", [0.0, 1e-3, 0.999, 1.0])
+@pytest.mark.parametrize("p", [0.0, 1e-3, 0.01, 0.999, 1.0])
 def test_rates_that_round_to_none_or_all_use_torch(p):
     x = torch.ones(3, 5)  # an odd count of elements too
     torch.manual_seed(0)

@@ -105,6 +105,7 @@ def run(config: RunConfig | None = None, *, echo: Callable[[str], None] = print,
         issues, flagged = label_issues.judge(config, dataset, rows, folds, context, run_dir,
                                              load=lambda name: last_loaded.get(name)
                                              or _load(name, config, dataset, lambda *_: None))
+        last_loaded.clear()
         results = Results(run_dir, rows, sorted(skipped), frozen_counts=frozen.stats)
         if config.drop_label_issues and flagged:
             results.without_label_issues, kept = rerun_without(config, dataset, flagged, context, run_dir, resume,

@@ -15,8 +15,8 @@ class Dropout(nn.Dropout):
     1,000-4,000 calls in one process; `python benchmarks/head_epochs.py` times the whole fit). An element is dropped
     with probability round(p * 256) / 256 (0.2 -> 0.199, 0.1 -> 0.102: within 0.002 of p) and the kept ones are
     scaled by the inverse of the exact share kept, so what a layer receives keeps its expected value. Draws come
-    from torch's generator, so seeding repeats them. Other devices, TorchScript, and a p that rounds to 0 or 1 use
-    torch's own dropout."""
+    from torch's generator, so seeding repeats them. Other devices, TorchScript, and a p that 8 bits miss by more
+    than a tenth of itself (below about 0.02, or within that of 1) use torch's own dropout."""
 
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
         if torch.jit.is_scripting() or not self.training or inputs.device.type != "cpu":
@@ -37,7 +37,7 @@ class Dropout(nn.Dropout):
         kept ones are scaled by), drawn as this dropout draws them; None where p rounds to 0 or 1 (torch's own
         dropout then)."""
         cut = round(self.p * LEVELS)
-        if not 0 < cut < LEVELS:
+        if not 0 < cut < LEVELS or abs(cut / LEVELS - self.p) > 0.1 * self.p:  # a small p, poorly approximated
             return None
         words = -(-inputs.numel() // 8)  # int64 numbers holding one 8-bit draw per element
         draws = torch.randint(-2**63, 2**63 - 1, (words,), dtype=torch.int64, device=inputs.device).view(torch.int8)

@@ -40,22 +40,26 @@ def png_uri(png: bytes) -> str:
     return "data:image/png;base64," + base64.b64encode(png).decode()
 
 
-def png_bytes(fig, tight: bool = True) -> bytes:
-    """The figure as PNG, closed; the same bytes `fig.savefig("name.png")` writes with `savefig.bbox` "tight" or,
-    for `tight` False, "standard". Tight crops to what is drawn, which draws the figure twice (once to measure it);
-    a figure laid out with fixed margins passes False."""
+# Set on a figure laid out with margins of its own: it is saved as laid out. Any other is cropped to what is drawn
+# (savefig.bbox "tight"), which draws it twice, once to measure it: 0.07-0.12 s a figure.
+FIXED_MARGINS = "showdown_fixed_margins"
+
+
+def png_bytes(fig) -> bytes:
+    """The figure as PNG, closed; the same bytes `fig.savefig("name.png")` writes, with `savefig.bbox` "standard"
+    for a figure marked FIXED_MARGINS."""
     buffer = io.BytesIO()
-    with plt.rc_context({"savefig.bbox": "tight" if tight else "standard"}):
+    with plt.rc_context({"savefig.bbox": "standard" if getattr(fig, FIXED_MARGINS, False) else "tight"}):
         fig.savefig(buffer, format="png")
     plt.close(fig)
     return buffer.getvalue()
 
 
-def _drawn(key: list, draw, tight: bool = True) -> bytes:
+def _drawn(key: list, draw) -> bytes:
     """PNG of `draw()`, drawn once per `key` (what the figure is drawn from) in this process."""
     text = json.dumps(key, default=str)
     if text not in _DRAWN:
-        _DRAWN[text] = png_bytes(draw(), tight)
+        _DRAWN[text] = png_bytes(draw())
         while len(_DRAWN) > DRAWN_KEPT:
             _DRAWN.popitem(last=False)
     return _DRAWN[text]
@@ -105,19 +109,22 @@ def confusion_figure(matrix: list[list[int]], classes: list[str], title: str):
 
 def _fit_margins(fig, names: list[str], rotation: int) -> None:
     """Margins that hold the confusion matrix's class names, measured from the font: what a tight bounding box
-    finds by drawing the figure once more (0.07-0.12 s a figure)."""
+    finds by drawing the figure once more. Names that would take more than 40 % of the figure leave it to the
+    tight box, which makes the image larger instead of the matrix smaller."""
     from matplotlib.font_manager import FontProperties
     from matplotlib.textpath import text_to_path
 
-    font = FontProperties(size=plt.rcParams["xtick.labelsize"] if plt.rcParams["xtick.labelsize"] != "medium"
-                          else plt.rcParams["font.size"])
+    font = FontProperties(size=plt.rcParams["font.size"])  # tick labels: "medium", the font size
     sizes = [text_to_path.get_text_width_height_descent(name, font, ismath=False)[:2] for name in names]
     widest, tallest = max(w for w, _ in sizes), max(h for _, h in sizes)
     below = widest if rotation == 90 else (widest + tallest) * 0.71  # a name's height over the axis, rotated
     line = plt.rcParams["font.size"] * 1.4 + 4  # an axis label or the title, with its padding (points)
     width, height = fig.get_size_inches() * 72
-    fig.subplots_adjust(left=(widest + line + 14) / width, right=1 - 48 / width,  # the colour bar's labels
-                        bottom=(below + line + 14) / height, top=1 - (line + 8) / height)
+    left, bottom = (widest + line + 14) / width, (below + line + 14) / height
+    if max(left, bottom) > 0.4 or any("$" in name for name in names):  # "$": matplotlib draws it as maths
+        return
+    fig.subplots_adjust(left=left, right=1 - 48 / width, bottom=bottom, top=1 - (line + 8) / height)  # 48: colour bar
+    setattr(fig, FIXED_MARGINS, True)
 
 
 def curves_figure(history: list[dict], title: str):
@@ -139,6 +146,7 @@ def curves_figure(history: list[dict], title: str):
     # Fixed margins: tight_layout, or a tight bounding box, would draw the figure once more to measure its labels
     # (0.2 s and 0.08 s of a re-run).
     fig.subplots_adjust(left=0.07, right=0.99, bottom=0.16, top=0.85, wspace=0.22)
+    setattr(fig, FIXED_MARGINS, True)
     return fig
 
 
@@ -200,13 +208,12 @@ def search_figure(searches: list[tuple[str, dict]], title: str):
 
 
 def confusion_png(matrix: list[list[int]], classes: list[str], title: str) -> bytes:
-    return _drawn(["confusion", matrix, classes, title], lambda: confusion_figure(matrix, classes, title),
-                  tight=False)
+    return _drawn(["confusion", matrix, classes, title], lambda: confusion_figure(matrix, classes, title))
 
 
 def curves_png(history: list[dict], title: str) -> bytes:
     shown = [{key: _as_read_back(key, value) for key, value in step.items()} for step in history]
-    return _drawn(["curves", shown, title], lambda: curves_figure(history, title), tight=False)
+    return _drawn(["curves", shown, title], lambda: curves_figure(history, title))
 
 
 def plot_confusion(matrix: list[list[int]], classes: list[str], path: Path, title: str) -> None:
