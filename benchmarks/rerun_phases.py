@@ -23,7 +23,7 @@ import time
 from showdown.daemon import _import_what_commands_use
 from showdown.startup import heavy_imports
 
-PHASES = ["experiment.entry.train_entry", "training.loop.fit", "training.loop.run_epoch",
+PHASES = ["experiment.entry.train_entry", "experiment.context.fit", "training.loop.run_epoch",
           "training.loop.save_checkpoint", "experiment.entry.build_model", "experiment.entry.explain_entry",
           "experiment.entry.write_entry", "experiment.entry.classification_metrics", "experiment.runner._load",
           "experiment.runner.load_dataset", "experiment.runner.check_leakage", "experiment.runner.write_run_start",
@@ -31,7 +31,8 @@ PHASES = ["experiment.entry.train_entry", "training.loop.fit", "training.loop.ru
 
 
 def _timed(seconds: collections.Counter) -> None:
-    """Wrap every phase where its callers look it up, adding its wall time to `seconds`."""
+    """Wrap every phase where its callers look it up (PHASES names the module that calls it by that name),
+    adding its wall time to `seconds`."""
     for phase in PHASES:
         module_name, name = phase.rsplit(".", 1)
         module = importlib.import_module(f"showdown.{module_name}")
