@@ -9,17 +9,22 @@ import sys
 
 
 def console() -> None:
-    """In this environment's daemon if one runs, else cli.main(); then the process ends without the interpreter's
-    teardown, which frees torch's, timm's and scikit-learn's ~500,000 objects one by one (0.3-0.5 s,
-    docs/performance.md). By then the command has closed its files, committed its database row and ended any
-    process group; only the streams need flushing."""
+    """In this environment's daemon if one runs, else cli.main() and then this environment's daemon started for
+    the commands after (daemon.autostarter). The process ends without the interpreter's teardown, which frees
+    torch's, timm's and scikit-learn's ~500,000 objects one by one (0.3-0.5 s, docs/performance.md). By then the
+    command has closed its files, committed its database row and ended any process group; only the streams need
+    flushing."""
     from showdown import daemon
 
     code = daemon.forward(sys.argv[1:])
     if code is None:
         from showdown.cli import main
 
+        start_daemon = daemon.autostarter()
         code = main()
+        told = start_daemon() if start_daemon else None
+        if told:
+            print(told, file=sys.stderr)
     finish()
     os._exit(code or 0)
 

@@ -16,6 +16,12 @@ usual. The daemon never initialises CUDA or a thread pool, so its children can. 
 its user can enter ($XDG_RUNTIME_DIR, else the temp folder), as ssh-agent's does. Linux only: macOS frameworks are
 not safe to use in a child forked after they load. A daemon leaves after `--idle-minutes` without a command.
 
+A command that paid for the imports itself starts this environment's daemon as it ends (`autostarter`), without
+waiting for it, as Gradle's first build starts its daemon: a user's re-run then starts warm without knowing about
+daemons. Not where a process left behind is unwanted or counted (CI, torchrun, SLURM/PBS/LSF jobs, pytest) nor with
+SHOWDOWN_DAEMON=off. A daemon holds a claim (a lock) from its start: a command that finds its daemon still importing
+waits for it rather than importing beside it.
+
 This module imports the standard library only: `showdown` calls `forward()` before anything else. Long because it
 holds both ends of one small protocol over the socket, the command's and the daemon's, which must change together.
 """
@@ -44,6 +50,12 @@ VOLATILE = {"PWD", "OLDPWD", "_", "SHLVL", "TMUX_PANE", "WINDOWID", "SSH_CLIENT"
 RELAYED = ("SIGINT", "SIGTERM", "SIGHUP", "SIGQUIT", "SIGUSR1")  # SIGUSR1: the child's stacks (startup.py)
 RUN, CONTROL = b"R", b"C"
 START_TIMEOUT_S = 180
+READY_WAIT_S = 60  # a command waits this long for its daemon to finish importing, then runs itself
+AUTOSTART_IDLE_MINUTES = 30
+# Where a process left behind is unwanted, or a job scheduler would count it against the job.
+NOT_AUTOSTARTED_UNDER = ("CI", "TORCHELASTIC_RUN_ID", "LOCAL_RANK", "SLURM_JOB_ID", "PBS_JOBID", "LSB_JOBID",
+                         "PYTEST_CURRENT_TEST")
+OFF = {"off", "0", "false", "no"}
 FORK_TIMEOUT_S = 30  # a daemon that accepts but does not fork within this (stuck): the command runs itself
 
 
@@ -93,7 +105,7 @@ def forward(argv: list[str]) -> int | None:
     if not supported() or words[:1] == ["daemon"] or not all(_is_open(fd) for fd in (0, 1, 2)):
         return None
     try:
-        conn = _connect(socket_path(create=False))
+        conn = _connect_when_ready(socket_path(create=False))
     except (OSError, DaemonError):
         return None
     # Signals this process ignores (a background job's SIGINT, nohup's SIGHUP) the command ignores too.
@@ -172,6 +184,43 @@ def _connect(path: Path) -> socket.socket:
     return conn
 
 
+def _connect_when_ready(path: Path) -> socket.socket:
+    """Connect to the daemon at `path`, waiting for one still importing: importing here too would take as long and
+    halve the speed of both on a small CPU."""
+    deadline = time.monotonic() + READY_WAIT_S
+    while True:
+        try:
+            return _connect(path)
+        except (FileNotFoundError, ConnectionRefusedError):
+            if time.monotonic() > deadline or not _claimed(path):
+                raise
+            time.sleep(0.05)
+
+
+def _claimed(path: Path) -> bool:
+    """Whether a daemon holds `path`'s claim: it runs, or it is still importing."""
+    try:
+        with open(path.with_suffix(".claim")) as claim:
+            fcntl.flock(claim, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    except FileNotFoundError:  # no daemon was ever started here
+        return False
+    return False
+
+
+def _claim(path: Path):
+    """The daemon's claim on `path`, held while it lives (the kernel drops it when the process ends, however it
+    ends); None where another daemon holds it."""
+    claim = open(path.with_suffix(".claim"), "a")  # noqa: SIM115 - held open for the daemon's life
+    try:
+        fcntl.flock(claim, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        claim.close()
+        return None
+    return claim
+
+
 def _line(message: dict) -> bytes:
     return json.dumps(message).encode() + b"\n"
 
@@ -207,7 +256,7 @@ def _locked(path: Path):
 
 
 def start(idle_minutes: float) -> str:
-    """Start this environment's daemon (or find it running); one line saying which."""
+    """Start this environment's daemon (or find it running, or wait for one importing); one line saying which."""
     if not supported():
         raise DaemonError("the daemon needs Linux (fork after the imports, file descriptors passed over a socket)")
     path = socket_path()
@@ -215,21 +264,55 @@ def start(idle_minutes: float) -> str:
         status = control(path, "status")
         if status:
             return f"daemon already running for this environment (pid {status['pid']}, {status['served']} commands)"
-        path.unlink(missing_ok=True)  # a killed daemon's socket
-        log = path.with_suffix(".log")
+        process = None if _claimed(path) else _spawn(path, idle_minutes, dict(os.environ))
         begun = time.monotonic()
-        with open(log, "w") as out:  # started from here, so relative paths in PYTHONPATH mean what they mean here
-            process = subprocess.Popen([sys.executable, "-m", "showdown.daemon", str(path), str(idle_minutes * 60)],
-                                       stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                                       start_new_session=True)
         while (status := control(path, "status")) is None:
-            if process.poll() is not None or time.monotonic() - begun > START_TIMEOUT_S:
-                process.kill()
-                last = (log.read_text().strip().splitlines() or ["no output"])[-1]
+            ended = process is None or process.poll() is not None
+            if (ended and not _claimed(path)) or time.monotonic() - begun > START_TIMEOUT_S:
+                if process is not None:
+                    process.kill()
+                log = path.with_suffix(".log")
+                last = (log.read_text().strip().splitlines() or ["no output"])[-1] if log.exists() else "no log"
                 raise DaemonError(f"the daemon did not start: {last} (log: {log})")
             time.sleep(0.1)
     return (f"daemon ready in {time.monotonic() - begun:.1f} s (pid {status['pid']}): showdown commands from this "
             f"environment start warm; it leaves after {idle_minutes:g} idle minutes (`showdown daemon stop`)")
+
+
+def _spawn(path: Path, idle_minutes: float, environ: dict) -> subprocess.Popen:
+    """This environment's daemon, importing in its own session with its output in <socket>.log; not waited for."""
+    path.unlink(missing_ok=True)  # a killed daemon's socket
+    with open(path.with_suffix(".log"), "w") as out:  # started from here: relative PYTHONPATH entries mean the same
+        return subprocess.Popen([sys.executable, "-m", "showdown.daemon", str(path), str(idle_minutes * 60)],
+                                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=environ,
+                                start_new_session=True)
+
+
+def autostarter():
+    """For a command this process runs itself: a function to call once it is done, which starts this environment's
+    daemon if the command imported torch (so later commands skip that) and none runs or imports yet, and returns
+    the line to tell the user, else None. None itself where daemons are not started unasked (module docstring).
+    The environment is the one the command started with: the daemon must match the commands that come after."""
+    environ = dict(os.environ)
+    if (not supported() or environ.get("SHOWDOWN_DAEMON", "").lower() in OFF
+            or any(environ.get(name, "").lower() not in ("", "0", "false") for name in NOT_AUTOSTARTED_UNDER)):
+        return None
+    try:
+        path = socket_path(environ=environ)
+    except (OSError, DaemonError):
+        return None
+
+    def start_if_it_pays() -> str | None:
+        if "torch" not in sys.modules or _claimed(path):
+            return None
+        try:
+            _spawn(path, AUTOSTART_IDLE_MINUTES, environ)
+        except OSError:  # a full disk, a folder gone: the command's work is done and kept, only this is skipped
+            return None
+        return (f"started a showdown daemon: later commands from this environment skip the imports (it leaves "
+                f"after {AUTOSTART_IDLE_MINUTES} idle minutes; `showdown daemon stop` now, SHOWDOWN_DAEMON=off never)")
+
+    return start_if_it_pays
 
 
 def command(action: str, idle_minutes: float = 30) -> int:
@@ -277,6 +360,9 @@ def serve(path: Path, idle_seconds: float) -> None:
     if socket_path() != path:  # it would import other code than the commands that find this socket
         raise SystemExit(f"this process's Python, paths or environment differ from the starting command's "
                          f"({path.name}): not started")
+    claim = _claim(path)
+    if claim is None:  # another command started it a moment before
+        return
     before = dict(os.environ)
     with heavy_imports():
         _import_what_commands_use()
@@ -305,7 +391,7 @@ def serve(path: Path, idle_seconds: float) -> None:
                 continue
             last = time.monotonic()
             with conn:
-                if _answer(conn, state, listener, {"changed": changed, "removed": removed}):
+                if _answer(conn, state, (listener, claim), {"changed": changed, "removed": removed}):
                     return
     finally:
         listener.close()
@@ -322,8 +408,9 @@ def _inode(path: Path) -> int | None:
         return None
 
 
-def _answer(conn: socket.socket, state: dict, listener: socket.socket, imports_env: dict) -> bool:
-    """One connection: a status, a stop (True), or a command run in a forked child."""
+def _answer(conn: socket.socket, state: dict, daemons_own: tuple, imports_env: dict) -> bool:
+    """One connection: a status, a stop (True), or a command run in a forked child (which closes `daemons_own`:
+    the listening socket, and the claim, which would otherwise outlive the daemon in a long command)."""
     fds = []
     try:
         conn.settimeout(10)  # a command sends its request at once
@@ -333,7 +420,8 @@ def _answer(conn: socket.socket, state: dict, listener: socket.socket, imports_e
             return request.get("do") == "stop"
         if os.fork() == 0:
             try:
-                listener.close()
+                for own in daemons_own:
+                    own.close()
                 _child(conn, fds, request, imports_env)
             finally:
                 os._exit(1)  # whatever happened, the child never runs the daemon's code

@@ -106,3 +106,41 @@ def test_a_socket_folder_others_can_enter_is_refused_in_one_line(tmp_path):
     shared.chmod(0o755)
     refused = showdown("daemon", "start", env={**os.environ, "SHOWDOWN_DAEMON_DIR": str(shared)})
     assert refused.returncode == 2 and refused.stderr.count("\n") == 1 and "open to others" in refused.stderr
+
+
+def _as_in_a_users_shell(tmp_path) -> dict:
+    """The environment without pytest's and CI's markers, under which no daemon is started unasked."""
+    env = {k: v for k, v in os.environ.items() if k not in (*daemon.NOT_AUTOSTARTED_UNDER, "SHOWDOWN_DAEMON")}
+    return {**env, "SHOWDOWN_DAEMON_DIR": str(tmp_path / "sockets")}
+
+
+def test_a_command_that_imported_torch_starts_the_daemon_and_the_next_waits_for_it(tmp_path):
+    env = _as_in_a_users_shell(tmp_path)
+    try:
+        first = showdown(*QUICK_RUN, "--epochs", "1", "--out", str(tmp_path / "first"), env=env, timeout=300)
+        assert first.returncode == 0, first.stderr
+        assert first.stderr.strip().splitlines()[-1].startswith("started a showdown daemon")
+        # At once, while that daemon still imports: this command waits for it rather than importing beside it.
+        second = showdown(*QUICK_RUN, "--epochs", "1", "--out", str(tmp_path / "second"), env=env, timeout=300)
+        assert second.returncode == 0 and "started a showdown daemon" not in second.stderr, second.stderr
+        assert (tmp_path / "second" / "efficientnet_lite0-head" / "metrics.json").is_file()
+        assert served(env) == 1
+        light = showdown("presets", env={**env, "SHOWDOWN_DAEMON_DIR": str(tmp_path / "light")})
+        assert light.returncode == 0 and "daemon" not in light.stderr  # no torch imported, nothing to save
+        assert not list((tmp_path / "light").glob("*.sock"))
+    finally:
+        showdown("daemon", "stop", env=env)
+    assert not list((tmp_path / "sockets").glob("*.sock"))
+
+
+@pytest.mark.parametrize("marker", [("SHOWDOWN_DAEMON", "off"), ("CI", "true"), ("SLURM_JOB_ID", "42"),
+                                    ("TORCHELASTIC_RUN_ID", "job"), ("PYTEST_CURRENT_TEST", "t.py::t (call)")])
+def test_no_daemon_is_started_unasked_when_turned_off_in_ci_or_in_a_cluster_job(tmp_path, monkeypatch, marker):
+    for name, value in _as_in_a_users_shell(tmp_path).items():
+        monkeypatch.setenv(name, value)
+    for name in (*daemon.NOT_AUTOSTARTED_UNDER, "SHOWDOWN_DAEMON"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("CI", "false")  # set, but saying no
+    assert daemon.autostarter() is not None
+    monkeypatch.setenv(*marker)
+    assert daemon.autostarter() is None

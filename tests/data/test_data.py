@@ -25,6 +25,21 @@ def test_demo_split_is_stratified_reproducible_and_disjoint():
     assert load_dataset("demo", split=(0.8, 0.1, 0.1)).counts() == {"train": 200, "val": 25, "test": 25}
 
 
+def test_a_folder_named_from_another_place_is_the_same_dataset_for_the_caches(tmp_path, demo_copy, monkeypatch):
+    from showdown.frozen.feature_cache import cache_key
+    from showdown.models.backbones.loader import load_backbone
+
+    absolute = load_dataset(str(demo_copy))
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    relative = load_dataset("../flowers")  # how `showdown run --data ../flowers` names it from there
+    assert relative.root == absolute.root == demo_copy.resolve()
+    assert relative.fingerprint == absolute.fingerprint and relative.splits == absolute.splits
+    backbone = load_backbone("efficientnet_lite0", image_size=64)
+    keys = {cache_key(backbone, spec.splits["train"], "fp32") for spec in (relative, absolute)}
+    assert len(keys) == 1
+
+
 def test_given_split_folders_are_used(tmp_path, demo_copy):
     root = tmp_path / "presplit"
     for split, files in (("train", slice(0, 8)), ("test", slice(8, 12))):

@@ -8,7 +8,8 @@ from showdown.data.sources import resolve_data
 def load_dataset(data: str, *, data_root: str | None = None,
                  split: tuple[float, float, float] = (0.7, 0.15, 0.15), seed: int = 0) -> DatasetSpec:
     name, root = resolve_data(data, data_root)
-    return build_spec(name, root, split, seed)
+    # Absolute: the cache keys hold the files' paths, and `../photos` from one folder is `photos` from another.
+    return build_spec(name, root.resolve(), split, seed)
 
 
 __all__ = ["DatasetSpec", "load_dataset"]
