@@ -18,9 +18,11 @@ not safe to use in a child forked after they load. A daemon leaves after `--idle
 
 A command that paid for the imports itself starts this environment's daemon as it ends (`autostarter`), without
 waiting for it, as Gradle's first build starts its daemon: a user's re-run then starts warm without knowing about
-daemons. Not where a process left behind is unwanted or counted (CI, torchrun, SLURM/PBS/LSF jobs, pytest) nor with
-SHOWDOWN_DAEMON=off. A daemon holds a claim (a lock) from its start: a command that finds its daemon still importing
-waits for it rather than importing beside it.
+daemons. Not where a process left behind is unwanted or counted (CI, torchrun, SLURM/PBS/LSF/MPI jobs, pytest), nor
+with SHOWDOWN_DAEMON=off. The process that starts a daemon takes its claim (a lock on <socket>.claim, holding the
+start time) before the daemon exists and hands it over; the daemon holds it for life. A command that finds its
+daemon still importing waits for it rather than importing beside it; a second daemon for the same socket is never
+started. A daemon leaves once its installed code changes (an edit, a `pip install`): its key no longer matches.
 
 This module imports the standard library only: `showdown` calls `forward()` before anything else. Long because it
 holds both ends of one small protocol over the socket, the command's and the daemon's, which must change together.
@@ -50,11 +52,11 @@ VOLATILE = {"PWD", "OLDPWD", "_", "SHLVL", "TMUX_PANE", "WINDOWID", "SSH_CLIENT"
 RELAYED = ("SIGINT", "SIGTERM", "SIGHUP", "SIGQUIT", "SIGUSR1")  # SIGUSR1: the child's stacks (startup.py)
 RUN, CONTROL = b"R", b"C"
 START_TIMEOUT_S = 180
-READY_WAIT_S = 60  # a command waits this long for its daemon to finish importing, then runs itself
+READY_WAIT_S = 60  # a daemon importing for longer than this is not waited for: the command runs itself
 AUTOSTART_IDLE_MINUTES = 30
 # Where a process left behind is unwanted, or a job scheduler would count it against the job.
-NOT_AUTOSTARTED_UNDER = ("CI", "TORCHELASTIC_RUN_ID", "LOCAL_RANK", "SLURM_JOB_ID", "PBS_JOBID", "LSB_JOBID",
-                         "PYTEST_CURRENT_TEST")
+NOT_AUTOSTARTED_UNDER = ("CI", "JENKINS_URL", "TF_BUILD", "TORCHELASTIC_RUN_ID", "LOCAL_RANK", "SLURM_JOB_ID",
+                         "PBS_JOBID", "LSB_JOBID", "OMPI_COMM_WORLD_RANK", "PMI_RANK", "PYTEST_CURRENT_TEST")
 OFF = {"off", "0", "false", "no"}
 FORK_TIMEOUT_S = 30  # a daemon that accepts but does not fork within this (stuck): the command runs itself
 
@@ -83,11 +85,12 @@ def folder(create: bool = True) -> Path:
     return path
 
 
-def socket_path(create: bool = True, environ: dict | None = None) -> Path:
-    """This environment's socket: named by what a daemon must share with a command (see the module docstring)."""
+def socket_path(create: bool = True, environ: dict | None = None, paths: list[str] | None = None) -> Path:
+    """This environment's socket: named by what a daemon must share with a command (see the module docstring);
+    `environ` and `paths` (sys.path) default to this process's own."""
     environ = os.environ if environ is None else environ
     base, package = folder(create), Path(showdown.__file__).parent  # the folder first: no folder, no daemon
-    paths = sys.path[1:]  # [0] is the script's or working folder: the command's own, not the imports'
+    paths = (sys.path if paths is None else paths)[1:]  # [0]: the script's or working folder, not the imports'
     facts = {"python": sys.executable, "flags": [sys.flags, sys.warnoptions, sys._xoptions], "path": paths,
              "installed": [os.stat(p).st_mtime_ns for p in paths if os.path.isdir(p)],  # pip changes these
              "version": showdown.__version__,
@@ -100,7 +103,8 @@ def socket_path(create: bool = True, environ: dict | None = None) -> Path:
 
 def forward(argv: list[str]) -> int | None:
     """Run the command `argv` in this environment's daemon: its exit status, or None where no daemon ran it (the
-    caller then runs it itself: no daemon, a socket a killed daemon left, a daemon that went away or is stuck)."""
+    caller then runs it itself: no daemon, a socket a killed daemon left, a daemon that went away or is stuck). A
+    daemon still importing is waited for, until it has imported for READY_WAIT_S."""
     words = [word for word in argv if not word.startswith("-")]
     if not supported() or words[:1] == ["daemon"] or not all(_is_open(fd) for fd in (0, 1, 2)):
         return None
@@ -108,6 +112,9 @@ def forward(argv: list[str]) -> int | None:
         conn = _connect_when_ready(socket_path(create=False))
     except (OSError, DaemonError):
         return None
+    except KeyboardInterrupt:  # Ctrl-C while waiting for the daemon: nothing ran yet
+        print("interrupted", file=sys.stderr)
+        return 130
     # Signals this process ignores (a background job's SIGINT, nohup's SIGHUP) the command ignores too.
     ignored = [name for name in RELAYED if signal.getsignal(getattr(signal, name)) is signal.SIG_IGN]
     relay = _Relay([name for name in RELAYED if name not in ignored])
@@ -186,39 +193,47 @@ def _connect(path: Path) -> socket.socket:
 
 def _connect_when_ready(path: Path) -> socket.socket:
     """Connect to the daemon at `path`, waiting for one still importing: importing here too would take as long and
-    halve the speed of both on a small CPU."""
-    deadline = time.monotonic() + READY_WAIT_S
+    halve the speed of both on a small CPU. One importing for over READY_WAIT_S (stuck) is not waited for."""
     while True:
         try:
             return _connect(path)
         except (FileNotFoundError, ConnectionRefusedError):
-            if time.monotonic() > deadline or not _claimed(path):
+            since = _claimed_since(path)
+            if since is None or time.time() - since > READY_WAIT_S:
                 raise
             time.sleep(0.05)
 
 
-def _claimed(path: Path) -> bool:
-    """Whether a daemon holds `path`'s claim: it runs, or it is still importing."""
+def _claimed_since(path: Path) -> float | None:
+    """When the daemon holding `path`'s claim was started (it runs, or it is still importing); None if none holds
+    it. A daemon holds it with an exclusive lock: a shared one is granted only where none does."""
     try:
         with open(path.with_suffix(".claim")) as claim:
-            fcntl.flock(claim, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
-    except FileNotFoundError:  # no daemon was ever started here
-        return False
-    return False
-
-
-def _claim(path: Path):
-    """The daemon's claim on `path`, held while it lives (the kernel drops it when the process ends, however it
-    ends); None where another daemon holds it."""
-    claim = open(path.with_suffix(".claim"), "a")  # noqa: SIM115 - held open for the daemon's life
-    try:
-        fcntl.flock(claim, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        claim.close()
+            try:
+                fcntl.flock(claim, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return float(claim.read() or time.time())  # empty: the starter is writing it now
+    except (FileNotFoundError, ValueError):  # no daemon was ever started here; a claim being written
         return None
-    return claim
+    return None
+
+
+def _take_claim(path: Path):
+    """`path`'s claim for a daemon about to start, with the time written in; None where a daemon holds it. Tried
+    for a moment: a command checking the claim holds it shared for a few microseconds."""
+    claim = open(path.with_suffix(".claim"), "a+")  # noqa: SIM115 - handed to the daemon, then closed here
+    for _ in range(10):
+        try:
+            fcntl.flock(claim, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            time.sleep(0.005)
+            continue
+        claim.truncate(0)
+        claim.write(f"{time.time():.3f}")
+        claim.flush()
+        return claim
+    claim.close()
+    return None
 
 
 def _line(message: dict) -> bytes:
@@ -264,50 +279,57 @@ def start(idle_minutes: float) -> str:
         status = control(path, "status")
         if status:
             return f"daemon already running for this environment (pid {status['pid']}, {status['served']} commands)"
-        process = None if _claimed(path) else _spawn(path, idle_minutes, dict(os.environ))
-        begun = time.monotonic()
+        begun, process = time.monotonic(), None
         while (status := control(path, "status")) is None:
-            ended = process is None or process.poll() is not None
-            if (ended and not _claimed(path)) or time.monotonic() - begun > START_TIMEOUT_S:
-                if process is not None:
-                    process.kill()
-                log = path.with_suffix(".log")
-                last = (log.read_text().strip().splitlines() or ["no output"])[-1] if log.exists() else "no log"
-                raise DaemonError(f"the daemon did not start: {last} (log: {log})")
+            if process is None or process.poll() is not None:
+                if process is not None or time.monotonic() - begun > START_TIMEOUT_S:
+                    raise DaemonError(f"the daemon did not start: {_last_line(path.with_suffix('.log'))} "
+                                      f"(log: {path.with_suffix('.log')})")
+                process = _spawn(path, idle_minutes, dict(os.environ), list(sys.path))  # None: one imports
             time.sleep(0.1)
     return (f"daemon ready in {time.monotonic() - begun:.1f} s (pid {status['pid']}): showdown commands from this "
             f"environment start warm; it leaves after {idle_minutes:g} idle minutes (`showdown daemon stop`)")
 
 
-def _spawn(path: Path, idle_minutes: float, environ: dict) -> subprocess.Popen:
-    """This environment's daemon, importing in its own session with its output in <socket>.log; not waited for."""
-    path.unlink(missing_ok=True)  # a killed daemon's socket
-    with open(path.with_suffix(".log"), "w") as out:  # started from here: relative PYTHONPATH entries mean the same
-        return subprocess.Popen([sys.executable, "-m", "showdown.daemon", str(path), str(idle_minutes * 60)],
-                                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=environ,
-                                start_new_session=True)
+def _last_line(log: Path) -> str:
+    try:
+        return (log.read_text().strip().splitlines() or ["no output"])[-1]
+    except OSError:
+        return "no log"
+
+
+def _spawn(path: Path, idle_minutes: float, environ: dict, paths: list[str]) -> subprocess.Popen | None:
+    """This environment's daemon, importing in its own session with its output in <socket>.log and the claim
+    handed to it; not waited for. None where a daemon holds the claim (it runs or imports)."""
+    claim = _take_claim(path)
+    if claim is None:
+        return None
+    with claim:
+        path.unlink(missing_ok=True)  # a killed daemon's socket
+        command = [sys.executable, *subprocess._args_from_interpreter_flags(),  # -X, -W, -O: part of the key
+                   "-m", "showdown.daemon", str(path), str(idle_minutes * 60), str(claim.fileno())]
+        with open(path.with_suffix(".log"), "w") as out:  # started from here: relative PYTHONPATH means the same
+            return subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                                    env=environ, start_new_session=True, pass_fds=[claim.fileno()])
 
 
 def autostarter():
     """For a command this process runs itself: a function to call once it is done, which starts this environment's
     daemon if the command imported torch (so later commands skip that) and none runs or imports yet, and returns
     the line to tell the user, else None. None itself where daemons are not started unasked (module docstring).
-    The environment is the one the command started with: the daemon must match the commands that come after."""
-    environ = dict(os.environ)
+    The environment and paths are those the command started with: the daemon must match the commands after it."""
+    environ, paths = dict(os.environ), list(sys.path)
     if (not supported() or environ.get("SHOWDOWN_DAEMON", "").lower() in OFF
             or any(environ.get(name, "").lower() not in ("", "0", "false") for name in NOT_AUTOSTARTED_UNDER)):
         return None
-    try:
-        path = socket_path(environ=environ)
-    except (OSError, DaemonError):
-        return None
 
-    def start_if_it_pays() -> str | None:
-        if "torch" not in sys.modules or _claimed(path):
+    def start_if_it_pays(exit_code: int) -> str | None:
+        if "torch" not in sys.modules or exit_code == 130:  # nothing imported to keep; the user stopped it
             return None
         try:
-            _spawn(path, AUTOSTART_IDLE_MINUTES, environ)
-        except OSError:  # a full disk, a folder gone: the command's work is done and kept, only this is skipped
+            if _spawn(socket_path(environ=environ, paths=paths), AUTOSTART_IDLE_MINUTES, environ, paths) is None:
+                return None
+        except (OSError, DaemonError):  # a full disk, a folder refused: the command's work is kept, this skipped
             return None
         return (f"started a showdown daemon: later commands from this environment skip the imports (it leaves "
                 f"after {AUTOSTART_IDLE_MINUTES} idle minutes; `showdown daemon stop` now, SHOWDOWN_DAEMON=off never)")
@@ -352,20 +374,19 @@ def running() -> list[tuple[Path, dict]]:
 
 # --- the daemon's side -----------------------------------------------------------------------------------------
 
-def serve(path: Path, idle_seconds: float) -> None:
-    """Import what commands use, then fork a child per command until stopped, idle for `idle_seconds`, or its
-    socket is taken by another daemon."""
+def serve(path: Path, idle_seconds: float, claim) -> None:
+    """Import what commands use, then fork a child per command until stopped, idle for `idle_seconds`, its code
+    changed, or its socket taken; `claim`, the file whose lock the starting process handed over."""
     from showdown.startup import heavy_imports
 
-    if socket_path() != path:  # it would import other code than the commands that find this socket
+    before, paths = dict(os.environ), list(sys.path)
+    if socket_path(environ=before, paths=paths) != path:  # it would import other code than its commands'
         raise SystemExit(f"this process's Python, paths or environment differ from the starting command's "
                          f"({path.name}): not started")
-    claim = _claim(path)
-    if claim is None:  # another command started it a moment before
-        return
-    before = dict(os.environ)
+    signal.alarm(START_TIMEOUT_S)  # imports stuck (a dead network mount): leave, and free the claim
     with heavy_imports():
         _import_what_commands_use()
+    signal.alarm(0)
     # What the imports set in the environment, kept in every child (a command in its own process would have it).
     changed = {key: value for key, value in os.environ.items() if before.get(key) != value}
     removed = [key for key in before if key not in os.environ]
@@ -386,7 +407,7 @@ def serve(path: Path, idle_seconds: float) -> None:
             try:
                 conn, _ = listener.accept()
             except TimeoutError:
-                if time.monotonic() - last >= idle_seconds or _inode(path) != inode:
+                if time.monotonic() - last >= idle_seconds or _inode(path) != inode or _outdated(path, before, paths):
                     return
                 continue
             last = time.monotonic()
@@ -399,6 +420,15 @@ def serve(path: Path, idle_seconds: float) -> None:
             with contextlib.suppress(OSError):
                 path.unlink()
                 path.with_suffix(".log").unlink()  # its output; kept where it failed to start
+        claim.close()  # free at once, not after the interpreter's teardown: `daemon stop; daemon start` works
+
+
+def _outdated(path: Path, environ: dict, paths: list[str]) -> bool:
+    """Whether the daemon's code changed since it started (an edit, a `pip install`): commands no longer come."""
+    try:
+        return socket_path(create=False, environ=environ, paths=paths) != path
+    except (OSError, DaemonError):  # its folder removed or opened to others
+        return True
 
 
 def _inode(path: Path) -> int | None:
@@ -532,5 +562,7 @@ def _interrupt_when_gone(conn: socket.socket) -> None:
     os.kill(os.getpid(), signal.SIGINT)
 
 
-if __name__ == "__main__":  # started by `start()`
-    serve(Path(sys.argv[1]), float(sys.argv[2]))
+if __name__ == "__main__":  # started by `_spawn()`
+    serve(Path(sys.argv[1]), float(sys.argv[2]), open(int(sys.argv[3]), "a"))  # noqa: SIM115 - held for life
+    sys.stdout.flush()
+    os._exit(0)  # no teardown of the imports: 0.3-0.5 s, and nothing left to write

@@ -131,6 +131,11 @@ def test_a_command_that_imported_torch_starts_the_daemon_and_the_next_waits_for_
     finally:
         showdown("daemon", "stop", env=env)
     assert not list((tmp_path / "sockets").glob("*.sock"))
+    again = showdown("daemon", "start", env=env, timeout=300)  # at once: the stopped one's claim is already free
+    try:
+        assert again.returncode == 0 and "daemon ready" in again.stdout, again.stderr
+    finally:
+        showdown("daemon", "stop", env=env)
 
 
 @pytest.mark.parametrize("marker", [("SHOWDOWN_DAEMON", "off"), ("CI", "true"), ("SLURM_JOB_ID", "42"),
