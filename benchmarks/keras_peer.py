@@ -268,7 +268,7 @@ def main() -> None:
           f"{', '.join(f'{t:.1f}' for t in fresh_runs)}), test accuracy {row['accuracy']:.4f} "
           f"({engine['precision']}, frozen layers in {engine['runtime']})")
     if warm_runs:
-        print(f"  with `showdown daemon start` run before: {statistics.median(warm_runs):7.1f} s wall (median of "
+        print(f"  with the daemon a run before started:    {statistics.median(warm_runs):7.1f} s wall (median of "
               f"{args.repeats}: {', '.join(f'{t:.1f}' for t in warm_runs)})")
     print(f"keras:    {keras_seconds:7.1f} s wall ({keras['fit_seconds']:.1f} s in model.fit), "
           f"test accuracy {keras['accuracy']:.4f}")
