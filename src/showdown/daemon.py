@@ -52,6 +52,7 @@ VOLATILE = {"PWD", "OLDPWD", "_", "SHLVL", "TMUX_PANE", "WINDOWID", "SSH_CLIENT"
 RELAYED = ("SIGINT", "SIGTERM", "SIGHUP", "SIGQUIT", "SIGUSR1")  # SIGUSR1: the child's stacks (startup.py)
 RUN, CONTROL = b"R", b"C"
 START_TIMEOUT_S = 180
+SOCKET_PATH_BYTES = 107  # Linux's limit for a Unix socket's path (sun_path, 108 bytes with the closing zero)
 READY_WAIT_S = 60  # a daemon importing for longer than this is not waited for: the command runs itself
 AUTOSTART_IDLE_MINUTES = 30
 # Where a process left behind is unwanted, or a job scheduler would count it against the job.
@@ -96,7 +97,12 @@ def socket_path(create: bool = True, environ: dict | None = None, paths: list[st
              "version": showdown.__version__,
              "newest": max(entry.stat().st_mtime_ns for entry in package.rglob("*.py")),
              "env": sorted((k, v) for k, v in environ.items() if k not in VOLATILE)}
-    return base / (hashlib.sha256(json.dumps(facts).encode()).hexdigest()[:16] + ".sock")
+    path = base / (hashlib.sha256(json.dumps(facts).encode()).hexdigest()[:16] + ".sock")
+    longest = len(os.fsencode(path)) + len(".") + len(f".{2 ** 22}")  # the name the daemon binds before renaming
+    if longest > SOCKET_PATH_BYTES:
+        raise DaemonError(f"{base} is too long a folder for the daemon's socket ({longest} of {SOCKET_PATH_BYTES} "
+                          "bytes): set SHOWDOWN_DAEMON_DIR to a shorter one")
+    return path
 
 
 # --- the command's side ----------------------------------------------------------------------------------------

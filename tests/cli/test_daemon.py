@@ -1,9 +1,12 @@
 """`showdown daemon`: a real daemon process, real `showdown` commands forwarded to it over its socket."""
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 import pytest
 
@@ -25,16 +28,24 @@ def served(env) -> int:
     return sum(int(line.split()[2]) for line in out.splitlines() if "(this environment" in line)
 
 
+def _short_folder() -> Path:
+    """A socket folder with a short path, as $XDG_RUNTIME_DIR/showdown is (a socket's path has 107 bytes at most;
+    pytest's own folders under xdist can take most of them)."""
+    return Path(tempfile.mkdtemp(prefix="sd-"))
+
+
 @pytest.fixture(scope="module")
-def warm(tmp_path_factory):
+def warm():
     """A daemon started from a fixed environment (the test's own changes per test, e.g. PYTEST_CURRENT_TEST)."""
-    env = {**os.environ, "SHOWDOWN_DAEMON_DIR": str(tmp_path_factory.mktemp("daemon") / "sockets")}
+    folder = _short_folder()
+    env = {**os.environ, "SHOWDOWN_DAEMON_DIR": str(folder / "sockets")}
     started = showdown("daemon", "start", "--idle-minutes", "10", env=env, timeout=300)
     assert started.returncode == 0 and "daemon ready" in started.stdout, started.stderr
     yield env
     stopped = showdown("daemon", "stop", env=env)
     assert stopped.stdout.strip() == "stopped 1 daemon(s)"
-    assert not list((tmp_path_factory.getbasetemp()).glob("daemon*/sockets/*.sock"))
+    assert not list(folder.glob("sockets/*.sock"))
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 def test_a_command_runs_in_the_daemon_in_the_callers_folder_with_its_streams_and_exit_status(warm, tmp_path):
@@ -108,14 +119,21 @@ def test_a_socket_folder_others_can_enter_is_refused_in_one_line(tmp_path):
     assert refused.returncode == 2 and refused.stderr.count("\n") == 1 and "open to others" in refused.stderr
 
 
-def _as_in_a_users_shell(tmp_path) -> dict:
+def _as_in_a_users_shell(sockets) -> dict:
     """The environment without pytest's and CI's markers, under which no daemon is started unasked."""
     env = {k: v for k, v in os.environ.items() if k not in (*daemon.NOT_AUTOSTARTED_UNDER, "SHOWDOWN_DAEMON")}
-    return {**env, "SHOWDOWN_DAEMON_DIR": str(tmp_path / "sockets")}
+    return {**env, "SHOWDOWN_DAEMON_DIR": str(sockets)}
 
 
-def test_a_command_that_imported_torch_starts_the_daemon_and_the_next_waits_for_it(tmp_path):
-    env = _as_in_a_users_shell(tmp_path)
+@pytest.fixture
+def sockets():
+    folder = _short_folder()
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_a_command_that_imported_torch_starts_the_daemon_and_the_next_waits_for_it(tmp_path, sockets):
+    env = _as_in_a_users_shell(sockets)
     try:
         first = showdown(*QUICK_RUN, "--epochs", "1", "--out", str(tmp_path / "first"), env=env, timeout=300)
         assert first.returncode == 0, first.stderr
@@ -130,7 +148,7 @@ def test_a_command_that_imported_torch_starts_the_daemon_and_the_next_waits_for_
         assert not list((tmp_path / "light").glob("*.sock"))
     finally:
         showdown("daemon", "stop", env=env)
-    assert not list((tmp_path / "sockets").glob("*.sock"))
+    assert not list(sockets.glob("*.sock"))
     again = showdown("daemon", "start", env=env, timeout=300)  # at once: the stopped one's claim is already free
     try:
         assert again.returncode == 0 and "daemon ready" in again.stdout, again.stderr
@@ -140,8 +158,8 @@ def test_a_command_that_imported_torch_starts_the_daemon_and_the_next_waits_for_
 
 @pytest.mark.parametrize("marker", [("SHOWDOWN_DAEMON", "off"), ("CI", "true"), ("SLURM_JOB_ID", "42"),
                                     ("TORCHELASTIC_RUN_ID", "job"), ("PYTEST_CURRENT_TEST", "t.py::t (call)")])
-def test_no_daemon_is_started_unasked_when_turned_off_in_ci_or_in_a_cluster_job(tmp_path, monkeypatch, marker):
-    for name, value in _as_in_a_users_shell(tmp_path).items():
+def test_no_daemon_is_started_unasked_when_turned_off_in_ci_or_in_a_cluster_job(sockets, monkeypatch, marker):
+    for name, value in _as_in_a_users_shell(sockets).items():
         monkeypatch.setenv(name, value)
     for name in (*daemon.NOT_AUTOSTARTED_UNDER, "SHOWDOWN_DAEMON"):
         monkeypatch.delenv(name, raising=False)
@@ -149,3 +167,9 @@ def test_no_daemon_is_started_unasked_when_turned_off_in_ci_or_in_a_cluster_job(
     assert daemon.autostarter() is not None
     monkeypatch.setenv(*marker)
     assert daemon.autostarter() is None
+
+
+def test_a_socket_folder_too_long_for_a_socket_path_is_refused_in_one_line(tmp_path):
+    deep = tmp_path / ("d" * 100)
+    refused = showdown("daemon", "start", env={**os.environ, "SHOWDOWN_DAEMON_DIR": str(deep)})
+    assert refused.returncode == 2 and refused.stderr.count("\n") == 1 and "too long" in refused.stderr
