@@ -79,7 +79,8 @@ def device_facts(device: torch.device) -> dict:
 
 
 # The instruction sets that decide CPU speed here: bf16 and int8 matrix units (AMX, AVX-512 BF16/VNNI) or not.
-NOTED_ISA = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8")
+NOTED_ISA = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16", "amx_int8")
+INT8_DOT_PRODUCTS = {"avx512_vnni", "avx_vnni", "amx_int8"}
 
 
 @functools.cache
@@ -104,6 +105,12 @@ def _cpu_name() -> str:
 def _cpu_isa() -> list[str]:
     flags = set(_cpuinfo().get("flags", "").split())
     return [flag for flag in NOTED_ISA if flag in flags]
+
+
+def has_int8_dot_products() -> bool:
+    """Whether this CPU multiplies int8 into int32 without an int16 step that saturates (VNNI, AMX): without it,
+    int8 models need weights of 7 bits (frozen/quantize.py). False where /proc/cpuinfo is missing (not x86 Linux)."""
+    return bool(INT8_DOT_PRODUCTS & set(_cpu_isa()))
 
 
 def _cuda_driver() -> str | None:

@@ -93,6 +93,18 @@ def test_int8_features_never_share_a_cache_entry(demo_dir):
     assert cache_key(backbone, photos, "fp32", "openvino", calibration="") == fp32
 
 
+def test_a_cpu_without_vnni_quantises_otherwise_and_keys_it_apart(demo_dir, monkeypatch):
+    """Without VNNI or AMX, int8 sums saturate: NNCF's overflow fix (7-bit weights) is used, and a cache shared
+    with a VNNI machine keeps both machines' features and models apart."""
+    photos = _photos(demo_dir)
+    keys = {}
+    for vnni in (True, False):
+        monkeypatch.setattr(quantize, "has_int8_dot_products", lambda vnni=vnni: vnni)
+        keys[vnni] = (quantize.recipe(), quantize.files_key(photos))
+    assert keys[True][0] == quantize.RECIPE and keys[False][0] != quantize.RECIPE
+    assert keys[True][1] != keys[False][1]
+
+
 def test_calibration_takes_at_most_300_training_images_across_every_class():
     items = [(f"class{c}/{i}.jpg", c) for c in range(5) for i in range(1000)]
     chosen = quantize.calibration_items(items)
