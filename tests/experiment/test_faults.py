@@ -23,6 +23,7 @@ from showdown.cli import main
 from showdown.data import load_dataset
 from showdown.data.archive import extract_once
 from showdown.data.leakage import check_leakage
+from showdown.errors import ShowdownError
 from showdown.frozen import feature_cache
 from tests.data.test_standard_forms import write_cifar10
 
@@ -351,3 +352,19 @@ def test_a_run_that_seems_stuck_prints_its_stacks_on_sigusr1_and_goes_on(tmp_pat
     assert process.returncode == 0, err[-2000:]
     assert "Current thread" in err and 'File "' in err  # faulthandler's dump of every thread
     assert "test accuracy" in first_line + out
+
+
+def test_a_missing_explain_extra_is_one_line_after_the_entries_and_never_before_an_error(tmp_path, capsys,
+                                                                                          monkeypatch):
+    from showdown.experiment import runner
+
+    monkeypatch.setattr(runner, "explain_available", lambda: False)  # as without pytorch-grad-cam installed
+    quick = dict(models=["efficientnet_lite0"], strategy=["head"], image_size=64, max_per_class=4, epochs=1,
+                 workers=0, record=False, report=False, label_issues="off")
+    with pytest.raises(ShowdownError):
+        run(data=str(tmp_path / "no-such-folder"), out=str(tmp_path / "bad"), **quick)
+    assert "Grad-CAM" not in capsys.readouterr().err  # the error is the only line a user sees
+    results = run(data="demo", out=str(tmp_path / "run"), **quick)
+    err = capsys.readouterr().err
+    assert err.count("Grad-CAM overlays skipped") == 1 and err.index("Grad-CAM") > err.index("epoch 1/1")
+    assert not (results.run_dir / results.rows[0]["folder"] / "gradcam").exists()

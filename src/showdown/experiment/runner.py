@@ -71,8 +71,8 @@ def run(config: RunConfig | None = None, *, echo: Callable[[str], None] = print,
     reporter = Reporter(echo, quiet=config.quiet, log_file=config.log_file, track=config.track) \
         if distributed.is_main() else Reporter(silent=True)  # under torchrun rank 0 alone tells
     echo = reporter.echo
-    if config.gradcam and not explain_available():  # an optional extra: one line, and the run goes on
-        reporter.warn(f"Grad-CAM overlays skipped: {EXPLAIN_EXTRA}")
+    no_gradcam = bool(config.gradcam) and not explain_available()  # an optional extra: the run goes on without,
+    if no_gradcam:  # and says so once its entries are done (a run that fails on bad input shows its error alone)
         config = dataclasses.replace(config, gradcam=0)
     if resume:
         echo(f"resuming {config.out}")
@@ -97,6 +97,8 @@ def run(config: RunConfig | None = None, *, echo: Callable[[str], None] = print,
         reporter.start_run(config, run_dir, _grid_size(config) * (2 if config.drop_label_issues else 1))
         last_loaded: dict[str, Backbone] = {}  # the entries' last backbone, which the label-issue search may reuse
         rows, skipped = _all_entries(config, dataset, folds, context, run_dir, resume, keep=last_loaded)
+        if no_gradcam:
+            reporter.warn(f"Grad-CAM overlays skipped: {EXPLAIN_EXTRA}")
         frozen_passes = {key: frozen.stats[key] for key in ("hit", "miss", "images")}
         frozen_passes["recomputed"] = HEALED["recomputed"] - healed_before
         if distributed.active():  # images each process ran through frozen layers: shards, never the same image twice
