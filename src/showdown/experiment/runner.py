@@ -71,9 +71,8 @@ def run(config: RunConfig | None = None, *, echo: Callable[[str], None] = print,
     reporter = Reporter(echo, quiet=config.quiet, log_file=config.log_file, track=config.track) \
         if distributed.is_main() else Reporter(silent=True)  # under torchrun rank 0 alone tells
     echo = reporter.echo
-    no_gradcam = bool(config.gradcam) and not explain_available()  # an optional extra: the run goes on without,
-    if no_gradcam:  # and says so once its entries are done (a run that fails on bad input shows its error alone)
-        config = dataclasses.replace(config, gradcam=0)
+    no_gradcam = bool(config.gradcam) and not explain_available()  # an optional extra: said after the entries
+    config = dataclasses.replace(config, gradcam=0) if no_gradcam else config
     if resume:
         echo(f"resuming {config.out}")
     healed_before = HEALED["recomputed"]  # damaged cache entries deleted and recomputed (cache.py)
