@@ -218,7 +218,7 @@ def _claimed_since(path: Path) -> float | None:
             try:
                 fcntl.flock(claim, fcntl.LOCK_SH | fcntl.LOCK_NB)
             except BlockingIOError:
-                return float(claim.read() or time.time())  # empty: the starter is writing it now
+                return float(claim.read() or os.fstat(claim.fileno()).st_mtime)  # empty: being written
     except (FileNotFoundError, ValueError):  # no daemon was ever started here; a claim being written
         return None
     return None
@@ -228,6 +228,9 @@ def _take_claim(path: Path):
     """`path`'s claim for a daemon about to start, with the time written in; None where a daemon holds it. Tried
     for a moment: a command checking the claim holds it shared for a few microseconds."""
     claim = open(path.with_suffix(".claim"), "a+")  # noqa: SIM115 - handed to the daemon, then closed here
+    if claim.fileno() <= 2:  # stdin, stdout or stderr closed: Popen would put /dev/null or the log over it
+        with claim:
+            claim = os.fdopen(fcntl.fcntl(claim.fileno(), fcntl.F_DUPFD_CLOEXEC, 3), "a+")
     for _ in range(10):
         try:
             fcntl.flock(claim, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -287,10 +290,13 @@ def start(idle_minutes: float) -> str:
             return f"daemon already running for this environment (pid {status['pid']}, {status['served']} commands)"
         begun, process = time.monotonic(), None
         while (status := control(path, "status")) is None:
-            if process is None or process.poll() is not None:
-                if process is not None or time.monotonic() - begun > START_TIMEOUT_S:
-                    raise DaemonError(f"the daemon did not start: {_last_line(path.with_suffix('.log'))} "
-                                      f"(log: {path.with_suffix('.log')})")
+            late = time.monotonic() - begun > START_TIMEOUT_S + 10  # its own alarm is at START_TIMEOUT_S
+            if late or (process is not None and process.poll() is not None):
+                if process is not None:
+                    process.kill()
+                raise DaemonError(f"the daemon did not start: {_last_line(path.with_suffix('.log'))} "
+                                  f"(log: {path.with_suffix('.log')})")
+            if process is None:
                 process = _spawn(path, idle_minutes, dict(os.environ), list(sys.path))  # None: one imports
             time.sleep(0.1)
     return (f"daemon ready in {time.monotonic() - begun:.1f} s (pid {status['pid']}): showdown commands from this "
@@ -312,11 +318,21 @@ def _spawn(path: Path, idle_minutes: float, environ: dict, paths: list[str]) -> 
         return None
     with claim:
         path.unlink(missing_ok=True)  # a killed daemon's socket
-        command = [sys.executable, *subprocess._args_from_interpreter_flags(),  # -X, -W, -O: part of the key
-                   "-m", "showdown.daemon", str(path), str(idle_minutes * 60), str(claim.fileno())]
+        command = [sys.executable, *_interpreter_flags(environ), "-m", "showdown.daemon", str(path),
+                   str(idle_minutes * 60), str(claim.fileno())]
         with open(path.with_suffix(".log"), "w") as out:  # started from here: relative PYTHONPATH means the same
             return subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                                     env=environ, start_new_session=True, pass_fds=[claim.fileno()])
+
+
+def _interpreter_flags(environ: dict) -> list[str]:
+    """This interpreter's -X, -W and -O flags (part of the key), less the dev mode PYTHONDEVMODE gives the daemon
+    anyway: passed again as -X dev, it would show in sys._xoptions, which the command's has not."""
+    flags = subprocess._args_from_interpreter_flags()
+    if environ.get("PYTHONDEVMODE") and "dev" not in sys._xoptions:
+        flags = [flag for flag, after in zip(flags, [*flags[1:], ""]) if (flag, after) != ("-X", "dev")
+                 and flag != "dev"]
+    return flags
 
 
 def autostarter():
@@ -389,7 +405,8 @@ def serve(path: Path, idle_seconds: float, claim) -> None:
     if socket_path(environ=before, paths=paths) != path:  # it would import other code than its commands'
         raise SystemExit(f"this process's Python, paths or environment differ from the starting command's "
                          f"({path.name}): not started")
-    signal.alarm(START_TIMEOUT_S)  # imports stuck (a dead network mount): leave, and free the claim
+    signal.signal(signal.SIGALRM, _too_slow)  # imports stuck (a dead network mount): leave, and free the claim
+    signal.alarm(START_TIMEOUT_S)
     with heavy_imports():
         _import_what_commands_use()
     signal.alarm(0)
@@ -427,6 +444,10 @@ def serve(path: Path, idle_seconds: float, claim) -> None:
                 path.unlink()
                 path.with_suffix(".log").unlink()  # its output; kept where it failed to start
         claim.close()  # free at once, not after the interpreter's teardown: `daemon stop; daemon start` works
+
+
+def _too_slow(*_) -> None:
+    raise SystemExit(f"the imports took over {START_TIMEOUT_S} s: not started")
 
 
 def _outdated(path: Path, environ: dict, paths: list[str]) -> bool:
