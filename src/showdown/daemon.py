@@ -229,8 +229,9 @@ def _take_claim(path: Path):
     for a moment: a command checking the claim holds it shared for a few microseconds."""
     claim = open(path.with_suffix(".claim"), "a+")  # noqa: SIM115 - handed to the daemon, then closed here
     if claim.fileno() <= 2:  # stdin, stdout or stderr closed: Popen would put /dev/null or the log over it
-        with claim:
-            claim = os.fdopen(fcntl.fcntl(claim.fileno(), fcntl.F_DUPFD_CLOEXEC, 3), "a+")
+        moved = os.fdopen(fcntl.fcntl(claim.fileno(), fcntl.F_DUPFD_CLOEXEC, 3), "a+")
+        claim.close()
+        claim = moved
     for _ in range(10):
         try:
             fcntl.flock(claim, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -297,7 +298,7 @@ def start(idle_minutes: float) -> str:
                 raise DaemonError(f"the daemon did not start: {_last_line(path.with_suffix('.log'))} "
                                   f"(log: {path.with_suffix('.log')})")
             if process is None:
-                process = _spawn(path, idle_minutes, dict(os.environ), list(sys.path))  # None: one imports
+                process = _spawn(path, idle_minutes, dict(os.environ))  # None: one imports already
             time.sleep(0.1)
     return (f"daemon ready in {time.monotonic() - begun:.1f} s (pid {status['pid']}): showdown commands from this "
             f"environment start warm; it leaves after {idle_minutes:g} idle minutes (`showdown daemon stop`)")
@@ -310,7 +311,7 @@ def _last_line(log: Path) -> str:
         return "no log"
 
 
-def _spawn(path: Path, idle_minutes: float, environ: dict, paths: list[str]) -> subprocess.Popen | None:
+def _spawn(path: Path, idle_minutes: float, environ: dict) -> subprocess.Popen | None:
     """This environment's daemon, importing in its own session with its output in <socket>.log and the claim
     handed to it; not waited for. None where a daemon holds the claim (it runs or imports)."""
     claim = _take_claim(path)
@@ -330,8 +331,10 @@ def _interpreter_flags(environ: dict) -> list[str]:
     anyway: passed again as -X dev, it would show in sys._xoptions, which the command's has not."""
     flags = subprocess._args_from_interpreter_flags()
     if environ.get("PYTHONDEVMODE") and "dev" not in sys._xoptions:
-        flags = [flag for flag, after in zip(flags, [*flags[1:], ""]) if (flag, after) != ("-X", "dev")
-                 and flag != "dev"]
+        for i in range(len(flags) - 1):
+            if flags[i:i + 2] == ["-X", "dev"]:
+                del flags[i:i + 2]
+                break
     return flags
 
 
@@ -349,7 +352,7 @@ def autostarter():
         if "torch" not in sys.modules or exit_code == 130:  # nothing imported to keep; the user stopped it
             return None
         try:
-            if _spawn(socket_path(environ=environ, paths=paths), AUTOSTART_IDLE_MINUTES, environ, paths) is None:
+            if _spawn(socket_path(environ=environ, paths=paths), AUTOSTART_IDLE_MINUTES, environ) is None:
                 return None
         except (OSError, DaemonError):  # a full disk, a folder refused: the command's work is kept, this skipped
             return None

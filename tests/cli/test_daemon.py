@@ -173,3 +173,14 @@ def test_a_socket_folder_too_long_for_a_socket_path_is_refused_in_one_line(tmp_p
     deep = tmp_path / ("d" * 100)
     refused = showdown("daemon", "start", env={**os.environ, "SHOWDOWN_DAEMON_DIR": str(deep)})
     assert refused.returncode == 2 and refused.stderr.count("\n") == 1 and "too long" in refused.stderr
+
+
+def test_the_daemon_gets_the_commands_interpreter_flags_and_not_twice_what_the_environment_gives():
+    """Flags are part of a daemon's key: -W and -X from the command line are passed on; the dev mode PYTHONDEVMODE
+    sets reaches the daemon through its environment, and passed again as -X dev it would differ."""
+    script = "import os; from showdown.daemon import _interpreter_flags; print(_interpreter_flags(dict(os.environ)))"
+    given = subprocess.run([sys.executable, "-W", "ignore::UserWarning", "-X", "importtime", "-c", script],
+                           capture_output=True, text=True, env={**os.environ, "PYTHONDEVMODE": "1"}).stdout
+    assert "-Wignore::UserWarning" in given and "'importtime'" in given and "'dev'" not in given
+    explicit = subprocess.run([sys.executable, "-X", "dev", "-c", script], capture_output=True, text=True).stdout
+    assert "'-X', 'dev'" in explicit
