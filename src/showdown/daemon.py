@@ -272,34 +272,25 @@ def control(path: Path, what: str) -> dict | None:
     return json.loads(answer) if answer else None
 
 
-@contextlib.contextmanager
-def _locked(path: Path):
-    """One `daemon start` at a time for a socket: a second waits, then finds the first's daemon running."""
-    with open(path.with_suffix(".lock"), "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        yield
-
-
 def start(idle_minutes: float) -> str:
-    """Start this environment's daemon (or find it running, or wait for one importing); one line saying which."""
+    """Start this environment's daemon (or find it running, or wait for one importing); one line saying which.
+    Two at once start one daemon: the claim (_take_claim) goes to one of them, and the other waits for it."""
     if not supported():
         raise DaemonError("the daemon needs Linux (fork after the imports, file descriptors passed over a socket)")
     path = socket_path()
-    with _locked(path):
-        status = control(path, "status")
-        if status:
-            return f"daemon already running for this environment (pid {status['pid']}, {status['served']} commands)"
-        begun, process = time.monotonic(), None
-        while (status := control(path, "status")) is None:
-            late = time.monotonic() - begun > START_TIMEOUT_S + 10  # its own alarm is at START_TIMEOUT_S
-            if late or (process is not None and process.poll() is not None):
-                if process is not None:
-                    process.kill()
-                raise DaemonError(f"the daemon did not start: {_last_line(path.with_suffix('.log'))} "
-                                  f"(log: {path.with_suffix('.log')})")
-            if process is None:
-                process = _spawn(path, idle_minutes, dict(os.environ))  # None: one imports already
-            time.sleep(0.1)
+    begun, process = time.monotonic(), None
+    while (status := control(path, "status")) is None:
+        late = time.monotonic() - begun > START_TIMEOUT_S + 10  # its own alarm is at START_TIMEOUT_S
+        if late or (process is not None and process.poll() is not None):
+            if process is not None:
+                process.kill()
+            raise DaemonError(f"the daemon did not start: {_last_line(path.with_suffix('.log'))} "
+                              f"(log: {path.with_suffix('.log')})")
+        if process is None:
+            process = _spawn(path, idle_minutes, dict(os.environ))  # None: one runs or imports already
+        time.sleep(0.1)
+    if process is None:
+        return f"daemon already running for this environment (pid {status['pid']}, {status['served']} commands)"
     return (f"daemon ready in {time.monotonic() - begun:.1f} s (pid {status['pid']}): showdown commands from this "
             f"environment start warm; it leaves after {idle_minutes:g} idle minutes (`showdown daemon stop`)")
 
