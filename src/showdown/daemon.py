@@ -16,10 +16,11 @@ usual. The daemon never initialises CUDA or a thread pool, so its children can. 
 its user can enter ($XDG_RUNTIME_DIR, else the temp folder), as ssh-agent's does. Linux only: macOS frameworks are
 not safe to use in a child forked after they load. A daemon leaves after `--idle-minutes` without a command.
 
-A command that paid for the imports itself starts this environment's daemon as it ends (`autostarter`), without
-waiting for it, as Gradle's first build starts its daemon: a user's re-run then starts warm without knowing about
-daemons. Not where a process left behind is unwanted or counted (CI, torchrun, SLURM/PBS/LSF/MPI jobs, pytest), nor
-with SHOWDOWN_DAEMON=off. The process that starts a daemon takes its claim (a lock on <socket>.claim, holding the
+A command that paid for the imports itself and succeeded starts this environment's daemon as it ends
+(`autostarter`), without waiting for it, as Gradle's first build starts its daemon: a user's re-run then starts
+warm without knowing about daemons. Not after a failed command (its error stays its one line), nor where a process
+left behind is unwanted or counted (CI, torchrun, SLURM/PBS/LSF/MPI jobs, pytest), nor with SHOWDOWN_DAEMON=off.
+The process that starts a daemon takes its claim (a lock on <socket>.claim, holding the
 start time) before the daemon exists and hands it over; the daemon holds it for life. A command that finds its
 daemon still importing waits for it rather than importing beside it; a second daemon for the same socket is never
 started. A daemon leaves once its installed code changes (an edit, a `pip install`): its key no longer matches.
@@ -340,7 +341,7 @@ def autostarter():
         return None
 
     def start_if_it_pays(exit_code: int) -> str | None:
-        if "torch" not in sys.modules or exit_code == 130:  # nothing imported to keep; the user stopped it
+        if "torch" not in sys.modules or exit_code != 0:  # nothing to keep; a failed command's error stays alone
             return None
         try:
             if _spawn(socket_path(environ=environ, paths=paths), AUTOSTART_IDLE_MINUTES, environ) is None:

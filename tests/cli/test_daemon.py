@@ -134,6 +134,9 @@ def sockets():
 
 def test_a_command_that_imported_torch_starts_the_daemon_and_the_next_waits_for_it(tmp_path, sockets):
     env = _as_in_a_users_shell(sockets)
+    failed = showdown("run", "--data", str(tmp_path / "no-such-folder"), env=env, timeout=300)
+    assert failed.returncode != 0 and failed.stderr.count("\n") == 1  # bad input: its one line, and no daemon
+    assert not list(sockets.glob("*.sock")) and not list(sockets.glob("*.log"))
     try:
         first = showdown(*QUICK_RUN, "--epochs", "1", "--out", str(tmp_path / "first"), env=env, timeout=300)
         assert first.returncode == 0, first.stderr
