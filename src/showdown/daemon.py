@@ -2,12 +2,12 @@
 
 A fresh `showdown run` spends 5-7 s of a 2-core CPU importing torch, timm, scikit-learn and matplotlib before it
 does any work: more than a cached re-run's training (docs/performance.md). The daemon imports them once and waits
-on a Unix socket. Each command then forks a child of it (copy-on-write: milliseconds) that takes over the
-terminal of the `showdown` process that asked (its stdin, stdout and stderr, passed over the socket), its working
-folder and its environment, runs the command and hands back the exit status. That process relays Ctrl-C and
-other signals to the child; if it is killed, the child is interrupted as by Ctrl-C, so finished work is kept and
-`--resume` continues. The pattern is dmypy's and Gradle's daemon, with a fork per command as in multiprocessing's
-forkserver, so nothing one command leaves behind reaches the next.
+on a Unix socket. Each command then forks a child of it (copy-on-write: milliseconds) that takes over the terminal
+of the `showdown` process that asked (its stdin, stdout and stderr, passed over the socket), its working folder and
+its environment, runs the command and hands back the exit status. That process relays Ctrl-C and other signals to
+the child, and Ctrl-Z stops the child with it until `fg` or `bg`; if it is killed, the child is interrupted as by
+Ctrl-C, so finished work is kept and `--resume` continues. The pattern is dmypy's and Gradle's daemon, with a fork
+per command as in multiprocessing's forkserver, so nothing one command leaves behind reaches the next.
 
 A command goes to a daemon only when nothing that decides what the imports do differs: the same Python and
 paths, the same installed showdown (its files' times), the same environment (OMP_NUM_THREADS,
@@ -161,6 +161,8 @@ class _Relay:
         for name in self.names:
             number = getattr(signal, name)
             self.before[number] = signal.signal(number, self._on_signal)
+        if signal.getsignal(signal.SIGTSTP) is signal.SIG_DFL:  # not where job control is off (it is ignored)
+            self.before[signal.SIGTSTP] = signal.signal(signal.SIGTSTP, self._on_suspend)
         return self
 
     def __exit__(self, *_):
@@ -173,6 +175,17 @@ class _Relay:
             self.pending.append(number)
         else:
             _kill(self.pid, number)
+
+    def _on_suspend(self, _number, _frame):
+        """Ctrl-Z: the command stops with this process, and goes on when this process is continued (`fg`, `bg`),
+        as the shell's job would without a daemon."""
+        if self.pid is not None:
+            _kill(self.pid, signal.SIGSTOP)
+        signal.signal(signal.SIGTSTP, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGTSTP)  # stopped here until SIGCONT
+        signal.signal(signal.SIGTSTP, self._on_suspend)
+        if self.pid is not None:
+            _kill(self.pid, signal.SIGCONT)
 
     def to(self, pid: int) -> None:
         self.pid = pid

@@ -72,6 +72,7 @@ def _interruptible() -> None:
     """Ctrl-C as in a terminal, even where the tests run as a background job (which ignores SIGINT, and a process
     keeps ignoring what it was started ignoring)."""
     signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGTSTP, signal.SIG_DFL)
 
 
 def _started(env, tmp_path):
@@ -109,6 +110,34 @@ def test_ctrl_c_reaches_the_command_and_a_killed_caller_interrupts_it(warm, tmp_
     while _children(pid) and time.monotonic() < deadline:  # the command's process stops, as after Ctrl-C
         time.sleep(0.2)
     assert _children(pid) == []
+
+
+def _state(pid: int) -> str:
+    with open(f"/proc/{pid}/stat") as handle:
+        return handle.read().rsplit(")", 1)[1].split()[0]  # R, S, T (stopped), ...
+
+
+def _until(condition, seconds=30) -> bool:
+    deadline = time.monotonic() + seconds
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return condition()
+
+
+def test_ctrl_z_stops_the_command_with_its_caller_and_continuing_the_caller_continues_it(warm, tmp_path):
+    pid = int(showdown("daemon", "status", env=warm).stdout.split()[1])
+    process = _started(warm, tmp_path / "ctrl-z")
+    (command,) = _children(pid)
+    process.send_signal(signal.SIGTSTP)  # what Ctrl-Z sends to the terminal's foreground job
+    assert _until(lambda: _state(process.pid) == "T" and _state(command) == "T")
+    time.sleep(0.5)
+    assert _state(command) == "T"  # and stays stopped
+    process.send_signal(signal.SIGCONT)  # `fg`
+    assert _until(lambda: _state(command) != "T" and _state(process.pid) != "T")
+    assert "epoch 2/500" in process.stderr.readline() + process.stderr.readline()  # training goes on
+    process.send_signal(signal.SIGINT)
+    process.communicate(timeout=60)
+    assert process.returncode == 130
 
 
 def test_a_socket_folder_others_can_enter_is_refused_in_one_line(tmp_path):
