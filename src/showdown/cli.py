@@ -137,6 +137,11 @@ def cmd_run(args) -> int:
         from showdown.experiment.ray_executor import require_ray  # light: Ray itself is imported when it runs
 
         require_ray()
+    if config is not None:  # a mistyped data path too
+        from showdown.data.sources import DEMO, NAMED, local_data
+
+        if config.data not in (DEMO, *NAMED):
+            local_data(config.data)
     if config is not None and config.record:  # a damaged database fails in a blink, not after torch loads
         from showdown.reporting.database import check_database
 

@@ -1,4 +1,4 @@
-"""The CLI's light commands, and every bad-flag error, start without importing torch or timm."""
+"""The CLI's light commands, every bad-flag error and a mistyped data path start without importing torch or timm."""
 import json
 import subprocess
 import sys
@@ -17,7 +17,8 @@ print(json.dumps({name: name in sys.modules for name in ("torch", "timm")}), fil
 
 
 @pytest.mark.parametrize("args", [["--help"], ["presets"], ["models"], ["runs", "list"],
-                                  ["run", "--head-dropout", "1.5"], ["run", "--lr", "fast"]])
+                                  ["run", "--head-dropout", "1.5"], ["run", "--lr", "fast"],
+                                  ["run", "--data", "no/such/folder"]])
 def test_light_commands_do_not_import_torch(args, tmp_path):
     result = subprocess.run([sys.executable, "-c", PROBE, *args], capture_output=True, text=True, cwd=tmp_path,
                             env={"SHOWDOWN_DB": str(tmp_path / "showdown.db"), "PATH": ""})

@@ -44,15 +44,22 @@ def resolve_data(data: str, root: str | None) -> tuple[str, Path]:
         return "demo-flowers", demo_path()
     if data in NAMED:
         return data, _named(data, data_root(root))
+    path = local_data(data)
+    if path.is_dir():
+        return path.name, (image_folder(path) if is_cifar_pickles(path) else path)
+    return path.name.split(".")[0], image_folder(path)
+
+
+def local_data(data: str) -> Path:
+    """The folder or archive `data` (not a name) points at; a one-line DataError where there is none. Cheap, and
+    needs no torch: `showdown run` checks it before its imports, so a mistyped path fails in a blink."""
     path = Path(data).expanduser()
     if not path.exists():
         hint = f" (or a name: {', '.join((DEMO, *NAMED))})" if os.sep not in data else ""
         raise DataError(f"dataset path {data} does not exist{hint}")
-    if path.is_dir():
-        return path.name, (image_folder(path) if is_cifar_pickles(path) else path)
-    if is_archive(path):
-        return path.name.split(".")[0], image_folder(path)
-    raise DataError(f"{data} is neither a folder of class sub-folders nor a .zip/.tar/.tar.gz archive")
+    if not (path.is_dir() or is_archive(path)):
+        raise DataError(f"{data} is neither a folder of class sub-folders nor a .zip/.tar/.tar.gz archive")
+    return path
 
 
 def _named(name: str, root: Path) -> Path:
