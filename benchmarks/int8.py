@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import subprocess
 import time
 from pathlib import Path
 
@@ -21,21 +20,18 @@ import torch
 
 from showdown.data.folder import images_in
 from showdown.data.images import eval_transform
+from showdown.device import CPU, device_facts, has_int8_dot_products
 from showdown.frozen.engines import frozen_forward
 from showdown.frozen.feature_cache import FrozenPass, forward_frozen
 from showdown.frozen.quantize import calibration_for, calibration_items
 from showdown.models.backbones import load_backbone
 from showdown.precision import autocast
 
-FLAGS = ("avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16", "amx_int8")
-
 
 def cpu() -> str:
-    text = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-    model = next((line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("Model name")), "?")
-    flags = set(next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("Flags")), []))
-    return f"{model}, {os.cpu_count()} CPUs; " + ", ".join(f"{flag} {'yes' if flag in flags else 'no'}"
-                                                          for flag in FLAGS)
+    facts = device_facts(CPU)  # the name with family and model, and whether int8 has VNNI/AMX dot products
+    return f"{facts['name']}, {os.cpu_count()} CPUs; {', '.join(facts['isa']) or 'no AVX2'}; " + \
+        f"int8 dot products (VNNI/AMX): {'yes' if has_int8_dot_products() else 'no'}"
 
 
 def fidelity(reference: torch.Tensor, other: torch.Tensor) -> dict:
