@@ -20,7 +20,7 @@ import sys
 import tempfile
 import time
 
-from showdown.daemon import _import_what_commands_use
+from showdown.daemon import import_what_commands_use
 from showdown.startup import heavy_imports
 
 PHASES = ["experiment.entry.train_entry", "experiment.context.fit", "training.loop.run_epoch",
@@ -69,7 +69,7 @@ def main() -> None:
     tmp = tempfile.mkdtemp()
     os.environ.update(SHOWDOWN_CACHE=f"{tmp}/cache", SHOWDOWN_DB=f"{tmp}/runs.db")
     with heavy_imports():
-        _import_what_commands_use()
+        import_what_commands_use()
     rerun = ["run", "--data", args.data, "--models", "efficientnet_lite0", "--strategy", "head", "--epochs", "30"]
     read, write = os.pipe()
     for i in range(args.repeats + 1):  # the first fills the cache

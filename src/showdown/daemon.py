@@ -416,7 +416,7 @@ def serve(path: Path, idle_seconds: float, claim) -> None:
     signal.signal(signal.SIGALRM, _too_slow)  # imports stuck (a dead network mount): leave, and free the claim
     signal.alarm(START_TIMEOUT_S)
     with heavy_imports():
-        _import_what_commands_use()
+        import_what_commands_use()
     signal.alarm(0)
     # What the imports set in the environment, kept in every child (a command in its own process would have it).
     changed = {key: value for key, value in os.environ.items() if before.get(key) != value}
@@ -509,7 +509,7 @@ def _receive(conn: socket.socket) -> tuple[bytes, list[int], dict]:
         raise
 
 
-def _import_what_commands_use() -> None:
+def import_what_commands_use() -> None:
     import showdown.cli  # noqa: F401
     import showdown.experiment.runner  # noqa: F401
     import showdown.reporting.report  # noqa: F401
