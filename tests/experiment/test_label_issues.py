@@ -42,15 +42,20 @@ def test_label_issues_off_writes_no_file(tmp_path, demo_copy):
     assert "without suspect labels" not in (results.run_dir / "report.md").read_text()
 
 
-def test_drop_label_issues_reruns_every_entry_without_the_flagged_images(tmp_path, demo_copy):
+def test_drop_label_issues_reruns_every_entry_without_the_flagged_images(tmp_path, demo_copy, capsys, monkeypatch):
     import csv
     import json
 
+    from showdown.experiment import runner
+
+    monkeypatch.setattr(runner, "explain_available", lambda: False)  # as without pytorch-grad-cam installed
     lines = []
     config = RunConfig(data=str(demo_copy), models=["efficientnet_lite0", "efficientnet_lite1"], strategies=["head"],
-                       image_size=64, epochs=3, workers=0, precision="fp32", record=False, gradcam=0,
+                       image_size=64, epochs=3, workers=0, precision="fp32", record=False, gradcam=2,
                        out=str(tmp_path / "run"), drop_label_issues=True)
     results = run(config, echo=lines.append)
+    err = capsys.readouterr().err  # the note on the missing extra comes once, after the re-run's entries too
+    assert err.count("Grad-CAM overlays skipped") == 1 and err.index("Grad-CAM") > err.rindex("epoch 3/3")
     run_dir, rerun = results.run_dir, results.without_label_issues
     with (run_dir / "label_issues.csv").open(newline="") as handle:
         flagged = list(csv.DictReader(handle))

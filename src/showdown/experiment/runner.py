@@ -96,8 +96,6 @@ def run(config: RunConfig | None = None, *, echo: Callable[[str], None] = print,
         reporter.start_run(config, run_dir, _grid_size(config) * (2 if config.drop_label_issues else 1))
         last_loaded: dict[str, Backbone] = {}  # the entries' last backbone, which the label-issue search may reuse
         rows, skipped = _all_entries(config, dataset, folds, context, run_dir, resume, keep=last_loaded)
-        if no_gradcam:
-            reporter.warn(f"Grad-CAM overlays skipped: {EXPLAIN_EXTRA}")
         frozen_passes = {key: frozen.stats[key] for key in ("hit", "miss", "images")}
         frozen_passes["recomputed"] = HEALED["recomputed"] - healed_before
         if distributed.active():  # images each process ran through frozen layers: shards, never the same image twice
@@ -112,6 +110,8 @@ def run(config: RunConfig | None = None, *, echo: Callable[[str], None] = print,
             results.without_label_issues, kept = rerun_without(config, dataset, flagged, context, run_dir, resume,
                                                                _all_entries)
             issues["rerun"] = {"folder": WITHOUT_LABEL_ISSUES, "kept": kept}
+        if no_gradcam:  # after every entry (the re-run's too), and never before an error
+            reporter.warn(f"Grad-CAM overlays skipped: {EXPLAIN_EXTRA}")
         if distributed.is_main():
             _finish(results, config, frozen_passes, reporter, issues)
     distributed.barrier()  # the run folder is complete before any process returns
