@@ -4,6 +4,8 @@ from pathlib import Path
 
 import pytest
 
+from showdown.startup import heavy_imports
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("SHOWDOWN_SHARED", REPO.parent / "shared"))
 PHOTOS = SHARED / "photos"
@@ -55,8 +57,15 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     # `pytest -n 2`: one core per worker. Two workers each spinning two OpenMP threads on two cores is far
     # slower than either alone; the CLI subprocesses the tests start inherit the setting.
     os.environ["OMP_NUM_THREADS"] = "1"
+
+# What the test modules import, imported as `showdown` imports it (showdown/startup.py): timm without Weights &
+# Biases, and the imported objects frozen out of the garbage collector's way for the whole session.
+with heavy_imports():
     import torch
 
+    import showdown.experiment.runner  # noqa: F401
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
     torch.set_num_threads(1)
 
 
