@@ -129,7 +129,8 @@ def test_ctrl_z_stops_the_command_with_its_caller_and_continuing_the_caller_cont
     process = _started(warm, tmp_path / "ctrl-z")
     (command,) = _children(pid)
     process.send_signal(signal.SIGTSTP)  # what Ctrl-Z sends to the terminal's foreground job
-    assert _until(lambda: _state(process.pid) == "T" and _state(command) == "T")
+    assert _until(lambda: _state(process.pid) == "T" and _state(command) == "T"), \
+        f"caller {_state(process.pid)}, command {_state(command)}, children {_children(pid)}"
     time.sleep(0.5)
     assert _state(command) == "T"  # and stays stopped
     process.send_signal(signal.SIGCONT)  # `fg`

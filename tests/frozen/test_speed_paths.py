@@ -43,8 +43,11 @@ def test_cached_and_uncached_head_training_give_the_same_weights(demo_dir, tmp_p
                 keep_eval=batchnorms_kept_in_eval(model))
     # within 1e-4, not rounded to 4 places: two values 1e-7 apart can round apart
     assert [h["train_loss"] for h in cached] == pytest.approx([h["train_loss"] for h in naive], abs=1e-4)
+    # The features differ by float order (a compiled graph against eager PyTorch), and Adam divides each step by
+    # the gradient's running scale: a weight whose gradient is near zero moves by a larger share of that. 1 of
+    # 3840 weights 1.8e-4 apart on Python 3.13 with one thread (pytest -n 2); a wrong feature or order is far off.
     for key, value in cached_head.state_dict().items():
-        torch.testing.assert_close(value, model.head.state_dict()[key], atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(value, model.head.state_dict()[key], atol=1e-3, rtol=1e-4)
 
 
 @pytest.mark.parametrize("store_dtype, tolerance", [(torch.float32, 1e-4), (torch.bfloat16, 2e-2)])
