@@ -176,21 +176,25 @@ class _Relay:
         else:
             _kill(self.pid, number)
 
-    def _on_suspend(self, _number, _frame):
+    def _on_suspend(self, number, _frame):
         """Ctrl-Z: the command stops with this process, and goes on when this process is continued (`fg`, `bg`),
-        as the shell's job would without a daemon."""
-        if self.pid is not None:
-            _kill(self.pid, signal.SIGSTOP)
+        as the shell's job would without a daemon. Before the command's pid is known, once it is."""
+        if self.pid is None:
+            self.pending.append(number)
+            return
+        _kill(self.pid, signal.SIGSTOP)
         signal.signal(signal.SIGTSTP, signal.SIG_DFL)
         os.kill(os.getpid(), signal.SIGTSTP)  # stopped here until SIGCONT
         signal.signal(signal.SIGTSTP, self._on_suspend)
-        if self.pid is not None:
-            _kill(self.pid, signal.SIGCONT)
+        _kill(self.pid, signal.SIGCONT)
 
     def to(self, pid: int) -> None:
         self.pid = pid
         for number in self.pending:
-            _kill(pid, number)
+            if number == signal.SIGTSTP:
+                self._on_suspend(number, None)
+            else:
+                _kill(pid, number)
 
 
 def _is_open(fd: int) -> bool:
