@@ -73,6 +73,7 @@ def _interruptible() -> None:
     keeps ignoring what it was started ignoring)."""
     signal.signal(signal.SIGINT, signal.SIG_DFL)
     signal.signal(signal.SIGTSTP, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_SETMASK, set())  # nothing blocked, as a shell starts a command
 
 
 def _started(env, tmp_path):
@@ -117,6 +118,12 @@ def _state(pid: int) -> str:
         return handle.read().rsplit(")", 1)[1].split()[0]  # R, S, T (stopped), ...
 
 
+def _signals(pid: int) -> str:
+    """Which signals a process blocks, ignores and catches (hexadecimal masks; SIGTSTP is 0x80000)."""
+    with open(f"/proc/{pid}/status") as handle:
+        return " ".join(line.replace("\t", " ") for line in handle if line.startswith(("SigBlk", "SigIgn", "SigCgt")))
+
+
 def _until(condition, seconds=30) -> bool:
     deadline = time.monotonic() + seconds
     while not condition() and time.monotonic() < deadline:
@@ -130,7 +137,7 @@ def test_ctrl_z_stops_the_command_with_its_caller_and_continuing_the_caller_cont
     (command,) = _children(pid)
     process.send_signal(signal.SIGTSTP)  # what Ctrl-Z sends to the terminal's foreground job
     assert _until(lambda: _state(process.pid) == "T" and _state(command) == "T"), \
-        f"caller {_state(process.pid)}, command {_state(command)}, children {_children(pid)}"
+        f"caller {_state(process.pid)}, command {_state(command)}, children {_children(pid)}; {_signals(process.pid)}"
     time.sleep(0.5)
     assert _state(command) == "T"  # and stays stopped
     process.send_signal(signal.SIGCONT)  # `fg`
