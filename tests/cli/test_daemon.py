@@ -69,11 +69,14 @@ def test_a_command_from_another_environment_runs_in_its_own_process(warm):
 
 
 def _interruptible() -> None:
-    """Ctrl-C as in a terminal, even where the tests run as a background job (which ignores SIGINT, and a process
-    keeps ignoring what it was started ignoring)."""
+    """Ctrl-C and Ctrl-Z as in a terminal, even where the tests run as a background job (which ignores SIGINT, and
+    a process keeps ignoring what it was started ignoring) or under nohup: a job of its own process group, as a
+    shell starts it. The kernel drops Ctrl-Z's stop in a group with no parent outside it (an orphaned group), so
+    in the tests' own group, under nohup, no process would stop, with or without the daemon."""
     signal.signal(signal.SIGINT, signal.SIG_DFL)
     signal.signal(signal.SIGTSTP, signal.SIG_DFL)
-    signal.pthread_sigmask(signal.SIG_SETMASK, set())  # nothing blocked, as a shell starts a command
+    signal.pthread_sigmask(signal.SIG_SETMASK, set())
+    os.setpgid(0, 0)
 
 
 def _started(env, tmp_path):

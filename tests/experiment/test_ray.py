@@ -116,11 +116,14 @@ def test_ray_executor_gives_the_single_run_and_survives_a_killed_worker(cluster,
     driver = subprocess.Popen([sys.executable, "-m", "showdown", "run", *FLAGS, "--executor", "ray", "--ray-address",
                                cluster, "--out", str(out), "--db", str(tmp_path / "results.db")],
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
-    # meanwhile, the same showdown in one process
-    subprocess.run([sys.executable, "-m", "showdown", "run", *FLAGS, "--no-record", "--out", str(single),
-                    "--cache-dir", str(tmp_path / "single-cache")],  # its features are not the shards' to reuse
-                   check=True, capture_output=True, env=env)
+    # meanwhile, the same showdown in one process (watched for the kill as it runs: waiting for it first, the
+    # shard could finish before it is killed)
+    alone = subprocess.Popen([sys.executable, "-m", "showdown", "run", *FLAGS, "--no-record", "--out", str(single),
+                              "--cache-dir", str(tmp_path / "single-cache")],  # not the shards' features to reuse
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
     pid, killed, finished = _kill_a_shard_after_its_first_entry(out / "shards", driver)
+    _, errors = alone.communicate(timeout=300)
+    assert alone.returncode == 0, errors
     output, _ = driver.communicate(timeout=300)
     assert driver.returncode == 0, output
     assert "ray: 2 shards of 3 backbones, each a task with 1 CPU(s)" in output
