@@ -43,30 +43,30 @@ SLOWEST_FIRST = (
 def pytest_configure(config):
     if hasattr(config.option, "loadscopereorder"):  # xdist's own order (most tests first) would undo ours
         config.option.loadscopereorder = False
+    if getattr(config.option, "numprocesses", None) and not hasattr(config, "workerinput"):
+        return  # xdist's controller runs no test: it imports no torch
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        # `pytest -n 2`: one core per worker. Two workers each spinning two OpenMP threads on two cores is far
+        # slower than either alone; the CLI subprocesses the tests start inherit the setting.
+        os.environ["OMP_NUM_THREADS"] = "1"
+    # What the test modules import, imported as `showdown` imports it (showdown/startup.py): timm without
+    # Weights & Biases, and the imported objects frozen out of the garbage collector's way for the session.
+    with heavy_imports():
+        import torch
+
+        import showdown.experiment.runner  # noqa: F401
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        torch.set_num_threads(1)
 
 
 def pytest_collection_modifyitems(items):
+    tests = Path(__file__).parent
+
     def rank(item) -> int:
-        module = item.path.relative_to(Path(__file__).parent).as_posix()
+        module = item.path.relative_to(tests).as_posix() if item.path.is_relative_to(tests) else None
         return SLOWEST_FIRST.index(module) if module in SLOWEST_FIRST else len(SLOWEST_FIRST)
 
     items.sort(key=rank)  # stable: within a module, and among the rest, the collected order stays
-
-
-if os.environ.get("PYTEST_XDIST_WORKER"):
-    # `pytest -n 2`: one core per worker. Two workers each spinning two OpenMP threads on two cores is far
-    # slower than either alone; the CLI subprocesses the tests start inherit the setting.
-    os.environ["OMP_NUM_THREADS"] = "1"
-
-# What the test modules import, imported as `showdown` imports it (showdown/startup.py): timm without Weights &
-# Biases, and the imported objects frozen out of the garbage collector's way for the whole session.
-with heavy_imports():
-    import torch
-
-    import showdown.experiment.runner  # noqa: F401
-
-if os.environ.get("PYTEST_XDIST_WORKER"):
-    torch.set_num_threads(1)
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -137,7 +137,7 @@ def cmd_run(args) -> int:
         from showdown.experiment.ray_executor import require_ray  # light: Ray itself is imported when it runs
 
         require_ray()
-    if config is not None:  # a mistyped data path too
+    if config is not None and config.executor != "ray":  # a mistyped data path too (Ray's may be the cluster's)
         from showdown.data.sources import DEMO, NAMED, local_data
 
         if config.data not in (DEMO, *NAMED):

@@ -2,6 +2,8 @@
 for the leakage check, and the garbage collector walking the imported libraries."""
 import base64
 import gc
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -100,12 +102,23 @@ def test_heavy_imports_leave_the_collector_as_they_found_it(enabled):
             assert not gc.isenabled()
             import showdown.reporting.tables  # noqa: F401
         assert gc.isenabled() == enabled
-        assert gc.get_freeze_count() > 0
         with pytest.raises(ImportError), heavy_imports():
             import showdown.no_such_module  # noqa: F401
         assert gc.isenabled() == enabled
     finally:
         gc.enable() if was else gc.disable()
+
+
+def test_heavy_imports_freeze_what_they_imported_once_per_process():
+    """In a fresh process: this one's conftest froze its imports already (tests/conftest.py)."""
+    code = ("import gc; from showdown.startup import heavy_imports\n"
+            "with heavy_imports(): import showdown.reporting.tables\n"
+            "first = gc.get_freeze_count(); object()\n"
+            "with heavy_imports(): import showdown.run_schema\n"
+            "print(first, gc.get_freeze_count())")
+    first, second = map(int, subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                                            check=True).stdout.split())
+    assert first > 1000 and second == first  # frozen once: the second command in a process freezes nothing more
 
 
 def test_png_bytes_closes_the_figure():
