@@ -5,9 +5,10 @@ does any work: more than a cached re-run's training (docs/performance.md). The d
 on a Unix socket. Each command then forks a child of it (copy-on-write: milliseconds) that takes over the terminal
 of the `showdown` process that asked (its stdin, stdout and stderr, passed over the socket), its working folder and
 its environment, runs the command and hands back the exit status. That process relays Ctrl-C and other signals to
-the child, and Ctrl-Z stops the child (not processes it started) with it until `fg` or `bg`; if it is killed, the child is interrupted as by
-Ctrl-C, so finished work is kept and `--resume` continues. The pattern is dmypy's and Gradle's daemon, with a fork
-per command as in multiprocessing's forkserver, so nothing one command leaves behind reaches the next.
+the child, and Ctrl-Z stops the child (not processes it started) with it until `fg` or `bg`; if it is killed, the
+child is interrupted as by Ctrl-C, so finished work is kept and `--resume` continues. The pattern is dmypy's and
+Gradle's daemon, with a fork per command as in multiprocessing's forkserver, so nothing one command leaves behind
+reaches the next.
 
 A command goes to a daemon only when nothing that decides what the imports do differs: the same Python and
 paths, the same installed showdown (its files' times), the same environment (OMP_NUM_THREADS,
