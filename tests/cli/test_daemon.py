@@ -95,6 +95,13 @@ def _children(daemon_pid: int) -> list[int]:
         return [int(pid) for pid in handle.read().split()]
 
 
+def _until(condition, seconds=30) -> bool:
+    deadline = time.monotonic() + seconds
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return condition()
+
+
 def test_ctrl_c_reaches_the_command_and_a_killed_caller_interrupts_it(warm, tmp_path):
     process = _started(warm, tmp_path / "ctrl-c")
     process.send_signal(signal.SIGINT)
@@ -110,9 +117,7 @@ def test_ctrl_c_reaches_the_command_and_a_killed_caller_interrupts_it(warm, tmp_
     assert len(_children(pid)) == 1
     process.kill()
     process.stderr.close()  # nobody reads the command's progress any more
-    deadline = time.monotonic() + 60
-    while _children(pid) and time.monotonic() < deadline:  # the command's process stops, as after Ctrl-C
-        time.sleep(0.2)
+    _until(lambda: not _children(pid), seconds=60)  # the command's process stops, as after Ctrl-C
     assert _children(pid) == []
 
 
@@ -125,13 +130,6 @@ def _signals(pid: int) -> str:
     """Which signals a process blocks, ignores and catches (hexadecimal masks; SIGTSTP is 0x80000)."""
     with open(f"/proc/{pid}/status") as handle:
         return " ".join(line.replace("\t", " ") for line in handle if line.startswith(("SigBlk", "SigIgn", "SigCgt")))
-
-
-def _until(condition, seconds=30) -> bool:
-    deadline = time.monotonic() + seconds
-    while not condition() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    return condition()
 
 
 def test_ctrl_z_stops_the_command_with_its_caller_and_continuing_the_caller_continues_it(warm, tmp_path):
