@@ -6,7 +6,8 @@ on a Unix socket. Each command then forks a child of it (copy-on-write: millisec
 of the `showdown` process that asked (its stdin, stdout and stderr, passed over the socket), its working folder and
 its environment, runs the command and hands back the exit status. That process relays Ctrl-C and other signals to
 the child, and Ctrl-Z stops the child (not processes it started) with it until `fg` or `bg`; if it is killed, the
-child is interrupted as by Ctrl-C, so finished work is kept and `--resume` continues. The pattern is dmypy's and
+child is interrupted as by Ctrl-C (continued first if stopped: the daemon watches each command's caller), so
+finished work is kept and `--resume` continues. The pattern is dmypy's and
 Gradle's daemon, with a fork per command as in multiprocessing's forkserver, so nothing one command leaves behind
 reaches the next.
 
@@ -37,6 +38,7 @@ import hashlib
 import io
 import json
 import os
+import select
 import signal
 import socket
 import subprocess
@@ -437,20 +439,33 @@ def serve(path: Path, idle_seconds: float, claim) -> None:
     inode = path.stat().st_ino
     state = {"pid": os.getpid(), "served": 0, "since": time.time()}
     last = time.monotonic()
+    # Each running command, watched: a pidfd of its process -> the daemon's end of its caller's connection.
+    commands: dict[int, socket.socket] = {}
     try:
         while True:
-            listener.settimeout(min(60.0, max(1.0, idle_seconds - (time.monotonic() - last))))
-            try:
-                conn, _ = listener.accept()
-            except TimeoutError:
+            timeout = min(60.0, max(1.0, idle_seconds - (time.monotonic() - last)))
+            ready, _, _ = select.select([listener, *commands, *commands.values()], [], [], timeout)
+            for command, conn in list(commands.items()):
+                if command in ready or conn in ready:  # the command ended, or its caller did
+                    _forget(command, conn, caller_gone=conn in ready)
+                    del commands[command]
+            if listener not in ready:
                 if time.monotonic() - last >= idle_seconds or _inode(path) != inode or _outdated(path, before, paths):
                     return
                 continue
+            conn, _ = listener.accept()
             last = time.monotonic()
-            with conn:
-                if _answer(conn, state, (listener, claim), {"changed": changed, "removed": removed}):
-                    return
+            own = (listener, claim, *commands.values(), *map(_Fd, commands))
+            stop, command = _answer(conn, state, own, {"changed": changed, "removed": removed})
+            if command is None:
+                conn.close()
+            else:
+                commands[command] = conn
+            if stop:
+                return
     finally:
+        for command, conn in commands.items():
+            _forget(command, conn, caller_gone=False)
         listener.close()
         if _inode(path) == inode:  # not a newer daemon's
             with contextlib.suppress(OSError):
@@ -478,17 +493,19 @@ def _inode(path: Path) -> int | None:
         return None
 
 
-def _answer(conn: socket.socket, state: dict, daemons_own: tuple, imports_env: dict) -> bool:
-    """One connection: a status, a stop (True), or a command run in a forked child (which closes `daemons_own`:
-    the listening socket, and the claim, which would otherwise outlive the daemon in a long command)."""
+def _answer(conn: socket.socket, state: dict, daemons_own: tuple, imports_env: dict) -> tuple[bool, int | None]:
+    """One connection: a status, a stop (True, None), or a command run in a forked child (False, a pidfd of the
+    child, where the kernel gives one). The child closes `daemons_own`: the listening socket, the claim, which
+    would otherwise outlive the daemon in a long command, and what the daemon holds of the other commands."""
     fds = []
     try:
         conn.settimeout(10)  # a command sends its request at once
         kind, fds, request = _receive(conn)
         if kind == CONTROL:
             conn.sendall(_line(state))
-            return request.get("do") == "stop"
-        if os.fork() == 0:
+            return request.get("do") == "stop", None
+        pid = os.fork()
+        if pid == 0:
             try:
                 for own in daemons_own:
                     own.close()
@@ -496,12 +513,31 @@ def _answer(conn: socket.socket, state: dict, daemons_own: tuple, imports_env: d
             finally:
                 os._exit(1)  # whatever happened, the child never runs the daemon's code
         state["served"] += 1
+        with contextlib.suppress(OSError, AttributeError):  # a kernel before 5.3: not watched
+            return False, os.pidfd_open(pid)
     except (OSError, ValueError):  # a request cut short, or no fork: the command runs itself
         pass
     finally:
         for fd in fds:
             os.close(fd)
-    return False
+    return False, None
+
+
+class _Fd(int):
+    def close(self) -> None:
+        os.close(self)
+
+
+def _forget(command: int, conn: socket.socket, caller_gone: bool) -> None:
+    """Stop watching a command. Where its caller ended, continue it first, in case the caller was killed while
+    Ctrl-Z stopped both: its own watch (_interrupt_when_gone) then interrupts it as Ctrl-C would. A pidfd, not a
+    pid: the command may have ended, and its pid gone to another process. Its connection is closed, so that a
+    command that dies without its exit status still ends its caller's wait."""
+    if caller_gone:
+        with contextlib.suppress(OSError):
+            signal.pidfd_send_signal(command, signal.SIGCONT)
+    os.close(command)
+    conn.close()
 
 
 def _receive(conn: socket.socket) -> tuple[bytes, list[int], dict]:

@@ -148,6 +148,25 @@ def test_ctrl_z_stops_the_command_with_its_caller_and_continuing_the_caller_cont
     process.communicate(timeout=60)
     assert process.returncode == 130
 
+    # Killed while stopped (`kill -9 %1`): the daemon continues the command, which then ends as after Ctrl-C.
+    process = _started(warm, tmp_path / "killed-stopped")
+    (command,) = _children(pid)
+    process.send_signal(signal.SIGTSTP)
+    assert _until(lambda: _state(command) == "T")
+    process.kill()
+    process.stderr.close()
+    assert _until(lambda: not _children(pid), seconds=60), f"command {_state(command)}"
+
+
+def test_a_command_killed_in_the_daemon_ends_its_caller_in_one_line(warm, tmp_path):
+    pid = int(showdown("daemon", "status", env=warm).stdout.split()[1])
+    process = _started(warm, tmp_path)
+    (command,) = _children(pid)
+    os.kill(command, signal.SIGKILL)  # e.g. the kernel's out-of-memory killer
+    _, rest = process.communicate(timeout=60)
+    assert process.returncode == 1 and rest.strip().splitlines()[-1] == \
+        "error: the command's process in the daemon ended without an exit status", rest
+
 
 def test_a_socket_folder_others_can_enter_is_refused_in_one_line(tmp_path):
     shared = tmp_path / "open"
