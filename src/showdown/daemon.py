@@ -134,16 +134,17 @@ def forward(argv: list[str]) -> int | None:
             conn.settimeout(FORK_TIMEOUT_S)
             replies = _send(conn, RUN, request, fds=[0, 1, 2])
             started = replies.readline()
-            if not started:
-                return None
             conn.settimeout(None)
         except OSError:
-            return None  # the child sends its pid before it runs anything: nothing ran
-        relay.to(json.loads(started)["pid"])
-        try:
-            ended = replies.readline()
-        except OSError:
-            ended = ""
+            started = ""
+        if started:
+            relay.to(json.loads(started)["pid"])
+            try:
+                ended = replies.readline()
+            except OSError:
+                ended = ""
+    if not started:  # the child sends its pid before it runs anything: nothing ran, this process runs it
+        return relay.here()
     if ended:
         return json.loads(ended)["exit"]
     if relay.last is not None:  # the command died of the signal relayed to it: so does this process, as without
@@ -190,6 +191,16 @@ class _Relay:
         os.kill(os.getpid(), signal.SIGTSTP)  # stopped here until SIGCONT
         signal.signal(signal.SIGTSTP, self._on_suspend)
         _kill(self.pid, signal.SIGCONT)
+
+    def here(self) -> int | None:
+        """The daemon did not run the command, and this process will: the signals that came meanwhile take effect
+        here, as they would have without a daemon. None, or the exit status where Ctrl-C came."""
+        for number in self.pending:
+            if number == signal.SIGINT:
+                print("interrupted", file=sys.stderr)
+                return 130
+            os.kill(os.getpid(), number)  # their handlers are restored: Ctrl-Z stops here, SIGTERM ends
+        return None
 
     def to(self, pid: int) -> None:
         self.pid = pid

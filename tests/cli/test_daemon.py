@@ -244,3 +244,32 @@ def test_the_daemon_gets_the_commands_interpreter_flags_and_not_twice_what_the_e
     assert "-Wignore::UserWarning" in given and "'importtime'" in given and "'dev'" not in given
     explicit = subprocess.run([sys.executable, "-X", "dev", "-c", script], capture_output=True, text=True).stdout
     assert "'-X', 'dev'" in explicit
+
+
+STUCK_DAEMON = """
+import socket, sys
+from showdown import daemon
+daemon.FORK_TIMEOUT_S = 3
+listener = socket.socket(socket.AF_UNIX)  # a daemon that takes the connection and never answers
+listener.bind(str(daemon.socket_path()))
+listener.listen(1)
+print("asking", flush=True)
+code = daemon.forward(["presets"])
+print("runs it itself" if code is None else f"exit {code}", flush=True)
+"""
+
+
+@pytest.mark.parametrize("number", [signal.SIGINT, signal.SIGTSTP], ids=["Ctrl-C", "Ctrl-Z"])
+def test_a_key_pressed_while_a_stuck_daemon_is_asked_takes_effect_when_the_command_runs_itself(sockets, number):
+    env = {**os.environ, "SHOWDOWN_DAEMON_DIR": str(sockets)}
+    process = subprocess.Popen([sys.executable, "-c", STUCK_DAEMON], env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=_interruptible)
+    assert process.stdout.readline() == "asking\n"
+    time.sleep(0.5)
+    process.send_signal(number)
+    if number == signal.SIGTSTP:
+        assert _until(lambda: _state(process.pid) == "T", seconds=10)  # once the daemon is given up on
+        process.send_signal(signal.SIGCONT)
+    out, err = process.communicate(timeout=30)
+    assert out == ("exit 130\n" if number == signal.SIGINT else "runs it itself\n"), (out, err)
+    assert err == ("interrupted\n" if number == signal.SIGINT else "")
