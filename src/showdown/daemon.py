@@ -16,7 +16,8 @@ paths, the same installed showdown (its files' times), the same environment (OMP
 CUDA_VISIBLE_DEVICES, torchrun's RANK, SLURM's variables, ...); any other command runs in its own process as
 usual. The daemon never initialises CUDA or a thread pool, so its children can. The socket lives in a folder only
 its user can enter ($XDG_RUNTIME_DIR, else the temp folder), as ssh-agent's does. Linux only: macOS frameworks are
-not safe to use in a child forked after they load. A daemon leaves after `--idle-minutes` without a command.
+not safe to use in a child forked after they load. A daemon leaves after `--idle-minutes` with no command running
+or asked for.
 
 A command that paid for the imports itself and succeeded starts this environment's daemon as it ends
 (`autostarter`), without waiting for it, as Gradle's first build starts its daemon: a user's re-run then starts
@@ -33,6 +34,7 @@ holds both ends of one small protocol over the socket, the command's and the dae
 from __future__ import annotations
 
 import contextlib
+import faulthandler
 import fcntl
 import hashlib
 import io
@@ -135,16 +137,21 @@ def forward(argv: list[str]) -> int | None:
             replies = _send(conn, RUN, request, fds=[0, 1, 2])
             started = replies.readline()
             conn.settimeout(None)
+            if started:
+                relay.to(json.loads(started)["pid"])
         except OSError:
             started = ""
+        except KeyboardInterrupt:  # before the command started (a child that starts later sees this end close)
+            print("interrupted", file=sys.stderr)
+            return 130
         if started:
-            relay.to(json.loads(started)["pid"])
             try:
                 ended = replies.readline()
             except OSError:
                 ended = ""
     if not started:  # the child sends its pid before it runs anything: nothing ran, this process runs it
-        return relay.here()
+        relay.here()
+        return None
     if ended:
         return json.loads(ended)["exit"]
     if relay.last is not None:  # the command died of the signal relayed to it: so does this process, as without
@@ -175,6 +182,8 @@ class _Relay:
 
     def _on_signal(self, number, _frame):
         self.last = number
+        if self.pid is None and number == signal.SIGINT:
+            raise KeyboardInterrupt  # nothing ran yet: leave at once, not after a stuck daemon's FORK_TIMEOUT_S
         if self.pid is None:
             self.pending.append(number)
         else:
@@ -192,15 +201,14 @@ class _Relay:
         signal.signal(signal.SIGTSTP, self._on_suspend)
         _kill(self.pid, signal.SIGCONT)
 
-    def here(self) -> int | None:
+    def here(self) -> None:
         """The daemon did not run the command, and this process will: the signals that came meanwhile take effect
-        here, as they would have without a daemon. None, or the exit status where Ctrl-C came."""
-        for number in self.pending:
-            if number == signal.SIGINT:
-                print("interrupted", file=sys.stderr)
-                return 130
-            os.kill(os.getpid(), number)  # their handlers are restored: Ctrl-Z stops here, SIGTERM ends
-        return None
+        here, each once, as they would have without a daemon."""
+        for number in dict.fromkeys(self.pending):
+            if number == signal.SIGUSR1:  # "where is it stuck?": here, waiting for the daemon
+                faulthandler.dump_traceback(all_threads=True)
+            else:
+                os.kill(os.getpid(), number)  # their handlers are restored: Ctrl-Z stops here, SIGTERM ends
 
     def to(self, pid: int) -> None:
         self.pid = pid
@@ -449,40 +457,43 @@ def serve(path: Path, idle_seconds: float, claim) -> None:
     os.replace(staging, path)  # commands find the socket once it answers
     inode = path.stat().st_ino
     state = {"pid": os.getpid(), "served": 0, "since": time.time()}
-    last = time.monotonic()
-    # Each running command, watched: a pidfd of its process -> the daemon's end of its caller's connection.
-    commands: dict[int, socket.socket] = {}
+    commands = _Commands()
     try:
-        while True:
-            timeout = min(60.0, max(1.0, idle_seconds - (time.monotonic() - last)))
-            ready, _, _ = select.select([listener, *commands, *commands.values()], [], [], timeout)
-            for command, conn in list(commands.items()):
-                if command in ready or conn in ready:  # the command ended, or its caller did
-                    _forget(command, conn, caller_gone=conn in ready)
-                    del commands[command]
-            if listener not in ready:
-                if time.monotonic() - last >= idle_seconds or _inode(path) != inode or _outdated(path, before, paths):
-                    return
-                continue
-            conn, _ = listener.accept()
-            last = time.monotonic()
-            own = (listener, claim, *commands.values(), *map(_Fd, commands))
-            stop, command = _answer(conn, state, own, {"changed": changed, "removed": removed})
-            if command is None:
-                conn.close()
-            else:
-                commands[command] = conn
-            if stop:
-                return
+        _take_commands(listener, commands, state, claim, idle_seconds,
+                       lambda: _inode(path) != inode or _outdated(path, before, paths),
+                       {"changed": changed, "removed": removed})
     finally:
-        for command, conn in commands.items():
-            _forget(command, conn, caller_gone=False)
         listener.close()
         if _inode(path) == inode:  # not a newer daemon's
             with contextlib.suppress(OSError):
                 path.unlink()
                 path.with_suffix(".log").unlink()  # its output; kept where it failed to start
         claim.close()  # free at once, not after the interpreter's teardown: `daemon stop; daemon start` works
+    while commands.running:  # no new commands come; those still running stay watched until they end
+        commands.wait()
+
+
+def _take_commands(listener: socket.socket, commands: _Commands, state: dict, claim, idle_seconds: float,
+                   superseded, imports_env: dict) -> None:
+    """Answer connections until stopped, idle (no command for `idle_seconds`, none running) or `superseded()`."""
+    last = time.monotonic()
+    while True:
+        ready, ended = commands.wait(listener, timeout=min(60.0, max(1.0, idle_seconds - (time.monotonic() - last))))
+        if ended:
+            last = time.monotonic()
+        if listener not in ready:
+            if (not commands.running and time.monotonic() - last >= idle_seconds) or superseded():
+                return
+            continue
+        conn, _ = listener.accept()
+        last = time.monotonic()
+        stop, pidfd = _answer(conn, state, (listener, claim, *commands.held()), imports_env)
+        if pidfd is None:
+            conn.close()
+        else:
+            commands.watch(pidfd, conn)
+        if stop:
+            return
 
 
 def _too_slow(*_) -> None:
@@ -534,21 +545,44 @@ def _answer(conn: socket.socket, state: dict, daemons_own: tuple, imports_env: d
     return False, None
 
 
-class _Fd(int):
+class _Commands:
+    """The commands running in the daemon's children, each watched through a pidfd of its process and the
+    daemon's end of its caller's connection. A pidfd, not a pid: the command may have ended and its pid gone to
+    another process (except in the microseconds between the fork and pidfd_open, with SIGCHLD ignored)."""
+
+    def __init__(self):
+        self.running: dict[int, socket.socket] = {}  # pidfd -> connection
+
+    def watch(self, pidfd: int, conn: socket.socket) -> None:
+        self.running[pidfd] = conn
+
+    def held(self) -> list:
+        """What a newly forked child closes: the other commands' pidfds and connections."""
+        return [*self.running.values(), *(_Closable(pidfd) for pidfd in self.running)]
+
+    def wait(self, *also, timeout: float | None = None) -> tuple[list, int]:
+        """Wait for `also` (the listener), a command's end or its caller's: which of `also` are ready, and how
+        many commands ended. Where the caller ended first, the command is continued, in case the caller was
+        killed while Ctrl-Z stopped both: its own watch (_interrupt_when_gone) then interrupts it as Ctrl-C
+        would. Each connection is closed once unwatched, so that a command that dies without its exit status
+        still ends its caller's wait."""
+        ready, _, _ = select.select([*also, *self.running, *self.running.values()], [], [], timeout)
+        ended = [(pidfd, conn) for pidfd, conn in self.running.items() if pidfd in ready or conn in ready]
+        for pidfd, conn in ended:
+            if conn in ready:
+                with contextlib.suppress(OSError):
+                    signal.pidfd_send_signal(pidfd, signal.SIGCONT)
+            del self.running[pidfd]
+            os.close(pidfd)
+            conn.close()
+        return [ready_one for ready_one in also if ready_one in ready], len(ended)
+
+
+class _Closable(int):
+    """A file descriptor that a forked child closes as it closes sockets and files."""
+
     def close(self) -> None:
         os.close(self)
-
-
-def _forget(command: int, conn: socket.socket, caller_gone: bool) -> None:
-    """Stop watching a command. Where its caller ended, continue it first, in case the caller was killed while
-    Ctrl-Z stopped both: its own watch (_interrupt_when_gone) then interrupts it as Ctrl-C would. A pidfd, not a
-    pid: the command may have ended, and its pid gone to another process. Its connection is closed, so that a
-    command that dies without its exit status still ends its caller's wait."""
-    if caller_gone:
-        with contextlib.suppress(OSError):
-            signal.pidfd_send_signal(command, signal.SIGCONT)
-    os.close(command)
-    conn.close()
 
 
 def _receive(conn: socket.socket) -> tuple[bytes, list[int], dict]:

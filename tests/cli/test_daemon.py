@@ -148,14 +148,38 @@ def test_ctrl_z_stops_the_command_with_its_caller_and_continuing_the_caller_cont
     process.communicate(timeout=60)
     assert process.returncode == 130
 
-    # Killed while stopped (`kill -9 %1`): the daemon continues the command, which then ends as after Ctrl-C.
-    process = _started(warm, tmp_path / "killed-stopped")
+
+def _pidfd() -> bool:
+    try:
+        os.close(os.pidfd_open(os.getpid()))
+    except (AttributeError, OSError):
+        return False
+    return True
+
+
+def _gone(pid: int) -> bool:
+    try:
+        return _state(pid) == "Z"  # ended; its parent (init, in a container maybe none) not yet reaped it
+    except FileNotFoundError:
+        return True
+
+
+@pytest.mark.skipif(not _pidfd(), reason="the daemon watches its commands through pidfds (Linux 5.3)")
+def test_a_caller_killed_while_stopped_ends_its_command_also_after_the_daemon_was_stopped(tmp_path, sockets):
+    env = {**os.environ, "SHOWDOWN_DAEMON_DIR": str(sockets)}
+    assert showdown("daemon", "start", env=env, timeout=300).returncode == 0
+    pid = int(showdown("daemon", "status", env=env).stdout.split()[1])
+    process = _started(env, tmp_path)
     (command,) = _children(pid)
+    assert showdown("daemon", "stop", env=env).stdout.strip() == "stopped 1 daemon(s)"
+    assert _until(lambda: not list(sockets.glob("*.sock")))  # no new commands come
+    assert not _gone(pid)  # the running one is still watched
     process.send_signal(signal.SIGTSTP)
     assert _until(lambda: _state(command) == "T")
-    process.kill()
+    process.kill()  # `kill -9 %1`
     process.stderr.close()
-    assert _until(lambda: not _children(pid), seconds=60), f"command {_state(command)}"
+    assert _until(lambda: _gone(command), seconds=60), f"command {_state(command)}"  # continued, then interrupted
+    assert _until(lambda: _gone(pid))  # and the daemon leaves with its last command
 
 
 def test_a_command_killed_in_the_daemon_ends_its_caller_in_one_line(warm, tmp_path):
@@ -249,27 +273,35 @@ def test_the_daemon_gets_the_commands_interpreter_flags_and_not_twice_what_the_e
 STUCK_DAEMON = """
 import socket, sys
 from showdown import daemon
-daemon.FORK_TIMEOUT_S = 3
+daemon.FORK_TIMEOUT_S = float(sys.argv[1])
 listener = socket.socket(socket.AF_UNIX)  # a daemon that takes the connection and never answers
 listener.bind(str(daemon.socket_path()))
 listener.listen(1)
-print("asking", flush=True)
+send = daemon._send
+
+def announced(*args, **kwargs):  # the signals are relayed from here on
+    replies = send(*args, **kwargs)
+    print("asked", flush=True)
+    return replies
+
+daemon._send = announced
 code = daemon.forward(["presets"])
 print("runs it itself" if code is None else f"exit {code}", flush=True)
 """
 
 
 @pytest.mark.parametrize("number", [signal.SIGINT, signal.SIGTSTP], ids=["Ctrl-C", "Ctrl-Z"])
-def test_a_key_pressed_while_a_stuck_daemon_is_asked_takes_effect_when_the_command_runs_itself(sockets, number):
+def test_a_key_pressed_while_a_stuck_daemon_is_asked_takes_effect(sockets, number):
+    """Ctrl-C at once (not after the wait for the daemon); Ctrl-Z once the command runs in this process."""
+    timeout = 60 if number == signal.SIGINT else 3
     env = {**os.environ, "SHOWDOWN_DAEMON_DIR": str(sockets)}
-    process = subprocess.Popen([sys.executable, "-c", STUCK_DAEMON], env=env,
+    process = subprocess.Popen([sys.executable, "-c", STUCK_DAEMON, str(timeout)], env=env,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=_interruptible)
-    assert process.stdout.readline() == "asking\n"
-    time.sleep(0.5)
+    assert process.stdout.readline() == "asked\n"
     process.send_signal(number)
     if number == signal.SIGTSTP:
-        assert _until(lambda: _state(process.pid) == "T", seconds=10)  # once the daemon is given up on
+        assert _until(lambda: _state(process.pid) == "T", seconds=timeout + 10)
         process.send_signal(signal.SIGCONT)
-    out, err = process.communicate(timeout=30)
+    out, err = process.communicate(timeout=30)  # for Ctrl-C, within half the daemon's wait
     assert out == ("exit 130\n" if number == signal.SIGINT else "runs it itself\n"), (out, err)
     assert err == ("interrupted\n" if number == signal.SIGINT else "")
