@@ -41,7 +41,8 @@ SLOWEST_FIRST = (
 
 
 def pytest_configure(config):
-    if hasattr(config.option, "loadscopereorder"):  # xdist's own order (most tests first) would undo ours
+    asked = "--loadscope-reorder" in config.invocation_params.args
+    if hasattr(config.option, "loadscopereorder") and not asked:  # xdist's order (most tests first) would undo ours
         config.option.loadscopereorder = False
     if getattr(config.option, "numprocesses", None) and not hasattr(config, "workerinput"):
         return  # xdist's controller runs no test: it imports no torch
