@@ -163,10 +163,12 @@ def forward(argv: list[str]) -> int | None:
 
 class _Relay:
     """While a command runs in the daemon, the signals this process gets go to the command's process (those that
-    come before its pid is known, once it is); the handlers before are restored on leaving."""
+    come before its pid is known, once it is); the handlers before are restored on leaving. Sent through a pidfd
+    where the kernel gives one: once the command ended, its pid may be another process's."""
 
     def __init__(self, names: list[str]):
         self.names, self.pid, self.pending, self.last, self.before = names, None, [], None, {}
+        self.pidfd = None
 
     def __enter__(self):
         for name in self.names:
@@ -179,6 +181,8 @@ class _Relay:
     def __exit__(self, *_):
         for number, handler in self.before.items():
             signal.signal(number, handler)
+        if self.pidfd is not None:
+            os.close(self.pidfd)
 
     def _on_signal(self, number, _frame):
         self.last = number
@@ -187,7 +191,7 @@ class _Relay:
         if self.pid is None:
             self.pending.append(number)
         else:
-            _kill(self.pid, number)
+            self._send(number)
 
     def _on_suspend(self, number, _frame):
         """Ctrl-Z: the command stops with this process, and goes on when this process is continued (`fg`, `bg`),
@@ -195,11 +199,11 @@ class _Relay:
         if self.pid is None:
             self.pending.append(number)
             return
-        _kill(self.pid, signal.SIGSTOP)
+        self._send(signal.SIGSTOP)
         signal.signal(signal.SIGTSTP, signal.SIG_DFL)
         os.kill(os.getpid(), signal.SIGTSTP)  # stopped here until SIGCONT
         signal.signal(signal.SIGTSTP, self._on_suspend)
-        _kill(self.pid, signal.SIGCONT)
+        self._send(signal.SIGCONT)
 
     def here(self) -> None:
         """The daemon did not run the command, and this process will: the signals that came meanwhile take effect
@@ -211,12 +215,21 @@ class _Relay:
                 os.kill(os.getpid(), number)  # their handlers are restored: Ctrl-Z stops here, SIGTERM ends
 
     def to(self, pid: int) -> None:
+        with contextlib.suppress(OSError, AttributeError):  # a kernel before 5.3, or the command ended: the pid
+            self.pidfd = os.pidfd_open(pid)
         self.pid = pid
         for number in self.pending:
             if number == signal.SIGTSTP:
                 self._on_suspend(number, None)
             else:
-                _kill(pid, number)
+                self._send(number)
+
+    def _send(self, number: int) -> None:
+        with contextlib.suppress(ProcessLookupError):  # the command ended
+            if self.pidfd is None:
+                os.kill(self.pid, number)
+            else:
+                signal.pidfd_send_signal(self.pidfd, number)
 
 
 def _is_open(fd: int) -> bool:
@@ -294,11 +307,6 @@ def _send(conn: socket.socket, kind: bytes, message: dict, fds: list[int] = ()):
     socket.send_fds(conn, [kind], list(fds))
     conn.sendall(_line(message))
     return conn.makefile("r")
-
-
-def _kill(pid: int, number: int) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, number)
 
 
 def control(path: Path, what: str) -> dict | None:
