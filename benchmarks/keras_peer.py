@@ -19,10 +19,11 @@ benchmark stops unless they do. TensorFlow is needed in the same environment, ne
 
 showdown runs --repeats times (3), each from an empty feature cache, and its median is quoted: on this 2-core box
 one showdown run varies by about ±0.5 s, 5 % of its time. Keras runs once: 280 s varies by far less than 5 %.
-The showdown runs are made with SHOWDOWN_DAEMON=off: each imports torch, timm, ... itself. With --daemon, they are
-made again as a user's re-runs go by default: with this environment's daemon, which a first run starts (untimed
-here: `showdown daemon start`; showdown/daemon.py), holding the imports. Each is still its own `showdown run`
-process from an empty feature cache, and both medians and ratios are printed.
+The showdown runs are made twice. First with SHOWDOWN_DAEMON=off: each imports torch, timm, ... itself, as a
+first run in a fresh shell does. Then as a user's re-runs go by default: with this environment's daemon, which a
+first run starts (untimed here: `showdown daemon start`; showdown/daemon.py), holding the imports. Each is still
+its own `showdown run` process from an empty feature cache; both medians and ratios are printed (--no-daemon: the
+first kind only).
 """
 from __future__ import annotations
 
@@ -203,7 +204,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--repeats", type=int, default=3, help="showdown runs (the median is quoted; Keras runs once)")
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder (photos, runs, weights)")
-    parser.add_argument("--daemon", action="store_true", help="time showdown's runs with its daemon started too")
+    parser.add_argument("--no-daemon", dest="daemon", action="store_false",
+                        help="time showdown's runs only as fresh processes, not also with its daemon")
     parser.add_argument("--json", default="docs/benchmarks/keras_peer.json", help="appends the figures here")
     parser.add_argument("--keras", choices=("check", "train"), help=argparse.SUPPRESS)  # the Keras process
     parser.add_argument("--work", help=argparse.SUPPRESS)
