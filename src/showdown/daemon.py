@@ -570,10 +570,10 @@ class _Commands:
 
     def wait(self, *also, timeout: float | None = None) -> tuple[list, int]:
         """Wait for `also` (the listener), a command's end or its caller's: which of `also` are ready, and how
-        many commands are no longer watched (they or their callers ended). Where the caller ended first, the command is continued, in case the caller was
-        killed while Ctrl-Z stopped both: its own watch (_interrupt_when_gone) then interrupts it as Ctrl-C
-        would. Each connection is closed once unwatched, so that a command that dies without its exit status
-        still ends its caller's wait."""
+        many commands are no longer watched (they or their callers ended). Where the caller ended first, the
+        command is continued, in case the caller was killed while Ctrl-Z stopped both: its own watch
+        (_interrupt_when_gone) then interrupts it as Ctrl-C would. Each connection is closed once unwatched, so
+        that a command that dies without its exit status still ends its caller's wait."""
         ready, _, _ = select.select([*also, *self.running, *self.running.values()], [], [], timeout)
         ended = [(pidfd, conn) for pidfd, conn in self.running.items() if pidfd in ready or conn in ready]
         for pidfd, conn in ended:
