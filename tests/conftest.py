@@ -41,7 +41,8 @@ SLOWEST_FIRST = (
 
 
 def pytest_configure(config):
-    asked = "--loadscope-reorder" in config.invocation_params.args
+    given = (*config.invocation_params.args, *config.getini("addopts"), os.environ.get("PYTEST_ADDOPTS", ""))
+    asked = any("--loadscope-reorder" in words for words in given)
     if hasattr(config.option, "loadscopereorder") and not asked:  # xdist's order (most tests first) would undo ours
         config.option.loadscopereorder = False
     if getattr(config.option, "numprocesses", None) and not hasattr(config, "workerinput"):

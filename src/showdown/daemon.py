@@ -48,6 +48,7 @@ import sys
 import tempfile
 import threading
 import time
+from functools import partial
 from pathlib import Path
 
 import showdown
@@ -131,24 +132,24 @@ def forward(argv: list[str]) -> int | None:
     ignored = [name for name in RELAYED if signal.getsignal(getattr(signal, name)) is signal.SIG_IGN]
     relay = _Relay([name for name in RELAYED if name not in ignored])
     request = {"argv": argv, "cwd": os.getcwd(), "env": dict(os.environ), "ignored": ignored}
-    with conn, relay:
-        try:
-            conn.settimeout(FORK_TIMEOUT_S)
-            replies = _send(conn, RUN, request, fds=[0, 1, 2])
-            started = replies.readline()
-            conn.settimeout(None)
+    try:
+        with conn, relay:
+            try:
+                conn.settimeout(FORK_TIMEOUT_S)
+                replies = _send(conn, RUN, request, fds=[0, 1, 2])
+                started = replies.readline()
+                conn.settimeout(None)
+            except OSError:
+                started = ""
             if started:
                 relay.to(json.loads(started)["pid"])
-        except OSError:
-            started = ""
-        except KeyboardInterrupt:  # before the command started (a child that starts later sees this end close)
-            print("interrupted", file=sys.stderr)
-            return 130
-        if started:
-            try:
-                ended = replies.readline()
-            except OSError:
-                ended = ""
+                try:
+                    ended = replies.readline()
+                except OSError:
+                    ended = ""
+    except KeyboardInterrupt:  # Ctrl-C before the command's pid was known (a child that started sees this end close)
+        print("interrupted", file=sys.stderr)
+        return 130
     if not started:  # the child sends its pid before it runs anything: nothing ran, this process runs it
         relay.here()
         return None
@@ -168,7 +169,7 @@ class _Relay:
 
     def __init__(self, names: list[str]):
         self.names, self.pid, self.pending, self.last, self.before = names, None, [], None, {}
-        self.pidfd = None
+        self.pidfd, self.ended = None, False
 
     def __enter__(self):
         for name in self.names:
@@ -215,9 +216,13 @@ class _Relay:
                 os.kill(os.getpid(), number)  # their handlers are restored: Ctrl-Z stops here, SIGTERM ends
 
     def to(self, pid: int) -> None:
-        with contextlib.suppress(OSError, AttributeError):  # a kernel before 5.3, or the command ended: the pid
+        self.pid = pid  # first: a Ctrl-C from here on goes to the command
+        try:
             self.pidfd = os.pidfd_open(pid)
-        self.pid = pid
+        except ProcessLookupError:  # it ended already; its pid may be another process's by now
+            self.ended = True
+        except (OSError, AttributeError):  # a kernel before 5.3: signalled by its pid
+            pass
         for number in self.pending:
             if number == signal.SIGTSTP:
                 self._on_suspend(number, None)
@@ -225,6 +230,8 @@ class _Relay:
                 self._send(number)
 
     def _send(self, number: int) -> None:
+        if self.ended:
+            return
         with contextlib.suppress(ProcessLookupError):  # the command ended
             if self.pidfd is None:
                 os.kill(self.pid, number)
@@ -477,8 +484,8 @@ def serve(path: Path, idle_seconds: float, claim) -> None:
                 path.unlink()
                 path.with_suffix(".log").unlink()  # its output; kept where it failed to start
         claim.close()  # free at once, not after the interpreter's teardown: `daemon stop; daemon start` works
-    while commands.running:  # no new commands come; those still running stay watched until they end
-        commands.wait()
+        while commands.running:  # no new commands come; those still running stay watched until they end
+            commands.wait()
 
 
 def _take_commands(listener: socket.socket, commands: _Commands, state: dict, claim, idle_seconds: float,
@@ -495,7 +502,7 @@ def _take_commands(listener: socket.socket, commands: _Commands, state: dict, cl
             continue
         conn, _ = listener.accept()
         last = time.monotonic()
-        stop, pidfd = _answer(conn, state, (listener, claim, *commands.held()), imports_env)
+        stop, pidfd = _answer(conn, state, (listener.close, claim.close, *commands.closers()), imports_env)
         if pidfd is None:
             conn.close()
         else:
@@ -523,10 +530,11 @@ def _inode(path: Path) -> int | None:
         return None
 
 
-def _answer(conn: socket.socket, state: dict, daemons_own: tuple, imports_env: dict) -> tuple[bool, int | None]:
+def _answer(conn: socket.socket, state: dict, closers: tuple, imports_env: dict) -> tuple[bool, int | None]:
     """One connection: a status, a stop (True, None), or a command run in a forked child (False, a pidfd of the
-    child, where the kernel gives one). The child closes `daemons_own`: the listening socket, the claim, which
-    would otherwise outlive the daemon in a long command, and what the daemon holds of the other commands."""
+    child, where the kernel gives one). The child calls `closers` on what it must not hold: the listening socket,
+    the claim, which would otherwise outlive the daemon in a long command, and the daemon's watch of the other
+    commands."""
     fds = []
     try:
         conn.settimeout(10)  # a command sends its request at once
@@ -537,8 +545,8 @@ def _answer(conn: socket.socket, state: dict, daemons_own: tuple, imports_env: d
         pid = os.fork()
         if pid == 0:
             try:
-                for own in daemons_own:
-                    own.close()
+                for close in closers:
+                    close()
                 _child(conn, fds, request, imports_env)
             finally:
                 os._exit(1)  # whatever happened, the child never runs the daemon's code
@@ -564,9 +572,9 @@ class _Commands:
     def watch(self, pidfd: int, conn: socket.socket) -> None:
         self.running[pidfd] = conn
 
-    def held(self) -> list:
-        """What a newly forked child closes: the other commands' pidfds and connections."""
-        return [*self.running.values(), *(_Closable(pidfd) for pidfd in self.running)]
+    def closers(self) -> list:
+        """What a newly forked child calls to close the watch it inherited: pidfds and connections."""
+        return [*(conn.close for conn in self.running.values()), *(partial(os.close, pidfd) for pidfd in self.running)]
 
     def wait(self, *also, timeout: float | None = None) -> tuple[list, int]:
         """Wait for `also` (the listener), a command's end or its caller's: which of `also` are ready, and how
@@ -574,23 +582,19 @@ class _Commands:
         command is continued, in case the caller was killed while Ctrl-Z stopped both: its own watch
         (_interrupt_when_gone) then interrupts it as Ctrl-C would. Each connection is closed once unwatched, so
         that a command that dies without its exit status still ends its caller's wait."""
-        ready, _, _ = select.select([*also, *self.running, *self.running.values()], [], [], timeout)
-        ended = [(pidfd, conn) for pidfd, conn in self.running.items() if pidfd in ready or conn in ready]
+        poller = select.poll()  # not select(): no limit on the descriptors' numbers
+        for watched in (*also, *self.running, *self.running.values()):
+            poller.register(watched, select.POLLIN)
+        ready = {fd for fd, _ in poller.poll(None if timeout is None else timeout * 1000)}
+        ended = [(pidfd, conn) for pidfd, conn in self.running.items() if pidfd in ready or conn.fileno() in ready]
         for pidfd, conn in ended:
-            if conn in ready:
+            if conn.fileno() in ready:
                 with contextlib.suppress(OSError):
                     signal.pidfd_send_signal(pidfd, signal.SIGCONT)
             del self.running[pidfd]
             os.close(pidfd)
             conn.close()
-        return [ready_one for ready_one in also if ready_one in ready], len(ended)
-
-
-class _Closable(int):
-    """A file descriptor that a forked child closes as it closes sockets and files."""
-
-    def close(self) -> None:
-        os.close(self)
+        return [one for one in also if one.fileno() in ready], len(ended)
 
 
 def _receive(conn: socket.socket) -> tuple[bytes, list[int], dict]:
@@ -658,6 +662,9 @@ def _child(conn: socket.socket, fds: list[int], request: dict, imports_env: dict
         code = main(request["argv"]) or 0
     except SystemExit as exc:  # argparse's --help and usage errors
         code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    except KeyboardInterrupt:  # its caller left before the command could take Ctrl-C itself
+        print("interrupted", file=sys.stderr)
+        code = 130
     except BaseException:  # a bug: the traceback goes to the command's terminal
         import traceback
 

@@ -183,6 +183,8 @@ def test_a_caller_killed_while_stopped_ends_its_command_also_after_the_daemon_wa
 
 
 def test_a_command_killed_in_the_daemon_ends_its_caller_in_one_line(warm, tmp_path):
+    """The daemon holds its end of each caller's connection while it watches the command: it must let go once the
+    command ends, or this caller would wait for ever."""
     pid = int(showdown("daemon", "status", env=warm).stdout.split()[1])
     process = _started(warm, tmp_path)
     (command,) = _children(pid)
@@ -286,6 +288,7 @@ def announced(*args, **kwargs):  # the signals are relayed from here on
 
 daemon._send = announced
 code = daemon.forward(["presets"])
+listener.close()
 print("runs it itself" if code is None else f"exit {code}", flush=True)
 """
 
@@ -297,11 +300,14 @@ def test_a_key_pressed_while_a_stuck_daemon_is_asked_takes_effect(sockets, numbe
     env = {**os.environ, "SHOWDOWN_DAEMON_DIR": str(sockets)}
     process = subprocess.Popen([sys.executable, "-c", STUCK_DAEMON, str(timeout)], env=env,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=_interruptible)
-    assert process.stdout.readline() == "asked\n"
-    process.send_signal(number)
-    if number == signal.SIGTSTP:
-        assert _until(lambda: _state(process.pid) == "T", seconds=timeout + 10)
-        process.send_signal(signal.SIGCONT)
-    out, err = process.communicate(timeout=30)  # for Ctrl-C, within half the daemon's wait
+    try:
+        assert process.stdout.readline() == "asked\n"
+        process.send_signal(number)
+        if number == signal.SIGTSTP:
+            assert _until(lambda: _state(process.pid) == "T", seconds=timeout + 10)
+            process.send_signal(signal.SIGCONT)
+        out, err = process.communicate(timeout=30)  # for Ctrl-C, within half the daemon's wait
+    finally:
+        process.kill()
     assert out == ("exit 130\n" if number == signal.SIGINT else "runs it itself\n"), (out, err)
     assert err == ("interrupted\n" if number == signal.SIGINT else "")
