@@ -122,17 +122,14 @@ def forward(argv: list[str]) -> int | None:
     if not supported() or words[:1] == ["daemon"] or not all(_is_open(fd) for fd in (0, 1, 2)):
         return None
     try:
-        conn = _connect_when_ready(socket_path(create=False))
-    except (OSError, DaemonError):
-        return None
-    except KeyboardInterrupt:  # Ctrl-C while waiting for the daemon: nothing ran yet
-        print("interrupted", file=sys.stderr)
-        return 130
-    # Signals this process ignores (a background job's SIGINT, nohup's SIGHUP) the command ignores too.
-    ignored = [name for name in RELAYED if signal.getsignal(getattr(signal, name)) is signal.SIG_IGN]
-    relay = _Relay([name for name in RELAYED if name not in ignored])
-    request = {"argv": argv, "cwd": os.getcwd(), "env": dict(os.environ), "ignored": ignored}
-    try:
+        try:
+            conn = _connect_when_ready(socket_path(create=False))
+        except (OSError, DaemonError):
+            return None
+        # Signals this process ignores (a background job's SIGINT, nohup's SIGHUP) the command ignores too.
+        ignored = [name for name in RELAYED if signal.getsignal(getattr(signal, name)) is signal.SIG_IGN]
+        relay = _Relay([name for name in RELAYED if name not in ignored])
+        request = {"argv": argv, "cwd": os.getcwd(), "env": dict(os.environ), "ignored": ignored}
         with conn, relay:
             try:
                 conn.settimeout(FORK_TIMEOUT_S)
@@ -493,10 +490,10 @@ def _take_commands(listener: socket.socket, commands: _Commands, state: dict, cl
     """Answer connections until stopped, idle (no command for `idle_seconds`, none running) or `superseded()`."""
     last = time.monotonic()
     while True:
-        ready, ended = commands.wait(listener, timeout=min(60.0, max(1.0, idle_seconds - (time.monotonic() - last))))
+        asked, ended = commands.wait(listener, timeout=min(60.0, max(1.0, idle_seconds - (time.monotonic() - last))))
         if ended:
             last = time.monotonic()
-        if listener not in ready:
+        if not asked:
             if (not commands.running and time.monotonic() - last >= idle_seconds) or superseded():
                 return
             continue
@@ -576,14 +573,14 @@ class _Commands:
         """What a newly forked child calls to close the watch it inherited: pidfds and connections."""
         return [*(conn.close for conn in self.running.values()), *(partial(os.close, pidfd) for pidfd in self.running)]
 
-    def wait(self, *also, timeout: float | None = None) -> tuple[list, int]:
-        """Wait for `also` (the listener), a command's end or its caller's: which of `also` are ready, and how
-        many commands are no longer watched (they or their callers ended). Where the caller ended first, the
+    def wait(self, listener: socket.socket | None = None, timeout: float | None = None) -> tuple[bool, bool]:
+        """Wait for a connection on `listener`, a command's end or its caller's: whether a connection waits, and
+        whether a command is no longer watched (it or its caller ended). Where the caller ended first, the
         command is continued, in case the caller was killed while Ctrl-Z stopped both: its own watch
         (_interrupt_when_gone) then interrupts it as Ctrl-C would. Each connection is closed once unwatched, so
         that a command that dies without its exit status still ends its caller's wait."""
         poller = select.poll()  # not select(): no limit on the descriptors' numbers
-        for watched in (*also, *self.running, *self.running.values()):
+        for watched in (*([listener] if listener else []), *self.running, *self.running.values()):
             poller.register(watched, select.POLLIN)
         ready = {fd for fd, _ in poller.poll(None if timeout is None else timeout * 1000)}
         ended = [(pidfd, conn) for pidfd, conn in self.running.items() if pidfd in ready or conn.fileno() in ready]
@@ -594,7 +591,7 @@ class _Commands:
             del self.running[pidfd]
             os.close(pidfd)
             conn.close()
-        return [one for one in also if one.fileno() in ready], len(ended)
+        return listener is not None and listener.fileno() in ready, bool(ended)
 
 
 def _receive(conn: socket.socket) -> tuple[bytes, list[int], dict]:
