@@ -2,6 +2,7 @@
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -311,3 +312,21 @@ def test_a_key_pressed_while_a_stuck_daemon_is_asked_takes_effect(sockets, numbe
         process.kill()
     assert out == ("exit 130\n" if number == signal.SIGINT else "runs it itself\n"), (out, err)
     assert err == ("interrupted\n" if number == signal.SIGINT else "")
+
+
+def test_the_idle_clock_runs_only_while_no_command_does(sockets):
+    """A command that runs longer than the idle time (a training) keeps its daemon: the daemon leaves an idle time
+    after the command ended, not an idle time after it started."""
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(sockets / "idle.sock"))
+    listener.listen()
+    command = subprocess.Popen(["sleep", "3"])  # a real process, watched as the daemon watches its children
+    daemon_end, caller_end = socket.socketpair()
+    commands = daemon._Commands()
+    commands.watch(os.pidfd_open(command.pid), daemon_end)
+    start = time.monotonic()
+    with listener, caller_end:
+        daemon._take_commands(listener, commands, state={}, claim=None, idle_seconds=0.5,
+                              superseded=lambda: False, imports_env={})
+    assert command.poll() is not None and time.monotonic() - start >= 3.4
+    assert not commands.running
