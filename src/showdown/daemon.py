@@ -40,9 +40,11 @@ import hashlib
 import io
 import json
 import os
+import resource
 import select
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import tempfile
@@ -53,9 +55,14 @@ from pathlib import Path
 
 import showdown
 
-# Differ between shells, panes and logins without changing what the imports do.
+# Differ between shells, panes, terminal windows and logins without changing what the imports do: a daemon per
+# terminal tab or ssh login would each hold ~1 GB and start cold.
 VOLATILE = {"PWD", "OLDPWD", "_", "SHLVL", "TMUX_PANE", "WINDOWID", "SSH_CLIENT", "SSH_CONNECTION", "SSH_TTY",
-            "TERM_SESSION_ID"}
+            "SSH_AUTH_SOCK", "SSH_AGENT_PID", "GPG_TTY", "TERM_SESSION_ID", "ITERM_SESSION_ID", "WT_SESSION",
+            "XDG_SESSION_ID", "XDG_VTNR", "KITTY_WINDOW_ID", "KITTY_PID", "GNOME_TERMINAL_SCREEN",
+            "GNOME_TERMINAL_SERVICE", "KONSOLE_DBUS_SESSION", "KONSOLE_DBUS_WINDOW", "STARSHIP_SESSION_KEY",
+            "TERM_PROGRAM_VERSION"}
+VOLATILE_PREFIXES = ("VSCODE_",)  # VS Code's terminals: a new IPC handle and nonce per window
 RELAYED = ("SIGINT", "SIGTERM", "SIGHUP", "SIGQUIT", "SIGUSR1")  # SIGUSR1: the child's stacks (startup.py)
 RUN, CONTROL = b"R", b"C"
 START_TIMEOUT_S = 180
@@ -93,23 +100,39 @@ def folder(create: bool = True) -> Path:
     return path
 
 
-def socket_path(create: bool = True, environ: dict | None = None, paths: list[str] | None = None) -> Path:
+def socket_path(create: bool = True, environ: dict | None = None, paths: list[str] | None = None,
+                process: list | None = None) -> Path:
     """This environment's socket: named by what a daemon must share with a command (see the module docstring);
-    `environ` and `paths` (sys.path) default to this process's own."""
+    `environ`, `paths` (sys.path) and `process` (_process_settings) default to this process's own."""
     environ = os.environ if environ is None else environ
     base, package = folder(create), Path(showdown.__file__).parent  # the folder first: no folder, no daemon
     paths = (sys.path if paths is None else paths)[1:]  # [0]: the script's or working folder, not the imports'
-    facts = {"python": sys.executable, "flags": [sys.flags, sys.warnoptions, sys._xoptions], "path": paths,
+    # The interpreter's real file: `showdown` (its script names python3) and `python -m showdown` share a daemon.
+    facts = {"python": os.path.realpath(sys.executable), "flags": [sys.flags, sys.warnoptions, sys._xoptions],
+             "path": paths,
              "installed": [os.stat(p).st_mtime_ns for p in paths if os.path.isdir(p)],  # pip changes these
              "version": showdown.__version__,
              "newest": max(entry.stat().st_mtime_ns for entry in package.rglob("*.py")),
-             "env": sorted((k, v) for k, v in environ.items() if k not in VOLATILE)}
+             "env": sorted((k, v) for k, v in environ.items()
+                           if k not in VOLATILE and not k.startswith(VOLATILE_PREFIXES)),
+             "process": _process_settings() if process is None else process}
     path = base / (hashlib.sha256(json.dumps(facts).encode()).hexdigest()[:16] + ".sock")
     longest = len(os.fsencode(path)) + len(".") + len(f".{2 ** 22}")  # the name the daemon binds before renaming
     if longest > SOCKET_PATH_BYTES:
         raise DaemonError(f"{base} is too long a folder for the daemon's socket ({longest} of {SOCKET_PATH_BYTES} "
                           "bytes): set SHOWDOWN_DAEMON_DIR to a shorter one")
     return path
+
+
+def _process_settings() -> list:
+    """What a process inherits besides its environment and a command run in a daemon would take from the daemon
+    (the one that started it): `taskset`'s cores (which set torch's threads), `nice`, the umask the run's files
+    get, the user's groups and limits (`ulimit -n`, `ulimit -v`)."""
+    umask = next((line.split()[1] for line in Path("/proc/self/status").read_text().splitlines()
+                  if line.startswith("Umask:")), None)  # read, not set and reset: other threads may make files
+    limits = [resource.getrlimit(getattr(resource, name)) for name in ("RLIMIT_NOFILE", "RLIMIT_AS", "RLIMIT_DATA",
+                                                                       "RLIMIT_STACK", "RLIMIT_NPROC")]
+    return [umask, sorted(os.sched_getaffinity(0)), os.getpriority(os.PRIO_PROCESS, 0), os.getgroups(), limits]
 
 
 # --- the command's side ----------------------------------------------------------------------------------------
@@ -119,7 +142,11 @@ def forward(argv: list[str]) -> int | None:
     caller then runs it itself: no daemon, a socket a killed daemon left, a daemon that went away or is stuck). A
     daemon still importing is waited for, until it has imported for READY_WAIT_S."""
     words = [word for word in argv if not word.startswith("-")]
-    if not supported() or words[:1] == ["daemon"] or not all(_is_open(fd) for fd in (0, 1, 2)):
+    if not supported() or words[:1] == ["daemon"] or not all(_is_open(fd) for fd in (0, 1, 2)) or _observed():
+        return None
+    try:
+        cwd = os.getcwd()
+    except OSError:  # its folder was removed meanwhile: here, the command itself says what that breaks
         return None
     try:
         try:
@@ -129,7 +156,7 @@ def forward(argv: list[str]) -> int | None:
         # Signals this process ignores (a background job's SIGINT, nohup's SIGHUP) the command ignores too.
         ignored = [name for name in RELAYED if signal.getsignal(getattr(signal, name)) is signal.SIG_IGN]
         relay = _Relay([name for name in RELAYED if name not in ignored])
-        request = {"argv": argv, "cwd": os.getcwd(), "env": dict(os.environ), "ignored": ignored}
+        request = {"argv": argv, "cwd": cwd, "env": dict(os.environ), "ignored": ignored}
         with conn, relay:
             try:
                 conn.settimeout(FORK_TIMEOUT_S)
@@ -183,7 +210,8 @@ class _Relay:
             os.close(self.pidfd)
 
     def _on_signal(self, number, _frame):
-        self.last = number
+        if number != signal.SIGUSR1:  # "print your stacks" ends nothing
+            self.last = number
         if self.pid is None and number == signal.SIGINT:
             raise KeyboardInterrupt  # nothing ran yet: leave at once, not after a stuck daemon's FORK_TIMEOUT_S
         if self.pid is None:
@@ -236,6 +264,14 @@ class _Relay:
                 signal.pidfd_send_signal(self.pidfd, number)
 
 
+def _observed() -> bool:
+    """A profiler, debugger or coverage tool is watching this process (`python -m cProfile`, pdb, coverage): the
+    command must run in it, not in a daemon's child the tool never sees."""
+    monitoring = getattr(sys, "monitoring", None)  # Python 3.12+: coverage's sys.monitoring core
+    return bool(sys.gettrace() or sys.getprofile()
+                or (monitoring and any(monitoring.get_tool(tool) for tool in range(6))))
+
+
 def _is_open(fd: int) -> bool:
     try:
         os.fstat(fd)
@@ -248,10 +284,21 @@ def _connect(path: Path) -> socket.socket:
     conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         conn.connect(str(path))
+        _same_user(conn)  # the command's environment and terminal go to this socket's process
     except OSError:
         conn.close()
         raise
     return conn
+
+
+def _same_user(conn: socket.socket) -> None:
+    """Raise PermissionError unless the process at the other end of `conn` is this user's: the private socket
+    folder is checked before it is used, and this holds even if it was swapped since."""
+    if not hasattr(socket, "SO_PEERCRED"):  # not Linux: no daemon is started there (supported())
+        return
+    _, uid, _ = struct.unpack("3i", conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i")))
+    if uid != os.getuid():
+        raise PermissionError(f"the daemon's socket is held by user {uid}")
 
 
 def _connect_when_ready(path: Path) -> socket.socket:
@@ -387,6 +434,7 @@ def autostarter():
     the line to tell the user, else None. None itself where daemons are not started unasked (module docstring).
     The environment and paths are those the command started with: the daemon must match the commands after it."""
     environ, paths = dict(os.environ), list(sys.path)
+    process = _process_settings() if supported() else None  # before the command: OpenMP may pin its thread
     if (not supported() or environ.get("SHOWDOWN_DAEMON", "").lower() in OFF
             or any(environ.get(name, "").lower() not in ("", "0", "false") for name in NOT_AUTOSTARTED_UNDER)):
         return None
@@ -395,7 +443,8 @@ def autostarter():
         if "torch" not in sys.modules or exit_code != 0:  # nothing to keep; a failed command's error stays alone
             return None
         try:
-            if _spawn(socket_path(environ=environ, paths=paths), AUTOSTART_IDLE_MINUTES, environ) is None:
+            if _spawn(socket_path(environ=environ, paths=paths, process=process), AUTOSTART_IDLE_MINUTES,
+                      environ) is None:
                 return None
         except (OSError, DaemonError):  # a full disk, a folder refused: the command's work is kept, this skipped
             return None
@@ -498,8 +547,10 @@ def _take_commands(listener: socket.socket, commands: _Commands, state: dict, cl
                 return
             continue
         conn, _ = listener.accept()
-        last = time.monotonic()
+        served = state["served"]
         stop, pidfd = _answer(conn, state, (listener.close, claim.close, *commands.closers()), imports_env)
+        if state["served"] != served:  # a command, not a status (a prompt polling `daemon status` keeps none alive)
+            last = time.monotonic()
         if pidfd is None:
             conn.close()
         else:
@@ -535,6 +586,7 @@ def _answer(conn: socket.socket, state: dict, closers: tuple, imports_env: dict)
     fds = []
     try:
         conn.settimeout(10)  # a command sends its request at once
+        _same_user(conn)
         kind, fds, request = _receive(conn)
         if kind == CONTROL:
             conn.sendall(_line(state))
@@ -631,17 +683,21 @@ def _child(conn: socket.socket, fds: list[int], request: dict, imports_env: dict
     from showdown.__main__ import finish
     from showdown.cli import main
 
-    try:
-        conn.settimeout(None)
-        conn.sendall(_line({"pid": os.getpid()}))  # first: from here on the asking process relays its signals
-    except OSError:  # it gave up waiting and runs the command itself
-        os._exit(0)
+    ignored = request.get("ignored", ())
+    # Before the pid goes out, from when the asking process relays its signals: as a process started by it would
+    # have them, whatever the daemon's are (one started under nohup ignores SIGHUP).
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)  # the command waits on subprocesses of its own
+    signal.signal(signal.SIGALRM, signal.SIG_DFL)  # the daemon's import timeout
+    for name in RELAYED:
+        default = signal.default_int_handler if name == "SIGINT" else signal.SIG_DFL
+        signal.signal(getattr(signal, name), signal.SIG_IGN if name in ignored else default)
     code = 1
     try:
-        signal.signal(signal.SIGCHLD, signal.SIG_DFL)  # the command waits on subprocesses of its own
-        for name in RELAYED:  # as a process started by the asking one would have them, whatever the daemon's are
-            default = signal.default_int_handler if name == "SIGINT" else signal.SIG_DFL
-            signal.signal(getattr(signal, name), signal.SIG_IGN if name in request.get("ignored", ()) else default)
+        try:
+            conn.settimeout(None)
+            conn.sendall(_line({"pid": os.getpid()}))
+        except OSError:  # it gave up waiting and runs the command itself
+            os._exit(0)
         for target, fd in enumerate(fds):
             os.dup2(fd, target)
             os.close(fd)
@@ -655,7 +711,7 @@ def _child(conn: socket.socket, fds: list[int], request: dict, imports_env: dict
         for key in imports_env["removed"]:
             os.environ.pop(key, None)
         sys.argv = ["showdown", *request["argv"]]
-        threading.Thread(target=_interrupt_when_gone, args=(conn,), daemon=True).start()
+        threading.Thread(target=_interrupt_when_gone, args=(conn, ignored), daemon=True).start()
         code = main(request["argv"]) or 0
     except SystemExit as exc:  # argparse's --help and usage errors
         code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
@@ -688,11 +744,14 @@ def _stream(fd: int, like: io.TextIOWrapper):
                             line_buffering=os.isatty(fd) or fd == 2, write_through=unbuffered)
 
 
-def _interrupt_when_gone(conn: socket.socket) -> None:
-    """The asking process was killed (its end of the socket closed): interrupt the command as Ctrl-C would."""
+def _interrupt_when_gone(conn: socket.socket, ignored) -> None:
+    """The asking process was killed (its end of the socket closed): interrupt the command as Ctrl-C would, or
+    SIGTERM where it ignores Ctrl-C (a background job of a script), or end it where it ignores both: without a
+    daemon it would have died with its process."""
     with contextlib.suppress(OSError):
         conn.recv(1)
-    os.kill(os.getpid(), signal.SIGINT)
+    number = next((getattr(signal, name) for name in ("SIGINT", "SIGTERM") if name not in ignored), signal.SIGKILL)
+    os.kill(os.getpid(), number)
 
 
 if __name__ == "__main__":  # started by `_spawn()`

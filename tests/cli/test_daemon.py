@@ -69,6 +69,46 @@ def test_a_command_from_another_environment_runs_in_its_own_process(warm):
     assert served(warm) == before
 
 
+@pytest.mark.parametrize("setting", [lambda: os.umask(0o077), lambda: os.nice(5),
+                                     lambda: os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[:1])],
+                         ids=["umask 077", "nice 5", "taskset one core"])
+def test_a_command_started_with_other_process_settings_runs_in_its_own_process(warm, setting):
+    """`umask 077` (the run's files), `nice`, `taskset` (torch's threads): inherited, not in the environment; a
+    daemon's child would have the daemon's."""
+    if setting.__code__.co_names[-1] == "sched_setaffinity" and len(os.sched_getaffinity(0)) < 2:
+        pytest.skip("one core only")
+    before = served(warm)
+    done = subprocess.run([sys.executable, "-m", "showdown", "presets"], env=warm, capture_output=True, text=True,
+                          preexec_fn=setting)
+    assert done.returncode == 0, done.stderr
+    assert served(warm) == before
+
+
+def test_a_command_whose_folder_was_removed_runs_without_a_traceback(warm, tmp_path):
+    """The `showdown` script (`python -m` finds no daemon there: it puts the missing folder first on its path)."""
+    script = Path(sys.executable).with_name("showdown")
+    if not script.is_file():
+        pytest.skip(f"no showdown script beside {sys.executable}")
+    before = served(warm)
+    assert subprocess.run([script, "presets"], env=warm, cwd=tmp_path, capture_output=True).returncode == 0
+    assert served(warm) == before + 1  # the script finds the daemon `python -m showdown` started
+    gone = tmp_path / "gone"
+    gone.mkdir()
+    done = subprocess.run(["sh", "-c", f'cd "{gone}" && rmdir "{gone}" && exec "$0" presets', script], env=warm,
+                          capture_output=True, text=True)
+    assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
+    assert "cifar10-lite0-head" in done.stdout
+
+
+def test_a_profiled_command_is_not_sent_to_the_daemon(warm, tmp_path):
+    """`python -m cProfile -m showdown ...` must profile the command, not a process waiting on a socket."""
+    before = served(warm)
+    done = subprocess.run([sys.executable, "-m", "cProfile", "-o", str(tmp_path / "profile"), "-m", "showdown",
+                           "presets"], env=warm, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert served(warm) == before
+
+
 def _interruptible() -> None:
     """Ctrl-C and Ctrl-Z as in a terminal, even where the tests run as a background job (which ignores SIGINT, and
     a process keeps ignoring what it was started ignoring) or under nohup: a job of its own process group, as a
@@ -120,6 +160,23 @@ def test_ctrl_c_reaches_the_command_and_a_killed_caller_interrupts_it(warm, tmp_
     process.stderr.close()  # nobody reads the command's progress any more
     _until(lambda: not _children(pid), seconds=60)  # the command's process stops, as after Ctrl-C
     assert _children(pid) == []
+
+
+def test_a_killed_caller_that_ignored_ctrl_c_still_ends_its_command(warm, tmp_path):
+    """A background job of a script ignores SIGINT (and the command with it): killing the caller must still end the
+    command, as it would have ended with the caller's own process."""
+    pid = int(showdown("daemon", "status", env=warm).stdout.split()[1])
+    epochs = "100000"  # minutes of training: ended within seconds only if ended by the caller's death
+    log = tmp_path / "stderr"  # a file, not a pipe: a pipe closed with its reader would end the command by itself
+    with log.open("w") as stderr:
+        process = subprocess.Popen([sys.executable, "-m", "showdown", *QUICK_RUN, "--epochs", epochs, "--patience",
+                                    epochs, "--out", str(tmp_path / "run")], env=warm, stderr=stderr,
+                                   stdout=subprocess.DEVNULL, preexec_fn=lambda: signal.signal(signal.SIGINT,
+                                                                                               signal.SIG_IGN))
+    assert _until(lambda: f"epoch 1/{epochs}" in log.read_text(), seconds=120), log.read_text()[-2000:]
+    assert len(_children(pid)) == 1
+    process.kill()
+    assert _until(lambda: not _children(pid), seconds=20)
 
 
 def _state(pid: int) -> str:
