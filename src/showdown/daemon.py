@@ -177,11 +177,16 @@ def forward(argv: list[str]) -> int | None:
     if not started:  # the child sends its pid before it runs anything: nothing ran, this process runs it
         relay.here()
         return None
-    if ended:
-        return json.loads(ended)["exit"]
-    if relay.last is not None:  # the command died of the signal relayed to it: so does this process, as without
-        signal.signal(relay.last, signal.SIG_DFL)
-        os.kill(os.getpid(), relay.last)
+    message = json.loads(ended) if ended else {}
+    if "exit" in message:
+        return message["exit"]
+    # It died of a signal: this process dies of it too, as the command's own process would have (the shell's
+    # "Killed", exit status 137 for the out-of-memory killer's SIGKILL).
+    number = message.get("signal", relay.last)  # no status from the daemon (Linux before 5.4): the one relayed
+    if number is not None:
+        with contextlib.suppress(OSError, ValueError):  # SIGKILL has no handler to reset
+            signal.signal(number, signal.SIG_DFL)
+        os.kill(os.getpid(), number)
     print("error: the command's process in the daemon ended without an exit status", file=sys.stderr)
     return 1
 
@@ -510,7 +515,9 @@ def serve(path: Path, idle_seconds: float, claim) -> None:
     removed = [key for key in before if key not in os.environ]
     os.chdir(path.parent)  # the daemon holds no folder of the user's
     sys.stdout.flush()
-    signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # the kernel reaps the children
+    # The children are reaped by _Commands.wait, which tells a caller the signal its command died of; where this
+    # kernel cannot wait on a pidfd, the kernel reaps them and the caller learns less.
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL if _waits_on_pidfds() else signal.SIG_IGN)
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     staging = path.with_name(f".{path.name}.{os.getpid()}")
     listener.bind(str(staging))
@@ -612,38 +619,77 @@ def _answer(conn: socket.socket, state: dict, closers: tuple, imports_env: dict)
 
 class _Commands:
     """The commands running in the daemon's children, each watched through a pidfd of its process and the
-    daemon's end of its caller's connection. A pidfd, not a pid: the command may have ended and its pid gone to
-    another process (except in the microseconds between the fork and pidfd_open, with SIGCHLD ignored)."""
+    daemon's end of its caller's connection (None once the caller is gone). A pidfd, not a pid: the command may
+    have ended and its pid gone to another process (except in the microseconds between the fork and pidfd_open,
+    where the kernel reaps the children itself: _waits_on_pidfds)."""
 
     def __init__(self):
-        self.running: dict[int, socket.socket] = {}  # pidfd -> connection
+        self.running: dict[int, socket.socket | None] = {}  # pidfd -> connection
 
     def watch(self, pidfd: int, conn: socket.socket) -> None:
         self.running[pidfd] = conn
 
     def closers(self) -> list:
         """What a newly forked child calls to close the watch it inherited: pidfds and connections."""
-        return [*(conn.close for conn in self.running.values()), *(partial(os.close, pidfd) for pidfd in self.running)]
+        return [*(conn.close for conn in self.running.values() if conn),
+                *(partial(os.close, pidfd) for pidfd in self.running)]
 
     def wait(self, listener: socket.socket | None = None, timeout: float | None = None) -> tuple[bool, bool]:
         """Wait for a connection on `listener`, a command's end or its caller's: whether a connection waits, and
-        whether a command is no longer watched (it or its caller ended). Where the caller ended first, the
-        command is continued, in case the caller was killed while Ctrl-Z stopped both: its own watch
-        (_interrupt_when_gone) then interrupts it as Ctrl-C would. Each connection is closed once unwatched, so
-        that a command that dies without its exit status still ends its caller's wait."""
+        whether a command or a caller ended.
+        - A command that ended is reaped; one killed by a signal tells its caller which (it has no exit status to
+          send), and its connection is closed, so that its caller's wait ends in any case.
+        - A command whose caller ended first is continued, in case the caller was killed while Ctrl-Z stopped both:
+          its own watch (_interrupt_when_gone) then interrupts it as Ctrl-C would. It stays watched until it ends."""
         poller = select.poll()  # not select(): no limit on the descriptors' numbers
-        for watched in (*([listener] if listener else []), *self.running, *self.running.values()):
+        for watched in (*([listener] if listener else []), *self.running, *filter(None, self.running.values())):
             poller.register(watched, select.POLLIN)
         ready = {fd for fd, _ in poller.poll(None if timeout is None else timeout * 1000)}
-        ended = [(pidfd, conn) for pidfd, conn in self.running.items() if pidfd in ready or conn.fileno() in ready]
-        for pidfd, conn in ended:
-            if conn.fileno() in ready:
+        changed = False
+        for pidfd, conn in list(self.running.items()):
+            if pidfd in ready:
+                number = _killed_by(pidfd)
+                if conn and number is not None:
+                    with contextlib.suppress(OSError):
+                        conn.sendall(_line({"signal": number}))
+                del self.running[pidfd]
+                os.close(pidfd)
+            elif conn and conn.fileno() in ready:
                 with contextlib.suppress(OSError):
                     signal.pidfd_send_signal(pidfd, signal.SIGCONT)
-            del self.running[pidfd]
-            os.close(pidfd)
-            conn.close()
-        return listener is not None and listener.fileno() in ready, bool(ended)
+                self.running[pidfd] = None
+            else:
+                continue
+            if conn:
+                conn.close()
+            changed = True
+        return listener is not None and listener.fileno() in ready, changed
+
+
+def _waits_on_pidfds() -> bool:
+    """Whether this kernel waits on a child through its pidfd (Linux 5.4; pidfd_open itself is 5.3)."""
+    try:
+        own = os.pidfd_open(os.getpid())
+    except (OSError, AttributeError):
+        return False
+    try:
+        os.waitid(os.P_PIDFD, own, os.WEXITED | os.WNOHANG)
+    except ChildProcessError:  # understood, and this process is not its own child
+        return True
+    except (OSError, AttributeError):  # EINVAL from an older kernel; no P_PIDFD in this Python
+        return False
+    finally:
+        os.close(own)
+    return True
+
+
+def _killed_by(pidfd: int) -> int | None:
+    """Reap the ended child behind `pidfd`: the signal that ended it, None if it exited (or the kernel reaped it)."""
+    try:
+        result = os.waitid(os.P_PIDFD, pidfd, os.WEXITED)
+    except (OSError, AttributeError):  # reaped by the kernel (SIGCHLD ignored)
+        return None
+    return result.si_status if result and result.si_code in (os.CLD_KILLED, os.CLD_DUMPED) else None
 
 
 def _receive(conn: socket.socket) -> tuple[bytes, list[int], dict]:
