@@ -156,7 +156,7 @@ def forward(argv: list[str]) -> int | None:
         # Signals this process ignores (a background job's SIGINT, nohup's SIGHUP) the command ignores too.
         ignored = [name for name in RELAYED if signal.getsignal(getattr(signal, name)) is signal.SIG_IGN]
         relay = _Relay([name for name in RELAYED if name not in ignored])
-        request = {"argv": argv, "cwd": cwd, "env": dict(os.environ), "ignored": ignored}
+        request = {"argv": argv, "cwd": cwd, "env": dict(os.environ), "ignored": ignored, "path0": sys.path[0]}
         with conn, relay:
             try:
                 conn.settimeout(FORK_TIMEOUT_S)
@@ -505,6 +505,8 @@ def serve(path: Path, idle_seconds: float, claim) -> None:
     if socket_path(environ=before, paths=paths) != path:  # it would import other code than its commands'
         raise SystemExit(f"this process's Python, paths or environment differ from the starting command's "
                          f"({path.name}): not started")
+    if _first_path_is_the_folder():  # `-m`'s starting folder: its files must not stand in for libraries (a stray
+        sys.path[0] = str(path.parent)  # yaml.py) in every command; each child gets its caller's first path again
     signal.signal(signal.SIGALRM, _too_slow)  # imports stuck (a dead network mount): leave, and free the claim
     signal.alarm(START_TIMEOUT_S)
     with heavy_imports():
@@ -564,6 +566,12 @@ def _take_commands(listener: socket.socket, commands: _Commands, state: dict, cl
             commands.watch(pidfd, conn)
         if stop:
             return
+
+
+def _first_path_is_the_folder() -> bool:
+    """sys.path[0] is the script's or working folder (not under -P, PYTHONSAFEPATH or -I: none is put first);
+    the socket's key leaves it out."""
+    return not (getattr(sys.flags, "safe_path", False) or sys.flags.isolated)
 
 
 def _too_slow(*_) -> None:
@@ -757,6 +765,8 @@ def _child(conn: socket.socket, fds: list[int], request: dict, imports_env: dict
         for key in imports_env["removed"]:
             os.environ.pop(key, None)
         sys.argv = ["showdown", *request["argv"]]
+        if _first_path_is_the_folder():  # what it imports later is looked for where its own process would look
+            sys.path[0] = request.get("path0", sys.path[0])
         threading.Thread(target=_interrupt_when_gone, args=(conn, ignored), daemon=True).start()
         code = main(request["argv"]) or 0
     except SystemExit as exc:  # argparse's --help and usage errors

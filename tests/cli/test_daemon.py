@@ -388,3 +388,22 @@ def test_the_idle_clock_runs_only_while_no_command_does(sockets):
                               superseded=lambda: False, imports_env={})
     assert command.poll() is not None and time.monotonic() - start >= 3.4
     assert not commands.running
+
+
+def test_a_daemon_started_in_a_folder_of_stray_modules_does_not_import_them(tmp_path, sockets):
+    """The daemon runs as `python -m` from the first command's folder, which Python puts first on its path; a
+    `yaml.py` there must not stand in for PyYAML in every command (the `showdown` script never looks there)."""
+    script = Path(sys.executable).with_name("showdown")
+    if not script.is_file():
+        pytest.skip(f"no showdown script beside {sys.executable}")
+    (tmp_path / "yaml.py").write_text("raise ImportError('the stray yaml.py was imported')\n")
+    env = {**os.environ, "SHOWDOWN_DAEMON_DIR": str(sockets)}
+    started = subprocess.run([script, "daemon", "start", "--idle-minutes", "1"], env=env, cwd=tmp_path,
+                             capture_output=True, text=True, timeout=300)
+    try:
+        assert started.returncode == 0 and "daemon ready" in started.stdout, started.stdout + started.stderr
+        done = subprocess.run([script, "presets"], env=env, cwd=tmp_path, capture_output=True, text=True)
+        assert done.returncode == 0 and "cifar10-lite0-head" in done.stdout, done.stderr
+        assert served(env) == 1
+    finally:
+        showdown("daemon", "stop", env=env)
