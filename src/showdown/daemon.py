@@ -128,8 +128,11 @@ def _process_settings() -> list:
     """What a process inherits besides its environment and a command run in a daemon would take from the daemon
     (the one that started it): `taskset`'s cores (which set torch's threads), `nice`, the umask the run's files
     get, the user's groups and limits (`ulimit -n`, `ulimit -v`)."""
-    umask = next((line.split()[1] for line in Path("/proc/self/status").read_text().splitlines()
-                  if line.startswith("Umask:")), None)  # read, not set and reset: other threads may make files
+    try:  # read, not set and reset: other threads may be making files
+        umask = next((line.split()[1] for line in Path("/proc/self/status").read_text().splitlines()
+                      if line.startswith("Umask:")), None)
+    except OSError:  # no /proc (a sandbox)
+        umask = None
     limits = [resource.getrlimit(getattr(resource, name)) for name in ("RLIMIT_NOFILE", "RLIMIT_AS", "RLIMIT_DATA",
                                                                        "RLIMIT_STACK", "RLIMIT_NPROC")]
     return [umask, sorted(os.sched_getaffinity(0)), os.getpriority(os.PRIO_PROCESS, 0), os.getgroups(), limits]
@@ -186,6 +189,8 @@ def forward(argv: list[str]) -> int | None:
     if number is not None:
         with contextlib.suppress(OSError, ValueError):  # SIGKILL has no handler to reset
             signal.signal(number, signal.SIG_DFL)
+        with contextlib.suppress(OSError, ValueError):  # SIGSEGV, SIGQUIT: the command's core, not a second one
+            resource.setrlimit(resource.RLIMIT_CORE, (0, resource.getrlimit(resource.RLIMIT_CORE)[1]))
         os.kill(os.getpid(), number)
     print("error: the command's process in the daemon ended without an exit status", file=sys.stderr)
     return 1
@@ -301,7 +306,7 @@ def _same_user(conn: socket.socket) -> None:
     folder is checked before it is used, and this holds even if it was swapped since."""
     if not hasattr(socket, "SO_PEERCRED"):  # not Linux: no daemon is started there (supported())
         return
-    _, uid, _ = struct.unpack("3i", conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i")))
+    _, uid, _ = struct.unpack("iII", conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("iII")))
     if uid != os.getuid():
         raise PermissionError(f"the daemon's socket is held by user {uid}")
 
@@ -448,6 +453,9 @@ def autostarter():
         if "torch" not in sys.modules or exit_code != 0:  # nothing to keep; a failed command's error stays alone
             return None
         try:
+            # The cores the command started with, which OpenMP may have narrowed to one for this thread: the daemon
+            # inherits them, and the commands after it are keyed by them.
+            os.sched_setaffinity(0, process[1])
             if _spawn(socket_path(environ=environ, paths=paths, process=process), AUTOSTART_IDLE_MINUTES,
                       environ) is None:
                 return None
@@ -501,8 +509,10 @@ def serve(path: Path, idle_seconds: float, claim) -> None:
     changed, or its socket taken; `claim`, the file whose lock the starting process handed over."""
     from showdown.startup import heavy_imports
 
-    before, paths = dict(os.environ), list(sys.path)
-    if socket_path(environ=before, paths=paths) != path:  # it would import other code than its commands'
+    # As the commands see theirs, before any import: loading OpenMP may pin this thread to one core
+    # (OMP_PROC_BIND, GOMP_CPU_AFFINITY), and a command is keyed before it imports anything.
+    before, paths, process = dict(os.environ), list(sys.path), _process_settings()
+    if socket_path(environ=before, paths=paths, process=process) != path:  # it would import other code
         raise SystemExit(f"this process's Python, paths or environment differ from the starting command's "
                          f"({path.name}): not started")
     if _first_path_is_the_folder():  # `-m`'s starting folder: its files must not stand in for libraries (a stray
@@ -530,7 +540,7 @@ def serve(path: Path, idle_seconds: float, claim) -> None:
     commands = _Commands()
     try:
         _take_commands(listener, commands, state, claim, idle_seconds,
-                       lambda: _inode(path) != inode or _outdated(path, before, paths),
+                       lambda: _inode(path) != inode or _outdated(path, before, paths, process),
                        {"changed": changed, "removed": removed})
     finally:
         listener.close()
@@ -578,10 +588,10 @@ def _too_slow(*_) -> None:
     raise SystemExit(f"the imports took over {START_TIMEOUT_S} s: not started")
 
 
-def _outdated(path: Path, environ: dict, paths: list[str]) -> bool:
+def _outdated(path: Path, environ: dict, paths: list[str], process: list) -> bool:
     """Whether the daemon's code changed since it started (an edit, a `pip install`): commands no longer come."""
     try:
-        return socket_path(create=False, environ=environ, paths=paths) != path
+        return socket_path(create=False, environ=environ, paths=paths, process=process) != path
     except (OSError, DaemonError):  # its folder removed or opened to others
         return True
 
@@ -737,7 +747,7 @@ def _child(conn: socket.socket, fds: list[int], request: dict, imports_env: dict
     from showdown.__main__ import finish
     from showdown.cli import main
 
-    ignored = request.get("ignored", ())
+    ignored, ended = request.get("ignored", ()), threading.Event()
     # Before the pid goes out, from when the asking process relays its signals: as a process started by it would
     # have them, whatever the daemon's are (one started under nohup ignores SIGHUP).
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)  # the command waits on subprocesses of its own
@@ -767,7 +777,7 @@ def _child(conn: socket.socket, fds: list[int], request: dict, imports_env: dict
         sys.argv = ["showdown", *request["argv"]]
         if _first_path_is_the_folder():  # what it imports later is looked for where its own process would look
             sys.path[0] = request.get("path0", sys.path[0])
-        threading.Thread(target=_interrupt_when_gone, args=(conn, ignored), daemon=True).start()
+        threading.Thread(target=_interrupt_when_gone, args=(conn, ignored, ended), daemon=True).start()
         code = main(request["argv"]) or 0
     except SystemExit as exc:  # argparse's --help and usage errors
         code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
@@ -780,6 +790,7 @@ def _child(conn: socket.socket, fds: list[int], request: dict, imports_env: dict
         traceback.print_exc()
     finally:
         # The asking process closes its end once it has the status: no interrupt from here on, in any thread.
+        ended.set()
         for name in RELAYED:
             signal.signal(getattr(signal, name), signal.SIG_IGN)
         with contextlib.suppress(BaseException):
@@ -800,12 +811,14 @@ def _stream(fd: int, like: io.TextIOWrapper):
                             line_buffering=os.isatty(fd) or fd == 2, write_through=unbuffered)
 
 
-def _interrupt_when_gone(conn: socket.socket, ignored) -> None:
+def _interrupt_when_gone(conn: socket.socket, ignored, ended: threading.Event) -> None:
     """The asking process was killed (its end of the socket closed): interrupt the command as Ctrl-C would, or
     SIGTERM where it ignores Ctrl-C (a background job of a script), or end it where it ignores both: without a
     daemon it would have died with its process."""
     with contextlib.suppress(OSError):
         conn.recv(1)
+    if ended.is_set():  # it closed its end after the command's status came: nothing to interrupt
+        return
     number = next((getattr(signal, name) for name in ("SIGINT", "SIGTERM") if name not in ignored), signal.SIGKILL)
     os.kill(os.getpid(), number)
 

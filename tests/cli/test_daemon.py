@@ -301,6 +301,21 @@ def test_a_command_that_imported_torch_starts_the_daemon_and_the_next_waits_for_
         showdown("daemon", "stop", env=env)
 
 
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="one core only: nothing to pin")
+def test_a_daemon_autostarted_where_openmp_pins_threads_serves_the_next_command(tmp_path, sockets):
+    """OMP_PROC_BIND: loading torch's OpenMP pins the command's thread to one core, after the command was keyed by
+    the cores it started with; the daemon it starts must get those, or it refuses to start ("differ")."""
+    env = {**_as_in_a_users_shell(sockets), "OMP_PROC_BIND": "true", "OMP_PLACES": "cores"}
+    try:
+        first = showdown(*QUICK_RUN, "--epochs", "1", "--out", str(tmp_path / "first"), env=env, timeout=300)
+        assert first.returncode == 0 and "started a showdown daemon" in first.stderr, first.stderr
+        second = showdown(*QUICK_RUN, "--epochs", "1", "--out", str(tmp_path / "second"), env=env, timeout=300)
+        assert second.returncode == 0, second.stderr
+        assert served(env) == 1, [log.read_text()[-500:] for log in sockets.glob("*.log")]
+    finally:
+        showdown("daemon", "stop", env=env)
+
+
 @pytest.mark.parametrize("marker", [("SHOWDOWN_DAEMON", "off"), ("CI", "true"), ("SLURM_JOB_ID", "42"),
                                     ("TORCHELASTIC_RUN_ID", "job"), ("PYTEST_CURRENT_TEST", "t.py::t (call)")])
 def test_no_daemon_is_started_unasked_when_turned_off_in_ci_or_in_a_cluster_job(sockets, monkeypatch, marker):
