@@ -13,8 +13,9 @@ reaches the next.
 
 A command goes to a daemon only when nothing that decides what the imports do differs: the same Python and
 paths, the same installed showdown (its files' times), the same environment (OMP_NUM_THREADS,
-CUDA_VISIBLE_DEVICES, torchrun's RANK, SLURM's variables, ...); any other command runs in its own process as
-usual. The daemon never initialises CUDA or a thread pool, so its children can. The socket lives in a folder only
+CUDA_VISIBLE_DEVICES, torchrun's RANK, SLURM's variables, ...) and the same inherited process settings (umask,
+cores, nice, limits); any other command runs in its own process as usual, and so does one under a profiler or
+debugger. The daemon never initialises CUDA or a thread pool, so its children can. The socket lives in a folder only
 its user can enter ($XDG_RUNTIME_DIR, else the temp folder), as ssh-agent's does. Linux only: macOS frameworks are
 not safe to use in a child forked after they load. A daemon leaves after `--idle-minutes` with no command running
 or asked for.
