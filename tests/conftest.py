@@ -30,13 +30,13 @@ SLOWEST_FIRST = (
     "deploy/test_use.py",  # 90 s
     "deploy/test_tflite_export.py",  # 71 s
     "experiment/test_ray.py",  # 58 s: a local Ray cluster
+    "cli/test_daemon.py",  # 55 s
     "experiment/test_shards.py",  # 46 s
     "experiment/test_fair.py",  # 44 s
     "experiment/test_resume.py",  # 44 s
     "test_packaging.py",  # 41 s: builds and installs the wheel
     "models/test_matrix.py",  # 40 s
     "models/test_keras.py",  # 36 s
-    "cli/test_daemon.py",  # 31 s
 )
 
 

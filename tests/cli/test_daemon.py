@@ -275,7 +275,10 @@ def sockets():
 
 
 def test_a_command_that_imported_torch_starts_the_daemon_and_the_next_waits_for_it(tmp_path, sockets):
-    env = _as_in_a_users_shell(sockets)
+    """Also where OpenMP pins threads (OMP_PROC_BIND): loading torch's OpenMP pins the command's thread to one core,
+    after the command was keyed by the cores it started with; the daemon it starts must get those, or it refuses to
+    start ("differ") and the second command finds none."""
+    env = {**_as_in_a_users_shell(sockets), "OMP_PROC_BIND": "true", "OMP_PLACES": "cores"}
     failed = showdown("run", "--data", str(tmp_path / "no-such-folder"), env=env, timeout=300)
     assert failed.returncode != 0 and failed.stderr.count("\n") == 1  # bad input: its one line, and no daemon
     assert not list(sockets.glob("*.sock")) and not list(sockets.glob("*.log"))
@@ -297,21 +300,6 @@ def test_a_command_that_imported_torch_starts_the_daemon_and_the_next_waits_for_
     again = showdown("daemon", "start", env=env, timeout=300)  # at once: the stopped one's claim is already free
     try:
         assert again.returncode == 0 and "daemon ready" in again.stdout, again.stderr
-    finally:
-        showdown("daemon", "stop", env=env)
-
-
-@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="one core only: nothing to pin")
-def test_a_daemon_autostarted_where_openmp_pins_threads_serves_the_next_command(tmp_path, sockets):
-    """OMP_PROC_BIND: loading torch's OpenMP pins the command's thread to one core, after the command was keyed by
-    the cores it started with; the daemon it starts must get those, or it refuses to start ("differ")."""
-    env = {**_as_in_a_users_shell(sockets), "OMP_PROC_BIND": "true", "OMP_PLACES": "cores"}
-    try:
-        first = showdown(*QUICK_RUN, "--epochs", "1", "--out", str(tmp_path / "first"), env=env, timeout=300)
-        assert first.returncode == 0 and "started a showdown daemon" in first.stderr, first.stderr
-        second = showdown(*QUICK_RUN, "--epochs", "1", "--out", str(tmp_path / "second"), env=env, timeout=300)
-        assert second.returncode == 0, second.stderr
-        assert served(env) == 1, [log.read_text()[-500:] for log in sockets.glob("*.log")]
     finally:
         showdown("daemon", "stop", env=env)
 
