@@ -69,17 +69,19 @@ def test_a_command_from_another_environment_runs_in_its_own_process(warm):
     assert served(warm) == before
 
 
-@pytest.mark.parametrize("setting", [lambda: os.umask(0o077), lambda: os.nice(5),
-                                     lambda: os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[:1])],
-                         ids=["umask 077", "nice 5", "taskset one core"])
+PROCESS_SETTINGS = {"umask 077": lambda: os.umask(0o077), "nice 5": lambda: os.nice(5),
+                    "taskset one core": lambda: os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[:1])}
+
+
+@pytest.mark.parametrize("setting", PROCESS_SETTINGS)
 def test_a_command_started_with_other_process_settings_runs_in_its_own_process(warm, setting):
     """`umask 077` (the run's files), `nice`, `taskset` (torch's threads): inherited, not in the environment; a
     daemon's child would have the daemon's."""
-    if setting.__code__.co_names[-1] == "sched_setaffinity" and len(os.sched_getaffinity(0)) < 2:
+    if setting.startswith("taskset") and len(os.sched_getaffinity(0)) < 2:
         pytest.skip("one core only")
     before = served(warm)
     done = subprocess.run([sys.executable, "-m", "showdown", "presets"], env=warm, capture_output=True, text=True,
-                          preexec_fn=setting)
+                          preexec_fn=PROCESS_SETTINGS[setting])
     assert done.returncode == 0, done.stderr
     assert served(warm) == before
 
