@@ -445,10 +445,10 @@ def autostarter():
     the line to tell the user, else None. None itself where daemons are not started unasked (module docstring).
     The environment and paths are those the command started with: the daemon must match the commands after it."""
     environ, paths = dict(os.environ), list(sys.path)
-    process = _process_settings() if supported() else None  # before the command: OpenMP may pin its thread
     if (not supported() or environ.get("SHOWDOWN_DAEMON", "").lower() in OFF
             or any(environ.get(name, "").lower() not in ("", "0", "false") for name in NOT_AUTOSTARTED_UNDER)):
         return None
+    process = _process_settings()  # before the command: loading OpenMP may pin its thread
 
     def start_if_it_pays(exit_code: int) -> str | None:
         if "torch" not in sys.modules or exit_code != 0:  # nothing to keep; a failed command's error stays alone
