@@ -1,5 +1,9 @@
+import contextlib
+import io
+import logging
 import os
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -134,3 +138,30 @@ def assert_saved_model_predicts_recorded(folder: Path) -> None:
     np.testing.assert_allclose([p["top"][0][1] for p in predicted], [float(r["confidence"]) for r in recorded],
                                atol=1e-4)
     assert [p["top"][0][0] for p in predicted] == [r["pred"] for r in recorded]
+
+
+def run_cli(*args, cwd=None) -> subprocess.CompletedProcess:
+    """`showdown ARGS` run in this process, as the console script runs it (showdown.cli.main), with its output
+    and its exit status (argparse's too) captured as a finished subprocess's. A new process pays about 5 s of
+    imports on these 2 cores; tests of what a command prints and returns use this, and tests of the process
+    itself (its imports, signals, kills, environment) start one."""
+    from showdown.cli import main
+
+    out, err = (io.TextIOWrapper(io.BytesIO(), encoding="utf-8", write_through=True) for _ in range(2))
+    root = logging.getLogger()
+    handlers, level, folder = root.handlers[:], root.level, os.getcwd()
+    root.handlers.clear()  # main's logging.basicConfig then writes to this command's stderr, as in its own process
+    try:
+        os.chdir(cwd or folder)
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                code = main([str(arg) for arg in args])
+            except SystemExit as exc:  # argparse refusing a flag, or sys.exit(message)
+                code = exc.code if isinstance(exc.code, int) else int(exc.code is not None)
+                if isinstance(exc.code, str):
+                    print(exc.code, file=err)
+    finally:
+        os.chdir(folder)
+        root.handlers[:] = handlers
+        root.setLevel(level)
+    return subprocess.CompletedProcess(["showdown", *args], code, *(s.buffer.getvalue().decode() for s in (out, err)))

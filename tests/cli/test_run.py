@@ -9,6 +9,7 @@ import torch
 from showdown import RunConfig, run
 from showdown.models.backbones import load_backbone
 from showdown.models.saving import load_model
+from tests.conftest import run_cli
 
 QUICK = dict(models=["efficientnet_lite0"], image_size=160, workers=0, epochs=30)
 
@@ -96,14 +97,13 @@ def test_unreadable_images_are_skipped_counted_and_listed(tmp_path, demo_copy):
     assert any("skipped 2 unreadable" in line for line in lines)
 
 
-def _cli(*args, cwd=None, timeout=600):
-    return subprocess.run([sys.executable, "-m", "showdown.cli", *args], capture_output=True, text=True, cwd=cwd,
-                          timeout=timeout)
+_cli = run_cli  # what a command prints and returns, without a process's 5 s of imports
 
 
 def test_cli_prints_the_comparison_table(tmp_path, demo_copy):
-    result = _cli("run", "--data", str(demo_copy), "--models", "efficientnet_lite0", "--image-size", "128",
-                  "--epochs", "3", "--out", str(tmp_path / "cli"))
+    result = subprocess.run([sys.executable, "-m", "showdown.cli", "run", "--data", str(demo_copy), "--models",
+                             "efficientnet_lite0", "--image-size", "128", "--epochs", "3", "--out",
+                             str(tmp_path / "cli")], capture_output=True, text=True, timeout=600)  # a real process
     assert result.returncode == 0, result.stderr
     assert "test acc" in result.stdout and "efficientnet_lite0" in result.stdout and "macro F1" in result.stdout
     assert (tmp_path / "cli" / "summary.csv").is_file()

@@ -13,11 +13,15 @@ from PIL import Image
 from showdown.data import load_dataset
 from showdown.data.images import load_rgb
 from showdown.data.leakage import check_leakage
+from tests.conftest import run_cli
 
 
-def _cli(*args, cwd=None):
+def _process(*args, cwd=None):
     return subprocess.run([sys.executable, "-m", "showdown.cli", *args], capture_output=True, text=True, timeout=600,
                           cwd=cwd)
+
+
+_cli = run_cli
 
 
 def _main(capsys, *args) -> subprocess.CompletedProcess:
@@ -106,7 +110,7 @@ def test_a_config_file_that_is_not_a_mapping_of_good_values_is_one_line(tmp_path
 
 def test_out_naming_an_existing_file_is_one_line_and_leaves_the_file(tmp_path):
     (tmp_path / "notes.txt").write_text("keep me\n")
-    result = _cli("run", "--out", "notes.txt", cwd=tmp_path)  # a real process: its stderr, its exit status
+    result = _process("run", "--out", "notes.txt", cwd=tmp_path)  # a real process: its stderr, its exit status
     _one_line_error(result, "--out notes.txt is an existing file", "name a folder")
     assert [p.name for p in tmp_path.iterdir()] == ["notes.txt"]
     assert (tmp_path / "notes.txt").read_text() == "keep me\n"

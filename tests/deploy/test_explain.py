@@ -1,6 +1,4 @@
 """Grad-CAM on a model whose evidence is known: one class always carries a bright square in one corner."""
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -10,6 +8,7 @@ from showdown import RunConfig, run
 from showdown.data.preprocessing import Preprocessing
 from showdown.deploy.explain import available, explain
 from showdown.models.saving import load_model
+from tests.conftest import run_cli
 
 pytestmark = pytest.mark.skipif(not available(), reason="pytorch-grad-cam is not installed (the explain extra)")
 SIDE, SQUARE = 192, (12, 84)  # the square spans 12..84 px of both axes: in the top-left quadrant after the crop
@@ -54,13 +53,10 @@ def test_heat_map_mass_sits_on_the_square(square_run, tmp_path):
 def test_explain_command_writes_overlays(square_run, tmp_path):
     results, root = square_run
     out = tmp_path / "overlays"
-    done = subprocess.run([sys.executable, "-m", "showdown.cli", "explain", str(results.run_dir),
-                           str(root / "marked" / "000.png"), str(root / "plain" / "00*.png"), "--out", str(out)],
-                          capture_output=True, text=True)
+    done = run_cli("explain", results.run_dir, root / "marked" / "000.png", root / "plain" / "00*.png", "--out", out)
     assert done.returncode == 0, done.stderr
     assert "overlay(s) in" in done.stdout and len(list(out.glob("*.png"))) == 1 + len(list(root.glob("plain/00*.png")))
-    refused = subprocess.run([sys.executable, "-m", "showdown.cli", "explain", str(out / "01-000.png"),
-                              str(root / "plain")], capture_output=True, text=True)
+    refused = run_cli("explain", out / "01-000.png", root / "plain")
     assert refused.returncode == 2 and "Traceback" not in refused.stderr and len(refused.stderr.splitlines()) == 1
 
 
@@ -79,8 +75,7 @@ def test_an_exported_torchscript_model_is_explained_by_occlusion_on_the_square(s
     shares = [d.heat[:d.heat.shape[0] // 2, :d.heat.shape[1] // 2].sum() / max(d.heat.sum(), 1e-9) for d in done]
     print(f"occlusion mass in the top-left quadrant: mean {np.mean(shares):.2f}, min {min(shares):.2f}")
     assert np.mean(shares) > 0.5
-    command = subprocess.run([sys.executable, "-m", "showdown.cli", "explain", str(exported), marked[0]],
-                             capture_output=True, text=True)
+    command = run_cli("explain", exported, marked[0])
     assert command.returncode == 0, command.stderr
     assert "1 occlusion overlay(s) in" in command.stdout and len(list((tmp_path / "model-explain").glob("*.png"))) == 1
 

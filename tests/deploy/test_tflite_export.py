@@ -4,8 +4,6 @@ Needs the `tflite` extra (litert-torch); skipped with the reason where it is not
 head trained on real photos (a TF-Flowers subset from ../shared, else the demo flowers).
 """
 import csv
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +16,7 @@ from showdown.data.preprocessing import Preprocessing
 from showdown.deploy.export import export_model
 from showdown.deploy.predict import open_model
 from showdown.models.saving import load_model
-from tests.conftest import DATASETS, PHOTOS
+from tests.conftest import DATASETS, PHOTOS, run_cli
 
 pytest.importorskip("litert_torch", reason="the `tflite` extra (litert-torch) is not installed")
 FLOWERS = DATASETS / "tf_flowers"
@@ -55,10 +53,6 @@ def _pytorch(run_dir, paths):
         return batch, model(batch).softmax(1).numpy()
 
 
-def _cli(*args):
-    return subprocess.run([sys.executable, "-m", "showdown.cli", *args], capture_output=True, text=True, timeout=600)
-
-
 def test_float32_tflite_matches_pytorch_and_predicts(trained):
     path = export_model(trained, "tflite", model_name=ENTRY)
     assert path.name == "model.tflite"
@@ -68,7 +62,7 @@ def test_float32_tflite_matches_pytorch_and_predicts(trained):
     assert exported.classes == load_model(trained / ENTRY)[1].classes
     assert exported.preprocessing.input_size == (3, 128, 128)
     np.testing.assert_allclose(exported(batch), expected, atol=1e-4)
-    result = _cli("predict", str(path), *map(str, photos[:3]))
+    result = run_cli("predict", str(path), *map(str, photos[:3]))
     assert result.returncode == 0, result.stderr
     assert "3 image(s) classified by efficientnet_lite0 / head" in result.stderr
 
@@ -76,7 +70,7 @@ def test_float32_tflite_matches_pytorch_and_predicts(trained):
 @pytest.fixture(scope="module")
 def int8_file(trained, tmp_path_factory):
     path = tmp_path_factory.mktemp("int8") / "q.tflite"
-    result = _cli("export", str(trained), "--format", "tflite", "--quantize", "int8", "--output", str(path))
+    result = run_cli("export", str(trained), "--format", "tflite", "--quantize", "int8", "--output", str(path))
     assert result.returncode == 0, result.stderr
     return path
 
@@ -91,7 +85,7 @@ def test_int8_tflite_is_integer_and_predicts(trained, int8_file):
     assert not floats, f"float tensors left (not full-integer): {floats[:3]}"
     assert int8_file.stat().st_size < 0.4 * (trained / ENTRY / "model.safetensors").stat().st_size
     held = _held_out(trained, 4)
-    result = _cli("predict", str(int8_file), *map(str, held), "--format", "json")
+    result = run_cli("predict", str(int8_file), *map(str, held), "--format", "json")
     assert result.returncode == 0 and "4 image(s) classified" in result.stderr, result.stderr
 
 
@@ -105,6 +99,6 @@ def test_int8_tflite_agrees_with_pytorch_top1(trained, int8_file):
 
 
 def test_quantize_needs_tflite(trained):
-    result = _cli("export", str(trained), "--format", "onnx", "--quantize", "int8")
+    result = run_cli("export", str(trained), "--format", "onnx", "--quantize", "int8")
     assert result.returncode == 2 and "only --format tflite --quantize int8" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1

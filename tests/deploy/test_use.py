@@ -2,8 +2,6 @@
 import csv
 import json
 import shutil
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -15,11 +13,7 @@ from showdown.data.preprocessing import Preprocessing
 from showdown.deploy.export import export_model
 from showdown.deploy.predict import open_model
 from showdown.models.saving import load_model
-from tests.conftest import PHOTOS, needs_photos
-
-
-def _cli(*args):
-    return subprocess.run([sys.executable, "-m", "showdown.cli", *args], capture_output=True, text=True, timeout=600)
+from tests.conftest import PHOTOS, needs_photos, run_cli
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +23,7 @@ def trained(tmp_path_factory, demo_dir):
         shutil.copytree(demo_dir / cls, data / cls)
     out = tmp_path_factory.mktemp("run") / "use"
     run(RunConfig(data=str(data), models=["efficientnet_lite0"], strategies=["head", "scratch-cnn"], image_size=128,
-                  epochs=8, workers=0, out=str(out)), echo=lambda *_: None)
+                  epochs=4, workers=0, out=str(out), report=False, record=False), echo=lambda *_: None)
     return out, data
 
 
@@ -60,7 +54,7 @@ def test_exported_model_matches_pytorch_and_carries_its_metadata(trained, fmt):
 
 def test_predict_cli_writes_csv_and_json_and_scores_labelled_folders(trained, tmp_path):
     run_dir, data = trained
-    result = _cli("predict", str(run_dir), str(data), "--format", "csv", "--output", str(tmp_path / "p.csv"))
+    result = run_cli("predict", str(run_dir), str(data), "--format", "csv", "--output", str(tmp_path / "p.csv"))
     assert result.returncode == 0, result.stderr
     lines = (tmp_path / "p.csv").read_text().splitlines()
     assert lines[0].startswith("path,class1,prob1,class2,prob2,class3,prob3,true")
@@ -72,7 +66,7 @@ def test_predict_cli_writes_csv_and_json_and_scores_labelled_folders(trained, tm
     assert "150 image(s) classified by efficientnet_lite0 / head" in result.stderr  # the best entry by default
     accuracy = float(result.stderr.split("accuracy on 150 labelled by folder: ")[1].split()[0])
     assert accuracy > 0.8  # mostly its own training images
-    result = _cli("predict", str(run_dir), str(data / "daisy" / "*.jpg"), "--format", "json", "--top-k", "2",
+    result = run_cli("predict", str(run_dir), str(data / "daisy" / "*.jpg"), "--format", "json", "--top-k", "2",
                   "--model", "scratch_cnn-scratch-cnn")
     assert result.returncode == 0, result.stderr
     rows = json.loads(result.stdout)
@@ -100,7 +94,7 @@ def test_predict_skips_unreadable_files_and_warns_about_other_classes(trained, t
     for i, photo in enumerate(sorted(PHOTOS.glob("*.jpg"))[:4]):
         shutil.copy(photo, other / ("cat" if i % 2 else "dog") / photo.name)
     (other / "cat" / "broken.jpg").write_bytes(b"not an image")
-    result = _cli("predict", str(tmp_path / "m.onnx"), str(other))
+    result = run_cli("predict", str(tmp_path / "m.onnx"), str(other))
     assert result.returncode == 0 and "Traceback" not in result.stderr
     assert "warning: input folder(s) cat, dog are not classes of this model" in result.stderr
     assert "4 image(s) classified" in result.stderr and "1 unreadable file(s) skipped" in result.stderr
@@ -112,14 +106,14 @@ def test_predict_skips_unreadable_files_and_warns_about_other_classes(trained, t
     (["export", "/no/such/run"], "holds no saved model"),
 ])
 def test_use_errors_are_one_line(args, message):
-    result = _cli(*args)
+    result = run_cli(*args)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1
 
 
 def test_a_file_pretending_to_be_a_model_is_refused(tmp_path):
     (tmp_path / "fake.onnx").write_bytes(b"\x00\x01 not a model")
-    result = _cli("predict", str(tmp_path / "fake.onnx"), str(tmp_path))
+    result = run_cli("predict", str(tmp_path / "fake.onnx"), str(tmp_path))
     assert result.returncode == 2 and "is not a valid ONNX model" in result.stderr
 
 
@@ -129,7 +123,7 @@ def test_predict_on_an_explicit_device_gives_the_same_probabilities(trained):
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     results = {}
     for device in devices:
-        result = _cli("predict", str(run_dir), str(data / "roses"), "--format", "json", "--device", device)
+        result = run_cli("predict", str(run_dir), str(data / "roses"), "--format", "json", "--device", device)
         assert result.returncode == 0, result.stderr
         results[device] = json.loads(result.stdout)
     assert len(results["cpu"]) == 50

@@ -2,8 +2,6 @@
 import copy
 import csv
 import logging
-import subprocess
-import sys
 
 import pytest
 import timm
@@ -20,6 +18,7 @@ from showdown.models.classifier import Head, ImageClassifier
 from showdown.training.batches import TensorBatches, feature_batches, image_batches
 from showdown.training.freezing import batchnorms_kept_in_eval, freeze_backbone, unfreeze
 from showdown.training.loop import TrainSettings, fit
+from tests.conftest import run_cli
 
 
 def _items(demo_dir, per_class=6):
@@ -77,10 +76,8 @@ def test_boundary_activation_training_follows_the_full_forward_loss_curve(demo_d
 
 def test_bench_reports_every_column_for_two_small_backbones(tmp_path):
     out = tmp_path / "bench"
-    result = subprocess.run([sys.executable, "-m", "showdown.cli", "bench", "--models",
-                             "efficientnet_lite0,mobilenetv2_050", "--allow-random-init", "--image-size", "64",
-                             "--repeats", "3", "--precision", "fp32", "--out", str(out)],
-                            capture_output=True, text=True, timeout=600)
+    result = run_cli("bench", "--models", "efficientnet_lite0,mobilenetv2_050", "--allow-random-init",
+                     "--image-size", "64", "--repeats", "3", "--precision", "fp32", "--out", out)
     assert result.returncode == 0, result.stderr
     assert "latency ms (bs 1)" in result.stdout and "images/s (bs 32)" in result.stdout
     with (out / "bench.csv").open() as handle:

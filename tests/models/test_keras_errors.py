@@ -1,14 +1,12 @@
 """Keras weight files that cannot be used fail with one line (needs only h5py, not TensorFlow)."""
 import shutil
-import subprocess
-import sys
 
 import h5py
 import pytest
 
 from showdown.errors import ModelError
 from showdown.models.backbones import load_backbone
-from tests.conftest import SHARED
+from tests.conftest import SHARED, run_cli
 
 GENUINE = SHARED / "weights" / "keras" / "mobilenet_2_5_224_tf_no_top.h5"
 needs_genuine = pytest.mark.skipif(not GENUINE.is_file(), reason=f"{GENUINE} not found (../shared absent)")
@@ -46,7 +44,6 @@ def test_a_layer_missing_leaves_tensors_unfilled(tmp_path):
 
 @needs_genuine
 def test_cli_error_is_one_line(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "showdown.cli", "run", "--models", "vgg16", "--weights",
-                             str(GENUINE), "--out", str(tmp_path / "r")], capture_output=True, text=True, timeout=300)
+    result = run_cli("run", "--models", "vgg16", "--weights", GENUINE, "--out", tmp_path / "r")
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1 and "holds Keras MobileNet weights" in result.stderr

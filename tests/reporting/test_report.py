@@ -13,6 +13,7 @@ from showdown import RunConfig, run
 from showdown.reporting import database as db
 from showdown.reporting.report import group_records
 from showdown.reporting.run_records import load_run
+from tests.conftest import run_cli
 
 MALICIOUS = "<img src=x onerror=alert(1)>"  # a folder name cannot hold '/', so no </script>; this one runs too
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -78,30 +79,29 @@ def test_report_opens_in_headless_chromium_cleanly(report_run, tmp_path):
 
 def test_runs_cli_lists_shows_and_compares(report_run, tmp_path):
     run_id = next(r["id"] for r in db.list_runs() if r["run_dir"] == str(report_run.run_dir.resolve()))
-    cli = [sys.executable, "-m", "showdown.cli", "runs"]
-    listed = subprocess.run([*cli, "list"], capture_output=True, text=True)
+    listed = run_cli("runs", "list")
     assert listed.returncode == 0 and str(report_run.run_dir.resolve()) in listed.stdout
-    shown = subprocess.run([*cli, "show", str(run_id)], capture_output=True, text=True)
+    shown = run_cli("runs", "show", run_id)
     assert shown.returncode == 0 and "efficientnet_lite1" in shown.stdout and "seed 1" in shown.stdout
-    compared = subprocess.run([*cli, "compare", str(run_id), "--out", str(tmp_path / "cmp")],
-                              capture_output=True, text=True)
+    compared = run_cli("runs", "compare", run_id, "--out", tmp_path / "cmp")
     assert compared.returncode == 0, compared.stderr
     summary = (tmp_path / "cmp" / "report.md").read_text()
     assert f"runs {run_id} compared" in summary and "efficientnet_lite1 / head" in summary
     assert (tmp_path / "cmp" / "report.html").is_file()
-    missing = subprocess.run([*cli, "show", "99999"], capture_output=True, text=True)
+    missing = run_cli("runs", "show", "99999")
     assert missing.returncode == 2 and "no run 99999" in missing.stderr and "Traceback" not in missing.stderr
 
 
 def test_database_survives_a_run_killed_mid_training(tmp_path, demo_dir):
     database = tmp_path / "results.db"
-    base = [sys.executable, "-m", "showdown.cli", "run", "--data", str(demo_dir), "--models", "efficientnet_lite0",
-            "--image-size", "64", "--workers", "0", "--db", str(database), "--no-report"]
-    first = subprocess.run([*base, "--epochs", "2", "--out", str(tmp_path / "a")], capture_output=True, text=True)
+    base = ["run", "--data", str(demo_dir), "--models", "efficientnet_lite0", "--image-size", "64", "--workers", "0",
+            "--db", str(database), "--no-report"]
+    first = run_cli(*base, "--epochs", "2", "--out", tmp_path / "a")
     assert first.returncode == 0, first.stderr
     before = db.list_runs(database)
-    killed = subprocess.Popen([*base, "--strategy", "head,scratch-cnn", "--epochs", "50", "--patience", "50",
-                               "--out", str(tmp_path / "b")], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    killed = subprocess.Popen([sys.executable, "-m", "showdown.cli", *base, "--strategy", "head,scratch-cnn",
+                               "--epochs", "50", "--patience", "50", "--out", str(tmp_path / "b")],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     checkpoint = tmp_path / "b" / "scratch_cnn-scratch-cnn" / "checkpoint-scratch-cnn.pt"
     deadline = time.time() + 300
     while not checkpoint.exists() and killed.poll() is None and time.time() < deadline:
@@ -112,7 +112,7 @@ def test_database_survives_a_run_killed_mid_training(tmp_path, demo_dir):
     with db.connect(database) as conn:
         counts = [conn.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0] for t in ("entries", "predictions")]
     assert counts[0] == 1 and counts[1] == 40
-    third = subprocess.run([*base, "--epochs", "2", "--out", str(tmp_path / "c")], capture_output=True, text=True)
+    third = run_cli(*base, "--epochs", "2", "--out", tmp_path / "c")
     assert third.returncode == 0, third.stderr
     after = db.list_runs(database)
     assert len(after) == 2 and after[-1]["run_dir"] == str((tmp_path / "c").resolve())

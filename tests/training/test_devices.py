@@ -2,8 +2,6 @@
 GPU run must produce. Tests that need CUDA skip, with their reason, on machines without it."""
 import json
 import logging
-import subprocess
-import sys
 from types import SimpleNamespace
 
 import pytest
@@ -17,14 +15,13 @@ from showdown.errors import ConfigError
 from showdown.frozen.engines import resolve_runtime
 from showdown.precision import grad_scaler, resolve_precision
 from showdown.training.loop import TrainSettings, fit
+from tests.conftest import run_cli
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (none on this machine)")
 CPU = torch.device("cpu")
 
 
-def _cli(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "showdown", *args], capture_output=True, text=True, timeout=600,
-                          cwd=cwd)
+_cli = run_cli
 
 
 def test_cpu_is_what_auto_and_cpu_mean_here_and_missing_devices_are_named():
