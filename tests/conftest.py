@@ -24,23 +24,26 @@ needs_cifar10 = pytest.mark.skipif(not (DATASETS / "cifar10-jpg.tar.gz").is_file
 
 
 # The modules that take longest, longest first (`pytest --durations`, seconds of one worker on the 2-core AMD EPYC
-# Zen 3, 2026-12-06). `pytest -n 2 --dist loadscope` hands each module to one worker; handed out in this order,
-# the last one to start is short, so neither worker waits minutes at the end for the other (docs/development.md:
-# 12 min 20 s before, 11 min 10 s after). Every other module follows in the order it was collected.
+# Zen 3, 2026-12-06, after commands whose output is the point moved into the test's process: run_cli below).
+# `pytest -n 2 --dist loadscope` hands each module to one worker; handed out in this order, the last one to start
+# is short, so neither worker waits minutes at the end for the other (docs/development.md). Every other module
+# follows in the order it was collected.
 SLOWEST_FIRST = (
-    "training/test_distributed.py",  # 224 s: torchrun, two processes, four times
-    "reporting/test_report.py",  # 137 s
-    "deploy/test_explain.py",  # 92 s
-    "deploy/test_use.py",  # 90 s
-    "deploy/test_tflite_export.py",  # 71 s
-    "experiment/test_ray.py",  # 58 s: a local Ray cluster
-    "cli/test_daemon.py",  # 55 s
-    "experiment/test_shards.py",  # 46 s
-    "experiment/test_fair.py",  # 44 s
-    "experiment/test_resume.py",  # 44 s
-    "test_packaging.py",  # 41 s: builds and installs the wheel
-    "models/test_matrix.py",  # 40 s
-    "models/test_keras.py",  # 36 s
+    "training/test_distributed.py",  # 130 s: torchrun, two processes, four times
+    "models/test_matrix.py",  # 78 s
+    "cli/test_daemon.py",  # 70 s
+    "models/test_keras.py",  # 63 s: Keras on TensorFlow
+    "deploy/test_tflite_export.py",  # 62 s
+    "deploy/test_explain.py",  # 62 s
+    "reporting/test_report.py",  # 56 s
+    "experiment/test_ray.py",  # 55 s: a local Ray cluster
+    "test_packaging.py",  # 51 s: builds and installs the wheel
+    "experiment/test_fair.py",  # 45 s
+    "training/test_mac.py",  # 17-37 s: spawned loader processes
+    "frozen/test_speed_paths.py",  # 33 s
+    "experiment/test_shards.py",  # 32 s
+    "deploy/test_use.py",  # 30 s
+    "experiment/test_resume.py",  # 28 s
 )
 
 

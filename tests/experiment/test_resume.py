@@ -8,6 +8,8 @@ import time
 
 import torch
 
+from tests.conftest import run_cli
+
 ARGS = ["--models", "efficientnet_lite0", "--strategy", "head,scratch-cnn", "--image-size", "64", "--epochs", "12",
         "--patience", "20", "--workers", "0", "--max-per-class", "20"]  # 100 of the demo's 250 photos: quicker epochs
 
@@ -41,17 +43,15 @@ def test_killed_run_resumes_and_matches_an_uninterrupted_one(tmp_path, demo_dir)
     assert not (killed / "scratch_cnn-scratch-cnn" / "metrics.json").exists()
     head_before = (killed / "efficientnet_lite0-head" / "metrics.json").read_bytes()
 
-    resumed = _start("run", "--resume", str(killed))
-    out, err = resumed.communicate(timeout=600)
-    assert resumed.returncode == 0, err
-    assert "efficientnet_lite0 head: finished earlier, kept" in out
+    resumed = run_cli("run", "--resume", killed)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "efficientnet_lite0 head: finished earlier, kept" in resumed.stdout
     assert (killed / "efficientnet_lite0-head" / "metrics.json").read_bytes() == head_before
     assert not checkpoint.exists()  # the finished entry's results replace its checkpoint
 
     fresh = tmp_path / "fresh"
-    uninterrupted = _start("run", *data, *ARGS, "--out", str(fresh))
-    _, err = uninterrupted.communicate(timeout=600)
-    assert uninterrupted.returncode == 0, err
+    uninterrupted = run_cli("run", *data, *ARGS, "--out", fresh)
+    assert uninterrupted.returncode == 0, uninterrupted.stderr
     a = json.loads((killed / "scratch_cnn-scratch-cnn" / "metrics.json").read_text())
     b = json.loads((fresh / "scratch_cnn-scratch-cnn" / "metrics.json").read_text())
     assert a["accuracy"] == b["accuracy"] and a["confusion_matrix"] == b["confusion_matrix"]

@@ -21,6 +21,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from tests.conftest import run_cli
+
 STRATEGIES = "head,finetune,scratch-cnn"
 ARGS = ["--data", "demo", "--models", "efficientnet_lite0", "--image-size", "64", "--epochs", "3",
         "--precision", "fp32", "--device", "cpu", "--no-report"]
@@ -67,9 +69,8 @@ def two_runs(tmp_path_factory):
     """(single-process run folder, its cache, torchrun run folder, its cache, torchrun's database)."""
     base = tmp_path_factory.mktemp("ddp")
     single, single_cache = base / "single", base / "cache-single"
-    result = subprocess.run([sys.executable, "-m", "showdown", "run", *ARGS, "--strategy", STRATEGIES,
-                             "--out", str(single), "--cache-dir", str(single_cache), "--no-record"],
-                            capture_output=True, text=True, timeout=600)
+    result = run_cli("run", *ARGS, "--strategy", STRATEGIES, "--out", single, "--cache-dir", single_cache,
+                     "--no-record")
     assert result.returncode == 0, result.stderr[-2000:]
     work, cache, db = base / "work", base / "cache-ddp", base / "ddp.db"
     work.mkdir()
