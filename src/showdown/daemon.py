@@ -74,6 +74,7 @@ AUTOSTART_IDLE_MINUTES = 30
 NOT_AUTOSTARTED_UNDER = ("CI", "JENKINS_URL", "TF_BUILD", "TORCHELASTIC_RUN_ID", "LOCAL_RANK", "SLURM_JOB_ID",
                          "PBS_JOBID", "LSB_JOBID", "OMPI_COMM_WORLD_RANK", "PMI_RANK", "PYTEST_CURRENT_TEST")
 OFF = {"off", "0", "false", "no"}
+MATPLOTLIBRC = "matplotlibrc"  # the working folder's, which matplotlib reads as it is imported (its figure style)
 FORK_TIMEOUT_S = 30  # a daemon that accepts but does not fork within this (stuck): the command runs itself
 
 
@@ -111,9 +112,11 @@ def socket_path(create: bool = True, environ: dict | None = None, paths: list[st
     # The interpreter's real file: `showdown` (its script names python3) and `python -m showdown` share a daemon.
     facts = {"python": os.path.realpath(sys.executable), "flags": [sys.flags, sys.warnoptions, sys._xoptions],
              "path": paths,
-             "installed": [os.stat(p).st_mtime_ns for p in paths if os.path.isdir(p)],  # pip changes these
+             # Change times, which no copy or move sets back (`mv`, `cp -p` and `touch -d` keep or set an old
+             # modification time): pip changes the folders', an edit or a checkout the files'.
+             "installed": [os.stat(p).st_ctime_ns for p in paths if os.path.isdir(p)],
              "version": showdown.__version__,
-             "newest": max(entry.stat().st_mtime_ns for entry in package.rglob("*.py")),
+             "newest": max(entry.stat().st_ctime_ns for entry in package.rglob("*.py")),
              "env": sorted((k, v) for k, v in environ.items()
                            if k not in VOLATILE and not k.startswith(VOLATILE_PREFIXES)),
              "process": _process_settings() if process is None else process}
@@ -151,6 +154,8 @@ def forward(argv: list[str]) -> int | None:
     try:
         cwd = os.getcwd()
     except OSError:  # its folder was removed meanwhile: here, the command itself says what that breaks
+        return None
+    if os.path.exists(MATPLOTLIBRC):  # read as matplotlib is imported: the daemon imported it elsewhere
         return None
     try:
         try:
@@ -518,6 +523,8 @@ def serve(path: Path, idle_seconds: float, claim) -> None:
                          f"({path.name}): not started")
     if _first_path_is_the_folder():  # `-m`'s starting folder: its files must not stand in for libraries (a stray
         sys.path[0] = str(path.parent)  # yaml.py) in every command; each child gets its caller's first path again
+    # Nor may the files in it change what the imports do: matplotlib reads ./matplotlibrc as it is imported.
+    os.chdir(path.parent)  # the daemon holds no folder of the user's
     signal.signal(signal.SIGALRM, _too_slow)  # imports stuck (a dead network mount): leave, and free the claim
     signal.alarm(START_TIMEOUT_S)
     with heavy_imports():
@@ -526,7 +533,6 @@ def serve(path: Path, idle_seconds: float, claim) -> None:
     # What the imports set in the environment, kept in every child (a command in its own process would have it).
     changed = {key: value for key, value in os.environ.items() if before.get(key) != value}
     removed = [key for key in before if key not in os.environ]
-    os.chdir(path.parent)  # the daemon holds no folder of the user's
     sys.stdout.flush()
     # The children are reaped by _Commands.wait, which tells a caller the signal its command died of; where this
     # kernel cannot wait on a pidfd, the kernel reaps them and the caller learns less.

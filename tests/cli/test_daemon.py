@@ -111,6 +111,31 @@ def test_a_profiled_command_is_not_sent_to_the_daemon(warm, tmp_path):
     assert served(warm) == before
 
 
+def test_a_command_in_a_folder_with_its_own_matplotlibrc_runs_in_its_own_process(warm, tmp_path):
+    """matplotlib reads ./matplotlibrc (the report's figures) as it is imported, and the daemon imported it in its
+    own folder."""
+    (tmp_path / "matplotlibrc").write_text("figure.dpi: 33\n")
+    before = served(warm)
+    done = showdown("presets", env=warm, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert served(warm) == before
+
+
+def test_code_moved_in_with_an_old_modification_time_changes_the_key(tmp_path, sockets, monkeypatch):
+    """`mv`, `cp -p` and rsync keep a file's modification time: the key takes the change times, which they cannot
+    set back, so a daemon never serves code older than what is installed."""
+    monkeypatch.setenv("SHOWDOWN_DAEMON_DIR", str(sockets))
+    site = tmp_path / "site"
+    site.mkdir()
+    before = daemon.socket_path(paths=["", str(site)])
+    stamp = site.stat().st_mtime_ns
+    time.sleep(0.05)  # past the file system clock's tick
+    (tmp_path / "module.py").write_text("VALUE = 2\n")
+    os.replace(tmp_path / "module.py", site / "module.py")
+    os.utime(site, ns=(stamp, stamp))  # the folder's modification time as it was
+    assert daemon.socket_path(paths=["", str(site)]) != before
+
+
 def _interruptible() -> None:
     """Ctrl-C and Ctrl-Z as in a terminal, even where the tests run as a background job (which ignores SIGINT, and
     a process keeps ignoring what it was started ignoring) or under nohup: a job of its own process group, as a
