@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import io
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +30,7 @@ from showdown.frozen.feature_cache import extract_views
 from showdown.models.backbones import Backbone
 from showdown.reporting.label_issues import LABEL_ISSUES
 from showdown.training.loop import TrainSettings
+from showdown.training.out_of_fold import FOLDS as OUT_OF_FOLD_FOLDS
 from showdown.training.out_of_fold import RECIPE as OUT_OF_FOLD_RECIPE
 from showdown.training.out_of_fold import out_of_fold
 
@@ -79,7 +81,9 @@ def find_issues(backbone: Backbone, dataset: DatasetSpec, config: RunConfig, run
     probs = _out_of_fold_cached(x, y, len(dataset.classes), train_settings(config), run.frozen.cache_dir)
     from cleanlab.filter import find_label_issues  # pandas comes with it: imported only when used
 
-    ranked = find_label_issues(y, probs, return_indices_ranked_by="self_confidence", n_jobs=1)
+    with warnings.catch_warnings():  # a class of one image is not judged: said once, in the summary's line
+        warnings.filterwarnings("ignore", "May not flag all label issues", UserWarning)
+        ranked = find_label_issues(y, probs, return_indices_ranked_by="self_confidence", n_jobs=1)
     rows = []
     for rank, i in enumerate(ranked, start=1):
         split, index = where[i]
@@ -90,7 +94,9 @@ def find_issues(backbone: Backbone, dataset: DatasetSpec, config: RunConfig, run
         write_csv(run_dir / LABEL_ISSUES, rows)  # nothing is written when no image is flagged
     counts = {split: {"flagged": sum(r["split"] == split for r in rows), "images": len(f.labels)}
               for split, f in parts}
-    summary = {"backbone": backbone.spec.name, "flagged": len(rows), "per_split": counts,
+    images = np.bincount(y, minlength=len(dataset.classes))
+    thin = {name: int(n) for name, n in zip(dataset.classes, images) if n < OUT_OF_FOLD_FOLDS}
+    summary = {"backbone": backbone.spec.name, "flagged": len(rows), "per_split": counts, "thin_classes": thin,
                "out_of_fold_accuracy": float((probs.argmax(1) == y).mean()), "seconds": time.perf_counter() - start}
     return summary, {row["path"] for row in rows}
 
@@ -127,5 +133,8 @@ def _out_of_fold_cached(x: torch.Tensor, y: np.ndarray, num_classes: int, settin
 
 def describe(summary: dict) -> str:
     per_split = ", ".join(f"{split} {c['flagged']} of {c['images']}" for split, c in summary["per_split"].items())
+    thin = ", ".join(f"{name} ({n})" for name, n in summary.get("thin_classes", {}).items())
     return (f"label issues: {summary['flagged']} image(s) flagged by cleanlab on {summary['backbone']} features "
-            f"({per_split}; {summary['seconds']:.1f} s); listed in {LABEL_ISSUES}")
+            f"({per_split}; {summary['seconds']:.1f} s); listed in {LABEL_ISSUES}"
+            + (f"; classes of under {OUT_OF_FOLD_FOLDS} images are judged less surely, of one image not at all: {thin}"
+               if thin else ""))

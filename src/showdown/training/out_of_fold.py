@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import warnings
 
 import numpy as np
 import torch
@@ -38,8 +39,11 @@ def out_of_fold(features: torch.Tensor, labels: np.ndarray, num_classes: int, se
     settings = dataclasses.replace(settings, epochs=min(settings.epochs, MAX_EPOCHS))
     # One thread (device.one_thread): measured on the 2-core box under load, 2 folds of TF-Flowers in 2.4 s
     # instead of 16.5 s.
+    with warnings.catch_warnings():  # a class with fewer images than folds: find_issues names it, in its line
+        warnings.filterwarnings("ignore", "The least populated class", UserWarning)
+        parts = list(splitter.split(np.zeros(len(labels)), labels))
     with one_thread(features.device):
-        for rest, held in splitter.split(np.zeros(len(labels)), labels):
+        for rest, held in parts:
             train, val = _carve(rest, labels, settings.seed)
             torch.manual_seed(settings.seed)
             head = Head(features.shape[1], num_classes)
