@@ -4,6 +4,8 @@ import logging
 import os
 import shutil
 import subprocess
+import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -143,28 +145,48 @@ def assert_saved_model_predicts_recorded(folder: Path) -> None:
     assert [p["top"][0][0] for p in predicted] == [r["pred"] for r in recorded]
 
 
+# A new process's warning filters (Python's defaults; pytest puts its own first and records what they let through).
+PROCESS_WARNING_FILTERS = [("default", DeprecationWarning, "__main__"), ("ignore", DeprecationWarning, ""),
+                           ("ignore", PendingDeprecationWarning, ""), ("ignore", ImportWarning, ""),
+                           ("ignore", ResourceWarning, "")]
+
+
 def run_cli(*args, cwd=None) -> subprocess.CompletedProcess:
     """`showdown ARGS` run in this process, as the console script runs it (showdown.cli.main), with its output
     and its exit status (argparse's too) captured as a finished subprocess's. A new process pays about 5 s of
     imports on these 2 cores; tests of what a command prints and returns use this, and tests of the process
-    itself (its imports, signals, kills, environment) start one."""
+    itself (what its imports print, signals, kills, environment, CUDA settings) start one. Warnings go to the
+    command's stderr as in its own process, under a fresh process's filters."""
     from showdown.cli import main
 
-    out, err = (io.TextIOWrapper(io.BytesIO(), encoding="utf-8", write_through=True) for _ in range(2))
+    out, err = (io.TextIOWrapper(io.BytesIO(), encoding="utf-8", errors="backslashreplace", write_through=True)
+                for _ in range(2))
     root = logging.getLogger()
     handlers, level, folder = root.handlers[:], root.level, os.getcwd()
     root.handlers.clear()  # main's logging.basicConfig then writes to this command's stderr, as in its own process
     try:
         os.chdir(cwd or folder)
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), \
+                warnings.catch_warnings(record=True) as caught:
+            warnings.resetwarnings()  # and each shown once per command, as in a new process
+            for action, category, module in reversed(PROCESS_WARNING_FILTERS):
+                warnings.filterwarnings(action, category=category, module=module)
             try:
                 code = main([str(arg) for arg in args])
             except SystemExit as exc:  # argparse refusing a flag, or sys.exit(message)
                 code = exc.code if isinstance(exc.code, int) else int(exc.code is not None)
                 if isinstance(exc.code, str):
                     print(exc.code, file=err)
+            finally:
+                for w in caught:
+                    err.write(warnings.formatwarning(w.message, w.category, w.filename, w.lineno, w.line))
+    except BaseException:  # a traceback main let through, or Ctrl-C: what the command printed comes with it
+        sys.stderr.write(err.buffer.getvalue().decode())
+        raise
     finally:
         os.chdir(folder)
         root.handlers[:] = handlers
         root.setLevel(level)
+    if code == 130:  # Ctrl-C, which main turned into its exit status: the test session stops, as it would have
+        raise KeyboardInterrupt
     return subprocess.CompletedProcess(["showdown", *args], code, *(s.buffer.getvalue().decode() for s in (out, err)))

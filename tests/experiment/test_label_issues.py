@@ -111,3 +111,19 @@ def test_out_of_fold_probabilities_are_read_back_on_a_rerun_and_recomputed_when_
     assert np.load(entry).shape == (60, 3)  # written again
     other = label_issues._out_of_fold_cached(x, y, 3, TrainSettings(epochs=3, seed=2), tmp_path)
     assert len(list(tmp_path.glob("out-of-fold-*.npy"))) == 2 and other.shape == first.shape  # the seed is in the key
+
+
+def test_the_line_names_the_classes_too_small_to_judge_by_the_folds_actually_used():
+    """Five folds, fewer where the largest class is smaller: a class is thin against the folds the search used."""
+    import numpy as np
+
+    from showdown.experiment.label_issues import describe
+    from showdown.training.out_of_fold import fold_count
+
+    assert fold_count(np.array([0, 0, 0, 1, 1, 1]), 2) == 3  # no class of 5: 3 folds, and neither class thin
+    assert fold_count(np.array([0] * 9 + [1]), 2) == 5
+    summary = {"flagged": 1, "backbone": "mobilenet_v2", "per_split": {"train": {"flagged": 1, "images": 12}},
+               "seconds": 0.1, "folds": 5, "thin_classes": {"roses": 3, "lonely": 1}}
+    assert describe(summary).endswith("; classes with fewer images than the 5 folds, judged less surely: roses (3); "
+                                      "classes of a single image, not judged: lonely")
+    assert describe({**summary, "thin_classes": {}}).endswith("listed in label_issues.csv")

@@ -2,6 +2,8 @@
 GPU run must produce. Tests that need CUDA skip, with their reason, on machines without it."""
 import json
 import logging
+import subprocess
+import sys
 from types import SimpleNamespace
 
 import pytest
@@ -21,7 +23,10 @@ needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a C
 CPU = torch.device("cpu")
 
 
-_cli = run_cli
+def _cli(*args, cwd=None):
+    """A process of its own: the CUDA settings a run makes (cuDNN's autotuner, TF32) stay in the process."""
+    return subprocess.run([sys.executable, "-m", "showdown", *args], capture_output=True, text=True, timeout=600,
+                          cwd=cwd)
 
 
 def test_cpu_is_what_auto_and_cpu_mean_here_and_missing_devices_are_named():
@@ -79,8 +84,8 @@ def test_a_compile_failure_is_one_log_line_and_training_goes_on_eagerly(monkeypa
 
 
 def test_bench_on_an_explicit_cpu_device(tmp_path):
-    result = _cli("bench", "--device", "cpu", "--models", "efficientnet_lite0", "--image-size", "64", "--repeats",
-                  "2", "--no-onnx", "--precision", "fp32", "--out", str(tmp_path / "bench"))
+    result = run_cli("bench", "--device", "cpu", "--models", "efficientnet_lite0", "--image-size", "64", "--repeats",
+                     "2", "--no-onnx", "--precision", "fp32", "--out", str(tmp_path / "bench"))
     assert result.returncode == 0, result.stderr
     bench = json.loads((tmp_path / "bench" / "bench.json").read_text())
     assert bench["machine"]["device"]["type"] == "cpu"

@@ -30,9 +30,8 @@ from showdown.frozen.feature_cache import extract_views
 from showdown.models.backbones import Backbone
 from showdown.reporting.label_issues import LABEL_ISSUES
 from showdown.training.loop import TrainSettings
-from showdown.training.out_of_fold import FOLDS as OUT_OF_FOLD_FOLDS
 from showdown.training.out_of_fold import RECIPE as OUT_OF_FOLD_RECIPE
-from showdown.training.out_of_fold import out_of_fold
+from showdown.training.out_of_fold import fold_count, out_of_fold
 
 
 def chosen_backbone(config: RunConfig, rows: list[dict], folds) -> tuple[str | None, str | None]:
@@ -94,9 +93,10 @@ def find_issues(backbone: Backbone, dataset: DatasetSpec, config: RunConfig, run
         write_csv(run_dir / LABEL_ISSUES, rows)  # nothing is written when no image is flagged
     counts = {split: {"flagged": sum(r["split"] == split for r in rows), "images": len(f.labels)}
               for split, f in parts}
-    images = np.bincount(y, minlength=len(dataset.classes))
-    thin = {name: int(n) for name, n in zip(dataset.classes, images) if n < OUT_OF_FOLD_FOLDS}
-    summary = {"backbone": backbone.spec.name, "flagged": len(rows), "per_split": counts, "thin_classes": thin,
+    folds, images = fold_count(y, len(dataset.classes)), np.bincount(y, minlength=len(dataset.classes))
+    thin = {name: int(n) for name, n in zip(dataset.classes, images) if n < folds}
+    summary = {"backbone": backbone.spec.name, "flagged": len(rows), "per_split": counts, "folds": folds,
+               "thin_classes": thin,
                "out_of_fold_accuracy": float((probs.argmax(1) == y).mean()), "seconds": time.perf_counter() - start}
     return summary, {row["path"] for row in rows}
 
@@ -133,8 +133,16 @@ def _out_of_fold_cached(x: torch.Tensor, y: np.ndarray, num_classes: int, settin
 
 def describe(summary: dict) -> str:
     per_split = ", ".join(f"{split} {c['flagged']} of {c['images']}" for split, c in summary["per_split"].items())
-    thin = ", ".join(f"{name} ({n})" for name, n in summary.get("thin_classes", {}).items())
+    thin = summary.get("thin_classes", {})
+    few = {name: n for name, n in thin.items() if n > 1}
+    single = [name for name, n in thin.items() if n == 1]
     return (f"label issues: {summary['flagged']} image(s) flagged by cleanlab on {summary['backbone']} features "
             f"({per_split}; {summary['seconds']:.1f} s); listed in {LABEL_ISSUES}"
-            + (f"; classes of under {OUT_OF_FOLD_FOLDS} images are judged less surely, of one image not at all: {thin}"
-               if thin else ""))
+            + (f"; classes with fewer images than the {summary['folds']} folds, judged less surely: "
+               + _some(f"{name} ({n})" for name, n in few.items()) if few else "")
+            + ("; classes of a single image, not judged: " + _some(single) if single else ""))
+
+
+def _some(names, shown: int = 5) -> str:
+    names = list(names)
+    return ", ".join(names[:shown]) + (f" and {len(names) - shown} more" if len(names) > shown else "")

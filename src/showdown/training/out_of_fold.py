@@ -30,16 +30,21 @@ MAX_EPOCHS = 20
 RECIPE = f"folds {FOLDS}, val {VAL_SHARE}, batch {BATCH}, epochs <= {MAX_EPOCHS}, no dropout"  # in cached results' keys
 
 
+def fold_count(labels: np.ndarray, num_classes: int, folds: int = FOLDS) -> int:
+    """`folds`, fewer where no class has that many images (a tiny folder), and 2 at least."""
+    return int(max(2, min(folds, np.bincount(labels, minlength=num_classes).max())))
+
+
 def out_of_fold(features: torch.Tensor, labels: np.ndarray, num_classes: int, settings: TrainSettings,
                 folds: int = FOLDS) -> np.ndarray:
     """(n, num_classes) probabilities; row i comes from the head whose training folds left image i out."""
-    k = max(2, min(folds, np.bincount(labels, minlength=num_classes).max()))
+    k = fold_count(labels, num_classes, folds)
     splitter = StratifiedKFold(n_splits=k, shuffle=True, random_state=settings.seed)
     probs = np.zeros((len(labels), num_classes), dtype=np.float32)
     settings = dataclasses.replace(settings, epochs=min(settings.epochs, MAX_EPOCHS))
     # One thread (device.one_thread): measured on the 2-core box under load, 2 folds of TF-Flowers in 2.4 s
     # instead of 16.5 s.
-    with warnings.catch_warnings():  # a class with fewer images than folds: find_issues names it, in its line
+    with warnings.catch_warnings():  # a class of fewer images than folds: find_issues names it, in its line
         warnings.filterwarnings("ignore", "The least populated class", UserWarning)
         parts = list(splitter.split(np.zeros(len(labels)), labels))
     with one_thread(features.device):
