@@ -1,12 +1,13 @@
 """Extract a dataset archive once into a cache folder, refusing anything that could escape it.
 
-Every member is checked before anything is written: no absolute path or `..` that lands outside the
-folder, no links or device files, no member or total size past the limits (an archive bomb). The tree
+Every member is checked before it is written: no absolute path or `..` that lands outside the folder, no links
+or device files, no member or total size past the limits (an archive bomb). The tree
 is extracted into a temporary sibling, sealed with a manifest (cache.py) and renamed into place, so a
 half-extracted folder is never used and one damaged since is extracted again.
 """
 from __future__ import annotations
 
+import shutil
 import tarfile
 import zipfile
 from pathlib import Path, PurePosixPath
@@ -88,15 +89,31 @@ def _extract_zip(archive: Path, dest: Path, max_member: int, max_total: int) -> 
 
 
 def _extract_tar(archive: Path, dest: Path, max_member: int, max_total: int) -> None:
+    """Read as a stream, in one pass: each member checked, then written with its bytes alone. tarfile's own
+    extractall stats, resolves, chmods, chowns and dates every file: CIFAR-10's 60,000 JPEGs into memory (tmpfs)
+    took 11.1-12.4 s that way and 7.2-7.5 s this way, taking turns on the 2-core AMD EPYC Zen 3 (2026-12-06); on
+    a busy disk both wait on creating the files (18-57 s). A refused member leaves nothing behind: the folder is a
+    temporary one until every member is in (extract_once)."""
+    total, made = 0, set()
     try:
-        with tarfile.open(archive) as tf:
-            members = tf.getmembers()
-            for member in members:
+        with tarfile.open(archive, "r|*") as tf:  # a stream: a compressed archive is never read back
+            for member in tf:
                 _check_name(archive, member.name)
                 if not (member.isfile() or member.isdir()):
                     raise DataError(f"archive {archive.name} has a link or special file '{member.name}'; refused")
-            _check_sizes(archive, [(m.name, m.size) for m in members], max_member, max_total)
-            tf.extractall(dest, members=members, filter="data")
+                total += member.size
+                _check_sizes(archive, [(member.name, member.size)], max_member, max_total)
+                if total > max_total:
+                    raise DataError(f"archive {archive.name} unpacks past the {max_total} byte limit; refused")
+                out = dest / member.name
+                if member.isdir():
+                    out.mkdir(parents=True, exist_ok=True)
+                    continue
+                if out.parent not in made:
+                    out.parent.mkdir(parents=True, exist_ok=True)
+                    made.add(out.parent)
+                with tf.extractfile(member) as src, open(out, "wb") as dst:
+                    shutil.copyfileobj(src, dst, 1 << 20)
     except (tarfile.TarError, EOFError, OSError) as exc:
         if disk_error(exc, dest, ""):  # the disk's doing, not the archive's: atomic_dir says so
             raise
