@@ -20,6 +20,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.conftest import run_cli
+
 needs_ray = pytest.mark.skipif(importlib.util.find_spec("ray") is None,
                                reason="the ray extra is not installed (pip install 'tl-showdown[ray]')")
 
@@ -144,8 +146,7 @@ def test_ray_executor_gives_the_single_run_and_survives_a_killed_worker(cluster,
     assert (config["executor"], config["ray_address"], config["shard"]) == ("ray", cluster, None)
     assert config["record"] is True and config["report"] is False and config["models"] == MODELS
     # and its --resume is the whole run's, in this process: every entry kept, recorded as asked, no Ray
-    resumed = subprocess.run([sys.executable, "-m", "showdown", "run", "--resume", str(out)], capture_output=True,
-                             text=True, env=env, timeout=300)
+    resumed = run_cli("run", "--resume", out)
     assert resumed.returncode == 0, resumed.stderr
     assert resumed.stdout.count("finished earlier, kept") == len(MODELS), resumed.stdout
     assert "recorded as run" in resumed.stdout and "ray:" not in resumed.stdout
