@@ -1,9 +1,9 @@
 """Extract a dataset archive once into a cache folder, refusing anything that could escape it.
 
 Every member is checked before it is written: no absolute path or `..` that lands outside the folder, no links
-or device files, no member or total size past the limits (an archive bomb). The tree
-is extracted into a temporary sibling, sealed with a manifest (cache.py) and renamed into place, so a
-half-extracted folder is never used and one damaged since is extracted again.
+or device files, no member or total size past the limits (an archive bomb). The tree is extracted into a
+temporary sibling, sealed with a manifest (cache.py) and renamed into place, so a half-extracted folder is never
+used and one damaged since is extracted again.
 """
 from __future__ import annotations
 
