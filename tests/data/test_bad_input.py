@@ -21,21 +21,6 @@ def _process(*args, cwd=None):
                           cwd=cwd)
 
 
-_cli = run_cli
-
-
-def _main(capsys, *args) -> subprocess.CompletedProcess:
-    """`showdown ARGS` in this process (a new one costs seconds of imports); an exception main() lets through
-    fails the test, as a traceback would."""
-    from showdown.cli import main
-
-    try:
-        code = main(list(args))
-    except SystemExit as exc:  # argparse's usage errors
-        code = exc.code
-    out, err = capsys.readouterr()
-    return subprocess.CompletedProcess(args, code, out, err)
-
 
 def _one_line_error(result, *words):
     """Exit status 2 and exactly one stderr line, `error: ...`, holding every one of `words`; no traceback."""
@@ -65,9 +50,9 @@ def _one_line_error(result, *words):
     (["--lr", "fast"], ["--lr", "must be a number (got 'fast')"]),
     (["--unfreeze", "top:3"], ["--unfreeze 'top:3' is not understood", "layers:N, blocks:K or all"]),
 ])
-def test_an_out_of_range_option_is_one_line_and_loses_nothing(tmp_path, monkeypatch, capsys, args, words):
+def test_an_out_of_range_option_is_one_line_and_loses_nothing(tmp_path, monkeypatch, args, words):
     monkeypatch.chdir(tmp_path)
-    result = _main(capsys, "run", "--out", "run", *args)
+    result = run_cli("run", "--out", "run", *args)
     _one_line_error(result, *words)
     assert list(tmp_path.iterdir()) == []  # no run folder, neither --out nor runs/
 
@@ -86,9 +71,9 @@ def test_an_out_of_range_option_is_one_line_and_loses_nothing(tmp_path, monkeypa
     (["bench", "--models", "efficientnet_lite0", "--image-size", "100000"],
      ["--image-size must be between 32 and 1024 (got 100000)"]),
 ])
-def test_predict_and_bench_flags_are_checked_in_one_line(tmp_path, monkeypatch, capsys, args, words):
+def test_predict_and_bench_flags_are_checked_in_one_line(tmp_path, monkeypatch, args, words):
     monkeypatch.chdir(tmp_path)
-    _one_line_error(_main(capsys, *args), *words)
+    _one_line_error(run_cli(*args), *words)
     assert list(tmp_path.iterdir()) == []  # no bench run folder
 
 
@@ -100,10 +85,10 @@ def test_predict_and_bench_flags_are_checked_in_one_line(tmp_path, monkeypatch, 
     ("epochs: 3\nlrr: 0.1\n", ["unknown config key(s) lrr", "did you mean lr?"]),
     ("head_dropout: 1.5\n", ["--head-dropout must be between 0 and 1 (got 1.5)"]),
 ])
-def test_a_config_file_that_is_not_a_mapping_of_good_values_is_one_line(tmp_path, monkeypatch, capsys, text, words):
+def test_a_config_file_that_is_not_a_mapping_of_good_values_is_one_line(tmp_path, monkeypatch, text, words):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "config.yaml").write_text(text)
-    result = _main(capsys, "run", "--config", "config.yaml", "--out", "run")
+    result = run_cli("run", "--config", "config.yaml", "--out", "run")
     _one_line_error(result, *words)
     assert [p.name for p in tmp_path.iterdir()] == ["config.yaml"]
 
@@ -118,7 +103,7 @@ def test_out_naming_an_existing_file_is_one_line_and_leaves_the_file(tmp_path):
 
 def test_unfreezing_more_blocks_than_the_model_has_names_how_many_it_has(tmp_path):
     """Only the loaded model knows its depth, so this one fails after the head phase, still in one line."""
-    result = _cli("run", "--data", "demo", "--models", "efficientnet_lite0", "--max-per-class", "2", "--epochs", "1",
+    result = run_cli("run", "--data", "demo", "--models", "efficientnet_lite0", "--max-per-class", "2", "--epochs", "1",
                   "--image-size", "64", "--no-report", "--no-record", "--precision", "fp32", "--workers", "0",
                   "--strategy", "finetune", "--unfreeze", "blocks:999", "--out", str(tmp_path / "run"),
                   "--quiet")  # without it the entry's progress line precedes the error on stderr
@@ -178,7 +163,7 @@ def test_a_folder_full_of_trouble_runs_and_reports_it(tmp_path, demo_copy):
     (demo_copy / "lonely").mkdir()
     shutil.copy(good, demo_copy / "lonely" / "only.jpg")  # a class with a single image
     out = tmp_path / "run"
-    result = _cli("run", "--data", str(demo_copy), "--models", "efficientnet_lite0", "--image-size", "96",
+    result = run_cli("run", "--data", str(demo_copy), "--models", "efficientnet_lite0", "--image-size", "96",
                   "--epochs", "2", "--out", str(out), "--workers", "0")
     assert result.returncode == 0, result.stderr
     assert "Traceback" not in result.stderr + result.stdout
@@ -199,7 +184,7 @@ def test_a_folder_full_of_trouble_runs_and_reports_it(tmp_path, demo_copy):
 def test_one_class_is_an_error_and_a_missing_class_in_a_split_is_a_warning(tmp_path, demo_copy):
     one = tmp_path / "one"
     shutil.copytree(demo_copy / "daisy", one / "daisy")
-    result = _cli("run", "--data", str(one), "--out", str(tmp_path / "x"))
+    result = run_cli("run", "--data", str(one), "--out", str(tmp_path / "x"))
     assert result.returncode == 2 and "at least 2" in result.stderr and "Traceback" not in result.stderr
     split = tmp_path / "split"
     for cls in ("daisy", "roses"):
