@@ -67,7 +67,7 @@ def test_predict_cli_writes_csv_and_json_and_scores_labelled_folders(trained, tm
     accuracy = float(result.stderr.split("accuracy on 150 labelled by folder: ")[1].split()[0])
     assert accuracy > 0.8  # mostly its own training images
     result = run_cli("predict", str(run_dir), str(data / "daisy" / "*.jpg"), "--format", "json", "--top-k", "2",
-                  "--model", "scratch_cnn-scratch-cnn")
+                     "--model", "scratch_cnn-scratch-cnn")
     assert result.returncode == 0, result.stderr
     rows = json.loads(result.stdout)
     assert len(rows) == 50 and len(rows[0]["predictions"]) == 2
