@@ -90,9 +90,10 @@ def _extract_zip(archive: Path, dest: Path, max_member: int, max_total: int) -> 
 
 def _extract_tar(archive: Path, dest: Path, max_member: int, max_total: int) -> None:
     """Read as a stream, in one pass: each member checked, then written with its bytes alone. tarfile's own
-    extractall stats, resolves, chmods, chowns and dates every file: CIFAR-10's 60,000 JPEGs into memory (tmpfs)
-    took 11.1-12.4 s that way and 7.2-7.5 s this way, taking turns on the 2-core AMD EPYC Zen 3 (2026-12-06); on
-    a busy disk both wait on creating the files (18-57 s). A refused member leaves nothing behind: the folder is a
+    extractall stats, resolves, chmods, chowns and dates every file. `_extract_tar` on ../shared's CIFAR-10
+    archive (60,000 JPEGs) into /dev/shm, this function and the extractall one taking turns, two runs each, on the
+    2-core AMD EPYC Zen 3 (2026-12-06): 7.2-7.5 s this way, 11.1-12.4 s that way; into a folder on that evening's
+    busy disk both waited on creating the files (18-57 s). A refused member leaves nothing behind: the folder is a
     temporary one until every member is in (extract_once)."""
     total, made = 0, set()
     try:
