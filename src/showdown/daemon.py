@@ -574,13 +574,11 @@ def _take_commands(listener: socket.socket, commands: _Commands, state: dict, cl
             continue
         conn, _ = listener.accept()
         served = state["served"]
-        stop, pidfd = _answer(conn, state, (listener.close, claim.close, *commands.closers()), imports_env)
+        stop, pid = _answer(conn, state, (listener.close, claim.close, *commands.closers()), imports_env)
         if state["served"] != served:  # a command, not a status (a prompt polling `daemon status` keeps none alive)
             last = time.monotonic()
-        if pidfd is None:
+        if pid is None or not commands.watch(pid, conn):
             conn.close()
-        else:
-            commands.watch(pidfd, conn)
         if stop:
             return
 
@@ -611,8 +609,8 @@ def _inode(path: Path) -> int | None:
 
 
 def _answer(conn: socket.socket, state: dict, closers: tuple, imports_env: dict) -> tuple[bool, int | None]:
-    """One connection: a status, a stop (True, None), or a command run in a forked child (False, a pidfd of the
-    child, where the kernel gives one). The child calls `closers` on what it must not hold: the listening socket,
+    """One connection: a status, a stop (True, None), or a command run in a forked child (False, the child's pid).
+    The child calls `closers` on what it must not hold: the listening socket,
     the claim, which would otherwise outlive the daemon in a long command, and the daemon's watch of the other
     commands."""
     fds = []
@@ -632,8 +630,7 @@ def _answer(conn: socket.socket, state: dict, closers: tuple, imports_env: dict)
             finally:
                 os._exit(1)  # whatever happened, the child never runs the daemon's code
         state["served"] += 1
-        with contextlib.suppress(OSError, AttributeError):  # a kernel before 5.3: not watched
-            return False, os.pidfd_open(pid)
+        return False, pid
     except (OSError, ValueError):  # a request cut short, or no fork: the command runs itself
         pass
     finally:
@@ -646,13 +643,32 @@ class _Commands:
     """The commands running in the daemon's children, each watched through a pidfd of its process and the
     daemon's end of its caller's connection (None once the caller is gone). A pidfd, not a pid: the command may
     have ended and its pid gone to another process (except in the microseconds between the fork and pidfd_open,
-    where the kernel reaps the children itself: _waits_on_pidfds)."""
+    where the kernel reaps the children itself: _waits_on_pidfds). A child the kernel gives no pidfd for (too many
+    open files) is only reaped, by its pid, so that it does not stay a zombie while the daemon lives."""
 
     def __init__(self):
         self.running: dict[int, socket.socket | None] = {}  # pidfd -> connection
+        self.unwatched: set[int] = set()  # pids
 
-    def watch(self, pidfd: int, conn: socket.socket) -> None:
+    def watch(self, pid: int, conn: socket.socket) -> bool:
+        """Watch the child `pid` and its caller's connection `conn`; False where the kernel gave no pidfd (a kernel
+        before 5.3, too many open files): the child is then only reaped, and the connection is the caller's."""
+        try:
+            pidfd = os.pidfd_open(pid)
+        except (OSError, AttributeError):
+            self.unwatched.add(pid)
+            return False
         self.running[pidfd] = conn
+        return True
+
+    def reap_unwatched(self) -> None:
+        for pid in list(self.unwatched):
+            try:
+                done, _ = os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:  # the kernel reaped it (SIGCHLD ignored)
+                done = pid
+            if done:
+                self.unwatched.discard(pid)
 
     def closers(self) -> list:
         """What a newly forked child calls to close the watch it inherited: pidfds and connections."""
@@ -670,6 +686,7 @@ class _Commands:
         for watched in (*([listener] if listener else []), *self.running, *filter(None, self.running.values())):
             poller.register(watched, select.POLLIN)
         ready = {fd for fd, _ in poller.poll(None if timeout is None else timeout * 1000)}
+        self.reap_unwatched()
         changed = False
         for pidfd, conn in list(self.running.items()):
             if pidfd in ready:

@@ -411,13 +411,38 @@ def test_the_idle_clock_runs_only_while_no_command_does(sockets):
     command = subprocess.Popen(["sleep", "3"])  # a real process, watched as the daemon watches its children
     daemon_end, caller_end = socket.socketpair()
     commands = daemon._Commands()
-    commands.watch(os.pidfd_open(command.pid), daemon_end)
+    assert commands.watch(command.pid, daemon_end)
     start = time.monotonic()
     with listener, caller_end:
         daemon._take_commands(listener, commands, state={}, claim=None, idle_seconds=0.5,
                               superseded=lambda: False, imports_env={})
     assert command.poll() is not None and time.monotonic() - start >= 3.4
     assert not commands.running
+
+
+def test_a_command_the_kernel_gives_no_pidfd_is_reaped_all_the_same():
+    """With every file descriptor in use, pidfd_open fails for a forked command: the daemon cannot watch it, but
+    reaps it by its pid once it ends, instead of leaving a zombie for as long as the daemon lives."""
+    import resource
+
+    command = os.posix_spawn(shutil.which("true"), ["true"], dict(os.environ))  # a real child of this process
+    daemon_end, caller_end = socket.socketpair()
+    commands = daemon._Commands()
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    lowest_free = os.dup(0)
+    os.close(lowest_free)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (lowest_free, hard))  # the next descriptor is one too many
+    try:
+        watched = commands.watch(command, daemon_end)
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    with daemon_end, caller_end:
+        assert not watched and command in commands.unwatched
+        assert _until(lambda: _state(command) == "Z", seconds=10)  # ended, not yet reaped
+        commands.wait(timeout=0.1)
+    assert not commands.unwatched
+    with pytest.raises(ChildProcessError):  # reaped: no zombie left
+        os.waitpid(command, os.WNOHANG)
 
 
 def test_a_daemon_started_in_a_folder_of_stray_modules_does_not_import_them(tmp_path, sockets):
