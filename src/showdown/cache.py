@@ -5,8 +5,8 @@ and recomputed with one warning line naming it, never a failed run. Kinds, under
 (~/.cache/showdown):
 - features/: pooled backbone features, one safetensors file per (backbone, weights, preprocessing, files) key,
   checked by the checksum of its tensors written in its own header (frozen/feature_cache.py), and beside them the
-  label-issue search's out-of-fold probabilities, one .npy per features-and-settings key, recomputed when one does
-  not load (experiment/label_issues.py);
+  label-issue search's out-of-fold probabilities, one .npy per features-and-settings key, checked by the checksum
+  in its name (experiment/label_issues.py);
 - extracted/: archives extracted, and official CIFAR pickles converted to image folders, one folder each,
   checked against the manifest written last into it (every file's size and modification time; `manifest_problem`);
 - int8/: models quantised for `--precision int8`, one folder each, checked by its manifest (frozen/quantize.py);

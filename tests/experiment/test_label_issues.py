@@ -87,9 +87,11 @@ def test_drop_label_issues_needs_label_issues(tmp_path, capsys):
     assert err.startswith("error: --drop-label-issues needs") and err.count("\n") == 1
 
 
-def test_out_of_fold_probabilities_are_read_back_on_a_rerun_and_recomputed_when_damaged(tmp_path, monkeypatch):
+def test_out_of_fold_probabilities_are_read_back_on_a_rerun_and_recomputed_when_damaged(tmp_path, monkeypatch,
+                                                                                          caplog):
     """The K heads are seeded: a re-run with the same features reads their probabilities from the cache folder;
-    a damaged entry is computed again, to the same values."""
+    a damaged entry, truncated or with bytes changed that still load as an array, is computed again, to the same
+    values, with one warning line each."""
     import numpy as np
     import torch
 
@@ -105,10 +107,14 @@ def test_out_of_fold_probabilities_are_read_back_on_a_rerun_and_recomputed_when_
     trained = label_issues.out_of_fold
     monkeypatch.setattr(label_issues, "out_of_fold", lambda *a: pytest.fail("trained again on a re-run"))
     np.testing.assert_array_equal(label_issues._out_of_fold_cached(x, y, 3, settings, tmp_path), first)
-    entry.write_bytes(entry.read_bytes()[:50])  # truncated
     monkeypatch.setattr(label_issues, "out_of_fold", trained)
-    np.testing.assert_array_equal(label_issues._out_of_fold_cached(x, y, 3, settings, tmp_path), first)
-    assert np.load(entry).shape == (60, 3)  # written again
+    intact = entry.read_bytes()
+    for damaged in (intact[:50], intact[:-8] + bytes(8)):  # truncated; the last probability zeroed (it loads)
+        entry.write_bytes(damaged)
+        caplog.clear()
+        np.testing.assert_array_equal(label_issues._out_of_fold_cached(x, y, 3, settings, tmp_path), first)
+        assert [r.getMessage().split(" (")[0] for r in caplog.records] == [f"damaged cache entry {entry}"]
+        assert entry.read_bytes() == intact  # written again
     other = label_issues._out_of_fold_cached(x, y, 3, TrainSettings(epochs=3, seed=2), tmp_path)
     assert len(list(tmp_path.glob("out-of-fold-*.npy"))) == 2 and other.shape == first.shape  # the seed is in the key
 

@@ -18,14 +18,13 @@ import numpy as np
 import torch
 
 from showdown import distributed
-from showdown.cache import mark_used
+from showdown.cache import Damaged, read_named, write_named
 from showdown.config.run_config import RunConfig
 from showdown.config.strategy import Strategy
 from showdown.data import DatasetSpec
-from showdown.errors import DiskError
 from showdown.experiment.context import RunContext
 from showdown.experiment.phases import CACHEABLE_AUGMENTS, train_settings
-from showdown.fileio import write_bytes_atomic, write_csv
+from showdown.fileio import write_csv
 from showdown.frozen.feature_cache import extract_views
 from showdown.models.backbones import Backbone
 from showdown.reporting.label_issues import LABEL_ISSUES
@@ -105,29 +104,29 @@ def _out_of_fold_cached(x: torch.Tensor, y: np.ndarray, num_classes: int, settin
                         cache_dir: Path | None) -> np.ndarray:
     """out_of_fold's probabilities, kept beside the features they come from: the K heads are seeded and run on one
     thread, so the same features, labels and settings give the same probabilities, and a re-run reads them (the
-    K trainings were a fifth of a cached TF-Flowers re-run, 2.3 s). The key is the inputs' bytes; an entry that
-    does not load is recomputed."""
+    K trainings were a fifth of a cached TF-Flowers re-run, 2.3 s). The key is the inputs' bytes; the entry is
+    checked by the checksum in its name, like every cache entry (cache.py), and recomputed with one warning line
+    when it fails."""
     if cache_dir is None:
         return out_of_fold(x, y, num_classes, settings)
     hasher = hashlib.sha256(x.numpy().tobytes())
     hasher.update(y.tobytes())
     hasher.update(f"{num_classes}|{settings}|{OUT_OF_FOLD_RECIPE}|{torch.__version__}".encode())
-    path = cache_dir / f"out-of-fold-{hasher.hexdigest()[:24]}.npy"
-    try:
-        probs = np.load(path, allow_pickle=False)
-        if probs.shape == (len(y), num_classes):
-            mark_used(path)
-            return probs
-    except (OSError, ValueError, EOFError):  # absent, truncated or not an array: computed again below
-        pass
-    probs = out_of_fold(x, y, num_classes, settings)
-    if distributed.is_main():
-        buffer = io.BytesIO()
-        np.save(buffer, probs, allow_pickle=False)
-        try:
-            write_bytes_atomic(path, buffer.getvalue(), "the out-of-fold probabilities")
-        except DiskError:  # a cache the disk refuses only costs the next run these seconds
-            pass
+    key = f"out-of-fold-{hasher.hexdigest()[:24]}"
+
+    def parse(_entry: Path, data: bytes) -> np.ndarray:
+        probs = np.load(io.BytesIO(data), allow_pickle=False)
+        if probs.shape != (len(y), num_classes):
+            raise Damaged(f"shape {probs.shape}, not {(len(y), num_classes)}")
+        return probs
+
+    probs = read_named(cache_dir, key, ".npy", parse)
+    if probs is None:
+        probs = out_of_fold(x, y, num_classes, settings)
+        if distributed.is_main():
+            buffer = io.BytesIO()
+            np.save(buffer, probs, allow_pickle=False)
+            write_named(cache_dir, key, ".npy", buffer.getvalue())  # a disk that refuses it costs the next run
     return probs
 
 
