@@ -199,16 +199,20 @@ def test_a_damaged_results_database_fails_at_once_in_one_line(tmp_path, which):
 
 
 # A full disk: a tmpfs of a few megabytes, mounted by the test (root only).
+def _mount_tmpfs(mount: Path, size: str) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root")
+    made = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mount)], capture_output=True,
+                          text=True)
+    if made.returncode:
+        pytest.skip(f"cannot mount a tmpfs here: {made.stderr.strip()}")
+
+
 @pytest.fixture
 def small_disk(tmp_path):
     mount = tmp_path / "disk"
     mount.mkdir()
-    if os.geteuid() != 0:
-        pytest.skip("mounting a small tmpfs needs root")
-    made = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(mount)], capture_output=True,
-                          text=True)
-    if made.returncode:
-        pytest.skip(f"cannot mount a tmpfs here: {made.stderr.strip()}")
+    _mount_tmpfs(mount, "3m")
 
     def resize(megabytes: int) -> None:
         subprocess.run(["mount", "-o", f"remount,size={megabytes}m", str(mount)], check=True)
@@ -259,6 +263,30 @@ def test_a_full_disk_is_one_line_and_resume_finishes_keeping_finished_entries(tm
     _one_line(*_main(capsys, "report", str(out)), 1, "no space left", str(out / "report.html"))
     assert not (out / "report.html").exists() and head.read_bytes() == kept
     ballast.unlink()
+
+
+def test_overlays_the_disk_refuses_leave_their_entry_to_be_made_again(tmp_path, demo_copy, capsys):
+    """metrics.json marks an entry complete, so it comes after every file of the entry, the Grad-CAM overlays that
+    another thread writes included: a disk full when they are written leaves the entry unfinished, and --resume
+    makes it again, whole."""
+    out = tmp_path / "run"
+    assert _main(capsys, "run", "--data", str(demo_copy), *FLAGS, "--out", str(out), "--no-report",
+                 "--gradcam", "2")[0] == 0
+    entry, overlays = out / "efficientnet_lite0-head", out / "efficientnet_lite0-head" / "gradcam"
+    (entry / "metrics.json").unlink()  # as if the run had stopped before this entry's end
+    shutil.rmtree(overlays)
+    overlays.mkdir()
+    _mount_tmpfs(overlays, "4k")  # one page: full at the first overlay
+    try:
+        _one_line(*_main(capsys, "run", "--resume", str(out)), 1, "no space left", str(out))
+        assert not (entry / "metrics.json").exists()
+    finally:
+        subprocess.run(["umount", "-l", str(overlays)], check=False)
+    code, printed, err = _main(capsys, "run", "--resume", str(out))
+    assert code == 0, err
+    assert "finished earlier" not in printed
+    assert (entry / "metrics.json").is_file() and len(list(overlays.glob("*.png"))) == 2
+    assert not list(entry.glob("checkpoint*"))
 
 
 def test_a_read_only_run_folder_fails_before_the_work(tmp_path, demo_copy, small_disk, capsys):

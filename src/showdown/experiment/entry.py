@@ -47,8 +47,8 @@ def run_entry(strategy: Strategy, backbone: Backbone, dataset: DatasetSpec, conf
         with ThreadPoolExecutor(1, thread_name_prefix="gradcam") as beside, _quick_gil_handover():
             explained = beside.submit(explain_entry, entry, probs, y_true, test_items, config.gradcam)
             metrics = classification_metrics(y_true, probs, dataset.classes)
-            row = write_entry(entry, metrics, trained.history, probs, y_true, test_items, search, keep_probabilities)
-            explained.result()
+            row = write_entry(entry, metrics, trained.history, probs, y_true, test_items, search, keep_probabilities,
+                              written_beside=explained.result)
         for checkpoint in folder.glob(CHECKPOINTS):  # the entry is complete; its results replace them
             checkpoint.unlink()
     return EntryResult(distributed.broadcast(row), trained.failed)

@@ -11,6 +11,7 @@ import io
 import json
 import os
 import platform
+from collections.abc import Callable
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
@@ -113,8 +114,10 @@ def finished_row(folder: Path) -> dict | None:
 
 
 def write_entry(entry: Entry, metrics: dict, history: list[dict], probs: np.ndarray, y_true: np.ndarray,
-                test_items: list, search: dict | None = None, keep_probabilities: bool = False) -> dict:
-    """The entry's folder: history, predictions, plots, the model, and last metrics.json. Returns its row."""
+                test_items: list, search: dict | None = None, keep_probabilities: bool = False,
+                written_beside: Callable[[], object] = lambda: None) -> dict:
+    """The entry's folder: history, predictions, plots, the model, and last metrics.json, once `written_beside()`
+    returned (what another thread writes into the folder: the Grad-CAM overlays). Returns its row."""
     backbone, model, dataset, config, folder = entry.backbone, entry.model, entry.dataset, entry.config, entry.folder
     strategy = str(entry.strategy)  # files keep the strategy's text
     params = sum(p.numel() for p in model.parameters())
@@ -149,7 +152,8 @@ def write_entry(entry: Entry, metrics: dict, history: list[dict], probs: np.ndar
     setup = {"evaluation": dataset.split_source, "test_images": len(test_items),
              "input_size": backbone.preprocessing.input_size[-1], "augment": config.augment, "tta": config.tta,
              "tuning": search["budget"] if search else None}
-    # Last: a metrics.json marks the entry complete (--resume skips it).
+    # Last: a metrics.json marks the entry complete (--resume skips it), so not before every file is in.
+    written_beside()
     write_json(folder / METRICS, {**summary, "per_class": metrics["per_class"],
                                          "confusion_matrix": metrics["confusion_matrix"], "classes": dataset.classes,
                                          "setup": setup, **({"tuning": search} if search else {})})
