@@ -20,9 +20,11 @@ has no position-embedding resampling in its graph. A whole DINOv2 ViT-S/14 or Co
 bottom (`TokenStem` and blocks, frozen/boundary.py) agree with PyTorch within 1e-4 in both engines
 (tests/frozen/test_speed_paths.py); throughput at 224 px in docs/performance.md.
 
-OpenVINO is compiled with the LATENCY hint (one stream using all torch threads): the frozen layers run one
-synchronous batch at a time, and the THROUGHPUT hint's extra streams then sit idle (at batch 16 the two hints
-measured the same within the noise here).
+OpenVINO is compiled with the THROUGHPUT hint over torch's threads, and each batch is split over the streams it
+chose, one infer request each, run at once (`_infer`): on the 2-core CPU here, two streams of one thread each.
+Alone, that measured the same as one stream of two threads (the LATENCY hint); in a run, where the loader's
+workers decode on the same cores, it was faster: a stream's thread that a worker pre-empts holds up only its own
+part of the batch, not the other thread at every layer (docs/performance.md, "Seventh pass").
 
 OpenVINO keeps what it compiled in the cache folder (`CACHE_DIR`, kind "engines" in cache.py): a re-run, or the
 next run of the same backbone, loads the compiled model instead of compiling it again (0.3-0.6 s of a run on the
@@ -51,6 +53,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import torch
 
 from showdown.cache import kind_folder
@@ -62,7 +65,7 @@ from showdown.models.onnx_graph import OnnxExportError, onnx_graph
 log = logging.getLogger(__name__)
 
 ENGINE_NAMES = {"torch": "PyTorch", "onnxruntime": "ONNX Runtime", "openvino": "OpenVINO"}
-OPENVINO_HINT = "LATENCY"  # see the module docstring
+OPENVINO_HINT = "THROUGHPUT"  # see the module docstring
 
 Forward = Callable[[torch.Tensor], torch.Tensor]
 
@@ -173,10 +176,21 @@ def _openvino_forward(path: Path, precision: str) -> Forward:
 
 
 def _infer(compiled) -> Forward:
-    request = compiled.create_infer_request()
+    """A batch split over the compiled model's streams, one infer request each, all run at once."""
+    requests = [compiled.create_infer_request()
+                for _ in range(max(1, compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")))]
 
     def run(images: torch.Tensor) -> torch.Tensor:
-        return torch.from_numpy(request.infer({0: images.contiguous().numpy()})[0])
+        parts = [part for part in np.array_split(images.contiguous().numpy(), len(requests)) if len(part)]
+        started = []
+        try:
+            for request, part in zip(requests, parts):
+                request.start_async({0: part})
+                started.append(request)
+        finally:
+            for request in started:  # every one, so that none is still running when the next batch comes
+                request.wait()
+        return torch.from_numpy(np.concatenate([request.get_output_tensor(0).data for request in started]))
     return run
 
 
