@@ -610,9 +610,8 @@ def _inode(path: Path) -> int | None:
 
 def _answer(conn: socket.socket, state: dict, closers: tuple, imports_env: dict) -> tuple[bool, int | None]:
     """One connection: a status, a stop (True, None), or a command run in a forked child (False, the child's pid).
-    The child calls `closers` on what it must not hold: the listening socket,
-    the claim, which would otherwise outlive the daemon in a long command, and the daemon's watch of the other
-    commands."""
+    The child calls `closers` on what it must not hold: the listening socket, the claim, which would otherwise
+    outlive the daemon in a long command, and the daemon's watch of the other commands."""
     fds = []
     try:
         conn.settimeout(10)  # a command sends its request at once
