@@ -324,10 +324,16 @@ def _connect_when_ready(path: Path) -> socket.socket:
         try:
             return _connect(path)
         except (FileNotFoundError, ConnectionRefusedError):
-            since = _claimed_since(path)
-            if since is None or time.time() - since > READY_WAIT_S:
+            if not _still_importing(path):
                 raise
             time.sleep(0.05)
+
+
+def _still_importing(path: Path) -> bool:
+    """A daemon holds `path`'s claim, started no longer than READY_WAIT_S ago (one importing for longer is stuck:
+    its own alarm ends it, START_TIMEOUT_S)."""
+    since = _claimed_since(path)
+    return since is not None and time.time() - since <= READY_WAIT_S
 
 
 def _claimed_since(path: Path) -> float | None:
@@ -479,14 +485,19 @@ def command(action: str, idle_minutes: float = 30) -> int:
         print(start(idle_minutes))
         return 0
     found = running()
-    if action == "stop":
+    importing = _importing(found)
+    if action == "stop":  # one still importing (`showdown daemon stop` straight after the run that started it)
+        found += [(path, {}) for path in importing if _ready(path)]  # is stopped once it answers
         print(f"stopped {sum(control(path, 'stop') is not None for path, _ in found)} daemon(s)")
         return 0
     mine = socket_path() if supported() else None
     for path, status in found:
         which = "this environment" if path == mine else "another environment"
         print(f"pid {status['pid']}  {status['served']} commands  ({which}; {path})")
-    if not found:
+    for path in importing:
+        which = "this environment" if path == mine else "another environment"
+        print(f"starting: importing  ({which}; {path})")
+    if not found and not importing:
         print("no daemon running")
     return 0
 
@@ -506,6 +517,22 @@ def running() -> list[tuple[Path, dict]]:
         except OSError:
             pass
     return found
+
+
+def _importing(answering: list[tuple[Path, dict]]) -> list[Path]:
+    """The sockets of this user's daemons still importing: their claim is held, and they do not answer yet."""
+    known = {path for path, _ in answering}
+    return [claim.with_suffix(".sock") for claim in sorted(folder().glob("*.claim"))
+            if claim.with_suffix(".sock") not in known and _claimed_since(claim.with_suffix(".sock")) is not None]
+
+
+def _ready(path: Path) -> bool:
+    """Wait for the daemon importing at `path` to answer: False where it ended instead, or is stuck."""
+    while control(path, "status") is None:
+        if not _still_importing(path):
+            return False
+        time.sleep(0.05)
+    return True
 
 
 # --- the daemon's side -----------------------------------------------------------------------------------------

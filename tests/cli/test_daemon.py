@@ -331,6 +331,25 @@ def test_a_command_that_imported_torch_starts_the_daemon_and_the_next_waits_for_
         showdown("daemon", "stop", env=env)
 
 
+def test_stop_while_the_daemon_still_imports_stops_it_once_it_answers(sockets):
+    """`showdown daemon stop` typed at once after the run that started a daemon (the run's last line says so)
+    finds it still importing: `status` says so, and `stop` waits for it to answer, then stops it."""
+    env = {**os.environ, "SHOWDOWN_DAEMON_DIR": str(sockets)}
+    starting = subprocess.Popen([sys.executable, "-m", "showdown", "daemon", "start"], env=env,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        assert _until(lambda: any(daemon._claimed_since(claim.with_suffix(".sock")) for claim in
+                                  sockets.glob("*.claim")), seconds=30)
+        status = showdown("daemon", "status", env=env)
+        stopped = showdown("daemon", "stop", env=env, timeout=120)
+    finally:
+        starting.wait(timeout=120)  # it said ready, or that the daemon ended: stop and start raced
+    assert status.stdout.startswith("starting: importing  (this environment;"), status.stdout
+    assert stopped.stdout.strip() == "stopped 1 daemon(s)"
+    (claim,) = sockets.glob("*.claim")
+    assert _until(lambda: daemon._claimed_since(claim.with_suffix(".sock")) is None, seconds=30)  # it ended
+
+
 @pytest.mark.parametrize("marker", [("SHOWDOWN_DAEMON", "off"), ("CI", "true"), ("SLURM_JOB_ID", "42"),
                                     ("TORCHELASTIC_RUN_ID", "job"), ("PYTEST_CURRENT_TEST", "t.py::t (call)")])
 def test_no_daemon_is_started_unasked_when_turned_off_in_ci_or_in_a_cluster_job(sockets, monkeypatch, marker):
