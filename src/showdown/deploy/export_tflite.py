@@ -20,6 +20,7 @@ from torch import nn
 
 from showdown.data.images import eval_transform, load_rgb
 from showdown.data.preprocessing import Preprocessing
+from showdown.deploy.litert_quiet import converter_quiet
 from showdown.deploy.trained import add_tflite_metadata
 from showdown.errors import ConfigError, ModelError
 from showdown.run_schema import SPLITS_CSV, ModelInfo
@@ -31,8 +32,9 @@ def export_tflite(model: nn.Module, info: ModelInfo, entry: Path, path: Path, me
                   quantize: str | None) -> None:
     os.environ.setdefault("LITERT_TORCH_SHOW_PROGRESS", "n")  # its progress lines would bury the CLI's output
     try:
-        import ai_edge_quantizer  # noqa: F401  (int8; comes with the same extra)
-        import litert_torch
+        with converter_quiet():
+            import ai_edge_quantizer  # noqa: F401  (int8; comes with the same extra)
+            import litert_torch
     except ImportError as exc:
         raise ConfigError("TFLite export needs litert-torch: pip install 'tl-showdown[tflite]'") from exc
     side = info.preprocessing["input_size"][1:]

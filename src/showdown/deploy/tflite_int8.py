@@ -15,6 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
+from showdown.deploy.litert_quiet import interpreter_lines_dropped
+
 
 def quantize_int8(path: Path, images: list[np.ndarray]) -> None:
     """Rewrite the float32 .tflite at `path` as full-integer int8; `images` are NHWC float batches of one."""
@@ -22,12 +24,14 @@ def quantize_int8(path: Path, images: list[np.ndarray]) -> None:
     from ai_edge_quantizer import quantizer, recipe
 
     correct_biases(path, images)
-    signature, names = next(iter(Interpreter(model_path=str(path)).get_signature_list().items()))
-    engine = quantizer.Quantizer(str(path))
-    engine.load_quantization_recipe(recipe.static_wi8_ai8())  # per-channel int8 weights, int8 activations
-    with contextlib.redirect_stderr(io.StringIO()):  # its progress bar would bury the CLI's output
-        ranges = engine.calibrate({signature: [{names["inputs"][0]: image} for image in images]}, num_threads=2)
-        result = engine.quantize(ranges, enable_progress_report=False)
+    with interpreter_lines_dropped():
+        signature, names = next(iter(Interpreter(model_path=str(path)).get_signature_list().items()))
+        engine = quantizer.Quantizer(str(path))
+        engine.load_quantization_recipe(recipe.static_wi8_ai8())  # per-channel int8 weights, int8 activations
+        with contextlib.redirect_stderr(io.StringIO()):  # its progress bar would bury the CLI's output
+            ranges = engine.calibrate({signature: [{names["inputs"][0]: image} for image in images]},
+                                      num_threads=2)
+            result = engine.quantize(ranges, enable_progress_report=False)
     path.write_bytes(result.quantized_model)
 
 
