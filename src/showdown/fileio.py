@@ -68,6 +68,21 @@ def atomic_dir(path: Path, what: str = "") -> Iterator[Path]:
             shutil.rmtree(partial, ignore_errors=True)
 
 
+@contextmanager
+def descriptors_redirected(fds: tuple[int, ...], target) -> Iterator[None]:
+    """Inside, the process's file descriptors `fds` write into the open file `target`: what C++ code writes
+    straight to them, which redirecting sys.stdout or sys.stderr does not reach."""
+    saved = [os.dup(fd) for fd in fds]
+    for fd in fds:
+        os.dup2(target.fileno(), fd)
+    try:
+        yield
+    finally:
+        for fd, copy in zip(fds, saved):
+            os.dup2(copy, fd)
+            os.close(copy)
+
+
 def write_bytes_atomic(path: Path, data: bytes, what: str = "") -> None:
     """`data` as the file `path`, atomically; what a library would write to a path, serialised in memory first,
     so a full disk is a Python OSError (with its errno) rather than the library's own error."""

@@ -17,6 +17,8 @@ import os
 import sys
 import tempfile
 
+from showdown.fileio import descriptors_redirected
+
 INTERPRETER_LINES = ("INFO: Created TensorFlow Lite XNNPACK delegate",)
 
 
@@ -26,19 +28,16 @@ def interpreter_lines_dropped(prefixes: tuple[str, ...] = INTERPRETER_LINES):
     less those starting with one of `prefixes`."""
     try:
         sys.stderr.flush()
-        saved = os.dup(2)
+        os.fstat(2)
     except (OSError, ValueError):  # no descriptor 2 (closed): nothing to keep clean
         yield
         return
     with tempfile.TemporaryFile() as caught:
-        os.dup2(caught.fileno(), 2)
         try:
-            yield
-        finally:
-            with contextlib.suppress(OSError, ValueError):
+            with descriptors_redirected((2,), caught):
+                yield
                 sys.stderr.flush()  # what Python wrote inside reaches the file before the lines are read
-            os.dup2(saved, 2)
-            os.close(saved)
+        finally:
             caught.seek(0)
             lines = caught.read().decode(errors="replace").splitlines(keepends=True)
             sys.stderr.write("".join(line for line in lines if not line.startswith(prefixes)))

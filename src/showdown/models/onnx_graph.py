@@ -11,7 +11,6 @@ Two things the stock TorchScript-based exporter gets in the way of:
 from __future__ import annotations
 
 import functools
-import os
 import tempfile
 import warnings
 from contextlib import contextmanager
@@ -21,6 +20,7 @@ import torch
 from torch import nn
 
 from showdown.errors import one_line
+from showdown.fileio import descriptors_redirected
 
 ONNX_OPSET = 17
 
@@ -47,16 +47,8 @@ def onnx_graph(model: nn.Module, example: torch.Tensor, path: Path, output: str 
 @contextmanager
 def _output_captured():
     """Swallow what C++ code writes to file descriptors 1 and 2 (redirecting sys.stdout/stderr is not enough)."""
-    with tempfile.TemporaryFile() as sink:
-        saved = [os.dup(fd) for fd in (1, 2)]
-        for fd in (1, 2):
-            os.dup2(sink.fileno(), fd)
-        try:
-            yield
-        finally:
-            for fd, copy in zip((1, 2), saved):
-                os.dup2(copy, fd)
-                os.close(copy)
+    with tempfile.TemporaryFile() as sink, descriptors_redirected((1, 2), sink):
+        yield
 
 
 def pooling_matrix(size_in: int, size_out: int) -> torch.Tensor:
