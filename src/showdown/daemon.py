@@ -491,12 +491,9 @@ def command(action: str, idle_minutes: float = 30) -> int:
         print(f"stopped {sum(control(path, 'stop') is not None for path, _ in found)} daemon(s)")
         return 0
     mine = socket_path() if supported() else None
-    for path, status in found:
-        which = "this environment" if path == mine else "another environment"
-        print(f"pid {status['pid']}  {status['served']} commands  ({which}; {path})")
-    for path in importing:
-        which = "this environment" if path == mine else "another environment"
-        print(f"starting: importing  ({which}; {path})")
+    lines = [(f"pid {status['pid']}  {status['served']} commands", path) for path, status in found]
+    for what, path in [*lines, *(("starting: importing", path) for path in importing)]:
+        print(f"{what}  ({'this environment' if path == mine else 'another environment'}; {path})")
     if not found and not importing:
         print("no daemon running")
     return 0
@@ -522,8 +519,8 @@ def running() -> list[tuple[Path, dict]]:
 def _importing(answering: list[tuple[Path, dict]]) -> list[Path]:
     """The sockets of this user's daemons still importing: their claim is held, and they do not answer yet."""
     known = {path for path, _ in answering}
-    return [claim.with_suffix(".sock") for claim in sorted(folder().glob("*.claim"))
-            if claim.with_suffix(".sock") not in known and _claimed_since(claim.with_suffix(".sock")) is not None]
+    claimed = (claim.with_suffix(".sock") for claim in sorted(folder().glob("*.claim")))
+    return [path for path in claimed if path not in known and _claimed_since(path) is not None]
 
 
 def _ready(path: Path) -> bool:
