@@ -69,9 +69,9 @@ def test_an_exported_torchscript_model_is_explained_by_occlusion_on_the_square(s
 
     results, root = square_run
     exported = export_model(str(results.run_dir), "torchscript", str(tmp_path / "model.pt"))
-    marked = sorted(str(p) for p in (root / "marked").iterdir())[:5]  # 169 forward passes each
+    marked = sorted(str(p) for p in (root / "marked").iterdir())[:3]  # 169 forward passes each
     done = [d for d in occlusion(open_model(exported), marked, tmp_path / "maps") if d.label == "marked"]
-    assert len(done) >= 4
+    assert len(done) >= 2
     shares = [d.heat[:d.heat.shape[0] // 2, :d.heat.shape[1] // 2].sum() / max(d.heat.sum(), 1e-9) for d in done]
     print(f"occlusion mass in the top-left quadrant: mean {np.mean(shares):.2f}, min {min(shares):.2f}")
     assert np.mean(shares) > 0.5
