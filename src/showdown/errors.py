@@ -3,6 +3,7 @@
 The CLI prints a ShowdownError as that one line, without a traceback (``--debug`` shows it).
 """
 import errno
+import re
 
 
 class ShowdownError(Exception):
@@ -55,6 +56,11 @@ def sqlite_disk_error(exc: BaseException, path, what: str) -> DiskError | None:
 
 
 def one_line(exc: BaseException, limit: int = 200) -> str:
-    """An exception as one short line, for a fallback's log note (no traceback)."""
-    first = next((line.strip() for line in str(exc).splitlines() if line.strip()), "")
+    """An exception as one short line, for a fallback's log note (no traceback): its first line that says what
+    went wrong, not where in a library's C++ it was raised (OpenVINO's "Exception from src/...cpp:117:")."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    first = next((line for line in lines if not _CPP_SOURCE.fullmatch(line)), lines[0] if lines else "")
     return f"{type(exc).__name__}: {first[:limit]}"
+
+
+_CPP_SOURCE = re.compile(r"Exception from \S+:\d+:?")

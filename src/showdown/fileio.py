@@ -83,6 +83,25 @@ def descriptors_redirected(fds: tuple[int, ...], target) -> Iterator[None]:
             os.close(copy)
 
 
+@contextmanager
+def exclusive_lock(path: Path) -> Iterator[None]:
+    """Inside, no other process on this machine holds the lock file `path` (made if missing): for work in a shared
+    folder that is not atomic, such as a library writing its own cache. Without a lock where the file cannot be
+    opened (a read-only folder) or the platform has no flock (Windows)."""
+    try:
+        import fcntl
+
+        handle = open(path, "ab")
+    except (ImportError, OSError):
+        handle = None
+    if handle is None:
+        yield
+        return
+    with handle:  # closing it releases the lock, also where the process is killed inside
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
+
+
 def write_bytes_atomic(path: Path, data: bytes, what: str = "") -> None:
     """`data` as the file `path`, atomically; what a library would write to a path, serialised in memory first,
     so a full disk is a Python OSError (with its errno) rather than the library's own error."""

@@ -3,6 +3,9 @@ frozen model to ONNX and compiling it in OpenVINO (both kept in the cache folder
 with one warning line."""
 import logging
 import os
+import subprocess
+import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -115,3 +118,63 @@ def test_a_rebuilt_engine_neither_exports_nor_compiles_again(cache, monkeypatch,
     changed = features()
     assert len(exports) == 3 and compiled[-1].get_property("LOADED_FROM_CACHE") is False
     assert not torch.allclose(changed, first)
+
+
+def _graph(folder: Path) -> Path:
+    torch.manual_seed(0)
+    return engines._export(load_backbone("mobilenet_v2", pretrained=False, image_size=64).model,
+                           torch.rand(1, 3, 64, 64), folder)
+
+
+HOLD_THE_LOCK = """
+import fcntl, sys, time
+held = open(sys.argv[1], "ab")
+fcntl.flock(held, fcntl.LOCK_EX)
+print("held", flush=True)
+time.sleep(300)
+"""
+
+
+def test_processes_sharing_the_cache_compile_one_at_a_time(cache, tmp_path):
+    """OpenVINO writes a compiled blob, then makes it read-only; a process that read the blob half-written deletes
+    it in between, which failed the first one's compile (seen with a Ray run and a single run side by side; the
+    single run then fell back to ONNX Runtime). A compile now waits while another process compiles."""
+    pytest.importorskip("openvino", reason="openvino is not installed")
+    graph = _graph(tmp_path)
+    kind_folder("engines").mkdir(parents=True)
+    other = subprocess.Popen([sys.executable, "-c", HOLD_THE_LOCK, str(kind_folder("engines") / ".compiling.lock")],
+                             stdout=subprocess.PIPE, text=True)
+    try:
+        assert other.stdout.readline() == "held\n"
+        compiled = []
+        compiling = threading.Thread(target=lambda: compiled.append(engines._openvino_compiled(graph, "fp32")))
+        compiling.start()
+        compiling.join(timeout=3)
+        assert compiling.is_alive() and not compiled  # waits for the other process
+    finally:
+        other.kill()  # a process killed while it compiles leaves no lock behind
+        other.wait()
+    compiling.join(timeout=120)
+    assert compiled and compiled[0].get_property("LOADED_FROM_CACHE") is False
+    assert list(kind_folder("engines").glob("*.blob"))
+
+
+def test_a_compile_the_cache_fails_is_made_again_without_it(cache, tmp_path, monkeypatch, caplog):
+    """Where the lock does not hold (a cache folder shared between machines), OpenVINO's cache can still fail a
+    compile: the model is compiled again without the cache, with one line, rather than left to another engine."""
+    ov = pytest.importorskip("openvino", reason="openvino is not installed")
+
+    class RacedCache(ov.Core):  # the error OpenVINO 2026.4 raised in that race
+        def compile_model(self, model, device, config=None):
+            if "CACHE_DIR" in (config or {}):
+                raise RuntimeError("Exception from src/inference/src/cpp/core.cpp:117:\nfilesystem error: cannot "
+                                   "set permissions: No such file or directory [/cache/compiled/1.blob]")
+            return super().compile_model(model, device, config)
+
+    monkeypatch.setattr(engines, "_openvino_core", RacedCache)
+    graph = _graph(tmp_path)
+    with caplog.at_level(logging.INFO, logger=engines.__name__):
+        forward = engines._infer(engines._openvino_compiled(graph, "fp32"))
+    (line,) = [r.getMessage() for r in caplog.records if r.name == engines.__name__]
+    assert "cannot set permissions" in line and "compiling once more without it" in line
+    assert forward(torch.rand(2, 3, 64, 64)).shape == (2, 1280)

@@ -62,6 +62,10 @@ def _check_sizes(archive: Path, sizes: list[tuple[str, int]], max_member: int, m
         raise DataError(f"archive {archive.name} unpacks to {total} bytes, over the {max_total} limit; refused")
 
 
+def _past_the_limit(archive: Path, max_total: int) -> DataError:
+    return DataError(f"archive {archive.name} unpacks past the {max_total} byte limit; refused")
+
+
 def _extract_zip(archive: Path, dest: Path, max_member: int, max_total: int) -> None:
     try:
         with zipfile.ZipFile(archive) as zf:
@@ -82,7 +86,7 @@ def _extract_zip(archive: Path, dest: Path, max_member: int, max_total: int) -> 
                     while chunk := src.read(1 << 20):
                         written += len(chunk)
                         if written > max_total:
-                            raise DataError(f"archive {archive.name} unpacks past the {max_total} byte limit; refused")
+                            raise _past_the_limit(archive, max_total)
                         dst.write(chunk)
     except zipfile.BadZipFile as exc:
         raise DataError(f"{archive} is not a readable zip archive ({exc})") from exc
@@ -105,7 +109,7 @@ def _extract_tar(archive: Path, dest: Path, max_member: int, max_total: int) -> 
                 total += member.size
                 _check_sizes(archive, [(member.name, member.size)], max_member, max_total)
                 if total > max_total:
-                    raise DataError(f"archive {archive.name} unpacks past the {max_total} byte limit; refused")
+                    raise _past_the_limit(archive, max_total)
                 out = dest / member.name
                 if member.isdir():
                     out.mkdir(parents=True, exist_ok=True)

@@ -114,8 +114,8 @@ def finished_row(folder: Path) -> dict | None:
 
 
 def write_entry(entry: Entry, metrics: dict, history: list[dict], probs: np.ndarray, y_true: np.ndarray,
-                test_items: list, search: dict | None = None, keep_probabilities: bool = False,
-                written_beside: Callable[[], object] = lambda: None) -> dict:
+                test_items: list, search: dict | None = None, keep_probabilities: bool = False, *,
+                written_beside: Callable[[], object]) -> dict:
     """The entry's folder: history, predictions, plots, the model, and last metrics.json, once `written_beside()`
     returned (what another thread writes into the folder: the Grad-CAM overlays). Returns its row."""
     backbone, model, dataset, config, folder = entry.backbone, entry.model, entry.dataset, entry.config, entry.folder

@@ -58,6 +58,7 @@ import torch
 
 from showdown.cache import kind_folder
 from showdown.errors import ConfigError, one_line
+from showdown.fileio import exclusive_lock
 from showdown.frozen import quantize
 from showdown.frozen.graph_cache import cached_graph
 from showdown.models.onnx_graph import OnnxExportError, onnx_graph
@@ -140,26 +141,40 @@ def _openvino_core():
 
 
 def _openvino_compiled(model, precision: str):
-    """`model` (the path of an ONNX graph, or an OpenVINO model) compiled for the CPU at `precision`."""
+    """`model` (the path of an ONNX graph, or an OpenVINO model) compiled for the CPU at `precision`.
+
+    Through OpenVINO's compiled-model cache where showdown's cache folder can hold it. Processes sharing that
+    folder (torchrun's ranks, Ray's shards, two runs) compile one at a time: OpenVINO writes a blob, then makes
+    it read-only, and another process that read the blob half-written deletes it in between, which fails the
+    first one's compile ("cannot set permissions: No such file or directory"). A compile the cache fails
+    anyway (a shared folder where the lock does not hold) is made again without it, the same model."""
     core = _openvino_core()
-    return core.compile_model(core.read_model(str(model)) if isinstance(model, Path) else model, "CPU", {
+    source = core.read_model(str(model)) if isinstance(model, Path) else model
+    config = {
         "PERFORMANCE_HINT": OPENVINO_HINT,
         "INFERENCE_NUM_THREADS": torch.get_num_threads(),
         # OpenVINO's default on CPUs with native bf16 is bf16: fp32 must be asked for; int8 keeps the layers NNCF
         # leaves in float (softmax, pooling, the last add) in fp32
         "INFERENCE_PRECISION_HINT": "f32" if precision in ("fp32", "int8") else "bf16",
-        **_openvino_cache(),
-    })
+    }
+    folder = _openvino_cache_folder()
+    if folder is not None:
+        try:
+            with exclusive_lock(folder / ".compiling.lock"):
+                return core.compile_model(source, "CPU", {**config, "CACHE_DIR": str(folder)})
+        except Exception as exc:  # whatever the cache did; a model OpenVINO cannot run fails again below
+            log.info("OpenVINO's compile through its cache failed (%s); compiling once more without it", one_line(exc))
+    return core.compile_model(source, "CPU", config)
 
 
-def _openvino_cache() -> dict:
-    """OpenVINO's compiled-model cache in showdown's cache folder; none where that folder cannot be made."""
+def _openvino_cache_folder() -> Path | None:
+    """The folder of OpenVINO's compiled-model cache in showdown's cache folder; None where it cannot be made."""
     folder = kind_folder("engines")
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError:
-        return {}
-    return {"CACHE_DIR": str(folder)}
+        return None
+    return folder
 
 
 def _onnxruntime_forward(path: Path, precision: str) -> Forward:
