@@ -26,7 +26,7 @@ def report_run(tmp_path_factory, demo_dir):
         shutil.copytree(demo_dir / cls, data / (MALICIOUS if cls == "dandelion" else cls))
     out = tmp_path_factory.mktemp("run") / "report"
     config = RunConfig(data=str(data), models=["efficientnet_lite0", "efficientnet_lite1"],
-                       strategies=["head", "scratch-cnn"], image_size=64, epochs=4, repeats=2, workers=0,
+                       strategies=["head", "scratch-cnn"], image_size=64, epochs=2, repeats=2, workers=0,
                        out=str(out))
     return run(config, echo=lambda *_: None)
 
