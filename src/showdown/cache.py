@@ -47,6 +47,7 @@ KINDS = {"features": "features", "datasets": "extracted", "weights": "imported",
          "thumbnails": "thumbnails"}
 BOUNDARY = "boundary"  # the boundary activations' folder, inside the features'
 MANIFEST = ".showdown-manifest.json"
+LOCK = ".lock"  # a kind's lock file, for processes taking turns at work in its folder (`lock_file`); not an entry
 # Damaged entries deleted this process ("recomputed"): a run reports its share with its frozen passes.
 STATS: Counter = Counter()
 
@@ -58,6 +59,11 @@ def cache_root() -> Path:
 def kind_folder(kind: str) -> Path:
     """The folder of one kind under the cache root (not created)."""
     return cache_root() / KINDS[kind]
+
+
+def lock_file(kind: str) -> Path:
+    """The lock file of a kind's folder (fileio.exclusive_lock), which `cache info` and `clear` leave alone."""
+    return kind_folder(kind) / LOCK
 
 
 def kind_folders(features: Path | None = None) -> dict[str, Path]:
@@ -219,7 +225,7 @@ class Usage:
 def _entries(folder: Path) -> list[Path]:
     """The entries of a kind's folder; the boundary kind's folder inside the features' is not one of them."""
     children = sorted(folder.iterdir()) if folder.is_dir() else []
-    return [child for child in children if not (child.name == BOUNDARY and child.is_dir())]
+    return [child for child in children if not (child.name == BOUNDARY and child.is_dir()) and child.name != LOCK]
 
 
 def _size(entry: Path) -> int:

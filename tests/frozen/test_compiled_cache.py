@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from showdown.cache import STATS, kind_folder
+from showdown.cache import STATS, kind_folder, lock_file, usage
 from showdown.frozen import engines
 from showdown.models.backbones import imported, load_backbone
 from showdown.models.backbones.found import FoundWeights
@@ -142,12 +142,13 @@ def test_processes_sharing_the_cache_compile_one_at_a_time(cache, tmp_path):
     pytest.importorskip("openvino", reason="openvino is not installed")
     graph = _graph(tmp_path)
     kind_folder("engines").mkdir(parents=True)
-    other = subprocess.Popen([sys.executable, "-c", HOLD_THE_LOCK, str(kind_folder("engines") / ".compiling.lock")],
+    other = subprocess.Popen([sys.executable, "-c", HOLD_THE_LOCK, str(lock_file("engines"))],
                              stdout=subprocess.PIPE, text=True)
     try:
         assert other.stdout.readline() == "held\n"
         compiled = []
-        compiling = threading.Thread(target=lambda: compiled.append(engines._openvino_compiled(graph, "fp32")))
+        compiling = threading.Thread(target=lambda: compiled.append(engines._openvino_compiled(graph, "fp32")),
+                                     daemon=True)
         compiling.start()
         compiling.join(timeout=3)
         assert compiling.is_alive() and not compiled  # waits for the other process
@@ -156,7 +157,8 @@ def test_processes_sharing_the_cache_compile_one_at_a_time(cache, tmp_path):
         other.wait()
     compiling.join(timeout=120)
     assert compiled and compiled[0].get_property("LOADED_FROM_CACHE") is False
-    assert list(kind_folder("engines").glob("*.blob"))
+    assert len(list(kind_folder("engines").glob("*.blob"))) == 1
+    assert {u.kind: u.entries for u in usage()}["engines"] == 1  # the blob: `cache info` counts no lock file
 
 
 def test_a_compile_the_cache_fails_is_made_again_without_it(cache, tmp_path, monkeypatch, caplog):

@@ -56,7 +56,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from showdown.cache import kind_folder
+from showdown.cache import kind_folder, lock_file
 from showdown.errors import ConfigError, one_line
 from showdown.fileio import exclusive_lock
 from showdown.frozen import quantize
@@ -160,7 +160,7 @@ def _openvino_compiled(model, precision: str):
     folder = _openvino_cache_folder()
     if folder is not None:
         try:
-            with exclusive_lock(folder / ".compiling.lock"):
+            with exclusive_lock(lock_file("engines")):
                 return core.compile_model(source, "CPU", {**config, "CACHE_DIR": str(folder)})
         except Exception as exc:  # whatever the cache did; a model OpenVINO cannot run fails again below
             log.info("OpenVINO's compile through its cache failed (%s); compiling once more without it", one_line(exc))
