@@ -87,7 +87,8 @@ def descriptors_redirected(fds: tuple[int, ...], target) -> Iterator[None]:
 def exclusive_lock(path: Path) -> Iterator[None]:
     """Inside, no other process on this machine holds the lock file `path` (made if missing): for work in a shared
     folder that is not atomic, such as a library writing its own cache. Without a lock where the file cannot be
-    opened (a read-only folder) or the platform has no flock (Windows)."""
+    opened (a read-only folder), the filesystem has no locks (NFS without its lock service) or the platform no
+    flock (Windows)."""
     try:
         import fcntl
 
@@ -98,7 +99,10 @@ def exclusive_lock(path: Path) -> Iterator[None]:
         yield
         return
     with handle:  # closing it releases the lock, also where the process is killed inside
-        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        except OSError:  # ENOLCK
+            pass
         yield
 
 
