@@ -163,7 +163,8 @@ def test_processes_sharing_the_cache_compile_one_at_a_time(cache, tmp_path):
 
 def test_a_compile_the_cache_fails_is_made_again_without_it(cache, tmp_path, monkeypatch, caplog):
     """Where the lock does not hold (a cache folder shared between machines), OpenVINO's cache can still fail a
-    compile: the model is compiled again without the cache, with one line, rather than left to another engine."""
+    compile: the model is compiled again without the cache (an info line, shown with --debug), rather than left
+    to another engine."""
     ov = pytest.importorskip("openvino", reason="openvino is not installed")
 
     class RacedCache(ov.Core):  # the error OpenVINO 2026.4 raised in that race
