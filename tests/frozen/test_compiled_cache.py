@@ -177,7 +177,7 @@ def test_a_compile_the_cache_fails_is_made_again_without_it(cache, tmp_path, mon
     monkeypatch.setattr(engines, "_openvino_core", RacedCache)
     graph = _graph(tmp_path)
     with caplog.at_level(logging.INFO, logger=engines.__name__):
-        forward = engines._infer(engines._openvino_compiled(graph, "fp32"))
+        forward = engines._Streams(engines._openvino_compiled(graph, "fp32"))
     (line,) = [r.getMessage() for r in caplog.records if r.name == engines.__name__]
     assert "cannot set permissions" in line and "compiling once more without it" in line
     assert forward(torch.rand(2, 3, 64, 64)).shape == (2, 1280)

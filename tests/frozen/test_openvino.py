@@ -117,3 +117,26 @@ def test_a_model_openvino_cannot_take_falls_back_in_one_log_line(monkeypatch, ca
     assert message.endswith(f"running it in {fallback}")
     assert "Traceback" not in "".join(capfd.readouterr())
     torch.testing.assert_close(out, model(x), atol=1e-2 if precision == "bf16" else 1e-5, rtol=1e-2)
+
+
+def test_batches_run_ahead_give_each_batch_its_own_outputs_in_order(tmp_path):
+    """engines.in_order starts a batch before the one before it has ended, on two sets of infer requests taking
+    turns: eight batches of uneven sizes (one image: fewer parts than streams) come back tagged, in order, each
+    equal to the batch run alone; a sequence stopped early leaves the requests free for the next."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten()).eval()
+    example = torch.zeros(1, 3, 32, 32)
+    with torch.inference_mode():
+        forward = engines.frozen_forward(model, example, "fp32", "openvino")
+        assert hasattr(forward, "in_order")  # OpenVINO's forward, not a fallback
+        batches = [torch.rand(size, 3, 32, 32) for size in (4, 1, 3, 4, 2, 4, 1, 4)]
+        outputs = list(engines.in_order(forward, enumerate(batches)))
+        assert [tag for tag, _ in outputs] == list(range(len(batches)))
+        for (_, got), images in zip(outputs, batches):
+            torch.testing.assert_close(got, model(images), atol=1e-5, rtol=1e-5)
+        stopped = engines.in_order(forward, enumerate(batches))
+        next(stopped), next(stopped)
+        stopped.close()
+        torch.testing.assert_close(forward(batches[0]), model(batches[0]), atol=1e-5, rtol=1e-5)
+        plain = list(engines.in_order(model, [("a", batches[1])]))  # an engine without `in_order`: one by one
+        assert plain[0][0] == "a" and torch.equal(plain[0][1], model(batches[1]))

@@ -21,10 +21,12 @@ bottom (`TokenStem` and blocks, frozen/boundary.py) agree with PyTorch within 1e
 (tests/frozen/test_speed_paths.py); throughput at 224 px in docs/performance.md.
 
 OpenVINO is compiled with the THROUGHPUT hint over torch's threads, and each batch is split over the streams it
-chose, one infer request each, run at once (`_infer`): on the 2-core CPU here, two streams of one thread each.
+chose, one infer request each, run at once (`_Streams`): on the 2-core CPU here, two streams of one thread each.
 Alone, that measured the same as one stream of two threads (the LATENCY hint); in a run, where the loader's
 workers decode on the same cores, it was faster: a stream's thread that a worker pre-empts holds up only its own
-part of the batch, not the other thread at every layer (docs/performance.md, "Seventh pass").
+part of the batch, not the other thread at every layer (docs/performance.md, "Seventh pass"). A frozen pass
+starts each batch before the one before it has ended (`in_order`), so no stream waits for the others between
+batches (the "Eighth pass").
 
 OpenVINO keeps what it compiled in the cache folder (`CACHE_DIR`, kind "engines" in cache.py): a re-run, or the
 next run of the same backbone, loads the compiled model instead of compiling it again (0.3-0.6 s of a run on the
@@ -42,6 +44,7 @@ way every time).
 """
 from __future__ import annotations
 
+import collections
 import functools
 import importlib.util
 import itertools
@@ -49,9 +52,10 @@ import logging
 import tempfile
 import warnings
 import weakref
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -187,26 +191,73 @@ def _onnxruntime_forward(path: Path, precision: str) -> Forward:
 
 
 def _openvino_forward(path: Path, precision: str) -> Forward:
-    return _infer(_openvino_compiled(path, precision))
+    return _Streams(_openvino_compiled(path, precision))
 
 
-def _infer(compiled) -> Forward:
-    """A batch split over the compiled model's streams, one infer request each, all run at once."""
-    requests = [compiled.create_infer_request()
-                for _ in range(max(1, compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")))]
+class _Streams:
+    """OpenVINO's compiled model run on its streams: each batch split over them, one infer request per part, all
+    run at once. Called, it gives a batch's outputs. `in_order` runs a sequence of batches without a stop between
+    them (see there)."""
 
-    def run(images: torch.Tensor) -> torch.Tensor:
-        parts = [part for part in np.array_split(images.contiguous().numpy(), len(requests)) if len(part)]
-        started = []
+    def __init__(self, compiled):
+        count = max(1, compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
+        self._sets = [[compiled.create_infer_request() for _ in range(count)] for _ in range(2)]
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        return _outputs(_start(self._sets[0], images))
+
+    def in_order(self, jobs: Iterable[tuple[Any, torch.Tensor]]) -> Iterator[tuple[Any, torch.Tensor]]:
+        """(tag, outputs) for each (tag, images) of `jobs`, in order. A batch starts before the one before it
+        has ended (two sets of infer requests, taking turns): a stream that ends its part takes the next batch's
+        at once instead of waiting for the other streams, and the next batch is fetched meanwhile (the frozen
+        pass's 750 photos of the Keras comparison: 3.0 s against 3.3-3.5 s, docs/performance.md, eighth pass)."""
+        running: collections.deque = collections.deque()
         try:
-            for request, part in zip(requests, parts):
-                request.start_async({0: part})
-                started.append(request)
-        finally:
-            for request in started:  # every one, so that none is still running when the next batch comes
-                request.wait()
-        return torch.from_numpy(np.concatenate([request.get_output_tensor(0).data for request in started]))
-    return run
+            for turn, (tag, images) in enumerate(jobs):
+                if len(running) == len(self._sets):  # this turn's set is the oldest batch's: its outputs first
+                    done, started = running.popleft()
+                    yield done, _outputs(started)
+                running.append((tag, _start(self._sets[turn % len(self._sets)], images)))
+            while running:
+                done, started = running.popleft()
+                yield done, _outputs(started)
+        finally:  # stopped early or failed: nothing left running when the requests go
+            for _, started in running:
+                for request in started:
+                    request.wait()
+
+
+def _start(requests: list, images: torch.Tensor) -> list:
+    """The batch split over `requests`, each part started; the requests started."""
+    parts = [part for part in np.array_split(images.contiguous().numpy(), len(requests)) if len(part)]
+    started = []
+    try:
+        for request, part in zip(requests, parts):
+            request.start_async({0: part})
+            started.append(request)
+    except BaseException:
+        for request in started:  # none still running when the error goes up
+            request.wait()
+        raise
+    return started
+
+
+def _outputs(started: list) -> torch.Tensor:
+    """The outputs of the started requests, in order, copied out of them (they are reused)."""
+    for request in started:
+        request.wait()
+    return torch.from_numpy(np.concatenate([request.get_output_tensor(0).data for request in started]))
+
+
+def in_order(forward: Forward, jobs: Iterable[tuple[Any, torch.Tensor]]) -> Iterator[tuple[Any, torch.Tensor]]:
+    """(tag, forward(images)) for each (tag, images) of `jobs`, in order; an engine that can start a batch before
+    the last one ends (OpenVINO's, `_Streams.in_order`) does."""
+    ahead = getattr(forward, "in_order", None)
+    if ahead is not None:
+        yield from ahead(jobs)
+        return
+    for tag, images in jobs:
+        yield tag, forward(images)
 
 
 _OPENERS = {"onnxruntime": _onnxruntime_forward, "openvino": _openvino_forward}
@@ -218,7 +269,7 @@ def _open(engine: str, path: Path, precision: str, calibration: quantize.Calibra
         return _OPENERS[engine](path, precision)
     if calibration is None:
         raise ValueError("int8 needs calibration images")
-    return _infer(_openvino_compiled(quantize.int8_model(_openvino_core(), path, calibration), "int8"))
+    return _Streams(_openvino_compiled(quantize.int8_model(_openvino_core(), path, calibration), "int8"))
 
 
 def frozen_graph(model: torch.nn.Module, example: torch.Tensor, precision: str):

@@ -33,7 +33,7 @@ from showdown.device import to_device
 from showdown.errors import DataError, DiskError
 from showdown.fileio import digest, file_stamp, write_bytes_atomic
 from showdown.frozen import quantize
-from showdown.frozen.engines import frozen_forward
+from showdown.frozen.engines import frozen_forward, in_order
 from showdown.frozen.frozen_pass import FEATURE_BATCH, FrozenPass
 from showdown.frozen.weights_key import weights_id
 from showdown.models.backbones import Backbone
@@ -271,14 +271,19 @@ def _forward_shard(frozen: FrozenPass, module: torch.nn.Module, preprocessing: P
         # built (exported, compiled: ~1 s) while the workers, already started, decode the first batches
         forward = frozen_forward(module, example.to(device), precision, frozen.runtime, name, calibrated,
                                  frozen.engines)
-        for images, batch_labels, batch_indices, batch_failed in batches:
-            failed += [str(items[i][0]) for i in batch_failed]
-            if len(images):
-                images = to_device(images, device)
-                for view, mirror in zip(sinks, mirrors):
-                    view.append(forward(images.flip(-1) if mirror else images).to(store_dtype).cpu())
-                labels.append(batch_labels)
-                indices.append(batch_indices)
+
+        def views():  # (sink, images) per view of each batch; the batches' labels and failures noted on the way
+            for images, batch_labels, batch_indices, batch_failed in batches:
+                failed.extend(str(items[i][0]) for i in batch_failed)
+                if len(images):
+                    images = to_device(images, device)
+                    labels.append(batch_labels)
+                    indices.append(batch_indices)
+                    for view, mirror in zip(sinks, mirrors):
+                        yield view, images.flip(-1) if mirror else images
+
+        for view, outputs in in_order(forward, views()):
+            view.append(outputs.to(store_dtype).cpu())
     empty = torch.empty(0, dtype=torch.long)
     labels, indices = (torch.cat(labels) if labels else empty), (torch.cat(indices) if indices else empty)
     return [Features(view.tensor(), labels.clone(), indices.clone(), list(failed), False, view.on_disk)
