@@ -13,8 +13,9 @@ and recomputed with one warning line naming it, never a failed run. Kinds, under
 - imported/: TFLite and Keras weight files imported into timm's layout, one safetensors file per source file's
   fingerprint, checked like the features (models/backbones/imported.py);
 - compiled/: the exported ONNX graphs of frozen models, keyed by the model's code and weights and checksummed
-  (frozen/graph_cache.py), and OpenVINO's own cache of compiled models (its `CACHE_DIR`; frozen/engines.py), which
-  OpenVINO keys by the graph, weights included, and its settings, and recompiles when an entry does not load;
+  (frozen/graph_cache.py), and OpenVINO's own cache of compiled models (its `CACHE_DIR`;
+  frozen/openvino_engine.py), which OpenVINO keys by the graph, weights included, and its settings, and
+  recompiles when an entry does not load;
 - features/boundary/: boundary activations of a fine-tune that exceed the RAM budget, one memory-mapped file per
   view of a split, checked by the CRC-32 of its rows in its own trailer (frozen/disk_activations.py);
 - thumbnails/: the report's thumbnails, one JSON bundle per image folder and size, checked by the checksum in its

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from showdown.cache import STATS, kind_folder, lock_file, usage
-from showdown.frozen import engines
+from showdown.frozen import engines, openvino_engine
 from showdown.models.backbones import imported, load_backbone
 from showdown.models.backbones.found import FoundWeights
 from showdown.models.backbones.registry import resolve_backbone
@@ -92,9 +92,9 @@ def test_a_rebuilt_engine_neither_exports_nor_compiles_again(cache, monkeypatch,
     model = load_backbone("mobilenet_v2", pretrained=False, image_size=64).model
     images = torch.rand(3, 3, 64, 64)
     exports, compiled = [], []
-    export, compile_model = engines._export, engines._openvino_compiled
+    export, compile_model = engines._export, openvino_engine.compiled
     monkeypatch.setattr(engines, "_export", lambda *a: exports.append(1) or export(*a))
-    monkeypatch.setattr(engines, "_openvino_compiled", lambda *a: compiled.append(compile_model(*a)) or compiled[-1])
+    monkeypatch.setattr(openvino_engine, "compiled", lambda *a: compiled.append(compile_model(*a)) or compiled[-1])
 
     def features():
         # a new run: frozen_forward without a run's engines builds afresh
@@ -147,7 +147,7 @@ def test_processes_sharing_the_cache_compile_one_at_a_time(cache, tmp_path):
     try:
         assert other.stdout.readline() == "held\n"
         compiled = []
-        compiling = threading.Thread(target=lambda: compiled.append(engines._openvino_compiled(graph, "fp32")),
+        compiling = threading.Thread(target=lambda: compiled.append(openvino_engine.compiled(graph, "fp32")),
                                      daemon=True)
         compiling.start()
         compiling.join(timeout=3)
@@ -174,10 +174,10 @@ def test_a_compile_the_cache_fails_is_made_again_without_it(cache, tmp_path, mon
                                    "set permissions: No such file or directory [/cache/compiled/1.blob]")
             return super().compile_model(model, device, config)
 
-    monkeypatch.setattr(engines, "_openvino_core", RacedCache)
+    monkeypatch.setattr(openvino_engine, "core", RacedCache)
     graph = _graph(tmp_path)
-    with caplog.at_level(logging.INFO, logger=engines.__name__):
-        forward = engines._Streams(engines._openvino_compiled(graph, "fp32"))
-    (line,) = [r.getMessage() for r in caplog.records if r.name == engines.__name__]
+    with caplog.at_level(logging.INFO, logger=openvino_engine.__name__):
+        forward = openvino_engine.Streams(openvino_engine.compiled(graph, "fp32"))
+    (line,) = [r.getMessage() for r in caplog.records if r.name == openvino_engine.__name__]
     assert "cannot set permissions" in line and "compiling once more without it" in line
     assert forward(torch.rand(2, 3, 64, 64)).shape == (2, 1280)

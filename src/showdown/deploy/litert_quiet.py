@@ -3,10 +3,13 @@
 Seen with `showdown export --format tflite [--quantize int8]` and `showdown predict model.tflite` (LiteRT 2.1,
 litert-torch 0.8), each on stderr around the command's one line:
 - the interpreter's "INFO: Created TensorFlow Lite XNNPACK delegate for CPU.", which its C++ code writes straight
-  to the process's stderr (file descriptor 2) with no setting to turn it off: `interpreter_lines_dropped` points
+  to the process's stderr (file descriptor 2) with no setting to turn it off: `stderr_lines_dropped` points
   descriptor 2 at a file while interpreters are made and run, then writes on every other line;
 - the converter's C++ logs ("Estimated count of arithmetic ops", after "All log messages before
   absl::InitializeLog() ..."): TF_CPP_MIN_LOG_LEVEL=1 before it loads (a value the user set is kept);
+- what TensorFlow's C++ libraries, which litert-torch loads, log as they load, before absl's logging is set up,
+  where TF_CPP_MIN_LOG_LEVEL does not reach: "oneDNN custom operations are on ..." (TensorFlow 2.21 on CPUs where
+  those are on by default, with AVX512-VNNI or AMX): `converter_quiet` drops those early INFO lines;
 - torch's warning that an Enum registered with pytree (by torchao, which litert-torch imports) is deprecated.
 """
 from __future__ import annotations
@@ -20,10 +23,12 @@ import tempfile
 from showdown.fileio import descriptors_redirected
 
 INTERPRETER_LINES = ("INFO: Created TensorFlow Lite XNNPACK delegate",)
+EARLY_INFO_LINES = ("WARNING: All log messages before absl::InitializeLog() is called are written to STDERR",
+                    "I0000 00:00:")  # absl's INFO lines before it is set up carry no date
 
 
 @contextlib.contextmanager
-def interpreter_lines_dropped(prefixes: tuple[str, ...] = INTERPRETER_LINES):
+def stderr_lines_dropped(prefixes: tuple[str, ...] = INTERPRETER_LINES):
     """Inside, what is written to file descriptor 2 goes to a file; afterwards its lines go on to sys.stderr,
     less those starting with one of `prefixes`."""
     try:
@@ -51,6 +56,7 @@ def converter_quiet():
     level = pytree.level
     pytree.setLevel(logging.ERROR)
     try:
-        yield
+        with stderr_lines_dropped(EARLY_INFO_LINES):
+            yield
     finally:
         pytree.setLevel(level)

@@ -19,7 +19,7 @@ from showdown.data.folder import images_in, is_visible
 from showdown.data.formats import IMAGE_SUFFIXES, check_readable
 from showdown.data.images import eval_transform, image_loader
 from showdown.data.preprocessing import Preprocessing
-from showdown.deploy.litert_quiet import interpreter_lines_dropped
+from showdown.deploy.litert_quiet import stderr_lines_dropped
 from showdown.deploy.trained import METADATA_KEY, choose_entry, read_tflite_metadata
 from showdown.device import resolve_device, to_device
 from showdown.errors import DataError, ModelError
@@ -116,7 +116,7 @@ def _open_tflite(path: Path) -> Predictor:
 
     try:
         text = read_tflite_metadata(path)
-        with interpreter_lines_dropped():
+        with stderr_lines_dropped():
             interpreter = Interpreter(model_path=str(path))
             interpreter.allocate_tensors()
     except Exception as exc:  # the flatbuffer reader and the interpreter raise their own types for a bad file

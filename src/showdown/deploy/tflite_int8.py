@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from showdown.deploy.litert_quiet import interpreter_lines_dropped
+from showdown.deploy.litert_quiet import stderr_lines_dropped
 
 
 def quantize_int8(path: Path, images: list[np.ndarray]) -> None:
@@ -24,7 +24,7 @@ def quantize_int8(path: Path, images: list[np.ndarray]) -> None:
     from ai_edge_quantizer import quantizer, recipe
 
     correct_biases(path, images)
-    with interpreter_lines_dropped():
+    with stderr_lines_dropped():
         signature, names = next(iter(Interpreter(model_path=str(path)).get_signature_list().items()))
         engine = quantizer.Quantizer(str(path))
         engine.load_quantization_recipe(recipe.static_wi8_ai8())  # per-channel int8 weights, int8 activations

@@ -20,19 +20,9 @@ has no position-embedding resampling in its graph. A whole DINOv2 ViT-S/14 or Co
 bottom (`TokenStem` and blocks, frozen/boundary.py) agree with PyTorch within 1e-4 in both engines
 (tests/frozen/test_speed_paths.py); throughput at 224 px in docs/performance.md.
 
-OpenVINO is compiled with the THROUGHPUT hint over torch's threads, and each batch is split over the streams it
-chose, one infer request each, run at once (`_Streams`): on the 2-core CPU here, two streams of one thread each.
-Alone, that measured the same as one stream of two threads (the LATENCY hint); in a run, where the loader's
-workers decode on the same cores, it was faster: a stream's thread that a worker pre-empts holds up only its own
-part of the batch, not the other thread at every layer (docs/performance.md, "Seventh pass"). A frozen pass
-starts each batch before the one before it has ended (`in_order`), so no stream waits for the others between
-batches (the "Eighth pass").
-
-OpenVINO keeps what it compiled in the cache folder (`CACHE_DIR`, kind "engines" in cache.py): a re-run, or the
-next run of the same backbone, loads the compiled model instead of compiling it again (0.3-0.6 s of a run on the
-2-core CPU; docs/performance.md). OpenVINO keys an entry by the graph, weights included, and the compile settings,
-so changed weights or another precision compile afresh. The ONNX export before it is kept in the same folder,
-keyed by the model's code and weights (graph_cache.py), so a re-run skips both.
+How OpenVINO runs (its streams, batches started before the last one ends) and keeps what it compiled is in
+openvino_engine.py. The ONNX export before it is kept in the cache folder, keyed by the model's code and weights
+(graph_cache.py), so a re-run skips both.
 
 A model an engine cannot take falls to the next one, with one log line per model (no traceback): OpenVINO ->
 ONNX Runtime (in fp32; it runs nothing else) -> PyTorch; a model the ONNX exporter cannot express runs in
@@ -44,8 +34,6 @@ way every time).
 """
 from __future__ import annotations
 
-import collections
-import functools
 import importlib.util
 import itertools
 import logging
@@ -57,20 +45,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
-from showdown.cache import kind_folder, lock_file
 from showdown.errors import ConfigError, one_line
-from showdown.fileio import exclusive_lock
-from showdown.frozen import quantize
+from showdown.frozen import openvino_engine, quantize
 from showdown.frozen.graph_cache import cached_graph
 from showdown.models.onnx_graph import OnnxExportError, onnx_graph
 
 log = logging.getLogger(__name__)
 
 ENGINE_NAMES = {"torch": "PyTorch", "onnxruntime": "ONNX Runtime", "openvino": "OpenVINO"}
-OPENVINO_HINT = "THROUGHPUT"  # see the module docstring
 
 Forward = Callable[[torch.Tensor], torch.Tensor]
 
@@ -137,50 +121,6 @@ def graph_forward(model: torch.nn.Module, example: torch.Tensor, precision: str,
         return _OPENERS[engine](_export(model, example, Path(folder)), precision)
 
 
-@functools.cache
-def _openvino_core():
-    import openvino as ov
-
-    return ov.Core()
-
-
-def _openvino_compiled(model, precision: str):
-    """`model` (the path of an ONNX graph, or an OpenVINO model) compiled for the CPU at `precision`.
-
-    Through OpenVINO's compiled-model cache where showdown's cache folder can hold it. Processes sharing that
-    folder (torchrun's ranks, Ray's shards, two runs) compile one at a time: OpenVINO writes a blob, then makes
-    it read-only, and another process that read the blob half-written deletes it in between, which fails the
-    first one's compile ("cannot set permissions: No such file or directory"). A compile the cache fails
-    anyway (a shared folder where the lock does not hold) is made again without it, the same model."""
-    core = _openvino_core()
-    source = core.read_model(str(model)) if isinstance(model, Path) else model
-    config = {
-        "PERFORMANCE_HINT": OPENVINO_HINT,
-        "INFERENCE_NUM_THREADS": torch.get_num_threads(),
-        # OpenVINO's default on CPUs with native bf16 is bf16: fp32 must be asked for; int8 keeps the layers NNCF
-        # leaves in float (softmax, pooling, the last add) in fp32
-        "INFERENCE_PRECISION_HINT": "f32" if precision in ("fp32", "int8") else "bf16",
-    }
-    folder = _openvino_cache_folder()
-    if folder is not None:
-        try:
-            with exclusive_lock(lock_file("engines")):
-                return core.compile_model(source, "CPU", {**config, "CACHE_DIR": str(folder)})
-        except Exception as exc:  # whatever the cache did; a model OpenVINO cannot run fails again below
-            log.info("OpenVINO's compile through its cache failed (%s); compiling once more without it", one_line(exc))
-    return core.compile_model(source, "CPU", config)
-
-
-def _openvino_cache_folder() -> Path | None:
-    """The folder of OpenVINO's compiled-model cache in showdown's cache folder; None where it cannot be made."""
-    folder = kind_folder("engines")
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError:
-        return None
-    return folder
-
-
 def _onnxruntime_forward(path: Path, precision: str) -> Forward:
     session = _ort_session(path)
 
@@ -191,67 +131,12 @@ def _onnxruntime_forward(path: Path, precision: str) -> Forward:
 
 
 def _openvino_forward(path: Path, precision: str) -> Forward:
-    return _Streams(_openvino_compiled(path, precision))
-
-
-class _Streams:
-    """OpenVINO's compiled model run on its streams: each batch split over them, one infer request per part, all
-    run at once. Called, it gives a batch's outputs. `in_order` runs a sequence of batches without a stop between
-    them (see there)."""
-
-    def __init__(self, compiled):
-        count = max(1, compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
-        self._sets = [[compiled.create_infer_request() for _ in range(count)] for _ in range(2)]
-
-    def __call__(self, images: torch.Tensor) -> torch.Tensor:
-        return _outputs(_start(self._sets[0], images))
-
-    def in_order(self, jobs: Iterable[tuple[Any, torch.Tensor]]) -> Iterator[tuple[Any, torch.Tensor]]:
-        """(tag, outputs) for each (tag, images) of `jobs`, in order. A batch starts before the one before it
-        has ended (two sets of infer requests, taking turns): a stream that ends its part takes the next batch's
-        at once instead of waiting for the other streams, and the next batch is fetched meanwhile (the frozen
-        pass's 750 photos of the Keras comparison: 3.0 s against 3.3-3.5 s, docs/performance.md, eighth pass)."""
-        running: collections.deque = collections.deque()
-        try:
-            for turn, (tag, images) in enumerate(jobs):
-                if len(running) == len(self._sets):  # this turn's set is the oldest batch's: its outputs first
-                    done, started = running.popleft()
-                    yield done, _outputs(started)
-                running.append((tag, _start(self._sets[turn % len(self._sets)], images)))
-            while running:
-                done, started = running.popleft()
-                yield done, _outputs(started)
-        finally:  # stopped early or failed: nothing left running when the requests go
-            for _, started in running:
-                for request in started:
-                    request.wait()
-
-
-def _start(requests: list, images: torch.Tensor) -> list:
-    """The batch split over `requests`, each part started; the requests started."""
-    parts = [part for part in np.array_split(images.contiguous().numpy(), len(requests)) if len(part)]
-    started = []
-    try:
-        for request, part in zip(requests, parts):
-            request.start_async({0: part})
-            started.append(request)
-    except BaseException:
-        for request in started:  # none still running when the error goes up
-            request.wait()
-        raise
-    return started
-
-
-def _outputs(started: list) -> torch.Tensor:
-    """The outputs of the started requests, in order, copied out of them (they are reused)."""
-    for request in started:
-        request.wait()
-    return torch.from_numpy(np.concatenate([request.get_output_tensor(0).data for request in started]))
+    return openvino_engine.Streams(openvino_engine.compiled(path, precision))
 
 
 def in_order(forward: Forward, jobs: Iterable[tuple[Any, torch.Tensor]]) -> Iterator[tuple[Any, torch.Tensor]]:
     """(tag, forward(images)) for each (tag, images) of `jobs`, in order; an engine that can start a batch before
-    the last one ends (OpenVINO's, `_Streams.in_order`) does."""
+    the last one ends (OpenVINO's, `openvino_engine.Streams.in_order`) does."""
     ahead = getattr(forward, "in_order", None)
     if ahead is not None:
         yield from ahead(jobs)
@@ -269,7 +154,8 @@ def _open(engine: str, path: Path, precision: str, calibration: quantize.Calibra
         return _OPENERS[engine](path, precision)
     if calibration is None:
         raise ValueError("int8 needs calibration images")
-    return _Streams(_openvino_compiled(quantize.int8_model(_openvino_core(), path, calibration), "int8"))
+    int8 = quantize.int8_model(openvino_engine.core(), path, calibration)
+    return openvino_engine.Streams(openvino_engine.compiled(int8, "int8"))
 
 
 def frozen_graph(model: torch.nn.Module, example: torch.Tensor, precision: str):
