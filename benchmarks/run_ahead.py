@@ -55,7 +55,7 @@ def main() -> None:
     seconds: dict[str, list[float]] = {way: [] for way in ways}
     for _ in range(args.repeats + 1):  # the first round warms the caches and is not counted
         for way, runner in ways.items():
-            feature_cache.in_order = runner
+            feature_cache.in_order = runner  # the module's name for it, swapped for each pass (left swapped)
             frozen = FrozenPass(precision=precision, runtime="auto", device=CPU, workers=args.workers)
             start = time.perf_counter()
             feature_cache.forward_frozen(frozen, backbone.model, backbone.preprocessing, items, name="mobilenet_v2")

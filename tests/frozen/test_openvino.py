@@ -119,7 +119,7 @@ def test_a_model_openvino_cannot_take_falls_back_in_one_log_line(monkeypatch, ca
     torch.testing.assert_close(out, model(x), atol=1e-2 if precision == "bf16" else 1e-5, rtol=1e-2)
 
 
-def test_batches_run_ahead_give_each_batch_its_own_outputs_in_order(tmp_path):
+def test_batches_run_ahead_give_each_batch_its_own_outputs_in_order():
     """engines.in_order starts a batch before the one before it has ended, on two sets of infer requests taking
     turns: eight batches of uneven sizes (one image: fewer parts than streams) come back tagged, in order, each
     equal to the batch run alone; a sequence stopped early leaves the requests free for the next."""

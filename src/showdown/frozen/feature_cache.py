@@ -12,6 +12,7 @@ with the features in memory.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import zlib
@@ -282,8 +283,9 @@ def _forward_shard(frozen: FrozenPass, module: torch.nn.Module, preprocessing: P
                     for view, mirror in zip(sinks, mirrors):
                         yield view, images.flip(-1) if mirror else images
 
-        for view, outputs in in_order(forward, views()):
-            view.append(outputs.to(store_dtype).cpu())
+        with contextlib.closing(in_order(forward, views())) as computed:  # closed: nothing left running on a failure
+            for view, outputs in computed:
+                view.append(outputs.to(store_dtype).cpu())
     empty = torch.empty(0, dtype=torch.long)
     labels, indices = (torch.cat(labels) if labels else empty), (torch.cat(indices) if indices else empty)
     return [Features(view.tensor(), labels.clone(), indices.clone(), list(failed), False, view.on_disk)

@@ -16,6 +16,7 @@ changed weights or another precision compile afresh.
 from __future__ import annotations
 
 import collections
+import contextlib
 import functools
 import logging
 from collections.abc import Iterable, Iterator
@@ -49,8 +50,8 @@ def compiled(model, precision: str):
     it read-only, and another process that read the blob half-written deletes it in between, which fails the
     first one's compile ("cannot set permissions: No such file or directory"). A compile the cache fails
     anyway (a shared folder where the lock does not hold) is made again without it, the same model."""
-    runtime = core()
-    source = runtime.read_model(str(model)) if isinstance(model, Path) else model
+    ov_core = core()
+    source = ov_core.read_model(str(model)) if isinstance(model, Path) else model
     config = {
         "PERFORMANCE_HINT": HINT,
         "INFERENCE_NUM_THREADS": torch.get_num_threads(),
@@ -62,10 +63,10 @@ def compiled(model, precision: str):
     if folder is not None:
         try:
             with exclusive_lock(lock_file("engines")):
-                return runtime.compile_model(source, "CPU", {**config, "CACHE_DIR": str(folder)})
+                return ov_core.compile_model(source, "CPU", {**config, "CACHE_DIR": str(folder)})
         except Exception as exc:  # whatever the cache did; a model OpenVINO cannot run fails again below
             log.info("OpenVINO's compile through its cache failed (%s); compiling once more without it", one_line(exc))
-    return runtime.compile_model(source, "CPU", config)
+    return ov_core.compile_model(source, "CPU", config)
 
 
 def _cache_folder() -> Path | None:
@@ -83,9 +84,9 @@ class Streams:
     run at once. Called, it gives a batch's outputs (not while an `in_order` of the same engine is under way: the
     call uses one of its sets of requests). `in_order` runs a sequence of batches without a stop between them."""
 
-    def __init__(self, compiled):
-        count = max(1, compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
-        self._sets = [[compiled.create_infer_request() for _ in range(count)] for _ in range(2)]
+    def __init__(self, model):
+        count = max(1, model.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
+        self._sets = [[model.create_infer_request() for _ in range(count)] for _ in range(2)]
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         return _outputs(_start(self._sets[0], images))
@@ -98,21 +99,24 @@ class Streams:
         running: collections.deque = collections.deque()
         try:
             for turn, (tag, images) in enumerate(jobs):
+                done = None
                 if len(running) == len(self._sets):  # this turn's set is the oldest batch's: its outputs first
-                    done, started = running.popleft()
-                    yield done, _outputs(started)
+                    oldest, started = running.popleft()
+                    done = oldest, _outputs(started)
                 running.append((tag, _start(self._sets[turn % len(self._sets)], images)))
+                if done is not None:  # given once this batch runs: the streams work while the caller stores it
+                    yield done
             while running:
-                done, started = running.popleft()
-                yield done, _outputs(started)
+                tag, started = running.popleft()
+                yield tag, _outputs(started)
         finally:  # stopped early or failed: nothing left running when the requests go
             for _, started in running:
-                for request in started:
-                    request.wait()
+                with contextlib.suppress(Exception):  # the error on its way up, if any, is the one to see
+                    _wait_all(started)
 
 
 def _start(requests: list, images: torch.Tensor) -> list:
-    """The batch split over `requests`, each part started; the requests started."""
+    """The batch split over `requests`, each part started (OpenVINO copies its input); the requests started."""
     parts = [part for part in np.array_split(images.contiguous().numpy(), len(requests)) if len(part)]
     started = []
     try:
@@ -120,14 +124,25 @@ def _start(requests: list, images: torch.Tensor) -> list:
             request.start_async({0: part})
             started.append(request)
     except BaseException:
-        for request in started:  # none still running when the error goes up
-            request.wait()
+        with contextlib.suppress(Exception):  # none still running when the error goes up
+            _wait_all(started)
         raise
     return started
 
 
 def _outputs(started: list) -> torch.Tensor:
     """The outputs of the started requests, in order, copied out of them (they are reused)."""
-    for request in started:
-        request.wait()
+    _wait_all(started)
     return torch.from_numpy(np.concatenate([request.get_output_tensor(0).data for request in started]))
+
+
+def _wait_all(requests: list) -> None:
+    """Wait for every request, then raise the first failure: one that fails leaves none of the others running."""
+    failure = None
+    for request in requests:
+        try:
+            request.wait()
+        except Exception as exc:
+            failure = failure or exc
+    if failure is not None:
+        raise failure
