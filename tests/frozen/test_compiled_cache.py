@@ -177,7 +177,7 @@ def test_a_compile_the_cache_fails_is_made_again_without_it(cache, tmp_path, mon
     monkeypatch.setattr(openvino_engine, "core", RacedCache)
     graph = _graph(tmp_path)
     with caplog.at_level(logging.INFO, logger=openvino_engine.__name__):
-        forward = openvino_engine.Streams(openvino_engine.compiled(graph, "fp32"))
+        forward = openvino_engine.forward(graph, "fp32")
     (line,) = [r.getMessage() for r in caplog.records if r.name == openvino_engine.__name__]
     assert "cannot set permissions" in line and "compiling once more without it" in line
     assert forward(torch.rand(2, 3, 64, 64)).shape == (2, 1280)

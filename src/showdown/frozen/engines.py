@@ -130,10 +130,6 @@ def _onnxruntime_forward(path: Path, precision: str) -> Forward:
     return run
 
 
-def _openvino_forward(path: Path, precision: str) -> Forward:
-    return openvino_engine.Streams(openvino_engine.compiled(path, precision))
-
-
 def in_order(forward: Forward, jobs: Iterable[tuple[Any, torch.Tensor]]) -> Iterator[tuple[Any, torch.Tensor]]:
     """(tag, forward(images)) for each (tag, images) of `jobs`, in order; an engine that can start a batch before
     the last one ends (OpenVINO's, `openvino_engine.Streams.in_order`) does."""
@@ -145,7 +141,7 @@ def in_order(forward: Forward, jobs: Iterable[tuple[Any, torch.Tensor]]) -> Iter
         yield tag, forward(images)
 
 
-_OPENERS = {"onnxruntime": _onnxruntime_forward, "openvino": _openvino_forward}
+_OPENERS = {"onnxruntime": _onnxruntime_forward, "openvino": openvino_engine.forward}
 
 
 def _open(engine: str, path: Path, precision: str, calibration: quantize.Calibration | None) -> Forward:
@@ -154,8 +150,7 @@ def _open(engine: str, path: Path, precision: str, calibration: quantize.Calibra
         return _OPENERS[engine](path, precision)
     if calibration is None:
         raise ValueError("int8 needs calibration images")
-    int8 = quantize.int8_model(openvino_engine.core(), path, calibration)
-    return openvino_engine.Streams(openvino_engine.compiled(int8, "int8"))
+    return openvino_engine.forward(quantize.int8_model(openvino_engine.core(), path, calibration), "int8")
 
 
 def frozen_graph(model: torch.nn.Module, example: torch.Tensor, precision: str):

@@ -79,6 +79,11 @@ def _cache_folder() -> Path | None:
     return folder
 
 
+def forward(model, precision: str) -> Streams:
+    """`model` (as `compiled` takes it) compiled and run on its streams: the engine's forward."""
+    return Streams(compiled(model, precision))
+
+
 class Streams:
     """OpenVINO's compiled model run on its streams: each batch split over them, one infer request per part, all
     run at once. Called, it gives a batch's outputs (not while an `in_order` of the same engine is under way: the
