@@ -100,12 +100,13 @@ def test_search_trials_train_on_the_device(dataset, tmp_path):
 # on any other, so a tensor made inside a forward or a data path takes its device from the model or the data.
 CPU_ON_PURPOSE = {
     ("data/images.py", "collate_readable"): "batches are collated on the CPU (DataLoader workers), moved by to_device",
-    ("data/thumbnails.py", "BatchResize.__init__"): "buffers of a module, moved with it by .to(device)",
+    ("data/pixels.py", "Normalized.__init__"): "buffers of a module, moved with it by .to(device)",
     ("training/batches.py", "TensorBatches.__iter__"): "order and coins index cached tensors held on the CPU",
     ("experiment/context.py", "Entry.class_weights"): "the loss's weight, moved with the loss by .to(device)",
     ("experiment/folds.py", "FeaturePool.subset"): "indexes cached features held on the CPU",
     ("experiment/phases.py", "frozen_top_features"): "an empty result on the CPU, where the features are kept",
-    ("frozen/feature_cache.py", "_forward_shard"): "the example is moved (.to(device)); empty results on the CPU",
+    ("frozen/feature_cache.py", "_forward_shard"): "empty results on the CPU, where frozen outputs are kept",
+    ("frozen/feature_cache.py", "_inputs"): "an example batch, which _forward_shard moves (.to(device))",
     ("frozen/feature_cache.py", "InMemory.tensor"): "an empty result on the CPU, where frozen outputs are kept",
     ("frozen/disk_activations.py", "_mapped"): "rows of a file mapped into host memory, moved per batch by to_device",
     ("frozen/disk_activations.py", "_read"): "labels and indices of a file on the CPU, as the in-RAM path keeps them",

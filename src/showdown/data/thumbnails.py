@@ -17,7 +17,8 @@ from PIL import Image
 from torch import nn
 from torchvision import transforms
 
-from showdown.data.images import UNREADABLE, eval_transform
+from showdown.data.images import UNREADABLE
+from showdown.data.pixels import Normalized, Pixels, split_eval_transform
 from showdown.data.preprocessing import Preprocessing
 
 SMALL_SIDE = 64  # square images up to this side take the batched path
@@ -77,33 +78,28 @@ def _axis_weights(geometric: list, side: int, axis: int) -> np.ndarray:
 class BatchResize(nn.Module):
     """uint8 (N, 3, s, s) -> the normalised (N, 3, H, W) batch the per-image eval transform would give."""
 
-    def __init__(self, rows: np.ndarray, cols: np.ndarray, mean, std):
+    def __init__(self, rows: np.ndarray, cols: np.ndarray, normalized: Normalized):
         super().__init__()
         self.register_buffer("rows", torch.from_numpy(rows))
         self.register_buffer("cols_t", torch.from_numpy(cols.T.copy()))
-        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1) * 255)
-        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1) * 255)
+        self.normalized = normalized
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         x = images.float()
         # Pillow resizes horizontally, then vertically, rounding to 8 bits after each pass.
         x = torch.matmul(x, self.cols_t).clamp(0, 255).round()
         x = torch.matmul(self.rows, x).clamp(0, 255).round()
-        return (x - self.mean) / self.std
+        return self.normalized(x)
 
 
 def batch_resize(preprocessing: Preprocessing, side: int) -> BatchResize | None:
     """The batched equivalent of eval_transform(preprocessing) for side x side images, or None when that
     transform has steps other than Resize, CenterCrop, ToTensor and Normalize."""
-    steps = eval_transform(preprocessing).transforms
-    geometric = [s for s in steps if isinstance(s, (transforms.Resize, transforms.CenterCrop))]
-    tensor_steps = [s for s in steps if s not in geometric]
-    if len(tensor_steps) != 2 or not isinstance(tensor_steps[1], transforms.Normalize) \
-            or type(tensor_steps[0]).__name__ not in ("ToTensor", "MaybeToTensor"):
+    split = split_eval_transform(preprocessing)
+    if split is None or not all(isinstance(s, (transforms.Resize, transforms.CenterCrop)) for s in split[0]):
         return None
-    normalize = tensor_steps[1]
-    return BatchResize(_axis_weights(geometric, side, 0), _axis_weights(geometric, side, 1),
-                       list(map(float, normalize.mean)), list(map(float, normalize.std)))
+    geometric, normalized = split
+    return BatchResize(_axis_weights(geometric, side, 0), _axis_weights(geometric, side, 1), normalized)
 
 
 class Uint8Tensor:
@@ -116,4 +112,4 @@ class Uint8Tensor:
     def __call__(self, image: Image.Image) -> torch.Tensor:
         if image.size != (self.side, self.side):
             image = image.resize((self.side, self.side), Image.BICUBIC)
-        return torch.from_numpy(np.asarray(image, dtype=np.uint8).copy()).permute(2, 0, 1)
+        return Pixels()(image)

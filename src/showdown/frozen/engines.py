@@ -40,7 +40,7 @@ import logging
 import tempfile
 import warnings
 import weakref
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Hashable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -169,22 +169,33 @@ def frozen_graph(model: torch.nn.Module, example: torch.Tensor, precision: str):
         return model
 
 
+@dataclass(eq=False)
+class InputStage:
+    """A module put before a frozen model, turning the loader's batches into the model's input (data/pixels.py,
+    data/thumbnails.py), and what it is built from: its part of the key of a built forward."""
+    module: torch.nn.Module
+    key: Hashable
+
+
 def frozen_forward(model: torch.nn.Module, example: torch.Tensor, precision: str, runtime: str,
                    name: str = "the frozen layers", calibration: quantize.Calibration | None = None,
-                   engines: Engines | None = None) -> Forward:
+                   engines: Engines | None = None, stage: InputStage | None = None) -> Forward:
     """A function images -> outputs computing the frozen `model` with the chosen engine (call it under
-    inference_mode and the precision's autocast), on the device of `example`. `name` says which model a
-    fallback note is about; `calibration`, the images int8 is calibrated on (needed for int8 only); `engines`,
-    the run's built forwards, reused when the same model asks again (default: build afresh). PyTorch gets
-    its inputs channels-last (oneDNN's and cuDNN's fast layout); the graph engines take them as they come (NCHW),
-    without a round trip through channels-last."""
+    inference_mode and the precision's autocast), on the device of `example`; with a `stage`, of
+    `stage.module` then `model`, as one graph. `name` says which model a fallback note is about; `calibration`,
+    the images int8 is calibrated on (needed for int8 only); `engines`, the run's built forwards, reused when the
+    same model asks again (default: build afresh). PyTorch gets its inputs channels-last (oneDNN's and cuDNN's
+    fast layout); the graph engines take them as they come (NCHW), without a round trip through channels-last."""
     runtime = resolve_runtime(runtime, precision, example.device.type)
-    if example.device.type != "cpu":
-        return _channels_last(model)  # eager on the GPU, under autocast
     engines = engines if engines is not None else Engines()
+    # by the model alone: the Sequential with its stage is made anew each time
     built = engines.built.setdefault(model, {})
     key = (precision, runtime, example.dtype, tuple(example.shape[1:]), _weights_state(model),
-           calibration.key if calibration else None)
+           calibration.key if calibration else None, stage.key if stage else None)
+    if stage is not None:
+        model = torch.nn.Sequential(stage.module.to(example.device), model)
+    if example.device.type != "cpu":
+        return _channels_last(model)  # eager on the GPU, under autocast
     if key not in built:
         forward = _graph_forward(model, example[:1].contiguous(), precision, runtime, name, calibration,
                                  engines.fallen_back) if runtime != "torch" else None

@@ -18,23 +18,24 @@ import logging
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save
-from torch import nn
 from tqdm import tqdm
 
 from showdown import distributed
 from showdown.cache import Damaged, intact
 from showdown.data.images import decoder, eval_transform, image_loader
+from showdown.data.pixels import pixels_path
 from showdown.data.preprocessing import Preprocessing
 from showdown.data.thumbnails import Uint8Tensor, batch_resize, small_square_side
 from showdown.device import to_device
 from showdown.errors import DataError, DiskError
 from showdown.fileio import digest, file_stamp, write_bytes_atomic
 from showdown.frozen import quantize
-from showdown.frozen.engines import frozen_forward, in_order
+from showdown.frozen.engines import InputStage, frozen_forward, in_order
 from showdown.frozen.frozen_pass import FEATURE_BATCH, FrozenPass
 from showdown.frozen.weights_key import weights_id
 from showdown.models.backbones import Backbone
@@ -253,25 +254,18 @@ def _forward_shard(frozen: FrozenPass, module: torch.nn.Module, preprocessing: P
                    mirrors: tuple[bool, ...], *, desc: str, store_dtype, name: str, sinks: list,
                    calibration: list) -> list[Features]:
     precision, device, batch_size = frozen.precision, frozen.device, frozen.batch_size
-    resize = batch_resize(preprocessing, side) if side else None
-    if resize is not None:  # small images: workers only decode, the batch is resized inside the graph
-        module = nn.Sequential(resize, module)
-        transform = Uint8Tensor(side)
-    else:
-        transform = eval_transform(preprocessing)
-    module = module.eval().to(device, memory_format=torch.channels_last)  # the resize's matrices too
+    transform, stage, example = _inputs(preprocessing, side)
+    module = module.eval().to(device, memory_format=torch.channels_last)
     loader = image_loader(items, transform, batch_size=batch_size, workers=frozen.workers,
                           pin_memory=device.type == "cuda", prefetch=PREFETCH)
     batches = iter(tqdm(loader, desc=desc, leave=False, unit="batch", disable=None if distributed.is_main() else True))
-    example = torch.zeros(1, 3, side, side, dtype=torch.uint8) if resize is not None else \
-        torch.zeros(1, *preprocessing.input_size)
     labels, indices, failed = [], [], []
     calibrated = quantize.calibration_for(calibration, transform, preprocessing, side, batch_size) \
         if precision == "int8" else None
     with torch.inference_mode(), autocast(precision, device.type):
         # built (exported, compiled: ~1 s) while the workers, already started, decode the first batches
         forward = frozen_forward(module, example.to(device), precision, frozen.runtime, name, calibrated,
-                                 frozen.engines)
+                                 frozen.engines, stage)
 
         def views():  # (sink, images) per view of each batch; the batches' labels and failures noted on the way
             for images, batch_labels, batch_indices, batch_failed in batches:
@@ -290,6 +284,22 @@ def _forward_shard(frozen: FrozenPass, module: torch.nn.Module, preprocessing: P
     labels, indices = (torch.cat(labels) if labels else empty), (torch.cat(indices) if indices else empty)
     return [Features(view.tensor(), labels.clone(), indices.clone(), list(failed), False, view.on_disk)
             for view in sinks]
+
+
+def _inputs(preprocessing: Preprocessing, side: int | None) -> tuple[Callable, InputStage | None, torch.Tensor]:
+    """(the workers' transform, the stage the frozen graph starts with, an example of the batches) for a pass.
+    Small squares (`side`) are only decoded, and the graph resizes them too (data/thumbnails.py); photos are
+    resized and cropped to uint8 pixels, and the graph normalises them (data/pixels.py); an eval transform with
+    other steps gives the normalised floats itself."""
+    key = (side, preprocessing)
+    resize = batch_resize(preprocessing, side) if side else None
+    if resize is not None:
+        return Uint8Tensor(side), InputStage(resize, key), torch.zeros(1, 3, side, side, dtype=torch.uint8)
+    pixels = pixels_path(preprocessing)
+    if pixels is not None:
+        transform, normalized = pixels
+        return transform, InputStage(normalized, key), torch.zeros(1, *preprocessing.input_size, dtype=torch.uint8)
+    return eval_transform(preprocessing), None, torch.zeros(1, *preprocessing.input_size)
 
 
 class InMemory:
