@@ -16,49 +16,18 @@ It also prints how far apart the two ways' features are.
 """
 from __future__ import annotations
 
-import argparse
-import statistics
-import time
-from pathlib import Path
-
-from run_ahead import photos  # the same photos as the run-ahead benchmark
-from showdown.device import CPU, device_facts
+from run_ahead import arguments, taking_turns  # the same photos and passes as the run-ahead benchmark
 from showdown.frozen import feature_cache
-from showdown.frozen.frozen_pass import FrozenPass
-from showdown.models.backbones import load_backbone
-from showdown.precision import resolve_precision
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", default="../shared/datasets/tf_flowers")
-    parser.add_argument("--weights-dir", default="../shared/weights/mobilenet-tflite")
-    parser.add_argument("--photos", type=int, default=750)
-    parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--repeats", type=int, default=5)
-    args = parser.parse_args()
-    items = photos(Path(args.data), args.photos)
-    backbone = load_backbone("mobilenet_v2", weights_dir=args.weights_dir)
-    precision = resolve_precision("auto")
+    args = arguments(__doc__)
     shipped = feature_cache.pixels_path
     ways = {"pixels": shipped, "floats": lambda preprocessing: None}  # None: the float path
-    seconds: dict[str, list[float]] = {way: [] for way in ways}
-    features = {}
-    for _ in range(args.repeats + 1):  # the first round warms the caches and is not counted
-        for way, path in ways.items():
-            feature_cache.pixels_path = path  # the module's name for it, swapped for each pass
-            frozen = FrozenPass(precision=precision, runtime="auto", device=CPU, workers=args.workers)
-            start = time.perf_counter()
-            features[way] = feature_cache.forward_frozen(frozen, backbone.model, backbone.preprocessing, items,
-                                                         name="mobilenet_v2").features
-            seconds[way].append(time.perf_counter() - start)
+    # the module's name for it, swapped for each pass
+    features = taking_turns(args, {way: lambda path=path: setattr(feature_cache, "pixels_path", path)
+                                   for way, path in ways.items()})
     feature_cache.pixels_path = shipped
-    facts = device_facts(CPU)
-    print(f"{len(items)} photos, {precision}, engine {frozen.engine}, {args.workers} workers; {facts['name']}, "
-          f"{facts['cores']} cores, {' '.join(facts['isa'])}")
-    for way, values in seconds.items():
-        kept = values[1:]
-        print(f"{way:8s} {statistics.median(kept):.2f} s median ({', '.join(f'{v:.2f}' for v in kept)})")
     gap = (features["pixels"] - features["floats"]).abs()
     print(f"features, pixels against floats: max |difference| {gap.max():.2e}, mean {gap.mean():.2e} "
           f"(largest feature {features['floats'].abs().max():.2f})")

@@ -17,7 +17,10 @@ import argparse
 import itertools
 import statistics
 import time
+from collections.abc import Callable
 from pathlib import Path
+
+import torch
 
 from showdown.device import CPU, device_facts
 from showdown.frozen import feature_cache
@@ -40,25 +43,32 @@ def photos(folder: Path, count: int) -> list[tuple[Path, int]]:
     return [item for turn in itertools.zip_longest(*per_class) for item in turn if item is not None][:count]
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def arguments(doc: str) -> argparse.Namespace:
+    """The flags of the frozen-pass benchmarks (this one, pixel_inputs.py)."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
     parser.add_argument("--data", default="../shared/datasets/tf_flowers")
     parser.add_argument("--weights-dir", default="../shared/weights/mobilenet-tflite")
     parser.add_argument("--photos", type=int, default=750)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=5)
-    args = parser.parse_args()
+    return parser.parse_args()
+
+
+def taking_turns(args: argparse.Namespace, ways: dict[str, Callable[[], None]]) -> dict[str, torch.Tensor]:
+    """Frozen passes over the photos, the ways taking turns (each a function that sets feature_cache up for it),
+    each with a new engine and no feature cache; prints each way's median. Returns each way's features."""
     items = photos(Path(args.data), args.photos)
     backbone = load_backbone("mobilenet_v2", weights_dir=args.weights_dir)
     precision = resolve_precision("auto")
-    ways = {"run ahead": feature_cache.in_order, "one at a time": one_at_a_time}
     seconds: dict[str, list[float]] = {way: [] for way in ways}
+    features = {}
     for _ in range(args.repeats + 1):  # the first round warms the caches and is not counted
-        for way, runner in ways.items():
-            feature_cache.in_order = runner  # the module's name for it, swapped for each pass (left swapped)
+        for way, set_up in ways.items():
+            set_up()
             frozen = FrozenPass(precision=precision, runtime="auto", device=CPU, workers=args.workers)
             start = time.perf_counter()
-            feature_cache.forward_frozen(frozen, backbone.model, backbone.preprocessing, items, name="mobilenet_v2")
+            features[way] = feature_cache.forward_frozen(frozen, backbone.model, backbone.preprocessing, items,
+                                                         name="mobilenet_v2").features
             seconds[way].append(time.perf_counter() - start)
     facts = device_facts(CPU)
     print(f"{len(items)} photos, {precision}, engine {frozen.engine}, {args.workers} workers; {facts['name']}, "
@@ -66,6 +76,17 @@ def main() -> None:
     for way, values in seconds.items():
         kept = values[1:]
         print(f"{way:14s} {statistics.median(kept):.2f} s median ({', '.join(f'{v:.2f}' for v in kept)})")
+    return features
+
+
+def main() -> None:
+    args = arguments(__doc__)
+    shipped = feature_cache.in_order
+    ways = {"run ahead": shipped, "one at a time": one_at_a_time}
+    # the module's name for it, swapped for each pass
+    taking_turns(args, {way: lambda runner=runner: setattr(feature_cache, "in_order", runner)
+                        for way, runner in ways.items()})
+    feature_cache.in_order = shipped
 
 
 if __name__ == "__main__":
