@@ -41,3 +41,23 @@ def test_a_frozen_pass_over_photos_hands_pixels_to_the_graph(demo_dir):
     with torch.inference_mode():
         expected = backbone.model.eval()(images)
     torch.testing.assert_close(features.features, expected, atol=1e-4, rtol=1e-4)
+
+
+def test_each_input_stage_gets_its_own_engine_and_pytorch_traces_it(demo_dir, tmp_path):
+    """In PyTorch fp32 the frozen model and its stage are traced as one graph. Small squares with and without the
+    centre crop: the same model and input shape, another stage (the resize's matrices), so another engine."""
+    from PIL import Image
+
+    backbone = load_backbone("efficientnet_lite0", image_size=96)
+    items = []
+    for i, photo in enumerate(sorted(demo_dir.rglob("*.jpg"))[:4]):
+        load_rgb(photo).resize((32, 32), Image.BICUBIC).save(tmp_path / f"{i}.png")
+        items.append((tmp_path / f"{i}.png", i % 3))
+    frozen = FrozenPass(precision="fp32", batch_size=4, workers=0, runtime="torch")
+    for preprocessing in (backbone.preprocessing, backbone.preprocessing.whole_image()):
+        features = forward_frozen(frozen, backbone.model, preprocessing, items)
+        (built,) = frozen.engines.built[backbone.model].values()  # traced and kept: an eager forward is not kept
+        images = torch.stack([eval_transform(preprocessing)(load_rgb(p)) for p, _ in items])
+        with torch.inference_mode():
+            expected = backbone.model.eval()(images)
+        torch.testing.assert_close(features.features, expected, atol=2e-2, rtol=2e-2)  # Pillow's 8-bit rounding

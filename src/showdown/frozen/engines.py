@@ -193,7 +193,7 @@ def frozen_forward(model: torch.nn.Module, example: torch.Tensor, precision: str
     key = (precision, runtime, example.dtype, tuple(example.shape[1:]), _weights_state(model),
            calibration.key if calibration else None, stage.key if stage else None)
     if stage is not None:
-        model = torch.nn.Sequential(stage.module.to(example.device), model)
+        model = torch.nn.Sequential(stage.module.to(example.device), model).eval()  # tracing freezes eval only
     if example.device.type != "cpu":
         return _channels_last(model)  # eager on the GPU, under autocast
     if key not in built:
