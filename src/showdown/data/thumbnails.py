@@ -102,9 +102,8 @@ def batch_resize(preprocessing: Preprocessing, side: int) -> BatchResize | None:
     return BatchResize(_axis_weights(geometric, side, 0), _axis_weights(geometric, side, 1), normalized)
 
 
-class Uint8Tensor:
-    """The worker side of the batched path: decode only (a stray size is resized by Pillow to keep batches even).
-    A class, not a closure: DataLoader workers started by `spawn` (macOS, Windows) receive it pickled."""
+class Uint8Tensor(Pixels):
+    """The worker side of the batched path: decode only (a stray size is resized by Pillow to keep batches even)."""
 
     def __init__(self, side: int):
         self.side = side
@@ -112,4 +111,4 @@ class Uint8Tensor:
     def __call__(self, image: Image.Image) -> torch.Tensor:
         if image.size != (self.side, self.side):
             image = image.resize((self.side, self.side), Image.BICUBIC)
-        return Pixels()(image)
+        return super().__call__(image)
