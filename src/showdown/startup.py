@@ -13,12 +13,21 @@ logging helper showdown never calls), 1.0-2.2 s of a run's start on the 2-core C
 docs/performance.md). While the command's modules load, `wandb` reads as not installed; afterwards it imports as
 usual, so `--track wandb` (reporting/trackers.py) still gets it.
 
+`keep_freed_memory()`: glibc's malloc gives a freed block over its mmap threshold (128 KiB at first, raised as
+blocks are freed, never above 32 MiB) back to the kernel, and trims the top of its heap. A CPU forward or training
+step at batch 32 has activations of 50-150 MB: each batch then gets fresh pages, which the kernel zeroes (270,000
+page faults, 1 GB, per MobileNetV2 forward at 224 px). Up to half of `showdown predict`'s CPU time was the kernel's
+(docs/performance.md, "Memory the kernel zeroed"). Taking every block from the heap and never trimming it lets the
+next batch reuse what the last freed. A command calls it through `heavy_imports`; the Python API leaves the
+allocator of the user's process as it is.
+
 `stacks_on_sigusr1()`: `kill -USR1 PID` prints where a run that seems stuck is (every thread's stack, on stderr),
 and the run goes on: the first thing to look at when a job on a cluster hangs.
 """
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import faulthandler
 import gc
 import io
@@ -47,6 +56,7 @@ def heavy_imports():
             gc.enable()
         if not _frozen:  # once per process: a second command in it (tests, the daemon's children) finds it done
             gc.freeze()
+            keep_freed_memory()
             _frozen.append(True)
 
 
@@ -62,6 +72,23 @@ def without_optional_imports():
         for name in hidden:
             if sys.modules.get(name, 0) is None:
                 del sys.modules[name]
+
+
+# mallopt(3) parameters, from glibc's malloc.h
+M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_MAX = -1, -2, -4
+MALLOC_SETTINGS = {M_MMAP_MAX: 0,  # blocks from the heap (glibc still maps memory where the heap cannot grow)
+                   M_TRIM_THRESHOLD: 2**31 - 1,  # never give the heap's top back: the next batch reuses it
+                   M_TOP_PAD: 512 << 20}  # grow the heap in large steps (address space only, until touched)
+
+
+def keep_freed_memory() -> bool:
+    """Keep the memory of freed tensors in the process for the next batch (see the module docstring); whether the
+    C library took the settings (glibc does; macOS and Windows have no mallopt, and keep their own allocators)."""
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError, TypeError):  # no mallopt; Windows cannot open the process itself
+        return False
+    return all([mallopt(parameter, value) == 1 for parameter, value in MALLOC_SETTINGS.items()])
 
 
 def stacks_on_sigusr1() -> None:

@@ -1,0 +1,84 @@
+"""What keeping freed memory in the process (startup.keep_freed_memory) saves where PyTorch computes on the CPU.
+
+Both ways take turns, each command its own process (`SHOWDOWN_DAEMON=off`), on a TF-Flowers folder split like the
+Keras comparison's (benchmarks/keras_peer.py):
+- `showdown predict` of a trained EfficientNet-Lite0 head's run folder on the --photos training photos: the whole
+  model in eager PyTorch fp32, the command's wall time, imports included;
+- `showdown run --strategy finetune`: the fine-tune epochs' seconds (history.csv), the top blocks trained on the
+  boundary cache in the run's precision.
+"Default" is glibc's malloc as a process starts: the command runs with keep_freed_memory replaced by a no-op.
+
+    python benchmarks/kept_memory.py --photos 500 --repeats 3
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from keras_peer import machine, make_folder
+
+COMMAND = """
+import sys
+from showdown import __main__, startup
+if sys.argv[1] == "default":
+    startup.keep_freed_memory = lambda: False
+sys.argv[1:2] = []
+__main__.console()
+"""
+
+
+def showdown(mode: str, *arguments: str) -> float:
+    """Wall seconds of one command, in a process of its own."""
+    start = time.perf_counter()
+    done = subprocess.run([sys.executable, "-c", COMMAND, mode, *arguments], stdout=subprocess.DEVNULL,
+                          stderr=subprocess.PIPE, text=True)
+    if done.returncode:
+        sys.exit(f"failed: showdown {' '.join(arguments)}\n{done.stderr[-2000:]}")
+    return time.perf_counter() - start
+
+
+def finetune_epochs(run: Path) -> list[float]:
+    with open(next(run.glob("*/history.csv"))) as file:
+        return [float(row["seconds"]) for row in csv.DictReader(file) if row["phase"] == "finetune"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", default="../shared/datasets/tf_flowers", help="TF-Flowers, one folder per class")
+    parser.add_argument("--photos", type=int, default=500, help="training photos (val and test a quarter each)")
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    os.environ["SHOWDOWN_DAEMON"] = "off"
+    work = Path(tempfile.mkdtemp(prefix="kept-memory-"))
+    data = work / "data"
+    make_folder(Path(args.data), args.photos, 0, data)
+    common = ["--data", str(data), "--models", "efficientnet_lite0", "--seed", "0", "--label-issues", "off",
+              "--gradcam", "0", "--no-report", "--no-record", "--cache-dir", str(work / "cache")]
+    showdown("kept", "run", *common, "--strategy", "head", "--out", str(work / "head"))
+    predict, epochs = {"default": [], "kept": []}, {"default": [], "kept": []}
+    for repeat in range(args.repeats):
+        for mode in ("default", "kept") if repeat % 2 == 0 else ("kept", "default"):
+            predict[mode].append(showdown(mode, "predict", str(work / "head"), str(data / "train"), "--format",
+                                          "csv", "--output", str(work / "predictions.csv")))
+            run = work / f"finetune-{mode}-{repeat}"
+            showdown(mode, "run", *common, "--strategy", "finetune", "--epochs", "1", "--ft-epochs", "2",
+                     "--out", str(run))
+            epochs[mode] += finetune_epochs(run)
+    result = {"photos": args.photos, "predict_seconds": predict, "finetune_epoch_seconds": epochs, **machine()}
+    for name, seconds in (("showdown predict, wall", predict), ("fine-tune epoch", epochs)):
+        default, kept = statistics.median(seconds["default"]), statistics.median(seconds["kept"])
+        print(f"{name:24s} default {default:6.2f} s   kept {kept:6.2f} s   ({kept / default - 1:+.0%}; medians of "
+              f"{len(seconds['kept'])})")
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
