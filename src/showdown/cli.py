@@ -56,6 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--batch-size", type=flag_type(int, min=1), default=32)
     predict.add_argument("--workers", type=flag_type(int, min=0), default=0, help="image-decoding worker processes")
     predict.add_argument("--device", default="auto", help=f"{DEVICE_HELP}; .onnx and .tflite files run on the CPU")
+    predict.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default="auto",
+                         help="run folders and TorchScript files; auto: a run folder's model in the precision its "
+                              "run evaluated in where this device has it natively, else as `showdown run` chooses")
     export = sub.add_parser("export", help="export a trained model to ONNX, TorchScript or TFLite")
     export.add_argument("model", help="run folder or entry folder")
     export.add_argument("--format", choices=("onnx", "torchscript", "tflite"), default="onnx")
@@ -173,7 +176,8 @@ def cmd_predict(args) -> int:
         from showdown.deploy.predict_output import write_predictions
 
     write_predictions(args.model, args.inputs, model_name=args.model_name, top_k=args.top_k, fmt=args.format,
-                      output=args.output, batch_size=args.batch_size, workers=args.workers, device=args.device)
+                      output=args.output, batch_size=args.batch_size, workers=args.workers, device=args.device,
+                      precision=args.precision)
     return 0
 
 

@@ -11,8 +11,11 @@ from showdown import RunConfig, run
 from showdown.data.images import eval_transform, load_rgb
 from showdown.data.preprocessing import Preprocessing
 from showdown.deploy.export import export_model
-from showdown.deploy.predict import open_model
+from showdown.deploy.predict import evaluated_precision, open_model, predict_precision
+from showdown.device import CPU
+from showdown.errors import ConfigError
 from showdown.models.saving import load_model
+from showdown.precision import resolve_precision
 from tests.conftest import PHOTOS, needs_photos, run_cli
 
 
@@ -67,11 +70,11 @@ def test_predict_cli_writes_csv_and_json_and_scores_labelled_folders(trained, tm
     accuracy = float(result.stderr.split("accuracy on 150 labelled by folder: ")[1].split()[0])
     assert accuracy > 0.8  # mostly its own training images
     result = run_cli("predict", str(run_dir), str(data / "daisy" / "*.jpg"), "--format", "json", "--top-k", "2",
-                     "--model", "scratch_cnn-scratch-cnn")
+                     "--model", "scratch_cnn-scratch-cnn", "--precision", "fp32")
     assert result.returncode == 0, result.stderr
     rows = json.loads(result.stdout)
     assert len(rows) == 50 and len(rows[0]["predictions"]) == 2
-    assert "scratch_cnn / scratch-cnn" in result.stderr
+    assert "scratch_cnn / scratch-cnn (fp32)" in result.stderr
     # The top 2 are the model's own softmax, recomputed here from the image files.
     model, info = load_model(run_dir / "scratch_cnn-scratch-cnn")
     transform = eval_transform(Preprocessing.from_dict(info.preprocessing))
@@ -99,6 +102,32 @@ def test_predict_skips_unreadable_files_and_warns_about_other_classes(trained, t
     assert "warning: input folder(s) cat, dog are not classes of this model" in result.stderr
     assert "4 image(s) classified" in result.stderr and "1 unreadable file(s) skipped" in result.stderr
     assert "broken.jpg  (unreadable image)" in result.stdout
+
+
+def test_a_run_folder_predicts_in_the_precision_its_run_evaluated_in(trained, tmp_path):
+    """auto: the run's own precision (environment.json) where the device has it natively; bf16 really computes in
+    bf16 (close to fp32, not equal); exported files as exported."""
+    run_dir, data = trained
+    batch = torch.stack([eval_transform(open_model(run_dir).preprocessing)(load_rgb(p)) for p in _real_images(data)])
+    ran_in = json.loads((run_dir / "environment.json").read_text())["precision"]
+    assert evaluated_precision(run_dir / "efficientnet_lite0-head") == ran_in == resolve_precision("auto", CPU)
+    assert open_model(run_dir).precision == ran_in
+    copy = tmp_path / "fp32-run"
+    shutil.copytree(run_dir, copy)
+    (copy / "environment.json").write_text(json.dumps({"precision": "fp32"}))
+    assert open_model(copy).precision == "fp32"  # a run made in fp32 predicts in fp32 wherever bf16 is native
+    fp32, bf16 = open_model(run_dir, precision="fp32")(batch), open_model(run_dir, precision="bf16")(batch)
+    assert np.abs(fp32 - bf16).max() > 1e-4
+    np.testing.assert_allclose(bf16, fp32, atol=0.05)
+    assert predict_precision("auto", CPU, "fp16") == resolve_precision("auto", CPU)  # a GPU run, on the CPU
+    with pytest.raises(ConfigError, match="int8 is for a run's frozen layers"):
+        predict_precision("int8", CPU)
+    assert open_model(export_model(run_dir, "torchscript", tmp_path / "m.pt")).precision == "fp32"
+    assert open_model(export_model(run_dir, "onnx", tmp_path / "m.onnx")).precision is None
+    for args, message in (([str(tmp_path / "m.onnx"), "--precision", "bf16"], "m.onnx runs as it was exported"),
+                          ([str(run_dir), "--precision", "fp16", "--device", "cpu"], "fp16 needs a GPU")):
+        result = run_cli("predict", *args, str(data / "roses"))
+        assert result.returncode == 2 and message in result.stderr and len(result.stderr.strip().splitlines()) == 1
 
 
 @pytest.mark.parametrize("args, message", [

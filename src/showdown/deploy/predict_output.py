@@ -27,9 +27,9 @@ def _destination(output: str | None):
 
 def write_predictions(model: str, inputs: list[str], *, model_name: str | None = None, top_k: int = 3,
                       fmt: str = "table", output: str | None = None, batch_size: int = 32, workers: int = 0,
-                      device: str = "auto") -> dict:
+                      device: str = "auto", precision: str = "auto") -> dict:
     """Predict every input image and write the rows; returns counts (predicted, unreadable, labelled, correct)."""
-    predictor = open_model(model, model_name, device=device)
+    predictor = open_model(model, model_name, device=device, precision=precision)
     files = expand_inputs(inputs)
     labels, warning = folder_labels(files, inputs, predictor.classes)
     if warning:
@@ -50,6 +50,8 @@ def write_predictions(model: str, inputs: list[str], *, model_name: str | None =
             writer.write(row)
         writer.close()
     summary = f"{counts['predicted']} image(s) classified by {predictor.name}"
+    if predictor.precision:
+        summary += f" ({predictor.precision})"
     if counts["unreadable"]:
         summary += f"; {counts['unreadable']} unreadable file(s) skipped"
     if counts["labelled"]:
