@@ -75,10 +75,9 @@ def without_optional_imports():
 
 
 # mallopt(3) parameters, from glibc's malloc.h
-M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_MAX = -1, -2, -4
+M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4
 MALLOC_SETTINGS = {M_MMAP_MAX: 0,  # blocks from the heap (glibc still maps memory where the heap cannot grow)
-                   M_TRIM_THRESHOLD: 2**31 - 1,  # never give the heap's top back: the next batch reuses it
-                   M_TOP_PAD: 512 << 20}  # grow the heap in large steps (address space only, until touched)
+                   M_TRIM_THRESHOLD: 2**31 - 1}  # never give the heap's top back: the next batch reuses it
 
 
 def keep_freed_memory() -> bool:
