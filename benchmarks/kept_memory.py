@@ -3,7 +3,8 @@
 Both ways take turns, each command its own process (`SHOWDOWN_DAEMON=off`), on a TF-Flowers folder split like the
 Keras comparison's (benchmarks/keras_peer.py):
 - `showdown predict` of a trained EfficientNet-Lite0 head's run folder on the --photos training photos: the whole
-  model in eager PyTorch fp32, the command's wall time, imports included;
+  model in eager PyTorch, in fp32 and in the run's own precision (`--precision auto`: bf16 where the CPU has it),
+  the command's wall time, imports included;
 - `showdown run --strategy finetune`: the fine-tune epochs' seconds (history.csv), the top blocks trained on the
   boundary cache in the run's precision.
 "Default" is glibc's malloc as a process starts: the command runs with keep_freed_memory replaced by a no-op.
@@ -63,19 +64,22 @@ def main() -> None:
     common = ["--data", str(data), "--models", "efficientnet_lite0", "--seed", "0", "--label-issues", "off",
               "--gradcam", "0", "--no-report", "--no-record", "--cache-dir", str(work / "cache")]
     showdown("kept", "run", *common, "--strategy", "head", "--out", str(work / "head"))
-    predict, epochs = {"default": [], "kept": []}, {"default": [], "kept": []}
+    predict = {precision: {"default": [], "kept": []} for precision in ("fp32", "auto")}
+    epochs = {"default": [], "kept": []}
     for repeat in range(args.repeats):
         for mode in ("default", "kept") if repeat % 2 == 0 else ("kept", "default"):
-            predict[mode].append(showdown(mode, "predict", str(work / "head"), str(data / "train"), "--format",
-                                          "csv", "--output", str(work / "predictions.csv")))
+            for precision, seconds in predict.items():
+                seconds[mode].append(showdown(mode, "predict", str(work / "head"), str(data / "train"), "--precision",
+                                              precision, "--format", "csv", "--output", str(work / "predictions.csv")))
             run = work / f"finetune-{mode}-{repeat}"
             showdown(mode, "run", *common, "--strategy", "finetune", "--epochs", "1", "--ft-epochs", "2",
                      "--out", str(run))
             epochs[mode] += finetune_epochs(run)
     result = {"photos": args.photos, "predict_seconds": predict, "finetune_epoch_seconds": epochs, **machine()}
-    for name, seconds in (("showdown predict, wall", predict), ("fine-tune epoch", epochs)):
+    rows = [(f"showdown predict --precision {precision}, wall", seconds) for precision, seconds in predict.items()]
+    for name, seconds in [*rows, ("fine-tune epoch", epochs)]:
         default, kept = statistics.median(seconds["default"]), statistics.median(seconds["kept"])
-        print(f"{name:24s} default {default:6.2f} s   kept {kept:6.2f} s   ({kept / default - 1:+.0%}; medians of "
+        print(f"{name:40s} default {default:6.2f} s   kept {kept:6.2f} s   ({kept / default - 1:+.0%}; medians of "
               f"{len(seconds['kept'])})")
     print(json.dumps(result))
 
