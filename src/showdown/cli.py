@@ -57,8 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--workers", type=flag_type(int, min=0), default=0, help="image-decoding worker processes")
     predict.add_argument("--device", default="auto", help=f"{DEVICE_HELP}; .onnx and .tflite files run on the CPU")
     predict.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default="auto",
-                         help="run folders and TorchScript files; auto: a run folder's model in the precision its "
-                              "run evaluated in where this device has it natively, else as `showdown run` chooses")
+                         help="run folders and TorchScript files; auto: fp32 for a run made in fp32, else what "
+                              "`showdown run --precision auto` picks on this device")
     export = sub.add_parser("export", help="export a trained model to ONNX, TorchScript or TFLite")
     export.add_argument("model", help="run folder or entry folder")
     export.add_argument("--format", choices=("onnx", "torchscript", "tflite"), default="onnx")

@@ -18,8 +18,11 @@ blocks are freed, never above 32 MiB) back to the kernel, and trims the top of i
 step at batch 32 has activations of 50-150 MB: each batch then gets fresh pages, which the kernel zeroes (270,000
 page faults, 1 GB, per MobileNetV2 forward at 224 px). Up to half of `showdown predict`'s CPU time was the kernel's
 (docs/performance.md, "Memory the kernel zeroed"). Taking every block from the heap and never trimming it lets the
-next batch reuse what the last freed. A command calls it through `heavy_imports`; the Python API leaves the
-allocator of the user's process as it is.
+next batch reuse what the last freed. `give_back_freed_memory` returns the heap's free pages to the kernel after
+each entry of a run (experiment/entry.py), so a run of several models does not hold the largest one's memory,
+fragmented, to its end. Not after each epoch: that gave back the whole gain (docs/performance.md). A command
+calls `keep_freed_memory` through `heavy_imports`; the Python API leaves the allocator of the user's process as
+it is.
 
 `stacks_on_sigusr1()`: `kill -USR1 PID` prints where a run that seems stuck is (every thread's stack, on stderr),
 and the run goes on: the first thing to look at when a job on a cluster hangs.
@@ -80,14 +83,28 @@ MALLOC_SETTINGS = {M_MMAP_MAX: 0,  # blocks from the heap (glibc still maps memo
                    M_TRIM_THRESHOLD: 2**31 - 1}  # never give the heap's top back: the next batch reuses it
 
 
+# The C library's malloc_trim, once keep_freed_memory() kept freed memory in this process (and its forks).
+_trim: list = []
+
+
 def keep_freed_memory() -> bool:
     """Keep the memory of freed tensors in the process for the next batch (see the module docstring); whether the
-    C library took the settings (glibc does; macOS and Windows have no mallopt, and keep their own allocators)."""
+    C library took the settings (glibc does; musl, macOS and Windows have no mallopt and keep their allocators)."""
     try:
-        mallopt = ctypes.CDLL(None).mallopt
+        libc = ctypes.CDLL(None)
+        mallopt, trim = libc.mallopt, libc.malloc_trim
     except (OSError, AttributeError, TypeError):  # no mallopt; Windows cannot open the process itself
         return False
-    return all([mallopt(parameter, value) == 1 for parameter, value in MALLOC_SETTINGS.items()])
+    kept = all([mallopt(parameter, value) == 1 for parameter, value in MALLOC_SETTINGS.items()])
+    if kept and not _trim:
+        _trim.append(trim)
+    return kept
+
+
+def give_back_freed_memory() -> None:
+    """The heap's free pages back to the kernel, where keep_freed_memory kept them (after each entry of a run)."""
+    if _trim:
+        _trim[0](0)
 
 
 def stacks_on_sigusr1() -> None:

@@ -15,7 +15,6 @@ from showdown.deploy.predict import evaluated_precision, open_model, predict_pre
 from showdown.device import CPU
 from showdown.errors import ConfigError
 from showdown.models.saving import load_model
-from showdown.precision import resolve_precision
 from tests.conftest import PHOTOS, needs_photos, run_cli
 
 
@@ -104,26 +103,39 @@ def test_predict_skips_unreadable_files_and_warns_about_other_classes(trained, t
     assert "broken.jpg  (unreadable image)" in result.stdout
 
 
-def test_a_run_folder_predicts_in_the_precision_its_run_evaluated_in(trained, tmp_path):
-    """auto: the run's own precision (environment.json) where the device has it natively; bf16 really computes in
-    bf16 (close to fp32, not equal); exported files as exported."""
+@pytest.mark.parametrize("native_bf16", [True, False])
+def test_a_run_folder_predicts_in_fp32_where_its_run_did_else_as_run_picks(trained, tmp_path, monkeypatch,
+                                                                           native_bf16):
+    """auto on the CPU, with and without native bf16: a bf16 run predicts in what `run` picks there, an fp32 (or
+    int8, or unrecorded) run in fp32; a fold's entry finds its run's record; bf16 really computes in bf16 (close to
+    fp32, not equal); exported files run as exported."""
+    monkeypatch.setattr("showdown.precision.bf16_supported", lambda: native_bf16)
     run_dir, data = trained
-    batch = torch.stack([eval_transform(open_model(run_dir).preprocessing)(load_rgb(p)) for p in _real_images(data)])
-    ran_in = json.loads((run_dir / "environment.json").read_text())["precision"]
-    assert evaluated_precision(run_dir / "efficientnet_lite0-head") == ran_in == resolve_precision("auto", CPU)
-    assert open_model(run_dir).precision == ran_in
-    copy = tmp_path / "fp32-run"
-    shutil.copytree(run_dir, copy)
-    (copy / "environment.json").write_text(json.dumps({"precision": "fp32"}))
-    assert open_model(copy).precision == "fp32"  # a run made in fp32 predicts in fp32 wherever bf16 is native
-    fp32, bf16 = open_model(run_dir, precision="fp32")(batch), open_model(run_dir, precision="bf16")(batch)
-    assert np.abs(fp32 - bf16).max() > 1e-4
-    np.testing.assert_allclose(bf16, fp32, atol=0.05)
-    assert predict_precision("auto", CPU, "fp16") == resolve_precision("auto", CPU)  # a GPU run, on the CPU
+    for made_in, expected in (("bf16", "bf16" if native_bf16 else "fp32"), ("fp32", "fp32"), ("int8", "fp32"),
+                              (None, "fp32")):
+        copy = tmp_path / f"run-{made_in}"
+        shutil.copytree(run_dir, copy, dirs_exist_ok=True)
+        (copy / "environment.json").unlink()
+        if made_in:
+            (copy / "environment.json").write_text(json.dumps({"precision": made_in}))
+        assert open_model(copy, device="cpu").precision == expected, made_in
+    fold = tmp_path / "run-bf16" / "efficientnet_lite0-head" / "fold1"
+    shutil.copytree(tmp_path / "run-bf16" / "efficientnet_lite0-head", fold)
+    assert evaluated_precision(fold) == "bf16"
     with pytest.raises(ConfigError, match="int8 is for a run's frozen layers"):
         predict_precision("int8", CPU)
+    batch = torch.stack([eval_transform(open_model(run_dir).preprocessing)(load_rgb(p)) for p in _real_images(data)])
+    fp32 = open_model(run_dir, device="cpu", precision="fp32")(batch)
+    bf16 = open_model(run_dir, device="cpu", precision="bf16")(batch)
+    assert np.abs(fp32 - bf16).max() > 1e-4
+    np.testing.assert_allclose(bf16, fp32, atol=0.05)
     assert open_model(export_model(run_dir, "torchscript", tmp_path / "m.pt")).precision == "fp32"
-    assert open_model(export_model(run_dir, "onnx", tmp_path / "m.onnx")).precision is None
+    assert open_model(export_model(run_dir, "onnx", tmp_path / "m.onnx"), precision="fp32").precision is None
+
+
+def test_a_precision_an_exported_file_or_the_cpu_cannot_run_is_one_line(trained, tmp_path):
+    run_dir, data = trained
+    export_model(run_dir, "onnx", tmp_path / "m.onnx")
     for args, message in (([str(tmp_path / "m.onnx"), "--precision", "bf16"], "m.onnx runs as it was exported"),
                           ([str(run_dir), "--precision", "fp16", "--device", "cpu"], "fp16 needs a GPU")):
         result = run_cli("predict", *args, str(data / "roses"))

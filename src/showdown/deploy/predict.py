@@ -3,11 +3,12 @@
 Every kind becomes a `Predictor` (class names, preprocessing, images -> probabilities), so `showdown predict`
 treats them alike. Images stream through a DataLoader: memory stays flat however large the folder.
 
-`--precision auto`: a run folder's model predicts in the precision its run evaluated in (environment.json) where
-this device has it natively, else in the device's own choice, as `showdown run --precision auto` makes it. So a
-run in bf16 predicts in bf16: on the Zen 4 CPU here, 500 photos through an EfficientNet-Lite0 took 2.8 s
-instead of 4.7 s in fp32, with the same top class for every photo (docs/performance.md, "Memory the kernel
-zeroed"). Exported files run as exported: TorchScript in fp32 unless asked otherwise, ONNX and TFLite always.
+`--precision auto`: a run folder's model predicts in fp32 where its run was made in fp32 (or int8, whose head
+trained in fp32, or where environment.json does not say), else in what `showdown run --precision auto` picks on
+this device. So a bf16 run predicts in bf16 where the CPU has it natively: on the Zen 4 CPU here, 500 photos
+through an EfficientNet-Lite0 took 2.8 s instead of 4.7 s in fp32, with the same top class for every photo
+(docs/performance.md, "Memory the kernel zeroed"). Exported files run as exported: TorchScript in fp32 unless asked
+otherwise, ONNX (fp32) and TFLite always.
 """
 from __future__ import annotations
 
@@ -56,14 +57,15 @@ def _torch_forward(model, device: torch.device, precision: str):
 
 
 def predict_precision(requested: str, device: torch.device, evaluated: str | None = None) -> str:
-    """What a PyTorch model predicts in on `device`: `requested`, or for "auto" the precision its run evaluated in
-    (`evaluated`) where it is fp32 or this device's own choice, else this device's choice (resolve_precision)."""
+    """What a PyTorch model predicts in on `device`: `requested`, or for "auto" fp32 where its run was made in fp32
+    or int8 (`evaluated`; None: unknown), else this device's own choice (resolve_precision)."""
     if requested == "int8":
         raise ConfigError("int8 is for a run's frozen layers (`showdown run --precision int8`); predict in auto, "
                           "fp32, bf16 or fp16, or export a quantised TFLite file (`showdown export --format tflite "
                           "--quantize int8`)")
-    chosen = resolve_precision(requested, device)
-    return evaluated if requested == "auto" and evaluated == "fp32" else chosen
+    if requested == "auto" and evaluated in (None, "fp32", "int8"):
+        return "fp32"
+    return resolve_precision(requested, device)
 
 
 def evaluated_precision(entry: Path) -> str | None:
@@ -96,7 +98,8 @@ def open_model(path: str | Path, model_name: str | None = None, device: str = "c
         return _open_torchscript(path, where, predict_precision(precision, where, evaluated="fp32"))
     if path.name == MODEL_WEIGHTS:
         return open_model(path.parent, device=device, precision=precision)
-    if precision != "auto" and path.suffix in (".onnx", ".tflite"):
+    exported_in = {".onnx": ("auto", "fp32"), ".tflite": ("auto",)}.get(path.suffix, (precision,))
+    if precision not in exported_in:
         raise ConfigError(f"{path.name} runs as it was exported; --precision is for run folders and TorchScript "
                           "files")
     if path.suffix == ".onnx":

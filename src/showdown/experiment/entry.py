@@ -29,6 +29,7 @@ from showdown.models.classifier import Head, ImageClassifier
 from showdown.models.small_cnn import small_cnn_backbone
 from showdown.reporting.metrics import classification_metrics
 from showdown.run_schema import CHECKPOINTS, SEARCH_DB
+from showdown.startup import give_back_freed_memory
 
 
 class EntryResult(NamedTuple):
@@ -51,6 +52,7 @@ def run_entry(strategy: Strategy, backbone: Backbone, dataset: DatasetSpec, conf
                               written_beside=explained.result)
         for checkpoint in folder.glob(CHECKPOINTS):  # the entry is complete; its results replace them
             checkpoint.unlink()
+    give_back_freed_memory()  # the next entry starts from the pages it needs, not this one's (startup.py)
     return EntryResult(distributed.broadcast(row), trained.failed)
 
 

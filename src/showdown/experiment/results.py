@@ -58,10 +58,10 @@ class Results:
         return HTML(f'<div><iframe srcdoc="{source}" style="width:100%;height:{height}px;border:1px solid #ccc">'
                     "</iframe></div>")  # a self-contained page: its styles stay inside the frame
 
-    def predict(self, *images, top_k: int = 3, model: str | None = None) -> list[dict]:
+    def predict(self, *images, top_k: int = 3, model: str | None = None, precision: str = "auto") -> list[dict]:
         """Classify image files with the winner (or the entry `model`, e.g. "efficientnet_lite0-head"), as
-        `showdown predict RUN_DIR` does: one row per image with its top-k classes."""
-        predictor = open_model(self.run_dir, model)
+        `showdown predict RUN_DIR` does: one row per image with its top-k classes, in `precision` as there."""
+        predictor = open_model(self.run_dir, model, precision=precision)
         return list(predict_files(predictor, expand_inputs([str(image) for image in images]), top_k=top_k))
 
     def to_pandas(self):
