@@ -8,6 +8,7 @@ Keras comparison's (benchmarks/keras_peer.py):
 - `showdown run --strategy finetune`: the fine-tune epochs' seconds (history.csv), the top blocks trained on the
   boundary cache in the run's precision.
 "Default" is glibc's malloc as a process starts: the command runs with keep_freed_memory replaced by a no-op.
+Each command's peak resident memory is recorded too.
 
     python benchmarks/kept_memory.py --photos 500 --repeats 3
 """
@@ -36,13 +37,17 @@ __main__.console()
 """
 
 
-def showdown(mode: str, *arguments: str) -> float:
-    """Wall seconds of one command, in a process of its own."""
+def showdown(mode: str, *arguments: str, peaks: list | None = None) -> float:
+    """Wall seconds of one command, in a process of its own; its peak resident memory (MB) appended to `peaks`."""
     start = time.perf_counter()
-    done = subprocess.run([sys.executable, "-c", COMMAND, mode, *arguments], stdout=subprocess.DEVNULL,
-                          stderr=subprocess.PIPE, text=True)
-    if done.returncode:
-        sys.exit(f"failed: showdown {' '.join(arguments)}\n{done.stderr[-2000:]}")
+    process = subprocess.Popen([sys.executable, "-c", COMMAND, mode, *arguments], stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE, text=True)
+    errors = process.stderr.read()
+    _, status, usage = os.wait4(process.pid, 0)
+    if os.waitstatus_to_exitcode(status):
+        sys.exit(f"failed: showdown {' '.join(arguments)}\n{errors[-2000:]}")
+    if peaks is not None:
+        peaks.append(usage.ru_maxrss / 1024)
     return time.perf_counter() - start
 
 
@@ -66,21 +71,26 @@ def main() -> None:
     showdown("kept", "run", *common, "--strategy", "head", "--out", str(work / "head"))
     predict = {precision: {"default": [], "kept": []} for precision in ("fp32", "auto")}
     epochs = {"default": [], "kept": []}
+    peaks = {f"{what} {mode}": [] for what in ("predict fp32", "finetune") for mode in ("default", "kept")}
     for repeat in range(args.repeats):
         for mode in ("default", "kept") if repeat % 2 == 0 else ("kept", "default"):
             for precision, seconds in predict.items():
                 seconds[mode].append(showdown(mode, "predict", str(work / "head"), str(data / "train"), "--precision",
-                                              precision, "--format", "csv", "--output", str(work / "predictions.csv")))
+                                              precision, "--format", "csv", "--output", str(work / "predictions.csv"),
+                                              peaks=peaks[f"predict fp32 {mode}"] if precision == "fp32" else None))
             run = work / f"finetune-{mode}-{repeat}"
             showdown(mode, "run", *common, "--strategy", "finetune", "--epochs", "1", "--ft-epochs", "2",
-                     "--out", str(run))
+                     "--out", str(run), peaks=peaks[f"finetune {mode}"])
             epochs[mode] += finetune_epochs(run)
-    result = {"photos": args.photos, "predict_seconds": predict, "finetune_epoch_seconds": epochs, **machine()}
+    result = {"photos": args.photos, "predict_seconds": predict, "finetune_epoch_seconds": epochs,
+              "peak_memory_mb": peaks, **machine()}
     rows = [(f"showdown predict --precision {precision}, wall", seconds) for precision, seconds in predict.items()]
     for name, seconds in [*rows, ("fine-tune epoch", epochs)]:
         default, kept = statistics.median(seconds["default"]), statistics.median(seconds["kept"])
         print(f"{name:40s} default {default:6.2f} s   kept {kept:6.2f} s   ({kept / default - 1:+.0%}; medians of "
               f"{len(seconds['kept'])})")
+    for name, sizes in peaks.items():
+        print(f"peak memory, {name:20s} {statistics.median(sizes):7.0f} MB (median of {len(sizes)})")
     print(json.dumps(result))
 
 
