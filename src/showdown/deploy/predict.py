@@ -100,8 +100,8 @@ def open_model(path: str | Path, model_name: str | None = None, device: str = "c
         return open_model(path.parent, device=device, precision=precision)
     exported_in = {".onnx": ("auto", "fp32"), ".tflite": ("auto",)}.get(path.suffix, (precision,))
     if precision not in exported_in:
-        raise ConfigError(f"{path.name} runs as it was exported; --precision is for run folders and TorchScript "
-                          "files")
+        runs = "in fp32, as it was exported" if path.suffix == ".onnx" else "as it was exported"
+        raise ConfigError(f"{path.name} runs {runs}; --precision {precision} is for run folders and TorchScript files")
     if path.suffix == ".onnx":
         return _open_onnx(path)
     if path.suffix == ".tflite":
