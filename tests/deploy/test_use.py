@@ -136,7 +136,8 @@ def test_a_run_folder_predicts_in_fp32_where_its_run_did_else_as_run_picks(train
 def test_a_precision_an_exported_file_or_the_cpu_cannot_run_is_one_line(trained, tmp_path):
     run_dir, data = trained
     export_model(run_dir, "onnx", tmp_path / "m.onnx")
-    for args, message in (([str(tmp_path / "m.onnx"), "--precision", "bf16"], "m.onnx runs in fp32, as it was exported"),
+    onnx = str(tmp_path / "m.onnx")
+    for args, message in (([onnx, "--precision", "bf16"], "m.onnx runs in fp32, as it was exported"),
                           ([str(run_dir), "--precision", "fp16", "--device", "cpu"], "fp16 needs a GPU")):
         result = run_cli("predict", *args, str(data / "roses"))
         assert result.returncode == 2 and message in result.stderr and len(result.stderr.strip().splitlines()) == 1
