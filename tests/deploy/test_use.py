@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from showdown import RunConfig, run
+from showdown import Results, RunConfig, run
 from showdown.data.images import eval_transform, load_rgb
 from showdown.data.preprocessing import Preprocessing
 from showdown.deploy.export import export_model
@@ -131,6 +131,17 @@ def test_a_run_folder_predicts_in_fp32_where_its_run_did_else_as_run_picks(train
     np.testing.assert_allclose(bf16, fp32, atol=0.05)
     assert open_model(export_model(run_dir, "torchscript", tmp_path / "m.pt")).precision == "fp32"
     assert open_model(export_model(run_dir, "onnx", tmp_path / "m.onnx"), precision="fp32").precision is None
+
+
+def test_results_predict_takes_the_precision_as_the_command_does(trained):
+    """The notebook API: results.predict(...) gives the command's rows, in the precision asked for."""
+    run_dir, data = trained
+    results = Results(run_dir, json.loads((run_dir / "summary.json").read_text())["rows"])
+    roses = sorted((data / "roses").iterdir())[:4]
+    rows = {precision: results.predict(*roses, top_k=1, precision=precision) for precision in ("fp32", "bf16")}
+    assert [r["path"] for r in rows["fp32"]] == [str(path) for path in roses]
+    fp32, bf16 = ([r["top"][0][1] for r in rows[precision]] for precision in ("fp32", "bf16"))
+    assert fp32 != bf16 and np.allclose(fp32, bf16, atol=0.05)
 
 
 def test_a_precision_an_exported_file_or_the_cpu_cannot_run_is_one_line(trained, tmp_path):
