@@ -32,7 +32,10 @@ from showdown.device import resolve_device, to_device
 from showdown.errors import ConfigError, DataError, ModelError
 from showdown.models.saving import load_model
 from showdown.precision import autocast, resolve_precision
-from showdown.run_schema import ENVIRONMENT, MODEL_WEIGHTS
+from showdown.run_schema import ENVIRONMENT, MODEL_WEIGHTS, read_json
+
+# The --precision values an exported file takes: what it was exported in (ONNX: fp32), or "auto" for that.
+EXPORTED_PRECISIONS = {".onnx": ("auto", "fp32"), ".tflite": ("auto",)}
 
 
 @dataclass
@@ -72,9 +75,11 @@ def evaluated_precision(entry: Path) -> str | None:
     """The precision the run of an entry folder evaluated in (its environment.json), None where not recorded."""
     for folder in (entry.parent, entry.parent.parent):  # a fold's entry folder is one level deeper
         try:
-            return json.loads((folder / ENVIRONMENT).read_text())["precision"]
-        except (OSError, ValueError, KeyError, TypeError):
+            environment = read_json(folder / ENVIRONMENT)
+        except (OSError, ValueError):  # unreadable or damaged: as if not recorded
             continue
+        if isinstance(environment, dict) and "precision" in environment:
+            return environment["precision"]
     return None
 
 
@@ -98,8 +103,7 @@ def open_model(path: str | Path, model_name: str | None = None, device: str = "c
         return _open_torchscript(path, where, predict_precision(precision, where, evaluated="fp32"))
     if path.name == MODEL_WEIGHTS:
         return open_model(path.parent, device=device, precision=precision)
-    exported_in = {".onnx": ("auto", "fp32"), ".tflite": ("auto",)}.get(path.suffix, (precision,))
-    if precision not in exported_in:
+    if path.suffix in EXPORTED_PRECISIONS and precision not in EXPORTED_PRECISIONS[path.suffix]:
         runs = "in fp32, as it was exported" if path.suffix == ".onnx" else "as it was exported"
         raise ConfigError(f"{path.name} runs {runs}; --precision {precision} is for run folders and TorchScript files")
     if path.suffix == ".onnx":
