@@ -11,11 +11,18 @@ import sys
 from showdown import __version__
 from showdown.config.options import add_flags, definitions, flag_type, read_values
 from showdown.config.presets import QUICK, load_preset
-from showdown.config.run_config import RunConfig, read_config_file, weights_map
+from showdown.config.run_config import RUNTIMES, RunConfig, read_config_file, weights_map
 from showdown.errors import DISK_ERRNOS, ConfigError, ShowdownError
 from showdown.startup import heavy_imports, stacks_on_sigusr1
 
 DEVICE_HELP = definitions(RunConfig)["device"][1].help  # the same words as `showdown run --help`
+
+
+def _workers(text: str) -> str | int:
+    """`showdown predict --workers`: a whole number from 0, or auto (deploy/predict.py: predict_workers)."""
+    if text != "auto" and not text.isdigit():
+        raise argparse.ArgumentTypeError(f"must be a whole number from 0, or auto (got '{text}')")
+    return text if text == "auto" else int(text)
 
 
 def _add_run_flags(p: argparse.ArgumentParser) -> None:
@@ -53,12 +60,16 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--top-k", type=flag_type(int, min=1), default=3)
     predict.add_argument("--format", choices=("table", "csv", "json"), default="table")
     predict.add_argument("--output", help="write to this file instead of the console")
-    predict.add_argument("--batch-size", type=flag_type(int, min=1), default=32)
-    predict.add_argument("--workers", type=flag_type(int, min=0), default=0, help="image-decoding worker processes")
+    predict.add_argument("--batch-size", type=flag_type(int, min=1), default=32)  # deploy/predict.py: PREDICT_BATCH
+    predict.add_argument("--workers", type=_workers, default="auto", metavar="N|auto",
+                         help="image-decoding worker processes; auto: the CPU cores, none for one batch of images")
     predict.add_argument("--device", default="auto", help=f"{DEVICE_HELP}; .onnx and .tflite files run on the CPU")
     predict.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default="auto",
                          help="run folders and TorchScript files; auto: fp32 for a run made in fp32, else what "
                               "`showdown run --precision auto` picks on this device")
+    predict.add_argument("--runtime", choices=RUNTIMES, default="auto",
+                         help="what runs a run folder's model: auto (as `showdown run` runs frozen layers: OpenVINO "
+                              "when installed; PyTorch for one batch of images), torch, onnxruntime or openvino")
     export = sub.add_parser("export", help="export a trained model to ONNX, TorchScript or TFLite")
     export.add_argument("model", help="run folder or entry folder")
     export.add_argument("--format", choices=("onnx", "torchscript", "tflite"), default="onnx")
@@ -177,7 +188,7 @@ def cmd_predict(args) -> int:
 
     write_predictions(args.model, args.inputs, model_name=args.model_name, top_k=args.top_k, fmt=args.format,
                       output=args.output, batch_size=args.batch_size, workers=args.workers, device=args.device,
-                      precision=args.precision)
+                      precision=args.precision, runtime=args.runtime)
     return 0
 
 

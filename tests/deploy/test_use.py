@@ -11,9 +11,18 @@ from showdown import Results, RunConfig, run
 from showdown.data.images import eval_transform, load_rgb
 from showdown.data.preprocessing import Preprocessing
 from showdown.deploy.export import export_model
-from showdown.deploy.predict import evaluated_precision, open_model, predict_precision
+from showdown.deploy.predict import (
+    PREDICT_BATCH,
+    evaluated_precision,
+    open_model,
+    predict_files,
+    predict_precision,
+    predict_runtime,
+    predict_workers,
+)
 from showdown.device import CPU
 from showdown.errors import ConfigError
+from showdown.frozen import openvino_engine
 from showdown.models.saving import load_model
 from tests.conftest import PHOTOS, needs_photos, run_cli
 
@@ -124,9 +133,10 @@ def test_a_run_folder_predicts_in_fp32_where_its_run_did_else_as_run_picks(train
     assert evaluated_precision(fold) == "bf16"
     with pytest.raises(ConfigError, match="int8 is for a run's frozen layers"):
         predict_precision("int8", CPU)
-    batch = torch.stack([eval_transform(open_model(run_dir).preprocessing)(load_rgb(p)) for p in _real_images(data)])
-    fp32 = open_model(run_dir, device="cpu", precision="fp32")(batch)
-    bf16 = open_model(run_dir, device="cpu", precision="bf16")(batch)
+    fp32, bf16 = (open_model(run_dir, device="cpu", precision=precision) for precision in ("fp32", "bf16"))
+    batch = torch.stack([fp32.transform(load_rgb(p)) for p in _real_images(data)])  # 8-bit pixels (data/pixels.py)
+    assert batch.dtype == torch.uint8
+    fp32, bf16 = fp32(batch), bf16(batch)
     assert np.abs(fp32 - bf16).max() > 1e-4
     np.testing.assert_allclose(bf16, fp32, atol=0.05)
     assert open_model(export_model(run_dir, "torchscript", tmp_path / "m.pt")).precision == "fp32"
@@ -149,9 +159,49 @@ def test_a_precision_an_exported_file_or_the_cpu_cannot_run_is_one_line(trained,
     export_model(run_dir, "onnx", tmp_path / "m.onnx")
     onnx = str(tmp_path / "m.onnx")
     for args, message in (([onnx, "--precision", "bf16"], "m.onnx runs in fp32, as it was exported"),
+                          ([onnx, "--runtime", "openvino"], "--runtime openvino is for run folders"),
+                          ([str(run_dir), "--runtime", "onnxruntime", "--precision", "bf16"],
+                           "--runtime onnxruntime runs fp32 only"),
+                          ([str(run_dir), "--workers", "two"], "must be a whole number from 0, or auto"),
                           ([str(run_dir), "--precision", "fp16", "--device", "cpu"], "fp16 needs a GPU")):
         result = run_cli("predict", *args, str(data / "roses"))
         assert result.returncode == 2 and message in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("runtime", ["onnxruntime", "openvino"])
+def test_a_run_folder_predicts_in_the_frozen_layers_engines_as_in_pytorch(trained, tmp_path, caplog, runtime):
+    """More images than a batch, batches run ahead where the engine can: PyTorch's rows (fp32, 1e-4) in the files'
+    order, unreadable files in their places (first, amid, last); the engine asked for is the one that ran."""
+    if runtime == "openvino":
+        pytest.importorskip("openvino", reason="openvino is not installed")
+    run_dir, data = trained
+    broken = [tmp_path / f"broken{i}.jpg" for i in range(3)]
+    for path in broken:
+        path.write_bytes(b"not an image")
+    roses = sorted((data / "roses").iterdir())[:11]
+    files = [broken[0], *roses[:6], broken[1], *roses[6:], broken[2]]
+    predictors = {name: open_model(run_dir, device="cpu", precision="fp32", runtime=name)
+                  for name in ("torch", runtime)}
+    assert "running it in" not in caplog.text  # no fallback
+    if runtime == "openvino":
+        assert isinstance(predictors[runtime].forward.forward, openvino_engine.Streams)
+    rows = {name: list(predict_files(predictor, files, top_k=2, batch_size=4, workers=2))
+            for name, predictor in predictors.items()}
+    assert [row["path"] for row in rows[runtime]] == [str(path) for path in files]
+    assert [row.get("error") for row in rows[runtime]] == [
+        "unreadable image" if path in broken else None for path in files]
+    for ours, reference in zip(rows[runtime], rows["torch"]):
+        if "top" in ours:
+            assert ours["top"][0][0] == reference["top"][0][0]
+            np.testing.assert_allclose([p for _, p in ours["top"]], [p for _, p in reference["top"]], atol=1e-4)
+
+
+def test_predict_runs_one_batch_in_pytorch_without_workers_and_more_in_the_engine_with_them():
+    """auto: an export, a compile and worker processes cost more than they save for one batch (32 images)."""
+    assert predict_runtime("auto", PREDICT_BATCH) == "torch" and predict_runtime("openvino", 1) == "openvino"
+    assert predict_runtime("auto", PREDICT_BATCH + 1) == "auto" and predict_runtime("auto", None) == "auto"
+    assert predict_workers("auto", PREDICT_BATCH, PREDICT_BATCH) == 0 and predict_workers(3, 1, PREDICT_BATCH) == 3
+    assert predict_workers("auto", PREDICT_BATCH + 1, PREDICT_BATCH) >= 1
 
 
 @pytest.mark.parametrize("args, message", [

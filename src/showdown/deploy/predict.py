@@ -3,36 +3,45 @@
 Every kind becomes a `Predictor` (class names, preprocessing, images -> probabilities), so `showdown predict`
 treats them alike. Images stream through a DataLoader: memory stays flat however large the folder.
 
+A run folder's model runs in the engine `showdown run` gives frozen layers (`--runtime auto`: OpenVINO where the
+extra is installed; frozen/engines.py), from 8-bit pixels normalised inside its graph (data/pixels.py), each batch
+started while the last one runs (docs/performance.md, "Predict at the frozen pass's speed"). Where the images fit
+in one batch, eager PyTorch answers sooner than an export and a compile (`predict_runtime`).
+
 `--precision auto`: a run folder's model predicts in fp32 where its run was made in fp32 (or int8, whose head
 trained in fp32, or where environment.json does not say), else in what `showdown run --precision auto` picks on
-this device. So a bf16 run predicts in bf16 where the CPU has it natively: on the Zen 4 CPU here, 500 photos
-through an EfficientNet-Lite0 took 2.8 s instead of 4.7 s in fp32, with the same top class for every photo
-(docs/performance.md, "Memory the kernel zeroed"). Exported files run as exported: TorchScript in fp32 unless asked
-otherwise, ONNX (fp32) and TFLite always.
+this device; so a bf16 run predicts in bf16 where the CPU has it natively. Exported files run as exported:
+TorchScript in fp32 unless asked otherwise, ONNX (fp32) and TFLite always.
 """
 from __future__ import annotations
 
 import glob
 import json
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
+from showdown.config.run_config import usable_cores
 from showdown.data.folder import images_in, is_visible
 from showdown.data.formats import IMAGE_SUFFIXES, check_readable
 from showdown.data.images import eval_transform, image_loader
+from showdown.data.pixels import pixels_path
 from showdown.data.preprocessing import Preprocessing
 from showdown.deploy.litert_quiet import stderr_lines_dropped
 from showdown.deploy.trained import METADATA_KEY, choose_entry, read_tflite_metadata
-from showdown.device import resolve_device, to_device
+from showdown.device import resolve_device
 from showdown.errors import ConfigError, DataError, ModelError
+from showdown.frozen.engines import InputStage, frozen_forward, in_order
 from showdown.models.saving import load_model
 from showdown.precision import autocast, resolve_precision
 from showdown.run_schema import ENVIRONMENT, MODEL_WEIGHTS, read_json
+
+PREDICT_BATCH = 32  # images per batch, `showdown predict --batch-size`'s default
 
 # The --precision values an exported file takes: what it was exported in (ONNX: fp32), or "auto" for that.
 EXPORTED_PRECISIONS = {".onnx": ("auto", "fp32"), ".tflite": ("auto",)}
@@ -40,23 +49,64 @@ EXPORTED_PRECISIONS = {".onnx": ("auto", "fp32"), ".tflite": ("auto",)}
 
 @dataclass
 class Predictor:
+    """A model ready to classify images: `transform` turns each image into what `forward` takes in batches."""
     name: str
     classes: list[str]
     preprocessing: Preprocessing
-    forward: object  # float32 image batch (N, 3, H, W) -> probabilities as a numpy array
+    forward: Callable  # a batch of transformed images -> probabilities as a numpy array
     precision: str | None = None  # what a PyTorch forward computes in; None: an ONNX or TFLite file, as exported
+    transform: Callable | None = None  # PIL image -> tensor; None: the eval transform (normalised floats)
+
+    def __post_init__(self):
+        if self.transform is None:
+            self.transform = eval_transform(self.preprocessing)
 
     def __call__(self, images: torch.Tensor) -> np.ndarray:
         return self.forward(images)
 
 
-def _torch_forward(model, device: torch.device, precision: str):
-    model = model.to(device)
+class _WholeModel:
+    """A run folder's model as `frozen_forward` runs it (engines.py): class probabilities per batch, and, through
+    `in_order`, batches started while the one before runs where the engine can (OpenVINO)."""
 
-    def forward(images):
-        with torch.inference_mode(), autocast(precision, device.type):
-            return model(to_device(images, device, channels_last=True)).float().softmax(1).cpu().numpy()
-    return forward
+    def __init__(self, forward, device: torch.device, precision: str):
+        self.forward, self.device, self.precision = forward, device, precision
+
+    def __call__(self, images: torch.Tensor) -> np.ndarray:
+        with torch.inference_mode(), autocast(self.precision, self.device.type):
+            return _probabilities(self.forward(images.to(self.device)))
+
+    def in_order(self, jobs: Iterable[tuple[Any, torch.Tensor]]) -> Iterator[tuple[Any, np.ndarray]]:
+        ahead = getattr(self.forward, "in_order", None)
+        if ahead is None:  # PyTorch: one batch after the other, each under the precision's autocast
+            for tag, images in jobs:
+                yield tag, self(images)
+            return
+        for tag, logits in ahead(jobs):  # a graph engine on the CPU: no PyTorch state to set around it
+            yield tag, _probabilities(logits)
+
+
+def _probabilities(logits: torch.Tensor) -> np.ndarray:
+    return logits.float().softmax(1).cpu().numpy()
+
+
+def _run_folder_predictor(folder: Path, device: torch.device, precision: str, runtime: str) -> Predictor:
+    """The entry folder's model in `runtime` ("auto" or an engine name; engines.resolve_runtime) on `device`, fed
+    8-bit pixels that its graph normalises where the eval transform allows (data/pixels.py), else floats."""
+    model, info = load_model(folder)
+    preprocessing = Preprocessing.from_dict(info.preprocessing)
+    pixels = pixels_path(preprocessing)
+    if pixels is None:
+        transform, stage, example = None, None, torch.zeros(1, *preprocessing.input_size)
+    else:
+        transform, normalized = pixels
+        stage = InputStage(normalized, preprocessing)
+        example = torch.zeros(1, *preprocessing.input_size, dtype=torch.uint8)
+    model = model.eval().to(device, memory_format=torch.channels_last)
+    with torch.inference_mode(), autocast(precision, device.type):
+        forward = frozen_forward(model, example.to(device), precision, runtime, info.name, stage=stage)
+    return Predictor(info.name, info.classes, preprocessing, _WholeModel(forward, device, precision), precision,
+                     transform)
 
 
 def predict_precision(requested: str, device: torch.device, evaluated: str | None = None) -> str:
@@ -83,26 +133,42 @@ def evaluated_precision(entry: Path) -> str | None:
     return None
 
 
+def predict_runtime(requested: str, images: int | None) -> str:
+    """The engine a run folder's model predicts `images` (None: not known) in: `requested`, or for "auto" PyTorch
+    for at most one batch at the default size (an export and a compile would cost more than they save), else what
+    `showdown run` picks."""
+    return "torch" if requested == "auto" and images is not None and images <= PREDICT_BATCH else requested
+
+
+def predict_workers(requested: str | int, images: int, batch_size: int) -> int:
+    """Image-decoding worker processes: `requested`, or for "auto" none where the images fit in one batch (starting
+    workers would cost more than they save), else this machine's usable cores, at most 8."""
+    if requested != "auto":
+        return int(requested)
+    return 0 if images <= batch_size else max(1, min(8, usable_cores()))
+
+
 def open_model(path: str | Path, model_name: str | None = None, device: str = "cpu",
-               precision: str = "auto") -> Predictor:
+               precision: str = "auto", runtime: str = "auto", images: int | None = None) -> Predictor:
     """MODEL of `showdown predict`: run folder (its best entry, or `model_name`), entry folder, .onnx or .pt.
     Run folders and TorchScript files run on `device` (see showdown.device) in `precision` (predict_precision);
-    .onnx and .tflite on the CPU, as exported."""
+    a run folder's model in `runtime` (the engines of `showdown run --runtime`; predict_runtime, for `images` to
+    come); .onnx and .tflite on the CPU, as exported."""
     path = Path(path)
     if path.is_dir():
         folder = choose_entry(path, model_name)
-        model, info = load_model(folder)
         where = resolve_device(device)
         chosen = predict_precision(precision, where, evaluated_precision(folder))
-        return Predictor(info.name, info.classes, Preprocessing.from_dict(info.preprocessing),
-                         _torch_forward(model, where, chosen), chosen)
+        return _run_folder_predictor(folder, where, chosen, predict_runtime(runtime, images))
     if not path.is_file():
         raise ModelError(f"{path} does not exist; give a run folder, an entry folder, or an exported .onnx / .pt file")
+    if runtime != "auto" and path.name != MODEL_WEIGHTS:
+        raise ConfigError(f"--runtime {runtime} is for run folders; {path.name} runs as it was exported")
     if path.suffix in (".pt", ".ts", ".torchscript"):
         where = resolve_device(device)
         return _open_torchscript(path, where, predict_precision(precision, where, evaluated="fp32"))
     if path.name == MODEL_WEIGHTS:
-        return open_model(path.parent, device=device, precision=precision)
+        return open_model(path.parent, device=device, precision=precision, runtime=runtime, images=images)
     if path.suffix in EXPORTED_PRECISIONS and precision not in EXPORTED_PRECISIONS[path.suffix]:
         runs = "in fp32, as it was exported" if path.suffix == ".onnx" else "as it was exported"
         raise ConfigError(f"{path.name} runs {runs}; --precision {precision} is for run folders and TorchScript files")
@@ -234,23 +300,32 @@ def folder_labels(files: list[Path], inputs: list[str], classes: list[str]) -> t
     return labels, warning
 
 
-def predict_files(predictor: Predictor, files: list[Path], *, top_k: int = 3, batch_size: int = 32,
+def predict_files(predictor: Predictor, files: list[Path], *, top_k: int = 3, batch_size: int = PREDICT_BATCH,
                   workers: int = 0, labels: list[str | None] | None = None) -> Iterator[dict]:
     """One result per file, in order; an unreadable file yields a row with its error instead of classes."""
     k = min(top_k, len(predictor.classes))
-    items = [(path, 0) for path in files]
-    loader = image_loader(items, eval_transform(predictor.preprocessing), batch_size=batch_size, workers=workers)
-    for images, _, indices, failed in loader:
-        rows = {}
-        if len(images):
-            probs = predictor(images)
-            for index, p in zip(indices.tolist(), probs):
-                order = np.argsort(-p)[:k]
-                rows[index] = {"path": str(files[index]),
-                               "top": [(predictor.classes[i], float(p[i])) for i in order]}
-        for index in failed:
-            rows[index] = {"path": str(files[index]), "error": "unreadable image"}
-        for index in sorted(rows):
-            if labels is not None and labels[index] is not None:
-                rows[index]["true"] = labels[index]
-            yield rows[index]
+    loader = image_loader([(path, 0) for path in files], predictor.transform, batch_size=batch_size, workers=workers)
+    rows: dict[int, dict] = {}  # made, not yet given: those after a row still being computed
+
+    def batches():  # (indices, images) of each batch with a readable image; the unreadable files' rows on the way
+        for images, _, indices, failed in loader:
+            rows.update({index: {"path": str(files[index]), "error": "unreadable image"} for index in failed})
+            if len(images):
+                yield indices, images
+
+    given = 0
+    for indices, probs in in_order(predictor.forward, batches()):
+        for index, p in zip(indices.tolist(), probs):
+            order = np.argsort(-p)[:k]
+            rows[index] = {"path": str(files[index]), "top": [(predictor.classes[i], float(p[i])) for i in order]}
+        while given in rows:
+            yield _labelled(rows.pop(given), labels, given)
+            given += 1
+    for index in sorted(rows):  # unreadable files after the last readable one
+        yield _labelled(rows[index], labels, index)
+
+
+def _labelled(row: dict, labels: list[str | None] | None, index: int) -> dict:
+    if labels is not None and labels[index] is not None:
+        row["true"] = labels[index]
+    return row

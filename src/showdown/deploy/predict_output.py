@@ -13,7 +13,9 @@ from showdown.deploy.predict import (
     folder_labels,
     open_model,
     predict_files,
+    predict_workers,
 )
+from showdown.errors import DataError
 
 
 @contextmanager
@@ -26,11 +28,19 @@ def _destination(output: str | None):
 
 
 def write_predictions(model: str, inputs: list[str], *, model_name: str | None = None, top_k: int = 3,
-                      fmt: str = "table", output: str | None = None, batch_size: int = 32, workers: int = 0,
-                      device: str = "auto", precision: str = "auto") -> dict:
+                      fmt: str = "table", output: str | None = None, batch_size: int = 32,
+                      workers: str | int = "auto", device: str = "auto", precision: str = "auto",
+                      runtime: str = "auto") -> dict:
     """Predict every input image and write the rows; returns counts (predicted, unreadable, labelled, correct)."""
-    predictor = open_model(model, model_name, device=device, precision=precision)
-    files = expand_inputs(inputs)
+    try:  # counted before the model opens (predict_runtime); a model's error still comes before its inputs'
+        files, missing = expand_inputs(inputs), None
+    except DataError as exc:
+        files, missing = [], exc
+    predictor = open_model(model, model_name, device=device, precision=precision, runtime=runtime,
+                           images=len(files))
+    if missing is not None:
+        raise missing
+    workers = predict_workers(workers, len(files), batch_size)
     labels, warning = folder_labels(files, inputs, predictor.classes)
     if warning:
         print(f"warning: {warning}", file=sys.stderr)

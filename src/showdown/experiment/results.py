@@ -7,7 +7,13 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from showdown.deploy.predict import expand_inputs, open_model, predict_files
+from showdown.deploy.predict import (
+    PREDICT_BATCH,
+    expand_inputs,
+    open_model,
+    predict_files,
+    predict_workers,
+)
 from showdown.errors import AccuracyGateError, ConfigError
 from showdown.reporting.report import leaderboard_html, report_run
 from showdown.reporting.tables import format_table
@@ -58,11 +64,15 @@ class Results:
         return HTML(f'<div><iframe srcdoc="{source}" style="width:100%;height:{height}px;border:1px solid #ccc">'
                     "</iframe></div>")  # a self-contained page: its styles stay inside the frame
 
-    def predict(self, *images, top_k: int = 3, model: str | None = None, precision: str = "auto") -> list[dict]:
+    def predict(self, *images, top_k: int = 3, model: str | None = None, precision: str = "auto",
+                runtime: str = "auto") -> list[dict]:
         """Classify image files with the winner (or the entry `model`, e.g. "efficientnet_lite0-head"), as
-        `showdown predict RUN_DIR` does: one row per image with its top-k classes, in `precision` as there."""
-        predictor = open_model(self.run_dir, model, precision=precision)
-        return list(predict_files(predictor, expand_inputs([str(image) for image in images]), top_k=top_k))
+        `showdown predict RUN_DIR` does: one row per image with its top-k classes, in `precision` and `runtime` as
+        there."""
+        files = expand_inputs([str(image) for image in images])
+        predictor = open_model(self.run_dir, model, precision=precision, runtime=runtime, images=len(files))
+        return list(predict_files(predictor, files, top_k=top_k, batch_size=PREDICT_BATCH,
+                                  workers=predict_workers("auto", len(files), PREDICT_BATCH)))
 
     def to_pandas(self):
         """The table as a pandas DataFrame, best first."""
