@@ -191,7 +191,8 @@ def explain_files(model_path: str, inputs: list[str], model_name: str | None = N
     """`showdown explain MODEL IMAGE...`: overlays of the images (files, folders, globs) in `out` (default
     `explain/` in the entry folder, or beside an exported file). (the folder, what was written, the method):
     Grad-CAM for a run or entry folder, occlusion for an exported file."""
-    from showdown.deploy.predict import expand_inputs, open_model  # predict's input rules: files, folders, globs
+    from showdown.deploy.inputs import expand_inputs  # predict's input rules: files, folders, globs
+    from showdown.deploy.predict import open_model
 
     if not available():
         raise ModelError(f"showdown explain needs pytorch-grad-cam: {EXTRA}")

@@ -15,7 +15,6 @@ TorchScript in fp32 unless asked otherwise, ONNX (fp32) and TFLite always.
 """
 from __future__ import annotations
 
-import glob
 import json
 import warnings
 from collections.abc import Callable, Iterable, Iterator
@@ -27,15 +26,13 @@ import numpy as np
 import torch
 
 from showdown.config.run_config import usable_cores
-from showdown.data.folder import images_in, is_visible
-from showdown.data.formats import IMAGE_SUFFIXES, check_readable
 from showdown.data.images import eval_transform, image_loader
 from showdown.data.pixels import pixels_path
 from showdown.data.preprocessing import Preprocessing
 from showdown.deploy.litert_quiet import stderr_lines_dropped
 from showdown.deploy.trained import METADATA_KEY, choose_entry, read_tflite_metadata
 from showdown.device import resolve_device
-from showdown.errors import ConfigError, DataError, ModelError
+from showdown.errors import ConfigError, ModelError
 from showdown.frozen.engines import InputStage, frozen_forward, in_order
 from showdown.models.saving import load_model
 from showdown.precision import autocast, resolve_precision
@@ -256,48 +253,6 @@ def _quantized(array: np.ndarray, detail: dict) -> np.ndarray:
     scale, zero = detail["quantization"]
     limits = np.iinfo(detail["dtype"])
     return np.clip(np.round(array / scale + zero), limits.min, limits.max).astype(detail["dtype"])
-
-
-def expand_inputs(inputs: list[str]) -> list[Path]:
-    """Image files, folders (searched recursively, hidden files skipped) and glob patterns, in a stable order."""
-    files: list[Path] = []
-    for text in inputs:
-        matches = [Path(m) for m in sorted(glob.glob(text, recursive=True))] if glob.has_magic(text) else [Path(text)]
-        if not matches:
-            raise DataError(f"'{text}' matches no files")
-        for path in matches:
-            if path.is_dir():
-                files += images_in(path)
-            elif path.is_file():
-                files.append(path)
-            else:
-                raise DataError(f"{path} does not exist")
-    files = [f for f in dict.fromkeys(files) if is_visible(f.name)]
-    check_readable(files, ", ".join(inputs))  # a HEIC file given by name, without pillow-heif: said, not skipped
-    if not files:
-        raise DataError(f"no images found in {', '.join(inputs)} (looked for {', '.join(sorted(IMAGE_SUFFIXES))})")
-    return files
-
-
-def folder_labels(files: list[Path], inputs: list[str], classes: list[str]) -> tuple[list[str | None], str | None]:
-    """True labels from class-named sub-folders of the input folders, and a warning when those sub-folders
-    do not name the model's classes (a model trained on other classes)."""
-    roots = [Path(t) for t in inputs if Path(t).is_dir()]
-    labels: list[str | None] = []
-    seen_folders = set()
-    for path in files:
-        root = next((r for r in roots if r in path.parents and path.parent != r), None)
-        folder = path.relative_to(root).parts[0] if root else None
-        if folder:
-            seen_folders.add(folder)
-        labels.append(folder if folder in classes else None)
-    unknown = sorted(seen_folders - set(classes))
-    warning = None
-    if unknown:
-        warning = (f"input folder(s) {', '.join(unknown[:5])} are not classes of this model, which knows only "
-                   f"{', '.join(classes[:10])}{' ...' if len(classes) > 10 else ''}; "
-                   "their images get the model's classes")
-    return labels, warning
 
 
 def predict_files(predictor: Predictor, files: list[Path], *, top_k: int = 3, batch_size: int = PREDICT_BATCH,

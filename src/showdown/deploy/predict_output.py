@@ -8,13 +8,8 @@ from contextlib import contextmanager
 
 from tqdm import tqdm
 
-from showdown.deploy.predict import (
-    expand_inputs,
-    folder_labels,
-    open_model,
-    predict_files,
-    predict_workers,
-)
+from showdown.deploy.inputs import expand_inputs, folder_labels
+from showdown.deploy.predict import open_model, predict_files, predict_workers
 from showdown.errors import DataError
 
 

@@ -7,9 +7,9 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from showdown.deploy.inputs import expand_inputs
 from showdown.deploy.predict import (
     PREDICT_BATCH,
-    expand_inputs,
     open_model,
     predict_files,
     predict_workers,

@@ -1,0 +1,52 @@
+"""What `showdown predict` and `showdown explain` read: image files, folders and globs, and the true labels that
+class-named sub-folders give."""
+from __future__ import annotations
+
+import glob
+from pathlib import Path
+
+from showdown.data.folder import images_in, is_visible
+from showdown.data.formats import IMAGE_SUFFIXES, check_readable
+from showdown.errors import DataError
+
+
+def expand_inputs(inputs: list[str]) -> list[Path]:
+    """Image files, folders (searched recursively, hidden files skipped) and glob patterns, in a stable order."""
+    files: list[Path] = []
+    for text in inputs:
+        matches = [Path(m) for m in sorted(glob.glob(text, recursive=True))] if glob.has_magic(text) else [Path(text)]
+        if not matches:
+            raise DataError(f"'{text}' matches no files")
+        for path in matches:
+            if path.is_dir():
+                files += images_in(path)
+            elif path.is_file():
+                files.append(path)
+            else:
+                raise DataError(f"{path} does not exist")
+    files = [f for f in dict.fromkeys(files) if is_visible(f.name)]
+    check_readable(files, ", ".join(inputs))  # a HEIC file given by name, without pillow-heif: said, not skipped
+    if not files:
+        raise DataError(f"no images found in {', '.join(inputs)} (looked for {', '.join(sorted(IMAGE_SUFFIXES))})")
+    return files
+
+
+def folder_labels(files: list[Path], inputs: list[str], classes: list[str]) -> tuple[list[str | None], str | None]:
+    """True labels from class-named sub-folders of the input folders, and a warning when those sub-folders
+    do not name the model's classes (a model trained on other classes)."""
+    roots = [Path(t) for t in inputs if Path(t).is_dir()]
+    labels: list[str | None] = []
+    seen_folders = set()
+    for path in files:
+        root = next((r for r in roots if r in path.parents and path.parent != r), None)
+        folder = path.relative_to(root).parts[0] if root else None
+        if folder:
+            seen_folders.add(folder)
+        labels.append(folder if folder in classes else None)
+    unknown = sorted(seen_folders - set(classes))
+    warning = None
+    if unknown:
+        warning = (f"input folder(s) {', '.join(unknown[:5])} are not classes of this model, which knows only "
+                   f"{', '.join(classes[:10])}{' ...' if len(classes) > 10 else ''}; "
+                   "their images get the model's classes")
+    return labels, warning
