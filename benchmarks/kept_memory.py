@@ -3,8 +3,9 @@
 Both ways take turns, each command its own process (`SHOWDOWN_DAEMON=off`), on a TF-Flowers folder split like the
 Keras comparison's (benchmarks/keras_peer.py):
 - `showdown predict` of a trained EfficientNet-Lite0 head's run folder on the --photos training photos: the whole
-  model in eager PyTorch, in fp32 and in the run's own precision (`--precision auto`: bf16 where the CPU has it),
-  the command's wall time, imports included;
+  model in PyTorch, the images decoded in the main process (`--runtime torch --workers 0`; eager in fp32 too
+  before 2026-12-07's predict in the engines), in fp32 and in the run's own precision (`--precision auto`: bf16
+  where the CPU has it), the command's wall time, imports included;
 - `showdown run --strategy finetune`: the fine-tune epochs' seconds (history.csv), the top blocks trained on the
   boundary cache in the run's precision.
 "Default" is glibc's malloc as a process starts: the command runs with keep_freed_memory replaced by a no-op.
@@ -76,7 +77,8 @@ def main() -> None:
         for mode in ("default", "kept") if repeat % 2 == 0 else ("kept", "default"):
             for precision, seconds in predict.items():
                 seconds[mode].append(showdown(mode, "predict", str(work / "head"), str(data / "train"), "--precision",
-                                              precision, "--format", "csv", "--output", str(work / "predictions.csv"),
+                                              precision, "--runtime", "torch", "--workers", "0", "--format", "csv",
+                                              "--output", str(work / "predictions.csv"),
                                               peaks=peaks[f"predict fp32 {mode}"] if precision == "fp32" else None))
             run = work / f"finetune-{mode}-{repeat}"
             showdown(mode, "run", *common, "--strategy", "finetune", "--epochs", "1", "--ft-epochs", "2",
