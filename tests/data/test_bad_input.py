@@ -62,7 +62,7 @@ def test_an_out_of_range_option_is_one_line_and_loses_nothing(tmp_path, monkeypa
 @pytest.mark.parametrize("args, words", [
     (["predict", "--top-k", "0", "model", "x.jpg"], ["--top-k", "must be at least 1 (got 0)"]),
     (["predict", "--batch-size", "0", "model", "x.jpg"], ["--batch-size", "must be at least 1 (got 0)"]),
-    (["predict", "--workers", "-1", "model", "x.jpg"], ["--workers", "must be at least 0 (got -1)"]),
+    (["predict", "--workers", "-1", "model", "x.jpg"], ["--workers", "a whole number from 0, or auto (got '-1')"]),
     (["bench", "--device", "cpu", "--precision", "fp16"], ["--precision fp16 needs a GPU"]),
     pytest.param(["bench", "--device", "cuda"], ["--device cuda: no CUDA device found"],
                  marks=pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")),

@@ -5,7 +5,7 @@ treats them alike. Images stream through a DataLoader: memory stays flat however
 
 A run folder's model runs in the engine `showdown run` gives frozen layers (`--runtime auto`: OpenVINO where the
 extra is installed; frozen/engines.py), from 8-bit pixels normalised inside its graph (data/pixels.py), each batch
-started while the last one runs (docs/performance.md, "Predict at the frozen pass's speed"). Where the images fit
+started while the last one runs (docs/performance.md, "Predict in the frozen layers' engines"). Where the images fit
 in one batch, eager PyTorch answers sooner than an export and a compile (`predict_runtime`).
 
 `--precision auto`: a run folder's model predicts in fp32 where its run was made in fp32 (or int8, whose head
@@ -94,14 +94,14 @@ def _run_folder_predictor(folder: Path, device: torch.device, precision: str, ru
     preprocessing = Preprocessing.from_dict(info.preprocessing)
     pixels = pixels_path(preprocessing)
     if pixels is None:
-        transform, stage, example = None, None, torch.zeros(1, *preprocessing.input_size)
+        transform, stage, dtype = None, None, torch.float32
     else:
         transform, normalized = pixels
-        stage = InputStage(normalized, preprocessing)
-        example = torch.zeros(1, *preprocessing.input_size, dtype=torch.uint8)
+        stage, dtype = InputStage(normalized, preprocessing), torch.uint8
     model = model.eval().to(device, memory_format=torch.channels_last)
+    example = torch.zeros(1, *preprocessing.input_size, dtype=dtype, device=device)
     with torch.inference_mode(), autocast(precision, device.type):
-        forward = frozen_forward(model, example.to(device), precision, runtime, info.name, stage=stage)
+        forward = frozen_forward(model, example, precision, runtime, info.name, stage=stage)
     return Predictor(info.name, info.classes, preprocessing, _WholeModel(forward, device, precision), precision,
                      transform)
 
