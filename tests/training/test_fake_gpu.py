@@ -107,6 +107,7 @@ CPU_ON_PURPOSE = {
     ("experiment/phases.py", "frozen_top_features"): "an empty result on the CPU, where the features are kept",
     ("frozen/feature_cache.py", "_forward_shard"): "empty results on the CPU, where frozen outputs are kept",
     ("frozen/feature_cache.py", "_inputs"): "an example batch, which _forward_shard moves (.to(device))",
+    ("frozen/engines.py", "photo_inputs"): "an example batch, which its callers move (.to(device))",
     ("frozen/feature_cache.py", "InMemory.tensor"): "an empty result on the CPU, where frozen outputs are kept",
     ("frozen/disk_activations.py", "_mapped"): "rows of a file mapped into host memory, moved per batch by to_device",
     ("frozen/disk_activations.py", "_read"): "labels and indices of a file on the CPU, as the in-RAM path keeps them",

@@ -27,13 +27,12 @@ import torch
 
 from showdown.config.run_config import usable_cores
 from showdown.data.images import eval_transform, image_loader
-from showdown.data.pixels import pixels_path
 from showdown.data.preprocessing import Preprocessing
 from showdown.deploy.litert_quiet import stderr_lines_dropped
 from showdown.deploy.trained import METADATA_KEY, choose_entry, read_tflite_metadata
 from showdown.device import resolve_device
 from showdown.errors import ConfigError, ModelError
-from showdown.frozen.engines import InputStage, frozen_forward, in_order
+from showdown.frozen.engines import frozen_forward, in_order, photo_inputs
 from showdown.models.saving import load_model
 from showdown.precision import autocast, resolve_precision
 from showdown.run_schema import ENVIRONMENT, MODEL_WEIGHTS, read_json
@@ -92,16 +91,10 @@ def _run_folder_predictor(folder: Path, device: torch.device, precision: str, ru
     8-bit pixels that its graph normalises where the eval transform allows (data/pixels.py), else floats."""
     model, info = load_model(folder)
     preprocessing = Preprocessing.from_dict(info.preprocessing)
-    pixels = pixels_path(preprocessing)
-    if pixels is None:
-        transform, stage, dtype = None, None, torch.float32
-    else:
-        transform, normalized = pixels
-        stage, dtype = InputStage(normalized, preprocessing), torch.uint8
+    transform, stage, example = photo_inputs(preprocessing, preprocessing)
     model = model.eval().to(device, memory_format=torch.channels_last)
-    example = torch.zeros(1, *preprocessing.input_size, dtype=dtype, device=device)
     with torch.inference_mode(), autocast(precision, device.type):
-        forward = frozen_forward(model, example, precision, runtime, info.name, stage=stage)
+        forward = frozen_forward(model, example.to(device), precision, runtime, info.name, stage=stage)
     return Predictor(info.name, info.classes, preprocessing, _WholeModel(forward, device, precision), precision,
                      transform)
 

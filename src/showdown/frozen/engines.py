@@ -47,6 +47,9 @@ from typing import Any
 
 import torch
 
+from showdown.data.images import eval_transform
+from showdown.data.pixels import pixels_path
+from showdown.data.preprocessing import Preprocessing
 from showdown.errors import ConfigError, one_line
 from showdown.frozen import openvino_engine, quantize
 from showdown.frozen.graph_cache import cached_graph
@@ -175,6 +178,17 @@ class InputStage:
     data/thumbnails.py), and what it is built from: its part of the key of a built forward."""
     module: torch.nn.Module
     key: Hashable
+
+
+def photo_inputs(preprocessing: Preprocessing, key: Hashable) -> tuple[Callable, InputStage | None, torch.Tensor]:
+    """(the loader's transform, the stage a frozen graph starts with, an example batch on the CPU) for photos:
+    resized and cropped to 8-bit pixels that the graph normalises (data/pixels.py), or, where the eval transform has
+    other steps, its normalised floats and no stage. `key` is the stage's part of a built forward's key."""
+    pixels = pixels_path(preprocessing)
+    if pixels is None:
+        return eval_transform(preprocessing), None, torch.zeros(1, *preprocessing.input_size)
+    transform, normalized = pixels
+    return transform, InputStage(normalized, key), torch.zeros(1, *preprocessing.input_size, dtype=torch.uint8)
 
 
 def frozen_forward(model: torch.nn.Module, example: torch.Tensor, precision: str, runtime: str,

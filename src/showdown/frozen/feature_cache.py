@@ -27,15 +27,14 @@ from tqdm import tqdm
 
 from showdown import distributed
 from showdown.cache import Damaged, intact
-from showdown.data.images import decoder, eval_transform, image_loader
-from showdown.data.pixels import pixels_path
+from showdown.data.images import decoder, image_loader
 from showdown.data.preprocessing import Preprocessing
 from showdown.data.thumbnails import Uint8Tensor, batch_resize, small_square_side
 from showdown.device import to_device
 from showdown.errors import DataError, DiskError
 from showdown.fileio import digest, file_stamp, write_bytes_atomic
 from showdown.frozen import quantize
-from showdown.frozen.engines import InputStage, frozen_forward, in_order
+from showdown.frozen.engines import InputStage, frozen_forward, in_order, photo_inputs
 from showdown.frozen.frozen_pass import FEATURE_BATCH, FrozenPass
 from showdown.frozen.weights_key import weights_id
 from showdown.models.backbones import Backbone
@@ -295,11 +294,7 @@ def _inputs(preprocessing: Preprocessing, side: int | None) -> tuple[Callable, I
     resize = batch_resize(preprocessing, side) if side else None
     if resize is not None:
         return Uint8Tensor(side), InputStage(resize, key), torch.zeros(1, 3, side, side, dtype=torch.uint8)
-    pixels = pixels_path(preprocessing)
-    if pixels is not None:
-        transform, normalized = pixels
-        return transform, InputStage(normalized, key), torch.zeros(1, *preprocessing.input_size, dtype=torch.uint8)
-    return eval_transform(preprocessing), None, torch.zeros(1, *preprocessing.input_size)
+    return photo_inputs(preprocessing, key)
 
 
 class InMemory:
