@@ -20,7 +20,7 @@ DEVICE_HELP = definitions(RunConfig)["device"][1].help  # the same words as `sho
 
 def _workers(text: str) -> str | int:
     """`showdown predict --workers`: a whole number from 0, or auto (deploy/predict.py: predict_workers)."""
-    if text != "auto" and not text.isdigit():
+    if text != "auto" and not text.isdecimal():
         raise argparse.ArgumentTypeError(f"must be a whole number from 0, or auto (got '{text}')")
     return text if text == "auto" else int(text)
 
@@ -323,6 +323,9 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print("error: " + " ".join(line.strip() for line in str(exc).splitlines()), file=sys.stderr)  # one line
         return getattr(exc, "exit_code", 2)
+    except BrokenPipeError:  # output piped into `head` and the like (an OSError, so caught before them)
+        sys.stderr.close()
+        return 0
     except OSError as exc:  # a write the disk refused where no code named the file (DiskError does): still one line
         reason = DISK_ERRNOS.get(exc.errno)
         if reason is None or args.debug:
@@ -332,9 +335,6 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except BrokenPipeError:  # output piped into `head` and the like
-        sys.stderr.close()
-        return 0
 
 
 def console() -> None:

@@ -1,5 +1,7 @@
 """Grad-CAM on a model whose evidence is known: one class always carries a bright square in one corner."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -8,6 +10,7 @@ from showdown import RunConfig, run
 from showdown.data.preprocessing import Preprocessing
 from showdown.deploy.explain import available, explain
 from showdown.models.saving import load_model
+from showdown.run_schema import MODEL_WEIGHTS
 from tests.conftest import run_cli
 
 pytestmark = pytest.mark.skipif(not available(), reason="pytorch-grad-cam is not installed (the explain extra)")
@@ -58,6 +61,9 @@ def test_explain_command_writes_overlays(square_run, tmp_path):
     assert "overlay(s) in" in done.stdout and len(list(out.glob("*.png"))) == 1 + len(list(root.glob("plain/00*.png")))
     refused = run_cli("explain", out / "01-000.png", root / "plain")
     assert refused.returncode == 2 and "Traceback" not in refused.stderr and len(refused.stderr.splitlines()) == 1
+    weights = next(Path(results.run_dir).glob(f"*/{MODEL_WEIGHTS}"))  # an entry's weights file: its entry, Grad-CAM
+    by_file = run_cli("explain", weights, root / "marked" / "000.png", "--out", tmp_path / "by-file")
+    assert by_file.returncode == 0 and "1 Grad-CAM overlay(s) in" in by_file.stdout, by_file.stderr
 
 
 def test_an_exported_torchscript_model_is_explained_by_occlusion_on_the_square(square_run, tmp_path):

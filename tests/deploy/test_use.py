@@ -1,7 +1,10 @@
 """Use the winner: predict from a run folder, export to ONNX and TorchScript, and get the same numbers."""
 import csv
 import json
+import os
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -12,6 +15,7 @@ from showdown.data.images import eval_transform, load_rgb
 from showdown.data.preprocessing import Preprocessing
 from showdown.deploy.export import export_model
 from showdown.deploy.predict import (
+    EAGER,
     PREDICT_BATCH,
     evaluated_precision,
     open_model,
@@ -168,10 +172,11 @@ def test_a_precision_an_exported_file_or_the_cpu_cannot_run_is_one_line(trained,
         assert result.returncode == 2 and message in result.stderr and len(result.stderr.strip().splitlines()) == 1
 
 
-@pytest.mark.parametrize("runtime", ["onnxruntime", "openvino"])
-def test_a_run_folder_predicts_in_the_frozen_layers_engines_as_in_pytorch(trained, tmp_path, caplog, runtime):
-    """More images than a batch, batches run ahead where the engine can: PyTorch's rows (fp32, 1e-4) in the files'
-    order, unreadable files in their places (first, amid, last); the engine asked for is the one that ran."""
+@pytest.mark.parametrize("runtime", [EAGER, "torch", "onnxruntime", "openvino"])
+def test_a_run_folder_predicts_in_every_engine_as_the_eager_model_on_floats(trained, tmp_path, caplog, runtime):
+    """More images than a batch, batches run ahead where the engine can, 8-bit pixels normalised in the graph: the
+    eager model's probabilities on the eval transform's floats (fp32, 1e-4), in the files' order, unreadable files
+    in their places (first, amid, last); the engine asked for is the one that ran."""
     if runtime == "openvino":
         pytest.importorskip("openvino", reason="openvino is not installed")
     run_dir, data = trained
@@ -180,28 +185,43 @@ def test_a_run_folder_predicts_in_the_frozen_layers_engines_as_in_pytorch(traine
         path.write_bytes(b"not an image")
     roses = sorted((data / "roses").iterdir())[:11]
     files = [broken[0], *roses[:6], broken[1], *roses[6:], broken[2]]
-    predictors = {name: open_model(run_dir, device="cpu", precision="fp32", runtime=name)
-                  for name in ("torch", runtime)}
+    predictor = open_model(run_dir, device="cpu", precision="fp32", runtime=runtime)
+    rows = list(predict_files(predictor, files, top_k=2, batch_size=4, workers=2))
     assert "running it in" not in caplog.text  # no fallback
     if runtime == "openvino":
-        assert isinstance(predictors[runtime].forward.forward, openvino_engine.Streams)
-    rows = {name: list(predict_files(predictor, files, top_k=2, batch_size=4, workers=2))
-            for name, predictor in predictors.items()}
-    assert [row["path"] for row in rows[runtime]] == [str(path) for path in files]
-    assert [row.get("error") for row in rows[runtime]] == [
-        "unreadable image" if path in broken else None for path in files]
-    for ours, reference in zip(rows[runtime], rows["torch"]):
-        if "top" in ours:
-            assert ours["top"][0][0] == reference["top"][0][0]
-            np.testing.assert_allclose([p for _, p in ours["top"]], [p for _, p in reference["top"]], atol=1e-4)
+        assert isinstance(predictor.forward.forward, openvino_engine.Streams)
+    model, info = load_model(next(run_dir.glob("efficientnet_lite0-head")))
+    floats = torch.stack([eval_transform(Preprocessing.from_dict(info.preprocessing))(load_rgb(p)) for p in roses])
+    with torch.inference_mode():
+        expected = model.eval()(floats).softmax(1).numpy()
+    assert [row["path"] for row in rows] == [str(path) for path in files]
+    assert [row.get("error") for row in rows] == ["unreadable image" if path in broken else None for path in files]
+    for row, p in zip([row for row in rows if "top" in row], expected):
+        order = np.argsort(-p)[:2]
+        assert [name for name, _ in row["top"]] == [info.classes[i] for i in order]
+        np.testing.assert_allclose([probability for _, probability in row["top"]], p[order], atol=1e-4)
 
 
-def test_predict_runs_one_batch_in_pytorch_without_workers_and_more_in_the_engine_with_them():
-    """auto: an export, a compile and worker processes cost more than they save for one batch (32 images)."""
-    assert predict_runtime("auto", PREDICT_BATCH) == "torch" and predict_runtime("openvino", 1) == "openvino"
+def test_predict_runs_one_batch_eagerly_without_workers_and_more_in_the_engine_with_them():
+    """auto: an export, a compile, a trace and worker processes cost more than they save for one batch (32 images)."""
+    assert predict_runtime("auto", PREDICT_BATCH) == EAGER and predict_runtime("openvino", 1) == "openvino"
     assert predict_runtime("auto", PREDICT_BATCH + 1) == "auto" and predict_runtime("auto", None) == "auto"
     assert predict_workers("auto", PREDICT_BATCH, PREDICT_BATCH) == 0 and predict_workers(3, 1, PREDICT_BATCH) == 3
     assert predict_workers("auto", PREDICT_BATCH + 1, PREDICT_BATCH) >= 1
+
+
+def test_predict_into_a_closed_pipe_ends_quietly(trained):
+    """`showdown predict RUN photos/ | head -1`: the reader gone, the command stops with no traceback."""
+    run_dir, data = trained
+    reader, writer = os.pipe()
+    os.close(reader)  # gone before the first row: every write fails (EPIPE)
+    try:
+        done = subprocess.run([sys.executable, "-m", "showdown", "predict", str(run_dir), str(data / "roses")],
+                              stdout=writer, stderr=subprocess.PIPE, text=True, timeout=300,
+                              env={**os.environ, "SHOWDOWN_DAEMON": "off"})
+    finally:
+        os.close(writer)
+    assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
 
 
 @pytest.mark.parametrize("args, message", [

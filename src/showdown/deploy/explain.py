@@ -24,6 +24,7 @@ from showdown.deploy.trained import choose_entry
 from showdown.errors import ModelError
 from showdown.fileio import slug
 from showdown.models.saving import load_model
+from showdown.run_schema import MODEL_WEIGHTS
 
 EXTRA = "pip install 'tl-showdown[explain]' (pytorch-grad-cam)"
 
@@ -197,6 +198,8 @@ def explain_files(model_path: str, inputs: list[str], model_name: str | None = N
     if not available():
         raise ModelError(f"showdown explain needs pytorch-grad-cam: {EXTRA}")
     path = Path(model_path)
+    if path.name == MODEL_WEIGHTS:  # an entry's weights file: its entry folder, explained by Grad-CAM
+        path = path.parent
     files = [str(f) for f in expand_inputs(inputs)]
     if not path.is_dir():  # an exported file: the same overlays, by occlusion
         predictor = open_model(path)

@@ -6,7 +6,8 @@ treats them alike. Images stream through a DataLoader: memory stays flat however
 A run folder's model runs in the engine `showdown run` gives frozen layers (`--runtime auto`: OpenVINO where the
 extra is installed; frozen/engines.py), from 8-bit pixels normalised inside its graph (data/pixels.py), each batch
 started while the last one runs (docs/performance.md, "Predict in the frozen layers' engines"). Where the images fit
-in one batch, eager PyTorch answers sooner than an export and a compile (`predict_runtime`).
+in one batch, eager PyTorch answers sooner than an export and a compile (`predict_runtime`). The engine is built
+once the decoding workers have started, while they decode the first images.
 
 `--precision auto`: a run folder's model predicts in fp32 where its run was made in fp32 (or int8, whose head
 trained in fp32, or where environment.json does not say), else in what `showdown run --precision auto` picks on
@@ -15,6 +16,7 @@ TorchScript in fp32 unless asked otherwise, ONNX (fp32) and TFLite always.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import warnings
 from collections.abc import Callable, Iterable, Iterator
@@ -32,12 +34,13 @@ from showdown.deploy.litert_quiet import stderr_lines_dropped
 from showdown.deploy.trained import METADATA_KEY, choose_entry, read_tflite_metadata
 from showdown.device import resolve_device
 from showdown.errors import ConfigError, ModelError
-from showdown.frozen.engines import frozen_forward, in_order, photo_inputs
+from showdown.frozen.engines import frozen_forward, in_order, photo_inputs, resolve_runtime
 from showdown.models.saving import load_model
 from showdown.precision import autocast, resolve_precision
 from showdown.run_schema import ENVIRONMENT, MODEL_WEIGHTS, read_json
 
 PREDICT_BATCH = 32  # images per batch, `showdown predict --batch-size`'s default
+EAGER = "eager"  # predict_runtime's choice for a few images: the model in PyTorch as it is, nothing traced or exported
 
 # The --precision values an exported file takes: what it was exported in (ONNX: fp32), or "auto" for that.
 EXPORTED_PRECISIONS = {".onnx": ("auto", "fp32"), ".tflite": ("auto",)}
@@ -62,15 +65,26 @@ class Predictor:
 
 
 class _WholeModel:
-    """A run folder's model as `frozen_forward` runs it (engines.py): class probabilities per batch, and, through
-    `in_order`, batches started while the one before runs where the engine can (OpenVINO)."""
+    """A run folder's model, built for its engine when first asked to compute (`build`): predict_files starts its
+    decoding workers first, so they fork before the engine's threads exist and decode while it exports and compiles.
+    Class probabilities per batch; through `in_order`, batches started while the one before runs where the engine
+    can (OpenVINO)."""
 
-    def __init__(self, forward, device: torch.device, precision: str):
-        self.forward, self.device, self.precision = forward, device, precision
+    def __init__(self, build: Callable[[], Callable], device: torch.device, precision: str):
+        self.build, self.device, self.precision = build, device, precision
+        self._forward = None
+
+    @property
+    def forward(self) -> Callable:
+        if self._forward is None:
+            with torch.inference_mode(), autocast(self.precision, self.device.type):
+                self._forward = self.build()
+        return self._forward
 
     def __call__(self, images: torch.Tensor) -> np.ndarray:
+        forward = self.forward
         with torch.inference_mode(), autocast(self.precision, self.device.type):
-            return _probabilities(self.forward(images.to(self.device)))
+            return _probabilities(forward(images.to(self.device)))
 
     def in_order(self, jobs: Iterable[tuple[Any, torch.Tensor]]) -> Iterator[tuple[Any, np.ndarray]]:
         ahead = getattr(self.forward, "in_order", None)
@@ -87,15 +101,24 @@ def _probabilities(logits: torch.Tensor) -> np.ndarray:
 
 
 def _run_folder_predictor(folder: Path, device: torch.device, precision: str, runtime: str) -> Predictor:
-    """The entry folder's model in `runtime` ("auto" or an engine name; engines.resolve_runtime) on `device`, fed
-    8-bit pixels that its graph normalises where the eval transform allows (data/pixels.py), else floats."""
+    """The entry folder's model in `runtime` (EAGER, or "auto" or an engine name: engines.resolve_runtime, checked
+    here, built on first use) on `device`, fed 8-bit pixels that its graph normalises where the eval transform
+    allows (data/pixels.py), else floats."""
     model, info = load_model(folder)
     preprocessing = Preprocessing.from_dict(info.preprocessing)
     transform, stage, example = photo_inputs(preprocessing, preprocessing)
     model = model.eval().to(device, memory_format=torch.channels_last)
-    with torch.inference_mode(), autocast(precision, device.type):
-        forward = frozen_forward(model, example.to(device), precision, runtime, info.name, stage=stage)
-    return Predictor(info.name, info.classes, preprocessing, _WholeModel(forward, device, precision), precision,
+    if runtime == EAGER:
+        whole = (torch.nn.Sequential(stage.module, model) if stage else model).to(device).eval()
+
+        def build():
+            return lambda images: whole(images.contiguous(memory_format=torch.channels_last))
+    else:
+        resolve_runtime(runtime, precision, device.type)  # a runtime this device cannot run: said before any output
+
+        def build():
+            return frozen_forward(model, example.to(device), precision, runtime, info.name, stage=stage)
+    return Predictor(info.name, info.classes, preprocessing, _WholeModel(build, device, precision), precision,
                      transform)
 
 
@@ -124,10 +147,10 @@ def evaluated_precision(entry: Path) -> str | None:
 
 
 def predict_runtime(requested: str, images: int | None) -> str:
-    """The engine a run folder's model predicts `images` (None: not known) in: `requested`, or for "auto" PyTorch
-    for at most one batch at the default size (an export and a compile would cost more than they save), else what
-    `showdown run` picks."""
-    return "torch" if requested == "auto" and images is not None and images <= PREDICT_BATCH else requested
+    """The engine a run folder's model predicts `images` (None: not known) in: `requested`, or for "auto" EAGER
+    PyTorch for at most one batch at the default size (an export, a compile or a trace would cost more than they
+    save), else what `showdown run` picks."""
+    return EAGER if requested == "auto" and images is not None and images <= PREDICT_BATCH else requested
 
 
 def predict_workers(requested: str | int, images: int, batch_size: int) -> int:
@@ -254,21 +277,23 @@ def predict_files(predictor: Predictor, files: list[Path], *, top_k: int = 3, ba
     k = min(top_k, len(predictor.classes))
     loader = image_loader([(path, 0) for path in files], predictor.transform, batch_size=batch_size, workers=workers)
     rows: dict[int, dict] = {}  # made, not yet given: those after a row still being computed
+    loaded = iter(loader)  # the workers start here, before the engine is built (_WholeModel)
 
     def batches():  # (indices, images) of each batch with a readable image; the unreadable files' rows on the way
-        for images, _, indices, failed in loader:
+        for images, _, indices, failed in loaded:
             rows.update({index: {"path": str(files[index]), "error": "unreadable image"} for index in failed})
             if len(images):
                 yield indices, images
 
     given = 0
-    for indices, probs in in_order(predictor.forward, batches()):
-        for index, p in zip(indices.tolist(), probs):
-            order = np.argsort(-p)[:k]
-            rows[index] = {"path": str(files[index]), "top": [(predictor.classes[i], float(p[i])) for i in order]}
-        while given in rows:
-            yield _labelled(rows.pop(given), labels, given)
-            given += 1
+    with contextlib.closing(in_order(predictor.forward, batches())) as computed:  # closed: nothing left running
+        for indices, probs in computed:
+            for index, p in zip(indices.tolist(), probs):
+                order = np.argsort(-p)[:k]
+                rows[index] = {"path": str(files[index]), "top": [(predictor.classes[i], float(p[i])) for i in order]}
+            while given in rows:
+                yield _labelled(rows.pop(given), labels, given)
+                given += 1
     for index in sorted(rows):  # unreadable files after the last readable one
         yield _labelled(rows[index], labels, index)
 
