@@ -69,7 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
                               "`showdown run --precision auto` picks on this device")
     predict.add_argument("--runtime", choices=RUNTIMES, default="auto",
                          help="what runs a run folder's model: auto (as `showdown run` runs frozen layers: OpenVINO "
-                              "when installed; PyTorch for one batch of images), torch, onnxruntime or openvino")
+                              "when installed; eager PyTorch for at most 32 images), torch, onnxruntime or openvino")
     export = sub.add_parser("export", help="export a trained model to ONNX, TorchScript or TFLite")
     export.add_argument("model", help="run folder or entry folder")
     export.add_argument("--format", choices=("onnx", "torchscript", "tflite"), default="onnx")

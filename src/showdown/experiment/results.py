@@ -8,12 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from showdown.deploy.inputs import expand_inputs
-from showdown.deploy.predict import (
-    PREDICT_BATCH,
-    open_model,
-    predict_files,
-    predict_workers,
-)
+from showdown.deploy.predict import PREDICT_BATCH, open_model, predict_files, predict_workers
 from showdown.errors import AccuracyGateError, ConfigError
 from showdown.reporting.report import leaderboard_html, report_run
 from showdown.reporting.tables import format_table
