@@ -31,6 +31,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import time
 from collections import Counter
@@ -39,7 +40,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
-from showdown.errors import DiskError
+from showdown.errors import ConfigError, DiskError
 from showdown.fileio import digest, write_atomic, write_bytes_atomic
 
 log = logging.getLogger(__name__)
@@ -249,9 +250,19 @@ def usage(features: Path | None = None) -> list[Usage]:
     return rows
 
 
+# What a features folder holds (and clear deletes): feature sets, out-of-fold probabilities, killed writes' left-overs
+FEATURE_ENTRY = re.compile(r"[0-9a-f]{24}\.safetensors|out-of-fold-[0-9a-f-]+\.npy|\..+\.(tmp|partial)")
+
+
 def clear(features: Path | None = None, older_than_days: float | None = None) -> tuple[int, int]:
     """Delete the entries (of every kind) not used for `older_than_days`, or all; (entries, bytes) freed.
-    Left-overs of killed writes (hidden .tmp files and .partial folders) go too."""
+    Left-overs of killed writes (hidden .tmp files and .partial folders) go too. A features folder given by name
+    (`--cache-dir`) that holds anything else is refused whole, nothing deleted: a mistyped folder is not a cache."""
+    if features is not None:
+        foreign = [entry.name for entry in _entries(features) if not FEATURE_ENTRY.fullmatch(entry.name)]
+        if foreign:
+            raise ConfigError(f"{features} is not a feature cache folder (it holds {foreign[0]}"
+                              f"{f' and {len(foreign) - 1} more' if len(foreign) > 1 else ''}); nothing deleted")
     cutoff = time.time() - older_than_days * 86400 if older_than_days is not None else None
     count = freed = 0
     for folder in kind_folders(features).values():

@@ -21,6 +21,17 @@ from pathlib import Path, PurePath, PureWindowsPath
 from showdown.errors import disk_error
 
 
+def _process_umask() -> int:
+    """The umask this process's files get. mkstemp and mkdtemp make their files 0600 and 0700 whatever it is, so
+    atomic writes set it themselves: a run's report and models stay readable by whom the user's umask allows."""
+    mask = os.umask(0o077)  # read once, as the module loads: os.umask can only be read by setting it
+    os.umask(mask)
+    return mask
+
+
+UMASK = _process_umask()
+
+
 @contextmanager
 def disk_writes(path: Path, what: str = "") -> Iterator[None]:
     """Turns an OSError of the disk's (ENOSPC, EDQUOT, EROFS, EACCES) inside the block into a DiskError naming
@@ -45,6 +56,7 @@ def atomic_path(path: Path, what: str = "") -> Iterator[Path]:
         tmp = Path(name)
         try:
             yield tmp
+            os.chmod(tmp, 0o666 & ~UMASK)  # mkstemp's 0600 otherwise
             os.replace(tmp, path)
         finally:
             tmp.unlink(missing_ok=True)
@@ -59,6 +71,7 @@ def atomic_dir(path: Path, what: str = "") -> Iterator[Path]:
         partial = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial"))
         try:
             yield partial
+            os.chmod(partial, 0o777 & ~UMASK)
             try:
                 partial.rename(path)
             except OSError:

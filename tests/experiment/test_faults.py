@@ -169,6 +169,38 @@ def test_cache_info_and_clear_by_last_use(tmp_path, monkeypatch, capsys, demo_co
     assert code == 0 and "cleared 1 cache entries" in out and not any((tmp_path / "cache" / "extracted").iterdir())
 
 
+def test_clearing_a_folder_that_is_not_a_feature_cache_deletes_nothing(tmp_path, monkeypatch, capsys, demo_copy):
+    """`showdown cache clear --cache-dir ~/photos` (a typo, or the wrong folder): one line, every file kept; a real
+    feature cache folder given by name is cleared."""
+    monkeypatch.setenv("SHOWDOWN_CACHE", str(tmp_path / "cache"))
+    photos = tmp_path / "photos"
+    shutil.copytree(demo_copy, photos)
+    (photos / "thesis.txt").write_text("years of work")
+    before = sorted(path.relative_to(photos) for path in photos.rglob("*"))
+    code, out, err = _main(capsys, "cache", "clear", "--cache-dir", str(photos))
+    _one_line(code, out, err, 2, "is not a feature cache folder", "nothing deleted")
+    assert sorted(path.relative_to(photos) for path in photos.rglob("*")) == before
+    features = tmp_path / "features"
+    features.mkdir()
+    for name in ("0123456789abcdef01234567.safetensors", "out-of-fold-0123456789abcdef01234567-0123456789abcdef.npy",
+                 ".0123456789abcdef01234567.safetensors.k5ecr9ux.tmp"):
+        (features / name).write_bytes(b"x")
+    code, out, _ = _main(capsys, "cache", "clear", "--cache-dir", str(features))
+    assert code == 0 and "cleared 3 cache entries" in out and not any(features.iterdir())
+
+
+def test_written_files_get_the_umask_not_mkstemps_0600(tmp_path, monkeypatch):
+    """A run's report and models are as readable as the user's umask says (group, a web server), not owner-only."""
+    from showdown import fileio
+
+    monkeypatch.setattr(fileio, "UMASK", 0o022)  # the common umask, whatever this process's
+    fileio.write_atomic(tmp_path / "report.md", "# report\n")
+    with fileio.atomic_dir(tmp_path / "folder") as folder:
+        (folder / "inside.txt").write_text("x")
+    assert (tmp_path / "report.md").stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "folder").stat().st_mode & 0o777 == 0o755
+
+
 def _damaged_databases(tmp_path: Path) -> dict[str, Path]:
     text = tmp_path / "notes.db"
     text.write_text("these are my notes, not a database\n" * 100)
