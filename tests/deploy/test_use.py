@@ -24,6 +24,7 @@ from showdown.deploy.predict import (
     predict_runtime,
     predict_workers,
 )
+from showdown.deploy.trained import METADATA_KEY
 from showdown.device import CPU
 from showdown.errors import ConfigError
 from showdown.frozen import openvino_engine
@@ -222,6 +223,51 @@ def test_predict_into_a_closed_pipe_ends_quietly(trained):
     finally:
         os.close(writer)
     assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
+
+
+@pytest.mark.parametrize("damage", ["weights cut short", "weights of random bytes", "weights of another model",
+                                    "model.json not JSON", "model.json a list", "summary.json not JSON",
+                                    "summary.json without rows", "summary.json with no rows"])
+def test_a_damaged_run_folder_is_one_line_in_predict_and_export(trained, tmp_path, damage):
+    """An interrupted copy, a disk error, a hand edit: predict and export say which file, in one line, exit 2."""
+    run_dir, data = trained
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy)
+    entry = copy / "efficientnet_lite0-head"
+    weights, info, summary = entry / "model.safetensors", entry / "model.json", copy / "summary.json"
+    if damage == "weights cut short":
+        weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    elif damage == "weights of random bytes":
+        weights.write_bytes(np.random.default_rng(0).bytes(4096))
+    elif damage == "weights of another model":
+        shutil.copy(copy / "scratch_cnn-scratch-cnn" / "model.safetensors", weights)
+    elif damage == "model.json not JSON":
+        info.write_text("{not json")
+    elif damage == "model.json a list":
+        info.write_text("[1, 2]")
+    else:
+        summary.write_text({"summary.json not JSON": "{", "summary.json without rows": "{}",
+                            "summary.json with no rows": '{"rows": []}'}[damage])
+    said = "lists no trained model" if damage == "summary.json with no rows" else "is damaged"
+    for command in (["predict", copy, data / "roses"], ["export", copy, "--output", tmp_path / "m.onnx"]):
+        result = run_cli(*command)
+        assert result.returncode == 2 and "Traceback" not in result.stderr, (command, result.stderr)
+        assert said in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+def test_an_exported_file_with_damaged_metadata_is_one_line(trained, tmp_path):
+    import onnx
+
+    run_dir, data = trained
+    path = export_model(run_dir, "onnx", tmp_path / "m.onnx")
+    for text, said in (("{", "metadata is damaged"), ('{"name": "x"}', "metadata lacks classes, preprocessing")):
+        model = onnx.load(str(path))
+        (entry,) = [prop for prop in model.metadata_props if prop.key == METADATA_KEY]
+        entry.value = text
+        onnx.save(model, str(tmp_path / "bad.onnx"))
+        result = run_cli("predict", tmp_path / "bad.onnx", data / "roses")
+        assert result.returncode == 2 and said in result.stderr, result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1
 
 
 @pytest.mark.parametrize("args, message", [

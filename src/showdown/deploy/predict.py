@@ -33,7 +33,7 @@ from showdown.data.preprocessing import Preprocessing
 from showdown.deploy.litert_quiet import stderr_lines_dropped
 from showdown.deploy.trained import METADATA_KEY, choose_entry, read_tflite_metadata
 from showdown.device import resolve_device
-from showdown.errors import ConfigError, ModelError
+from showdown.errors import ConfigError, ModelError, one_line
 from showdown.frozen.engines import frozen_forward, in_order, photo_inputs, resolve_runtime
 from showdown.models.saving import load_model
 from showdown.precision import autocast, resolve_precision
@@ -197,7 +197,14 @@ def _metadata(text: str | None, path: Path) -> dict:
     if not text:
         raise ModelError(f"{path} carries no tl-showdown metadata (classes, preprocessing); export it with "
                          "`showdown export`")
-    return json.loads(text)
+    try:
+        info = json.loads(text)
+    except ValueError as exc:
+        raise ModelError(f"{path}: its tl-showdown metadata is damaged ({one_line(exc)}); export it again") from exc
+    missing = [key for key in ("name", "classes", "preprocessing") if not isinstance(info, dict) or key not in info]
+    if missing:
+        raise ModelError(f"{path}: its tl-showdown metadata lacks {', '.join(missing)}; export it again")
+    return info
 
 
 def _open_onnx(path: Path) -> Predictor:

@@ -7,7 +7,7 @@ from pathlib import Path
 from safetensors.torch import load_file, save
 
 from showdown.config.strategy import SMALL_CNN_MODEL
-from showdown.errors import ModelError
+from showdown.errors import ModelError, one_line
 from showdown.fileio import write_bytes_atomic, write_json
 from showdown.models.backbones import build_architecture
 from showdown.models.classifier import Head, ImageClassifier
@@ -27,12 +27,19 @@ def load_model(directory: Path) -> tuple[ImageClassifier, ModelInfo]:
     sidecar, weights = directory / MODEL_INFO, directory / MODEL_WEIGHTS
     if not sidecar.is_file() or not weights.is_file():
         raise ModelError(f"{directory} holds no saved model ({MODEL_WEIGHTS} + {MODEL_INFO})")
-    info = ModelInfo.from_dict(json.loads(sidecar.read_text()))
+    try:
+        info = ModelInfo.from_dict(json.loads(sidecar.read_text(encoding="utf-8")))
+    except (ValueError, TypeError, KeyError, AttributeError) as exc:  # not JSON, or not a model's description
+        raise ModelError(f"{sidecar} is damaged ({one_line(exc)}); train the model again or restore the file") from exc
     if info.backbone == SMALL_CNN_MODEL:
         backbone = SmallCNN()
     else:
         backbone = build_architecture(info.backbone, info.timm_kwargs, info.pool_stages, info.timm_name)
     head = Head(info.head.in_features, len(info.classes), info.head.hidden, info.head.dropout, info.head.batch_norm)
     model = ImageClassifier(backbone, head, info.tta)
-    model.load_state_dict(load_file(str(weights)))
+    try:
+        model.load_state_dict(load_file(str(weights)))
+    except Exception as exc:  # safetensors' own error for a cut or foreign file; torch's RuntimeError for a mismatch
+        raise ModelError(f"{weights} is damaged or does not match {MODEL_INFO} ({one_line(exc)}); train the model "
+                         "again or restore the file") from exc
     return model.eval(), info
