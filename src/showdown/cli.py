@@ -326,11 +326,13 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # output piped into `head` and the like (an OSError, so caught before them)
         sys.stderr.close()
         return 0
-    except OSError as exc:  # a write the disk refused where no code named the file (DiskError does): still one line
-        reason = DISK_ERRNOS.get(exc.errno)
+    except OSError as exc:  # a write the disk refused, or a path that cannot be: still one line
+        # no code named the file (DiskError does); an OSError without a file and not the disk's is a bug: shown
+        reason = DISK_ERRNOS.get(exc.errno) or (exc.strerror if exc.filename is not None else None)
         if reason is None or args.debug:
             raise
-        print(f"error: {reason}" + (f": {exc.filename}" if exc.filename else ""), file=sys.stderr)
+        print(f"error: {reason}" + (f": {exc.filename or repr('')}" if exc.filename is not None else ""),
+              file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -255,6 +255,17 @@ def test_a_damaged_run_folder_is_one_line_in_predict_and_export(trained, tmp_pat
         assert said in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
 
 
+def test_an_output_path_that_cannot_be_written_is_one_line(trained, tmp_path):
+    """A folder, a path under a file, an empty name: `error: <reason>: <path>`, exit 1, no traceback."""
+    run_dir, data = trained
+    (tmp_path / "afile").write_text("")
+    for target, said in ((tmp_path, "Is a directory"), (tmp_path / "afile" / "out.csv", "Not a directory"),
+                         ("", "No such file or directory: ''")):
+        result = run_cli("predict", run_dir, data / "roses", "--output", target)
+        assert result.returncode == 1 and said in result.stderr and "Traceback" not in result.stderr, result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1
+
+
 def test_an_exported_file_with_damaged_metadata_is_one_line(trained, tmp_path):
     import onnx
 
