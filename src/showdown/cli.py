@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 
 from showdown import __version__
@@ -309,8 +310,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv or ["run"])
     if args.command is None:
         args = parser.parse_args(["run", *argv])
-    for stream in (sys.stdout, sys.stderr):  # file names that are not valid UTF-8 print escaped
-        stream.reconfigure(errors="backslashreplace")
+    for name in ("stdout", "stderr"):
+        if getattr(sys, name) is None:  # closed by the shell (`>&-`): what goes there goes nowhere
+            setattr(sys, name, open(os.devnull, "w", encoding="utf-8"))
+        getattr(sys, name).reconfigure(errors="backslashreplace")  # file names that are not valid UTF-8 print escaped
     logging.basicConfig(level=logging.INFO if args.debug else logging.WARNING, format="%(levelname)s: %(message)s")
     stacks_on_sigusr1()
     handler = {"run": cmd_run, "predict": cmd_predict, "export": cmd_export, "explain": cmd_explain,

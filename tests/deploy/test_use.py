@@ -255,6 +255,27 @@ def test_a_damaged_run_folder_is_one_line_in_predict_and_export(trained, tmp_pat
         assert said in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
 
 
+def test_predict_with_stdout_closed_by_the_shell_still_works(trained):
+    """`showdown predict RUN photos/ >&-`: Python starts with no sys.stdout; the command runs, its rows go nowhere."""
+    run_dir, data = trained
+    done = subprocess.run([sys.executable, "-m", "showdown", "predict", str(run_dir), str(data / "roses")],
+                          stderr=subprocess.PIPE, text=True, timeout=300, preexec_fn=lambda: os.close(1),
+                          env={**os.environ, "SHOWDOWN_DAEMON": "off"})
+    assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
+    assert "50 image(s) classified" in done.stderr
+
+
+def test_a_file_name_that_is_not_utf8_is_written_escaped(trained, tmp_path):
+    """A photo named in Latin-1 on a UTF-8 system: its row in the CSV, the name escaped as on the console."""
+    run_dir, data = trained
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    shutil.copy(sorted((data / "roses").iterdir())[0], os.fsdecode(os.fsencode(folder) + b"/caf\xe9.jpg"))
+    result = run_cli("predict", run_dir, folder, "--format", "csv", "--output", tmp_path / "out.csv")
+    assert result.returncode == 0, result.stderr
+    assert "caf\\udce9.jpg" in (tmp_path / "out.csv").read_text(encoding="utf-8")  # Python's escape, as in JSON
+
+
 def test_an_output_path_that_cannot_be_written_is_one_line(trained, tmp_path):
     """A folder, a path under a file, an empty name: `error: <reason>: <path>`, exit 1, no traceback."""
     run_dir, data = trained

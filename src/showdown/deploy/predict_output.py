@@ -18,7 +18,8 @@ def _destination(output: str | None):
     if output is None:
         yield sys.stdout
     else:
-        with open(output, "w", encoding="utf-8", newline="") as handle:
+        # file names that are not valid UTF-8 written escaped, as on the console
+        with open(output, "w", encoding="utf-8", errors="backslashreplace", newline="") as handle:
             yield handle
 
 
