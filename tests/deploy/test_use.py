@@ -304,7 +304,9 @@ def test_an_exported_file_with_damaged_metadata_is_one_line(trained, tmp_path):
 
 @pytest.mark.parametrize("args, message", [
     (["predict", "/no/such/run", "x.jpg"], "/no/such/run does not exist"),
-    (["export", "/no/such/run"], "holds no saved model"),
+    (["export", "/no/such/run"], "/no/such/run does not exist"),
+    (["export", "pyproject.toml"], "pyproject.toml is not a run folder or an entry folder"),
+    (["export", ".", "--output", "model.pt"], "--format onnx writes a .onnx file"),
 ])
 def test_use_errors_are_one_line(args, message):
     result = run_cli(*args)

@@ -11,11 +11,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from showdown.deploy.trained import METADATA_KEY, choose_entry
+from showdown.deploy.trained import EXPORT_SUFFIXES, METADATA_KEY, choose_entry
 from showdown.errors import ConfigError, ModelError
 from showdown.fileio import atomic_path
 from showdown.models.onnx_graph import OnnxExportError, onnx_graph
 from showdown.models.saving import load_model
+from showdown.run_schema import MODEL_INFO, MODEL_WEIGHTS
 
 FORMATS = {"onnx": ".onnx", "torchscript": ".pt", "tflite": ".tflite"}
 QUANTIZE = ("int8",)  # TFLite only: full-integer post-training quantisation (export_tflite.py)
@@ -36,7 +37,16 @@ def export_model(model_path: str | Path, fmt: str, out: str | Path | None = None
         raise ConfigError(f"unknown export format '{fmt}'; choose from {', '.join(FORMATS)}")
     if quantize is not None and (fmt != "tflite" or quantize not in QUANTIZE):
         raise ConfigError(f"--quantize {quantize}: only --format tflite --quantize int8 is supported")
-    folder = choose_entry(Path(model_path), model_name) if Path(model_path).is_dir() else Path(model_path).parent
+    if out is not None and Path(out).suffix not in EXPORT_SUFFIXES[fmt]:  # predict knows a file's kind by its suffix
+        raise ConfigError(f"--output {out}: --format {fmt} writes a {' or '.join(EXPORT_SUFFIXES[fmt])} file")
+    path = Path(model_path)
+    if path.is_dir():
+        folder = choose_entry(path, model_name)
+    elif path.name in (MODEL_WEIGHTS, MODEL_INFO) and path.is_file():  # a saved model's own file: its entry folder
+        folder = path.parent
+    else:
+        raise ModelError(f"{path} {'is not' if path.exists() else 'does not exist; give'} a run folder or an entry "
+                         "folder")
     model, info = load_model(folder)
     suffix = f"-{quantize}" if quantize else ""
     out = Path(out) if out else folder / f"model{suffix}{FORMATS[fmt]}"

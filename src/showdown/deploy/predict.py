@@ -31,7 +31,7 @@ from showdown.config.run_config import usable_cores
 from showdown.data.images import eval_transform, image_loader
 from showdown.data.preprocessing import Preprocessing
 from showdown.deploy.litert_quiet import stderr_lines_dropped
-from showdown.deploy.trained import METADATA_KEY, choose_entry, read_tflite_metadata
+from showdown.deploy.trained import EXPORT_SUFFIXES, METADATA_KEY, choose_entry, read_tflite_metadata
 from showdown.device import resolve_device
 from showdown.errors import ConfigError, ModelError, one_line
 from showdown.frozen.engines import frozen_forward, in_order, photo_inputs, resolve_runtime
@@ -177,7 +177,7 @@ def open_model(path: str | Path, model_name: str | None = None, device: str = "c
         raise ModelError(f"{path} does not exist; give a run folder, an entry folder, or an exported .onnx / .pt file")
     if runtime != "auto" and path.name != MODEL_WEIGHTS:
         raise ConfigError(f"--runtime {runtime} is for run folders; {path.name} runs as it was exported")
-    if path.suffix in (".pt", ".ts", ".torchscript"):
+    if path.suffix in EXPORT_SUFFIXES["torchscript"]:
         where = resolve_device(device)
         return _open_torchscript(path, where, predict_precision(precision, where, evaluated="fp32"))
     if path.name == MODEL_WEIGHTS:

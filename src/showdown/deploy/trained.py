@@ -11,6 +11,8 @@ from showdown.errors import ModelError, one_line
 from showdown.run_schema import MODEL_INFO, SUMMARY_JSON, fold_folder, summary_rows
 
 METADATA_KEY = "tl-showdown"
+# The suffixes of each exported format: what `showdown predict` tells the files apart by, and export writes.
+EXPORT_SUFFIXES = {"onnx": (".onnx",), "torchscript": (".pt", ".ts", ".torchscript"), "tflite": (".tflite",)}
 
 
 def choose_entry(run_dir: Path, model_name: str | None) -> Path:
