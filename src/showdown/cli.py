@@ -206,10 +206,13 @@ def cmd_explain(args) -> int:
     with heavy_imports():
         from showdown.deploy.explain import explain_files
 
-    folder, done, method = explain_files(args.model, args.inputs, args.model_name, args.out)
+    folder, done, method, skipped = explain_files(args.model, args.inputs, args.model_name, args.out)
     for item in done:
         print(f"{item.path}  {item.label} {item.probability:.3f}  {folder / item.png}")
-    print(f"{len(done)} {method} overlay(s) in {folder}")
+    for path in skipped:
+        print(f"{path}  (unreadable image)")
+    print(f"{len(done)} {method} overlay(s) in {folder}" + (f"; {len(skipped)} unreadable file(s) skipped"
+                                                             if skipped else ""))
     return 0
 
 

@@ -56,9 +56,15 @@ def test_heat_map_mass_sits_on_the_square(square_run, tmp_path):
 def test_explain_command_writes_overlays(square_run, tmp_path):
     results, root = square_run
     out = tmp_path / "overlays"
-    done = run_cli("explain", results.run_dir, root / "marked" / "000.png", root / "plain" / "00*.png", "--out", out)
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"not an image")  # skipped and listed, as predict does
+    done = run_cli("explain", results.run_dir, root / "marked" / "000.png", broken, root / "plain" / "00*.png",
+                   "--out", out)
     assert done.returncode == 0, done.stderr
     assert "overlay(s) in" in done.stdout and len(list(out.glob("*.png"))) == 1 + len(list(root.glob("plain/00*.png")))
+    assert f"{broken}  (unreadable image)" in done.stdout and "1 unreadable file(s) skipped" in done.stdout
+    nothing = run_cli("explain", results.run_dir, broken)
+    assert nothing.returncode == 2 and "none of the 1 image(s) could be read" in nothing.stderr
     refused = run_cli("explain", out / "01-000.png", root / "plain")
     assert refused.returncode == 2 and "Traceback" not in refused.stderr and len(refused.stderr.splitlines()) == 1
     weights = next(Path(results.run_dir).glob(f"*/{MODEL_WEIGHTS}"))  # an entry's weights file: its entry, Grad-CAM

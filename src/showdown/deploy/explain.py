@@ -18,10 +18,10 @@ import torch
 from PIL import Image
 from torch import nn
 
-from showdown.data.images import eval_transform, load_rgb
+from showdown.data.images import UNREADABLE, eval_transform, load_rgb
 from showdown.data.preprocessing import Preprocessing
 from showdown.deploy.trained import choose_entry
-from showdown.errors import ModelError
+from showdown.errors import DataError, ModelError
 from showdown.fileio import slug
 from showdown.models.saving import load_model
 from showdown.run_schema import MODEL_WEIGHTS
@@ -188,10 +188,11 @@ def _occlusion_map(predictor, x: torch.Tensor, target: int, probability: float, 
 
 
 def explain_files(model_path: str, inputs: list[str], model_name: str | None = None,
-                  out: str | None = None) -> tuple[Path, list[Explained], str]:
+                  out: str | None = None) -> tuple[Path, list[Explained], str, list[str]]:
     """`showdown explain MODEL IMAGE...`: overlays of the images (files, folders, globs) in `out` (default
-    `explain/` in the entry folder, or beside an exported file). (the folder, what was written, the method):
-    Grad-CAM for a run or entry folder, occlusion for an exported file."""
+    `explain/` in the entry folder, or beside an exported file). (the folder, what was written, the method, the
+    files skipped as unreadable, as predict skips them): Grad-CAM for a run or entry folder, occlusion for an
+    exported file."""
     from showdown.deploy.inputs import expand_inputs  # predict's input rules: files, folders, globs
     from showdown.deploy.predict import open_model
 
@@ -200,13 +201,28 @@ def explain_files(model_path: str, inputs: list[str], model_name: str | None = N
     path = Path(model_path)
     if path.name == MODEL_WEIGHTS:  # an entry's weights file: its entry folder, explained by Grad-CAM
         path = path.parent
-    files = [str(f) for f in expand_inputs(inputs)]
+    files, skipped = _readable([str(f) for f in expand_inputs(inputs)])
     if not path.is_dir():  # an exported file: the same overlays, by occlusion
         predictor = open_model(path)
         target = Path(out) if out else path.parent / f"{path.stem}-explain"
-        return target, occlusion(predictor, files, target), "occlusion"
+        return target, occlusion(predictor, files, target), "occlusion", skipped
     folder = choose_entry(path, model_name)
     model, info = load_model(folder)
     target = Path(out) if out else folder / "explain"
     found = explain(model, info.classes, Preprocessing.from_dict(info.preprocessing), files, target)
-    return target, found, "Grad-CAM"
+    return target, found, "Grad-CAM", skipped
+
+
+def _readable(paths: list[str]) -> tuple[list[str], list[str]]:
+    """(the images that decode, the files that do not), each in order; none that decodes is one line."""
+    readable, unreadable = [], []
+    for path in paths:
+        try:
+            load_rgb(Path(path))
+        except UNREADABLE:
+            unreadable.append(path)
+        else:
+            readable.append(path)
+    if not readable:
+        raise DataError(f"none of the {len(paths)} image(s) could be read")
+    return readable, unreadable
