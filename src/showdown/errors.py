@@ -14,6 +14,11 @@ class DataError(ShowdownError):
     """The dataset path, layout or images are unusable."""
 
 
+class DamagedFileError(DataError, ValueError):
+    """A file of a run folder that is not what showdown wrote there (cut short, edited, overwritten). A ValueError
+    too, so a reader that falls back on an unreadable file (as on a missing one) still does."""
+
+
 class ModelError(ShowdownError):
     """An unknown backbone, or weights that cannot be found or loaded."""
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, ClassVar, get_args, get_type_hints
 
+from showdown.errors import DamagedFileError
 from showdown.fileio import write_csv
 
 # --- the run folder --------------------------------------------------------------------------------------------
@@ -208,13 +209,25 @@ def read_rows(path: Path, kind: type[_Row]) -> list[dict]:
 
 
 def read_json(path: Path, default=None):
-    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else default
+    """The JSON in `path`, `default` where there is no such file; DamagedFileError (one line) where it is not JSON."""
+    if not path.is_file():
+        return default
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as exc:  # not JSON, or not UTF-8
+        raise DamagedFileError(f"{path} is damaged (not JSON: {exc}); run again, or restore the file") from exc
 
 
 def summary_rows(run_dir: Path) -> list[EntryRow] | None:
     """The summary rows of a finished run folder, or None when it has no summary.json."""
     summary = read_json(run_dir / SUMMARY_JSON)
-    return None if summary is None else [EntryRow.from_dict(row) for row in summary["rows"]]
+    if summary is None:
+        return None
+    try:
+        return [EntryRow.from_dict(row) for row in summary["rows"]]
+    except (KeyError, TypeError, AttributeError) as exc:  # JSON, but not a summary's
+        raise DamagedFileError(f"{run_dir / SUMMARY_JSON} is damaged (no rows of results: {exc!r}); run again, "
+                               "or restore the file") from exc
 
 
 @dataclass

@@ -31,6 +31,23 @@ def report_run(tmp_path_factory, demo_dir):
     return run(config, echo=lambda *_: None)
 
 
+@pytest.mark.parametrize("damage", ["summary.json:{", "summary.json:{}", "environment.json:[1]", "config.yaml:a: [",
+                                    "metrics.json gone"])
+def test_a_damaged_run_folder_is_one_line_in_report(report_run, tmp_path, damage):
+    """A hand edit, a cut copy: `showdown report` names the folder or the file in one line, exit 2."""
+    copy = tmp_path / "run"
+    shutil.copytree(report_run.run_dir, copy)
+    if damage == "metrics.json gone":
+        next(copy.glob("*/metrics.json")).unlink()
+    else:
+        name, text = damage.split(":", 1)
+        (copy / name).write_text(text)
+    result = run_cli("report", copy)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert "is damaged" in result.stderr or "is missing" in result.stderr, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
 def test_run_writes_a_report_and_records_itself(report_run):
     run_dir = report_run.run_dir
     html = (run_dir / "report.html").read_text()

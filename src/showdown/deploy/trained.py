@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from showdown.errors import ModelError, one_line
+from showdown.errors import ModelError
 from showdown.run_schema import MODEL_INFO, SUMMARY_JSON, fold_folder, summary_rows
 
 METADATA_KEY = "tl-showdown"
@@ -19,11 +19,7 @@ def choose_entry(run_dir: Path, model_name: str | None) -> Path:
     """The entry folder inside a run folder: the named one, or the best by test accuracy."""
     if (run_dir / MODEL_INFO).is_file():
         return run_dir
-    try:
-        rows = summary_rows(run_dir)
-    except (ValueError, TypeError, KeyError, AttributeError) as exc:  # not JSON, or not a summary's rows
-        raise ModelError(f"{run_dir / SUMMARY_JSON} is damaged ({one_line(exc)}); pass an entry folder instead, "
-                         f"e.g. {run_dir}/<model>-<strategy>") from exc
+    rows = summary_rows(run_dir)  # a damaged summary.json: one line naming it (run_schema.DamagedFileError)
     if rows is None:
         raise ModelError(f"{run_dir} is neither a run folder ({SUMMARY_JSON}) nor a saved model ({MODEL_INFO})")
     if not rows:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import yaml
 
-from showdown.errors import ShowdownError
+from showdown.errors import DamagedFileError, ShowdownError, one_line
 from showdown.reporting.label_issues import read_suspects
 from showdown.run_schema import (
     BENCH_JSON,
@@ -61,14 +61,25 @@ class EntryRecord:
 
 
 def load_run(run_dir: str | Path) -> list[EntryRecord]:
-    """Every finished entry of a run folder, in the order they ran."""
+    """Every finished entry of a run folder, in the order they ran. A file that is not what a run writes there (JSON
+    or YAML of another shape, an entry's metrics gone) is one line naming the folder, not a traceback."""
     run_dir = Path(run_dir)
+    try:
+        return _load_run(run_dir)
+    except (KeyError, TypeError, AttributeError, yaml.YAMLError) as exc:
+        raise DamagedFileError(f"{run_dir} is damaged ({one_line(exc)}); run again, or restore its files") from exc
+
+
+def _load_run(run_dir: Path) -> list[EntryRecord]:
     summary = read_json(run_dir / SUMMARY_JSON)
     if summary is None:
         raise ShowdownError(f"{run_dir} is not a finished showdown run (no summary.json)")
     config = yaml.safe_load((run_dir / CONFIG).read_text()) if (run_dir / CONFIG).is_file() else {}
     environment = read_json(run_dir / ENVIRONMENT, {})
     dataset = read_json(run_dir / DATASET, {})
+    for name, value in ((CONFIG, config), (ENVIRONMENT, environment), (DATASET, dataset)):
+        if not isinstance(value, dict):
+            raise DamagedFileError(f"{run_dir / name} is damaged (not a mapping); run again, or restore the file")
     bench = {row["model"]: row for row in read_json(run_dir / BENCH_JSON, {"rows": []})["rows"]
              if row.get("runtime") == "torch" and row.get("precision") == "fp32"}
     suspects = read_suspects(run_dir, summary)
@@ -79,8 +90,11 @@ def load_run(run_dir: str | Path) -> list[EntryRecord]:
     records = []
     for row in summary["rows"]:
         folder = run_dir / row["folder"]
+        metrics = read_json(folder / METRICS)
+        if metrics is None:
+            raise DamagedFileError(f"{folder / METRICS} is missing; run again, or restore the file")
         records.append(EntryRecord(
-            run=str(run_dir), folder=row["folder"], metrics=read_json(folder / METRICS),
+            run=str(run_dir), folder=row["folder"], metrics=metrics,
             history=read_rows(folder / HISTORY, HistoryRow), predictions=read_rows(folder / PREDICTIONS, PredictionRow),
             config=config, environment=environment, dataset=dataset, bench=bench.get(row["model"]),
             extra=extra,
