@@ -276,6 +276,32 @@ def test_a_file_name_that_is_not_utf8_is_written_escaped(trained, tmp_path):
     assert "caf\\udce9.jpg" in (tmp_path / "out.csv").read_text(encoding="utf-8")  # Python's escape, as in JSON
 
 
+def test_predict_takes_each_image_once_and_never_writes_over_one(trained, tmp_path):
+    """A link looping back to its folder reaches every photo again and again: each is classified once. The CSV has
+    as many class columns as the model has classes. --output naming one of the photos is refused, the photo kept;
+    a folder of nothing readable is an error, not a success."""
+    run_dir, data = trained
+    folder = tmp_path / "photos"
+    shutil.copytree(data / "roses", folder / "roses")
+    (folder / "roses" / "up").symlink_to(folder)
+    result = run_cli("predict", run_dir, f"{folder}/**/*.jpg", "--top-k", "5", "--format", "csv",
+                     "--output", tmp_path / "out.csv")
+    assert result.returncode == 0, result.stderr
+    with open(tmp_path / "out.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == 50 and len({row["path"] for row in rows}) == 50
+    assert "class3" in rows[0] and "class4" not in rows[0]  # 3 classes
+    photo = next((folder / "roses").glob("*.jpg"))
+    before = photo.read_bytes()
+    refused = run_cli("predict", run_dir, photo, "--output", photo)
+    assert refused.returncode == 2 and "is one of the images to classify" in refused.stderr
+    assert photo.read_bytes() == before
+    (tmp_path / "junk").mkdir()
+    (tmp_path / "junk" / "a.jpg").write_bytes(b"not an image")
+    nothing = run_cli("predict", run_dir, tmp_path / "junk")
+    assert nothing.returncode == 2 and "none of the 1 image(s) could be read" in nothing.stderr
+
+
 def test_an_output_path_that_cannot_be_written_is_one_line(trained, tmp_path):
     """A folder, a path under a file, an empty name: `error: <reason>: <path>`, exit 1, no traceback."""
     run_dir, data = trained

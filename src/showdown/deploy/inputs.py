@@ -24,7 +24,13 @@ def expand_inputs(inputs: list[str]) -> list[Path]:
                 files.append(path)
             else:
                 raise DataError(f"{path} does not exist")
-    files = [f for f in dict.fromkeys(files) if is_visible(f.name)]
+    unique, seen = [], set()
+    for path in files:  # each image once, however it was reached (twice in the inputs, a link looping back)
+        real = path.resolve()
+        if is_visible(path.name) and real not in seen:
+            seen.add(real)
+            unique.append(path)
+    files = unique
     check_readable(files, ", ".join(inputs))  # a HEIC file given by name, without pillow-heif: said, not skipped
     if not files:
         raise DataError(f"no images found in {', '.join(inputs)} (looked for {', '.join(sorted(IMAGE_SUFFIXES))})")

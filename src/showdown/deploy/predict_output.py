@@ -5,12 +5,13 @@ import csv
 import json
 import sys
 from contextlib import contextmanager
+from pathlib import Path
 
 from tqdm import tqdm
 
 from showdown.deploy.inputs import expand_inputs, folder_labels
 from showdown.deploy.predict import open_model, predict_files, predict_workers
-from showdown.errors import DataError
+from showdown.errors import ConfigError, DataError
 
 
 @contextmanager
@@ -36,6 +37,8 @@ def write_predictions(model: str, inputs: list[str], *, model_name: str | None =
                            images=len(files))
     if missing is not None:
         raise missing
+    if output is not None and Path(output).resolve() in {path.resolve() for path in files}:
+        raise ConfigError(f"--output {output} is one of the images to classify; write the predictions elsewhere")
     workers = predict_workers(workers, len(files), batch_size)
     labels, warning = folder_labels(files, inputs, predictor.classes)
     if warning:
@@ -44,17 +47,21 @@ def write_predictions(model: str, inputs: list[str], *, model_name: str | None =
     rows = predict_files(predictor, files, top_k=top_k, batch_size=batch_size, workers=workers, labels=labels)
     progress = tqdm(rows, total=len(files), unit="img", file=sys.stderr, disable=None, leave=False)
     with _destination(output) as out:
-        writer = _WRITERS[fmt](out, top_k)
-        for row in progress:
-            if "error" in row:
-                counts["unreadable"] += 1
-            else:
-                counts["predicted"] += 1
-                if "true" in row:
-                    counts["labelled"] += 1
-                    counts["correct"] += row["true"] == row["top"][0][0]
-            writer.write(row)
-        writer.close()
+        writer = _WRITERS[fmt](out, min(top_k, len(predictor.classes)))
+        try:
+            for row in progress:
+                if "error" in row:
+                    counts["unreadable"] += 1
+                else:
+                    counts["predicted"] += 1
+                    if "true" in row:
+                        counts["labelled"] += 1
+                        counts["correct"] += row["true"] == row["top"][0][0]
+                writer.write(row)
+        finally:  # stopped by Ctrl-C or an error: the rows so far stay a whole CSV or JSON array
+            writer.close()
+    if not counts["predicted"]:
+        raise DataError(f"none of the {len(files)} image(s) could be read")
     summary = f"{counts['predicted']} image(s) classified by {predictor.name}"
     if predictor.precision:
         summary += f" ({predictor.precision})"
