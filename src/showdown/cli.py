@@ -239,6 +239,7 @@ def cmd_runs(args) -> int:
         return 0
     if not args.ids:
         raise ConfigError(f"`showdown runs {args.action}` needs run IDs (see `showdown runs list`)")
+    args.ids = list(dict.fromkeys(args.ids))  # a run named twice is one run, not two seeds of it
     records = db.load_entries(args.ids, args.db)
     if args.action == "show":
         print(format_table([{**r.metrics, "strategy": r.strategy + (f" (seed {r.seed})" if r.seed else "")}

@@ -105,6 +105,8 @@ def test_runs_cli_lists_shows_and_compares(report_run, tmp_path):
     summary = (tmp_path / "cmp" / "report.md").read_text()
     assert f"runs {run_id} compared" in summary and "efficientnet_lite1 / head" in summary
     assert (tmp_path / "cmp" / "report.html").is_file()
+    twice = run_cli("runs", "compare", run_id, run_id, "--out", tmp_path / "cmp2")  # one run, not two seeds of it
+    assert twice.returncode == 0 and (tmp_path / "cmp2" / "report.md").read_text() == summary
     missing = run_cli("runs", "show", "99999")
     assert missing.returncode == 2 and "no run 99999" in missing.stderr and "Traceback" not in missing.stderr
 
