@@ -107,6 +107,12 @@ def test_runs_cli_lists_shows_and_compares(report_run, tmp_path):
     assert (tmp_path / "cmp" / "report.html").is_file()
     twice = run_cli("runs", "compare", run_id, run_id, "--out", tmp_path / "cmp2")  # one run, not two seeds of it
     assert twice.returncode == 0 and (tmp_path / "cmp2" / "report.md").read_text() == summary
+    nowhere = tmp_path / "no-folder" / "results.db"  # commands that read make no database, nor its folder
+    listed = run_cli("runs", "list", "--db", nowhere)
+    shown = run_cli("runs", "show", "1", "--db", nowhere)
+    assert listed.returncode == 0 and "no runs recorded" in listed.stdout
+    assert shown.returncode == 2 and "no results database at" in shown.stderr
+    assert not nowhere.parent.exists()
     missing = run_cli("runs", "show", "99999")
     assert missing.returncode == 2 and "no run 99999" in missing.stderr and "Traceback" not in missing.stderr
 

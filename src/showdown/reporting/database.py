@@ -149,6 +149,8 @@ def _insert_run(run_dir: str | Path, records: list[EntryRecord], path: Path) -> 
 
 
 def list_runs(db: str | Path | None = None) -> list[dict]:
+    if not (Path(db) if db else default_db()).exists():  # nothing recorded yet: nothing made by a command that reads
+        return []
     with closing(connect(db)) as conn:
         rows = conn.execute(
             "SELECT r.id, r.created, r.dataset, r.run_dir, COUNT(e.id) AS entries, MAX(e.accuracy) AS best_accuracy, "
@@ -159,6 +161,10 @@ def list_runs(db: str | Path | None = None) -> list[dict]:
 
 def load_entries(run_ids: list[int], db: str | Path | None = None) -> list[EntryRecord]:
     """The recorded entries of these runs, as records the report understands."""
+    path = Path(db) if db else default_db()
+    if not path.exists():  # said, not made: a command that reads creates no database
+        raise ShowdownError(f"no run {run_ids[0]}: no results database at {path} (runs are recorded there by "
+                            "`showdown run`)")
     records = []
     with closing(connect(db)) as conn:
         for run_id in run_ids:
