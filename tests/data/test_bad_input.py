@@ -204,3 +204,21 @@ def test_duplicates_across_splits_are_reported_and_can_be_dropped(leaky_folder):
     dropped = check_leakage(spec, drop=True)
     assert dropped.counts()["test"] == spec.counts()["test"] - 1
     assert all(not str(p).endswith("renamed-copy.jpg") for p, _ in dropped.splits["test"])
+
+
+def test_more_workers_than_cores_is_one_line_once(demo_dir, caplog):
+    """PyTorch notes it in several lines at every pass (filtered where showdown.data.images loads); showdown says it
+    once, in one line."""
+    import os
+
+    from showdown.data.images import eval_transform, image_loader
+    from showdown.data.preprocessing import Preprocessing
+
+    cores = len(os.sched_getaffinity(0))
+    items = [(path, 0) for path in sorted((demo_dir / "daisy").iterdir())[:4]]
+    transform = eval_transform(Preprocessing(input_size=(3, 32, 32)))
+    for _ in range(2):
+        assert sum(len(batch[0]) for batch in image_loader(items, transform, batch_size=2, workers=cores + 1)) == 4
+    notes = [r.getMessage() for r in caplog.records if "image-decoding workers" in r.getMessage()]
+    assert notes == [f"{cores + 1} image-decoding workers on {cores} CPU cores: they take turns, which can make "
+                     "decoding slower"]

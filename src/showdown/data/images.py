@@ -8,6 +8,7 @@ says how large its input must stay (`PhotoTransform.decode_side`); `load_rgb` pi
 """
 from __future__ import annotations
 
+import logging
 import math
 import multiprocessing
 import os
@@ -27,11 +28,16 @@ from showdown import distributed
 from showdown.data import formats  # noqa: F401  (registers the HEIC/HEIF and AVIF openers in every worker)
 from showdown.data.preprocessing import Preprocessing
 
+log = logging.getLogger(__name__)
+
 # What decoding a broken, truncated, non-image or oversized file raises: such files are skipped and listed.
 UNREADABLE = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
 
 # A decompression bomb is refused by Pillow's own pixel limit; a decoding warning must not spam the log.
 warnings.filterwarnings("ignore", category=UserWarning, module="PIL")
+# PyTorch's several-line note on more workers than cores, at every pass: said once, in one line (image_loader).
+warnings.filterwarnings("ignore", message="This DataLoader will create", category=UserWarning)
+_WORKERS_NOTED: set[int] = set()
 
 
 # How images are decoded, part of the feature cache key: features cached under another decoder are not reused.
@@ -168,6 +174,11 @@ def image_loader(items, transform, *, batch_size: int, workers: int, sampler=Non
     """Batches in item order, or in the order of `sampler` (the training loop's DistributedSampler); `generator`
     seeds the workers' random augmentations; pinned memory for fast copies to a CUDA GPU; each worker decodes
     up to `prefetch` batches ahead."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    if workers > cores and workers not in _WORKERS_NOTED:
+        _WORKERS_NOTED.add(workers)
+        log.warning("%d image-decoding workers on %d CPU cores: they take turns, which can make decoding slower",
+                    workers, cores)
     return DataLoader(
         ImageFiles(items, transform), batch_size=batch_size, sampler=sampler, num_workers=workers,
         collate_fn=collate_readable, persistent_workers=False, pin_memory=pin_memory, generator=generator,
