@@ -269,14 +269,18 @@ def cmd_cache(args) -> int:
     from showdown import cache
 
     features = Path(args.cache_dir) if args.cache_dir else None
+    if features is not None and features.exists() and not features.is_dir():
+        raise ConfigError(f"--cache-dir {features} is a file; give the feature cache's folder")
     if args.action == "clear":
         count, freed = cache.clear(features, args.older_than)
         age = f" not used for {args.older_than:g} days" if args.older_than is not None else ""
         print(f"cleared {count} cache entries{age}, {freed / 2**20:.1f} MB")
         return 0
-    for row in cache.usage(features):
+    rows = cache.usage(features)
+    width = max(len(row.kind) for row in rows)
+    for row in rows:
         oldest = f", least recently used {row.oldest_days:.0f} days ago" if row.oldest_days is not None else ""
-        print(f"{row.kind:9s} {row.bytes / 2**20:9.1f} MB  {row.entries:5d} entries  {row.folder}{oldest}")
+        print(f"{row.kind:{width}s} {row.bytes / 2**20:9.1f} MB  {row.entries:5d} entries  {row.folder}{oldest}")
     return 0
 
 

@@ -302,6 +302,16 @@ def test_predict_takes_each_image_once_and_never_writes_over_one(trained, tmp_pa
     assert nothing.returncode == 2 and "none of the 1 image(s) could be read" in nothing.stderr
 
 
+def test_inputs_and_flags_that_make_no_sense_are_one_line(trained, tmp_path):
+    run_dir, data = trained
+    onnx = export_model(run_dir, "onnx", tmp_path / "m.onnx")
+    for args, said in ((["predict", run_dir, "/dev/null"], "/dev/null is neither an image file nor a folder"),
+                       (["explain", onnx, data / "roses", "--model", "foo"], "--model picks an entry of a run folder")):
+        result = run_cli(*args)
+        assert result.returncode == 2 and said in result.stderr, result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1
+
+
 def test_an_output_path_that_cannot_be_written_is_one_line(trained, tmp_path):
     """A folder, a path under a file, an empty name: `error: <reason>: <path>`, exit 1, no traceback."""
     run_dir, data = trained

@@ -187,6 +187,8 @@ def test_clearing_a_folder_that_is_not_a_feature_cache_deletes_nothing(tmp_path,
         (features / name).write_bytes(b"x")
     code, out, _ = _main(capsys, "cache", "clear", "--cache-dir", str(features))
     assert code == 0 and "cleared 3 cache entries" in out and not any(features.iterdir())
+    code, out, err = _main(capsys, "cache", "info", "--cache-dir", str(photos / "thesis.txt"))
+    _one_line(code, out, err, 2, "is a file; give the feature cache's folder")
 
 
 def test_written_files_get_the_umask_not_mkstemps_0600(tmp_path, monkeypatch):

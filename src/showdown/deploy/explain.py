@@ -21,7 +21,7 @@ from torch import nn
 from showdown.data.images import UNREADABLE, eval_transform, load_rgb
 from showdown.data.preprocessing import Preprocessing
 from showdown.deploy.trained import choose_entry
-from showdown.errors import DataError, ModelError
+from showdown.errors import ConfigError, DataError, ModelError
 from showdown.fileio import slug
 from showdown.models.saving import load_model
 from showdown.run_schema import MODEL_WEIGHTS
@@ -203,6 +203,8 @@ def explain_files(model_path: str, inputs: list[str], model_name: str | None = N
         path = path.parent
     files, skipped = _readable([str(f) for f in expand_inputs(inputs)])
     if not path.is_dir():  # an exported file: the same overlays, by occlusion
+        if model_name:
+            raise ConfigError(f"--model picks an entry of a run folder; {path.name} is one exported model")
         predictor = open_model(path)
         target = Path(out) if out else path.parent / f"{path.stem}-explain"
         return target, occlusion(predictor, files, target), "occlusion", skipped

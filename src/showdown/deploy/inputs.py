@@ -22,6 +22,8 @@ def expand_inputs(inputs: list[str]) -> list[Path]:
                 files += images_in(path)
             elif path.is_file():
                 files.append(path)
+            elif path.exists():  # a device, a socket, a pipe
+                raise DataError(f"{path} is neither an image file nor a folder")
             else:
                 raise DataError(f"{path} does not exist")
     unique, seen = [], set()
