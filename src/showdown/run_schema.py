@@ -203,9 +203,19 @@ def read_text_rows(path: Path) -> list[dict[str, str]]:
 
 
 def read_rows(path: Path, kind: type[_Row]) -> list[dict]:
-    """A CSV of `kind` rows as dicts with the declared types ([] when the file is absent)."""
+    """A CSV of `kind` rows as dicts with the declared types ([] when the file is absent); DamagedFileError (one
+    line) where its columns or values are not what a run writes."""
     rows = read_text_rows(path)
-    return [kind.typed(row) for row in rows]  # the file's columns, in its order
+    required = [f.name for f in dataclasses.fields(kind)
+                if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    missing = [name for name in required if rows and name not in rows[0]]
+    if missing:
+        columns = f"column{'s' * (len(missing) > 1)} {', '.join(missing)}"
+        raise DamagedFileError(f"{path} is damaged (no {columns}); run again, or restore the file")
+    try:
+        return [kind.typed(row) for row in rows]  # the file's columns, in its order
+    except (ValueError, TypeError) as exc:  # a value of another type than its column's
+        raise DamagedFileError(f"{path} is damaged ({exc}); run again, or restore the file") from exc
 
 
 def read_json(path: Path, default=None):

@@ -32,13 +32,17 @@ def report_run(tmp_path_factory, demo_dir):
 
 
 @pytest.mark.parametrize("damage", ["summary.json:{", "summary.json:{}", "environment.json:[1]", "config.yaml:a: [",
-                                    "metrics.json gone"])
+                                    "metrics.json gone", "predictions.csv of other columns",
+                                    "predictions.csv of other values"])
 def test_a_damaged_run_folder_is_one_line_in_report(report_run, tmp_path, damage):
     """A hand edit, a cut copy: `showdown report` names the folder or the file in one line, exit 2."""
     copy = tmp_path / "run"
     shutil.copytree(report_run.run_dir, copy)
     if damage == "metrics.json gone":
         next(copy.glob("*/metrics.json")).unlink()
+    elif damage.startswith("predictions.csv"):
+        text = "a,b\n1,2\n" if "columns" in damage else "path,true,pred,confidence\nx.jpg,daisy,daisy,high\n"
+        next(copy.glob("*/predictions.csv")).write_text(text)
     else:
         name, text = damage.split(":", 1)
         (copy / name).write_text(text)
