@@ -132,11 +132,9 @@ def _process_settings() -> list:
     """What a process inherits besides its environment and a command run in a daemon would take from the daemon
     (the one that started it): `taskset`'s cores (which set torch's threads), `nice`, the umask the run's files
     get, the user's groups and limits (`ulimit -n`, `ulimit -v`)."""
-    try:  # read, not set and reset: other threads may be making files
-        umask = next((line.split()[1] for line in Path("/proc/self/status").read_text().splitlines()
-                      if line.startswith("Umask:")), None)
-    except OSError:  # no /proc (a sandbox)
-        umask = None
+    from showdown.fileio import current_umask  # here: the command's side of the daemon imports as little as it can
+
+    umask = current_umask()
     limits = [resource.getrlimit(getattr(resource, name)) for name in ("RLIMIT_NOFILE", "RLIMIT_AS", "RLIMIT_DATA",
                                                                        "RLIMIT_STACK", "RLIMIT_NPROC")]
     return [umask, sorted(os.sched_getaffinity(0)), os.getpriority(os.PRIO_PROCESS, 0), os.getgroups(), limits]

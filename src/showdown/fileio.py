@@ -21,15 +21,21 @@ from pathlib import Path, PurePath, PureWindowsPath
 from showdown.errors import disk_error
 
 
-def _process_umask() -> int:
-    """The umask this process's files get. mkstemp and mkdtemp make their files 0600 and 0700 whatever it is, so
-    atomic writes set it themselves: a run's report and models stay readable by whom the user's umask allows."""
-    mask = os.umask(0o077)  # read once, as the module loads: os.umask can only be read by setting it
-    os.umask(mask)
-    return mask
+def current_umask() -> int:
+    """The umask this process's files get: read from /proc, not set and reset (other threads may be making files);
+    where there is no /proc, set and reset (os.umask can be read no other way)."""
+    try:
+        status = Path("/proc/self/status").read_text()
+        return int(next(line.split()[1] for line in status.splitlines() if line.startswith("Umask:")), 8)
+    except (OSError, StopIteration):  # no /proc (macOS, a sandbox), or a kernel that does not say
+        mask = os.umask(0o077)
+        os.umask(mask)
+        return mask
 
 
-UMASK = _process_umask()
+# mkstemp and mkdtemp make their files 0600 and 0700 whatever the umask, so atomic writes apply it themselves: a
+# run's report and models stay readable by whom the user's umask allows.
+UMASK = current_umask()
 
 
 @contextmanager
