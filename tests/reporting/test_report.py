@@ -52,6 +52,16 @@ def test_a_damaged_run_folder_is_one_line_in_report(report_run, tmp_path, damage
     assert len(result.stderr.strip().splitlines()) == 1
 
 
+def test_an_entry_without_its_predictions_has_no_interval_rather_than_nan(report_run, tmp_path):
+    copy = tmp_path / "run"
+    shutil.copytree(report_run.run_dir, copy)
+    for predictions in copy.glob("*/predictions.csv"):
+        predictions.unlink()
+    result = run_cli("report", copy)
+    assert result.returncode == 0, result.stderr
+    assert "nan" not in (copy / "report.md").read_text()
+
+
 def test_run_writes_a_report_and_records_itself(report_run):
     run_dir = report_run.run_dir
     html = (run_dir / "report.html").read_text()

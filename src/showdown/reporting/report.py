@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import html
 import json
+import math
 import statistics
 from dataclasses import dataclass
 from datetime import datetime
@@ -127,7 +128,7 @@ def leaderboard_rows(groups: list[Group]) -> list[dict]:
         rows.append({
             "rank": rank, "entry": group.label, "seeds": len(group.records),
             "accuracy": f"{group.mean('accuracy'):.4f}" + (f" ± {std:.4f}" if std is not None else ""),
-            "ci": f"{low:.3f}–{high:.3f}",
+            "ci": "–" if math.isnan(low) else f"{low:.3f}–{high:.3f}",  # NaN: no predictions.csv to resample
             "w/o suspects": _fmt(accuracy_without(group.first.predictions, suspects.test_paths)[0], ".4f")
             if suspects else "–",
             "macro F1": _fmt(group.mean("macro_f1"), ".3f"),
