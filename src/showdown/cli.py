@@ -12,7 +12,14 @@ import sys
 from showdown import __version__
 from showdown.config.options import add_flags, definitions, flag_type, read_values
 from showdown.config.presets import QUICK, load_preset
-from showdown.config.run_config import RUNTIMES, RunConfig, read_config_file, weights_map
+from showdown.config.run_config import (
+    RUNTIMES,
+    WORKERS_RULE,
+    RunConfig,
+    read_config_file,
+    weights_map,
+    workers_valid,
+)
 from showdown.errors import DISK_ERRNOS, ConfigError, ShowdownError
 from showdown.startup import heavy_imports, stacks_on_sigusr1
 
@@ -21,8 +28,8 @@ DEVICE_HELP = definitions(RunConfig)["device"][1].help  # the same words as `sho
 
 def _workers(text: str) -> str | int:
     """`showdown predict --workers`: a whole number from 0, or auto (deploy/predict.py: predict_workers)."""
-    if text != "auto" and not text.isdecimal():
-        raise argparse.ArgumentTypeError(f"must be a whole number from 0, or auto (got '{text}')")
+    if not workers_valid(text):
+        raise argparse.ArgumentTypeError(f"must be {WORKERS_RULE} (got '{text}')")
     return text if text == "auto" else int(text)
 
 

@@ -201,8 +201,8 @@ class RunConfig:
                               f"(got {','.join(f'{f:g}' for f in self.split)})")
         if self.split[0] <= 0:
             raise ConfigError("--split needs a training fraction above 0")
-        if self.workers != "auto" and not self.workers.isdigit():
-            raise ConfigError(f"--workers must be a whole number from 0, or auto (got '{self.workers}')")
+        if not workers_valid(self.workers):
+            raise ConfigError(f"--workers must be {WORKERS_RULE} (got '{self.workers}')")
         if self.pool_stages and any(s.finetunes for s in strategies):
             raise ConfigError("--pool-stages works with the head and scratch strategies, not finetune (its "
                               "frozen-bottom cache splits the plain network)")
@@ -239,7 +239,7 @@ class RunConfig:
             return int(self.workers)
         from showdown import distributed  # here: the CLI imports this module before torch (startup.py)
 
-        return max(1, min(8, usable_cores() // distributed.local_processes()))
+        return auto_workers(distributed.local_processes())
 
     def strategy_values(self) -> list[Strategy]:
         """The strategies parsed (one-line ConfigErrors); the field keeps their text, as flags and files give it."""
@@ -274,6 +274,19 @@ class RunConfig:
         """From a mapping (a YAML file, a preset, a run's config.yaml): unknown keys and values of the wrong type
         are one-line ConfigErrors naming `source`; ranges are checked by validate()."""
         return cls(**read_values(cls, values, source))
+
+
+WORKERS_RULE = "a whole number from 0, or auto"  # --workers of `run` and `predict`
+
+
+def workers_valid(text: str) -> bool:
+    """Whether `text` is a --workers value (WORKERS_RULE); isdecimal, not isdigit: int() refuses '²'."""
+    return text == "auto" or text.isdecimal()
+
+
+def auto_workers(processes: int = 1) -> int:
+    """`--workers auto`: this machine's usable cores shared among its `processes` (torchrun's on it), at most 8 each."""
+    return max(1, min(8, usable_cores() // processes))
 
 
 def usable_cores() -> int:

@@ -25,6 +25,7 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms
 
 from showdown import distributed
+from showdown.config.run_config import usable_cores
 from showdown.data import formats  # noqa: F401  (registers the HEIC/HEIF and AVIF openers in every worker)
 from showdown.data.preprocessing import Preprocessing
 
@@ -174,7 +175,7 @@ def image_loader(items, transform, *, batch_size: int, workers: int, sampler=Non
     """Batches in item order, or in the order of `sampler` (the training loop's DistributedSampler); `generator`
     seeds the workers' random augmentations; pinned memory for fast copies to a CUDA GPU; each worker decodes
     up to `prefetch` batches ahead."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    cores = usable_cores()
     if workers > cores and workers not in _WORKERS_NOTED:
         _WORKERS_NOTED.add(workers)
         log.warning("%d image-decoding workers on %d CPU cores: they take turns, which can make decoding slower",

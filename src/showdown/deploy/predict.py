@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from showdown.config.run_config import usable_cores
+from showdown.config.run_config import auto_workers
 from showdown.data.images import eval_transform, image_loader
 from showdown.data.preprocessing import Preprocessing
 from showdown.deploy.litert_quiet import stderr_lines_dropped
@@ -158,7 +158,7 @@ def predict_workers(requested: str | int, images: int, batch_size: int) -> int:
     workers would cost more than they save), else this machine's usable cores, at most 8."""
     if requested != "auto":
         return int(requested)
-    return 0 if images <= batch_size else max(1, min(8, usable_cores()))
+    return 0 if images <= batch_size else auto_workers()
 
 
 def open_model(path: str | Path, model_name: str | None = None, device: str = "cpu",
