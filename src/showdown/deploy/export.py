@@ -18,7 +18,7 @@ from showdown.models.onnx_graph import OnnxExportError, onnx_graph
 from showdown.models.saving import load_model
 from showdown.run_schema import MODEL_INFO, MODEL_WEIGHTS
 
-FORMATS = {"onnx": ".onnx", "torchscript": ".pt", "tflite": ".tflite"}
+FORMATS = {fmt: suffixes[0] for fmt, suffixes in EXPORT_SUFFIXES.items()}  # the suffix export writes by default
 QUANTIZE = ("int8",)  # TFLite only: full-integer post-training quantisation (export_tflite.py)
 
 

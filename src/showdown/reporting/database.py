@@ -49,11 +49,16 @@ def default_db() -> Path:
     return base / "showdown" / "showdown.db"
 
 
+def database_path(db: str | Path | None) -> Path:
+    """The database `--db` names, else the default one."""
+    return Path(db) if db else default_db()
+
+
 BUSY_SECONDS = 60  # a run's insert takes well under a second; a minute covers a queue of shards finishing at once
 
 
 def connect(path: str | Path | None = None) -> sqlite3.Connection:
-    path = Path(path) if path else default_db()
+    path = database_path(path)
     with disk_writes(path.parent, "the folder of the results database"):
         path.parent.mkdir(parents=True, exist_ok=True)
     try:
@@ -77,7 +82,7 @@ def _database_error(path: Path, exc: sqlite3.DatabaseError) -> ShowdownError:
 
 def check_database(path: str | Path | None = None) -> None:
     """Open the results database (created when new), check its integrity and that its tables are showdown's."""
-    path = Path(path) if path else default_db()
+    path = database_path(path)
     with closing(connect(path)) as conn:
         try:
             (verdict,) = conn.execute("PRAGMA quick_check(1)").fetchone()
@@ -110,7 +115,7 @@ def _text(value: str) -> str:
 def record_run(run_dir: str | Path, db: str | Path | None = None) -> int:
     """Store a finished run folder (again: a re-recorded folder replaces its old rows); returns its id."""
     records = load_run(run_dir)
-    path = Path(db) if db else default_db()
+    path = database_path(db)
     try:
         return _insert_run(run_dir, records, path)
     except sqlite3.DatabaseError as exc:  # a full disk, mid-transaction: nothing of the run is stored
@@ -149,7 +154,7 @@ def _insert_run(run_dir: str | Path, records: list[EntryRecord], path: Path) -> 
 
 
 def list_runs(db: str | Path | None = None) -> list[dict]:
-    if not (Path(db) if db else default_db()).exists():  # nothing recorded yet: nothing made by a command that reads
+    if not database_path(db).exists():  # nothing recorded yet: nothing made by a command that reads
         return []
     with closing(connect(db)) as conn:
         rows = conn.execute(
@@ -161,7 +166,7 @@ def list_runs(db: str | Path | None = None) -> list[dict]:
 
 def load_entries(run_ids: list[int], db: str | Path | None = None) -> list[EntryRecord]:
     """The recorded entries of these runs, as records the report understands."""
-    path = Path(db) if db else default_db()
+    path = database_path(db)
     if not path.exists():  # said, not made: a command that reads creates no database
         raise ShowdownError(f"no run {run_ids[0]}: no results database at {path} (runs are recorded there by "
                             "`showdown run`)")
