@@ -10,16 +10,10 @@ import os
 import sys
 
 from showdown import __version__
+from showdown.config.cores import WORKERS_RULE, workers_valid
 from showdown.config.options import add_flags, definitions, flag_type, read_values
 from showdown.config.presets import QUICK, load_preset
-from showdown.config.run_config import (
-    RUNTIMES,
-    WORKERS_RULE,
-    RunConfig,
-    read_config_file,
-    weights_map,
-    workers_valid,
-)
+from showdown.config.run_config import RUNTIMES, RunConfig, read_config_file, weights_map
 from showdown.errors import DISK_ERRNOS, ConfigError, ShowdownError
 from showdown.startup import heavy_imports, stacks_on_sigusr1
 

@@ -6,12 +6,12 @@ The flags of `showdown run`, the reading of YAML and the checks of `validate` ar
 from __future__ import annotations
 
 import dataclasses
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
 
+from showdown.config.cores import WORKERS_RULE, auto_workers, workers_valid
 from showdown.config.options import check_field, definitions, from_keywords, option, read_values
 from showdown.config.strategy import STRATEGIES, Strategy, parse_unfreeze
 from showdown.errors import ConfigError
@@ -274,27 +274,6 @@ class RunConfig:
         """From a mapping (a YAML file, a preset, a run's config.yaml): unknown keys and values of the wrong type
         are one-line ConfigErrors naming `source`; ranges are checked by validate()."""
         return cls(**read_values(cls, values, source))
-
-
-WORKERS_RULE = "a whole number from 0, or auto"  # --workers of `run` and `predict`
-
-
-def workers_valid(text: str) -> bool:
-    """Whether `text` is a --workers value (WORKERS_RULE); isdecimal, not isdigit: int() refuses '²'."""
-    return text == "auto" or text.isdecimal()
-
-
-def auto_workers(processes: int = 1) -> int:
-    """`--workers auto`: this machine's usable cores shared among its `processes` (torchrun's on it), at most 8 each."""
-    return max(1, min(8, usable_cores() // processes))
-
-
-def usable_cores() -> int:
-    """The cores this process may run on (its CPU affinity, as under taskset or a SLURM allocation); where the
-    system cannot say (macOS has no sched_getaffinity), all of them."""
-    if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1
 
 
 def read_config_file(path: str | Path) -> dict:

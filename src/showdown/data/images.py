@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms
 
 from showdown import distributed
-from showdown.config.run_config import usable_cores
+from showdown.config.cores import usable_cores
 from showdown.data import formats  # noqa: F401  (registers the HEIC/HEIF and AVIF openers in every worker)
 from showdown.data.preprocessing import Preprocessing
 

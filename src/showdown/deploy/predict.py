@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from showdown.config.run_config import auto_workers
+from showdown.config.cores import auto_workers
 from showdown.data.images import eval_transform, image_loader
 from showdown.data.preprocessing import Preprocessing
 from showdown.deploy.litert_quiet import stderr_lines_dropped
