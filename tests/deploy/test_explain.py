@@ -63,13 +63,29 @@ def test_explain_command_writes_overlays(square_run, tmp_path):
     assert done.returncode == 0, done.stderr
     assert "overlay(s) in" in done.stdout and len(list(out.glob("*.png"))) == 1 + len(list(root.glob("plain/00*.png")))
     assert f"{broken}  (unreadable image)" in done.stdout and "1 unreadable file(s) skipped" in done.stdout
-    nothing = run_cli("explain", results.run_dir, broken)
+    nothing = run_cli("explain", results.run_dir, broken, "--out", tmp_path / "none")
     assert nothing.returncode == 2 and "none of the 1 image(s) could be read" in nothing.stderr
+    assert not (tmp_path / "none").exists()  # no empty folder for no overlay
     refused = run_cli("explain", out / "01-000.png", root / "plain")
     assert refused.returncode == 2 and "Traceback" not in refused.stderr and len(refused.stderr.splitlines()) == 1
     weights = next(Path(results.run_dir).glob(f"*/{MODEL_WEIGHTS}"))  # an entry's weights file: its entry, Grad-CAM
     by_file = run_cli("explain", weights, root / "marked" / "000.png", "--out", tmp_path / "by-file")
     assert by_file.returncode == 0 and "1 Grad-CAM overlay(s) in" in by_file.stdout, by_file.stderr
+
+
+def test_each_image_is_decoded_once_and_an_unreadable_one_keeps_the_others_numbers(square_run, tmp_path,
+                                                                                    monkeypatch):
+    import showdown.deploy.explain as explaining
+
+    results, root = square_run
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"not an image")
+    images = [str(root / "marked" / "000.png"), str(broken), str(root / "plain" / "000.png")]
+    decoded, load_rgb = [], explaining.load_rgb
+    monkeypatch.setattr(explaining, "load_rgb", lambda path: decoded.append(str(path)) or load_rgb(path))
+    folder, done, method, skipped = explaining.explain_files(str(results.run_dir), images, out=str(tmp_path / "o"))
+    assert sorted(decoded) == sorted(images)  # once each, the unreadable one included
+    assert skipped == [str(broken)] and [d.png for d in done] == ["01-000.png", "03-000.png"]
 
 
 def test_an_exported_torchscript_model_is_explained_by_occlusion_on_the_square(square_run, tmp_path):

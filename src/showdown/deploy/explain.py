@@ -9,7 +9,9 @@ saw it (resized and cropped by its preprocessing; test-time flipping is left out
 from __future__ import annotations
 
 import contextlib
+import itertools
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -78,29 +80,27 @@ def spatial_layer(backbone: nn.Module, input_size) -> tuple[nn.Module, object]:
 
 def explain(model: nn.Module, classes: list[str], preprocessing: Preprocessing, paths: list[str], out_dir: Path,
             names: list[str] | None = None) -> list[Explained]:
-    """Grad-CAM of the predicted class for each image, as `out_dir/<name>.png` (overlay beside the image)."""
+    """Grad-CAM of the predicted class for each image, as `out_dir/<name>.png` (overlay beside the image); an image
+    that does not decode is left out, as predict skips it."""
     from pytorch_grad_cam import GradCAM
 
     model = model.eval()
     tta, model.tta = getattr(model, "tta", "none"), "none"  # one view: the heat map of what the model saw
     layer, reshape = spatial_layer(model.backbone, preprocessing.input_size)
     device = next(model.parameters()).device
-    transform = eval_transform(preprocessing)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    decoded = _decoded(paths, eval_transform(preprocessing))
     done = []
     try:
         with _gradients_from(layer), GradCAM(model=model, target_layers=[layer], reshape_transform=reshape) as cam:
             # A few images at a time: one forward and one backward pass for all of them, not one per image (the
             # model is in eval mode, so each image's map is its own); 6 maps took 12 passes and 6 backwards.
-            for start in range(0, len(paths), EXPLAIN_BATCH):
-                chunk = paths[start:start + EXPLAIN_BATCH]
-                x = torch.stack([transform(load_rgb(Path(path))) for path in chunk]).to(device)
+            while chunk := list(itertools.islice(decoded, EXPLAIN_BATCH)):
+                x = torch.stack([image for _, _, image in chunk]).to(device)
                 # No targets: each image's map is of its predicted class, from the one forward pass CAM makes.
                 heats = cam(input_tensor=x, targets=None)
                 logits = cam.outputs.detach().float()  # grad-cam >= 1.5 keeps them
                 targets, probs = logits.argmax(1).tolist(), logits.softmax(1)
-                for j, (path, target) in enumerate(zip(chunk, targets)):
-                    i = start + j
+                for j, ((i, path, _), target) in enumerate(zip(chunk, targets)):
                     name = names[i] if names else _numbered(i, path)
                     done.append(_saved(out_dir, name, path, x[j].detach().cpu(), heats[j], preprocessing,
                                        classes[target], float(probs[j, target])))
@@ -131,6 +131,7 @@ def _numbered(i: int, path: str) -> str:
 def _saved(out_dir: Path, name: str, path: str, x: torch.Tensor, heat: np.ndarray, preprocessing: Preprocessing,
            label: str, probability: float) -> Explained:
     """The overlay of one image as out_dir/<name>.png, and what was written."""
+    out_dir.mkdir(parents=True, exist_ok=True)  # with the first overlay: where no image decodes, no empty folder
     # zlib level 1: 8 ms an overlay against 34 ms at Pillow's default 6, for files 11 % larger (448 x 224 px)
     _overlay(x, heat, preprocessing).save(out_dir / f"{name}.png", compress_level=1)
     return Explained(str(path), f"{name}.png", label, probability, heat)
@@ -153,11 +154,8 @@ def occlusion(predictor, paths: list[str], out_dir: Path) -> list[Explained]:
     when a patch of the image is covered by the mean colour (0 after normalisation), a patch a quarter of the
     side (smaller ones leave too much of a larger cue visible) moved by a quarter patch, each pixel the mean drop
     of the patches over it."""
-    transform = eval_transform(predictor.preprocessing)
-    out_dir.mkdir(parents=True, exist_ok=True)
     done = []
-    for i, path in enumerate(paths):
-        x = transform(load_rgb(Path(path)))
+    for i, path, x in _decoded(paths, eval_transform(predictor.preprocessing)):
         probs = predictor(x[None])[0]
         target = int(probs.argmax())
         heat = _occlusion_map(predictor, x, target, float(probs[target]))
@@ -201,30 +199,35 @@ def explain_files(model_path: str, inputs: list[str], model_name: str | None = N
     path = Path(model_path)
     if path.name == MODEL_WEIGHTS:  # an entry's weights file: its entry folder, explained by Grad-CAM
         path = path.parent
-    files, skipped = _readable([str(f) for f in expand_inputs(inputs)])
+    files = [str(f) for f in expand_inputs(inputs)]
     if not path.is_dir():  # an exported file: the same overlays, by occlusion
         if model_name:
             raise ConfigError(f"--model picks an entry of a run folder; {path.name} is one exported model")
         predictor = open_model(path)
         target = Path(out) if out else path.parent / f"{path.stem}-explain"
-        return target, occlusion(predictor, files, target), "occlusion", skipped
+        done, skipped = _with_skipped(files, occlusion(predictor, files, target))
+        return target, done, "occlusion", skipped
     folder = choose_entry(path, model_name)
     model, info = load_model(folder)
     target = Path(out) if out else folder / "explain"
-    found = explain(model, info.classes, Preprocessing.from_dict(info.preprocessing), files, target)
-    return target, found, "Grad-CAM", skipped
+    done, skipped = _with_skipped(files, explain(model, info.classes, Preprocessing.from_dict(info.preprocessing),
+                                                 files, target))
+    return target, done, "Grad-CAM", skipped
 
 
-def _readable(paths: list[str]) -> tuple[list[str], list[str]]:
-    """(the images that decode, the files that do not), each in order; none that decodes is one line."""
-    readable, unreadable = [], []
-    for path in paths:
+def _decoded(paths: list[str], transform) -> Iterator[tuple[int, str, torch.Tensor]]:
+    """(index, path, transformed image) of each image that decodes, each decoded once, in order."""
+    for i, path in enumerate(paths):
         try:
-            load_rgb(Path(path))
+            image = load_rgb(Path(path))
         except UNREADABLE:
-            unreadable.append(path)
-        else:
-            readable.append(path)
-    if not readable:
+            continue
+        yield i, path, transform(image)
+
+
+def _with_skipped(paths: list[str], done: list[Explained]) -> tuple[list[Explained], list[str]]:
+    """(what was written, the files skipped as unreadable, in order); none that decodes is one line."""
+    if not done:
         raise DataError(f"none of the {len(paths)} image(s) could be read")
-    return readable, unreadable
+    written = {explained.path for explained in done}
+    return done, [path for path in paths if path not in written]

@@ -55,6 +55,7 @@ class Predictor:
     forward: Callable  # a batch of transformed images -> probabilities as a numpy array
     precision: str | None = None  # what a PyTorch forward computes in; None: an ONNX or TFLite file, as exported
     transform: Callable | None = None  # PIL image -> tensor; None: the eval transform (normalised floats)
+    pin_memory: bool = False  # batches decoded into page-locked memory, for a copy to a GPU beside the next batch
 
     def __post_init__(self):
         if self.transform is None:
@@ -84,7 +85,7 @@ class _WholeModel:
     def __call__(self, images: torch.Tensor) -> np.ndarray:
         forward = self.forward
         with torch.inference_mode(), autocast(self.precision, self.device.type):
-            return _probabilities(forward(images.to(self.device)))
+            return _probabilities(forward(images.to(self.device, non_blocking=True)))
 
     def in_order(self, jobs: Iterable[tuple[Any, torch.Tensor]]) -> Iterator[tuple[Any, np.ndarray]]:
         ahead = getattr(self.forward, "in_order", None)
@@ -119,7 +120,7 @@ def _run_folder_predictor(folder: Path, device: torch.device, precision: str, ru
         def build():
             return frozen_forward(model, example.to(device), precision, runtime, info.name, stage=stage)
     return Predictor(info.name, info.classes, preprocessing, _WholeModel(build, device, precision), precision,
-                     transform)
+                     transform, pin_memory=device.type == "cuda")
 
 
 def predict_precision(requested: str, device: torch.device, evaluated: str | None = None) -> str:
@@ -282,7 +283,8 @@ def predict_files(predictor: Predictor, files: list[Path], *, top_k: int = 3, ba
                   workers: int = 0, labels: list[str | None] | None = None) -> Iterator[dict]:
     """One result per file, in order; an unreadable file yields a row with its error instead of classes."""
     k = min(top_k, len(predictor.classes))
-    loader = image_loader([(path, 0) for path in files], predictor.transform, batch_size=batch_size, workers=workers)
+    loader = image_loader([(path, 0) for path in files], predictor.transform, batch_size=batch_size, workers=workers,
+                          pin_memory=predictor.pin_memory)
     rows: dict[int, dict] = {}  # made, not yet given: those after a row still being computed
     loaded = iter(loader)  # the workers start here, before the engine is built (_WholeModel)
 
