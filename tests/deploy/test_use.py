@@ -295,6 +295,8 @@ def test_predict_takes_each_image_once_and_never_writes_over_one(trained, tmp_pa
     before = photo.read_bytes()
     refused = run_cli("predict", run_dir, photo, "--output", photo)
     assert refused.returncode == 2 and "is one of the images to classify" in refused.stderr
+    linked = run_cli("predict", run_dir, folder / "roses", "--output", folder / "roses" / "up" / "roses" / photo.name)
+    assert linked.returncode == 2 and "is one of the images to classify" in linked.stderr  # spelt through a link
     assert photo.read_bytes() == before
     (tmp_path / "junk").mkdir()
     (tmp_path / "junk" / "a.jpg").write_bytes(b"not an image")
