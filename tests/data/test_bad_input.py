@@ -101,6 +101,17 @@ def test_out_naming_an_existing_file_is_one_line_and_leaves_the_file(tmp_path):
     assert (tmp_path / "notes.txt").read_text() == "keep me\n"
 
 
+def test_out_naming_a_finished_run_is_refused_and_the_run_kept(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text("data: demo\n")
+    (run / "summary.json").write_text("[]\n")
+    result = run_cli("run", "--data", "demo", "--models", "efficientnet_lite0", "--out", str(run), "--no-record")
+    _one_line_error(result, f"--out {run} holds a run already", f"showdown run --resume {run}")
+    assert sorted(p.name for p in run.iterdir()) == ["config.yaml", "summary.json"]
+    assert (run / "config.yaml").read_text() == "data: demo\n"
+
+
 def test_unfreezing_more_blocks_than_the_model_has_names_how_many_it_has(tmp_path):
     """Only the loaded model knows its depth, so this one fails after the head phase, still in one line."""
     result = run_cli("run", "--data", "demo", "--models", "efficientnet_lite0", "--max-per-class", "2", "--epochs", "1",

@@ -64,6 +64,22 @@ def test_hidden_files_and_empty_classes_are_ignored(demo_copy):
     assert any("empty" in w for w in spec.warnings)
 
 
+def test_linked_folders_are_read_and_a_link_looping_back_adds_nothing(tmp_path, demo_copy):
+    elsewhere = tmp_path / "elsewhere"
+    shutil.move(demo_copy / "sunflowers", elsewhere)
+    (demo_copy / "sunflowers").symlink_to(elsewhere)  # a class folder that is a link
+    more = tmp_path / "more-roses"
+    more.mkdir()
+    shutil.copy(next((demo_copy / "daisy").iterdir()), more / "extra.jpg")
+    (demo_copy / "roses" / "more").symlink_to(more)  # a linked folder inside a class
+    (demo_copy / "roses" / "loop").symlink_to(demo_copy / "roses")  # back into the class: nothing twice
+    spec = load_dataset(str(demo_copy))
+    files = [str(path.relative_to(demo_copy)) for items in spec.splits.values() for path, _ in items]
+    assert len(files) == 12 + 13 + 12 and len(set(files)) == len(files)
+    assert "roses/more/extra.jpg" in files and not any("loop" in name for name in files)
+    assert sum(name.startswith("sunflowers/") for name in files) == 12
+
+
 def test_errors_for_missing_path_and_single_class(tmp_path, demo_copy):
     with pytest.raises(DataError, match="does not exist"):
         load_dataset(str(tmp_path / "nowhere"))

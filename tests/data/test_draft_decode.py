@@ -148,3 +148,16 @@ def test_strong_augmentation_posterizes_at_its_highest_magnitude_instead_of_fail
     posterize.prob, posterize.magnitude, posterize.magnitude_std = 1.0, 10, 0
     image = Image.fromarray(np.arange(256, dtype=np.uint8).reshape(16, 16).repeat(3).reshape(16, 16, 3))
     assert set(np.unique(np.asarray(posterize(image)))) == {0, 128}  # one bit kept, not black, no error
+
+
+def test_a_photo_over_pillows_warning_limit_decodes_without_a_warning(tmp_path, monkeypatch):
+    """Pillow warns (a RuntimeWarning, several lines on stderr) for an image over MAX_IMAGE_PIXELS and refuses one
+    over twice that; the first decodes, quietly (a 100-megapixel photo, here scaled down to a 64 x 64 one)."""
+    import warnings
+
+    path = tmp_path / "big.png"
+    Image.new("RGB", (64, 64), (200, 30, 30)).save(path)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 64 * 64 - 1)
+    with warnings.catch_warnings(record=True) as caught:
+        image = images.load_rgb(path)
+    assert image.size == (64, 64) and not caught

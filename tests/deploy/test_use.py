@@ -373,3 +373,23 @@ def test_predict_on_an_explicit_device_gives_the_same_probabilities(trained):
             assert row["predictions"][0]["class"] == reference["predictions"][0]["class"], device
             assert row["predictions"][0]["probability"] == pytest.approx(reference["predictions"][0]["probability"],
                                                                           abs=1e-3)
+
+
+def test_int8_calibration_passes_over_unreadable_images_then_takes_validation_ones(trained, tmp_path, caplog):
+    """A training image the run skipped as unreadable (still in splits.csv) or deleted since is passed over, not a
+    traceback; a run with fewer training images than the calibration wants adds its validation images (never its
+    test images), and says how few there were."""
+    from showdown.deploy.export_tflite import calibration_images
+
+    run_dir, data = trained
+    _, info = load_model(run_dir / "efficientnet_lite0-head")
+    roses = sorted((data / "roses").iterdir())
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"not an image")
+    rows = [("train", broken), ("train", tmp_path / "gone.jpg"), *(("train", p) for p in roses[:2]),
+            *(("val", p) for p in roses[2:4]), *(("test", p) for p in roses[4:9])]
+    (tmp_path / "splits.csv").write_text("split,path,label\n" + "".join(f"{s},{p},roses\n" for s, p in rows))
+    images = calibration_images(tmp_path / "entry", info, count=6)
+    assert len(images) == 4  # two training images, then two validation ones; no test image
+    assert "int8 calibrated on 4 image(s)" in caplog.text
+    assert len(calibration_images(tmp_path / "entry", info, count=3)) == 3

@@ -44,3 +44,15 @@ def test_a_clear_winner_is_named_plainly():
     result = compare("ResNet50", *_pairs(40, 30, 2, 8)[:1], "VGG16", _pairs(40, 30, 2, 8)[1])
     assert result.significant and result.diff_low > 0
     assert result.verdict().startswith("ResNet50 is better than VGG16 (McNemar p = ")
+
+
+def test_macro_averages_leave_out_a_class_with_no_test_image_that_was_never_predicted():
+    from showdown.reporting.metrics import classification_metrics
+
+    y_true = np.array([0, 0, 1, 1])
+    probs = np.eye(4)[[0, 1, 1, 1]]  # one daisy called a rose; the 3rd and 4th classes: no test image, no call
+    metrics = classification_metrics(y_true, probs, ["daisy", "roses", "lonely", "pair"])
+    assert metrics["macro_recall"] == 0.75 and metrics["macro_precision"] == (1 + 2 / 3) / 2
+    assert metrics["per_class"]["lonely"]["support"] == 0 and len(metrics["confusion_matrix"]) == 4
+    called = classification_metrics(y_true, np.eye(4)[[0, 0, 2, 1]], ["daisy", "roses", "lonely", "pair"])
+    assert called["macro_recall"] == (1 + 0.5 + 0) / 3  # a class predicted with no test image counts, at 0

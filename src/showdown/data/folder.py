@@ -1,7 +1,9 @@
 """Scan an ImageFolder tree (one sub-folder per class, optionally under train/ val/ test/) and split it."""
 from __future__ import annotations
 
+import collections
 import dataclasses
+import os
 import random
 from collections import Counter
 from dataclasses import dataclass, field
@@ -42,10 +44,29 @@ def _class_folders(root: Path) -> list[Path]:
 
 
 def images_in(folder: Path) -> list[Path]:
-    found = sorted(
-        (p for p in folder.rglob("*")
-         if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and all(map(is_visible, p.relative_to(folder).parts))),
-        key=path_order)
+    """The visible image files below `folder`, in sorted order, linked folders included (Path.rglob does not enter
+    them): each real folder is read once, by its shortest path (breadth first), so a link looping back into the
+    tree adds nothing."""
+    found, read, waiting = [], set(), collections.deque([folder])
+    while waiting:
+        current = waiting.popleft()
+        try:
+            identity = os.stat(current)
+            if (identity.st_dev, identity.st_ino) in read:
+                continue
+            read.add((identity.st_dev, identity.st_ino))
+            with os.scandir(current) as listing:
+                entries = sorted(listing, key=lambda entry: entry.name)
+            for entry in entries:
+                if not is_visible(entry.name):
+                    continue
+                if entry.is_dir():
+                    waiting.append(Path(entry.path))
+                elif entry.is_file() and os.path.splitext(entry.name)[1].lower() in IMAGE_SUFFIXES:
+                    found.append(Path(entry.path))
+        except OSError:  # a folder that cannot be read, or a broken link: no images from it (as rglob skipped it)
+            continue
+    found.sort(key=path_order)
     check_readable(found, folder)
     return found
 

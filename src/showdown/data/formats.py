@@ -13,7 +13,7 @@ from PIL import features
 
 from showdown.errors import DataError
 
-COMMON_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
+COMMON_SUFFIXES = {".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 HEIF_SUFFIXES = {".heic", ".heif", ".hif"}
 AVIF_SUFFIXES = {".avif"}
 IMAGE_SUFFIXES = COMMON_SUFFIXES | HEIF_SUFFIXES | AVIF_SUFFIXES

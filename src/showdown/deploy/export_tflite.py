@@ -10,6 +10,7 @@ Class names and preprocessing travel inside the file as a TFLite metadata entry 
 from __future__ import annotations
 
 import csv
+import logging
 import os
 import random
 import warnings
@@ -18,7 +19,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from showdown.data.images import eval_transform, load_rgb
+from showdown.data.images import UNREADABLE, eval_transform, load_rgb
 from showdown.data.preprocessing import Preprocessing
 from showdown.deploy.litert_quiet import converter_quiet
 from showdown.deploy.trained import add_tflite_metadata
@@ -26,6 +27,8 @@ from showdown.errors import ConfigError, ModelError
 from showdown.run_schema import SPLITS_CSV, ModelInfo
 
 CALIBRATION_IMAGES = 64  # training images that set the int8 activation ranges
+
+log = logging.getLogger(__name__)
 
 
 def export_tflite(model: nn.Module, info: ModelInfo, entry: Path, path: Path, metadata: str,
@@ -52,17 +55,38 @@ def export_tflite(model: nn.Module, info: ModelInfo, entry: Path, path: Path, me
 
 
 def calibration_images(entry: Path, info: ModelInfo, count: int = CALIBRATION_IMAGES) -> list[torch.Tensor]:
-    """A seeded sample of the run's training images (from its splits.csv), preprocessed as in training."""
+    """Up to `count` of the run's images (from its splits.csv), preprocessed as in training: training images in a
+    seeded order, then validation ones where training has too few (never test images); a file gone or unreadable
+    is passed over. Fewer than `count` is one warning: the activation ranges of a few images may clip others."""
     splits = entry.parent / SPLITS_CSV
     if not splits.is_file():
         raise ModelError(f"int8 calibration uses the run's training images, listed in {splits}, which is missing; "
                          "export from inside its run folder")
     with splits.open(newline="") as f:
-        train = [Path(row["path"]) for row in csv.DictReader(f) if row["split"] == "train"]
-    present = [p for p in train if p.is_file()]
-    if not present:
-        raise ModelError(f"none of the {len(train)} training images in {splits} exist any more; "
-                         "int8 calibration needs them")
-    chosen = random.Random(0).sample(present, min(count, len(present)))
+        rows = list(csv.DictReader(f))
+    listed = {split: [Path(row["path"]) for row in rows if row["split"] == split] for split in ("train", "val")}
     transform = eval_transform(Preprocessing.from_dict(info.preprocessing))
-    return [transform(load_rgb(p)) for p in chosen]
+    images = []
+    for paths in listed.values():
+        for path in _seeded_order(paths, count):
+            if len(images) == count:
+                return images
+            try:
+                images.append(transform(load_rgb(path)))
+            except UNREADABLE:  # gone since the run, or one the run skipped too
+                continue
+    if not images:
+        raise ModelError(f"none of the {len(listed['train'])} training images in {splits} can be read any more; "
+                         "int8 calibration needs them")
+    if len(images) < count:
+        log.warning("int8 calibrated on %d image(s), the run's training and validation images, fewer than %d: "
+                    "activations above their ranges are clipped; compare its predictions with the run's",
+                    len(images), count)
+    return images
+
+
+def _seeded_order(paths: list[Path], first: int) -> list[Path]:
+    """Every path once: a seeded sample of `first` of them (the same as ever where all can be read), then the rest."""
+    picked = random.Random(0).sample(paths, min(first, len(paths)))
+    chosen = set(picked)
+    return picked + [path for path in paths if path not in chosen]

@@ -11,11 +11,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
-from showdown import distributed
+from showdown import distributed, run_schema
 from showdown.cache import kind_folders
 from showdown.config.run_config import RunConfig
 from showdown.config.strategy import Strategy
-from showdown.errors import DiskError, ShowdownError
+from showdown.errors import ConfigError, DiskError, ShowdownError
 from showdown.fileio import check_writable, nearest_existing
 from showdown.models.backbones import Backbone
 from showdown.models.small_cnn import SmallCNN
@@ -41,12 +41,15 @@ def on_main(check: Callable[..., T], *args) -> T:
     return result
 
 
-def check_places(config: RunConfig) -> Path | None:
+def check_places(config: RunConfig, resume: bool = False) -> Path | None:
     """The results database (opened, integrity and schema checked, created when new) and the run folder's place
-    (takes a file) fail the run now; a feature cache folder that takes no file is one warning, and the run goes
-    on uncached. Returns the feature cache folder to use, None for none."""
+    (takes a file; a new run's --out holds no run already) fail the run now; a feature cache folder that takes no
+    file is one warning, and the run goes on uncached. Returns the feature cache folder to use, None for none."""
     if config.record:
         check_database(config.db)
+    if config.out and not resume and (Path(config.out) / run_schema.CONFIG).is_file():  # a run would be written over
+        raise ConfigError(f"--out {config.out} holds a run already; `showdown run --resume {config.out}` goes on "
+                          "with it, or name a new folder")
     check_writable(Path(config.out or "runs"), "the run folder")
     cache_dir = Path(config.cache_dir) if config.cache_dir else kind_folders()["features"]
     try:

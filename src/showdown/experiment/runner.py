@@ -76,7 +76,7 @@ def run(config: RunConfig | None = None, *, echo: Callable[[str], None] = print,
     if resume:
         echo(f"resuming {config.out}")
     healed_before = HEALED["recomputed"]  # damaged cache entries deleted and recomputed (cache.py)
-    cache_dir = on_main(check_places, config)  # before the data: an archive is extracted into the cache
+    cache_dir = on_main(check_places, config, resume)  # before the data: an archive is extracted into the cache
     dataset = load_dataset(config.data, data_root=config.data_root, split=config.split, seed=config.seed)
     if config.max_per_class:
         dataset = subset_per_class(dataset, config.max_per_class)

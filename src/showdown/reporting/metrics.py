@@ -16,8 +16,11 @@ def classification_metrics(y_true: np.ndarray, probs: np.ndarray, classes: list[
     metrics = {"accuracy": float(accuracy_score(y_true, y_pred)),
                "loss": float(log_loss(y_true, np.clip(probs, 1e-12, 1.0), labels=labels)),
                "n_test": int(len(y_true))}
+    # Averaged over the classes the test split holds or the model predicted (scikit-learn's own default): a class
+    # with no test image and never predicted has no precision or recall to average, not a 0.
+    present = np.union1d(y_true, y_pred).tolist()
     for average in ("macro", "weighted"):
-        p, r, f, _ = precision_recall_fscore_support(y_true, y_pred, labels=labels, average=average, zero_division=0)
+        p, r, f, _ = precision_recall_fscore_support(y_true, y_pred, labels=present, average=average, zero_division=0)
         metrics.update({f"{average}_precision": float(p), f"{average}_recall": float(r), f"{average}_f1": float(f)})
     p, r, f, s = precision_recall_fscore_support(y_true, y_pred, labels=labels, zero_division=0)
     metrics["per_class"] = {
