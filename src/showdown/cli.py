@@ -60,7 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders or glob patterns")
     predict.add_argument("--model", dest="model_name", help="which entry of a run folder (default: the best)")
     predict.add_argument("--top-k", type=flag_type(int, min=1), default=3)
-    predict.add_argument("--format", choices=("table", "csv", "json"), default="table")
+    predict.add_argument("--format", choices=("table", "csv", "json"),
+                         help="default: csv or json where --output ends so, else table")
     predict.add_argument("--output", help="write to this file instead of the console")
     predict.add_argument("--batch-size", type=flag_type(int, min=1), default=32)  # deploy/predict.py: PREDICT_BATCH
     predict.add_argument("--workers", type=_workers, default="auto", metavar="N|auto",

@@ -393,3 +393,15 @@ def test_int8_calibration_passes_over_unreadable_images_then_takes_validation_on
     assert len(images) == 4  # two training images, then two validation ones; no test image
     assert "int8 calibrated on 4 image(s)" in caplog.text
     assert len(calibration_images(tmp_path / "entry", info, count=3)) == 3
+
+
+def test_an_input_folder_named_after_a_class_labels_its_images_and_output_csv_is_csv(trained, tmp_path):
+    run_dir, data = trained
+    result = run_cli("predict", run_dir, data / "roses", data / "daisy", "--output", tmp_path / "p.csv")
+    assert result.returncode == 0, result.stderr
+    assert "accuracy on 100 labelled by folder" in result.stderr  # each folder is its class, as a user means it
+    with open(tmp_path / "p.csv", newline="") as handle:  # the suffix says CSV where --format says nothing
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == 100 and {row["true"] for row in rows} == {"roses", "daisy"}
+    listed = run_cli("predict", run_dir, data / "roses", "--output", tmp_path / "p.json", "--top-k", "1")
+    assert listed.returncode == 0 and len(json.loads((tmp_path / "p.json").read_text())) == 50

@@ -3,6 +3,7 @@ class-named sub-folders give."""
 from __future__ import annotations
 
 import glob
+import os
 from pathlib import Path
 
 from showdown.data.folder import images_in, is_visible
@@ -40,17 +41,23 @@ def expand_inputs(inputs: list[str]) -> list[Path]:
 
 
 def folder_labels(files: list[Path], inputs: list[str], classes: list[str]) -> tuple[list[str | None], str | None]:
-    """True labels from class-named sub-folders of the input folders, and a warning when those sub-folders
-    do not name the model's classes (a model trained on other classes)."""
+    """True labels from the input folders: a class-named sub-folder of one (`test/roses/x.jpg`), or an input folder
+    named after a class itself (`test/roses`); and a warning when the sub-folders do not name the model's classes
+    (a model trained on other classes)."""
     roots = [Path(t) for t in inputs if Path(t).is_dir()]
     labels: list[str | None] = []
     seen_folders = set()
     for path in files:
-        root = next((r for r in roots if r in path.parents and path.parent != r), None)
-        folder = path.relative_to(root).parts[0] if root else None
-        if folder:
-            seen_folders.add(folder)
-        labels.append(folder if folder in classes else None)
+        root = next((r for r in roots if r in path.parents), None)
+        below = path.relative_to(root).parts[:-1] if root else ()
+        if below and below[0] in classes:
+            labels.append(below[0])
+        elif root is not None and _name(root) in classes:
+            labels.append(_name(root))
+        else:
+            labels.append(None)
+            if below:
+                seen_folders.add(below[0])
     unknown = sorted(seen_folders - set(classes))
     warning = None
     if unknown:
@@ -58,3 +65,8 @@ def folder_labels(files: list[Path], inputs: list[str], classes: list[str]) -> t
                    f"{', '.join(classes[:10])}{' ...' if len(classes) > 10 else ''}; "
                    "their images get the model's classes")
     return labels, warning
+
+
+def _name(folder: Path) -> str:
+    """The folder's own name, also where it is given as "." or "..": os.path.abspath, which follows no link."""
+    return os.path.basename(os.path.abspath(folder))
