@@ -37,7 +37,7 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--quick", action="store_true", default=S,
                    help="shrink it: " + ", ".join(f"--{k.replace('_', '-')} {v}" for k, v in QUICK.items()))
     g.add_argument("--resume", metavar="RUN_DIR", default=S,
-                   help="continue an interrupted run from its folder (its own configuration; other flags ignored)")
+                   help="continue an interrupted run from its folder, with its own configuration (no other flag)")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -149,6 +149,8 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
 
 
 def cmd_run(args) -> int:
+    if hasattr(args, "resume"):
+        _resume_alone(args)
     config = None if hasattr(args, "resume") else config_from_args(args).validate()  # before the heavy imports
     if config is not None and config.executor == "ray":
         from showdown.experiment.ray_executor import require_ray  # light: Ray itself is imported when it runs
@@ -183,6 +185,14 @@ def cmd_merge(args) -> int:
 
     merge(args.run_dirs, args.out, report=args.report, record=args.record, db=args.db)
     return 0
+
+
+def _resume_alone(args) -> None:
+    """--resume goes on as the run's config.yaml says: a flag beside it would be ignored, so it is refused."""
+    given = sorted(f"--{name.replace('_', '-')}" for name in vars(args) if name not in {"command", "debug", "resume"})
+    if given:
+        raise ConfigError(f"--resume goes on with the run as its config.yaml says; {', '.join(given)} cannot change "
+                          "it (weights in another folder: SHOWDOWN_WEIGHTS=DIR showdown run --resume RUN_DIR)")
 
 
 def cmd_predict(args) -> int:

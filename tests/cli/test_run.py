@@ -113,6 +113,8 @@ def test_cli_prints_the_comparison_table(tmp_path, demo_copy):
     (["run", "--data", "/no/such/folder"], "dataset path /no/such/folder does not exist"),
     (["run", "--models", "mobilenet_v9"], "unknown model 'mobilenet_v9'. Did you mean"),
     (["run", "--models", "resnet50"], "no ImageNet weights for resnet50"),
+    (["run", "--models", "efficientnet_lite0,resnet50"], "no ImageNet weights for resnet50"),  # before lite0 trains
+    (["run", "--resume", "runs/x", "--weights-dir", "w"], "--out, --weights-dir cannot change it"),  # not ignored
     (["run", "--strategy", "magic"], "unknown strategy 'magic'"),
     (["run", "--split", "0.5,0.2"], "--split must be three fractions"),
 ])
@@ -124,6 +126,7 @@ def test_cli_errors_are_one_line_without_traceback(tmp_path, capsys, args, messa
     assert "Traceback" not in stderr
     assert stderr.strip().startswith("error: ") and message in stderr
     assert len(stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "err").exists()  # refused before any work
 
 
 def test_cli_single_class_folder_error(tmp_path, demo_copy):

@@ -15,9 +15,10 @@ from showdown import distributed, run_schema
 from showdown.cache import kind_folders
 from showdown.config.run_config import RunConfig
 from showdown.config.strategy import Strategy
-from showdown.errors import ConfigError, DiskError, ShowdownError
+from showdown.errors import ConfigError, DiskError, ModelError, ShowdownError
+from showdown.experiment.shards import my_models
 from showdown.fileio import check_writable, nearest_existing
-from showdown.models.backbones import Backbone
+from showdown.models.backbones import Backbone, resolve_backbone, weights_missing
 from showdown.models.small_cnn import SmallCNN
 from showdown.reporting.database import check_database
 
@@ -58,6 +59,20 @@ def check_places(config: RunConfig, resume: bool = False) -> Path | None:
         log.warning("%s; the run goes on without a feature cache", exc)
         return None
     return cache_dir
+
+
+def check_names(config: RunConfig) -> None:
+    """An unknown backbone name fails before any work is done (here, before Ray runs a shard of them)."""
+    for name in config.models:
+        resolve_backbone(name)
+
+
+def check_weights(config: RunConfig) -> None:
+    """Every backbone this process trains has weights to load: one without fails before the first one trains,
+    not after it (a run of several used to stop after the others' work)."""
+    for name in my_models(config):
+        if missing := weights_missing(name, **config.backbone_options(name)):
+            raise ModelError(missing)
 
 
 def model_bytes(module) -> int:

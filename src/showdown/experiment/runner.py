@@ -28,7 +28,7 @@ from showdown.experiment import label_issues
 from showdown.experiment.context import RunContext
 from showdown.experiment.entry import EntryResult, fitted_to_images, run_entry
 from showdown.experiment.folds import PROBABILITIES, FeaturePool, all_items, make_folds, write_pooled
-from showdown.experiment.preflight import check_places, check_space, on_main
+from showdown.experiment.preflight import check_names, check_places, check_space, check_weights, on_main
 from showdown.experiment.ray_executor import run_on_ray
 from showdown.experiment.results import Results
 from showdown.experiment.run_folder import entry_folder, finished_row, write_run_start, write_summary
@@ -37,7 +37,7 @@ from showdown.experiment.without_issues import rerun_without
 from showdown.fileio import new_run_dir
 from showdown.frozen.engines import resolve_runtime
 from showdown.frozen.feature_cache import FrozenPass, extract_features
-from showdown.models.backbones import Backbone, load_backbone, resolve_backbone
+from showdown.models.backbones import Backbone, load_backbone
 from showdown.precision import resolve_precision
 from showdown.reporting.bench import bench_models
 from showdown.reporting.database import default_db, record_run
@@ -56,12 +56,12 @@ def run(config: RunConfig | None = None, *, echo: Callable[[str], None] = print,
     values."""
     config = RunConfig.from_keywords(options, base=config) if options or config is None else config
     config.validate()
-    for name in config.models:  # an unknown name fails before any work is done
-        resolve_backbone(name)
+    check_names(config)
     # shards as Ray tasks, each of them a run of this function; a merged Ray run resumes here, in one process (its
     # entries are all in its folder: what is left is the summary, report and record)
     if config.executor == "ray" and not resume:
         return run_on_ray(config, echo=echo).gate(config.assert_accuracy_at_least)
+    check_weights(config)
     device = resolve_device(config.device)
     prepare(device)  # before environment.json records the device's settings
     distributed.start(device)  # under torchrun: one process group (gloo on CPU, NCCL on CUDA)

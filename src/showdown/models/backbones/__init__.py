@@ -5,8 +5,9 @@ imported on first use of its names.
 """
 from showdown.models.backbones.registry import SHORT_NAMES, BackboneSpec, resolve_backbone
 
-__all__ = ["Backbone", "BackboneSpec", "SHORT_NAMES", "build_architecture", "load_backbone", "resolve_backbone"]
-_LOADER = ("Backbone", "build_architecture", "load_backbone")
+__all__ = ["Backbone", "BackboneSpec", "SHORT_NAMES", "build_architecture", "load_backbone", "resolve_backbone",
+           "weights_missing"]
+_LOADER = ("Backbone", "build_architecture", "load_backbone", "weights_missing")
 
 
 def __getattr__(name: str):

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import os
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from functools import cached_property
+from functools import cached_property, partial
 from pathlib import Path
 
 import timm
@@ -82,8 +83,10 @@ def load_backbone(
     elif weights_file is not None:
         found, source = load_weights_file(Path(weights_file), spec), WeightSource("file", str(weights_file))
     else:
-        found, source = _find_local_weights(spec, weights_dir, tried)
-        if found is None:
+        local = _local_weights(spec, weights_dir, tried)
+        if local is not None:
+            found, source = local[0](), local[1]
+        else:
             found, source = _find_in_hub_cache(spec, tried)
         if found is None:
             why_not = _hub_unreachable()
@@ -92,11 +95,7 @@ def load_backbone(
             else:
                 tried.append(f"timm hub '{spec.hub_name}' ({why_not})")
                 if not allow_random_init:
-                    raise ModelError(
-                        f"no ImageNet weights for {name}: tried {'; '.join(tried)}. Fetch '{spec.hub_name}' "
-                        "from the timm hub (huggingface.co/timm) and pass it with --weights FILE, "
-                        "or use --no-pretrained / --allow-random-init"
-                    )
+                    raise ModelError(_none_found(name, spec, tried))
                 source = RANDOM_NONE_FOUND
     if found is not None and found.timm_name:  # weights that need their own architecture (Keras's networks)
         spec = replace(spec, timm_name=found.timm_name, hub_tag=None)
@@ -139,31 +138,53 @@ def _create(timm_name: str, kwargs: dict, found: FoundWeights | None, use_hub: b
         raise ModelError(f"the weights do not fit {timm_name}: {first}") from exc
 
 
-def _find_local_weights(spec: BackboneSpec, weights_dir, tried: list[str]):
-    """Weights from an installed package or the weights directory: (FoundWeights, source) or (None, None)."""
+def weights_missing(name: str, *, weights_file: str | Path | None = None, weights_dir: str | Path | None = None,
+                    pretrained: bool = True, allow_random_init: bool = False, **_build_options) -> str | None:
+    """Why load_backbone would find no weights for `name` (its one-line error), None where it would: the same
+    search with nothing loaded, so a run checks every model before the first one trains."""
+    spec, tried = resolve_backbone(name), []
+    if not pretrained or weights_file is not None or allow_random_init:
+        return None
+    if _local_weights(spec, weights_dir, tried) is not None or find_in_hub_cache(spec.hub_name, tried) is not None:
+        return None
+    why_not = _hub_unreachable()
+    if why_not is None:
+        return None
+    return _none_found(name, spec, [*tried, f"timm hub '{spec.hub_name}' ({why_not})"])
+
+
+def _none_found(name: str, spec: BackboneSpec, tried: list[str]) -> str:
+    return (f"no ImageNet weights for {name}: tried {'; '.join(tried)}. Fetch '{spec.hub_name}' from the timm hub "
+            "(huggingface.co/timm) and pass it with --weights FILE, or use --no-pretrained / --allow-random-init")
+
+
+def _local_weights(spec: BackboneSpec, weights_dir, tried: list[str]
+                   ) -> tuple[Callable[[], FoundWeights], WeightSource] | None:
+    """Weights from an installed package or the weights directory, found but not yet read: (what reads them,
+    where they are), or None (with what was tried added to `tried`)."""
     if spec.package:
         try:
             shipped = efficientnet_lite.package_file(spec.package)
         except ModuleNotFoundError:
             tried.append(f"package {spec.package} (not installed)")
         else:
-            found = cached_import([shipped], spec, lambda: _package_weights(spec))
-            return found, WeightSource("package", spec.package)
+            return (lambda: cached_import([shipped], spec, lambda: _package_weights(spec)),
+                    WeightSource("package", spec.package))
     if spec.tflite_files:
         directory = Path(weights_dir or os.environ.get("SHOWDOWN_WEIGHTS") or default_weights_dir())
         for filename in spec.tflite_files:
-            if (directory / filename).is_file():
-                return load_weights_file(directory / filename, spec), WeightSource("file", str(directory / filename))
+            if (path := directory / filename).is_file():
+                return partial(load_weights_file, path, spec), WeightSource("file", str(path))
         tried.append(f"weights dir {directory} (no {' or '.join(spec.tflite_files)})")
     else:
         tried.append("installed packages (none ships it)")
     if spec.keras_files:
         directory = keras_cache_dir()
         for filename in spec.keras_files:
-            if (directory / filename).is_file():
-                return load_weights_file(directory / filename, spec), WeightSource("keras", str(directory / filename))
+            if (path := directory / filename).is_file():
+                return partial(load_weights_file, path, spec), WeightSource("keras", str(path))
         tried.append(f"Keras cache {directory} (no {' or '.join(spec.keras_files)})")
-    return None, None
+    return None
 
 
 def _package_weights(spec: BackboneSpec) -> FoundWeights:
