@@ -40,6 +40,10 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
                    help="continue an interrupted run from its folder, with its own configuration (no other flag)")
 
 
+DESCRIPTION = ("Which pretrained backbone, adapted how, classifies your images best, at what cost, and is the "
+               "difference real? `showdown run` compares them; the other commands use, ship and explain the winner.")
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse, but a usage error is one line (`error: ...`) with exit status 2, like every other error."""
 
@@ -49,7 +53,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="showdown", description=__doc__.splitlines()[0])
+    parser = _Parser(prog="showdown", description=DESCRIPTION)
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__} (tl-showdown)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -75,7 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
                               "when installed; eager PyTorch for at most 32 images), torch, onnxruntime or openvino")
     export = sub.add_parser("export", help="export a trained model to ONNX, TorchScript or TFLite")
     export.add_argument("model", help="run folder or entry folder")
-    export.add_argument("--format", choices=("onnx", "torchscript", "tflite"), default="onnx")
+    export.add_argument("--format", choices=("onnx", "torchscript", "tflite"), default="onnx",
+                        help="default: onnx")
     export.add_argument("--quantize", choices=("int8",),
                         help="TFLite only: full-integer int8, calibrated on training images of the run")
     export.add_argument("--model", dest="model_name", help="which entry of a run folder (default: the best)")
@@ -87,7 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("inputs", nargs="+", metavar="IMAGE", help="image files, folders or glob patterns")
     explain.add_argument("--model", dest="model_name", help="which entry of a run folder (default: the best)")
     explain.add_argument("--out", help="folder for the overlay PNGs (default: explain/ in the entry folder, or "
-                         "<file>-explain/ beside an exported file)")
+                         "<name>-<format>-explain/ beside an exported file, e.g. model-onnx-explain/)")
     report = sub.add_parser("report", help="(re)write report.html and report.md for a run folder")
     report.add_argument("run_dir")
     runs = sub.add_parser("runs", help="the results database: list, show and compare recorded runs")

@@ -330,7 +330,12 @@ def test_an_exported_file_with_damaged_metadata_is_one_line(trained, tmp_path):
 
     run_dir, data = trained
     path = export_model(run_dir, "onnx", tmp_path / "m.onnx")
-    for text, said in (("{", "metadata is damaged"), ('{"name": "x"}', "metadata lacks classes, preprocessing")):
+    (kept,) = [prop.value for prop in onnx.load(str(path)).metadata_props if prop.key == METADATA_KEY]
+    edited = [json.dumps({**json.loads(kept), **change}) for change in
+              ({"classes": ["daisy", "roses"]}, {"classes": "daisy"}, {"preprocessing": "squash"})]
+    for text, said in (("{", "metadata is damaged"), ('{"name": "x"}', "metadata lacks classes, preprocessing"),
+                       (edited[0], "gives 3 class scores, and its tl-showdown metadata names 2 classes"),
+                       (edited[1], "classes are not a list of names"), (edited[2], "preprocessing is damaged")):
         model = onnx.load(str(path))
         (entry,) = [prop for prop in model.metadata_props if prop.key == METADATA_KEY]
         entry.value = text
@@ -405,3 +410,13 @@ def test_an_input_folder_named_after_a_class_labels_its_images_and_output_csv_is
     assert len(rows) == 100 and {row["true"] for row in rows} == {"roses", "daisy"}
     listed = run_cli("predict", run_dir, data / "roses", "--output", tmp_path / "p.json", "--top-k", "1")
     assert listed.returncode == 0 and len(json.loads((tmp_path / "p.json").read_text())) == 50
+
+
+def test_a_hidden_image_named_by_hand_is_classified_and_one_in_a_folder_is_not(trained, tmp_path):
+    run_dir, data = trained
+    shutil.copy(next((data / "roses").iterdir()), tmp_path / ".rose.jpg")
+    named = run_cli("predict", run_dir, tmp_path / ".rose.jpg")
+    assert named.returncode == 0 and "1 image(s) classified" in named.stderr, named.stderr
+    shutil.copy(next((data / "roses").iterdir()), tmp_path / "rose.jpg")
+    found = run_cli("predict", run_dir, tmp_path)  # macOS's ._ files and the like are no one's photos
+    assert found.returncode == 0 and "1 image(s) classified" in found.stderr, found.stderr

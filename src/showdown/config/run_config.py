@@ -301,6 +301,8 @@ def weights_map(entries: list[str], models: list[str]) -> dict[str, str]:
         name, sep, path = entry.partition("=")
         if sep and name in models:
             mapping[name] = path
+        elif sep and not Path(entry).exists():  # MODEL=FILE for a model not in the run, not a file named so
+            raise ConfigError(f"--weights {entry}: {name} is not one of the run's models ({', '.join(models)})")
         elif len(models) == 1:
             mapping[models[0]] = entry
         else:

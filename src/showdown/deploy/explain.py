@@ -204,7 +204,7 @@ def explain_files(model_path: str, inputs: list[str], model_name: str | None = N
         if model_name:
             raise ConfigError(f"--model picks an entry of a run folder; {path.name} is one exported model")
         predictor = open_model(path)
-        target = Path(out) if out else path.parent / f"{path.stem}-explain"
+        target = Path(out) if out else path.parent / f"{path.stem}-{path.suffix.lstrip('.')}-explain"  # one per format
         done, skipped = _with_skipped(files, occlusion(predictor, files, target))
         return target, done, "occlusion", skipped
     folder = choose_entry(path, model_name)

@@ -6,7 +6,7 @@ import glob
 import os
 from pathlib import Path
 
-from showdown.data.folder import images_in, is_visible
+from showdown.data.folder import images_in
 from showdown.data.formats import IMAGE_SUFFIXES, check_readable
 from showdown.errors import DataError
 
@@ -29,8 +29,8 @@ def expand_inputs(inputs: list[str]) -> list[Path]:
                 raise DataError(f"{path} does not exist")
     unique, seen = [], set()
     for path in files:  # each image once, however it was reached (twice in the inputs, a link looping back)
-        real = path.resolve()
-        if is_visible(path.name) and real not in seen:
+        real = path.resolve()  # a hidden file is read where it was named (folders and globs pass over hidden ones)
+        if real not in seen:
             seen.add(real)
             unique.append(path)
     files = unique

@@ -17,10 +17,7 @@ TorchScript in fp32 unless asked otherwise, ONNX (fp32) and TFLite always.
 from __future__ import annotations
 
 import contextlib
-import json
-import warnings
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,12 +25,13 @@ import numpy as np
 import torch
 
 from showdown.config.cores import auto_workers
-from showdown.data.images import eval_transform, image_loader
+from showdown.data.images import image_loader
 from showdown.data.preprocessing import Preprocessing
-from showdown.deploy.litert_quiet import stderr_lines_dropped
-from showdown.deploy.trained import EXPORT_SUFFIXES, METADATA_KEY, choose_entry, read_tflite_metadata
+from showdown.deploy.exported import open_onnx, open_tflite, open_torchscript
+from showdown.deploy.predictor import Predictor
+from showdown.deploy.trained import EXPORT_SUFFIXES, choose_entry
 from showdown.device import resolve_device
-from showdown.errors import ConfigError, ModelError, one_line
+from showdown.errors import ConfigError, ModelError
 from showdown.frozen.engines import frozen_forward, in_order, photo_inputs, resolve_runtime
 from showdown.models.saving import load_model
 from showdown.precision import autocast, resolve_precision
@@ -44,25 +42,6 @@ EAGER = "eager"  # predict_runtime's choice for a few images: the model in PyTor
 
 # The --precision values an exported file takes: what it was exported in (ONNX: fp32), or "auto" for that.
 EXPORTED_PRECISIONS = {".onnx": ("auto", "fp32"), ".tflite": ("auto",)}
-
-
-@dataclass
-class Predictor:
-    """A model ready to classify images: `transform` turns each image into what `forward` takes in batches."""
-    name: str
-    classes: list[str]
-    preprocessing: Preprocessing
-    forward: Callable  # a batch of transformed images -> probabilities as a numpy array
-    precision: str | None = None  # what a PyTorch forward computes in; None: an ONNX or TFLite file, as exported
-    transform: Callable | None = None  # PIL image -> tensor; None: the eval transform (normalised floats)
-    pin_memory: bool = False  # batches decoded into page-locked memory, for a copy to a GPU beside the next batch
-
-    def __post_init__(self):
-        if self.transform is None:
-            self.transform = eval_transform(self.preprocessing)
-
-    def __call__(self, images: torch.Tensor) -> np.ndarray:
-        return self.forward(images)
 
 
 class _WholeModel:
@@ -175,108 +154,24 @@ def open_model(path: str | Path, model_name: str | None = None, device: str = "c
         chosen = predict_precision(precision, where, evaluated_precision(folder))
         return _run_folder_predictor(folder, where, chosen, predict_runtime(runtime, images))
     if not path.is_file():
-        raise ModelError(f"{path} does not exist; give a run folder, an entry folder, or an exported .onnx / .pt file")
+        raise ModelError(f"{path} does not exist; give a run folder, an entry folder, or an exported .onnx / .pt / "
+                         ".tflite file")
     if runtime != "auto" and path.name != MODEL_WEIGHTS:
         raise ConfigError(f"--runtime {runtime} is for run folders; {path.name} runs as it was exported")
     if path.suffix in EXPORT_SUFFIXES["torchscript"]:
         where = resolve_device(device)
-        return _open_torchscript(path, where, predict_precision(precision, where, evaluated="fp32"))
+        return open_torchscript(path, where, predict_precision(precision, where, evaluated="fp32"))
     if path.name == MODEL_WEIGHTS:
         return open_model(path.parent, device=device, precision=precision, runtime=runtime, images=images)
     if path.suffix in EXPORTED_PRECISIONS and precision not in EXPORTED_PRECISIONS[path.suffix]:
         runs = "in fp32, as it was exported" if path.suffix == ".onnx" else "as it was exported"
         raise ConfigError(f"{path.name} runs {runs}; --precision {precision} is for run folders and TorchScript files")
     if path.suffix == ".onnx":
-        return _open_onnx(path)
+        return open_onnx(path)
     if path.suffix == ".tflite":
-        return _open_tflite(path)
+        return open_tflite(path)
     raise ModelError(f"{path}: not a model showdown can run (expected a run folder, .onnx, TorchScript .pt "
                      "or .tflite)")
-
-
-def _metadata(text: str | None, path: Path) -> dict:
-    if not text:
-        raise ModelError(f"{path} carries no tl-showdown metadata (classes, preprocessing); export it with "
-                         "`showdown export`")
-    try:
-        info = json.loads(text)
-    except ValueError as exc:
-        raise ModelError(f"{path}: its tl-showdown metadata is damaged ({one_line(exc)}); export it again") from exc
-    missing = [key for key in ("name", "classes", "preprocessing") if not isinstance(info, dict) or key not in info]
-    if missing:
-        raise ModelError(f"{path}: its tl-showdown metadata lacks {', '.join(missing)}; export it again")
-    return info
-
-
-def _open_onnx(path: Path) -> Predictor:
-    import onnxruntime as ort
-
-    try:
-        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    except Exception as exc:  # onnxruntime raises its own exception types for a bad file
-        raise ModelError(f"{path} is not a valid ONNX model: {str(exc).splitlines()[0]}") from exc
-    info = _metadata(session.get_modelmeta().custom_metadata_map.get(METADATA_KEY), path)
-    input_name = session.get_inputs()[0].name
-
-    def forward(images):
-        return session.run(None, {input_name: images.numpy().astype(np.float32)})[0]
-
-    return Predictor(info["name"], info["classes"], Preprocessing.from_dict(info["preprocessing"]), forward)
-
-
-def _open_torchscript(path: Path, device: torch.device, precision: str) -> Predictor:
-    extra = {f"{METADATA_KEY}.json": ""}
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", FutureWarning)  # TorchScript is deprecated upstream
-            module = torch.jit.load(str(path), map_location=device, _extra_files=extra)
-    except (RuntimeError, ValueError) as exc:
-        raise ModelError(f"{path} is not a TorchScript model: {str(exc).splitlines()[0]}") from exc
-    info = _metadata(extra[f"{METADATA_KEY}.json"], path)
-
-    def forward(images):
-        with torch.inference_mode(), autocast(precision, device.type):
-            return module(images.to(device)).float().cpu().numpy()  # exported models output probabilities
-
-    return Predictor(info["name"], info["classes"], Preprocessing.from_dict(info["preprocessing"]), forward,
-                     precision)
-
-
-def _open_tflite(path: Path) -> Predictor:
-    from ai_edge_litert.interpreter import Interpreter
-
-
-    try:
-        text = read_tflite_metadata(path)
-        with stderr_lines_dropped():
-            interpreter = Interpreter(model_path=str(path))
-            interpreter.allocate_tensors()
-    except Exception as exc:  # the flatbuffer reader and the interpreter raise their own types for a bad file
-        reason = str(exc).splitlines()[0] if str(exc) else repr(exc)
-        raise ModelError(f"{path} is not a valid TFLite model: {reason}") from exc
-    info = _metadata(text, path)
-    source, target = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
-
-    def forward(images):
-        rows = []
-        for image in images.permute(0, 2, 3, 1).numpy():  # the file takes NHWC, one image at a time
-            interpreter.set_tensor(source["index"], _quantized(image[None], source))
-            interpreter.invoke()
-            out = interpreter.get_tensor(target["index"])
-            scale, zero = target["quantization"]
-            rows.append((out.astype(np.float32) - zero) * scale if scale else out.astype(np.float32))
-        return np.concatenate(rows)
-
-    return Predictor(info["name"], info["classes"], Preprocessing.from_dict(info["preprocessing"]), forward)
-
-
-def _quantized(array: np.ndarray, detail: dict) -> np.ndarray:
-    """A float input as the tensor wants it: as is, or int8/uint8 with the tensor's scale and zero point."""
-    if detail["dtype"] == np.float32:
-        return array.astype(np.float32)
-    scale, zero = detail["quantization"]
-    limits = np.iinfo(detail["dtype"])
-    return np.clip(np.round(array / scale + zero), limits.min, limits.max).astype(detail["dtype"])
 
 
 def predict_files(predictor: Predictor, files: list[Path], *, top_k: int = 3, batch_size: int = PREDICT_BATCH,
