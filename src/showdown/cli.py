@@ -286,8 +286,11 @@ def cmd_cache(args) -> int:
     from showdown import cache
 
     features = Path(args.cache_dir) if args.cache_dir else None
-    if features is not None and features.exists() and not features.is_dir():
-        raise ConfigError(f"--cache-dir {features} is a file; give the feature cache's folder")
+    if features is not None and not features.is_dir():
+        said = "is a file" if features.exists() else "does not exist"
+        raise ConfigError(f"--cache-dir {features} {said}; give the feature cache's folder")
+    if args.action == "info" and args.older_than is not None:
+        raise ConfigError("--older-than picks what `showdown cache clear` deletes; `cache info` lists everything")
     if args.action == "clear":
         count, freed = cache.clear(features, args.older_than)
         age = f" not used for {args.older_than:g} days" if args.older_than is not None else ""

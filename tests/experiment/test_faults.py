@@ -189,6 +189,10 @@ def test_clearing_a_folder_that_is_not_a_feature_cache_deletes_nothing(tmp_path,
     assert code == 0 and "cleared 3 cache entries" in out and not any(features.iterdir())
     code, out, err = _main(capsys, "cache", "info", "--cache-dir", str(photos / "thesis.txt"))
     _one_line(code, out, err, 2, "is a file; give the feature cache's folder")
+    code, out, err = _main(capsys, "cache", "info", "--cache-dir", str(tmp_path / "typo"))
+    _one_line(code, out, err, 2, "typo does not exist; give the feature cache's folder")
+    code, out, err = _main(capsys, "cache", "info", "--older-than", "3")
+    _one_line(code, out, err, 2, "--older-than picks what `showdown cache clear` deletes")
 
 
 def test_written_files_get_the_umask_not_mkstemps_0600(tmp_path, monkeypatch):
