@@ -61,3 +61,38 @@ def test_killed_run_resumes_and_matches_an_uninterrupted_one(tmp_path, demo_dir)
     rows = json.loads((killed / "summary.json").read_text())["rows"]
     entries = {(r["model"], r["strategy"]) for r in rows}
     assert entries == {("efficientnet_lite0", "head"), ("scratch_cnn", "scratch-cnn")}
+
+
+def test_resume_from_another_folder_finds_its_files_and_refuses_changed_data(tmp_path, demo_copy):
+    """config.yaml keeps the paths typed (`--data photos --db runs.db`) absolute, so `--resume` from any folder
+    reads the same data and records into the same database; data changed since the run began is refused in one
+    line, as the entries still to run would get another split than the finished ones."""
+    import shutil
+
+    started = tmp_path / "started-here"
+    started.mkdir()
+    shutil.move(demo_copy, started / "photos")
+    quick = ["--models", "efficientnet_lite0", "--image-size", "64", "--epochs", "1", "--workers", "0",
+             "--label-issues", "off", "--gradcam", "0", "--no-report"]
+    first = run_cli("run", "--data", "photos", "--db", "runs.db", "--out", "r", *quick, cwd=started)
+    assert first.returncode == 0, first.stderr
+    again = run_cli("run", "--resume", started / "r", cwd=tmp_path)  # from elsewhere
+    assert again.returncode == 0, again.stderr
+    assert f"in {started / 'runs.db'}" in again.stdout and not (tmp_path / "runs.db").exists()
+    shutil.copy(next((started / "photos" / "daisy").iterdir()), started / "photos" / "daisy" / "added.jpg")
+    changed = run_cli("run", "--resume", started / "r", cwd=tmp_path)
+    assert changed.returncode == 2 and "Traceback" not in changed.stderr, changed.stderr
+    assert changed.stderr.startswith(f"error: the data of {started / 'r'} changed since the run began")
+
+
+def test_resume_in_the_python_api_goes_on_as_the_runs_config_says(tmp_path):
+    import pytest
+
+    from showdown import run
+    from showdown.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="resume=True goes on with the run in out=DIR as its config.yaml says; lr "
+                                          "cannot change it"):
+        run(out=str(tmp_path), resume=True, lr=0.01)
+    with pytest.raises(ConfigError, match="is not a showdown run folder"):
+        run(out=str(tmp_path), resume=True)

@@ -26,6 +26,7 @@ from showdown.data.folder import SPLITS
 from showdown.device import CPU, device_facts
 from showdown.experiment.context import Entry
 from showdown.experiment.folds import fold_table
+from showdown.experiment.resume import absolute_paths
 from showdown.fileio import slug, write_atomic, write_bytes_atomic, write_csv, write_json
 from showdown.models.saving import save_model
 from showdown.reporting.plots import plot_confusion, plot_curves
@@ -76,7 +77,7 @@ def write_run_start(run_dir: Path, config: RunConfig, dataset: DatasetSpec, prec
             {"split": split, "path": str(path), "label": dataset.classes[label]}
             for split in SPLITS for path, label in dataset.splits[split]
         ])
-    config.save(run_dir / CONFIG)
+    absolute_paths(config).save(run_dir / CONFIG)  # --resume from any folder finds the same files
 
 
 def environment(precision: str, runtime: str = "torch", device: torch.device = CPU) -> dict:

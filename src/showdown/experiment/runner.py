@@ -15,7 +15,7 @@ import torch
 
 from showdown import distributed, run_schema
 from showdown.cache import STATS as HEALED
-from showdown.config.run_config import RunConfig, read_config_file
+from showdown.config.run_config import RunConfig
 from showdown.config.strategy import Strategy
 from showdown.data import DatasetSpec, load_dataset
 from showdown.data.folder import subset_per_class
@@ -31,7 +31,9 @@ from showdown.experiment.folds import PROBABILITIES, FeaturePool, all_items, mak
 from showdown.experiment.preflight import check_names, check_places, check_space, check_weights, on_main
 from showdown.experiment.ray_executor import run_on_ray
 from showdown.experiment.results import Results
-from showdown.experiment.run_folder import entry_folder, finished_row, write_run_start, write_summary
+from showdown.experiment.resume import check_same_data, resumed_config, resumed_from_keywords
+from showdown.experiment.run_end import finish_run
+from showdown.experiment.run_folder import entry_folder, finished_row, write_run_start
 from showdown.experiment.shards import echo_share, my_models
 from showdown.experiment.without_issues import rerun_without
 from showdown.fileio import new_run_dir
@@ -39,11 +41,8 @@ from showdown.frozen.engines import resolve_runtime
 from showdown.frozen.feature_cache import FrozenPass, extract_features
 from showdown.models.backbones import Backbone, load_backbone
 from showdown.precision import resolve_precision
-from showdown.reporting.bench import bench_models
-from showdown.reporting.database import default_db, record_run
-from showdown.reporting.label_issues import WITHOUT_LABEL_ISSUES, ranking_change
+from showdown.reporting.label_issues import WITHOUT_LABEL_ISSUES
 from showdown.reporting.progress import Reporter
-from showdown.reporting.report import report_run
 
 
 def run(config: RunConfig | None = None, *, echo: Callable[[str], None] = print, resume: bool = False,
@@ -53,7 +52,9 @@ def run(config: RunConfig | None = None, *, echo: Callable[[str], None] = print,
 
     In a notebook: `run(data="demo", models=["efficientnet_lite0"], strategy=["head"], epochs=5)`, the flags'
     names with _ for -, checked as the flags are (one-line ShowdownErrors); with a RunConfig they replace its
-    values."""
+    values. `run(out="runs/x", resume=True)` goes on with an interrupted run as its config.yaml says."""
+    if resume and config is None:  # showdown.run(out=DIR, resume=True): the run as its config.yaml says
+        config, options = resumed_from_keywords(options), {}
     config = RunConfig.from_keywords(options, base=config) if options or config is None else config
     config.validate()
     check_names(config)
@@ -70,52 +71,57 @@ def run(config: RunConfig | None = None, *, echo: Callable[[str], None] = print,
                           "trained under torchrun with the chosen values, from its config.yaml)")
     reporter = Reporter(echo, quiet=config.quiet, log_file=config.log_file, track=config.track) \
         if distributed.is_main() else Reporter(silent=True)  # under torchrun rank 0 alone tells
-    echo = reporter.echo
-    no_gradcam = bool(config.gradcam) and not explain_available()  # an optional extra: said after the entries
-    config = dataclasses.replace(config, gradcam=0) if no_gradcam else config
-    if resume:
-        echo(f"resuming {config.out}")
-    healed_before = HEALED["recomputed"]  # damaged cache entries deleted and recomputed (cache.py)
-    cache_dir = on_main(check_places, config, resume)  # before the data: an archive is extracted into the cache
-    dataset = load_dataset(config.data, data_root=config.data_root, split=config.split, seed=config.seed)
-    if config.max_per_class:
-        dataset = subset_per_class(dataset, config.max_per_class)
-    dataset = check_leakage(dataset, drop=config.drop_duplicates)
-    precision = resolve_precision(config.precision, device)
-    runtime = resolve_runtime(config.runtime, precision, device.type)
-    folds = make_folds(dataset, config.folds, config.seed, _val_fraction(config)) if config.folds else None
-    run_dir = Path(on_main(lambda: str(new_run_dir(config.out, config.name or dataset.name))))  # rank 0 makes it
-    with _kept_on_disk_errors(run_dir):
-        if not resume and distributed.is_main():
-            write_run_start(run_dir, config, dataset, precision, runtime, folds, device)
-        _echo_dataset(dataset, folds, echo)
-        _echo_machine(device, precision, echo)
-        echo_share(config, echo)  # --shard: which backbones this process trains
-        frozen = FrozenPass(precision, runtime, device, workers=config.worker_count, cache_dir=cache_dir)
-        context = RunContext(frozen, reporter)
-        reporter.start_run(config, run_dir, _grid_size(config) * (2 if config.drop_label_issues else 1))
-        last_loaded: dict[str, Backbone] = {}  # the entries' last backbone, which the label-issue search may reuse
-        rows, skipped = _all_entries(config, dataset, folds, context, run_dir, resume, keep=last_loaded)
-        frozen_passes = {key: frozen.stats[key] for key in ("hit", "miss", "images")}
-        frozen_passes["recomputed"] = HEALED["recomputed"] - healed_before
-        if distributed.active():  # images each process ran through frozen layers: shards, never the same image twice
-            frozen_passes["images_per_rank"] = distributed.gather(frozen_passes["images"])
-            frozen_passes["images"] = sum(frozen_passes["images_per_rank"])
-        issues, flagged = label_issues.judge(config, dataset, rows, folds, context, run_dir,
-                                             load=lambda name: last_loaded.get(name)
-                                             or _load(name, config, dataset, lambda *_: None))
-        last_loaded.clear()
-        results = Results(run_dir, rows, sorted(skipped), frozen_counts=frozen.stats)
-        if config.drop_label_issues and flagged:
-            results.without_label_issues, kept = rerun_without(config, dataset, flagged, context, run_dir, resume,
-                                                               _all_entries)
-            issues["rerun"] = {"folder": WITHOUT_LABEL_ISSUES, "kept": kept}
-        if no_gradcam:  # after every entry (the re-run's too), and never before an error
-            reporter.warn(f"Grad-CAM overlays skipped: {EXPLAIN_EXTRA}")
-        if distributed.is_main():
-            _finish(results, config, frozen_passes, reporter, issues)
-    distributed.barrier()  # the run folder is complete before any process returns
-    return results.gate(config.assert_accuracy_at_least)
+    try:
+        echo = reporter.echo
+        no_gradcam = bool(config.gradcam) and not explain_available()  # an optional extra: said after the entries
+        config = dataclasses.replace(config, gradcam=0) if no_gradcam else config
+        if resume:
+            echo(f"resuming {config.out}")
+        healed_before = HEALED["recomputed"]  # damaged cache entries deleted and recomputed (cache.py)
+        cache_dir = on_main(check_places, config, resume)  # before the data: an archive is extracted into the cache
+        dataset = load_dataset(config.data, data_root=config.data_root, split=config.split, seed=config.seed)
+        if config.max_per_class:
+            dataset = subset_per_class(dataset, config.max_per_class)
+        dataset = check_leakage(dataset, drop=config.drop_duplicates)
+        if resume:  # the entries still to run get the split the finished ones had
+            on_main(check_same_data, Path(config.out), dataset)
+        precision = resolve_precision(config.precision, device)
+        runtime = resolve_runtime(config.runtime, precision, device.type)
+        folds = make_folds(dataset, config.folds, config.seed, _val_fraction(config)) if config.folds else None
+        run_dir = Path(on_main(lambda: str(new_run_dir(config.out, config.name or dataset.name))))  # rank 0 makes it
+        with _kept_on_disk_errors(run_dir):
+            if not resume and distributed.is_main():
+                write_run_start(run_dir, config, dataset, precision, runtime, folds, device)
+            _echo_dataset(dataset, folds, echo)
+            _echo_machine(device, precision, echo)
+            echo_share(config, echo)  # --shard: which backbones this process trains
+            frozen = FrozenPass(precision, runtime, device, workers=config.worker_count, cache_dir=cache_dir)
+            context = RunContext(frozen, reporter)
+            reporter.start_run(config, run_dir, _grid_size(config) * (2 if config.drop_label_issues else 1))
+            last_loaded: dict[str, Backbone] = {}  # the entries' last backbone, which the label-issue search may reuse
+            rows, skipped = _all_entries(config, dataset, folds, context, run_dir, resume, keep=last_loaded)
+            frozen_passes = {key: frozen.stats[key] for key in ("hit", "miss", "images")}
+            frozen_passes["recomputed"] = HEALED["recomputed"] - healed_before
+            if distributed.active():  # images each process ran through frozen layers: shards, never one image twice
+                frozen_passes["images_per_rank"] = distributed.gather(frozen_passes["images"])
+                frozen_passes["images"] = sum(frozen_passes["images_per_rank"])
+            issues, flagged = label_issues.judge(config, dataset, rows, folds, context, run_dir,
+                                                 load=lambda name: last_loaded.get(name)
+                                                 or _load(name, config, dataset, lambda *_: None))
+            last_loaded.clear()
+            results = Results(run_dir, rows, sorted(skipped), frozen_counts=frozen.stats)
+            if config.drop_label_issues and flagged:
+                results.without_label_issues, kept = rerun_without(config, dataset, flagged, context, run_dir, resume,
+                                                                   _all_entries)
+                issues["rerun"] = {"folder": WITHOUT_LABEL_ISSUES, "kept": kept}
+            if no_gradcam:  # after every entry (the re-run's too), and never before an error
+                reporter.warn(f"Grad-CAM overlays skipped: {EXPLAIN_EXTRA}")
+            if distributed.is_main():
+                finish_run(results, config, frozen_passes, reporter, issues)
+        distributed.barrier()  # the run folder is complete before any process returns
+        return results.gate(config.assert_accuracy_at_least)
+    finally:
+        reporter.close()  # what an error or Ctrl-C left open: a bar (a notebook draws the next askew), the log file
 
 
 def _all_entries(config: RunConfig, dataset: DatasetSpec, folds: list[DatasetSpec] | None, context: RunContext,
@@ -174,12 +180,7 @@ def _kept_on_disk_errors(run_dir: Path):
 
 def resume_run(run_dir: str | Path, *, echo: Callable[[str], None] = print) -> Results:
     """Continue an interrupted `showdown run` from its folder, with the configuration it was started with."""
-    config_file = Path(run_dir) / run_schema.CONFIG
-    if not config_file.is_file():
-        raise ConfigError(f"{run_dir} is not a showdown run folder (no config.yaml)")
-    config = RunConfig.from_dict(read_config_file(config_file))
-    config.out = str(run_dir)
-    return run(config, echo=echo, resume=True)
+    return run(resumed_config(run_dir), echo=echo, resume=True)
 
 
 def _val_fraction(config: RunConfig) -> float:
@@ -286,35 +287,3 @@ def _entry_line(row: dict, strategy: Strategy, seed: int, config: RunConfig, fol
 def _echo_machine(device, precision: str, echo) -> None:
     processes = f"; {distributed.world_size()} processes (torchrun)" if distributed.active() else ""
     echo(f"device: {describe(device)}; precision {precision}{processes}")
-
-
-def _finish(results: Results, config: RunConfig, frozen_passes: dict, reporter: Reporter,
-            issues: dict | None) -> None:
-    """Rank 0's end of the run: summary, table (even with --quiet), bench, report, database row, trackers."""
-    run_dir, rows, skipped = results.run_dir, results.rows, results.skipped
-    echo = reporter.echo
-    write_summary(run_dir, rows, skipped, frozen_passes, issues)
-    reporter.result("")
-    reporter.result(results.table())
-    rerun = results.without_label_issues
-    if rerun is not None:
-        reporter.result(f"\ntrained and tested again without the suspected label errors ({rerun.run_dir.name}/):")
-        reporter.result(rerun.table())
-        reporter.result(ranking_change(rows, rerun.rows))
-    echo("")
-    recomputed = f", {frozen_passes['recomputed']} damaged cache entries recomputed" * bool(frozen_passes["recomputed"])
-    echo(f"frozen passes: {frozen_passes['images']} images computed (features, boundary activations), "
-         f"{frozen_passes['hit']} feature sets from the cache{recomputed}")
-    if config.bench:
-        bench_models(my_models(config), config, run_dir, echo=echo)
-    if config.report:
-        report_html, _ = report_run(run_dir)
-        echo(f"report: {report_html}")
-    if config.record:
-        run_id = record_run(run_dir, config.db)
-        echo(f"recorded as run {run_id} in {config.db or default_db()}")
-    if skipped:
-        echo(f"skipped {len(skipped)} unreadable image file(s); listed in {run_dir / 'skipped.txt'}")
-    echo(f"run folder: {run_dir}")
-    reporter.finish(run_dir)
-

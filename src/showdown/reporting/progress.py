@@ -104,8 +104,12 @@ class Reporter:
 
     def finish(self, run_dir: Path) -> None:
         """The end of the run: trackers get the report; the log file is closed."""
-        self._close_bar()
         self._call_trackers("finish", run_dir)
+        self.close()
+
+    def close(self) -> None:
+        """The bar and the log file closed, however the run ended (again after finish: nothing left to do)."""
+        self._close_bar()
         if self._log is not None:
             self._log.close()
             self._log = None
