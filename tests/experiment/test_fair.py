@@ -3,6 +3,7 @@ cross-validation that tests every image once on one feature extraction, and the 
 import csv
 import json
 
+import optuna
 import pytest
 import yaml
 
@@ -65,14 +66,18 @@ def test_resume_continues_the_search_where_it_stopped(tmp_path, capsys):
     assert "search trial 1/2 done" in progress and "search trial 2/2 done; best validation loss so far" in progress
     entry = out / "efficientnet_lite0-head"
     first = json.loads((entry / "metrics.json").read_text())["tuning"]["trials"]
-    # As if killed after its second trial with a budget of four: the entry is unfinished, its study is kept.
+    # As if killed during its third trial with a budget of four: the entry is unfinished, its study is kept, with
+    # the trial the kill cut short (Optuna marks it failed).
     (entry / "metrics.json").unlink()
+    study = optuna.load_study(study_name="search", storage=f"sqlite:///{entry / 'search.db'}")
+    study.tell(study.ask(), state=optuna.trial.TrialState.FAIL)
     config = yaml.safe_load((out / "config.yaml").read_text())
     (out / "config.yaml").write_text(yaml.safe_dump({**config, "tune": 4}))
     resume_run(out, echo=lambda *_: None)
-    assert "search trial 4/4 done" in capsys.readouterr().err
+    resumed = capsys.readouterr().err
+    assert "search trial 3/4 done" in resumed and "search trial 4/4 done" in resumed and "5/4" not in resumed
     trials = json.loads((entry / "metrics.json").read_text())["tuning"]["trials"]
-    assert [t["number"] for t in trials] == [0, 1, 2, 3]
+    assert [t["number"] for t in trials] == [0, 1, 3, 4]  # the cut one (2) is not a finished trial
     assert trials[:2] == first  # the trials it had are kept, not repeated
     assert len({json.dumps(t["params"], sort_keys=True) for t in trials}) == 4  # the new ones draw new values
 

@@ -96,3 +96,17 @@ def test_resume_in_the_python_api_goes_on_as_the_runs_config_says(tmp_path):
         run(out=str(tmp_path), resume=True, lr=0.01)
     with pytest.raises(ConfigError, match="is not a showdown run folder"):
         run(out=str(tmp_path), resume=True)
+
+
+def test_a_finished_entry_whose_metrics_are_damaged_runs_again_on_resume(tmp_path, caplog):
+    from showdown.experiment.run_folder import finished_row
+
+    entry = tmp_path / "efficientnet_lite0-head"
+    entry.mkdir()
+    (entry / "model.safetensors").write_bytes(b"weights")
+    for damaged in ('{"model": "x", "acc', "[]", "\xff"):
+        (entry / "metrics.json").write_text(damaged, encoding="latin-1")
+        assert finished_row(entry) is None  # not kept: run again, its files rewritten
+    assert "metrics.json is damaged; efficientnet_lite0-head runs again" in caplog.text
+    (entry / "metrics.json").write_text('{"model": "efficientnet_lite0", "accuracy": 0.5}')
+    assert finished_row(entry) == {"model": "efficientnet_lite0", "accuracy": 0.5, "folder": entry.name}

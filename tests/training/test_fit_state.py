@@ -24,3 +24,20 @@ def test_the_checkpointed_state_keeps_its_keys():
     assert set(state.to_dict()) == OLDER_CHECKPOINT_KEYS
     assert FitState.from_dict({**state.to_dict(), "model": "ignored"}) == state
     assert FitOptions().phase == "head" and not FitOptions().parallel
+
+
+def test_a_checkpoint_that_cannot_be_read_is_one_warning_and_the_phase_starts_again(tmp_path, caplog):
+    """A checkpoint cut short (a full disk under an older version, a copy interrupted) is no traceback on --resume:
+    the phase trains from its first epoch, and the checkpoint is written anew."""
+    import torch
+
+    from showdown.training.loop import TrainSettings, fit
+
+    checkpoint = tmp_path / "checkpoint-finetune.pt"
+    checkpoint.write_bytes(b"PK\x03\x04 cut short")
+    torch.manual_seed(0)
+    batches = [(torch.randn(8, 4), torch.randint(0, 2, (8,))) for _ in range(2)]
+    history = fit(nn.Linear(4, 2), batches, batches, TrainSettings(epochs=3, patience=3), checkpoint=checkpoint)
+    assert [row["epoch"] for row in history] == [1, 2, 3]
+    assert "cannot be read" in caplog.text and "starts again from its first epoch" in caplog.text
+    assert torch.load(checkpoint, weights_only=True)["epoch"] == 3  # a readable one in its place

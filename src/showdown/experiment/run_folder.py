@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import json
+import logging
 import os
 import platform
 from collections.abc import Callable
@@ -57,6 +58,8 @@ from showdown.run_schema import (
     PredictionRow,
     write_rows,
 )
+
+log = logging.getLogger(__name__)
 
 
 def write_run_start(run_dir: Path, config: RunConfig, dataset: DatasetSpec, precision: str, runtime: str,
@@ -108,7 +111,13 @@ def finished_row(folder: Path) -> dict | None:
     metrics = folder / METRICS
     if not metrics.is_file():
         return None
-    summary = json.loads(metrics.read_text())
+    try:
+        summary = json.loads(metrics.read_text(encoding="utf-8"))
+    except ValueError:  # not JSON, or not UTF-8
+        summary = None
+    if not isinstance(summary, dict):  # cut short or overwritten: the entry runs again, its files rewritten
+        log.warning("%s is damaged; %s runs again", metrics, folder.name)
+        return None
     if "folds" not in summary and not (folder / MODEL_WEIGHTS).is_file():  # folds pool: one model per fold
         return None
     return {**{k: v for k, v in summary.items() if k not in DETAIL_KEYS}, "folder": folder.name}

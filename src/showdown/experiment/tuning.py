@@ -9,6 +9,7 @@ see the test images. The study lives in SQLite in the entry folder, so `--resume
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 import time
 from pathlib import Path
@@ -102,7 +103,7 @@ def tune(config: RunConfig, strategy: Strategy, train_trial: TrialFunction, stor
 
 def _search(config: RunConfig, strategy: Strategy, train_trial: TrialFunction, storage: Path,
             on_trial) -> tuple[RunConfig, dict]:
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    optuna.logging.set_verbosity(optuna.logging.ERROR)  # its "Trial failed" warning prints a Ctrl-C's traceback
     space = space_for(strategy)
     start = time.perf_counter()
     shared = config.tune_storage is not None
@@ -125,8 +126,9 @@ def _search(config: RunConfig, strategy: Strategy, train_trial: TrialFunction, s
     trials = (config.tune if shared else max(config.tune - done, 0)) if config.tune else None
     timeout = config.tune_minutes * 60 - spent - (time.perf_counter() - start) if config.tune_minutes else None
     if trials != 0 and (timeout is None or timeout > 0):
+        progress = _progress(on_trial, config.tune or None, 0 if shared else done) if on_trial else None
         study.optimize(_objective(config, space, train_trial), n_trials=trials, timeout=timeout,
-                       callbacks=[_progress(on_trial, config.tune or None)] if on_trial else None)
+                       callbacks=[progress] if progress else None)
     seconds = spent + time.perf_counter() - start
     study.set_user_attr("seconds", seconds)
     return _choose(config, study, space, seconds)
@@ -164,11 +166,15 @@ def _objective(config: RunConfig, space: dict, train_trial: TrialFunction):
     return objective
 
 
-def _progress(on_trial, total: int | None):
+def _progress(on_trial, total: int | None, before: int):
+    """on_trial(k, total, best loss) after each trial: k counts the trials this search has run, from `before` (those a
+    resumed search had finished; not Optuna's trial number, which also counts the one a Ctrl-C cut short)."""
+    ran = itertools.count(before + 1)
+
     def callback(study: optuna.Study, trial) -> None:
         losses = [t.value for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
                   if math.isfinite(t.value)]
-        on_trial(trial.number + 1, total, min(losses + [study.user_attrs["default_val_loss"]]))
+        on_trial(next(ran), total, min(losses + [study.user_attrs["default_val_loss"]]))
     return callback
 
 

@@ -6,11 +6,16 @@ with `weights_only=True`, so a checkpoint file can hold only tensors and plain v
 from __future__ import annotations
 
 import io
+import logging
+import pickle
 from pathlib import Path
 
 import torch
 
+from showdown.errors import one_line
 from showdown.fileio import write_bytes_atomic
+
+log = logging.getLogger(__name__)
 
 
 def save_checkpoint(path: Path, model, optimizer, scheduler, scaler, progress: dict) -> None:
@@ -22,9 +27,15 @@ def save_checkpoint(path: Path, model, optimizer, scheduler, scaler, progress: d
     write_bytes_atomic(path, buffer.getvalue(), "the checkpoint")
 
 
-def load_checkpoint(path: Path, model, optimizer, scheduler, scaler) -> dict:
-    """Restore model, optimizer, scheduler and gradient scaler in place; returns the progress values."""
-    state = torch.load(path, map_location="cpu", weights_only=True)
+def load_checkpoint(path: Path, model, optimizer, scheduler, scaler) -> dict | None:
+    """Restore model, optimizer, scheduler and gradient scaler in place; returns the progress values, or None for a
+    checkpoint that cannot be read (cut short, overwritten): one warning, and the phase starts again."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, ValueError, pickle.UnpicklingError) as exc:  # torch's reader says "damaged" so
+        log.warning("checkpoint %s cannot be read (%s); this phase starts again from its first epoch", path,
+                    one_line(exc))
+        return None
     model.load_state_dict(state.pop("model"))
     optimizer.load_state_dict(state.pop("optimizer"))
     scheduler.load_state_dict(state.pop("scheduler"))

@@ -321,8 +321,9 @@ def _start(model: nn.Module, val_batches, opts: FitOptions, how: EpochPass, val_
     keep_start). `restore`: the optimizer, scheduler and gradient scaler a checkpoint refills."""
     resume = opts.checkpoint is not None and opts.checkpoint.is_file()
     distributed.barrier()  # every process has looked for the checkpoint before rank 0 writes one
-    if resume:
-        return FitState.from_dict(load_checkpoint(opts.checkpoint, model, *restore))
+    progress = load_checkpoint(opts.checkpoint, model, *restore) if resume else None
+    if progress is not None:
+        return FitState.from_dict(progress)
     state = FitState()
     if opts.keep_start:
         model.eval()
