@@ -97,9 +97,9 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("run_dir")
     runs = sub.add_parser("runs", help="the results database: list, show and compare recorded runs")
     runs.add_argument("action", choices=("list", "show", "compare"))
-    runs.add_argument("ids", nargs="*", type=int, metavar="ID")
+    runs.add_argument("ids", nargs="*", type=flag_type(int, min=1, max=2**63 - 1), metavar="ID")  # SQLite's range
     runs.add_argument("--db", help="results database (default $SHOWDOWN_DB or ~/.local/share/showdown)")
-    runs.add_argument("--out", help="folder for the comparison report (default: runs/compare-<ids>)")
+    runs.add_argument("--out", help="folder for the comparison report (default: runs/<timestamp>-compare-<ids>)")
     bench = sub.add_parser("bench", help="measure parameters, size, GMACs, latency and throughput of backbones")
     bench.add_argument("--models", type=flag_type(list[str]), default=None, help="comma-separated backbones")
     bench.add_argument("--weights-dir", help="folder with TFLite weights (default $SHOWDOWN_WEIGHTS)")
@@ -247,6 +247,8 @@ def cmd_runs(args) -> int:
     from showdown.reporting.tables import format_table
 
     if args.action == "list":
+        if args.ids:
+            raise ConfigError("`showdown runs list` lists every run; `showdown runs show ID` shows one")
         rows = db.list_runs(args.db)
         if not rows:
             print(f"no runs recorded in {args.db or db.default_db()} yet")
@@ -259,9 +261,13 @@ def cmd_runs(args) -> int:
     args.ids = list(dict.fromkeys(args.ids))  # a run named twice is one run, not two seeds of it
     records = db.load_entries(args.ids, args.db)
     if args.action == "show":
-        print(format_table([{**r.metrics, "strategy": r.strategy + (f" (seed {r.seed})" if r.seed else "")}
-                            for r in records]))
-        print(f"configuration: {records[0].config}")
+        for n, run_id in enumerate(args.ids):  # each run: its entries and its configuration
+            shown = [r for r in records if r.run_id == run_id]
+            if len(args.ids) > 1:
+                print(("\n" if n else "") + f"run {run_id}:")
+            print(format_table([{**r.metrics, "strategy": r.strategy + (f" (seed {r.seed})" if r.seed else "")}
+                                for r in shown]))
+            print(f"configuration: {shown[0].config}")
         return 0
     from showdown.fileio import new_run_dir
     from showdown.reporting.report import write_report
@@ -365,8 +371,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {reason}" + (f": {exc.filename or repr('')}" if exc.filename is not None else ""),
               file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+    except KeyboardInterrupt as exc:
+        print("interrupted" + (f": {exc}" if str(exc) else ""), file=sys.stderr)  # errors.Interrupted: how to go on
         return 130
 
 

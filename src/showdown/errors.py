@@ -40,6 +40,10 @@ class DiskError(ShowdownError):
     exit_code = 1
 
 
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C in a run whose folder can be resumed: a KeyboardInterrupt whose message says how to go on."""
+
+
 # What the disk says, in words; any other OSError is a bug or a bad input, not the disk's doing.
 DISK_ERRNOS = {errno.ENOSPC: "no space left on the device", errno.EDQUOT: "disk quota exceeded",
                errno.EROFS: "read-only file system", errno.EACCES: "permission denied",

@@ -175,6 +175,7 @@ def test_ctrl_c_reaches_the_command_and_a_killed_caller_interrupts_it(warm, tmp_
     process.send_signal(signal.SIGINT)
     _, rest = process.communicate(timeout=60)  # read on: a full pipe would stop the command mid-line
     assert process.returncode == 130 and "interrupted" in rest
+    assert f"finished entries are kept in {tmp_path / 'ctrl-c'}; `showdown run --resume {tmp_path / 'ctrl-c'}`" in rest
     process = _started(warm, tmp_path / "terminated")
     process.send_signal(signal.SIGTERM)  # e.g. `timeout` or a scheduler: the caller ends as the command did
     process.communicate(timeout=60)

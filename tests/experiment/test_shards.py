@@ -140,6 +140,7 @@ def test_merge_refuses_other_seeds_other_data_and_duplicates(runs, tmp_path, cap
     assert "data fingerprint" in _refused(capsys, runs["0"], other_data, "--out", out, db=db)
     copy = shutil.copytree(runs["1"], tmp_path / "copy")
     assert "entry efficientnet_lite0-head is in both" in _refused(capsys, runs["1"], copy, "--out", out, db=db)
+    assert "shard(s) 1/2 missing: merge needs every shard" in _refused(capsys, runs["0"], "--out", out, db=db)
     assert not out.exists() and not db.exists()  # nothing written
 
 

@@ -129,6 +129,13 @@ def test_runs_cli_lists_shows_and_compares(report_run, tmp_path):
     assert not nowhere.parent.exists()
     missing = run_cli("runs", "show", "99999")
     assert missing.returncode == 2 and "no run 99999" in missing.stderr and "Traceback" not in missing.stderr
+    huge = run_cli("runs", "show", "9" * 23)  # past SQLite's integers: one line, not its OverflowError
+    assert huge.returncode == 2 and "Traceback" not in huge.stderr and len(huge.stderr.splitlines()) == 1
+    listing = run_cli("runs", "list", "5")
+    assert listing.returncode == 2 and "`showdown runs show ID` shows one" in listing.stderr
+    recorded = [row["id"] for row in db.list_runs()][:2]
+    both = run_cli("runs", "show", *recorded)  # each run's own configuration, not the first one's alone
+    assert both.returncode == 0 and both.stdout.count("configuration: ") == len(recorded)
 
 
 def test_database_survives_a_run_killed_mid_training(tmp_path, demo_dir):

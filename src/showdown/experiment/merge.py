@@ -69,6 +69,7 @@ def merge(run_dirs: list[str | Path], out: str | Path, *, report: bool = True, r
     out = Path(out)
     shards = sorted((_read(Path(d)) for d in run_dirs), key=_shard_order)
     _check_sources(shards, out)
+    _check_complete(shards)
     for other in shards[1:]:
         _check_same(shards[0], other)
     rows = _merged_rows(shards)
@@ -135,6 +136,22 @@ def _check_sources(shards: list[Shard], out: Path) -> None:
                 raise ConfigError(f"entry {folder} is in both {seen[folder]} and {shard.run_dir}; each entry may come "
                                   "from one run only")
             seen[folder] = shard.run_dir
+
+
+def _check_complete(shards: list[Shard]) -> None:
+    """Runs of `--shard I/N` make one run with all N of them: a shard missing (a job that failed, a glob that
+    matched too little) would make a leaderboard without its backbones that looks complete."""
+    given = [shard.config.get("shard") for shard in shards]
+    if not any(given):
+        return  # runs made without --shard: joined as they are
+    counts = {text.split("/")[1] for text in given if text}
+    if None in given or len(counts) != 1:
+        raise ConfigError(f"cannot merge runs of different --shard splits ({', '.join(map(str, given))})")
+    count = counts.pop()
+    missing = sorted(set(range(int(count))) - {int(text.split("/")[0]) for text in given})
+    if missing:
+        raise ConfigError(f"shard(s) {', '.join(f'{i}/{count}' for i in missing)} missing: merge needs every shard "
+                          "of the run (run the missing ones, then merge them all)")
 
 
 def _check_same(first: Shard, other: Shard) -> None:

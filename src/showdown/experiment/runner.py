@@ -23,7 +23,7 @@ from showdown.data.leakage import check_leakage
 from showdown.deploy.explain import EXTRA as EXPLAIN_EXTRA
 from showdown.deploy.explain import available as explain_available
 from showdown.device import describe, prepare, resolve_device
-from showdown.errors import ConfigError, DiskError, disk_error
+from showdown.errors import ConfigError, DiskError, Interrupted, disk_error
 from showdown.experiment import label_issues
 from showdown.experiment.context import RunContext
 from showdown.experiment.entry import EntryResult, fitted_to_images, run_entry
@@ -71,6 +71,7 @@ def run(config: RunConfig | None = None, *, echo: Callable[[str], None] = print,
                           "trained under torchrun with the chosen values, from its config.yaml)")
     reporter = Reporter(echo, quiet=config.quiet, log_file=config.log_file, track=config.track) \
         if distributed.is_main() else Reporter(silent=True)  # under torchrun rank 0 alone tells
+    run_dir = None  # known once the run folder is made
     try:
         echo = reporter.echo
         no_gradcam = bool(config.gradcam) and not explain_available()  # an optional extra: said after the entries
@@ -120,6 +121,11 @@ def run(config: RunConfig | None = None, *, echo: Callable[[str], None] = print,
                 finish_run(results, config, frozen_passes, reporter, issues)
         distributed.barrier()  # the run folder is complete before any process returns
         return results.gate(config.assert_accuracy_at_least)
+    except KeyboardInterrupt as exc:
+        if run_dir is None or not (run_dir / run_schema.CONFIG).is_file():
+            raise
+        raise Interrupted(f"finished entries are kept in {run_dir}; `showdown run --resume {run_dir}` goes on") \
+            from exc
     finally:
         reporter.close()  # what an error or Ctrl-C left open: a bar (a notebook draws the next askew), the log file
 
