@@ -265,8 +265,7 @@ def cmd_runs(args) -> int:
             shown = [r for r in records if r.run_id == run_id]
             if len(args.ids) > 1:
                 print(("\n" if n else "") + f"run {run_id}:")
-            print(format_table([{**r.metrics, "strategy": r.strategy + (f" (seed {r.seed})" if r.seed else "")}
-                                for r in shown]))
+            print(format_table([{**r.metrics, "strategy": r.strategy, "seed": r.seed} for r in shown]))
             print(f"configuration: {shown[0].config}")
         return 0
     from showdown.fileio import new_run_dir

@@ -141,6 +141,12 @@ def test_merge_refuses_other_seeds_other_data_and_duplicates(runs, tmp_path, cap
     copy = shutil.copytree(runs["1"], tmp_path / "copy")
     assert "entry efficientnet_lite0-head is in both" in _refused(capsys, runs["1"], copy, "--out", out, db=db)
     assert "shard(s) 1/2 missing: merge needs every shard" in _refused(capsys, runs["0"], "--out", out, db=db)
+    damaged = shutil.copytree(runs["1"], tmp_path / "damaged")
+    entry = next(p for p in damaged.iterdir() if (p / "metrics.json").is_file())
+    (entry / "predictions.csv").unlink()
+    assert f"{entry / 'predictions.csv'} is missing" in _refused(capsys, runs["0"], damaged, "--out", out, db=db)
+    (entry / "metrics.json").write_text('{"model": "x", "acc')
+    assert f"{entry / 'metrics.json'} is damaged" in _refused(capsys, runs["0"], damaged, "--out", out, db=db)
     assert not out.exists() and not db.exists()  # nothing written
 
 

@@ -199,3 +199,13 @@ def test_report_cells_show_their_images_and_the_leaderboard_sorts_offline(report
         assert shown == sorted(shown)
         browser.close()
     assert errors == [] and requests == []
+
+
+def test_the_table_of_a_run_with_repeats_names_each_rows_seed():
+    from showdown.reporting.tables import format_table
+
+    rows = [{"model": "efficientnet_lite0", "strategy": "head", "seed": seed, "accuracy": 0.8 + seed / 100}
+            for seed in (0, 1, 2)]
+    lines = format_table(rows).splitlines()[2:]
+    assert [line.split()[1:3] for line in lines] == [["head", "(seed"], ["head", "(seed"], ["head", "0.8000"]]
+    assert "(seed 2)" in lines[0] and "(seed 1)" in lines[1]

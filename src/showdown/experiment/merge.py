@@ -19,7 +19,7 @@ from pathlib import Path
 
 from showdown.config.run_config import RunConfig, read_config_file
 from showdown.config.strategy import Strategy
-from showdown.errors import ConfigError
+from showdown.errors import ConfigError, DamagedFileError
 from showdown.experiment.run_folder import write_summary
 from showdown.fileio import write_csv, write_json
 from showdown.reporting.database import default_db, record_run
@@ -34,6 +34,8 @@ from showdown.run_schema import (
     FOLDS_CSV,
     LEAKAGE,
     MERGE,
+    METRICS,
+    PREDICTIONS,
     SPLITS_CSV,
     SUMMARY_JSON,
     read_json,
@@ -104,8 +106,16 @@ def _read(run_dir: Path) -> Shard:
     if (summary.get("label_issues") or {}).get("rerun"):
         raise ConfigError(f"{run_dir} holds a --drop-label-issues rerun, which merge cannot join (each shard judged "
                           "the labels by its own best backbone); run the shards without --drop-label-issues")
-    return Shard(run_dir, read_config_file(run_dir / CONFIG), summary, read_json(run_dir / DATASET, {}),
-                 read_json(run_dir / ENVIRONMENT, {}))
+    shard = Shard(run_dir, read_config_file(run_dir / CONFIG), summary, read_json(run_dir / DATASET, {}),
+                  read_json(run_dir / ENVIRONMENT, {}))
+    for folder in shard.folders:  # what the merged report reads: said now, naming the shard's file, not later
+        entry = run_dir / folder
+        metrics = read_json(entry / METRICS)
+        if not isinstance(metrics, dict):
+            raise DamagedFileError(f"{entry / METRICS} is missing or damaged; run that shard again before merging")
+        if "folds" not in metrics and not (entry / PREDICTIONS).is_file():
+            raise DamagedFileError(f"{entry / PREDICTIONS} is missing; run that shard again before merging")
+    return shard
 
 
 def merged_config(shards: list[Shard], *, report: bool, record: bool, db: str | Path | None) -> RunConfig:
