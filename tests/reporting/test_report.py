@@ -209,3 +209,15 @@ def test_the_table_of_a_run_with_repeats_names_each_rows_seed():
     lines = format_table(rows).splitlines()[2:]
     assert [line.split()[1:3] for line in lines] == [["head", "(seed"], ["head", "(seed"], ["head", "0.8000"]]
     assert "(seed 2)" in lines[0] and "(seed 1)" in lines[1]
+
+
+def test_a_run_recorded_again_keeps_its_id(report_run, tmp_path):
+    """Recording a folder again (a resumed finished run, a merge into the same --out) replaces its rows under the ID
+    it was given: "recorded as run N" stays true."""
+    database = tmp_path / "results.db"
+    first = db.record_run(report_run.run_dir, database)
+    other = tmp_path / "other"
+    shutil.copytree(report_run.run_dir, other)
+    second = db.record_run(other, database)
+    assert db.record_run(report_run.run_dir, database) == first and second != first
+    assert sorted(row["id"] for row in db.list_runs(database)) == sorted([first, second])

@@ -124,14 +124,17 @@ def record_run(run_dir: str | Path, db: str | Path | None = None) -> int:
 
 def _insert_run(run_dir: str | Path, records: list[EntryRecord], path: Path) -> int:
     first = records[0]
+    folder = str(Path(run_dir).resolve())
     with closing(connect(path)) as conn, conn:  # one transaction: all of the run or none of it
-        conn.execute("DELETE FROM runs WHERE run_dir = ?", (str(Path(run_dir).resolve()),))
+        # recorded again (a resumed or merged-again folder): its rows are replaced under the ID it was given
+        earlier = conn.execute("SELECT id FROM runs WHERE run_dir = ?", (folder,)).fetchone()
+        conn.execute("DELETE FROM runs WHERE run_dir = ?", (folder,))
         run_id = conn.execute(
-            "INSERT INTO runs (created, run_dir, dataset, fingerprint, config, environment, dataset_info) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (datetime.now().isoformat(timespec="seconds"), str(Path(run_dir).resolve()), first.dataset.get("name"),
-             first.dataset.get("fingerprint"), json.dumps(first.config), json.dumps(first.environment),
-             _text(json.dumps(first.dataset))),
+            "INSERT INTO runs (id, created, run_dir, dataset, fingerprint, config, environment, dataset_info) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (earlier[0] if earlier else None, datetime.now().isoformat(timespec="seconds"), folder,
+             first.dataset.get("name"), first.dataset.get("fingerprint"), json.dumps(first.config),
+             json.dumps(first.environment), _text(json.dumps(first.dataset))),
         ).lastrowid
         for record in records:
             m = record.metrics
