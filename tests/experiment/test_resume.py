@@ -58,6 +58,8 @@ def test_killed_run_resumes_and_matches_an_uninterrupted_one(tmp_path, demo_dir)
     assert abs(a["loss"] - b["loss"]) < 1e-6
     history = (killed / "scratch_cnn-scratch-cnn" / "history.csv").read_text().splitlines()
     assert len(history) == 1 + 12  # every epoch once: the ones before the kill and the ones after
+    # its time counts the epochs before the kill too, as the uninterrupted run's does
+    assert a["train_seconds"] >= sum(float(line.rsplit(",", 1)[1]) for line in history[1:])
     rows = json.loads((killed / "summary.json").read_text())["rows"]
     entries = {(r["model"], r["strategy"]) for r in rows}
     assert entries == {("efficientnet_lite0", "head"), ("scratch_cnn", "scratch-cnn")}

@@ -61,6 +61,9 @@ class Entry:
     checkpoints: bool = True  # a search trial writes none (it is repeated, not resumed)
     on_epoch: Callable | None = None  # called with the best validation loss after every epoch (the search's pruner)
     timing: Timing = field(default_factory=Timing)  # seconds per phase and cache facts, for the summary row
+    # per phase, the seconds of the epochs a checkpoint brought back (--resume): the phase's time counts them, as
+    # the uninterrupted run's does
+    earlier_seconds: dict[str, float] = field(default_factory=dict)
 
     def checkpoint(self, phase: str) -> Path | None:
         return self.folder / checkpoint_file(phase) if self.checkpoints else None
@@ -77,9 +80,17 @@ class Entry:
 
     def fit(self, net, train_batches, val_batches, settings, phase, **kwargs) -> list[dict]:
         """`parallel=True`: the batches are shares of this process (torchrun) and the net trains as one DDP model."""
-        return fit(net, train_batches, val_batches, settings, phase=phase, checkpoint=self.checkpoint(phase),
-                   class_weights=self.class_weights(), num_classes=len(self.dataset.classes),
-                   on_epoch=self.on_epoch, progress=self.run.reporter.epoch, **kwargs)
+        ran = []  # the epochs trained here; the others came back from a checkpoint
+
+        def progress(row: dict) -> None:
+            ran.append(row)
+            self.run.reporter.epoch(row)
+
+        history = fit(net, train_batches, val_batches, settings, phase=phase, checkpoint=self.checkpoint(phase),
+                      class_weights=self.class_weights(), num_classes=len(self.dataset.classes),
+                      on_epoch=self.on_epoch, progress=progress, **kwargs)
+        self.earlier_seconds[phase] = sum(row["seconds"] for row in history[:len(history) - len(ran)])
+        return history
 
     def images(self, split: str, *, train: bool = False) -> ImageBatches:
         """Batches of decoded images; under torchrun this process's share (every image pass is data parallel)."""

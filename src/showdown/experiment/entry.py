@@ -85,7 +85,7 @@ def train_entry(strategy: Strategy, backbone: Backbone, dataset: DatasetSpec, co
         entry.timing.tune_seconds = search["seconds"]
     start = time.perf_counter()
     trained = train(entry)
-    entry.timing.train_seconds = time.perf_counter() - start
+    entry.timing.train_seconds = time.perf_counter() - start + sum(entry.earlier_seconds.values())
     return entry, trained, search
 
 

@@ -89,7 +89,7 @@ def train_head(entry: Entry, features: dict | None = None) -> Trained:
         trained = Trained(entry.fit(model, entry.images("train", train=True), entry.images("val"),
                                     dataclasses.replace(settings, precision=entry.run.precision), "head",
                                     keep_eval=batchnorms_kept_in_eval(model), parallel=True))
-    timing.head_seconds = time.perf_counter() - start
+    timing.head_seconds = time.perf_counter() - start + entry.earlier_seconds.get("head", 0.0)
     return trained
 
 
@@ -159,7 +159,7 @@ def train_top(entry: Entry, net: nn.Module, train_batches, val_batches) -> list[
     start = time.perf_counter()
     history = entry.fit(net, train_batches, val_batches, settings, "finetune", params=groups, keep_eval=keep_eval,
                         keep_start=True, parallel=True)
-    entry.timing.finetune_seconds = time.perf_counter() - start
+    entry.timing.finetune_seconds = time.perf_counter() - start + entry.earlier_seconds.get("finetune", 0.0)
     return history
 
 
