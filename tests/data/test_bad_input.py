@@ -13,6 +13,7 @@ from PIL import Image
 from showdown.data import load_dataset
 from showdown.data.images import load_rgb
 from showdown.data.leakage import check_leakage
+from showdown.errors import DataError
 from tests.conftest import run_cli
 
 
@@ -192,7 +193,7 @@ def test_a_folder_full_of_trouble_runs_and_reports_it(tmp_path, demo_copy):
     assert "caf\\udce9-non-utf8.jpg" in (out / "splits.csv").read_text()  # escaped, not lost
 
 
-def test_one_class_is_an_error_and_a_missing_class_in_a_split_is_a_warning(tmp_path, demo_copy):
+def test_one_class_or_one_without_training_images_is_an_error_and_one_missing_in_test_a_warning(tmp_path, demo_copy):
     one = tmp_path / "one"
     shutil.copytree(demo_copy / "daisy", one / "daisy")
     result = run_cli("run", "--data", str(one), "--out", str(tmp_path / "x"))
@@ -203,6 +204,9 @@ def test_one_class_is_an_error_and_a_missing_class_in_a_split_is_a_warning(tmp_p
     shutil.copytree(demo_copy / "daisy", split / "test" / "daisy")
     spec = load_dataset(str(split))
     assert "split 'test' has no images of class roses" in spec.warnings
+    shutil.copytree(demo_copy / "sunflowers", split / "test" / "sunflowers")  # in test only: nothing can learn it
+    with pytest.raises(DataError, match="class sunflowers has no training images in .*train, only in another split"):
+        load_dataset(str(split))
 
 
 def test_duplicates_across_splits_are_reported_and_can_be_dropped(leaky_folder):

@@ -340,7 +340,8 @@ def test_an_exported_file_with_damaged_metadata_is_one_line(trained, tmp_path):
         (entry,) = [prop for prop in model.metadata_props if prop.key == METADATA_KEY]
         entry.value = text
         onnx.save(model, str(tmp_path / "bad.onnx"))
-        result = run_cli("predict", tmp_path / "bad.onnx", data / "roses")
+        # one image: no decoding workers, whose fork another test's JAX in this process would warn about
+        result = run_cli("predict", tmp_path / "bad.onnx", next((data / "roses").iterdir()))
         assert result.returncode == 2 and said in result.stderr, result.stderr
         assert len(result.stderr.strip().splitlines()) == 1
 

@@ -140,6 +140,10 @@ def build_spec(name: str, root: Path, fractions: tuple[float, float, float], see
         classes = sorted(per_class)
         per_split = stratified_split(per_class, fractions, seed)
         source = "stratified {:.0f}/{:.0f}/{:.0f}, seed {}".format(*(100 * f for f in fractions), seed)
+    untaught = [c for c in classes if not per_split["train"].get(c)]  # only given splits can lack one in train
+    if untaught:
+        raise DataError(f"class {', '.join(untaught)} has no training images in {split_dirs['train']}, only in "
+                        "another split: a model cannot learn it; add some to train/, or take it out of the others")
     for split in SPLITS:
         absent = [c for c in classes if not per_split[split].get(c)]
         if absent:
