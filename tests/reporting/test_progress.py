@@ -66,6 +66,17 @@ def test_a_terminal_sees_the_bar_update(tmp_path):
     assert "val loss" in text and not EPOCH_LINE.search(text)  # a bar, not the pipe's lines
 
 
+def test_a_terminal_that_gives_no_width_gets_lines_not_an_invisible_bar():
+    from showdown.reporting.progress import _bar_class
+
+    controller, terminal = pty.openpty()
+    with os.fdopen(terminal, "w") as stream:
+        assert _bar_class(stream) is None  # a fresh pty is 0 wide: tqdm would draw nothing there
+        fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 200, 0, 0))
+        assert _bar_class(stream) is not None
+    os.close(controller)
+
+
 @pytest.mark.parametrize("keywords, flags", [(dict(lr=-1), ["--lr", "-1"]),
                                              (dict(head_dropout=1.5), ["--head-dropout", "1.5"]),
                                              (dict(strategy=["head", "fine"]), ["--strategy", "head,fine"]),

@@ -9,6 +9,7 @@ experiment trackers (trackers.py) see the same events. Under torchrun only rank 
 from __future__ import annotations
 
 import importlib.util
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -198,11 +199,18 @@ def _bar_class(stream):
         from tqdm import tqdm
 
         return tqdm
-    if hasattr(stream, "isatty") and stream.isatty():
-        from tqdm import tqdm
+    if hasattr(stream, "isatty") and stream.isatty() and _columns(stream) != 0:  # 0: a pty that gives no width,
+        from tqdm import tqdm  # where a bar draws nothing at all; lines there
 
         return tqdm
     return None
+
+
+def _columns(stream) -> int | None:
+    try:
+        return os.get_terminal_size(stream.fileno()).columns
+    except (OSError, ValueError, AttributeError):  # no descriptor, or not a terminal after all
+        return None
 
 
 def _in_notebook() -> bool:
