@@ -421,3 +421,22 @@ def test_a_hidden_image_named_by_hand_is_classified_and_one_in_a_folder_is_not(t
     shutil.copy(next((data / "roses").iterdir()), tmp_path / "rose.jpg")
     found = run_cli("predict", run_dir, tmp_path)  # macOS's ._ files and the like are no one's photos
     assert found.returncode == 0 and "1 image(s) classified" in found.stderr, found.stderr
+
+
+def test_predict_stopped_midway_stops_its_decoding_workers_though_its_traceback_is_kept(trained):
+    import multiprocessing
+
+    run_dir, data = trained
+    predictor = open_model(run_dir, runtime=EAGER)
+    forward, calls = predictor.forward, []
+
+    def second_batch_interrupted(images):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return forward(images)
+
+    predictor.forward = second_batch_interrupted
+    with pytest.raises(KeyboardInterrupt) as kept:
+        list(predict_files(predictor, sorted((data / "roses").iterdir()), batch_size=4, workers=2))
+    assert kept.traceback and not multiprocessing.active_children()

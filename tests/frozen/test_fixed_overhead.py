@@ -233,3 +233,28 @@ def test_names_too_long_for_margins_leave_the_figure_to_the_tight_box():
     fig = plots.confusion_figure([[3, 1], [0, 4]], names, "m / head")
     assert not getattr(fig, plots.FIXED_MARGINS, False)
     assert plots.png_bytes(fig).startswith(b"\x89PNG")
+
+
+def test_a_pass_that_fails_stops_its_decoding_workers_though_its_traceback_is_kept(demo_dir, monkeypatch):
+    """Ctrl-C or an error in the frozen pass: the loader's workers end with it, even while the traceback (and so the
+    loader) is kept, as a notebook keeps sys.last_traceback."""
+    import multiprocessing
+
+    from showdown.frozen import feature_cache
+
+    moved = []
+
+    def second_batch_interrupted(images, device):
+        moved.append(1)
+        if len(moved) == 2:
+            raise KeyboardInterrupt
+        return images
+
+    monkeypatch.setattr(feature_cache, "to_device", second_batch_interrupted)
+    backbone = load_backbone("mobilenet_v2", pretrained=False, image_size=64)
+    items = [(p, 0) for p in sorted((demo_dir / "daisy").iterdir())[:40]]
+    with pytest.raises(KeyboardInterrupt) as kept:
+        feature_cache.forward_frozen(feature_cache.FrozenPass(precision="fp32", batch_size=4, workers=2,
+                                                              runtime="torch"), backbone.model,
+                                     backbone.preprocessing, items)
+    assert kept.traceback and len(moved) == 2 and not multiprocessing.active_children()

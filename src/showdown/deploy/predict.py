@@ -181,7 +181,9 @@ def predict_files(predictor: Predictor, files: list[Path], *, top_k: int = 3, ba
     loader = image_loader([(path, 0) for path in files], predictor.transform, batch_size=batch_size, workers=workers,
                           pin_memory=predictor.pin_memory)
     rows: dict[int, dict] = {}  # made, not yet given: those after a row still being computed
-    loaded = iter(loader)  # the workers start here, before the engine is built (_WholeModel)
+    # iter(loader) at once: the workers start here, before the engine is built (_WholeModel); a generator, so that
+    # closing it stops them then, not when a kept traceback (a notebook's, after Ctrl-C) lets the loader go
+    loaded = (batch for batch in loader)
 
     def batches():  # (indices, images) of each batch with a readable image; the unreadable files' rows on the way
         for images, _, indices, failed in loaded:
@@ -190,7 +192,7 @@ def predict_files(predictor: Predictor, files: list[Path], *, top_k: int = 3, ba
                 yield indices, images
 
     given = 0
-    with contextlib.closing(in_order(predictor.forward, batches())) as computed:  # closed: nothing left running
+    with contextlib.closing(loaded), contextlib.closing(in_order(predictor.forward, batches())) as computed:
         for indices, probs in computed:
             for index, p in zip(indices.tolist(), probs):
                 order = np.argsort(-p)[:k]

@@ -261,7 +261,9 @@ def _forward_shard(frozen: FrozenPass, module: torch.nn.Module, preprocessing: P
     labels, indices, failed = [], [], []
     calibrated = quantize.calibration_for(calibration, transform, preprocessing, side, batch_size) \
         if precision == "int8" else None
-    with torch.inference_mode(), autocast(precision, device.type):
+    # closed on the way out, whatever happened: its workers stop now, not when a kept traceback (a notebook's
+    # sys.last_traceback after Ctrl-C) lets the loader go
+    with contextlib.closing(batches), torch.inference_mode(), autocast(precision, device.type):
         # built (exported, compiled: ~1 s) while the workers, already started, decode the first batches
         forward = frozen_forward(module, example.to(device), precision, frozen.runtime, name, calibrated,
                                  frozen.engines, stage)
