@@ -112,3 +112,30 @@ def test_a_finished_entry_whose_metrics_are_damaged_runs_again_on_resume(tmp_pat
     assert "metrics.json is damaged; efficientnet_lite0-head runs again" in caplog.text
     (entry / "metrics.json").write_text('{"model": "efficientnet_lite0", "accuracy": 0.5}')
     assert finished_row(entry) == {"model": "efficientnet_lite0", "accuracy": 0.5, "folder": entry.name}
+
+
+def test_ctrl_c_in_a_notebook_stops_the_training_loaders_workers(tmp_path, monkeypatch):
+    """A KeyboardInterrupt out of showdown.run, its traceback kept as a notebook keeps it: no decoding worker of the
+    entry's image batches is left running, and the message says how to go on."""
+    import multiprocessing
+
+    import pytest
+
+    from showdown import run
+    from showdown.errors import Interrupted
+    from showdown.training import loop
+
+    moved, to_device = [], loop.to_device
+
+    def third_batch_interrupted(batch, device, **kwargs):
+        moved.append(1)
+        if len(moved) == 5:  # inputs and targets each: the third batch
+            raise KeyboardInterrupt
+        return to_device(batch, device, **kwargs)
+
+    monkeypatch.setattr(loop, "to_device", third_batch_interrupted)
+    with pytest.raises(Interrupted, match="showdown run --resume") as kept:
+        run(data="demo", models=["efficientnet_lite0"], strategy=["scratch-cnn"], image_size=64, epochs=2,
+            workers=2, batch_size=8, max_per_class=10, out=str(tmp_path / "run"), record=False, report=False,
+            echo=lambda *_: None)
+    assert kept.traceback and not multiprocessing.active_children()
