@@ -193,11 +193,12 @@ def cmd_merge(args) -> int:
 
 
 def _resume_alone(args) -> None:
-    """--resume goes on as the run's config.yaml says: a flag beside it would be ignored, so it is refused."""
-    given = sorted(f"--{name.replace('_', '-')}" for name in vars(args) if name not in {"command", "debug", "resume"})
+    """--resume goes on as the run's config.yaml says: an option beside it would be ignored, so it is refused."""
+    given = sorted({"config_file": "config"}.get(name, name) for name in vars(args)
+                   if name not in {"command", "debug", "resume"})
     if given:
-        raise ConfigError(f"--resume goes on with the run as its config.yaml says; {', '.join(given)} cannot change "
-                          "it (weights in another folder: SHOWDOWN_WEIGHTS=DIR showdown run --resume RUN_DIR)")
+        raise ConfigError(f"--resume goes on with the run as its config.yaml says and takes no other option (given: "
+                          f"{', '.join(given)}); to point it at files that moved, edit its config.yaml")
 
 
 def cmd_predict(args) -> int:

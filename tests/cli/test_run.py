@@ -114,7 +114,7 @@ def test_cli_prints_the_comparison_table(tmp_path, demo_copy):
     (["run", "--models", "mobilenet_v9"], "unknown model 'mobilenet_v9'. Did you mean"),
     (["run", "--models", "resnet50"], "no ImageNet weights for resnet50"),
     (["run", "--models", "efficientnet_lite0,resnet50"], "no ImageNet weights for resnet50"),  # before lite0 trains
-    (["run", "--resume", "runs/x", "--weights-dir", "w"], "--out, --weights-dir cannot change it"),  # not ignored
+    (["run", "--resume", "runs/x", "--weights-dir", "w", "--no-report"], "(given: out, report, weights_dir)"),
     (["run", "--models", "efficientnet_lite0", "--weights", "mobilenet_v2=x.tflite"],
      "--weights mobilenet_v2=x.tflite: mobilenet_v2 is not one of the run's models (efficientnet_lite0)"),
     (["run", "--strategy", "magic"], "unknown strategy 'magic'"),

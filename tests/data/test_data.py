@@ -73,10 +73,12 @@ def test_linked_folders_are_read_and_a_link_looping_back_adds_nothing(tmp_path, 
     shutil.copy(next((demo_copy / "daisy").iterdir()), more / "extra.jpg")
     (demo_copy / "roses" / "more").symlink_to(more)  # a linked folder inside a class
     (demo_copy / "roses" / "loop").symlink_to(demo_copy / "roses")  # back into the class: nothing twice
+    (demo_copy / "roses" / "up").symlink_to(demo_copy)  # up to the root: the other classes are not roses
+    (demo_copy / "roses" / "0-self").symlink_to("0-self")  # a link that loops on itself costs only itself
     spec = load_dataset(str(demo_copy))
     files = [str(path.relative_to(demo_copy)) for items in spec.splits.values() for path, _ in items]
     assert len(files) == 12 + 13 + 12 and len(set(files)) == len(files)
-    assert "roses/more/extra.jpg" in files and not any("loop" in name for name in files)
+    assert "roses/more/extra.jpg" in files and not any("loop" in name or "up/" in name for name in files)
     assert sum(name.startswith("sunflowers/") for name in files) == 12
 
 

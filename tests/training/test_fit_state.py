@@ -34,10 +34,11 @@ def test_a_checkpoint_that_cannot_be_read_is_one_warning_and_the_phase_starts_ag
     from showdown.training.loop import TrainSettings, fit
 
     checkpoint = tmp_path / "checkpoint-finetune.pt"
-    checkpoint.write_bytes(b"PK\x03\x04 cut short")
     torch.manual_seed(0)
     batches = [(torch.randn(8, 4), torch.randint(0, 2, (8,))) for _ in range(2)]
-    history = fit(nn.Linear(4, 2), batches, batches, TrainSettings(epochs=3, patience=3), checkpoint=checkpoint)
-    assert [row["epoch"] for row in history] == [1, 2, 3]
-    assert "cannot be read" in caplog.text and "starts again from its first epoch" in caplog.text
+    for damaged in (b"PK\x03\x04 cut short", b"hello world\n", b"\x80\x02" + bytes(300)):  # each its own error
+        checkpoint.write_bytes(damaged)
+        history = fit(nn.Linear(4, 2), batches, batches, TrainSettings(epochs=3, patience=3), checkpoint=checkpoint)
+        assert [row["epoch"] for row in history] == [1, 2, 3]
+    assert "is damaged (" in caplog.text and "starts again from its first epoch" in caplog.text
     assert torch.load(checkpoint, weights_only=True)["epoch"] == 3  # a readable one in its place

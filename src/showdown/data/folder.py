@@ -45,30 +45,48 @@ def _class_folders(root: Path) -> list[Path]:
 
 def images_in(folder: Path) -> list[Path]:
     """The visible image files below `folder`, in sorted order, linked folders included (Path.rglob does not enter
-    them): each real folder is read once, by its shortest path (breadth first), so a link looping back into the
-    tree adds nothing."""
+    them): each real folder is read once, by its shortest path (breadth first), so a link looping back adds
+    nothing, and a link to `folder` itself or above it (the dataset's root, whose other classes would be read as
+    this one) is not followed."""
+    top = os.path.realpath(folder)
     found, read, waiting = [], set(), collections.deque([folder])
     while waiting:
         current = waiting.popleft()
         try:
-            identity = os.stat(current)
-            if (identity.st_dev, identity.st_ino) in read:
+            identity = _identity(current)
+            if identity in read:
                 continue
-            read.add((identity.st_dev, identity.st_ino))
+            read.add(identity)
             with os.scandir(current) as listing:
                 entries = sorted(listing, key=lambda entry: entry.name)
-            for entry in entries:
-                if not is_visible(entry.name):
-                    continue
-                if entry.is_dir():
-                    waiting.append(Path(entry.path))
-                elif entry.is_file() and os.path.splitext(entry.name)[1].lower() in IMAGE_SUFFIXES:
-                    found.append(Path(entry.path))
         except OSError:  # a folder that cannot be read, or a broken link: no images from it (as rglob skipped it)
             continue
+        for entry in entries:
+            if not is_visible(entry.name):
+                continue
+            try:  # one entry that cannot be looked at (a link in a loop, no permission) costs only itself
+                if entry.is_dir():
+                    if not (entry.is_symlink() and _contains(os.path.realpath(entry.path), top)):
+                        waiting.append(Path(entry.path))
+                elif entry.is_file() and os.path.splitext(entry.name)[1].lower() in IMAGE_SUFFIXES:
+                    found.append(Path(entry.path))
+            except OSError:
+                continue
     found.sort(key=path_order)
     check_readable(found, folder)
     return found
+
+
+def _identity(folder: Path) -> tuple:
+    """What tells two paths of one folder: device and inode, or the real path where the file system gives no inode
+    numbers (some Windows and network file systems report 0)."""
+    stat = os.stat(folder)
+    return (stat.st_dev, stat.st_ino) if stat.st_ino else (os.path.realpath(folder),)
+
+
+def _contains(outer: str, inner: str) -> bool:
+    """Whether the real folder `outer` is `inner` or above it."""
+    return inner == outer or inner.startswith(outer.rstrip(os.sep) + os.sep)
 
 
 def scan_classes(root: Path, warnings: list[str]) -> dict[str, list[Path]]:

@@ -68,8 +68,11 @@ def check_names(config: RunConfig) -> None:
 
 
 def check_weights(config: RunConfig) -> None:
-    """Every backbone this process trains has weights to load: one without fails before the first one trains,
-    not after it (a run of several used to stop after the others' work)."""
+    """Every backbone this process will load has weights: one without fails before the first one trains, not
+    after it (a run of several used to stop after the others' work). A new run's only: a resumed one loads just
+    the backbones of its unfinished entries, and its loader says so for those; the small CNN loads none."""
+    if all(strategy.is_small_cnn for strategy in config.strategy_values()):
+        return
     for name in my_models(config):
         if missing := weights_missing(name, **config.backbone_options(name)):
             raise ModelError(missing)

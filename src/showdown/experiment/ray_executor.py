@@ -22,9 +22,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 from showdown import run_schema
-from showdown.config.options import definitions
 from showdown.config.run_config import RunConfig
 from showdown.errors import ConfigError, ShowdownError
+from showdown.experiment.resume import absolute_paths
 from showdown.experiment.shards import assign
 from showdown.fileio import new_run_dir
 
@@ -103,7 +103,7 @@ def _run_shards(ray, config: RunConfig, echo: Callable[[str], None]):
     folders = _wait(ray, pending)
     # the merged folder records the run as asked (Ray, its report and record), not the shards' settings
     merge(folders, out, report=config.report, record=config.record, db=config.db, echo=echo, keep=SHARDS,
-          asked=RunConfig.from_dict(_absolute_paths(config)))
+          asked=absolute_paths(config))
     summary = read_json(out / run_schema.SUMMARY_JSON)
     results = Results(out, summary["rows"], summary.get("skipped_files", []))
     echo(f"\n{results.table()}\nrun folder: {out}")
@@ -156,25 +156,10 @@ def _answers(address: str) -> bool:
     return True
 
 
-def _absolute_paths(config: RunConfig) -> dict:
-    """`config`'s values with every path that exists made absolute: a worker may start in another folder, and a
-    later `--resume` of the merged folder in yet another."""
-    values = config.to_dict()
-    for name, (_, spec, _) in definitions(RunConfig).items():
-        if spec.path and values.get(name) and Path(values[name]).exists():
-            values[name] = str(Path(values[name]).absolute())
-    for name in ("data", "data_root", "weights_dir"):
-        if values.get(name) and Path(values[name]).exists():
-            values[name] = str(Path(values[name]).absolute())
-    values["weights"] = {model: str(Path(path).absolute()) if Path(path).exists() else path
-                         for model, path in (values.get("weights") or {}).items()}
-    return values
-
-
 def _shard_values(config: RunConfig, index: int, the_plan: Plan) -> dict:
     """The configuration of shard `index`: a plain `--shard I/N` run, paths absolute, no report or database row
     (the merge writes them), the device the task was given, and decoding workers within its CPUs."""
-    values = _absolute_paths(config)
+    values = absolute_paths(config).to_dict()
     values.update(shard=f"{index}/{the_plan.count}", executor="local", ray_address=None, report=False, record=False,
                   assert_accuracy_at_least=None)
     if the_plan.gpu:

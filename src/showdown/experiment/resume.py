@@ -3,6 +3,7 @@ the flags or keywords beside it would say), and the same data as the run began w
 trained and tested on the same split."""
 from __future__ import annotations
 
+import csv
 import dataclasses
 import os
 from pathlib import Path
@@ -11,7 +12,7 @@ from showdown import run_schema
 from showdown.config.run_config import RunConfig, read_config_file
 from showdown.data import DatasetSpec
 from showdown.data.sources import DEMO, NAMED
-from showdown.errors import ConfigError, DataError
+from showdown.errors import ConfigError, DamagedFileError, DataError
 
 
 def resumed_config(run_dir: str | Path) -> RunConfig:
@@ -35,18 +36,46 @@ def resumed_from_keywords(keywords: dict) -> RunConfig:
 
 
 def check_same_data(run_dir: Path, dataset: DatasetSpec) -> None:
-    """The data of a resumed run has the fingerprint its dataset.json recorded: images added, removed or changed
-    since would give the entries still to run another split than the finished ones."""
-    recorded = run_schema.read_json(run_dir / run_schema.DATASET)
-    if isinstance(recorded, dict) and recorded.get("fingerprint") not in (None, dataset.fingerprint):
-        raise DataError(f"the data of {run_dir} changed since the run began (images added, removed or edited in "
-                        f"{dataset.root}); its finished entries were tested on the old split, so it cannot go on: "
-                        "put the data back as it was, or start a new run")
+    """The data of a resumed run holds the images, labels and splits its splits.csv recorded (with --folds, the
+    images and labels of its folds.csv), named from the data's root: images added, removed or relabelled since
+    would give the entries still to run another split than the finished ones. File times are not compared, so a
+    re-extracted archive or a copied folder is the same data."""
+    recorded = _recorded_images(run_dir)
+    if recorded is None:  # a run folder of an older version, or a hand-made one: nothing to compare with
+        return
+    folds = (run_dir / run_schema.FOLDS_CSV).is_file()
+    now = {("" if folds else split, _as_written(os.path.relpath(path, dataset.root)), dataset.classes[label])
+           for split, items in dataset.splits.items() for path, label in items}
+    if now != recorded:
+        raise DataError(f"the data of {run_dir} changed since the run began (images added, removed or moved "
+                        f"between classes in {dataset.root}); its finished entries were tested on the old split, so "
+                        "it cannot go on: put the data back as it was, or start a new run")
+
+
+def _as_written(name: str) -> str:
+    """A file name as the run's CSV files hold it: one that is not valid UTF-8 escaped (fileio.write_atomic)."""
+    return name.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _recorded_images(run_dir: Path) -> set[tuple[str, str, str]] | None:
+    """(split, path from the data's root, label) of every image the run recorded; the split "" with --folds."""
+    info = run_schema.read_json(run_dir / run_schema.DATASET)
+    table = next((run_dir / name for name in (run_schema.SPLITS_CSV, run_schema.FOLDS_CSV)
+                  if (run_dir / name).is_file()), None)
+    if not isinstance(info, dict) or "root" not in info or table is None:
+        return None
+    with table.open(newline="", encoding="utf-8") as handle:
+        try:
+            return {(row.get("split", ""), os.path.relpath(row["path"], info["root"]), row["label"])
+                    for row in csv.DictReader(handle)}
+        except (KeyError, ValueError, csv.Error) as exc:
+            raise DamagedFileError(f"{table} is damaged ({exc}); the run cannot be checked against its data") from exc
 
 
 def absolute_paths(config: RunConfig) -> RunConfig:
-    """`config` with every path the user typed made absolute (no link followed), as a run's config.yaml keeps it:
-    `--resume` from another folder then finds the same data, database and caches."""
+    """`config` with every path the user typed made absolute (no link followed), as a run's config.yaml keeps it and
+    Ray's shards get it: `--resume` from another folder, or a worker started in one, finds the same data, database,
+    caches and search journal. A dataset's name stays a name, though a folder of that name lies here."""
     def absolute(path: str | None) -> str | None:
         return os.path.abspath(os.path.expanduser(path)) if path else path
 
@@ -54,4 +83,6 @@ def absolute_paths(config: RunConfig) -> RunConfig:
                                                                  "log_file")}
     data = config.data if config.data in (DEMO, *NAMED) else absolute(config.data)
     weights = {model: absolute(file) for model, file in config.weights.items()}
-    return dataclasses.replace(config, data=data, weights=weights, **paths)
+    shared = config.tune_storage  # a journal file, or a database URL left as it is
+    tune_storage = shared if shared is None or "://" in shared else absolute(shared)
+    return dataclasses.replace(config, data=data, weights=weights, tune_storage=tune_storage, **paths)

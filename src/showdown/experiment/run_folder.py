@@ -116,7 +116,8 @@ def finished_row(folder: Path) -> dict | None:
     except ValueError:  # not JSON, or not UTF-8
         summary = None
     if not isinstance(summary, dict):  # cut short or overwritten: the entry runs again, its files rewritten
-        log.warning("%s is damaged; %s runs again", metrics, folder.name)
+        if distributed.is_main():  # every process looks; one says so
+            log.warning("%s is damaged; %s runs again", metrics, folder.name)
         return None
     if "folds" not in summary and not (folder / MODEL_WEIGHTS).is_file():  # folds pool: one model per fold
         return None

@@ -62,7 +62,8 @@ def run(config: RunConfig | None = None, *, echo: Callable[[str], None] = print,
     # entries are all in its folder: what is left is the summary, report and record)
     if config.executor == "ray" and not resume:
         return run_on_ray(config, echo=echo).gate(config.assert_accuracy_at_least)
-    check_weights(config)
+    if not resume:
+        check_weights(config)
     device = resolve_device(config.device)
     prepare(device)  # before environment.json records the device's settings
     distributed.start(device)  # under torchrun: one process group (gloo on CPU, NCCL on CUDA)

@@ -92,6 +92,8 @@ def tune(config: RunConfig, strategy: Strategy, train_trial: TrialFunction, stor
     (the default); the search's best replaces it only when its validation loss is lower. `on_trial(number,
     total, best loss so far)` follows the search trial by trial (total None with a time budget alone).
     """
+    verbosity = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.ERROR)  # its "Trial failed" warning prints a Ctrl-C's traceback
     try:
         return _search(config, strategy, train_trial, storage, on_trial)
     except Exception as exc:  # SQLAlchemy's error for a full disk under the trials' SQLite file: one line
@@ -99,11 +101,12 @@ def tune(config: RunConfig, strategy: Strategy, train_trial: TrialFunction, stor
         if disk is None:
             raise
         raise disk from exc
+    finally:
+        optuna.logging.set_verbosity(verbosity)  # the caller's (a notebook's) as it was
 
 
 def _search(config: RunConfig, strategy: Strategy, train_trial: TrialFunction, storage: Path,
             on_trial) -> tuple[RunConfig, dict]:
-    optuna.logging.set_verbosity(optuna.logging.ERROR)  # its "Trial failed" warning prints a Ctrl-C's traceback
     space = space_for(strategy)
     start = time.perf_counter()
     shared = config.tune_storage is not None

@@ -29,17 +29,17 @@ def render(header: list[str], rows: list[list], *, markdown: bool = False, right
 
 def format_table(rows: list[dict], *, markdown: bool = False) -> str:
     """The showdown table, best test accuracy first."""
-    body = [[_cell(row, key, fmt) for key, _, fmt in SUMMARY_COLUMNS]
+    seeds = len({row.get("seed") for row in rows}) > 1  # --repeats: each row names its seed, 0 included
+    body = [[_cell(row, key, fmt, seeds) for key, _, fmt in SUMMARY_COLUMNS]
             for row in sorted(rows, key=lambda r: -r["accuracy"])]
     numeric = {i for i, (_, _, fmt) in enumerate(SUMMARY_COLUMNS) if fmt != "{}"}
     return render([title for _, title, _ in SUMMARY_COLUMNS], body, markdown=markdown, right=numeric)
 
 
-def _cell(row: dict, key: str, fmt: str) -> str:
+def _cell(row: dict, key: str, fmt: str, seeds: bool) -> str:
     if row.get(key) is None:
         return "-"
-    seed = f" (seed {row['seed']})" if key == "strategy" and row.get("seed") else ""  # --repeats: one row a seed
-    return fmt.format(row[key]) + seed
+    return fmt.format(row[key]) + (f" (seed {row['seed']})" if key == "strategy" and seeds else "")
 
 
 def format_markdown(rows: list[dict]) -> str:

@@ -7,12 +7,11 @@ from __future__ import annotations
 
 import io
 import logging
-import pickle
 from pathlib import Path
 
 import torch
 
-from showdown.errors import one_line
+from showdown import distributed
 from showdown.fileio import write_bytes_atomic
 
 log = logging.getLogger(__name__)
@@ -32,9 +31,10 @@ def load_checkpoint(path: Path, model, optimizer, scheduler, scaler) -> dict | N
     checkpoint that cannot be read (cut short, overwritten): one warning, and the phase starts again."""
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, EOFError, ValueError, pickle.UnpicklingError) as exc:  # torch's reader says "damaged" so
-        log.warning("checkpoint %s cannot be read (%s); this phase starts again from its first epoch", path,
-                    one_line(exc))
+    except Exception as exc:  # torch's reader says "damaged" in many ways (RuntimeError, OSError, KeyError, ...)
+        if distributed.is_main():  # every process reads it; one says so
+            log.warning("checkpoint %s is damaged (%s); this phase starts again from its first epoch", path,
+                        type(exc).__name__)
         return None
     model.load_state_dict(state.pop("model"))
     optimizer.load_state_dict(state.pop("optimizer"))
