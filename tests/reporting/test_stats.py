@@ -56,3 +56,10 @@ def test_macro_averages_leave_out_a_class_with_no_test_image_that_was_never_pred
     assert metrics["per_class"]["lonely"]["support"] == 0 and len(metrics["confusion_matrix"]) == 4
     called = classification_metrics(y_true, np.eye(4)[[0, 0, 2, 1]], ["daisy", "roses", "lonely", "pair"])
     assert called["macro_recall"] == (1 + 0.5 + 0) / 3  # a class predicted with no test image counts, at 0
+
+
+def test_a_verdict_tells_the_difference_as_better_minus_worse_whichever_was_named_first():
+    worse, better = np.array([1] * 5 + [0] * 15), np.array([1] * 20)
+    for first, second in ((("B", worse), ("A", better)), (("A", better), ("B", worse))):
+        verdict = compare(*first, *second).verdict()
+        assert verdict.startswith("A is better than B") and "difference +" in verdict and " to +" in verdict

@@ -33,8 +33,10 @@ class Comparison:
             return (f"{self.a} and {self.b} are not distinguishable on this data "
                     f"(McNemar p = {self.p_value:.2g}; {self.only_a} vs {self.only_b} discordant images)")
         better, worse = (self.a, self.b) if self.only_a > self.only_b else (self.b, self.a)
+        # the interval is of accuracy(a) - accuracy(b): told as better minus worse, so its sign reads as the verdict
+        low, high = (self.diff_low, self.diff_high) if better == self.a else (-self.diff_high, -self.diff_low)
         return (f"{better} is better than {worse} (McNemar p = {self.p_value:.2g}; accuracy difference "
-                f"{100 * self.diff_low:+.1f} to {100 * self.diff_high:+.1f} points, 95 % bootstrap)")
+                f"{100 * low:+.1f} to {100 * high:+.1f} points, 95 % bootstrap)")
 
 
 def mcnemar_exact(correct_a: np.ndarray, correct_b: np.ndarray) -> tuple[int, int, float]:
