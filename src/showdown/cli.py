@@ -271,7 +271,12 @@ def cmd_runs(args) -> int:
         return 0
     from showdown.fileio import new_run_dir
     from showdown.reporting.report import write_report
+    from showdown.run_schema import CONFIG
 
+    taken = args.out and os.path.exists(args.out) and (not os.path.isdir(args.out)
+                                                      or os.path.isfile(os.path.join(args.out, CONFIG)))
+    if taken:  # a run's folder is never written over (as `showdown run --out` refuses it)
+        raise ConfigError(f"--out {args.out} is a file or holds a run; name a new folder for the comparison")
     out = new_run_dir(args.out, "compare-" + "-".join(map(str, args.ids)))
     html_path, _ = write_report(records, out, f"tl-showdown: runs {', '.join(map(str, args.ids))} compared")
     print(f"report: {html_path}")

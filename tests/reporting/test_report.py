@@ -119,6 +119,8 @@ def test_runs_cli_lists_shows_and_compares(report_run, tmp_path):
     summary = (tmp_path / "cmp" / "report.md").read_text()
     assert f"runs {run_id} compared" in summary and "efficientnet_lite1 / head" in summary
     assert (tmp_path / "cmp" / "report.html").is_file()
+    kept = run_cli("runs", "compare", run_id, "--out", report_run.run_dir)  # a run's folder: never written over
+    assert kept.returncode == 2 and "holds a run; name a new folder" in kept.stderr
     twice = run_cli("runs", "compare", run_id, run_id, "--out", tmp_path / "cmp2")  # one run, not two seeds of it
     assert twice.returncode == 0 and (tmp_path / "cmp2" / "report.md").read_text() == summary
     nowhere = tmp_path / "no-folder" / "results.db"  # commands that read make no database, nor its folder
