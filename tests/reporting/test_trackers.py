@@ -136,3 +136,22 @@ def test_a_tracker_not_installed_is_one_line_and_the_run_completes(tmp_path, cap
     assert len(lines) == 1 and lines[0].startswith("warning: --track mlflow:"), lines
     assert "tl-showdown[mlflow]" in lines[0] and "test acc" in out
     assert (tmp_path / "run" / "efficientnet_lite0-head" / "metrics.json").is_file()
+
+
+def test_a_tracker_that_cannot_open_says_why_and_suggests_installing_only_when_it_is_missing(monkeypatch):
+    from showdown.reporting import trackers
+
+    class Missing:
+        def __init__(self):
+            raise ImportError("No module named 'mlflow'")
+
+    class Refusing:
+        def __init__(self):
+            raise RuntimeError("The filesystem tracking backend is in maintenance mode")
+
+    said = []
+    monkeypatch.setitem(trackers.TRACKERS, "mlflow", (Missing, "mlflow"))
+    monkeypatch.setitem(trackers.TRACKERS, "wandb", (Refusing, "wandb"))
+    assert trackers.open_trackers(["mlflow", "wandb"], said.append) == []
+    assert "pip install 'tl-showdown[mlflow]'" in said[0] and "maintenance mode" in said[1]
+    assert "pip install" not in said[1]  # installed: the store is the trouble, not the package

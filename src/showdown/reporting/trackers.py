@@ -217,6 +217,7 @@ def open_trackers(names, echo: Callable[[str], None]) -> list[Tracker]:
         try:
             opened.append(cls())
         except Exception as exc:  # not installed, or broken: tracking is optional, the run is not
-            echo(f"warning: --track {name}: {package} cannot be used ({one_line(exc)}); install it with "
-                 f"pip install 'tl-showdown[{name}]'. The run goes on without it")
+            hint = f"; install it with pip install 'tl-showdown[{name}]'" if isinstance(exc, ImportError) else ""
+            echo(f"warning: --track {name}: {package} cannot be used ({one_line(exc)}){hint}. The run goes on "
+                 "without it")
     return opened
