@@ -155,3 +155,33 @@ def test_a_tracker_that_cannot_open_says_why_and_suggests_installing_only_when_i
     assert trackers.open_trackers(["mlflow", "wandb"], said.append) == []
     assert "pip install 'tl-showdown[mlflow]'" in said[0] and "maintenance mode" in said[1]
     assert "pip install" not in said[1]  # installed: the store is the trouble, not the package
+
+
+def test_mlflow_records_the_values_a_search_chose(tmp_path):
+    """With --tune, the entry trains with the search's values: its MLflow run holds them (tuned.<name>, and with
+    --folds tuned.fold2.<name> for each fold's search) beside the values it was given, which stay as they were set."""
+    _skip_without("mlflow")
+    from mlflow.tracking import MlflowClient
+
+    from showdown.config.run_config import RunConfig
+    from showdown.reporting.progress import Reporter
+    from showdown.reporting.trackers import MLflowTracker
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MLFLOW_TRACKING_URI", uri)
+        patch.setenv("MLFLOW_EXPERIMENT_NAME", "tuned")
+        MlflowClient(uri).create_experiment("tuned", artifact_location=(tmp_path / "artifacts").as_uri())
+        reporter = Reporter(silent=True)
+        reporter.trackers = [MLflowTracker()]
+        reporter.start_run(RunConfig(), tmp_path, 1)
+        reporter.start_entry("efficientnet_lite0/head", {"lr": 0.001, "head_hidden": []}, tmp_path / "entry")
+        reporter.tuned({"lr": 0.0044, "head_hidden": [1024]})
+        reporter.fold(2, 3)
+        reporter.tuned({"lr": 0.02})  # another fold's search: its own names, not a second value for one
+    client = MlflowClient(uri)
+    (child,) = [r for r in client.search_runs([client.get_experiment_by_name("tuned").experiment_id])
+                if "mlflow.parentRunId" in r.data.tags]
+    params = child.data.params
+    assert params["lr"] == "0.001" and params["tuned.lr"] == "0.0044" and params["tuned.head_hidden"] == "1024"
+    assert params["tuned.fold2.lr"] == "0.02" and reporter.trackers  # no tracker dropped on the way

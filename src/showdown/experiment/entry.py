@@ -77,8 +77,10 @@ def train_entry(strategy: Strategy, backbone: Backbone, dataset: DatasetSpec, co
         config = dataclasses.replace(config, unfreeze=strategy.unfreeze)
     search = None
     if config.tuning:  # the chosen values become this entry's configuration
+        given = config.to_dict()
         config, search = _search(strategy, backbone, dataset, config, run, folder, pool)
         run.echo(f"  {strategy}: {describe_search(search)}")
+        run.reporter.tuned({key: value for key, value in config.to_dict().items() if given.get(key) != value})
     backbone, model = build_model(strategy, backbone, dataset, config, run.device)
     entry = Entry(strategy, backbone, model, dataset, config, run, folder, pool=pool)
     if search is not None:

@@ -93,6 +93,13 @@ class Reporter:
         self.progress(line)
         self._call_trackers("start_entry", folder.name, params, folder)
 
+    def tuned(self, values: dict) -> None:
+        """The values the entry's search chose where they differ from the ones start_entry handed on; with --folds,
+        each fold's search's under its own names (fold2.lr), since a tracker's parameter is set once."""
+        fold = self._fold.split("/")[0].replace(" ", "") + "." if self._fold else ""  # " fold 2/3" -> "fold2."
+        if values:
+            self._call_trackers("tuned", {f"{fold}{key}": value for key, value in values.items()})
+
     def kept_entry(self) -> None:
         """An entry finished by an earlier run (--resume): counted, not timed."""
         self._entries["done"] += 1

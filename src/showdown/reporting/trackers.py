@@ -51,6 +51,8 @@ class Tracker:
 
     def start_entry(self, name: str, params: dict, folder: Path) -> None: ...
 
+    def tuned(self, values: dict) -> None: ...
+
     def epoch(self, row: dict, step: int) -> None: ...
 
     def end_entry(self, row: dict, folder: Path) -> None: ...
@@ -82,6 +84,9 @@ class MLflowTracker(Tracker):
         self.child = self.client.create_run(self.experiment, run_name=name,
                                             tags={"mlflow.parentRunId": self.parent}).info.run_id
         self._params(self.child, params)
+
+    def tuned(self, values: dict) -> None:  # a parameter is set once: the chosen values beside the given ones
+        self._params(self.child, {f"tuned.{key}": value for key, value in values.items()})
 
     def epoch(self, row: dict, step: int) -> None:
         from mlflow.entities import Metric
@@ -127,6 +132,9 @@ class TensorBoardTracker(Tracker):
     def start_entry(self, name: str, params: dict, folder: Path) -> None:
         self.writer = self.writer_class(str(self.root / name))
         self.writer.add_text("config", "\n".join(f"    {k}: {v}" for k, v in params_of(params).items()))
+
+    def tuned(self, values: dict) -> None:
+        self.writer.add_text("tuned", "\n".join(f"    {k}: {v}" for k, v in params_of(values).items()))
 
     def epoch(self, row: dict, step: int) -> None:
         for key in CURVES:
@@ -174,6 +182,9 @@ class WandbTracker(Tracker):
 
     def start_entry(self, name: str, params: dict, folder: Path) -> None:
         self.run = self._init(name, params)
+
+    def tuned(self, values: dict) -> None:
+        self.run.config.update(values, allow_val_change=True)
 
     def epoch(self, row: dict, step: int) -> None:
         self.run.log({key: row[key] for key in CURVES}, step=step)
