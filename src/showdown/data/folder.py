@@ -53,10 +53,10 @@ def images_in(folder: Path) -> list[Path]:
     while waiting:
         current = waiting.popleft()
         try:
-            identity = _identity(current)
-            if identity in read:
+            seen = identity(current)
+            if seen in read:
                 continue
-            read.add(identity)
+            read.add(seen)
             with os.scandir(current) as listing:
                 entries = sorted(listing, key=lambda entry: entry.name)
         except OSError:  # a folder that cannot be read, or a broken link: no images from it (as rglob skipped it)
@@ -77,11 +77,11 @@ def images_in(folder: Path) -> list[Path]:
     return found
 
 
-def _identity(folder: Path) -> tuple:
-    """What tells two paths of one folder: device and inode, or the real path where the file system gives no inode
-    numbers (some Windows and network file systems report 0)."""
-    stat = os.stat(folder)
-    return (stat.st_dev, stat.st_ino) if stat.st_ino else (os.path.realpath(folder),)
+def identity(path: Path) -> tuple:
+    """What tells two paths of one file or folder: device and inode, or the real path where the file system gives
+    no inode numbers (some Windows and network file systems report 0)."""
+    stat = os.stat(path)
+    return (stat.st_dev, stat.st_ino) if stat.st_ino else (os.path.realpath(path),)
 
 
 def _contains(outer: str, inner: str) -> bool:

@@ -6,7 +6,7 @@ import glob
 import os
 from pathlib import Path
 
-from showdown.data.folder import images_in
+from showdown.data.folder import identity, images_in
 from showdown.data.formats import IMAGE_SUFFIXES, check_readable
 from showdown.errors import DataError
 
@@ -29,9 +29,12 @@ def expand_inputs(inputs: list[str]) -> list[Path]:
                 raise DataError(f"{path} does not exist")
     unique, seen = [], set()
     for path in files:  # each image once, however it was reached (twice in the inputs, a link looping back)
-        real = path.resolve()  # a hidden file is read where it was named (folders and globs pass over hidden ones)
-        if real not in seen:
-            seen.add(real)
+        try:  # device and inode: a stat, where resolving the path took 4x as long (3 s for 100,000 photos)
+            same = identity(path)
+        except OSError:  # gone since it was listed: kept, and said unreadable when decoded
+            same = (str(path),)
+        if same not in seen:  # a hidden file is read where it was named (folders and globs pass over hidden ones)
+            seen.add(same)
             unique.append(path)
     files = unique
     check_readable(files, ", ".join(inputs))  # a HEIC file given by name, without pillow-heif: said, not skipped
