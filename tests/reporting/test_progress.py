@@ -96,3 +96,19 @@ def test_an_unknown_keyword_is_one_line_with_a_suggestion():
 
     with pytest.raises(ShowdownError, match=r"unknown option\(s\) epoch \(did you mean epochs\?\)"):
         showdown.run(data="demo", epoch=3)
+
+
+def test_a_log_file_ends_with_the_line_the_command_ends_with(tmp_path):
+    """An error or Ctrl-C is the log's last line too, as on the console; a run that ends well adds none."""
+    from showdown.errors import AccuracyGateError, Interrupted
+    from showdown.reporting.progress import Reporter
+
+    for ended, last in ((AccuracyGateError("best test accuracy 0.4 is below 0.9"), "error: best test accuracy 0.4 "
+                         "is below 0.9"), (Interrupted("finished entries are kept in r"), "interrupted: finished "
+                         "entries are kept in r"), (None, "data: demo")):
+        log = tmp_path / "progress.log"
+        log.unlink(missing_ok=True)
+        reporter = Reporter(lambda *_: None, log_file=str(log))
+        reporter.echo("data: demo")
+        reporter.close(ended)
+        assert log.read_text().splitlines()[-1] == last

@@ -7,6 +7,7 @@ database, gate). One entry's own steps are in entry.py, its training phases in p
 from __future__ import annotations
 
 import dataclasses
+import sys
 from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
@@ -128,7 +129,8 @@ def run(config: RunConfig | None = None, *, echo: Callable[[str], None] = print,
         raise Interrupted(f"finished entries are kept in {run_dir}; `showdown run --resume {run_dir}` goes on") \
             from exc
     finally:
-        reporter.close()  # what an error or Ctrl-C left open: a bar (a notebook draws the next askew), the log file
+        # what an error or Ctrl-C left open: a bar (a notebook draws the next askew), the log file (its last line)
+        reporter.close(sys.exc_info()[1])
 
 
 def _all_entries(config: RunConfig, dataset: DatasetSpec, folds: list[DatasetSpec] | None, context: RunContext,

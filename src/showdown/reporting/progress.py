@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from showdown.errors import one_line
+from showdown.errors import ShowdownError, one_line
 from showdown.reporting.trackers import Tracker, open_trackers
 
 
@@ -111,13 +111,18 @@ class Reporter:
         self._call_trackers("end_entry", row, folder)
 
     def finish(self, run_dir: Path) -> None:
-        """The end of the run: trackers get the report; the log file is closed."""
-        self._call_trackers("finish", run_dir)
-        self.close()
-
-    def close(self) -> None:
-        """The bar and the log file closed, however the run ended (again after finish: nothing left to do)."""
+        """The end of the run: trackers get the report."""
         self._close_bar()
+        self._call_trackers("finish", run_dir)
+
+    def close(self, ended: BaseException | None = None) -> None:
+        """The bar and the log file closed, however the run ended; the log's last line is the one the command ends
+        with where that was an error or Ctrl-C (the console's stderr gets it from the CLI)."""
+        self._close_bar()
+        if isinstance(ended, ShowdownError):
+            self._write_log("error: " + " ".join(line.strip() for line in str(ended).splitlines()))  # as the CLI
+        elif isinstance(ended, KeyboardInterrupt):
+            self._write_log("interrupted" + (f": {ended}" if str(ended) else ""))
         if self._log is not None:
             self._log.close()
             self._log = None
