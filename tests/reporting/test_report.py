@@ -224,3 +224,32 @@ def test_a_run_recorded_again_keeps_its_id(report_run, tmp_path):
     second = db.record_run(other, database)
     assert db.record_run(report_run.run_dir, database) == first and second != first
     assert sorted(row["id"] for row in db.list_runs(database)) == sorted([first, second])
+
+
+def test_with_repeats_the_best_entry_and_the_gate_go_by_the_mean_over_seeds(report_run, tmp_path):
+    """One lucky seed is no winner: Results.best, --assert-accuracy-at-least and `runs list` rank by the mean over
+    the seeds, as the report does."""
+    import pytest
+
+    from showdown.errors import AccuracyGateError
+    from showdown.experiment.results import Results
+
+    rows = [{"model": "a", "strategy": "head", "seed": 0, "accuracy": 0.5},
+            {"model": "a", "strategy": "head", "seed": 1, "accuracy": 0.4},
+            {"model": "b", "strategy": "head", "seed": 0, "accuracy": 0.46},
+            {"model": "b", "strategy": "head", "seed": 1, "accuracy": 0.46}]
+    results = Results(tmp_path, rows, [])
+    assert results.best()["model"] == "b" and results.best()["accuracy"] == pytest.approx(0.46)
+    with pytest.raises(AccuracyGateError):
+        results.gate(0.48)
+    database = tmp_path / "results.db"
+    run_id = db.record_run(report_run.run_dir, database)
+    summary = report_run.rows
+    means = {}
+    for row in summary:
+        means.setdefault((row["model"], row["strategy"]), []).append(row["accuracy"])
+    top = max(sum(values) / len(values) for values in means.values())
+    (listed,) = [row for row in db.list_runs(database) if row["id"] == run_id]
+    assert listed["best_accuracy"] == pytest.approx(top)
+    assert listed["best"] in {" / ".join(key) for key, values in means.items()
+                              if sum(values) / len(values) == pytest.approx(top)}

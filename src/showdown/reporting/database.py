@@ -160,10 +160,12 @@ def list_runs(db: str | Path | None = None) -> list[dict]:
     if not database_path(db).exists():  # nothing recorded yet: nothing made by a command that reads
         return []
     with closing(connect(db)) as conn:
+        # the best (model, strategy) by its mean over the seeds (--repeats), as the report ranks them
+        best = "FROM entries WHERE run_id = r.id GROUP BY model, strategy ORDER BY AVG(accuracy) DESC LIMIT 1"
         rows = conn.execute(
-            "SELECT r.id, r.created, r.dataset, r.run_dir, COUNT(e.id) AS entries, MAX(e.accuracy) AS best_accuracy, "
-            "(SELECT model || ' / ' || strategy FROM entries WHERE run_id = r.id ORDER BY accuracy DESC LIMIT 1) "
-            "AS best FROM runs r LEFT JOIN entries e ON e.run_id = r.id GROUP BY r.id ORDER BY r.id").fetchall()
+            "SELECT r.id, r.created, r.dataset, r.run_dir, COUNT(e.id) AS entries, "
+            f"(SELECT AVG(accuracy) {best}) AS best_accuracy, (SELECT model || ' / ' || strategy {best}) AS best "
+            "FROM runs r LEFT JOIN entries e ON e.run_id = r.id GROUP BY r.id ORDER BY r.id").fetchall()
     return [dict(row) for row in rows]
 
 
