@@ -253,3 +253,19 @@ def test_with_repeats_the_best_entry_and_the_gate_go_by_the_mean_over_seeds(repo
     assert listed["best_accuracy"] == pytest.approx(top)
     assert listed["best"] in {" / ".join(key) for key, values in means.items()
                               if sum(values) / len(values) == pytest.approx(top)}
+
+
+def test_accuracy_without_suspect_labels_is_the_mean_over_seeds(report_run):
+    """Beside the mean over seeds, the accuracy on the undoubted test images is a mean over seeds too (it was the
+    first seed's), and so is the ranking the footnote compares."""
+    from showdown.reporting.label_issues import accuracy_without
+    from showdown.reporting.report import _without_suspects, group_records, suspects_of
+    from showdown.reporting.run_records import load_run
+
+    groups = group_records(load_run(report_run.run_dir))
+    suspects = suspects_of(groups)
+    if suspects is None or not suspects.test_paths:
+        pytest.skip("no test image suspected in this run")
+    for group in groups:
+        seeds = [accuracy_without(record.predictions, suspects.test_paths)[0] for record in group.records]
+        assert len(seeds) == 2 and _without_suspects(group, suspects.test_paths) == sum(seeds) / 2

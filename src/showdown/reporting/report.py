@@ -129,8 +129,7 @@ def leaderboard_rows(groups: list[Group]) -> list[dict]:
             "rank": rank, "entry": group.label, "seeds": len(group.records),
             "accuracy": f"{group.mean('accuracy'):.4f}" + (f" ± {std:.4f}" if std is not None else ""),
             "ci": "–" if math.isnan(low) else f"{low:.3f}–{high:.3f}",  # NaN: no predictions.csv to resample
-            "w/o suspects": _fmt(accuracy_without(group.first.predictions, suspects.test_paths)[0], ".4f")
-            if suspects else "–",
+            "w/o suspects": _fmt(_without_suspects(group, suspects.test_paths), ".4f") if suspects else "–",
             "macro F1": _fmt(group.mean("macro_f1"), ".3f"),
             "weighted F1": _fmt(group.mean("weighted_f1"), ".3f"), "loss": _fmt(group.mean("loss"), ".3f"),
             "train s": _fmt(group.mean("train_seconds"), ".1f"),
@@ -147,6 +146,14 @@ COLUMNS = ["rank", "entry", "seeds", "accuracy", "ci", "w/o suspects", "macro F1
            "latency ms", "size MB", "params M", "weights"]
 HEADINGS = {"accuracy": "test accuracy (mean ± std)", "ci": "95 % CI (bootstrap)",
             "w/o suspects": "accuracy without suspect labels"}
+
+
+def _without_suspects(group: Group, paths) -> float | None:
+    """The entry's accuracy on the test images whose labels nobody doubts: the mean over its seeds (None without
+    predictions to count)."""
+    values = [value for record in group.records
+              if (value := accuracy_without(record.predictions, paths)[0]) is not None]
+    return sum(values) / len(values) if values else None
 
 
 def columns(groups: list[Group]) -> list[str]:
@@ -166,8 +173,8 @@ def suspects_note(groups: list[Group]) -> str:
             f"on the other {n_test - flagged}.")
     if not flagged or len(groups) < 2:
         return note
-    # The same entries ranked on the test images whose labels nobody doubts (first seed, as the tests below).
-    clean = sorted(groups, key=lambda g: -(accuracy_without(g.first.predictions, suspects.test_paths)[0] or 0))
+    # The same entries ranked on the test images whose labels nobody doubts (the mean over seeds, as ranked above).
+    clean = sorted(groups, key=lambda g: -(_without_suspects(g, suspects.test_paths) or 0))
     if same_order(groups, clean):
         return note + " Without them the ranking is the same."
     return note + " Without them the ranking changes: " + ", ".join(g.label for g in clean) + "."
