@@ -28,6 +28,7 @@ def test_degenerate_cases_identical_and_no_discordant_pairs():
     result = compare("A", same, "B", same)
     assert not result.significant and result.diff_low == 0 and result.diff_high == 0
     assert "A and B are not distinguishable on this data (McNemar p = 1" in result.verdict()
+    assert "accuracy difference A - B" in result.verdict() and "95 % bootstrap" in result.verdict()
     with pytest.raises(ValueError):
         mcnemar_exact(same, same[:3])
 

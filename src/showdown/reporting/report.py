@@ -144,7 +144,8 @@ def leaderboard_rows(groups: list[Group]) -> list[dict]:
 
 COLUMNS = ["rank", "entry", "seeds", "accuracy", "ci", "w/o suspects", "macro F1", "weighted F1", "loss", "train s",
            "latency ms", "size MB", "params M", "weights"]
-HEADINGS = {"accuracy": "test accuracy (mean ± std)", "ci": "95 % CI (bootstrap)",
+HEADINGS = {"accuracy": "test accuracy (mean ± std)", "ci": "95 % CI (bootstrap, first seed)",
+            "latency ms": "latency ms (PyTorch fp32, batch 1)",
             "w/o suspects": "accuracy without suspect labels"}
 
 

@@ -5,6 +5,7 @@ that exactly one of them gets right (the discordant pairs) carry evidence.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -29,9 +30,12 @@ class Comparison:
         return self.p_value < self.alpha
 
     def verdict(self) -> str:
-        if not self.significant:
+        if not self.significant:  # the interval too, as the report promises: the reader sees how wide it is
+            interval = "" if math.isnan(self.diff_low) else (  # NaN: no predictions to resample
+                f"; accuracy difference {self.a} - {self.b} {100 * self.diff_low:+.1f} to "
+                f"{100 * self.diff_high:+.1f} points, 95 % bootstrap")
             return (f"{self.a} and {self.b} are not distinguishable on this data "
-                    f"(McNemar p = {self.p_value:.2g}; {self.only_a} vs {self.only_b} discordant images)")
+                    f"(McNemar p = {self.p_value:.2g}; {self.only_a} vs {self.only_b} discordant images{interval})")
         better, worse = (self.a, self.b) if self.only_a > self.only_b else (self.b, self.a)
         # the interval is of accuracy(a) - accuracy(b): told as better minus worse, so its sign reads as the verdict
         low, high = (self.diff_low, self.diff_high) if better == self.a else (-self.diff_high, -self.diff_low)
