@@ -269,13 +269,14 @@ def cmd_runs(args) -> int:
             print(format_table([{**r.metrics, "strategy": r.strategy, "seed": r.seed} for r in shown]))
             print(f"configuration: {shown[0].config}")
         return 0
+    from pathlib import Path
+
     from showdown.fileio import new_run_dir
     from showdown.reporting.report import write_report
-    from showdown.run_schema import CONFIG
+    from showdown.run_schema import resumable
 
-    taken = args.out and os.path.exists(args.out) and (not os.path.isdir(args.out)
-                                                      or os.path.isfile(os.path.join(args.out, CONFIG)))
-    if taken:  # a run's folder is never written over (as `showdown run --out` refuses it)
+    # a run's folder is never written over (as `showdown run --out` refuses it)
+    if args.out and Path(args.out).exists() and (not Path(args.out).is_dir() or resumable(Path(args.out))):
         raise ConfigError(f"--out {args.out} is a file or holds a run; name a new folder for the comparison")
     out = new_run_dir(args.out, "compare-" + "-".join(map(str, args.ids)))
     html_path, _ = write_report(records, out, f"tl-showdown: runs {', '.join(map(str, args.ids))} compared")

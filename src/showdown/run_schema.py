@@ -218,6 +218,11 @@ def read_rows(path: Path, kind: type[_Row]) -> list[dict]:
         raise DamagedFileError(f"{path} is damaged ({exc}); run again, or restore the file") from exc
 
 
+def resumable(folder: Path) -> bool:
+    """Whether `folder` holds a run that `--resume` can go on with: its config.yaml, written last of a run's start."""
+    return (folder / CONFIG).is_file()
+
+
 def read_json(path: Path, default=None):
     """The JSON in `path`, `default` where there is no such file; DamagedFileError (one line) where it is not JSON."""
     if not path.is_file():

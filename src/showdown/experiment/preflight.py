@@ -48,7 +48,7 @@ def check_places(config: RunConfig, resume: bool = False) -> Path | None:
     file is one warning, and the run goes on uncached. Returns the feature cache folder to use, None for none."""
     if config.record:
         check_database(config.db)
-    if config.out and not resume and (Path(config.out) / run_schema.CONFIG).is_file():  # a run would be written over
+    if config.out and not resume and run_schema.resumable(Path(config.out)):  # a run would be written over
         raise ConfigError(f"--out {config.out} holds a run already; `showdown run --resume {config.out}` goes on "
                           "with it, or name a new folder")
     check_writable(Path(config.out or "runs"), "the run folder")

@@ -117,7 +117,7 @@ def run_shard(values: dict, folder: str) -> str:
 
     folder = Path(folder)
     folder.parent.joinpath(f"{folder.name}.pid").write_text(str(os.getpid()))
-    if (folder / run_schema.CONFIG).is_file():  # a retry: finished entries are kept, the interrupted one goes on
+    if run_schema.resumable(folder):  # a retry: finished entries are kept, the interrupted one goes on
         resume_run(folder)
     else:
         run(RunConfig.from_dict({**values, "out": str(folder)}))

@@ -10,6 +10,7 @@ from pathlib import Path
 from showdown.deploy.inputs import expand_inputs
 from showdown.deploy.predict import PREDICT_BATCH, open_model, predict_files, predict_workers
 from showdown.errors import AccuracyGateError, ConfigError
+from showdown.reporting.label_issues import ranking
 from showdown.reporting.report import leaderboard_html, report_run
 from showdown.reporting.tables import format_table
 from showdown.run_schema import REPORT_HTML
@@ -31,10 +32,8 @@ class Results:
     def best(self) -> dict:
         """The best entry as the report ranks them: with --repeats, the (model, strategy) of the best mean test
         accuracy over its seeds, as its first seed's row with `accuracy` that mean (one lucky seed is no winner)."""
-        groups: dict[tuple, list[dict]] = {}
-        for row in self.rows:
-            groups.setdefault((row["model"], row["strategy"]), []).append(row)
-        rows = max(groups.values(), key=lambda same: sum(r["accuracy"] for r in same) / len(same))
+        first = ranking(self.rows)[0]
+        rows = [row for row in self.rows if f"{row['model']} / {row['strategy']}" == first]
         return {**rows[0], "accuracy": sum(r["accuracy"] for r in rows) / len(rows)} if len(rows) > 1 else rows[0]
 
     def gate(self, least: float | None) -> Results:

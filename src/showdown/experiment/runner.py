@@ -124,7 +124,7 @@ def run(config: RunConfig | None = None, *, echo: Callable[[str], None] = print,
         distributed.barrier()  # the run folder is complete before any process returns
         return results.gate(config.assert_accuracy_at_least)
     except KeyboardInterrupt as exc:
-        if run_dir is None or not (run_dir / run_schema.CONFIG).is_file():
+        if run_dir is None or not run_schema.resumable(run_dir):
             raise
         raise Interrupted(f"finished entries are kept in {run_dir}; `showdown run --resume {run_dir}` goes on") \
             from exc
@@ -179,7 +179,7 @@ def _kept_on_disk_errors(run_dir: Path):
             disk_error(exc, exc.filename, "") if exc.filename else disk_error(exc, run_dir, "a file in")
         if error is None:
             raise
-        if (run_dir / run_schema.CONFIG).is_file():
+        if run_schema.resumable(run_dir):
             then = f"finished entries are kept; free some space (or move {run_dir} to a larger disk), then " \
                    f"`showdown run --resume {run_dir}` goes on"
         else:
