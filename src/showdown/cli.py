@@ -14,7 +14,7 @@ from showdown.config.cores import WORKERS_RULE, workers_valid
 from showdown.config.options import add_flags, definitions, flag_type, read_values
 from showdown.config.presets import QUICK, load_preset
 from showdown.config.run_config import RUNTIMES, RunConfig, read_config_file, weights_map
-from showdown.errors import DISK_ERRNOS, ConfigError, ShowdownError
+from showdown.errors import DISK_ERRNOS, ConfigError, ShowdownError, last_line
 from showdown.startup import heavy_imports, stacks_on_sigusr1
 
 DEVICE_HELP = definitions(RunConfig)["device"][1].help  # the same words as `showdown run --help`
@@ -364,7 +364,7 @@ def main(argv: list[str] | None = None) -> int:
     except ShowdownError as exc:
         if args.debug:
             raise
-        print("error: " + " ".join(line.strip() for line in str(exc).splitlines()), file=sys.stderr)  # one line
+        print(last_line(exc), file=sys.stderr)  # one line
         return getattr(exc, "exit_code", 2)
     except BrokenPipeError:  # output piped into `head` and the like (an OSError, so caught before them)
         sys.stderr.close()
@@ -378,7 +378,7 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 1
     except KeyboardInterrupt as exc:
-        print("interrupted" + (f": {exc}" if str(exc) else ""), file=sys.stderr)  # errors.Interrupted: how to go on
+        print(last_line(exc), file=sys.stderr)
         return 130
 
 

@@ -64,6 +64,13 @@ def sqlite_disk_error(exc: BaseException, path, what: str) -> DiskError | None:
     return DiskError(f"{reason}: could not write {what} {path}") if reason else None
 
 
+def last_line(exc: BaseException) -> str:
+    """The one line a command ends with for an error or Ctrl-C, on the console and in its log file alike."""
+    if isinstance(exc, KeyboardInterrupt):
+        return "interrupted" + (f": {exc}" if str(exc) else "")  # Interrupted: how to go on
+    return "error: " + " ".join(line.strip() for line in str(exc).splitlines())
+
+
 def one_line(exc: BaseException, limit: int = 200) -> str:
     """An exception as one short line, for a fallback's log note (no traceback): its first line that says what
     went wrong, not where in a library's C++ it was raised (OpenVINO's "Exception from src/...cpp:117:")."""

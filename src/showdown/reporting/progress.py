@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from showdown.errors import ShowdownError, one_line
+from showdown.errors import ShowdownError, last_line, one_line
 from showdown.reporting.trackers import Tracker, open_trackers
 
 
@@ -119,10 +119,8 @@ class Reporter:
         """The bar and the log file closed, however the run ended; the log's last line is the one the command ends
         with where that was an error or Ctrl-C (the console's stderr gets it from the CLI)."""
         self._close_bar()
-        if isinstance(ended, ShowdownError):
-            self._write_log("error: " + " ".join(line.strip() for line in str(ended).splitlines()))  # as the CLI
-        elif isinstance(ended, KeyboardInterrupt):
-            self._write_log("interrupted" + (f": {ended}" if str(ended) else ""))
+        if isinstance(ended, ShowdownError | KeyboardInterrupt):
+            self._write_log(last_line(ended))
         if self._log is not None:
             self._log.close()
             self._log = None
