@@ -269,3 +269,38 @@ def test_accuracy_without_suspect_labels_is_the_mean_over_seeds(report_run):
     for group in groups:
         seeds = [accuracy_without(record.predictions, suspects.test_paths)[0] for record in group.records]
         assert len(seeds) == 2 and _without_suspects(group, suspects.test_paths) == sum(seeds) / 2
+
+
+def test_two_runs_fairness_names_each_entry_with_its_run(report_run):
+    """`runs compare` of two runs: where the input sizes differ, the fairness line says which run's entry saw what
+    (the model's name alone is in both runs)."""
+    from showdown.reporting.report import markdown
+
+    ours = [r for r in load_run(report_run.run_dir) if r.strategy == "head" and r.model == "efficientnet_lite0"]
+    theirs = [r for r in load_run(report_run.run_dir) if r.strategy == "head" and r.model == "efficientnet_lite0"]
+    for record in ours:
+        record.run = "run 1"
+    for record in theirs:
+        record.run, record.metrics["setup"]["input_size"] = "run 2", 96
+    text = markdown(group_records(ours + theirs), [], "compared")
+    assert "efficientnet_lite0 / head (run 2)" in text.split("input size")[-1]
+    assert "64 px: efficientnet_lite0 / head (run 1)" in text
+
+
+def test_with_repeats_the_folds_and_searches_show_every_seed(tmp_path):
+    """A cross-validated, tuned run with --repeats 2: the report's fold and search tables have a row for each seed,
+    not the first seed's alone."""
+    config = RunConfig(models=["efficientnet_lite0"], image_size=64, folds=2, repeats=2, tune=2, epochs=1, workers=0,
+                       out=str(tmp_path / "run"), cache_dir=str(tmp_path / "cache"), record=False)
+    results = run(config, echo=lambda *_: None)
+    report = (results.run_dir / "report.md").read_text()
+    folds = report.split("## Cross-validation")[1].split("##")[0]
+    searches = report.split("## Hyper-parameter search")[1].split("##")[0]
+    for seed in (0, 1):
+        fold_accuracies = [f["accuracy"] for f in next(r for r in load_run(results.run_dir)
+                                                       if r.seed == seed).metrics["fold_metrics"]]
+        row = next(line for line in folds.splitlines() if f"(seed {seed})" in line)
+        assert all(f"{accuracy:.4f}" in row for accuracy in fold_accuracies)
+        assert searches.count(f"efficientnet_lite0 / head (seed {seed})") == 2  # one search per fold
+    html = (results.run_dir / "report.html").read_text()
+    assert html.count("<h3>efficientnet_lite0 / head (seed 1)</h3>") == 1

@@ -52,9 +52,10 @@ def _by_value(labels: list[str], values: list[str]) -> str:
     return "; ".join(f"{value}: {', '.join(names)}" for value, names in groups.items())
 
 
-def checks(records: list[EntryRecord]) -> list[Check]:
-    """One record per entry (first seed): same test images, tuning budget, augmentation, input size?"""
-    labels = [r.label for r in records]
+def checks(records: list[EntryRecord], labels: list[str] | None = None) -> list[Check]:
+    """One record per entry (first seed): same test images, tuning budget, augmentation, input size? `labels` name
+    the entries where their own labels would not tell them apart (entries of several runs)."""
+    labels = labels or [r.label for r in records]
     setups = [_setup(r) for r in records]
     out = []
 
@@ -136,16 +137,16 @@ SEARCH_HEADER = ["search", "trials", "val loss, default config", "val loss, best
                  "search s"]
 
 
-def fold_rows(records: list[EntryRecord]) -> tuple[list[str], list[list[str]]]:
-    """Per-fold test accuracy of every cross-validated entry, with mean ± std and the pooled figure."""
-    folded = [r for r in records if r.metrics.get("fold_metrics")]
+def fold_rows(labelled: list[tuple[str, EntryRecord]]) -> tuple[list[str], list[list[str]]]:
+    """Per-fold test accuracy of every cross-validated (label, record), with mean ± std and the pooled figure."""
+    folded = [(label, r) for label, r in labelled if r.metrics.get("fold_metrics")]
     if not folded:
         return [], []
-    k = max(len(r.metrics["fold_metrics"]) for r in folded)
+    k = max(len(r.metrics["fold_metrics"]) for _, r in folded)
     header = ["entry", *[f"fold {i}" for i in range(1, k + 1)], "mean ± std", "pooled (all images)"]
     rows = []
-    for r in folded:
+    for label, r in folded:
         m = r.metrics
-        rows.append([r.label, *[f"{f['accuracy']:.4f}" for f in m["fold_metrics"]],
+        rows.append([label, *[f"{f['accuracy']:.4f}" for f in m["fold_metrics"]],
                      f"{m['fold_accuracy_mean']:.4f} ± {m['fold_accuracy_std']:.4f}", f"{m['accuracy']:.4f}"])
     return header, rows

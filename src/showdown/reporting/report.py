@@ -71,6 +71,11 @@ class Group:
         values = [r.metrics[key] for r in self.records if r.metrics.get(key) is not None]
         return statistics.stdev(values) if len(values) > 1 else None
 
+    def seeds(self) -> list[tuple[str, EntryRecord]]:
+        """Every repeat with the label its table row shows: the group's, and the seed where there are several."""
+        several = len(self.records) > 1
+        return [(self.label + (f" (seed {r.seed})" if several else ""), r) for r in self.records]
+
     def accuracy_ci(self) -> tuple[float, float]:
         return bootstrap_ci(np.array(self.first.correct(), float))
 
@@ -187,17 +192,17 @@ def markdown(groups: list[Group], tests: list, title: str) -> str:
     lines = [f"# {title}", "", table]
     if suspects_of(groups):
         lines += ["", suspects_note(groups)]
-    found = checks([g.first for g in groups])
+    found = checks([g.first for g in groups], [g.label for g in groups])
     lines += ["", "## How fair was it?", "", verdict(found), ""]
     lines += [f"- {'same' if c.same else 'DIFFERS'}: {c.name}: {c.text}" for c in found]
-    header, folds = fold_rows([g.first for g in groups])
+    header, folds = fold_rows([seed for g in groups for seed in g.seeds()])
     if folds:
         lines += ["", "## Cross-validation: test accuracy per fold", "", render(header, folds, markdown=True)]
-    tuned = [(g, search_rows(g.first)) for g in groups if searches(g.first)]
+    tuned = [(label, search_rows(r)) for g in groups for label, r in g.seeds() if searches(r)]
     if tuned:
         lines += ["", "## Hyper-parameter search (validation split only)", ""]
-        lines += [render(["entry", *SEARCH_HEADER], [[g.label, *row] for g, rows in tuned for row in rows],
-                        markdown=True)]
+        lines += [render(["entry", *SEARCH_HEADER], [[label, *row] for label, rows in tuned for row in rows],
+                         markdown=True)]
     clean = rerun_of(groups)
     if clean:
         lines += ["", "## Trained and tested again without the suspected label errors", "",
@@ -311,21 +316,21 @@ def render_html(groups: list[Group], tests: list, title: str) -> str:
     winner = groups[0]
     sections.append(("leaderboard", "Leaderboard", _leaderboard(groups)))
     verdicts = _verdicts(tests)
-    found = checks([g.first for g in groups])
+    found = checks([g.first for g in groups], [g.label for g in groups])
     sections.append(("fairness", "How fair was it?", f"<p><b>{e(verdict(found))}</b></p><ul>" + "".join(
         f"<li class={'yes' if c.same else 'no'}>{'same' if c.same else 'differs'}: <b>{e(c.name)}</b>: "
         f"{e(c.text)}</li>" for c in found) + "</ul>"))
-    header, folds = fold_rows([g.first for g in groups])
+    header, folds = fold_rows([seed for g in groups for seed in g.seeds()])
     if folds:
         sections.append(("folds", "Cross-validation: test accuracy per fold",
                          "<p class=note>Every image is in exactly one fold's test part; the leaderboard and the tests "
                          "below use the pooled predictions of all folds.</p>" + _table(header, folds)))
-    tuned = [g for g in groups if searches(g.first)]
+    tuned = [(label, r) for g in groups for label, r in g.seeds() if searches(r)]
     if tuned:
         sections.append(("search", "Hyper-parameter search (validation split only)", "".join(
-            f"<h3>{e(g.label)}</h3>" + _table(SEARCH_HEADER, search_rows(g.first), numeric_from=1)
-            + f"<img src=\"{data_uri(search_figure(searches(g.first), g.label))}\" alt=\"search trials\">"
-            for g in tuned)))
+            f"<h3>{e(label)}</h3>" + _table(SEARCH_HEADER, search_rows(r), numeric_from=1)
+            + f"<img src=\"{data_uri(search_figure(searches(r), label))}\" alt=\"search trials\">"
+            for label, r in tuned)))
     sections.append(("significance", "Is the difference real?",
                      "<p class=note>McNemar's exact test on the paired test predictions (first seed of each entry; "
                      "with --folds the pooled predictions of all folds) and a 95 % bootstrap interval of the "
