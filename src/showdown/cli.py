@@ -221,14 +221,17 @@ def cmd_export(args) -> int:
 
 
 def cmd_explain(args) -> int:
+    from pathlib import Path
+
     with heavy_imports():
+        from showdown.data.images import why_unreadable
         from showdown.deploy.explain import explain_files
 
     folder, done, method, skipped = explain_files(args.model, args.inputs, args.model_name, args.out)
     for item in done:
         print(f"{item.path}  {item.label} {item.probability:.3f}  {folder / item.png}")
     for path in skipped:
-        print(f"{path}  (unreadable image)")
+        print(f"{path}  (unreadable image: {why_unreadable(Path(path))})")
     print(f"{len(done)} {method} overlay(s) in {folder}" + (f"; {len(skipped)} unreadable file(s) skipped"
                                                              if skipped else ""))
     return 0

@@ -186,8 +186,11 @@ def test_a_folder_full_of_trouble_runs_and_reports_it(tmp_path, demo_copy):
     assert "; classes of a single image, not judged: lonely" in result.stdout
     assert "Warning" not in result.stderr, result.stderr
     assert "skipped 4 unreadable image file(s)" in result.stdout
-    listed = (out / "skipped.txt").read_text().split()
-    assert sorted(os.path.basename(p) for p in listed) == ["corrupt.jpg", "text.jpg", "truncated.png", "zero.jpg"]
+    listed = dict(line.split("\t") for line in (out / "skipped.txt").read_text().splitlines())  # path, why
+    reasons = {os.path.basename(path): why for path, why in listed.items()}
+    assert sorted(reasons) == ["corrupt.jpg", "text.jpg", "truncated.png", "zero.jpg"]
+    assert reasons["zero.jpg"] == "empty file" and reasons["text.jpg"] == "not an image this installation decodes"
+    assert reasons["truncated.png"] == "OSError: image file is truncated"
     classes = load_dataset(str(demo_copy)).classes
     assert classes == ["daisy", "lonely", "roses", "sunflowers"]  # no __MACOSX, no empty class
     assert "caf\\udce9-non-utf8.jpg" in (out / "splits.csv").read_text()  # escaped, not lost
@@ -237,3 +240,22 @@ def test_more_workers_than_cores_is_one_line_once(demo_dir, caplog):
     notes = [r.getMessage() for r in caplog.records if "image-decoding workers" in r.getMessage()]
     assert notes == [f"{cores + 1} image-decoding workers on {cores} CPU cores: they take turns, which can make "
                      "decoding slower"]
+
+
+def test_a_200_megapixel_phone_photo_is_read_and_a_larger_png_is_skipped_with_its_reason(tmp_path):
+    """Pillow refuses over 179 megapixels as a possible decompression bomb. A JPEG decoded in draft mode at 1/8
+    scale costs what a 3-megapixel one does, so a 200-megapixel phone photo is read; a PNG as large keeps Pillow's
+    limit, and the reason is given."""
+    from showdown.data.images import load_rgb, why_unreadable
+
+    photo, png = tmp_path / "200mp.jpg", tmp_path / "200mp.png"
+    Image.new("RGB", (16320, 12240), (120, 60, 30)).save(photo, quality=80)  # a Galaxy S23 Ultra's 200 MP mode
+    Image.new("RGB", (16320, 12240)).save(png, compress_level=1)
+    limit = Image.MAX_IMAGE_PIXELS
+    assert load_rgb(photo, min_side=256).size == (2040, 1530)
+    assert Image.MAX_IMAGE_PIXELS == limit  # Pillow's limit is restored for everyone else
+    with pytest.raises(Image.DecompressionBombError):
+        load_rgb(png, min_side=256)
+    with pytest.raises(Image.DecompressionBombError):
+        load_rgb(photo)  # decoded in full, it would be 600 MB: Pillow's limit holds
+    assert why_unreadable(png).startswith("DecompressionBombError: Image size (199756800 pixels) exceeds limit")

@@ -62,7 +62,7 @@ def test_explain_command_writes_overlays(square_run, tmp_path):
                    "--out", out)
     assert done.returncode == 0, done.stderr
     assert "overlay(s) in" in done.stdout and len(list(out.glob("*.png"))) == 1 + len(list(root.glob("plain/00*.png")))
-    assert f"{broken}  (unreadable image)" in done.stdout and "1 unreadable file(s) skipped" in done.stdout
+    assert f"{broken}  (unreadable image: " in done.stdout and "1 unreadable file(s) skipped" in done.stdout
     nothing = run_cli("explain", results.run_dir, broken, "--out", tmp_path / "none")
     assert nothing.returncode == 2 and "none of the 1 image(s) could be read" in nothing.stderr
     assert not (tmp_path / "none").exists()  # no empty folder for no overlay
@@ -81,8 +81,9 @@ def test_each_image_is_decoded_once_and_an_unreadable_one_keeps_the_others_numbe
     broken = tmp_path / "broken.png"
     broken.write_bytes(b"not an image")
     images = [str(root / "marked" / "000.png"), str(broken), str(root / "plain" / "000.png")]
-    decoded, load_rgb = [], explaining.load_rgb
-    monkeypatch.setattr(explaining, "load_rgb", lambda path: decoded.append(str(path)) or load_rgb(path))
+    decoded, decode_for = [], explaining.decode_for
+    monkeypatch.setattr(explaining, "decode_for",
+                        lambda transform, path: decoded.append(str(path)) or decode_for(transform, path))
     folder, done, method, skipped = explaining.explain_files(str(results.run_dir), images, out=str(tmp_path / "o"))
     assert sorted(decoded) == sorted(images)  # once each, the unreadable one included
     assert skipped == [str(broken)] and [d.png for d in done] == ["01-000.png", "03-000.png"]

@@ -114,7 +114,7 @@ def test_predict_skips_unreadable_files_and_warns_about_other_classes(trained, t
     assert result.returncode == 0 and "Traceback" not in result.stderr
     assert "warning: input folder(s) cat, dog are not classes of this model" in result.stderr
     assert "4 image(s) classified" in result.stderr and "1 unreadable file(s) skipped" in result.stderr
-    assert "broken.jpg  (unreadable image)" in result.stdout
+    assert "broken.jpg  (unreadable image: not an image this installation decodes)" in result.stdout
 
 
 @pytest.mark.parametrize("native_bf16", [True, False])
@@ -196,7 +196,8 @@ def test_a_run_folder_predicts_in_every_engine_as_the_eager_model_on_floats(trai
     with torch.inference_mode():
         expected = model.eval()(floats).softmax(1).numpy()
     assert [row["path"] for row in rows] == [str(path) for path in files]
-    assert [row.get("error") for row in rows] == ["unreadable image" if path in broken else None for path in files]
+    assert [row.get("error") for row in rows] == [
+        "unreadable image: not an image this installation decodes" if path in broken else None for path in files]
     for row, p in zip([row for row in rows if "top" in row], expected):
         order = np.argsort(-p)[:2]
         assert [name for name, _ in row["top"]] == [info.classes[i] for i in order]

@@ -12,6 +12,7 @@ import logging
 import math
 import multiprocessing
 import os
+import threading
 import warnings
 from pathlib import Path
 
@@ -28,6 +29,7 @@ from showdown import distributed
 from showdown.config.cores import usable_cores
 from showdown.data import formats  # noqa: F401  (registers the HEIC/HEIF and AVIF openers in every worker)
 from showdown.data.preprocessing import Preprocessing
+from showdown.errors import one_line
 
 log = logging.getLogger(__name__)
 
@@ -67,13 +69,37 @@ def decoder() -> str:
     return "full" if full_decode() else DECODER
 
 
+# Pillow refuses an image of over 179 megapixels (twice its MAX_IMAGE_PIXELS) as a possible decompression bomb.
+# A JPEG decoded in draft mode costs 1/64 of that at 1/8 scale, so a 200-megapixel phone photo (16,320 x 12,240)
+# is read like a 3-megapixel one: such a JPEG may have up to this many pixels. Other formats keep Pillow's limit.
+DRAFT_JPEG_MAX_PIXELS = 2_000_000_000
+_PIXEL_LIMIT = threading.Lock()  # Pillow's limit is one global: raised and restored by one thread at a time
+
+
+def _open(path: Path, draft: bool) -> Image.Image:
+    try:
+        return Image.open(path)
+    except Image.DecompressionBombError as refused:
+        if not draft:
+            raise
+        bomb = refused
+    with _PIXEL_LIMIT:
+        limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, DRAFT_JPEG_MAX_PIXELS // 2
+        try:
+            return Image.open(path, formats=["JPEG"])
+        except Image.UnidentifiedImageError:
+            raise bomb from None  # not a JPEG: Pillow's own limit holds
+        finally:
+            Image.MAX_IMAGE_PIXELS = limit
+
+
 def load_rgb(path: Path, min_side: int | None = None) -> Image.Image:
     """An RGB image as the camera meant it: EXIF rotation applied, 16-bit, CMYK, palette and alpha converted.
 
     With `min_side`, a JPEG at least twice that on its shorter side is decoded at the smallest 1/2, 1/4 or 1/8
     scale that keeps its shorter side at least `min_side` (the codec's draft mode); other files and smaller
     JPEGs are decoded in full. The shorter side does not change with the EXIF rotation applied after it."""
-    with Image.open(path) as image:
+    with _open(path, draft=bool(min_side)) as image:
         if min_side and isinstance(image, JpegImageFile) and min(image.size) >= 2 * min_side:
             image.draft("RGB", (min_side, min_side))  # scale = the largest power of 2 keeping both sides >= it
         image = ImageOps.exif_transpose(image)
@@ -86,6 +112,25 @@ def load_rgb(path: Path, min_side: int | None = None) -> Image.Image:
             background = Image.new("RGBA", image.size, (255, 255, 255, 255))
             image = Image.alpha_composite(background, image.convert("RGBA"))
         return image.convert("RGB")
+
+
+def decode_for(transform, path: Path) -> Image.Image:
+    """`path` decoded at the size `transform` needs (its `decode_side`), as every batch of a run decodes it."""
+    return load_rgb(path, None if full_decode() else getattr(transform, "decode_side", None))
+
+
+def why_unreadable(path: Path) -> str:
+    """Why `path` does not decode, in one line, for the lists of skipped files: it is decoded once more (the
+    workers that skipped it kept only that it failed)."""
+    try:
+        load_rgb(path, min_side=1)
+    except FileNotFoundError:
+        return "gone"
+    except Image.UnidentifiedImageError:
+        return "empty file" if path.stat().st_size == 0 else "not an image this installation decodes"
+    except UNREADABLE as exc:
+        return one_line(exc)
+    return "decodes now (changed since it was read)"
 
 
 class PhotoTransform(transforms.Compose):
@@ -152,9 +197,8 @@ class ImageFiles(Dataset):
 
     def __getitem__(self, index: int):
         path, label = self.items[index]
-        side = None if full_decode() else getattr(self.transform, "decode_side", None)
         try:
-            image = load_rgb(path, side)
+            image = decode_for(self.transform, path)
         except UNREADABLE:
             return None, label, index
         return self.transform(image), label, index  # a transform's own error is a bug: it raises

@@ -20,7 +20,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from showdown.data.images import UNREADABLE, eval_transform, load_rgb
+from showdown.data.images import UNREADABLE, decode_for, eval_transform
 from showdown.data.preprocessing import Preprocessing
 from showdown.deploy.trained import choose_entry
 from showdown.errors import ConfigError, DataError, ModelError
@@ -219,7 +219,7 @@ def _decoded(paths: list[str], transform) -> Iterator[tuple[int, str, torch.Tens
     """(index, path, transformed image) of each image that decodes, each decoded once, in order."""
     for i, path in enumerate(paths):
         try:
-            image = load_rgb(Path(path))
+            image = decode_for(transform, Path(path))
         except UNREADABLE:
             continue
         yield i, path, transform(image)

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from showdown.data.images import UNREADABLE, eval_transform, load_rgb
+from showdown.data.images import UNREADABLE, decode_for, eval_transform
 from showdown.data.preprocessing import Preprocessing
 from showdown.deploy.litert_quiet import converter_quiet
 from showdown.deploy.trained import add_tflite_metadata
@@ -72,7 +72,7 @@ def calibration_images(entry: Path, info: ModelInfo, count: int = CALIBRATION_IM
             if len(images) == count:
                 return images
             try:
-                images.append(transform(load_rgb(path)))
+                images.append(transform(decode_for(transform, path)))
             except UNREADABLE:  # gone since the run, or one the run skipped too
                 continue
     if not images:

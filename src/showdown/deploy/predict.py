@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from showdown.config.cores import auto_workers
-from showdown.data.images import image_loader
+from showdown.data.images import image_loader, why_unreadable
 from showdown.data.preprocessing import Preprocessing
 from showdown.deploy.exported import open_onnx, open_tflite, open_torchscript
 from showdown.deploy.predictor import Predictor
@@ -187,7 +187,8 @@ def predict_files(predictor: Predictor, files: list[Path], *, top_k: int = 3, ba
 
     def batches():  # (indices, images) of each batch with a readable image; the unreadable files' rows on the way
         for images, _, indices, failed in loaded:
-            rows.update({index: {"path": str(files[index]), "error": "unreadable image"} for index in failed})
+            rows.update({index: {"path": str(files[index]),
+                                 "error": f"unreadable image: {why_unreadable(files[index])}"} for index in failed})
             if len(images):
                 yield indices, images
 

@@ -24,6 +24,7 @@ from showdown.config.run_config import RunConfig
 from showdown.config.strategy import Strategy
 from showdown.data import DatasetSpec
 from showdown.data.folder import SPLITS
+from showdown.data.images import why_unreadable
 from showdown.device import CPU, device_facts
 from showdown.experiment.context import Entry
 from showdown.experiment.folds import fold_table
@@ -177,5 +178,5 @@ def write_summary(run_dir: Path, rows: list[dict], skipped: list[str], frozen_pa
                                          **({"label_issues": label_issues} if label_issues else {})})
     write_csv(run_dir / SUMMARY_CSV, rows)
     write_atomic(run_dir / SUMMARY_MD, format_markdown(rows))
-    if skipped:
-        write_atomic(run_dir / SKIPPED, "\n".join(skipped) + "\n")
+    if skipped:  # each path with why it did not decode (a tab between)
+        write_atomic(run_dir / SKIPPED, "".join(f"{path}\t{why_unreadable(Path(path))}\n" for path in skipped))
