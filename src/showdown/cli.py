@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
 
 from showdown import __version__
@@ -14,8 +15,8 @@ from showdown.config.cores import WORKERS_RULE, workers_valid
 from showdown.config.options import add_flags, definitions, flag_type, read_values
 from showdown.config.presets import QUICK, load_preset
 from showdown.config.run_config import RUNTIMES, RunConfig, read_config_file, weights_map
-from showdown.errors import DISK_ERRNOS, ConfigError, ShowdownError, last_line
-from showdown.startup import heavy_imports, stacks_on_sigusr1
+from showdown.errors import DISK_ERRNOS, ConfigError, ShowdownError, last_line, terminated
+from showdown.startup import end_on_sigterm, heavy_imports, stacks_on_sigusr1
 
 DEVICE_HELP = definitions(RunConfig)["device"][1].help  # the same words as `showdown run --help`
 
@@ -359,6 +360,7 @@ def main(argv: list[str] | None = None) -> int:
         getattr(sys, name).reconfigure(errors="backslashreplace")  # file names that are not valid UTF-8 print escaped
     logging.basicConfig(level=logging.INFO if args.debug else logging.WARNING, format="%(levelname)s: %(message)s")
     stacks_on_sigusr1()
+    end_on_sigterm()
     handler = {"run": cmd_run, "predict": cmd_predict, "export": cmd_export, "explain": cmd_explain,
                "report": cmd_report, "runs": cmd_runs, "bench": cmd_bench, "cache": cmd_cache, "models": cmd_models,
                "presets": cmd_presets, "merge": cmd_merge, "daemon": cmd_daemon}[args.command]
@@ -382,7 +384,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt as exc:
         print(last_line(exc), file=sys.stderr)
-        return 130
+        return 128 + signal.SIGTERM if terminated(exc) else 130
 
 
 def console() -> None:

@@ -44,6 +44,19 @@ class Interrupted(KeyboardInterrupt):
     """Ctrl-C in a run whose folder can be resumed: a KeyboardInterrupt whose message says how to go on."""
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, taken as Ctrl-C is (startup.end_on_sigterm): the command stops and says so."""
+
+
+def terminated(exc: BaseException) -> bool:
+    """Whether `exc`, or what it was raised from, is SIGTERM's Terminated (the exit status is 143, not 130)."""
+    while exc is not None:
+        if isinstance(exc, Terminated):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
 # What the disk says, in words; any other OSError is a bug or a bad input, not the disk's doing.
 DISK_ERRNOS = {errno.ENOSPC: "no space left on the device", errno.EDQUOT: "disk quota exceeded",
                errno.EROFS: "read-only file system", errno.EACCES: "permission denied",
@@ -67,7 +80,8 @@ def sqlite_disk_error(exc: BaseException, path, what: str) -> DiskError | None:
 def last_line(exc: BaseException) -> str:
     """The one line a command ends with for an error or Ctrl-C, on the console and in its log file alike."""
     if isinstance(exc, KeyboardInterrupt):
-        return "interrupted" + (f": {exc}" if str(exc) else "")  # Interrupted: how to go on
+        said = "terminated (SIGTERM)" if terminated(exc) else "interrupted"
+        return said + (f": {exc}" if str(exc) else "")  # Interrupted: how to go on
     return "error: " + " ".join(line.strip() for line in str(exc).splitlines())
 
 

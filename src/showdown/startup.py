@@ -26,6 +26,9 @@ it is.
 
 `stacks_on_sigusr1()`: `kill -USR1 PID` prints where a run that seems stuck is (every thread's stack, on stderr),
 and the run goes on: the first thing to look at when a job on a cluster hangs.
+
+`end_on_sigterm()`: SIGTERM (`kill`, `timeout`, a SLURM job at its time limit) ends a command as Ctrl-C does: its
+bar and log file closed, one line saying where the finished work is and how to go on, exit status 143.
 """
 from __future__ import annotations
 
@@ -34,6 +37,7 @@ import ctypes
 import faulthandler
 import gc
 import io
+import os
 import signal
 import sys
 
@@ -112,3 +116,20 @@ def stacks_on_sigusr1() -> None:
         faulthandler.register(signal.SIGUSR1, all_threads=True)
     except (AttributeError, ValueError, io.UnsupportedOperation):  # no SIGUSR1 (Windows); stderr not a file (captured)
         pass
+
+
+def end_on_sigterm() -> None:
+    """SIGTERM raises errors.Terminated (a KeyboardInterrupt) in the main thread; a second one ends the process at
+    once. Left as it is where the caller ignores SIGTERM, off the main thread (signal handlers live there), and under
+    torchrun, whose agent ends its workers with SIGTERM and would wait its grace period for one blocked in a
+    collective."""
+    from showdown.errors import Terminated
+
+    def terminate(_number, _frame):
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        raise Terminated()
+
+    if "LOCAL_RANK" in os.environ or signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+        return
+    with contextlib.suppress(ValueError):  # not the main thread
+        signal.signal(signal.SIGTERM, terminate)

@@ -178,8 +178,8 @@ def test_ctrl_c_reaches_the_command_and_a_killed_caller_interrupts_it(warm, tmp_
     assert f"finished entries are kept in {tmp_path / 'ctrl-c'}; `showdown run --resume {tmp_path / 'ctrl-c'}`" in rest
     process = _started(warm, tmp_path / "terminated")
     process.send_signal(signal.SIGTERM)  # e.g. `timeout` or a scheduler: the caller ends as the command did
-    process.communicate(timeout=60)
-    assert process.returncode == -signal.SIGTERM
+    _, rest = process.communicate(timeout=60)
+    assert process.returncode == 128 + signal.SIGTERM and "terminated (SIGTERM): finished entries are kept" in rest
 
     pid = int(showdown("daemon", "status", env=warm).stdout.split()[1])
     process = _started(warm, tmp_path / "killed")

@@ -143,3 +143,25 @@ def test_ctrl_c_in_a_notebook_stops_the_training_loaders_workers(tmp_path, monke
             workers=2, batch_size=8, max_per_class=10, out=str(tmp_path / "run"), record=False, report=False,
             echo=lambda *_: None)
     assert kept.traceback and not multiprocessing.active_children()
+
+
+def test_sigterm_ends_a_run_as_ctrl_c_does_and_resume_goes_on(tmp_path, demo_dir):
+    """`kill`, `timeout` or a SLURM job at its time limit: one line saying where the finished entries are and how
+    to go on, the log file ending with it, exit status 143 (128 + SIGTERM); then --resume finishes the run."""
+    out, log = tmp_path / "run", tmp_path / "run.log"
+    process = _start("run", "--data", str(demo_dir), *ARGS, "--epochs", "500", "--patience", "5", "--out", str(out),
+                     "--log-file", str(log))  # the head stops early; the small CNN trains on
+    checkpoint = out / "scratch_cnn-scratch-cnn" / "checkpoint-scratch-cnn.pt"
+    deadline = time.time() + 300
+    while _completed_epochs(checkpoint) < 1 and process.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    assert process.poll() is None, process.stderr.read()[-2000:]
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=120)
+    said = f"terminated (SIGTERM): finished entries are kept in {out}; `showdown run --resume {out}` goes on"
+    assert process.returncode == 143 and stderr.strip().splitlines()[-1] == said, stderr[-2000:]
+    assert "Traceback" not in stderr and log.read_text().strip().splitlines()[-1].endswith(said)
+    config = out / "config.yaml"
+    config.write_text(config.read_text().replace("epochs: 500", "epochs: 2"))  # the rest quickly
+    resumed = run_cli("run", "--resume", out)
+    assert resumed.returncode == 0 and "efficientnet_lite0 head: finished earlier, kept" in resumed.stdout

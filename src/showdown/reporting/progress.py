@@ -44,11 +44,17 @@ class Reporter:
             self._echo(line)
         self._write_log(line)
 
+    def _say(self, line: str) -> None:
+        # one write, the newline with it: a Ctrl-C or SIGTERM between print's two writes left the line open, and the
+        # command's last line ("interrupted: ...") ran on at its end
+        self.stream.write(line + "\n")
+        self.stream.flush()
+
     def warn(self, line: str) -> None:
         """A fallback's one line: standard error even with --quiet (like errors), and the log file."""
         if not self.silent:
             self._close_bar()
-            print(line, file=self.stream, flush=True)
+            self._say(line)
         self._write_log(line)
 
     def result(self, line: str = "") -> None:
@@ -63,7 +69,7 @@ class Reporter:
             if self._bar is not None:
                 self._bar.write(line, file=self.stream)
             else:
-                print(line, file=self.stream, flush=True)
+                self._say(line)
         self._write_log(line)
 
     def _write_log(self, line: str) -> None:
@@ -136,7 +142,7 @@ class Reporter:
         if not self.quiet:
             bar = self._phase_bar(row)
             if bar is None:
-                print(line, file=self.stream, flush=True)
+                self._say(line)
             else:
                 bar.set_postfix_str(_postfix(row), refresh=False)
                 bar.update(1)
