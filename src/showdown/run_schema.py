@@ -223,6 +223,14 @@ def resumable(folder: Path) -> bool:
     return (folder / CONFIG).is_file()
 
 
+def holds_work(folder: Path) -> bool:
+    """Whether a run in `folder` got anywhere: an entry finished (its metrics.json) or one trained an epoch (its
+    checkpoint). A run that stopped before (a typo in --unfreeze found once the model was built) leaves nothing
+    that a new run in the same folder would write over."""
+    patterns = (SUMMARY_JSON, f"*/{METRICS}", f"*/{CHECKPOINTS}", f"*/fold*/{METRICS}", f"*/fold*/{CHECKPOINTS}")
+    return any(True for pattern in patterns for _ in folder.glob(pattern))
+
+
 def read_json(path: Path, default=None):
     """The JSON in `path`, `default` where there is no such file; DamagedFileError (one line) where it is not JSON."""
     if not path.is_file():

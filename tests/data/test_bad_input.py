@@ -120,6 +120,18 @@ def test_unfreezing_more_blocks_than_the_model_has_names_how_many_it_has(tmp_pat
                   "--strategy", "finetune", "--unfreeze", "blocks:999", "--out", str(tmp_path / "run"),
                   "--quiet")  # without it the entry's progress line precedes the error on stderr
     _one_line_error(result, "--unfreeze blocks:999", "has only 8 layer groups", "blocks:1 to blocks:8")
+    # The folder it began holds nothing trained: the corrected command may use it (it was refused as a run's)
+    fixed = run_cli("run", "--data", "demo", "--models", "efficientnet_lite0", "--max-per-class", "2", "--epochs", "1",
+                    "--image-size", "64", "--no-report", "--no-record", "--precision", "fp32", "--workers", "0",
+                    "--strategy", "finetune", "--unfreeze", "blocks:2", "--out", str(tmp_path / "run"), "--quiet")
+    assert fixed.returncode == 0 and (tmp_path / "run" / "efficientnet_lite0-finetune" / "metrics.json").is_file()
+
+
+def test_a_missing_weights_file_fails_before_the_run_folder_is_written(tmp_path):
+    result = run_cli("run", "--data", "demo", "--models", "efficientnet_lite0", "--weights",
+                     str(tmp_path / "nofile.safetensors"), "--out", str(tmp_path / "run"), "--no-record")
+    _one_line_error(result, f"weights file {tmp_path / 'nofile.safetensors'} does not exist")
+    assert not (tmp_path / "run").exists()
 
 
 def test_image_modes_are_converted_to_rgb_correctly(tmp_path):

@@ -44,11 +44,13 @@ def on_main(check: Callable[..., T], *args) -> T:
 
 def check_places(config: RunConfig, resume: bool = False) -> Path | None:
     """The results database (opened, integrity and schema checked, created when new) and the run folder's place
-    (takes a file; a new run's --out holds no run already) fail the run now; a feature cache folder that takes no
-    file is one warning, and the run goes on uncached. Returns the feature cache folder to use, None for none."""
+    (takes a file; a new run's --out holds no run that got anywhere already) fail the run now; a feature cache
+    folder that takes no file is one warning, and the run goes on uncached. Returns the feature cache folder to use,
+    None for none."""
     if config.record:
         check_database(config.db)
-    if config.out and not resume and run_schema.resumable(Path(config.out)):  # a run would be written over
+    out = Path(config.out) if config.out else None
+    if out and not resume and run_schema.resumable(out) and run_schema.holds_work(out):  # work would be lost
         raise ConfigError(f"--out {config.out} holds a run already; `showdown run --resume {config.out}` goes on "
                           "with it, or name a new folder")
     check_writable(Path(config.out or "runs"), "the run folder")

@@ -143,6 +143,8 @@ def weights_missing(name: str, *, weights_file: str | Path | None = None, weight
     """Why load_backbone would find no weights for `name` (its one-line error), None where it would: the same
     search with nothing loaded, so a run checks every model before the first one trains."""
     spec, tried = resolve_backbone(name), []
+    if pretrained and weights_file is not None and not Path(weights_file).is_file():
+        return f"weights file {weights_file} does not exist"  # load_weights_file's words
     if not pretrained or weights_file is not None or allow_random_init:
         return None
     if _local_weights(spec, weights_dir, tried) is not None or find_in_hub_cache(spec.hub_name, tried) is not None:
