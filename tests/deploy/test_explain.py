@@ -53,6 +53,28 @@ def test_heat_map_mass_sits_on_the_square(square_run, tmp_path):
     assert (folder / "gradcam" / "gradcam.csv").is_file() and len(list((folder / "gradcam").glob("*.png"))) == 4
 
 
+def test_the_runs_overlays_show_the_runs_own_predictions_and_a_given_class_is_explained(square_run, tmp_path):
+    """gradcam.csv beside predictions.csv: the same predicted class for every image (the overlays' fp32 pass could
+    tip a near tie the run's bf16 or OpenVINO pass decided the other way), and 'wrong' exactly where it differs from
+    the true class."""
+    import csv
+
+    results, root = square_run
+    folder = results.run_dir / results.rows[0]["folder"]
+    with (folder / "predictions.csv").open() as handle:
+        predicted = {row["path"]: row["pred"] for row in csv.DictReader(handle)}
+    with (folder / "gradcam" / "gradcam.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == 4
+    for row in rows:
+        assert row["pred"] == predicted[row["path"]] and (row["kind"] == "wrong") == (row["true"] != row["pred"])
+    model, info = load_model(folder)
+    marked = sorted(str(p) for p in (root / "marked").iterdir())[:2]
+    done = explain(model, info.classes, Preprocessing.from_dict(info.preprocessing), marked, tmp_path,
+                   targets=[info.classes.index("plain")] * 2)
+    assert [d.label for d in done] == ["plain", "plain"]
+
+
 def test_explain_command_writes_overlays(square_run, tmp_path):
     results, root = square_run
     out = tmp_path / "overlays"

@@ -79,10 +79,12 @@ def spatial_layer(backbone: nn.Module, input_size) -> tuple[nn.Module, object]:
 
 
 def explain(model: nn.Module, classes: list[str], preprocessing: Preprocessing, paths: list[str], out_dir: Path,
-            names: list[str] | None = None) -> list[Explained]:
+            names: list[str] | None = None, targets: list[int] | None = None) -> list[Explained]:
     """Grad-CAM of the predicted class for each image, as `out_dir/<name>.png` (overlay beside the image); an image
-    that does not decode is left out, as predict skips it."""
+    that does not decode is left out, as predict skips it. `targets`: the class to explain for each path instead
+    (a run's own test prediction, which its precision or engine may have tipped another way than this pass)."""
     from pytorch_grad_cam import GradCAM
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
     model = model.eval()
     tta, model.tta = getattr(model, "tta", "none"), "none"  # one view: the heat map of what the model saw
@@ -97,10 +99,11 @@ def explain(model: nn.Module, classes: list[str], preprocessing: Preprocessing, 
             while chunk := list(itertools.islice(decoded, EXPLAIN_BATCH)):
                 x = torch.stack([image for _, _, image in chunk]).to(device)
                 # No targets: each image's map is of its predicted class, from the one forward pass CAM makes.
-                heats = cam(input_tensor=x, targets=None)
+                given = [targets[i] for i, _, _ in chunk] if targets is not None else None
+                heats = cam(input_tensor=x, targets=given and [ClassifierOutputTarget(t) for t in given])
                 logits = cam.outputs.detach().float()  # grad-cam >= 1.5 keeps them
-                targets, probs = logits.argmax(1).tolist(), logits.softmax(1)
-                for j, ((i, path, _), target) in enumerate(zip(chunk, targets)):
+                chosen, probs = given or logits.argmax(1).tolist(), logits.softmax(1)
+                for j, ((i, path, _), target) in enumerate(zip(chunk, chosen)):
                     name = names[i] if names else _numbered(i, path)
                     done.append(_saved(out_dir, name, path, x[j].detach().cpu(), heats[j], preprocessing,
                                        classes[target], float(probs[j, target])))

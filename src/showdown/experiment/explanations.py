@@ -20,11 +20,13 @@ def explain_entry(entry: Entry, probs: np.ndarray, y_true: np.ndarray, test_item
     right = [i for i in by_confidence if predicted[i] == y_true[i]]
     picked = wrong[:count - count // 3]
     picked += right[:count - len(picked)]
-    kinds = ["wrong" if predicted[i] != y_true[i] else "right" for i in picked]
-    classes = entry.dataset.classes
-    done = explain(entry.model, classes, entry.backbone.preprocessing, [str(test_items[i][0]) for i in picked],
-                   entry.folder / GRADCAM_DIR)
+    classes, paths = entry.dataset.classes, [str(test_items[i][0]) for i in picked]
+    # The map of the class the run predicted, and the run's own prediction and confidence beside it (this pass is
+    # fp32 in PyTorch: a near tie the run's bf16 or OpenVINO tipped could go the other way here)
+    done = explain(entry.model, classes, entry.backbone.preprocessing, paths, entry.folder / GRADCAM_DIR,
+                   targets=[int(predicted[i]) for i in picked])
+    index = dict(zip(paths, picked))  # an image that no longer decodes is left out of `done`
     write_csv(entry.folder / GRADCAM_DIR / GRADCAM_INDEX, [
-        {"path": d.path, "png": d.png, "kind": kind, "true": classes[y_true[i]], "pred": d.label,
-         "confidence": round(d.probability, 4)}
-        for d, kind, i in zip(done, kinds, picked)])
+        {"path": d.path, "png": d.png, "kind": "wrong" if predicted[i] != y_true[i] else "right",
+         "true": classes[y_true[i]], "pred": classes[predicted[i]], "confidence": round(float(confidence[i]), 4)}
+        for d in done for i in [index[d.path]]])
