@@ -64,7 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("model", help="run folder, entry folder, or exported .onnx / .pt / .tflite file")
     predict.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders or glob patterns")
     predict.add_argument("--model", dest="model_name", help="which entry of a run folder (default: the best)")
-    predict.add_argument("--top-k", type=flag_type(int, min=1), default=3)
+    predict.add_argument("--top-k", type=flag_type(int, min=1), default=3, metavar="K",
+                         help="the K most likely classes of each image, with their probabilities (default 3)")
     predict.add_argument("--format", choices=("table", "csv", "json"),
                          help="default: csv or json where --output ends so, else table")
     predict.add_argument("--output", help="write to this file instead of the console")
@@ -135,6 +136,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="leave after this long without a command (default 30)")
     sub.add_parser("models", help="list the short backbone names and their weight sources")
     sub.add_parser("presets", help="list the ready-made experiments")
+    for command in sub.choices.values():  # `showdown run ... --debug` as well as `showdown --debug run ...`
+        command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks")
     return parser
 
 

@@ -138,3 +138,23 @@ def test_cli_single_class_folder_error(tmp_path, demo_copy):
     shutil.copytree(demo_copy / "daisy", one / "daisy")
     result = _cli("run", "--data", str(one), "--out", str(tmp_path / "err"))
     assert result.returncode == 2 and "at least 2" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_debug_after_the_command_shows_the_traceback_too(tmp_path, capsys):
+    from showdown.cli import main
+
+    with pytest.raises(Exception, match="does not exist"):
+        main(["run", "--data", str(tmp_path / "nowhere"), "--debug"])  # raised: the console prints its traceback
+    assert main(["run", "--data", str(tmp_path / "nowhere")]) == 2 and "Traceback" not in capsys.readouterr().err
+
+
+def test_predict_output_naming_a_folder_or_inside_a_file_is_one_line_before_any_work(tmp_path, demo_run):
+    (tmp_path / "notes.txt").write_text("keep\n")
+    photo = tmp_path / "x.jpg"  # the output is checked first
+    for output, words in [(tmp_path, "is a folder; name a file in it"),
+                          (tmp_path / "notes.txt" / "p.csv", "notes.txt is a file, not a folder")]:
+        result = run_cli("predict", demo_run.run_dir, photo, "--output", output)
+        assert result.returncode == 2 and result.stderr.startswith("error: --output") and words in result.stderr
+        assert len(result.stderr.splitlines()) == 1
+    help_text = run_cli("predict", "--help").stdout
+    assert "--top-k K" in help_text and "(default 3)" in help_text

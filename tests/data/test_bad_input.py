@@ -84,6 +84,7 @@ def test_predict_and_bench_flags_are_checked_in_one_line(tmp_path, monkeypatch, 
     ("lr: [0.1\nepochs: 3\n", ["config file", "is not valid YAML at line"]),
     ("lr: fast\n", ["config key 'lr'", "must be a number (got 'fast')"]),
     ("epochs: 3\nlrr: 0.1\n", ["unknown config key(s) lrr", "did you mean lr?"]),
+    ("strategy: head\nstrategies: [finetune]\n", ["config keys strategy and strategies", "set the same option"]),
     ("head_dropout: 1.5\n", ["--head-dropout must be between 0 and 1 (got 1.5)"]),
 ])
 def test_a_config_file_that_is_not_a_mapping_of_good_values_is_one_line(tmp_path, monkeypatch, text, words):
@@ -271,3 +272,12 @@ def test_a_200_megapixel_phone_photo_is_read_and_a_larger_png_is_skipped_with_it
     with pytest.raises(Image.DecompressionBombError):
         load_rgb(photo)  # decoded in full, it would be 600 MB: Pillow's limit holds
     assert why_unreadable(png).startswith("DecompressionBombError: Image size (199756800 pixels) exceeds limit")
+
+
+def test_a_config_files_keys_are_the_flags_names_as_the_docs_say(tmp_path):
+    """`strategy:` as --strategy (and as the Python API's keyword), beside the field's own `strategies:` that a
+    run's config.yaml holds."""
+    from showdown.config.run_config import read_config_file
+
+    (tmp_path / "c.yaml").write_text("strategy: [scratch-cnn]\nimage_size: 64\n")
+    assert read_config_file(tmp_path / "c.yaml") == {"strategies": ["scratch-cnn"], "image_size": 64}

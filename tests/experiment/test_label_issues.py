@@ -133,3 +133,4 @@ def test_the_line_names_the_classes_too_small_to_judge_by_the_folds_actually_use
     assert describe(summary).endswith("; classes with fewer images than the 5 folds, judged less surely: roses (3); "
                                       "classes of a single image, not judged: lonely")
     assert describe({**summary, "thin_classes": {}}).endswith("listed in label_issues.csv")
+    assert "listed in" not in describe({**summary, "flagged": 0, "thin_classes": {}})  # no file is written then

@@ -159,19 +159,23 @@ def read_values(cls, values, source: str | None = None) -> dict:
     if not isinstance(values, dict):
         raise ConfigError(f"{source or 'a configuration'} must be a mapping of option names to values, such as "
                           f"`lr: 0.01` (got {type(values).__name__} {_short(values)})")
-    known = definitions(cls)
-    unknown = sorted(str(key) for key in values if key not in known)
+    known, names = definitions(cls), keyword_fields(cls)  # a key is the field's name or the flag's (`strategy`)
+    unknown = sorted(str(key) for key in values if key not in names)
     if unknown:
-        close = [match for key in unknown for match in difflib.get_close_matches(key, known, n=1)]
+        close = [match for key in unknown for match in difflib.get_close_matches(str(key), names, n=1)]
         raise ConfigError(f"unknown config key(s) {', '.join(unknown)}{where}"
                           + (f" (did you mean {', '.join(close)}?)" if close else "")
                           + "; the keys are the flags of `showdown run --help` with _ for -")
-    out = {}
-    for name, value in values.items():
+    out, given = {}, {}
+    for key, value in values.items():
+        name = names[key]
+        if name in given:
+            raise ConfigError(f"config keys {given[name]} and {key}{where} set the same option; keep one")
+        given[name] = key
         try:
             out[name] = convert(value, known[name][2])
         except ValueError as exc:
-            raise ConfigError(f"config key '{name}'{where} {exc}") from None
+            raise ConfigError(f"config key '{key}'{where} {exc}") from None
     return out
 
 

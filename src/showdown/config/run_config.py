@@ -141,8 +141,8 @@ class RunConfig:
         min=0, metavar="N")
     drop_duplicates: bool = option(False, "drop val/test images whose exact bytes are also in an earlier split",
                                    group=DATA)
-    max_per_class: int | None = option(None, "train images per class (val and test get a quarter), for quick runs",
-                                       group=DATA, min=1, unset="all", metavar="N")
+    max_per_class: int | None = option(None, "train images per class (val and test get a quarter, at least 2), for "
+                                       "quick runs", group=DATA, min=1, unset="all", metavar="N")
     # machinery
     device: str = option("auto", "auto (CUDA, else Apple MPS, else CPU), cpu, cuda, cuda:N or mps; under torchrun "
                          "each process takes the GPU of its LOCAL_RANK", group=MACHINERY, metavar="DEVICE")

@@ -36,11 +36,22 @@ def _one_of(output: str, files: list[Path]) -> bool:
     return False
 
 
+def _check_output(output: str) -> None:
+    """--output names a file that can be written, said before the model opens: not a folder, nor in a file."""
+    path = Path(output)
+    if path.is_dir():
+        raise ConfigError(f"--output {output} is a folder; name a file in it, e.g. {path / 'predictions.csv'}")
+    folder = next((parent for parent in path.parents if parent.exists()), Path("."))
+    if not folder.is_dir():
+        raise ConfigError(f"--output {output}: {folder} is a file, not a folder")
+
+
 @contextmanager
 def _destination(output: str | None):
     if output is None:
         yield sys.stdout
     else:
+        Path(output).parent.mkdir(parents=True, exist_ok=True)  # as --out folders are made
         # file names that are not valid UTF-8 written escaped, as on the console
         with open(output, "w", encoding="utf-8", errors="backslashreplace", newline="") as handle:
             yield handle
@@ -53,6 +64,8 @@ def write_predictions(model: str, inputs: list[str], *, model_name: str | None =
     """Predict every input image and write the rows (`fmt` None: as the output's suffix says, .csv or .json, else
     the table); returns counts (predicted, unreadable, labelled, correct)."""
     fmt = fmt or output_format(output)
+    if output is not None:
+        _check_output(output)
     try:  # counted before the model opens (predict_runtime); a model's error still comes before its inputs'
         files, missing = expand_inputs(inputs), None
     except DataError as exc:

@@ -136,7 +136,7 @@ def describe(summary: dict) -> str:
     few = {name: n for name, n in thin.items() if n > 1}
     single = [name for name, n in thin.items() if n == 1]
     return (f"label issues: {summary['flagged']} image(s) flagged by cleanlab on {summary['backbone']} features "
-            f"({per_split}; {summary['seconds']:.1f} s); listed in {LABEL_ISSUES}"
+            f"({per_split}; {summary['seconds']:.1f} s)" + (f"; listed in {LABEL_ISSUES}" if summary["flagged"] else "")
             + (f"; classes with fewer images than the {summary['folds']} folds, judged less surely: "
                + _some(f"{name} ({n})" for name, n in few.items()) if few else "")
             + ("; classes of a single image, not judged: " + _some(single) if single else ""))
