@@ -147,14 +147,3 @@ def test_debug_after_the_command_shows_the_traceback_too(tmp_path, capsys):
         main(["run", "--data", str(tmp_path / "nowhere"), "--debug"])  # raised: the console prints its traceback
     assert main(["run", "--data", str(tmp_path / "nowhere")]) == 2 and "Traceback" not in capsys.readouterr().err
 
-
-def test_predict_output_naming_a_folder_or_inside_a_file_is_one_line_before_any_work(tmp_path, demo_run):
-    (tmp_path / "notes.txt").write_text("keep\n")
-    photo = tmp_path / "x.jpg"  # the output is checked first
-    for output, words in [(tmp_path, "is a folder; name a file in it"),
-                          (tmp_path / "notes.txt" / "p.csv", "notes.txt is a file, not a folder")]:
-        result = run_cli("predict", demo_run.run_dir, photo, "--output", output)
-        assert result.returncode == 2 and result.stderr.startswith("error: --output") and words in result.stderr
-        assert len(result.stderr.splitlines()) == 1
-    help_text = run_cli("predict", "--help").stdout
-    assert "--top-k K" in help_text and "(default 3)" in help_text

@@ -316,14 +316,20 @@ def test_inputs_and_flags_that_make_no_sense_are_one_line(trained, tmp_path):
 
 
 def test_an_output_path_that_cannot_be_written_is_one_line(trained, tmp_path):
-    """A folder, a path under a file, an empty name: `error: <reason>: <path>`, exit 1, no traceback."""
+    """A folder, a path under a file, an empty name: one line saying so, exit 2, before the model opens; a folder
+    not there yet is made."""
     run_dir, data = trained
     (tmp_path / "afile").write_text("")
-    for target, said in ((tmp_path, "Is a directory"), (tmp_path / "afile" / "out.csv", "Not a directory"),
-                         ("", "No such file or directory: ''")):
+    for target, said in ((tmp_path, "is a folder; name a file in it"),
+                         (tmp_path / "afile" / "out.csv", "afile is a file, not a folder"),
+                         ("", "--output is empty")):
         result = run_cli("predict", run_dir, data / "roses", "--output", target)
-        assert result.returncode == 1 and said in result.stderr and "Traceback" not in result.stderr, result.stderr
+        assert result.returncode == 2 and said in result.stderr and "Traceback" not in result.stderr, result.stderr
         assert len(result.stderr.strip().splitlines()) == 1
+    made = tmp_path / "new" / "folder" / "p.csv"
+    assert run_cli("predict", run_dir, data / "roses", "--output", made).returncode == 0 and made.is_file()
+    help_text = run_cli("predict", "--help").stdout
+    assert "--top-k K" in help_text and "(default 3)" in help_text
 
 
 def test_an_exported_file_with_damaged_metadata_is_one_line(trained, tmp_path):

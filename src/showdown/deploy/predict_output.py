@@ -39,6 +39,8 @@ def _one_of(output: str, files: list[Path]) -> bool:
 def _check_output(output: str) -> None:
     """--output names a file that can be written, said before the model opens: not a folder, nor in a file."""
     path = Path(output)
+    if not output:
+        raise ConfigError("--output is empty; name a file, e.g. predictions.csv")
     if path.is_dir():
         raise ConfigError(f"--output {output} is a folder; name a file in it, e.g. {path / 'predictions.csv'}")
     folder = next((parent for parent in path.parents if parent.exists()), Path("."))
