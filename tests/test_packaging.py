@@ -64,6 +64,7 @@ def test_metadata_has_ranges_and_what_an_index_shows(built):
 def test_installed_wheel_runs_the_demo_from_outside_the_checkout(built, tmp_path):
     """The wheel, not the editable checkout: installed into a folder of its own that comes first on the path, with
     the test environment's dependencies (so nothing is downloaded), run from a directory outside the checkout."""
+    pytest.importorskip("pip", reason="this environment has no pip (a uv venv)")
     wheel, _ = built
     target, work = tmp_path / "site", tmp_path / "elsewhere"
     work.mkdir()
@@ -92,6 +93,7 @@ def test_installing_the_wheel_replaces_nothing_already_installed(built, tmp_path
     """Beside the torch a user already has: in this environment (the lock file's torch, torchvision and numpy, or
     the floors in the `oldest` session), pip's dry run installs the wheel and nothing else: no replaced torch, no
     download (`--no-index` would make any missing or conflicting requirement an error)."""
+    pytest.importorskip("pip", reason="this environment has no pip (a uv venv)")
     wheel, _ = built
     report = tmp_path / "report.json"
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--dry-run", "--no-index", "--report",

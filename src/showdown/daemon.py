@@ -15,7 +15,8 @@ A command goes to a daemon only when nothing that decides what the imports do di
 paths, the same installed showdown (its files' times), the same environment (OMP_NUM_THREADS,
 CUDA_VISIBLE_DEVICES, torchrun's RANK, SLURM's variables, ...) and the same inherited process settings (umask,
 cores, nice, limits); any other command runs in its own process as usual, and so does one under a profiler or
-debugger. The daemon never initialises CUDA or a thread pool, so its children can. The socket lives in a folder only
+debugger. The daemon never initialises CUDA or a thread pool of its own (OpenBLAS's, started by numpy, stops
+itself around a fork), so its children can. The socket lives in a folder only
 its user can enter ($XDG_RUNTIME_DIR, else the temp folder), as ssh-agent's does. Linux only: macOS frameworks are
 not safe to use in a child forked after they load. A daemon leaves after `--idle-minutes` with no command running
 or asked for.
@@ -51,6 +52,7 @@ import sys
 import tempfile
 import threading
 import time
+import warnings
 from functools import partial
 from pathlib import Path
 
@@ -642,7 +644,9 @@ def _answer(conn: socket.socket, state: dict, closers: tuple, imports_env: dict)
         if kind == CONTROL:
             conn.sendall(_line(state))
             return request.get("do") == "stop", None
-        pid = os.fork()
+        with warnings.catch_warnings():  # Python 3.12's note on forking with threads: the one thread here is
+            warnings.simplefilter("ignore", DeprecationWarning)  # OpenBLAS's idle pool, which its fork handlers stop
+            pid = os.fork()
         if pid == 0:
             try:
                 for close in closers:

@@ -281,3 +281,19 @@ def test_a_config_files_keys_are_the_flags_names_as_the_docs_say(tmp_path):
 
     (tmp_path / "c.yaml").write_text("strategy: [scratch-cnn]\nimage_size: 64\n")
     assert read_config_file(tmp_path / "c.yaml") == {"strategies": ["scratch-cnn"], "image_size": 64}
+
+
+def test_loader_workers_start_from_a_fork_server_where_jax_runs_threads(monkeypatch):
+    """litert-torch imports JAX for a TFLite export, and JAX's threads make a plain fork unsafe: a notebook that
+    exported and then predicts with workers gets them from a fork server, as under torchrun."""
+    import multiprocessing
+    import sys
+    import types
+
+    from showdown.data.images import _worker_start
+
+    assert _worker_start(2, pin_memory=False) is None  # a plain fork: instant
+    monkeypatch.setitem(sys.modules, "jax", types.ModuleType("jax"))
+    started = _worker_start(2, pin_memory=False)
+    assert started is not None and started.get_start_method() == "forkserver"
+    assert multiprocessing.get_start_method() == "fork"  # the process's own default is left alone

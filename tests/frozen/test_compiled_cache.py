@@ -16,8 +16,9 @@ from showdown.frozen import engines, openvino_engine
 from showdown.models.backbones import imported, load_backbone
 from showdown.models.backbones.found import FoundWeights
 from showdown.models.backbones.registry import resolve_backbone
+from tests.conftest import SHARED
 
-TFLITE = Path(__file__).resolve().parents[3] / "shared" / "weights" / "mobilenet-tflite"
+TFLITE = SHARED / "weights" / "mobilenet-tflite"
 
 
 @pytest.fixture

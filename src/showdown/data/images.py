@@ -12,6 +12,7 @@ import logging
 import math
 import multiprocessing
 import os
+import sys
 import threading
 import warnings
 from pathlib import Path
@@ -235,11 +236,14 @@ def image_loader(items, transform, *, batch_size: int, workers: int, sampler=Non
 
 def _worker_start(workers: int, pin_memory: bool):
     """How the loader's worker processes start. Forked (the default on Linux: instant, memory shared) from a process
-    that runs no threads of its own. Under torchrun (gloo's and DistributedDataParallel's threads) or with pinned
-    memory (the loader's pin-memory thread) a fork can copy a lock another thread holds at that instant, and the
-    worker waits on it forever (pytorch#130610): there the workers fork from a fork server, a clean process that
-    has imported this module (and torch) once, so starting one stays cheap."""
-    if not workers or not (pin_memory or distributed.active()) or multiprocessing.get_start_method() != "fork":
+    that runs no threads of its own but OpenBLAS's idle pool, which its own fork handlers make safe. Under torchrun
+    (gloo's and DistributedDataParallel's threads), with pinned memory (the loader's pin-memory thread) or with JAX
+    loaded (litert-torch imports it for a TFLite export, so a notebook that exported and then predicts has it) a
+    fork can copy a lock another thread holds at that instant, and the worker waits on it forever
+    (pytorch#130610): there the workers fork from a fork server, a clean process that has imported this module
+    (and torch) once, so starting one stays cheap."""
+    threaded = pin_memory or distributed.active() or "jax" in sys.modules
+    if not workers or not threaded or multiprocessing.get_start_method() != "fork":
         return None
     context = multiprocessing.get_context("forkserver")
     context.set_forkserver_preload([__name__])

@@ -35,7 +35,8 @@ def export_tflite(model: nn.Module, info: ModelInfo, entry: Path, path: Path, me
                   quantize: str | None) -> None:
     os.environ.setdefault("LITERT_TORCH_SHOW_PROGRESS", "n")  # its progress lines would bury the CLI's output
     try:
-        with converter_quiet():
+        with converter_quiet(), warnings.catch_warnings():
+            warnings.simplefilter("ignore", SyntaxWarning)  # torchao's invalid escapes, shown while its .pyc is built
             import ai_edge_quantizer  # noqa: F401  (int8; comes with the same extra)
             import litert_torch
     except ImportError as exc:
