@@ -16,10 +16,9 @@ paths, the same installed showdown (its files' times), the same environment (OMP
 CUDA_VISIBLE_DEVICES, torchrun's RANK, SLURM's variables, ...) and the same inherited process settings (umask,
 cores, nice, limits); any other command runs in its own process as usual, and so does one under a profiler or
 debugger. The daemon never initialises CUDA or a thread pool of its own (OpenBLAS's, started by numpy, stops
-itself around a fork), so its children can. The socket lives in a folder only
-its user can enter ($XDG_RUNTIME_DIR, else the temp folder), as ssh-agent's does. Linux only: macOS frameworks are
-not safe to use in a child forked after they load. A daemon leaves after `--idle-minutes` with no command running
-or asked for.
+itself around a fork), so its children can. The socket lives in a folder only its user can enter
+($XDG_RUNTIME_DIR, else the temp folder), as ssh-agent's does. Linux only: macOS frameworks are not safe to use in
+a child forked after they load. A daemon leaves after `--idle-minutes` with no command running or asked for.
 
 A command that paid for the imports itself and succeeded starts this environment's daemon as it ends
 (`autostarter`), without waiting for it, as Gradle's first build starts its daemon: a user's re-run then starts
