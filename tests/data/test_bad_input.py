@@ -204,6 +204,7 @@ def test_a_folder_full_of_trouble_runs_and_reports_it(tmp_path, demo_copy):
     assert sorted(reasons) == ["corrupt.jpg", "text.jpg", "truncated.png", "zero.jpg"]
     assert reasons["zero.jpg"] == "empty file" and reasons["text.jpg"] == "not an image this installation decodes"
     assert reasons["truncated.png"] == "OSError: image file is truncated"
+    assert "4 unreadable image file(s) were left out of every entry" in (out / "report.md").read_text()
     classes = load_dataset(str(demo_copy)).classes
     assert classes == ["daisy", "lonely", "roses", "sunflowers"]  # no __MACOSX, no empty class
     assert "caf\\udce9-non-utf8.jpg" in (out / "splits.csv").read_text()  # escaped, not lost

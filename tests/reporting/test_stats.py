@@ -64,3 +64,13 @@ def test_a_verdict_tells_the_difference_as_better_minus_worse_whichever_was_name
     for first, second in ((("B", worse), ("A", better)), (("A", better), ("B", worse))):
         verdict = compare(*first, *second).verdict()
         assert verdict.startswith("A is better than B") and "difference +" in verdict and " to +" in verdict
+
+
+def test_a_bootstrap_interval_that_leaves_out_zero_beside_mcnemar_not_significant_is_called_borderline():
+    from showdown.reporting.stats import Comparison
+
+    borderline = Comparison("A", "B", 0.625, 0.45, 10, 3, 0.092, 0.025, 0.45).verdict()
+    assert borderline.startswith("A and B: borderline, the two tests disagree (McNemar p = 0.092, not significant; "
+                                 "10 vs 3 discordant images") and borderline.endswith("which leaves out 0)")
+    better = Comparison("A", "B", 0.8, 0.5, 12, 0, 0.0005, 0.2, 0.4).verdict()
+    assert better.startswith("A is better than B (McNemar p = 0.0005; 12 vs 0 discordant images; accuracy difference")

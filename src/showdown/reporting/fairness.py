@@ -133,7 +133,7 @@ def search_rows(record: EntryRecord) -> list[list[str]]:
     return rows
 
 
-SEARCH_HEADER = ["search", "trials", "val loss, default config", "val loss, best trial", "chosen values",
+SEARCH_HEADER = ["search", "trials", "val loss, default config", "val loss, best sampled trial", "chosen values",
                  "search s"]
 
 

@@ -129,18 +129,24 @@ def _fit_margins(fig, names: list[str], rotation: int) -> None:
 def curves_figure(history: list[dict], title: str):
     """Loss and accuracy per epoch, train and validation, with a line where `finetune` starts its phase."""
     steps = np.arange(1, len(history) + 1)
+    phases = [h["phase"] for h in history]
+    starts = [0] + [i for i in range(1, len(phases)) if phases[i] != phases[i - 1]]  # a phase (or fold) each
     fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(9, 3.2))
     for ax, metric in ((loss_ax, "loss"), (acc_ax, "acc")):
-        ax.plot(steps, [float(h[f"train_{metric}"]) for h in history], label="train", marker="o", markersize=3)
-        ax.plot(steps, [float(h[f"val_{metric}"]) for h in history], label="validation", marker="o", markersize=3)
-        phases = [h["phase"] for h in history]
-        for i in range(1, len(phases)):
-            if phases[i] != phases[i - 1]:
-                ax.axvline(i + 0.5, color="grey", linestyle="--", linewidth=1)
-                ax.text(i + 0.6, ax.get_ylim()[1], phases[i], va="top", fontsize=8, color="grey")
+        for split, color in (("train", "C0"), ("val", "C1")):
+            values = [float(h[f"{split}_{metric}"]) for h in history]
+            for n, (start, end) in enumerate(zip(starts, [*starts[1:], len(history)])):  # not joined across phases
+                ax.plot(steps[start:end], values[start:end], color=color, marker="o", markersize=3,
+                        label=(split if split == "train" else "validation") if n == 0 else None)
+        for i in starts[1:]:
+            ax.axvline(i + 0.5, color="grey", linestyle="--", linewidth=1)
+            ax.text(i + 0.6, ax.get_ylim()[1], phases[i], va="top", fontsize=8, color="grey")
+        if len(starts) > 1:  # the first phase named too
+            ax.text(1, ax.get_ylim()[1], phases[0], va="top", fontsize=8, color="grey")
+        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
         ax.set_xlabel("epoch")
         ax.set_ylabel("accuracy" if metric == "acc" else "loss")
-        ax.legend()
+        ax.legend(loc="best", fontsize=8)
     fig.suptitle(title)
     # Fixed margins: tight_layout, or a tight bounding box, would draw the figure once more to measure its labels
     # (0.2 s and 0.08 s of a re-run).
@@ -173,7 +179,8 @@ def tradeoff_figure(labels: list[str], cost: list[float], accuracy: list[float],
     ax.set_xlabel(xlabel)
     ax.set_ylabel("test accuracy")
     ax.set_title(title)
-    ax.legend(loc="lower right")
+    ax.margins(x=0.2, y=0.1)  # room for the names of the points at the edges
+    ax.legend(loc="best", fontsize=8)
     return fig
 
 
@@ -186,14 +193,15 @@ def search_figure(searches: list[tuple[str, dict]], title: str):
         done = [t for t in trials if t["state"] == "complete"]
         pruned = [t for t in trials if t["state"] != "complete"]
         name = f"{label} " if label else ""
-        ax.scatter([t["number"] for t in done], [t["value"] for t in done], color=color, s=14,
+        # numbered from 1, as the progress lines count them ("search trial 1/3")
+        ax.scatter([t["number"] + 1 for t in done], [t["value"] for t in done], color=color, s=14,
                    label=f"{name}trials")
         if pruned:
-            ax.scatter([t["number"] for t in pruned], [t["value"] for t in pruned], color=color, marker="x", s=14,
-                       alpha=0.5, label=f"{name}pruned")
+            ax.scatter([t["number"] + 1 for t in pruned], [t["value"] for t in pruned], color=color, marker="x",
+                       s=14, alpha=0.5, label=f"{name}pruned")
         if done:
             ordered = sorted(done, key=lambda t: t["number"])
-            ax.step([t["number"] for t in ordered], np.minimum.accumulate([t["value"] for t in ordered]),
+            ax.step([t["number"] + 1 for t in ordered], np.minimum.accumulate([t["value"] for t in ordered]),
                     where="post", color=color, linewidth=1)
         if np.isfinite(search["default_val_loss"]):
             ax.axhline(search["default_val_loss"], color=color, linestyle="--", linewidth=0.8)

@@ -71,6 +71,11 @@ class Group:
         values = [r.metrics[key] for r in self.records if r.metrics.get(key) is not None]
         return statistics.stdev(values) if len(values) > 1 else None
 
+    @property
+    def first_label(self) -> str:
+        """The label of the first seed, for what shows that seed alone (its curves, its image-by-image tests)."""
+        return self.seeds()[0][0]
+
     def seeds(self) -> list[tuple[str, EntryRecord]]:
         """Every repeat with the label its table row shows: the group's, and the seed where there are several."""
         several = len(self.records) > 1
@@ -87,7 +92,7 @@ def group_records(records: list[EntryRecord]) -> list[Group]:
     for record in records:
         label = record.label + (f" ({record.run})" if several_runs else "")
         groups.setdefault((record.run, record.model, record.strategy), Group(label, [])).records.append(record)
-    return sorted(groups.values(), key=lambda g: -g.mean("accuracy"))
+    return sorted(groups.values(), key=lambda g: (-g.mean("accuracy"), g.label))  # a tie: in the label's order
 
 
 def significance(groups: list[Group]) -> list[Comparison | str]:
@@ -101,7 +106,8 @@ def significance(groups: list[Group]) -> list[Comparison | str]:
                 out.append(f"{a.label} and {b.label} were tested on different images, so they are not compared "
                            "image by image")
                 continue
-            out.append(compare(a.label, np.array(a.first.correct()), b.label, np.array(b.first.correct())))
+            out.append(compare(a.first_label, np.array(a.first.correct()), b.first_label,
+                               np.array(b.first.correct())))
     return out
 
 
@@ -162,9 +168,21 @@ def _without_suspects(group: Group, paths) -> float | None:
     return sum(values) / len(values) if values else None
 
 
+# Flags worth an accuracy without them: out-of-fold heads this good, flagging at most this share of the test images
+TRUSTED_HEADS, TRUSTED_SHARE = 0.7, 0.2
+
+
+def trusted(suspects: Suspects, n_test: int | None) -> bool:
+    judged = suspects.summary.get("out_of_fold_accuracy")
+    return (judged is None or judged >= TRUSTED_HEADS) and len(suspects.test_paths) <= TRUSTED_SHARE * (n_test or 0)
+
+
 def columns(groups: list[Group]) -> list[str]:
-    """The leaderboard's columns; the accuracy without suspect labels only when the run looked for them."""
-    return [c for c in COLUMNS if c != "w/o suspects" or suspects_of(groups)]
+    """The leaderboard's columns; the accuracy without suspect labels only when the run looked for them and its
+    flags can be trusted."""
+    suspects = suspects_of(groups)
+    shown = suspects is not None and trusted(suspects, groups[0].first.metrics.get("n_test"))
+    return [c for c in COLUMNS if c != "w/o suspects" or shown]
 
 
 def suspects_note(groups: list[Group]) -> str:
@@ -173,10 +191,17 @@ def suspects_note(groups: list[Group]) -> str:
     if suspects is None:
         return ""
     n_test = groups[0].first.metrics.get("n_test")
-    flagged = len(suspects.test_paths)
+    flagged, backbone = len(suspects.test_paths), suspects.summary["backbone"]
+    judged = suspects.summary.get("out_of_fold_accuracy")
     note = (f"{flagged} of the {n_test} test images are suspected label errors (cleanlab, out-of-fold heads on "
-            f"{suspects.summary['backbone']} features); 'accuracy without suspect labels' is each entry's accuracy "
-            f"on the other {n_test - flagged}.")
+            f"{backbone} features" + (f", which score {judged:.2f} on the images they did not train on" if judged
+                                      is not None else "") + ").")
+    if not trusted(suspects, n_test):
+        return note + (" The heads that flag them are too weak, or flag too many, for the flags to be trusted: many "
+                       "are the heads' own mistakes, so no accuracy without them is shown.")
+    note += (f" 'accuracy without suspect labels' is each entry's accuracy on the other {n_test - flagged}; the "
+             f"flags come from {backbone}'s features, so its own entries' mistakes are the likeliest to be left "
+             "out.")
     if not flagged or len(groups) < 2:
         return note
     # The same entries ranked on the test images whose labels nobody doubts (the mean over seeds, as ranked above).
@@ -189,9 +214,10 @@ def suspects_note(groups: list[Group]) -> str:
 def markdown(groups: list[Group], tests: list, title: str) -> str:
     rows, shown = leaderboard_rows(groups), columns(groups)
     table = render([HEADINGS.get(c, c) for c in shown], [[row[c] for c in shown] for row in rows], markdown=True)
-    lines = [f"# {title}", "", table]
+    lines = [f"# {title}", "", winner_sentence(groups), "", table]
     if suspects_of(groups):
         lines += ["", suspects_note(groups)]
+    lines += [line for note in notes(groups) for line in ("", note)]
     found = checks([g.first for g in groups], [g.label for g in groups])
     lines += ["", "## How fair was it?", "", verdict(found), ""]
     lines += [f"- {'same' if c.same else 'DIFFERS'}: {c.name}: {c.text}" for c in found]
@@ -208,7 +234,7 @@ def markdown(groups: list[Group], tests: list, title: str) -> str:
         lines += ["", "## Trained and tested again without the suspected label errors", "",
                   f"The ranking {'is the same' if same_order(groups, clean) else 'changes'}: " + ", ".join(
                       f"{g.label} {g.mean('accuracy'):.4f}" for g in clean) + f" ({WITHOUT_LABEL_ISSUES}/)."]
-    lines += ["", "## Is the difference real?", ""]
+    lines += ["", "## Is the difference real?", "", SIGNIFICANCE_NOTE, ""]
     lines += [f"- {t.verdict() if isinstance(t, Comparison) else t}" for t in tests] or ["- only one entry"]
     return "\n".join(lines) + "\n"
 
@@ -248,7 +274,7 @@ def _tradeoffs(groups: list[Group]) -> str:
 
 def _per_class(groups: list[Group]) -> str:
     classes = groups[0].first.metrics["classes"]
-    header = ["class"] + [f"{g.label} {m}" for g in groups for m in ("P", "R", "F1")]
+    header = ["class"] + [f"{g.first_label} {m}" for g in groups for m in ("P", "R", "F1")]
     rows = []
     for name in classes:
         cells = [name]
@@ -295,11 +321,11 @@ line-height:1.45;padding:0 1rem}
 h1{font-size:1.6rem}h2{border-bottom:2px solid #1f77b4;padding-bottom:.2rem;margin-top:2.2rem}
 table{border-collapse:collapse;font-size:.85rem;margin:.5rem 0;display:block;overflow-x:auto}
 th,td{border:1px solid #ccc;padding:.25rem .5rem;text-align:left}th{background:#eef3f8}
-td.num{text-align:right;font-variant-numeric:tabular-nums}tbody tr:first-child{background:#f1f8e9}
+td.num{text-align:right;font-variant-numeric:tabular-nums}img{max-width:100%;height:auto}
 .verdict{margin:.3rem 0}.yes{color:#1b5e20}.no{color:#8a6d00}.note{color:#555;font-style:italic}
 .row{display:flex;flex-wrap:wrap;gap:1rem}.row img{max-width:560px;width:100%}
 .gallery{display:flex;flex-wrap:wrap;gap:.6rem}figure{margin:0;width:130px;font-size:.75rem}
-figure img{width:112px;height:112px;object-fit:cover;border:1px solid #ccc}
+figure img{width:112px;height:112px;object-fit:cover;border:1px solid #ccc}figcaption small{overflow-wrap:anywhere}
 table.sortable th{cursor:pointer}th[data-order=asc]::after{content:" ▲"}th[data-order=desc]::after{content:" ▼"}
 td.cell{cursor:pointer}td.hit{background:#e8f5e9}td.miss{background:#fdecea}.cell-view figure{width:80px}
 .cell-view figure img{width:64px;height:64px}.wide figure{width:340px}.wide figure img{width:336px;height:auto}
@@ -332,25 +358,24 @@ def render_html(groups: list[Group], tests: list, title: str) -> str:
             + f"<img src=\"{data_uri(search_figure(searches(r), label))}\" alt=\"search trials\">"
             for label, r in tuned)))
     sections.append(("significance", "Is the difference real?",
-                     "<p class=note>McNemar's exact test on the paired test predictions (first seed of each entry; "
-                     "with --folds the pooled predictions of all folds) and a 95 % bootstrap interval of the "
-                     "accuracy difference.</p>" + verdicts))
+                     f"<p class=note>{SIGNIFICANCE_NOTE}</p>" + verdicts))
     sections.append(("tradeoffs", "Accuracy and cost", _tradeoffs(groups)))
-    curves = "".join(f"<h3>{e(g.label)}</h3><img src=\"{png_uri(curves_png(g.first.history, g.label))}\" "
+    curves = "".join(f"<h3>{e(g.first_label)}</h3><img src=\"{png_uri(curves_png(g.first.history, g.label))}\" "
                      f"alt=\"training curves\">" for g in groups if g.first.history)
     sections.append(("curves", "Training curves", curves))
     classes = winner.first.metrics["classes"]
     matrices = "".join(
-        f"<img src=\"{png_uri(confusion_png(g.first.metrics['confusion_matrix'], classes, g.label))}\" "
+        f"<img src=\"{png_uri(confusion_png(g.first.metrics['confusion_matrix'], classes, g.first_label))}\" "
         f"alt=\"confusion matrix\">" for g in groups)
     cells = CellImages(thumbs)
-    clickable = "".join(confusion_table(g.label, n, classes, g.first.predictions, cells) for n, g in enumerate(groups))
+    clickable = "".join(confusion_table(g.first_label, n, classes, g.first.predictions, cells)
+                        for n, g in enumerate(groups))
     sections.append(("confusion", "Confusion matrices and per-class scores",
                      f"<div class=row>{matrices}</div>" + _per_class(groups)
                      + "<h3>Click a cell to see its test images</h3>" + clickable + cells.data_block()))
-    wrong = "".join(f"<h3>{e(g.label)}</h3>{gallery(g.first, thumbs)}" for g in groups)
+    wrong = "".join(f"<h3>{e(g.first_label)}</h3>{gallery(g.first, thumbs)}" for g in groups)
     sections.append(("gallery", "Most confidently wrong test images", wrong))
-    overlays = [(g.label, gradcam(g.first, thumbs)) for g in groups]
+    overlays = [(g.first_label, gradcam(g.first, thumbs)) for g in groups]
     looked = "".join(f"<h3>{e(label)}</h3>{cards}" for label, cards in overlays if cards)
     if looked:
         sections.append(("gradcam", "Where each model looked (Grad-CAM)",
@@ -362,7 +387,7 @@ def render_html(groups: list[Group], tests: list, title: str) -> str:
     if clean:
         sections.append(("rerun", "Trained and tested again without the suspected label errors", _rerun(groups, clean)))
     sections.append(("reproduce", "Configuration and environment",
-                     "".join(f"<h3>{e(g.label)}</h3>{_reproduce(g.first)}" for g in groups)))
+                     "".join(f"<h3>{e(g.first_label)}</h3>{_reproduce(g.first)}" for g in groups)))
     if thumbs.note():
         sections.insert(-1, ("capped", "Images left out", f"<p class=note>{e(thumbs.note())}</p>"))
     thumbs.kept.save()
@@ -378,13 +403,50 @@ script-src {script_policy()}">
 """
 
 
+def winner_sentence(groups: list[Group], strong=lambda label: f"**{label}**") -> str:
+    """The winner, tied where the next has the same mean accuracy, and said not to be told apart from the runner-up
+    where the image-by-image test finds no difference. `strong` marks a label up (Markdown's bold by default)."""
+    first, n_test = groups[0], groups[0].first.metrics.get("n_test")
+    accuracy = f"test accuracy {first.mean('accuracy'):.4f} on {n_test} test images"
+    tied = [g for g in groups if g.mean("accuracy") == first.mean("accuracy")]
+    if len(tied) > 1:
+        return f"Tied: {', '.join(strong(g.label) for g in tied)}, {accuracy}."
+    sentence = f"Winner: {strong(first.label)}, {accuracy}"
+    (versus,) = significance(groups[:2]) or [None]  # none: a single entry
+    if isinstance(versus, Comparison) and not versus.significant:
+        sentence += (f"; not distinguishable from {strong(groups[1].label)} on this data (McNemar p = "
+                     f"{versus.p_value:.2g}, below)")
+    return sentence + "."
+
+
+def _html_strong(label: str) -> str:
+    return f"<b>{html.escape(label)}</b>"
+
+
+SIGNIFICANCE_NOTE = ("McNemar's exact test on the paired test predictions (the first seed of each entry where it has "
+                     "several; with --folds the pooled predictions of all folds) and a 95 % bootstrap interval of the "
+                     "accuracy difference.")
+
+
+def notes(groups: list[Group]) -> list[str]:
+    """What the leaderboard's numbers leave out: unreadable images, training times that skipped the frozen pass."""
+    out = []
+    skipped = sorted({path for g in groups for path in g.first.extra.get("skipped", [])})
+    if skipped:
+        out.append(f"{len(skipped)} unreadable image file(s) were left out of every entry (listed in skipped.txt): "
+                   + ", ".join(Path(path).name for path in skipped[:5]) + (", ..." if len(skipped) > 5 else "") + ".")
+    if any(r.metrics.get("feature_cache_hit") for g in groups for r in g.records):
+        out.append("'train s' counts the frozen backbone's pass over the images only where this run computed it; "
+                   "entries whose features came from the cache show the head's training alone.")
+    return out
+
+
 def _leaderboard(groups: list[Group]) -> str:
     """The winner in a sentence, then the leaderboard table."""
     rows, shown = leaderboard_rows(groups), columns(groups)
-    winner = groups[0]
-    note = f"<p class=note>{html.escape(suspects_note(groups))}</p>" if suspects_of(groups) else ""
-    return (f"<p>Winner: <b>{html.escape(winner.label)}</b>, test accuracy {winner.mean('accuracy'):.4f} on "
-            f"{winner.first.metrics.get('n_test')} test images.</p>"
+    said = [suspects_note(groups)] * bool(suspects_of(groups)) + notes(groups)
+    note = "".join(f"<p class=note>{html.escape(line)}</p>" for line in said)
+    return (f"<p>{winner_sentence(groups, _html_strong)}</p>"
             + _table([HEADINGS.get(c, c) for c in shown], [[row[c] for c in shown] for row in rows],
                      numeric_from=2, css="sortable") + note)
 

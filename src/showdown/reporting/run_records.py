@@ -84,6 +84,7 @@ def _load_run(run_dir: Path) -> list[EntryRecord]:
              if row.get("runtime") == "torch" and row.get("precision") == "fp32"}
     suspects = read_suspects(run_dir, summary)
     extra = {"suspects": suspects} if suspects else {}
+    extra["skipped"] = summary.get("skipped_files", [])  # unreadable images, left out of every entry
     rerun = (summary.get("label_issues") or {}).get("rerun")
     if rerun and (run_dir / rerun["folder"] / SUMMARY_JSON).is_file():  # --drop-label-issues
         extra["without_label_issues"] = load_run(run_dir / rerun["folder"])

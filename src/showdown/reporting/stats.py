@@ -30,17 +30,21 @@ class Comparison:
         return self.p_value < self.alpha
 
     def verdict(self) -> str:
+        discordant = f"{self.only_a} vs {self.only_b} discordant images"
         if not self.significant:  # the interval too, as the report promises: the reader sees how wide it is
             interval = "" if math.isnan(self.diff_low) else (  # NaN: no predictions to resample
                 f"; accuracy difference {self.a} - {self.b} {100 * self.diff_low:+.1f} to "
                 f"{100 * self.diff_high:+.1f} points, 95 % bootstrap")
+            if self.diff_low > 0 or self.diff_high < 0:  # the interval leaves out 0 where McNemar finds nothing
+                return (f"{self.a} and {self.b}: borderline, the two tests disagree (McNemar p = {self.p_value:.2g}, "
+                        f"not significant; {discordant}{interval}, which leaves out 0)")
             return (f"{self.a} and {self.b} are not distinguishable on this data "
-                    f"(McNemar p = {self.p_value:.2g}; {self.only_a} vs {self.only_b} discordant images{interval})")
+                    f"(McNemar p = {self.p_value:.2g}; {discordant}{interval})")
         better, worse = (self.a, self.b) if self.only_a > self.only_b else (self.b, self.a)
         # the interval is of accuracy(a) - accuracy(b): told as better minus worse, so its sign reads as the verdict
         low, high = (self.diff_low, self.diff_high) if better == self.a else (-self.diff_high, -self.diff_low)
-        return (f"{better} is better than {worse} (McNemar p = {self.p_value:.2g}; accuracy difference "
-                f"{100 * low:+.1f} to {100 * high:+.1f} points, 95 % bootstrap)")
+        return (f"{better} is better than {worse} (McNemar p = {self.p_value:.2g}; {discordant}; accuracy "
+                f"difference {100 * low:+.1f} to {100 * high:+.1f} points, 95 % bootstrap)")
 
 
 def mcnemar_exact(correct_a: np.ndarray, correct_b: np.ndarray) -> tuple[int, int, float]:
