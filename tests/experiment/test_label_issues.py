@@ -134,3 +134,5 @@ def test_the_line_names_the_classes_too_small_to_judge_by_the_folds_actually_use
                                       "classes of a single image, not judged: lonely")
     assert describe({**summary, "thin_classes": {}}).endswith("listed in label_issues.csv")
     assert "listed in" not in describe({**summary, "flagged": 0, "thin_classes": {}})  # no file is written then
+    weak = describe({**summary, "thin_classes": {}, "out_of_fold_accuracy": 0.45})
+    assert weak.endswith("; the out-of-fold heads behind them score only 0.45, so many are their own mistakes")

@@ -27,7 +27,7 @@ from showdown.experiment.phases import CACHEABLE_AUGMENTS, train_settings
 from showdown.fileio import write_csv
 from showdown.frozen.feature_cache import extract_views
 from showdown.models.backbones import Backbone
-from showdown.reporting.label_issues import LABEL_ISSUES
+from showdown.reporting.label_issues import LABEL_ISSUES, weak_heads
 from showdown.training.loop import TrainSettings
 from showdown.training.out_of_fold import RECIPE as OUT_OF_FOLD_RECIPE
 from showdown.training.out_of_fold import fold_count, out_of_fold
@@ -137,6 +137,8 @@ def describe(summary: dict) -> str:
     single = [name for name, n in thin.items() if n == 1]
     return (f"label issues: {summary['flagged']} image(s) flagged by cleanlab on {summary['backbone']} features "
             f"({per_split}; {summary['seconds']:.1f} s)" + (f"; listed in {LABEL_ISSUES}" if summary["flagged"] else "")
+            + (f"; the out-of-fold heads behind them score only {summary['out_of_fold_accuracy']:.2f}, so many are "
+               "their own mistakes" if weak_heads(summary) else "")
             + (f"; classes with fewer images than the {summary['folds']} folds, judged less surely: "
                + _some(f"{name} ({n})" for name, n in few.items()) if few else "")
             + ("; classes of a single image, not judged: " + _some(single) if single else ""))

@@ -23,6 +23,21 @@ class Suspects:
         return {row["path"] for row in self.rows if row["split"] == "test"}
 
 
+# Flags worth an accuracy without them: out-of-fold heads this good, flagging at most this share of the test images
+TRUSTED_HEADS, TRUSTED_SHARE = 0.7, 0.2
+
+
+def weak_heads(summary: dict) -> bool:
+    """Whether the out-of-fold heads behind the flags score below TRUSTED_HEADS: many flags are their mistakes."""
+    judged = summary.get("out_of_fold_accuracy")
+    return judged is not None and judged < TRUSTED_HEADS
+
+
+def trusted(suspects: Suspects, n_test: int | None) -> bool:
+    """Whether the flags are good enough to rank the entries on the test images they leave."""
+    return not weak_heads(suspects.summary) and len(suspects.test_paths) <= TRUSTED_SHARE * (n_test or 0)
+
+
 def read_suspects(run_dir: str | Path, summary: dict | None) -> Suspects | None:
     """The run's label issues, or None when the run looked for none (`--label-issues off`, older runs)."""
     found = (summary or {}).get("label_issues")

@@ -33,7 +33,7 @@ from showdown.reporting.fairness import (
     verdict,
 )
 from showdown.reporting.interactive import CellImages, confusion_table, script_policy, script_tag
-from showdown.reporting.label_issues import WITHOUT_LABEL_ISSUES, Suspects, accuracy_without
+from showdown.reporting.label_issues import WITHOUT_LABEL_ISSUES, Suspects, accuracy_without, trusted
 from showdown.reporting.plots import (
     confusion_png,
     curves_png,
@@ -166,15 +166,6 @@ def _without_suspects(group: Group, paths) -> float | None:
     values = [value for record in group.records
               if (value := accuracy_without(record.predictions, paths)[0]) is not None]
     return sum(values) / len(values) if values else None
-
-
-# Flags worth an accuracy without them: out-of-fold heads this good, flagging at most this share of the test images
-TRUSTED_HEADS, TRUSTED_SHARE = 0.7, 0.2
-
-
-def trusted(suspects: Suspects, n_test: int | None) -> bool:
-    judged = suspects.summary.get("out_of_fold_accuracy")
-    return (judged is None or judged >= TRUSTED_HEADS) and len(suspects.test_paths) <= TRUSTED_SHARE * (n_test or 0)
 
 
 def columns(groups: list[Group]) -> list[str]:
