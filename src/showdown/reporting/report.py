@@ -230,10 +230,13 @@ def markdown(groups: list[Group], tests: list, title: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _table(header: list[str], rows: list[list[str]], numeric_from: int = 1, css: str = "") -> str:
+def _table(header: list[str], rows: list[list[str]], numeric_from: int = 1, css: str = "",
+           numeric_until: int | None = None) -> str:
+    """Columns numeric_from to numeric_until (exclusive; None: the last) are numbers, aligned right."""
     e = html.escape
+    until = len(header) if numeric_until is None else numeric_until
     head = "".join(f"<th>{e(h)}</th>" for h in header)
-    body = "".join("<tr>" + "".join(f"<td{' class=num' if i >= numeric_from else ''}>{e(str(c))}</td>"
+    body = "".join("<tr>" + "".join(f"<td{' class=num' if numeric_from <= i < until else ''}>{e(str(c))}</td>"
                                     for i, c in enumerate(row)) + "</tr>" for row in rows)
     return f"<table{f' class={css}' if css else ''}><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
@@ -302,7 +305,7 @@ def _reproduce(record: EntryRecord) -> str:
         facts.append([f"tuned values {label}".strip(), ", ".join(f"{k} = {v}" for k, v in search["values"].items())
                       or search["chosen"]])
     config = json.dumps(record.config, indent=2, default=str)
-    return (_table(["", ""], [[k, v] for k, v in facts], numeric_from=99)
+    return (_table(["what", "value"], [[k, v] for k, v in facts], numeric_from=99)
             + f"<details><summary>configuration</summary><pre>{e(config)}</pre></details>")
 
 
@@ -439,7 +442,7 @@ def _leaderboard(groups: list[Group]) -> str:
     note = "".join(f"<p class=note>{html.escape(line)}</p>" for line in said)
     return (f"<p>{winner_sentence(groups, _html_strong)}</p>"
             + _table([HEADINGS.get(c, c) for c in shown], [[row[c] for c in shown] for row in rows],
-                     numeric_from=2, css="sortable") + note)
+                     numeric_from=2, numeric_until=len(shown) - ("weights" in shown), css="sortable") + note)
 
 
 def _rerun(groups: list[Group], clean: list[Group]) -> str:
