@@ -36,7 +36,7 @@ timed() {  # timed LABEL CMD...: runs CMD, appends its output and wall time to t
 }
 
 # The device tests: those that need CUDA skip elsewhere and run here (the rest of the suite runs on the CPU).
-timed cuda-tests python3 -m pytest -q -rs -p no:cacheprovider tests/test_devices.py
+timed cuda-tests python3 -m pytest -q -rs -p no:cacheprovider tests/training/test_devices.py
 timed preset-lite0-head python3 -m showdown run --preset cifar10-lite0-head --device cuda --data-root "$DATA" \
     --workers auto --no-record --out "$OUT/runs/lite0-head"
 timed resnet50-finetune python3 -m showdown run --data cifar10 --data-root "$DATA" --models resnet50 \
