@@ -132,6 +132,10 @@ def test_ray_executor_gives_the_single_run_and_survives_a_killed_worker(cluster,
     # the retry resumed the killed shard's folder: the entry finished before the kill was kept, not trained again
     assert {path: path.stat().st_mtime_ns for path in finished} == finished
     assert f"run folder: {out}" in output and "efficientnet_lite0" in output.rsplit("merged 3 entries", 1)[1]
+    # one table, the merged run's: each shard's output is in its log file, not on the console with Ray's colours
+    # (Ray's own word on the killed worker still comes)
+    assert output.count("run folder: ") == 1 and "(run_shard pid=" not in output, output
+    assert all("[head] epoch" in (out / "shards" / f"shard-{i}.log").read_text() for i in (0, 1))
     assert int((out / "shards" / f"{killed}.pid").read_text()) != pid  # a new worker ran it
     rows, expected = _summary(out)["rows"], _summary(single)["rows"]
     assert [row["folder"] for row in rows] == [row["folder"] for row in expected]  # every entry once, in run order
@@ -206,7 +210,7 @@ def test_shard_paths_are_absolute_for_workers_started_elsewhere(tmp_path, monkey
     (tmp_path / "w" / "x.safetensors").write_bytes(b"")
     monkeypatch.chdir(tmp_path)
     config = RunConfig(data="demo", data_root="w", weights_dir="w", weights={"efficientnet_lite0": "w/x.safetensors"})
-    values = _shard_values(config, 0, Plan(count=2, cpus=1, gpu=False))
+    values = _shard_values(config, 0, Plan(count=2, cpus=1, gpu=False), tmp_path / "shard-0.log")
     assert values["data_root"] == values["weights_dir"] == str(tmp_path / "w")
     assert values["weights"] == {"efficientnet_lite0": str(tmp_path / "w" / "x.safetensors")}
     assert values["data"] == "demo"  # a name, not a path here

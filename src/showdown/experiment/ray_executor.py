@@ -98,8 +98,9 @@ def _run_shards(ray, config: RunConfig, echo: Callable[[str], None]):
          f"{the_plan.describe()} (cluster: {_describe(ray.cluster_resources())})")
     for index, models in enumerate(assign(config.models, the_plan.count, config.image_size)):
         echo(f"  shard {index}/{the_plan.count}: {', '.join(models)}")
-    pending = [task.remote(_shard_values(config, index, the_plan), str(shards / f"shard-{index}"))
-               for index in range(the_plan.count)]
+    echo(f"  each shard's progress: {shards}/shard-I.log")
+    pending = [task.remote(_shard_values(config, index, the_plan, shards / f"shard-{index}.log"),
+                           str(shards / f"shard-{index}")) for index in range(the_plan.count)]
     folders = _wait(ray, pending)
     # the merged folder records the run as asked (Ray, its report and record), not the shards' settings
     merge(folders, out, report=config.report, record=config.record, db=config.db, echo=echo, keep=SHARDS,
@@ -128,7 +129,9 @@ def _connect(address: str | None) -> None:
     """--ray-address, else $RAY_ADDRESS, else a cluster running on this machine, else a local one."""
     import ray
 
-    quiet = {"logging_level": logging.WARNING, "configure_logging": True}
+    # the shards' own output stays in their log files (shards/shard-I.log), not interleaved on this console with
+    # Ray's colour codes; Ray's notes below errors (its token-authentication warning) are left out too
+    quiet = {"logging_level": logging.ERROR, "configure_logging": True, "log_to_driver": False}
     address = address or os.environ.get("RAY_ADDRESS")
     if address and not _answers(address):  # Ray itself would retry for minutes
         raise ConfigError(f"--executor ray: no Ray cluster answers at {address} (start one with `ray start --head`)")
@@ -156,12 +159,13 @@ def _answers(address: str) -> bool:
     return True
 
 
-def _shard_values(config: RunConfig, index: int, the_plan: Plan) -> dict:
+def _shard_values(config: RunConfig, index: int, the_plan: Plan, log: Path) -> dict:
     """The configuration of shard `index`: a plain `--shard I/N` run, paths absolute, no report or database row
-    (the merge writes them), the device the task was given, and decoding workers within its CPUs."""
+    (the merge writes them), its progress in `log`, the device the task was given, and decoding workers within its
+    CPUs."""
     values = absolute_paths(config).to_dict()
     values.update(shard=f"{index}/{the_plan.count}", executor="local", ray_address=None, report=False, record=False,
-                  assert_accuracy_at_least=None)
+                  assert_accuracy_at_least=None, log_file=str(log))
     if the_plan.gpu:
         values["device"] = "cuda"  # Ray shows the task its one GPU as cuda:0
     if config.workers == "auto":
