@@ -141,6 +141,9 @@ def test_merge_refuses_other_seeds_other_data_and_duplicates(runs, tmp_path, cap
     copy = shutil.copytree(runs["1"], tmp_path / "copy")
     assert "entry efficientnet_lite0-head is in both" in _refused(capsys, runs["1"], copy, "--out", out, db=db)
     assert "shard(s) 1/2 missing: merge needs every shard" in _refused(capsys, runs["0"], "--out", out, db=db)
+    unsharded = shutil.copytree(runs["1"], tmp_path / "unsharded")  # as if run without --shard
+    (unsharded / "config.yaml").write_text((unsharded / "config.yaml").read_text().replace("shard: 1/2", "shard: null"))
+    assert "different --shard splits (0/2, unsharded)" in _refused(capsys, runs["0"], unsharded, "--out", out, db=db)
     damaged = shutil.copytree(runs["1"], tmp_path / "damaged")
     entry = next(p for p in damaged.iterdir() if (p / "metrics.json").is_file())
     (entry / "predictions.csv").unlink()

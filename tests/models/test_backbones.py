@@ -108,8 +108,10 @@ def test_weights_file_for_another_architecture_is_refused(tmp_path):
 
     path = tmp_path / "wrong.safetensors"
     save_file(timm.create_model("resnet18").state_dict(), str(path))
-    with pytest.raises(ModelError, match="do not fit"):
+    with pytest.raises(ModelError, match="do not fit") as refused:
         load_backbone("resnet50", weights_file=path)
+    said = str(refused.value)  # which keys, not torch's first line alone ("Error(s) in loading state_dict for X:")
+    assert "Missing key(s) in state_dict" in said and "\n" not in said and not said.endswith(":")
 
 
 class _Evil:
@@ -128,3 +130,10 @@ def test_malicious_pickle_is_refused_and_never_runs(tmp_path):
     with pytest.raises(ModelError, match="refused"):
         load_backbone("resnet18", weights_file=path)
     assert not created.exists()
+
+
+def test_a_damaged_tflite_file_says_what_is_wrong(tmp_path):
+    path = tmp_path / "bad.tflite"
+    path.write_bytes(b"\x00" * 64)
+    with pytest.raises(ModelError, match="is not a readable TFLite file \\(not a TFLite flatbuffer: "):
+        load_backbone("mobilenet_v2", weights_file=path)

@@ -156,7 +156,8 @@ def _check_complete(shards: list[Shard]) -> None:
         return  # runs made without --shard: joined as they are
     counts = {text.split("/")[1] for text in given if text}
     if None in given or len(counts) != 1:
-        raise ConfigError(f"cannot merge runs of different --shard splits ({', '.join(map(str, given))})")
+        raise ConfigError("cannot merge runs of different --shard splits "
+                          f"({', '.join(text or 'unsharded' for text in given)})")
     count = counts.pop()
     missing = sorted(set(range(int(count))) - {int(text.split("/")[0]) for text in given})
     if missing:

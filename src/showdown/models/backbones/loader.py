@@ -134,8 +134,15 @@ def _create(timm_name: str, kwargs: dict, found: FoundWeights | None, use_hub: b
         # timm applies the architecture's own key filter (torchvision layouts) and loads strictly.
         return timm.create_model(timm_name, pretrained=True, pretrained_cfg_overlay=overlay, **kwargs)
     except (RuntimeError, KeyError) as exc:
-        first = str(exc).strip().splitlines()[0][:200]
-        raise ModelError(f"the weights do not fit {timm_name}: {first}") from exc
+        raise ModelError(f"the weights do not fit {timm_name}: {_misfit(exc)}") from exc
+
+
+def _misfit(exc: BaseException, limit: int = 300) -> str:
+    """torch's strict-load error in one line: its first line says only "Error(s) in loading state_dict for X:", the
+    ones after it which keys are missing, unexpected or of another size."""
+    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+    detail = "; ".join(lines[1:]) or (lines[0] if lines else type(exc).__name__)
+    return detail if len(detail) <= limit else detail[:limit] + " ..."
 
 
 def weights_missing(name: str, *, weights_file: str | Path | None = None, weights_dir: str | Path | None = None,

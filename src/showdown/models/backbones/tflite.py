@@ -65,7 +65,10 @@ def read_tflite(path: Path) -> tuple[list[Layer], tuple[float, float]]:
         model = tflite.Model.GetRootAsModel(path.read_bytes(), 0)
         graph = model.Subgraphs(0)
     except Exception as exc:
-        raise ModelError(f"{path} is not a readable TFLite file ({type(exc).__name__})") from exc
+        raise ModelError(f"{path} is not a readable TFLite file (not a TFLite flatbuffer: {type(exc).__name__}"
+                         + (f": {str(exc)[:120]})" if str(exc) else ")")) from exc
+    if graph is None:  # bytes that parse as an empty flatbuffer (zeros, a truncated download)
+        raise ModelError(f"{path} is not a readable TFLite file (not a TFLite flatbuffer: it holds no graph)")
     names = {v: k for k, v in vars(tflite.BuiltinOperator).items() if not k.startswith("_")}
     layers = []
     for i in range(graph.OperatorsLength()):
