@@ -54,7 +54,8 @@ class RunConfig:
     weights: dict[str, str] = option(  # model name -> weights file
         {}, "weights file (.safetensors, .pth, .tflite, .h5, .keras); MODEL=FILE when several models run",
         group=MODELS, metavar="[MODEL=]FILE")
-    weights_dir: str | None = option(None, "folder with TFLite weights", group=MODELS, unset="$SHOWDOWN_WEIGHTS")
+    weights_dir: str | None = option(None, "folder with TFLite weights", group=MODELS,
+                                     unset="$SHOWDOWN_WEIGHTS, else ~/.cache/showdown/weights")
     pretrained: bool = option(True, "random init instead of pretrained weights", group=MODELS)
     allow_random_init: bool = option(
         False, "fall back to random init when no weights are found (the table marks such rows)", group=MODELS)
