@@ -293,6 +293,7 @@ def test_loader_workers_start_from_a_fork_server_where_jax_runs_threads(monkeypa
 
     from showdown.data.images import _worker_start
 
+    monkeypatch.delitem(sys.modules, "jax", raising=False)  # a TFLite export's test may have loaded it here
     assert _worker_start(2, pin_memory=False) is None  # a plain fork: instant
     monkeypatch.setitem(sys.modules, "jax", types.ModuleType("jax"))
     started = _worker_start(2, pin_memory=False)

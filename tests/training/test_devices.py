@@ -83,6 +83,28 @@ def test_a_compile_failure_is_one_log_line_and_training_goes_on_eagerly(monkeypa
     assert len(history) == 3 and history[-1]["train_loss"] < history[0]["train_loss"]
 
 
+def test_a_backward_compile_failure_is_one_log_line_too(monkeypatch, caplog):
+    """torch.compile builds the backward graph at the first backward pass (where a process that imported distutils
+    before setuptools fails an assertion of setuptools'): that failure falls back to eager training too."""
+
+    class CompilerBroke(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x):
+            return x.clone()
+
+        @staticmethod
+        def backward(ctx, grad):
+            raise AssertionError("/usr/lib/python3.11/distutils/core.py")
+
+    monkeypatch.setattr(torch, "compile", lambda net: lambda x: CompilerBroke.apply(net(x)))
+    with caplog.at_level(logging.WARNING):
+        _, history = _head_fit(compile=True)
+    notes = [r.getMessage() for r in caplog.records if "--compile" in r.getMessage()]
+    assert notes == ["--compile: torch.compile failed (AssertionError: /usr/lib/python3.11/distutils/core.py); "
+                     "training eagerly"]
+    assert len(history) == 3 and history[-1]["train_loss"] < history[0]["train_loss"]
+
+
 def test_bench_on_an_explicit_cpu_device(tmp_path):
     result = run_cli("bench", "--device", "cpu", "--models", "efficientnet_lite0", "--image-size", "64", "--repeats",
                      "2", "--no-onnx", "--precision", "fp32", "--out", str(tmp_path / "bench"))

@@ -133,7 +133,16 @@ def run_epoch(model, batches, loss_fn, step: Optimizing | None = None, how: Epoc
                     logits = model(inputs)
                 loss = loss_fn(logits.float(), soft)
                 step.optimizer.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
+                try:
+                    scaler.scale(loss).backward()
+                except Exception as exc:  # torch.compile builds the backward graph here, at the first backward
+                    if not (isinstance(model, _CompiledOrEager) and model.give_up(exc)):
+                        raise
+                    with autocast(how.precision, device.type):  # the same batch again, eagerly
+                        logits = model(inputs)
+                    loss = loss_fn(logits.float(), soft)
+                    step.optimizer.zero_grad(set_to_none=True)
+                    scaler.scale(loss).backward()
             if step.grad_clip:
                 scaler.unscale_(step.optimizer)
                 nn.utils.clip_grad_norm_([p for g in step.optimizer.param_groups for p in g["params"]],
@@ -379,9 +388,17 @@ class _CompiledOrEager:
             try:
                 return self.compiled(inputs)
             except Exception as exc:  # any compiler failure only costs speed
-                _note_once(f"--compile: torch.compile failed ({one_line(exc)}); training eagerly")
-                self.compiled = None
+                self.give_up(exc)
         return self.eager(inputs)
+
+    def give_up(self, exc: Exception) -> bool:
+        """Train eagerly from now on, after `exc` from compiling (the forward, or the backward at the first
+        backward pass); False where it already does (then `exc` is not the compiler's)."""
+        if self.compiled is None:
+            return False
+        _note_once(f"--compile: torch.compile failed ({one_line(exc)}); training eagerly")
+        self.compiled = None
+        return True
 
 
 def _compiled(net, compile: bool):
