@@ -47,3 +47,17 @@ def test_cli_error_is_one_line(tmp_path):
     result = run_cli("run", "--models", "vgg16", "--weights", GENUINE, "--out", tmp_path / "r")
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1 and "holds Keras MobileNet weights" in result.stderr
+
+
+@needs_genuine
+def test_a_tensor_missing_from_its_layer_is_named(tmp_path):
+    """The file reads, but a layer names a weight it no longer holds: said so, with the weight's name (it was
+    "not a readable Keras weights file")."""
+    broken = tmp_path / "mobilenet_2_5_224_tf_no_top.h5"
+    shutil.copy(GENUINE, broken)
+    with h5py.File(broken, "r+") as f:
+        group = f["conv_pw_7_bn"]
+        name = next(n for n in group.attrs["weight_names"] if b"moving_variance" in n)
+        del group[name.decode()]
+    with pytest.raises(ModelError, match="lacks a weight one of its layers names .*moving_variance"):
+        load_backbone("mobilenet_v1", weights_file=broken)

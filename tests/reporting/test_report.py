@@ -355,3 +355,16 @@ def test_flags_from_weak_heads_give_no_accuracy_without_them(report_run):
         assert f"which score {judged:.2f} on the images they did not train on" in note
         assert ("too weak, or flag too many" in note) != shown
         assert ("flags come from efficientnet_lite1's features" in note) == shown
+
+
+def test_a_diverged_trial_does_not_squash_the_search_figure():
+    """One trial at loss 6 beside the others' 0.8-1.3: the axis stops at twice the median loss and counts the one
+    above, so the trials that matter are not pressed into a few pixels."""
+    from showdown.reporting.plots import search_figure
+
+    trials = [{"number": i, "value": v, "state": "complete"} for i, v in enumerate([0.82, 0.95, 6.1, 1.2])]
+    fig = search_figure([("", {"trials": trials, "default_val_loss": 0.9})], "lite0")
+    (ax,) = fig.axes
+    assert ax.get_ylim()[1] < 2.5 and ax.get_yscale() == "linear"
+    assert [t.get_text() for t in ax.texts] == ["1 above ↑"]
+    assert sorted(x for c in ax.collections for x, _ in c.get_offsets()) == [1, 2, 3, 4]  # numbered from 1

@@ -188,6 +188,7 @@ def search_figure(searches: list[tuple[str, dict]], title: str):
     """Validation loss of every trial of a hyper-parameter search (pruned ones at their last reported epoch),
     the best so far as a line, and the default configuration's loss dashed."""
     fig, ax = plt.subplots(figsize=(5.5, 3.2))
+    shown: list[float] = []
     for (label, search), color in zip(searches, plt.rcParams["axes.prop_cycle"].by_key()["color"]):
         trials = [t for t in search["trials"] if t["value"] is not None and np.isfinite(t["value"])]
         done = [t for t in trials if t["state"] == "complete"]
@@ -205,7 +206,15 @@ def search_figure(searches: list[tuple[str, dict]], title: str):
                     where="post", color=color, linewidth=1)
         if np.isfinite(search["default_val_loss"]):
             ax.axhline(search["default_val_loss"], color=color, linestyle="--", linewidth=0.8)
-    ax.set_yscale("log")
+            shown.append(search["default_val_loss"])
+        shown += [t["value"] for t in trials]
+    # A linear axis up to twice the median loss: a diverged trial (loss 6 beside 0.8-1.3) would squash the rest
+    # into a few pixels; the ones above are counted at the top instead
+    if shown and max(shown) > 2 * float(np.median(shown)):
+        top = 2 * float(np.median(shown))
+        ax.set_ylim(min(shown) * 0.95, top)
+        ax.annotate(f"{sum(value > top for value in shown)} above ↑", (1, 1), xycoords="axes fraction",
+                    ha="right", va="bottom", fontsize=7)
     ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     ax.set_xlabel("trial (dashed: default configuration)")
     ax.set_ylabel("validation loss")

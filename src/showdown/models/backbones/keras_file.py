@@ -48,7 +48,9 @@ def read_keras_weights(path: Path) -> KerasWeights:
                 text = f.attrs.get("model_config")
                 config = json.loads(text) if text is not None else None
                 layers = _read(f)
-    except (OSError, KeyError, zipfile.BadZipFile, json.JSONDecodeError) as exc:
+    except KeyError as exc:  # h5py: a layer names a weight the file does not hold
+        raise ModelError(f"{path} lacks a weight one of its layers names ({str(exc).splitlines()[0][:160]})") from exc
+    except (OSError, zipfile.BadZipFile, json.JSONDecodeError) as exc:
         raise ModelError(f"{path} is not a readable Keras weights file ({type(exc).__name__}: "
                          f"{str(exc).splitlines()[0][:120]})") from exc
     if not layers:
