@@ -50,6 +50,8 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message: str):
         message = " ".join(line.strip() for line in message.splitlines())
+        if message.endswith("expected one argument"):  # `--shard -1/2`: argparse reads the value as a flag
+            message += " (a value that starts with '-' goes after '=', e.g. --shard=-1/2)"
         self.exit(2, f"error: {message} (see `{self.prog} --help`)\n")
 
 

@@ -148,3 +148,13 @@ def test_debug_after_the_command_shows_the_traceback_too(tmp_path, capsys):
         main(["run", "--data", str(tmp_path / "nowhere"), "--debug"])  # raised: the console prints its traceback
     assert main(["run", "--data", str(tmp_path / "nowhere")]) == 2 and "Traceback" not in capsys.readouterr().err
 
+
+
+def test_a_value_argparse_takes_for_a_flag_gets_a_hint(capsys):
+    from showdown.cli import main
+
+    with pytest.raises(SystemExit) as ended:
+        main(["run", "--shard", "-1/2"])
+    said = capsys.readouterr().err
+    assert ended.value.code == 2 and said.count("\n") == 1
+    assert "argument --shard: expected one argument (a value that starts with '-' goes after '='" in said
