@@ -368,3 +368,13 @@ def test_a_diverged_trial_does_not_squash_the_search_figure():
     assert ax.get_ylim()[1] < 2.5 and ax.get_yscale() == "linear"
     assert [t.get_text() for t in ax.texts] == ["1 above ↑"]
     assert sorted(x for c in ax.collections for x, _ in c.get_offsets()) == [1, 2, 3, 4]  # numbered from 1
+
+
+def test_with_folds_the_parameters_are_each_folds_range():
+    """--folds with --tune: each fold's search may pick another head, so the leaderboard gives their range, not
+    fold 1's count as the entry's."""
+    from showdown.reporting.report import _params
+
+    assert _params({"params_m": 4.69, "fold_metrics": [{"params_m": 4.69}, {"params_m": 5.45}]}) == "4.69–5.45"
+    assert _params({"params_m": 4.69, "fold_metrics": [{"params_m": 4.69}, {"params_m": 4.69}]}) == "4.69"
+    assert _params({"params_m": 4.69}) == "4.69"

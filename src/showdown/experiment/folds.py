@@ -138,7 +138,7 @@ def write_pooled(folder: Path, fold_folders: list[Path], fold_rows: list[dict], 
     plot_curves(history, folder / CURVES_PLOT, f"{title}, fold after fold")
     accuracies = [row["accuracy"] for row in fold_rows]
     per_fold = [{"fold": number, **{k: row.get(k) for k in ("accuracy", "loss", "macro_f1", "n_test",
-                                                             "train_seconds", "tune_seconds")}}
+                                                             "train_seconds", "tune_seconds", "params_m")}}
                 for number, row in enumerate(fold_rows, start=1)]
     first = fold_rows[0]
     summary = EntryRow.from_dict({

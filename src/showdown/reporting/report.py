@@ -145,12 +145,20 @@ def leaderboard_rows(groups: list[Group]) -> list[dict]:
             "weighted F1": _fmt(group.mean("weighted_f1"), ".3f"), "loss": _fmt(group.mean("loss"), ".3f"),
             "train s": _fmt(group.mean("train_seconds"), ".1f"),
             "latency ms": _fmt(bench.get("latency_ms"), ".1f"), "size MB": _fmt(bench.get("size_mb"), ".1f"),
-            "params M": _fmt(group.first.metrics.get("params_m"), ".2f"),
+            "params M": _params(group.first.metrics),
             "weights": ("RANDOM INIT: " if group.first.metrics.get("pretrained") is False
                         and not Strategy.parse(group.first.strategy).from_scratch else "")
             + str(group.first.metrics.get("weights")),
         })
     return rows
+
+
+def _params(metrics: dict) -> str:
+    """Millions of parameters; with --folds and --tune each fold's search may choose another head: their range."""
+    per_fold = {f["params_m"] for f in metrics.get("fold_metrics") or [] if f.get("params_m") is not None}
+    if len(per_fold) > 1:
+        return f"{min(per_fold):.2f}–{max(per_fold):.2f}"
+    return _fmt(metrics.get("params_m"), ".2f")
 
 
 COLUMNS = ["rank", "entry", "seeds", "accuracy", "ci", "w/o suspects", "macro F1", "weighted F1", "loss", "train s",
