@@ -60,7 +60,8 @@ def terminated(exc: BaseException) -> bool:
 # What the disk says, in words; any other OSError is a bug or a bad input, not the disk's doing.
 DISK_ERRNOS = {errno.ENOSPC: "no space left on the device", errno.EDQUOT: "disk quota exceeded",
                errno.EROFS: "read-only file system", errno.EACCES: "permission denied",
-               errno.EPERM: "operation not permitted"}
+               errno.EPERM: "operation not permitted",
+               errno.EFBIG: "file too large for the file size limit (ulimit -f)"}
 
 
 def disk_error(exc: BaseException, path, what: str) -> DiskError | None:

@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path, PurePath, PureWindowsPath
 
-from showdown.errors import disk_error
+from showdown.errors import DiskError, disk_error
 
 
 def current_umask() -> int:
@@ -210,6 +210,8 @@ def nearest_existing(path: Path) -> Path:
 def check_writable(folder: Path, what: str) -> None:
     """A DiskError now, before any work, when `folder` (or the folder it would be made in) takes no new file."""
     place = nearest_existing(folder)
+    if not place.is_dir():  # a file where the folder (or one above it) would be
+        raise DiskError(f"could not write {what} {folder}: {place} is a file, not a folder")
     with disk_writes(folder, what):
         fd, name = tempfile.mkstemp(dir=place, prefix=".showdown-probe-")
         os.close(fd)

@@ -299,3 +299,36 @@ def test_loader_workers_start_from_a_fork_server_where_jax_runs_threads(monkeypa
     started = _worker_start(2, pin_memory=False)
     assert started is not None and started.get_start_method() == "forkserver"
     assert multiprocessing.get_start_method() == "fork"  # the process's own default is left alone
+
+
+SMALL_RUN = ["run", "--models", "efficientnet_lite0", "--image-size", "64", "--epochs", "1", "--max-per-class", "4",
+             "--workers", "0", "--no-record", "--no-report"]
+
+
+def test_a_file_where_the_feature_cache_folder_goes_is_one_warning_and_the_run_goes_on(tmp_path, monkeypatch):
+    monkeypatch.setenv("SHOWDOWN_CACHE", str(tmp_path / "cache"))
+    (tmp_path / "cache").mkdir()
+    (tmp_path / "cache" / "features").write_text("junk\n")
+    result = run_cli(*SMALL_RUN, "--out", str(tmp_path / "run"))
+    assert result.returncode == 0, result.stderr
+    assert "features is a file, not a folder; the run goes on without a feature cache" in result.stderr
+
+
+def test_an_emptied_config_yaml_is_said_damaged_not_blamed_on_the_data(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text("")
+    _one_line_error(run_cli("run", "--resume", str(run)), f"{run / 'config.yaml'} is damaged (empty or cut short)")
+
+
+def test_a_file_size_limit_is_one_line_and_resume_goes_on(tmp_path):
+    """`ulimit -f` (EFBIG, as on some clusters): the write that meets it is one line naming the file, not a
+    traceback."""
+    out = tmp_path / "run"
+    limited = subprocess.run(["bash", "-c", 'ulimit -f 2000; exec "$0" -m showdown.cli "$@"', sys.executable,
+                              *SMALL_RUN, "--out", str(out), "--cache-dir", str(tmp_path / "cache")],
+                             capture_output=True, text=True, env={**os.environ, "SHOWDOWN_DAEMON": "off"})
+    lines = [line for line in limited.stderr.splitlines() if "epoch" not in line and not line.startswith("[")]
+    assert limited.returncode == 1 and "Traceback" not in limited.stderr, limited.stderr[-2000:]
+    assert lines[-1].startswith("error: file too large for the file size limit (ulimit -f): could not write")
+    assert run_cli("run", "--resume", str(out)).returncode == 0

@@ -20,7 +20,10 @@ def resumed_config(run_dir: str | Path) -> RunConfig:
     config_file = Path(run_dir) / run_schema.CONFIG
     if not config_file.is_file():
         raise ConfigError(f"{run_dir} is not a showdown run folder (no config.yaml)")
-    config = RunConfig.from_dict(read_config_file(config_file))
+    values = read_config_file(config_file)
+    if not {"models", "data"} <= set(values):  # every run writes them: an emptied or cut file, not changed data
+        raise DamagedFileError(f"{config_file} is damaged (empty or cut short); restore it, or start a new run")
+    config = RunConfig.from_dict(values)
     config.out = str(run_dir)
     return config
 
