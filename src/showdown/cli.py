@@ -387,6 +387,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {reason}" + (f": {exc.filename or repr('')}" if exc.filename is not None else ""),
               file=sys.stderr)
         return 1
+    except RuntimeError as exc:  # torch's own words for shared memory that cannot grow; any other is a bug: shown
+        if args.debug or "unable to resize file" not in str(exc):
+            raise
+        print("error: the image loader's shared memory cannot grow (/dev/shm full, or a file size limit): "
+              "--workers 0 decodes in this process, or give the container more shared memory", file=sys.stderr)
+        return 1
     except KeyboardInterrupt as exc:
         print(last_line(exc), file=sys.stderr)
         return 128 + signal.SIGTERM if terminated(exc) else 130

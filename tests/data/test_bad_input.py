@@ -332,3 +332,16 @@ def test_a_file_size_limit_is_one_line_and_resume_goes_on(tmp_path):
     assert limited.returncode == 1 and "Traceback" not in limited.stderr, limited.stderr[-2000:]
     assert lines[-1].startswith("error: file too large for the file size limit (ulimit -f): could not write")
     assert run_cli("run", "--resume", str(out)).returncode == 0
+
+
+def test_shared_memory_that_cannot_grow_is_one_line_not_a_hang(tmp_path):
+    """The loader's workers hand batches over in shared memory: where it cannot grow (a full /dev/shm, Docker's
+    64 MB; here a file size limit), the run waited forever on a worker whose sending thread had died. Now the
+    batch fails in the worker, the loader raises it, and the command says what to do."""
+    limited = subprocess.run(["bash", "-c", 'ulimit -f 300; exec "$0" -m showdown.cli "$@"', sys.executable,
+                              *SMALL_RUN, "--image-size", "96", "--max-per-class", "10", "--workers", "2",
+                              "--out", str(tmp_path / "run"), "--cache-dir", str(tmp_path / "cache")],
+                             capture_output=True, text=True, timeout=300,
+                             env={**os.environ, "SHOWDOWN_DAEMON": "off"})
+    assert limited.returncode == 1, limited.stderr[-2000:]
+    assert limited.stderr.splitlines()[-1].startswith("error: the image loader's shared memory cannot grow")

@@ -205,13 +205,24 @@ class ImageFiles(Dataset):
         return self.transform(image), label, index  # a transform's own error is a bug: it raises
 
 
+def _stacked(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """torch.stack; in a loader's worker, into shared memory allocated here, as torch's default_collate does. Where
+    /dev/shm (or a file size limit) refuses it, that is then this batch's error, which the loader raises in the
+    main process; the worker's sending thread, where it came up otherwise, left the main process waiting forever."""
+    out = None
+    if torch.utils.data.get_worker_info() is not None:
+        storage = tensors[0]._typed_storage()._new_shared(sum(t.numel() for t in tensors), device=tensors[0].device)
+        out = tensors[0].new(storage).resize_(len(tensors), *tensors[0].shape)
+    return torch.stack(tensors, 0, out=out)
+
+
 def collate_readable(batch):
     """Stack the readable images; report the indices of the ones that were not."""
     good = [b for b in batch if b[0] is not None]
     failed = [b[2] for b in batch if b[0] is None]
     if not good:
         return torch.empty(0), torch.empty(0, dtype=torch.long), torch.empty(0, dtype=torch.long), failed
-    images = torch.stack([b[0] for b in good])
+    images = _stacked([b[0] for b in good])
     labels = torch.tensor([b[1] for b in good])
     indices = torch.tensor([b[2] for b in good])
     return images, labels, indices, failed
