@@ -97,6 +97,8 @@ def intact(entry: Path, read: Callable[[Path], T], *, delete: bool = True) -> T 
     or damaged (`read` raised Damaged): a damaged entry is deleted with one warning where `delete` (the process that
     may write the cache)."""
     if not entry.is_file():
+        if delete and entry.is_dir():  # a folder where the entry goes: no write could ever replace it
+            discard(entry, "a folder, not a cache entry")
         return None
     try:
         value = read(entry)

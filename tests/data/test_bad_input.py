@@ -345,3 +345,16 @@ def test_shared_memory_that_cannot_grow_is_one_line_not_a_hang(tmp_path):
                              env={**os.environ, "SHOWDOWN_DAEMON": "off"})
     assert limited.returncode == 1, limited.stderr[-2000:]
     assert limited.stderr.splitlines()[-1].startswith("error: the image loader's shared memory cannot grow")
+
+
+def test_a_folder_where_a_feature_cache_entry_goes_is_deleted_and_recomputed(tmp_path):
+    """No write could replace it (the atomic rename onto a folder fails), so it failed every later run."""
+    cache = tmp_path / "cache"
+    assert run_cli(*SMALL_RUN, "--out", str(tmp_path / "a"), "--cache-dir", str(cache)).returncode == 0
+    entries = sorted(cache.glob("*.safetensors"))
+    for entry in entries:
+        entry.unlink()
+        entry.mkdir()
+    again = run_cli(*SMALL_RUN, "--out", str(tmp_path / "b"), "--cache-dir", str(cache))
+    assert again.returncode == 0, again.stderr
+    assert entries and all(entry.is_file() for entry in entries) and "a folder, not a cache entry" in again.stderr
