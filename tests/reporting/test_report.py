@@ -322,10 +322,11 @@ def _twin_runs(report_run, lower_by: float):
 def test_the_winner_line_says_a_tie_and_a_runner_up_it_cannot_be_told_from(report_run):
     from showdown.reporting.report import markdown, significance, winner_sentence
 
-    assert winner_sentence(_twin_runs(report_run, 0.0)).startswith(
+    tied = _twin_runs(report_run, 0.0)
+    assert winner_sentence(tied, significance(tied)).startswith(
         "Tied: **efficientnet_lite0 / head (run 1)**, **efficientnet_lite0 / head (run 2)**, test accuracy")
     groups = _twin_runs(report_run, 0.01)
-    said = winner_sentence(groups)
+    said = winner_sentence(groups, significance(groups))
     assert said.startswith("Winner: **efficientnet_lite0 / head (run 1)**") and said.endswith(
         "; not distinguishable from **efficientnet_lite0 / head (run 2)** on this data (McNemar p = 1, below).")
     # with two seeds each, the image-by-image test is of the first seed's predictions, and says so

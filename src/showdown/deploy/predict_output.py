@@ -14,6 +14,7 @@ from showdown.data.folder import identity
 from showdown.deploy.inputs import expand_inputs, folder_labels
 from showdown.deploy.predict import open_model, predict_files, predict_workers
 from showdown.errors import ConfigError, DataError
+from showdown.fileio import nearest_existing
 
 
 def output_format(output: str | None) -> str:
@@ -43,7 +44,7 @@ def _check_output(output: str) -> None:
         raise ConfigError("--output is empty; name a file, e.g. predictions.csv")
     if path.is_dir():
         raise ConfigError(f"--output {output} is a folder; name a file in it, e.g. {path / 'predictions.csv'}")
-    folder = next((parent for parent in path.parents if parent.exists()), Path("."))
+    folder = nearest_existing(path.parent)
     if not folder.is_dir():
         raise ConfigError(f"--output {output}: {folder} is a file, not a folder")
 

@@ -213,7 +213,7 @@ def suspects_note(groups: list[Group]) -> str:
 def markdown(groups: list[Group], tests: list, title: str) -> str:
     rows, shown = leaderboard_rows(groups), columns(groups)
     table = render([HEADINGS.get(c, c) for c in shown], [[row[c] for c in shown] for row in rows], markdown=True)
-    lines = [f"# {title}", "", winner_sentence(groups), "", table]
+    lines = [f"# {title}", "", winner_sentence(groups, tests), "", table]
     if suspects_of(groups):
         lines += ["", suspects_note(groups)]
     lines += [line for note in notes(groups) for line in ("", note)]
@@ -342,7 +342,7 @@ def render_html(groups: list[Group], tests: list, title: str) -> str:
     thumbs = Thumbnails()
     sections = []
     winner = groups[0]
-    sections.append(("leaderboard", "Leaderboard", _leaderboard(groups)))
+    sections.append(("leaderboard", "Leaderboard", _leaderboard(groups, tests)))
     verdicts = _verdicts(tests)
     found = checks([g.first for g in groups], [g.label for g in groups])
     sections.append(("fairness", "How fair was it?", f"<p><b>{e(verdict(found))}</b></p><ul>" + "".join(
@@ -405,16 +405,17 @@ script-src {script_policy()}">
 """
 
 
-def winner_sentence(groups: list[Group], strong=lambda label: f"**{label}**") -> str:
+def winner_sentence(groups: list[Group], tests: list, strong=lambda label: f"**{label}**") -> str:
     """The winner, tied where the next has the same mean accuracy, and said not to be told apart from the runner-up
-    where the image-by-image test finds no difference. `strong` marks a label up (Markdown's bold by default)."""
+    where the image-by-image test finds no difference (`tests`, significance(groups): its first compares the top
+    two). `strong` marks a label up (Markdown's bold by default)."""
     first, n_test = groups[0], groups[0].first.metrics.get("n_test")
     accuracy = f"test accuracy {first.mean('accuracy'):.4f} on {n_test} test images"
     tied = [g for g in groups if g.mean("accuracy") == first.mean("accuracy")]
     if len(tied) > 1:
         return f"Tied: {', '.join(strong(g.label) for g in tied)}, {accuracy}."
     sentence = f"Winner: {strong(first.label)}, {accuracy}"
-    (versus,) = significance(groups[:2]) or [None]  # none: a single entry
+    versus = tests[0] if len(groups) > 1 and tests else None
     if isinstance(versus, Comparison) and not versus.significant:
         sentence += (f"; not distinguishable from {strong(groups[1].label)} on this data (McNemar p = "
                      f"{versus.p_value:.2g}, below)")
@@ -443,12 +444,12 @@ def notes(groups: list[Group]) -> list[str]:
     return out
 
 
-def _leaderboard(groups: list[Group]) -> str:
+def _leaderboard(groups: list[Group], tests: list) -> str:
     """The winner in a sentence, then the leaderboard table."""
     rows, shown = leaderboard_rows(groups), columns(groups)
     said = [suspects_note(groups)] * bool(suspects_of(groups)) + notes(groups)
     note = "".join(f"<p class=note>{html.escape(line)}</p>" for line in said)
-    return (f"<p>{winner_sentence(groups, _html_strong)}</p>"
+    return (f"<p>{winner_sentence(groups, tests, _html_strong)}</p>"
             + _table([HEADINGS.get(c, c) for c in shown], [[row[c] for c in shown] for row in rows],
                      numeric_from=2, numeric_until=len(shown) - ("weights" in shown), css="sortable") + note)
 
@@ -481,8 +482,9 @@ def _verdicts(tests: list) -> str:
 def leaderboard_html(run_dir: str | Path) -> str:
     """A run's leaderboard and verdicts as an HTML fragment (a notebook shows it for `Results`)."""
     groups = group_records(load_run(run_dir))
-    return (f"<div class=tl-showdown>{_leaderboard(groups)}<p><b>Is the difference real?</b></p>"
-            f"{_verdicts(significance(groups))}<p class=note>Run folder: {html.escape(str(run_dir))}</p></div>")
+    tests = significance(groups)
+    return (f"<div class=tl-showdown>{_leaderboard(groups, tests)}<p><b>Is the difference real?</b></p>"
+            f"{_verdicts(tests)}<p class=note>Run folder: {html.escape(str(run_dir))}</p></div>")
 
 
 def write_report(records: list[EntryRecord], out_dir: Path, title: str | None = None) -> tuple[Path, Path]:
