@@ -35,9 +35,13 @@ class AccuracyGateError(ShowdownError):
 
 class DiskError(ShowdownError):
     """A write the disk refused (no space left, over quota, read-only, no permission). What was finished before it
-    is kept; the run can resume once there is room."""
+    is kept; the run can resume once there is room. `full`: the remedy is room (not permission to write)."""
 
     exit_code = 1
+
+    def __init__(self, message: str, *, full: bool = True):
+        super().__init__(message)
+        self.full = full
 
 
 class Interrupted(KeyboardInterrupt):
@@ -62,20 +66,26 @@ DISK_ERRNOS = {errno.ENOSPC: "no space left on the device", errno.EDQUOT: "disk 
                errno.EROFS: "read-only file system", errno.EACCES: "permission denied",
                errno.EPERM: "operation not permitted",
                errno.EFBIG: "file too large for the file size limit (ulimit -f)"}
+_NO_ROOM = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}  # the others are cured by permission to write, not room
 
 
 def disk_error(exc: BaseException, path, what: str) -> DiskError | None:
     """`exc` as a DiskError naming `path` and `what` was being written, or None when the disk is not the cause."""
-    reason = DISK_ERRNOS.get(getattr(exc, "errno", None))
-    return DiskError(" ".join(filter(None, [f"{reason}: could not write", what, str(path)]))) if reason else None
+    code = getattr(exc, "errno", None)
+    reason = DISK_ERRNOS.get(code)
+    return DiskError(" ".join(filter(None, [f"{reason}: could not write", what, str(path)])),
+                     full=code in _NO_ROOM) if reason else None
 
 
 def sqlite_disk_error(exc: BaseException, path, what: str) -> DiskError | None:
     """The same for SQLite (directly or through SQLAlchemy), which says a full or read-only disk in words."""
     text = str(exc).lower()
-    reason = DISK_ERRNOS[errno.ENOSPC] if "disk is full" in text else \
-        DISK_ERRNOS[errno.EROFS] if "readonly database" in text else None
-    return DiskError(f"{reason}: could not write {what} {path}") if reason else None
+    full = "disk is full" in text
+    # SQLite says "readonly database" alike for a file without write permission or made immutable, a folder that
+    # takes no journal file beside it, and a read-only mount
+    reason = DISK_ERRNOS[errno.ENOSPC] if full else \
+        "read-only (the file, its folder or the file system)" if "readonly database" in text else None
+    return DiskError(f"{reason}: could not write {what} {path}", full=full) if reason else None
 
 
 def last_line(exc: BaseException) -> str:

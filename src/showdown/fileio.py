@@ -211,7 +211,8 @@ def check_writable(folder: Path, what: str) -> None:
     """A DiskError now, before any work, when `folder` (or the folder it would be made in) takes no new file."""
     place = nearest_existing(folder)
     if not place.is_dir():  # a file where the folder (or one above it) would be
-        raise DiskError(f"could not write {what} {folder}: {place} is a file, not a folder")
+        raise DiskError(f"could not write {what} {folder}: {place} is a file, not a folder",
+                        full=False)
     with disk_writes(folder, what):
         fd, name = tempfile.mkstemp(dir=place, prefix=".showdown-probe-")
         os.close(fd)

@@ -236,6 +236,60 @@ def test_a_damaged_results_database_fails_at_once_in_one_line(tmp_path, which):
     assert not out.exists()  # nothing done: not a folder, not an image decoded
 
 
+def test_a_damaged_results_database_under_resume_says_what_to_edit_not_flags_resume_refuses(tmp_path, demo_copy,
+                                                                                            capsys):
+    database, out = tmp_path / "results.db", tmp_path / "run"
+    args = ["run", "--data", str(demo_copy), *FLAGS[:-1], "--max-per-class", "4", "--no-report", "--label-issues",
+            "off", "--gradcam", "0", "--db", str(database), "--out", str(out)]
+    assert _main(capsys, *args)[0] == 0
+    database.write_text("these are my notes, not a database\n")
+    line = _one_line(*_main(capsys, "run", "--resume", str(out)), 2, str(database), str(out / "config.yaml"),
+                     "db:", "record: false")
+    assert "--db" not in line and "--no-record" not in line  # flags --resume refuses
+
+
+def _immutable(path: Path) -> None:
+    """`path` made immutable (chattr +i): not even root writes it, as a file of a read-only share."""
+    if os.geteuid() != 0 or shutil.which("chattr") is None:
+        pytest.skip("chattr +i needs root and chattr")
+    made = subprocess.run(["chattr", "+i", str(path)], capture_output=True, text=True)
+    if made.returncode:
+        pytest.skip(f"this file system takes no immutable flag: {made.stderr.strip()}")
+
+
+@pytest.mark.parametrize("read_only", ["file", "folder"])
+def test_a_results_database_that_takes_no_write_fails_before_the_work(tmp_path, demo_copy, capsys, read_only):
+    """It used to be found only once every entry had trained, with "free some space" for a remedy."""
+    from showdown.reporting.database import check_database
+
+    folder = tmp_path / "shared"
+    folder.mkdir()
+    database, out = folder / "results.db", tmp_path / "run"
+    check_database(database)  # made, as by an earlier run
+    _immutable(database if read_only == "file" else folder)
+    try:
+        line = _one_line(*_main(capsys, "run", "--data", str(demo_copy), *FLAGS[:-1], "--db", str(database),
+                                "--out", str(out)), 1, str(database if read_only == "file" else folder),
+                         "make it writable", "--no-record")
+    finally:
+        subprocess.run(["chattr", "-i", str(database if read_only == "file" else folder)], check=False)
+    assert "space" not in line
+    assert not out.exists()
+
+
+def test_a_write_refused_for_want_of_permission_asks_for_it_not_for_space(tmp_path):
+    import errno
+
+    from showdown.errors import DiskError
+    from showdown.experiment.runner import _kept_on_disk_errors
+
+    (tmp_path / "config.yaml").write_text("data: demo\n")
+    for code, cure in [(errno.EACCES, "make it writable"), (errno.ENOSPC, "free some space")]:
+        with pytest.raises(DiskError, match=cure) as refused, _kept_on_disk_errors(tmp_path):
+            raise OSError(code, os.strerror(code), str(tmp_path / "model.safetensors"))
+        assert refused.value.full == (code == errno.ENOSPC)
+
+
 # A full disk: a tmpfs of a few megabytes, mounted by the test (root only).
 def _mount_tmpfs(mount: Path, size: str) -> None:
     if os.geteuid() != 0:

@@ -20,7 +20,7 @@ from showdown.experiment.shards import my_models
 from showdown.fileio import check_writable, nearest_existing
 from showdown.models.backbones import Backbone, resolve_backbone, weights_missing
 from showdown.models.small_cnn import SmallCNN
-from showdown.reporting.database import check_database
+from showdown.reporting.database import OTHER_DATABASE, check_database
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -47,9 +47,10 @@ def check_places(config: RunConfig, resume: bool = False) -> Path | None:
     (takes a file; a new run's --out holds no run that got anywhere already) fail the run now; a feature cache
     folder that takes no file is one warning, and the run goes on uncached. Returns the feature cache folder to use,
     None for none."""
-    if config.record:
-        check_database(config.db)
     out = Path(config.out) if config.out else None
+    if config.record:  # --resume takes no --db: the run's config.yaml says where it records
+        check_database(config.db, f"or set db: to another file (or record: false) in {out / run_schema.CONFIG}"
+                       if resume else OTHER_DATABASE)
     if out and not resume and run_schema.resumable(out) and run_schema.holds_work(out):  # work would be lost
         raise ConfigError(f"--out {config.out} holds a run already; `showdown run --resume {config.out}` goes on "
                           "with it, or name a new folder")

@@ -179,12 +179,12 @@ def _kept_on_disk_errors(run_dir: Path):
             disk_error(exc, exc.filename, "") if exc.filename else disk_error(exc, run_dir, "a file in")
         if error is None:
             raise
+        cure = f"free some space (or move {run_dir} to a larger disk)" if error.full else "make it writable"
         if run_schema.resumable(run_dir):
-            then = f"finished entries are kept; free some space (or move {run_dir} to a larger disk), then " \
-                   f"`showdown run --resume {run_dir}` goes on"
+            then = f"finished entries are kept; {cure}, then `showdown run --resume {run_dir}` goes on"
         else:
-            then = "free some space, then run it again"
-        raise DiskError(f"{error}; {then}") from exc
+            then = f"{cure.split(' (')[0]}, then run it again"
+        raise DiskError(f"{error}; {then}", full=error.full) from exc
 
 
 def resume_run(run_dir: str | Path, *, echo: Callable[[str], None] = print) -> Results:

@@ -19,8 +19,8 @@ from contextlib import closing
 from datetime import datetime
 from pathlib import Path
 
-from showdown.errors import ShowdownError, sqlite_disk_error
-from showdown.fileio import disk_writes
+from showdown.errors import DiskError, ShowdownError, sqlite_disk_error
+from showdown.fileio import check_writable, disk_writes
 from showdown.reporting.run_records import EntryRecord, load_run
 
 SCHEMA = """
@@ -57,7 +57,11 @@ def database_path(db: str | Path | None) -> Path:
 BUSY_SECONDS = 60  # a run's insert takes well under a second; a minute covers a queue of shards finishing at once
 
 
-def connect(path: str | Path | None = None) -> sqlite3.Connection:
+OTHER_DATABASE = "give --db another file, or run with --no-record"
+
+
+def connect(path: str | Path | None = None, other: str = OTHER_DATABASE) -> sqlite3.Connection:
+    """`other`: how to record elsewhere or not at all, said by its error."""
     path = database_path(path)
     with disk_writes(path.parent, "the folder of the results database"):
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -67,23 +71,32 @@ def connect(path: str | Path | None = None) -> sqlite3.Connection:
         conn.execute("PRAGMA foreign_keys = ON")
         conn.executescript(SCHEMA)
     except sqlite3.DatabaseError as exc:
-        raise _database_error(path, exc) from exc
+        if "unable to open" in str(exc):  # also what SQLite says of a folder that takes no journal file (WAL's)
+            try:
+                check_writable(path.parent, "the folder of the results database")
+            except DiskError as disk:
+                raise DiskError(f"{disk}; make it writable, {other}", full=disk.full) from exc
+        raise _database_error(path, exc, other) from exc
     conn.row_factory = sqlite3.Row
     return conn
 
 
-def _database_error(path: Path, exc: sqlite3.DatabaseError) -> ShowdownError:
+def _database_error(path: Path, exc: sqlite3.DatabaseError, other: str = OTHER_DATABASE) -> ShowdownError:
+    """`other`: how to record elsewhere or not at all (the flags, or under --resume the run's config.yaml)."""
     disk = sqlite_disk_error(exc, path, "the results database")
-    if disk is not None:
+    if disk is None:
+        return ShowdownError(f"cannot use the results database {path} ({exc}); move the file aside, {other}")
+    if disk.full:
         return disk
-    return ShowdownError(f"cannot use the results database {path} ({exc}); move the file aside, give --db another "
-                         "file, or run with --no-record")
+    return DiskError(f"{disk}; make it writable, {other}", full=False)
 
 
-def check_database(path: str | Path | None = None) -> None:
-    """Open the results database (created when new), check its integrity and that its tables are showdown's."""
+def check_database(path: str | Path | None = None, other: str = OTHER_DATABASE) -> None:
+    """Open the results database (created when new), check its integrity, that its tables are showdown's and that
+    it takes a write (a read-only file would fail only once the run has finished). `other`: as for
+    _database_error."""
     path = database_path(path)
-    with closing(connect(path)) as conn:
+    with closing(connect(path, other)) as conn:
         try:
             (verdict,) = conn.execute("PRAGMA quick_check(1)").fetchone()
             if verdict != "ok":
@@ -92,8 +105,14 @@ def check_database(path: str | Path | None = None) -> None:
                 have = {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
                 if not wanted <= have:
                     raise sqlite3.DatabaseError(f"its table {table} is not showdown's (no {', '.join(wanted - have)})")
+            conn.execute("BEGIN IMMEDIATE")  # waits its turn behind another writer, as a run's insert does
+            try:  # the version written as it is, then rolled back: the file is left as it was
+                (version,) = conn.execute("PRAGMA user_version").fetchone()
+                conn.execute(f"PRAGMA user_version = {int(version)}")
+            finally:
+                conn.rollback()
         except sqlite3.DatabaseError as exc:
-            raise _database_error(path, exc) from exc
+            raise _database_error(path, exc, other) from exc
 
 
 def _schema_columns() -> dict[str, set[str]]:
