@@ -306,6 +306,20 @@ def test_with_repeats_the_folds_and_searches_show_every_seed(tmp_path):
         assert searches.count(f"efficientnet_lite0 / head (seed {seed})") == 2  # one search per fold
     html = (results.run_dir / "report.html").read_text()
     assert html.count("<h3>efficientnet_lite0 / head (seed 1)</h3>") == 1
+    assert "95 % CI (bootstrap, first seed, folds pooled)" in report
+
+
+def test_the_intervals_heading_says_what_it_resamples(report_run):
+    """"first seed" only where an entry has several, "folds pooled" only with --folds."""
+    from showdown.reporting.report import headings
+
+    records = load_run(report_run.run_dir)  # two seeds of each entry
+    assert headings(group_records(records))["ci"] == "95 % CI (bootstrap, first seed)"
+    first_seeds = [record for record in records if record.seed == 0]
+    assert headings(group_records(first_seeds))["ci"] == "95 % CI (bootstrap)"
+    for record in first_seeds:
+        record.metrics["fold_metrics"] = [{"accuracy": 0.5}, {"accuracy": 0.6}]
+    assert headings(group_records(first_seeds))["ci"] == "95 % CI (bootstrap, folds pooled)"
 
 
 def _twin_runs(report_run, lower_by: float):

@@ -163,9 +163,17 @@ def _params(metrics: dict) -> str:
 
 COLUMNS = ["rank", "entry", "seeds", "accuracy", "ci", "w/o suspects", "macro F1", "weighted F1", "loss", "train s",
            "latency ms", "size MB", "params M", "weights"]
-HEADINGS = {"accuracy": "test accuracy (mean ± std)", "ci": "95 % CI (bootstrap, first seed)",
-            "latency ms": "latency ms (PyTorch fp32, batch 1)",
+HEADINGS = {"accuracy": "test accuracy (mean ± std)", "latency ms": "latency ms (PyTorch fp32, batch 1)",
             "w/o suspects": "accuracy without suspect labels"}
+
+
+def headings(groups: list[Group]) -> dict[str, str]:
+    """The leaderboard's headings; the interval's says what it resamples: the test predictions of the first seed
+    (with repeats), pooled over the folds (with --folds)."""
+    of = [what for what, holds in [("first seed", max(len(g.records) for g in groups) > 1),
+                                   ("folds pooled", any(g.first.metrics.get("fold_metrics") for g in groups))]
+          if holds]
+    return {**HEADINGS, "ci": f"95 % CI (bootstrap{''.join(', ' + what for what in of)})"}
 
 
 def _without_suspects(group: Group, paths) -> float | None:
@@ -211,8 +219,8 @@ def suspects_note(groups: list[Group]) -> str:
 
 
 def markdown(groups: list[Group], tests: list, title: str) -> str:
-    rows, shown = leaderboard_rows(groups), columns(groups)
-    table = render([HEADINGS.get(c, c) for c in shown], [[row[c] for c in shown] for row in rows], markdown=True)
+    rows, shown, named = leaderboard_rows(groups), columns(groups), headings(groups)
+    table = render([named.get(c, c) for c in shown], [[row[c] for c in shown] for row in rows], markdown=True)
     lines = [f"# {title}", "", winner_sentence(groups, tests), "", table]
     if suspects_of(groups):
         lines += ["", suspects_note(groups)]
@@ -450,7 +458,7 @@ def _leaderboard(groups: list[Group], tests: list) -> str:
     said = [suspects_note(groups)] * bool(suspects_of(groups)) + notes(groups)
     note = "".join(f"<p class=note>{html.escape(line)}</p>" for line in said)
     return (f"<p>{winner_sentence(groups, tests, _html_strong)}</p>"
-            + _table([HEADINGS.get(c, c) for c in shown], [[row[c] for c in shown] for row in rows],
+            + _table([headings(groups).get(c, c) for c in shown], [[row[c] for c in shown] for row in rows],
                      numeric_from=2, numeric_until=len(shown) - ("weights" in shown), css="sortable") + note)
 
 
