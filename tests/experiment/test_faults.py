@@ -85,15 +85,17 @@ def test_damaged_feature_cache_entries_are_recomputed_with_the_same_accuracy(tmp
     assert len(entries) == 3  # train, val, test
     for entry, damage in zip(entries, DAMAGE.values()):  # one of each kind of damage
         damage(entry)
+    (out_of_fold,) = (tmp_path / "cache").glob("out-of-fold-*.npy")  # the label-issue search's, after the entries
+    _truncate(out_of_fold)
     lines = []
     again = run(RunConfig(out=str(tmp_path / "again"), **config), echo=lines.append)
     assert again.best()["accuracy"] == first.best()["accuracy"]
     warned = _warnings(caplog, "damaged cache entry")
-    assert len(warned) == 3 and all(any(e.name in w for w in warned) for e in entries)
+    assert len(warned) == 4 and all(any(e.name in w for w in warned) for e in [*entries, out_of_fold])
     assert any("checksum mismatch" in w for w in warned)  # the flipped bit: only the checksum sees it
     passes = json.loads((again.run_dir / "summary.json").read_text())["frozen_passes"]
-    assert passes["recomputed"] == 3 and passes["miss"] == 3 and passes["hit"] == 0
-    assert any("3 damaged cache entries recomputed" in line for line in lines)
+    assert passes["recomputed"] == 4 and passes["miss"] == 3 and passes["hit"] == 0
+    assert any("4 damaged cache entries recomputed" in line for line in lines)
     assert all(feature_cache._read(entry).cache_hit for entry in entries)  # healed: whole and checked again
 
 

@@ -104,7 +104,6 @@ def run(config: RunConfig | None = None, *, echo: Callable[[str], None] = print,
             last_loaded: dict[str, Backbone] = {}  # the entries' last backbone, which the label-issue search may reuse
             rows, skipped = _all_entries(config, dataset, folds, context, run_dir, resume, keep=last_loaded)
             frozen_passes = {key: frozen.stats[key] for key in ("hit", "miss", "images")}
-            frozen_passes["recomputed"] = HEALED["recomputed"] - healed_before
             if distributed.active():  # images each process ran through frozen layers: shards, never one image twice
                 frozen_passes["images_per_rank"] = distributed.gather(frozen_passes["images"])
                 frozen_passes["images"] = sum(frozen_passes["images_per_rank"])
@@ -119,6 +118,8 @@ def run(config: RunConfig | None = None, *, echo: Callable[[str], None] = print,
                 issues["rerun"] = {"folder": WITHOUT_LABEL_ISSUES, "kept": kept}
             if no_gradcam:  # after every entry (the re-run's too), and never before an error
                 reporter.warn(f"Grad-CAM overlays skipped: {EXPLAIN_EXTRA}")
+            # the label-issue search's entries too (its out-of-fold probabilities), and the re-run's
+            frozen_passes["recomputed"] = HEALED["recomputed"] - healed_before
             if distributed.is_main():
                 finish_run(results, config, frozen_passes, reporter, issues)
         distributed.barrier()  # the run folder is complete before any process returns
