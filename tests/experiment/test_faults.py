@@ -403,6 +403,21 @@ def test_a_full_cache_disk_is_a_warning_and_the_run_goes_on(tmp_path, demo_copy,
     assert not list((mount / "features").glob("*.safetensors"))
 
 
+def test_a_read_only_cache_folder_is_read_and_not_written(tmp_path, demo_copy, small_disk, caplog):
+    """A share of features computed once, mounted read-only: its entries serve the run, which keeps no new one."""
+    mount, _ = small_disk
+    config = dict(QUICK, data=str(demo_copy), cache_dir=str(mount / "features"))
+    first = run(RunConfig(out=str(tmp_path / "first"), **config), echo=lambda *_: None)
+    kept = sorted(p.name for p in (mount / "features").iterdir())
+    subprocess.run(["mount", "-o", "remount,ro", str(mount)], check=True)
+    again = run(RunConfig(out=str(tmp_path / "again"), **config), echo=lambda *_: None)
+    assert _warnings(caplog, "reads the entries it holds and keeps no new one")
+    passes = json.loads((again.run_dir / "summary.json").read_text())["frozen_passes"]
+    assert passes["hit"] == 3 and passes["miss"] == 0
+    assert again.best()["accuracy"] == first.best()["accuracy"]
+    assert sorted(p.name for p in (mount / "features").iterdir()) == kept
+
+
 # Phone photos
 def _as_heic(source: Path, target: Path) -> None:
     for path in sorted(p for p in source.rglob("*") if p.is_file()):

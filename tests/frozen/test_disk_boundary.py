@@ -68,6 +68,7 @@ def test_no_disk_room_no_cache_folder_or_opted_out_means_the_full_forward(tmp_pa
     assert disk_folder(tmp_path, 1000) == (tmp_path / "boundary", "")
     assert disk_folder(tmp_path, 2**60)[0] is None and "free" in disk_folder(tmp_path, 2**60)[1]
     assert disk_folder(None, 1000)[0] is None and disk_folder(tmp_path, 1000, allowed=False)[0] is None
+    assert disk_folder(tmp_path, 1000, writable=False) == (None, f"; the cache folder {tmp_path} takes no new file")
     assert HEADROOM > 0
 
 

@@ -20,14 +20,18 @@ from showdown.frozen.weights_key import weights_digest
 HEADROOM = 512 * 2**20  # bytes the disk keeps free beyond the activations, for everything else the run writes
 
 
-def disk_folder(cache_dir: Path | None, need: int, allowed: bool = True) -> tuple[Path | None, str]:
-    """(the folder to keep `need` bytes of activations in, "") or (None, why not, as a clause for the log line)."""
+def disk_folder(cache_dir: Path | None, need: int, allowed: bool = True,
+                writable: bool = True) -> tuple[Path | None, str]:
+    """(the folder to keep `need` bytes of activations in, "") or (None, why not, as a clause for the log line).
+    `writable`: whether the cache folder takes new files."""
     if not allowed:
         return None, "; the disk cache is off (--no-boundary-disk)"
     if distributed.active():  # each process would write and map its own copy: not worth its complexity
         return None, "; the disk cache serves one process only, not torchrun"
     if cache_dir is None:
         return None, "; no cache folder to keep them on disk"
+    if not writable:
+        return None, f"; the cache folder {cache_dir} takes no new file"
     folder = cache_dir / BOUNDARY
     probe = folder if folder.is_dir() else cache_dir if cache_dir.is_dir() else cache_dir.parent
     free = shutil.disk_usage(probe).free if probe.is_dir() else 0

@@ -195,7 +195,8 @@ def boundary_cut(entry: Entry) -> tuple[list[nn.Module], int, Path | None] | Non
         return layers, cut, None
     each = f" of each of {distributed.local_processes()} processes" if distributed.local_processes() > 1 else ""
     over = f"{_amount(need)} of activations exceed the {_amount(budget)} budget{each} (--cache-budget-gb)"
-    folder, why_not = disk_folder(entry.run.frozen.cache_dir, need, config.boundary_disk)
+    frozen_pass = entry.run.frozen
+    folder, why_not = disk_folder(frozen_pass.cache_dir, need, config.boundary_disk, frozen_pass.cache_writable)
     if folder is None:
         echo(f"  boundary cache off: {over}{why_not}; full forward")
         return None

@@ -42,11 +42,12 @@ def on_main(check: Callable[..., T], *args) -> T:
     return result
 
 
-def check_places(config: RunConfig, resume: bool = False) -> Path | None:
+def check_places(config: RunConfig, resume: bool = False) -> tuple[Path | None, bool]:
     """The results database (opened, integrity and schema checked, created when new) and the run folder's place
     (takes a file; a new run's --out holds no run that got anywhere already) fail the run now; a feature cache
-    folder that takes no file is one warning, and the run goes on uncached. Returns the feature cache folder to use,
-    None for none."""
+    folder that takes no file is one warning, and the run goes on reading the entries it holds (a read-only share
+    of features computed once), keeping no new one. Returns (the feature cache folder to use, None for none;
+    whether it takes new files)."""
     out = Path(config.out) if config.out else None
     if config.record:  # --resume takes no --db: the run's config.yaml says where it records
         check_database(config.db, f"or set db: to another file (or record: false) in {out / run_schema.CONFIG}"
@@ -59,9 +60,12 @@ def check_places(config: RunConfig, resume: bool = False) -> Path | None:
     try:
         check_writable(cache_dir, "the feature cache folder")
     except DiskError as exc:
+        if cache_dir.is_dir():
+            log.warning("%s; the run reads the entries it holds and keeps no new one", exc)
+            return cache_dir, False
         log.warning("%s; the run goes on without a feature cache", exc)
-        return None
-    return cache_dir
+        return None, True
+    return cache_dir, True
 
 
 def check_names(config: RunConfig) -> None:

@@ -81,7 +81,8 @@ def run(config: RunConfig | None = None, *, echo: Callable[[str], None] = print,
         if resume:
             echo(f"resuming {config.out}")
         healed_before = HEALED["recomputed"]  # damaged cache entries deleted and recomputed (cache.py)
-        cache_dir = on_main(check_places, config, resume)  # before the data: an archive is extracted into the cache
+        # before the data: an archive is extracted into the cache
+        cache_dir, cache_writable = on_main(check_places, config, resume)
         dataset = load_dataset(config.data, data_root=config.data_root, split=config.split, seed=config.seed)
         if config.max_per_class:
             dataset = subset_per_class(dataset, config.max_per_class)
@@ -98,7 +99,8 @@ def run(config: RunConfig | None = None, *, echo: Callable[[str], None] = print,
             _echo_dataset(dataset, folds, echo)
             _echo_machine(device, precision, echo)
             echo_share(config, echo)  # --shard: which backbones this process trains
-            frozen = FrozenPass(precision, runtime, device, workers=config.worker_count, cache_dir=cache_dir)
+            frozen = FrozenPass(precision, runtime, device, workers=config.worker_count, cache_dir=cache_dir,
+                                cache_writable=cache_writable)
             context = RunContext(frozen, reporter)
             reporter.start_run(config, run_dir, _grid_size(config) * (2 if config.drop_label_issues else 1))
             last_loaded: dict[str, Backbone] = {}  # the entries' last backbone, which the label-issue search may reuse

@@ -133,7 +133,8 @@ def extract_views(frozen: FrozenPass, backbone: Backbone, splits: dict[str, list
         start = 0
         for split in group:
             for (mirror, path), whole in zip(missing[split], computed):
-                found[split, mirror] = _write(path, _part(whole, start, splits[split], split), frozen.refused)
+                found[split, mirror] = _write(path if frozen.cache_writable else None,
+                                              _part(whole, start, splits[split], split), frozen.refused)
             start += len(splits[split])
     distributed.barrier()  # the files are complete before any rank looks for them again
     return {view: found[view] for view in views}

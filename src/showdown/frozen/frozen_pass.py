@@ -30,6 +30,7 @@ class FrozenPass:
     device: torch.device = CPU
     workers: int = 0
     cache_dir: Path | None = None  # the feature cache folder; None: off
+    cache_writable: bool = True  # False: a folder that takes no new file (a read-only share): read, never written
     batch_size: int = FEATURE_BATCH
     # extractions served from the cache ("hit"), computed ("miss"), and images (each view of one) run through
     # frozen layers, for features or boundary activations ("images"); this process's share
