@@ -14,10 +14,20 @@ def __getattr__(name: str):
 
         return RunConfig
     if name in ("run", "Results"):
+        import random
+        import warnings
+
         from showdown.startup import without_optional_imports
 
-        with without_optional_imports():
+        # the warning filters modules set as they load (showdown's own, sympy's) are not left in the user's
+        # process: a call sets showdown's for its span (experiment/kept_state.py); nor a draw from Python's random
+        # generator (rich takes one as it loads), which the user may have seeded just before
+        drawn = random.getstate()
+        with without_optional_imports(), warnings.catch_warnings():
+            # tqdm.auto, which huggingface_hub imports, asks for ipywidgets in a notebook without them (the bars
+            # showdown draws fall back to text there: reporting/progress.py)
+            warnings.filterwarnings("ignore", message="IProgress not found")
             from showdown.experiment import runner
-
+        random.setstate(drawn)
         return getattr(runner, name)
     raise AttributeError(f"module 'showdown' has no attribute '{name}'")

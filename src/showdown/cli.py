@@ -15,7 +15,7 @@ from showdown.config.cores import WORKERS_RULE, workers_valid
 from showdown.config.options import add_flags, definitions, flag_type, read_values
 from showdown.config.presets import QUICK, load_preset
 from showdown.config.run_config import RUNTIMES, RunConfig, read_config_file, weights_map
-from showdown.errors import DISK_ERRNOS, ConfigError, ShowdownError, last_line, terminated
+from showdown.errors import DISK_ERRNOS, ConfigError, ShowdownError, last_line, on_command_line, terminated
 from showdown.startup import end_on_sigterm, heavy_imports, stacks_on_sigusr1
 
 DEVICE_HELP = definitions(RunConfig)["device"][1].help  # the same words as `showdown run --help`
@@ -370,7 +370,8 @@ def main(argv: list[str] | None = None) -> int:
                "report": cmd_report, "runs": cmd_runs, "bench": cmd_bench, "cache": cmd_cache, "models": cmd_models,
                "presets": cmd_presets, "merge": cmd_merge, "daemon": cmd_daemon}[args.command]
     try:
-        return handler(args)
+        with on_command_line():  # hints name the flags, not the Python API's keywords
+            return handler(args)
     except ShowdownError as exc:
         if args.debug:
             raise

@@ -2,12 +2,17 @@
 
 The CLI prints a ShowdownError as that one line, without a traceback (``--debug`` shows it).
 """
+import contextlib
 import errno
 import re
 
 
 class ShowdownError(Exception):
     """Base of every error a user can cause and fix."""
+
+    def _render_traceback_(self) -> list[str]:
+        """IPython shows this instead of a traceback: the one line the command prints (%debug still has it)."""
+        return [f"{type(self).__name__}: {self}"]
 
 
 class DataError(ShowdownError):
@@ -46,6 +51,28 @@ class DiskError(ShowdownError):
 
 class Interrupted(KeyboardInterrupt):
     """Ctrl-C in a run whose folder can be resumed: a KeyboardInterrupt whose message says how to go on."""
+
+    _render_traceback_ = ShowdownError._render_traceback_  # a notebook's interrupted cell: one line, not two traces
+
+
+# Where the hints of errors point: the command line's flags in a command (cli.main), else the Python API's call.
+_COMMAND_LINE: list[bool] = []
+
+
+@contextlib.contextmanager
+def on_command_line():
+    _COMMAND_LINE.append(True)
+    try:
+        yield
+    finally:
+        _COMMAND_LINE.pop()
+
+
+def resume_call(run_dir) -> str:
+    """How to go on with the run in `run_dir`, as the user started it."""
+    if _COMMAND_LINE:
+        return f"`showdown run --resume {run_dir}`"
+    return f"`showdown.run(out={str(run_dir)!r}, resume=True)`"
 
 
 class Terminated(KeyboardInterrupt):

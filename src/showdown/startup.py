@@ -106,9 +106,14 @@ def keep_freed_memory() -> bool:
 
 
 def give_back_freed_memory() -> None:
-    """The heap's free pages back to the kernel, where keep_freed_memory kept them (after each entry of a run)."""
-    if _trim:
-        _trim[0](0)
+    """The heap's free pages back to the kernel (after each entry of a run, and at its end): those keep_freed_memory
+    kept, and in the Python API's process, whose allocator is left as it was, the free pages glibc did not trim."""
+    if not _trim:
+        try:
+            _trim.append(ctypes.CDLL(None).malloc_trim)
+        except (OSError, AttributeError, TypeError):  # not glibc: nothing to give back this way
+            _trim.append(lambda _pad: 0)
+    _trim[0](0)
 
 
 def stacks_on_sigusr1() -> None:

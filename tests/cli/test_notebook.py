@@ -42,3 +42,47 @@ def test_results_as_a_dataframe_or_one_line_without_pandas(tmp_path):
             results.to_pandas()
     else:
         assert list(results.to_pandas()["model"]) == ["b", "a"]  # best first
+
+
+SETUP = """%matplotlib inline
+import random, warnings
+import matplotlib, numpy as np, torch
+import matplotlib.pyplot as plt
+def state():
+    return dict(backend=matplotlib.get_backend(), font=matplotlib.rcParams["font.size"],
+                grid=matplotlib.rcParams["axes.grid"], dpi=matplotlib.rcParams["figure.dpi"],
+                filters=list(warnings.filters))
+before = state()"""
+RUN = """import showdown
+random.seed(5); np.random.seed(5); torch.manual_seed(5)
+results = showdown.run(data="demo", models=["efficientnet_lite0"], image_size=64, epochs=1, max_per_class=6,
+                       workers=0, out="runs/x", record=False, quiet=True, gradcam=0)
+print("same:", state() == before)
+print("draws:", repr(random.random()), repr(float(np.random.rand())), repr(float(torch.rand(1))))
+plt.plot([1, 2, 3]); plt.show()
+print(repr(results))"""
+
+
+def test_a_run_leaves_the_notebooks_plots_random_draws_and_warnings_as_they_were(tmp_path):
+    """The run draws its figures, seeds the global generators and sets warning filters for its own work: the
+    notebook's inline plots, its rcParams, its random draws and its warning filters are the same afterwards, and
+    no warning asks for ipywidgets."""
+    import random
+
+    import numpy as np
+    import torch
+
+    notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(SETUP), nbformat.v4.new_code_cell(RUN)])
+    nbclient.NotebookClient(notebook, timeout=600, kernel_name="python3",
+                            resources={"metadata": {"path": str(tmp_path)}}).execute()
+    outputs = notebook.cells[1].outputs
+    printed = "".join(o.get("text", "") for o in outputs if o.output_type == "stream" and o.name == "stdout")
+    assert "same: True" in printed, [o for o in outputs if o.output_type == "error"] or printed
+    random.seed(5)
+    np.random.seed(5)
+    torch.manual_seed(5)
+    assert f"draws: {random.random()!r} {float(np.random.rand())!r} {float(torch.rand(1))!r}" in printed, printed[-600:]
+    assert any("image/png" in o.get("data", {}) for o in outputs)  # plt.show() still draws inline
+    assert "Results of " in printed and "efficientnet_lite0" in printed  # the repr: the table, not every field
+    warned = "".join(o.get("text", "") for o in notebook.cells[0].outputs + outputs if o.get("name") == "stderr")
+    assert "IProgress" not in warned and "Warning" not in warned, warned

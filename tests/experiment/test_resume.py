@@ -122,6 +122,7 @@ def test_ctrl_c_in_a_notebook_stops_the_training_loaders_workers(tmp_path, monke
     """A KeyboardInterrupt out of showdown.run, its traceback kept as a notebook keeps it: no decoding worker of the
     entry's image batches is left running, and the message says how to go on."""
     import multiprocessing
+    import re
 
     import pytest
 
@@ -138,11 +139,14 @@ def test_ctrl_c_in_a_notebook_stops_the_training_loaders_workers(tmp_path, monke
         return to_device(batch, device, **kwargs)
 
     monkeypatch.setattr(loop, "to_device", third_batch_interrupted)
-    with pytest.raises(Interrupted, match="showdown run --resume") as kept:
+    out = tmp_path / "run"
+    # the Python API's call to go on, not the command line's (a notebook's user called the API)
+    with pytest.raises(Interrupted, match=re.escape(f"`showdown.run(out='{out}', resume=True)` goes on")) as kept:
         run(data="demo", models=["efficientnet_lite0"], strategy=["scratch-cnn"], image_size=64, epochs=2,
-            workers=2, batch_size=8, max_per_class=10, out=str(tmp_path / "run"), record=False, report=False,
+            workers=2, batch_size=8, max_per_class=10, out=str(out), record=False, report=False,
             echo=lambda *_: None)
     assert kept.traceback and not multiprocessing.active_children()
+    assert kept.value._render_traceback_() == [f"Interrupted: {kept.value}"]  # what IPython shows: one line
 
 
 def test_sigterm_ends_a_run_as_ctrl_c_does_and_resume_goes_on(tmp_path, demo_dir):

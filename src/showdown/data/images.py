@@ -37,12 +37,21 @@ log = logging.getLogger(__name__)
 # What decoding a broken, truncated, non-image or oversized file raises: such files are skipped and listed.
 UNREADABLE = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
 
-# A decompression bomb is refused by Pillow's own pixel limit; a decoding warning must not spam the log, nor
-# Pillow's warning for an image under twice that limit (a 100-megapixel photo, which decodes).
-warnings.filterwarnings("ignore", category=UserWarning, module="PIL")
-warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
-# PyTorch's several-line note on more workers than cores, at every pass: said once, in one line (image_loader).
-warnings.filterwarnings("ignore", message="This DataLoader will create", category=UserWarning)
+
+
+def quiet_decoding() -> None:
+    """The warnings decoding a folder of photos would spam, off. Set for the whole process when this module is
+    imported (a command's, a loader worker's); the Python API imports it with the process's filters kept
+    (showdown/__init__.py) and sets them for the span of a call (experiment/kept_state.py)."""
+    # A decompression bomb is refused by Pillow's own pixel limit; a decoding warning must not spam the log, nor
+    # Pillow's warning for an image under twice that limit (a 100-megapixel photo, which decodes).
+    warnings.filterwarnings("ignore", category=UserWarning, module="PIL")
+    warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+    # PyTorch's several-line note on more workers than cores, at every pass: said once, in one line (image_loader).
+    warnings.filterwarnings("ignore", message="This DataLoader will create", category=UserWarning)
+
+
+quiet_decoding()
 _WORKERS_NOTED: set[int] = set()
 
 

@@ -15,7 +15,7 @@ from showdown import distributed, run_schema
 from showdown.cache import kind_folders
 from showdown.config.run_config import RunConfig
 from showdown.config.strategy import Strategy
-from showdown.errors import ConfigError, DiskError, ModelError, ShowdownError
+from showdown.errors import ConfigError, DiskError, ModelError, ShowdownError, resume_call
 from showdown.experiment.shards import my_models
 from showdown.fileio import check_writable, nearest_existing
 from showdown.models.backbones import Backbone, resolve_backbone, weights_missing
@@ -53,7 +53,7 @@ def check_places(config: RunConfig, resume: bool = False) -> tuple[Path | None, 
         check_database(config.db, f"or set db: to another file (or record: false) in {out / run_schema.CONFIG}"
                        if resume else OTHER_DATABASE)
     if out and not resume and run_schema.resumable(out) and run_schema.holds_work(out):  # work would be lost
-        raise ConfigError(f"--out {config.out} holds a run already; `showdown run --resume {config.out}` goes on "
+        raise ConfigError(f"--out {config.out} holds a run already; {resume_call(config.out)} goes on "
                           "with it, or name a new folder")
     check_writable(Path(config.out or "runs"), "the run folder")
     cache_dir = Path(config.cache_dir) if config.cache_dir else kind_folders()["features"]

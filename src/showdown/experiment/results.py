@@ -3,10 +3,13 @@ the leaderboard with its verdicts, with the full report one call away."""
 from __future__ import annotations
 
 import html
+import os
+import warnings
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from showdown.data.images import quiet_decoding
 from showdown.deploy.inputs import expand_inputs
 from showdown.deploy.predict import PREDICT_BATCH, open_model, predict_files, predict_workers
 from showdown.errors import AccuracyGateError, ConfigError
@@ -28,6 +31,10 @@ class Results:
 
     def table(self) -> str:
         return format_table(self.rows)
+
+    def __repr__(self) -> str:
+        """What a console or an editor without HTML shows: the run folder and the table, not every field."""
+        return f"Results of {self.run_dir}\n{self.table()}"
 
     def best(self) -> dict:
         """The best entry as the report ranks them: with --repeats, the (model, strategy) of the best mean test
@@ -68,11 +75,14 @@ class Results:
                 runtime: str = "auto") -> list[dict]:
         """Classify image files with the winner (or the entry `model`, e.g. "efficientnet_lite0-head"), as
         `showdown predict RUN_DIR` does: one row per image with its top-k classes, in `precision` and `runtime` as
-        there."""
-        files = expand_inputs([str(image) for image in images])
-        predictor = open_model(self.run_dir, model, precision=precision, runtime=runtime, images=len(files))
-        return list(predict_files(predictor, files, top_k=top_k, batch_size=PREDICT_BATCH,
-                                  workers=predict_workers("auto", len(files), PREDICT_BATCH)))
+        there. `images`: files, folders or glob patterns, as paths or strings, or lists of them (a DataFrame's
+        column of paths)."""
+        files = expand_inputs(_paths(images))
+        with warnings.catch_warnings():  # the decoding's filters for this call only, as a run sets them
+            quiet_decoding()
+            predictor = open_model(self.run_dir, model, precision=precision, runtime=runtime, images=len(files))
+            return list(predict_files(predictor, files, top_k=top_k, batch_size=PREDICT_BATCH,
+                                      workers=predict_workers("auto", len(files), PREDICT_BATCH)))
 
     def to_pandas(self):
         """The table as a pandas DataFrame, best first."""
@@ -81,3 +91,21 @@ class Results:
         except ImportError:
             raise ConfigError("results.to_pandas() needs pandas: pip install pandas") from None
         return pandas.DataFrame(sorted(self.rows, key=lambda r: -r["accuracy"]))
+
+
+def _paths(images: tuple) -> list[str]:
+    """Results.predict's arguments as path strings; an image in memory (PIL, an array, a tensor) is refused by
+    its type, not printed whole in the message."""
+    paths = []
+    for image in images:
+        if isinstance(image, (list, tuple)):
+            paths += _paths(tuple(image))
+        elif isinstance(image, (str, os.PathLike)):
+            paths.append(os.fspath(image))
+        else:
+            raise ConfigError(f"predict takes image files, folders or glob patterns (paths or strings), not a "
+                              f"{type(image).__module__}.{type(image).__qualname__}; save the image to a file "
+                              "and pass its path")
+    if not paths:
+        raise ConfigError("predict needs images: files, folders or glob patterns")
+    return paths

@@ -24,11 +24,12 @@ from showdown.data.leakage import check_leakage
 from showdown.deploy.explain import EXTRA as EXPLAIN_EXTRA
 from showdown.deploy.explain import available as explain_available
 from showdown.device import describe, prepare, resolve_device
-from showdown.errors import ConfigError, DiskError, Interrupted, disk_error
+from showdown.errors import ConfigError, DiskError, Interrupted, disk_error, resume_call
 from showdown.experiment import label_issues
 from showdown.experiment.context import RunContext
 from showdown.experiment.entry import EntryResult, fitted_to_images, run_entry
 from showdown.experiment.folds import PROBABILITIES, FeaturePool, all_items, make_folds, write_pooled
+from showdown.experiment.kept_state import process_state_kept
 from showdown.experiment.preflight import check_names, check_places, check_space, check_weights, on_main
 from showdown.experiment.ray_executor import run_on_ray
 from showdown.experiment.results import Results
@@ -44,6 +45,7 @@ from showdown.models.backbones import Backbone, load_backbone
 from showdown.precision import resolve_precision
 from showdown.reporting.label_issues import WITHOUT_LABEL_ISSUES
 from showdown.reporting.progress import Reporter
+from showdown.startup import give_back_freed_memory
 
 
 def run(config: RunConfig | None = None, *, echo: Callable[[str], None] = print, resume: bool = False,
@@ -53,7 +55,16 @@ def run(config: RunConfig | None = None, *, echo: Callable[[str], None] = print,
 
     In a notebook: `run(data="demo", models=["efficientnet_lite0"], strategy=["head"], epochs=5)`, the flags'
     names with _ for -, checked as the flags are (one-line ShowdownErrors); with a RunConfig they replace its
-    values. `run(out="runs/x", resume=True)` goes on with an interrupted run as its config.yaml says."""
+    values. `run(out="runs/x", resume=True)` goes on with an interrupted run as its config.yaml says. The global
+    random generators and CUDA settings are as they were when it returns (kept_state.py)."""
+    with process_state_kept():
+        try:
+            return _run(config, echo, resume, options)
+        finally:
+            give_back_freed_memory()  # a notebook's process: the run's freed pages, not kept to its end
+
+
+def _run(config: RunConfig | None, echo: Callable[[str], None], resume: bool, options: dict) -> Results:
     if resume and config is None:  # showdown.run(out=DIR, resume=True): the run as its config.yaml says
         config, options = resumed_from_keywords(options), {}
     config = RunConfig.from_keywords(options, base=config) if options or config is None else config
@@ -129,7 +140,7 @@ def run(config: RunConfig | None = None, *, echo: Callable[[str], None] = print,
     except KeyboardInterrupt as exc:
         if run_dir is None or not run_schema.resumable(run_dir):
             raise
-        raise Interrupted(f"finished entries are kept in {run_dir}; `showdown run --resume {run_dir}` goes on") \
+        raise Interrupted(f"finished entries are kept in {run_dir}; {resume_call(run_dir)} goes on") \
             from exc
     finally:
         # what an error or Ctrl-C left open: a bar (a notebook draws the next askew), the log file (its last line)
@@ -184,7 +195,7 @@ def _kept_on_disk_errors(run_dir: Path):
             raise
         cure = f"free some space (or move {run_dir} to a larger disk)" if error.full else "make it writable"
         if run_schema.resumable(run_dir):
-            then = f"finished entries are kept; {cure}, then `showdown run --resume {run_dir}` goes on"
+            then = f"finished entries are kept; {cure}, then {resume_call(run_dir)} goes on"
         else:
             then = f"{cure.split(' (')[0]}, then run it again"
         raise DiskError(f"{error}; {then}", full=error.full) from exc

@@ -3,18 +3,17 @@ images in the report."""
 from __future__ import annotations
 
 import base64
+import functools
 import io
 import json
 from collections import OrderedDict
 from pathlib import Path
 
 import matplotlib
+import numpy as np
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-
-from showdown.fileio import write_bytes_atomic  # noqa: E402
+from showdown.fileio import write_bytes_atomic
 
 # Above this many classes the cells are too small for numbers: the classes are sorted by how often they are
 # confused and the labels are thinned.
@@ -23,7 +22,23 @@ STYLE = {"font.size": 9, "axes.titlesize": 10, "axes.spines.top": False, "axes.s
          "axes.grid": True, "grid.alpha": 0.3, "figure.dpi": 110,
          "axes.prop_cycle": matplotlib.cycler(color=["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd",
                                                      "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf"])}
-plt.rcParams.update(STYLE)
+
+
+def _styled(draw):
+    """`draw` in STYLE, on figures of its own: no pyplot, so a notebook's backend (inline plots), its figures and
+    its rcParams stay as the user set them."""
+    @functools.wraps(draw)
+    def styled(*args, **kwargs):
+        with matplotlib.rc_context(STYLE):
+            return draw(*args, **kwargs)
+    return styled
+
+
+def _subplots(*grid: int, figsize: tuple[float, float]):
+    fig = Figure(figsize=figsize)
+    return fig, fig.subplots(*grid)
+
+
 # PNG bytes of the entry figures drawn in this process, by everything they are drawn from: the report at the end of
 # a run shows the confusion matrices and curves its entries have just written, and takes them from here instead
 # of drawing each again (a fraction of a second apiece). The oldest are dropped beyond DRAWN_KEPT.
@@ -49,8 +64,8 @@ def png_bytes(fig) -> bytes:
     """The figure as PNG, closed; the same bytes `fig.savefig("name.png")` writes (with `bbox_inches="tight"` for a
     figure not marked FIXED_MARGINS)."""
     buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", bbox_inches=None if getattr(fig, FIXED_MARGINS, False) else "tight")
-    plt.close(fig)
+    with matplotlib.rc_context(STYLE):
+        fig.savefig(buffer, format="png", bbox_inches=None if getattr(fig, FIXED_MARGINS, False) else "tight")
     return buffer.getvalue()
 
 
@@ -74,6 +89,7 @@ def _as_read_back(key: str, value):
         return value
 
 
+@_styled
 def confusion_figure(matrix: list[list[int]], classes: list[str], title: str):
     counts = np.asarray(matrix, dtype=float)
     n = len(classes)
@@ -84,7 +100,7 @@ def confusion_figure(matrix: list[list[int]], classes: list[str], title: str):
         counts = counts[order][:, order]
     normalised = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
     size = min(4 + 0.45 * n, 14)
-    fig, ax = plt.subplots(figsize=(size, size * 0.9))
+    fig, ax = _subplots(figsize=(size, size * 0.9))
     ax.grid(False)
     image = ax.imshow(normalised, cmap="Blues", vmin=0, vmax=1)
     fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="fraction of true class")
@@ -113,11 +129,11 @@ def _fit_margins(fig, names: list[str], rotation: int) -> None:
     from matplotlib.font_manager import FontProperties
     from matplotlib.textpath import text_to_path
 
-    font = FontProperties(size=plt.rcParams["font.size"])  # tick labels: "medium", the font size
+    font = FontProperties(size=matplotlib.rcParams["font.size"])  # tick labels: "medium", the font size
     sizes = [text_to_path.get_text_width_height_descent(name, font, ismath=False)[:2] for name in names]
     widest, tallest = max(w for w, _ in sizes), max(h for _, h in sizes)
     below = widest if rotation == 90 else (widest + tallest) * 0.71  # a name's height over the axis, rotated
-    line = plt.rcParams["font.size"] * 1.4 + 4  # an axis label or the title, with its padding (points)
+    line = matplotlib.rcParams["font.size"] * 1.4 + 4  # an axis label or the title, with its padding (points)
     width, height = fig.get_size_inches() * 72
     left, bottom = (widest + line + 14) / width, (below + line + 14) / height
     if max(left, bottom) > 0.4 or any("$" in name for name in names):  # "$": matplotlib draws it as maths
@@ -126,12 +142,13 @@ def _fit_margins(fig, names: list[str], rotation: int) -> None:
     setattr(fig, FIXED_MARGINS, True)
 
 
+@_styled
 def curves_figure(history: list[dict], title: str):
     """Loss and accuracy per epoch, train and validation, with a line where `finetune` starts its phase."""
     steps = np.arange(1, len(history) + 1)
     phases = [h["phase"] for h in history]
     starts = [0] + [i for i in range(1, len(phases)) if phases[i] != phases[i - 1]]  # a phase (or fold) each
-    fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(9, 3.2))
+    fig, (loss_ax, acc_ax) = _subplots(1, 2, figsize=(9, 3.2))
     for ax, metric in ((loss_ax, "loss"), (acc_ax, "acc")):
         for split, color in (("train", "C0"), ("val", "C1")):
             values = [float(h[f"{split}_{metric}"]) for h in history]
@@ -165,9 +182,10 @@ def pareto_front(points: list[tuple[float, float]]) -> list[int]:
     return front
 
 
+@_styled
 def tradeoff_figure(labels: list[str], cost: list[float], accuracy: list[float], xlabel: str, title: str):
     """Accuracy against a cost, the Pareto front drawn and its members named in bold."""
-    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    fig, ax = _subplots(figsize=(5.5, 3.8))
     front = pareto_front(list(zip(cost, accuracy)))
     ax.scatter(cost, accuracy, color="#7f7f7f", zorder=2)
     ordered = sorted(front, key=lambda i: cost[i])
@@ -184,12 +202,13 @@ def tradeoff_figure(labels: list[str], cost: list[float], accuracy: list[float],
     return fig
 
 
+@_styled
 def search_figure(searches: list[tuple[str, dict]], title: str):
     """Validation loss of every trial of a hyper-parameter search (pruned ones at their last reported epoch),
     the best so far as a line, and the default configuration's loss dashed."""
-    fig, ax = plt.subplots(figsize=(5.5, 3.2))
+    fig, ax = _subplots(figsize=(5.5, 3.2))
     shown: list[float] = []
-    for (label, search), color in zip(searches, plt.rcParams["axes.prop_cycle"].by_key()["color"]):
+    for (label, search), color in zip(searches, matplotlib.rcParams["axes.prop_cycle"].by_key()["color"]):
         trials = [t for t in search["trials"] if t["value"] is not None and np.isfinite(t["value"])]
         done = [t for t in trials if t["state"] == "complete"]
         pruned = [t for t in trials if t["state"] != "complete"]

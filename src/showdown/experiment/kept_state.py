@@ -1,0 +1,35 @@
+"""What a run sets in its process for its own work, given back when it ends, so that a notebook that runs it is left
+as it was: the warning filters (data/images.py's, which a decoding pass needs), the global random generators (a
+run seeds Python's, NumPy's and torch's at every epoch, for RandAugment, dropout and the initialisation of its
+heads) and the CUDA settings device.prepare turns on (cuDNN's autotuner, TF32 matmuls)."""
+from __future__ import annotations
+
+import contextlib
+import random
+import warnings
+
+import numpy as np
+import torch
+
+from showdown.data.images import quiet_decoding
+
+
+@contextlib.contextmanager
+def process_state_kept():
+    python, numpy, cpu = random.getstate(), np.random.get_state(), torch.get_rng_state()
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
+    matmul = torch.backends.cuda.matmul
+    benchmark, fp32 = torch.backends.cudnn.benchmark, getattr(matmul, "fp32_precision", None)
+    try:
+        with warnings.catch_warnings():
+            quiet_decoding()
+            yield
+    finally:
+        random.setstate(python)
+        np.random.set_state(numpy)
+        torch.set_rng_state(cpu)
+        if cuda is not None:
+            torch.cuda.set_rng_state_all(cuda)
+        torch.backends.cudnn.benchmark = benchmark
+        if fp32 is not None and matmul.fp32_precision != fp32:  # only where it changed (older torch lacks it)
+            matmul.fp32_precision = fp32
