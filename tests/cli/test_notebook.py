@@ -60,7 +60,14 @@ results = showdown.run(data="demo", models=["efficientnet_lite0"], image_size=64
 print("same:", state() == before)
 print("draws:", repr(random.random()), repr(float(np.random.rand())), repr(float(torch.rand(1))))
 plt.plot([1, 2, 3]); plt.show()
-print(repr(results))"""
+print(repr(results))
+from pathlib import Path
+photos = sorted(str(p) for p in (Path(showdown.__file__).parent / "demo" / "flowers" / "roses").iterdir())[:3]
+print("predicted:", [row["path"] for row in results.predict(photos[:2], Path(photos[2]))] == photos)
+try:
+    results.predict(np.zeros((8, 8, 3)))
+except showdown.ShowdownError as exc:
+    print("refused:", exc)"""
 
 
 def test_a_run_leaves_the_notebooks_plots_random_draws_and_warnings_as_they_were(tmp_path):
@@ -84,5 +91,8 @@ def test_a_run_leaves_the_notebooks_plots_random_draws_and_warnings_as_they_were
     assert f"draws: {random.random()!r} {float(np.random.rand())!r} {float(torch.rand(1))!r}" in printed, printed[-600:]
     assert any("image/png" in o.get("data", {}) for o in outputs)  # plt.show() still draws inline
     assert "Results of " in printed and "efficientnet_lite0" in printed  # the repr: the table, not every field
+    assert "predicted: True" in printed  # a list of paths and a Path, in the order given
+    assert "refused: predict takes image files, folders or glob patterns (paths or strings), not a numpy.ndarray" \
+        in printed
     warned = "".join(o.get("text", "") for o in notebook.cells[0].outputs + outputs if o.get("name") == "stderr")
     assert "IProgress" not in warned and "Warning" not in warned, warned
