@@ -238,6 +238,31 @@ def test_duplicates_across_splits_are_reported_and_can_be_dropped(leaky_folder):
     assert all(not str(p).endswith("renamed-copy.jpg") for p, _ in dropped.splits["test"])
 
 
+def test_a_class_of_files_that_are_no_images_fails_in_one_line_before_the_work(tmp_path, demo_copy):
+    """Five text files named .jpg in a class folder: the class would be an output of the model that no image
+    teaches, so the run stops, naming the class; identical text files are no duplicates to report."""
+    data = tmp_path / "photos"
+    shutil.copytree(demo_copy, data)
+    (data / "broken").mkdir()
+    for i in range(5):
+        (data / "broken" / f"b{i}.jpg").write_text("not a photo\n")
+    spec = load_dataset(str(data))
+    assert not check_leakage(spec, drop=False).leaks
+    result = run_cli("run", "--data", str(data), "--models", "efficientnet_lite0", "--epochs", "1", "--no-record",
+                     "--out", str(tmp_path / "run"))
+    _one_line_error(result, "class broken: none of its", "training file(s) is an image", "b")
+    assert not (tmp_path / "run").exists()
+
+
+def test_one_photo_filed_under_two_classes_is_a_warning(tmp_path, demo_copy):
+    data = tmp_path / "photos"
+    shutil.copytree(demo_copy, data)
+    photo = sorted((data / "daisy").iterdir())[0]
+    shutil.copy(photo, data / "roses" / "also-a-rose.jpg")
+    (warned,) = [w for w in check_leakage(load_dataset(str(data)), drop=False).warnings if "two or more" in w]
+    assert f"'{photo.name}' (daisy)" in warned and "'also-a-rose.jpg' (roses)" in warned, warned
+
+
 def test_more_workers_than_cores_is_one_line_once(demo_dir, caplog):
     """PyTorch notes it in several lines at every pass (filtered where showdown.data.images loads); showdown says it
     once, in one line."""

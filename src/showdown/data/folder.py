@@ -9,7 +9,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from showdown.data.formats import IMAGE_SUFFIXES, check_readable
+from showdown.data.formats import IMAGE_SUFFIXES, check_readable, opens_as_image
 from showdown.errors import DataError
 from showdown.fileio import fingerprint, path_order
 
@@ -196,6 +196,21 @@ def subset_per_class(spec: DatasetSpec, train_per_class: int) -> DatasetSpec:
         splits[split] = kept
     source = f"{spec.split_source}; subset of {train_per_class} train images per class"
     return dataclasses.replace(spec, splits=splits, split_source=source)
+
+
+def check_classes_open(spec: DatasetSpec) -> None:
+    """A DataError when a class's training files are all unreadable (text files named .jpg, emptied copies): the
+    model would get an output it never learns. A header read per class where its first file is an image; every
+    file only of a class with none."""
+    per_class: dict[int, list[Path]] = {}
+    for path, label in spec.splits["train"]:
+        per_class.setdefault(label, []).append(path)
+    dead = {spec.classes[label]: paths for label, paths in per_class.items()
+            if not any(opens_as_image(path) for path in paths)}
+    if dead:
+        paths = next(iter(dead.values()))
+        raise DataError(f"class {', '.join(dead)}: none of its {len(paths)} training file(s) is an image "
+                        f"(e.g. {paths[0]}), so a model cannot learn it; replace them, or take the class out")
 
 
 def without_files(dataset: DatasetSpec, paths: set[str], why: str) -> DatasetSpec:

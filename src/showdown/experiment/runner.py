@@ -19,7 +19,7 @@ from showdown.cache import STATS as HEALED
 from showdown.config.run_config import RunConfig
 from showdown.config.strategy import Strategy
 from showdown.data import DatasetSpec, load_dataset
-from showdown.data.folder import subset_per_class
+from showdown.data.folder import check_classes_open, subset_per_class
 from showdown.data.leakage import check_leakage
 from showdown.deploy.explain import EXTRA as EXPLAIN_EXTRA
 from showdown.deploy.explain import available as explain_available
@@ -97,6 +97,7 @@ def _run(config: RunConfig | None, echo: Callable[[str], None], resume: bool, op
         dataset = load_dataset(config.data, data_root=config.data_root, split=config.split, seed=config.seed)
         if config.max_per_class:
             dataset = subset_per_class(dataset, config.max_per_class)
+        check_classes_open(dataset)
         dataset = check_leakage(dataset, drop=config.drop_duplicates)
         if resume:  # the entries still to run get the split the finished ones had
             on_main(check_same_data, Path(config.out), dataset)

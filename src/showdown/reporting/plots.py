@@ -6,11 +6,13 @@ import base64
 import functools
 import io
 import json
+import warnings
 from collections import OrderedDict
 from pathlib import Path
 
 import matplotlib
 import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from showdown.fileio import write_bytes_atomic
@@ -36,9 +38,15 @@ def _styled(draw):
 
 def _subplots(*grid: int, figsize: tuple[float, float]):
     fig = Figure(figsize=figsize)
+    FigureCanvasAgg(fig)  # its own canvas, which draws PNGs: matplotlib's way without pyplot
     return fig, fig.subplots(*grid)
 
 
+# A class name in emoji (a folder named "Daisy 🌼") has no glyph in matplotlib's font: drawn as a box, with a
+# warning per figure quoting this module's code. Only the warnings matplotlib attributes to showdown's code are
+# off (it names the first caller outside itself): a notebook's own figures still warn.
+warnings.filterwarnings("ignore", message=r"Glyph \d+ .* missing from font", category=UserWarning,
+                        module=r"showdown\.")
 # PNG bytes of the entry figures drawn in this process, by everything they are drawn from: the report at the end of
 # a run shows the confusion matrices and curves its entries have just written, and takes them from here instead
 # of drawing each again (a fraction of a second apiece). The oldest are dropped beyond DRAWN_KEPT.
@@ -61,8 +69,8 @@ FIXED_MARGINS = "showdown_fixed_margins"
 
 
 def png_bytes(fig) -> bytes:
-    """The figure as PNG, closed; the same bytes `fig.savefig("name.png")` writes (with `bbox_inches="tight"` for a
-    figure not marked FIXED_MARGINS)."""
+    """The figure as PNG: the bytes `fig.savefig("name.png")` writes in STYLE (ticks and their grid lines are made as
+    it draws), with `bbox_inches="tight"` for a figure not marked FIXED_MARGINS."""
     buffer = io.BytesIO()
     with matplotlib.rc_context(STYLE):
         fig.savefig(buffer, format="png", bbox_inches=None if getattr(fig, FIXED_MARGINS, False) else "tight")
