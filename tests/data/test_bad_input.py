@@ -222,8 +222,24 @@ def test_one_class_or_one_without_training_images_is_an_error_and_one_missing_in
     spec = load_dataset(str(split))
     assert "split 'test' has no images of class roses" in spec.warnings
     shutil.copytree(demo_copy / "sunflowers", split / "test" / "sunflowers")  # in test only: nothing can learn it
-    with pytest.raises(DataError, match="class sunflowers has no training images in .*train, only in another split"):
+    with pytest.raises(DataError, match="class sunflowers: no training images in .*train, only in another split"):
         load_dataset(str(split))
+    shutil.rmtree(split / "test" / "sunflowers")
+    (split / "test" / "daisy").rename(split / "test" / "Daisy")  # one letter's case apart from train's
+    with pytest.raises(DataError, match="case-sensitive: 'Daisy' is 'daisy' in train/"):
+        load_dataset(str(split))
+
+
+def test_a_folder_around_the_class_folders_is_named_and_images_beside_them_are_said(tmp_path, demo_copy):
+    """A download unpacked as photos/flowers/<class>/: the error says which folder holds the classes. Images
+    lying beside the class folders are of no class: a warning says they were left out."""
+    wrapped = tmp_path / "photos"
+    shutil.copytree(demo_copy, wrapped / "flowers")
+    with pytest.raises(DataError, match=f"did you mean --data {wrapped / 'flowers'}"):
+        load_dataset(str(wrapped))
+    loose = sorted((demo_copy / "daisy").iterdir())[0]
+    shutil.copy(loose, wrapped / "flowers" / "stray.jpg")
+    assert "1 image(s) directly in" in " ".join(load_dataset(str(wrapped / "flowers")).warnings)
 
 
 def test_duplicates_across_splits_are_reported_and_can_be_dropped(leaky_folder):

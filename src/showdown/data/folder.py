@@ -90,7 +90,12 @@ def _contains(outer: str, inner: str) -> bool:
 
 
 def scan_classes(root: Path, warnings: list[str]) -> dict[str, list[Path]]:
-    """Class name -> image files; empty class folders are warned about and left out."""
+    """Class name -> image files; empty class folders, and images beside the class folders (of no class), are
+    warned about and left out."""
+    loose = _loose_images(root)
+    if loose:
+        warnings.append(f"{len(loose)} image(s) directly in {root}, e.g. '{loose[0]}', are in no class folder and "
+                        "were ignored")
     found: dict[str, list[Path]] = {}
     for folder in _class_folders(root):
         images = images_in(folder)
@@ -99,6 +104,15 @@ def scan_classes(root: Path, warnings: list[str]) -> dict[str, list[Path]]:
         else:
             warnings.append(f"class folder '{folder.name}' has no images and was ignored")
     return found
+
+
+def _loose_images(root: Path) -> list[str]:
+    try:
+        with os.scandir(root) as listing:
+            return sorted(entry.name for entry in listing if is_visible(entry.name) and entry.is_file()
+                          and os.path.splitext(entry.name)[1].lower() in IMAGE_SUFFIXES)
+    except OSError:
+        return []
 
 
 def given_splits(root: Path) -> dict[str, Path]:
@@ -160,17 +174,23 @@ def build_spec(name: str, root: Path, fractions: tuple[float, float, float], see
         source = "stratified {:.0f}/{:.0f}/{:.0f}, seed {}".format(*(100 * f for f in fractions), seed)
     untaught = [c for c in classes if not per_split["train"].get(c)]  # only given splits can lack one in train
     if untaught:
-        raise DataError(f"class {', '.join(untaught)} has no training images in {split_dirs['train']}, only in "
-                        "another split: a model cannot learn it; add some to train/, or take it out of the others")
+        taught = {c.casefold(): c for c in per_split["train"]}
+        cased = [f"'{c}' is '{taught[c.casefold()]}' in train/" for c in untaught if c.casefold() in taught]
+        raise DataError(f"class {', '.join(untaught)}: no training images in {split_dirs['train']}, only in "
+                        "another split: a model cannot learn it; add some to train/, or take it out of the others"
+                        + (f" (class names are case-sensitive: {', '.join(cased)})" if cased else ""))
     for split in SPLITS:
         absent = [c for c in classes if not per_split[split].get(c)]
         if absent:
             warnings.append(f"split '{split}' has no images of class {', '.join(absent)}"
                             + (" (too few images to split)" if not split_dirs else ""))
     if len(classes) < 2:
+        inner = root / classes[0] if classes and not split_dirs else None
+        wrapped = inner is not None and sum(1 for folder in _class_folders(inner) if images_in(folder)) >= 2
         raise DataError(
             f"{root} has {len(classes)} class folder(s) with images; a classifier needs at least 2 "
             "(one sub-folder per class, e.g. data/cats/*.jpg and data/dogs/*.jpg)"
+            + (f"; its one folder holds class folders: did you mean --data {inner}?" if wrapped else "")
         )
     index = {c: i for i, c in enumerate(classes)}
     splits = {
