@@ -447,3 +447,19 @@ def test_predict_stopped_midway_stops_its_decoding_workers_though_its_traceback_
     with pytest.raises(KeyboardInterrupt) as kept:
         list(predict_files(predictor, sorted((data / "roses").iterdir()), batch_size=4, workers=2))
     assert kept.traceback and not multiprocessing.active_children()
+
+
+def test_class_folders_match_the_models_classes_in_either_unicode_form(tmp_path):
+    """A model trained on a Mac (folder names decomposed: "Rose" + U+0301) predicts on a copy from Linux (composed:
+    "Rosé"): the folders still give the true labels, so accuracy is reported."""
+    import unicodedata
+
+    from showdown.deploy.inputs import folder_labels
+
+    decomposed, composed = unicodedata.normalize("NFD", "Rosé"), unicodedata.normalize("NFC", "Rosé")
+    assert decomposed != composed
+    photo = tmp_path / "test" / composed / "a.jpg"
+    photo.parent.mkdir(parents=True)
+    photo.write_bytes(b"")
+    assert folder_labels([photo], [str(tmp_path / "test")], [decomposed, "daisy"]) == ([decomposed], None)
+    assert folder_labels([photo], [str(photo.parent)], [decomposed, "daisy"]) == ([decomposed], None)

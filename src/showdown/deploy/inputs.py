@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import glob
 import os
+import unicodedata
 from pathlib import Path
 
 from showdown.data.folder import identity, images_in
@@ -46,28 +47,35 @@ def expand_inputs(inputs: list[str]) -> list[Path]:
 def folder_labels(files: list[Path], inputs: list[str], classes: list[str]) -> tuple[list[str | None], str | None]:
     """True labels from the input folders: a class-named sub-folder of one (`test/roses/x.jpg`), or an input folder
     named after a class itself (`test/roses`); and a warning when the sub-folders do not name the model's classes
-    (a model trained on other classes)."""
+    (a model trained on other classes). Names match in Unicode's composed form: macOS writes "Rosé" decomposed
+    (e + a combining accent), Linux and Windows as they are given, and a model trained on one meets folders of the
+    other."""
     roots = [Path(t) for t in inputs if Path(t).is_dir()]
+    known = {_composed(name): name for name in classes}
     labels: list[str | None] = []
     seen_folders = set()
     for path in files:
         root = next((r for r in roots if r in path.parents), None)
         below = path.relative_to(root).parts[:-1] if root else ()
-        if below and below[0] in classes:
-            labels.append(below[0])
-        elif root is not None and _name(root) in classes:
-            labels.append(_name(root))
+        if below and _composed(below[0]) in known:
+            labels.append(known[_composed(below[0])])
+        elif root is not None and _composed(_name(root)) in known:
+            labels.append(known[_composed(_name(root))])
         else:
             labels.append(None)
             if below:
                 seen_folders.add(below[0])
-    unknown = sorted(seen_folders - set(classes))
+    unknown = sorted(seen_folders)
     warning = None
     if unknown:
         warning = (f"input folder(s) {', '.join(unknown[:5])} are not classes of this model, which knows only "
                    f"{', '.join(classes[:10])}{' ...' if len(classes) > 10 else ''}; "
                    "their images get the model's classes")
     return labels, warning
+
+
+def _composed(name: str) -> str:
+    return unicodedata.normalize("NFC", name)
 
 
 def _name(folder: Path) -> str:
