@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path, PurePath, PureWindowsPath
 
-from showdown.errors import DiskError, disk_error
+from showdown.errors import ConfigError, DiskError, disk_error
 
 
 def current_umask() -> int:
@@ -205,6 +205,19 @@ def nearest_existing(path: Path) -> Path:
     while not path.exists() and path != path.parent:
         path = path.parent
     return path
+
+
+def check_output_file(output: str, example: str) -> None:
+    """A ConfigError now, before any work, when --output cannot name a file: empty, a folder, or inside a file.
+    `example`: a file name to suggest (predictions.csv)."""
+    path = Path(output)
+    if not output:
+        raise ConfigError(f"--output is empty; name a file, e.g. {example}")
+    if path.is_dir():
+        raise ConfigError(f"--output {output} is a folder; name a file in it, e.g. {path / example}")
+    folder = nearest_existing(path.parent)
+    if not folder.is_dir():
+        raise ConfigError(f"--output {output}: {folder} is a file, not a folder")
 
 
 def check_writable(folder: Path, what: str) -> None:

@@ -326,6 +326,10 @@ def test_an_output_path_that_cannot_be_written_is_one_line(trained, tmp_path):
         result = run_cli("predict", run_dir, data / "roses", "--output", target)
         assert result.returncode == 2 and said in result.stderr and "Traceback" not in result.stderr, result.stderr
         assert len(result.stderr.strip().splitlines()) == 1
+    for target, said in ((tmp_path, "is a folder; name a file in it, e.g."), (tmp_path / "afile" / "m.onnx",
+                                                                            "afile is a file, not a folder")):
+        result = run_cli("export", run_dir, "--output", target)  # as predict says it
+        assert result.returncode == 2 and said in result.stderr and "Traceback" not in result.stderr, result.stderr
     made = tmp_path / "new" / "folder" / "p.csv"
     assert run_cli("predict", run_dir, data / "roses", "--output", made).returncode == 0 and made.is_file()
     help_text = run_cli("predict", "--help").stdout

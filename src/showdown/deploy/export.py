@@ -13,7 +13,7 @@ from torch import nn
 
 from showdown.deploy.trained import EXPORT_SUFFIXES, METADATA_KEY, choose_entry
 from showdown.errors import ConfigError, ModelError
-from showdown.fileio import atomic_path
+from showdown.fileio import atomic_path, check_output_file
 from showdown.models.onnx_graph import OnnxExportError, onnx_graph
 from showdown.models.saving import load_model
 from showdown.run_schema import MODEL_INFO, MODEL_WEIGHTS
@@ -37,8 +37,10 @@ def export_model(model_path: str | Path, fmt: str, out: str | Path | None = None
         raise ConfigError(f"unknown export format '{fmt}'; choose from {', '.join(FORMATS)}")
     if quantize is not None and (fmt != "tflite" or quantize not in QUANTIZE):
         raise ConfigError(f"--quantize {quantize}: only --format tflite --quantize int8 is supported")
-    if out is not None and Path(out).suffix not in EXPORT_SUFFIXES[fmt]:  # predict knows a file's kind by its suffix
-        raise ConfigError(f"--output {out}: --format {fmt} writes a {' or '.join(EXPORT_SUFFIXES[fmt])} file")
+    if out is not None:
+        check_output_file(str(out), f"model{FORMATS[fmt]}")
+        if Path(out).suffix not in EXPORT_SUFFIXES[fmt]:  # predict knows a file's kind by its suffix
+            raise ConfigError(f"--output {out}: --format {fmt} writes a {' or '.join(EXPORT_SUFFIXES[fmt])} file")
     path = Path(model_path)
     if path.is_dir():
         folder = choose_entry(path, model_name)

@@ -14,7 +14,7 @@ from showdown.data.folder import identity
 from showdown.deploy.inputs import expand_inputs, folder_labels
 from showdown.deploy.predict import open_model, predict_files, predict_workers
 from showdown.errors import ConfigError, DataError
-from showdown.fileio import nearest_existing
+from showdown.fileio import check_output_file
 
 
 def output_format(output: str | None) -> str:
@@ -37,18 +37,6 @@ def _one_of(output: str, files: list[Path]) -> bool:
     return False
 
 
-def _check_output(output: str) -> None:
-    """--output names a file that can be written, said before the model opens: not a folder, nor in a file."""
-    path = Path(output)
-    if not output:
-        raise ConfigError("--output is empty; name a file, e.g. predictions.csv")
-    if path.is_dir():
-        raise ConfigError(f"--output {output} is a folder; name a file in it, e.g. {path / 'predictions.csv'}")
-    folder = nearest_existing(path.parent)
-    if not folder.is_dir():
-        raise ConfigError(f"--output {output}: {folder} is a file, not a folder")
-
-
 @contextmanager
 def _destination(output: str | None):
     if output is None:
@@ -68,7 +56,7 @@ def write_predictions(model: str, inputs: list[str], *, model_name: str | None =
     the table); returns counts (predicted, unreadable, labelled, correct)."""
     fmt = fmt or output_format(output)
     if output is not None:
-        _check_output(output)
+        check_output_file(output, "predictions.csv")
     try:  # counted before the model opens (predict_runtime); a model's error still comes before its inputs'
         files, missing = expand_inputs(inputs), None
     except DataError as exc:
