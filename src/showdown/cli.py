@@ -100,7 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
     report = sub.add_parser("report", help="(re)write report.html and report.md for a run folder")
     report.add_argument("run_dir")
     runs = sub.add_parser("runs", help="the results database: list, show and compare recorded runs")
-    runs.add_argument("action", choices=("list", "show", "compare"))
+    runs.add_argument("action", nargs="?", default="list", choices=("list", "show", "compare"),
+                      help="list (the default), show ID..., compare ID ID...")
     runs.add_argument("ids", nargs="*", type=flag_type(int, min=1, max=2**63 - 1), metavar="ID")  # SQLite's range
     runs.add_argument("--db", help="results database (default $SHOWDOWN_DB or ~/.local/share/showdown)")
     runs.add_argument("--out", help="folder for the comparison report (default: runs/<timestamp>-compare-<ids>)")

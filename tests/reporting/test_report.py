@@ -114,6 +114,7 @@ def test_runs_cli_lists_shows_and_compares(report_run, tmp_path):
     run_id = next(r["id"] for r in db.list_runs() if r["run_dir"] == str(report_run.run_dir.resolve()))
     listed = run_cli("runs", "list")
     assert listed.returncode == 0 and str(report_run.run_dir.resolve()) in listed.stdout
+    assert run_cli("runs").stdout == listed.stdout  # list is the default
     shown = run_cli("runs", "show", run_id)
     assert shown.returncode == 0 and "efficientnet_lite1" in shown.stdout and "seed 1" in shown.stdout
     compared = run_cli("runs", "compare", run_id, "--out", tmp_path / "cmp")
