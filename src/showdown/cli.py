@@ -9,6 +9,7 @@ import logging
 import os
 import signal
 import sys
+import traceback
 
 from showdown import __version__
 from showdown.config.cores import WORKERS_RULE, workers_valid
@@ -374,8 +375,8 @@ def main(argv: list[str] | None = None) -> int:
         with on_command_line():  # hints name the flags, not the Python API's keywords
             return handler(args)
     except ShowdownError as exc:
-        if args.debug:
-            raise
+        if args.debug:  # the traceback, then the same line and exit status as without --debug
+            traceback.print_exc()
         print(last_line(exc), file=sys.stderr)  # one line
         return getattr(exc, "exit_code", 2)
     except BrokenPipeError:  # output piped into `head` and the like (an OSError, so caught before them)

@@ -144,8 +144,11 @@ def test_cli_single_class_folder_error(tmp_path, demo_copy):
 def test_debug_after_the_command_shows_the_traceback_too(tmp_path, capsys):
     from showdown.cli import main
 
-    with pytest.raises(Exception, match="does not exist"):
-        main(["run", "--data", str(tmp_path / "nowhere"), "--debug"])  # raised: the console prints its traceback
+    # the traceback, then the one line and the exit status it has without --debug
+    assert main(["run", "--data", str(tmp_path / "nowhere"), "--debug"]) == 2
+    shown = capsys.readouterr().err
+    assert shown.startswith("Traceback") and shown.strip().splitlines()[-1].startswith("error: ") and \
+        "does not exist" in shown.strip().splitlines()[-1]
     assert main(["run", "--data", str(tmp_path / "nowhere")]) == 2 and "Traceback" not in capsys.readouterr().err
 
 
