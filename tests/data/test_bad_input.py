@@ -399,3 +399,16 @@ def test_a_folder_where_a_feature_cache_entry_goes_is_deleted_and_recomputed(tmp
     again = run_cli(*SMALL_RUN, "--out", str(tmp_path / "b"), "--cache-dir", str(cache))
     assert again.returncode == 0, again.stderr
     assert entries and all(entry.is_file() for entry in entries) and "a folder, not a cache entry" in again.stderr
+
+
+def test_a_broken_symbolic_link_is_said_not_passed_over(tmp_path, demo_copy, caplog):
+    """A link whose photo moved (an unmounted drive): a warning in a folder, and named by itself, one line that
+    says it is a broken link, not that it "does not exist"."""
+    from showdown.deploy.inputs import expand_inputs
+
+    dead = demo_copy / "roses" / "moved.jpg"
+    dead.symlink_to(tmp_path / "on-a-drive-not-mounted.jpg")
+    load_dataset(str(demo_copy))
+    assert any("1 broken symbolic link(s)" in r.getMessage() and str(dead) in r.getMessage() for r in caplog.records)
+    with pytest.raises(DataError, match="moved.jpg is a broken symbolic link"):
+        expand_inputs([str(dead)])

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import logging
 import os
 import random
 from collections import Counter
@@ -13,6 +14,7 @@ from showdown.data.formats import IMAGE_SUFFIXES, check_readable, opens_as_image
 from showdown.errors import DataError
 from showdown.fileio import fingerprint, path_order
 
+log = logging.getLogger(__name__)
 SPLITS = ("train", "val", "test")
 _SPLIT_ALIASES = {"train": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
 
@@ -49,7 +51,7 @@ def images_in(folder: Path) -> list[Path]:
     nothing, and a link to `folder` itself or above it (the dataset's root, whose other classes would be read as
     this one) is not followed."""
     top = os.path.realpath(folder)
-    found, read, waiting = [], set(), collections.deque([folder])
+    found, read, waiting, broken = [], set(), collections.deque([folder]), []
     while waiting:
         current = waiting.popleft()
         try:
@@ -70,8 +72,12 @@ def images_in(folder: Path) -> list[Path]:
                         waiting.append(Path(entry.path))
                 elif entry.is_file() and os.path.splitext(entry.name)[1].lower() in IMAGE_SUFFIXES:
                     found.append(Path(entry.path))
+                elif entry.is_symlink() and not os.path.exists(entry.path):  # its target gone (moved, unmounted)
+                    broken.append(entry.path)
             except OSError:
                 continue
+    if broken:
+        log.warning("%d broken symbolic link(s) in %s skipped, e.g. %s", len(broken), folder, min(broken))
     found.sort(key=path_order)
     check_readable(found, folder)
     return found

@@ -26,6 +26,8 @@ def expand_inputs(inputs: list[str]) -> list[Path]:
                 files.append(path)
             elif path.exists():  # a device, a socket, a pipe
                 raise DataError(f"{path} is neither an image file nor a folder")
+            elif path.is_symlink():
+                raise DataError(f"{path} is a broken symbolic link (to {os.readlink(path)}, which does not exist)")
             else:
                 raise DataError(f"{path} does not exist")
     unique, seen = [], set()
