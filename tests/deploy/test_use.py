@@ -370,9 +370,14 @@ def test_use_errors_are_one_line(args, message):
 
 
 def test_a_file_pretending_to_be_a_model_is_refused(tmp_path):
-    (tmp_path / "fake.onnx").write_bytes(b"\x00\x01 not a model")
-    result = run_cli("predict", str(tmp_path / "fake.onnx"), str(tmp_path))
-    assert result.returncode == 2 and "is not a valid ONNX model" in result.stderr
+    """One short line per kind, no library's unpacking arithmetic or advice about checkpoints."""
+    for name, said in (("fake.onnx", "is not a valid ONNX model"),
+                       ("fake.tflite", "is not a TFLite model (no TFL3 identifier"),
+                       ("fake.pt", "is not a TorchScript model: PytorchStreamReader failed reading zip archive")):
+        (tmp_path / name).write_bytes(b"\x00\x01 not a model, written over by some other program" * 40)
+        result = run_cli("predict", str(tmp_path / name), str(tmp_path))
+        assert result.returncode == 2 and said in result.stderr, result.stderr
+        assert len(result.stderr) < 240 and "checkpoint" not in result.stderr, result.stderr
 
 
 def test_predict_on_an_explicit_device_gives_the_same_probabilities(trained):

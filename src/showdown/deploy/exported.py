@@ -62,7 +62,9 @@ def open_onnx(path: Path) -> Predictor:
     try:
         session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     except Exception as exc:  # onnxruntime raises its own exception types for a bad file
-        raise ModelError(f"{path} is not a valid ONNX model: {str(exc).splitlines()[0]}") from exc
+        # "[ONNXRuntimeError] : 7 : INVALID_PROTOBUF : Load model from PATH failed:Protobuf parsing failed.": the end
+        said = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ModelError(f"{path} is not a valid ONNX model: {said.rpartition(' failed:')[2].strip()}") from exc
     info = _metadata(session.get_modelmeta().custom_metadata_map.get(METADATA_KEY), path)
     input_name = session.get_inputs()[0].name
 
@@ -78,8 +80,8 @@ def open_torchscript(path: Path, device: torch.device, precision: str) -> Predic
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)  # TorchScript is deprecated upstream
             module = torch.jit.load(str(path), map_location=device, _extra_files=extra)
-    except (RuntimeError, ValueError) as exc:
-        raise ModelError(f"{path} is not a TorchScript model: {str(exc).splitlines()[0]}") from exc
+    except (RuntimeError, ValueError) as exc:  # its first sentence: the rest is torch's guess about checkpoints
+        raise ModelError(f"{path} is not a TorchScript model: {str(exc).splitlines()[0].split('. ')[0]}") from exc
     info = _metadata(extra[f"{METADATA_KEY}.json"], path)
 
     def forward(images):
@@ -89,10 +91,17 @@ def open_torchscript(path: Path, device: torch.device, precision: str) -> Predic
     return _exported(info, forward, path, precision)
 
 
+TFLITE_IDENTIFIER = b"TFL3"  # a TFLite flatbuffer's file identifier, at bytes 4-8
+
+
 def open_tflite(path: Path) -> Predictor:
     from ai_edge_litert.interpreter import Interpreter
 
 
+    with open(path, "rb") as file:
+        if file.read(8)[4:] != TFLITE_IDENTIFIER:  # read as a flatbuffer, a foreign file gives unpacking noise
+            raise ModelError(f"{path} is not a TFLite model (no {TFLITE_IDENTIFIER.decode()} identifier: another "
+                             "kind of file, or the start of the file is damaged)")
     try:
         text = read_tflite_metadata(path)
         with stderr_lines_dropped():
