@@ -25,6 +25,7 @@ def test_quickstart_notebook_runs_and_shows_the_leaderboard(tmp_path):
     assert "winner: efficientnet_lite0 / head" in printed
     warned = "".join(o.get("text", "") for o in outputs if o.output_type == "stream" and o.name == "stderr")
     assert "efficientnet_lite0/head [head]" in warned  # the epoch bar
+    assert "efficientnet_lite0 train+val+test" in warned  # the frozen pass's bar (tqdm's own test said no terminal)
     run_dirs = list((tmp_path / "runs").iterdir())
     assert len(run_dirs) == 1 and (run_dirs[0] / "report.html").is_file()
 

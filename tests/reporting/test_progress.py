@@ -67,13 +67,30 @@ def test_a_terminal_sees_the_bar_update(tmp_path):
 
 
 def test_a_terminal_that_gives_no_width_gets_lines_not_an_invisible_bar():
-    from showdown.reporting.progress import _bar_class
+    from showdown.bars import bar_class
 
     controller, terminal = pty.openpty()
     with os.fdopen(terminal, "w") as stream:
-        assert _bar_class(stream) is None  # a fresh pty is 0 wide: tqdm would draw nothing there
+        assert bar_class(stream) is None  # a fresh pty is 0 wide: tqdm would draw nothing there
         fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 200, 0, 0))
-        assert _bar_class(stream) is not None
+        assert bar_class(stream) is not None
+    os.close(controller)
+
+
+def test_a_phase_bar_gives_the_rate_of_its_epochs_from_the_first():
+    """The bar is made once its first epoch has ended; it showed that epoch at tens of thousands per second."""
+    from showdown.reporting.progress import Reporter
+
+    controller, terminal = pty.openpty()
+    fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 200, 0, 0))
+    with os.fdopen(terminal, "w") as stream:
+        reporter = Reporter(lambda *_: None, stream=stream)
+        reporter.entry_label = "m/head"
+        reporter.epoch(dict(phase="head", epoch=1, epochs=3, train_loss=1.0, train_acc=0.5, val_loss=1.0, val_acc=0.5,
+                            seconds=2.0, lr=1e-3, since_best=0, patience=5, stopped=False))
+        rate = reporter._bar.format_dict["rate"] or reporter._bar.n / reporter._bar.format_dict["elapsed"]
+        assert 0.4 < rate < 0.51, rate  # an epoch each 2 s
+        reporter.close(None)
     os.close(controller)
 
 

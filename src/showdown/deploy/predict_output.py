@@ -10,6 +10,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from showdown.bars import bar_class
 from showdown.data.folder import identity
 from showdown.deploy.inputs import expand_inputs, folder_labels
 from showdown.deploy.predict import open_model, predict_files, predict_workers
@@ -73,7 +74,8 @@ def write_predictions(model: str, inputs: list[str], *, model_name: str | None =
         print(f"warning: {warning}", file=sys.stderr)
     counts = {"predicted": 0, "unreadable": 0, "labelled": 0, "correct": 0}
     rows = predict_files(predictor, files, top_k=top_k, batch_size=batch_size, workers=workers, labels=labels)
-    progress = tqdm(rows, total=len(files), unit="img", file=sys.stderr, disable=None, leave=False)
+    bar = bar_class(sys.stderr)
+    progress = (bar or tqdm)(rows, total=len(files), unit="img", file=sys.stderr, disable=bar is None, leave=False)
     with _destination(output) as out:
         writer = _WRITERS[fmt](out, min(top_k, len(predictor.classes)))
         try:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import sys
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +27,7 @@ from safetensors.torch import save
 from tqdm import tqdm
 
 from showdown import distributed
+from showdown.bars import bar_class
 from showdown.cache import Damaged, intact
 from showdown.data.images import decoder, image_loader
 from showdown.data.preprocessing import Preprocessing
@@ -258,7 +260,8 @@ def _forward_shard(frozen: FrozenPass, module: torch.nn.Module, preprocessing: P
     module = module.eval().to(device, memory_format=torch.channels_last)
     loader = image_loader(items, transform, batch_size=batch_size, workers=frozen.workers,
                           pin_memory=device.type == "cuda", prefetch=PREFETCH)
-    batches = iter(tqdm(loader, desc=desc, leave=False, unit="batch", disable=None if distributed.is_main() else True))
+    bar = bar_class(sys.stderr) if distributed.is_main() else None  # a notebook's too (tqdm's own test says no)
+    batches = iter((bar or tqdm)(loader, desc=desc, leave=False, unit="batch", file=sys.stderr, disable=bar is None))
     labels, indices, failed = [], [], []
     calibrated = quantize.calibration_for(calibration, transform, preprocessing, side, batch_size) \
         if precision == "int8" else None

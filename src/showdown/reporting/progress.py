@@ -8,13 +8,12 @@ experiment trackers (trackers.py) see the same events. Under torchrun only rank 
 """
 from __future__ import annotations
 
-import importlib.util
-import os
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 
+from showdown.bars import bar_class
 from showdown.errors import ShowdownError, last_line, one_line
 from showdown.reporting.trackers import Tracker, open_trackers
 
@@ -163,12 +162,15 @@ class Reporter:
         if self._bar is not None and self._bar_key == key and row["epoch"] > self._bar.n:
             return self._bar
         self._close_bar()
-        tqdm = _bar_class(self.stream)
+        tqdm = bar_class(self.stream)
         if tqdm is None:
             return None
         # mininterval 0: an epoch is seconds to minutes long, every one is worth drawing
         self._bar = tqdm(total=row["epochs"], initial=row["epoch"] - 1, desc=f"{key[0]} [{row['phase']}]",
                          unit="epoch", file=self.stream, mininterval=0, miniters=1, leave=True, dynamic_ncols=True)
+        # made once its first epoch has ended: its clock starts with that epoch, so the rate is an epoch's, not
+        # the tens of thousands of epochs per second of one epoch counted in the instant since the bar was made
+        self._bar.start_t = self._bar.last_print_t = self._bar.start_t - row["seconds"]
         self._bar_key = key
         return self._bar
 
@@ -204,34 +206,6 @@ def _stopping(row: dict) -> str:
     """The early-stopping state: epochs since the best validation loss, of the patience."""
     state = f"no better val loss for {row['since_best']}/{row['patience']}"
     return state + (", stopping early" if row["stopped"] and row["epoch"] < row["epochs"] else "")
-
-
-def _bar_class(stream):
-    if _in_notebook() and importlib.util.find_spec("ipywidgets"):
-        from tqdm.auto import tqdm  # a widget
-
-        return tqdm
-    if _in_notebook():  # without ipywidgets: the text bar, which a notebook redraws in place too
-        from tqdm import tqdm
-
-        return tqdm
-    if hasattr(stream, "isatty") and stream.isatty() and _columns(stream) != 0:  # 0: a pty that gives no width,
-        from tqdm import tqdm  # where a bar draws nothing at all; lines there
-
-        return tqdm
-    return None
-
-
-def _columns(stream) -> int | None:
-    try:
-        return os.get_terminal_size(stream.fileno()).columns
-    except (OSError, ValueError, AttributeError):  # no descriptor, or not a terminal after all
-        return None
-
-
-def _in_notebook() -> bool:
-    shell = sys.modules.get("IPython") and sys.modules["IPython"].get_ipython()
-    return type(shell).__name__ == "ZMQInteractiveShell"
 
 
 def _clock(seconds: float) -> str:
