@@ -34,5 +34,6 @@ def _columns(stream) -> int | None:
 
 
 def in_notebook() -> bool:
+    """A Jupyter kernel's shell, or one derived from it (Colab's)."""
     shell = sys.modules.get("IPython") and sys.modules["IPython"].get_ipython()
-    return type(shell).__name__ == "ZMQInteractiveShell"
+    return any(kind.__name__ == "ZMQInteractiveShell" for kind in type(shell).__mro__)

@@ -780,14 +780,11 @@ def import_what_commands_use() -> None:
     # fonts and text layout (Agg draws in this thread; no torch op runs, so no thread pool starts).
     from PIL import Image
 
-    from showdown.reporting.plots import plt, png_bytes
+    from showdown.reporting.plots import curves_figure, png_bytes
 
     Image.init()
-    figure, axes = plt.subplots()
-    axes.plot([0, 1], label="warm")
-    axes.legend()
-    figure.suptitle("warm")
-    png_bytes(figure)
+    png_bytes(curves_figure([{"phase": "head", "train_loss": 1.0, "val_loss": 1.0, "train_acc": 0.5,
+                              "val_acc": 0.5}], "warm"))  # a legend, a title, both axes' ticks
 
 
 def _child(conn: socket.socket, fds: list[int], request: dict, imports_env: dict) -> None:

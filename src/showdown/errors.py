@@ -40,13 +40,17 @@ class AccuracyGateError(ShowdownError):
 
 class DiskError(ShowdownError):
     """A write the disk refused (no space left, over quota, read-only, no permission). What was finished before it
-    is kept; the run can resume once there is room. `full`: the remedy is room (not permission to write)."""
+    is kept; the run can resume once there is room. `cure`: what lets the write through (ROOM, WRITABLE, ...)."""
 
     exit_code = 1
 
-    def __init__(self, message: str, *, full: bool = True):
+    def __init__(self, message: str, *, cure: str = "free some space"):
         super().__init__(message)
-        self.full = full
+        self.cure = cure
+
+    @property
+    def full(self) -> bool:
+        return self.cure == ROOM
 
 
 class Interrupted(KeyboardInterrupt):
@@ -70,9 +74,12 @@ def on_command_line():
 
 def resume_call(run_dir) -> str:
     """How to go on with the run in `run_dir`, as the user started it."""
-    if _COMMAND_LINE:
-        return f"`showdown run --resume {run_dir}`"
-    return f"`showdown.run(out={str(run_dir)!r}, resume=True)`"
+    return flag_or_keyword(f"`showdown run --resume {run_dir}`", f"`showdown.run(out={str(run_dir)!r}, resume=True)`")
+
+
+def flag_or_keyword(flags: str, keywords: str) -> str:
+    """A hint as the user gives options: `flags` in a command, `keywords` in a call of the Python API."""
+    return flags if _COMMAND_LINE else keywords
 
 
 class Terminated(KeyboardInterrupt):
@@ -93,7 +100,8 @@ DISK_ERRNOS = {errno.ENOSPC: "no space left on the device", errno.EDQUOT: "disk 
                errno.EROFS: "read-only file system", errno.EACCES: "permission denied",
                errno.EPERM: "operation not permitted",
                errno.EFBIG: "file too large for the file size limit (ulimit -f)"}
-_NO_ROOM = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}  # the others are cured by permission to write, not room
+ROOM, WRITABLE = "free some space", "make it writable"
+CURES = {errno.ENOSPC: ROOM, errno.EDQUOT: ROOM, errno.EFBIG: "raise the file size limit (ulimit -f)"}  # else WRITABLE
 
 
 def disk_error(exc: BaseException, path, what: str) -> DiskError | None:
@@ -101,7 +109,7 @@ def disk_error(exc: BaseException, path, what: str) -> DiskError | None:
     code = getattr(exc, "errno", None)
     reason = DISK_ERRNOS.get(code)
     return DiskError(" ".join(filter(None, [f"{reason}: could not write", what, str(path)])),
-                     full=code in _NO_ROOM) if reason else None
+                     cure=CURES.get(code, WRITABLE)) if reason else None
 
 
 def sqlite_disk_error(exc: BaseException, path, what: str) -> DiskError | None:
@@ -112,7 +120,7 @@ def sqlite_disk_error(exc: BaseException, path, what: str) -> DiskError | None:
     # takes no journal file beside it, and a read-only mount
     reason = DISK_ERRNOS[errno.ENOSPC] if full else \
         "read-only (the file, its folder or the file system)" if "readonly database" in text else None
-    return DiskError(f"{reason}: could not write {what} {path}", full=full) if reason else None
+    return DiskError(f"{reason}: could not write {what} {path}", cure=ROOM if full else WRITABLE) if reason else None
 
 
 def last_line(exc: BaseException) -> str:

@@ -225,7 +225,7 @@ def check_writable(folder: Path, what: str) -> None:
     place = nearest_existing(folder)
     if not place.is_dir():  # a file where the folder (or one above it) would be
         raise DiskError(f"could not write {what} {folder}: {place} is a file, not a folder",
-                        full=False)
+                        cure=f"move {place} away")
     with disk_writes(folder, what):
         fd, name = tempfile.mkstemp(dir=place, prefix=".showdown-probe-")
         os.close(fd)

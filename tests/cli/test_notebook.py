@@ -97,3 +97,18 @@ def test_a_run_leaves_the_notebooks_plots_random_draws_and_warnings_as_they_were
         in printed
     warned = "".join(o.get("text", "") for o in notebook.cells[0].outputs + outputs if o.get("name") == "stderr")
     assert "IProgress" not in warned and "Warning" not in warned, warned
+
+
+def test_predict_takes_paths_in_any_collection_and_refuses_images_in_memory():
+    import numpy as np
+
+    from showdown import ShowdownError
+    from showdown.experiment.results import _paths
+
+    assert _paths((["a.jpg"], ("b.jpg",), (p for p in ["c.jpg"]), np.array(["d.jpg"]), Path("e.jpg"))) == \
+        ["a.jpg", "b.jpg", "c.jpg", "d.jpg", "e.jpg"]  # a DataFrame's column is one more such
+    for image in (np.zeros((8, 8, 3), dtype=np.uint8), b"\xff\xd8 a JPEG's bytes"):
+        with pytest.raises(ShowdownError, match=f"not a .*{type(image).__name__}; save the image to a file"):
+            _paths((image,))
+    with pytest.raises(ShowdownError, match="predict needs images"):
+        _paths(())

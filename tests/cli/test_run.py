@@ -85,6 +85,9 @@ def test_feature_cache_is_hit_on_the_second_run_and_missed_after_a_change(tmp_pa
     assert frozen_passes("2", **config) == {"hit": 3, "miss": 0, "images": 0, "recomputed": 0}
     changed = frozen_passes("3", **dict(config, image_size=128))
     assert changed["miss"] == 3 and changed["images"] == first["images"]
+    # a finished run resumed, nothing left to do: its summary keeps the run's counts, not this process's zeros
+    run(out=str(tmp_path / "1"), resume=True, echo=lambda *_: None)
+    assert json.loads((tmp_path / "1" / "summary.json").read_text())["frozen_passes"] == first
 
 
 def test_unreadable_images_are_skipped_counted_and_listed(tmp_path, demo_copy):

@@ -129,3 +129,36 @@ def test_a_log_file_ends_with_the_line_the_command_ends_with(tmp_path):
         reporter.echo("data: demo")
         reporter.close(ended)
         assert log.read_text().splitlines()[-1] == last
+
+
+def test_a_bar_tqdm_was_told_to_disable_is_no_error(monkeypatch):
+    """TQDM_DISABLE=1 (CI, Hugging Face setups) makes bars without a clock: the run goes on."""
+    import functools
+
+    from tqdm import tqdm
+
+    from showdown.reporting import progress
+
+    monkeypatch.setattr(progress, "bar_class", lambda stream: functools.partial(tqdm, disable=True))
+    reporter = progress.Reporter(lambda *_: None)
+    reporter.epoch(dict(phase="head", epoch=1, epochs=3, train_loss=1.0, train_acc=0.5, val_loss=1.0, val_acc=0.5,
+                        seconds=2.0, lr=1e-3, since_best=0, patience=5, stopped=False))
+    reporter.close(None)
+
+
+def test_a_shell_derived_from_jupyters_is_a_notebook(monkeypatch):
+    """Colab's shell (google.colab._shell.Shell) is a subclass of Jupyter's: its bars update in place too."""
+    import types
+
+    from showdown import bars
+
+    class ZMQInteractiveShell:
+        pass
+
+    class Shell(ZMQInteractiveShell):
+        pass
+
+    monkeypatch.setitem(sys.modules, "IPython", types.SimpleNamespace(get_ipython=lambda: Shell()))
+    assert bars.in_notebook()
+    monkeypatch.setitem(sys.modules, "IPython", types.SimpleNamespace(get_ipython=lambda: None))
+    assert not bars.in_notebook()

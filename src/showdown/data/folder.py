@@ -72,7 +72,8 @@ def images_in(folder: Path) -> list[Path]:
                         waiting.append(Path(entry.path))
                 elif entry.is_file() and os.path.splitext(entry.name)[1].lower() in IMAGE_SUFFIXES:
                     found.append(Path(entry.path))
-                elif entry.is_symlink() and not os.path.exists(entry.path):  # its target gone (moved, unmounted)
+                elif entry.is_symlink() and not os.path.exists(entry.path) and \
+                        os.path.splitext(entry.name)[1].lower() in IMAGE_SUFFIXES:  # its photo moved, or unmounted
                     broken.append(entry.path)
             except OSError:
                 continue
@@ -192,7 +193,7 @@ def build_spec(name: str, root: Path, fractions: tuple[float, float, float], see
                             + (" (too few images to split)" if not split_dirs else ""))
     if len(classes) < 2:
         inner = root / classes[0] if classes and not split_dirs else None
-        wrapped = inner is not None and sum(1 for folder in _class_folders(inner) if images_in(folder)) >= 2
+        wrapped = inner is not None and len(_class_folders(inner)) >= 2  # a guess: said as a question
         raise DataError(
             f"{root} has {len(classes)} class folder(s) with images; a classifier needs at least 2 "
             "(one sub-folder per class, e.g. data/cats/*.jpg and data/dogs/*.jpg)"
@@ -231,12 +232,11 @@ def check_classes_open(spec: DatasetSpec) -> None:
     per_class: dict[int, list[Path]] = {}
     for path, label in spec.splits["train"]:
         per_class.setdefault(label, []).append(path)
-    dead = {spec.classes[label]: paths for label, paths in per_class.items()
-            if not any(opens_as_image(path) for path in paths)}
+    dead = [f"{spec.classes[label]} ({len(paths)} file(s), e.g. {paths[0]})" for label, paths in per_class.items()
+            if not any(opens_as_image(path) for path in paths)]
     if dead:
-        paths = next(iter(dead.values()))
-        raise DataError(f"class {', '.join(dead)}: none of its {len(paths)} training file(s) is an image "
-                        f"(e.g. {paths[0]}), so a model cannot learn it; replace them, or take the class out")
+        raise DataError(f"class {', '.join(dead)}: none of its training files is an image, so a model cannot "
+                        "learn it; replace them, or take the class out")
 
 
 def without_files(dataset: DatasetSpec, paths: set[str], why: str) -> DatasetSpec:

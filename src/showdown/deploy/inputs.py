@@ -3,6 +3,7 @@ class-named sub-folders give."""
 from __future__ import annotations
 
 import glob
+import logging
 import os
 import unicodedata
 from pathlib import Path
@@ -10,6 +11,8 @@ from pathlib import Path
 from showdown.data.folder import identity, images_in
 from showdown.data.formats import IMAGE_SUFFIXES, check_readable
 from showdown.errors import DataError
+
+log = logging.getLogger(__name__)
 
 
 def expand_inputs(inputs: list[str]) -> list[Path]:
@@ -26,6 +29,8 @@ def expand_inputs(inputs: list[str]) -> list[Path]:
                 files.append(path)
             elif path.exists():  # a device, a socket, a pipe
                 raise DataError(f"{path} is neither an image file nor a folder")
+            elif path.is_symlink() and glob.has_magic(text):  # a glob's match: passed over, as in a folder
+                log.warning("%s is a broken symbolic link (to %s), skipped", path, os.readlink(path))
             elif path.is_symlink():
                 raise DataError(f"{path} is a broken symbolic link (to {os.readlink(path)}, which does not exist)")
             else:

@@ -6,6 +6,7 @@ Under torchrun rank 0 checks (it alone writes) and its verdict holds on every ra
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -15,12 +16,12 @@ from showdown import distributed, run_schema
 from showdown.cache import kind_folders
 from showdown.config.run_config import RunConfig
 from showdown.config.strategy import Strategy
-from showdown.errors import ConfigError, DiskError, ModelError, ShowdownError, resume_call
+from showdown.errors import ConfigError, DiskError, ModelError, ShowdownError, flag_or_keyword, resume_call
 from showdown.experiment.shards import my_models
 from showdown.fileio import check_writable, nearest_existing
 from showdown.models.backbones import Backbone, resolve_backbone, weights_missing
 from showdown.models.small_cnn import SmallCNN
-from showdown.reporting.database import OTHER_DATABASE, check_database
+from showdown.reporting.database import check_database, other_in
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -50,17 +51,17 @@ def check_places(config: RunConfig, resume: bool = False) -> tuple[Path | None, 
     whether it takes new files)."""
     out = Path(config.out) if config.out else None
     if config.record:  # --resume takes no --db: the run's config.yaml says where it records
-        check_database(config.db, f"or set db: to another file (or record: false) in {out / run_schema.CONFIG}"
-                       if resume else OTHER_DATABASE)
+        check_database(config.db, other_in(out / run_schema.CONFIG) if resume else "")
     if out and not resume and run_schema.resumable(out) and run_schema.holds_work(out):  # work would be lost
-        raise ConfigError(f"--out {config.out} holds a run already; {resume_call(config.out)} goes on "
-                          "with it, or name a new folder")
+        named = flag_or_keyword(f"--out {config.out}", f"out={config.out!r}")
+        raise ConfigError(f"{named} holds a run already; {resume_call(config.out)} goes on with it, or name a new "
+                          "folder")
     check_writable(Path(config.out or "runs"), "the run folder")
     cache_dir = Path(config.cache_dir) if config.cache_dir else kind_folders()["features"]
     try:
         check_writable(cache_dir, "the feature cache folder")
     except DiskError as exc:
-        if cache_dir.is_dir():
+        if cache_dir.is_dir() and os.access(cache_dir, os.R_OK | os.X_OK):  # another user's private folder: no
             log.warning("%s; the run reads the entries it holds and keeps no new one", exc)
             return cache_dir, False
         log.warning("%s; the run goes on without a feature cache", exc)

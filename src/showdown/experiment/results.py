@@ -98,10 +98,10 @@ def _paths(images: tuple) -> list[str]:
     its type, not printed whole in the message."""
     paths = []
     for image in images:
-        if isinstance(image, (list, tuple)):
-            paths += _paths(tuple(image))
-        elif isinstance(image, (str, os.PathLike)):
-            paths.append(os.fspath(image))
+        if isinstance(image, (str, os.PathLike)):
+            paths.append(str(os.fspath(image)))
+        elif getattr(image, "ndim", 1) == 1 and hasattr(image, "__iter__") and not isinstance(image, bytes):
+            paths += _paths(tuple(image))  # a list, a DataFrame's column, a generator: not an image's rows
         else:
             raise ConfigError(f"predict takes image files, folders or glob patterns (paths or strings), not a "
                               f"{type(image).__module__}.{type(image).__qualname__}; save the image to a file "

@@ -172,6 +172,16 @@ def write_entry(entry: Entry, metrics: dict, history: list[dict], probs: np.ndar
     return {**summary, "folder": folder.name}
 
 
+def summary_frozen_passes(run_dir: Path) -> dict[str, int]:
+    """The frozen-pass counts of the run's summary.json; {} where there is none yet, or it is damaged (it is
+    written again at the run's end)."""
+    try:
+        passes = json.loads((run_dir / SUMMARY_JSON).read_text(encoding="utf-8")).get("frozen_passes")
+    except (OSError, ValueError, AttributeError):
+        return {}
+    return {key: value for key, value in passes.items() if isinstance(value, int)} if isinstance(passes, dict) else {}
+
+
 def write_summary(run_dir: Path, rows: list[dict], skipped: list[str], frozen_passes: dict,
                   label_issues: dict | None = None) -> None:
     write_json(run_dir / SUMMARY_JSON, {"rows": rows, "skipped_files": skipped, "frozen_passes": frozen_passes,

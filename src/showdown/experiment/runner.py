@@ -92,12 +92,11 @@ def _run(config: RunConfig | None, echo: Callable[[str], None], resume: bool, op
         if resume:
             echo(f"resuming {config.out}")
         healed_before = HEALED["recomputed"]  # damaged cache entries deleted and recomputed (cache.py)
-        # before the data: an archive is extracted into the cache
-        cache_dir, cache_writable = on_main(check_places, config, resume)
+        cache_dir, cache_writable = on_main(check_places, config, resume)  # before an archive is extracted there
         dataset = load_dataset(config.data, data_root=config.data_root, split=config.split, seed=config.seed)
         if config.max_per_class:
             dataset = subset_per_class(dataset, config.max_per_class)
-        check_classes_open(dataset)
+        on_main(check_classes_open, dataset)  # a header read per class: once, not on every rank
         dataset = check_leakage(dataset, drop=config.drop_duplicates)
         if resume:  # the entries still to run get the split the finished ones had
             on_main(check_same_data, Path(config.out), dataset)
@@ -117,10 +116,7 @@ def _run(config: RunConfig | None, echo: Callable[[str], None], resume: bool, op
             reporter.start_run(config, run_dir, _grid_size(config) * (2 if config.drop_label_issues else 1))
             last_loaded: dict[str, Backbone] = {}  # the entries' last backbone, which the label-issue search may reuse
             rows, skipped = _all_entries(config, dataset, folds, context, run_dir, resume, keep=last_loaded)
-            frozen_passes = {key: frozen.stats[key] for key in ("hit", "miss", "images")}
-            if distributed.active():  # images each process ran through frozen layers: shards, never one image twice
-                frozen_passes["images_per_rank"] = distributed.gather(frozen_passes["images"])
-                frozen_passes["images"] = sum(frozen_passes["images_per_rank"])
+            frozen_passes = _frozen_passes(frozen)  # the entries': the label-issue search reads theirs back
             issues, flagged = label_issues.judge(config, dataset, rows, folds, context, run_dir,
                                                  load=lambda name: last_loaded.get(name)
                                                  or _load(name, config, dataset, lambda *_: None))
@@ -132,10 +128,10 @@ def _run(config: RunConfig | None, echo: Callable[[str], None], resume: bool, op
                 issues["rerun"] = {"folder": WITHOUT_LABEL_ISSUES, "kept": kept}
             if no_gradcam:  # after every entry (the re-run's too), and never before an error
                 reporter.warn(f"Grad-CAM overlays skipped: {EXPLAIN_EXTRA}")
-            # the label-issue search's entries too (its out-of-fold probabilities), and the re-run's
+            # damaged cache entries made again anywhere in the run (the label-issue search's too)
             frozen_passes["recomputed"] = HEALED["recomputed"] - healed_before
             if distributed.is_main():
-                finish_run(results, config, frozen_passes, reporter, issues)
+                finish_run(results, config, frozen_passes, reporter, issues, resume)
         distributed.barrier()  # the run folder is complete before any process returns
         return results.gate(config.assert_accuracy_at_least)
     except KeyboardInterrupt as exc:
@@ -194,12 +190,22 @@ def _kept_on_disk_errors(run_dir: Path):
             disk_error(exc, exc.filename, "") if exc.filename else disk_error(exc, run_dir, "a file in")
         if error is None:
             raise
-        cure = f"free some space (or move {run_dir} to a larger disk)" if error.full else "make it writable"
         if run_schema.resumable(run_dir):
+            cure = f"{error.cure} (or move {run_dir} to a larger disk)" if error.full else error.cure
             then = f"finished entries are kept; {cure}, then {resume_call(run_dir)} goes on"
         else:
-            then = f"{cure.split(' (')[0]}, then run it again"
-        raise DiskError(f"{error}; {then}", full=error.full) from exc
+            then = f"{error.cure}, then run it again"
+        raise DiskError(f"{error}; {then}", cure=error.cure) from exc
+
+
+def _frozen_passes(frozen: FrozenPass) -> dict:
+    """This process's frozen-pass counts so far (feature sets from the cache, computed, images run through frozen
+    layers); under torchrun every rank's images, shards that never hold one image twice."""
+    passes = {key: frozen.stats[key] for key in ("hit", "miss", "images")}
+    if distributed.active():
+        passes["images_per_rank"] = distributed.gather(passes["images"])
+        passes["images"] = sum(passes["images_per_rank"])
+    return passes
 
 
 def resume_run(run_dir: str | Path, *, echo: Callable[[str], None] = print) -> Results:

@@ -19,7 +19,7 @@ from contextlib import closing
 from datetime import datetime
 from pathlib import Path
 
-from showdown.errors import DiskError, ShowdownError, sqlite_disk_error
+from showdown.errors import DiskError, ShowdownError, flag_or_keyword, sqlite_disk_error
 from showdown.fileio import check_writable, disk_writes
 from showdown.reporting.run_records import EntryRecord, load_run
 
@@ -57,11 +57,20 @@ def database_path(db: str | Path | None) -> Path:
 BUSY_SECONDS = 60  # a run's insert takes well under a second; a minute covers a queue of shards finishing at once
 
 
-OTHER_DATABASE = "give --db another file, or run with --no-record"
+def other_database() -> str:
+    """How to record elsewhere or not at all, as the user gives options."""
+    return flag_or_keyword("give --db another file, or run with --no-record",
+                           "give db= another file, or record=False")
 
 
-def connect(path: str | Path | None = None, other: str = OTHER_DATABASE) -> sqlite3.Connection:
-    """`other`: how to record elsewhere or not at all, said by its error."""
+def other_in(config_file: Path) -> str:
+    """How to record elsewhere or not at all under --resume, which takes no other option: in the run's config."""
+    return f"or set db: to another file (or record: false) in {config_file}"
+
+
+def connect(path: str | Path | None = None, other: str = "") -> sqlite3.Connection:
+    """`other`: how to record elsewhere or not at all, said by its error (default: other_database())."""
+    other = other or other_database()
     path = database_path(path)
     with disk_writes(path.parent, "the folder of the results database"):
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -75,23 +84,25 @@ def connect(path: str | Path | None = None, other: str = OTHER_DATABASE) -> sqli
             try:
                 check_writable(path.parent, "the folder of the results database")
             except DiskError as disk:
-                raise DiskError(f"{disk}; make it writable, {other}", full=disk.full) from exc
+                raise DiskError(f"{disk}; {disk.cure}, {other}", cure=disk.cure) from exc
         raise _database_error(path, exc, other) from exc
     conn.row_factory = sqlite3.Row
     return conn
 
 
-def _database_error(path: Path, exc: sqlite3.DatabaseError, other: str = OTHER_DATABASE) -> ShowdownError:
-    """`other`: how to record elsewhere or not at all (the flags, or under --resume the run's config.yaml)."""
+def _database_error(path: Path, exc: sqlite3.DatabaseError, other: str = "") -> ShowdownError:
+    """`other`: how to record elsewhere or not at all (the flags or keywords, or under --resume the run's
+    config.yaml; default: other_database())."""
+    other = other or other_database()
     disk = sqlite_disk_error(exc, path, "the results database")
     if disk is None:
         return ShowdownError(f"cannot use the results database {path} ({exc}); move the file aside, {other}")
     if disk.full:
         return disk
-    return DiskError(f"{disk}; make it writable, {other}", full=False)
+    return DiskError(f"{disk}; {disk.cure}, {other}", cure=disk.cure)
 
 
-def check_database(path: str | Path | None = None, other: str = OTHER_DATABASE) -> None:
+def check_database(path: str | Path | None = None, other: str = "") -> None:
     """Open the results database (created when new), check its integrity, that its tables are showdown's and that
     it takes a write (a read-only file would fail only once the run has finished). `other`: as for
     _database_error."""
@@ -131,20 +142,21 @@ def _text(value: str) -> str:
     return value.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
-def record_run(run_dir: str | Path, db: str | Path | None = None) -> int:
-    """Store a finished run folder (again: a re-recorded folder replaces its old rows); returns its id."""
+def record_run(run_dir: str | Path, db: str | Path | None = None, other: str = "") -> int:
+    """Store a finished run folder (again: a re-recorded folder replaces its old rows); returns its id. `other`:
+    as for connect."""
     records = load_run(run_dir)
     path = database_path(db)
     try:
-        return _insert_run(run_dir, records, path)
+        return _insert_run(run_dir, records, path, other)
     except sqlite3.DatabaseError as exc:  # a full disk, mid-transaction: nothing of the run is stored
-        raise _database_error(path, exc) from exc
+        raise _database_error(path, exc, other) from exc
 
 
-def _insert_run(run_dir: str | Path, records: list[EntryRecord], path: Path) -> int:
+def _insert_run(run_dir: str | Path, records: list[EntryRecord], path: Path, other: str) -> int:
     first = records[0]
     folder = str(Path(run_dir).resolve())
-    with closing(connect(path)) as conn, conn:  # one transaction: all of the run or none of it
+    with closing(connect(path, other)) as conn, conn:  # one transaction: all of the run or none of it
         # recorded again (a resumed or merged-again folder): its rows are replaced under the ID it was given
         earlier = conn.execute("SELECT id FROM runs WHERE run_dir = ?", (folder,)).fetchone()
         conn.execute("DELETE FROM runs WHERE run_dir = ?", (folder,))

@@ -3,6 +3,7 @@ images in the report."""
 from __future__ import annotations
 
 import base64
+import contextlib
 import functools
 import io
 import json
@@ -26,12 +27,21 @@ STYLE = {"font.size": 9, "axes.titlesize": 10, "axes.spines.top": False, "axes.s
                                                      "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf"])}
 
 
+@contextlib.contextmanager
+def _in_style():
+    """STYLE for what is drawn inside; and a class name in emoji (a folder named "Daisy 🌼"), which has no glyph in
+    matplotlib's font, drawn as a box without a warning quoting this module's code for every figure."""
+    with matplotlib.rc_context(STYLE), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"Glyph \d+ .* missing from font", category=UserWarning)
+        yield
+
+
 def _styled(draw):
     """`draw` in STYLE, on figures of its own: no pyplot, so a notebook's backend (inline plots), its figures and
     its rcParams stay as the user set them."""
     @functools.wraps(draw)
     def styled(*args, **kwargs):
-        with matplotlib.rc_context(STYLE):
+        with _in_style():
             return draw(*args, **kwargs)
     return styled
 
@@ -42,11 +52,6 @@ def _subplots(*grid: int, figsize: tuple[float, float]):
     return fig, fig.subplots(*grid)
 
 
-# A class name in emoji (a folder named "Daisy 🌼") has no glyph in matplotlib's font: drawn as a box, with a
-# warning per figure quoting this module's code. Only the warnings matplotlib attributes to showdown's code are
-# off (it names the first caller outside itself): a notebook's own figures still warn.
-warnings.filterwarnings("ignore", message=r"Glyph \d+ .* missing from font", category=UserWarning,
-                        module=r"showdown\.")
 # PNG bytes of the entry figures drawn in this process, by everything they are drawn from: the report at the end of
 # a run shows the confusion matrices and curves its entries have just written, and takes them from here instead
 # of drawing each again (a fraction of a second apiece). The oldest are dropped beyond DRAWN_KEPT.
@@ -72,7 +77,7 @@ def png_bytes(fig) -> bytes:
     """The figure as PNG: the bytes `fig.savefig("name.png")` writes in STYLE (ticks and their grid lines are made as
     it draws), with `bbox_inches="tight"` for a figure not marked FIXED_MARGINS."""
     buffer = io.BytesIO()
-    with matplotlib.rc_context(STYLE):
+    with _in_style():
         fig.savefig(buffer, format="png", bbox_inches=None if getattr(fig, FIXED_MARGINS, False) else "tight")
     return buffer.getvalue()
 

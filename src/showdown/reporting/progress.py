@@ -170,7 +170,8 @@ class Reporter:
                          unit="epoch", file=self.stream, mininterval=0, miniters=1, leave=True, dynamic_ncols=True)
         # made once its first epoch has ended: its clock starts with that epoch, so the rate is an epoch's, not
         # the tens of thousands of epochs per second of one epoch counted in the instant since the bar was made
-        self._bar.start_t = self._bar.last_print_t = self._bar.start_t - row["seconds"]
+        if not self._bar.disable:  # TQDM_DISABLE=1 makes a bar without a clock
+            self._bar.start_t = self._bar.last_print_t = self._bar.start_t - row["seconds"]
         self._bar_key = key
         return self._bar
 

@@ -454,11 +454,11 @@ def notes(groups: list[Group]) -> list[str]:
 
 def _leaderboard(groups: list[Group], tests: list) -> str:
     """The winner in a sentence, then the leaderboard table."""
-    rows, shown = leaderboard_rows(groups), columns(groups)
+    rows, shown, named = leaderboard_rows(groups), columns(groups), headings(groups)
     said = [suspects_note(groups)] * bool(suspects_of(groups)) + notes(groups)
     note = "".join(f"<p class=note>{html.escape(line)}</p>" for line in said)
     return (f"<p>{winner_sentence(groups, tests, _html_strong)}</p>"
-            + _table([headings(groups).get(c, c) for c in shown], [[row[c] for c in shown] for row in rows],
+            + _table([named.get(c, c) for c in shown], [[row[c] for c in shown] for row in rows],
                      numeric_from=2, numeric_until=len(shown) - ("weights" in shown), css="sortable") + note)
 
 
