@@ -57,7 +57,7 @@ def write_predictions(model: str, inputs: list[str], *, model_name: str | None =
     the table); returns counts (predicted, unreadable, labelled, correct)."""
     fmt = fmt or output_format(output)
     if output is not None:
-        check_output_file(output, "predictions.csv")
+        check_output_file(output, "predicted.csv")
     try:  # counted before the model opens (predict_runtime); a model's error still comes before its inputs'
         files, missing = expand_inputs(inputs), None
     except DataError as exc:
