@@ -68,7 +68,10 @@ print("predicted:", [row["path"] for row in results.predict(photos[:2], Path(pho
 try:
     results.predict(np.zeros((8, 8, 3)))
 except showdown.ShowdownError as exc:
-    print("refused:", exc)"""
+    print("refused:", exc)
+explained = results.explain(photos[:2], out="explained")
+print("explained:", [Path(item.path).name for item in explained] == [Path(p).name for p in photos[:2]])
+display(explained)"""
 
 
 def test_a_run_leaves_the_notebooks_plots_random_draws_and_warnings_as_they_were(tmp_path):
@@ -93,6 +96,9 @@ def test_a_run_leaves_the_notebooks_plots_random_draws_and_warnings_as_they_were
     assert any("image/png" in o.get("data", {}) for o in outputs)  # plt.show() still draws inline
     assert "Results of " in printed and "efficientnet_lite0" in printed  # the repr: the table, not every field
     assert "predicted: True" in printed  # a list of paths and a Path, in the order given
+    assert "explained: True" in printed and len(list((tmp_path / "explained").glob("*.png"))) == 2
+    gallery = [o.data["text/html"] for o in outputs if "Grad-CAM, in" in o.get("data", {}).get("text/html", "")]
+    assert len(gallery) == 1 and gallery[0].count('<img style="width:100%" src="data:image/png;base64,') == 2
     assert "refused: predict takes image files, folders or glob patterns (paths or strings), not a numpy.ndarray" \
         in printed
     warned = "".join(o.get("text", "") for o in notebook.cells[0].outputs + outputs if o.get("name") == "stderr")

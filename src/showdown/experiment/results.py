@@ -2,6 +2,7 @@
 the leaderboard with its verdicts, with the full report one call away."""
 from __future__ import annotations
 
+import base64
 import html
 import os
 import warnings
@@ -10,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from showdown.data.images import quiet_decoding
+from showdown.deploy.explain import Explained, explain_files
 from showdown.deploy.inputs import expand_inputs
 from showdown.deploy.predict import PREDICT_BATCH, open_model, predict_files, predict_workers
 from showdown.errors import AccuracyGateError, ConfigError
@@ -84,6 +86,16 @@ class Results:
             return list(predict_files(predictor, files, top_k=top_k, batch_size=PREDICT_BATCH,
                                       workers=predict_workers("auto", len(files), PREDICT_BATCH)))
 
+    def explain(self, *images, model: str | None = None, out: str | Path | None = None) -> Explanations:
+        """Grad-CAM overlays of image files with the winner (or the entry `model`), as `showdown explain RUN_DIR`
+        makes them: written to `out` (default explain/ in the entry's folder) and returned; a notebook shows them
+        as a gallery. `images` as for predict."""
+        with warnings.catch_warnings():  # the decoding's filters for this call only, as a run sets them
+            quiet_decoding()
+            folder, done, method, skipped = explain_files(str(self.run_dir), _paths(images), model,
+                                                          str(out) if out else None)
+        return Explanations(folder, done, method, skipped)
+
     def to_pandas(self):
         """The table as a pandas DataFrame, best first."""
         try:
@@ -91,6 +103,36 @@ class Results:
         except ImportError:
             raise ConfigError("results.to_pandas() needs pandas: pip install pandas") from None
         return pandas.DataFrame(sorted(self.rows, key=lambda r: -r["accuracy"]))
+
+
+@dataclass
+class Explanations:
+    """What Results.explain made: the overlays (path, class, probability, heat map, PNG in `folder`) in the order
+    given, and the files skipped as unreadable."""
+    folder: Path
+    items: list[Explained]
+    method: str  # Grad-CAM for a run's models
+    skipped: list[str] = field(default_factory=list)
+
+    def __iter__(self):
+        return iter(self.items)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __repr__(self) -> str:
+        return f"{self.method} overlays of {len(self.items)} image(s) in {self.folder}" + "".join(
+            f"\n  {Path(item.path).name}: {item.label} {item.probability:.3f}" for item in self.items)
+
+    def _repr_html_(self) -> str:
+        """Jupyter's rendering: the overlays, each with its image's name and the class its map is of."""
+        cells = "".join(
+            f'<figure style="display:inline-block;margin:4px;width:232px"><img style="width:100%" src="data:image/png;'
+            f'base64,{base64.b64encode((self.folder / item.png).read_bytes()).decode()}"><figcaption style="font-size:'
+            f'12px;overflow-wrap:anywhere">{html.escape(Path(item.path).name)}: {html.escape(item.label)} '
+            f"{item.probability:.3f}</figcaption></figure>" for item in self.items)
+        skipped = f"<p>skipped as unreadable: {html.escape(', '.join(self.skipped))}</p>" if self.skipped else ""
+        return f"<div><p>{html.escape(self.method)}, in {html.escape(str(self.folder))}</p>{cells}{skipped}</div>"
 
 
 def _paths(images: tuple) -> list[str]:
