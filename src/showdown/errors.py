@@ -44,9 +44,9 @@ class DiskError(ShowdownError):
 
     exit_code = 1
 
-    def __init__(self, message: str, *, cure: str = "free some space"):
+    def __init__(self, message: str, *, cure: str = ""):
         super().__init__(message)
-        self.cure = cure
+        self.cure = cure or ROOM
 
     @property
     def full(self) -> bool:

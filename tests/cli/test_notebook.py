@@ -99,7 +99,7 @@ def test_a_run_leaves_the_notebooks_plots_random_draws_and_warnings_as_they_were
     assert "explained: True" in printed and len(list((tmp_path / "explained").glob("*.png"))) == 2
     gallery = [o.data["text/html"] for o in outputs if "Grad-CAM, in" in o.get("data", {}).get("text/html", "")]
     assert len(gallery) == 1 and gallery[0].count('<img style="width:100%" src="data:image/png;base64,') == 2
-    assert "refused: predict takes image files, folders or glob patterns (paths or strings), not a numpy.ndarray" \
+    assert "refused: images are given as files, folders or glob patterns (paths or strings), not a numpy.ndarray" \
         in printed
     warned = "".join(o.get("text", "") for o in notebook.cells[0].outputs + outputs if o.get("name") == "stderr")
     assert "IProgress" not in warned and "Warning" not in warned, warned
@@ -116,5 +116,5 @@ def test_predict_takes_paths_in_any_collection_and_refuses_images_in_memory():
     for image in (np.zeros((8, 8, 3), dtype=np.uint8), b"\xff\xd8 a JPEG's bytes"):
         with pytest.raises(ShowdownError, match=f"not a .*{type(image).__name__}; save the image to a file"):
             _paths((image,))
-    with pytest.raises(ShowdownError, match="predict needs images"):
+    with pytest.raises(ShowdownError, match="no images given"):
         _paths(())

@@ -38,7 +38,6 @@ log = logging.getLogger(__name__)
 UNREADABLE = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
 
 
-
 def quiet_decoding() -> None:
     """The warnings decoding a folder of photos would spam, off. Set for the whole process when this module is
     imported (a command's, a loader worker's); the Python API imports it with the process's filters kept

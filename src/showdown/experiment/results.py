@@ -136,8 +136,8 @@ class Explanations:
 
 
 def _paths(images: tuple) -> list[str]:
-    """Results.predict's arguments as path strings; an image in memory (PIL, an array, a tensor) is refused by
-    its type, not printed whole in the message."""
+    """The images given to Results.predict or explain, as path strings; an image in memory (PIL, an array, a
+    tensor) is refused by its type, not printed whole in the message."""
     paths = []
     for image in images:
         if isinstance(image, (str, os.PathLike)):
@@ -145,9 +145,9 @@ def _paths(images: tuple) -> list[str]:
         elif getattr(image, "ndim", 1) == 1 and hasattr(image, "__iter__") and not isinstance(image, bytes):
             paths += _paths(tuple(image))  # a list, a DataFrame's column, a generator: not an image's rows
         else:
-            raise ConfigError(f"predict takes image files, folders or glob patterns (paths or strings), not a "
+            raise ConfigError(f"images are given as files, folders or glob patterns (paths or strings), not a "
                               f"{type(image).__module__}.{type(image).__qualname__}; save the image to a file "
                               "and pass its path")
     if not paths:
-        raise ConfigError("predict needs images: files, folders or glob patterns")
+        raise ConfigError("no images given: pass files, folders or glob patterns")
     return paths
