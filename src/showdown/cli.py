@@ -195,8 +195,11 @@ def cmd_run(args) -> int:
 def cmd_merge(args) -> int:
     with heavy_imports():
         from showdown.experiment.merge import merge
+        from showdown.reporting.tables import format_table
+        from showdown.run_schema import SUMMARY_JSON, read_json
 
-    merge(args.run_dirs, args.out, report=args.report, record=args.record, db=args.db)
+    out = merge(args.run_dirs, args.out, report=args.report, record=args.record, db=args.db)
+    print(f"\n{format_table(read_json(out / SUMMARY_JSON)['rows'])}")  # the leaderboard a run ends with
     return 0
 
 
@@ -397,7 +400,8 @@ def main(argv: list[str] | None = None) -> int:
               "--workers 0 decodes in this process, or give the container more shared memory", file=sys.stderr)
         return 1
     except KeyboardInterrupt as exc:
-        print(last_line(exc), file=sys.stderr)
+        if os.environ.get("RANK", "0") == "0":  # under torchrun every rank has it: rank 0 says it
+            print(last_line(exc), file=sys.stderr)
         return 128 + signal.SIGTERM if terminated(exc) else 130
 
 

@@ -4,6 +4,7 @@ The CLI prints a ShowdownError as that one line, without a traceback (``--debug`
 """
 import contextlib
 import errno
+import os
 import re
 
 
@@ -73,7 +74,9 @@ def on_command_line():
 
 
 def resume_call(run_dir) -> str:
-    """How to go on with the run in `run_dir`, as the user started it."""
+    """How to go on with the run in `run_dir`, as the user started it (under torchrun: under torchrun again)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        return f"`torchrun <the same options> -m showdown run --resume {run_dir}`"
     return flag_or_keyword(f"`showdown run --resume {run_dir}`", f"`showdown.run(out={str(run_dir)!r}, resume=True)`")
 
 

@@ -164,3 +164,21 @@ def test_a_value_argparse_takes_for_a_flag_gets_a_hint(capsys):
     said = capsys.readouterr().err
     assert ended.value.code == 2 and said.count("\n") == 1
     assert "argument --shard: expected one argument (a value that starts with '-' goes after '='" in said
+
+
+def test_under_torchrun_an_interrupt_is_said_once_with_the_torchrun_resume(monkeypatch, capsys, tmp_path):
+    """Ctrl-C reaches every rank: rank 0 alone says it, and the way on is under torchrun again."""
+    from showdown import cli
+    from showdown.errors import Interrupted, resume_call
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    said = f"finished entries are kept in {tmp_path}; {resume_call(tmp_path)} goes on"
+    assert "`torchrun <the same options> -m showdown run --resume" in said
+
+    def interrupted(args):
+        raise Interrupted(said)
+
+    monkeypatch.setattr(cli, "cmd_run", interrupted)
+    for rank, printed in (("1", ""), ("0", f"interrupted: {said}\n")):
+        monkeypatch.setenv("RANK", rank)
+        assert cli.main(["run"]) == 130 and capsys.readouterr().err == printed

@@ -133,6 +133,12 @@ def test_a_missing_weights_file_fails_before_the_run_folder_is_written(tmp_path)
                      str(tmp_path / "nofile.safetensors"), "--out", str(tmp_path / "run"), "--no-record")
     _one_line_error(result, f"weights file {tmp_path / 'nofile.safetensors'} does not exist")
     assert not (tmp_path / "run").exists()
+    # a TFLite download that is something else (an HTML error page): found before any backbone trains
+    (tmp_path / "mobilenet_v2.tflite").write_text("<html><body>404 Not Found</body></html>\n" * 50)
+    result = run_cli("run", "--data", "demo", "--models", "efficientnet_lite0,mobilenet_v2", "--weights",
+                     f"mobilenet_v2={tmp_path / 'mobilenet_v2.tflite'}", "--out", str(tmp_path / "run"), "--no-record")
+    _one_line_error(result, "mobilenet_v2.tflite is not a TFLite model (no TFL3 identifier")
+    assert not (tmp_path / "run").exists()
 
 
 def test_image_modes_are_converted_to_rgb_correctly(tmp_path):

@@ -202,6 +202,17 @@ def test_options_a_ray_run_cannot_merge_are_refused_before_it_starts():
             RunConfig(executor="ray", **values).validate()
 
 
+def test_executor_ray_under_torchrun_is_refused_before_it_starts(tmp_path, monkeypatch):
+    """Every rank would run the whole Ray showdown: four shard tasks writing two folders, two merges into one."""
+    from showdown import run
+    from showdown.errors import ConfigError
+
+    monkeypatch.setenv("WORLD_SIZE", "2")  # as torchrun sets it
+    with pytest.raises(ConfigError, match="start it without torchrun"):
+        run(data="demo", models=["efficientnet_lite0"], executor="ray", out=str(tmp_path / "run"))
+    assert not (tmp_path / "run").exists()
+
+
 def test_shard_paths_are_absolute_for_workers_started_elsewhere(tmp_path, monkeypatch):
     from showdown import RunConfig
     from showdown.experiment.ray_executor import Plan, _shard_values

@@ -90,9 +90,11 @@ def test_shards_split_the_grid_by_backbone_and_run_the_small_cnn_once(runs):
         [*MODELS, "resnet50", "mobilenet_v2"])
 
 
-def test_merge_gives_the_single_process_run(runs, tmp_path):
+def test_merge_gives_the_single_process_run(runs, tmp_path, capsys):
     db, out = tmp_path / "results.db", tmp_path / "merged"
     assert _merge(runs["1"], runs["0"], "--out", out, db=db) == 0
+    printed = capsys.readouterr().out
+    assert "test acc" in printed and all(model in printed for model in MODELS)  # the leaderboard, as a run ends
     rows = _summary(out)["rows"]
     single = _summary(runs["single"])["rows"]
     assert [row["folder"] for row in rows] == [row["folder"] for row in single]  # every entry once, in run order
@@ -150,6 +152,17 @@ def test_merge_refuses_other_seeds_other_data_and_duplicates(runs, tmp_path, cap
     assert f"{entry / 'predictions.csv'} is missing" in _refused(capsys, runs["0"], damaged, "--out", out, db=db)
     (entry / "metrics.json").write_text('{"model": "x", "acc')
     assert f"{entry / 'metrics.json'} is damaged" in _refused(capsys, runs["0"], damaged, "--out", out, db=db)
+    # shard 1/2 of another --models list (here its order): its share is another part of the grid
+    reordered = shutil.copytree(runs["1"], tmp_path / "reordered")
+    config = (reordered / "config.yaml").read_text()
+    (reordered / "config.yaml").write_text(config.replace(f"- {MODELS[0]}\n- {MODELS[1]}\n",
+                                                          f"- {MODELS[1]}\n- {MODELS[0]}\n"))
+    assert "differ in models (the shards of one run split one --models list" in \
+        _refused(capsys, runs["0"], reordered, "--out", out, db=db)
+    unfinished = shutil.copytree(runs["1"], tmp_path / "unfinished")
+    (unfinished / "summary.json").unlink()  # a shard killed before its end
+    assert f"is an unfinished run (no summary.json yet): `showdown run --resume {unfinished}`" in \
+        _refused(capsys, runs["0"], unfinished, "--out", out, db=db)
     assert not out.exists() and not db.exists()  # nothing written
 
 

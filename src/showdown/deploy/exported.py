@@ -16,6 +16,7 @@ from showdown.deploy.litert_quiet import stderr_lines_dropped
 from showdown.deploy.predictor import Predictor
 from showdown.deploy.trained import METADATA_KEY, read_tflite_metadata
 from showdown.errors import ModelError, one_line
+from showdown.models.backbones.tflite import not_tflite
 from showdown.precision import autocast
 
 
@@ -91,17 +92,12 @@ def open_torchscript(path: Path, device: torch.device, precision: str) -> Predic
     return _exported(info, forward, path, precision)
 
 
-TFLITE_IDENTIFIER = b"TFL3"  # a TFLite flatbuffer's file identifier, at bytes 4-8
-
-
 def open_tflite(path: Path) -> Predictor:
     from ai_edge_litert.interpreter import Interpreter
 
 
-    with open(path, "rb") as file:
-        if file.read(8)[4:] != TFLITE_IDENTIFIER:  # read as a flatbuffer, a foreign file gives unpacking noise
-            raise ModelError(f"{path} is not a TFLite model (no {TFLITE_IDENTIFIER.decode()} identifier: another "
-                             "kind of file, or the start of the file is damaged)")
+    if why := not_tflite(path):
+        raise ModelError(why)
     try:
         text = read_tflite_metadata(path)
         with stderr_lines_dropped():

@@ -101,6 +101,9 @@ def merge(run_dirs: list[str | Path], out: str | Path, *, report: bool = True, r
 
 def _read(run_dir: Path) -> Shard:
     summary = read_json(run_dir / SUMMARY_JSON)
+    if summary is None and (run_dir / CONFIG).is_file():
+        raise ConfigError(f"{run_dir} is an unfinished run (no summary.json yet): `showdown run --resume {run_dir}` "
+                          "finishes it, then merge")
     if summary is None or not (run_dir / CONFIG).is_file():
         raise ConfigError(f"{run_dir} is not a finished showdown run (no summary.json or config.yaml)")
     if (summary.get("label_issues") or {}).get("rerun"):
@@ -177,6 +180,11 @@ def _check_same(first: Shard, other: Shard) -> None:
     for key in sorted((set(first.config) | set(other.config)) - PER_SHARD):
         if first.config.get(key) != other.config.get(key):
             refuse(key, first.config.get(key), other.config.get(key))
+    # the shards of one --shard run split one --models list: another list (or order) is another split of the grid,
+    # whose missing backbones no shard count would show; runs made without --shard join whatever they trained
+    if first.config.get("shard") and first.config.get("models") != other.config.get("models"):
+        refuse("models (the shards of one run split one --models list, in its order)", first.config.get("models"),
+               other.config.get("models"))
     if first.environment.get("precision") != other.environment.get("precision"):
         refuse("resolved precision", first.environment.get("precision"), other.environment.get("precision"))
     for key, what in (("split", "split"), ("counts", "split sizes")):

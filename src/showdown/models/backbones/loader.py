@@ -33,6 +33,7 @@ from showdown.models.backbones.input_size import check_patch_multiple, size_kwar
 from showdown.models.backbones.keras_import import keras_cache_dir
 from showdown.models.backbones.registry import BackboneSpec, resolve_backbone
 from showdown.models.backbones.stages import pooled
+from showdown.models.backbones.tflite import not_tflite
 
 HUB_HOST = "huggingface.co"
 
@@ -152,6 +153,8 @@ def weights_missing(name: str, *, weights_file: str | Path | None = None, weight
     spec, tried = resolve_backbone(name), []
     if pretrained and weights_file is not None and not Path(weights_file).is_file():
         return f"weights file {weights_file} does not exist"  # load_weights_file's words
+    if pretrained and weights_file is not None and Path(weights_file).suffix.lower() == ".tflite":
+        return not_tflite(Path(weights_file))  # a bad download found before the others train, not after
     if not pretrained or weights_file is not None or allow_random_init:
         return None
     if _local_weights(spec, weights_dir, tried) is not None or find_in_hub_cache(spec.hub_name, tried) is not None:

@@ -57,10 +57,25 @@ def _tensor(model, graph, index: int) -> np.ndarray:
     return _dequantize(tensor, raw)
 
 
+TFLITE_IDENTIFIER = b"TFL3"  # a TFLite flatbuffer's file identifier, at bytes 4-8
+
+
+def not_tflite(path: Path) -> str | None:
+    """Why `path` is no TFLite file by its first 8 bytes (read as a flatbuffer, a foreign file gives unpacking
+    arithmetic), None where it may be one."""
+    with open(path, "rb") as file:
+        if file.read(8)[4:] != TFLITE_IDENTIFIER:
+            return (f"{path} is not a TFLite model (no {TFLITE_IDENTIFIER.decode()} identifier: another kind of file, "
+                    "or the start of the file is damaged)")
+    return None
+
+
 def read_tflite(path: Path) -> tuple[list[Layer], tuple[float, float]]:
     """The weight layers in graph order, and the input quantisation (scale, zero point)."""
     import tflite
 
+    if why := not_tflite(path):
+        raise ModelError(why)
     try:
         model = tflite.Model.GetRootAsModel(path.read_bytes(), 0)
         graph = model.Subgraphs(0)
