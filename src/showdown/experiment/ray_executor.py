@@ -71,6 +71,10 @@ def plan(models: list[str], device: str, nodes: list[dict]) -> Plan:
 
 def run_on_ray(config: RunConfig, *, echo: Callable[[str], None] = print):
     """The showdown of `config` as Ray tasks, one per shard, then merged into its run folder: its Results."""
+    from showdown import distributed  # here: the command line imports this module before torch
+
+    if distributed.launched():  # every torchrun rank would run the whole showdown: its shards twice, two merges
+        raise ConfigError("--executor ray starts its own processes; start it without torchrun")
     require_ray()
     import ray
 

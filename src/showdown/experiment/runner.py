@@ -72,8 +72,6 @@ def _run(config: RunConfig | None, echo: Callable[[str], None], resume: bool, op
     check_names(config)
     # shards as Ray tasks, each of them a run of this function; a merged Ray run resumes here, in one process (its
     # entries are all in its folder: what is left is the summary, report and record)
-    if config.executor == "ray" and distributed.launched():  # every rank would run the whole Ray showdown
-        raise ConfigError("--executor ray starts its own processes; start it without torchrun")
     if config.executor == "ray" and not resume:
         return run_on_ray(config, echo=echo).gate(config.assert_accuracy_at_least)
     if not resume:
