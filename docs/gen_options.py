@@ -1,8 +1,9 @@
-"""MkDocs hook: the option reference of `showdown run`, generated from `showdown.config.options` at build time.
+"""The option reference of `showdown run`, generated from `showdown.config.options`.
 
-`docs/options.md` holds the marker `<!-- options -->`; this hook replaces it with one table per group of
-`showdown run --help`, in the same order, built from the same declarations (`definitions`, `add_flags`), so the
-option list is never written twice. Run by `mkdocs build` through `hooks:` in `mkdocs.yml`.
+`docs/options.md` holds one table per group of `showdown run --help`, in the same order, built from the same
+declarations (`definitions`, `add_flags`), between the markers `<!-- options -->` and `<!-- /options -->`:
+written there by `python docs/gen_options.py` (so the page reads whole in a checkout and on GitHub; a test fails
+when it falls behind the options), and made afresh by `mkdocs build` through `hooks:` in `mkdocs.yml`.
 """
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ import html
 import sys
 from pathlib import Path
 
-MARKER = "<!-- options -->"
+MARKER, END = "<!-- options -->", "<!-- /options -->"
+PAGE = Path(__file__).resolve().parent / "options.md"
 _SRC = Path(__file__).resolve().parents[1] / "src"
 if (_SRC / "showdown").is_dir() and str(_SRC) not in sys.path:
     sys.path.insert(0, str(_SRC))  # document the checkout being built, not another installed copy
@@ -59,7 +61,18 @@ def options_markdown() -> str:
     return "\n".join(out)
 
 
+def with_options(markdown: str) -> str:
+    """The page with the tables between its markers made afresh."""
+    head, _, rest = markdown.partition(MARKER)
+    _, _, tail = rest.partition(END)
+    return f"{head}{MARKER}\n\n{options_markdown()}\n{END}{tail}"
+
+
 def on_page_markdown(markdown: str, page, config, files) -> str:
     if MARKER not in markdown:
         return markdown
-    return markdown.replace(MARKER, options_markdown())
+    return with_options(markdown).replace(MARKER, "").replace(END, "")  # the site needs no markers
+
+
+if __name__ == "__main__":
+    PAGE.write_text(with_options(PAGE.read_text(encoding="utf-8")), encoding="utf-8")

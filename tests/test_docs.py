@@ -60,3 +60,25 @@ def test_site_builds_strict_with_the_generated_option_reference(tmp_path):
     groups = {opt.group for _, opt, _ in declared.values()}
     assert not [group for group in groups if f">{group}<" not in page], "a group of --help has no section"
     assert "<!-- options -->" not in page
+
+
+def test_the_option_reference_in_the_checkout_is_current():
+    """docs/options.md holds the tables (a reader on GitHub sees them); they are the options' own, regenerated."""
+    sys.path.insert(0, str(REPO / "docs"))
+    try:
+        import gen_options
+    finally:
+        sys.path.remove(str(REPO / "docs"))
+    page = (REPO / "docs" / "options.md").read_text(encoding="utf-8")
+    assert "| `--epochs` |" in page
+    assert gen_options.with_options(page) == page, "docs/options.md is behind the options: python docs/gen_options.py"
+
+
+def test_the_sites_front_page_shows_the_readmes_two_commands():
+    """docs/index.md repeats the README's "Two commands" section (its links made relative to docs/): the same
+    output and figures, not a copy that drifts."""
+    def section(text: str) -> str:
+        return text[text.index("## Two commands on a fresh machine"):text.index("On the full TF-Flowers set")]
+
+    expected = section(README.read_text()).replace("(docs/", "(").replace("(#installing)", "(install.md)")
+    assert section((REPO / "docs" / "index.md").read_text()) == expected

@@ -56,6 +56,9 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"error: {message} (see `{self.prog} --help`)\n")
 
 
+DB_HELP = "results database (default $SHOWDOWN_DB, else showdown/showdown.db in $XDG_DATA_HOME or ~/.local/share)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="showdown", description=DESCRIPTION)
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
@@ -104,7 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
     runs.add_argument("action", nargs="?", default="list", choices=("list", "show", "compare"),
                       help="list (the default), show ID..., compare ID ID...")
     runs.add_argument("ids", nargs="*", type=flag_type(int, min=1, max=2**63 - 1), metavar="ID")  # SQLite's range
-    runs.add_argument("--db", help="results database (default $SHOWDOWN_DB or ~/.local/share/showdown)")
+    runs.add_argument("--db", help=DB_HELP)
     runs.add_argument("--out", help="folder for the comparison report (default: runs/<timestamp>-compare-<ids>)")
     bench = sub.add_parser("bench", help="measure parameters, size, GMACs, latency and throughput of backbones")
     bench.add_argument("--models", type=flag_type(list[str]), default=None, help="comma-separated backbones")
@@ -132,7 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
     merge.add_argument("--out", required=True, help="the merged run folder (new, or an earlier merge of these runs)")
     merge.add_argument("--no-report", dest="report", action="store_false", help="skip report.html and report.md")
     merge.add_argument("--no-record", dest="record", action="store_false", help="do not store it in the database")
-    merge.add_argument("--db", help="results database (default $SHOWDOWN_DB or ~/.local/share/showdown)")
+    merge.add_argument("--db", help=DB_HELP)
     daemon = sub.add_parser("daemon", help="a warm process that runs later commands without their 5-7 s of imports")
     daemon.add_argument("action", choices=["start", "stop", "status"],
                         help="start this environment's daemon; stop or list every daemon of yours")
