@@ -24,7 +24,9 @@ def _cell(text: str) -> str:
 
 
 def _code(text: str) -> str:
-    return f"`{text}`"  # a pipe inside a code span does not split a Python-Markdown table cell
+    if "|" in text:  # a pipe splits a GitHub table cell even inside a code span; an entity splits neither
+        return f"<code>{html.escape(text, quote=False).replace('|', '&#124;')}</code>"
+    return f"`{text}`"
 
 
 def options_markdown() -> str:
@@ -62,17 +64,19 @@ def options_markdown() -> str:
 
 
 def with_options(markdown: str) -> str:
-    """The page with the tables between its markers made afresh."""
+    """The page with the tables between its markers (each there once, in order) made afresh."""
+    if markdown.count(MARKER) != 1 or markdown.count(END) != 1 or markdown.index(MARKER) > markdown.index(END):
+        raise ValueError(f"the option page needs {MARKER} and then {END}, once each")
     head, _, rest = markdown.partition(MARKER)
     _, _, tail = rest.partition(END)
     return f"{head}{MARKER}\n\n{options_markdown()}\n{END}{tail}"
 
 
 def on_page_markdown(markdown: str, page, config, files) -> str:
-    if MARKER not in markdown:
+    if page.file.src_uri != PAGE.name:
         return markdown
     return with_options(markdown).replace(MARKER, "").replace(END, "")  # the site needs no markers
 
 
 if __name__ == "__main__":
-    PAGE.write_text(with_options(PAGE.read_text(encoding="utf-8")), encoding="utf-8")
+    PAGE.write_text(with_options(PAGE.read_text(encoding="utf-8")), encoding="utf-8", newline="\n")

@@ -16,7 +16,15 @@ from showdown.config.cores import WORKERS_RULE, workers_valid
 from showdown.config.options import add_flags, definitions, flag_type, read_values
 from showdown.config.presets import QUICK, load_preset
 from showdown.config.run_config import RUNTIMES, RunConfig, read_config_file, weights_map
-from showdown.errors import DISK_ERRNOS, ConfigError, ShowdownError, last_line, on_command_line, terminated
+from showdown.errors import (
+    DISK_ERRNOS,
+    ConfigError,
+    ShowdownError,
+    last_line,
+    on_command_line,
+    terminated,
+    under_torchrun,
+)
 from showdown.startup import end_on_sigterm, heavy_imports, stacks_on_sigusr1
 
 DEVICE_HELP = definitions(RunConfig)["device"][1].help  # the same words as `showdown run --help`
@@ -198,11 +206,8 @@ def cmd_run(args) -> int:
 def cmd_merge(args) -> int:
     with heavy_imports():
         from showdown.experiment.merge import merge
-        from showdown.reporting.tables import format_table
-        from showdown.run_schema import SUMMARY_JSON, read_json
 
-    out = merge(args.run_dirs, args.out, report=args.report, record=args.record, db=args.db)
-    print(f"\n{format_table(read_json(out / SUMMARY_JSON)['rows'])}")  # the leaderboard a run ends with
+    merge(args.run_dirs, args.out, report=args.report, record=args.record, db=args.db)
     return 0
 
 
@@ -403,7 +408,7 @@ def main(argv: list[str] | None = None) -> int:
               "--workers 0 decodes in this process, or give the container more shared memory", file=sys.stderr)
         return 1
     except KeyboardInterrupt as exc:
-        if os.environ.get("RANK", "0") == "0":  # under torchrun every rank has it: rank 0 says it
+        if not under_torchrun() or os.environ.get("RANK", "0") == "0":  # every torchrun rank has it: rank 0 says it
             print(last_line(exc), file=sys.stderr)
         return 128 + signal.SIGTERM if terminated(exc) else 130
 

@@ -16,6 +16,8 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
+from showdown.errors import under_torchrun
+
 _objects_group = None  # the gloo group that gathers and broadcasts Python objects
 _owns_group = False  # whether start() made the process group (stop() ends only its own)
 # Generous: rank 0 alone writes the report and plots while the others wait at the next collective. Every group
@@ -25,7 +27,7 @@ TIMEOUT = timedelta(minutes=60)
 
 def launched() -> bool:
     """Started by torchrun with more than one process."""
-    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+    return under_torchrun()
 
 
 def start(device: torch.device) -> None:

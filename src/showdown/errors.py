@@ -73,11 +73,16 @@ def on_command_line():
         _COMMAND_LINE.pop()
 
 
+def under_torchrun() -> bool:
+    """Whether this process is one of several a launcher started (torchrun sets WORLD_SIZE); light: no torch."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
 def resume_call(run_dir) -> str:
-    """How to go on with the run in `run_dir`, as the user started it (under torchrun: under torchrun again)."""
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        return f"`torchrun <the same options> -m showdown run --resume {run_dir}`"
-    return flag_or_keyword(f"`showdown run --resume {run_dir}`", f"`showdown.run(out={str(run_dir)!r}, resume=True)`")
+    """How to go on with the run in `run_dir`, as the user started it (a command under torchrun: under torchrun)."""
+    resume = f"showdown run --resume {run_dir}"
+    flags = f"`torchrun --nproc_per_node=<as before> -m {resume}`" if under_torchrun() else f"`{resume}`"
+    return flag_or_keyword(flags, f"`showdown.run(out={str(run_dir)!r}, resume=True)`")
 
 
 def flag_or_keyword(flags: str, keywords: str) -> str:

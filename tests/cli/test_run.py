@@ -169,11 +169,12 @@ def test_a_value_argparse_takes_for_a_flag_gets_a_hint(capsys):
 def test_under_torchrun_an_interrupt_is_said_once_with_the_torchrun_resume(monkeypatch, capsys, tmp_path):
     """Ctrl-C reaches every rank: rank 0 alone says it, and the way on is under torchrun again."""
     from showdown import cli
-    from showdown.errors import Interrupted, resume_call
+    from showdown.errors import Interrupted, on_command_line, resume_call
 
     monkeypatch.setenv("WORLD_SIZE", "2")
-    said = f"finished entries are kept in {tmp_path}; {resume_call(tmp_path)} goes on"
-    assert "`torchrun <the same options> -m showdown run --resume" in said
+    with on_command_line():
+        said = f"finished entries are kept in {tmp_path}; {resume_call(tmp_path)} goes on"
+    assert f"`torchrun --nproc_per_node=<as before> -m showdown run --resume {tmp_path}`" in said
 
     def interrupted(args):
         raise Interrupted(said)
@@ -182,3 +183,6 @@ def test_under_torchrun_an_interrupt_is_said_once_with_the_torchrun_resume(monke
     for rank, printed in (("1", ""), ("0", f"interrupted: {said}\n")):
         monkeypatch.setenv("RANK", rank)
         assert cli.main(["run"]) == 130 and capsys.readouterr().err == printed
+    monkeypatch.setenv("WORLD_SIZE", "1")  # a RANK left in the environment, no torchrun: said all the same
+    monkeypatch.setenv("RANK", "3")
+    assert cli.main(["run"]) == 130 and capsys.readouterr().err == f"interrupted: {said}\n"

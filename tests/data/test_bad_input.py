@@ -139,6 +139,13 @@ def test_a_missing_weights_file_fails_before_the_run_folder_is_written(tmp_path)
                      f"mobilenet_v2={tmp_path / 'mobilenet_v2.tflite'}", "--out", str(tmp_path / "run"), "--no-record")
     _one_line_error(result, "mobilenet_v2.tflite is not a TFLite model (no TFL3 identifier")
     assert not (tmp_path / "run").exists()
+    weights = tmp_path / "weights"  # the same page found in --weights-dir under the file's own name
+    weights.mkdir()
+    (tmp_path / "mobilenet_v2.tflite").rename(weights / "mobilenet_v2_1.0_224_quant.tflite")
+    result = run_cli("run", "--data", "demo", "--models", "efficientnet_lite0,mobilenet_v2", "--weights-dir", weights,
+                     "--out", str(tmp_path / "run"), "--no-record")
+    _one_line_error(result, "mobilenet_v2_1.0_224_quant.tflite is not a TFLite model (no TFL3 identifier")
+    assert not (tmp_path / "run").exists()
 
 
 def test_image_modes_are_converted_to_rgb_correctly(tmp_path):

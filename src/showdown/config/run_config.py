@@ -43,7 +43,7 @@ MIN_IMAGE_SIZE, MAX_IMAGE_SIZE = 32, 1024
 class RunConfig:
     data: str = option("demo", "dataset name (demo, tf_flowers, cifar10, cifar100), folder or archive", group=DATA)
     data_root: str | None = option(None, "where named datasets live", group=DATA,
-                                   unset="$SHOWDOWN_DATA, else ~/.cache/showdown/data")
+                                   unset="$SHOWDOWN_DATA, else data/ in $SHOWDOWN_CACHE or ~/.cache/showdown")
     split: tuple[float, float, float] = option(
         (0.7, 0.15, 0.15), "train,val,test fractions (a folder's own train/val/test split wins)", group=DATA,
         metavar="TRAIN,VAL,TEST")

@@ -25,6 +25,7 @@ from showdown.fileio import write_csv, write_json
 from showdown.reporting.database import default_db, record_run
 from showdown.reporting.label_issues import LABEL_ISSUES
 from showdown.reporting.report import report_run
+from showdown.reporting.tables import format_table
 from showdown.run_schema import (
     BENCH_CSV,
     BENCH_JSON,
@@ -92,6 +93,7 @@ def merge(run_dirs: list[str | Path], out: str | Path, *, report: bool = True, r
             (staging / keep).rename(out / keep)
         shutil.rmtree(staging, ignore_errors=True)
     echo(f"merged {len(rows)} entries of {len(shards)} runs into {out}")
+    echo(f"\n{format_table(rows)}\n")  # the leaderboard, as a run ends with it
     if report:
         echo(f"report: {report_run(out)[0]}")
     if record:

@@ -111,7 +111,7 @@ def _run_shards(ray, config: RunConfig, echo: Callable[[str], None]):
           asked=absolute_paths(config))
     summary = read_json(out / run_schema.SUMMARY_JSON)
     results = Results(out, summary["rows"], summary.get("skipped_files", []))
-    echo(f"\n{results.table()}\nrun folder: {out}")
+    echo(f"run folder: {out}")  # after merge's leaderboard
     return results
 
 

@@ -33,7 +33,8 @@ def finish_run(results: Results, config: RunConfig, frozen_passes: dict, reporte
         reporter.result(ranking_change(rows, rerun.rows))
     echo("")
     recomputed = f", {frozen_passes['recomputed']} damaged cache entries recomputed" * bool(frozen_passes["recomputed"])
-    echo(f"frozen passes: {frozen_passes['images']} images run through frozen layers (each backbone its own), "
+    echo(f"frozen passes: {frozen_passes['images']} image passes through frozen layers (an image once per backbone "
+         "and view), "
          f"{frozen_passes['hit']} feature sets from the cache{recomputed}")
     if config.bench:
         bench_models(my_models(config), config, run_dir, echo=echo)

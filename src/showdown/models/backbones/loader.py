@@ -153,16 +153,25 @@ def weights_missing(name: str, *, weights_file: str | Path | None = None, weight
     spec, tried = resolve_backbone(name), []
     if pretrained and weights_file is not None and not Path(weights_file).is_file():
         return f"weights file {weights_file} does not exist"  # load_weights_file's words
-    if pretrained and weights_file is not None and Path(weights_file).suffix.lower() == ".tflite":
-        return not_tflite(Path(weights_file))  # a bad download found before the others train, not after
-    if not pretrained or weights_file is not None or allow_random_init:
+    if pretrained and weights_file is not None:
+        return _not_weights(Path(weights_file))  # a bad download found before the others train, not after
+    if not pretrained or allow_random_init:
         return None
-    if _local_weights(spec, weights_dir, tried) is not None or find_in_hub_cache(spec.hub_name, tried) is not None:
+    if (local := _local_weights(spec, weights_dir, tried)) is not None:
+        _, source = local
+        return _not_weights(Path(source.location)) if source.kind == "file" else None
+    if find_in_hub_cache(spec.hub_name, tried) is not None:
         return None
     why_not = _hub_unreachable()
     if why_not is None:
         return None
     return _none_found(name, spec, [*tried, f"timm hub '{spec.hub_name}' ({why_not})"])
+
+
+def _not_weights(path: Path) -> str | None:
+    """Why a weights file found is surely unusable, by its first bytes (a TFLite file that is an HTML error page),
+    None where it may be used; the rest of its checks come as it is read."""
+    return not_tflite(path) if path.suffix.lower() == ".tflite" else None
 
 
 def _none_found(name: str, spec: BackboneSpec, tried: list[str]) -> str:
