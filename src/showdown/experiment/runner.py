@@ -56,7 +56,7 @@ def run(config: RunConfig | None = None, *, echo: Callable[[str], None] = print,
     In a notebook: `run(data="demo", models=["efficientnet_lite0"], strategy=["head"], epochs=5)`, the flags'
     names with _ for -, checked as the flags are (one-line ShowdownErrors); with a RunConfig they replace its
     values. `run(out="runs/x", resume=True)` goes on with an interrupted run as its config.yaml says. The global
-    random generators and CUDA settings are as they were when it returns (kept_state.py)."""
+    random generators, CUDA settings and warning filters are as they were when it returns (kept_state.py)."""
     with process_state_kept():
         try:
             return _run(config, echo, resume, options)
