@@ -66,6 +66,9 @@ def test_efficientnet_lite_mapping_fails_loudly_on_a_mismatch():
 def test_unknown_model_suggests_close_names():
     with pytest.raises(ModelError, match="unknown model 'efficientnet_lite9'.*efficientnet_lite"):
         resolve_backbone("efficientnet_lite9")
+    # the short names first, whose weights are found offline (lite3 and lite4 are timm names only)
+    with pytest.raises(ModelError, match="Did you mean efficientnet_lite0, efficientnet_lite2, efficientnet_lite1\\?"):
+        resolve_backbone("efficientnet_lit0")
     assert resolve_backbone("convnext_atto").timm_name == "convnext_atto"
     assert resolve_backbone("resnet18.a1_in1k").hub_tag == "a1_in1k"
 

@@ -79,7 +79,9 @@ def resolve_backbone(name: str) -> BackboneSpec:
     if timm.is_model(name):
         arch, _, tag = name.partition(".")
         return BackboneSpec(name, arch, tag or None)
-    candidates = list(dict.fromkeys([*SHORT_NAMES, *timm.list_models()]))  # a short name can also be a timm name
-    close = difflib.get_close_matches(name, candidates, n=3, cutoff=0.6)
+    # the short names first (their weights are found offline), then timm's (a short name can also be a timm name)
+    close = difflib.get_close_matches(name, SHORT_NAMES, n=3, cutoff=0.6)
+    close += [other for other in difflib.get_close_matches(name, timm.list_models(), n=3, cutoff=0.6)
+              if other not in close][:3 - len(close)]
     hint = f" Did you mean {', '.join(close)}?" if close else " Run `showdown models` for the short names."
     raise ModelError(f"unknown model '{name}'.{hint}")
