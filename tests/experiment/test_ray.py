@@ -193,6 +193,22 @@ def test_a_cluster_that_does_not_answer_is_one_line(tmp_path):
     assert not (tmp_path / "run").exists()
 
 
+def test_a_cluster_that_turns_the_driver_away_is_not_called_absent(tmp_path, monkeypatch):
+    """A cluster started with token authentication answers, then refuses a driver without the token: the line
+    says so, not "no Ray cluster" (Ray's own words were about the address it was redirected to)."""
+    ray = pytest.importorskip("ray", reason="needs the ray extra")
+    from showdown.errors import ConfigError
+    from showdown.experiment import ray_executor
+
+    def refused(**_):
+        raise ConnectionError("Failed to connect to Ray cluster at 192.0.2.2:6390")
+
+    monkeypatch.setattr(ray, "init", refused)
+    monkeypatch.setattr(ray_executor, "_answers", lambda address: True)
+    with pytest.raises(ConfigError, match="answers but refused this driver .*RAY_AUTH_MODE=token"):
+        ray_executor._connect("127.0.0.1:6390")
+
+
 def test_options_a_ray_run_cannot_merge_are_refused_before_it_starts():
     from showdown import RunConfig
     from showdown.errors import ConfigError

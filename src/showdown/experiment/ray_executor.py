@@ -148,7 +148,11 @@ def _connect(address: str | None) -> None:
         except ConnectionError:  # no cluster running: one on this machine, for this run
             ray.init(**quiet)
     except ConnectionError as exc:
-        raise ConfigError(f"--executor ray: no Ray cluster at {address} ({exc})") from exc
+        if address:  # it answered (_answers): there, but it turned this driver away
+            raise ConfigError(f"--executor ray: the Ray cluster at {address} answers but refused this driver ({exc}); "
+                              "a cluster started with token authentication needs RAY_AUTH_MODE=token here too, and "
+                              "the same Ray version") from exc
+        raise ConfigError(f"--executor ray: no Ray cluster here ({exc})") from exc
 
 
 def _answers(address: str) -> bool:
