@@ -32,6 +32,8 @@ REPORT_MD = "report.md"
 BENCH_JSON = "bench.json"  # with --bench
 BENCH_CSV = "bench.csv"
 MERGE = "merge.json"  # a merged run (showdown merge): which shard gave which entries
+RAY_SHARDS = "shards"  # --executor ray: a run folder per shard, and the run's own config.yaml and plan until merged
+RAY_PLAN = "plan.json"  # in RAY_SHARDS: how many shards, with which resources (a resumed run keeps them)
 LABEL_ISSUES = "label_issues.csv"  # path, split, given, suggested, self_confidence, rank (1 = most suspect)
 WITHOUT_LABEL_ISSUES = "without-label-issues"  # --drop-label-issues: the run folder of the re-run
 

@@ -156,6 +156,36 @@ def test_ray_executor_gives_the_single_run_and_survives_a_killed_worker(cluster,
     assert "recorded as run" in resumed.stdout and "ray:" not in resumed.stdout
 
 
+@needs_ray
+def test_a_ray_run_whose_driver_was_killed_resumes_its_shards_and_merges(cluster, tmp_path):
+    """The driver killed before the merge (a login node's session ended): its folder holds only the shards.
+    `showdown run --resume` on it runs the shards on, each from where it stopped, and merges them."""
+    env = {**os.environ, "RAY_ADDRESS": "", "OMP_NUM_THREADS": "1", **NO_TOKEN}
+    out = tmp_path / "ray-run"
+    driver = subprocess.Popen([sys.executable, "-m", "showdown", "run", *FLAGS, "--executor", "ray", "--ray-address",
+                               cluster, "--out", str(out), "--no-record"],
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    shards = out / "shards"
+    deadline = time.time() + 300
+    while driver.poll() is None and time.time() < deadline and not list(shards.glob("shard-*/*-head/metrics.json")):
+        time.sleep(0.05)
+    finished = {path: path.stat().st_mtime_ns for path in shards.glob("shard-*/*-head/model.safetensors")
+                if path.with_name("metrics.json").is_file()}
+    assert driver.poll() is None and finished, "the run ended before its driver could be killed"
+    driver.kill()
+    driver.communicate(timeout=60)
+    workers = [int(p.read_text()) for p in shards.glob("shard-*.pid")]
+    while any(Path(f"/proc/{pid}").exists() for pid in workers) and time.time() < deadline:  # Ray ends its tasks
+        time.sleep(0.1)
+    assert not (out / "config.yaml").exists() and (shards / "config.yaml").is_file()
+    resumed = subprocess.run([sys.executable, "-m", "showdown", "run", "--resume", str(out)], capture_output=True,
+                             text=True, env=env, timeout=300)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert "merged 3 entries of 2 runs" in resumed.stdout, resumed.stdout
+    assert [row["model"] for row in _summary(out)["rows"]] == MODELS
+    assert {path: path.stat().st_mtime_ns for path in finished} == finished  # kept, not trained again
+
+
 def test_executor_ray_without_ray_is_one_line(tmp_path):
     """Ray hidden from the process: one line, exit status 2, before any work."""
     hide = "import importlib.util as u; f = u.find_spec; u.find_spec = lambda n, *a: None if n == 'ray' else f(n, *a)"

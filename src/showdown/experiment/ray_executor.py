@@ -26,9 +26,9 @@ from showdown.config.run_config import RunConfig
 from showdown.errors import ConfigError, ShowdownError
 from showdown.experiment.resume import absolute_paths
 from showdown.experiment.shards import assign
-from showdown.fileio import new_run_dir
+from showdown.fileio import new_run_dir, write_json
 
-SHARDS = "shards"  # inside the run folder: one run folder per shard
+SHARDS = run_schema.RAY_SHARDS  # inside the run folder: one run folder per shard
 RETRIES = 3  # per shard, for a worker or node that dies (not for an error of the run itself)
 MISSING = "--executor ray needs Ray, which is not installed: pip install 'tl-showdown[ray]'"
 
@@ -69,8 +69,9 @@ def plan(models: list[str], device: str, nodes: list[dict]) -> Plan:
     return Plan(count, gpu, k)
 
 
-def run_on_ray(config: RunConfig, *, echo: Callable[[str], None] = print):
-    """The showdown of `config` as Ray tasks, one per shard, then merged into its run folder: its Results."""
+def run_on_ray(config: RunConfig, *, echo: Callable[[str], None] = print, resume: bool = False):
+    """The showdown of `config` as Ray tasks, one per shard, then merged into its run folder: its Results. With
+    `resume`, `config.out` is a Ray run whose driver stopped before the merge: its shards go on where they were."""
     from showdown import distributed  # here: the command line imports this module before torch
 
     if distributed.launched():  # every torchrun rank would run the whole showdown: its shards twice, two merges
@@ -80,22 +81,31 @@ def run_on_ray(config: RunConfig, *, echo: Callable[[str], None] = print):
 
     _connect(config.ray_address)
     try:
-        return _run_shards(ray, config, echo)
+        return _run_shards(ray, config, echo, resume)
     finally:
         ray.shutdown()  # before the CLI's os._exit: a cluster this run started ends with it
 
 
-def _run_shards(ray, config: RunConfig, echo: Callable[[str], None]):
+def _run_shards(ray, config: RunConfig, echo: Callable[[str], None], resume: bool):
     from showdown.experiment.merge import merge
     from showdown.experiment.results import Results
     from showdown.reporting.run_records import read_json
 
-    the_plan = plan(config.models, config.device, [node["Resources"] for node in ray.nodes() if node["Alive"]])
-    out = new_run_dir(config.out, config.name or Path(config.data).name).absolute()
-    shards = out / SHARDS
-    if shards.is_dir() and any(shards.iterdir()):  # its shards would resume with their own, older settings
-        raise ConfigError(f"--out {out} holds the shards of an earlier Ray run; give a new folder")
-    shards.mkdir(exist_ok=True)
+    if resume:  # the shards as planned then, whatever the cluster is now: each goes on in its own folder
+        out = Path(config.out).absolute()
+        shards = out / SHARDS
+        the_plan = Plan(**read_json(shards / run_schema.RAY_PLAN))
+    else:
+        the_plan = plan(config.models, config.device, [node["Resources"] for node in ray.nodes() if node["Alive"]])
+        out = new_run_dir(config.out, config.name or Path(config.data).name).absolute()
+        shards = out / SHARDS
+        if shards.is_dir() and any(shards.iterdir()):  # its shards would resume with their own, older settings
+            raise ConfigError(f"--out {out} holds the shards of an earlier Ray run; `showdown run --resume {out}` "
+                              "goes on with it, or give a new folder")
+        shards.mkdir(exist_ok=True)
+        # what --resume needs before the merge writes the run's own config.yaml: the run as asked, and its plan
+        write_json(shards / run_schema.RAY_PLAN, dataclasses.asdict(the_plan))
+        absolute_paths(dataclasses.replace(config, out=str(out))).save(shards / run_schema.CONFIG)
     task = ray.remote(run_shard).options(num_cpus=the_plan.cpus, num_gpus=int(the_plan.gpu), max_retries=RETRIES,
                                          retry_exceptions=False)
     echo(f"ray: {the_plan.count} shards of {len(config.models)} backbones, each a task with "

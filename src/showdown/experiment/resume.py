@@ -16,8 +16,11 @@ from showdown.errors import ConfigError, DamagedFileError, DataError
 
 
 def resumed_config(run_dir: str | Path) -> RunConfig:
-    """The configuration the run in `run_dir` was started with, its folder as `out`."""
+    """The configuration the run in `run_dir` was started with, its folder as `out`; of a Ray run whose driver
+    stopped before its merge, the one its shards' folder keeps."""
     config_file = Path(run_dir) / run_schema.CONFIG
+    if not config_file.is_file() and (Path(run_dir) / run_schema.RAY_SHARDS / run_schema.CONFIG).is_file():
+        config_file = Path(run_dir) / run_schema.RAY_SHARDS / run_schema.CONFIG
     if not config_file.is_file():
         raise ConfigError(f"{run_dir} is not a showdown run folder (no config.yaml)")
     values = read_config_file(config_file)

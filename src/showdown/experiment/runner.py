@@ -70,10 +70,10 @@ def _run(config: RunConfig | None, echo: Callable[[str], None], resume: bool, op
     config = RunConfig.from_keywords(options, base=config) if options or config is None else config
     config.validate()
     check_names(config)
-    # shards as Ray tasks, each of them a run of this function; a merged Ray run resumes here, in one process (its
-    # entries are all in its folder: what is left is the summary, report and record)
-    if config.executor == "ray" and not resume:
-        return run_on_ray(config, echo=echo).gate(config.assert_accuracy_at_least)
+    # shards as Ray tasks, each of them a run of this function (resumed too, where the driver stopped before the
+    # merge); a merged Ray run resumes here, in one process (what is left is the summary, report and record)
+    if config.executor == "ray" and not (resume and (Path(config.out) / run_schema.SUMMARY_JSON).is_file()):
+        return run_on_ray(config, echo=echo, resume=resume).gate(config.assert_accuracy_at_least)
     if not resume:
         check_weights(config)
     device = resolve_device(config.device)
