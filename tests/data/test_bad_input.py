@@ -14,7 +14,7 @@ from showdown.data import load_dataset
 from showdown.data.images import load_rgb
 from showdown.data.leakage import check_leakage
 from showdown.errors import DataError
-from tests.conftest import run_cli
+from tests.conftest import SHARED, run_cli
 
 
 def _process(*args, cwd=None):
@@ -146,6 +146,14 @@ def test_a_missing_weights_file_fails_before_the_run_folder_is_written(tmp_path)
                      "--out", str(tmp_path / "run"), "--no-record")
     _one_line_error(result, "mobilenet_v2_1.0_224_quant.tflite is not a TFLite model (no TFL3 identifier")
     assert not (tmp_path / "run").exists()
+    # a real file cut short (an interrupted download): read through before the work, one line, no traceback
+    real = next((SHARED / "weights" / "mobilenet-tflite").glob("mobilenet_v2_1.0*.tflite"), None)
+    if real is not None:
+        (weights / real.name).write_bytes(real.read_bytes()[:100_000])
+        result = run_cli("run", "--data", "demo", "--models", "efficientnet_lite0,mobilenet_v2", "--weights-dir",
+                         weights, "--out", str(tmp_path / "run"), "--no-record")
+        _one_line_error(result, "is a damaged TFLite file (cut short or overwritten); fetch it again")
+        assert not (tmp_path / "run").exists()
 
 
 def test_image_modes_are_converted_to_rgb_correctly(tmp_path):

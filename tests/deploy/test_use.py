@@ -256,6 +256,19 @@ def test_a_damaged_run_folder_is_one_line_in_predict_and_export(trained, tmp_pat
         assert said in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
 
 
+def test_weights_overwritten_mid_file_are_one_line_not_a_table_of_nan(trained, tmp_path):
+    """Bytes overwritten inside model.safetensors load (its header is intact) and give NaN, or through OpenVINO
+    plausible-looking scores: said, exit 2, instead of a table of them and exit 0."""
+    run_dir, data = trained
+    copy = shutil.copytree(run_dir, tmp_path / "run")
+    weights = next(copy.glob("*-head/model.safetensors"))
+    raw = bytearray(weights.read_bytes())
+    raw[len(raw) // 2:len(raw) // 2 + 200_000] = b"\xff" * 200_000  # 0xffffffff is a float32 NaN
+    weights.write_bytes(bytes(raw))
+    result = run_cli("predict", copy, data / "roses", "--model", weights.parent.name)
+    assert result.returncode == 2 and "holds NaN or infinite weights: it is damaged" in result.stderr, result.stderr
+
+
 def test_predict_with_stdout_closed_by_the_shell_still_works(trained):
     """`showdown predict RUN photos/ >&-`: Python starts with no sys.stdout; the command runs, its rows go nowhere."""
     run_dir, data = trained

@@ -251,6 +251,34 @@ def test_a_damaged_results_database_under_resume_says_what_to_edit_not_flags_res
     assert "--db" not in line and "--no-record" not in line  # flags --resume refuses
 
 
+def test_a_locked_or_damaged_database_is_one_line_for_every_command(tmp_path, capsys, monkeypatch):
+    """A writer holding the database past the busy timeout: "locked", and to try again (not to move the file aside
+    while another process writes it). A damaged page: `showdown runs` says damaged, as `run` does (it printed a
+    traceback, or "no run 1 (runs: 119)" read off the garbage)."""
+    import sqlite3
+
+    from showdown.errors import DiskError
+    from showdown.reporting import database
+
+    locked = tmp_path / "locked.db"
+    database.check_database(locked)
+    monkeypatch.setattr(database, "BUSY_SECONDS", 0.2)
+    writer = sqlite3.connect(locked, isolation_level=None)
+    writer.execute("BEGIN EXCLUSIVE")
+    try:
+        with pytest.raises(DiskError, match="is locked: another process has been writing it .* try again once it is"):
+            database.check_database(locked)
+    finally:
+        writer.close()
+    damaged = _damaged_databases(tmp_path)["truncated"].with_name("paged.db")
+    shutil.copy(tmp_path / "real.db", damaged)
+    data = bytearray(damaged.read_bytes())
+    data[len(data) // 2:len(data) // 2 + 3000] = os.urandom(3000)
+    damaged.write_bytes(bytes(data))
+    for args in (["runs", "--db", str(damaged)], ["runs", "show", "1", "--db", str(damaged)]):
+        _one_line(*_main(capsys, *args), 2, "cannot use the results database", "damaged")
+
+
 def _immutable(path: Path) -> None:
     """`path` made immutable (chattr +i): not even root writes it, as a file of a read-only share."""
     if os.geteuid() != 0 or shutil.which("chattr") is None:

@@ -95,7 +95,6 @@ def open_torchscript(path: Path, device: torch.device, precision: str) -> Predic
 def open_tflite(path: Path) -> Predictor:
     from ai_edge_litert.interpreter import Interpreter
 
-
     if why := not_tflite(path):
         raise ModelError(why)
     try:
@@ -103,9 +102,8 @@ def open_tflite(path: Path) -> Predictor:
         with stderr_lines_dropped():
             interpreter = Interpreter(model_path=str(path))
             interpreter.allocate_tensors()
-    except Exception as exc:  # the flatbuffer reader and the interpreter raise their own types for a bad file
-        reason = str(exc).splitlines()[0] if str(exc) else repr(exc)
-        raise ModelError(f"{path} is not a valid TFLite model: {reason}") from exc
+    except Exception as exc:  # its identifier is right: the flatbuffer's offsets point past its end, or anywhere
+        raise ModelError(f"{path} is a damaged TFLite model (cut short or overwritten); export it again") from exc
     info = _metadata(text, path)
     source, target = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
 

@@ -195,6 +195,9 @@ def predict_files(predictor: Predictor, files: list[Path], *, top_k: int = 3, ba
     given = 0
     with contextlib.closing(loaded), contextlib.closing(in_order(predictor.forward, batches())) as computed:
         for indices, probs in computed:
+            if not np.isfinite(probs).all():  # weights overwritten mid-file still load, and give NaN
+                raise ModelError(f"{predictor.name} outputs NaN or infinite scores: its weights are damaged; train or "
+                                 "export it again")
             for index, p in zip(indices.tolist(), probs):
                 order = np.argsort(-p)[:k]
                 rows[index] = {"path": str(files[index]), "top": [(predictor.classes[i], float(p[i])) for i in order]}

@@ -190,9 +190,10 @@ def _kept_on_disk_errors(run_dir: Path):
             disk_error(exc, exc.filename, "") if exc.filename else disk_error(exc, run_dir, "a file in")
         if error is None:
             raise
-        if run_schema.resumable(run_dir):
-            cure = f"{error.cure} (or move {run_dir} to a larger disk)" if error.full else error.cure
-            then = f"finished entries are kept; {cure}, then {resume_call(run_dir)} goes on"
+        cure = f"{error.cure} (or move {run_dir} to a larger disk)" if error.full else error.cure
+        if run_schema.resumable(run_dir):  # a cure said already (the results database's) is not said twice
+            then = f"finished entries are kept; {'' if error.cure in str(error) else cure + ', then '}" \
+                   f"{resume_call(run_dir)} goes on"
         else:
             then = f"{error.cure}, then run it again"
         raise DiskError(f"{error}; {then}", cure=error.cure) from exc

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import torch
 from safetensors.torch import load_file, save
 
 from showdown.config.strategy import SMALL_CNN_MODEL
@@ -38,8 +39,14 @@ def load_model(directory: Path) -> tuple[ImageClassifier, ModelInfo]:
     head = Head(info.head.in_features, len(info.classes), info.head.hidden, info.head.dropout, info.head.batch_norm)
     model = ImageClassifier(backbone, head, info.tta)
     try:
-        model.load_state_dict(load_file(str(weights)))
+        state = load_file(str(weights))
+        model.load_state_dict(state)
     except Exception as exc:  # safetensors' own error for a cut or foreign file; torch's RuntimeError for a mismatch
         raise ModelError(f"{weights} is damaged or does not match {MODEL_INFO} ({one_line(exc)}); train the model "
                          "again or restore the file") from exc
+    # bytes overwritten inside the tensors load all the same; NaN in them gives NaN, or (through OpenVINO's clamps)
+    # plausible-looking scores
+    if not all(torch.isfinite(tensor).all() for tensor in state.values() if tensor.is_floating_point()):
+        raise ModelError(f"{weights} holds NaN or infinite weights: it is damaged; train the model again or restore "
+                         "the file")
     return model.eval(), info

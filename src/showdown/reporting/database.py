@@ -15,7 +15,8 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
-from contextlib import closing
+from collections.abc import Iterator
+from contextlib import closing, contextmanager
 from datetime import datetime
 from pathlib import Path
 
@@ -94,6 +95,9 @@ def _database_error(path: Path, exc: sqlite3.DatabaseError, other: str = "") -> 
     """`other`: how to record elsewhere or not at all (the flags or keywords, or under --resume the run's
     config.yaml; default: other_database())."""
     other = other or other_database()
+    if "locked" in str(exc).lower():  # another writer held it past the busy timeout: nothing is wrong with the file
+        return DiskError(f"the results database {path} is locked: another process has been writing it for over "
+                         f"{BUSY_SECONDS} s; try again once it is done, {other}", cure="try again once it is done")
     disk = sqlite_disk_error(exc, path, "the results database")
     if disk is None:
         return ShowdownError(f"cannot use the results database {path} ({exc}); move the file aside, {other}")
@@ -109,9 +113,7 @@ def check_database(path: str | Path | None = None, other: str = "") -> None:
     path = database_path(path)
     with closing(connect(path, other)) as conn:
         try:
-            (verdict,) = conn.execute("PRAGMA quick_check(1)").fetchone()
-            if verdict != "ok":
-                raise sqlite3.DatabaseError(f"damaged: {verdict}")
+            _check_intact(conn)
             for table, wanted in _COLUMNS.items():
                 have = {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
                 if not wanted <= have:
@@ -124,6 +126,25 @@ def check_database(path: str | Path | None = None, other: str = "") -> None:
                 conn.rollback()
         except sqlite3.DatabaseError as exc:
             raise _database_error(path, exc, other) from exc
+
+
+def _check_intact(conn: sqlite3.Connection) -> None:
+    (verdict,) = conn.execute("PRAGMA quick_check(1)").fetchone()
+    if verdict != "ok":
+        raise sqlite3.DatabaseError(f"damaged: {verdict}")
+
+
+@contextmanager
+def _reading(db: str | Path | None) -> Iterator[sqlite3.Connection]:
+    """The database for a command that reads it, checked as a run checks it (a damaged page reads as garbage,
+    not always as an error); an error while reading is one line."""
+    path = database_path(db)
+    with closing(connect(path)) as conn:
+        try:
+            _check_intact(conn)
+            yield conn
+        except sqlite3.DatabaseError as exc:
+            raise _database_error(path, exc) from exc
 
 
 def _schema_columns() -> dict[str, set[str]]:
@@ -190,7 +211,7 @@ def _insert_run(run_dir: str | Path, records: list[EntryRecord], path: Path, oth
 def list_runs(db: str | Path | None = None) -> list[dict]:
     if not database_path(db).exists():  # nothing recorded yet: nothing made by a command that reads
         return []
-    with closing(connect(db)) as conn:
+    with _reading(db) as conn:
         # the best (model, strategy) by its mean over the seeds (--repeats), as the report ranks them
         best = "FROM entries WHERE run_id = r.id GROUP BY model, strategy ORDER BY AVG(accuracy) DESC LIMIT 1"
         rows = conn.execute(
@@ -207,7 +228,7 @@ def load_entries(run_ids: list[int], db: str | Path | None = None) -> list[Entry
         raise ShowdownError(f"no run {run_ids[0]}: no results database at {path} (runs are recorded there by "
                             "`showdown run`)")
     records = []
-    with closing(connect(db)) as conn:
+    with _reading(db) as conn:
         for run_id in run_ids:
             run = conn.execute("SELECT * FROM runs WHERE id = ?", (run_id,)).fetchone()
             if run is None:

@@ -33,7 +33,7 @@ from showdown.models.backbones.input_size import check_patch_multiple, size_kwar
 from showdown.models.backbones.keras_import import keras_cache_dir
 from showdown.models.backbones.registry import BackboneSpec, resolve_backbone
 from showdown.models.backbones.stages import pooled
-from showdown.models.backbones.tflite import not_tflite
+from showdown.models.backbones.tflite import read_tflite
 
 HUB_HOST = "huggingface.co"
 
@@ -169,9 +169,15 @@ def weights_missing(name: str, *, weights_file: str | Path | None = None, weight
 
 
 def _not_weights(path: Path) -> str | None:
-    """Why a weights file found is surely unusable, by its first bytes (a TFLite file that is an HTML error page),
-    None where it may be used; the rest of its checks come as it is read."""
-    return not_tflite(path) if path.suffix.lower() == ".tflite" else None
+    """Why a TFLite weights file found is unusable (an HTML error page, a download cut short), read through once
+    (a few MB: milliseconds); None where it may be used. Other files' checks come as they are read."""
+    if path.suffix.lower() != ".tflite":
+        return None
+    try:
+        read_tflite(path)
+    except ModelError as exc:
+        return str(exc)
+    return None
 
 
 def _none_found(name: str, spec: BackboneSpec, tried: list[str]) -> str:

@@ -70,18 +70,26 @@ def not_tflite(path: Path) -> str | None:
     return None
 
 
+DAMAGED_TFLITE = "is a damaged TFLite file (cut short or overwritten); fetch it again"
+
+
 def read_tflite(path: Path) -> tuple[list[Layer], tuple[float, float]]:
     """The weight layers in graph order, and the input quantisation (scale, zero point)."""
-    import tflite
-
     if why := not_tflite(path):
         raise ModelError(why)
-    try:
-        model = tflite.Model.GetRootAsModel(path.read_bytes(), 0)
-        graph = model.Subgraphs(0)
+    try:  # a flatbuffer is read where its offsets point: a damaged one fails anywhere in the walk, in any way
+        return _read_tflite(path)
+    except ModelError:
+        raise
     except Exception as exc:
-        raise ModelError(f"{path} is not a readable TFLite file (not a TFLite flatbuffer: {type(exc).__name__}"
-                         + (f": {str(exc)[:120]})" if str(exc) else ")")) from exc
+        raise ModelError(f"{path} {DAMAGED_TFLITE}") from exc
+
+
+def _read_tflite(path: Path) -> tuple[list[Layer], tuple[float, float]]:
+    import tflite
+
+    model = tflite.Model.GetRootAsModel(path.read_bytes(), 0)
+    graph = model.Subgraphs(0)
     if graph is None:  # bytes that parse as an empty flatbuffer (zeros, a truncated download)
         raise ModelError(f"{path} is not a readable TFLite file (not a TFLite flatbuffer: it holds no graph)")
     names = {v: k for k, v in vars(tflite.BuiltinOperator).items() if not k.startswith("_")}
