@@ -7,7 +7,7 @@ from safetensors.torch import save_file
 from showdown.data.images import eval_transform, load_rgb
 from showdown.errors import ModelError
 from showdown.models.backbones import efficientnet_lite, load_backbone, resolve_backbone
-from tests.conftest import PHOTOS, needs_photos
+from tests.conftest import PHOTOS, TFLITE, needs_photos
 
 
 def imagenet_names():
@@ -140,3 +140,16 @@ def test_a_damaged_tflite_file_says_what_is_wrong(tmp_path):
     path.write_bytes(b"\x00" * 64)
     with pytest.raises(ModelError, match="is not a TFLite model \\(no TFL3 identifier"):
         load_backbone("mobilenet_v2", weights_file=path)
+
+
+@pytest.mark.skipif(not (TFLITE / "mobilenet_v2_1.0_224_quant.tflite").is_file(), reason="../shared weights absent")
+def test_a_tflite_file_imported_before_is_not_read_again_by_the_weights_check(tmp_path, monkeypatch):
+    """The check before the work reads a TFLite file through (0.1 s with the reader's import) only where its import
+    is not cached yet: a re-run, on the hot path of a warm start, pays nothing."""
+    from showdown.models.backbones import loader
+
+    monkeypatch.setenv("SHOWDOWN_CACHE", str(tmp_path))
+    assert loader.weights_missing("mobilenet_v2", weights_dir=TFLITE) is None  # read through: it is whole
+    load_backbone("mobilenet_v2", weights_dir=TFLITE)  # imported and cached
+    monkeypatch.setattr(loader, "read_tflite", lambda path: pytest.fail("read again though imported before"))
+    assert loader.weights_missing("mobilenet_v2", weights_dir=TFLITE) is None

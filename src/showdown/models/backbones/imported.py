@@ -50,6 +50,11 @@ def cached_import(sources: list[Path], spec: BackboneSpec, importer: Callable[[]
     return found
 
 
+def is_cached(sources: list[Path], spec: BackboneSpec) -> bool:
+    """Whether an entry of these sources is in the cache (not read: cached_import checks it when it loads)."""
+    return any(kind_folder("weights").glob(f"{import_key(sources, spec)}-*.safetensors"))
+
+
 def _parse(entry: Path, data: bytes) -> FoundWeights:
     header_size = int.from_bytes(data[:8], "little")
     described = json.loads(json.loads(data[8:8 + header_size])["__metadata__"]["found"])
