@@ -41,6 +41,11 @@ def is_visible(name: str) -> bool:
     return not name.startswith(".") and name != "__MACOSX"
 
 
+def _image_name(name: str) -> bool:
+    """A visible file name with an image suffix (its content is the decoder's to judge)."""
+    return is_visible(name) and os.path.splitext(name)[1].lower() in IMAGE_SUFFIXES
+
+
 def _class_folders(root: Path) -> list[Path]:
     return sorted((p for p in root.iterdir() if p.is_dir() and is_visible(p.name)), key=lambda p: p.name)
 
@@ -70,10 +75,9 @@ def images_in(folder: Path) -> list[Path]:
                 if entry.is_dir():
                     if not (entry.is_symlink() and _contains(os.path.realpath(entry.path), top)):
                         waiting.append(Path(entry.path))
-                elif entry.is_file() and os.path.splitext(entry.name)[1].lower() in IMAGE_SUFFIXES:
+                elif entry.is_file() and _image_name(entry.name):
                     found.append(Path(entry.path))
-                elif entry.is_symlink() and not os.path.exists(entry.path) and \
-                        os.path.splitext(entry.name)[1].lower() in IMAGE_SUFFIXES:  # its photo moved, or unmounted
+                elif entry.is_symlink() and not os.path.exists(entry.path) and _image_name(entry.name):  # moved
                     broken.append(entry.path)
             except OSError:
                 continue
@@ -116,8 +120,7 @@ def scan_classes(root: Path, warnings: list[str]) -> dict[str, list[Path]]:
 def _loose_images(root: Path) -> list[str]:
     try:
         with os.scandir(root) as listing:
-            return sorted(entry.name for entry in listing if is_visible(entry.name) and entry.is_file()
-                          and os.path.splitext(entry.name)[1].lower() in IMAGE_SUFFIXES)
+            return sorted(entry.name for entry in listing if _image_name(entry.name) and entry.is_file())
     except OSError:
         return []
 

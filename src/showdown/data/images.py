@@ -8,6 +8,7 @@ says how large its input must stay (`PhotoTransform.decode_side`); `load_rgb` pi
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import multiprocessing
@@ -48,6 +49,14 @@ def quiet_decoding() -> None:
     warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
     # PyTorch's several-line note on more workers than cores, at every pass: said once, in one line (image_loader).
     warnings.filterwarnings("ignore", message="This DataLoader will create", category=UserWarning)
+
+
+@contextlib.contextmanager
+def decoding_quietly():
+    """quiet_decoding for a call's span only (the Python API's): the process's own filters as they were after."""
+    with warnings.catch_warnings():
+        quiet_decoding()
+        yield
 
 
 quiet_decoding()

@@ -6,12 +6,11 @@ from __future__ import annotations
 
 import contextlib
 import random
-import warnings
 
 import numpy as np
 import torch
 
-from showdown.data.images import quiet_decoding
+from showdown.data.images import decoding_quietly
 
 
 @contextlib.contextmanager
@@ -21,8 +20,7 @@ def process_state_kept():
     matmul = torch.backends.cuda.matmul
     benchmark, fp32 = torch.backends.cudnn.benchmark, getattr(matmul, "fp32_precision", None)
     try:
-        with warnings.catch_warnings():
-            quiet_decoding()
+        with decoding_quietly():
             yield
     finally:
         random.setstate(python)
