@@ -26,6 +26,17 @@ def bar_class(stream):
     return None
 
 
+def progress(iterable, *, shown: bool = True, **options):
+    """`iterable` with a bar on stderr where one updates in place (and `shown`: under torchrun rank 0's alone); a
+    tqdm that draws nothing elsewhere, so it is closed alike."""
+    kind = bar_class(sys.stderr) if shown else None
+    if kind is None:
+        from tqdm import tqdm
+
+        return tqdm(iterable, disable=True, **options)
+    return kind(iterable, file=sys.stderr, **options)
+
+
 def _columns(stream) -> int | None:
     try:
         return os.get_terminal_size(stream.fileno()).columns

@@ -8,9 +8,7 @@ import sys
 from contextlib import contextmanager
 from pathlib import Path
 
-from tqdm import tqdm
-
-from showdown.bars import bar_class
+from showdown import bars
 from showdown.data.folder import identity
 from showdown.deploy.inputs import expand_inputs, folder_labels
 from showdown.deploy.predict import open_model, predict_files, predict_workers
@@ -74,8 +72,7 @@ def write_predictions(model: str, inputs: list[str], *, model_name: str | None =
         print(f"warning: {warning}", file=sys.stderr)
     counts = {"predicted": 0, "unreadable": 0, "labelled": 0, "correct": 0}
     rows = predict_files(predictor, files, top_k=top_k, batch_size=batch_size, workers=workers, labels=labels)
-    bar = bar_class(sys.stderr)
-    progress = (bar or tqdm)(rows, total=len(files), unit="img", file=sys.stderr, disable=bar is None, leave=False)
+    progress = bars.progress(rows, total=len(files), unit="img", leave=False)
     with _destination(output) as out:
         writer = _WRITERS[fmt](out, min(top_k, len(predictor.classes)))
         try:

@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import sys
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,10 +23,8 @@ from typing import Callable
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save
-from tqdm import tqdm
 
-from showdown import distributed
-from showdown.bars import bar_class
+from showdown import bars, distributed
 from showdown.cache import Damaged, intact
 from showdown.data.images import decoder, image_loader
 from showdown.data.preprocessing import Preprocessing
@@ -260,8 +257,8 @@ def _forward_shard(frozen: FrozenPass, module: torch.nn.Module, preprocessing: P
     module = module.eval().to(device, memory_format=torch.channels_last)
     loader = image_loader(items, transform, batch_size=batch_size, workers=frozen.workers,
                           pin_memory=device.type == "cuda", prefetch=PREFETCH)
-    bar = bar_class(sys.stderr) if distributed.is_main() else None  # a notebook's too (tqdm's own test says no)
-    batches = iter((bar or tqdm)(loader, desc=desc, leave=False, unit="batch", file=sys.stderr, disable=bar is None))
+    # a notebook's bar too (tqdm's own test, disable=None, wants a terminal)
+    batches = iter(bars.progress(loader, shown=distributed.is_main(), desc=desc, leave=False, unit="batch"))
     labels, indices, failed = [], [], []
     calibrated = quantize.calibration_for(calibration, transform, preprocessing, side, batch_size) \
         if precision == "int8" else None
