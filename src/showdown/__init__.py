@@ -25,7 +25,7 @@ def __getattr__(name: str):
         drawn = random.getstate()
         with without_optional_imports(), warnings.catch_warnings():
             # tqdm.auto, which huggingface_hub imports, asks for ipywidgets in a notebook without them (the bars
-            # showdown draws fall back to text there: reporting/progress.py)
+            # showdown draws fall back to text there: bars.py)
             warnings.filterwarnings("ignore", message="IProgress not found")
             from showdown.experiment import runner
         random.setstate(drawn)
