@@ -263,6 +263,26 @@ def test_a_folder_around_the_class_folders_is_named_and_images_beside_them_are_s
     assert "1 image(s) directly in" in " ".join(load_dataset(str(wrapped / "flowers")).warnings)
 
 
+
+def test_batch_folders_over_the_classes_and_a_class_link_to_nothing_are_said(tmp_path, demo_copy):
+    """batch1/daisy, batch1/roses, batch2/daisy, batch2/roses trains "batch1 vs batch2": a warning names the
+    sub-folders that are likely the classes. A class folder that is a link to a moved folder is named too."""
+    data = tmp_path / "photos"
+    for batch, files in (("batch1", slice(0, 3)), ("batch2", slice(3, 6))):
+        for cls in ("daisy", "roses"):
+            (data / batch / cls).mkdir(parents=True)
+            for photo in sorted((demo_copy / cls).iterdir())[files]:
+                shutil.copy(photo, data / batch / cls / photo.name)
+    spec = load_dataset(str(data))
+    assert spec.classes == ["batch1", "batch2"]
+    (warned,) = [w for w in spec.warnings if "sub-folders" in w]
+    assert "(daisy, roses)" in warned and "gather each one's images into one folder" in warned
+    shutil.copytree(demo_copy, tmp_path / "linked")
+    (tmp_path / "linked" / "tulips").symlink_to(tmp_path / "moved-away")
+    (warned,) = [w for w in load_dataset(str(tmp_path / "linked")).warnings if "symbolic link" in w]
+    assert "'tulips' -> " in warned and "moved-away" in warned
+    assert not [w for w in load_dataset(str(tmp_path / "linked")).warnings if "sub-folders" in w]
+
 def test_duplicates_across_splits_are_reported_and_can_be_dropped(leaky_folder):
     root, _ = leaky_folder
     spec = load_dataset(str(root))

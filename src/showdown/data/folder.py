@@ -114,7 +114,37 @@ def scan_classes(root: Path, warnings: list[str]) -> dict[str, list[Path]]:
             found[folder.name] = images
         else:
             warnings.append(f"class folder '{folder.name}' has no images and was ignored")
+    dangling = _dangling_folders(root)
+    if dangling:
+        warnings.append(f"{len(dangling)} symbolic link(s) in {root} point to nothing and were ignored, e.g. "
+                        f"'{dangling[0]}' -> {os.readlink(root / dangling[0])}")
+    repeated = _repeated_subfolders(root, sorted(found))
+    if repeated:
+        warnings.append(f"the class folders {', '.join(sorted(found))} hold no images of their own, only the same "
+                        f"sub-folders ({', '.join(repeated)}): they are trained as the classes; if "
+                        f"{', '.join(repeated)} are the classes, gather each one's images into one folder")
     return found
+
+
+def _dangling_folders(root: Path) -> list[str]:
+    """Visible links beside the class folders whose target is gone (a moved or unmounted class folder)."""
+    with os.scandir(root) as listing:
+        return sorted(entry.name for entry in listing if is_visible(entry.name) and entry.is_symlink()
+                      and not _image_name(entry.name) and not os.path.exists(entry.path))
+
+
+def _repeated_subfolders(root: Path, classes: list[str]) -> list[str]:
+    """The sub-folder names all class folders share when none holds an image itself: batch1/daisy and
+    batch2/daisy read as the classes batch1 and batch2, which is seldom what was meant."""
+    shared: set[str] | None = None
+    for name in classes:
+        with os.scandir(root / name) as listing:
+            entries = list(listing)
+        if any(_image_name(entry.name) and entry.is_file() for entry in entries):
+            return []
+        inner = {entry.name for entry in entries if is_visible(entry.name) and entry.is_dir()}
+        shared = inner if shared is None else shared & inner
+    return sorted(shared) if len(classes) >= 2 and shared and len(shared) >= 2 else []
 
 
 def _loose_images(root: Path) -> list[str]:
