@@ -190,3 +190,25 @@ def run_cli(*args, cwd=None) -> subprocess.CompletedProcess:
     if code == 130:  # Ctrl-C, which main turned into its exit status: the test session stops, as it would have
         raise KeyboardInterrupt
     return subprocess.CompletedProcess(["showdown", *args], code, *(s.buffer.getvalue().decode() for s in (out, err)))
+
+
+# A full disk: a tmpfs of a few megabytes, mounted by the test (root only).
+def mount_tmpfs(mount: Path, size: str) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root")
+    made = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mount)], capture_output=True,
+                          text=True)
+    if made.returncode:
+        pytest.skip(f"cannot mount a tmpfs here: {made.stderr.strip()}")
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    mount_tmpfs(mount, "3m")
+
+    def resize(megabytes: int) -> None:
+        subprocess.run(["mount", "-o", f"remount,size={megabytes}m", str(mount)], check=True)
+    yield mount, resize
+    subprocess.run(["umount", "-l", str(mount)], check=False)

@@ -153,6 +153,15 @@ def write_csv(path: Path, rows: list[dict]) -> None:
     write_atomic(path, buffer.getvalue())
 
 
+def readable_size(size: float) -> str:
+    """Bytes in GB, MB or KB (binary), with a decimal where it shows the size: a small cache is no "0 MB"."""
+    if size >= 2**30:
+        return f"{size / 2**30:.1f} GB"
+    if size < 2**20:
+        return f"{max(1, round(size / 2**10))} KB"
+    return f"{size / 2**20:.{0 if size >= 10 * 2**20 else 1}f} MB"
+
+
 def file_stamp(path: Path) -> str:
     """Size and modification time: changes when a file is edited or replaced, and costs no read."""
     stat = path.stat()

@@ -25,6 +25,7 @@ from showdown.data.archive import extract_once
 from showdown.data.leakage import check_leakage
 from showdown.errors import ShowdownError
 from showdown.frozen import feature_cache
+from tests.conftest import mount_tmpfs
 from tests.data.test_standard_forms import write_cifar10
 
 QUICK = dict(models=["efficientnet_lite0"], strategies=["head"], image_size=64, epochs=3, workers="0",
@@ -322,28 +323,6 @@ def test_a_write_refused_for_want_of_permission_asks_for_it_not_for_space(tmp_pa
         assert refused.value.full == (code == errno.ENOSPC)
 
 
-# A full disk: a tmpfs of a few megabytes, mounted by the test (root only).
-def _mount_tmpfs(mount: Path, size: str) -> None:
-    if os.geteuid() != 0:
-        pytest.skip("mounting a small tmpfs needs root")
-    made = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mount)], capture_output=True,
-                          text=True)
-    if made.returncode:
-        pytest.skip(f"cannot mount a tmpfs here: {made.stderr.strip()}")
-
-
-@pytest.fixture
-def small_disk(tmp_path):
-    mount = tmp_path / "disk"
-    mount.mkdir()
-    _mount_tmpfs(mount, "3m")
-
-    def resize(megabytes: int) -> None:
-        subprocess.run(["mount", "-o", f"remount,size={megabytes}m", str(mount)], check=True)
-    yield mount, resize
-    subprocess.run(["umount", "-l", str(mount)], check=False)
-
-
 def _fill(folder: Path, limit: int = 128 * 2**20) -> Path:
     """Ballast until the disk says no more; never more than `limit` bytes (the small disk holds less, so a real
     disk under a failed mount is never filled)."""
@@ -400,7 +379,7 @@ def test_overlays_the_disk_refuses_leave_their_entry_to_be_made_again(tmp_path, 
     (entry / "metrics.json").unlink()  # as if the run had stopped before this entry's end
     shutil.rmtree(overlays)
     overlays.mkdir()
-    _mount_tmpfs(overlays, "4k")  # one page: full at the first overlay
+    mount_tmpfs(overlays, "4k")  # one page: full at the first overlay
     try:
         _one_line(*_main(capsys, "run", "--resume", str(out)), 1, "no space left", str(out))
         assert not (entry / "metrics.json").exists()

@@ -198,3 +198,19 @@ def test_two_processes_record_at_once(runs, tmp_path):
     assert sorted(row["run_dir"] for row in list_runs(db)) == sorted(str(f.resolve()) for f in folders)
     with sqlite3.connect(db) as conn:
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_merge_onto_a_full_or_read_only_disk_is_one_line_naming_the_folder(runs, tmp_path, small_disk, capsys):
+    mount, resize = small_disk
+    out = mount / "merged"
+    resize(1)  # smaller than the merged folder
+    code = _merge(runs["0"], runs["1"], "--out", out, "--no-report", db=tmp_path / "results.db")
+    err = capsys.readouterr().err.strip()
+    assert code == 1 and len(err.splitlines()) == 1 and "Traceback" not in err, err
+    assert err.startswith("error: no space left on the device") and str(out) in err and ".merging" not in err, err
+    assert "free some space" in err and not list(mount.iterdir())  # no half-written folder left behind
+    subprocess.run(["mount", "-o", "remount,ro,size=3m", str(mount)], check=True)
+    code = _merge(runs["0"], runs["1"], "--out", out, "--no-report", db=tmp_path / "results.db")
+    err = capsys.readouterr().err.strip()
+    assert code == 1 and len(err.splitlines()) == 1 and "read-only file system" in err, err
+    assert str(out) in err and ".merging" not in err and "make it writable" in err, err

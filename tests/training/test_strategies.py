@@ -244,3 +244,11 @@ def test_finetune_decodes_each_image_once_and_tests_the_top_on_its_activations(t
     assert "\nhead,2," in history and "\nfinetune,2," in history
     monkeypatch.undo()
     assert_saved_model_predicts_recorded(folder)
+
+
+def test_a_boundary_cache_size_is_said_in_a_unit_that_shows_it():
+    from showdown.fileio import readable_size
+
+    assert [readable_size(n) for n in (300 * 2**10, 3.46 * 2**20, 4230 * 2**20, 6 * 2**30)] == [
+        "300 KB", "3.5 MB", "4.1 GB", "6.0 GB"]  # a small subset's cache was "0 MB"
+    assert readable_size(12 * 2**20) == "12 MB" and readable_size(10) == "1 KB"

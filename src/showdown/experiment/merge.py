@@ -19,9 +19,9 @@ from pathlib import Path
 
 from showdown.config.run_config import RunConfig, read_config_file
 from showdown.config.strategy import Strategy
-from showdown.errors import ConfigError, DamagedFileError
+from showdown.errors import ConfigError, DamagedFileError, DiskError
 from showdown.experiment.run_folder import write_summary
-from showdown.fileio import write_csv, write_json
+from showdown.fileio import disk_writes, write_csv, write_json
 from showdown.reporting.database import default_db, record_run
 from showdown.reporting.label_issues import LABEL_ISSUES
 from showdown.reporting.report import report_run
@@ -81,12 +81,17 @@ def merge(run_dirs: list[str | Path], out: str | Path, *, report: bool = True, r
     staging = out.with_name(f".{out.name}.merging-{os.getpid()}")
     shutil.rmtree(staging, ignore_errors=True)  # a crashed merge's leftovers
     try:
-        _write(shards, rows, staging, dataclasses.replace(config, out=str(out)))
-        if out.exists():  # _check_out allowed only an earlier merge of exactly these entries (and `keep`)
-            if keep and (out / keep).exists():
-                (out / keep).rename(staging / keep)
-            shutil.rmtree(out)
-        staging.rename(out)
+        try:
+            with disk_writes(out, "the merged run folder"):
+                _write(shards, rows, staging, dataclasses.replace(config, out=str(out)))
+                if out.exists():  # _check_out allowed only an earlier merge of exactly these entries (and `keep`)
+                    if keep and (out / keep).exists():
+                        (out / keep).rename(staging / keep)
+                    shutil.rmtree(out)
+                staging.rename(out)
+        except DiskError as exc:  # said of --out, not of the hidden folder it is filled in
+            said = str(exc).replace(str(staging), str(out))
+            raise DiskError(f"{said}; --out is as it was: {exc.cure}, then merge again", cure=exc.cure) from exc
     finally:
         if keep and (staging / keep).exists():  # a failed swap: `keep` goes back where it was
             out.mkdir(exist_ok=True)
@@ -259,7 +264,8 @@ def _link_or_copy(source: str, target: str) -> None:
     try:
         os.link(source, target)
     except OSError:
-        shutil.copy2(source, target)
+        with disk_writes(Path(target)):  # a DiskError, which copytree lets through (it gathers OSErrors)
+            shutil.copy2(source, target)
 
 
 def _write_bench(shards: list[Shard], staging: Path) -> None:

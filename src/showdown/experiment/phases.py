@@ -24,6 +24,7 @@ from showdown.device import module_device, one_thread, small_steps, to_device
 from showdown.errors import DiskError
 from showdown.experiment.boundary_store import DiskViews, disk_folder
 from showdown.experiment.context import Entry, RunContext
+from showdown.fileio import readable_size
 from showdown.frozen.boundary import TopOfNetwork, first_trainable, sequential_layers
 from showdown.frozen.feature_cache import Features, extract_views, forward_views
 from showdown.precision import autocast
@@ -191,21 +192,17 @@ def boundary_cut(entry: Entry) -> tuple[list[nn.Module], int, Path | None] | Non
     need, budget = _cache_need(entry, values), cache_budget(config)
     frozen = f"frozen bottom ({cut} of {len(layers)} layers) runs once"
     if distributed.all_true(need <= budget):  # machines of a run may differ in RAM: every rank decides alike
-        echo(f"  boundary cache: {frozen}, {need / 2**20:.0f} MB")
+        echo(f"  boundary cache: {frozen}, {readable_size(need)}")
         return layers, cut, None
     each = f" of each of {distributed.local_processes()} processes" if distributed.local_processes() > 1 else ""
-    over = f"{_amount(need)} of activations exceed the {_amount(budget)} budget{each} (--cache-budget-gb)"
+    over = f"{readable_size(need)} of activations exceed the {readable_size(budget)} budget{each} (--cache-budget-gb)"
     frozen_pass = entry.run.frozen
     folder, why_not = disk_folder(frozen_pass.cache_dir, need, config.boundary_disk, frozen_pass.cache_writable)
     if folder is None:
         echo(f"  boundary cache off: {over}{why_not}; full forward")
         return None
-    echo(f"  boundary cache on disk: {need / 2**20:.0f} MB at {folder} ({over}); {frozen}")
+    echo(f"  boundary cache on disk: {readable_size(need)} at {folder} ({over}); {frozen}")
     return layers, cut, folder
-
-
-def _amount(size: float) -> str:
-    return f"{size / 2**30:.1f} GB" if size >= 2**30 else f"{size / 2**20:.0f} MB"
 
 
 def _cache_need(entry: Entry, values: int) -> int:
