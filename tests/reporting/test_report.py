@@ -1,4 +1,5 @@
 """The report over real runs, opened in headless Chromium; the results database, killed mid-run."""
+import json
 import re
 import shutil
 import signal
@@ -307,20 +308,62 @@ def test_with_repeats_the_folds_and_searches_show_every_seed(tmp_path):
         assert searches.count(f"efficientnet_lite0 / head (seed {seed})") == 2  # one search per fold
     html = (results.run_dir / "report.html").read_text()
     assert html.count("<h3>efficientnet_lite0 / head (seed 1)</h3>") == 1
-    assert "95 % CI (bootstrap, first seed, folds pooled)" in report
+    assert "95 % CI (Wilson, folds pooled)" in report and "test accuracy (mean ± std of the seeds)" in report
 
 
-def test_the_intervals_heading_says_what_it_resamples(report_run):
-    """"first seed" only where an entry has several, "folds pooled" only with --folds."""
+def test_the_headings_say_what_the_spread_and_the_interval_are(report_run):
+    """"± std of the seeds" only where an entry has several, "folds pooled" only with --folds."""
     from showdown.reporting.report import headings
 
     records = load_run(report_run.run_dir)  # two seeds of each entry
-    assert headings(group_records(records))["ci"] == "95 % CI (bootstrap, first seed)"
+    said = headings(group_records(records))
+    assert (said["accuracy"], said["ci"]) == ("test accuracy (mean ± std of the seeds)", "95 % CI (Wilson)")
     first_seeds = [record for record in records if record.seed == 0]
-    assert headings(group_records(first_seeds))["ci"] == "95 % CI (bootstrap)"
+    assert headings(group_records(first_seeds))["accuracy"] == "test accuracy"
     for record in first_seeds:
         record.metrics["fold_metrics"] = [{"accuracy": 0.5}, {"accuracy": 0.6}]
-    assert headings(group_records(first_seeds))["ci"] == "95 % CI (bootstrap, folds pooled)"
+    assert headings(group_records(first_seeds))["ci"] == "95 % CI (Wilson, folds pooled)"
+
+
+def _seeds(model: str, *right_of_40: int) -> list:
+    """An entry's seeds, each right on its first `right` of 40 test images."""
+    from showdown.reporting.run_records import EntryRecord
+
+    return [EntryRecord(run="r", folder=f"{model}-{seed}", history=[], config={}, environment={}, dataset={},
+                        metrics={"model": model, "strategy": "head", "seed": seed, "accuracy": right / 40,
+                                 "n_test": 40},
+                        predictions=[{"path": f"{i}.jpg", "true": "a", "pred": "a" if i < right else "b",
+                                      "confidence": 0.9} for i in range(40)])
+            for seed, right in enumerate(right_of_40)]
+
+
+def test_with_seeds_the_tests_and_interval_are_of_the_mean_the_leaderboard_ranks():
+    """A: 24, 38 and 38 of 40 (mean 0.8333), B: 32 on every seed. The test was of the first seeds (24 vs 32:
+    "B is better") beside "Winner: A", and the interval (first seed, 0.450-0.750) left out the 0.8333 beside it."""
+    from showdown.reporting.report import leaderboard_rows, significance, winner_sentence
+
+    groups = group_records(_seeds("A", 24, 38, 38) + _seeds("B", 32, 32, 32))
+    (test,) = significance(groups)
+    assert (test.a, test.only_a, test.only_b) == ("A / head", 6, 8) and not test.significant
+    assert winner_sentence(groups, [test]).startswith("Winner: **A / head**, test accuracy 0.8333 on 40 test images; "
+                                                      "not distinguishable from **B / head**")
+    low, high = (float(x) for x in leaderboard_rows(groups)[0]["ci"].split("–"))
+    assert low < 0.8333 < high
+    # a float mean a hair under another is a tie: fmean([0.8, 0.775, 0.825]) is 0.7999999999999999
+    tied = group_records(_seeds("A", 32, 31, 33) + _seeds("B", 32, 32, 32))
+    said = winner_sentence(tied, significance(tied))
+    assert said.startswith("Tied: **A / head**, **B / head**, test accuracy 0.8000")
+
+
+def test_a_runner_up_the_test_finds_better_takes_the_win_away():
+    from showdown.reporting.report import significance, winner_sentence
+
+    # A: 0.8 on the mean of five seeds, 4 of 5 seeds right on every image; B: 0.775, right on 31 images every time,
+    # so B does better on 31 images and A on 9 (exact p = 0.0005)
+    groups = group_records(_seeds("A", 40, 40, 40, 40, 0) + _seeds("B", 31, 31, 31, 31, 31))
+    tests = significance(groups)
+    assert groups[0].label == "A / head" and tests[0].significant and tests[0].only_b > tests[0].only_a
+    assert winner_sentence(groups, tests).startswith("No clear winner: **A / head** has the best mean test accuracy")
 
 
 def _twin_runs(report_run, lower_by: float):
@@ -344,10 +387,10 @@ def test_the_winner_line_says_a_tie_and_a_runner_up_it_cannot_be_told_from(repor
     said = winner_sentence(groups, significance(groups))
     assert said.startswith("Winner: **efficientnet_lite0 / head (run 1)**") and said.endswith(
         "; not distinguishable from **efficientnet_lite0 / head (run 2)** on this data (McNemar p = 1, below).")
-    # with two seeds each, the image-by-image test is of the first seed's predictions, and says so
+    # with two seeds each, the image-by-image test is of each image's share of seeds right, and says so
     (test,) = significance(groups)
-    assert test.a == "efficientnet_lite0 / head (run 1) (seed 0)"
-    assert "McNemar's exact test on the paired test predictions (the first seed" in markdown(groups, [test], "t")
+    assert test.a == "efficientnet_lite0 / head (run 1)"
+    assert "an exact sign test on each image's share of seeds right" in markdown(groups, [test], "t")
 
 
 def test_flags_from_weak_heads_give_no_accuracy_without_them(report_run):
@@ -394,3 +437,21 @@ def test_with_folds_the_parameters_are_each_folds_range():
     assert _params({"params_m": 4.69, "fold_metrics": [{"params_m": 4.69}, {"params_m": 5.45}]}) == "4.69–5.45"
     assert _params({"params_m": 4.69, "fold_metrics": [{"params_m": 4.69}, {"params_m": 4.69}]}) == "4.69"
     assert _params({"params_m": 4.69}) == "4.69"
+
+
+def test_predict_and_export_take_the_winners_first_seed_not_the_luckiest(report_run, tmp_path):
+    """A setup at 0.9 and 0.5 over two seeds (mean 0.7) against one at 0.8 and 0.8: the model a run folder serves
+    is the second's (the report's winner), its first seed: the best single seed's test accuracy is luck."""
+    from showdown.deploy.trained import choose_entry
+
+    copy = shutil.copytree(report_run.run_dir, tmp_path / "run")
+    summary = json.loads((copy / "summary.json").read_text())
+    setups = sorted({(row["model"], row["strategy"]) for row in summary["rows"]})
+    lucky, steady = setups[0], setups[1]
+    for row in summary["rows"]:
+        setup = (row["model"], row["strategy"])
+        row["accuracy"] = {lucky: [0.9, 0.5][row["seed"]], steady: 0.8}.get(setup, 0.1)
+    (copy / "summary.json").write_text(json.dumps(summary))
+    (chosen,) = [row["folder"] for row in summary["rows"] if (row["model"], row["strategy"]) == steady
+                 and row["seed"] == 0]
+    assert choose_entry(copy, None) == copy / chosen

@@ -1,14 +1,15 @@
-"""Where a trained model lives: an entry folder of a run (named, or the best by test accuracy), and the metadata
+"""Where a trained model lives: an entry folder of a run (named, or the report's winner), and the metadata
 an exported file carries (class names and preprocessing as JSON, under METADATA_KEY). Shared by predict and
 export, so that neither imports the other."""
 from __future__ import annotations
 
+import statistics
 from pathlib import Path
 
 import numpy as np
 
 from showdown.errors import ModelError
-from showdown.run_schema import MODEL_INFO, SUMMARY_JSON, fold_folder, summary_rows
+from showdown.run_schema import MODEL_INFO, SUMMARY_JSON, EntryRow, fold_folder, summary_rows
 
 METADATA_KEY = "tl-showdown"
 # The suffixes of each exported format: what `showdown predict` tells the files apart by, and export writes.
@@ -16,7 +17,9 @@ EXPORT_SUFFIXES = {"onnx": (".onnx",), "torchscript": (".pt", ".ts", ".torchscri
 
 
 def choose_entry(run_dir: Path, model_name: str | None) -> Path:
-    """The entry folder inside a run folder: the named one, or the best by test accuracy."""
+    """The entry folder inside a run folder: the named one, or the report's winner (the best mean test accuracy
+    over the seeds); of several seeds, the first, which the report's figures show: picking the luckiest seed's
+    test accuracy would promise more than the setup gives."""
     if (run_dir / MODEL_INFO).is_file():
         return run_dir
     rows = summary_rows(run_dir)  # a damaged summary.json: one line naming it (run_schema.DamagedFileError)
@@ -30,12 +33,21 @@ def choose_entry(run_dir: Path, model_name: str | None) -> Path:
             names = ", ".join(r.folder for r in rows)
             raise ModelError(f"no model '{model_name}' in {run_dir}; it has: {names}")
         rows = matches
-    folder = run_dir / max(rows, key=lambda r: r.accuracy).folder
+    folder = run_dir / _winner(rows).folder
     if not (folder / MODEL_INFO).is_file() and (folder / fold_folder(1) / MODEL_INFO).is_file():
         raise ModelError(f"{folder} is cross-validated (--folds): it holds one model per fold; pass one of them, "
                          f"e.g. {folder / fold_folder(1)}")
     return folder
 
+
+
+def _winner(rows: list[EntryRow]) -> EntryRow:
+    """The first seed's row of the (model, strategy) with the best mean accuracy; a tie in the label's order."""
+    seeds: dict[str, list[EntryRow]] = {}
+    for row in rows:
+        seeds.setdefault(f"{row.model} / {row.strategy}", []).append(row)
+    label = min(seeds, key=lambda key: (-round(statistics.fmean(r.accuracy for r in seeds[key]), 12), key))
+    return min(seeds[label], key=lambda row: row.seed)
 
 
 def add_tflite_metadata(path: Path, text: str) -> None:

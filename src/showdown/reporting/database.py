@@ -213,7 +213,8 @@ def list_runs(db: str | Path | None = None) -> list[dict]:
         return []
     with _reading(db) as conn:
         # the best (model, strategy) by its mean over the seeds (--repeats), as the report ranks them
-        best = "FROM entries WHERE run_id = r.id GROUP BY model, strategy ORDER BY AVG(accuracy) DESC LIMIT 1"
+        best = ("FROM entries WHERE run_id = r.id GROUP BY model, strategy "
+                "ORDER BY ROUND(AVG(accuracy), 12) DESC, model || ' / ' || strategy LIMIT 1")  # ties as the report
         rows = conn.execute(
             "SELECT r.id, r.created, r.dataset, r.run_dir, COUNT(e.id) AS entries, "
             f"(SELECT AVG(accuracy) {best}) AS best_accuracy, (SELECT model || ' / ' || strategy {best}) AS best "

@@ -59,11 +59,12 @@ def accuracy_without(predictions: list[dict], suspect: set[str]) -> tuple[float 
 
 
 def ranking(rows: list[dict]) -> list[str]:
-    """Entry labels ("model / strategy"), best mean test accuracy over the seeds first."""
+    """Entry labels ("model / strategy"), best mean test accuracy over the seeds first; a tie in the label's order,
+    as the report breaks it."""
     accuracies: dict[str, list[float]] = {}
     for row in rows:
         accuracies.setdefault(f"{row['model']} / {row['strategy']}", []).append(float(row["accuracy"]))
-    return sorted(accuracies, key=lambda label: -statistics.fmean(accuracies[label]))
+    return sorted(accuracies, key=lambda label: (-round(statistics.fmean(accuracies[label]), 12), label))
 
 
 def ranking_change(before: list[dict], after: list[dict]) -> str:

@@ -44,12 +44,12 @@ from showdown.reporting.plots import (
 )
 from showdown.reporting.report_images import gallery, gradcam, issues
 from showdown.reporting.run_records import EntryRecord, load_run
-from showdown.reporting.stats import Comparison, bootstrap_ci, compare
+from showdown.reporting.stats import Comparison, adjusted, compare, wilson_interval
 from showdown.reporting.tables import render
 from showdown.reporting.thumbnails import Thumbnails
 from showdown.run_schema import REPORT_HTML, REPORT_MD
 
-TOP_FOR_TESTS = 4  # every pair among the best four entries is tested
+TOP_FOR_TESTS = 4  # every pair among the best four entries is tested (six pairs: Holm adjusts for them)
 
 
 @dataclass
@@ -81,8 +81,16 @@ class Group:
         several = len(self.records) > 1
         return [(self.label + (f" (seed {r.seed})" if several else ""), r) for r in self.records]
 
+    def correct(self) -> np.ndarray:
+        """Each test image's share of the seeds that got it right (1 or 0 with one seed): what the tests compare,
+        so that they are of the mean accuracy the leaderboard shows. A seed tested on other images is left out."""
+        paths = [p["path"] for p in self.first.predictions]
+        same = [r for r in self.records if [p["path"] for p in r.predictions] == paths]
+        return np.mean([np.asarray(r.correct(), float) for r in same], axis=0)
+
     def accuracy_ci(self) -> tuple[float, float]:
-        return bootstrap_ci(np.array(self.first.correct(), float))
+        """Wilson's 95 % interval of the mean test accuracy, over the test images."""
+        return wilson_interval(self.mean("accuracy"), len(self.first.predictions))
 
 
 def group_records(records: list[EntryRecord]) -> list[Group]:
@@ -92,12 +100,20 @@ def group_records(records: list[EntryRecord]) -> list[Group]:
     for record in records:
         label = record.label + (f" ({record.run})" if several_runs else "")
         groups.setdefault((record.run, record.model, record.strategy), Group(label, [])).records.append(record)
-    return sorted(groups.values(), key=lambda g: (-g.mean("accuracy"), g.label))  # a tie: in the label's order
+    return sorted(groups.values(), key=lambda g: (-same_mean(g.mean("accuracy")), g.label))  # a tie: by label
+
+
+def same_mean(accuracy: float) -> float:
+    """A mean accuracy rounded past float noise: fmean([0.8, 0.775, 0.825]) is 0.7999999999999999, a tie with
+    0.8."""
+    return round(accuracy, 12)
 
 
 def significance(groups: list[Group]) -> list[Comparison | str]:
-    """McNemar + bootstrap for every pair among the top entries (first seed of each), on the same test images."""
-    top = groups[:TOP_FOR_TESTS]
+    """McNemar + bootstrap for every pair among the top entries (their seeds' shares per image), on the same test
+    images; significant after Holm's adjustment over the pairs."""
+    cut = same_mean(groups[min(TOP_FOR_TESTS, len(groups)) - 1].mean("accuracy"))
+    top = [g for g in groups if same_mean(g.mean("accuracy")) >= cut]  # one tied with the last is tested too
     out: list[Comparison | str] = []
     for i, a in enumerate(top):
         for b in top[i + 1:]:
@@ -106,8 +122,8 @@ def significance(groups: list[Group]) -> list[Comparison | str]:
                 out.append(f"{a.label} and {b.label} were tested on different images, so they are not compared "
                            "image by image")
                 continue
-            out.append(compare(a.first_label, np.array(a.first.correct()), b.first_label,
-                               np.array(b.first.correct())))
+            out.append(compare(a.label, a.correct(), b.label, b.correct()))
+    adjusted([test for test in out if isinstance(test, Comparison)])
     return out
 
 
@@ -163,17 +179,17 @@ def _params(metrics: dict) -> str:
 
 COLUMNS = ["rank", "entry", "seeds", "accuracy", "ci", "w/o suspects", "macro F1", "weighted F1", "loss", "train s",
            "latency ms", "size MB", "params M", "weights"]
-HEADINGS = {"accuracy": "test accuracy (mean ± std)", "latency ms": "latency ms (PyTorch fp32, batch 1)",
+HEADINGS = {"accuracy": "test accuracy", "latency ms": "latency ms (PyTorch fp32, batch 1)",
             "w/o suspects": "accuracy without suspect labels"}
 
 
 def headings(groups: list[Group]) -> dict[str, str]:
-    """The leaderboard's headings; the interval's says what it resamples: the test predictions of the first seed
-    (with repeats), pooled over the folds (with --folds)."""
-    of = [what for what, holds in [("first seed", max(len(g.records) for g in groups) > 1),
-                                   ("folds pooled", any(g.first.metrics.get("fold_metrics") for g in groups))]
-          if holds]
-    return {**HEADINGS, "ci": f"95 % CI (bootstrap{''.join(', ' + what for what in of)})"}
+    """The leaderboard's headings: what the ± spans where entries have several seeds (the seeds' standard
+    deviation, n - 1), and the interval's kind, over the folds' pooled test images with --folds."""
+    seeds = max(len(g.records) for g in groups) > 1
+    folds = any(g.first.metrics.get("fold_metrics") for g in groups)
+    return {**HEADINGS, "accuracy": "test accuracy (mean ± std of the seeds)" if seeds else "test accuracy",
+            "ci": f"95 % CI (Wilson{', folds pooled' if folds else ''})"}
 
 
 def _without_suspects(group: Group, paths) -> float | None:
@@ -414,19 +430,22 @@ script-src {script_policy()}">
 
 
 def winner_sentence(groups: list[Group], tests: list, strong=lambda label: f"**{label}**") -> str:
-    """The winner, tied where the next has the same mean accuracy, and said not to be told apart from the runner-up
+    """The winner, tied where the next has the same mean accuracy, said not to be told apart from the runner-up
     where the image-by-image test finds no difference (`tests`, significance(groups): its first compares the top
-    two). `strong` marks a label up (Markdown's bold by default)."""
+    two), and no winner where that test finds the runner-up better. `strong` marks a label up (Markdown's bold by
+    default)."""
     first, n_test = groups[0], groups[0].first.metrics.get("n_test")
     accuracy = f"test accuracy {first.mean('accuracy'):.4f} on {n_test} test images"
-    tied = [g for g in groups if g.mean("accuracy") == first.mean("accuracy")]
+    tied = [g for g in groups if same_mean(g.mean("accuracy")) == same_mean(first.mean("accuracy"))]
     if len(tied) > 1:
         return f"Tied: {', '.join(strong(g.label) for g in tied)}, {accuracy}."
+    versus = tests[0] if len(groups) > 1 and tests and isinstance(tests[0], Comparison) else None
+    if versus is not None and versus.significant and versus.only_b > versus.only_a:  # seeds: mean and count differ
+        return (f"No clear winner: {strong(first.label)} has the best mean {accuracy}, but {strong(groups[1].label)} "
+                f"is right on more of them ({versus.tested()}, below).")
     sentence = f"Winner: {strong(first.label)}, {accuracy}"
-    versus = tests[0] if len(groups) > 1 and tests else None
-    if isinstance(versus, Comparison) and not versus.significant:
-        sentence += (f"; not distinguishable from {strong(groups[1].label)} on this data (McNemar p = "
-                     f"{versus.p_value:.2g}, below)")
+    if versus is not None and not versus.significant:
+        sentence += f"; not distinguishable from {strong(groups[1].label)} on this data ({versus.tested()}, below)"
     return sentence + "."
 
 
@@ -434,9 +453,13 @@ def _html_strong(label: str) -> str:
     return f"<b>{html.escape(label)}</b>"
 
 
-SIGNIFICANCE_NOTE = ("McNemar's exact test on the paired test predictions (the first seed of each entry where it has "
-                     "several; with --folds the pooled predictions of all folds) and a 95 % bootstrap interval of the "
-                     "accuracy difference.")
+SIGNIFICANCE_NOTE = (
+    f"Every pair among the {TOP_FOR_TESTS} best entries by mean test accuracy (and any tied with the last) is "
+    "tested on the same test images: McNemar's exact test on the images one entry gets right and the other wrong "
+    "(with several seeds, an exact sign test on each image's share of seeds right, so that it tests the mean "
+    "accuracy; with --folds, the folds' pooled predictions), its p-value adjusted by Holm's method for the pairs "
+    "tested; and a 95 % percentile bootstrap interval of the accuracy difference (2,000 resamples of the test "
+    "images, seed 0). Accuracies' intervals are Wilson's, over the test images.")
 
 
 def notes(groups: list[Group]) -> list[str]:

@@ -1,15 +1,21 @@
-"""Is the difference real? McNemar's exact test on paired test predictions, and bootstrap intervals.
+"""Is the difference real? McNemar's exact test on paired test predictions, Holm's adjustment over the pairs
+tested, bootstrap intervals of the differences and Wilson intervals of the accuracies.
 
 Both models are scored on the same test images, so the test compares them image by image: only the images
-that exactly one of them gets right (the discordant pairs) carry evidence.
+that exactly one of them gets right (the discordant pairs) carry evidence. An entry trained with several seeds
+counts, for each image, the share of its seeds that got it right: the tests are then of the mean accuracy the
+leaderboard shows (an exact sign test on the per-image differences, McNemar's own with one seed).
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from statistics import NormalDist
 
 import numpy as np
 from scipy.stats import binomtest
+
+_SAME = 1e-9  # per-image shares of seeds closer than this are equal (2/3 of 3 seeds and 4/6 of 6 differ in float)
 
 
 @dataclass
@@ -18,45 +24,86 @@ class Comparison:
     b: str
     accuracy_a: float
     accuracy_b: float
-    only_a: int  # images a gets right and b gets wrong
+    only_a: int  # images a gets right and b gets wrong (with seeds: a gets right more often)
     only_b: int
     p_value: float
     diff_low: float  # 95 % bootstrap interval of accuracy(a) - accuracy(b)
     diff_high: float
     alpha: float = 0.05
+    pairs: int = 1  # how many pairs were tested together: their p-values are adjusted for it (Holm)
+    p_adjusted: float | None = None
 
     @property
     def significant(self) -> bool:
-        return self.p_value < self.alpha
+        return (self.p_value if self.p_adjusted is None else self.p_adjusted) < self.alpha
+
+    def tested(self) -> str:
+        """The test and its p-value, adjusted where several pairs were tested."""
+        said = f"McNemar p {p_said(self.p_value, self.alpha)}"
+        if self.pairs > 1 and self.p_adjusted is not None:
+            said += f", Holm-adjusted over {self.pairs} pairs p {p_said(self.p_adjusted, self.alpha)}"
+        return said
 
     def verdict(self) -> str:
         discordant = f"{self.only_a} vs {self.only_b} discordant images"
+        if self.only_a + self.only_b == 0:
+            return (f"{self.a} and {self.b} are right on the same test images: not distinguishable on this data "
+                    f"({self.tested()})")
         if not self.significant:  # the interval too, as the report promises: the reader sees how wide it is
             interval = "" if math.isnan(self.diff_low) else (  # NaN: no predictions to resample
                 f"; accuracy difference {self.a} - {self.b} {100 * self.diff_low:+.1f} to "
                 f"{100 * self.diff_high:+.1f} points, 95 % bootstrap")
-            if self.diff_low > 0 or self.diff_high < 0:  # the interval leaves out 0 where McNemar finds nothing
-                return (f"{self.a} and {self.b}: borderline, the two tests disagree (McNemar p = {self.p_value:.2g}, "
-                        f"not significant; {discordant}{interval}, which leaves out 0)")
             return (f"{self.a} and {self.b} are not distinguishable on this data "
-                    f"(McNemar p = {self.p_value:.2g}; {discordant}{interval})")
+                    f"({self.tested()}; {discordant}{interval})")
         better, worse = (self.a, self.b) if self.only_a > self.only_b else (self.b, self.a)
         # the interval is of accuracy(a) - accuracy(b): told as better minus worse, so its sign reads as the verdict
         low, high = (self.diff_low, self.diff_high) if better == self.a else (-self.diff_high, -self.diff_low)
-        return (f"{better} is better than {worse} (McNemar p = {self.p_value:.2g}; {discordant}; accuracy "
-                f"difference {100 * low:+.1f} to {100 * high:+.1f} points, 95 % bootstrap)")
+        return (f"{better} is better than {worse} ({self.tested()}; {discordant}; accuracy difference "
+                f"{100 * low:+.1f} to {100 * high:+.1f} points, 95 % bootstrap)")
+
+
+def p_said(p: float, alpha: float = 0.05) -> str:
+    """"= 0.012" (after a "p"): two significant digits, more where two would round onto `alpha` (0.0498 is not
+    0.05), "< 0.0001" below that."""
+    if p < 1e-4:
+        return "< 0.0001"
+    text = f"{p:.2g}"
+    return f"= {p:.4f}" if float(text) == alpha and p != alpha else f"= {text}"
 
 
 def mcnemar_exact(correct_a: np.ndarray, correct_b: np.ndarray) -> tuple[int, int, float]:
-    """(only a right, only b right, two-sided exact p). No discordant pairs means no evidence: p = 1."""
-    correct_a, correct_b = np.asarray(correct_a, bool), np.asarray(correct_b, bool)
+    """(images a does better on, images b does better on, two-sided exact p). Per image 1/0 (right or wrong), or
+    the share of an entry's seeds that got it right. No discordant image means no evidence: p = 1."""
+    correct_a, correct_b = np.asarray(correct_a, float), np.asarray(correct_b, float)
     if correct_a.shape != correct_b.shape:
         raise ValueError("McNemar needs predictions on the same test images")
-    only_a = int(np.sum(correct_a & ~correct_b))
-    only_b = int(np.sum(~correct_a & correct_b))
+    only_a = int(np.sum(correct_a - correct_b > _SAME))
+    only_b = int(np.sum(correct_b - correct_a > _SAME))
     if only_a + only_b == 0:
         return only_a, only_b, 1.0
     return only_a, only_b, float(binomtest(only_a, only_a + only_b, 0.5).pvalue)
+
+
+def holm(p_values: list[float]) -> list[float]:
+    """Holm's step-down adjustment: p-values that keep the chance of any false "better" at alpha over them all."""
+    order = sorted(range(len(p_values)), key=lambda i: p_values[i])
+    adjusted, running = [0.0] * len(p_values), 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (len(p_values) - rank) * p_values[i]))
+        adjusted[i] = running
+    return adjusted
+
+
+def wilson_interval(accuracy: float, n: int, level: float = 0.95) -> tuple[float, float]:
+    """Wilson's score interval of an accuracy on n test images: never of zero width at 0 or 1, as a bootstrap's
+    is, and close to its level on the small test sets a percentile bootstrap covers too narrowly."""
+    if n <= 0:
+        return float("nan"), float("nan")
+    z = NormalDist().inv_cdf(1 - (1 - level) / 2)
+    scale = 1 + z * z / n
+    centre = (accuracy + z * z / (2 * n)) / scale
+    half = z * math.sqrt(accuracy * (1 - accuracy) / n + z * z / (4 * n * n)) / scale
+    return max(0.0, centre - half), min(1.0, centre + half)
 
 
 def bootstrap_ci(values: np.ndarray, *, resamples: int = 2000, level: float = 0.95,
@@ -72,7 +119,16 @@ def bootstrap_ci(values: np.ndarray, *, resamples: int = 2000, level: float = 0.
 
 
 def compare(a: str, correct_a: np.ndarray, b: str, correct_b: np.ndarray, alpha: float = 0.05) -> Comparison:
+    """One pair: the exact test and the percentile bootstrap (2,000 resamples of the test images, seeded) of the
+    difference in accuracy."""
     only_a, only_b, p = mcnemar_exact(correct_a, correct_b)
     diff = np.asarray(correct_a, float) - np.asarray(correct_b, float)
     low, high = bootstrap_ci(diff)
     return Comparison(a, b, float(np.mean(correct_a)), float(np.mean(correct_b)), only_a, only_b, p, low, high, alpha)
+
+
+def adjusted(comparisons: list[Comparison]) -> list[Comparison]:
+    """The pairs tested together, each with its Holm-adjusted p-value: what `significant` then goes by."""
+    for comparison, p in zip(comparisons, holm([c.p_value for c in comparisons])):
+        comparison.pairs, comparison.p_adjusted = len(comparisons), p
+    return comparisons
