@@ -73,6 +73,28 @@ def test_unknown_model_suggests_close_names():
     assert resolve_backbone("resnet18.a1_in1k").hub_tag == "a1_in1k"
 
 
+
+@pytest.mark.parametrize("name, interpolation, crop_pct, mean, side", [
+    ("resnet18.tv_in1k", "bilinear", 0.875, (0.485, 0.456, 0.406), 224),  # torchvision's: not a1_in1k's 0.95
+    ("resnet50", "bilinear", 0.875, (0.485, 0.456, 0.406), 224),  # the short name means tv_in1k
+    ("vit_small_patch16_224.dino", "bicubic", 0.9, (0.485, 0.456, 0.406), 224),  # not augreg's mean 0.5
+    ("convnext_base.clip_laion2b", "bicubic", 1.0, (0.48145466, 0.4578275, 0.40821073), 256),  # CLIP's
+    ("vit_base_patch16_clip_224", "bicubic", 0.95, (0.48145466, 0.4578275, 0.40821073), 224),  # default: ft in1k
+])
+def test_a_tagged_model_gets_its_own_tags_preprocessing(name, interpolation, crop_pct, mean, side):
+    """Weights found on disk (or random init) build the bare architecture, whose config is its default tag's:
+    the preprocessing is the named tag's, as timm's pretrained config gives it."""
+    preprocessing = load_backbone(name, pretrained=False).preprocessing
+    assert (preprocessing.interpolation, preprocessing.crop_pct) == (interpolation, pytest.approx(crop_pct))
+    assert preprocessing.mean == pytest.approx(mean) and preprocessing.input_size == (3, side, side)
+
+
+def test_an_unknown_pretrained_tag_is_refused_with_the_tags_there_are():
+    with pytest.raises(ModelError, match="unknown pretrained tag 'bogus' for vit_small_patch14_dinov2; its tags: "
+                                         "lvd142m"):
+        resolve_backbone("vit_small_patch14_dinov2.bogus")
+    assert resolve_backbone("vit_base_patch16_clip_224").hub_name == "vit_base_patch16_clip_224.laion2b_ft_in12k_in1k"
+
 def test_missing_weights_error_names_sources_and_file(tmp_path):
     # No ResNet50 weights exist on these machines: the hub is off in tests, no package ships them.
     with pytest.raises(ModelError) as info:

@@ -31,7 +31,7 @@ from showdown.models.backbones.hf_cache import find_in_hub_cache
 from showdown.models.backbones.imported import cached_import, is_cached
 from showdown.models.backbones.input_size import check_patch_multiple, size_kwargs
 from showdown.models.backbones.keras_import import keras_cache_dir
-from showdown.models.backbones.registry import BackboneSpec, resolve_backbone
+from showdown.models.backbones.registry import BackboneSpec, pretrained_config, resolve_backbone
 from showdown.models.backbones.stages import pooled
 from showdown.models.backbones.tflite import read_tflite, tflite_sources
 
@@ -111,7 +111,7 @@ def load_backbone(
         timm_kwargs["num_classes"] = 0
     model.eval()
     overrides = {**published_eval(spec.hub_name), **(found.preprocessing if found else {})}
-    preprocessing = _preprocessing(model, overrides, image_size)
+    preprocessing = _preprocessing(model, spec.hub_name, overrides, image_size)
     if pool_stages:
         model = pooled(model, pool_stages)
     return Backbone(spec, model, source, preprocessing, timm_kwargs, pool_stages)
@@ -245,10 +245,11 @@ def default_weights_dir() -> Path:
     return Path.home() / ".cache" / "showdown" / "weights"
 
 
-def _preprocessing(model: nn.Module, overrides: dict, image_size: int | None) -> Preprocessing:
-    """timm's data config for the architecture, with `overrides` (the published eval transform, what the
+def _preprocessing(model: nn.Module, hub_name: str, overrides: dict, image_size: int | None) -> Preprocessing:
+    """timm's data config for the weights `hub_name` names (arch.tag: a model built as the bare architecture, as
+    from a local file, carries its default tag's), with `overrides` (the published eval transform, what the
     weights file says) over it, at `image_size`."""
-    config = {**resolve_data_config({}, model=model), **overrides}
+    config = {**resolve_data_config({}, pretrained_cfg=pretrained_config(hub_name), model=model), **overrides}
     if image_size:
         config["input_size"] = (3, image_size, image_size)
     return Preprocessing.from_dict(config)

@@ -76,12 +76,36 @@ def resolve_backbone(name: str) -> BackboneSpec:
 
     from showdown.models.backbones import keras_arch  # noqa: F401  registers the Keras-exact architectures
 
-    if timm.is_model(name):
+    if timm.is_model(name):  # the architecture's name; its tag is checked here (timm.is_model ignores it)
         arch, _, tag = name.partition(".")
-        return BackboneSpec(name, arch, tag or None)
+        return BackboneSpec(name, arch, _pretrained_tag(arch, tag))
     # the short names first (their weights are found offline), then timm's (a short name can also be a timm name)
     close = difflib.get_close_matches(name, SHORT_NAMES, n=3, cutoff=0.6)
     close += [other for other in difflib.get_close_matches(name, timm.list_models(), n=3, cutoff=0.6)
               if other not in close][:3 - len(close)]
     hint = f" Did you mean {', '.join(close)}?" if close else " Run `showdown models` for the short names."
     raise ModelError(f"unknown model '{name}'.{hint}")
+
+
+def _pretrained_tag(arch: str, tag: str) -> str | None:
+    """The pretrained tag `arch.tag` means: `tag`, refused in one line where timm has no such weights, else timm's
+    default tag (whose weights a hub fetch gives, and whose preprocessing they need); None: no pretrained config."""
+    import timm
+
+    try:
+        cfg = timm.models.get_pretrained_cfg(f"{arch}.{tag}" if tag else arch)
+    except RuntimeError as exc:  # "Invalid pretrained tag (x) for arch."
+        tags = [other.partition(".")[2] for other in timm.list_pretrained(f"{arch}.*")]
+        raise ModelError(f"unknown pretrained tag '{tag}' for {arch}; its tags: {', '.join(tags) or 'none'}") from exc
+    return getattr(cfg, "tag", None) or tag or None
+
+
+def pretrained_config(hub_name: str) -> dict:
+    """timm's pretrained config of `arch.tag` (how those weights were made and evaluated), {} where it has none."""
+    import timm
+
+    try:
+        cfg = timm.models.get_pretrained_cfg(hub_name)
+    except RuntimeError:
+        return {}
+    return cfg.to_dict() if cfg is not None else {}
