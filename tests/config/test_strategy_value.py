@@ -50,3 +50,11 @@ def test_the_config_keeps_text_and_validates_through_the_parser():
         RunConfig(strategies=["head", "magic"]).validate()
     with pytest.raises(ConfigError, match="--pool-stages works with the head and scratch strategies"):
         RunConfig(strategies=["finetune=layers:2"], pool_stages=1).validate()
+
+
+def test_a_model_or_strategy_given_twice_is_refused_before_it_trains_twice():
+    """The second entry trained again and overwrote the first's folder, leaving two rows for one model."""
+    with pytest.raises(ConfigError, match="--models names convnext_atto more than once; give each once"):
+        RunConfig(models=["convnext_atto", "efficientnet_lite0", "convnext_atto"]).validate()
+    with pytest.raises(ConfigError, match="--strategy names head more than once"):
+        RunConfig(strategies=["head", "finetune", "head"]).validate()

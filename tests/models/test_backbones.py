@@ -67,8 +67,13 @@ def test_unknown_model_suggests_close_names():
     with pytest.raises(ModelError, match="unknown model 'efficientnet_lite9'.*efficientnet_lite"):
         resolve_backbone("efficientnet_lite9")
     # the short names first, whose weights are found offline (lite3 and lite4 are timm names only)
-    with pytest.raises(ModelError, match="Did you mean efficientnet_lite0, efficientnet_lite2, efficientnet_lite1\\?"):
+    with pytest.raises(ModelError, match="Did you mean efficientnet_lite0, efficientnet_lite2, efficientnet_lite"):
         resolve_backbone("efficientnet_lit0")
+    # in any case, and a short name that holds the word typed
+    with pytest.raises(ModelError, match="'VGG16'. Did you mean vgg16, "):
+        resolve_backbone("VGG16")
+    with pytest.raises(ModelError, match="'clip'. Did you mean clip_vitb16\\?"):
+        resolve_backbone("clip")
     assert resolve_backbone("convnext_atto").timm_name == "convnext_atto"
     assert resolve_backbone("resnet18.a1_in1k").hub_tag == "a1_in1k"
 

@@ -131,7 +131,7 @@ def test_scratch_trains_a_named_backbone_from_random_init_with_every_layer_train
                             out=str(tmp_path / "s")), echo=lambda *_: None)
     (row,) = results.rows
     assert row["model"] == "efficientnet_lite0" and row["strategy"] == "scratch"
-    assert not row["pretrained"] and row["weights"].startswith("random init")
+    assert not row["pretrained"] and row["weights"] == "random init (trained from scratch)"  # no --no-pretrained
     folder = results.run_dir / "efficientnet_lite0-scratch"
     model, info = load_model(folder)
     assert info.backbone == "efficientnet_lite0"

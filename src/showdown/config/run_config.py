@@ -197,6 +197,10 @@ class RunConfig:
         if not self.strategies:
             raise ConfigError(f"no strategies given; name at least one with --strategy ({', '.join(STRATEGIES)})")
         strategies = self.strategy_values()
+        for flag, values in (("--models", list(self.models)), ("--strategy", [str(s) for s in strategies])):
+            if len(set(values)) < len(values):  # the second would train again and overwrite the first's folder
+                raise ConfigError(f"{flag} names {', '.join(sorted({v for v in values if values.count(v) > 1}))} "
+                                  "more than once; give each once (--repeats trains more seeds)")
         parse_unfreeze(self.unfreeze)
         if len(self.split) != 3 or any(f < 0 for f in self.split) or abs(sum(self.split) - 1) > 1e-6:
             raise ConfigError("--split must be three fractions that add up to 1, e.g. 0.7,0.15,0.15 "

@@ -25,6 +25,7 @@ from showdown.experiment.run_folder import write_entry
 from showdown.experiment.tuning import describe as describe_search
 from showdown.experiment.tuning import tune
 from showdown.models.backbones import Backbone, load_backbone
+from showdown.models.backbones.found import RANDOM_SCRATCH
 from showdown.models.classifier import Head, ImageClassifier
 from showdown.models.small_cnn import small_cnn_backbone
 from showdown.reporting.metrics import classification_metrics
@@ -99,8 +100,8 @@ def build_model(strategy: Strategy, backbone: Backbone, dataset: DatasetSpec, co
         backbone = small_cnn_backbone(config.image_size)
     elif strategy.from_scratch:
         name = backbone.spec.name
-        backbone = fitted_to_images(load_backbone(name, **{**config.backbone_options(name), "pretrained": False}),
-                                    dataset)
+        built = load_backbone(name, **{**config.backbone_options(name), "pretrained": False})
+        backbone = fitted_to_images(dataclasses.replace(built, weights=RANDOM_SCRATCH), dataset)  # not --no-pretrained
     elif strategy.trains_backbone:
         backbone = copy.deepcopy(backbone)
     head = Head(backbone.num_features, len(dataset.classes), config.head_hidden, config.head_dropout, config.head_bn)

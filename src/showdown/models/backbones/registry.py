@@ -79,12 +79,18 @@ def resolve_backbone(name: str) -> BackboneSpec:
     if timm.is_model(name):  # the architecture's name; its tag is checked here (timm.is_model ignores it)
         arch, _, tag = name.partition(".")
         return BackboneSpec(name, arch, _pretrained_tag(arch, tag))
-    # the short names first (their weights are found offline), then timm's (a short name can also be a timm name)
-    close = difflib.get_close_matches(name, SHORT_NAMES, n=3, cutoff=0.6)
-    close += [other for other in difflib.get_close_matches(name, timm.list_models(), n=3, cutoff=0.6)
-              if other not in close][:3 - len(close)]
+    close = _close_names(name.lower(), timm.list_models())
     hint = f" Did you mean {', '.join(close)}?" if close else " Run `showdown models` for the short names."
     raise ModelError(f"unknown model '{name}'.{hint}")
+
+
+def _close_names(typed: str, timm_names: list[str]) -> list[str]:
+    """Up to four names like `typed` (lower case): the short names first, those containing it before the merely
+    similar (their weights are found offline), then timm's (VGG16 -> vgg16, clip -> clip_vitb16)."""
+    short = [n for n in SHORT_NAMES if typed in n] + difflib.get_close_matches(typed, SHORT_NAMES, n=3, cutoff=0.6)
+    close = list(dict.fromkeys(short))[:2]
+    return close + [n for n in difflib.get_close_matches(typed, timm_names, n=4, cutoff=0.6) if n not in close][
+        :4 - len(close)]
 
 
 def _pretrained_tag(arch: str, tag: str) -> str | None:
