@@ -180,3 +180,26 @@ def test_a_tflite_file_imported_before_is_not_read_again_by_the_weights_check(tm
     load_backbone("mobilenet_v2", weights_dir=TFLITE)  # imported and cached
     monkeypatch.setattr(loader, "read_tflite", lambda path: pytest.fail("read again though imported before"))
     assert loader.weights_missing("mobilenet_v2", weights_dir=TFLITE) is None
+
+
+def test_an_input_size_the_network_cannot_take_is_one_line_when_it_is_built():
+    """Inception v3's stem shrinks 64 px to nothing: a traceback after the entries before it had trained."""
+    with pytest.raises(ModelError, match="inception_v3 cannot take 64 px images \\(RuntimeError: .*\\); give a larger "
+                                         "--image-size"):
+        load_backbone("inception_v3", pretrained=False, image_size=64)
+    assert load_backbone("inception_v3", pretrained=False, image_size=96).num_features == 2048
+
+
+def test_a_weights_file_saved_without_its_classifier_loads_and_stays_strict(tmp_path):
+    """A feature extractor's weights (num_classes=0): the classifier is dropped anyway, so it loads; any other
+    key missing is still refused."""
+    import timm
+
+    saved = timm.create_model("resnet18", num_classes=0).state_dict()
+    save_file(saved, tmp_path / "headless.safetensors")
+    backbone = load_backbone("resnet18", weights_file=tmp_path / "headless.safetensors")
+    assert torch.equal(backbone.model.conv1.weight, saved["conv1.weight"]) and backbone.num_features == 512
+    del saved["layer1.0.conv1.weight"]
+    save_file(saved, tmp_path / "cut.safetensors")
+    with pytest.raises(ModelError, match='do not fit resnet18: Missing key\\(s\\) in state_dict: "layer1.0.conv1'):
+        load_backbone("resnet18", weights_file=tmp_path / "cut.safetensors")

@@ -22,7 +22,7 @@ from torch import nn
 
 from showdown.data.preprocessing import Preprocessing
 from showdown.device import module_device
-from showdown.errors import ModelError
+from showdown.errors import ModelError, one_line
 from showdown.models.backbones import efficientnet_lite
 from showdown.models.backbones.eval_protocol import published_eval
 from showdown.models.backbones.files import load_weights_file
@@ -102,7 +102,7 @@ def load_backbone(
         spec = replace(spec, timm_name=found.timm_name, hub_tag=None)
     # A ViT is built for its input size (input_size.py); timm resamples the position embedding of the weights.
     timm_kwargs = {**spec.timm_kwargs, **(found.timm_kwargs if found else {}), **size_kwargs(spec.hub_name, image_size)}
-    model = _create(spec.hub_name if use_hub else spec.timm_name, timm_kwargs, found, use_hub)
+    model = _create(spec.hub_name if use_hub else spec.timm_name, timm_kwargs, found, use_hub, keep_classifier)
     image_size = image_size or timm_kwargs.get("img_size")
     if image_size:
         check_patch_multiple(model, image_size, name)
@@ -112,13 +112,16 @@ def load_backbone(
     model.eval()
     overrides = {**published_eval(spec.hub_name), **(found.preprocessing if found else {})}
     preprocessing = _preprocessing(model, spec.hub_name, overrides, image_size)
+    _check_input_size(model, preprocessing.input_size, name)
     if pool_stages:
         model = pooled(model, pool_stages)
     return Backbone(spec, model, source, preprocessing, timm_kwargs, pool_stages)
 
 
-def _create(timm_name: str, kwargs: dict, found: FoundWeights | None, use_hub: bool) -> nn.Module:
-    """The architecture with the found weights loaded strictly, from the hub, or randomly initialised."""
+def _create(timm_name: str, kwargs: dict, found: FoundWeights | None, use_hub: bool,
+            keep_classifier: bool = False) -> nn.Module:
+    """The architecture with the found weights loaded strictly, from the hub, or randomly initialised. Weights
+    saved without their classifier (a feature extractor's) load too, where the classifier is dropped."""
     if found is None:
         try:
             return timm.create_model(timm_name, pretrained=use_hub, **kwargs)
@@ -128,7 +131,7 @@ def _create(timm_name: str, kwargs: dict, found: FoundWeights | None, use_hub: b
         model = timm.create_model(timm_name, pretrained=False, **kwargs)
         model.load_state_dict(found.state_dict, strict=True)
         return model
-    overlay = {"state_dict": found.state_dict}
+    overlay = {"state_dict": found.state_dict if keep_classifier else _headless(found.state_dict, timm_name, kwargs)}
     if "num_classes" in kwargs:  # timm relaxes its strict load when the class counts differ
         overlay["num_classes"] = kwargs["num_classes"]
     try:
@@ -136,6 +139,17 @@ def _create(timm_name: str, kwargs: dict, found: FoundWeights | None, use_hub: b
         return timm.create_model(timm_name, pretrained=True, pretrained_cfg_overlay=overlay, **kwargs)
     except (RuntimeError, KeyError) as exc:
         raise ModelError(f"the weights do not fit {timm_name}: {_misfit(exc)}") from exc
+
+
+def _headless(state: dict, timm_name: str, kwargs: dict) -> dict:
+    """`state`, with zeros standing in for a classifier it lacks (saved with num_classes=0), so that it loads
+    strictly all the same: the backbone drops its classifier."""
+    names = timm.models.get_pretrained_cfg_value(timm_name, "classifier") or ()
+    keys = [f"{name}.{part}" for name in ((names,) if isinstance(names, str) else names) for part in ("weight", "bias")]
+    if not keys or any(key in state for key in keys):
+        return state
+    template = timm.create_model(timm_name, pretrained=False, **kwargs).state_dict()
+    return {**state, **{key: torch.zeros_like(template[key]) for key in keys if key in template}}
 
 
 def _misfit(exc: BaseException, limit: int = 300) -> str:
@@ -253,6 +267,16 @@ def _preprocessing(model: nn.Module, hub_name: str, overrides: dict, image_size:
     if image_size:
         config["input_size"] = (3, image_size, image_size)
     return Preprocessing.from_dict(config)
+
+
+def _check_input_size(model: nn.Module, input_size: tuple[int, int, int], name: str) -> None:
+    """One forward pass at the input size, so that a size the network cannot take (Inception v3 below about 75 px)
+    is one line now, not a traceback once the entries before it have trained."""
+    try:
+        output_width(model, input_size)
+    except RuntimeError as exc:
+        raise ModelError(f"{name} cannot take {input_size[-1]} px images ({one_line(exc, 120)}); give a larger "
+                         "--image-size") from exc
 
 
 def output_width(model: nn.Module, input_size: tuple[int, int, int]) -> int:
