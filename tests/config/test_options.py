@@ -104,7 +104,7 @@ def test_a_tiny_cache_budget_without_the_disk_cache_makes_finetune_fall_back_to_
     results = run(RunConfig(**QUICK, strategies=["finetune"], cache_budget_gb=1e-6, activation_shift=1,
                             boundary_disk=False, out=str(tmp_path / "ft")), echo=lines.append)
     fallback = [line for line in lines if "boundary cache off" in line]
-    assert len(fallback) == 1 and ("exceed the 0 MB budget (--cache-budget-gb); the disk cache is off "
+    assert len(fallback) == 1 and ("exceed the 1 KB budget (--cache-budget-gb); the disk cache is off "
                                    "(--no-boundary-disk); full forward") in fallback[0], lines
     assert not any("boundary cache on disk" in line for line in lines)
     assert not any("boundary cache: frozen bottom" in line for line in lines)
