@@ -53,6 +53,23 @@ def test_layers_unfreezes_the_last_parameterised_layers_keras_style():
     assert trainable(model) == {n for n, _ in model.backbone.named_parameters()}
 
 
+
+def test_blocks_and_layers_mean_a_stage_and_every_tensor_on_convnext_and_vit():
+    """ConvNeXt's head.norm is a timm group of its own: blocks:1 trained those two tensors alone. A ViT's
+    cls_token and pos_embed belong to the root module: layers:<all of them> left them frozen."""
+    import timm
+
+    from showdown.models.classifier import Head, ImageClassifier
+
+    convnext = ImageClassifier(timm.create_model("convnext_atto", num_classes=0), Head(320, 5))
+    unfreeze(convnext, "blocks:1")
+    assert {"head.norm.weight", "stages.3.blocks.1.conv_dw.weight"} <= trainable(convnext)
+    vit = ImageClassifier(timm.create_model("vit_tiny_patch16_224", num_classes=0), Head(192, 5))
+    unfreeze(vit, f"layers:{len(parameterised_layers(vit.backbone))}")
+    assert trainable(vit) == {n for n, _ in vit.backbone.named_parameters()}  # the same as `all`
+    unfreeze(convnext, "layers:1")  # the top layer's own tensors, not a whole block holding a gamma of its own
+    assert trainable(convnext) == {"head.norm.weight", "head.norm.bias"}
+
 def test_bad_unfreeze_is_a_config_error():
     with pytest.raises(ConfigError, match="layers:N, blocks:K or all"):
         RunConfig(unfreeze="top:3").validate()

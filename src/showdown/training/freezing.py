@@ -23,9 +23,18 @@ def freeze_backbone(model: ImageClassifier) -> None:
 
 
 def layer_groups(backbone: nn.Module) -> list[list[str]]:
-    """Parameter names of the backbone's coarse layer groups, bottom to top."""
-    groups = group_parameters(backbone, backbone.group_matcher(coarse=True))
-    return [list(names) for _, names in sorted(groups.items())]
+    """Parameter names of the backbone's coarse layer groups, bottom to top. A top group of norms alone (ConvNeXt's
+    head.norm) belongs to the stage below it, as a ViT's final norm does to its last block: `blocks:1` trains a
+    stage, not two norm tensors."""
+    grouped = group_parameters(backbone, backbone.group_matcher(coarse=True))
+    groups = [list(names) for _, names in sorted(grouped.items())]
+    if len(groups) > 1 and all("Norm" in type(_owner(backbone, name)).__name__ for name in groups[-1]):
+        groups[-2] += groups.pop()
+    return groups
+
+
+def _owner(backbone: nn.Module, param: str) -> nn.Module:
+    return backbone.get_submodule(param.rpartition(".")[0])
 
 
 def parameterised_layers(backbone: nn.Module) -> list[str]:
@@ -47,7 +56,8 @@ def unfreeze(model: ImageClassifier, spec: str) -> list[str]:
     elif kind == "layers":
         layers = parameterised_layers(model.backbone)
         _check_count(model, spec, count, len(layers), "parameterised layers", "layers")
-        chosen = {n for n in names if any(n.startswith(layer + ".") for layer in layers[-count:])}
+        top = set(layers[-count:])  # each layer's own parameters: the root's too (a ViT's cls_token, pos_embed)
+        chosen = {n for n in names if n.rpartition(".")[0] in top}
     else:
         chosen = set(names)
     freeze_backbone(model)
