@@ -455,3 +455,17 @@ def test_predict_and_export_take_the_winners_first_seed_not_the_luckiest(report_
     (chosen,) = [row["folder"] for row in summary["rows"] if (row["model"], row["strategy"]) == steady
                  and row["seed"] == 0]
     assert choose_entry(copy, None) == copy / chosen
+
+
+def test_the_terminal_table_ranks_setups_by_their_mean_with_a_row_of_means(report_run):
+    """Its rows were single seeds, best first: a lucky seed topped it above the report's winner."""
+    from showdown.reporting.tables import format_table
+
+    lines = format_table(report_run.rows).splitlines()[2:]
+    groups = group_records(load_run(report_run.run_dir))
+    winner = groups[0]
+    model, strategy = winner.first.model, winner.first.strategy
+    assert [line.split()[:3] for line in lines[:3]] == [
+        [model, strategy, "(seed"], [model, strategy, "(seed"], [model, strategy, "(mean"]]
+    assert f"{winner.mean('accuracy'):.4f}" in lines[2]
+    assert sum("(mean of 2)" in line for line in lines) == len(groups)

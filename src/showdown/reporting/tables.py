@@ -1,6 +1,8 @@
 """Every table tl-showdown prints or writes goes through `render` (tabulate): as text or as Markdown."""
 from __future__ import annotations
 
+import statistics
+
 import tabulate as tabulate_module
 from tabulate import tabulate
 
@@ -28,18 +30,35 @@ def render(header: list[str], rows: list[list], *, markdown: bool = False, right
 
 
 def format_table(rows: list[dict], *, markdown: bool = False) -> str:
-    """The showdown table, best test accuracy first."""
+    """The showdown table, best test accuracy first. With --repeats, by the mean over the seeds, as the report
+    ranks: each setup's seeds together, then a row of their means."""
     seeds = len({row.get("seed") for row in rows}) > 1  # --repeats: each row names its seed, 0 included
-    body = [[_cell(row, key, fmt, seeds) for key, _, fmt in SUMMARY_COLUMNS]
-            for row in sorted(rows, key=lambda r: -r["accuracy"])]
+    shown = _with_means(rows) if seeds else sorted(rows, key=lambda r: -r["accuracy"])
+    body = [[_cell(row, key, fmt, seeds) for key, _, fmt in SUMMARY_COLUMNS] for row in shown]
     numeric = {i for i, (_, _, fmt) in enumerate(SUMMARY_COLUMNS) if fmt != "{}"}
     return render([title for _, title, _ in SUMMARY_COLUMNS], body, markdown=markdown, right=numeric)
+
+
+def _with_means(rows: list[dict]) -> list[dict]:
+    setups: dict[tuple, list[dict]] = {}
+    for row in rows:
+        setups.setdefault((row["model"], row["strategy"]), []).append(row)
+    shown = []
+    for (_model, strategy), seeds in sorted(setups.items(), key=lambda item: (
+            -round(statistics.fmean(r["accuracy"] for r in item[1]), 12), f"{item[0][0]} / {item[0][1]}")):
+        means = {key: statistics.fmean(r[key] for r in seeds) for key, _, fmt in SUMMARY_COLUMNS
+                 if fmt != "{}" and all(r.get(key) is not None for r in seeds)}
+        shown += sorted(seeds, key=lambda r: r["seed"])
+        if len(seeds) > 1:
+            shown.append({**seeds[0], **means, "seed": None, "strategy": f"{strategy} (mean of {len(seeds)})"})
+    return shown
 
 
 def _cell(row: dict, key: str, fmt: str, seeds: bool) -> str:
     if row.get(key) is None:
         return "-"
-    return fmt.format(row[key]) + (f" (seed {row['seed']})" if key == "strategy" and seeds else "")
+    return fmt.format(row[key]) + (f" (seed {row['seed']})" if key == "strategy" and seeds and row["seed"] is not None
+                                   else "")
 
 
 def format_markdown(rows: list[dict]) -> str:
