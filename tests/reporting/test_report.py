@@ -72,8 +72,8 @@ def test_run_writes_a_report_and_records_itself(report_run):
     assert "McNemar p = " in md
     assert "test images are suspected label errors" in md
     # 2 epochs on 64 px images: heads this weak flag their own mistakes, and the report says so instead of ranking
-    trusted = "accuracy without suspect labels" in md and ("Without them the ranking" in md or " 0 of the " in md)
-    assert trusted != ("so no accuracy without them is shown" in md)
+    trusted = "accuracy without suspect labels" in md and "Without them the ranking" in md
+    assert trusted != ("so no accuracy without them is shown" in md) or "\n0 of the " in md
     assert MALICIOUS not in html and "&lt;img src=x onerror=alert(1)&gt;" in html
     assert "http://" not in html.replace("http-equiv", "") and "https://" not in html
     recorded = db.list_runs()
@@ -213,8 +213,8 @@ def test_the_table_of_a_run_with_repeats_names_each_rows_seed():
     rows = [{"model": "efficientnet_lite0", "strategy": "head", "seed": seed, "accuracy": 0.8 + seed / 100}
             for seed in (0, 1, 2)]
     lines = format_table(rows).splitlines()[2:]
-    assert [line.split()[1:4] for line in lines] == [["head", "(seed", "2)"], ["head", "(seed", "1)"],
-                                                      ["head", "(seed", "0)"]]
+    assert [line.split()[1:4] for line in lines] == [["head", "(seed", "0)"], ["head", "(seed", "1)"],
+                                                      ["head", "(seed", "2)"], ["head", "(mean", "of"]]
     assert "(seed" not in format_table([{**rows[0], "seed": 5}])  # one run of --seed 5: nothing to tell apart
 
 
@@ -414,6 +414,13 @@ def test_flags_from_weak_heads_give_no_accuracy_without_them(report_run):
         assert f"which score {judged:.2f} on the images they did not train on" in note
         assert ("too weak, or flag too many" in note) != shown
         assert ("flags come from efficientnet_lite1's features" in note) == shown
+    # none of the test images flagged: a column repeating the accuracy beside it says nothing
+    for record in records:
+        record.extra = {**record.extra, "suspects": Suspects([], {"backbone": "efficientnet_lite1",
+                                                                  "out_of_fold_accuracy": 0.9})}
+    groups = group_records(records)
+    assert "w/o suspects" not in columns(groups) and suspects_note(groups).startswith("0 of the ")
+    assert "accuracy without suspect labels" not in suspects_note(groups)
 
 
 def test_a_diverged_trial_does_not_squash_the_search_figure():

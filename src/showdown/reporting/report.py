@@ -201,10 +201,11 @@ def _without_suspects(group: Group, paths) -> float | None:
 
 
 def columns(groups: list[Group]) -> list[str]:
-    """The leaderboard's columns; the accuracy without suspect labels only when the run looked for them and its
-    flags can be trusted."""
+    """The leaderboard's columns; the accuracy without suspect labels only when the run looked for them, its
+    flags can be trusted and it flagged a test image (else the column repeats the accuracy)."""
     suspects = suspects_of(groups)
-    shown = suspects is not None and trusted(suspects, groups[0].first.metrics.get("n_test"))
+    shown = suspects is not None and bool(suspects.test_paths) and trusted(suspects, groups[0].first.metrics.get(
+        "n_test"))
     return [c for c in COLUMNS if c != "w/o suspects" or shown]
 
 
@@ -219,13 +220,15 @@ def suspects_note(groups: list[Group]) -> str:
     note = (f"{flagged} of the {n_test} test images are suspected label errors (cleanlab, out-of-fold heads on "
             f"{backbone} features" + (f", which score {judged:.2f} on the images they did not train on" if judged
                                       is not None else "") + ").")
+    if not flagged:
+        return note
     if not trusted(suspects, n_test):
         return note + (" The heads that flag them are too weak, or flag too many, for the flags to be trusted: many "
                        "are the heads' own mistakes, so no accuracy without them is shown.")
     note += (f" 'accuracy without suspect labels' is each entry's accuracy on the other {n_test - flagged}; the "
              f"flags come from {backbone}'s features, so its own entries' mistakes are the likeliest to be left "
              "out.")
-    if not flagged or len(groups) < 2:
+    if len(groups) < 2:
         return note
     # The same entries ranked on the test images whose labels nobody doubts (the mean over seeds, as ranked above).
     clean = sorted(groups, key=lambda g: -(_without_suspects(g, suspects.test_paths) or 0))
