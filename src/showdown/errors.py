@@ -6,6 +6,8 @@ import contextlib
 import errno
 import os
 import re
+import shutil
+from pathlib import Path
 
 
 class ShowdownError(Exception):
@@ -123,12 +125,21 @@ def disk_error(exc: BaseException, path, what: str) -> DiskError | None:
 def sqlite_disk_error(exc: BaseException, path, what: str) -> DiskError | None:
     """The same for SQLite (directly or through SQLAlchemy), which says a full or read-only disk in words."""
     text = str(exc).lower()
-    full = "disk is full" in text
+    # a full disk as SQLite meets it making its journal (WAL) files: "disk I/O error", not "disk is full"
+    full = "disk is full" in text or ("disk i/o error" in text and _little_room(path))
     # SQLite says "readonly database" alike for a file without write permission or made immutable, a folder that
     # takes no journal file beside it, and a read-only mount
     reason = DISK_ERRNOS[errno.ENOSPC] if full else \
         "read-only (the file, its folder or the file system)" if "readonly database" in text else None
     return DiskError(f"{reason}: could not write {what} {path}", cure=ROOM if full else WRITABLE) if reason else None
+
+
+def _little_room(path) -> bool:
+    """Whether the folder of `path` has under a megabyte free (SQLite's journal files need more)."""
+    try:
+        return shutil.disk_usage(Path(path).parent).free < 2**20
+    except OSError:
+        return False
 
 
 def last_line(exc: BaseException) -> str:

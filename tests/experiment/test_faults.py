@@ -1,6 +1,7 @@
 """The faults real machines have, made for real: damaged cache entries of every kind, a full disk (a small tmpfs,
 mounted when the tests run as root), a damaged results database, a folder of phone photos (HEIC). Each ends in one
 line or one warning, never a traceback, and what was finished is kept."""
+import contextlib
 import json
 import multiprocessing
 import os
@@ -514,3 +515,35 @@ def test_a_missing_explain_extra_is_one_line_after_the_entries_and_never_before_
     err = capsys.readouterr().err
     assert err.count("Grad-CAM overlays skipped") == 1 and err.index("Grad-CAM") > err.index("epoch 1/1")
     assert not (results.run_dir / results.rows[0]["folder"] / "gradcam").exists()
+
+
+def test_the_results_database_on_a_read_only_mount_is_read(small_disk, capsys):
+    """`showdown runs` on a database someone shared read-only: it opened the file for writing (WAL, its schema)
+    and failed with "read-only" where it only had to read."""
+    from showdown.reporting import database
+
+    mount, _ = small_disk
+    path = mount / "showdown.db"
+    with contextlib.closing(database.connect(path)) as conn:
+        conn.execute("INSERT INTO runs (created, run_dir, config, environment, dataset_info) "
+                     "VALUES ('2026-12-07', '/runs/a', '{}', '{}', '{}')")
+        conn.commit()
+    subprocess.run(["mount", "-o", "remount,ro", str(mount)], check=True)
+    assert [row["run_dir"] for row in database.list_runs(path)] == ["/runs/a"]
+    assert main(["runs", "--db", str(path)]) == 0 and "/runs/a" in capsys.readouterr().out
+
+
+def test_a_results_database_on_a_full_disk_is_said_full_before_the_work(small_disk, tmp_path):
+    """SQLite meets a full disk making its WAL files and says "disk I/O error": it was called damaged ("move the
+    file aside"), where the cure is room."""
+    from showdown.errors import DiskError
+    from showdown.reporting import database
+
+    mount, _ = small_disk
+    path = mount / "showdown.db"
+    with contextlib.closing(database.connect(path)):
+        pass  # made while there was room
+    _fill(mount)
+    with pytest.raises(DiskError, match="no space left on the device: could not write the results database") as info:
+        database.check_database(path)
+    assert "free some space" in str(info.value) and "move the file aside" not in str(info.value)

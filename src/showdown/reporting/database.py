@@ -101,8 +101,6 @@ def _database_error(path: Path, exc: sqlite3.DatabaseError, other: str = "") -> 
     disk = sqlite_disk_error(exc, path, "the results database")
     if disk is None:
         return ShowdownError(f"cannot use the results database {path} ({exc}); move the file aside, {other}")
-    if disk.full:
-        return disk
     return DiskError(f"{disk}; {disk.cure}, {other}", cure=disk.cure)
 
 
@@ -139,12 +137,28 @@ def _reading(db: str | Path | None) -> Iterator[sqlite3.Connection]:
     """The database for a command that reads it, checked as a run checks it (a damaged page reads as garbage,
     not always as an error); an error while reading is one line."""
     path = database_path(db)
-    with closing(connect(path)) as conn:
+    with closing(_open_read_only(path)) as conn:
         try:
             _check_intact(conn)
             yield conn
         except sqlite3.DatabaseError as exc:
             raise _database_error(path, exc) from exc
+
+
+def _open_read_only(path: Path) -> sqlite3.Connection:
+    """The database as a reader opens it: nothing written, so it reads on a read-only mount or from a folder that
+    is not the user's. A WAL database there, whose shared-memory file cannot be made beside it, is opened as
+    immutable: nobody can be writing it."""
+    uri = path.absolute().as_uri()
+    try:
+        conn = sqlite3.connect(f"{uri}?mode=ro", uri=True)
+        conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+    except sqlite3.OperationalError as exc:
+        if "unable to open" not in str(exc) and "readonly" not in str(exc):
+            raise _database_error(path, exc) from exc
+        conn = sqlite3.connect(f"{uri}?immutable=1", uri=True)
+    conn.row_factory = sqlite3.Row
+    return conn
 
 
 def _schema_columns() -> dict[str, set[str]]:
