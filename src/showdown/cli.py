@@ -345,7 +345,7 @@ def cmd_models(args) -> int:
         source = f"package {spec.package}" if spec.package else (
             f"TFLite in weights dir ({spec.tflite_files[0]})" if spec.tflite_files else f"hub {spec.hub_name}")
         print(f"{spec.name:20s} {spec.timm_name:24s} {source}")
-    print("any other timm model name works too (e.g. convnext_tiny, resnet18.a1_in1k)")
+    print("any other timm model name works too (e.g. convnext_atto, resnet18.a1_in1k)")
     return 0
 
 

@@ -318,6 +318,7 @@ def test_the_headings_say_what_the_spread_and_the_interval_are(report_run):
     records = load_run(report_run.run_dir)  # two seeds of each entry
     said = headings(group_records(records))
     assert (said["accuracy"], said["ci"]) == ("test accuracy (mean ± std of the seeds)", "95 % CI (Wilson)")
+    assert said["loss"] == "test log loss"  # not the smoothed training loss its curves show
     first_seeds = [record for record in records if record.seed == 0]
     assert headings(group_records(first_seeds))["accuracy"] == "test accuracy"
     for record in first_seeds:

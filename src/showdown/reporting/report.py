@@ -180,6 +180,7 @@ def _params(metrics: dict) -> str:
 COLUMNS = ["rank", "entry", "seeds", "accuracy", "ci", "w/o suspects", "macro F1", "weighted F1", "loss", "train s",
            "latency ms", "size MB", "params M", "weights"]
 HEADINGS = {"accuracy": "test accuracy", "latency ms": "latency ms (PyTorch fp32, batch 1)",
+            "loss": "test log loss",  # of the softmax, without the label smoothing of the training loss
             "w/o suspects": "accuracy without suspect labels"}
 
 
