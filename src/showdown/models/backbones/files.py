@@ -10,6 +10,7 @@ import torch
 from safetensors.torch import load_file
 
 from showdown.errors import ModelError
+from showdown.models.backbones import efficientnet_lite
 from showdown.models.backbones.found import FoundWeights
 from showdown.models.backbones.imported import cached_import
 from showdown.models.backbones.registry import BackboneSpec
@@ -38,7 +39,10 @@ def load_weights_file(path: Path, spec: BackboneSpec) -> FoundWeights:
         except Exception as exc:
             raise ModelError(f"{path} is not a readable safetensors file ({exc})") from exc
     if suffix in {".pth", ".pt", ".bin", ".ckpt"}:
-        return FoundWeights(_unwrap(load_torch_checkpoint(path)))
+        state = _unwrap(load_torch_checkpoint(path))
+        # EfficientNet-PyTorch's layout (the efficientnet-lite packages' own file): timm's keys, their scaling
+        return (spec.package and efficientnet_lite.found_weights(state, spec.timm_name, spec.timm_kwargs)) or \
+            FoundWeights(state)
     raise ModelError(f"unsupported weights file type '{suffix}' for {path}: use .safetensors, .pth, .tflite, "
                      "or Keras .h5 / .keras")
 

