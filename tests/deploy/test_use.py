@@ -322,7 +322,8 @@ def test_inputs_and_flags_that_make_no_sense_are_one_line(trained, tmp_path):
     run_dir, data = trained
     onnx = export_model(run_dir, "onnx", tmp_path / "m.onnx")
     for args, said in ((["predict", run_dir, "/dev/null"], "/dev/null is neither an image file nor a folder"),
-                       (["explain", onnx, data / "roses", "--model", "foo"], "--model picks an entry of a run folder")):
+                       (["explain", onnx, data / "roses", "--model", "foo"], "--model picks an entry of a run folder"),
+                       (["predict", onnx, data / "roses", "--model", "foo"], "m.onnx is one model")):  # was ignored
         result = run_cli(*args)
         assert result.returncode == 2 and said in result.stderr, result.stderr
         assert len(result.stderr.strip().splitlines()) == 1
@@ -485,3 +486,22 @@ def test_class_folders_match_the_models_classes_in_either_unicode_form(tmp_path)
     photo.write_bytes(b"")
     assert folder_labels([photo], [str(tmp_path / "test")], [decomposed, "daisy"]) == ([decomposed], None)
     assert folder_labels([photo], [str(photo.parent)], [decomposed, "daisy"]) == ([decomposed], None)
+
+
+def test_a_name_with_brackets_is_that_file_and_a_pattern_passes_over_what_is_no_image(tmp_path, demo_copy, caplog):
+    """'photo[1].jpg' was read as a pattern matching photo1.jpg; `predict 'g*' --output g.json` met its own
+    output the second time, and a pattern's notes.txt was said to be an unreadable image."""
+    from showdown.deploy.inputs import expand_inputs
+
+    photo = sorted((demo_copy / "daisy").iterdir())[0]
+    named = tmp_path / "photo[1].jpg"
+    shutil.copy(photo, named)
+    assert expand_inputs([str(named)]) == [named]
+    folder = tmp_path / "gl"
+    folder.mkdir()
+    shutil.copy(photo, folder / "a.jpg")
+    (folder / "notes.txt").write_text("taken in May\n")
+    (folder / "g.json").write_text("[]")
+    with caplog.at_level("WARNING"):
+        assert expand_inputs([str(folder / "*")]) == [folder / "a.jpg"]
+    assert "2 file(s) the patterns matched have no image suffix and were passed over" in caplog.text

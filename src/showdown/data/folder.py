@@ -41,7 +41,7 @@ def is_visible(name: str) -> bool:
     return not name.startswith(".") and name != "__MACOSX"
 
 
-def _image_name(name: str) -> bool:
+def image_name(name: str) -> bool:
     """A visible file name with an image suffix (its content is the decoder's to judge)."""
     return is_visible(name) and os.path.splitext(name)[1].lower() in IMAGE_SUFFIXES
 
@@ -75,9 +75,9 @@ def images_in(folder: Path) -> list[Path]:
                 if entry.is_dir():
                     if not (entry.is_symlink() and _contains(os.path.realpath(entry.path), top)):
                         waiting.append(Path(entry.path))
-                elif entry.is_file() and _image_name(entry.name):
+                elif entry.is_file() and image_name(entry.name):
                     found.append(Path(entry.path))
-                elif entry.is_symlink() and not os.path.exists(entry.path) and _image_name(entry.name):  # moved
+                elif entry.is_symlink() and not os.path.exists(entry.path) and image_name(entry.name):  # moved
                     broken.append(entry.path)
             except OSError:
                 continue
@@ -130,7 +130,7 @@ def _dangling_folders(root: Path) -> list[str]:
     """Visible links beside the class folders whose target is gone (a moved or unmounted class folder)."""
     with os.scandir(root) as listing:
         return sorted(entry.name for entry in listing if is_visible(entry.name) and entry.is_symlink()
-                      and not _image_name(entry.name) and not os.path.exists(entry.path))
+                      and not image_name(entry.name) and not os.path.exists(entry.path))
 
 
 def _repeated_subfolders(root: Path, classes: list[str]) -> list[str]:
@@ -140,7 +140,7 @@ def _repeated_subfolders(root: Path, classes: list[str]) -> list[str]:
     for name in classes:
         with os.scandir(root / name) as listing:
             entries = list(listing)
-        if any(_image_name(entry.name) and entry.is_file() for entry in entries):
+        if any(image_name(entry.name) and entry.is_file() for entry in entries):
             return []
         inner = {entry.name for entry in entries if is_visible(entry.name) and entry.is_dir()}
         shared = inner if shared is None else shared & inner
@@ -150,7 +150,7 @@ def _repeated_subfolders(root: Path, classes: list[str]) -> list[str]:
 def _loose_images(root: Path) -> list[str]:
     try:
         with os.scandir(root) as listing:
-            return sorted(entry.name for entry in listing if _image_name(entry.name) and entry.is_file())
+            return sorted(entry.name for entry in listing if image_name(entry.name) and entry.is_file())
     except OSError:
         return []
 

@@ -23,7 +23,7 @@ from torch import nn
 from showdown.data.images import UNREADABLE, decode_for, eval_transform
 from showdown.data.preprocessing import Preprocessing
 from showdown.deploy.trained import choose_entry
-from showdown.errors import ConfigError, DataError, ModelError
+from showdown.errors import DataError, ModelError
 from showdown.fileio import slug
 from showdown.models.saving import load_model
 from showdown.run_schema import MODEL_WEIGHTS
@@ -204,9 +204,7 @@ def explain_files(model_path: str, inputs: list[str], model_name: str | None = N
         path = path.parent
     files = [str(f) for f in expand_inputs(inputs)]
     if not path.is_dir():  # an exported file: the same overlays, by occlusion
-        if model_name:
-            raise ConfigError(f"--model picks an entry of a run folder; {path.name} is one exported model")
-        predictor = open_model(path)
+        predictor = open_model(path, model_name)  # which refuses --model
         target = Path(out) if out else path.parent / f"{path.stem}-{path.suffix.lstrip('.')}-explain"  # one per format
         done, skipped = _with_skipped(files, occlusion(predictor, files, target))
         return target, done, "occlusion", skipped

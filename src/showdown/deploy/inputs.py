@@ -8,7 +8,7 @@ import os
 import unicodedata
 from pathlib import Path
 
-from showdown.data.folder import identity, images_in
+from showdown.data.folder import identity, image_name, images_in
 from showdown.data.formats import IMAGE_SUFFIXES, check_readable
 from showdown.errors import DataError
 
@@ -18,23 +18,30 @@ log = logging.getLogger(__name__)
 def expand_inputs(inputs: list[str]) -> list[Path]:
     """Image files, folders (searched recursively, hidden files skipped) and glob patterns, in a stable order."""
     files: list[Path] = []
+    passed_over: list[Path] = []
     for text in inputs:
-        matches = [Path(m) for m in sorted(glob.glob(text, recursive=True))] if glob.has_magic(text) else [Path(text)]
+        pattern = glob.has_magic(text) and not os.path.lexists(text)  # "photo[1].jpg" that exists is that file
+        matches = [Path(m) for m in sorted(glob.glob(text, recursive=True))] if pattern else [Path(text)]
         if not matches:
             raise DataError(f"'{text}' matches no files")
         for path in matches:
             if path.is_dir():
                 files += images_in(path)
+            elif pattern and path.is_file() and not image_name(path.name):  # passed over, as in a folder
+                passed_over.append(path)
             elif path.is_file():
                 files.append(path)
             elif path.exists():  # a device, a socket, a pipe
                 raise DataError(f"{path} is neither an image file nor a folder")
-            elif path.is_symlink() and glob.has_magic(text):  # a glob's match: passed over, as in a folder
+            elif path.is_symlink() and pattern:  # a glob's match: passed over, as in a folder
                 log.warning("%s is a broken symbolic link (to %s), skipped", path, os.readlink(path))
             elif path.is_symlink():
                 raise DataError(f"{path} is a broken symbolic link (to {os.readlink(path)}, which does not exist)")
             else:
                 raise DataError(f"{path} does not exist")
+    if passed_over:
+        log.warning("%d file(s) the patterns matched have no image suffix and were passed over, e.g. %s",
+                    len(passed_over), passed_over[0])
     unique, seen = [], set()
     for path in files:  # each image once, however it was reached (twice in the inputs, a link looping back)
         try:  # device and inode, one stat each: resolving every path took 9x as long (160 ms for TF-Flowers)

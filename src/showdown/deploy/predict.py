@@ -158,6 +158,8 @@ def open_model(path: str | Path, model_name: str | None = None, device: str = "c
                          ".tflite file")
     if runtime != "auto" and path.name != MODEL_WEIGHTS:
         raise ConfigError(f"--runtime {runtime} is for run folders; {path.name} runs as it was exported")
+    if model_name:
+        raise ConfigError(f"--model picks an entry of a run folder; {path.name} is one model")
     if path.suffix in EXPORT_SUFFIXES["torchscript"]:
         where = resolve_device(device)
         return open_torchscript(path, where, predict_precision(precision, where, evaluated="fp32"))
