@@ -122,7 +122,8 @@ def test_cli_prints_the_comparison_table(tmp_path, demo_copy):
      "--weights mobilenet_v2=x.tflite: mobilenet_v2 is not one of the run's models (efficientnet_lite0)"),
     (["run", "--strategy", "magic"], "unknown strategy 'magic'"),
     (["run", "--split", "0.5,0.2"], "--split must be three fractions"),
-    (["run", "--tune-storage", "study.journal"], "--tune-storage shares a search: give one with --tune N"),
+    (["run", "--tune-storage", "study.journal"], "--tune-storage shares a search: a journal file or a database URL"),
+    (["run", "--tune", "2", "--tune-storage", ""], "with --tune N (or --tune-minutes M); it is empty"),
 ])
 def test_cli_errors_are_one_line_without_traceback(tmp_path, capsys, args, message):
     from showdown.cli import main

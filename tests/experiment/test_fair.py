@@ -171,14 +171,99 @@ def test_two_processes_search_one_study_through_a_journal_file(tmp_path):
     for process in processes:
         _, err = process.communicate(timeout=600)
         assert process.returncode == 0, err[-2000:]
-    study = optuna.load_study(study_name="efficientnet_lite0-head",
-                              storage=JournalStorage(JournalFileBackend(str(journal))))
+    records = [json.loads((tmp_path / name / "efficientnet_lite0-head" / "metrics.json").read_text())["tuning"]
+               for name in ("a", "b")]
+    (name,) = {record["study"] for record in records}  # one study: the same entry, images and seed
+    assert name.startswith("efficientnet_lite0-head-")
+    study = optuna.load_study(study_name=name, storage=JournalStorage(JournalFileBackend(str(journal))))
     finished = [t for t in study.trials if t.state.is_finished()]
     assert len(finished) == 20
     assert len({json.dumps(t.params, sort_keys=True) for t in finished}) == 20  # distinct draws
-    records = [json.loads((tmp_path / name / "efficientnet_lite0-head" / "metrics.json").read_text())["tuning"]
-               for name in ("a", "b")]
     last = max(records, key=lambda r: len(r["trials"]))
     assert len(last["trials"]) == 20  # the last to choose saw every trial of both processes
     complete = [t.value for t in finished if t.state == optuna.trial.TrialState.COMPLETE]
     assert last["best_val_loss"] == pytest.approx(min(complete))
+
+
+def _search_of(losses, tmp_path, interrupt_at=None, **options):
+    """tune() over an objective that takes a tenth of a second a trial and reports `losses` epoch by epoch (each
+    call's, where `losses` is a function of the call's number)."""
+    import time
+
+    from showdown.config.strategy import HEAD
+    from showdown.experiment.tuning import tune
+
+    calls = []
+
+    def train_trial(config, on_epoch):
+        calls.append(config)
+        time.sleep(0.1)
+        if interrupt_at is not None and len(calls) == interrupt_at:
+            raise KeyboardInterrupt
+        trial_losses = losses(len(calls)) if callable(losses) else losses
+        for loss in trial_losses:
+            if on_epoch:
+                on_epoch(loss)
+        return [{"val_loss": loss} for loss in trial_losses]
+    config = RunConfig(epochs=len(losses(1) if callable(losses) else losses), **options)
+    return tune(config, HEAD, train_trial, tmp_path / "search.db"), calls
+
+
+def test_a_time_budget_a_ctrl_c_cut_short_is_not_given_again_on_resume(tmp_path):
+    """The search's seconds were saved only once it ended: a resumed --tune-minutes search got its whole time
+    again (28 s of trials for a budget of 12)."""
+    with pytest.raises(KeyboardInterrupt):
+        _search_of([1.0, 0.9], tmp_path, interrupt_at=6, tune_minutes=1.0)
+    spent = optuna.load_study(study_name="search", storage=f"sqlite:///{tmp_path / 'search.db'}").user_attrs["seconds"]
+    assert spent >= 0.4  # the default's measurement and four trials, kept trial by trial
+    (_, record), _ = _search_of([1.0, 0.9], tmp_path, tune_minutes=(spent + 0.5) / 60)
+    assert record["seconds"] == pytest.approx(spent + 0.5, abs=0.35)  # what was left of the minute, not a minute
+
+
+def test_a_trial_at_its_last_epoch_is_not_pruned(tmp_path):
+    """Median pruning at the last epoch threw away a trial that had finished (17 of 102 in one search)."""
+    # each trial worse than all before it: from the sixth on, the median pruner would stop it at its second epoch
+    (_, record), _ = _search_of(lambda call: [1.0 + call, 0.9 + call], tmp_path, tune=8)
+    assert record["n_pruned"] == 0 and record["n_complete"] == 8
+
+
+def test_a_shared_study_is_named_for_its_entry_fold_images_and_seed():
+    """--tune-storage named a study after the entry's folder alone: both backbones' 'fold1' shared one study,
+    and another split or dataset read trials scored on its own test images."""
+    from showdown.experiment.tuning import shared_study_name
+
+    splits = {"train": [("a.jpg", 0), ("b.jpg", 1)], "val": [("c.jpg", 0)], "test": [("d.jpg", 1)]}
+    name = shared_study_name("efficientnet_lite0-head", splits, 0)
+    assert name.startswith("efficientnet_lite0-head-") and name == shared_study_name("efficientnet_lite0-head",
+                                                                                     dict(splits), 0)
+    assert name != shared_study_name("efficientnet_lite0-head", splits, 1)  # another seed
+    assert name != shared_study_name("efficientnet_lite0-head", {**splits, "val": [("d.jpg", 1)]}, 0)  # split
+    assert name != shared_study_name("mobilenet_v2-head-fold1", splits, 0)
+    assert name == shared_study_name("efficientnet_lite0-head", {**splits, "test": []}, 0)  # test: never read
+
+
+def test_a_time_budget_that_ran_other_numbers_of_trials_is_not_called_the_same_search(tmp_path):
+    """--tune-minutes: "Fair on every count, same budget" where one entry ran 0 trials and another 3."""
+    results = run(RunConfig(models=["efficientnet_lite0", "efficientnet_lite1"], image_size=64, tune_minutes=0.01,
+                            epochs=1, workers=0, out=str(tmp_path / "run"), cache_dir=str(tmp_path / "cache"),
+                            record=False, report=False, label_issues="off", gradcam=0), echo=lambda *_: None)
+    records = [r for r in load_run(results.run_dir) if r.strategy == "head"]
+    trials = records[0].metrics["tuning"]["trials"] or [{}]  # as many as 0.6 s gave: set to 3 and 0 below
+    for record, ran in zip(records, (3, 0)):
+        record.metrics["tuning"]["trials"] = (trials * 3)[:ran]
+    found = {c.name: c for c in checks(records)}["tuning budget"]
+    assert not found.same and "but not the same search: 3 trials: efficientnet_lite0 / head; 0 trials: " in found.text
+    records[1].metrics["tuning"]["trials"] = trials[:1]
+    found = {c.name: c for c in checks(records)}["tuning budget"]
+    assert found.same and found.caveat.startswith("the same minutes of search, not the same number of trials")
+
+
+def test_a_depth_the_user_chose_is_not_searched():
+    """`--strategy finetune --unfreeze all --tune N` searched blocks:1-4 and trained what it found, not all."""
+    from showdown.config.strategy import Strategy
+    from showdown.experiment.tuning import space_for
+
+    finetune = Strategy.parse("finetune")
+    assert "unfreeze" in space_for(finetune) and "unfreeze" in space_for(finetune, "blocks:2")
+    assert "unfreeze" not in space_for(finetune, "all") and "unfreeze" not in space_for(finetune, "layers:20")
+    assert "unfreeze" not in space_for(Strategy.parse("finetune=blocks:1"))

@@ -215,8 +215,9 @@ class RunConfig:
         if self.drop_label_issues and (self.label_issues == "off" or self.folds):
             raise ConfigError("--drop-label-issues needs the label issues of one test split: leave out "
                               + ("--label-issues off" if self.label_issues == "off" else "--folds"))
-        if self.tune_storage and not (self.tune or self.tune_minutes):  # it would be ignored silently
-            raise ConfigError("--tune-storage shares a search: give one with --tune N (or --tune-minutes M)")
+        if self.tune_storage is not None and not (self.tune_storage.strip() and (self.tune or self.tune_minutes)):
+            raise ConfigError("--tune-storage shares a search: a journal file or a database URL, with --tune N (or "
+                              "--tune-minutes M)" + ("; it is empty" if not self.tune_storage.strip() else ""))
         if self.shard is not None:
             self._check_shard()
         if self.executor == "ray" and self.shard is not None:

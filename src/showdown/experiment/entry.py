@@ -23,7 +23,7 @@ from showdown.experiment.folds import FeaturePool
 from showdown.experiment.phases import CACHEABLE_AUGMENTS, Trained, evaluate, extract_all, train
 from showdown.experiment.run_folder import write_entry
 from showdown.experiment.tuning import describe as describe_search
-from showdown.experiment.tuning import tune
+from showdown.experiment.tuning import shared_study_name, tune
 from showdown.models.backbones import Backbone, load_backbone
 from showdown.models.backbones.found import RANDOM_SCRATCH
 from showdown.models.classifier import Head, ImageClassifier
@@ -135,5 +135,7 @@ def _search(strategy: Strategy, backbone: Backbone, dataset: DatasetSpec, config
         trial_backbone, model = build_model(HEAD, backbone, seen, config, run.device)
         extract_all(Entry(HEAD, trial_backbone, model, seen, config, quiet, folder, pool=pool))
     extraction = time.perf_counter() - start
-    config, search = tune(config, strategy, train_trial, folder / SEARCH_DB, on_trial=run.reporter.trial)
+    entry = f"{folder.parent.name}-{folder.name}" if folder.name.startswith("fold") else folder.name
+    config, search = tune(config, strategy, train_trial, folder / SEARCH_DB, on_trial=run.reporter.trial,
+                          study=shared_study_name(entry, seen.splits, config.seed))
     return config, {**search, "feature_seconds": extraction}

@@ -21,7 +21,9 @@ from optuna.trial import TrialState
 from showdown.config.run_config import RunConfig
 from showdown.config.strategy import Strategy
 from showdown.errors import ConfigError, one_line, sqlite_disk_error
+from showdown.fileio import digest
 
+DEFAULT_UNFREEZE = RunConfig().unfreeze
 # What the search may change, as the report describes it. Same for every backbone; `finetune` adds two.
 SPACE = {
     "lr": "1e-4 to 1e-1, log scale",
@@ -39,11 +41,13 @@ FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 TrialFunction = Callable[[RunConfig, Callable[[float], None] | None], list[dict]]
 
 
-def space_for(strategy: Strategy) -> dict[str, str]:
+def space_for(strategy: Strategy, unfreeze: str = DEFAULT_UNFREEZE) -> dict[str, str]:
+    """What the search varies. The fine-tuned depth only where neither the strategy (`finetune=layers:20`) nor
+    --unfreeze (other than its default) names one: a depth the user chose is kept."""
     space = dict(SPACE)
     if strategy.finetunes:
         space["ft_lr_factor"] = FINETUNE_SPACE["ft_lr_factor"]
-        if strategy.unfreeze is None:  # `finetune=layers:20` names its own depth: not searched
+        if strategy.unfreeze is None and unfreeze == DEFAULT_UNFREEZE:
             space["unfreeze"] = FINETUNE_SPACE["unfreeze"]
     return space
 
@@ -84,7 +88,7 @@ def budget(config: RunConfig, space: dict) -> dict:
 
 
 def tune(config: RunConfig, strategy: Strategy, train_trial: TrialFunction, storage: Path, *,
-         on_trial=None) -> tuple[RunConfig, dict]:
+         on_trial=None, study: str = "search") -> tuple[RunConfig, dict]:
     """Search, then (the configuration to train with, the search's record for metrics.json).
 
     `train_trial(config, on_epoch)` trains one configuration on the training split, calls `on_epoch(best val
@@ -95,7 +99,7 @@ def tune(config: RunConfig, strategy: Strategy, train_trial: TrialFunction, stor
     verbosity = optuna.logging.get_verbosity()
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # its "Trial failed" warning prints a Ctrl-C's traceback
     try:
-        return _search(config, strategy, train_trial, storage, on_trial)
+        return _search(config, strategy, train_trial, storage, on_trial, study)
     except Exception as exc:  # SQLAlchemy's error for a full disk under the trials' SQLite file: one line
         disk = sqlite_disk_error(exc, storage, "the search's trials")
         if disk is None:
@@ -105,14 +109,23 @@ def tune(config: RunConfig, strategy: Strategy, train_trial: TrialFunction, stor
         optuna.logging.set_verbosity(verbosity)  # the caller's (a notebook's) as it was
 
 
+def shared_study_name(entry: str, splits: dict, seed: int) -> str:
+    """The name of an entry's study in --tune-storage: the entry (its fold too) and a digest of the images its
+    trials train and validate on and of the seed, so that no other backbone, fold, split or data reads its trials
+    (their validation images may be its test images)."""
+    lines = [f"seed {seed}\n"] + [f"{split}|{path}|{label}\n" for split in ("train", "val")
+                                   for path, label in splits[split]]
+    return f"{entry}-{digest(lines)[:12]}"
+
+
 def _search(config: RunConfig, strategy: Strategy, train_trial: TrialFunction, storage: Path,
-            on_trial) -> tuple[RunConfig, dict]:
-    space = space_for(strategy)
+            on_trial, name: str) -> tuple[RunConfig, dict]:
+    space = space_for(strategy, config.unfreeze)
     start = time.perf_counter()
     shared = config.tune_storage is not None
     try:
         study = optuna.create_study(storage=_storage(config.tune_storage, storage), direction="minimize",
-                                    study_name=storage.parent.name if shared else "search", load_if_exists=True)
+                                    study_name=name if shared else "search", load_if_exists=True)
     except Exception as exc:  # a database driver not installed, a malformed URL, a server that does not answer
         if not shared:
             raise
@@ -130,11 +143,14 @@ def _search(config: RunConfig, strategy: Strategy, train_trial: TrialFunction, s
     timeout = config.tune_minutes * 60 - spent - (time.perf_counter() - start) if config.tune_minutes else None
     if trials != 0 and (timeout is None or timeout > 0):
         progress = _progress(on_trial, config.tune or None, 0 if shared else done) if on_trial else None
-        study.optimize(_objective(config, space, train_trial), n_trials=trials, timeout=timeout,
-                       callbacks=[progress] if progress else None)
+
+        def keep_time(study: optuna.Study, _trial) -> None:  # trial by trial: a Ctrl-C loses one trial's time at most
+            study.set_user_attr("seconds", spent + time.perf_counter() - start)
+        study.optimize(_objective(config, strategy, space, train_trial), n_trials=trials, timeout=timeout,
+                       callbacks=[keep_time, *([progress] if progress else [])])
     seconds = spent + time.perf_counter() - start
     study.set_user_attr("seconds", seconds)
-    return _choose(config, study, space, seconds)
+    return _choose(config, study, space, seconds, name if shared else None)
 
 
 def _storage(shared: str | None, local: Path):
@@ -150,20 +166,26 @@ def _storage(shared: str | None, local: Path):
     return JournalStorage(JournalFileBackend(str(Path(shared).expanduser())))
 
 
-def _objective(config: RunConfig, space: dict, train_trial: TrialFunction):
+def _epochs_at_most(config: RunConfig, strategy: Strategy) -> int:
+    """The epochs a trial trains at most, over its phases (the head's, then the fine-tune's)."""
+    return config.epochs + ((config.ft_epochs or config.epochs) if strategy.finetunes else 0)
+
+
+def _objective(config: RunConfig, strategy: Strategy, space: dict, train_trial: TrialFunction):
     def objective(trial: optuna.Trial) -> float:
         values = config_values(_suggest(trial, space))
-        step = 0
+        trial_config = dataclasses.replace(config, **values)
+        step, last = 0, _epochs_at_most(trial_config, strategy)
 
         def on_epoch(loss: float) -> None:  # steps count epochs across phases (head, then finetune)
             nonlocal step
             step += 1
             if math.isfinite(loss):
                 trial.report(loss, step)
-            if trial.should_prune():
+            if step < last and trial.should_prune():  # a trial at its last epoch is done: its loss counts
                 raise optuna.TrialPruned()
 
-        history = train_trial(dataclasses.replace(config, **values), on_epoch)
+        history = train_trial(trial_config, on_epoch)
         trial.set_user_attr("epochs", len(history))
         return best_val_loss(history)
     return objective
@@ -181,7 +203,8 @@ def _progress(on_trial, total: int | None, before: int):
     return callback
 
 
-def _choose(config: RunConfig, study: optuna.Study, space: dict, seconds: float) -> tuple[RunConfig, dict]:
+def _choose(config: RunConfig, study: optuna.Study, space: dict, seconds: float,
+            shared: str | None) -> tuple[RunConfig, dict]:
     trials = [t for t in study.get_trials(deepcopy=False) if t.state in FINISHED]
     complete = [t for t in trials if t.state == TrialState.COMPLETE and math.isfinite(t.value)]
     default = study.user_attrs["default_val_loss"]
@@ -198,9 +221,11 @@ def _choose(config: RunConfig, study: optuna.Study, space: dict, seconds: float)
         "n_complete": len(complete), "n_pruned": sum(t.state == TrialState.PRUNED for t in trials),
         "default_val_loss": default,
         "best_val_loss": best.value if best else None, "best_params": best.params if best else None,
-        "chosen": "search" if improved else "default (no trial beat it on validation loss)",
+        "chosen": "search" if improved else "default (no trial beat it on validation loss)" if trials else
+        "default (no trial ran in the time given)",
         "values": chosen,
         "seconds": seconds,
+        **({"study": shared} if shared else {}),
     }
     return dataclasses.replace(config, **chosen), record
 

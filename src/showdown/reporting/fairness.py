@@ -80,8 +80,16 @@ def checks(records: list[EntryRecord], labels: list[str] | None = None) -> list[
         out.append(Check("tuning budget", False, "the tuning budgets differ: " + _by_value(labels, budgets)))
     elif setups[0]["tuning"]:
         per_strategy = "; ".join(f"{strategy}: {', '.join(next(iter(space)))}" for strategy, space in spaces.items())
-        out.append(Check("tuning budget", True, f"every entry searched its hyper-parameters with the same budget, "
-                                                f"{amounts[0]}, on its validation split (space: {per_strategy})"))
+        said = (f"every entry searched its hyper-parameters with the same budget, {amounts[0]}, on its validation "
+                f"split (space: {per_strategy})")
+        ran = [len((r.metrics.get("tuning") or {}).get("trials") or []) for r in records]
+        if len(set(ran)) == 1:
+            out.append(Check("tuning budget", True, said))
+        else:  # a time budget: a slower backbone runs fewer trials, and one may run none
+            counts = _by_value(labels, [f"{n} trials" for n in ran])
+            out.append(Check("tuning budget", 0 not in ran, f"{said}, but not the same search: {counts}",
+                             caveat="" if 0 in ran else "the same minutes of search, not the same number of trials "
+                                                         "(--tune N gives each the same)"))
     else:
         out.append(Check("tuning budget", True, "no entry was tuned: all trained with the same hand-set "
                                                 "hyper-parameters, which may suit some backbones better than "
