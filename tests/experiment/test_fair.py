@@ -2,6 +2,7 @@
 cross-validation that tests every image once on one feature extraction, and the CI accuracy gate."""
 import csv
 import json
+from pathlib import Path
 
 import optuna
 import pytest
@@ -232,14 +233,20 @@ def test_a_shared_study_is_named_for_its_entry_fold_images_and_seed():
     and another split or dataset read trials scored on its own test images."""
     from showdown.experiment.tuning import shared_study_name
 
-    splits = {"train": [("a.jpg", 0), ("b.jpg", 1)], "val": [("c.jpg", 0)], "test": [("d.jpg", 1)]}
-    name = shared_study_name("efficientnet_lite0-head", splits, 0)
-    assert name.startswith("efficientnet_lite0-head-") and name == shared_study_name("efficientnet_lite0-head",
-                                                                                     dict(splits), 0)
-    assert name != shared_study_name("efficientnet_lite0-head", splits, 1)  # another seed
-    assert name != shared_study_name("efficientnet_lite0-head", {**splits, "val": [("d.jpg", 1)]}, 0)  # split
-    assert name != shared_study_name("mobilenet_v2-head-fold1", splits, 0)
-    assert name == shared_study_name("efficientnet_lite0-head", {**splits, "test": []}, 0)  # test: never read
+    root = Path("/data/photos")
+    splits = {"train": [(root / "a.jpg", 0), (root / "b.jpg", 1)], "val": [(root / "c.jpg", 0)],
+              "test": [(root / "d.jpg", 1)]}
+
+    def name(entry="efficientnet_lite0-head", seed=0, **changed):
+        return shared_study_name(entry, {**splits, **changed}, seed, root)
+    assert name().startswith("efficientnet_lite0-head-") and name() == name()
+    assert name() != name(seed=1) and name() != name(val=[(root / "d.jpg", 1)])  # another seed, another split
+    assert name() != name("mobilenet_v2-head-fold1")
+    assert name() == name(test=[])  # the test split is never read by a trial
+    elsewhere = Path("/mnt/other/photos")  # another machine, the same data mounted elsewhere: the same study
+    assert name() == shared_study_name("efficientnet_lite0-head", {
+        split: [(elsewhere / path.relative_to(root), label) for path, label in items]
+        for split, items in splits.items()}, 0, elsewhere)
 
 
 def test_a_time_budget_that_ran_other_numbers_of_trials_is_not_called_the_same_search(tmp_path):

@@ -531,6 +531,11 @@ def test_the_results_database_on_a_read_only_mount_is_read(small_disk, capsys):
     subprocess.run(["mount", "-o", "remount,ro", str(mount)], check=True)
     assert [row["run_dir"] for row in database.list_runs(path)] == ["/runs/a"]
     assert main(["runs", "--db", str(path)]) == 0 and "/runs/a" in capsys.readouterr().out
+    text = mount.parent / "notes.db"  # any file that is no database: one line, as before
+    text.write_text("not a database\n" * 100)
+    assert main(["runs", "--db", str(text)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: cannot use the results database") and len(err.strip().splitlines()) == 1, err
 
 
 def test_a_results_database_on_a_full_disk_is_said_full_before_the_work(small_disk, tmp_path):

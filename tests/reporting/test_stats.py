@@ -98,11 +98,15 @@ def test_holm_adjusts_the_smallest_p_by_the_number_of_pairs_and_keeps_the_order(
 
 
 def test_p_values_are_never_rounded_onto_the_threshold():
-    assert [p_said(p) for p in (0.0501, 0.0498, 0.05, 0.012, 1.0, 3e-7)] == [
-        "= 0.0501", "= 0.0498", "= 0.05", "= 0.012", "= 1", "< 0.0001"]
+    assert [p_said(p) for p in (0.0501, 0.0498, 0.04996, 0.05, 0.012, 1.0, 3e-7)] == [
+        "= 0.0501", "= 0.0498", "= 0.04996", "= 0.05", "= 0.012", "= 1", "< 0.0001"]
 
 
 def test_with_seeds_each_image_counts_by_its_share_of_seeds_right():
     a = np.array([1, 2 / 3, 1 / 3, 0, 1])
     b = np.array([1, 1 / 3, 1 / 3, 1, 4 / 6])
     assert mcnemar_exact(a, b)[:2] == (2, 1)  # 2/3 > 1/3 and 1 > 4/6; 0 < 1; 1/3 = 1/3
+    # the mean difference is tested (sign flips of the per-image differences), seeded: the same p every time
+    ahead, behind = np.array([1] * 20 + [2 / 3] * 10 + [0] * 10), np.array([1 / 3] * 20 + [1] * 10 + [0] * 10)
+    assert mcnemar_exact(ahead, behind)[2] == mcnemar_exact(ahead, behind)[2] < 0.01  # +2/3 on 20, -1/3 on 10
+    assert mcnemar_exact(np.array([0.6, 0.4] * 20), np.full(40, 0.5))[2] > 0.5  # +0.1 and -0.1 alike: no evidence

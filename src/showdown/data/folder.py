@@ -138,8 +138,11 @@ def _repeated_subfolders(root: Path, classes: list[str]) -> list[str]:
     batch2/daisy read as the classes batch1 and batch2, which is seldom what was meant."""
     shared: set[str] | None = None
     for name in classes:
-        with os.scandir(root / name) as listing:
-            entries = list(listing)
+        try:
+            with os.scandir(root / name) as listing:
+                entries = list(listing)
+        except OSError:  # a class folder that cannot be listed: nothing to tell
+            return []
         if any(image_name(entry.name) and entry.is_file() for entry in entries):
             return []
         inner = {entry.name for entry in entries if is_visible(entry.name) and entry.is_dir()}

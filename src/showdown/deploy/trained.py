@@ -3,12 +3,12 @@ an exported file carries (class names and preprocessing as JSON, under METADATA_
 export, so that neither imports the other."""
 from __future__ import annotations
 
-import statistics
 from pathlib import Path
 
 import numpy as np
 
 from showdown.errors import ModelError
+from showdown.ranking import rank_key
 from showdown.run_schema import MODEL_INFO, SUMMARY_JSON, EntryRow, fold_folder, summary_rows
 
 METADATA_KEY = "tl-showdown"
@@ -46,7 +46,7 @@ def _winner(rows: list[EntryRow]) -> EntryRow:
     seeds: dict[str, list[EntryRow]] = {}
     for row in rows:
         seeds.setdefault(f"{row.model} / {row.strategy}", []).append(row)
-    label = min(seeds, key=lambda key: (-round(statistics.fmean(r.accuracy for r in seeds[key]), 12), key))
+    label = min(seeds, key=lambda key: rank_key(key, [r.accuracy for r in seeds[key]]))
     return min(seeds[label], key=lambda row: row.seed)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
+import re
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -135,7 +136,7 @@ def _search(strategy: Strategy, backbone: Backbone, dataset: DatasetSpec, config
         trial_backbone, model = build_model(HEAD, backbone, seen, config, run.device)
         extract_all(Entry(HEAD, trial_backbone, model, seen, config, quiet, folder, pool=pool))
     extraction = time.perf_counter() - start
-    entry = f"{folder.parent.name}-{folder.name}" if folder.name.startswith("fold") else folder.name
+    entry = f"{folder.parent.name}-{folder.name}" if re.fullmatch(r"fold\d+", folder.name) else folder.name
     config, search = tune(config, strategy, train_trial, folder / SEARCH_DB, on_trial=run.reporter.trial,
-                          study=shared_study_name(entry, seen.splits, config.seed))
+                          study=shared_study_name(entry, seen.splits, config.seed, seen.root))
     return config, {**search, "feature_seconds": extraction}

@@ -84,14 +84,15 @@ def merge(run_dirs: list[str | Path], out: str | Path, *, report: bool = True, r
         try:
             with disk_writes(out, "the merged run folder"):
                 _write(shards, rows, staging, dataclasses.replace(config, out=str(out)))
-                if out.exists():  # _check_out allowed only an earlier merge of exactly these entries (and `keep`)
-                    if keep and (out / keep).exists():
-                        (out / keep).rename(staging / keep)
-                    shutil.rmtree(out)
-                staging.rename(out)
-        except DiskError as exc:  # said of --out, not of the hidden folder it is filled in
+        except DiskError as exc:  # said of --out, not of the hidden folder it is filled in, which goes
             said = str(exc).replace(str(staging), str(out))
             raise DiskError(f"{said}; --out is as it was: {exc.cure}, then merge again", cure=exc.cure) from exc
+        with disk_writes(out, "the merged run folder"):  # the swap: --out may be gone by then, so not "as it was"
+            if out.exists():  # _check_out allowed only an earlier merge of exactly these entries (and `keep`)
+                if keep and (out / keep).exists():
+                    (out / keep).rename(staging / keep)
+                shutil.rmtree(out)
+            staging.rename(out)
     finally:
         if keep and (staging / keep).exists():  # a failed swap: `keep` goes back where it was
             out.mkdir(exist_ok=True)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import math
+import os
 import time
 from pathlib import Path
 from typing import Callable
@@ -109,11 +110,14 @@ def tune(config: RunConfig, strategy: Strategy, train_trial: TrialFunction, stor
         optuna.logging.set_verbosity(verbosity)  # the caller's (a notebook's) as it was
 
 
-def shared_study_name(entry: str, splits: dict, seed: int) -> str:
+def shared_study_name(entry: str, splits: dict, seed: int, root: Path) -> str:
     """The name of an entry's study in --tune-storage: the entry (its fold too) and a digest of the images its
-    trials train and validate on and of the seed, so that no other backbone, fold, split or data reads its trials
+    trials train and validate on (their paths below the data's `root`, as every machine of a cluster names them
+    wherever it mounts the data) and of the seed, so that no other backbone, fold, split or data reads its trials
     (their validation images may be its test images)."""
-    lines = [f"seed {seed}\n"] + [f"{split}|{path}|{label}\n" for split in ("train", "val")
+    def below(path) -> str:
+        return os.path.relpath(path, root)
+    lines = [f"seed {seed}\n"] + [f"{split}|{below(path)}|{label}\n" for split in ("train", "val")
                                    for path, label in splits[split]]
     return f"{entry}-{digest(lines)[:12]}"
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
+import urllib.parse
 from collections.abc import Iterator
 from contextlib import closing, contextmanager
 from datetime import datetime
@@ -137,7 +138,11 @@ def _reading(db: str | Path | None) -> Iterator[sqlite3.Connection]:
     """The database for a command that reads it, checked as a run checks it (a damaged page reads as garbage,
     not always as an error); an error while reading is one line."""
     path = database_path(db)
-    with closing(_open_read_only(path)) as conn:
+    try:
+        conn = _open_read_only(path)
+    except sqlite3.DatabaseError as exc:  # not a database at all, or one that cannot be opened
+        raise _database_error(path, exc) from exc
+    with closing(conn):
         try:
             _check_intact(conn)
             yield conn
@@ -147,15 +152,17 @@ def _reading(db: str | Path | None) -> Iterator[sqlite3.Connection]:
 
 def _open_read_only(path: Path) -> sqlite3.Connection:
     """The database as a reader opens it: nothing written, so it reads on a read-only mount or from a folder that
-    is not the user's. A WAL database there, whose shared-memory file cannot be made beside it, is opened as
-    immutable: nobody can be writing it."""
-    uri = path.absolute().as_uri()
+    is not the user's. A WAL database there whose shared-memory file cannot be made beside it, and that has no
+    write-ahead log waiting (nothing recorded but not yet in the file), is read as immutable."""
+    posix = path.absolute().as_posix()  # an empty authority (file:///...), also for a share's //server/path
+    uri = "file://" + ("" if posix.startswith("/") else "/") + urllib.parse.quote(posix, safe="/:")
+    conn = sqlite3.connect(f"{uri}?mode=ro", uri=True)
     try:
-        conn = sqlite3.connect(f"{uri}?mode=ro", uri=True)
         conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
     except sqlite3.OperationalError as exc:
-        if "unable to open" not in str(exc) and "readonly" not in str(exc):
-            raise _database_error(path, exc) from exc
+        conn.close()
+        if "unable to open" not in str(exc) or path.with_name(path.name + "-wal").exists():
+            raise
         conn = sqlite3.connect(f"{uri}?immutable=1", uri=True)
     conn.row_factory = sqlite3.Row
     return conn

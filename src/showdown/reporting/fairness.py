@@ -82,8 +82,12 @@ def checks(records: list[EntryRecord], labels: list[str] | None = None) -> list[
         per_strategy = "; ".join(f"{strategy}: {', '.join(next(iter(space)))}" for strategy, space in spaces.items())
         said = (f"every entry searched its hyper-parameters with the same budget, {amounts[0]}, on its validation "
                 f"split (space: {per_strategy})")
-        ran = [len((r.metrics.get("tuning") or {}).get("trials") or []) for r in records]
-        if len(set(ran)) == 1:
+        tuning = [r.metrics.get("tuning") or {} for r in records]
+        ran = [len(t.get("trials") or []) for t in tuning]
+        # Counts tell apart only searches of their own under minutes alone: --tune N runs N each, and a shared
+        # study (--tune-storage) lists every process's trials.
+        timed = not setups[0]["tuning"].get("trials") and not any(t.get("study") for t in tuning)
+        if len(set(ran)) == 1 or not timed:
             out.append(Check("tuning budget", True, said))
         else:  # a time budget: a slower backbone runs fewer trials, and one may run none
             counts = _by_value(labels, [f"{n} trials" for n in ran])

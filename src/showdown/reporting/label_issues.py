@@ -6,10 +6,10 @@ test images are left out rests on labels the data itself doubts.
 from __future__ import annotations
 
 import csv
-import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
+from showdown.ranking import rank_key
 from showdown.run_schema import LABEL_ISSUES, WITHOUT_LABEL_ISSUES  # noqa: F401  (the names its users import)
 
 
@@ -64,7 +64,7 @@ def ranking(rows: list[dict]) -> list[str]:
     accuracies: dict[str, list[float]] = {}
     for row in rows:
         accuracies.setdefault(f"{row['model']} / {row['strategy']}", []).append(float(row["accuracy"]))
-    return sorted(accuracies, key=lambda label: (-round(statistics.fmean(accuracies[label]), 12), label))
+    return sorted(accuracies, key=lambda label: rank_key(label, accuracies[label]))
 
 
 def ranking_change(before: list[dict], after: list[dict]) -> str:

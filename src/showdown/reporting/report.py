@@ -24,6 +24,7 @@ import numpy as np
 
 from showdown.config.strategy import Strategy
 from showdown.fileio import write_atomic
+from showdown.ranking import rank_key, same_mean
 from showdown.reporting.fairness import (
     SEARCH_HEADER,
     checks,
@@ -100,13 +101,7 @@ def group_records(records: list[EntryRecord]) -> list[Group]:
     for record in records:
         label = record.label + (f" ({record.run})" if several_runs else "")
         groups.setdefault((record.run, record.model, record.strategy), Group(label, [])).records.append(record)
-    return sorted(groups.values(), key=lambda g: (-same_mean(g.mean("accuracy")), g.label))  # a tie: by label
-
-
-def same_mean(accuracy: float) -> float:
-    """A mean accuracy rounded past float noise: fmean([0.8, 0.775, 0.825]) is 0.7999999999999999, a tie with
-    0.8."""
-    return round(accuracy, 12)
+    return sorted(groups.values(), key=lambda g: rank_key(g.label, [g.mean("accuracy")]))
 
 
 def significance(groups: list[Group]) -> list[Comparison | str]:
@@ -123,8 +118,8 @@ def significance(groups: list[Group]) -> list[Comparison | str]:
                            "image by image")
                 continue
             out.append(compare(a.label, a.correct(), b.label, b.correct()))
-    adjusted([test for test in out if isinstance(test, Comparison)])
-    return out
+    tests = iter(adjusted([test for test in out if isinstance(test, Comparison)]))
+    return [next(tests) if isinstance(test, Comparison) else test for test in out]
 
 
 def _fmt(value, spec: str, missing: str = "–") -> str:
@@ -232,7 +227,7 @@ def suspects_note(groups: list[Group]) -> str:
     if len(groups) < 2:
         return note
     # The same entries ranked on the test images whose labels nobody doubts (the mean over seeds, as ranked above).
-    clean = sorted(groups, key=lambda g: -(_without_suspects(g, suspects.test_paths) or 0))
+    clean = sorted(groups, key=lambda g: rank_key(g.label, [_without_suspects(g, suspects.test_paths) or 0]))
     if same_order(groups, clean):
         return note + " Without them the ranking is the same."
     return note + " Without them the ranking changes: " + ", ".join(g.label for g in clean) + "."
@@ -434,19 +429,15 @@ script-src {script_policy()}">
 
 
 def winner_sentence(groups: list[Group], tests: list, strong=lambda label: f"**{label}**") -> str:
-    """The winner, tied where the next has the same mean accuracy, said not to be told apart from the runner-up
+    """The winner, tied where the next has the same mean accuracy, and said not to be told apart from the runner-up
     where the image-by-image test finds no difference (`tests`, significance(groups): its first compares the top
-    two), and no winner where that test finds the runner-up better. `strong` marks a label up (Markdown's bold by
-    default)."""
+    two). `strong` marks a label up (Markdown's bold by default)."""
     first, n_test = groups[0], groups[0].first.metrics.get("n_test")
     accuracy = f"test accuracy {first.mean('accuracy'):.4f} on {n_test} test images"
     tied = [g for g in groups if same_mean(g.mean("accuracy")) == same_mean(first.mean("accuracy"))]
     if len(tied) > 1:
         return f"Tied: {', '.join(strong(g.label) for g in tied)}, {accuracy}."
     versus = tests[0] if len(groups) > 1 and tests and isinstance(tests[0], Comparison) else None
-    if versus is not None and versus.significant and versus.only_b > versus.only_a:  # seeds: mean and count differ
-        return (f"No clear winner: {strong(first.label)} has the best mean {accuracy}, but {strong(groups[1].label)} "
-                f"is right on more of them ({versus.tested()}, below).")
     sentence = f"Winner: {strong(first.label)}, {accuracy}"
     if versus is not None and not versus.significant:
         sentence += f"; not distinguishable from {strong(groups[1].label)} on this data ({versus.tested()}, below)"
@@ -460,10 +451,10 @@ def _html_strong(label: str) -> str:
 SIGNIFICANCE_NOTE = (
     f"Every pair among the {TOP_FOR_TESTS} best entries by mean test accuracy (and any tied with the last) is "
     "tested on the same test images: McNemar's exact test on the images one entry gets right and the other wrong "
-    "(with several seeds, an exact sign test on each image's share of seeds right, so that it tests the mean "
-    "accuracy; with --folds, the folds' pooled predictions), its p-value adjusted by Holm's method for the pairs "
-    "tested; and a 95 % percentile bootstrap interval of the accuracy difference (2,000 resamples of the test "
-    "images, seed 0). Accuracies' intervals are Wilson's, over the test images.")
+    "(with several seeds, a sign-flip permutation test on each image's share of seeds right, so that it tests "
+    "the mean accuracy; with --folds, the folds' pooled predictions), its p-value adjusted by Holm's method for "
+    "the pairs tested; and a 95 % percentile bootstrap interval of the accuracy difference (2,000 resamples of the "
+    "test images, seed 0). Accuracies' intervals are Wilson's, over the test images.")
 
 
 def notes(groups: list[Group]) -> list[str]:

@@ -4,10 +4,11 @@ tested, bootstrap intervals of the differences and Wilson intervals of the accur
 Both models are scored on the same test images, so the test compares them image by image: only the images
 that exactly one of them gets right (the discordant pairs) carry evidence. An entry trained with several seeds
 counts, for each image, the share of its seeds that got it right: the tests are then of the mean accuracy the
-leaderboard shows (an exact sign test on the per-image differences, McNemar's own with one seed).
+leaderboard shows (a sign-flip permutation test of the per-image differences, McNemar's own with one seed).
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from statistics import NormalDist
@@ -55,7 +56,7 @@ class Comparison:
                 f"{100 * self.diff_high:+.1f} points, 95 % bootstrap")
             return (f"{self.a} and {self.b} are not distinguishable on this data "
                     f"({self.tested()}; {discordant}{interval})")
-        better, worse = (self.a, self.b) if self.only_a > self.only_b else (self.b, self.a)
+        better, worse = (self.a, self.b) if self.accuracy_a > self.accuracy_b else (self.b, self.a)
         # the interval is of accuracy(a) - accuracy(b): told as better minus worse, so its sign reads as the verdict
         low, high = (self.diff_low, self.diff_high) if better == self.a else (-self.diff_high, -self.diff_low)
         return (f"{better} is better than {worse} ({self.tested()}; {discordant}; accuracy difference "
@@ -63,25 +64,39 @@ class Comparison:
 
 
 def p_said(p: float, alpha: float = 0.05) -> str:
-    """"= 0.012" (after a "p"): two significant digits, more where two would round onto `alpha` (0.0498 is not
+    """"= 0.012" (after a "p"): two significant digits, more where fewer would round onto `alpha` (0.0498 is not
     0.05), "< 0.0001" below that."""
     if p < 1e-4:
         return "< 0.0001"
-    text = f"{p:.2g}"
-    return f"= {p:.4f}" if float(text) == alpha and p != alpha else f"= {text}"
+    for digits in range(2, 7):
+        text = f"{p:.{digits}g}"
+        if float(text) != alpha or p == alpha:
+            return f"= {text}"
+    return f"< {alpha:g}" if p < alpha else f"> {alpha:g}"
 
 
-def mcnemar_exact(correct_a: np.ndarray, correct_b: np.ndarray) -> tuple[int, int, float]:
-    """(images a does better on, images b does better on, two-sided exact p). Per image 1/0 (right or wrong), or
-    the share of an entry's seeds that got it right. No discordant image means no evidence: p = 1."""
+def mcnemar_exact(correct_a: np.ndarray, correct_b: np.ndarray, *, resamples: int = 10_000,
+                  seed: int = 0) -> tuple[int, int, float]:
+    """(images a does better on, images b does better on, two-sided p). Per image 1/0 (right or wrong): McNemar's
+    exact test, a binomial test on the discordant images. Per image the share of an entry's seeds that got it
+    right: a sign-flip permutation test of the mean difference, so that it tests the mean accuracy the leaderboard
+    ranks by (exact, as McNemar's, where every discordant image differs by as much; else `resamples` seeded
+    draws). No discordant image means no evidence: p = 1."""
     correct_a, correct_b = np.asarray(correct_a, float), np.asarray(correct_b, float)
     if correct_a.shape != correct_b.shape:
         raise ValueError("McNemar needs predictions on the same test images")
-    only_a = int(np.sum(correct_a - correct_b > _SAME))
-    only_b = int(np.sum(correct_b - correct_a > _SAME))
-    if only_a + only_b == 0:
+    diff = correct_a - correct_b
+    diff = diff[np.abs(diff) > _SAME]
+    only_a, only_b = int(np.sum(diff > 0)), int(np.sum(diff < 0))
+    if not len(diff):
         return only_a, only_b, 1.0
-    return only_a, only_b, float(binomtest(only_a, only_a + only_b, 0.5).pvalue)
+    if np.allclose(np.abs(diff), abs(diff[0])):  # one seed, or shares alike: the binomial is the exact test
+        return only_a, only_b, float(binomtest(only_a, len(diff), 0.5).pvalue)
+    rng, observed, hits = np.random.default_rng(seed), abs(diff.sum()) - _SAME, 0
+    for start in range(0, resamples, 1000):  # a thousand draws at a time: memory stays small
+        signs = rng.choice((-1.0, 1.0), size=(min(1000, resamples - start), len(diff)))
+        hits += int(np.sum(np.abs(signs @ diff) >= observed))
+    return only_a, only_b, (hits + 1) / (resamples + 1)
 
 
 def holm(p_values: list[float]) -> list[float]:
@@ -129,6 +144,5 @@ def compare(a: str, correct_a: np.ndarray, b: str, correct_b: np.ndarray, alpha:
 
 def adjusted(comparisons: list[Comparison]) -> list[Comparison]:
     """The pairs tested together, each with its Holm-adjusted p-value: what `significant` then goes by."""
-    for comparison, p in zip(comparisons, holm([c.p_value for c in comparisons])):
-        comparison.pairs, comparison.p_adjusted = len(comparisons), p
-    return comparisons
+    return [dataclasses.replace(c, pairs=len(comparisons), p_adjusted=p)
+            for c, p in zip(comparisons, holm([c.p_value for c in comparisons]))]

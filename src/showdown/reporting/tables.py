@@ -6,6 +6,8 @@ import statistics
 import tabulate as tabulate_module
 from tabulate import tabulate
 
+from showdown.ranking import rank_key
+
 # The showdown table: (row key, heading, format).
 SUMMARY_COLUMNS = [
     ("model", "model", "{}"), ("strategy", "strategy", "{}"), ("accuracy", "test acc", "{:.4f}"),
@@ -33,24 +35,30 @@ def format_table(rows: list[dict], *, markdown: bool = False) -> str:
     """The showdown table, best test accuracy first. With --repeats, by the mean over the seeds, as the report
     ranks: each setup's seeds together, then a row of their means."""
     seeds = len({row.get("seed") for row in rows}) > 1  # --repeats: each row names its seed, 0 included
-    shown = _with_means(rows) if seeds else sorted(rows, key=lambda r: -r["accuracy"])
+    shown = _with_means(rows) if seeds else sorted(rows, key=lambda r: rank_key(_label(r), [r["accuracy"]]))
     body = [[_cell(row, key, fmt, seeds) for key, _, fmt in SUMMARY_COLUMNS] for row in shown]
     numeric = {i for i, (_, _, fmt) in enumerate(SUMMARY_COLUMNS) if fmt != "{}"}
     return render([title for _, title, _ in SUMMARY_COLUMNS], body, markdown=markdown, right=numeric)
 
 
+def _label(row: dict) -> str:
+    return f"{row['model']} / {row['strategy']}"
+
+
 def _with_means(rows: list[dict]) -> list[dict]:
-    setups: dict[tuple, list[dict]] = {}
+    """Each setup's seeds (in seed order), then a row of their means where it has several; best mean first."""
+    setups: dict[str, list[dict]] = {}
     for row in rows:
-        setups.setdefault((row["model"], row["strategy"]), []).append(row)
+        setups.setdefault(_label(row), []).append(row)
     shown = []
-    for (_model, strategy), seeds in sorted(setups.items(), key=lambda item: (
-            -round(statistics.fmean(r["accuracy"] for r in item[1]), 12), f"{item[0][0]} / {item[0][1]}")):
-        means = {key: statistics.fmean(r[key] for r in seeds) for key, _, fmt in SUMMARY_COLUMNS
-                 if fmt != "{}" and all(r.get(key) is not None for r in seeds)}
-        shown += sorted(seeds, key=lambda r: r["seed"])
-        if len(seeds) > 1:
-            shown.append({**seeds[0], **means, "seed": None, "strategy": f"{strategy} (mean of {len(seeds)})"})
+    for label in sorted(setups, key=lambda label: rank_key(label, [r["accuracy"] for r in setups[label]])):
+        seeds = sorted(setups[label], key=lambda r: r["seed"])
+        shown += seeds
+        if len(seeds) > 1:  # a column some seed lacks is no mean: "-", not the first seed's value
+            means = {key: statistics.fmean(r[key] for r in seeds) if all(r.get(key) is not None for r in seeds)
+                     else None for key, _, fmt in SUMMARY_COLUMNS if fmt != "{}"}
+            shown.append({**seeds[0], **means, "seed": None,
+                          "strategy": f"{seeds[0]['strategy']} (mean of {len(seeds)})"})
     return shown
 
 

@@ -28,9 +28,12 @@ def layer_groups(backbone: nn.Module) -> list[list[str]]:
     stage, not two norm tensors."""
     grouped = group_parameters(backbone, backbone.group_matcher(coarse=True))
     groups = [list(names) for _, names in sorted(grouped.items())]
-    if len(groups) > 1 and all("Norm" in type(_owner(backbone, name)).__name__ for name in groups[-1]):
+    while len(groups) > 1 and all(isinstance(_owner(backbone, name), _NORMS) for name in groups[-1]):
         groups[-2] += groups.pop()
     return groups
+
+
+_NORMS = (nn.LayerNorm, nn.GroupNorm, nn.modules.batchnorm._BatchNorm)  # timm's norms derive from these
 
 
 def _owner(backbone: nn.Module, param: str) -> nn.Module:

@@ -144,12 +144,18 @@ def _create(timm_name: str, kwargs: dict, found: FoundWeights | None, use_hub: b
 def _headless(state: dict, timm_name: str, kwargs: dict) -> dict:
     """`state`, with zeros standing in for a classifier it lacks (saved with num_classes=0), so that it loads
     strictly all the same: the backbone drops its classifier."""
-    names = timm.models.get_pretrained_cfg_value(timm_name, "classifier") or ()
+    template = None
+    try:
+        names = timm.models.get_pretrained_cfg_value(timm_name, "classifier") or ()
+    except RuntimeError:  # a name without a registered config (a deprecated alias): the built model's own
+        template = timm.create_model(timm_name, pretrained=False, **kwargs)
+        names = template.pretrained_cfg.get("classifier") or ()
     keys = [f"{name}.{part}" for name in ((names,) if isinstance(names, str) else names) for part in ("weight", "bias")]
     if not keys or any(key in state for key in keys):
         return state
-    template = timm.create_model(timm_name, pretrained=False, **kwargs).state_dict()
-    return {**state, **{key: torch.zeros_like(template[key]) for key in keys if key in template}}
+    template = template or timm.create_model(timm_name, pretrained=False, **kwargs)
+    shapes = template.state_dict()
+    return {**state, **{key: torch.zeros_like(shapes[key]) for key in keys if key in shapes}}
 
 
 def _misfit(exc: BaseException, limit: int = 300) -> str:
@@ -276,7 +282,7 @@ def _check_input_size(model: nn.Module, input_size: tuple[int, int, int], name: 
     is one line now, not a traceback once the entries before it have trained."""
     try:
         output_width(model, input_size)
-    except RuntimeError as exc:
+    except (RuntimeError, AssertionError, ValueError) as exc:  # a convolution's, a patch embedding's size checks
         raise ModelError(f"{name} cannot take {input_size[-1]} px images ({one_line(exc, 120)}); give a larger "
                          "--image-size") from exc
 
