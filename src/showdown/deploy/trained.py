@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from showdown.errors import ModelError
-from showdown.ranking import rank_key
+from showdown.ranking import ranked_setups
 from showdown.run_schema import MODEL_INFO, SUMMARY_JSON, EntryRow, fold_folder, summary_rows
 
 METADATA_KEY = "tl-showdown"
@@ -43,11 +43,8 @@ def choose_entry(run_dir: Path, model_name: str | None) -> Path:
 
 def _winner(rows: list[EntryRow]) -> EntryRow:
     """The first seed's row of the (model, strategy) with the best mean accuracy; a tie in the label's order."""
-    seeds: dict[str, list[EntryRow]] = {}
-    for row in rows:
-        seeds.setdefault(f"{row.model} / {row.strategy}", []).append(row)
-    label = min(seeds, key=lambda key: rank_key(key, [r.accuracy for r in seeds[key]]))
-    return min(seeds[label], key=lambda row: row.seed)
+    _, seeds = ranked_setups(rows, lambda row: f"{row.model} / {row.strategy}", lambda row: row.accuracy)[0]
+    return min(seeds, key=lambda row: row.seed)
 
 
 def add_tflite_metadata(path: Path, text: str) -> None:

@@ -115,9 +115,7 @@ def shared_study_name(entry: str, splits: dict, seed: int, root: Path) -> str:
     trials train and validate on (their paths below the data's `root`, as every machine of a cluster names them
     wherever it mounts the data) and of the seed, so that no other backbone, fold, split or data reads its trials
     (their validation images may be its test images)."""
-    def below(path) -> str:
-        return os.path.relpath(path, root)
-    lines = [f"seed {seed}\n"] + [f"{split}|{below(path)}|{label}\n" for split in ("train", "val")
+    lines = [f"seed {seed}\n"] + [f"{split}|{os.path.relpath(path, root)}|{label}\n" for split in ("train", "val")
                                    for path, label in splits[split]]
     return f"{entry}-{digest(lines)[:12]}"
 

@@ -9,7 +9,7 @@ import csv
 from dataclasses import dataclass
 from pathlib import Path
 
-from showdown.ranking import rank_key
+from showdown.ranking import ranked_setups
 from showdown.run_schema import LABEL_ISSUES, WITHOUT_LABEL_ISSUES  # noqa: F401  (the names its users import)
 
 
@@ -61,10 +61,8 @@ def accuracy_without(predictions: list[dict], suspect: set[str]) -> tuple[float 
 def ranking(rows: list[dict]) -> list[str]:
     """Entry labels ("model / strategy"), best mean test accuracy over the seeds first; a tie in the label's order,
     as the report breaks it."""
-    accuracies: dict[str, list[float]] = {}
-    for row in rows:
-        accuracies.setdefault(f"{row['model']} / {row['strategy']}", []).append(float(row["accuracy"]))
-    return sorted(accuracies, key=lambda label: rank_key(label, accuracies[label]))
+    return [label for label, _ in ranked_setups(rows, lambda row: f"{row['model']} / {row['strategy']}",
+                                                lambda row: float(row["accuracy"]))]
 
 
 def ranking_change(before: list[dict], after: list[dict]) -> str:

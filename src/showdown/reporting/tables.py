@@ -6,7 +6,7 @@ import statistics
 import tabulate as tabulate_module
 from tabulate import tabulate
 
-from showdown.ranking import rank_key
+from showdown.ranking import rank_key, ranked_setups
 
 # The showdown table: (row key, heading, format).
 SUMMARY_COLUMNS = [
@@ -47,12 +47,9 @@ def _label(row: dict) -> str:
 
 def _with_means(rows: list[dict]) -> list[dict]:
     """Each setup's seeds (in seed order), then a row of their means where it has several; best mean first."""
-    setups: dict[str, list[dict]] = {}
-    for row in rows:
-        setups.setdefault(_label(row), []).append(row)
     shown = []
-    for label in sorted(setups, key=lambda label: rank_key(label, [r["accuracy"] for r in setups[label]])):
-        seeds = sorted(setups[label], key=lambda r: r["seed"])
+    for _, setup in ranked_setups(rows, _label, lambda row: row["accuracy"]):
+        seeds = sorted(setup, key=lambda r: r["seed"])
         shown += seeds
         if len(seeds) > 1:  # a column some seed lacks is no mean: "-", not the first seed's value
             means = {key: statistics.fmean(r[key] for r in seeds) if all(r.get(key) is not None for r in seeds)

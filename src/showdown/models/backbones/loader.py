@@ -112,10 +112,11 @@ def load_backbone(
     model.eval()
     overrides = {**published_eval(spec.hub_name), **(found.preprocessing if found else {})}
     preprocessing = _preprocessing(model, spec.hub_name, overrides, image_size)
-    _check_input_size(model, preprocessing.input_size, name)
     if pool_stages:
         model = pooled(model, pool_stages)
-    return Backbone(spec, model, source, preprocessing, timm_kwargs, pool_stages)
+    backbone = Backbone(spec, model, source, preprocessing, timm_kwargs, pool_stages)
+    _check_input_size(backbone, name)
+    return backbone
 
 
 def _create(timm_name: str, kwargs: dict, found: FoundWeights | None, use_hub: bool,
@@ -277,14 +278,14 @@ def _preprocessing(model: nn.Module, hub_name: str, overrides: dict, image_size:
     return Preprocessing.from_dict(config)
 
 
-def _check_input_size(model: nn.Module, input_size: tuple[int, int, int], name: str) -> None:
-    """One forward pass at the input size, so that a size the network cannot take (Inception v3 below about 75 px)
-    is one line now, not a traceback once the entries before it have trained."""
+def _check_input_size(backbone: Backbone, name: str) -> None:
+    """Its width measured now (one forward pass, kept as num_features), so that a size the network cannot take
+    (Inception v3 below about 75 px) is one line, not a traceback once the entries before it have trained."""
     try:
-        output_width(model, input_size)
+        _ = backbone.num_features  # measured and kept (cached_property)
     except (RuntimeError, AssertionError, ValueError) as exc:  # a convolution's, a patch embedding's size checks
-        raise ModelError(f"{name} cannot take {input_size[-1]} px images ({one_line(exc, 120)}); give a larger "
-                         "--image-size") from exc
+        raise ModelError(f"{name} cannot take {backbone.preprocessing.input_size[-1]} px images "
+                         f"({one_line(exc, 120)}); give a larger --image-size") from exc
 
 
 def output_width(model: nn.Module, input_size: tuple[int, int, int]) -> int:

@@ -100,7 +100,9 @@ def _pretrained_tag(arch: str, tag: str) -> str | None:
 
     try:
         cfg = timm.models.get_pretrained_cfg(f"{arch}.{tag}" if tag else arch)
-    except RuntimeError as exc:  # "Invalid pretrained tag (x) for arch."
+    except RuntimeError as exc:  # "Invalid pretrained tag (x) for arch.", or no config registered at all
+        if not tag:
+            return None
         tags = [other.partition(".")[2] for other in timm.list_pretrained(f"{arch}.*")]
         raise ModelError(f"unknown pretrained tag '{tag}' for {arch}; its tags: {', '.join(tags) or 'none'}") from exc
     return getattr(cfg, "tag", None) or tag or None
