@@ -13,7 +13,7 @@ import yaml
 
 from showdown.config.cores import WORKERS_RULE, auto_workers, workers_valid
 from showdown.config.options import check_field, definitions, from_keywords, option, read_values
-from showdown.config.strategy import STRATEGIES, Strategy, parse_unfreeze
+from showdown.config.strategy import DEFAULT_UNFREEZE, STRATEGIES, Strategy, parse_unfreeze
 from showdown.errors import ConfigError
 from showdown.fileio import write_atomic
 
@@ -96,9 +96,9 @@ class RunConfig:
     repeats: int = option(1, "train every configuration with seeds seed, seed+1, ...; the split stays that of "
                           "--seed", group=TRAINING, min=1)
     # finetune: the second phase after the head phase
-    unfreeze: str = option("blocks:2", "what fine-tuning trains: layers:N (the last N parameterised layers), "
-                           "blocks:K (the last K layer groups) or all", group=FINETUNE,
-                           metavar="layers:N|blocks:K|all")
+    unfreeze: str | None = option(None, "what fine-tuning trains: layers:N (the last N parameterised layers), "
+                                  "blocks:K (the last K layer groups) or all", group=FINETUNE,
+                                  unset=f"{DEFAULT_UNFREEZE}, or searched by --tune", metavar="layers:N|blocks:K|all")
     ft_lr_factor: float = option(0.1, "fine-tune lr = lr x this", group=FINETUNE, above=0)
     ft_epochs: int | None = option(None, "fine-tune epochs", group=FINETUNE, min=1, unset="--epochs")
     lr_decay: float | None = option(None, "layer-wise lr decay per layer group, e.g. 0.7", group=FINETUNE, above=0,
@@ -201,7 +201,8 @@ class RunConfig:
             if len(set(values)) < len(values):  # the second would train again and overwrite the first's folder
                 raise ConfigError(f"{flag} names {', '.join(sorted({v for v in values if values.count(v) > 1}))} "
                                   "more than once; give each once (--repeats trains more seeds)")
-        parse_unfreeze(self.unfreeze)
+        if self.unfreeze is not None:
+            parse_unfreeze(self.unfreeze)
         if len(self.split) != 3 or any(f < 0 for f in self.split) or abs(sum(self.split) - 1) > 1e-6:
             raise ConfigError("--split must be three fractions that add up to 1, e.g. 0.7,0.15,0.15 "
                               f"(got {','.join(f'{f:g}' for f in self.split)})")

@@ -17,6 +17,8 @@ STRATEGIES: tuple[str, ...] = get_args(Kind)
 # The model name of scratch-cnn entries (in their folder names, metrics.json and model.json): the small CNN does
 # not depend on the backbones of the run.
 SMALL_CNN_MODEL = "scratch_cnn"
+# What fine-tuning trains where neither --unfreeze nor the strategy names it; --tune searches the depth instead.
+DEFAULT_UNFREEZE = "blocks:2"
 
 
 def parse_unfreeze(text: str) -> tuple[str, int]:

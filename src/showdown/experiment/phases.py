@@ -20,6 +20,7 @@ from torch import nn
 
 from showdown import distributed
 from showdown.config.run_config import RunConfig
+from showdown.config.strategy import DEFAULT_UNFREEZE
 from showdown.device import module_device, one_thread, small_steps, to_device
 from showdown.errors import DiskError
 from showdown.experiment.boundary_store import DiskViews, disk_folder
@@ -151,12 +152,13 @@ def train_top(entry: Entry, net: nn.Module, train_batches, val_batches) -> list[
     """Phase `finetune`: the unfrozen top of the backbone and the head train at a lower learning rate, on
     boundary activations (`net` a TopOfNetwork) or on images (`net` the whole model)."""
     config, model = entry.config, entry.model
-    trained = unfreeze(model, config.unfreeze)
+    depth = config.unfreeze or DEFAULT_UNFREEZE
+    trained = unfreeze(model, depth)
     settings = dataclasses.replace(train_settings(config, top_precision(entry.run, on_images=net is model)),
                                    lr=config.lr * config.ft_lr_factor, epochs=config.ft_epochs or config.epochs)
     groups = lr_param_groups(model, settings.lr, config.lr_decay)
     keep_eval = batchnorms_kept_in_eval(model, config.train_bn)
-    entry.run.echo(f"  finetune: {len(trained)} backbone tensors unfrozen ({config.unfreeze}), lr {settings.lr:g}")
+    entry.run.echo(f"  finetune: {len(trained)} backbone tensors unfrozen ({depth}), lr {settings.lr:g}")
     start = time.perf_counter()
     history = entry.fit(net, train_batches, val_batches, settings, "finetune", params=groups, keep_eval=keep_eval,
                         keep_start=True, parallel=True)
@@ -180,7 +182,7 @@ def boundary_cut(entry: Entry) -> tuple[list[nn.Module], int, Path | None] | Non
         echo(f"  boundary cache off: augmentation '{config.augment}' changes the inputs every epoch; full forward")
         return None
     layers = sequential_layers(backbone.model, backbone.preprocessing.input_size)
-    unfreeze(entry.model, config.unfreeze)
+    unfreeze(entry.model, config.unfreeze or DEFAULT_UNFREEZE)
     cut = first_trainable(layers) if layers else 0
     freeze_backbone(entry.model)
     if not cut:

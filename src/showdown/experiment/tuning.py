@@ -24,7 +24,6 @@ from showdown.config.strategy import Strategy
 from showdown.errors import ConfigError, one_line, sqlite_disk_error
 from showdown.fileio import digest
 
-DEFAULT_UNFREEZE = RunConfig().unfreeze
 # What the search may change, as the report describes it. Same for every backbone; `finetune` adds two.
 SPACE = {
     "lr": "1e-4 to 1e-1, log scale",
@@ -42,13 +41,13 @@ FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 TrialFunction = Callable[[RunConfig, Callable[[float], None] | None], list[dict]]
 
 
-def space_for(strategy: Strategy, unfreeze: str = DEFAULT_UNFREEZE) -> dict[str, str]:
+def space_for(strategy: Strategy, unfreeze: str | None = None) -> dict[str, str]:
     """What the search varies. The fine-tuned depth only where neither the strategy (`finetune=layers:20`) nor
-    --unfreeze (other than its default) names one: a depth the user chose is kept."""
+    --unfreeze (`unfreeze`) names one: a depth the user chose is kept, its default's value included."""
     space = dict(SPACE)
     if strategy.finetunes:
         space["ft_lr_factor"] = FINETUNE_SPACE["ft_lr_factor"]
-        if strategy.unfreeze is None and unfreeze == DEFAULT_UNFREEZE:
+        if strategy.unfreeze is None and unfreeze is None:
             space["unfreeze"] = FINETUNE_SPACE["unfreeze"]
     return space
 
