@@ -188,7 +188,8 @@ def test_two_processes_search_one_study_through_a_journal_file(tmp_path):
 
 def _search_of(losses, tmp_path, interrupt_at=None, **options):
     """tune() over an objective that takes a tenth of a second a trial and reports `losses` epoch by epoch (each
-    call's, where `losses` is a function of the call's number)."""
+    call's, where `losses` is a function of the call's number), the last ending its fit (the epoch count's or, with
+    `epochs` above it, early stopping's)."""
     import time
 
     from showdown.config.strategy import HEAD
@@ -202,11 +203,11 @@ def _search_of(losses, tmp_path, interrupt_at=None, **options):
         if interrupt_at is not None and len(calls) == interrupt_at:
             raise KeyboardInterrupt
         trial_losses = losses(len(calls)) if callable(losses) else losses
-        for loss in trial_losses:
+        for epoch, loss in enumerate(trial_losses, 1):
             if on_epoch:
-                on_epoch(loss)
+                on_epoch(loss, epoch == len(trial_losses))
         return [{"val_loss": loss} for loss in trial_losses]
-    config = RunConfig(epochs=len(losses(1) if callable(losses) else losses), **options)
+    config = RunConfig(**{"epochs": len(losses(1) if callable(losses) else losses), **options})
     return tune(config, HEAD, train_trial, tmp_path / "search.db"), calls
 
 
@@ -225,6 +226,12 @@ def test_a_trial_at_its_last_epoch_is_not_pruned(tmp_path):
     """Median pruning at the last epoch threw away a trial that had finished (17 of 102 in one search)."""
     # each trial worse than all before it: from the sixth on, the median pruner would stop it at its second epoch
     (_, record), _ = _search_of(lambda call: [1.0 + call, 0.9 + call], tmp_path, tune=8)
+    assert record["n_pruned"] == 0 and record["n_complete"] == 8
+
+
+def test_a_trial_early_stopping_ended_is_not_pruned(tmp_path):
+    """A trial whose fit early stopping ended before --epochs was still pruned at that last epoch."""
+    (_, record), _ = _search_of(lambda call: [1.0 + call, 0.9 + call], tmp_path, tune=8, epochs=10)
     assert record["n_pruned"] == 0 and record["n_complete"] == 8
 
 

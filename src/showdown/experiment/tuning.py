@@ -167,23 +167,20 @@ def _storage(shared: str | None, local: Path):
     return JournalStorage(JournalFileBackend(str(Path(shared).expanduser())))
 
 
-def _epochs_at_most(config: RunConfig, strategy: Strategy) -> int:
-    """The epochs a trial trains at most, over its phases (the head's, then the fine-tune's)."""
-    return config.epochs + ((config.ft_epochs or config.epochs) if strategy.finetunes else 0)
-
-
 def _objective(config: RunConfig, strategy: Strategy, space: dict, train_trial: TrialFunction):
     def objective(trial: optuna.Trial) -> float:
         values = config_values(_suggest(trial, space))
         trial_config = dataclasses.replace(config, **values)
-        step, last = 0, _epochs_at_most(trial_config, strategy)
+        step, fits_left = 0, 2 if strategy.finetunes else 1  # the head's fit, then the fine-tune's
 
-        def on_epoch(loss: float) -> None:  # steps count epochs across phases (head, then finetune)
-            nonlocal step
+        def on_epoch(loss: float, fit_ends: bool) -> None:  # steps count epochs across the fits
+            nonlocal step, fits_left
             step += 1
+            fits_left -= fit_ends
             if math.isfinite(loss):
                 trial.report(loss, step)
-            if step < last and trial.should_prune():  # a trial at its last epoch is done: its loss counts
+            # A trial at its last epoch (the count's, or early stopping's) is done: its loss counts.
+            if fits_left and trial.should_prune():
                 raise optuna.TrialPruned()
 
         history = train_trial(trial_config, on_epoch)

@@ -201,7 +201,8 @@ class FitOptions:
     (frozen batch norms) stay in inference mode while the rest trains. With `checkpoint` (a path), the state after
     every epoch is saved there and an existing checkpoint is resumed from. With `keep_start` the weights as they come
     in count as the first candidate (a fine-tuning phase that never beats the head it starts from gives that head
-    back). `on_epoch(best_val_loss)` is called after every epoch (a hyper-parameter search prunes a trial from it).
+    back). `on_epoch(best_val_loss, fit_ends)` is called after every epoch (a hyper-parameter search prunes a trial
+    from it; `fit_ends`: early stopping or the epoch count ends the fit there).
     `progress(row)` gets each epoch's history row with the early-stopping state (`epochs`, `since_best`,
     `patience`, `stopped`): the run's progress and trackers.
 
@@ -220,7 +221,7 @@ class FitOptions:
     num_classes: int | None = None
     keep_start: bool = False
     parallel: bool = False
-    on_epoch: Callable[[float], None] | None = None
+    on_epoch: Callable[[float, bool], None] | None = None
     progress: Callable[[dict], None] | None = None
 
 
@@ -318,7 +319,7 @@ def fit(model: nn.Module, train_batches, val_batches, settings: TrainSettings, *
             opts.progress({**state.history[-1], "epochs": settings.epochs, "since_best": state.since_best,
                            "patience": settings.patience, "stopped": state.done})
         if opts.on_epoch is not None:
-            opts.on_epoch(state.best_loss)
+            opts.on_epoch(state.best_loss, state.done or epoch == settings.epochs)
     if state.best_state is not None:
         model.load_state_dict(state.best_state, strict=False)
     model.eval()
