@@ -64,10 +64,10 @@ def test_float32_tflite_matches_pytorch_and_predicts(trained):
     assert exported.classes == load_model(trained / ENTRY)[1].classes
     assert exported.preprocessing.input_size == (3, 128, 128)
     np.testing.assert_allclose(exported(batch), expected, atol=1e-4)
-    result = _own_process("predict", path, *photos[:3])
+    result = _own_process("predict", path, *photos[:3], "--precision", "fp32")  # what it computes in: taken
     assert result.returncode == 0, result.stderr
-    # its one line, and not the interpreter's own "INFO: Created TensorFlow Lite XNNPACK delegate for CPU."
-    assert result.stderr == "3 image(s) classified by efficientnet_lite0 / head\n"
+    # its one line, naming what computed, and not the interpreter's "INFO: Created TensorFlow Lite XNNPACK delegate"
+    assert result.stderr == "3 image(s) classified by efficientnet_lite0 / head (fp32, LiteRT)\n"
 
 
 def _own_process(*args) -> subprocess.CompletedProcess:
@@ -98,7 +98,8 @@ def test_int8_tflite_is_integer_and_predicts(trained, int8_file):
     assert int8_file.stat().st_size < 0.4 * (trained / ENTRY / "model.safetensors").stat().st_size
     held = _held_out(trained, 4)
     result = run_cli("predict", str(int8_file), *map(str, held), "--format", "json")
-    assert result.returncode == 0 and "4 image(s) classified" in result.stderr, result.stderr
+    assert result.returncode == 0 and "4 image(s) classified by efficientnet_lite0 / head (int8, LiteRT)" in \
+        result.stderr, result.stderr
 
 
 def test_int8_tflite_agrees_with_pytorch_top1(trained, int8_file):

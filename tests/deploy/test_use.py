@@ -87,7 +87,7 @@ def test_predict_cli_writes_csv_and_json_and_scores_labelled_folders(trained, tm
     assert result.returncode == 0, result.stderr
     rows = json.loads(result.stdout)
     assert len(rows) == 50 and len(rows[0]["predictions"]) == 2
-    assert "scratch_cnn / scratch-cnn (fp32)" in result.stderr
+    assert "scratch_cnn / scratch-cnn (fp32, " in result.stderr
     # The top 2 are the model's own softmax, recomputed here from the image files.
     model, info = load_model(run_dir / "scratch_cnn-scratch-cnn")
     transform = eval_transform(Preprocessing.from_dict(info.preprocessing))
@@ -145,7 +145,7 @@ def test_a_run_folder_predicts_in_fp32_where_its_run_did_else_as_run_picks(train
     assert np.abs(fp32 - bf16).max() > 1e-4
     np.testing.assert_allclose(bf16, fp32, atol=0.05)
     assert open_model(export_model(run_dir, "torchscript", tmp_path / "m.pt")).precision == "fp32"
-    assert open_model(export_model(run_dir, "onnx", tmp_path / "m.onnx"), precision="fp32").precision is None
+    assert open_model(export_model(run_dir, "onnx", tmp_path / "m.onnx"), precision="fp32").precision == "fp32"
 
 
 def test_results_predict_takes_the_precision_as_the_command_does(trained):

@@ -42,7 +42,7 @@ def _metadata(text: str | None, path: Path) -> dict:
     return info
 
 
-def _exported(info: dict, forward: Callable, path: Path, precision: str | None = None) -> Predictor:
+def _exported(info: dict, forward: Callable, path: Path, precision: str, engine: str) -> Predictor:
     """An exported file's Predictor, its forward checked to give a score for each class its metadata names (an
     edited metadata entry is one line, not an IndexError in the middle of the rows)."""
     classes = info["classes"]
@@ -54,7 +54,7 @@ def _exported(info: dict, forward: Callable, path: Path, precision: str | None =
                              f"{len(classes)} classes; export it again")
         return probs
 
-    return Predictor(info["name"], classes, info["preprocessing"], checked, precision)
+    return Predictor(info["name"], classes, info["preprocessing"], checked, precision, engine)
 
 
 def open_onnx(path: Path) -> Predictor:
@@ -72,7 +72,7 @@ def open_onnx(path: Path) -> Predictor:
     def forward(images):
         return session.run(None, {input_name: images.numpy().astype(np.float32)})[0]
 
-    return _exported(info, forward, path)
+    return _exported(info, forward, path, "fp32", "ONNX Runtime")
 
 
 def open_torchscript(path: Path, device: torch.device, precision: str) -> Predictor:
@@ -89,7 +89,7 @@ def open_torchscript(path: Path, device: torch.device, precision: str) -> Predic
         with torch.inference_mode(), autocast(precision, device.type):
             return module(images.to(device)).float().cpu().numpy()  # exported models output probabilities
 
-    return _exported(info, forward, path, precision)
+    return _exported(info, forward, path, precision, "PyTorch")
 
 
 def open_tflite(path: Path) -> Predictor:
@@ -117,7 +117,8 @@ def open_tflite(path: Path) -> Predictor:
             rows.append((out.astype(np.float32) - zero) * scale if scale else out.astype(np.float32))
         return np.concatenate(rows)
 
-    return _exported(info, forward, path)
+    precision = "fp32" if source["dtype"] == np.float32 else "int8"
+    return _exported(info, forward, path, precision, "LiteRT")
 
 
 def _quantized(array: np.ndarray, detail: dict) -> np.ndarray:

@@ -32,7 +32,7 @@ from showdown.deploy.predictor import Predictor
 from showdown.deploy.trained import EXPORT_SUFFIXES, choose_entry
 from showdown.device import resolve_device
 from showdown.errors import ConfigError, ModelError
-from showdown.frozen.engines import frozen_forward, in_order, photo_inputs, resolve_runtime
+from showdown.frozen.engines import ENGINE_NAMES, frozen_forward, in_order, photo_inputs, resolve_runtime
 from showdown.models.saving import load_model
 from showdown.precision import autocast, resolve_precision
 from showdown.run_schema import ENVIRONMENT, MODEL_WEIGHTS, read_json
@@ -40,8 +40,6 @@ from showdown.run_schema import ENVIRONMENT, MODEL_WEIGHTS, read_json
 PREDICT_BATCH = 32  # images per batch, `showdown predict --batch-size`'s default
 EAGER = "eager"  # predict_runtime's choice for a few images: the model in PyTorch as it is, nothing traced or exported
 
-# The --precision values an exported file takes: what it was exported in (ONNX: fp32), or "auto" for that.
-EXPORTED_PRECISIONS = {".onnx": ("auto", "fp32"), ".tflite": ("auto",)}
 
 
 class _WholeModel:
@@ -90,16 +88,17 @@ def _run_folder_predictor(folder: Path, device: torch.device, precision: str, ru
     model = model.eval().to(device, memory_format=torch.channels_last)
     if runtime == EAGER:
         whole = (torch.nn.Sequential(stage.module, model) if stage else model).to(device).eval()
+        engine = "torch"
 
         def build():
             return lambda images: whole(images.contiguous(memory_format=torch.channels_last))
     else:
-        resolve_runtime(runtime, precision, device.type)  # a runtime this device cannot run: said before any output
+        engine = resolve_runtime(runtime, precision, device.type)  # one this device cannot run: said before output
 
         def build():
             return frozen_forward(model, example.to(device), precision, runtime, info.name, stage=stage)
     return Predictor(info.name, info.classes, preprocessing, _WholeModel(build, device, precision), precision,
-                     transform, pin_memory=device.type == "cuda")
+                     ENGINE_NAMES[engine], transform, pin_memory=device.type == "cuda")
 
 
 def predict_precision(requested: str, device: torch.device, evaluated: str | None = None) -> str:
@@ -165,15 +164,14 @@ def open_model(path: str | Path, model_name: str | None = None, device: str = "c
         return open_torchscript(path, where, predict_precision(precision, where, evaluated="fp32"))
     if path.name == MODEL_WEIGHTS:
         return open_model(path.parent, device=device, precision=precision, runtime=runtime, images=images)
-    if path.suffix in EXPORTED_PRECISIONS and precision not in EXPORTED_PRECISIONS[path.suffix]:
-        runs = "in fp32, as it was exported" if path.suffix == ".onnx" else "as it was exported"
-        raise ConfigError(f"{path.name} runs {runs}; --precision {precision} is for run folders and TorchScript files")
-    if path.suffix == ".onnx":
-        return open_onnx(path)
-    if path.suffix == ".tflite":
-        return open_tflite(path)
-    raise ModelError(f"{path}: not a model showdown can run (expected a run folder, .onnx, TorchScript .pt "
-                     "or .tflite)")
+    if path.suffix not in (".onnx", ".tflite"):
+        raise ModelError(f"{path}: not a model showdown can run (expected a run folder, .onnx, TorchScript .pt "
+                         "or .tflite)")
+    exported = open_onnx(path) if path.suffix == ".onnx" else open_tflite(path)
+    if precision not in ("auto", exported.precision):  # "auto": what it was exported in
+        raise ConfigError(f"{path.name} runs in {exported.precision}, as it was exported; --precision {precision} "
+                          "is for run folders and TorchScript files")
+    return exported
 
 
 def predict_files(predictor: Predictor, files: list[Path], *, top_k: int = 3, batch_size: int = PREDICT_BATCH,

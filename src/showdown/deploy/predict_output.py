@@ -89,9 +89,8 @@ def write_predictions(model: str, inputs: list[str], *, model_name: str | None =
             writer.close()
     if not counts["predicted"]:
         raise DataError(f"none of the {len(files)} image(s) could be read")
-    summary = f"{counts['predicted']} image(s) classified by {predictor.name}"
-    if predictor.precision:
-        summary += f" ({predictor.precision})"
+    summary = (f"{counts['predicted']} image(s) classified by {predictor.name} "
+               f"({predictor.precision}, {predictor.engine})")
     if counts["unreadable"]:
         summary += f"; {counts['unreadable']} unreadable file(s) skipped"
     if counts["labelled"]:

@@ -19,7 +19,8 @@ class Predictor:
     classes: list[str]
     preprocessing: Preprocessing
     forward: Callable  # a batch of transformed images -> probabilities as a numpy array
-    precision: str | None = None  # what a PyTorch forward computes in; None: an ONNX or TFLite file, as exported
+    precision: str = "fp32"  # what the forward computes in (an exported file: what it was exported in)
+    engine: str = "PyTorch"  # what runs the forward, named in predict's summary line
     transform: Callable | None = None  # PIL image -> tensor; None: the eval transform (normalised floats)
     pin_memory: bool = False  # batches decoded into page-locked memory, for a copy to a GPU beside the next batch
 
