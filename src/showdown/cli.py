@@ -386,10 +386,13 @@ def main(argv: list[str] | None = None) -> int:
         with on_command_line():  # hints name the flags, not the Python API's keywords
             return handler(args)
     except ShowdownError as exc:
+        code = getattr(exc, "exit_code", 2)
+        if isinstance(exc, ConfigError) and not _rank_zero():  # every torchrun rank has the same flags
+            return code
         if args.debug:  # the traceback, then the same line and exit status as without --debug
             traceback.print_exc()
         print(last_line(exc), file=sys.stderr)  # one line
-        return getattr(exc, "exit_code", 2)
+        return code
     except BrokenPipeError:  # output piped into `head` and the like (an OSError, so caught before them)
         sys.stderr.close()
         return 0
@@ -408,9 +411,14 @@ def main(argv: list[str] | None = None) -> int:
               "--workers 0 decodes in this process, or give the container more shared memory", file=sys.stderr)
         return 1
     except KeyboardInterrupt as exc:
-        if not under_torchrun() or os.environ.get("RANK", "0") == "0":  # every torchrun rank has it: rank 0 says it
+        if _rank_zero():  # every torchrun rank has it
             print(last_line(exc), file=sys.stderr)
         return 128 + signal.SIGTERM if terminated(exc) else 130
+
+
+def _rank_zero() -> bool:
+    """Whether this process says what every process of a torchrun launch meets alike: rank 0, or no torchrun."""
+    return not under_torchrun() or os.environ.get("RANK", "0") == "0"
 
 
 def console() -> None:

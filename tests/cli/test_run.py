@@ -167,6 +167,18 @@ def test_a_value_argparse_takes_for_a_flag_gets_a_hint(capsys):
     assert "argument --shard: expected one argument (a value that starts with '-' goes after '='" in said
 
 
+def test_under_torchrun_a_bad_flag_is_said_once(monkeypatch, capsys):
+    """Every rank of a torchrun launch reads the same flags: rank 0 alone says what is wrong with them."""
+    from showdown import cli
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    for rank in ("1", "0"):
+        monkeypatch.setenv("RANK", rank)
+        assert cli.main(["run", "--models", "resnet50,resnet50", "--quiet"]) == 2
+        said = capsys.readouterr().err
+        assert said.count("names resnet50 more than once") == (rank == "0") and said.count("\n") == (rank == "0")
+
+
 def test_under_torchrun_an_interrupt_is_said_once_with_the_torchrun_resume(monkeypatch, capsys, tmp_path):
     """Ctrl-C reaches every rank: rank 0 alone says it, and the way on is under torchrun again."""
     from showdown import cli
