@@ -122,10 +122,12 @@ def load_rgb(path: Path, min_side: int | None = None) -> Image.Image:
             image.draft("RGB", (min_side, min_side))  # scale = the largest power of 2 keeping both sides >= it
         image = ImageOps.exif_transpose(image)
         if image.mode in ("I;16", "I;16B", "I;16L", "I"):
-            # 16-bit grayscale: scale to 8 bits instead of letting convert() clip at 255.
+            # 16-bit grayscale: scaled to 8 bits, not clipped at 255 by convert(); a dark one stays dark. 32-bit
+            # integers state no range: 8 or 16 bits by the largest value, else that value.
             array = np.asarray(image, dtype=np.float32)
-            peak = 65535.0 if array.max() > 255 else 255.0
-            image = Image.fromarray((array * (255.0 / peak)).round().astype(np.uint8), mode="L")
+            top = float(array.max()) if image.mode == "I" else 65535.0
+            peak = 255.0 if top <= 255 else 65535.0 if top <= 65535 else top
+            image = Image.fromarray(np.clip(array * (255.0 / peak), 0, 255).round().astype(np.uint8), mode="L")
         if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
             background = Image.new("RGBA", image.size, (255, 255, 255, 255))
             image = Image.alpha_composite(background, image.convert("RGBA"))
