@@ -52,7 +52,8 @@ import matplotlib.pyplot as plt
 def state():
     return dict(backend=matplotlib.get_backend(), font=matplotlib.rcParams["font.size"],
                 grid=matplotlib.rcParams["axes.grid"], dpi=matplotlib.rcParams["figure.dpi"],
-                filters=list(warnings.filters))
+                filters=list(warnings.filters), dtype=torch.get_default_dtype())
+torch.set_default_dtype(torch.float64)  # as scientific notebooks do: the run's models still take its inputs
 before = state()"""
 RUN = """import showdown
 random.seed(5); np.random.seed(5); torch.manual_seed(5)
@@ -75,9 +76,9 @@ display(explained)"""
 
 
 def test_a_run_leaves_the_notebooks_plots_random_draws_and_warnings_as_they_were(tmp_path):
-    """The run draws its figures, seeds the global generators and sets warning filters for its own work: the
-    notebook's inline plots, its rcParams, its random draws and its warning filters are the same afterwards, and
-    no warning asks for ipywidgets."""
+    """The run draws its figures, seeds the global generators, sets warning filters and float32 tensors for its own
+    work: the notebook's inline plots, its rcParams, its random draws, its warning filters and its float64 default
+    dtype are the same afterwards, and no warning asks for ipywidgets."""
     import random
 
     import numpy as np
@@ -92,7 +93,8 @@ def test_a_run_leaves_the_notebooks_plots_random_draws_and_warnings_as_they_were
     random.seed(5)
     np.random.seed(5)
     torch.manual_seed(5)
-    assert f"draws: {random.random()!r} {float(np.random.rand())!r} {float(torch.rand(1))!r}" in printed, printed[-600:]
+    drawn = f"{random.random()!r} {float(np.random.rand())!r} {float(torch.rand(1, dtype=torch.float64))!r}"
+    assert f"draws: {drawn}" in printed, printed[-600:]  # the notebook's default dtype: float64
     assert any("image/png" in o.get("data", {}) for o in outputs)  # plt.show() still draws inline
     assert "Results of " in printed and "efficientnet_lite0" in printed  # the repr: the table, not every field
     assert "predicted: True" in printed  # a list of paths and a Path, in the order given

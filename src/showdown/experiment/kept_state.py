@@ -1,7 +1,8 @@
 """What a run sets in its process for its own work, given back when it ends, so that a notebook that runs it is left
 as it was: the warning filters (data/images.py's, which a decoding pass needs), the global random generators (a
 run seeds Python's, NumPy's and torch's at every epoch, for RandAugment, dropout and the initialisation of its
-heads) and the CUDA settings device.prepare turns on (cuDNN's autotuner, TF32 matmuls)."""
+heads), the CUDA settings device.prepare turns on (cuDNN's autotuner, TF32 matmuls) and torch's default dtype
+(float32 inside: a notebook's float64 made the models' weights doubles, which the run's inputs are not)."""
 from __future__ import annotations
 
 import contextlib
@@ -19,10 +20,13 @@ def process_state_kept():
     cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
     matmul = torch.backends.cuda.matmul
     benchmark, fp32 = torch.backends.cudnn.benchmark, getattr(matmul, "fp32_precision", None)
+    dtype = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float32)
     try:
         with decoding_quietly():
             yield
     finally:
+        torch.set_default_dtype(dtype)
         random.setstate(python)
         np.random.set_state(numpy)
         torch.set_rng_state(cpu)

@@ -9,11 +9,11 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from showdown.data.images import decoding_quietly
 from showdown.deploy.explain import Explained, explain_files
 from showdown.deploy.inputs import expand_inputs
 from showdown.deploy.predict import PREDICT_BATCH, open_model, predict_files, predict_workers
 from showdown.errors import AccuracyGateError, ConfigError
+from showdown.experiment.kept_state import process_state_kept
 from showdown.reporting.label_issues import ranking
 from showdown.reporting.report import leaderboard_html, report_run
 from showdown.reporting.tables import format_table
@@ -79,7 +79,7 @@ class Results:
         there. `images`: files, folders or glob patterns, as paths or strings, or lists of them (a DataFrame's
         column of paths)."""
         files = expand_inputs(_paths(images))
-        with decoding_quietly():  # for this call only, as a run sets them
+        with process_state_kept():  # as a run keeps it
             predictor = open_model(self.run_dir, model, precision=precision, runtime=runtime, images=len(files))
             return list(predict_files(predictor, files, top_k=top_k, batch_size=PREDICT_BATCH,
                                       workers=predict_workers("auto", len(files), PREDICT_BATCH)))
@@ -88,7 +88,7 @@ class Results:
         """Grad-CAM overlays of image files with the winner (or the entry `model`), as `showdown explain RUN_DIR`
         makes them: written to `out` (default explain/ in the entry's folder) and returned; a notebook shows them
         as a gallery. `images` as for predict."""
-        with decoding_quietly():
+        with process_state_kept():
             folder, done, method, skipped = explain_files(str(self.run_dir), _paths(images), model,
                                                           str(out) if out else None)
         return Explanations(folder, done, method, skipped)
