@@ -120,7 +120,7 @@ def test_a_finished_entry_whose_metrics_are_damaged_runs_again_on_resume(tmp_pat
 
 def test_ctrl_c_in_a_notebook_stops_the_training_loaders_workers(tmp_path, monkeypatch):
     """A KeyboardInterrupt out of showdown.run, its traceback kept as a notebook keeps it: no decoding worker of the
-    entry's image batches is left running, and the message says how to go on."""
+    entry's image batches is left running, and the message says how to go on (and that nothing had finished)."""
     import multiprocessing
     import re
 
@@ -141,7 +141,8 @@ def test_ctrl_c_in_a_notebook_stops_the_training_loaders_workers(tmp_path, monke
     monkeypatch.setattr(loop, "to_device", third_batch_interrupted)
     out = tmp_path / "run"
     # the Python API's call to go on, not the command line's (a notebook's user called the API)
-    with pytest.raises(Interrupted, match=re.escape(f"`showdown.run(out='{out}', resume=True)` goes on")) as kept:
+    said = f"no entry had finished in {out}; `showdown.run(out='{out}', resume=True)` goes on"  # not "kept"
+    with pytest.raises(Interrupted, match=re.escape(said)) as kept:
         run(data="demo", models=["efficientnet_lite0"], strategy=["scratch-cnn"], image_size=64, epochs=2,
             workers=2, batch_size=8, max_per_class=10, out=str(out), record=False, report=False,
             echo=lambda *_: None)
