@@ -1,8 +1,8 @@
 """What showdown keeps on disk to save work, and how an entry of it is trusted, healed, listed and cleared.
 
 A cache is an optimisation: an entry that cannot be read, or does not match what was written with it, is deleted
-and recomputed with one warning line naming it, never a failed run. Kinds, under $SHOWDOWN_CACHE
-(~/.cache/showdown):
+and recomputed with one warning line naming it, never a failed run. Kinds, under $SHOWDOWN_CACHE (else showdown/
+in $XDG_CACHE_HOME or ~/.cache):
 - features/: pooled backbone features, one safetensors file per (backbone, weights, preprocessing, files) key,
   checked by the checksum of its tensors written in its own header (frozen/feature_cache.py), and beside them the
   label-issue search's out-of-fold probabilities, one .npy per features-and-settings key, checked by the checksum
@@ -55,7 +55,11 @@ STATS: Counter = Counter()
 
 
 def cache_root() -> Path:
-    return Path(os.environ.get("SHOWDOWN_CACHE") or Path.home() / ".cache" / "showdown")
+    """$SHOWDOWN_CACHE, else showdown/ in $XDG_CACHE_HOME (a cluster's scratch disk, where home has a quota), else
+    ~/.cache/showdown."""
+    if os.environ.get("SHOWDOWN_CACHE"):
+        return Path(os.environ["SHOWDOWN_CACHE"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "showdown"
 
 
 def kind_folder(kind: str) -> Path:

@@ -158,20 +158,22 @@ def test_two_processes_filling_one_entry_end_with_one_good_entry(tmp_path, demo_
 
 
 def test_cache_info_and_clear_by_last_use(tmp_path, monkeypatch, capsys, demo_copy):
-    monkeypatch.setenv("SHOWDOWN_CACHE", str(tmp_path / "cache"))
+    """The cache lives where $XDG_CACHE_HOME says when $SHOWDOWN_CACHE is not set (a cluster's scratch disk)."""
+    monkeypatch.delenv("SHOWDOWN_CACHE")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     load_dataset(str(_tar_of(demo_copy, tmp_path / "a.tar")))
     load_dataset(str(_tar_of(demo_copy, tmp_path / "b.tar")))
     code, out, _ = _main(capsys, "cache", "info")
     assert code == 0 and "datasets" in out and "2 entries" in out and "features" in out
-    old = sorted((tmp_path / "cache" / "extracted").iterdir())[0]
+    old = sorted((tmp_path / "showdown" / "extracted").iterdir())[0]
     month_ago = time.time() - 30 * 86400
     os.utime(old / cache.MANIFEST, (month_ago, month_ago))
     code, out, _ = _main(capsys, "cache", "clear", "--older-than", "7")
     assert code == 0 and "cleared 1 cache entries not used for 7 days" in out
-    assert [p.name for p in (tmp_path / "cache" / "extracted").iterdir()] != [old.name]
-    assert len(list((tmp_path / "cache" / "extracted").iterdir())) == 1
+    assert [p.name for p in (tmp_path / "showdown" / "extracted").iterdir()] != [old.name]
+    assert len(list((tmp_path / "showdown" / "extracted").iterdir())) == 1
     code, out, _ = _main(capsys, "cache", "clear")
-    assert code == 0 and "cleared 1 cache entries" in out and not any((tmp_path / "cache" / "extracted").iterdir())
+    assert code == 0 and "cleared 1 cache entries" in out and not any((tmp_path / "showdown" / "extracted").iterdir())
 
 
 def test_clearing_a_folder_that_is_not_a_feature_cache_deletes_nothing(tmp_path, monkeypatch, capsys, demo_copy):

@@ -43,7 +43,7 @@ MIN_IMAGE_SIZE, MAX_IMAGE_SIZE = 32, 1024
 class RunConfig:
     data: str = option("demo", "dataset name (demo, tf_flowers, cifar10, cifar100), folder or archive", group=DATA)
     data_root: str | None = option(None, "where named datasets live", group=DATA,
-                                   unset="$SHOWDOWN_DATA, else data/ in $SHOWDOWN_CACHE or ~/.cache/showdown")
+                                   unset="$SHOWDOWN_DATA, else data/ in the cache folder")
     split: tuple[float, float, float] = option(
         (0.7, 0.15, 0.15), "train,val,test fractions (a folder's own train/val/test split wins)", group=DATA,
         metavar="TRAIN,VAL,TEST")
@@ -161,7 +161,7 @@ class RunConfig:
                           "the processes torchrun starts on this machine)", group=MACHINERY, metavar="N|auto",
                           must="a whole number from 0, or auto")
     cache_dir: str | None = option(None, "feature cache folder", group=MACHINERY, path="dir",
-                                   unset="features/ in $SHOWDOWN_CACHE or ~/.cache/showdown")
+                                   unset="features/ in the cache folder")
     out: str | None = option(None, "run folder", group=MACHINERY, path="dir", unset="runs/<timestamp>-<name>")
     name: str | None = option(None, "run name, in the folder name and the report", group=MACHINERY,
                               unset="the dataset's name")
