@@ -153,7 +153,18 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("presets", help="list the ready-made experiments")
     for command in sub.choices.values():  # `showdown run ... --debug` as well as `showdown --debug run ...`
         command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks")
+    parser.set_defaults(commands=sub.choices)
     return parser
+
+
+def _parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
+    """The command's arguments; a flag no command takes is refused by the command's parser, whose --help lists
+    the flags it takes (the top parser's would send to `showdown --help`)."""
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+        args.commands[args.command].error(f"unrecognized arguments: {' '.join(unknown)}")
+    del args.commands
+    return args
 
 
 def config_from_args(args: argparse.Namespace) -> RunConfig:
@@ -369,9 +380,9 @@ def cmd_presets(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     argv = sys.argv[1:] if argv is None else argv
-    args = parser.parse_args(argv or ["run"])
+    args = _parse(parser, argv or ["run"])
     if args.command is None:
-        args = parser.parse_args(["run", *argv])
+        args = _parse(parser, ["run", *argv])
     for name in ("stdout", "stderr"):
         if getattr(sys, name) is None:  # closed by the shell (`>&-`): what goes there goes nowhere
             setattr(sys, name, open(os.devnull, "w", encoding="utf-8"))

@@ -167,6 +167,17 @@ def test_a_value_argparse_takes_for_a_flag_gets_a_hint(capsys):
     assert "argument --shard: expected one argument (a value that starts with '-' goes after '='" in said
 
 
+def test_a_flag_the_command_does_not_take_points_to_the_commands_help(capsys):
+    from showdown.cli import main
+
+    for argv, command in ((["run", "--epochs-x", "3"], "run"), (["models", "--all"], "models")):
+        with pytest.raises(SystemExit) as ended:
+            main(argv)
+        said = capsys.readouterr().err
+        assert ended.value.code == 2 and said.count("\n") == 1
+        assert f"unrecognized arguments: {' '.join(argv[1:])} (see `showdown {command} --help`)" in said
+
+
 def test_under_torchrun_a_bad_flag_is_said_once(monkeypatch, capsys):
     """Every rank of a torchrun launch reads the same flags: rank 0 alone says what is wrong with them."""
     from showdown import cli
