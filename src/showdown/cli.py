@@ -352,10 +352,12 @@ def cmd_cache(args) -> int:
 def cmd_models(args) -> int:
     from showdown.models.backbones import SHORT_NAMES
 
-    for spec in SHORT_NAMES.values():
+    specs = list(SHORT_NAMES.values())
+    short, timm = (max(len(name) for name in names) for names in zip(*((s.name, s.timm_name) for s in specs)))
+    for spec in specs:
         source = f"package {spec.package}" if spec.package else (
             f"TFLite in weights dir ({spec.tflite_files[0]})" if spec.tflite_files else f"hub {spec.hub_name}")
-        print(f"{spec.name:20s} {spec.timm_name:24s} {source}")
+        print(f"{spec.name:{short}s}  {spec.timm_name:{timm}s}  {source}")
     print("any other timm model name works too (e.g. convnext_atto, resnet18.a1_in1k)")
     return 0
 

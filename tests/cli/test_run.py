@@ -178,6 +178,15 @@ def test_a_flag_the_command_does_not_take_points_to_the_commands_help(capsys):
         assert f"unrecognized arguments: {' '.join(argv[1:])} (see `showdown {command} --help`)" in said
 
 
+def test_models_lists_each_source_in_one_column(capsys):
+    """The third column started wherever a long timm name (vit_base_patch16_clip_224) pushed it."""
+    from showdown.cli import main
+
+    assert main(["models"]) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if " hub " in line or " package " in line]
+    assert len(rows) > 10 and len({line.index(line.split()[2]) for line in rows}) == 1
+
+
 def test_under_torchrun_a_bad_flag_is_said_once(monkeypatch, capsys):
     """Every rank of a torchrun launch reads the same flags: rank 0 alone says what is wrong with them."""
     from showdown import cli
