@@ -233,6 +233,13 @@ def holds_work(folder: Path) -> bool:
     return any(True for pattern in patterns for _ in folder.glob(pattern))
 
 
+def what_is_kept(folder: Path) -> str:
+    """What a stopped run in `folder` leaves for --resume, in words: its finished work, or only its start."""
+    if holds_work(folder):
+        return f"finished entries are kept in {folder}"
+    return f"no entry had finished in {folder}"
+
+
 def read_json(path: Path, default=None):
     """The JSON in `path`, `default` where there is no such file; DamagedFileError (one line) where it is not JSON."""
     if not path.is_file():

@@ -137,17 +137,10 @@ def _run(config: RunConfig | None, echo: Callable[[str], None], resume: bool, op
     except KeyboardInterrupt as exc:
         if run_dir is None or not run_schema.resumable(run_dir):
             raise
-        raise Interrupted(f"{_what_is_kept(run_dir)}; {resume_call(run_dir)} goes on") from exc
+        raise Interrupted(f"{run_schema.what_is_kept(run_dir)}; {resume_call(run_dir)} goes on") from exc
     finally:
         # what an error or Ctrl-C left open: a bar (a notebook draws the next askew), the log file (its last line)
         reporter.close(sys.exc_info()[1])
-
-
-def _what_is_kept(run_dir: Path) -> str:
-    """What a stopped run leaves for --resume, in words: its finished work, or only its start."""
-    if run_schema.holds_work(run_dir):
-        return f"finished entries are kept in {run_dir}"
-    return f"no entry had finished in {run_dir}"
 
 
 def _all_entries(config: RunConfig, dataset: DatasetSpec, folds: list[DatasetSpec] | None, context: RunContext,
@@ -198,7 +191,7 @@ def _kept_on_disk_errors(run_dir: Path):
             raise
         cure = f"{error.cure} (or move {run_dir} to a larger disk)" if error.full else error.cure
         if run_schema.resumable(run_dir):  # a cure said already (the results database's) is not said twice
-            then = f"{_what_is_kept(run_dir)}; {'' if error.cure in str(error) else cure + ', then '}" \
+            then = f"{run_schema.what_is_kept(run_dir)}; {'' if error.cure in str(error) else cure + ', then '}" \
                    f"{resume_call(run_dir)} goes on"
         else:
             then = f"{error.cure}, then run it again"
