@@ -57,6 +57,8 @@ DESCRIPTION = ("Which pretrained backbone, adapted how, classifies your images b
 class _Parser(argparse.ArgumentParser):
     """argparse, but a usage error is one line (`error: ...`) with exit status 2, like every other error."""
 
+    commands: dict[str, argparse.ArgumentParser] = {}  # the top parser's: each command's own (build_parser)
+
     def error(self, message: str):
         message = " ".join(line.strip() for line in message.splitlines())
         if message.endswith("expected one argument"):  # `--shard -1/2`: argparse reads the value as a flag
@@ -67,7 +69,7 @@ class _Parser(argparse.ArgumentParser):
 DB_HELP = "results database (default $SHOWDOWN_DB, else showdown/showdown.db in $XDG_DATA_HOME or ~/.local/share)"
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser() -> _Parser:
     parser = _Parser(prog="showdown", description=DESCRIPTION)
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__} (tl-showdown)")
@@ -153,17 +155,16 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("presets", help="list the ready-made experiments")
     for command in sub.choices.values():  # `showdown run ... --debug` as well as `showdown --debug run ...`
         command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks")
-    parser.set_defaults(commands=sub.choices)
+    parser.commands = sub.choices  # each command's own parser, for its usage errors (_parse)
     return parser
 
 
-def _parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
+def _parse(parser: _Parser, argv: list[str]) -> argparse.Namespace:
     """The command's arguments; a flag no command takes is refused by the command's parser, whose --help lists
     the flags it takes (the top parser's would send to `showdown --help`)."""
     args, unknown = parser.parse_known_args(argv)
     if unknown:
-        args.commands[args.command].error(f"unrecognized arguments: {' '.join(unknown)}")
-    del args.commands
+        parser.commands[args.command].error(f"unrecognized arguments: {' '.join(unknown)}")
     return args
 
 
