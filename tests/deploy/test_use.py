@@ -159,6 +159,21 @@ def test_results_predict_takes_the_precision_as_the_command_does(trained):
     assert fp32 != bf16 and np.allclose(fp32, bf16, atol=0.05)
 
 
+def test_results_export_writes_what_the_command_writes(trained, tmp_path):
+    """The notebook API: results.export(...) writes the winner's file, which predicts as the run folder does;
+    its errors name keywords, not flags."""
+    run_dir, data = trained
+    results = Results(run_dir, [])
+    path = results.export("onnx", tmp_path / "winner.onnx")
+    roses = sorted((data / "roses").iterdir())[:4]
+    ours = [row["top"][0][0] for row in results.predict(roses, precision="fp32", runtime="torch")]
+    exported = open_model(path)
+    assert path == tmp_path / "winner.onnx" and exported.name == "efficientnet_lite0 / head"
+    assert [row["top"][0][0] for row in predict_files(exported, roses)] == ours
+    with pytest.raises(ConfigError, match=r"quantize='int8': only fmt='tflite', quantize='int8' is supported"):
+        results.export("onnx", quantize="int8")
+
+
 def test_a_precision_an_exported_file_or_the_cpu_cannot_run_is_one_line(trained, tmp_path):
     run_dir, data = trained
     export_model(run_dir, "onnx", tmp_path / "m.onnx")

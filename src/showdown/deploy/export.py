@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from showdown.deploy.trained import EXPORT_SUFFIXES, METADATA_KEY, choose_entry
-from showdown.errors import ConfigError, ModelError
+from showdown.errors import ConfigError, ModelError, flag_or_keyword
 from showdown.fileio import atomic_path, check_output_file
 from showdown.models.onnx_graph import OnnxExportError, onnx_graph
 from showdown.models.saving import load_model
@@ -36,7 +36,9 @@ def export_model(model_path: str | Path, fmt: str, out: str | Path | None = None
     if fmt not in FORMATS:
         raise ConfigError(f"unknown export format '{fmt}'; choose from {', '.join(FORMATS)}")
     if quantize is not None and (fmt != "tflite" or quantize not in QUANTIZE):
-        raise ConfigError(f"--quantize {quantize}: only --format tflite --quantize int8 is supported")
+        raise ConfigError(flag_or_keyword(f"--quantize {quantize}: only --format tflite --quantize int8",
+                                          f"quantize={quantize!r}: only fmt='tflite', quantize='int8'")
+                          + " is supported")
     if out is not None:
         check_output_file(str(out), f"model{FORMATS[fmt]}")
         if Path(out).suffix not in EXPORT_SUFFIXES[fmt]:  # predict knows a file's kind by its suffix

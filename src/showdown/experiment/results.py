@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from showdown.deploy.explain import Explained, explain_files
+from showdown.deploy.export import export_model
 from showdown.deploy.inputs import expand_inputs
 from showdown.deploy.predict import PREDICT_BATCH, open_model, predict_files, predict_workers
 from showdown.errors import AccuracyGateError, ConfigError
@@ -92,6 +93,14 @@ class Results:
             folder, done, method, skipped = explain_files(str(self.run_dir), _paths(images), model,
                                                           str(out) if out else None)
         return Explanations(folder, done, method, skipped)
+
+    def export(self, fmt: str = "onnx", output: str | Path | None = None, *, model: str | None = None,
+               quantize: str | None = None) -> Path:
+        """The winner (or the entry `model`) as `showdown export RUN_DIR --format FMT` writes it: "onnx",
+        "torchscript" or "tflite" (`quantize="int8"`: full-integer), at `output` or beside the entry's model.
+        Returns the file's path, which `showdown predict` and LiteRT, ONNX Runtime or PyTorch take."""
+        with process_state_kept():
+            return export_model(self.run_dir, fmt, output, model, quantize)
 
     def to_pandas(self):
         """The table as a pandas DataFrame, best first."""
