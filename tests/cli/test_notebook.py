@@ -52,8 +52,11 @@ import matplotlib.pyplot as plt
 def state():
     return dict(backend=matplotlib.get_backend(), font=matplotlib.rcParams["font.size"],
                 grid=matplotlib.rcParams["axes.grid"], dpi=matplotlib.rcParams["figure.dpi"],
-                filters=list(warnings.filters), dtype=torch.get_default_dtype())
+                filters=list(warnings.filters), dtype=torch.get_default_dtype(),
+                levels=[logging.getLogger(name).level for name in ("showdown", "timm")])
 torch.set_default_dtype(torch.float64)  # as scientific notebooks do: the run's models still take its inputs
+import logging
+logging.basicConfig(level=logging.INFO)  # quiet=True still prints only the table
 before = state()"""
 RUN = """import showdown
 random.seed(5); np.random.seed(5); torch.manual_seed(5)
@@ -105,6 +108,7 @@ def test_a_run_leaves_the_notebooks_plots_random_draws_and_warnings_as_they_were
         in printed
     warned = "".join(o.get("text", "") for o in notebook.cells[0].outputs + outputs if o.get("name") == "stderr")
     assert "IProgress" not in warned and "Warning" not in warned, warned
+    assert "INFO:showdown" not in warned and "INFO:timm" not in warned, warned  # quiet=True, logging at INFO
 
 
 def test_predict_takes_paths_in_any_collection_and_refuses_images_in_memory():

@@ -29,7 +29,7 @@ from showdown.experiment import label_issues
 from showdown.experiment.context import RunContext
 from showdown.experiment.entry import EntryResult, fitted_to_images, run_entry
 from showdown.experiment.folds import PROBABILITIES, FeaturePool, all_items, make_folds, write_pooled
-from showdown.experiment.kept_state import process_state_kept
+from showdown.experiment.kept_state import mute_info_logs, process_state_kept
 from showdown.experiment.preflight import check_names, check_places, check_space, check_weights, on_main
 from showdown.experiment.ray_executor import run_on_ray
 from showdown.experiment.results import Results
@@ -69,6 +69,7 @@ def _run(config: RunConfig | None, echo: Callable[[str], None], resume: bool, op
         config, options = resumed_from_keywords(options), {}
     config = RunConfig.from_keywords(options, base=config) if options or config is None else config
     config.validate()
+    mute_info_logs(config.quiet)
     check_names(config)
     # shards as Ray tasks, each of them a run of this function (resumed too, where the driver stopped before the
     # merge); a merged Ray run resumes here, in one process (what is left is the summary, report and record)
