@@ -109,6 +109,7 @@ def test_a_run_leaves_the_notebooks_plots_random_draws_and_warnings_as_they_were
     warned = "".join(o.get("text", "") for o in notebook.cells[0].outputs + outputs if o.get("name") == "stderr")
     assert "IProgress" not in warned and "Warning" not in warned, warned
     assert "INFO:showdown" not in warned and "INFO:timm" not in warned, warned  # quiet=True, logging at INFO
+    assert "batch/s" not in warned, warned  # nor a frozen pass's bar
 
 
 def test_predict_takes_paths_in_any_collection_and_refuses_images_in_memory():

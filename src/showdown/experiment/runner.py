@@ -112,7 +112,7 @@ def _run(config: RunConfig | None, echo: Callable[[str], None], resume: bool, op
             _echo_machine(device, precision, echo)
             echo_share(config, echo)  # --shard: which backbones this process trains
             frozen = FrozenPass(precision, runtime, device, workers=config.worker_count, cache_dir=cache_dir,
-                                cache_writable=cache_writable)
+                                cache_writable=cache_writable, bars=not config.quiet)
             context = RunContext(frozen, reporter)
             reporter.start_run(config, run_dir, _grid_size(config) * (2 if config.drop_label_issues else 1))
             last_loaded: dict[str, Backbone] = {}  # the entries' last backbone, which the label-issue search may reuse

@@ -258,7 +258,8 @@ def _forward_shard(frozen: FrozenPass, module: torch.nn.Module, preprocessing: P
     loader = image_loader(items, transform, batch_size=batch_size, workers=frozen.workers,
                           pin_memory=device.type == "cuda", prefetch=PREFETCH)
     # a notebook's bar too (tqdm's own test, disable=None, wants a terminal)
-    batches = iter(bars.progress(loader, shown=distributed.is_main(), desc=desc, leave=False, unit="batch"))
+    batches = iter(bars.progress(loader, shown=frozen.bars and distributed.is_main(), desc=desc, leave=False,
+                                 unit="batch"))
     labels, indices, failed = [], [], []
     calibrated = quantize.calibration_for(calibration, transform, preprocessing, side, batch_size) \
         if precision == "int8" else None

@@ -32,6 +32,7 @@ class FrozenPass:
     cache_dir: Path | None = None  # the feature cache folder; None: off
     cache_writable: bool = True  # False: a folder that takes no new file (a read-only share): read, never written
     batch_size: int = FEATURE_BATCH
+    bars: bool = True  # a bar per pass over the images where one can show (False: --quiet)
     # extractions served from the cache ("hit"), computed ("miss"), and images (each view of one) run through
     # frozen layers, for features or boundary activations ("images"); this process's share
     stats: Counter = field(default_factory=Counter)
