@@ -457,3 +457,19 @@ def test_a_broken_symbolic_link_is_said_not_passed_over(tmp_path, demo_copy, cap
     with pytest.raises(DataError, match="moved.jpg is a broken symbolic link"):
         expand_inputs([str(dead)])
     assert dead not in expand_inputs([str(demo_copy / "roses" / "*.jpg")])  # a glob's match: passed over
+
+
+def test_python_312s_fork_warning_is_not_shown_while_decoding():
+    """Python 3.12+ warns on every fork of a process with threads; the loader's workers fork on purpose, and a
+    user with warnings on (pytest, -W default) got three DeprecationWarnings per run on 3.13."""
+    import warnings
+
+    from showdown.data.images import decoding_quietly
+
+    said = "This process (pid=4242) is multi-threaded, use of fork() may lead to deadlocks in the child."
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with decoding_quietly():
+            warnings.warn(said, DeprecationWarning, stacklevel=1)
+        warnings.warn("another DeprecationWarning", DeprecationWarning, stacklevel=1)
+    assert [str(w.message) for w in caught] == ["another DeprecationWarning"]

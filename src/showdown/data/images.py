@@ -49,6 +49,10 @@ def quiet_decoding() -> None:
     warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
     # PyTorch's several-line note on more workers than cores, at every pass: said once, in one line (image_loader).
     warnings.filterwarnings("ignore", message="This DataLoader will create", category=UserWarning)
+    # Python 3.12+ on a fork of a process with threads (torch's, OpenVINO's): the loader's workers fork on purpose
+    # (fast start, the parent's imports shared) and start no thread before they run (_worker_start)
+    warnings.filterwarnings("ignore", message=r"This process \(pid=\d+\) is multi-threaded, use of fork\(\)",
+                            category=DeprecationWarning)
 
 
 @contextlib.contextmanager
