@@ -219,6 +219,25 @@ def test_a_run_folder_predicts_in_every_engine_as_the_eager_model_on_floats(trai
         np.testing.assert_allclose([probability for _, probability in row["top"]], p[order], atol=1e-4)
 
 
+def test_predicts_summary_names_the_engine_that_ran_where_the_one_asked_for_failed(trained, monkeypatch):
+    """OpenVINO failing to compile the model (fault injected): ONNX Runtime runs it, and the summary says so."""
+    from showdown.frozen import engines
+
+    run_dir, data = trained
+    opened = engines._open
+
+    def openvino_fails(engine, *args):
+        if engine == "openvino":
+            raise RuntimeError("compile failed")
+        return opened(engine, *args)
+
+    monkeypatch.setattr(engines, "_open", openvino_fails)
+    predictor = open_model(run_dir, device="cpu", precision="fp32", runtime="openvino")
+    assert predictor.engine == "OpenVINO"  # what was asked for, until it is built
+    assert len(list(predict_files(predictor, sorted((data / "roses").iterdir())[:5], batch_size=4))) == 5
+    assert predictor.engine == "ONNX Runtime"
+
+
 def test_predict_runs_one_batch_eagerly_without_workers_and_more_in_the_engine_with_them():
     """auto: an export, a compile, a trace and worker processes cost more than they save for one batch (32 images)."""
     assert predict_runtime("auto", PREDICT_BATCH) == EAGER and predict_runtime("openvino", 1) == "openvino"

@@ -32,7 +32,7 @@ from showdown.deploy.predictor import Predictor
 from showdown.deploy.trained import EXPORT_SUFFIXES, choose_entry
 from showdown.device import resolve_device
 from showdown.errors import ConfigError, ModelError
-from showdown.frozen.engines import ENGINE_NAMES, frozen_forward, in_order, photo_inputs, resolve_runtime
+from showdown.frozen.engines import ENGINE_NAMES, Engines, frozen_forward, in_order, photo_inputs, resolve_runtime
 from showdown.models.saving import load_model
 from showdown.precision import autocast, resolve_precision
 from showdown.run_schema import ENVIRONMENT, MODEL_WEIGHTS, read_json
@@ -94,11 +94,16 @@ def _run_folder_predictor(folder: Path, device: torch.device, precision: str, ru
             return lambda images: whole(images.contiguous(memory_format=torch.channels_last))
     else:
         engine = resolve_runtime(runtime, precision, device.type)  # one this device cannot run: said before output
+        built = Engines()
 
         def build():
-            return frozen_forward(model, example.to(device), precision, runtime, info.name, stage=stage)
-    return Predictor(info.name, info.classes, preprocessing, _WholeModel(build, device, precision), precision,
-                     ENGINE_NAMES[engine], transform, pin_memory=device.type == "cuda")
+            forward = frozen_forward(model, example.to(device), precision, runtime, info.name, engines=built,
+                                     stage=stage)
+            predictor.engine = ENGINE_NAMES[built.ran.get(info.name, engine)]  # where it fell back, what ran
+            return forward
+    predictor = Predictor(info.name, info.classes, preprocessing, _WholeModel(build, device, precision), precision,
+                          ENGINE_NAMES[engine], transform, pin_memory=device.type == "cuda")
+    return predictor
 
 
 def predict_precision(requested: str, device: torch.device, evaluated: str | None = None) -> str:

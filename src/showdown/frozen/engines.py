@@ -65,11 +65,12 @@ Forward = Callable[[torch.Tensor], torch.Tensor]
 @dataclass
 class Engines:
     """What one run built (frozen_pass.FrozenPass holds it): the forwards, per model, so a run's splits share one
-    ONNX export and one compile (about 1 s each); and the models already reported as running in another engine than
-    the one chosen (one line per model, not one per split)."""
+    ONNX export and one compile (about 1 s each); the models already reported as running in another engine than
+    the one chosen (one line per model, not one per split); and the engine each model's forward ended up in."""
 
     built: weakref.WeakKeyDictionary = field(default_factory=weakref.WeakKeyDictionary)
     fallen_back: set[str] = field(default_factory=set)
+    ran: dict[str, str] = field(default_factory=dict)  # model name -> the engine (a runtime's name) it runs in
 
 
 def openvino_installed() -> bool:
@@ -211,8 +212,9 @@ def frozen_forward(model: torch.nn.Module, example: torch.Tensor, precision: str
     if example.device.type != "cpu":
         return _channels_last(model)  # eager on the GPU, under autocast
     if key not in built:
-        forward = _graph_forward(model, example[:1].contiguous(), precision, runtime, name, calibration,
-                                 engines.fallen_back) if runtime != "torch" else None
+        found = _graph_forward(model, example[:1].contiguous(), precision, runtime, name, calibration,
+                               engines.fallen_back) if runtime != "torch" else None
+        forward, engines.ran[name] = found or (None, "torch")
         if forward is None:
             traced = frozen_graph(model, example.contiguous(memory_format=torch.channels_last), precision)
             if traced is model:  # nothing built (eager); kept, it would keep the model alive through `built`
@@ -234,8 +236,9 @@ def _weights_state(model: torch.nn.Module) -> tuple:
 
 
 def _graph_forward(model: torch.nn.Module, example: torch.Tensor, precision: str, runtime: str,
-                   name: str, calibration: quantize.Calibration | None, fallen_back: set[str]) -> Forward | None:
-    """The model in `runtime` or, where that fails, the next graph engine; None: run it in PyTorch."""
+                   name: str, calibration: quantize.Calibration | None,
+                   fallen_back: set[str]) -> tuple[Forward, str] | None:
+    """(the model in `runtime` or, where that fails, the next graph engine; that engine); None: run it in PyTorch."""
     engines = [runtime] + (["onnxruntime"] if runtime == "openvino" and precision == "fp32" else [])
     failures, forward = [], None
     with tempfile.TemporaryDirectory() as folder:
@@ -258,4 +261,4 @@ def _graph_forward(model: torch.nn.Module, example: torch.Tensor, precision: str
         fallen_back.add(name)
         fallback = ENGINE_NAMES[engine] if forward is not None else ENGINE_NAMES["torch"]
         log.warning("%s; running it in %s", "; ".join(failures), fallback)
-    return forward
+    return (forward, engine) if forward is not None else None
