@@ -5,11 +5,14 @@ Long because it holds every subcommand's flags and its handler, each a few lines
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import signal
 import sys
+import time
 import traceback
+from typing import NoReturn
 
 from showdown import __version__
 from showdown.config.cores import WORKERS_RULE, workers_valid
@@ -63,6 +66,8 @@ class _Parser(argparse.ArgumentParser):
         message = " ".join(line.strip() for line in message.splitlines())
         if message.endswith("expected one argument"):  # `--shard -1/2`: argparse reads the value as a flag
             message += " (a value that starts with '-' goes after '=', e.g. --shard=-1/2)"
+        if not _rank_zero():  # every torchrun rank reads the same flags
+            _end_after_rank_zero()
         self.exit(2, f"error: {message} (see `{self.prog} --help`)\n")
 
 
@@ -160,9 +165,11 @@ def build_parser() -> _Parser:
 
 
 def _parse(parser: _Parser, argv: list[str]) -> argparse.Namespace:
-    """The command's arguments; a flag no command takes is refused by the command's parser, whose --help lists
-    the flags it takes (the top parser's would send to `showdown --help`)."""
-    args, unknown = parser.parse_known_args(argv)
+    """The command's arguments (no command: `run`'s); a flag the command does not take is refused by its parser,
+    whose --help lists the flags it takes (the top parser's would send to `showdown --help`)."""
+    args, unknown = parser.parse_known_args(argv or ["run"])
+    if args.command is None:  # `showdown --quiet`: the flags of `showdown run`
+        args, unknown = parser.parse_known_args(["run", *argv])
     if unknown:
         parser.commands[args.command].error(f"unrecognized arguments: {' '.join(unknown)}")
     return args
@@ -185,9 +192,10 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
 
 
 def cmd_run(args) -> int:
-    if hasattr(args, "resume"):
-        _resume_alone(args)
-    config = None if hasattr(args, "resume") else config_from_args(args).validate()  # before the heavy imports
+    with _flags_said_by_rank_zero():
+        if hasattr(args, "resume"):
+            _resume_alone(args)
+        config = None if hasattr(args, "resume") else config_from_args(args).validate()  # before the heavy imports
     if config is not None and config.executor == "ray":
         from showdown.experiment.ray_executor import require_ray  # light: Ray itself is imported when it runs
 
@@ -383,9 +391,7 @@ def cmd_presets(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     argv = sys.argv[1:] if argv is None else argv
-    args = _parse(parser, argv or ["run"])
-    if args.command is None:
-        args = _parse(parser, ["run", *argv])
+    args = _parse(parser, argv)
     for name in ("stdout", "stderr"):
         if getattr(sys, name) is None:  # closed by the shell (`>&-`): what goes there goes nowhere
             setattr(sys, name, open(os.devnull, "w", encoding="utf-8"))
@@ -401,8 +407,6 @@ def main(argv: list[str] | None = None) -> int:
             return handler(args)
     except ShowdownError as exc:
         code = getattr(exc, "exit_code", 2)
-        if isinstance(exc, ConfigError) and not _rank_zero():  # every torchrun rank has the same flags
-            return code
         if args.debug:  # the traceback, then the same line and exit status as without --debug
             traceback.print_exc()
         print(last_line(exc), file=sys.stderr)  # one line
@@ -428,6 +432,28 @@ def main(argv: list[str] | None = None) -> int:
         if _rank_zero():  # every torchrun rank has it
             print(last_line(exc), file=sys.stderr)
         return 128 + signal.SIGTERM if terminated(exc) else 130
+
+
+@contextlib.contextmanager
+def _flags_said_by_rank_zero():
+    """A fault in the flags, which every process of a torchrun launch reads alike: rank 0 says it, the others end
+    with the same status in silence. (What may differ by node, a device or a package, every rank says.)"""
+    try:
+        yield
+    except ConfigError:
+        if _rank_zero():
+            raise
+        _end_after_rank_zero()
+
+
+# How long another rank waits before it ends on a fault rank 0 says: torchrun's agent stops every rank once one has
+# ended, and would stop rank 0 before its line is out.
+RANK_ZERO_GRACE_S = 3.0
+
+
+def _end_after_rank_zero() -> NoReturn:
+    time.sleep(RANK_ZERO_GRACE_S)
+    raise SystemExit(2)
 
 
 def _rank_zero() -> bool:

@@ -170,12 +170,13 @@ def test_a_value_argparse_takes_for_a_flag_gets_a_hint(capsys):
 def test_a_flag_the_command_does_not_take_points_to_the_commands_help(capsys):
     from showdown.cli import main
 
-    for argv, command in ((["run", "--epochs-x", "3"], "run"), (["models", "--all"], "models")):
+    for argv, command, unknown in ((["run", "--epochs-x", "3"], "run", "--epochs-x 3"),
+                                   (["models", "--all"], "models", "--all"), (["--foo"], "run", "--foo")):
         with pytest.raises(SystemExit) as ended:
             main(argv)
         said = capsys.readouterr().err
         assert ended.value.code == 2 and said.count("\n") == 1
-        assert f"unrecognized arguments: {' '.join(argv[1:])} (see `showdown {command} --help`)" in said
+        assert f"unrecognized arguments: {unknown} (see `showdown {command} --help`)" in said
 
 
 def test_models_lists_each_source_in_one_column(capsys):
@@ -188,15 +189,26 @@ def test_models_lists_each_source_in_one_column(capsys):
 
 
 def test_under_torchrun_a_bad_flag_is_said_once(monkeypatch, capsys):
-    """Every rank of a torchrun launch reads the same flags: rank 0 alone says what is wrong with them."""
+    """Every rank of a torchrun launch reads the same flags: rank 0 alone says what is wrong with them (argparse's
+    errors and the config's), the others end with the same status."""
     from showdown import cli
 
+    def status(argv):
+        try:
+            return cli.main(argv)
+        except SystemExit as ended:
+            return ended.code
+
     monkeypatch.setenv("WORLD_SIZE", "2")
-    for rank in ("1", "0"):
-        monkeypatch.setenv("RANK", rank)
-        assert cli.main(["run", "--models", "resnet50,resnet50", "--quiet"]) == 2
-        said = capsys.readouterr().err
-        assert said.count("names resnet50 more than once") == (rank == "0") and said.count("\n") == (rank == "0")
+    monkeypatch.setattr(cli, "RANK_ZERO_GRACE_S", 0)  # the others' wait for rank 0 to say it
+    for argv, said in ((["run", "--models", "resnet50,resnet50", "--quiet"], "names resnet50 more than once"),
+                       (["run", "--epochs", "abc"], "argument --epochs: must be a whole number"),
+                       (["run", "--tune", "2"], "--tune runs in one process; start it without torchrun")):
+        for rank in ("1", "0"):
+            monkeypatch.setenv("RANK", rank)
+            assert status(argv) == 2
+            err = capsys.readouterr().err
+            assert err.count(said) == (rank == "0") and err.count("\n") == (rank == "0"), err
 
 
 def test_under_torchrun_an_interrupt_is_said_once_with_the_torchrun_resume(monkeypatch, capsys, tmp_path):

@@ -158,8 +158,9 @@ def test_ray_executor_gives_the_single_run_and_survives_a_killed_worker(cluster,
 
 @needs_ray
 def test_a_ray_run_whose_driver_was_killed_resumes_its_shards_and_merges(cluster, tmp_path):
-    """The driver killed before the merge (a login node's session ended): its folder holds only the shards.
-    `showdown run --resume` on it runs the shards on, each from where it stopped, and merges them."""
+    """The driver stopped by SIGTERM before the merge (a job's time limit): one line saying what is kept and how
+    to go on, exit status 143; its folder holds only the shards. `showdown run --resume` on it runs the shards
+    on, each from where it stopped, and merges them."""
     env = {**os.environ, "RAY_ADDRESS": "", "OMP_NUM_THREADS": "1", **NO_TOKEN}
     out = tmp_path / "ray-run"
     driver = subprocess.Popen([sys.executable, "-m", "showdown", "run", *FLAGS, "--executor", "ray", "--ray-address",
@@ -172,8 +173,11 @@ def test_a_ray_run_whose_driver_was_killed_resumes_its_shards_and_merges(cluster
     finished = {path: path.stat().st_mtime_ns for path in shards.glob("shard-*/*-head/model.safetensors")
                 if path.with_name("metrics.json").is_file()}
     assert driver.poll() is None and finished, "the run ended before its driver could be killed"
-    driver.kill()
-    driver.communicate(timeout=60)
+    driver.send_signal(signal.SIGTERM)  # `timeout`, or a scheduler's end of the job (Ray's own handler dumped stacks)
+    said, _ = driver.communicate(timeout=60)
+    assert driver.returncode == 128 + signal.SIGTERM, said
+    assert said.rstrip().endswith(f"terminated (SIGTERM): finished entries are kept in {shards}; `showdown run "
+                                  f"--resume {out}` goes on"), said[-800:]
     workers = [int(p.read_text()) for p in shards.glob("shard-*.pid")]
     while any(Path(f"/proc/{pid}").exists() for pid in workers) and time.time() < deadline:  # Ray ends its tasks
         time.sleep(0.1)

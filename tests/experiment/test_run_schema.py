@@ -54,3 +54,20 @@ def test_model_info_reads_an_older_sidecar():
     assert (info.timm_name, info.pool_stages, info.tta, info.weights_source) == (None, 0, "none", None)
     assert info.head.in_features == 1280 and info.name == "efficientnet_lite0 / head"
     assert ModelInfo.from_dict({**old, "new_key": 1}).to_dict()["new_key"] == 1
+
+
+def test_a_stopped_run_says_what_it_kept(tmp_path):
+    """'finished entries are kept' was said of a run stopped before any entry finished (only a checkpoint, or
+    nothing at all); a Ray run's work lies in its shards' folders."""
+    run, shard = tmp_path / "run", tmp_path / "ray" / "shards" / "shard-0"
+    (run / "lite0-finetune").mkdir(parents=True)
+    (shard / "lite0-head").mkdir(parents=True)
+    assert run_schema.what_is_kept(run) == f"no entry had finished in {run}"
+    (run / "lite0-finetune" / "checkpoint-finetune.pt").write_bytes(b"")
+    assert run_schema.what_is_kept(run) == f"no entry had finished; the interrupted one's last epoch is kept in {run}"
+    (run / "lite0-head").mkdir()
+    (run / "lite0-head" / run_schema.METRICS).write_text("{}")
+    assert run_schema.what_is_kept(run) == f"finished entries are kept in {run}"
+    assert run_schema.what_is_kept(shard.parent, [shard]) == f"no entry had finished in {shard.parent}"
+    (shard / "lite0-head" / run_schema.METRICS).write_text("{}")
+    assert run_schema.what_is_kept(shard.parent, [shard]) == f"finished entries are kept in {shard.parent}"

@@ -213,3 +213,11 @@ def test_start_makes_its_objects_group_inside_a_process_group_the_caller_made(tm
     for worker in workers:
         _, err = worker.communicate(timeout=120)
         assert worker.returncode == 0, err
+
+
+def test_a_bad_flag_under_torchrun_is_said_once(tmp_path):
+    """Both ranks read the same flags: one line from rank 0, before torchrun's agent stops the other rank (each
+    rank said it, or the first to fail got rank 0 stopped before it could)."""
+    result = _torchrun("--data", "demo", "--tune", "2", "--quiet", cwd=tmp_path)
+    assert result.returncode != 0
+    assert result.stderr.count("error: --tune runs in one process; start it without torchrun") == 1, result.stderr

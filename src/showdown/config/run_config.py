@@ -2,6 +2,7 @@
 
 Each field is declared once with `option(...)` (options.py): its default, help, group and the values it accepts.
 The flags of `showdown run`, the reading of YAML and the checks of `validate` are all derived from these.
+Long because every option is declared here, with its help, once.
 """
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import yaml
 from showdown.config.cores import WORKERS_RULE, auto_workers, workers_valid
 from showdown.config.options import check_field, definitions, from_keywords, option, read_values
 from showdown.config.strategy import DEFAULT_UNFREEZE, STRATEGIES, Strategy, parse_unfreeze
-from showdown.errors import ConfigError
+from showdown.errors import ConfigError, under_torchrun
 from showdown.fileio import write_atomic
 
 AUGMENTS = ("none", "flip", "light", "strong")
@@ -225,6 +226,10 @@ class RunConfig:
             raise ConfigError("--executor ray makes its own shards; leave out --shard")
         if self.executor == "ray" and self.drop_label_issues:  # merge cannot join the shards' re-runs
             raise ConfigError("--drop-label-issues runs in one process; leave out --executor ray")
+        if under_torchrun() and (self.tuning or self.executor == "ray"):  # every rank would run all of it
+            raise ConfigError("--tune runs in one process; start it without torchrun (the tuned entry can then be "
+                              "trained under torchrun with the chosen values, from its config.yaml)" if self.tuning
+                              else "--executor ray starts its own processes; start it without torchrun")
         return self
 
     def _check_shard(self) -> None:

@@ -17,13 +17,14 @@ import dataclasses
 import importlib.util
 import logging
 import os
+import signal
 import socket
 from collections.abc import Callable
 from pathlib import Path
 
 from showdown import run_schema
 from showdown.config.run_config import RunConfig
-from showdown.errors import ConfigError, ShowdownError
+from showdown.errors import ConfigError, Interrupted, ShowdownError, Terminated, resume_call
 from showdown.experiment.resume import absolute_paths
 from showdown.experiment.shards import assign
 from showdown.fileio import new_run_dir, write_json
@@ -79,14 +80,22 @@ def run_on_ray(config: RunConfig, *, echo: Callable[[str], None] = print, resume
     require_ray()
     import ray
 
+    sigterm, received = signal.getsignal(signal.SIGTERM), []
     _connect(config.ray_address)
+    if callable(sigterm):  # Ray's driver puts in its own (a stack dump, exit 1): a SIGTERM stops as Ctrl-C does
+
+        def terminate(number, frame):  # ray.get turns the handler's Terminated into a plain KeyboardInterrupt
+            received.append(number)
+            sigterm(number, frame)
+
+        signal.signal(signal.SIGTERM, terminate)
     try:
-        return _run_shards(ray, config, echo, resume)
+        return _run_shards(ray, config, echo, resume, received)
     finally:
         ray.shutdown()  # before the CLI's os._exit: a cluster this run started ends with it
 
 
-def _run_shards(ray, config: RunConfig, echo: Callable[[str], None], resume: bool):
+def _run_shards(ray, config: RunConfig, echo: Callable[[str], None], resume: bool, sigterms: list):
     from showdown.experiment.merge import merge
     from showdown.experiment.results import Results
     from showdown.reporting.run_records import read_json
@@ -115,7 +124,11 @@ def _run_shards(ray, config: RunConfig, echo: Callable[[str], None], resume: boo
     echo(f"  each shard's progress: {shards}/shard-I.log")
     pending = [task.remote(_shard_values(config, index, the_plan, shards / f"shard-{index}.log"),
                            str(shards / f"shard-{index}")) for index in range(the_plan.count)]
-    folders = _wait(ray, pending)
+    try:
+        folders = _wait(ray, pending)
+    except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM at the driver: the shards keep what they finished
+        kept = run_schema.what_is_kept(shards, sorted(shards.glob("shard-*/")))
+        raise Interrupted(f"{kept}; {resume_call(out)} goes on") from Terminated() if sigterms else exc
     # the merged folder records the run as asked (Ray, its report and record), not the shards' settings
     merge(folders, out, report=config.report, record=config.record, db=config.db, echo=echo, keep=SHARDS,
           asked=absolute_paths(config))

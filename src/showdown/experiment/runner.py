@@ -24,7 +24,7 @@ from showdown.data.leakage import check_leakage
 from showdown.deploy.explain import EXTRA as EXPLAIN_EXTRA
 from showdown.deploy.explain import available as explain_available
 from showdown.device import describe, prepare, resolve_device
-from showdown.errors import ConfigError, DiskError, Interrupted, disk_error, resume_call
+from showdown.errors import DiskError, Interrupted, disk_error, resume_call
 from showdown.experiment import label_issues
 from showdown.experiment.context import RunContext
 from showdown.experiment.entry import EntryResult, fitted_to_images, run_entry
@@ -80,9 +80,6 @@ def _run(config: RunConfig | None, echo: Callable[[str], None], resume: bool, op
     device = resolve_device(config.device)
     prepare(device)  # before environment.json records the device's settings
     distributed.start(device)  # under torchrun: one process group (gloo on CPU, NCCL on CUDA)
-    if distributed.active() and config.tuning:
-        raise ConfigError("--tune runs in one process; start it without torchrun (the tuned entry can then be "
-                          "trained under torchrun with the chosen values, from its config.yaml)")
     reporter = Reporter(echo, quiet=config.quiet, log_file=config.log_file, track=config.track) \
         if distributed.is_main() else Reporter(silent=True)  # under torchrun rank 0 alone tells
     run_dir = None  # known once the run folder is made
