@@ -95,8 +95,9 @@ def build_parser() -> _Parser:
                          help="image-decoding worker processes; auto: the CPU cores, none for one batch of images")
     predict.add_argument("--device", default="auto", help=f"{DEVICE_HELP}; .onnx and .tflite files run on the CPU")
     predict.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default="auto",
-                         help="run folders and TorchScript files; auto: fp32 for a run made in fp32, else what "
-                              "`showdown run --precision auto` picks on this device")
+                         help="run folders and TorchScript files (an exported .onnx or .tflite runs in what it was "
+                              "exported in); auto: fp32 for a run made in fp32, else what `showdown run --precision "
+                              "auto` picks on this device")
     predict.add_argument("--runtime", choices=RUNTIMES, default="auto",
                          help="what runs a run folder's model: auto (as `showdown run` runs frozen layers: OpenVINO "
                               "when installed; eager PyTorch for at most 32 images), torch, onnxruntime or openvino")

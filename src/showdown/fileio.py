@@ -216,17 +216,17 @@ def nearest_existing(path: Path) -> Path:
     return path
 
 
-def check_output_file(output: str, example: str) -> None:
-    """A ConfigError now, before any work, when --output cannot name a file: empty, a folder, or inside a file.
-    `example`: a file name to suggest (predictions.csv)."""
+def check_output_file(output: str, example: str, name: str = "--output") -> None:
+    """A ConfigError now, before any work, when --output (`name`) cannot name a file: empty, a folder, or inside a
+    file. `example`: a file name to suggest (predictions.csv)."""
     path = Path(output)
     if not output:
-        raise ConfigError(f"--output is empty; name a file, e.g. {example}")
+        raise ConfigError(f"{name} is empty; name a file, e.g. {example}")
     if path.is_dir():
-        raise ConfigError(f"--output {output} is a folder; name a file in it, e.g. {path / example}")
+        raise ConfigError(f"{name} {output} is a folder; name a file in it, e.g. {path / example}")
     folder = nearest_existing(path.parent)
     if not folder.is_dir():
-        raise ConfigError(f"--output {output}: {folder} is a file, not a folder")
+        raise ConfigError(f"{name} {output}: {folder} is a file, not a folder")
 
 
 def check_writable(folder: Path, what: str) -> None:

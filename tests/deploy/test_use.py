@@ -172,6 +172,10 @@ def test_results_export_writes_what_the_command_writes(trained, tmp_path):
     assert [row["top"][0][0] for row in predict_files(exported, roses)] == ours
     with pytest.raises(ConfigError, match=r"quantize='int8': only fmt='tflite', quantize='int8' is supported"):
         results.export("onnx", quantize="int8")
+    with pytest.raises(ConfigError, match=r"output '.*winner.txt': 'onnx' writes a .onnx file"):
+        results.export("onnx", tmp_path / "winner.txt")
+    with pytest.raises(ConfigError, match=r"^output .* is a folder; name a file in it"):
+        results.export("onnx", tmp_path)
 
 
 def test_a_precision_an_exported_file_or_the_cpu_cannot_run_is_one_line(trained, tmp_path):
@@ -236,6 +240,14 @@ def test_predicts_summary_names_the_engine_that_ran_where_the_one_asked_for_fail
     assert predictor.engine == "OpenVINO"  # what was asked for, until it is built
     assert len(list(predict_files(predictor, sorted((data / "roses").iterdir())[:5], batch_size=4))) == 5
     assert predictor.engine == "ONNX Runtime"
+
+
+def test_a_tflite_file_without_litert_is_one_line(tmp_path, monkeypatch):
+    """LiteRT is an extra: without it, predicting a .tflite file was an ImportError's traceback."""
+    (tmp_path / "model.tflite").write_bytes(b"")
+    monkeypatch.setitem(sys.modules, "ai_edge_litert.interpreter", None)  # as where the extra is not installed
+    with pytest.raises(ConfigError, match=r"model.tflite: running a .tflite file needs LiteRT: pip install "):
+        open_model(tmp_path / "model.tflite")
 
 
 def test_predict_runs_one_batch_eagerly_without_workers_and_more_in_the_engine_with_them():

@@ -40,9 +40,10 @@ def export_model(model_path: str | Path, fmt: str, out: str | Path | None = None
                                           f"quantize={quantize!r}: only fmt='tflite', quantize='int8'")
                           + " is supported")
     if out is not None:
-        check_output_file(str(out), f"model{FORMATS[fmt]}")
+        check_output_file(str(out), f"model{FORMATS[fmt]}", flag_or_keyword("--output", "output"))
         if Path(out).suffix not in EXPORT_SUFFIXES[fmt]:  # predict knows a file's kind by its suffix
-            raise ConfigError(f"--output {out}: --format {fmt} writes a {' or '.join(EXPORT_SUFFIXES[fmt])} file")
+            raise ConfigError(flag_or_keyword(f"--output {out}: --format {fmt}", f"output {str(out)!r}: {fmt!r}")
+                              + f" writes a {' or '.join(EXPORT_SUFFIXES[fmt])} file")
     path = Path(model_path)
     if path.is_dir():
         folder = choose_entry(path, model_name)
@@ -80,7 +81,8 @@ def _export_onnx(model: nn.Module, example: torch.Tensor, path: Path, metadata: 
     try:
         onnx_graph(model, example, path)
     except OnnxExportError as exc:
-        raise ModelError(f"this model cannot be exported to ONNX ({exc}); try --format torchscript") from exc
+        raise ModelError(f"this model cannot be exported to ONNX ({exc}); try "
+                         + flag_or_keyword("--format torchscript", "'torchscript'")) from exc
     graph = onnx.load(str(path))
     entry = graph.metadata_props.add()
     entry.key, entry.value = METADATA_KEY, metadata

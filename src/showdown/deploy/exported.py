@@ -15,7 +15,7 @@ from showdown.data.preprocessing import Preprocessing
 from showdown.deploy.litert_quiet import stderr_lines_dropped
 from showdown.deploy.predictor import Predictor
 from showdown.deploy.trained import METADATA_KEY, read_tflite_metadata
-from showdown.errors import ModelError, one_line
+from showdown.errors import ConfigError, ModelError, one_line
 from showdown.models.backbones.tflite import not_tflite
 from showdown.precision import autocast
 
@@ -93,7 +93,11 @@ def open_torchscript(path: Path, device: torch.device, precision: str) -> Predic
 
 
 def open_tflite(path: Path) -> Predictor:
-    from ai_edge_litert.interpreter import Interpreter
+    try:
+        from ai_edge_litert.interpreter import Interpreter
+    except ImportError:
+        raise ConfigError(f"{path.name}: running a .tflite file needs LiteRT: pip install 'tl-showdown[tflite]'") \
+            from None
 
     if why := not_tflite(path):
         raise ModelError(why)

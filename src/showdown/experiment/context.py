@@ -59,7 +59,7 @@ class Entry:
     folder: Path
     pool: FeaturePool | None = None  # with --folds: every image's features, extracted once for all folds
     checkpoints: bool = True  # a search trial writes none (it is repeated, not resumed)
-    on_epoch: Callable | None = None  # called with the best validation loss after every epoch (the search's pruner)
+    on_epoch: Callable | None = None  # after every epoch: (best validation loss, fit ends) for the search's pruner
     timing: Timing = field(default_factory=Timing)  # seconds per phase and cache facts, for the summary row
     # per phase, the seconds of the epochs a checkpoint brought back (--resume): the phase's time counts them, as
     # the uninterrupted run's does

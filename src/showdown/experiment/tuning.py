@@ -38,7 +38,7 @@ HIDDEN_WIDTHS = (0, 256, 1024)  # 0: no hidden layer
 PRUNER = dict(n_startup_trials=5, n_warmup_steps=2)
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 
-TrialFunction = Callable[[RunConfig, Callable[[float], None] | None], list[dict]]
+TrialFunction = Callable[[RunConfig, Callable[[float, bool], None] | None], list[dict]]
 
 
 def space_for(strategy: Strategy, unfreeze: str | None = None) -> dict[str, str]:
@@ -92,9 +92,10 @@ def tune(config: RunConfig, strategy: Strategy, train_trial: TrialFunction, stor
     """Search, then (the configuration to train with, the search's record for metrics.json).
 
     `train_trial(config, on_epoch)` trains one configuration on the training split, calls `on_epoch(best val
-    loss so far)` after each epoch and returns the epoch history. The configuration as given is measured first
-    (the default); the search's best replaces it only when its validation loss is lower. `on_trial(number,
-    total, best loss so far)` follows the search trial by trial (total None with a time budget alone).
+    loss so far, whether the epoch ends its fit)` after each epoch and returns the epoch history. The
+    configuration as given is measured first (the default); the search's best replaces it only when its
+    validation loss is lower. `on_trial(number, total, best loss so far)` follows the search trial by trial
+    (total None with a time budget alone).
     """
     verbosity = optuna.logging.get_verbosity()
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # its "Trial failed" warning prints a Ctrl-C's traceback
@@ -180,7 +181,7 @@ def _objective(config: RunConfig, strategy: Strategy, space: dict, train_trial: 
             if math.isfinite(loss):
                 trial.report(loss, step)
             # A trial at its last epoch (the count's, or early stopping's) is done: its loss counts.
-            if fits_left and trial.should_prune():
+            if fits_left > 0 and trial.should_prune():
                 raise optuna.TrialPruned()
 
         history = train_trial(trial_config, on_epoch)
