@@ -269,3 +269,19 @@ def test_a_boundary_cache_size_is_said_in_a_unit_that_shows_it():
     assert [readable_size(n) for n in (300 * 2**10, 3.46 * 2**20, 4230 * 2**20, 6 * 2**30)] == [
         "300 KB", "3.5 MB", "4.1 GB", "6.0 GB"]  # a small subset's cache was "0 MB"
     assert readable_size(12 * 2**20) == "12 MB" and readable_size(10) == "1 KB"
+
+
+def test_a_fit_says_which_epoch_ends_it_to_the_search():
+    """on_epoch's second argument: True at the epoch early stopping ends the fit (or the last of --epochs), False
+    before, so that a search does not prune a trial at its last epoch."""
+    from showdown.training.loop import TrainSettings, fit
+
+    x, y = torch.randn(64, 4, generator=torch.Generator().manual_seed(0)), torch.arange(64) % 2
+    val = [(torch.randn(64, 4, generator=torch.Generator().manual_seed(1)), y)]  # noise: no epoch betters it long
+    for epochs, patience in ((50, 1), (3, 100)):
+        said = []
+        torch.manual_seed(0)
+        history = fit(nn.Linear(4, 2), [(x, y)], val, TrainSettings(epochs=epochs, lr=0.5, patience=patience),
+                      on_epoch=lambda loss, ends: said.append(ends))
+        assert len(said) == len(history) and said[-1] and not any(said[:-1]), (epochs, said)
+        assert (len(history) < epochs) == (patience == 1)  # early stopping ended the first, the count the second
