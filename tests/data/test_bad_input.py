@@ -165,15 +165,17 @@ def test_image_modes_are_converted_to_rgb_correctly(tmp_path):
     Image.fromarray(np.full((8, 8), 32768, dtype=np.uint16)).save(tmp_path / "mid16.png")
     Image.fromarray(np.full((8, 8), 200, dtype=np.uint16)).save(tmp_path / "dark16.png")  # was made 8-bit's 200
     Image.fromarray(np.full((8, 8), 100_000, dtype=np.int32)).save(tmp_path / "int32.tif")  # wrapped round to 133
+    (tmp_path / "dark16.pgm").write_bytes(b"P5 8 8 65535\n" + np.full((8, 8), 200, ">u2").tobytes())  # mode I
     pixel = {name: load_rgb(tmp_path / name).getpixel((4, 4)) for name in
-             ("gray.png", "cmyk.jpg", "clear.png", "blue.png", "white16.png", "mid16.png", "dark16.png", "int32.tif")}
+             ("gray.png", "cmyk.jpg", "clear.png", "blue.png", "white16.png", "mid16.png", "dark16.png", "int32.tif",
+              "dark16.pgm")}
     assert pixel["gray.png"] == (77, 77, 77)
     assert pixel["cmyk.jpg"][0] > 200 and max(pixel["cmyk.jpg"][1:]) < 60
     assert pixel["clear.png"] == (255, 255, 255)  # transparency composited on white, not black
     assert pixel["blue.png"] == (0, 0, 255)
     assert pixel["white16.png"] == (255, 255, 255)  # 16-bit scaled, not clipped
     assert pixel["mid16.png"] == (128, 128, 128)
-    assert pixel["dark16.png"] == (1, 1, 1) and pixel["int32.tif"] == (255, 255, 255)
+    assert pixel["dark16.png"] == pixel["dark16.pgm"] == (1, 1, 1) and pixel["int32.tif"] == (255, 255, 255)
     assert all(load_rgb(tmp_path / name).mode == "RGB" for name in pixel)
 
 

@@ -282,6 +282,6 @@ def test_a_fit_says_which_epoch_ends_it_to_the_search():
         said = []
         torch.manual_seed(0)
         history = fit(nn.Linear(4, 2), [(x, y)], val, TrainSettings(epochs=epochs, lr=0.5, patience=patience),
-                      on_epoch=lambda loss, ends: said.append(ends))
+                      on_epoch=lambda _loss, ends, record=said.append: record(ends))
         assert len(said) == len(history) and said[-1] and not any(said[:-1]), (epochs, said)
         assert (len(history) < epochs) == (patience == 1)  # early stopping ended the first, the count the second

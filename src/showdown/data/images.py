@@ -124,12 +124,14 @@ def load_rgb(path: Path, min_side: int | None = None) -> Image.Image:
     with _open(path, draft=bool(min_side)) as image:
         if min_side and isinstance(image, JpegImageFile) and min(image.size) >= 2 * min_side:
             image.draft("RGB", (min_side, min_side))  # scale = the largest power of 2 keeping both sides >= it
+        kind = image.format  # the transposed copy has none
         image = ImageOps.exif_transpose(image)
         if image.mode in ("I;16", "I;16B", "I;16L", "I"):
-            # 16-bit grayscale: scaled to 8 bits, not clipped at 255 by convert(); a dark one stays dark. 32-bit
-            # integers state no range: 8 or 16 bits by the largest value, else that value.
+            # 16-bit grayscale: scaled to 8 bits, not clipped at 255 by convert(); a dark one stays dark. Pillow
+            # gives a 16-bit PGM as 32-bit integers on 16 bits' scale; other 32-bit integers state no range: 8 or
+            # 16 bits by the largest value, else that value.
             array = np.asarray(image, dtype=np.float32)
-            top = float(array.max()) if image.mode == "I" else 65535.0
+            top = float(array.max()) if image.mode == "I" and kind != "PPM" else 65535.0
             peak = 255.0 if top <= 255 else 65535.0 if top <= 65535 else top
             image = Image.fromarray(np.clip(array * (255.0 / peak), 0, 255).round().astype(np.uint8), mode="L")
         if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
