@@ -55,11 +55,12 @@ STATS: Counter = Counter()
 
 
 def cache_root() -> Path:
-    """$SHOWDOWN_CACHE, else showdown/ in $XDG_CACHE_HOME (a cluster's scratch disk, where home has a quota), else
-    ~/.cache/showdown."""
+    """$SHOWDOWN_CACHE, else showdown/ in $XDG_CACHE_HOME (a cluster's scratch disk, where home has a quota; a
+    relative one is ignored, as the XDG spec says), else ~/.cache/showdown."""
     if os.environ.get("SHOWDOWN_CACHE"):
         return Path(os.environ["SHOWDOWN_CACHE"])
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "showdown"
+    xdg = os.environ.get("XDG_CACHE_HOME", "")
+    return (Path(xdg) if os.path.isabs(xdg) else Path.home() / ".cache") / "showdown"
 
 
 def kind_folder(kind: str) -> Path:
