@@ -90,9 +90,15 @@ def test_shards_split_the_grid_by_backbone_and_run_the_small_cnn_once(runs):
         [*MODELS, "resnet50", "mobilenet_v2"])
 
 
-def test_merge_gives_the_single_process_run(runs, tmp_path, capsys):
+def test_merge_gives_the_single_process_run(runs, tmp_path, capsys, monkeypatch):
+    """...and joins a shard written before --unfreeze could be left unset (its config.yaml says the default's
+    blocks:2, which both trained); the merged config.yaml's paths are absolute, --out given relative too."""
     db, out = tmp_path / "results.db", tmp_path / "merged"
-    assert _merge(runs["1"], runs["0"], "--out", out, db=db) == 0
+    older = shutil.copytree(runs["1"], tmp_path / "older")
+    (older / "config.yaml").write_text((older / "config.yaml").read_text().replace("unfreeze: null",
+                                                                                  "unfreeze: blocks:2"))
+    monkeypatch.chdir(tmp_path)
+    assert _merge(older, runs["0"], "--out", "merged", db=db) == 0
     printed = capsys.readouterr().out
     assert "test acc" in printed and all(model in printed for model in MODELS)  # the leaderboard, as a run ends
     rows = _summary(out)["rows"]
@@ -109,6 +115,7 @@ def test_merge_gives_the_single_process_run(runs, tmp_path, capsys):
     assert "McNemar" in report and all(f"{name} / head" in report for name in MODELS)
     config = yaml.safe_load((out / "config.yaml").read_text())
     assert config["shard"] is None and config["models"] == MODELS  # one process's configuration
+    assert config["out"] == str(out)
     # what the merge did for the whole run, not the shards' --no-report --no-record
     assert config["report"] is True and config["record"] is True and config["db"] == str(db)
     assert len(list_runs(db)) == 1

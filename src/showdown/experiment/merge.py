@@ -18,8 +18,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 from showdown.config.run_config import RunConfig, read_config_file
-from showdown.config.strategy import Strategy
+from showdown.config.strategy import DEFAULT_UNFREEZE, Strategy
 from showdown.errors import ConfigError, DamagedFileError, DiskError
+from showdown.experiment.resume import absolute_paths
 from showdown.experiment.run_folder import write_summary
 from showdown.fileio import disk_writes, write_csv, write_json
 from showdown.reporting.database import default_db, record_run
@@ -83,7 +84,7 @@ def merge(run_dirs: list[str | Path], out: str | Path, *, report: bool = True, r
     try:
         try:
             with disk_writes(out, "the merged run folder"):
-                _write(shards, rows, staging, dataclasses.replace(config, out=str(out)))
+                _write(shards, rows, staging, absolute_paths(dataclasses.replace(config, out=str(out))))
         except DiskError as exc:  # said of --out, not of the hidden folder it is filled in, which goes
             said = str(exc).replace(str(staging), str(out))
             raise DiskError(f"{said}; --out is as it was: {exc.cure}, then merge again", cure=exc.cure) from exc
@@ -176,6 +177,14 @@ def _check_complete(shards: list[Shard]) -> None:
                           "of the run (run the missing ones, then merge them all)")
 
 
+def _as_trained(config: dict) -> dict:
+    """A run's settings as its entries trained: without a search, no --unfreeze (null, or a run from before it could
+    be null) fine-tuned the default depth."""
+    if config.get("tune") or config.get("tune_minutes"):
+        return config
+    return {**config, "unfreeze": config.get("unfreeze") or DEFAULT_UNFREEZE}
+
+
 def _check_same(first: Shard, other: Shard) -> None:
     """The first difference that makes two runs' results incomparable, as one ConfigError."""
     def refuse(what: str, a, b):
@@ -185,9 +194,10 @@ def _check_same(first: Shard, other: Shard) -> None:
     for key, what in (("fingerprint", "data fingerprint"), ("classes", "classes")):
         if first.dataset.get(key) != other.dataset.get(key):
             refuse(what, first.dataset.get(key), other.dataset.get(key))
-    for key in sorted((set(first.config) | set(other.config)) - PER_SHARD):
-        if first.config.get(key) != other.config.get(key):
-            refuse(key, first.config.get(key), other.config.get(key))
+    ours, theirs = _as_trained(first.config), _as_trained(other.config)
+    for key in sorted((set(ours) | set(theirs)) - PER_SHARD):
+        if ours.get(key) != theirs.get(key):
+            refuse(key, ours.get(key), theirs.get(key))
     # the shards of one --shard run split one --models list: another list (or order) is another split of the grid,
     # whose missing backbones no shard count would show; runs made without --shard join whatever they trained
     if first.config.get("shard") and first.config.get("models") != other.config.get("models"):
