@@ -235,6 +235,27 @@ def test_a_trial_early_stopping_ended_is_not_pruned(tmp_path):
     assert record["n_pruned"] == 0 and record["n_complete"] == 8
 
 
+def test_a_shared_study_says_whose_trials_it_holds(tmp_path):
+    """Two processes sharing --tune-storage: the record said "TPE, seed 0" (the sampler draws from the OS then)
+    and "searched 5 trials in 0.1 s", the other process's trials with this one's time."""
+    import multiprocessing
+
+    from showdown.experiment.tuning import describe
+
+    journal = str(tmp_path / "search.journal")
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+    other = multiprocessing.get_context("fork").Process(target=_search_of, args=([1.0, 0.9], tmp_path / "a"),
+                                                        kwargs={"tune": 3, "tune_storage": journal})
+    other.start()
+    other.join(60)
+    assert other.exitcode == 0
+    (_, record), _ = _search_of([1.0, 0.9], tmp_path / "b", tune=2, tune_storage=journal)
+    assert len(record["trials"]) == 5 and record["n_this_process"] == 2
+    assert record["budget"]["sampler"] == "TPE, seeded by the OS (a shared study)"
+    assert describe(record).startswith("searched 5 trials of a shared study (2 here; 0 pruned) in ")
+
+
 def test_a_shared_study_is_named_for_its_entry_fold_images_and_seed():
     """--tune-storage named a study after the entry's folder alone: both backbones' 'fold1' shared one study,
     and another split or dataset read trials scored on its own test images."""

@@ -12,6 +12,7 @@ import dataclasses
 import itertools
 import math
 import os
+import socket
 import time
 from pathlib import Path
 from typing import Callable
@@ -84,7 +85,8 @@ def best_val_loss(history: list[dict]) -> float:
 def budget(config: RunConfig, space: dict) -> dict:
     """The budget as the report compares it between entries."""
     return {"trials": config.tune or None, "minutes": config.tune_minutes, "space": sorted(space),
-            "sampler": f"TPE, seed {config.seed}", "pruner": "median on validation loss per epoch"}
+            "sampler": "TPE, seeded by the OS (a shared study)" if config.tune_storage is not None else
+            f"TPE, seed {config.seed}", "pruner": "median on validation loss per epoch"}
 
 
 def tune(config: RunConfig, strategy: Strategy, train_trial: TrialFunction, storage: Path, *,
@@ -184,10 +186,15 @@ def _objective(config: RunConfig, strategy: Strategy, space: dict, train_trial: 
             if fits_left > 0 and trial.should_prune():
                 raise optuna.TrialPruned()
 
+        trial.set_user_attr("process", _process())  # a shared study's trials come from several
         history = train_trial(trial_config, on_epoch)
         trial.set_user_attr("epochs", len(history))
         return best_val_loss(history)
     return objective
+
+
+def _process() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
 
 
 def _progress(on_trial, total: int | None, before: int):
@@ -224,7 +231,8 @@ def _choose(config: RunConfig, study: optuna.Study, space: dict, seconds: float,
         "default (no trial ran in the time given)",
         "values": chosen,
         "seconds": seconds,
-        **({"study": shared} if shared else {}),
+        **({"study": shared, "n_this_process": sum(t.user_attrs.get("process") == _process() for t in trials)}
+           if shared else {}),
     }
     return dataclasses.replace(config, **chosen), record
 
@@ -239,7 +247,11 @@ def describe(record: dict) -> str:
     """One log line: what the search found."""
     values = ", ".join(f"{k} {_short(v)}" for k, v in record["values"].items()) or "the default configuration"
     features = f" (features first: {record['feature_seconds']:.1f} s)" if record.get("feature_seconds", 0) > 1 else ""
-    return (f"searched {len(record['trials'])} trials ({record['n_pruned']} pruned) in {record['seconds']:.1f} s"
+    ran = f"{len(record['trials'])} trials ({record['n_pruned']} pruned)"
+    if "n_this_process" in record:  # the time is this process's, the trials the shared study's
+        ran = f"{len(record['trials'])} trials of a shared study ({record['n_this_process']} here; " \
+              f"{record['n_pruned']} pruned)"
+    return (f"searched {ran} in {record['seconds']:.1f} s"
             f"{features}: "
             f"validation loss {record['default_val_loss']:.4f} (default) -> "
             f"{min(record['best_val_loss'] or math.inf, record['default_val_loss']):.4f}; {values}")
