@@ -9,6 +9,7 @@ import logging
 import math
 import random
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -346,6 +347,9 @@ def _data_parallel(model: nn.Module, device: torch.device) -> nn.Module:
     """The model as one DistributedDataParallel model: rank 0's weights to all, gradients averaged."""
     from torch.nn.parallel import DistributedDataParallel
 
+    # Said by every rank at the first backward of a channels-last network (MobileNetV2's 1x1 head convolution):
+    # its weight's and its gradient's strides differ only along dimensions of size 1, the same order in memory.
+    warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides", category=UserWarning)
     return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 
 
