@@ -175,11 +175,13 @@ def test_ctrl_c_reaches_the_command_and_a_killed_caller_interrupts_it(warm, tmp_
     process.send_signal(signal.SIGINT)
     _, rest = process.communicate(timeout=60)  # read on: a full pipe would stop the command mid-line
     assert process.returncode == 130 and "interrupted" in rest
-    assert f"finished entries are kept in {tmp_path / 'ctrl-c'}; `showdown run --resume {tmp_path / 'ctrl-c'}`" in rest
+    # stopped in its first entry, after an epoch: what it kept is that epoch (not "finished entries")
+    assert f"the interrupted one's last epoch is kept in {tmp_path / 'ctrl-c'}; `showdown run --resume " \
+        f"{tmp_path / 'ctrl-c'}`" in rest
     process = _started(warm, tmp_path / "terminated")
     process.send_signal(signal.SIGTERM)  # e.g. `timeout` or a scheduler: the caller ends as the command did
     _, rest = process.communicate(timeout=60)
-    assert process.returncode == 128 + signal.SIGTERM and "terminated (SIGTERM): finished entries are kept" in rest
+    assert process.returncode == 128 + signal.SIGTERM and "terminated (SIGTERM): no entry had finished" in rest
 
     pid = int(showdown("daemon", "status", env=warm).stdout.split()[1])
     process = _started(warm, tmp_path / "killed")
