@@ -310,7 +310,11 @@ def cmd_runs(args) -> int:
             if len(args.ids) > 1:
                 print(("\n" if n else "") + f"run {run_id}:")
             print(format_table([{**r.metrics, "strategy": r.strategy, "seed": r.seed} for r in shown]))
-            print(f"configuration: {shown[0].config}")
+            defaults = RunConfig().to_dict()  # the settings that made this run what it is, one per line
+            print("configuration: the options not at their defaults")
+            for key, value in shown[0].config.items():
+                if key not in defaults or defaults[key] != value:
+                    print(f"  {key}: {value}")
         return 0
     from pathlib import Path
 

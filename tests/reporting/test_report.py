@@ -142,6 +142,7 @@ def test_runs_cli_lists_shows_and_compares(report_run, tmp_path):
     recorded = [row["id"] for row in db.list_runs()][:2]
     both = run_cli("runs", "show", *recorded)  # each run's own configuration, not the first one's alone
     assert both.returncode == 0 and both.stdout.count("configuration: ") == len(recorded)
+    assert "\n  models: " in both.stdout and "{" not in both.stdout  # the settings a line each, not one dict
 
 
 def test_database_survives_a_run_killed_mid_training(tmp_path, demo_dir):
