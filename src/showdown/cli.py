@@ -411,11 +411,10 @@ def main(argv: list[str] | None = None) -> int:
         with on_command_line():  # hints name the flags, not the Python API's keywords
             return handler(args)
     except ShowdownError as exc:
-        code = getattr(exc, "exit_code", 2)
         if args.debug:  # the traceback, then the same line and exit status as without --debug
             traceback.print_exc()
         print(last_line(exc), file=sys.stderr)  # one line
-        return code
+        return getattr(exc, "exit_code", 2)
     except BrokenPipeError:  # output piped into `head` and the like (an OSError, so caught before them)
         sys.stderr.close()
         return 0

@@ -93,6 +93,8 @@ def run_on_ray(config: RunConfig, *, echo: Callable[[str], None] = print, resume
         return _run_shards(ray, config, echo, resume, received)
     finally:
         ray.shutdown()  # before the CLI's os._exit: a cluster this run started ends with it
+        if callable(sigterm):  # the caller's (a notebook's) handler back, in Python's hands again
+            signal.signal(signal.SIGTERM, sigterm)
 
 
 def _run_shards(ray, config: RunConfig, echo: Callable[[str], None], resume: bool, sigterms: list):
