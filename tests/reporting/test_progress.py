@@ -1,6 +1,7 @@
 """Progress on the long steps: a plain line per epoch in a pipe or a log, an updating bar on a terminal, nothing but
 the table with --quiet; and the notebook API's keyword arguments checked exactly as the flags are."""
 import fcntl
+import io
 import os
 import pty
 import re
@@ -162,3 +163,19 @@ def test_a_shell_derived_from_jupyters_is_a_notebook(monkeypatch):
     assert bars.in_notebook()
     monkeypatch.setitem(sys.modules, "IPython", types.SimpleNamespace(get_ipython=lambda: None))
     assert not bars.in_notebook()
+
+
+def test_the_time_left_waits_for_an_entry_of_each_strategy(tmp_path):
+    """'about 0:00 left' after a one-second head entry, with fine-tune entries of minutes to come."""
+    from showdown.config.run_config import RunConfig
+    from showdown.reporting.progress import Reporter
+
+    lines = []
+    reporter = Reporter(stream=io.StringIO())
+    reporter.progress = lines.append
+    reporter.start_run(RunConfig(strategies=["head", "finetune"]), tmp_path, 4)
+    for model in ("a", "b"):
+        for strategy in ("head", "finetune"):
+            reporter.start_entry(f"{model}/{strategy}", {"strategy": strategy}, tmp_path / f"{model}-{strategy}")
+            reporter.end_entry({}, tmp_path)
+    assert ["left" in line for line in lines] == [False, False, True, True], lines

@@ -33,6 +33,9 @@ class Reporter:
         self.entry_label = ""
         self._fold = ""  # "fold k/K" inside an entry with --folds
         self._entries = {"done": 0, "total": 0, "trained": 0, "trained_seconds": 0.0}
+        # the run's strategies, and those an entry of has finished here: a head's second is no estimate of a fine-tune
+        self._strategies: set[str] = set()
+        self._strategy, self._timed = "", set()
         self._started = self._entry_started = time.perf_counter()
         self._step = 0  # epochs of the current entry, over its phases: the trackers' step
 
@@ -83,14 +86,18 @@ class Reporter:
     # --- the run and its entries ----------------------------------------------------------------------------
     def start_run(self, config, run_dir: Path, total: int) -> None:
         self._entries["total"] = total
+        self._strategies = {str(strategy) for strategy in config.strategy_values()}
         self._call_trackers("start_run", config, run_dir)
 
     def start_entry(self, label: str, params: dict, folder: Path) -> None:
-        """`[k/N] label`, the time so far and, once an entry has finished, an estimate of the time left."""
+        """`[k/N] label`, the time so far and, once an entry of each strategy has finished, an estimate of the time
+        left."""
         self._entries["done"] += 1
         done, total = self._entries["done"], self._entries["total"]
         line = f"[{done}/{total}] {label}: elapsed {_clock(time.perf_counter() - self._started)}"
-        if self._entries["trained"]:  # this entry and those after it, at the mean time of those trained here
+        self._strategy = params.get("strategy", "")
+        if self._entries["trained"] and self._timed >= self._strategies:
+            # this entry and those after it, at the mean time of those trained here
             left = self._entries["trained_seconds"] / self._entries["trained"] * (total - done + 1)
             line += f", about {_clock(left)} left"
         self.entry_label, self._step, self._fold = label, 0, ""
@@ -113,6 +120,7 @@ class Reporter:
         self._close_bar()
         self._entries["trained"] += 1
         self._entries["trained_seconds"] += time.perf_counter() - self._entry_started
+        self._timed.add(self._strategy)
         self._call_trackers("end_entry", row, folder)
 
     def finish(self, run_dir: Path) -> None:
