@@ -110,7 +110,7 @@ def test_folds_test_every_image_once_on_one_feature_extraction(tmp_path, capsys)
     report = (results.run_dir / "report.md").read_text()
     assert "## Cross-validation" in report and f"{accuracies[0]:.4f}" in report
     assert "same 250 images" in report  # the fairness check: pooled predictions cover the same images
-    assert "McNemar p = " in report  # tested image by image on the pooled predictions
+    assert "sign-flip permutation p = " in report  # image by image on the pooled predictions (two seeds: shares)
     assert (results.run_dir / "folds.csv").is_file()
     # Had one entry seen larger images, the fairness check would name it.
     records = [r for r in load_run(results.run_dir) if r.seed == 0]

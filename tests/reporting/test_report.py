@@ -69,7 +69,7 @@ def test_run_writes_a_report_and_records_itself(report_run):
     md = (run_dir / "report.md").read_text()
     assert len(report_run.rows) == 6  # (2 models x head + scratch-cnn once) x 2 seeds
     assert "± " in md and "efficientnet_lite0 / head" in md and "## Is the difference real?" in md
-    assert "McNemar p = " in md
+    assert "sign-flip permutation p = " in md and "McNemar p" not in md  # two seeds: the test of their shares
     assert "test images are suspected label errors" in md
     # 2 epochs on 64 px images: heads this weak flag their own mistakes, and the report says so instead of ranking
     trusted = "accuracy without suspect labels" in md and "Without them the ranking" in md
@@ -390,7 +390,8 @@ def test_the_winner_line_says_a_tie_and_a_runner_up_it_cannot_be_told_from(repor
     groups = _twin_runs(report_run, 0.01)
     said = winner_sentence(groups, significance(groups))
     assert said.startswith("Winner: **efficientnet_lite0 / head (run 1)**") and said.endswith(
-        "; not distinguishable from **efficientnet_lite0 / head (run 2)** on this data (McNemar p = 1, below).")
+        "; not distinguishable from **efficientnet_lite0 / head (run 2)** on this data (sign-flip permutation p = 1, "
+        "below).")
     # with two seeds each, the image-by-image test is of each image's share of seeds right, and says so
     (test,) = significance(groups)
     assert test.a == "efficientnet_lite0 / head (run 1)"

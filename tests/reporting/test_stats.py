@@ -110,3 +110,6 @@ def test_with_seeds_each_image_counts_by_its_share_of_seeds_right():
     ahead, behind = np.array([1] * 20 + [2 / 3] * 10 + [0] * 10), np.array([1 / 3] * 20 + [1] * 10 + [0] * 10)
     assert mcnemar_exact(ahead, behind)[2] == mcnemar_exact(ahead, behind)[2] < 0.01  # +2/3 on 20, -1/3 on 10
     assert mcnemar_exact(np.array([0.6, 0.4] * 20), np.full(40, 0.5))[2] > 0.5  # +0.1 and -0.1 alike: no evidence
+    # and the verdict names that test, not McNemar's (which it is with one seed)
+    assert compare("A", ahead, "B", behind).tested().startswith("sign-flip permutation p = ")
+    assert compare("A", ahead.round(), "B", behind.round()).tested().startswith("McNemar p ")

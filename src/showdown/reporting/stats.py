@@ -33,6 +33,7 @@ class Comparison:
     alpha: float = 0.05
     pairs: int = 1  # how many pairs were tested together: their p-values are adjusted for it (Holm)
     p_adjusted: float | None = None
+    test: str = "McNemar"  # with seeds' shares per image: the sign-flip permutation test (mcnemar_exact)
 
     @property
     def significant(self) -> bool:
@@ -40,7 +41,7 @@ class Comparison:
 
     def tested(self) -> str:
         """The test and its p-value, adjusted where several pairs were tested."""
-        said = f"McNemar p {p_said(self.p_value, self.alpha)}"
+        said = f"{self.test} p {p_said(self.p_value, self.alpha)}"
         if self.pairs > 1 and self.p_adjusted is not None:
             said += f", Holm-adjusted over {self.pairs} pairs p {p_said(self.p_adjusted, self.alpha)}"
         return said
@@ -139,7 +140,9 @@ def compare(a: str, correct_a: np.ndarray, b: str, correct_b: np.ndarray, alpha:
     only_a, only_b, p = mcnemar_exact(correct_a, correct_b)
     diff = np.asarray(correct_a, float) - np.asarray(correct_b, float)
     low, high = bootstrap_ci(diff)
-    return Comparison(a, b, float(np.mean(correct_a)), float(np.mean(correct_b)), only_a, only_b, p, low, high, alpha)
+    shares = not all(np.isin(correct, (0, 1)).all() for correct in (correct_a, correct_b))
+    return Comparison(a, b, float(np.mean(correct_a)), float(np.mean(correct_b)), only_a, only_b, p, low, high, alpha,
+                      test="sign-flip permutation" if shares else "McNemar")
 
 
 def adjusted(comparisons: list[Comparison]) -> list[Comparison]:
