@@ -347,14 +347,17 @@ def test_with_seeds_the_tests_and_interval_are_of_the_mean_the_leaderboard_ranks
     groups = group_records(_seeds("A", 24, 38, 38) + _seeds("B", 32, 32, 32))
     (test,) = significance(groups)
     assert (test.a, test.only_a, test.only_b) == ("A / head", 6, 8) and not test.significant
-    assert winner_sentence(groups, [test]).startswith("Winner: **A / head**, test accuracy 0.8333 on 40 test images; "
-                                                      "not distinguishable from **B / head**")
+    said = winner_sentence(groups, [test])
+    assert said.startswith("Winner: **A / head**, mean test accuracy 0.8333 of 3 seeds on 40 test images; not "
+                           "distinguishable from **B / head**")
+    # what predict and export ship is one seed's model, whose accuracy is not the mean's
+    assert said.endswith(". `showdown predict` and `export` serve its seed 0 model, test accuracy 0.6000."), said
     low, high = (float(x) for x in leaderboard_rows(groups)[0]["ci"].split("–"))
     assert low < 0.8333 < high
     # a float mean a hair under another is a tie: fmean([0.8, 0.775, 0.825]) is 0.7999999999999999
     tied = group_records(_seeds("A", 32, 31, 33) + _seeds("B", 32, 32, 32))
     said = winner_sentence(tied, significance(tied))
-    assert said.startswith("Tied: **A / head**, **B / head**, test accuracy 0.8000")
+    assert said.startswith("Tied: **A / head**, **B / head**, mean test accuracy 0.8000")
 
 
 def test_with_seeds_the_test_is_of_the_mean_difference_not_of_a_count_of_images():
@@ -386,12 +389,12 @@ def test_the_winner_line_says_a_tie_and_a_runner_up_it_cannot_be_told_from(repor
 
     tied = _twin_runs(report_run, 0.0)
     assert winner_sentence(tied, significance(tied)).startswith(
-        "Tied: **efficientnet_lite0 / head (run 1)**, **efficientnet_lite0 / head (run 2)**, test accuracy")
+        "Tied: **efficientnet_lite0 / head (run 1)**, **efficientnet_lite0 / head (run 2)**, mean test accuracy")
     groups = _twin_runs(report_run, 0.01)
     said = winner_sentence(groups, significance(groups))
-    assert said.startswith("Winner: **efficientnet_lite0 / head (run 1)**") and said.endswith(
+    assert said.startswith("Winner: **efficientnet_lite0 / head (run 1)**") and (
         "; not distinguishable from **efficientnet_lite0 / head (run 2)** on this data (sign-flip permutation p = 1, "
-        "below).")
+        "below).") in said
     # with two seeds each, the image-by-image test is of each image's share of seeds right, and says so
     (test,) = significance(groups)
     assert test.a == "efficientnet_lite0 / head (run 1)"
@@ -454,6 +457,7 @@ def test_with_folds_the_parameters_are_each_folds_range():
 def test_predict_and_export_take_the_winners_first_seed_not_the_luckiest(report_run, tmp_path):
     """A setup at 0.9 and 0.5 over two seeds (mean 0.7) against one at 0.8 and 0.8: the model a run folder serves
     is the second's (the report's winner), its first seed: the best single seed's test accuracy is luck."""
+    from showdown.deploy.predict import open_model
     from showdown.deploy.trained import choose_entry
 
     copy = shutil.copytree(report_run.run_dir, tmp_path / "run")
@@ -467,6 +471,7 @@ def test_predict_and_export_take_the_winners_first_seed_not_the_luckiest(report_
     (chosen,) = [row["folder"] for row in summary["rows"] if (row["model"], row["strategy"]) == steady
                  and row["seed"] == 0]
     assert choose_entry(copy, None) == copy / chosen
+    assert open_model(copy, device="cpu").name == f"{steady[0]} / {steady[1]}, seed 0"  # predict's summary says so
 
 
 def test_the_terminal_table_ranks_setups_by_their_mean_with_a_row_of_means(report_run):

@@ -17,6 +17,7 @@ TorchScript in fp32 unless asked otherwise, ONNX (fp32) and TFLite always.
 from __future__ import annotations
 
 import contextlib
+import re
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -101,7 +102,9 @@ def _run_folder_predictor(folder: Path, device: torch.device, precision: str, ru
                                      stage=stage)
             predictor.engine = ENGINE_NAMES[built.ran.get(info.name, engine)]  # where it fell back, what ran
             return forward
-    predictor = Predictor(info.name, info.classes, preprocessing, _WholeModel(build, device, precision), precision,
+    seed = re.search(r"-seed(\d+)$", folder.name)  # one of --repeats' models (experiment/run_folder.entry_folder)
+    name = f"{info.name}, seed {seed.group(1)}" if seed else info.name
+    predictor = Predictor(name, info.classes, preprocessing, _WholeModel(build, device, precision), precision,
                           ENGINE_NAMES[engine], transform, pin_memory=device.type == "cuda")
     return predictor
 

@@ -433,7 +433,8 @@ def winner_sentence(groups: list[Group], tests: list, strong=lambda label: f"**{
     where the image-by-image test finds no difference (`tests`, significance(groups): its first compares the top
     two). `strong` marks a label up (Markdown's bold by default)."""
     first, n_test = groups[0], groups[0].first.metrics.get("n_test")
-    accuracy = f"test accuracy {first.mean('accuracy'):.4f} on {n_test} test images"
+    seeds = f" of {len(first.records)} seeds" if len(first.records) > 1 else ""
+    accuracy = f"{'mean ' if seeds else ''}test accuracy {first.mean('accuracy'):.4f}{seeds} on {n_test} test images"
     tied = [g for g in groups if same_mean(g.mean("accuracy")) == same_mean(first.mean("accuracy"))]
     if len(tied) > 1:
         return f"Tied: {', '.join(strong(g.label) for g in tied)}, {accuracy}."
@@ -441,6 +442,10 @@ def winner_sentence(groups: list[Group], tests: list, strong=lambda label: f"**{
     sentence = f"Winner: {strong(first.label)}, {accuracy}"
     if versus is not None and not versus.significant:
         sentence += f"; not distinguishable from {strong(groups[1].label)} on this data ({versus.tested()}, below)"
+    if seeds:  # what ships is one model, not the mean (trained.choose_entry)
+        served = min(first.records, key=lambda record: record.seed)
+        sentence += (f". `showdown predict` and `export` serve its seed {served.seed} model, test accuracy "
+                     f"{served.metrics['accuracy']:.4f}")
     return sentence + "."
 
 
