@@ -486,3 +486,13 @@ def test_the_terminal_table_ranks_setups_by_their_mean_with_a_row_of_means(repor
         [model, strategy, "(seed"], [model, strategy, "(seed"], [model, strategy, "(mean"]]
     assert f"{winner.mean('accuracy'):.4f}" in lines[2]
     assert sum("(mean of 2)" in line for line in lines) == len(groups)
+
+
+def test_a_comparison_where_some_runs_have_bench_figures_says_so(report_run):
+    """`runs compare` of a run made with --bench and one without said 'No showdown bench figures in this run'."""
+    from showdown.reporting.report import _tradeoffs
+
+    groups = _twin_runs(report_run, 0.01)
+    assert "This run has no <code>showdown bench</code> figures" in _tradeoffs(groups)
+    groups[0].first.bench = {"latency_ms": 3.0, "size_mb": 13.0}
+    assert "Some of these entries lack <code>showdown bench</code> figures" in _tradeoffs(groups)

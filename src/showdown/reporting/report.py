@@ -282,13 +282,14 @@ def _tradeoffs(groups: list[Group]) -> str:
     benched = [g.first.bench for g in groups]
     if all(benched):
         figures.append(tradeoff_figure(labels, [b["latency_ms"] for b in benched], accuracy,
-                                       "latency at batch 1 (ms, median)", "accuracy vs latency"))
+                                       "latency at batch 1, PyTorch fp32 (ms, median)", "accuracy vs latency"))
         figures.append(tradeoff_figure(labels, [b["size_mb"] for b in benched], accuracy, "size on disk (MB)",
                                        "accuracy vs size"))
         note = ""
     else:
-        note = ("<p class=note>No <code>showdown bench</code> figures in this run (run it with <code>--bench</code>); "
-                "parameters and training time stand in for latency and size.</p>")
+        which = "some of these entries lack" if any(benched) else "this run has no"  # a comparison of runs: some
+        note = (f"<p class=note>{which.capitalize()} <code>showdown bench</code> figures (run with "
+                "<code>--bench</code>); parameters and training time stand in for latency and size.</p>")
         figures.append(tradeoff_figure(labels, [g.first.metrics["params_m"] for g in groups], accuracy,
                                        "parameters (millions)", "accuracy vs size"))
         figures.append(tradeoff_figure(labels, [g.mean("train_seconds") for g in groups], accuracy,
@@ -350,7 +351,7 @@ td.num{text-align:right;font-variant-numeric:tabular-nums}img{max-width:100%;hei
 .verdict{margin:.3rem 0}.yes{color:#1b5e20}.no{color:#8a6d00}.note{color:#555;font-style:italic}
 .row{display:flex;flex-wrap:wrap;gap:1rem}.row img{max-width:560px;width:100%}
 .gallery{display:flex;flex-wrap:wrap;gap:.6rem}figure{margin:0;width:130px;font-size:.75rem}
-figure img{width:112px;height:112px;object-fit:cover;border:1px solid #ccc}figcaption small{overflow-wrap:anywhere}
+figure img{width:112px;height:112px;object-fit:cover;border:1px solid #ccc}figcaption{overflow-wrap:anywhere}
 table.sortable th{cursor:pointer}th[data-order=asc]::after{content:" ▲"}th[data-order=desc]::after{content:" ▼"}
 td.cell{cursor:pointer}td.hit{background:#e8f5e9}td.miss{background:#fdecea}.cell-view figure{width:80px}
 .cell-view figure img{width:64px;height:64px}.wide figure{width:340px}.wide figure img{width:336px;height:auto}
