@@ -225,25 +225,29 @@ def resumable(folder: Path) -> bool:
     return (folder / CONFIG).is_file()
 
 
+# What a run folder holds once an entry finished, and once one trained an epoch without finishing.
+_FINISHED = (SUMMARY_JSON, f"*/{METRICS}", f"*/fold*/{METRICS}")
+_STARTED = (f"*/{CHECKPOINTS}", f"*/fold*/{CHECKPOINTS}")
+
+
 def holds_work(folder: Path) -> bool:
     """Whether a run in `folder` got anywhere: an entry finished (its metrics.json) or one trained an epoch (its
     checkpoint). A run that stopped before (a typo in --unfreeze found once the model was built) leaves nothing
     that a new run in the same folder would write over."""
-    return _finished_entries(folder) or any(True for pattern in (f"*/{CHECKPOINTS}", f"*/fold*/{CHECKPOINTS}")
-                                            for _ in folder.glob(pattern))
+    return _holds(folder, _FINISHED + _STARTED)
 
 
-def _finished_entries(folder: Path) -> bool:
-    return any(True for pattern in (SUMMARY_JSON, f"*/{METRICS}", f"*/fold*/{METRICS}") for _ in folder.glob(pattern))
+def _holds(folder: Path, patterns: tuple[str, ...]) -> bool:
+    return any(True for pattern in patterns for _ in folder.glob(pattern))
 
 
 def what_is_kept(folder: Path, runs: list[Path] | None = None) -> str:
     """What a stopped run in `folder` leaves for --resume, in words: finished entries, an interrupted entry's last
     epochs, or only its start. `runs`: the run folders that hold its work (a Ray run's shards), else `folder`."""
     runs = [folder] if runs is None else runs
-    if any(_finished_entries(run) for run in runs):
+    if any(_holds(run, _FINISHED) for run in runs):
         return f"finished entries are kept in {folder}"
-    if any(holds_work(run) for run in runs):
+    if any(_holds(run, _STARTED) for run in runs):
         return f"no entry had finished; the interrupted one's last epoch is kept in {folder}"
     return f"no entry had finished in {folder}"
 
